@@ -1,0 +1,487 @@
+import { type Clock, systemClock } from './clock.ts';
+import { type Codec, msgpackCodec } from './codec.ts';
+import { createEnvelope, type Envelope, nextId, type PublishOptions } from './envelope.ts';
+import {
+  MaxPayloadError,
+  NoRespondersError,
+  OptionsError,
+  PermissionError,
+  type PermissionOperation,
+  SluiceError,
+  TimeoutError,
+} from './errors.ts';
+import { type DropReason, type Mailbox, Offer } from './mailbox.ts';
+import { intOption, oneOf } from './options.ts';
+import { PermissionChecker, type Permissions } from './permissions.ts';
+import { type Routable, SubjectTrie, validateSubject } from './subjects.ts';
+import { Subscription, type SubscriptionOptions } from './subscription.ts';
+import { type Counters, Telemetry } from './telemetry.ts';
+import type { TypedSubject } from './typedSubject.ts';
+
+export const queueStrategies = ['round-robin', 'least-loaded'] as const;
+/** How a queue group picks the member that gets a message. */
+export type QueueStrategy = (typeof queueStrategies)[number];
+
+export const payloadMeasures = ['binary', 'encoded'] as const;
+/**
+ * What the size limit measures. `binary`: strings (UTF-8 bytes) and byte arrays, objects pass
+ * unmeasured (in-process they are never encoded); `encoded`: every payload encoded with the bus
+ * codec, as it would be on a wire, at the cost of one encode per publish.
+ */
+export type PayloadMeasure = (typeof payloadMeasures)[number];
+
+export interface BusOptions {
+  /** Processing time for timeouts. @default systemClock */
+  clock?: Clock;
+  /** Largest payload in bytes; NATS's default. @default 1048576 */
+  maxPayloadBytes?: number;
+  /** @default 'binary' */
+  measure?: PayloadMeasure;
+  /** Used by `measure: 'encoded'`. @default msgpackCodec */
+  codec?: Codec;
+  /** Request timeout when a request names none. @default 5000 */
+  requestTimeoutMs?: number;
+  /** Counters and gauges; one is made when not given. */
+  telemetry?: Telemetry;
+}
+
+export const DEFAULT_BUS_OPTIONS = Object.freeze({
+  maxPayloadBytes: 1024 * 1024,
+  measure: 'binary',
+  requestTimeoutMs: 5000,
+} as const);
+
+export interface RequestOptions extends PublishOptions {
+  /** @default the bus's requestTimeoutMs */
+  timeoutMs?: number;
+}
+
+/** A subject given by name or as a typed subject object. */
+export type SubjectRef<T> = string | TypedSubject<T>;
+
+/** The bus as one client sees it: everything it does is checked against the client's permissions. */
+export interface BusClient {
+  /** The client's name, used in permission errors and telemetry. */
+  readonly name: string;
+  /**
+   * Publishes and resolves once every matching mailbox accepted the message (the backpressure
+   * signal). Rejects with a `SubjectError`, `PermissionError`, `MaxPayloadError` or, under the
+   * `fail` overflow policy, a `MailboxFullError`.
+   */
+  publish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): Promise<void>;
+  /**
+   * Publishes only if every matching mailbox can accept now; returns false (and delivers to none)
+   * when one is full. For hot paths: no promise is made.
+   */
+  tryPublish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): boolean;
+  /** Forwards an existing envelope (keeping its id, headers and lineage) to its own subject. */
+  forward(env: Envelope): Promise<void>;
+  subscribe<T = unknown>(subject: SubjectRef<T>, options?: SubscriptionOptions<T>): Subscription<T>;
+  /** Sends a request and resolves with the first reply; `NoRespondersError` when nothing listens. */
+  request<Req, Res = unknown>(subject: SubjectRef<Req>, data: Req, options?: RequestOptions): Promise<Envelope<Res>>;
+  /** Replies to a request envelope on its `replyTo` subject. */
+  respond<T>(request: Envelope, data: T, options?: PublishOptions): Promise<void>;
+}
+
+/** Where a subscription's messages go: a mailbox, or (for request inboxes) a direct handler. */
+export interface Route extends Routable {
+  readonly queue: string | undefined;
+  readonly strategy: QueueStrategy;
+  readonly mailbox: Mailbox | undefined;
+  readonly direct: ((env: Envelope) => void) | undefined;
+  /** Denied subjects of a wildcard subscription that overlaps a deny permission. */
+  readonly filter: ((subject: string) => boolean) | undefined;
+}
+
+const RESOLVED: Promise<void> = Promise.resolve();
+const encoder = new TextEncoder();
+
+/**
+ * The in-process message bus: NATS subjects and semantics, with mailboxes that push back.
+ * Each plain subscription gets a copy of a message; each queue group gets one copy, given to one
+ * member. Use {@link Bus.client} to get a view restricted by permissions.
+ */
+export class Bus implements BusClient {
+  readonly name = 'bus';
+  readonly clock: Clock;
+  readonly telemetry: Telemetry;
+  readonly maxPayloadBytes: number;
+  readonly measure: PayloadMeasure;
+  readonly codec: Codec;
+  readonly requestTimeoutMs: number;
+  readonly #trie = new SubjectTrie<Route>();
+  readonly #counters: Counters;
+  readonly #cursor = new Map<string, number>();
+  readonly #pendingRequests = new Map<string, (env: Envelope) => void>();
+  readonly #inboxPrefix = `_INBOX.${nextId()}`;
+  #inboxRoute: Route | undefined;
+  readonly #root: ClientImpl;
+
+  constructor(options: BusOptions = {}) {
+    this.clock = options.clock ?? systemClock;
+    this.telemetry = options.telemetry ?? new Telemetry();
+    this.#counters = this.telemetry.counters;
+    this.maxPayloadBytes = intOption(
+      'bus.maxPayloadBytes',
+      options.maxPayloadBytes,
+      DEFAULT_BUS_OPTIONS.maxPayloadBytes,
+      1,
+    );
+    this.measure = oneOf('bus.measure', options.measure, payloadMeasures, DEFAULT_BUS_OPTIONS.measure);
+    this.codec = options.codec ?? msgpackCodec;
+    this.requestTimeoutMs = intOption(
+      'bus.requestTimeoutMs',
+      options.requestTimeoutMs,
+      DEFAULT_BUS_OPTIONS.requestTimeoutMs,
+      1,
+    );
+    this.#root = new ClientImpl(this, 'bus', undefined);
+  }
+
+  /** A view of the bus whose publishes and subscriptions are checked against `permissions`. */
+  client(name: string, permissions?: Permissions): BusClient {
+    return new ClientImpl(this, name, permissions);
+  }
+
+  /** Subscriptions held. */
+  get subscriptions(): number {
+    return this.#trie.size;
+  }
+
+  publish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): Promise<void> {
+    return this.#root.publish(subject, data, options);
+  }
+  tryPublish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): boolean {
+    return this.#root.tryPublish(subject, data, options);
+  }
+  forward(env: Envelope): Promise<void> {
+    return this.#root.forward(env);
+  }
+  subscribe<T = unknown>(subject: SubjectRef<T>, options?: SubscriptionOptions<T>): Subscription<T> {
+    return this.#root.subscribe(subject, options);
+  }
+  request<Req, Res = unknown>(subject: SubjectRef<Req>, data: Req, options?: RequestOptions): Promise<Envelope<Res>> {
+    return this.#root.request(subject, data, options);
+  }
+  respond<T>(request: Envelope, data: T, options?: PublishOptions): Promise<void> {
+    return this.#root.respond(request, data, options);
+  }
+
+  /** Whether anything subscribes to the literal `subject`. */
+  hasSubscribers(subject: string): boolean {
+    const m = this.#trie.match(subject);
+    return m.plain.length > 0 || m.groups.length > 0;
+  }
+
+  // ---- internal, used by clients, subscriptions and actors ----
+
+  /** @internal Adds a route for `pattern`; returns its removal. */
+  addRoute(pattern: string, route: Route): () => void {
+    this.#trie.insert(pattern, route);
+    let removed = false;
+    return () => {
+      if (removed) return;
+      removed = true;
+      this.#trie.remove(pattern, route);
+    };
+  }
+
+  /** @internal Size check; throws {@link MaxPayloadError}. */
+  checkSize(subject: string, data: unknown): void {
+    let size: number;
+    if (typeof data === 'string') {
+      // A string's UTF-8 size is at most 3 bytes per UTF-16 unit: skip the count when that fits.
+      if (data.length * 3 <= this.maxPayloadBytes) return;
+      size = encoder.encode(data).byteLength;
+    } else if (data instanceof Uint8Array) size = data.byteLength;
+    else if (this.measure === 'encoded') size = this.codec.encode(data).byteLength;
+    else return;
+    if (size > this.maxPayloadBytes) throw new MaxPayloadError(subject, size, this.maxPayloadBytes);
+  }
+
+  /**
+   * @internal Routes an envelope. With `wait`, full `block` mailboxes are waited for and the
+   * result is a promise; without, the result is whether it was delivered (all or none).
+   */
+  route(env: Envelope, wait: true): Promise<void>;
+  route(env: Envelope, wait: false): boolean;
+  route(env: Envelope, wait: boolean): Promise<void> | boolean {
+    this.#counters.published++;
+    const m = this.#trie.match(env.subject);
+    const { plain, groups } = m;
+    if (plain.length === 1 && groups.length === 0) {
+      // The common case, one subscriber: no second pass, no allocation.
+      const r = plain[0] as Route;
+      if (r.filter !== undefined && !r.filter(env.subject)) return wait ? RESOLVED : true;
+      if (!wait && r.mailbox !== undefined && r.mailbox.overflow === 'block' && !r.mailbox.hasSpace()) {
+        this.#counters.refused++;
+        return false;
+      }
+      const waiting = this.#deliver(r, env, wait);
+      return wait ? (waiting ?? RESOLVED) : true;
+    }
+    if (plain.length === 0 && groups.length === 0) return wait ? RESOLVED : true;
+
+    let chosen: Route[] | undefined;
+    if (groups.length > 0) {
+      chosen = [];
+      for (const members of groups) {
+        const member = this.#pick(members, !wait);
+        if (member === undefined) {
+          this.#counters.refused++;
+          return false;
+        }
+        chosen.push(member);
+      }
+    }
+    if (!wait) {
+      // All or none: check every target before delivering to any.
+      for (const r of plain) {
+        if (r.mailbox !== undefined && r.mailbox.overflow === 'block' && !r.mailbox.hasSpace() && passes(r, env)) {
+          this.#counters.refused++;
+          return false;
+        }
+      }
+    }
+    let waits: Promise<void>[] | undefined;
+    const targets = chosen === undefined ? plain : plain.concat(chosen);
+    for (const r of targets) {
+      if (!passes(r, env)) continue;
+      const w = this.#deliver(r, env, wait);
+      if (w !== undefined) (waits ??= []).push(w);
+    }
+    if (!wait) return true;
+    if (waits === undefined) return RESOLVED;
+    return waits.length === 1 ? (waits[0] as Promise<void>) : Promise.all(waits).then(noop);
+  }
+
+  /** @internal Releases and counts a message a mailbox let go of. */
+  dropped(env: Envelope, _reason: DropReason): void {
+    this.#counters.dropped++;
+    env.lineage?.release();
+  }
+
+  /** @internal Counts a permission violation and returns its error. */
+  denied(operation: PermissionOperation, subject: string, client: string, rule: string): PermissionError {
+    this.#counters.permissionDenied++;
+    return new PermissionError(operation, subject, client, rule);
+  }
+
+  /** @internal */
+  requestVia(client: ClientImpl, env: Envelope, subject: string, timeoutMs: number): Promise<Envelope> {
+    if (!this.hasSubscribers(subject)) return Promise.reject(new NoRespondersError(subject));
+    this.#ensureInbox();
+    const token = env.replyTo as string;
+    return new Promise<Envelope>((resolve, reject) => {
+      const timer = this.clock.setTimeout(() => {
+        this.#pendingRequests.delete(token);
+        reject(new TimeoutError('request', subject, timeoutMs));
+      }, timeoutMs);
+      this.#pendingRequests.set(token, (reply) => {
+        timer.cancel();
+        this.#pendingRequests.delete(token);
+        resolve(reply);
+      });
+      client.publishEnvelope(env).catch((error: unknown) => {
+        timer.cancel();
+        this.#pendingRequests.delete(token);
+        reject(error);
+      });
+    });
+  }
+
+  /** @internal A fresh reply subject under this bus's inbox. */
+  inbox(): string {
+    return `${this.#inboxPrefix}.${nextId()}`;
+  }
+
+  #ensureInbox(): void {
+    if (this.#inboxRoute !== undefined) return;
+    const route: Route = {
+      queue: undefined,
+      strategy: 'round-robin',
+      mailbox: undefined,
+      filter: undefined,
+      direct: (reply) => {
+        // A late reply after a timeout has no taker: that is the requester's choice, not a loss.
+        this.#pendingRequests.get(reply.subject)?.(reply);
+      },
+    };
+    this.#inboxRoute = route;
+    this.addRoute(`${this.#inboxPrefix}.*`, route);
+  }
+
+  #deliver(r: Route, env: Envelope, wait: boolean): Promise<void> | undefined {
+    if (r.direct !== undefined) {
+      r.direct(env);
+      return undefined;
+    }
+    const mailbox = r.mailbox as Mailbox;
+    if (mailbox.closed) return undefined;
+    env.lineage?.retain();
+    const offer = mailbox.offer(env);
+    if (offer === Offer.Accepted) return undefined;
+    if (offer === Offer.Dropped) {
+      this.dropped(env, 'drop-newest');
+      return undefined;
+    }
+    if (!wait) {
+      // Only reached for a queue-group member picked without space check, which #pick prevents.
+      env.lineage?.release();
+      throw new SluiceError('SLUICE_ERR_MAILBOX_FULL', `mailbox '${mailbox.name}' is full`);
+    }
+    return mailbox.wait(env);
+  }
+
+  #pick(members: readonly Route[], needSpace: boolean): Route | undefined {
+    const first = members[0] as Route;
+    if (members.length === 1) return !needSpace || canTake(first) ? first : undefined;
+    if (first.strategy === 'least-loaded') {
+      let best: Route | undefined;
+      let bestDepth = Number.POSITIVE_INFINITY;
+      for (const m of members) {
+        const depth = m.mailbox?.depth ?? 0;
+        if (depth < bestDepth && (!needSpace || canTake(m))) {
+          best = m;
+          bestDepth = depth;
+        }
+      }
+      return best ?? (needSpace ? undefined : first);
+    }
+    const queue = first.queue as string;
+    const start = this.#cursor.get(queue) ?? 0;
+    for (let i = 0; i < members.length; i++) {
+      const index = (start + i) % members.length;
+      const m = members[index] as Route;
+      // Skip a full member while another has room, so one slow member does not stall the group.
+      if (canTake(m)) {
+        this.#cursor.set(queue, index + 1);
+        return m;
+      }
+    }
+    if (needSpace) return undefined;
+    this.#cursor.set(queue, start + 1);
+    return members[start % members.length];
+  }
+}
+
+function canTake(r: Route): boolean {
+  return r.mailbox === undefined || r.mailbox.overflow !== 'block' || r.mailbox.hasSpace();
+}
+
+function passes(r: Route, env: Envelope): boolean {
+  return r.filter === undefined || r.filter(env.subject);
+}
+
+function noop(): void {}
+
+function nameOf<T>(subject: SubjectRef<T>): string {
+  return typeof subject === 'string' ? subject : subject.name;
+}
+
+/** @internal A bus client: the bus plus one client's permissions and name. */
+export class ClientImpl implements BusClient {
+  readonly name: string;
+  readonly #bus: Bus;
+  readonly #permissions: PermissionChecker;
+  readonly #literalCache = new Set<string>();
+
+  constructor(bus: Bus, name: string, permissions: Permissions | undefined) {
+    this.#bus = bus;
+    this.name = name;
+    this.#permissions = new PermissionChecker(permissions);
+  }
+
+  publish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): Promise<void> {
+    try {
+      const name = nameOf(subject);
+      this.#checkPublish(name, data);
+      return this.#bus.route(createEnvelope(name, data, options, this.#bus.clock.now()), true);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  tryPublish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): boolean {
+    const name = nameOf(subject);
+    this.#checkPublish(name, data);
+    return this.#bus.route(createEnvelope(name, data, options, this.#bus.clock.now()), false);
+  }
+
+  forward(env: Envelope): Promise<void> {
+    try {
+      this.#checkPublish(env.subject, env.data);
+      return this.#bus.route(env, true);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  /** @internal As forward, for envelopes already built by this client. */
+  publishEnvelope(env: Envelope): Promise<void> {
+    return this.forward(env);
+  }
+
+  subscribe<T = unknown>(subject: SubjectRef<T>, options: SubscriptionOptions<T> = {}): Subscription<T> {
+    const pattern = nameOf(subject);
+    validateSubject(pattern, 'subscribe');
+    if (options.queue !== undefined) validateQueue(options.queue);
+    const reason = this.#permissions.subscribeDenied(pattern);
+    if (reason !== undefined) throw this.#bus.denied('subscribe', pattern, this.name, reason);
+    return new Subscription<T>(this.#bus, pattern, options, this.#permissions.deliveryFilter(pattern));
+  }
+
+  request<Req, Res = unknown>(
+    subject: SubjectRef<Req>,
+    data: Req,
+    options: RequestOptions = {},
+  ): Promise<Envelope<Res>> {
+    try {
+      const name = nameOf(subject);
+      this.#checkPublish(name, data);
+      const timeoutMs = intOption('request.timeoutMs', options.timeoutMs, this.#bus.requestTimeoutMs, 1);
+      const env = createEnvelope(name, data, { ...options, replyTo: this.#bus.inbox() }, this.#bus.clock.now());
+      return this.#bus.requestVia(this, env, name, timeoutMs) as Promise<Envelope<Res>>;
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  respond<T>(request: Envelope, data: T, options?: PublishOptions): Promise<void> {
+    if (request.replyTo === undefined) {
+      return Promise.reject(
+        new OptionsError(
+          'respond.request',
+          `message '${request.id}' on '${request.subject}' has no replyTo subject`,
+          request.replyTo,
+        ),
+      );
+    }
+    // Replies go to the requester's inbox, which permissions do not restrict (as NATS's allow_responses).
+    try {
+      this.#bus.checkSize(request.replyTo, data);
+      return this.#bus.route(createEnvelope(request.replyTo, data, options, this.#bus.clock.now()), true);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  #checkPublish(subject: string, data: unknown): void {
+    if (!this.#literalCache.has(subject)) {
+      validateSubject(subject, 'publish');
+      if (this.#literalCache.size > 8192) this.#literalCache.clear();
+      this.#literalCache.add(subject);
+    }
+    if (!this.#permissions.unrestricted) {
+      const reason = this.#permissions.publishDenied(subject);
+      if (reason !== undefined) throw this.#bus.denied('publish', subject, this.name, reason);
+    }
+    this.#bus.checkSize(subject, data);
+  }
+}
+
+function validateQueue(queue: string): void {
+  if (queue.length === 0 || /\s/.test(queue)) {
+    throw new OptionsError('queue', 'a queue group name is non-empty and has no white space', queue);
+  }
+}

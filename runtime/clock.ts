@@ -1,0 +1,194 @@
+import { type SchedulerAction, type SchedulerLike, Subscription } from 'rxjs';
+
+/** A scheduled callback; `cancel` is idempotent. */
+export interface Timer {
+  cancel(): void;
+}
+
+/**
+ * The source of processing time. Every timeout, backoff, deadline and processing-time trigger in
+ * Sluice runs on a `Clock`, never on the global timers, so tests swap in a {@link VirtualClock}
+ * and run time-based logic without sleeping.
+ */
+export interface Clock {
+  /** Milliseconds since the epoch. */
+  now(): number;
+  /** Runs `callback` once `delayMs` has passed on this clock. */
+  setTimeout(callback: () => void, delayMs: number): Timer;
+  /** Resolves after `delayMs`; rejects with the signal's reason if it aborts first. */
+  sleep(delayMs: number, signal?: AbortSignal): Promise<void>;
+  /** An RxJS scheduler on this clock, for `timer`, `bufferTime`, `debounceTime` and friends. */
+  readonly scheduler: SchedulerLike;
+}
+
+abstract class BaseClock implements Clock {
+  readonly scheduler: SchedulerLike = new ClockScheduler(this);
+  abstract now(): number;
+  abstract setTimeout(callback: () => void, delayMs: number): Timer;
+
+  sleep(delayMs: number, signal?: AbortSignal): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      if (signal?.aborted) {
+        reject(signal.reason);
+        return;
+      }
+      const onAbort = () => {
+        timer.cancel();
+        reject(signal?.reason);
+      };
+      const timer = this.setTimeout(() => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      }, delayMs);
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+}
+
+/** Wall-clock time and Node's timers. Timers are unref'd: a pending backoff never keeps a process alive. */
+export class SystemClock extends BaseClock {
+  now(): number {
+    return Date.now();
+  }
+
+  setTimeout(callback: () => void, delayMs: number): Timer {
+    const handle = setTimeout(callback, Math.max(0, delayMs));
+    handle.unref();
+    return { cancel: () => clearTimeout(handle) };
+  }
+}
+
+/** The clock of a process that was given none. */
+export const systemClock: Clock = new SystemClock();
+
+interface VirtualTimer {
+  readonly at: number;
+  readonly seq: number;
+  readonly callback: () => void;
+  cancelled: boolean;
+}
+
+/**
+ * Time that moves only when told to. `advance` runs every timer that falls due, in due order
+ * (ties in the order they were set), with `now()` equal to each timer's due time while it runs,
+ * and lets promise continuations settle between timers, so `await clock.sleep(…)` chains behave
+ * as they would in real time.
+ */
+export class VirtualClock extends BaseClock {
+  #now: number;
+  #seq = 0;
+  #timers: VirtualTimer[] = [];
+
+  constructor(startMs = 0) {
+    super();
+    this.#now = startMs;
+  }
+
+  now(): number {
+    return this.#now;
+  }
+
+  setTimeout(callback: () => void, delayMs: number): Timer {
+    const timer: VirtualTimer = { at: this.#now + Math.max(0, delayMs), seq: this.#seq++, callback, cancelled: false };
+    insertSorted(this.#timers, timer);
+    return {
+      cancel: () => {
+        timer.cancelled = true;
+      },
+    };
+  }
+
+  /** Timers set and not yet run or cancelled. */
+  get pending(): number {
+    return this.#timers.filter((t) => !t.cancelled).length;
+  }
+
+  /** The due time of the next timer, if any. */
+  nextDue(): number | undefined {
+    return this.#timers.find((t) => !t.cancelled)?.at;
+  }
+
+  /** Moves time forward by `ms`, running what falls due on the way. */
+  async advance(ms: number): Promise<void> {
+    await this.advanceTo(this.#now + ms);
+  }
+
+  /** Moves time to `targetMs` (never backwards), running what falls due on the way. */
+  async advanceTo(targetMs: number): Promise<void> {
+    await settle();
+    for (;;) {
+      const next = this.#timers[0];
+      if (next === undefined || next.at > targetMs) break;
+      this.#timers.shift();
+      if (next.cancelled) continue;
+      if (next.at > this.#now) this.#now = next.at;
+      next.callback();
+      await settle();
+    }
+    if (targetMs > this.#now) this.#now = targetMs;
+  }
+
+  /** Runs timers until none is left, at most `limit` of them (a guard against timers that re-arm forever). */
+  async runAll(limit = 100_000): Promise<void> {
+    for (let i = 0; i < limit; i++) {
+      const due = this.nextDue();
+      if (due === undefined) return;
+      await this.advanceTo(due);
+    }
+    throw new Error(`virtual clock: more than ${limit} timers ran; a timer re-arms itself forever`);
+  }
+}
+
+function insertSorted(timers: VirtualTimer[], timer: VirtualTimer): void {
+  let lo = 0;
+  let hi = timers.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    const t = timers[mid] as VirtualTimer;
+    if (t.at < timer.at || (t.at === timer.at && t.seq < timer.seq)) lo = mid + 1;
+    else hi = mid;
+  }
+  timers.splice(lo, 0, timer);
+}
+
+/** Lets queued promise continuations and microtasks run (several turns, for chained awaits). */
+async function settle(): Promise<void> {
+  for (let i = 0; i < 10; i++) await Promise.resolve();
+  await new Promise<void>((resolve) => setImmediate(resolve));
+}
+
+class ClockAction<T> extends Subscription implements SchedulerAction<T> {
+  #timer: Timer | undefined;
+  readonly #clock: Clock;
+  readonly #work: (this: SchedulerAction<T>, state?: T) => void;
+
+  constructor(clock: Clock, work: (this: SchedulerAction<T>, state?: T) => void) {
+    super();
+    this.#clock = clock;
+    this.#work = work;
+    this.add(() => this.#timer?.cancel());
+  }
+
+  schedule(state?: T, delay = 0): Subscription {
+    if (this.closed) return this;
+    this.#timer?.cancel();
+    this.#timer = this.#clock.setTimeout(() => {
+      this.#timer = undefined;
+      if (!this.closed) this.#work.call(this, state);
+    }, delay);
+    return this;
+  }
+}
+
+class ClockScheduler implements SchedulerLike {
+  readonly #clock: Clock;
+  constructor(clock: Clock) {
+    this.#clock = clock;
+  }
+  now(): number {
+    return this.#clock.now();
+  }
+  schedule<T>(work: (this: SchedulerAction<T>, state?: T) => void, delay = 0, state?: T): Subscription {
+    return new ClockAction(this.#clock, work).schedule(state, delay);
+  }
+}

@@ -1,0 +1,249 @@
+/**
+ * The one catalogue of Sluice errors. Every error carries a stable `code`, a `retryable` flag
+ * that the supervisor reads before it dead-letters, a `cause`, and fields that name the input.
+ * Messages read `invalid WHAT 'INPUT': RULE`, lowercase, with no final period.
+ * docs/errors.md has a row per code; a test keeps the two in step.
+ */
+export const errorCodes = [
+  'SLUICE_ERR_SUBJECT',
+  'SLUICE_ERR_OPTIONS',
+  'SLUICE_ERR_TIMEOUT',
+  'SLUICE_ERR_NO_RESPONDERS',
+  'SLUICE_ERR_PERMISSION',
+  'SLUICE_ERR_MAX_PAYLOAD',
+  'SLUICE_ERR_MAILBOX_FULL',
+  'SLUICE_ERR_CLOSED',
+  'SLUICE_ERR_SCHEMA',
+  'SLUICE_ERR_DECODE',
+  'SLUICE_ERR_HANDLER',
+  'SLUICE_ERR_RESTART_LIMIT',
+  'SLUICE_ERR_SHUTDOWN',
+  'SLUICE_ERR_SETTLEMENT',
+  'SLUICE_ERR_LATE_DATA',
+] as const;
+export type ErrorCode = (typeof errorCodes)[number];
+
+export interface SluiceErrorOptions extends ErrorOptions {
+  /** The same call may succeed later: the supervisor retries before it dead-letters. */
+  retryable?: boolean;
+}
+
+export class SluiceError extends Error {
+  readonly code: ErrorCode;
+  readonly retryable: boolean;
+  constructor(code: ErrorCode, message: string, options: SluiceErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'SluiceError';
+    this.code = code;
+    this.retryable = options.retryable ?? false;
+  }
+
+  /** Keeps code, fields and message when written to dead-letter headers and logs. */
+  toJSON(): Record<string, unknown> {
+    return { ...(this as object), name: this.name, message: this.message };
+  }
+}
+
+export type SubjectRule =
+  | 'empty'
+  | 'empty-token'
+  | 'whitespace'
+  | 'wildcard-in-publish'
+  | 'full-wildcard-not-last'
+  | 'wildcard-in-token'
+  | 'not-a-string';
+
+export class SubjectError extends SluiceError {
+  readonly subject: string;
+  readonly rule: SubjectRule;
+  constructor(subject: string, rule: SubjectRule, detail: string) {
+    super('SLUICE_ERR_SUBJECT', `invalid subject '${subject}': ${detail}`);
+    this.name = 'SubjectError';
+    this.subject = subject;
+    this.rule = rule;
+  }
+}
+
+export class OptionsError extends SluiceError {
+  readonly option: string;
+  readonly value: unknown;
+  constructor(option: string, rule: string, value: unknown) {
+    super('SLUICE_ERR_OPTIONS', `invalid option '${option}': ${rule}, got ${describe(value)}`);
+    this.name = 'OptionsError';
+    this.option = option;
+    this.value = value;
+  }
+}
+
+export class TimeoutError extends SluiceError {
+  readonly subject: string;
+  readonly timeoutMs: number;
+  constructor(operation: string, subject: string, timeoutMs: number) {
+    super('SLUICE_ERR_TIMEOUT', `${operation} on '${subject}' timed out after ${timeoutMs} ms`, {
+      retryable: true,
+    });
+    this.name = 'TimeoutError';
+    this.subject = subject;
+    this.timeoutMs = timeoutMs;
+  }
+}
+
+export class NoRespondersError extends SluiceError {
+  readonly subject: string;
+  constructor(subject: string) {
+    super('SLUICE_ERR_NO_RESPONDERS', `no responders on '${subject}': nothing subscribes to it`, {
+      retryable: true,
+    });
+    this.name = 'NoRespondersError';
+    this.subject = subject;
+  }
+}
+
+export type PermissionOperation = 'publish' | 'subscribe';
+
+export class PermissionError extends SluiceError {
+  readonly operation: PermissionOperation;
+  readonly subject: string;
+  readonly client: string;
+  constructor(operation: PermissionOperation, subject: string, client: string, rule: string) {
+    super('SLUICE_ERR_PERMISSION', `permission denied: '${client}' may not ${operation} to '${subject}': ${rule}`);
+    this.name = 'PermissionError';
+    this.operation = operation;
+    this.subject = subject;
+    this.client = client;
+  }
+}
+
+export class MaxPayloadError extends SluiceError {
+  readonly subject: string;
+  readonly size: number;
+  readonly limit: number;
+  constructor(subject: string, size: number, limit: number) {
+    super(
+      'SLUICE_ERR_MAX_PAYLOAD',
+      `invalid message on '${subject}': its size ${size} bytes exceeds the limit of ${limit} bytes`,
+    );
+    this.name = 'MaxPayloadError';
+    this.subject = subject;
+    this.size = size;
+    this.limit = limit;
+  }
+}
+
+export class MailboxFullError extends SluiceError {
+  readonly mailbox: string;
+  readonly capacity: number;
+  constructor(mailbox: string, capacity: number) {
+    super(
+      'SLUICE_ERR_MAILBOX_FULL',
+      `mailbox '${mailbox}' is full: it holds ${capacity} messages and its policy is 'fail'`,
+      {
+        retryable: true,
+      },
+    );
+    this.name = 'MailboxFullError';
+    this.mailbox = mailbox;
+    this.capacity = capacity;
+  }
+}
+
+export class ClosedError extends SluiceError {
+  readonly target: string;
+  constructor(target: string, detail = 'it is closed') {
+    super('SLUICE_ERR_CLOSED', `'${target}' accepts no more messages: ${detail}`);
+    this.name = 'ClosedError';
+    this.target = target;
+  }
+}
+
+export interface SchemaIssueSummary {
+  readonly message: string;
+  readonly path?: string;
+}
+
+export class SchemaError extends SluiceError {
+  readonly subject: string;
+  readonly issues: readonly SchemaIssueSummary[];
+  constructor(subject: string, issues: readonly SchemaIssueSummary[]) {
+    const text = issues.map((i) => (i.path ? `${i.path}: ${i.message}` : i.message)).join('; ');
+    super('SLUICE_ERR_SCHEMA', `invalid data on '${subject}': ${text || 'rejected by its schema'}`);
+    this.name = 'SchemaError';
+    this.subject = subject;
+    this.issues = issues;
+  }
+}
+
+export class DecodeError extends SluiceError {
+  readonly subject: string;
+  constructor(subject: string, codec: string, cause: unknown) {
+    super('SLUICE_ERR_DECODE', `invalid payload on '${subject}': not decodable as ${codec}`, { cause });
+    this.name = 'DecodeError';
+    this.subject = subject;
+  }
+}
+
+export class HandlerError extends SluiceError {
+  readonly actor: string;
+  constructor(actor: string, cause: unknown) {
+    super('SLUICE_ERR_HANDLER', `actor '${actor}' failed: ${messageOf(cause)}`, {
+      cause,
+      retryable: cause instanceof SluiceError ? cause.retryable : true,
+    });
+    this.name = 'HandlerError';
+    this.actor = actor;
+  }
+}
+
+export class RestartLimitError extends SluiceError {
+  readonly actor: string;
+  readonly restarts: number;
+  readonly windowMs: number;
+  constructor(actor: string, restarts: number, windowMs: number, cause: unknown) {
+    super(
+      'SLUICE_ERR_RESTART_LIMIT',
+      `actor '${actor}' stopped: it failed after ${restarts} restarts within ${windowMs} ms: ${messageOf(cause)}`,
+      { cause },
+    );
+    this.name = 'RestartLimitError';
+    this.actor = actor;
+    this.restarts = restarts;
+    this.windowMs = windowMs;
+  }
+}
+
+export class ShutdownError extends SluiceError {
+  readonly leftInFlight: number;
+  constructor(deadlineMs: number, leftInFlight: number) {
+    super(
+      'SLUICE_ERR_SHUTDOWN',
+      `shutdown deadline of ${deadlineMs} ms passed with ${leftInFlight} messages in flight`,
+    );
+    this.name = 'ShutdownError';
+    this.leftInFlight = leftInFlight;
+  }
+}
+
+export class SettlementError extends SluiceError {
+  readonly messageId: string;
+  constructor(messageId: string, detail: string) {
+    super('SLUICE_ERR_SETTLEMENT', `invalid settlement of message '${messageId}': ${detail}`);
+    this.name = 'SettlementError';
+    this.messageId = messageId;
+  }
+}
+
+export function messageOf(error: unknown): string {
+  if (error instanceof Error) return error.message;
+  return typeof error === 'string' ? error : describe(error);
+}
+
+function describe(value: unknown): string {
+  if (typeof value === 'string') return `'${value}'`;
+  if (typeof value === 'bigint') return `${value}n`;
+  if (value === undefined || typeof value === 'function' || typeof value === 'symbol') return String(value);
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}

@@ -1,0 +1,202 @@
+import type { Envelope } from './envelope.ts';
+import { MailboxFullError } from './errors.ts';
+import { intOption, oneOf } from './options.ts';
+
+export const overflowPolicies = ['block', 'drop-oldest', 'drop-newest', 'fail'] as const;
+/**
+ * What a full mailbox does with one more message. `block` (the default) makes `publish` wait,
+ * which is what keeps memory bounded from sink to source; the drop policies count and release
+ * what they drop; `fail` rejects the publish with a {@link MailboxFullError}.
+ */
+export type OverflowPolicy = (typeof overflowPolicies)[number];
+
+export interface MailboxOptions {
+  /** Messages held before `overflow` applies. @default 1024 */
+  capacity?: number;
+  /** @default 'block' */
+  overflow?: OverflowPolicy;
+}
+
+export const DEFAULT_MAILBOX_OPTIONS = Object.freeze({ capacity: 1024, overflow: 'block' } as const);
+
+export function resolveMailboxOptions(options: MailboxOptions = {}, path = 'mailbox'): Required<MailboxOptions> {
+  return {
+    capacity: intOption(`${path}.capacity`, options.capacity, DEFAULT_MAILBOX_OPTIONS.capacity, 1),
+    overflow: oneOf(`${path}.overflow`, options.overflow, overflowPolicies, DEFAULT_MAILBOX_OPTIONS.overflow),
+  };
+}
+
+/** Why a mailbox let go of a message it did not deliver. */
+export type DropReason = 'drop-oldest' | 'drop-newest' | 'closed';
+
+/**
+ * Result of offering a message without waiting: accepted; full under `block` (the caller may wait
+ * for space); or dropped by the `drop-newest` policy (counted; the publish still succeeds).
+ */
+export const Offer = { Accepted: 0, Full: 1, Dropped: 2 } as const;
+export type Offer = (typeof Offer)[keyof typeof Offer];
+
+interface Waiter {
+  readonly env: Envelope;
+  readonly resolve: () => void;
+  readonly reject: (error: unknown) => void;
+}
+
+/**
+ * A bounded FIFO of envelopes between the bus and one consumer (an actor or a subscription).
+ * The bus retains an envelope's lineage when the mailbox accepts it; whoever takes it out releases
+ * it (the consumer when done, the mailbox itself when it drops it).
+ */
+export class Mailbox {
+  readonly name: string;
+  readonly capacity: number;
+  readonly overflow: OverflowPolicy;
+  /** Called when a message arrives in an empty mailbox or space is made while the consumer waits. */
+  onReadable: (() => void) | undefined = undefined;
+  /** Called for each message dropped by a policy or by closing. */
+  onDrop: ((env: Envelope, reason: DropReason) => void) | undefined = undefined;
+
+  #ring: (Envelope | undefined)[];
+  #head = 0;
+  #size = 0;
+  #waiters: Waiter[] = [];
+  #closed = false;
+  #spaceWaiters: (() => void)[] = [];
+
+  constructor(name: string, options?: MailboxOptions) {
+    const o = resolveMailboxOptions(options);
+    this.name = name;
+    this.capacity = o.capacity;
+    this.overflow = o.overflow;
+    this.#ring = new Array(Math.min(o.capacity, 1024));
+  }
+
+  /** Messages queued. */
+  get depth(): number {
+    return this.#size;
+  }
+
+  /** Publishers waiting for space under `block`. */
+  get blocked(): number {
+    return this.#waiters.length;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Whether `offer` would accept now. */
+  hasSpace(): boolean {
+    return this.#size < this.capacity;
+  }
+
+  /**
+   * Offers a message without waiting. Under `fail` a full mailbox throws {@link MailboxFullError};
+   * under `drop-oldest` the oldest is dropped to make room.
+   */
+  offer(env: Envelope): Offer {
+    if (this.#size < this.capacity && this.#waiters.length === 0) {
+      this.#push(env);
+      return Offer.Accepted;
+    }
+    switch (this.overflow) {
+      case 'block':
+        return Offer.Full;
+      case 'drop-newest':
+        return Offer.Dropped;
+      case 'drop-oldest': {
+        const oldest = this.#shift();
+        if (oldest !== undefined) this.onDrop?.(oldest, 'drop-oldest');
+        this.#push(env);
+        return Offer.Accepted;
+      }
+      case 'fail':
+        throw new MailboxFullError(this.name, this.capacity);
+    }
+  }
+
+  /** Queues a publisher until there is space (only under `block`); resolves once accepted. */
+  wait(env: Envelope): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.#waiters.push({ env, resolve, reject });
+    });
+  }
+
+  /** Takes the oldest message, letting one waiting publisher in. */
+  take(): Envelope | undefined {
+    const env = this.#shift();
+    if (env === undefined) return undefined;
+    const waiter = this.#waiters.shift();
+    if (waiter !== undefined) {
+      this.#push(waiter.env);
+      waiter.resolve();
+    } else if (this.#spaceWaiters.length > 0) {
+      const waiting = this.#spaceWaiters;
+      this.#spaceWaiters = [];
+      for (const w of waiting) w();
+    }
+    return env;
+  }
+
+  /** Puts a message back at the front (a redelivery), over capacity if need be: it was already accepted once. */
+  unshift(env: Envelope): void {
+    this.#grow();
+    this.#head = (this.#head - 1 + this.#ring.length) % this.#ring.length;
+    this.#ring[this.#head] = env;
+    this.#size++;
+    this.onReadable?.();
+  }
+
+  /** Resolves when there is space (for `tryPublish` callers that want to wait without a message). */
+  space(): Promise<void> {
+    if (this.#size < this.capacity) return Promise.resolve();
+    return new Promise((resolve) => this.#spaceWaiters.push(resolve));
+  }
+
+  /** Stops accepting. Waiting publishers are rejected with `reason`; queued messages stay for `take`. */
+  close(reason: unknown): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const w of waiters) w.reject(reason);
+    const spaceWaiters = this.#spaceWaiters;
+    this.#spaceWaiters = [];
+    for (const w of spaceWaiters) w();
+  }
+
+  /** Removes every queued message, handing each to `onDrop` as closed. */
+  clear(): number {
+    let n = 0;
+    for (let env = this.#shift(); env !== undefined; env = this.#shift()) {
+      n++;
+      this.onDrop?.(env, 'closed');
+    }
+    return n;
+  }
+
+  #push(env: Envelope): void {
+    this.#grow();
+    this.#ring[(this.#head + this.#size) % this.#ring.length] = env;
+    this.#size++;
+    if (this.#size === 1) this.onReadable?.();
+  }
+
+  #shift(): Envelope | undefined {
+    if (this.#size === 0) return undefined;
+    const env = this.#ring[this.#head];
+    this.#ring[this.#head] = undefined;
+    this.#head = (this.#head + 1) % this.#ring.length;
+    this.#size--;
+    return env;
+  }
+
+  #grow(): void {
+    if (this.#size < this.#ring.length) return;
+    // Unroll the ring into a larger array; capacity bounds growth except for redeliveries.
+    const next: (Envelope | undefined)[] = new Array(this.#ring.length * 2);
+    for (let i = 0; i < this.#size; i++) next[i] = this.#ring[(this.#head + i) % this.#ring.length];
+    this.#ring = next;
+    this.#head = 0;
+  }
+}

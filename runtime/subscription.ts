@@ -1,0 +1,294 @@
+import { Observable, type Subscriber } from 'rxjs';
+import type { Bus, QueueStrategy, Route } from './bus.ts';
+import type { Envelope } from './envelope.ts';
+import { ClosedError, OptionsError } from './errors.ts';
+import { Mailbox, type MailboxOptions } from './mailbox.ts';
+import { intOption, oneOf } from './options.ts';
+
+export interface SubscriptionOptions<T> {
+  /** Subscribers sharing a queue group split the messages; each group gets one copy. */
+  queue?: string;
+  /** How the group picks a member; the first member's choice holds. @default 'round-robin' */
+  queueStrategy?: QueueStrategy;
+  mailbox?: MailboxOptions;
+  /**
+   * Handles each message (NATS style). A returned promise holds the message in flight until it
+   * settles; a throw or rejection goes to `onError` and never stops the subscription.
+   */
+  callback?: (env: Envelope<T>) => void | Promise<void>;
+  /** Messages handled at once by `callback`. @default 1 */
+  concurrency?: number;
+  /** Errors from `callback`. @default logs to the console with the subject and message id */
+  onError?: (error: unknown, env: Envelope<T>) => void;
+}
+
+type Mode = 'none' | 'callback' | 'observable' | 'iterator';
+
+/**
+ * A subscription to a subject pattern. Messages wait in a bounded mailbox until taken by exactly
+ * one consumer: the `callback` option, `observable` (RxJS) or `for await` (async iterator). The
+ * mailbox pushes back on publishers when the consumer falls behind.
+ */
+export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
+  readonly subject: string;
+  readonly queue: string | undefined;
+  readonly #bus: Bus;
+  readonly #mailbox: Mailbox;
+  readonly #unroute: () => void;
+  readonly #closed: Promise<void>;
+  #resolveClosed!: () => void;
+  #mode: Mode = 'none';
+  #state: 'open' | 'draining' | 'closed' = 'open';
+  #active = 0;
+  #delivered = 0;
+  #scheduled = false;
+  readonly #concurrency: number;
+  readonly #callback: ((env: Envelope<T>) => void | Promise<void>) | undefined;
+  readonly #onError: (error: unknown, env: Envelope<T>) => void;
+  #observer: Subscriber<Envelope<T>> | undefined;
+  #wakeIterator: (() => void) | undefined;
+
+  /** @internal Made by `BusClient.subscribe`. */
+  constructor(
+    bus: Bus,
+    pattern: string,
+    options: SubscriptionOptions<T>,
+    filter: ((subject: string) => boolean) | undefined,
+  ) {
+    this.subject = pattern;
+    this.queue = options.queue;
+    this.#bus = bus;
+    this.#concurrency = intOption('subscription.concurrency', options.concurrency, 1, 1);
+    this.#callback = options.callback;
+    this.#onError = options.onError ?? defaultOnError(pattern);
+    this.#mailbox = new Mailbox(
+      options.queue === undefined ? pattern : `${pattern} [${options.queue}]`,
+      options.mailbox,
+    );
+    this.#mailbox.onDrop = (env, reason) => bus.dropped(env, reason);
+    this.#mailbox.onReadable = () => this.#schedule();
+    this.#closed = new Promise((resolve) => {
+      this.#resolveClosed = resolve;
+    });
+    const route: Route = {
+      queue: options.queue,
+      strategy: oneOf(
+        'subscription.queueStrategy',
+        options.queueStrategy,
+        ['round-robin', 'least-loaded'],
+        'round-robin',
+      ),
+      mailbox: this.#mailbox,
+      direct: undefined,
+      filter,
+    };
+    this.#unroute = bus.addRoute(pattern, route);
+    if (this.#callback !== undefined) this.#mode = 'callback';
+  }
+
+  /** Messages waiting in the mailbox. */
+  get pending(): number {
+    return this.#mailbox.depth;
+  }
+
+  /** Messages handed to the consumer so far. */
+  get delivered(): number {
+    return this.#delivered;
+  }
+
+  /** Whether the subscription still accepts messages. */
+  get isOpen(): boolean {
+    return this.#state === 'open';
+  }
+
+  /** Resolves once the subscription is closed (by `unsubscribe`, `close` or a finished `drain`). */
+  get closed(): Promise<void> {
+    return this.#closed;
+  }
+
+  /** Resolves when the mailbox has room (for `tryPublish` callers that want to wait). */
+  space(): Promise<void> {
+    return this.#mailbox.space();
+  }
+
+  /**
+   * The messages as an RxJS Observable; one observer at a time. A message is settled when the
+   * observer's `next` returns. Unsubscribing from it ends the subscription.
+   */
+  get observable(): Observable<Envelope<T>> {
+    return new Observable<Envelope<T>>((subscriber) => {
+      this.#claim('observable');
+      this.#observer = subscriber;
+      if (this.#state === 'closed' && this.#mailbox.depth === 0) subscriber.complete();
+      else this.#schedule();
+      return () => {
+        this.#observer = undefined;
+        this.unsubscribe();
+      };
+    });
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<Envelope<T>> {
+    this.#claim('iterator');
+    let previous: Envelope<T> | undefined;
+    const finishPrevious = () => {
+      if (previous !== undefined) {
+        this.#finish(previous, undefined);
+        previous = undefined;
+      }
+    };
+    return {
+      next: async (): Promise<IteratorResult<Envelope<T>>> => {
+        finishPrevious();
+        for (;;) {
+          const env = this.#mailbox.take() as Envelope<T> | undefined;
+          if (env !== undefined) {
+            this.#active++;
+            this.#delivered++;
+            this.#bus.telemetry.counters.delivered++;
+            previous = env;
+            return { value: env, done: false };
+          }
+          if (this.#state !== 'open') {
+            this.#settleClose();
+            return { value: undefined, done: true };
+          }
+          await new Promise<void>((resolve) => {
+            this.#wakeIterator = resolve;
+          });
+        }
+      },
+      return: async (): Promise<IteratorResult<Envelope<T>>> => {
+        finishPrevious();
+        this.unsubscribe();
+        return { value: undefined, done: true };
+      },
+    };
+  }
+
+  /** Stops now: no more messages; queued ones are dropped, counted and released. */
+  unsubscribe(): void {
+    if (this.#state === 'closed') return;
+    this.#state = 'closed';
+    this.#unroute();
+    this.#mailbox.close(new ClosedError(this.subject, 'the subscription was closed'));
+    this.#mailbox.clear();
+    this.#settleClose();
+  }
+
+  /** As `unsubscribe`, resolving once handlers in progress finished. */
+  async close(): Promise<void> {
+    this.unsubscribe();
+    await this.#closed;
+  }
+
+  /** Accepts nothing new, hands what is queued to the consumer, and resolves once all of it is handled. */
+  async drain(): Promise<void> {
+    if (this.#state === 'open') {
+      this.#state = 'draining';
+      this.#unroute();
+      this.#mailbox.close(new ClosedError(this.subject, 'the subscription is draining'));
+      this.#schedule();
+      this.#settleClose();
+    }
+    await this.#closed;
+  }
+
+  #claim(mode: Mode): void {
+    if (this.#mode !== 'none') {
+      throw new OptionsError('subscription', `'${this.subject}' is already consumed by its ${this.#mode}`, mode);
+    }
+    this.#mode = mode;
+  }
+
+  #schedule(): void {
+    if (this.#wakeIterator !== undefined) {
+      const wake = this.#wakeIterator;
+      this.#wakeIterator = undefined;
+      wake();
+      return;
+    }
+    if (this.#scheduled || (this.#mode !== 'callback' && this.#mode !== 'observable')) return;
+    this.#scheduled = true;
+    queueMicrotask(this.#pump);
+  }
+
+  readonly #pump = (): void => {
+    this.#scheduled = false;
+    if (this.#mode === 'observable') {
+      const observer = this.#observer;
+      if (observer === undefined) return;
+      for (let env = this.#mailbox.take(); env !== undefined; env = this.#mailbox.take()) {
+        this.#active++;
+        this.#delivered++;
+        this.#bus.telemetry.counters.delivered++;
+        observer.next(env as Envelope<T>);
+        this.#finish(env as Envelope<T>, undefined);
+      }
+      this.#settleClose();
+      return;
+    }
+    const callback = this.#callback as (env: Envelope<T>) => void | Promise<void>;
+    while (this.#active < this.#concurrency) {
+      const env = this.#mailbox.take() as Envelope<T> | undefined;
+      if (env === undefined) break;
+      this.#active++;
+      this.#delivered++;
+      this.#bus.telemetry.counters.delivered++;
+      let result: void | Promise<void>;
+      try {
+        result = callback(env);
+      } catch (error) {
+        this.#finish(env, error);
+        continue;
+      }
+      if (result instanceof Promise) {
+        result.then(
+          () => this.#finishAndPump(env, undefined),
+          (error: unknown) => this.#finishAndPump(env, error),
+        );
+      } else this.#finish(env, undefined);
+    }
+    this.#settleClose();
+  };
+
+  #finishAndPump(env: Envelope<T>, error: unknown): void {
+    this.#finish(env, error);
+    this.#schedule();
+    this.#settleClose();
+  }
+
+  #finish(env: Envelope<T>, error: unknown): void {
+    this.#active--;
+    if (error !== undefined) {
+      try {
+        this.#onError(error, env);
+      } catch {
+        // An error handler that throws must not stop delivery.
+      }
+    }
+    env.lineage?.release(error);
+  }
+
+  #settleClose(): void {
+    if (this.#state === 'open' || this.#active > 0 || this.#mailbox.depth > 0) return;
+    this.#state = 'closed';
+    this.#resolveClosed();
+    if (this.#observer !== undefined) {
+      const observer = this.#observer;
+      this.#observer = undefined;
+      observer.complete();
+    }
+    if (this.#wakeIterator !== undefined) {
+      const wake = this.#wakeIterator;
+      this.#wakeIterator = undefined;
+      wake();
+    }
+  }
+}
+
+function defaultOnError(subject: string) {
+  return (error: unknown, env: Envelope): void => {
+    console.error(`sluice: subscription '${subject}' failed on message '${env.id}':`, error);
+  };
+}
