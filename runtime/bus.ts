@@ -2,15 +2,15 @@ import { type Clock, systemClock } from './clock.ts';
 import { type Codec, msgpackCodec } from './codec.ts';
 import { createEnvelope, type Envelope, nextId, type PublishOptions } from './envelope.ts';
 import {
+  MailboxFullError,
   MaxPayloadError,
   NoRespondersError,
   OptionsError,
   PermissionError,
   type PermissionOperation,
-  SluiceError,
   TimeoutError,
 } from './errors.ts';
-import { type DropReason, type Mailbox, Offer } from './mailbox.ts';
+import { type DropReason, Mailbox, Offer } from './mailbox.ts';
 import { intOption, oneOf } from './options.ts';
 import { PermissionChecker, type Permissions } from './permissions.ts';
 import { type Routable, SubjectTrie, validateSubject } from './subjects.ts';
@@ -65,13 +65,16 @@ export interface BusClient {
   readonly name: string;
   /**
    * Publishes and resolves once every matching mailbox accepted the message (the backpressure
-   * signal). Rejects with a `SubjectError`, `PermissionError`, `MaxPayloadError` or, under the
-   * `fail` overflow policy, a `MailboxFullError`.
+   * signal); a subscription that closes while the publish waits on it no longer holds it back (its
+   * copy counts as dropped). Rejects with a `SubjectError`, `PermissionError`, `MaxPayloadError` or,
+   * when a matching mailbox under the `fail` policy is full, a `MailboxFullError`; a rejected
+   * publish reached no subscriber.
    */
   publish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): Promise<void>;
   /**
    * Publishes only if every matching mailbox can accept now; returns false (and delivers to none)
-   * when one is full. For hot paths: no promise is made.
+   * when one under `block` or `fail` is full. For hot paths: no promise is made. Invalid subjects,
+   * permissions and sizes throw as `publish` rejects.
    */
   tryPublish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): boolean;
   /** Forwards an existing envelope (keeping its id, headers and lineage) to its own subject. */
@@ -94,6 +97,8 @@ export interface Route extends Routable {
 }
 
 const RESOLVED: Promise<void> = Promise.resolve();
+/** @internal What `route(env, true)` returns when every mailbox accepted at once: no need to await it. */
+export const ACCEPTED: Promise<void> = RESOLVED;
 const encoder = new TextEncoder();
 
 /**
@@ -200,55 +205,57 @@ export class Bus implements BusClient {
   }
 
   /**
-   * @internal Routes an envelope. With `wait`, full `block` mailboxes are waited for and the
-   * result is a promise; without, the result is whether it was delivered (all or none).
+   * @internal Routes an envelope to all or none of its targets. First every target is checked:
+   * a full `fail` mailbox refuses (with `wait`, a {@link MailboxFullError}; without, `false`), and
+   * without `wait` so does a full `block` mailbox. Only then is the envelope delivered, so a refused
+   * publish reached nobody and may be retried without duplicates. With `wait` the result resolves
+   * once every `block` mailbox accepted it.
    */
   route(env: Envelope, wait: true): Promise<void>;
   route(env: Envelope, wait: false): boolean;
   route(env: Envelope, wait: boolean): Promise<void> | boolean {
-    this.#counters.published++;
-    const m = this.#trie.match(env.subject);
-    const { plain, groups } = m;
+    const { plain, groups } = this.#trie.match(env.subject);
     if (plain.length === 1 && groups.length === 0) {
       // The common case, one subscriber: no second pass, no allocation.
       const r = plain[0] as Route;
-      if (r.filter !== undefined && !r.filter(env.subject)) return wait ? RESOLVED : true;
-      if (!wait && r.mailbox !== undefined && r.mailbox.overflow === 'block' && !r.mailbox.hasSpace()) {
-        this.#counters.refused++;
-        return false;
+      if (passes(r, env)) {
+        const full = refusing(r, wait);
+        if (full !== undefined) return this.#refuse(full, wait);
+        this.#counters.published++;
+        const waiting = this.#deliver(r, env, wait);
+        return wait ? (waiting ?? RESOLVED) : true;
       }
-      const waiting = this.#deliver(r, env, wait);
-      return wait ? (waiting ?? RESOLVED) : true;
+      this.#counters.published++;
+      return wait ? RESOLVED : true;
     }
-    if (plain.length === 0 && groups.length === 0) return wait ? RESOLVED : true;
 
-    let chosen: Route[] | undefined;
-    if (groups.length > 0) {
-      chosen = [];
-      for (const members of groups) {
-        const member = this.#pick(members, !wait);
-        if (member === undefined) {
-          this.#counters.refused++;
-          return false;
-        }
-        chosen.push(member);
-      }
+    let chosen: Picked[] | undefined;
+    for (const members of groups) {
+      const pick = this.#pick(members, env, wait);
+      if (pick === null) continue;
+      if (pick instanceof Mailbox) return this.#refuse(pick, wait);
+      (chosen ??= []).push(pick);
     }
-    if (!wait) {
-      // All or none: check every target before delivering to any.
-      for (const r of plain) {
-        if (r.mailbox !== undefined && r.mailbox.overflow === 'block' && !r.mailbox.hasSpace() && passes(r, env)) {
-          this.#counters.refused++;
-          return false;
-        }
-      }
+    for (const r of plain) {
+      if (!passes(r, env)) continue;
+      const full = refusing(r, wait);
+      if (full !== undefined) return this.#refuse(full, wait);
     }
+
+    this.#counters.published++;
     let waits: Promise<void>[] | undefined;
-    const targets = chosen === undefined ? plain : plain.concat(chosen);
-    for (const r of targets) {
+    for (const r of plain) {
       if (!passes(r, env)) continue;
       const w = this.#deliver(r, env, wait);
       if (w !== undefined) (waits ??= []).push(w);
+    }
+    if (chosen !== undefined) {
+      for (const { route, cursor } of chosen) {
+        // Round-robin cursors move only once the publish is admitted, so a refused one skips no member.
+        if (cursor >= 0) this.#cursor.set(route.queue as string, cursor);
+        const w = this.#deliver(route, env, wait);
+        if (w !== undefined) (waits ??= []).push(w);
+      }
     }
     if (!wait) return true;
     if (waits === undefined) return RESOLVED;
@@ -258,7 +265,7 @@ export class Bus implements BusClient {
   /** @internal Releases and counts a message a mailbox let go of. */
   dropped(env: Envelope, _reason: DropReason): void {
     this.#counters.dropped++;
-    env.lineage?.release();
+    env.lineage?.releaseAbsorbed();
   }
 
   /** @internal Counts a permission violation and returns its error. */
@@ -295,6 +302,11 @@ export class Bus implements BusClient {
     return `${this.#inboxPrefix}.${nextId()}`;
   }
 
+  /** @internal Whether `subject` is a reply subject made by {@link inbox}. */
+  isInbox(subject: string): boolean {
+    return subject.startsWith(this.#inboxPrefix) && subject.charCodeAt(this.#inboxPrefix.length) === 46; // '.'
+  }
+
   #ensureInbox(): void {
     if (this.#inboxRoute !== undefined) return;
     const route: Route = {
@@ -311,6 +323,12 @@ export class Bus implements BusClient {
     this.addRoute(`${this.#inboxPrefix}.*`, route);
   }
 
+  #refuse(full: Mailbox, wait: boolean): false {
+    if (wait) throw new MailboxFullError(full.name, full.capacity);
+    this.#counters.refused++;
+    return false;
+  }
+
   #deliver(r: Route, env: Envelope, wait: boolean): Promise<void> | undefined {
     if (r.direct !== undefined) {
       r.direct(env);
@@ -318,55 +336,80 @@ export class Bus implements BusClient {
     }
     const mailbox = r.mailbox as Mailbox;
     if (mailbox.closed) return undefined;
-    env.lineage?.retain();
-    const offer = mailbox.offer(env);
-    if (offer === Offer.Accepted) return undefined;
-    if (offer === Offer.Dropped) {
-      this.dropped(env, 'drop-newest');
-      return undefined;
+    // The mailbox's reference: released by its consumer, or by onDrop when the mailbox lets go.
+    env.lineage?.absorb();
+    let offer: Offer;
+    try {
+      offer = mailbox.offer(env);
+    } catch (error) {
+      // Only a `fail` mailbox filled by re-entrant publishing after the admission check gets here.
+      env.lineage?.releaseAbsorbed();
+      throw error;
     }
-    if (!wait) {
-      // Only reached for a queue-group member picked without space check, which #pick prevents.
-      env.lineage?.release();
-      throw new SluiceError('SLUICE_ERR_MAILBOX_FULL', `mailbox '${mailbox.name}' is full`);
-    }
+    if (offer !== Offer.Full) return undefined;
+    // Admission checked for space; a mailbox filled since (re-entrant publishing from a drop hook)
+    // holds this message as a waiter rather than lose it, even for tryPublish.
     return mailbox.wait(env);
   }
 
-  #pick(members: readonly Route[], needSpace: boolean): Route | undefined {
+  /**
+   * Picks the member of a queue group that gets `env`: one whose filter passes and that has room,
+   * by the group's strategy; failing that one that accepts while full (a drop policy, or `block`
+   * when waiting). `null` when no member may receive the subject; the full mailbox that refuses
+   * when every eligible member does.
+   */
+  #pick(members: readonly Route[], env: Envelope, wait: boolean): Picked | Mailbox | null {
     const first = members[0] as Route;
-    if (members.length === 1) return !needSpace || canTake(first) ? first : undefined;
-    if (first.strategy === 'least-loaded') {
-      let best: Route | undefined;
-      let bestDepth = Number.POSITIVE_INFINITY;
-      for (const m of members) {
+    const n = members.length;
+    const roundRobin = first.strategy === 'round-robin';
+    const start = roundRobin ? (this.#cursor.get(first.queue as string) ?? 0) % n : 0;
+    let best: Route | undefined;
+    let bestDepth = Number.POSITIVE_INFINITY;
+    let fallback: Route | undefined;
+    let fallbackIndex = -1;
+    let refuser: Mailbox | undefined;
+    for (let i = 0; i < n; i++) {
+      const index = (start + i) % n;
+      const m = members[index] as Route;
+      if (!passes(m, env)) continue;
+      if (hasRoom(m)) {
+        if (roundRobin) return { route: m, cursor: n === 1 ? -1 : index + 1 };
         const depth = m.mailbox?.depth ?? 0;
-        if (depth < bestDepth && (!needSpace || canTake(m))) {
+        if (depth < bestDepth) {
           best = m;
           bestDepth = depth;
         }
-      }
-      return best ?? (needSpace ? undefined : first);
-    }
-    const queue = first.queue as string;
-    const start = this.#cursor.get(queue) ?? 0;
-    for (let i = 0; i < members.length; i++) {
-      const index = (start + i) % members.length;
-      const m = members[index] as Route;
-      // Skip a full member while another has room, so one slow member does not stall the group.
-      if (canTake(m)) {
-        this.#cursor.set(queue, index + 1);
-        return m;
+      } else if (fallback === undefined) {
+        const full = refusing(m, wait);
+        if (full === undefined) {
+          fallback = m;
+          fallbackIndex = index;
+        } else refuser ??= full;
       }
     }
-    if (needSpace) return undefined;
-    this.#cursor.set(queue, start + 1);
-    return members[start % members.length];
+    if (best !== undefined) return { route: best, cursor: -1 };
+    if (fallback !== undefined) return { route: fallback, cursor: roundRobin && n > 1 ? fallbackIndex + 1 : -1 };
+    return refuser ?? null;
   }
 }
 
-function canTake(r: Route): boolean {
-  return r.mailbox === undefined || r.mailbox.overflow !== 'block' || r.mailbox.hasSpace();
+interface Picked {
+  readonly route: Route;
+  /** The round-robin cursor to store once the publish is admitted; -1 when there is none to move. */
+  readonly cursor: number;
+}
+
+/** Whether a route takes a message now without applying an overflow policy. */
+function hasRoom(r: Route): boolean {
+  return r.mailbox === undefined || (!r.mailbox.closed && r.mailbox.hasSpace());
+}
+
+/** The full mailbox behind `r` when it refuses a message now: `fail` always, `block` unless waiting. */
+function refusing(r: Route, wait: boolean): Mailbox | undefined {
+  const mailbox = r.mailbox;
+  if (mailbox === undefined || mailbox.closed || mailbox.hasSpace()) return undefined;
+  if (mailbox.overflow === 'fail' || (mailbox.overflow === 'block' && !wait)) return mailbox;
+  return undefined;
 }
 
 function passes(r: Route, env: Envelope): boolean {
@@ -376,7 +419,8 @@ function passes(r: Route, env: Envelope): boolean {
 function noop(): void {}
 
 function nameOf<T>(subject: SubjectRef<T>): string {
-  return typeof subject === 'string' ? subject : subject.name;
+  // Anything else (undefined from untyped code) goes on to validateSubject, which names it.
+  return typeof subject === 'object' && subject !== null ? subject.name : subject;
 }
 
 /** @internal A bus client: the bus plus one client's permissions and name. */
@@ -395,7 +439,7 @@ export class ClientImpl implements BusClient {
   publish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): Promise<void> {
     try {
       const name = nameOf(subject);
-      this.#checkPublish(name, data);
+      this.#checkPublish(name, data, options?.replyTo);
       return this.#bus.route(createEnvelope(name, data, options, this.#bus.clock.now()), true);
     } catch (error) {
       return Promise.reject(error);
@@ -404,13 +448,13 @@ export class ClientImpl implements BusClient {
 
   tryPublish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): boolean {
     const name = nameOf(subject);
-    this.#checkPublish(name, data);
+    this.#checkPublish(name, data, options?.replyTo);
     return this.#bus.route(createEnvelope(name, data, options, this.#bus.clock.now()), false);
   }
 
   forward(env: Envelope): Promise<void> {
     try {
-      this.#checkPublish(env.subject, env.data);
+      this.#checkPublish(env.subject, env.data, env.replyTo);
       return this.#bus.route(env, true);
     } catch (error) {
       return Promise.reject(error);
@@ -438,7 +482,7 @@ export class ClientImpl implements BusClient {
   ): Promise<Envelope<Res>> {
     try {
       const name = nameOf(subject);
-      this.#checkPublish(name, data);
+      this.#checkPublish(name, data, undefined);
       const timeoutMs = intOption('request.timeoutMs', options.timeoutMs, this.#bus.requestTimeoutMs, 1);
       const env = createEnvelope(name, data, { ...options, replyTo: this.#bus.inbox() }, this.#bus.clock.now());
       return this.#bus.requestVia(this, env, name, timeoutMs) as Promise<Envelope<Res>>;
@@ -457,26 +501,39 @@ export class ClientImpl implements BusClient {
         ),
       );
     }
-    // Replies go to the requester's inbox, which permissions do not restrict (as NATS's allow_responses).
     try {
-      this.#bus.checkSize(request.replyTo, data);
-      return this.#bus.route(createEnvelope(request.replyTo, data, options, this.#bus.clock.now()), true);
+      const replyTo = request.replyTo;
+      this.#checkLiteral(replyTo);
+      if (options?.replyTo !== undefined) this.#checkLiteral(options.replyTo);
+      if (this.#bus.isInbox(replyTo)) {
+        // A requester's inbox: permissions do not restrict replies to it (as NATS's allow_responses).
+        this.#bus.checkSize(replyTo, data);
+      } else {
+        // Any other reply subject was chosen by whoever built the envelope: check it as a publish,
+        // or a crafted `replyTo` would get around the publish permissions.
+        this.#checkPublish(replyTo, data, undefined);
+      }
+      return this.#bus.route(createEnvelope(replyTo, data, options, this.#bus.clock.now()), true);
     } catch (error) {
       return Promise.reject(error);
     }
   }
 
-  #checkPublish(subject: string, data: unknown): void {
-    if (!this.#literalCache.has(subject)) {
-      validateSubject(subject, 'publish');
-      if (this.#literalCache.size > 8192) this.#literalCache.clear();
-      this.#literalCache.add(subject);
-    }
+  #checkPublish(subject: string, data: unknown, replyTo: string | undefined): void {
+    this.#checkLiteral(subject);
+    if (replyTo !== undefined) this.#checkLiteral(replyTo);
     if (!this.#permissions.unrestricted) {
       const reason = this.#permissions.publishDenied(subject);
       if (reason !== undefined) throw this.#bus.denied('publish', subject, this.name, reason);
     }
     this.#bus.checkSize(subject, data);
+  }
+
+  #checkLiteral(subject: string): void {
+    if (this.#literalCache.has(subject)) return;
+    validateSubject(subject, 'publish');
+    if (this.#literalCache.size > 8192) this.#literalCache.clear();
+    this.#literalCache.add(subject);
   }
 }
 

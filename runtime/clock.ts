@@ -58,9 +58,6 @@ export class SystemClock extends BaseClock {
   }
 }
 
-/** The clock of a process that was given none. */
-export const systemClock: Clock = new SystemClock();
-
 interface VirtualTimer {
   readonly at: number;
   readonly seq: number;
@@ -89,7 +86,9 @@ export class VirtualClock extends BaseClock {
   }
 
   setTimeout(callback: () => void, delayMs: number): Timer {
-    const timer: VirtualTimer = { at: this.#now + Math.max(0, delayMs), seq: this.#seq++, callback, cancelled: false };
+    // As Node's setTimeout: a negative or NaN delay means now. A NaN due time would never sort or fall due.
+    const delay = delayMs > 0 ? delayMs : 0;
+    const timer: VirtualTimer = { at: this.#now + delay, seq: this.#seq++, callback, cancelled: false };
     insertSorted(this.#timers, timer);
     return {
       cancel: () => {
@@ -192,3 +191,6 @@ class ClockScheduler implements SchedulerLike {
     return new ClockAction(this.#clock, work).schedule(state, delay);
   }
 }
+
+/** The clock of a process that was given none. */
+export const systemClock: Clock = new SystemClock();

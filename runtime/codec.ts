@@ -1,4 +1,4 @@
-import { Packr } from 'msgpackr';
+import { C1, Packr } from 'msgpackr';
 import type { Envelope, Headers } from './envelope.ts';
 import { DecodeError } from './errors.ts';
 
@@ -17,13 +17,32 @@ export const msgpackCodec: Codec = Object.freeze({
   name: 'msgpack',
   encode: (value: unknown): Uint8Array => packr.pack(value),
   decode(bytes: Uint8Array, subject = '?'): unknown {
+    let value: unknown;
     try {
-      return packr.unpack(bytes);
+      value = packr.unpack(bytes);
     } catch (error) {
       throw new DecodeError(subject, 'msgpack', error);
     }
+    // msgpackr decodes the byte 0xC1, which MessagePack reserves as "never used", to a marker
+    // object instead of failing: such bytes were not written by a MessagePack encoder.
+    if (holdsC1(value)) throw new DecodeError(subject, 'msgpack', new Error('reserved byte 0xc1'));
+    return value;
   },
 });
+
+function holdsC1(value: unknown): boolean {
+  if (value === C1) return true;
+  if (typeof value !== 'object' || value === null || ArrayBuffer.isView(value)) return false;
+  if (Array.isArray(value)) return value.some(holdsC1);
+  if (value instanceof Map) {
+    for (const [k, v] of value) if (holdsC1(k) || holdsC1(v)) return true;
+    return false;
+  }
+  if (value instanceof Set) return [...value].some(holdsC1);
+  if (Object.getPrototypeOf(value) !== Object.prototype) return false;
+  for (const key in value) if (holdsC1((value as Record<string, unknown>)[key])) return true;
+  return false;
+}
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });
@@ -31,7 +50,9 @@ const decoder = new TextDecoder('utf-8', { fatal: true });
 /** UTF-8 JSON: readable on the wire, for interop with systems that speak JSON. */
 export const jsonCodec: Codec = Object.freeze({
   name: 'json',
-  encode: (value: unknown): Uint8Array => encoder.encode(JSON.stringify(value)),
+  // JSON has no `undefined`: JSON.stringify returns undefined for it (and for functions and symbols),
+  // which would be encoded as the text "undefined" and fail to decode. Such values become `null`.
+  encode: (value: unknown): Uint8Array => encoder.encode(JSON.stringify(value) ?? 'null'),
   decode(bytes: Uint8Array, subject = '?'): unknown {
     try {
       return JSON.parse(decoder.decode(bytes));
@@ -66,25 +87,34 @@ export function encodeEnvelope(env: Envelope, codec: Codec = msgpackCodec): Uint
 
 /** The inverse of {@link encodeEnvelope}; a {@link DecodeError} when the bytes are not an envelope. */
 export function decodeEnvelope(bytes: Uint8Array, codec: Codec = msgpackCodec, subject = '?'): Envelope {
-  const wire = codec.decode(bytes, subject) as Partial<WireEnvelope> | null;
-  if (
-    wire === null ||
-    typeof wire !== 'object' ||
-    wire.v !== 1 ||
-    typeof wire.id !== 'string' ||
-    typeof wire.subject !== 'string'
-  ) {
-    throw new DecodeError(subject, `${codec.name} envelope`, new Error('missing version, id or subject'));
+  const wire = codec.decode(bytes, subject);
+  const broken = (rule: string) => new DecodeError(subject, `${codec.name} envelope`, new Error(rule));
+  if (wire === null || typeof wire !== 'object' || Array.isArray(wire)) throw broken('not a map');
+  const w = wire as Record<string, unknown>;
+  if (w.v !== 1) throw broken(`version ${JSON.stringify(w.v)} is not 1`);
+  if (typeof w.id !== 'string' || w.id === '') throw broken("'id' is not a non-empty string");
+  if (typeof w.subject !== 'string' || w.subject === '') throw broken("'subject' is not a non-empty string");
+  if (w.key !== undefined && typeof w.key !== 'string') throw broken("'key' is not a string");
+  if (w.eventTime !== undefined && !Number.isFinite(w.eventTime)) throw broken("'eventTime' is not a number");
+  if (w.replyTo !== undefined && typeof w.replyTo !== 'string') throw broken("'replyTo' is not a string");
+  if (w.attempt !== undefined && !(Number.isInteger(w.attempt) && (w.attempt as number) >= 1)) {
+    throw broken("'attempt' is not an integer >= 1");
   }
+  if (w.headers !== undefined && !isStringMap(w.headers)) throw broken("'headers' is not a map of strings");
   return {
-    id: wire.id,
-    subject: wire.subject,
-    data: wire.data,
-    key: wire.key,
-    eventTime: wire.eventTime,
-    headers: Object.freeze({ ...(wire.headers ?? {}) }),
-    attempt: typeof wire.attempt === 'number' ? wire.attempt : 1,
-    replyTo: wire.replyTo,
+    id: w.id,
+    subject: w.subject,
+    data: w.data,
+    key: w.key,
+    eventTime: w.eventTime as number | undefined,
+    headers: Object.freeze({ ...((w.headers as Headers | undefined) ?? {}) }),
+    attempt: (w.attempt as number | undefined) ?? 1,
+    replyTo: w.replyTo,
     lineage: undefined,
   };
+}
+
+function isStringMap(value: unknown): value is Headers {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return false;
+  return Object.values(value).every((v) => typeof v === 'string');
 }

@@ -50,7 +50,6 @@ export type SubjectRule =
   | 'whitespace'
   | 'wildcard-in-publish'
   | 'full-wildcard-not-last'
-  | 'wildcard-in-token'
   | 'not-a-string';
 
 export class SubjectError extends SluiceError {
@@ -176,7 +175,9 @@ export class SchemaError extends SluiceError {
 export class DecodeError extends SluiceError {
   readonly subject: string;
   constructor(subject: string, codec: string, cause: unknown) {
-    super('SLUICE_ERR_DECODE', `invalid payload on '${subject}': not decodable as ${codec}`, { cause });
+    super('SLUICE_ERR_DECODE', `invalid payload on '${subject}': not decodable as ${codec}: ${messageOf(cause)}`, {
+      cause,
+    });
     this.name = 'DecodeError';
     this.subject = subject;
   }

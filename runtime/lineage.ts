@@ -1,16 +1,19 @@
 /**
  * Lineage: how a message's settlement is traced from every output back to its input.
  *
- * Each input an actor takes gets a tracker. Everything that depends on the input retains its
- * lineage and releases it when done: the pipeline while it handles the input synchronously, each
- * mailbox its output was accepted into, an async step (`hold`) or an operator that keeps it in its
- * state (`absorb`, as windows do). When the last dependency is released the input is settled: its
- * own upstream lineage is released in turn, up to the source, which acknowledges it. A failed
- * release (`release(error)`) settles the input as failed, and its owner retries or dead-letters it.
+ * Each input an actor takes gets a tracker. Everything that depends on the input takes a reference
+ * to its lineage and gives it back when done. Two kinds of reference:
+ * - retained (in flight): the pipeline while it handles the input synchronously, an async step
+ *   (`hold`), the actor while a publish of an output waits for mailboxes to accept it;
+ * - absorbed (settles later, not in flight): each mailbox an output was accepted into, until its
+ *   consumer settles it, and an operator that keeps the input in its state (`absorb`: windows).
+ * When the last reference is given back the input is settled: its own upstream lineage is given
+ * back in turn, up to the source, which acknowledges it. A reference given back with an error
+ * settles the input as failed, and its owner retries or dead-letters it.
  *
- * In flight (for backpressure) is narrower than unsettled: an input absorbed into operator state
- * has left the pipeline and does not count against the actor's in-flight limit, or a window that
- * needs more inputs than the limit to close would wait forever.
+ * In flight (for backpressure) is narrower than unsettled: an input whose outputs were accepted
+ * downstream, or that was absorbed into operator state, no longer counts against the actor's
+ * in-flight limit, or a window that needs more inputs than the limit to close would wait forever.
  */
 export interface Lineage {
   /** Ids of the input messages this lineage stands for. */

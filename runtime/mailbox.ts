@@ -31,7 +31,8 @@ export type DropReason = 'drop-oldest' | 'drop-newest' | 'closed';
 
 /**
  * Result of offering a message without waiting: accepted; full under `block` (the caller may wait
- * for space); or dropped by the `drop-newest` policy (counted; the publish still succeeds).
+ * for space); or dropped, by the `drop-newest` policy or because the mailbox is closed (handed to
+ * `onDrop`; the publish still succeeds).
  */
 export const Offer = { Accepted: 0, Full: 1, Dropped: 2 } as const;
 export type Offer = (typeof Offer)[keyof typeof Offer];
@@ -44,7 +45,7 @@ interface Waiter {
 
 /**
  * A bounded FIFO of envelopes between the bus and one consumer (an actor or a subscription).
- * The bus retains an envelope's lineage when the mailbox accepts it; whoever takes it out releases
+ * The bus absorbs an envelope's lineage when the mailbox accepts it; whoever takes it out releases
  * it (the consumer when done, the mailbox itself when it drops it).
  */
 export class Mailbox {
@@ -53,7 +54,10 @@ export class Mailbox {
   readonly overflow: OverflowPolicy;
   /** Called when a message arrives in an empty mailbox or space is made while the consumer waits. */
   onReadable: (() => void) | undefined = undefined;
-  /** Called for each message dropped by a policy or by closing. */
+  /**
+   * Called for each message let go of undelivered: dropped by a policy (oldest or newest), cleared,
+   * or held by a waiting publisher when the mailbox closed. The owner counts it and releases its lineage.
+   */
   onDrop: ((env: Envelope, reason: DropReason) => void) | undefined = undefined;
 
   #ring: (Envelope | undefined)[];
@@ -85,16 +89,21 @@ export class Mailbox {
     return this.#closed;
   }
 
-  /** Whether `offer` would accept now. */
+  /** Whether `offer` would accept now without applying the overflow policy. */
   hasSpace(): boolean {
-    return this.#size < this.capacity;
+    return this.#size < this.capacity && this.#waiters.length === 0;
   }
 
   /**
    * Offers a message without waiting. Under `fail` a full mailbox throws {@link MailboxFullError};
-   * under `drop-oldest` the oldest is dropped to make room.
+   * under `drop-oldest` the oldest is dropped to make room; under `drop-newest` this one is dropped.
+   * Either drop goes through `onDrop`.
    */
   offer(env: Envelope): Offer {
+    if (this.#closed) {
+      this.onDrop?.(env, 'closed');
+      return Offer.Dropped;
+    }
     if (this.#size < this.capacity && this.#waiters.length === 0) {
       this.#push(env);
       return Offer.Accepted;
@@ -103,6 +112,7 @@ export class Mailbox {
       case 'block':
         return Offer.Full;
       case 'drop-newest':
+        this.onDrop?.(env, 'drop-newest');
         return Offer.Dropped;
       case 'drop-oldest': {
         const oldest = this.#shift();
@@ -117,6 +127,11 @@ export class Mailbox {
 
   /** Queues a publisher until there is space (only under `block`); resolves once accepted. */
   wait(env: Envelope): Promise<void> {
+    if (this.#closed) {
+      // Nothing would ever let this publisher in: drop now rather than hang it.
+      this.onDrop?.(env, 'closed');
+      return Promise.resolve();
+    }
     return new Promise<void>((resolve, reject) => {
       this.#waiters.push({ env, resolve, reject });
     });
@@ -153,13 +168,21 @@ export class Mailbox {
     return new Promise((resolve) => this.#spaceWaiters.push(resolve));
   }
 
-  /** Stops accepting. Waiting publishers are rejected with `reason`; queued messages stay for `take`. */
-  close(reason: unknown): void {
+  /**
+   * Stops accepting; queued messages stay for `take`. The message of each waiting publisher was
+   * never accepted: it goes to `onDrop` as closed, and its publish rejects with `reason` when one is
+   * given, or resolves when not (the consumer is gone, so it no longer holds the publisher back).
+   */
+  close(reason?: unknown): void {
     if (this.#closed) return;
     this.#closed = true;
     const waiters = this.#waiters;
     this.#waiters = [];
-    for (const w of waiters) w.reject(reason);
+    for (const w of waiters) {
+      this.onDrop?.(w.env, 'closed');
+      if (reason === undefined) w.resolve();
+      else w.reject(reason);
+    }
     const spaceWaiters = this.#spaceWaiters;
     this.#spaceWaiters = [];
     for (const w of spaceWaiters) w();

@@ -113,8 +113,7 @@ export class SubjectTrie<T extends Routable> {
       const token = tokens[i] as string;
       if (token === '>') {
         node.tail ??= new Set();
-        node.tail.add(item);
-        this.#changed(1);
+        this.#add(node.tail, item);
         return;
       }
       if (token === '*') {
@@ -131,8 +130,7 @@ export class SubjectTrie<T extends Routable> {
       }
     }
     node.here ??= new Set();
-    node.here.add(item);
-    this.#changed(1);
+    this.#add(node.here, item);
   }
 
   /** Removes one subscription; returns false if it was not there. Empty branches are pruned. */
@@ -185,6 +183,13 @@ export class SubjectTrie<T extends Routable> {
     }
     this.#cache.set(subject, result);
     return result;
+  }
+
+  #add(set: Set<T>, item: T): void {
+    // Inserting the same item twice under one pattern holds it once, so it must count once.
+    if (set.has(item)) return;
+    set.add(item);
+    this.#changed(1);
   }
 
   #changed(delta: number): void {

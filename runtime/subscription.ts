@@ -1,7 +1,7 @@
 import { Observable, type Subscriber } from 'rxjs';
 import type { Bus, QueueStrategy, Route } from './bus.ts';
 import type { Envelope } from './envelope.ts';
-import { ClosedError, OptionsError } from './errors.ts';
+import { OptionsError } from './errors.ts';
 import { Mailbox, type MailboxOptions } from './mailbox.ts';
 import { intOption, oneOf } from './options.ts';
 
@@ -23,6 +23,8 @@ export interface SubscriptionOptions<T> {
 }
 
 type Mode = 'none' | 'callback' | 'observable' | 'iterator';
+type Handler = (env: Envelope) => void | Promise<void>;
+type ErrorHandler = (error: unknown, env: Envelope) => void;
 
 /**
  * A subscription to a subject pattern. Messages wait in a bounded mailbox until taken by exactly
@@ -43,8 +45,10 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
   #delivered = 0;
   #scheduled = false;
   readonly #concurrency: number;
-  readonly #callback: ((env: Envelope<T>) => void | Promise<void>) | undefined;
-  readonly #onError: (error: unknown, env: Envelope<T>) => void;
+  // Stored over `Envelope<unknown>`: a field typed with `T` in parameter position would make
+  // `Subscription<Order>` unassignable to `Subscription<unknown>`. Only envelopes of this subject reach them.
+  readonly #callback: Handler | undefined;
+  readonly #onError: ErrorHandler;
   #observer: Subscriber<Envelope<T>> | undefined;
   #wakeIterator: (() => void) | undefined;
 
@@ -59,8 +63,8 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     this.queue = options.queue;
     this.#bus = bus;
     this.#concurrency = intOption('subscription.concurrency', options.concurrency, 1, 1);
-    this.#callback = options.callback;
-    this.#onError = options.onError ?? defaultOnError(pattern);
+    this.#callback = options.callback as Handler | undefined;
+    this.#onError = (options.onError as ErrorHandler | undefined) ?? defaultOnError(pattern);
     this.#mailbox = new Mailbox(
       options.queue === undefined ? pattern : `${pattern} [${options.queue}]`,
       options.mailbox,
@@ -166,12 +170,16 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     };
   }
 
-  /** Stops now: no more messages; queued ones are dropped, counted and released. */
+  /**
+   * Stops now: no more messages; queued ones are dropped, counted and released, and a publish
+   * waiting for room in this mailbox resolves with its message dropped the same way.
+   */
   unsubscribe(): void {
     if (this.#state === 'closed') return;
     this.#state = 'closed';
     this.#unroute();
-    this.#mailbox.close(new ClosedError(this.subject, 'the subscription was closed'));
+    // Publishers waiting for room are let go; their messages count as dropped, like the queued ones.
+    this.#mailbox.close();
     this.#mailbox.clear();
     this.#settleClose();
   }
@@ -182,12 +190,15 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     await this.#closed;
   }
 
-  /** Accepts nothing new, hands what is queued to the consumer, and resolves once all of it is handled. */
+  /**
+   * Accepts nothing new, hands what is queued to the consumer, and resolves once all of it is handled.
+   * A publish still waiting for room is let go, its message dropped and counted.
+   */
   async drain(): Promise<void> {
     if (this.#state === 'open') {
       this.#state = 'draining';
       this.#unroute();
-      this.#mailbox.close(new ClosedError(this.subject, 'the subscription is draining'));
+      this.#mailbox.close();
       this.#schedule();
       this.#settleClose();
     }
@@ -228,7 +239,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
       this.#settleClose();
       return;
     }
-    const callback = this.#callback as (env: Envelope<T>) => void | Promise<void>;
+    const callback = this.#callback as Handler;
     while (this.#active < this.#concurrency) {
       const env = this.#mailbox.take() as Envelope<T> | undefined;
       if (env === undefined) break;
@@ -267,7 +278,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
         // An error handler that throws must not stop delivery.
       }
     }
-    env.lineage?.release(error);
+    env.lineage?.releaseAbsorbed(error);
   }
 
   #settleClose(): void {

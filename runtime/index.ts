@@ -1,0 +1,57 @@
+export type {
+  Actor,
+  ActorContext,
+  ActorDefinition,
+  HandlerActor,
+  HandlerResult,
+  Logger,
+  MessageContext,
+  PipelineActor,
+} from './actor.ts';
+export { actor } from './actor.ts';
+export type { ActorRef, ActorState } from './actorCell.ts';
+export type { BusClient, BusOptions, PayloadMeasure, QueueStrategy, RequestOptions, SubjectRef } from './bus.ts';
+export { Bus, DEFAULT_BUS_OPTIONS, payloadMeasures, queueStrategies } from './bus.ts';
+export type { Clock, Timer } from './clock.ts';
+export { SystemClock, systemClock, VirtualClock } from './clock.ts';
+export type { Codec } from './codec.ts';
+export { decodeEnvelope, encodeEnvelope, jsonCodec, msgpackCodec } from './codec.ts';
+export type { Envelope, Headers, PublishOptions } from './envelope.ts';
+export { createEnvelope, nextId, withData, withHeaders } from './envelope.ts';
+export type { ErrorCode, PermissionOperation, SluiceErrorOptions, SubjectRule } from './errors.ts';
+export {
+  ClosedError,
+  DecodeError,
+  errorCodes,
+  HandlerError,
+  MailboxFullError,
+  MaxPayloadError,
+  NoRespondersError,
+  OptionsError,
+  PermissionError,
+  RestartLimitError,
+  SchemaError,
+  SettlementError,
+  ShutdownError,
+  SluiceError,
+  SubjectError,
+  TimeoutError,
+} from './errors.ts';
+export { DEAD_LETTER_HEADERS, MessageError } from './failure.ts';
+export type { Lineage, Outcome } from './lineage.ts';
+export { absorb, hold, mergeLineage } from './lineage.ts';
+export type { DropReason, MailboxOptions, OverflowPolicy } from './mailbox.ts';
+export { DEFAULT_MAILBOX_OPTIONS, Mailbox, overflowPolicies } from './mailbox.ts';
+export type { Permissions, SubjectPermission } from './permissions.ts';
+export { isSubsetMatch } from './permissions.ts';
+export type { Runtime, RuntimeOptions, ShutdownReport } from './runtime.ts';
+export { createRuntime, describeReport } from './runtime.ts';
+export { isLiteral, subjectMatches, validateSubject } from './subjects.ts';
+export type { SubscriptionOptions } from './subscription.ts';
+export { Subscription } from './subscription.ts';
+export type { BackoffOptions, RestartLimitAction, RestartOptions, RetryOptions } from './supervisor.ts';
+export { backoffDelay, DEFAULT_BACKOFF, DEFAULT_RESTART, DEFAULT_RETRY, restartLimitActions } from './supervisor.ts';
+export type { Counters } from './telemetry.ts';
+export { Telemetry } from './telemetry.ts';
+export type { DataOf, TypedSubject, TypedSubjectOptions } from './typedSubject.ts';
+export { subject, validate } from './typedSubject.ts';
