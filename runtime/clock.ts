@@ -45,7 +45,7 @@ abstract class BaseClock implements Clock {
   }
 }
 
-/** Wall-clock time and Node's timers. Timers are unref'd: a pending backoff never keeps a process alive. */
+/** Wall-clock time and Node's timers. A pending timer keeps the process alive, as work is still due. */
 export class SystemClock extends BaseClock {
   now(): number {
     return Date.now();
@@ -53,7 +53,6 @@ export class SystemClock extends BaseClock {
 
   setTimeout(callback: () => void, delayMs: number): Timer {
     const handle = setTimeout(callback, Math.max(0, delayMs));
-    handle.unref();
     return { cancel: () => clearTimeout(handle) };
   }
 }

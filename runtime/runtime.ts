@@ -1,7 +1,7 @@
 import type { Actor, Logger } from './actor.ts';
 import { ActorCell, type ActorCell as ActorCellType, type ActorRef } from './actorCell.ts';
 import { Bus, type BusOptions } from './bus.ts';
-import { type Clock, systemClock } from './clock.ts';
+import { type Clock, systemClock, type Timer } from './clock.ts';
 import { OptionsError, type RestartLimitError } from './errors.ts';
 import { intOption } from './options.ts';
 import { Telemetry } from './telemetry.ts';
@@ -147,16 +147,12 @@ class RuntimeImpl implements Runtime {
   async #shutdown(deadlineMs: number): Promise<ShutdownReport> {
     const started = this.clock.now();
     let timedOut = false;
+    let timer: Timer | undefined;
     const deadline = new Promise<void>((resolve) => {
-      const timer = this.clock.setTimeout(() => {
+      timer = this.clock.setTimeout(() => {
         timedOut = true;
         resolve();
       }, deadlineMs);
-      finished.then(() => timer.cancel());
-    });
-    let markFinished!: () => void;
-    const finished = new Promise<void>((resolve) => {
-      markFinished = resolve;
     });
     const drain = (async () => {
       await this.idle();
@@ -165,7 +161,7 @@ class RuntimeImpl implements Runtime {
       await this.idle();
     })();
     await Promise.race([drain, deadline]);
-    markFinished();
+    timer?.cancel();
     const left: Record<string, { depth: number; inFlight: number; absorbed: number }> = {};
     let drained = !timedOut;
     for (const [name, cell] of this.#cells) {

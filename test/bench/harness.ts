@@ -31,6 +31,11 @@ export type Contender = (messages: number) => Run | Trial | Promise<Run | Trial>
 export interface BenchCase {
   /** Messages per timed run at full size; `--quick` and `--scale` shrink it. */
   messages: number;
+  /**
+   * Other counts for contenders too slow for `messages` to fit the time budget (rates are per
+   * message, so they still compare); say so in the description.
+   */
+  messagesFor?: Readonly<Record<string, number>>;
   /** One line printed under the table: what a row measures. */
   description: string;
   contenders: Readonly<Record<string, Contender>>;
@@ -73,6 +78,8 @@ export interface BenchOptions {
   only: readonly string[];
   /** Only these contenders (for profiling one of them); all when empty. */
   contenders: readonly string[];
+  /** Prints every sample, per contender. */
+  verbose: boolean;
   /** Where the table goes. @default process.stdout */
   write: (line: string) => void;
 }
@@ -97,7 +104,7 @@ export function defineBench(definition: BenchDefinition): BenchDefinition {
  * Reads options from the command line and the environment. Flags win over variables:
  * `--quick` / `BENCH_QUICK=1` (smoke-run size), `--rounds=N` / `BENCH_ROUNDS`, `--scale=X` /
  * `BENCH_SCALE`, `--warmup=N` / `BENCH_WARMUP`, `--only=case,case` / `BENCH_ONLY`,
- * `--contenders=name,name` / `BENCH_CONTENDERS` (to profile one).
+ * `--contenders=name,name` / `BENCH_CONTENDERS` (to profile one), `--verbose` / `BENCH_VERBOSE`.
  */
 export function parseBenchOptions(
   argv: readonly string[] = process.argv.slice(2),
@@ -122,6 +129,7 @@ export function parseBenchOptions(
     warmupScale: quick ? 1 : 0.5,
     only: list(get('only', 'BENCH_ONLY')),
     contenders: list(get('contenders', 'BENCH_CONTENDERS')),
+    verbose: isTrue(get('verbose', 'BENCH_VERBOSE')),
     write: (line) => process.stdout.write(`${line}\n`),
   };
 }
@@ -149,19 +157,26 @@ export async function runBench(definition: BenchDefinition, options: BenchOption
   );
   for (const caseName of caseNames) {
     const benchCase = definition.cases[caseName] as BenchCase;
+    const sized = (name: string, warmup: boolean) => {
+      const full = benchCase.messagesFor?.[name] ?? benchCase.messages;
+      return Math.max(1, Math.round(full * options.scale * (warmup ? options.warmupScale : 1)));
+    };
     const messages = Math.max(1, Math.round(benchCase.messages * options.scale));
-    const warmupMessages = Math.max(1, Math.round(messages * options.warmupScale));
     const names = Object.keys(benchCase.contenders).filter(
       (n) => options.contenders.length === 0 || options.contenders.includes(n),
     );
+    const others = names
+      .filter((n) => benchCase.messagesFor?.[n] !== undefined)
+      .map((n) => ` (${n}: ${sized(n, false)})`)
+      .join('');
     const samples = new Map<string, number[]>(names.map((n) => [n, []]));
     const failed = new Map<string, string>();
     const caseStarted = performance.now();
     for (let round = -options.warmup; round < options.rounds; round++) {
-      const count = round < 0 ? warmupMessages : messages;
       for (let i = 0; i < names.length; i++) {
         const name = names[(i + Math.max(round, 0)) % names.length] as string;
         if (failed.has(name)) continue;
+        const count = sized(name, round < 0);
         try {
           const seconds = await timeOnce(benchCase.contenders[name] as Contender, count);
           if (round >= 0) samples.get(name)?.push(count / seconds);
@@ -184,10 +199,15 @@ export async function runBench(definition: BenchDefinition, options: BenchOption
       row[name] = Math.round(m);
       if (s.length > 1) spread = Math.max(spread, (Math.max(...s) - Math.min(...s)) / m);
     }
+    if (options.verbose) {
+      for (const name of names) {
+        write(`    ${name}: ${(samples.get(name) as number[]).map((x) => formatRate(Math.round(x))).join(' ')}`);
+      }
+    }
     results[caseName] = row;
     spreads[caseName] = spread;
     write(
-      `  ${caseName.padEnd(12)} ${String(messages).padStart(9)} messages  ` +
+      `  ${caseName.padEnd(12)} ${String(messages).padStart(9)} messages${others}  ` +
         `${((performance.now() - caseStarted) / 1000).toFixed(1)} s`,
     );
   }

@@ -1,0 +1,59 @@
+import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { promisify } from 'node:util';
+import { describe, expect, test } from 'vitest';
+import { main as orderFlow } from '../../examples/order-flow/main.ts';
+import { main as tour } from '../../examples/tour/main.ts';
+
+const run = promisify(execFile);
+
+describe('examples', () => {
+  test('order flow - valid orders are priced and fulfilled by all three workers, bad ones dead-lettered', async () => {
+    const lines: string[] = [];
+    const result = await orderFlow({ count: 30, print: (l) => lines.push(l) });
+    // Every fifth order is broken: 6 of 30.
+    expect(result.deadLetters).toHaveLength(6);
+    expect(result.fulfilled).toHaveLength(24);
+    expect(new Set(result.fulfilled.map((f) => f.orderId)).size).toBe(24);
+    expect(Object.keys(result.byWorker).sort()).toEqual(['w1', 'w2', 'w3']);
+    for (const n of Object.values(result.byWorker)) expect(n).toBe(8);
+    const reasons = result.deadLetters.map((d) => d.reason).join('\n');
+    expect(reasons).toContain("unknown sku 'caviar'");
+    expect(reasons).toContain("invalid data on 'orders.new'");
+    expect(result.drained).toBe(true);
+    // Totals come from the pricing service: quantities times list prices.
+    const first = result.fulfilled.find((f) => f.orderId === 'o-001');
+    expect(first?.total).toBe(Math.round((0.5 * 0 + 2.25 * 2 + 7.8 * 2) * 100) / 100);
+  });
+
+  test('tour - each step prints what the README says it does', async () => {
+    const lines = await tour(() => {});
+    expect(lines).toEqual([
+      'sensors.kitchen.temperature: 21.5',
+      'worker a got job-1',
+      'worker b got job-2',
+      'double of 21 is 42',
+      'too hot in attic: 34',
+      "dead letter: invalid data on 'readings': celsius: Invalid input: expected number, received undefined",
+      'request with no subscriber: NoRespondersError',
+      'stopped cleanly',
+    ]);
+  });
+
+  test('README - every TypeScript block is part of the tour, which the type check compiles', () => {
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const source = readFileSync(new URL('../../examples/tour/main.ts', import.meta.url), 'utf8');
+    const unindented = source
+      .split('\n')
+      .map((l) => (l.startsWith('  ') ? l.slice(2) : l))
+      .join('\n');
+    const blocks = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => (m[1] as string).trimEnd());
+    expect(blocks.length).toBeGreaterThanOrEqual(4);
+    for (const block of blocks) expect(unindented).toContain(block);
+  });
+
+  test('npm start - runs the main example through the package name and exits by itself', async () => {
+    const { stdout } = await run('npm', ['start', '--silent'], { timeout: 60_000 });
+    expect(stdout).toMatch(/done: \d+ fulfilled \(w1=\d+ w2=\d+ w3=\d+\), \d+ dead-lettered/);
+  }, 60_000);
+});
