@@ -1,3 +1,4 @@
+import { OptionsError } from '../runtime/errors.ts';
 import { intOption } from '../runtime/options.ts';
 import type { Aggregate } from './aggregate.ts';
 
@@ -36,7 +37,7 @@ export function approxDistinct<T>(
   const select = typeof selectOrOptions === 'function' ? selectOrOptions : undefined;
   const options = (typeof selectOrOptions === 'function' ? maybeOptions : selectOrOptions) ?? {};
   const p = intOption('approxDistinct.precision', options.precision, DEFAULT_APPROX_DISTINCT_OPTIONS.precision, 4);
-  if (p > 16) throw new RangeError(`invalid option 'approxDistinct.precision': must be <= 16, got ${p}`);
+  if (p > 16) throw new OptionsError('approxDistinct.precision', 'must be an integer >= 4 and <= 16', p);
   return {
     init: () => new HyperLogLog(p),
     add: (acc, data) => {
@@ -80,7 +81,8 @@ export class HyperLogLog {
     if (this.#registers === undefined) this.#densify();
     const mine = this.#registers as Uint8Array;
     const theirs = other.#registers as Uint8Array;
-    for (let i = 0; i < mine.length; i++) if ((theirs[i] as number) > (mine[i] as number)) mine[i] = theirs[i] as number;
+    for (let i = 0; i < mine.length; i++)
+      if ((theirs[i] as number) > (mine[i] as number)) mine[i] = theirs[i] as number;
     return this;
   }
 

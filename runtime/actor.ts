@@ -1,15 +1,15 @@
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { Observable, SchedulerLike } from 'rxjs';
-import type { BusClient, QueueStrategy, RequestOptions, SubjectRef } from './bus.ts';
+import { type BusClient, type QueueStrategy, queueStrategies, type RequestOptions, type SubjectRef } from './bus.ts';
 import type { Clock } from './clock.ts';
 import type { Codec } from './codec.ts';
 import type { Envelope, PublishOptions } from './envelope.ts';
 import { OptionsError } from './errors.ts';
-import type { MailboxOptions } from './mailbox.ts';
-import { intOption } from './options.ts';
+import { type MailboxOptions, resolveMailboxOptions } from './mailbox.ts';
+import { intOption, oneOf } from './options.ts';
 import type { Permissions } from './permissions.ts';
 import { validateSubject } from './subjects.ts';
-import type { RestartOptions, RetryOptions } from './supervisor.ts';
+import { type RestartOptions, type RetryOptions, resolveRestart, resolveRetry } from './supervisor.ts';
 
 /** Where an actor logs; `console` fits. */
 export interface Logger {
@@ -165,5 +165,20 @@ export function actor<In, Out>(definition: ActorDefinition<In, Out>): Actor<In, 
     );
   }
   const maxInFlight = intOption(`actor '${name}'.maxInFlight`, definition.maxInFlight, 256, 1);
+  if (definition.queue !== undefined && (typeof definition.queue !== 'string' || !/^\S+$/.test(definition.queue))) {
+    throw new OptionsError(
+      `actor '${name}'.queue`,
+      'a queue group name is non-empty and has no white space',
+      definition.queue,
+    );
+  }
+  oneOf(`actor '${name}'.queueStrategy`, definition.queueStrategy, queueStrategies, 'round-robin');
+  if (definition.partitionBy !== undefined && typeof definition.partitionBy !== 'function') {
+    throw new OptionsError(`actor '${name}'.partitionBy`, 'must be a function of the envelope', definition.partitionBy);
+  }
+  // Checked here as well as when spawned, so a mistake shows where the actor is declared.
+  resolveMailboxOptions(definition.mailbox, `actor '${name}'.mailbox`);
+  resolveRetry(definition.retry, `actor '${name}'.retry`);
+  resolveRestart(definition.restart, `actor '${name}'.restart`);
   return Object.freeze({ definition, name, subjects: Object.freeze(subjects), deadLetter, output, lanes, maxInFlight });
 }

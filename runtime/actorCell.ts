@@ -6,7 +6,7 @@ import type { Clock, Timer } from './clock.ts';
 import { createEnvelope, type Envelope, nextId, type PublishOptions } from './envelope.ts';
 import { ClosedError, messageOf, OptionsError, RestartLimitError, SettlementError, SluiceError } from './errors.ts';
 import { DEAD_LETTER_HEADERS, MessageError } from './failure.ts';
-import { Tracker, type TrackerOwner } from './lineage.ts';
+import { outward, releasePublishing, retainPublishing, Tracker, type TrackerOwner } from './lineage.ts';
 import { Mailbox } from './mailbox.ts';
 import { PermissionChecker } from './permissions.ts';
 import { subjectMatches } from './subjects.ts';
@@ -39,7 +39,10 @@ export interface ActorRef {
   readonly counters: Readonly<Counters>;
   /** Resolves when it has nothing queued and nothing in flight. */
   idle(): Promise<void>;
-  /** Stops taking input now; what is queued or in flight is dead-lettered as stopped. */
+  /**
+   * Stops taking input now; what is queued, or still held by its pipeline or handler, is
+   * dead-lettered as stopped. Inputs whose outputs were already emitted settle downstream.
+   */
   stop(): Promise<void>;
 }
 
@@ -62,7 +65,7 @@ class Input extends Tracker {
   counted = true;
   abandoned = false;
   done = false;
-  /** Handed to a pipeline (not merely waiting in a backlog or for a retry). */
+  /** Handed to a pipeline or handler (not merely waiting in a backlog or for a retry). */
   delivered = false;
 
   constructor(env: Envelope, owner: TrackerOwner, generation: number, lane: number, startedAt: number) {
@@ -85,6 +88,8 @@ interface Lane {
   backlog: Input[];
   active: number;
   paused: boolean;
+  /** Pipeline mode: its input was completed by a shutdown (end of stream). */
+  completed: boolean;
 }
 
 const TRACING_PROBE = 'sluice.probe';
@@ -107,6 +112,8 @@ export class ActorCell implements TrackerOwner, ActorRef {
   readonly #restart: ResolvedRestart;
   readonly #restartWindow: RestartWindow;
   readonly #timers = new Set<Timer>();
+  /** Completed pipelines replaced by {@link ActorCell.#reopen} that had not finished yet. */
+  readonly #retired: RxSubscription[] = [];
   readonly #pipeline: PipelineActor<unknown, unknown>['pipeline'] | undefined;
   readonly #handle: HandlerActor<unknown, unknown>['handle'] | undefined;
   readonly #partitionBy: ((env: Envelope) => string) | undefined;
@@ -158,6 +165,7 @@ export class ActorCell implements TrackerOwner, ActorRef {
         backlog: [],
         active: 0,
         paused: false,
+        completed: false,
       };
       this.#lanes.push(lane);
       if (this.#pipeline !== undefined) this.#startPipeline(lane);
@@ -232,8 +240,13 @@ export class ActorCell implements TrackerOwner, ActorRef {
     this.#deps.telemetry.recordProcessing(this.name, this.#deps.clock.now() - input.startedAt);
     if (error === undefined) {
       input.outcome = input.used ? 'acked' : 'dropped';
-      if (input.used) this.counters.acked++;
-      else this.counters.dropped++;
+      if (input.used) {
+        this.counters.acked++;
+        this.#deps.telemetry.counters.acked++;
+      } else {
+        this.counters.dropped++;
+        this.#deps.telemetry.counters.dropped++;
+      }
       if (input.span !== undefined) endSpan(input.span, undefined);
       input.upstream?.releaseAbsorbed();
     } else {
@@ -286,7 +299,11 @@ export class ActorCell implements TrackerOwner, ActorRef {
             checked.then(
               (value) => {
                 this.#inFlight--;
-                this.#admit(env, value);
+                if (this.#state === 'stopping' || this.#state === 'stopped') {
+                  // Stopped while its schema ran: nothing will take it now, so it is dead-lettered.
+                  this.#deadLetter(env, new ClosedError(this.name, 'the actor was stopped'), env.attempt, env.lineage);
+                  this.#checkIdle();
+                } else this.#admit(env, value);
               },
               (error: unknown) => {
                 this.#inFlight--;
@@ -333,6 +350,13 @@ export class ActorCell implements TrackerOwner, ActorRef {
 
   #dispatch(input: Input, lane: Lane): void {
     if (this.#pipeline !== undefined) {
+      if (lane.completed) {
+        // End of stream was signalled, and input still came (an upstream actor's flush): a completed
+        // Subject would ignore it, settling it as dropped. A fresh pipeline takes it instead, and the
+        // shutdown completes that one in its next round.
+        this.#reopen(lane);
+        input.generation = lane.generation;
+      }
       if (lane.input === undefined || lane.backlog.length > 0) {
         lane.backlog.push(input);
         return;
@@ -385,6 +409,17 @@ export class ActorCell implements TrackerOwner, ActorRef {
     }
   }
 
+  #reopen(lane: Lane): void {
+    lane.completed = false;
+    // The completed pipeline may still be finishing async work: it keeps running, and its late
+    // failures no longer restart the lane.
+    if (lane.subscription !== undefined && !lane.subscription.closed) this.#retired.push(lane.subscription);
+    lane.subscription = undefined;
+    lane.input = undefined;
+    lane.generation++;
+    this.#startPipeline(lane);
+  }
+
   #deliver(input: Input, lane: Lane): void {
     const previous = this.#current;
     this.#current = input;
@@ -428,25 +463,32 @@ export class ActorCell implements TrackerOwner, ActorRef {
 
   #publishOutput(env: Envelope, _lane: Lane | undefined): void {
     const lineage = env.lineage;
-    lineage?.retain();
+    retainPublishing(lineage);
     this.counters.published++;
-    const accepted = this.#client.forward(env);
+    // Downstream takes the output through the outward view, so the cell can tell what its pipeline
+    // still holds (replayed on a restart) from what only waits on downstream (left to settle there).
+    const away = outward(lineage);
+    const accepted = this.#client.forward(away === lineage ? env : { ...env, lineage: away });
     if (accepted === ACCEPTED) {
-      lineage?.release();
+      releasePublishing(lineage);
       return;
     }
     accepted.then(
-      () => lineage?.release(),
+      () => releasePublishing(lineage),
       (error: unknown) => {
         if (lineage === undefined)
           this.#deps.log.error(`actor '${this.name}' could not publish to '${env.subject}': ${messageOf(error)}`);
-        lineage?.release(error);
+        releasePublishing(lineage, error);
       },
     );
   }
 
   #pipelineFailed(lane: Lane, error: unknown, generation: number): void {
     if (generation !== lane.generation || this.#state === 'stopped') return;
+    // `throwError(() => undefined)` still fails the pipeline: an undefined error would read as success.
+    error ??= new SluiceError('SLUICE_ERR_HANDLER', `actor '${this.name}' pipeline failed with undefined`, {
+      retryable: true,
+    });
     lane.generation++;
     lane.input = undefined;
     lane.subscription?.unsubscribe();
@@ -459,6 +501,9 @@ export class ActorCell implements TrackerOwner, ActorRef {
     for (const input of this.#inputs) {
       if (input.lane !== lane.index || input.generation !== generation || input === culprit || !input.delivered)
         continue;
+      // What only waits on a publish or on downstream was emitted already: replaying it would
+      // publish it twice. It settles where it is.
+      if (!input.heldByPipeline) continue;
       replay.push(this.#abandon(input));
     }
     lane.backlog = replay.concat(lane.backlog);
@@ -472,9 +517,11 @@ export class ActorCell implements TrackerOwner, ActorRef {
       queueMicrotask(() => this.#restartLane(lane));
       return;
     }
-    this.counters.restarts++;
-    this.#deps.telemetry.counters.restarts++;
     const delay = this.#restartWindow.next(this.#deps.clock.now(), this.#deps.random);
+    if (delay !== undefined) {
+      this.counters.restarts++;
+      this.#deps.telemetry.counters.restarts++;
+    }
     if (delay === undefined) {
       const limit = new RestartLimitError(this.name, this.#restart.maxRestarts, this.#restart.windowMs, error);
       this.#deps.log.error(limit.message);
@@ -532,12 +579,14 @@ export class ActorCell implements TrackerOwner, ActorRef {
 
   #run(input: Input, lane: Lane): void {
     lane.active++;
+    input.delivered = true;
     const ctx = new MessageCtx(this, lane.ctx, input);
     let result: unknown;
     try {
       result = (this.#handle as HandlerActor<unknown, unknown>['handle'])(input.env, ctx);
     } catch (error) {
-      this.#handled(input, lane, error, undefined);
+      // `throw undefined` is still a failure: an undefined error would read as success.
+      this.#handled(input, lane, error ?? new Error('handler threw undefined'), undefined);
       return;
     }
     if (result instanceof Promise) {
@@ -561,6 +610,9 @@ export class ActorCell implements TrackerOwner, ActorRef {
       );
     }
     if (error !== undefined && this.#partitionBy !== undefined) lane.paused = true;
+    // A handler that returned is done with its message: acknowledged even with no output (a sink).
+    // Only a pipeline's filter settles an input as dropped.
+    if (error === undefined) input.used = true;
     input.release(error);
     this.#drainLane(lane);
   }
@@ -583,21 +635,27 @@ export class ActorCell implements TrackerOwner, ActorRef {
     const env = createEnvelope(
       name,
       data,
-      { key: input.env.key, eventTime: input.env.eventTime, ...options, headers: headers ?? {}, lineage: input },
+      {
+        key: input.env.key,
+        eventTime: input.env.eventTime,
+        ...options,
+        headers: headers ?? {},
+        lineage: input.outward,
+      },
       this.#deps.clock.now(),
     );
     input.used = true;
-    input.retain();
+    retainPublishing(input);
     this.counters.published++;
     const accepted = this.#client.forward(env);
     if (accepted === ACCEPTED) {
-      input.release();
+      releasePublishing(input);
       return ACCEPTED;
     }
     return accepted.then(
-      () => input.release(),
+      () => releasePublishing(input),
       (error: unknown) => {
-        input.release(error);
+        releasePublishing(input, error);
         throw error;
       },
     );
@@ -691,10 +749,22 @@ export class ActorCell implements TrackerOwner, ActorRef {
 
   // ---- lifecycle ----
 
-  /** @internal Ends every pipeline's input so operators flush what they hold (end of stream). */
-  completeInputs(): void {
+  /**
+   * @internal Ends every pipeline's input so operators flush what they hold (end of stream).
+   * Returns how many pipelines it ended: a pipeline reopened by input that came after the last
+   * call is ended by the next one.
+   */
+  completeInputs(): number {
+    if (this.#state === 'stopped') return 0;
     this.#completing = true;
-    for (const lane of this.#lanes) lane.input?.complete();
+    let ended = 0;
+    for (const lane of this.#lanes) {
+      if (lane.input === undefined || lane.completed) continue;
+      lane.completed = true;
+      ended++;
+      lane.input.complete();
+    }
+    return ended;
   }
 
   /** @internal What is left: for the shutdown report. */
@@ -709,6 +779,7 @@ export class ActorCell implements TrackerOwner, ActorRef {
     for (const t of this.#timers) t.cancel();
     this.#timers.clear();
     for (const lane of this.#lanes) lane.subscription?.unsubscribe();
+    for (const retired of this.#retired.splice(0)) retired.unsubscribe();
     this.#state = 'stopped';
     this.#unregisterGauge();
     this.#checkIdle(true);
@@ -727,11 +798,15 @@ export class ActorCell implements TrackerOwner, ActorRef {
       lane.input = undefined;
       lane.backlog = [];
     }
+    for (const retired of this.#retired.splice(0)) retired.unsubscribe();
     // Nothing is dropped silently: what was queued or held goes to the dead-letter subject.
     for (let env = this.#mailbox.take(); env !== undefined; env = this.#mailbox.take()) {
       this.#deadLetter(env, reason, env.attempt, env.lineage);
     }
     for (const input of [...this.#inputs]) {
+      // Its outputs were emitted and accepted (or are being published): it was handled, and
+      // settles when downstream settles them. Dead-lettering it too would deliver it twice.
+      if (!input.heldByPipeline && input.delivered) continue;
       input.abandoned = true;
       this.#inputs.delete(input);
       if (input.counted) this.#inFlight--;

@@ -205,11 +205,11 @@ export class Bus implements BusClient {
   }
 
   /**
-   * @internal Routes an envelope to all or none of its targets. First every target is checked:
-   * a full `fail` mailbox refuses (with `wait`, a {@link MailboxFullError}; without, `false`), and
-   * without `wait` so does a full `block` mailbox. Only then is the envelope delivered, so a refused
-   * publish reached nobody and may be retried without duplicates. With `wait` the result resolves
-   * once every `block` mailbox accepted it.
+   * @internal Routes an envelope to all or none of its targets. First every target is checked: a
+   * full `fail` mailbox refuses (with `wait`, a promise rejected with {@link MailboxFullError};
+   * without, `false`), and without `wait` so does a full `block` mailbox. Only then is the envelope
+   * delivered, so a refused publish reached nobody and may be retried without duplicates. With
+   * `wait` the result resolves once every `block` mailbox accepted it.
    */
   route(env: Envelope, wait: true): Promise<void>;
   route(env: Envelope, wait: false): boolean;
@@ -222,7 +222,7 @@ export class Bus implements BusClient {
         const full = refusing(r, wait);
         if (full !== undefined) return this.#refuse(full, wait);
         this.#counters.published++;
-        const waiting = this.#deliver(r, env, wait);
+        const waiting = this.#deliver(r, env);
         return wait ? (waiting ?? RESOLVED) : true;
       }
       this.#counters.published++;
@@ -246,14 +246,14 @@ export class Bus implements BusClient {
     let waits: Promise<void>[] | undefined;
     for (const r of plain) {
       if (!passes(r, env)) continue;
-      const w = this.#deliver(r, env, wait);
+      const w = this.#deliver(r, env);
       if (w !== undefined) (waits ??= []).push(w);
     }
     if (chosen !== undefined) {
       for (const { route, cursor } of chosen) {
         // Round-robin cursors move only once the publish is admitted, so a refused one skips no member.
         if (cursor >= 0) this.#cursor.set(route.queue as string, cursor);
-        const w = this.#deliver(route, env, wait);
+        const w = this.#deliver(route, env);
         if (w !== undefined) (waits ??= []).push(w);
       }
     }
@@ -323,13 +323,14 @@ export class Bus implements BusClient {
     this.addRoute(`${this.#inboxPrefix}.*`, route);
   }
 
-  #refuse(full: Mailbox, wait: boolean): false {
-    if (wait) throw new MailboxFullError(full.name, full.capacity);
+  #refuse(full: Mailbox, wait: boolean): false | Promise<never> {
+    // A rejection rather than a throw: callers of route(env, true) handle one promise, not two paths.
+    if (wait) return Promise.reject(new MailboxFullError(full.name, full.capacity));
     this.#counters.refused++;
     return false;
   }
 
-  #deliver(r: Route, env: Envelope, wait: boolean): Promise<void> | undefined {
+  #deliver(r: Route, env: Envelope): Promise<void> | undefined {
     if (r.direct !== undefined) {
       r.direct(env);
       return undefined;
@@ -496,7 +497,7 @@ export class ClientImpl implements BusClient {
       return Promise.reject(
         new OptionsError(
           'respond.request',
-          `message '${request.id}' on '${request.subject}' has no replyTo subject`,
+          `message '${request.id}' on '${request.subject}' has no replyTo subject to respond to (it did not come from request())`,
           request.replyTo,
         ),
       );

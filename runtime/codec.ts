@@ -11,15 +11,24 @@ export interface Codec<T = unknown> {
 }
 
 const packr = new Packr({ useRecords: false, moreTypes: true, int64AsType: 'number' });
+// msgpackr renames a map key `__proto__` to `__proto_` when it builds objects (to keep clear of the
+// prototype setter), which silently changes the data. Bytes that hold that key are decoded to Maps
+// instead and turned into objects here, with the key kept as an own property.
+const mapsPackr = new Packr({ useRecords: false, moreTypes: true, int64AsType: 'number', mapsAsObjects: false });
+const PROTO_KEY = Buffer.from('__proto__');
 
-/** MessagePack through msgpackr: compact and fast; the default for envelopes that leave the process. */
+/**
+ * MessagePack through msgpackr: compact and fast; the default for envelopes that leave the process.
+ * Keeps byte arrays, dates and big integers; a `Map` comes back as a plain object (a MessagePack map).
+ */
 export const msgpackCodec: Codec = Object.freeze({
   name: 'msgpack',
   encode: (value: unknown): Uint8Array => packr.pack(value),
   decode(bytes: Uint8Array, subject = '?'): unknown {
     let value: unknown;
     try {
-      value = packr.unpack(bytes);
+      const view = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      value = view.includes(PROTO_KEY) ? objectsFromMaps(mapsPackr.unpack(view)) : packr.unpack(view);
     } catch (error) {
       throw new DecodeError(subject, 'msgpack', error);
     }
@@ -29,6 +38,22 @@ export const msgpackCodec: Codec = Object.freeze({
     return value;
   },
 });
+
+/** Maps (as msgpack decodes them with `mapsAsObjects: false`) back to plain objects, keeping every key. */
+function objectsFromMaps(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(objectsFromMaps);
+  if (!(value instanceof Map)) return value;
+  const object: Record<string, unknown> = {};
+  for (const [key, v] of value) {
+    Object.defineProperty(object, String(key), {
+      value: objectsFromMaps(v),
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
+  }
+  return object;
+}
 
 function holdsC1(value: unknown): boolean {
   if (value === C1) return true;

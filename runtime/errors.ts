@@ -233,6 +233,31 @@ export class SettlementError extends SluiceError {
   }
 }
 
+/**
+ * An input arrived after its windows closed (beyond the allowed lateness), or without an event
+ * time, and the window operator was given no `late` handler: the input fails with this error,
+ * which is not retryable, so the actor dead-letters it with the reason instead of losing it.
+ */
+export class LateDataError extends SluiceError {
+  readonly operator: string;
+  readonly messageId: string;
+  readonly reason: string;
+  readonly eventTime: number | undefined;
+  readonly watermark: number;
+  constructor(operator: string, messageId: string, reason: string, eventTime: number | undefined, watermark: number) {
+    super(
+      'SLUICE_ERR_LATE_DATA',
+      `late message '${messageId}' in window '${operator}': ${reason} (event time ${eventTime}, watermark ${watermark})`,
+    );
+    this.name = 'LateDataError';
+    this.operator = operator;
+    this.messageId = messageId;
+    this.reason = reason;
+    this.eventTime = eventTime;
+    this.watermark = watermark;
+  }
+}
+
 export function messageOf(error: unknown): string {
   if (error instanceof Error) return error.message;
   return typeof error === 'string' ? error : describe(error);

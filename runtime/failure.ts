@@ -18,6 +18,12 @@ export class MessageError extends SluiceError {
     this.messageId = envelope.id;
     this.envelope = envelope;
   }
+
+  /** Leaves the envelope out: its lineage links back through the graph of trackers. */
+  override toJSON(): Record<string, unknown> {
+    const { envelope: _envelope, ...rest } = super.toJSON();
+    return { ...rest, subject: this.envelope.subject };
+  }
 }
 
 /** Headers a dead letter carries, so it can be understood and replayed to its original subject. */

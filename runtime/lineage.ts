@@ -68,6 +68,10 @@ export function mergeLineage(parts: readonly (Lineage | undefined)[]): Lineage |
 
 class MergedLineage implements Lineage {
   readonly #parts: readonly Lineage[];
+  /** @internal */
+  get parts(): readonly Lineage[] {
+    return this.#parts;
+  }
   #ids: readonly string[] | undefined;
   constructor(parts: readonly Lineage[]) {
     this.#parts = parts;
@@ -116,6 +120,11 @@ export class Tracker implements Lineage {
   used = false;
   inFlight = 1;
   absorbed = 0;
+  /** Of `inFlight`: references the actor holds while outputs are being published. */
+  publishing = 0;
+  /** Of `absorbed`: references mailboxes downstream hold on outputs (taken through {@link outward}). */
+  downstream = 0;
+  #outward: Lineage | undefined = undefined;
   error: unknown = undefined;
   outcome: Outcome | undefined = undefined;
 
@@ -129,6 +138,21 @@ export class Tracker implements Lineage {
 
   get settledOrAbsorbed(): boolean {
     return this.inFlight === 0;
+  }
+
+  /**
+   * Whether the pipeline itself still holds the input: while it handles it synchronously, in an
+   * async step (`hold`) or in operator state (`absorb`). Not when all that is left are outputs
+   * being published or accepted downstream: those go on without the pipeline.
+   */
+  get heldByPipeline(): boolean {
+    return this.inFlight > this.publishing || this.absorbed > this.downstream;
+  }
+
+  /** The lineage outputs carry when they leave the actor: what mailboxes take through it counts as downstream. */
+  get outward(): Lineage {
+    this.#outward ??= new OutwardLineage(this);
+    return this.#outward;
   }
 
   retain(): void {
@@ -160,4 +184,59 @@ export class Tracker implements Lineage {
     if (this.absorbed === 0) this.owner.settled(this, this.error);
     else this.owner.leftFlight(this);
   }
+}
+
+/** A tracker as seen from downstream: its absorbed references are counted as downstream ones. */
+class OutwardLineage implements Lineage {
+  readonly #tracker: Tracker;
+  constructor(tracker: Tracker) {
+    this.#tracker = tracker;
+  }
+  get ids(): readonly string[] {
+    return this.#tracker.ids;
+  }
+  retain(): void {
+    this.#tracker.retain();
+  }
+  absorb(): void {
+    this.#tracker.downstream++;
+    this.#tracker.absorb();
+  }
+  release(error?: unknown): void {
+    this.#tracker.release(error);
+  }
+  releaseAbsorbed(error?: unknown): void {
+    if (this.#tracker.downstream > 0) this.#tracker.downstream--;
+    this.#tracker.releaseAbsorbed(error);
+  }
+}
+
+/** @internal The lineage an output gets as it leaves its actor (see {@link Tracker.outward}). */
+export function outward(lineage: Lineage | undefined): Lineage | undefined {
+  if (lineage instanceof Tracker) return lineage.outward;
+  if (lineage instanceof MergedLineage) return new MergedLineage(lineage.parts.map((p) => outward(p) as Lineage));
+  return lineage;
+}
+
+function forEachTracker(lineage: Lineage | undefined, fn: (tracker: Tracker) => void): void {
+  if (lineage instanceof Tracker) fn(lineage);
+  else if (lineage instanceof MergedLineage) for (const p of lineage.parts) forEachTracker(p, fn);
+}
+
+/** @internal Retains `lineage` while an output derived from it is published (in flight, as publishing). */
+export function retainPublishing(lineage: Lineage | undefined): void {
+  if (lineage === undefined) return;
+  forEachTracker(lineage, (t) => {
+    t.publishing++;
+  });
+  lineage.retain();
+}
+
+/** @internal Gives back what {@link retainPublishing} took, once the publish was accepted or refused. */
+export function releasePublishing(lineage: Lineage | undefined, error?: unknown): void {
+  if (lineage === undefined) return;
+  forEachTracker(lineage, (t) => {
+    if (t.publishing > 0) t.publishing--;
+  });
+  lineage.release(error);
 }

@@ -156,9 +156,14 @@ class RuntimeImpl implements Runtime {
     });
     const drain = (async () => {
       await this.idle();
-      // End of input: pipelines complete, so windows and buffers flush what they hold.
-      for (const cell of this.#cells.values()) cell.completeInputs();
-      await this.idle();
+      // End of input: pipelines complete, so windows and buffers flush what they hold. A flush can
+      // reach an actor whose pipeline already completed, which reopens it: repeat until none does.
+      for (;;) {
+        let ended = 0;
+        for (const cell of this.#cells.values()) ended += cell.completeInputs();
+        if (ended === 0 || timedOut) break;
+        await this.idle();
+      }
     })();
     await Promise.race([drain, deadline]);
     timer?.cancel();

@@ -5,7 +5,7 @@ import { intOption, numberOption, oneOf } from './options.ts';
 export interface BackoffOptions {
   /** Delay before the first retry. @default 100 */
   initialMs?: number;
-  /** Upper bound of a delay. @default 30000 */
+  /** Upper bound of a delay. @default 30000, or initialMs when that is larger */
   maxMs?: number;
   /** Growth per attempt. @default 2 */
   multiplier?: number;
@@ -55,7 +55,8 @@ export interface ResolvedRestart {
 
 export function resolveBackoff(o: BackoffOptions | undefined, path: string): ResolvedBackoff {
   const initialMs = numberOption(`${path}.initialMs`, o?.initialMs, DEFAULT_BACKOFF.initialMs);
-  const maxMs = numberOption(`${path}.maxMs`, o?.maxMs, DEFAULT_BACKOFF.maxMs);
+  // Unset, the cap is never below the first delay: only a maxMs the user gave can contradict initialMs.
+  const maxMs = numberOption(`${path}.maxMs`, o?.maxMs, Math.max(DEFAULT_BACKOFF.maxMs, initialMs));
   if (maxMs < initialMs) {
     throw new OptionsError(`${path}.maxMs`, `must be >= ${path}.initialMs (${initialMs})`, maxMs);
   }

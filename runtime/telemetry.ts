@@ -156,6 +156,22 @@ export function injectTrace(span: Span | undefined, headers: Headers): Headers {
   return Object.freeze(carrier);
 }
 
+/**
+ * Headers with the W3C trace context of the active span added, for a message published from inside
+ * a span of the caller's (an HTTP handler's): the actor's span then continues that trace. Headers
+ * that already carry a `traceparent` are kept as they are. Costs one `context.active()` when no SDK
+ * is installed.
+ */
+export function withActiveTrace(headers: Record<string, string> | undefined): Record<string, string> | undefined {
+  if (headers?.traceparent !== undefined) return headers;
+  const active = context.active();
+  const span = trace.getSpan(active);
+  if (span === undefined || !trace.isSpanContextValid(span.spanContext())) return headers;
+  const carrier: Record<string, string> = { ...headers };
+  propagation.inject(active, carrier);
+  return carrier;
+}
+
 /** The active context, for code that needs to pass it on. */
 export function activeContext(): Context {
   return context.active();

@@ -417,11 +417,9 @@ const wildcard: Record<string, Contender> = {
     const expected = expectedWildcard(n);
     for (const pattern of patterns) {
       const compiled = pattern.split('.');
-      all$
-        .pipe(filter((m) => bruteForceMatch(compiled, m.tokens)))
-        .subscribe((m) => {
-          sink.take(m.data);
-        });
+      all$.pipe(filter((m) => bruteForceMatch(compiled, m.tokens))).subscribe((m) => {
+        sink.take(m.data);
+      });
     }
     return async () => {
       for (let i = 0; i < n; i++) {
@@ -436,7 +434,11 @@ const wildcard: Record<string, Contender> = {
     const sink = new Sink();
     const expected = expectedWildcard(n);
     const table = new Map<string, ((p: Order) => void)[]>();
-    for (const [subject, hit] of matches) table.set(subject, hit.map(() => sink.take));
+    for (const [subject, hit] of matches)
+      table.set(
+        subject,
+        hit.map(() => sink.take),
+      );
     return async () => {
       for (let i = 0; i < n; i++) {
         const p = PAYLOADS[i & MASK] as Order;
@@ -477,9 +479,7 @@ const queue: Record<string, Contender> = {
   sluice: (n) => {
     const bus = new Bus();
     const members = sinks(QUEUE_MEMBERS);
-    const subs = members.map((m) =>
-      bus.subscribe<Order>(QUEUE, { queue: 'q', callback: (env) => m.take(env.data) }),
-    );
+    const subs = members.map((m) => bus.subscribe<Order>(QUEUE, { queue: 'q', callback: (env) => m.take(env.data) }));
     return {
       run: async () => {
         await pushAll(bus, QUEUE, n);
@@ -598,17 +598,17 @@ export default defineBench({
   contenders: ['sluice', 'eventemitter', 'eventemitter2', 'rxjs', 'nact', 'hand-loop'],
   cases: {
     exact: {
-      messages: 1_000_000,
+      messages: 2_000_000,
       description: `one subject, one subscriber (callback); sluice: tryPublish, on refusal await sub.space() and retry`,
       contenders: exact,
     },
     'exact-await': {
-      messages: 500_000,
+      messages: 1_000_000,
       description: `as exact, every publish awaited: Promise.all over batches of ${BATCH} (eventemitter2: emitAsync)`,
       contenders: exactAwait,
     },
     fanout: {
-      messages: 200_000,
+      messages: 400_000,
       description: `one subject, ${FANOUT_SUBSCRIBERS} subscribers (figures are publishes/s; deliveries are ${FANOUT_SUBSCRIBERS}x)`,
       contenders: fanout,
     },
@@ -623,12 +623,12 @@ export default defineBench({
       contenders: wildcard,
     },
     queue: {
-      messages: 1_000_000,
+      messages: 2_000_000,
       description: `a queue group of ${QUEUE_MEMBERS} (peers: one listener handing out round-robin)`,
       contenders: queue,
     },
     actor: {
-      messages: 200_000,
+      messages: 400_000,
       description: `publish -> actor (map, publish on) -> subscriber; rxjs: the same map on a Subject; nact: two actors`,
       contenders: actorCase,
     },

@@ -72,8 +72,13 @@ export interface BenchOptions {
   scale: number;
   /** Untimed warm-up rounds, at `warmupScale` of the message count. @default 1 */
   warmup: number;
-  /** @default 0.5 */
+  /** @default 1 */
   warmupScale: number;
+  /**
+   * Seconds a case may take: once past it, no further round starts (at least one always runs) and
+   * the table says how many rounds the median is of. @default 30
+   */
+  caseBudgetSeconds: number;
   /** Only these cases; all when empty. */
   only: readonly string[];
   /** Only these contenders (for profiling one of them); all when empty. */
@@ -104,7 +109,8 @@ export function defineBench(definition: BenchDefinition): BenchDefinition {
  * Reads options from the command line and the environment. Flags win over variables:
  * `--quick` / `BENCH_QUICK=1` (smoke-run size), `--rounds=N` / `BENCH_ROUNDS`, `--scale=X` /
  * `BENCH_SCALE`, `--warmup=N` / `BENCH_WARMUP`, `--only=case,case` / `BENCH_ONLY`,
- * `--contenders=name,name` / `BENCH_CONTENDERS` (to profile one), `--verbose` / `BENCH_VERBOSE`.
+ * `--contenders=name,name` / `BENCH_CONTENDERS` (to profile one), `--budget=SECONDS` / `BENCH_BUDGET`
+ * (per case), `--verbose` / `BENCH_VERBOSE`.
  */
 export function parseBenchOptions(
   argv: readonly string[] = process.argv.slice(2),
@@ -126,7 +132,8 @@ export function parseBenchOptions(
     rounds: positiveInt('rounds', get('rounds', 'BENCH_ROUNDS'), quick ? 1 : 5),
     scale: positiveNumber('scale', get('scale', 'BENCH_SCALE'), quick ? 0.01 : 1),
     warmup: nonNegativeInt('warmup', get('warmup', 'BENCH_WARMUP'), 1),
-    warmupScale: quick ? 1 : 0.5,
+    warmupScale: 1,
+    caseBudgetSeconds: positiveNumber('budget', get('budget', 'BENCH_BUDGET'), 30),
     only: list(get('only', 'BENCH_ONLY')),
     contenders: list(get('contenders', 'BENCH_CONTENDERS')),
     verbose: isTrue(get('verbose', 'BENCH_VERBOSE')),
@@ -144,7 +151,9 @@ export async function runBench(definition: BenchDefinition, options: BenchOption
   const caseNames = Object.keys(definition.cases).filter((c) => options.only.length === 0 || options.only.includes(c));
   for (const c of options.only) {
     if (!(c in definition.cases)) {
-      throw new Error(`unknown case '${c}' for bench '${definition.bench}': ${Object.keys(definition.cases).join(', ')}`);
+      throw new Error(
+        `unknown case '${c}' for bench '${definition.bench}': ${Object.keys(definition.cases).join(', ')}`,
+      );
     }
   }
   const results: BenchResults = {};
@@ -172,7 +181,10 @@ export async function runBench(definition: BenchDefinition, options: BenchOption
     const samples = new Map<string, number[]>(names.map((n) => [n, []]));
     const failed = new Map<string, string>();
     const caseStarted = performance.now();
+    let rounds = 0;
     for (let round = -options.warmup; round < options.rounds; round++) {
+      if (round > 0 && performance.now() - caseStarted > options.caseBudgetSeconds * 1000) break;
+      if (round >= 0) rounds++;
       for (let i = 0; i < names.length; i++) {
         const name = names[(i + Math.max(round, 0)) % names.length] as string;
         if (failed.has(name)) continue;
@@ -208,7 +220,10 @@ export async function runBench(definition: BenchDefinition, options: BenchOption
     spreads[caseName] = spread;
     write(
       `  ${caseName.padEnd(12)} ${String(messages).padStart(9)} messages${others}  ` +
-        `${((performance.now() - caseStarted) / 1000).toFixed(1)} s`,
+        `${((performance.now() - caseStarted) / 1000).toFixed(1)} s` +
+        (rounds < options.rounds
+          ? `  (${rounds} of ${options.rounds} rounds: over the ${options.caseBudgetSeconds} s budget)`
+          : ''),
     );
   }
   write('');
@@ -240,6 +255,8 @@ async function timeOnce(contender: Contender, messages: number): Promise<number>
   const trial: Trial = typeof prepared === 'function' ? { run: prepared } : prepared;
   // Let what setup scheduled (timers, immediates, microtasks) settle before the clock starts.
   await new Promise((resolve) => setImmediate(resolve));
+  // No forced GC here: a full collection shrinks the heap and flushes compiled code, which made
+  // every contender slower and noisier; rotating the order spreads one's garbage over all.
   let elapsed: number;
   try {
     const t0 = performance.now();
@@ -261,12 +278,7 @@ function table(
   const columns = (definition.contenders ?? []).filter((name) => present.has(name));
   for (const name of present) if (!columns.includes(name)) columns.push(name);
   const ratios = (definition.ratios ?? []).filter(([a, b]) => columns.includes(a) && columns.includes(b));
-  const header = [
-    'case',
-    ...columns,
-    ...ratios.map(([a, b]) => `${a}/${b}`),
-    'spread',
-  ];
+  const header = ['case', ...columns, ...ratios.map(([a, b]) => `${a}/${b}`), 'spread'];
   const rows = caseNames.map((c) => {
     const r = results[c] ?? {};
     return [
@@ -281,7 +293,9 @@ function table(
   });
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] as string).length)));
   const line = (cells: readonly string[]) =>
-    cells.map((cell, i) => (i === 0 ? cell.padEnd(widths[i] as number) : cell.padStart(widths[i] as number))).join('  ');
+    cells
+      .map((cell, i) => (i === 0 ? cell.padEnd(widths[i] as number) : cell.padStart(widths[i] as number)))
+      .join('  ');
   return [
     line(header),
     ...rows.map(line),
@@ -315,19 +329,22 @@ function isTrue(value: string | undefined): boolean {
 
 function positiveInt(name: string, value: string | undefined, fallback: number): number {
   const n = value === undefined ? fallback : Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new Error(`invalid bench option '${name}': must be an integer >= 1, got ${value}`);
+  if (!Number.isInteger(n) || n < 1)
+    throw new Error(`invalid bench option '${name}': must be an integer >= 1, got ${value}`);
   return n;
 }
 
 function nonNegativeInt(name: string, value: string | undefined, fallback: number): number {
   const n = value === undefined ? fallback : Number(value);
-  if (!Number.isInteger(n) || n < 0) throw new Error(`invalid bench option '${name}': must be an integer >= 0, got ${value}`);
+  if (!Number.isInteger(n) || n < 0)
+    throw new Error(`invalid bench option '${name}': must be an integer >= 0, got ${value}`);
   return n;
 }
 
 function positiveNumber(name: string, value: string | undefined, fallback: number): number {
   const n = value === undefined ? fallback : Number(value);
-  if (!Number.isFinite(n) || n <= 0) throw new Error(`invalid bench option '${name}': must be a number > 0, got ${value}`);
+  if (!Number.isFinite(n) || n <= 0)
+    throw new Error(`invalid bench option '${name}': must be a number > 0, got ${value}`);
   return n;
 }
 
@@ -337,12 +354,7 @@ function positiveNumber(name: string, value: string | undefined, fallback: numbe
  * Resolves once `done()` holds; throws when no progress (as reported by `progress()`) was made for
  * `stallMs`, so a contender that lost messages fails with its count instead of hanging the run.
  */
-export async function until(
-  done: () => boolean,
-  progress: () => number,
-  what: string,
-  stallMs = 2000,
-): Promise<void> {
+export async function until(done: () => boolean, progress: () => number, what: string, stallMs = 2000): Promise<void> {
   let last = progress();
   let lastChange = performance.now();
   while (!done()) {

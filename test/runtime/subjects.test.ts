@@ -61,24 +61,37 @@ describe('subjects - validation', () => {
       ['subscribe', subscribeRule],
     ] as const) {
       if (rule === undefined) expect(validateSubject(subject, use)).toEqual(subject.split('.'));
-      else expectSubjectError(thrown(() => validateSubject(subject, use)), subject, rule);
+      else
+        expectSubjectError(
+          thrown(() => validateSubject(subject, use)),
+          subject,
+          rule,
+        );
     }
   });
 
-  test.each(cases)('bus publish and subscribe %j give the same verdicts', async (subject, publishRule, subscribeRule) => {
-    const bus = new Bus();
-    if (publishRule === undefined) await expect(bus.publish(subject, 1)).resolves.toBeUndefined();
-    else {
-      expectSubjectError(await bus.publish(subject, 1).catch((e: unknown) => e), subject, publishRule);
-      expectSubjectError(
-        thrown(() => bus.tryPublish(subject, 1)),
-        subject,
-        publishRule,
-      );
-    }
-    if (subscribeRule === undefined) expect(bus.subscribe(subject).subject).toBe(subject);
-    else expectSubjectError(thrown(() => bus.subscribe(subject)), subject, subscribeRule);
-  });
+  test.each(cases)(
+    'bus publish and subscribe %j give the same verdicts',
+    async (subject, publishRule, subscribeRule) => {
+      const bus = new Bus();
+      if (publishRule === undefined) await expect(bus.publish(subject, 1)).resolves.toBeUndefined();
+      else {
+        expectSubjectError(await bus.publish(subject, 1).catch((e: unknown) => e), subject, publishRule);
+        expectSubjectError(
+          thrown(() => bus.tryPublish(subject, 1)),
+          subject,
+          publishRule,
+        );
+      }
+      if (subscribeRule === undefined) expect(bus.subscribe(subject).subject).toBe(subject);
+      else
+        expectSubjectError(
+          thrown(() => bus.subscribe(subject)),
+          subject,
+          subscribeRule,
+        );
+    },
+  );
 
   test('subjects - the message names the broken rule in words', () => {
     expect((thrown(() => validateSubject('a..b', 'publish')) as Error).message).toBe(
@@ -236,64 +249,73 @@ describe('subjects - trie properties', () => {
 
   test('SubjectTrie.match stays right under random interleavings of insert, remove and cached matches', () => {
     fc.assert(
-      fc.property(fc.array(opArb, { maxLength: 60 }), fc.array(subjectArb, { minLength: 1, maxLength: 8 }), (ops, probes) => {
-        const trie = new SubjectTrie<Item>(4); // a tiny cache, so eviction runs too
-        let live: Item[] = [];
-        let nextId = 0;
-        const check = (subject: string) => {
-          const first = trie.match(subject);
-          // Asking again without a change may come from the cache: it must be the same answer.
-          const second = trie.match(subject);
-          expect(shape(first)).toEqual(expected(live, subject));
-          expect(shape(second)).toEqual(expected(live, subject));
-        };
-        for (const op of ops) {
-          if (op.kind === 'insert') {
-            const item = { id: nextId++, pattern: op.pattern, queue: op.queue };
-            trie.insert(item.pattern, item);
-            live.push(item);
-          } else if (op.kind === 'remove') {
-            if (live.length === 0) {
-              expect(trie.remove('a', { id: -1, pattern: 'a', queue: undefined })).toBe(false);
-              continue;
-            }
-            const item = live[op.pick % live.length] as Item;
-            expect(trie.remove(item.pattern, item)).toBe(true);
-            expect(trie.remove(item.pattern, item)).toBe(false); // already gone
-            live = live.filter((i) => i !== item);
-          } else check(op.subject);
-          expect(trie.size).toBe(live.length);
-          for (const subject of probes) check(subject);
-        }
-        // Removing everything prunes the trie back to matching nothing.
-        for (const item of live) trie.remove(item.pattern, item);
-        for (const subject of probes) expect(shape(trie.match(subject))).toEqual({ plain: [], groups: {} });
-        expect(trie.size).toBe(0);
-      }),
+      fc.property(
+        fc.array(opArb, { maxLength: 60 }),
+        fc.array(subjectArb, { minLength: 1, maxLength: 8 }),
+        (ops, probes) => {
+          const trie = new SubjectTrie<Item>(4); // a tiny cache, so eviction runs too
+          let live: Item[] = [];
+          let nextId = 0;
+          const check = (subject: string) => {
+            const first = trie.match(subject);
+            // Asking again without a change may come from the cache: it must be the same answer.
+            const second = trie.match(subject);
+            expect(shape(first)).toEqual(expected(live, subject));
+            expect(shape(second)).toEqual(expected(live, subject));
+          };
+          for (const op of ops) {
+            if (op.kind === 'insert') {
+              const item = { id: nextId++, pattern: op.pattern, queue: op.queue };
+              trie.insert(item.pattern, item);
+              live.push(item);
+            } else if (op.kind === 'remove') {
+              if (live.length === 0) {
+                expect(trie.remove('a', { id: -1, pattern: 'a', queue: undefined })).toBe(false);
+                continue;
+              }
+              const item = live[op.pick % live.length] as Item;
+              expect(trie.remove(item.pattern, item)).toBe(true);
+              expect(trie.remove(item.pattern, item)).toBe(false); // already gone
+              live = live.filter((i) => i !== item);
+            } else check(op.subject);
+            expect(trie.size).toBe(live.length);
+            for (const subject of probes) check(subject);
+          }
+          // Removing everything prunes the trie back to matching nothing.
+          for (const item of live) trie.remove(item.pattern, item);
+          for (const subject of probes) expect(shape(trie.match(subject))).toEqual({ plain: [], groups: {} });
+          expect(trie.size).toBe(0);
+        },
+      ),
       { numRuns: 300 },
     );
   });
 
   test('SubjectTrie - a match obtained before a remove or insert is not changed by it', () => {
     fc.assert(
-      fc.property(fc.array(fc.tuple(patternArb, queueArb), { minLength: 1, maxLength: 20 }), subjectArb, fc.nat(), (patterns, subject, pick) => {
-        const trie = new SubjectTrie<Item>();
-        const items = patterns.map(([pattern, queue], id) => ({ id, pattern, queue }));
-        for (const item of items) trie.insert(item.pattern, item);
-        const before = trie.match(subject);
-        const snapshot = shape(before);
-        const removed = items[pick % items.length] as Item;
-        trie.remove(removed.pattern, removed);
-        trie.insert('>', { id: 999, pattern: '>', queue: undefined });
-        trie.insert('>', { id: 1000, pattern: '>', queue: 'q1' });
-        expect(shape(before)).toEqual(snapshot);
-        expect(Object.isFrozen(before.plain)).toBe(true);
-        expect(before.groups.every((g) => Object.isFrozen(g))).toBe(true);
-        // And the next match sees the change.
-        const after = shape(trie.match(subject));
-        expect(after.plain).toContain(999);
-        expect([...after.plain, ...Object.values(after.groups).flat()]).not.toContain(removed.id);
-      }),
+      fc.property(
+        fc.array(fc.tuple(patternArb, queueArb), { minLength: 1, maxLength: 20 }),
+        subjectArb,
+        fc.nat(),
+        (patterns, subject, pick) => {
+          const trie = new SubjectTrie<Item>();
+          const items = patterns.map(([pattern, queue], id) => ({ id, pattern, queue }));
+          for (const item of items) trie.insert(item.pattern, item);
+          const before = trie.match(subject);
+          const snapshot = shape(before);
+          const removed = items[pick % items.length] as Item;
+          trie.remove(removed.pattern, removed);
+          trie.insert('>', { id: 999, pattern: '>', queue: undefined });
+          trie.insert('>', { id: 1000, pattern: '>', queue: 'q1' });
+          expect(shape(before)).toEqual(snapshot);
+          expect(Object.isFrozen(before.plain)).toBe(true);
+          expect(before.groups.every((g) => Object.isFrozen(g))).toBe(true);
+          // And the next match sees the change.
+          const after = shape(trie.match(subject));
+          expect(after.plain).toContain(999);
+          expect([...after.plain, ...Object.values(after.groups).flat()]).not.toContain(removed.id);
+        },
+      ),
       { numRuns: 200 },
     );
   });

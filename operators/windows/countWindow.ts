@@ -1,0 +1,320 @@
+import { Observable } from 'rxjs';
+import { type Envelope, nextId } from '../../runtime/envelope.ts';
+import { OptionsError } from '../../runtime/errors.ts';
+import { type Lineage, mergeLineage } from '../../runtime/lineage.ts';
+import { intOption } from '../../runtime/options.ts';
+import type { Aggregate } from '../aggregate.ts';
+import { type Timed, Watermark } from '../watermarks.ts';
+import {
+  type Firing,
+  resolveAggregate,
+  resolveName,
+  type WindowOperator,
+  type WindowResult,
+  type WindowStats,
+} from './types.ts';
+
+export interface CountWindowOptions<T, A, R> {
+  /** First part of each result's idempotency key `name/key/start-end`. Non-empty, no `/`. */
+  name: string;
+  /** How inputs fold into a result. */
+  aggregate: Aggregate<T, A, R>;
+  /** Inputs per window. */
+  size: number;
+  /** A window fires every `slide` inputs, over the last `size`; `slide < size` overlaps them. @default size (tumbling) */
+  slide?: number;
+  /** Group by `env.key`; `false` counts all inputs together. @default true */
+  keyed?: boolean;
+  /** Subject of the result envelopes. @default the subject of the window's first input */
+  subject?: string;
+}
+
+/**
+ * Count windows, per key: tumbling (`size` inputs each) or sliding (every `slide` inputs, over the
+ * last `size`), as Flink's `countWindow(size)` and `countWindow(size, slide)`. They follow arrival
+ * order, not event time: watermarks are ignored and nothing is late. A result's `start`/`end` are
+ * input indexes per key (`[0, 100)`, `[100, 200)`), so its idempotency key is the same on a
+ * replay in the same order; this needs one counter per key seen, the only state kept after a
+ * window closes. The result's event time is the largest among its inputs.
+ *
+ * Unlike Flink, which drops a count window that never fills, the input's completion flushes each
+ * partial window (`firing: 'partial'`), so every input ends up in a result and settles.
+ *
+ * Tumbling windows keep one accumulator each. Sliding ones keep their last `size` inputs and
+ * aggregate them anew at each firing; each input is given back (settled) once it has left the
+ * last window that includes it.
+ *
+ *     in:    --a--b--c--d--e--|
+ *     out:   -----R[0,2)-R[2,4)-R[4,5)|     countWindow({ size: 2, aggregate: agg.count() }) (the last one partial)
+ *
+ * @example countWindow({ name: 'batches', size: 100, aggregate: agg.collect() })
+ * @see tumbling
+ */
+export function countWindow<T, A, R>(options: CountWindowOptions<T, A, R>): WindowOperator<T, R> {
+  if (options === null || typeof options !== 'object')
+    throw new OptionsError('countWindow', 'must be an object', options);
+  const name = resolveName('countWindow', options.name);
+  const aggregate = resolveAggregate('countWindow', options.aggregate);
+  const size = intOption('countWindow.size', options.size, Number.NaN, 1);
+  const slide = intOption('countWindow.slide', options.slide, size, 1);
+  if (slide > size) throw new OptionsError('countWindow.slide', `must be <= size (${size})`, slide);
+  const config: Config<T, A, R> = {
+    name,
+    aggregate,
+    size,
+    slide,
+    keyed: options.keyed ?? true,
+    subject: options.subject,
+  };
+  const live = new Set<CountWindows<T, A, R>>();
+  const totals = { results: 0 };
+  const operator = (source: Observable<Timed<T>>) =>
+    new Observable<Envelope<WindowResult<R>>>((subscriber) => {
+      const windows = new CountWindows(config, subscriber, totals);
+      live.add(windows);
+      const sub = source.subscribe(windows);
+      return () => {
+        sub.unsubscribe();
+        windows.stop();
+        live.delete(windows);
+      };
+    });
+  const stats = (): WindowStats => {
+    let keys = 0;
+    let absorbed = 0;
+    for (const w of live) {
+      keys += w.open;
+      absorbed += w.absorbed;
+    }
+    return {
+      keys,
+      openWindows: keys,
+      absorbed,
+      watermark: Number.NEGATIVE_INFINITY,
+      results: totals.results,
+      late: 0,
+    };
+  };
+  return Object.assign(operator, { stats });
+}
+
+interface Config<T, A, R> {
+  readonly name: string;
+  readonly aggregate: Aggregate<T, A, R>;
+  readonly size: number;
+  readonly slide: number;
+  readonly keyed: boolean;
+  readonly subject: string | undefined;
+}
+
+interface Output<R> {
+  next(value: Envelope<WindowResult<R>>): void;
+  error(error: unknown): void;
+  complete(): void;
+}
+
+/** Per key: the index of the next input, and the open window. */
+class KeyCount<T, A> {
+  readonly key: string | undefined;
+  /** Inputs seen for this key; the next input's index. */
+  seen = 0;
+  /** Inputs since the last firing. */
+  pending = 0;
+  subject = '';
+  maxEventTime = Number.NEGATIVE_INFINITY;
+  /** Tumbling: the accumulator and the lineages of the open window. */
+  acc: A | undefined = undefined;
+  lineages: Lineage[] | undefined = undefined;
+  /** Sliding: the last `size` inputs (a ring). */
+  ring: Envelope<T>[] | undefined = undefined;
+
+  constructor(key: string | undefined) {
+    this.key = key;
+  }
+}
+
+class CountWindows<T, A, R> {
+  readonly config: Config<T, A, R>;
+  readonly out: Output<R>;
+  readonly totals: { results: number };
+  readonly sliding: boolean;
+  /** One counter per key seen (for deterministic indexes); the window state only while open. */
+  readonly keys = new Map<string | undefined, KeyCount<T, A>>();
+  open = 0;
+  absorbed = 0;
+  done = false;
+
+  constructor(config: Config<T, A, R>, out: Output<R>, totals: { results: number }) {
+    this.config = config;
+    this.out = out;
+    this.totals = totals;
+    this.sliding = config.slide < config.size;
+  }
+
+  next(item: Timed<T>): void {
+    if (this.done || item instanceof Watermark) return;
+    try {
+      this.take(item);
+    } catch (error) {
+      this.done = true;
+      this.keys.clear();
+      this.out.error(error);
+    }
+  }
+
+  error(error: unknown): void {
+    if (this.done) return;
+    // As time windows: what is held is replayed by the actor, not settled here.
+    this.stop();
+    this.out.error(error);
+  }
+
+  complete(): void {
+    if (this.done) return;
+    try {
+      for (const k of this.keys.values()) {
+        if (k.pending > 0) this.flushPartial(k);
+        if (k.ring !== undefined) {
+          const ring = k.ring;
+          k.ring = undefined;
+          for (const env of ring) env.lineage?.releaseAbsorbed();
+        }
+      }
+    } catch (error) {
+      this.stop();
+      this.out.error(error);
+      return;
+    }
+    this.stop();
+    this.out.complete();
+  }
+
+  stop(): void {
+    this.done = true;
+    this.keys.clear();
+    this.open = 0;
+    this.absorbed = 0;
+  }
+
+  take(env: Envelope<T>): void {
+    const key = this.config.keyed ? env.key : undefined;
+    let k = this.keys.get(key);
+    if (k === undefined) {
+      k = new KeyCount<T, A>(key);
+      this.keys.set(key, k);
+    }
+    const { aggregate, size, slide } = this.config;
+    if (k.pending === 0 && (!this.sliding || k.seen === 0)) {
+      k.subject = env.subject;
+      this.open++;
+    }
+    k.seen++;
+    k.pending++;
+    const t = env.eventTime;
+    if (t !== undefined && t > k.maxEventTime) k.maxEventTime = t;
+    const lineage = env.lineage;
+    if (!this.sliding) {
+      if (k.pending === 1) k.acc = aggregate.init();
+      k.acc = aggregate.add(k.acc as A, env.data, t ?? 0);
+      if (lineage !== undefined) {
+        lineage.absorb();
+        (k.lineages ??= []).push(lineage);
+        this.absorbed++;
+      }
+      if (k.pending === size) {
+        this.emit(k, k.acc as A, k.seen - size, k.seen, size, 'on-time', k.lineages);
+        this.closeTumbling(k);
+      }
+      return;
+    }
+    // Sliding: keep the last `size` inputs; the one pushed out has left its last window.
+    const ring = (k.ring ??= []);
+    let evicted: Envelope<T> | undefined;
+    if (ring.length === size) evicted = ring.shift();
+    ring.push(env);
+    if (lineage !== undefined) {
+      lineage.absorb();
+      this.absorbed++;
+    }
+    if (evicted?.lineage !== undefined) {
+      this.absorbed--;
+      evicted.lineage.releaseAbsorbed();
+    }
+    if (k.pending === slide) this.fireSliding(k, 'on-time');
+  }
+
+  fireSliding(k: KeyCount<T, A>, firing: Firing): void {
+    const { aggregate } = this.config;
+    const ring = k.ring as Envelope<T>[];
+    let acc = aggregate.init();
+    let maxTime = Number.NEGATIVE_INFINITY;
+    const lineages: Lineage[] = [];
+    for (const env of ring) {
+      acc = aggregate.add(acc, env.data, env.eventTime ?? 0);
+      if (env.eventTime !== undefined && env.eventTime > maxTime) maxTime = env.eventTime;
+      if (env.lineage !== undefined) lineages.push(env.lineage);
+    }
+    k.maxEventTime = maxTime;
+    k.pending = 0;
+    this.emit(k, acc, k.seen - ring.length, k.seen, ring.length, firing, lineages);
+  }
+
+  flushPartial(k: KeyCount<T, A>): void {
+    if (this.sliding) {
+      this.fireSliding(k, 'partial');
+      return;
+    }
+    this.emit(k, k.acc as A, k.seen - k.pending, k.seen, k.pending, 'partial', k.lineages);
+    this.closeTumbling(k);
+  }
+
+  closeTumbling(k: KeyCount<T, A>): void {
+    const lineages = k.lineages;
+    k.lineages = undefined;
+    k.acc = undefined;
+    k.pending = 0;
+    k.maxEventTime = Number.NEGATIVE_INFINITY;
+    this.open--;
+    if (lineages !== undefined) {
+      this.absorbed -= lineages.length;
+      for (const l of lineages) l.releaseAbsorbed();
+    }
+  }
+
+  emit(
+    k: KeyCount<T, A>,
+    acc: A,
+    start: number,
+    end: number,
+    count: number,
+    firing: Firing,
+    lineages: Lineage[] | undefined,
+  ): void {
+    const key = k.key;
+    const idempotencyKey = `${this.config.name}/${key ?? ''}/${start}-${end}`;
+    const data: WindowResult<R> = {
+      key,
+      start,
+      end,
+      value: this.config.aggregate.result(acc),
+      count,
+      firing,
+      isUpdate: false,
+      revision: 0,
+      idempotencyKey,
+      supersedes: undefined,
+    };
+    this.totals.results++;
+    this.out.next({
+      id: nextId(),
+      subject: this.config.subject ?? k.subject,
+      data,
+      key,
+      eventTime: k.maxEventTime === Number.NEGATIVE_INFINITY ? undefined : k.maxEventTime,
+      headers: { 'sluice-idempotency-key': idempotencyKey },
+      attempt: 1,
+      replyTo: undefined,
+      lineage: lineages === undefined || lineages.length === 0 ? undefined : mergeLineage(lineages),
+    });
+  }
+}

@@ -1,0 +1,107 @@
+import { execFile } from 'node:child_process';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { expect, test } from 'vitest';
+import { defineBench, expectCount, parseBenchOptions, runBench } from './harness.ts';
+
+// Smoke runs only: speed is never asserted, the benchmarks' own figures are for people to read.
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const tsx = createRequire(import.meta.url).resolve('tsx/cli');
+const run = promisify(execFile);
+
+const CASES = {
+  exact: ['sluice', 'eventemitter', 'eventemitter2', 'rxjs', 'hand-loop'],
+  'exact-await': ['sluice', 'eventemitter2', 'hand-loop'],
+  fanout: ['sluice', 'eventemitter', 'eventemitter2', 'rxjs', 'hand-loop'],
+  wildcard: ['sluice', 'eventemitter2', 'rxjs', 'hand-loop'],
+  queue: ['sluice', 'eventemitter', 'eventemitter2', 'rxjs', 'hand-loop'],
+  actor: ['sluice', 'rxjs', 'nact', 'hand-loop'],
+} as const;
+
+test('the bus bench runs every case and contender and ends with its JSON line', { timeout: 120_000 }, async () => {
+  const { stdout } = await run(
+    process.execPath,
+    [tsx, '--conditions=sluice-source', 'test/bench/run.ts', 'bus', '--quick'],
+    { cwd: root, maxBuffer: 16 * 1024 * 1024 },
+  );
+  const lines = stdout.trimEnd().split('\n');
+  const last = JSON.parse(lines.at(-1) as string) as {
+    bench: string;
+    unit: string;
+    results: Record<string, Record<string, unknown>>;
+  };
+  expect(last).toMatchObject({ bench: 'bus', unit: 'msg/s' });
+  expect(Object.keys(last.results).sort()).toEqual(Object.keys(CASES).sort());
+  for (const [name, contenders] of Object.entries(CASES)) {
+    const row = last.results[name] ?? {};
+    expect(Object.keys(row).sort(), name).toEqual([...contenders].sort());
+    for (const contender of contenders) {
+      const figure = row[contender];
+      expect(typeof figure, `${name}/${contender}`).toBe('number');
+      expect(figure as number, `${name}/${contender}`).toBeGreaterThan(0);
+    }
+  }
+  // The table for people comes before it, one row per case.
+  for (const name of Object.keys(CASES)) expect(stdout).toMatch(new RegExp(`^${name} `, 'm'));
+});
+
+test('an unknown benchmark name is refused with the list of benchmarks', async () => {
+  const error = await run(process.execPath, [tsx, '--conditions=sluice-source', 'test/bench/run.ts', 'nope'], {
+    cwd: root,
+  }).catch((e: unknown) => e as { code: number; stderr: string });
+  expect(error).toMatchObject({ code: 2 });
+  expect((error as { stderr: string }).stderr).toContain("unknown benchmark 'nope'");
+  expect((error as { stderr: string }).stderr).toContain('bus');
+});
+
+test('a contender that drops work fails instead of winning, and its figure is null', async () => {
+  const lines: string[] = [];
+  const definition = defineBench({
+    bench: 'toy',
+    unit: 'msg/s',
+    cases: {
+      one: {
+        messages: 100,
+        description: 'counts to n',
+        contenders: {
+          honest: (n) => async () => {
+            let count = 0;
+            for (let i = 0; i < n; i++) count++;
+            expectCount('honest', count, n);
+          },
+          lossy: (n) => async () => {
+            let count = 0;
+            for (let i = 0; i < n; i += 2) count++;
+            expectCount('lossy', count, n);
+          },
+        },
+      },
+    },
+  });
+  const report = await runBench(definition, {
+    rounds: 3,
+    scale: 1,
+    warmup: 1,
+    warmupScale: 1,
+    caseBudgetSeconds: 30,
+    only: [],
+    contenders: [],
+    verbose: false,
+    write: (line) => lines.push(line),
+  });
+  expect(report.results.one?.honest).toBeGreaterThan(0);
+  expect(report.results.one?.lossy).toBeNull();
+  expect(report.failures).toEqual(['one/lossy: lossy: got 50, expected 100']);
+  expect(JSON.parse(lines.at(-1) as string)).toEqual({ bench: 'toy', unit: 'msg/s', results: report.results });
+  expect(lines.some((l) => /^one\s.*FAILED/.test(l))).toBe(true);
+});
+
+test('bench options come from flags first, then the environment', () => {
+  expect(parseBenchOptions([], {})).toMatchObject({ rounds: 5, scale: 1, warmup: 1, only: [] });
+  expect(parseBenchOptions(['--quick'], {})).toMatchObject({ rounds: 1, scale: 0.01 });
+  expect(
+    parseBenchOptions(['--rounds=3', '--only=exact,queue'], { BENCH_ROUNDS: '7', BENCH_SCALE: '0.5' }),
+  ).toMatchObject({ rounds: 3, scale: 0.5, only: ['exact', 'queue'] });
+  expect(() => parseBenchOptions(['--rounds=0'], {})).toThrow("invalid bench option 'rounds'");
+});

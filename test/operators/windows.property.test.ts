@@ -1,0 +1,257 @@
+import fc from 'fast-check';
+import { from } from 'rxjs';
+import type { Envelope } from 'sluice';
+import {
+  agg,
+  type Timed,
+  sliding as slidingOp,
+  session as sessionOp,
+  tumbling as tumblingOp,
+  Watermark,
+  type WindowOperator,
+  type WindowResult,
+  watermarks,
+} from 'sluice/operators';
+import { describe, expect, test } from 'vitest';
+import { CountingLineage, ev, lateSink, run } from './helpers.ts';
+import { type Item, type RefAssigner, type RefFiring, type RefOutput, reference } from './reference.ts';
+
+// Random streams: a few keys, event times with arbitrary disorder (including far-late ones) and
+// negative times, watermarks at arbitrary points; every window type with random parameters.
+
+const keyArb = fc.constantFrom('a', 'b', 'c');
+const eventArb = fc.record({ kind: fc.constant('event' as const), key: keyArb, ts: fc.integer({ min: -40, max: 200 }) });
+const wmArb = fc.record({ kind: fc.constant('wm' as const), t: fc.integer({ min: -50, max: 220 }) });
+const itemsArb = fc
+  .array(fc.oneof({ weight: 4, arbitrary: eventArb }, { weight: 1, arbitrary: wmArb }), { maxLength: 120 })
+  .map((xs) => xs.map((x, id): Item => (x.kind === 'event' ? { ...x, id } : x)));
+
+const latenessArb = fc.constantFrom(0, 0, 3, 15);
+const earlyArb = fc.constantFrom(0, 0, 2, 3);
+
+const tumblingArb = fc
+  .integer({ min: 1, max: 25 })
+  .chain((size) =>
+    fc.record({ size: fc.constant(size), offset: fc.integer({ min: -(size - 1), max: size - 1 }) }),
+  )
+  .map(({ size, offset }): RefAssigner => ({ kind: 'aligned', size, slide: size, offset }));
+
+const slidingArb = fc
+  .record({ size: fc.integer({ min: 1, max: 30 }), slide: fc.integer({ min: 1, max: 12 }) })
+  .chain(({ size, slide }) =>
+    fc.record({
+      size: fc.constant(size),
+      slide: fc.constant(slide),
+      offset: fc.integer({ min: -(slide - 1), max: slide - 1 }),
+    }),
+  )
+  .map(({ size, slide, offset }): RefAssigner => ({ kind: 'aligned', size, slide, offset }));
+
+const sessionArb = fc.integer({ min: 1, max: 15 }).map((gap): RefAssigner => ({ kind: 'session', gap }));
+
+function operatorFor(
+  a: RefAssigner,
+  lateness: number,
+  earlyEvents: number,
+  late: (env: Envelope<number>) => void,
+): WindowOperator<number, number[]> {
+  const common = {
+    name: 'job',
+    aggregate: agg.collect<number>(),
+    allowedLatenessMs: lateness,
+    late,
+    ...(earlyEvents > 0 ? { early: { everyEvents: earlyEvents } } : {}),
+  };
+  if (a.kind === 'session') return sessionOp({ ...common, gapMs: a.gap });
+  if (a.size === a.slide) return tumblingOp({ ...common, sizeMs: a.size, offsetMs: a.offset });
+  return slidingOp({ ...common, sizeMs: a.size, slideMs: a.slide, offsetMs: a.offset });
+}
+
+function toInputs(items: readonly Item[], lineages?: Map<number, CountingLineage>): Timed<number>[] {
+  return items.map((i) => {
+    if (i.kind === 'wm') return new Watermark(i.t);
+    const lineage = lineages === undefined ? undefined : new CountingLineage(`m${i.id}`);
+    if (lineage !== undefined) lineages?.set(i.id, lineage);
+    return ev(i.id, i.ts, i.key, lineage);
+  });
+}
+
+function observed(results: Envelope<WindowResult<number[]>>[], lateIds: number[]): RefOutput {
+  const windows = new Map<string, RefFiring[]>();
+  for (const r of results) {
+    const d = r.data;
+    expect(r.headers['sluice-idempotency-key']).toBe(d.idempotencyKey);
+    expect(d.idempotencyKey).toBe(`job/${d.key}/${d.start}-${d.end}`);
+    expect(r.key).toBe(d.key);
+    expect(r.eventTime).toBe(d.end - 1);
+    expect(d.count).toBe(d.value.length);
+    const list = windows.get(d.idempotencyKey) ?? [];
+    list.push({
+      firing: d.firing as RefFiring['firing'],
+      ids: [...d.value].sort((x, y) => x - y),
+      revision: d.revision,
+      isUpdate: d.isUpdate,
+      supersedes: d.supersedes === undefined ? undefined : [...d.supersedes].sort(),
+    });
+    windows.set(d.idempotencyKey, list);
+  }
+  return { windows, late: lateIds };
+}
+
+function check(items: Item[], a: RefAssigner, lateness: number, earlyEvents: number): void {
+  const sink = lateSink<number>();
+  const lineages = new Map<number, CountingLineage>();
+  const op = operatorFor(a, lateness, earlyEvents, sink.late);
+  const got = run(op, toInputs(items, lineages));
+  expect(got.completed).toBe(true);
+  const expected = reference(items, { name: 'job', assigner: a, lateness, earlyEvents });
+  const actual = observed(
+    got.results,
+    sink.got.map((l) => l.env.data),
+  );
+  expect(actual.late).toEqual(expected.late);
+  expect(Object.fromEntries(actual.windows)).toEqual(Object.fromEntries(expected.windows));
+  for (const l of sink.got) expect(l.env.headers['sluice-late-reason']).toBe('beyond-allowed-lateness');
+  // Every reference an input gave a window came back once the input completed; nothing failed.
+  for (const lineage of lineages.values()) {
+    expect(lineage.holding).toBe(0);
+    expect(lineage.errors).toEqual([]);
+  }
+  expect(op.stats()).toMatchObject({ openWindows: 0, keys: 0, absorbed: 0 });
+}
+
+describe('windows - against a brute-force reference (random disorder, lateness, watermarks)', () => {
+  const params = { numRuns: 300 };
+
+  test('tumbling', () => {
+    fc.assert(
+      fc.property(itemsArb, tumblingArb, latenessArb, earlyArb, (items, a, lateness, early) =>
+        check(items, a, lateness, early),
+      ),
+      params,
+    );
+  });
+
+  test('sliding (overlapping, gapped and offset windows)', () => {
+    fc.assert(
+      fc.property(itemsArb, slidingArb, latenessArb, earlyArb, (items, a, lateness, early) =>
+        check(items, a, lateness, early),
+      ),
+      params,
+    );
+  });
+
+  test('session (merging, growing past the watermark, superseded keys)', () => {
+    fc.assert(
+      fc.property(itemsArb, sessionArb, latenessArb, earlyArb, (items, a, lateness, early) =>
+        check(items, a, lateness, early),
+      ),
+      params,
+    );
+  });
+
+  test('with generated watermarks: bounded out-of-orderness as the reference computes it', () => {
+    const eventsArb = fc
+      .array(eventArb, { maxLength: 120 })
+      .map((xs) => xs.map((x, id): Item => ({ ...x, id })));
+    fc.assert(
+      fc.property(
+        eventsArb,
+        fc.oneof(tumblingArb, slidingArb, sessionArb),
+        latenessArb,
+        fc.integer({ min: 0, max: 30 }),
+        (events, a, lateness, bound) => {
+          const sink = lateSink<number>();
+          const op = operatorFor(a, lateness, 0, sink.late);
+          const inputs = toInputs(events);
+          const got: Envelope<WindowResult<number[]>>[] = [];
+          // Through the real generator, not hand-placed watermarks.
+          const timed = watermarks<number>({ maxOutOfOrdernessMs: bound });
+          for (const r of run(op, timed(from(inputs)), sink.got).results) got.push(r);
+          // The reference sees each event followed by max(ts) - bound - 1.
+          const items: Item[] = [];
+          let max = Number.NEGATIVE_INFINITY;
+          for (const e of events) {
+            items.push(e);
+            if (e.kind === 'event' && e.ts > max) max = e.ts;
+            items.push({ kind: 'wm', t: max - bound - 1 });
+          }
+          const expected = reference(items, { name: 'job', assigner: a, lateness, earlyEvents: 0 });
+          const actual = observed(
+            got,
+            sink.got.map((l) => l.env.data),
+          );
+          expect(actual.late).toEqual(expected.late);
+          expect(Object.fromEntries(actual.windows)).toEqual(Object.fromEntries(expected.windows));
+        },
+      ),
+      { numRuns: 200 },
+    );
+  });
+
+  test('tumbling: the last result of each window is the batch aggregate of its non-late inputs', () => {
+    // Computed from the whole data set at once: group every input that did not go to the late
+    // output by key and window, whatever the order it arrived in.
+    fc.assert(
+      fc.property(itemsArb, tumblingArb, latenessArb, (items, a, lateness) => {
+        if (a.kind !== 'aligned') return;
+        const sink = lateSink<number>();
+        const got = run(operatorFor(a, lateness, 0, sink.late), toInputs(items));
+        const lateIds = new Set(sink.got.map((l) => l.env.data));
+        const final = new Map<string, number[]>();
+        for (const r of got.results) final.set(r.data.idempotencyKey, [...r.data.value].sort((x, y) => x - y));
+        const batch = new Map<string, number[]>();
+        for (const i of items) {
+          if (i.kind !== 'event' || lateIds.has(i.id)) continue;
+          const start = i.ts - (((i.ts - a.offset) % a.size) + a.size) % a.size;
+          const k = `job/${i.key}/${start}-${start + a.size}`;
+          batch.set(k, [...(batch.get(k) ?? []), i.id].sort((x, y) => x - y));
+        }
+        expect(final).toEqual(batch);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  test('sessions without watermarks until the end equal the batch sessions of the whole data set', () => {
+    fc.assert(
+      fc.property(fc.array(eventArb, { maxLength: 80 }), fc.integer({ min: 1, max: 15 }), (events, gap) => {
+        const items = events.map((x, id): Item => ({ ...x, id }));
+        const got = run(
+          sessionOp({ name: 'job', gapMs: gap, aggregate: agg.collect<number>() }),
+          toInputs(items),
+        );
+        // Batch: per key, sort by time and cut where two neighbours are more than `gap` apart.
+        const batch = new Map<string, number[]>();
+        for (const key of ['a', 'b', 'c']) {
+          const mine = items.filter((i) => i.kind === 'event' && i.key === key) as Extract<Item, { kind: 'event' }>[];
+          mine.sort((x, y) => x.ts - y.ts);
+          let group: typeof mine = [];
+          const flush = () => {
+            if (group.length === 0) return;
+            const start = (group[0] as (typeof mine)[0]).ts;
+            const end = (group[group.length - 1] as (typeof mine)[0]).ts + gap;
+            batch.set(
+              `job/${key}/${start}-${end}`,
+              group.map((g) => g.id).sort((x, y) => x - y),
+            );
+            group = [];
+          };
+          for (const e of mine) {
+            const prev = group[group.length - 1];
+            if (prev !== undefined && e.ts - prev.ts > gap) flush();
+            group.push(e);
+          }
+          flush();
+        }
+        const final = new Map<string, number[]>();
+        for (const r of got.results) {
+          expect(r.data.firing).toBe('on-time');
+          final.set(r.data.idempotencyKey, [...r.data.value].sort((x, y) => x - y));
+        }
+        expect(final).toEqual(batch);
+      }),
+      { numRuns: 300 },
+    );
+  });
+});

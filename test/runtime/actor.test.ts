@@ -1,0 +1,425 @@
+import type { StandardSchemaV1 } from '@standard-schema/spec';
+import { filter, map } from 'rxjs';
+import {
+  type Actor,
+  actor,
+  DEAD_LETTER_HEADERS,
+  type HandlerActor,
+  jsonCodec,
+  OptionsError,
+  SubjectError,
+  subject,
+} from 'sluice';
+import { describe, expect, expectTypeOf, test } from 'vitest';
+import { z } from 'zod';
+import { collect, flush, gate, seeded, testRuntime } from './helpers.ts';
+
+describe('actor - pipeline mode', () => {
+  test('maps and filters; a filtered input settles as dropped and leaves nothing in flight', async () => {
+    const { rt } = testRuntime();
+    const got = collect<number>(rt.bus, 'evens.tenfold');
+    const ref = rt.spawn(
+      actor<number, number>({
+        name: 'tenfold',
+        subscribe: 'numbers',
+        output: 'evens.tenfold',
+        pipeline: (in$) =>
+          in$.pipe(
+            filter((env) => env.data % 2 === 0),
+            map((env) => ({ ...env, data: env.data * 10 })),
+          ),
+      }),
+    );
+    const published: string[] = [];
+    for (let i = 1; i <= 10; i++) {
+      await rt.bus.publish('numbers', i, { key: `k${i}`, headers: { origin: 'test' } });
+    }
+    await rt.idle();
+    await flush();
+
+    expect(got.map((e) => e.data)).toEqual([20, 40, 60, 80, 100]);
+    // An output keeps the input's key and headers, under an id of its own.
+    expect(got.map((e) => e.key)).toEqual(['k2', 'k4', 'k6', 'k8', 'k10']);
+    expect(got.every((e) => e.headers.origin === 'test')).toBe(true);
+    published.push(...got.map((e) => e.id));
+    expect(new Set(published).size).toBe(5);
+    expect(ref.counters).toMatchObject({ delivered: 10, published: 5, acked: 5, dropped: 5, deadLettered: 0 });
+    expect(rt.telemetry.counters).toMatchObject({ acked: 5, dropped: 5 });
+    expect({ inFlight: ref.inFlight, absorbed: ref.absorbed, depth: ref.depth }).toEqual({
+      inFlight: 0,
+      absorbed: 0,
+      depth: 0,
+    });
+  });
+
+  test('an input counts as absorbed, not in flight, while a downstream consumer holds its output', async () => {
+    const { rt } = testRuntime();
+    const downstream = gate();
+    rt.bus.subscribe('out', { callback: () => downstream.promise });
+    const ref = rt.spawn(
+      actor<number, number>({ name: 'relay', subscribe: 'in', output: 'out', pipeline: (in$) => in$ }),
+    );
+    await rt.bus.publish('in', 1);
+    await flush();
+    expect({ inFlight: ref.inFlight, absorbed: ref.absorbed, acked: ref.counters.acked }).toEqual({
+      inFlight: 0,
+      absorbed: 1,
+      acked: 0,
+    });
+    downstream.open();
+    await flush();
+    expect({ inFlight: ref.inFlight, absorbed: ref.absorbed, acked: ref.counters.acked }).toEqual({
+      inFlight: 0,
+      absorbed: 0,
+      acked: 1,
+    });
+  });
+});
+
+describe('actor - handle mode', () => {
+  test('publishes the result to its output and what it publishes through ctx, settling with both', async () => {
+    const { rt } = testRuntime();
+    const priced = collect<{ sku: string; total: number }>(rt.bus, 'orders.priced');
+    const audit: string[] = [];
+    const auditGate = gate();
+    // A slow audit consumer with room for one message: the third audit publish has to wait.
+    rt.bus.subscribe<string>('audit', {
+      mailbox: { capacity: 1 },
+      callback: async (env) => {
+        await auditGate.promise;
+        audit.push(env.data);
+      },
+    });
+    const ref = rt.spawn(
+      actor<{ sku: string; qty: number }, { sku: string; total: number }>({
+        name: 'pricer',
+        subscribe: 'orders',
+        output: 'orders.priced',
+        handle: (env, ctx) => {
+          // Not awaited: the input still settles only once this publish is accepted.
+          void ctx.publish('audit', `priced ${env.data.sku}`);
+          return { sku: env.data.sku, total: env.data.qty * 2 };
+        },
+      }),
+    );
+    for (const sku of ['a', 'b', 'c']) await rt.bus.publish('orders', { sku, qty: 3 });
+    await flush();
+
+    expect(priced.map((e) => e.data)).toEqual([
+      { sku: 'a', total: 6 },
+      { sku: 'b', total: 6 },
+      { sku: 'c', total: 6 },
+    ]);
+    // 'a' is with the audit consumer, 'b' in its mailbox, 'c' waits for room: c's order is in flight.
+    expect(ref.inFlight).toBe(1);
+    expect(ref.counters.acked).toBe(0);
+
+    auditGate.open();
+    await rt.idle();
+    await flush();
+    expect(audit).toEqual(['priced a', 'priced b', 'priced c']);
+    expect(ref.inFlight).toBe(0);
+    expect(ref.counters).toMatchObject({ delivered: 3, published: 6, acked: 3, dropped: 0 });
+  });
+
+  test('a handler that returns nothing is acknowledged, not counted as dropped', async () => {
+    const { rt } = testRuntime();
+    const seen: number[] = [];
+    const ref = rt.spawn(
+      actor<number, never>({ name: 'sink', subscribe: 'in', handle: (env) => void seen.push(env.data) }),
+    );
+    for (let i = 0; i < 4; i++) await rt.bus.publish('in', i);
+    await rt.idle();
+    expect(seen).toEqual([0, 1, 2, 3]);
+    expect(ref.counters).toMatchObject({ acked: 4, dropped: 0 });
+  });
+
+  test('request/reply: ctx.respond answers the request; a message without replyTo is dead-lettered', async () => {
+    const { rt } = testRuntime();
+    const dlq = collect(rt.bus, '$DLQ.adder');
+    const ref = rt.spawn(
+      actor<{ a: number; b: number }, never>({
+        name: 'adder',
+        subscribe: 'math.add',
+        retry: { maxAttempts: 1 },
+        handle: async (env, ctx) => {
+          await ctx.respond(env.data.a + env.data.b);
+        },
+      }),
+    );
+    const reply = await rt.bus.request<{ a: number; b: number }, number>('math.add', { a: 2, b: 3 });
+    expect(reply.data).toBe(5);
+    const replies = await Promise.all([1, 2, 3].map((a) => rt.bus.request<object, number>('math.add', { a, b: 10 })));
+    expect(replies.map((r) => r.data)).toEqual([11, 12, 13]);
+
+    await rt.bus.publish('math.add', { a: 1, b: 1 });
+    await rt.idle();
+    await flush();
+    expect(dlq).toHaveLength(1);
+    expect(dlq[0]?.headers[DEAD_LETTER_HEADERS.code]).toBe('SLUICE_ERR_OPTIONS');
+    expect(dlq[0]?.headers[DEAD_LETTER_HEADERS.error]).toContain('no replyTo subject');
+    expect(ref.counters).toMatchObject({ acked: 4, deadLettered: 1 });
+  });
+
+  test('a handler that returns a value without an output subject is dead-lettered naming the option', async () => {
+    const { rt } = testRuntime();
+    const dlq = collect(rt.bus, '$DLQ.noout');
+    rt.spawn(actor<number, number>({ name: 'noout', subscribe: 'in', handle: (env) => env.data + 1 }));
+    await rt.bus.publish('in', 1);
+    await rt.idle();
+    await flush();
+    expect(dlq.map((e) => e.data)).toEqual([1]);
+    expect(dlq[0]?.headers[DEAD_LETTER_HEADERS.error]).toContain("'actor 'noout'.output'");
+  });
+});
+
+describe('actor - typed input', () => {
+  const Order = z.object({
+    id: z.string(),
+    qty: z.number().int().positive(),
+    tags: z.array(z.string()).default([]),
+  });
+  const orders = subject('orders.new', { schema: Order });
+
+  test('a zod schema checks each input: valid ones arrive parsed, invalid ones go to $DLQ.<name> naming the issue', async () => {
+    const { rt } = testRuntime();
+    const seen: z.infer<typeof Order>[] = [];
+    const dlq = collect(rt.bus, '$DLQ.validator');
+    const ref = rt.spawn(
+      actor({
+        name: 'validator',
+        subscribe: orders,
+        handle: (env) => {
+          expectTypeOf(env.data).toEqualTypeOf<z.infer<typeof Order>>();
+          seen.push(env.data);
+        },
+      }),
+    );
+    await rt.bus.publish(orders, { id: 'a', qty: 2, tags: [] });
+    await rt.bus.publish('orders.new', { id: 'b', qty: 1 }); // tags filled in by the schema's default
+    const badQty = { id: 'c', qty: -1 };
+    await rt.bus.publish('orders.new', badQty);
+    await rt.bus.publish('orders.new', { qty: 1 });
+    await rt.idle();
+    await flush();
+
+    expect(seen).toEqual([
+      { id: 'a', qty: 2, tags: [] },
+      { id: 'b', qty: 1, tags: [] },
+    ]);
+    expect(dlq.map((e) => e.data)).toEqual([badQty, { qty: 1 }]);
+    const qtyIssue = Order.safeParse(badQty).error?.issues[0]?.message as string;
+    const idIssue = Order.safeParse({ qty: 1 }).error?.issues[0]?.message as string;
+    expect(dlq[0]?.headers).toMatchObject({
+      [DEAD_LETTER_HEADERS.code]: 'SLUICE_ERR_SCHEMA',
+      [DEAD_LETTER_HEADERS.actor]: 'validator',
+      [DEAD_LETTER_HEADERS.attempts]: '1',
+      [DEAD_LETTER_HEADERS.subject]: 'orders.new',
+    });
+    expect(dlq[0]?.headers[DEAD_LETTER_HEADERS.error]).toBe(`invalid data on 'orders.new': qty: ${qtyIssue}`);
+    expect(dlq[1]?.headers[DEAD_LETTER_HEADERS.error]).toBe(`invalid data on 'orders.new': id: ${idIssue}`);
+    expect(ref.counters).toMatchObject({ delivered: 4, acked: 2, deadLettered: 2, retried: 0 });
+    expect(ref.inFlight).toBe(0);
+  });
+
+  test('an async schema checks inputs too; an actor stopped while one runs dead-letters that input', async () => {
+    const { rt } = testRuntime();
+    const seen: number[] = [];
+    const dlq = collect<number>(rt.bus, '$DLQ.async-check');
+    const Positive = z.number().refine(async (n) => n > 0, 'must be positive');
+    rt.spawn(
+      actor({
+        name: 'async-check',
+        subscribe: subject('nums', { schema: Positive }),
+        handle: (e) => void seen.push(e.data),
+      }),
+    );
+    await rt.bus.publish('nums', 1);
+    await rt.bus.publish('nums', -1);
+    await rt.idle();
+    await flush();
+    expect(seen).toEqual([1]);
+    expect(dlq.map((e) => e.data)).toEqual([-1]);
+    expect(dlq[0]?.headers[DEAD_LETTER_HEADERS.error]).toBe("invalid data on 'nums': must be positive");
+
+    // A schema whose check the test finishes by hand.
+    const checks: (() => void)[] = [];
+    const slow: StandardSchemaV1<unknown, number> = {
+      '~standard': {
+        version: 1,
+        vendor: 'test',
+        validate: (value) => new Promise((resolve) => checks.push(() => resolve({ value: value as number }))),
+      },
+    };
+    const dlqSlow = collect<number>(rt.bus, '$DLQ.slow-check');
+    const ref = rt.spawn(
+      actor({
+        name: 'slow-check',
+        subscribe: subject('slow', { schema: slow }),
+        handle: (e) => void seen.push(e.data),
+      }),
+    );
+    await rt.bus.publish('slow', 2);
+    expect(ref.inFlight).toBe(1);
+    await ref.stop();
+    checks.shift()?.();
+    await flush();
+    expect(seen).toEqual([1]);
+    expect(dlqSlow.map((e) => [e.data, e.headers[DEAD_LETTER_HEADERS.code]])).toEqual([[2, 'SLUICE_ERR_CLOSED']]);
+    expect(ref.inFlight).toBe(0);
+  });
+
+  test('undecodable bytes with codec jsonCodec go to the dead-letter subject; decodable ones arrive decoded', async () => {
+    const { rt } = testRuntime();
+    const seen: unknown[] = [];
+    const dlq = collect<Uint8Array>(rt.bus, '$DLQ.decoder');
+    rt.spawn(actor({ name: 'decoder', subscribe: 'raw', codec: jsonCodec, handle: (env) => void seen.push(env.data) }));
+    await rt.bus.publish('raw', new TextEncoder().encode('{"x":1}'));
+    const garbage = new Uint8Array([0x7b, 0x22, 0xff]);
+    await rt.bus.publish('raw', garbage);
+    await rt.bus.publish('raw', { already: 'decoded' });
+    await rt.idle();
+    await flush();
+
+    expect(seen).toEqual([{ x: 1 }, { already: 'decoded' }]);
+    expect(dlq).toHaveLength(1);
+    expect(dlq[0]?.data).toEqual(garbage);
+    expect(dlq[0]?.headers[DEAD_LETTER_HEADERS.code]).toBe('SLUICE_ERR_DECODE');
+    expect(dlq[0]?.headers[DEAD_LETTER_HEADERS.error]).toContain("invalid payload on 'raw': not decodable as json");
+  });
+});
+
+describe('actor - distribution', () => {
+  test('two actors in one queue group split the messages; a plain subscriber still gets every one', async () => {
+    const { rt } = testRuntime();
+    const byWorker: Record<string, number[]> = { a: [], b: [] };
+    for (const w of ['a', 'b']) {
+      rt.spawn(
+        actor<number, never>({
+          name: `worker-${w}`,
+          subscribe: 'jobs',
+          queue: 'workers',
+          handle: (env) => void byWorker[w]?.push(env.data),
+        }),
+      );
+    }
+    const all = collect<number>(rt.bus, 'jobs');
+    for (let i = 0; i < 20; i++) await rt.bus.publish('jobs', i);
+    await rt.idle();
+    await flush();
+
+    expect(byWorker.a).toHaveLength(10);
+    expect(byWorker.b).toHaveLength(10);
+    expect([...(byWorker.a ?? []), ...(byWorker.b ?? [])].sort((x, y) => x - y)).toEqual(
+      Array.from({ length: 20 }, (_, i) => i),
+    );
+    expect(all.map((e) => e.data)).toHaveLength(20);
+  });
+
+  test('partitionBy keeps per-key order across lanes with async handlers of random duration', async () => {
+    const { rt, clock } = testRuntime();
+    const random = seeded(7);
+    const done: { key: string; seq: number }[] = [];
+    const laneOfKey = new Map<string, Set<number>>();
+    let active = 0;
+    let maxActive = 0;
+    const ref = rt.spawn(
+      actor<{ key: string; seq: number }, never>({
+        name: 'ordered',
+        subscribe: 'events',
+        partitionBy: (env) => env.data.key,
+        lanes: 4,
+        handle: async (env, ctx) => {
+          expect(env.key).toBe(env.data.key);
+          const lanes = laneOfKey.get(env.data.key) ?? new Set();
+          lanes.add(ctx.lane);
+          laneOfKey.set(env.data.key, lanes);
+          active++;
+          maxActive = Math.max(maxActive, active);
+          await ctx.clock.sleep(1 + Math.floor(random() * 50));
+          active--;
+          done.push(env.data);
+        },
+      }),
+    );
+    const keys = ['ann', 'bob', 'cy', 'dee', 'eve', 'fay', 'gus', 'hal'];
+    const sent: { key: string; seq: number }[] = [];
+    const next = new Map<string, number>();
+    for (let i = 0; i < 240; i++) {
+      const key = keys[Math.floor(random() * keys.length)] as string;
+      const seq = next.get(key) ?? 0;
+      next.set(key, seq + 1);
+      sent.push({ key, seq });
+      await rt.bus.publish('events', { key, seq });
+    }
+    await clock.runAll();
+    await rt.idle();
+
+    expect(done).toHaveLength(sent.length);
+    for (const key of keys) {
+      const seqs = done.filter((d) => d.key === key).map((d) => d.seq);
+      expect(seqs).toEqual(Array.from({ length: next.get(key) ?? 0 }, (_, i) => i));
+      expect(laneOfKey.get(key)?.size).toBe(1);
+    }
+    // Keys ran in parallel (up to one per lane), so the overall order is not the publish order.
+    expect(maxActive).toBeGreaterThan(1);
+    expect(maxActive).toBeLessThanOrEqual(4);
+    expect(done).not.toEqual(sent);
+    expect(ref.counters.acked).toBe(sent.length);
+  });
+});
+
+describe('actor - definition errors', () => {
+  const ok = { name: 'ok', subscribe: 'in', handle: () => {} };
+  const cases: [option: string, definition: Record<string, unknown>][] = [
+    ['actor.name', { ...ok, name: 'has.dot' }],
+    ['actor.name', { ...ok, name: '' }],
+    ["actor 'ok'.pipeline", { ...ok, pipeline: (in$: unknown) => in$ }],
+    ["actor 'ok'.pipeline", { name: 'ok', subscribe: 'in' }],
+    ["actor 'ok'.subscribe", { ...ok, subscribe: [] }],
+    ["actor 'ok'.lanes", { ...ok, lanes: 4 }],
+    ["actor 'ok'.lanes", { ...ok, partitionBy: () => 'k', lanes: 0 }],
+    ["actor 'ok'.maxInFlight", { ...ok, maxInFlight: 0 }],
+    ["actor 'ok'.maxInFlight", { ...ok, maxInFlight: 1.5 }],
+    ["actor 'ok'.queue", { ...ok, queue: 'two words' }],
+    ["actor 'ok'.queueStrategy", { ...ok, queue: 'q', queueStrategy: 'random' }],
+    ["actor 'ok'.partitionBy", { ...ok, partitionBy: 'key' }],
+    ["actor 'ok'.mailbox.capacity", { ...ok, mailbox: { capacity: 0 } }],
+    ["actor 'ok'.mailbox.overflow", { ...ok, mailbox: { overflow: 'spill' } }],
+    ["actor 'ok'.retry.maxAttempts", { ...ok, retry: { maxAttempts: 0 } }],
+    ["actor 'ok'.retry.backoff.maxMs", { ...ok, retry: { backoff: { initialMs: 500, maxMs: 100 } } }],
+    ["actor 'ok'.restart.onLimit", { ...ok, restart: { onLimit: 'explode' } }],
+    ["actor 'ok'.restart.windowMs", { ...ok, restart: { windowMs: 0 } }],
+  ];
+
+  test.each(cases)('an invalid %s is an OptionsError naming it, thrown by actor()', (option, definition) => {
+    let error: unknown;
+    try {
+      actor(definition as unknown as HandlerActor<unknown, unknown>);
+    } catch (e) {
+      error = e;
+    }
+    expect(error).toBeInstanceOf(OptionsError);
+    expect(error).toMatchObject({ name: 'OptionsError', code: 'SLUICE_ERR_OPTIONS', option });
+    expect((error as Error).message).toContain(`invalid option '${option}'`);
+  });
+
+  test('a first backoff delay above the default cap raises the cap, unless maxMs is given', () => {
+    expect(() => actor({ ...ok, retry: { backoff: { initialMs: 60_000 } } })).not.toThrow();
+    expect(() => actor({ ...ok, restart: { backoff: { initialMs: 60_000 } } })).not.toThrow();
+    expect(() => actor({ ...ok, retry: { backoff: { initialMs: 60_000, maxMs: 30_000 } } })).toThrow(
+      "invalid option 'actor 'ok'.retry.backoff.maxMs': must be >= actor 'ok'.retry.backoff.initialMs (60000), got 30000",
+    );
+  });
+
+  test('an invalid subject is a SubjectError; a second actor of the same name is refused at spawn', () => {
+    expect(() => actor({ ...ok, subscribe: 'in..x' })).toThrow(SubjectError);
+    expect(() => actor({ ...ok, output: 'out.*' })).toThrow(SubjectError);
+    expect(() => actor({ ...ok, deadLetter: 'dead letters' })).toThrow(SubjectError);
+    const { rt } = testRuntime();
+    const a: Actor = actor(ok);
+    rt.spawn(a);
+    expect(() => rt.spawn(a)).toThrow(OptionsError);
+    expect(() => rt.spawn(a)).toThrow(/'actor.name': must be unique/);
+  });
+});
