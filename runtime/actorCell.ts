@@ -1,4 +1,4 @@
-import { type Span, trace } from '@opentelemetry/api';
+import type { Span } from '@opentelemetry/api';
 import { type Observable, type Subscription as RxSubscription, Subject } from 'rxjs';
 import type { Actor, ActorContext, HandlerActor, Logger, MessageContext, PipelineActor } from './actor.ts';
 import { ACCEPTED, type Bus, type BusClient, type RequestOptions, type SubjectRef } from './bus.ts';
@@ -18,7 +18,7 @@ import {
   resolveRestart,
   resolveRetry,
 } from './supervisor.ts';
-import { type Counters, endSpan, injectTrace, startProcessSpan, type Telemetry } from './telemetry.ts';
+import { type Counters, endSpan, injectTrace, startProcessSpan, type Telemetry, tracingEnabled } from './telemetry.ts';
 import { validate } from './typedSubject.ts';
 
 /** Where an actor stands. */
@@ -92,8 +92,6 @@ interface Lane {
   completed: boolean;
 }
 
-const TRACING_PROBE = 'sluice.probe';
-
 /**
  * @internal The running form of an actor: its mailbox, lanes, in-flight accounting, retries,
  * dead letters and supervision. One per spawned actor.
@@ -137,7 +135,7 @@ export class ActorCell implements TrackerOwner, ActorRef {
     this.#deps = deps;
     this.name = actor.name;
     this.counters = deps.telemetry.countersOf(actor.name);
-    this.#client = deps.bus.client(actor.name, def.permissions);
+    this.#client = deps.bus.internalClient(actor.name, def.permissions);
     this.#retry = resolveRetry(def.retry, `actor '${actor.name}'.retry`);
     this.#restart = resolveRestart(def.restart, `actor '${actor.name}'.restart`);
     this.#restartWindow = new RestartWindow(this.#restart);
@@ -919,13 +917,4 @@ function laneOf(key: string, lanes: number): number {
     h = Math.imul(h, 0x01000193);
   }
   return (h >>> 0) % lanes;
-}
-
-/**
- * Spans cost on every message: make them only when an SDK is installed. The probe span is never
- * ended, so no exporter ever sees it.
- */
-function tracingEnabled(): boolean {
-  const span = trace.getTracer('sluice').startSpan(TRACING_PROBE, { root: true });
-  return span.isRecording() || trace.isSpanContextValid(span.spanContext());
 }

@@ -2,6 +2,7 @@ import { type Clock, systemClock } from './clock.ts';
 import { type Codec, msgpackCodec } from './codec.ts';
 import { createEnvelope, type Envelope, nextId, type PublishOptions } from './envelope.ts';
 import {
+  ClosedError,
   MailboxFullError,
   MaxPayloadError,
   NoRespondersError,
@@ -15,7 +16,7 @@ import { intOption, oneOf } from './options.ts';
 import { PermissionChecker, type Permissions } from './permissions.ts';
 import { type Routable, SubjectTrie, validateSubject } from './subjects.ts';
 import { Subscription, type SubscriptionOptions } from './subscription.ts';
-import { type Counters, Telemetry } from './telemetry.ts';
+import { type Counters, Telemetry, tracingEnabled, withActiveTrace } from './telemetry.ts';
 import type { TypedSubject } from './typedSubject.ts';
 
 export const queueStrategies = ['round-robin', 'least-loaded'] as const;
@@ -115,6 +116,8 @@ export class Bus implements BusClient {
   readonly codec: Codec;
   readonly requestTimeoutMs: number;
   readonly #trie = new SubjectTrie<Route>();
+  #refusal: string | undefined;
+  readonly #tracing = tracingEnabled();
   readonly #counters: Counters;
   readonly #cursor = new Map<string, number>();
   readonly #pendingRequests = new Map<string, (env: Envelope) => void>();
@@ -140,12 +143,35 @@ export class Bus implements BusClient {
       DEFAULT_BUS_OPTIONS.requestTimeoutMs,
       1,
     );
-    this.#root = new ClientImpl(this, 'bus', undefined);
+    this.#root = new ClientImpl(this, 'bus', undefined, false);
   }
 
   /** A view of the bus whose publishes and subscriptions are checked against `permissions`. */
   client(name: string, permissions?: Permissions): BusClient {
-    return new ClientImpl(this, name, permissions);
+    return new ClientImpl(this, name, permissions, false);
+  }
+
+  /** @internal A client for the runtime's own actors: it still publishes while the bus refuses outside input. */
+  internalClient(name: string, permissions?: Permissions): BusClient {
+    return new ClientImpl(this, name, permissions, true);
+  }
+
+  /**
+   * Refuses publishes and requests from outside the actors from now on (`ClosedError` naming the
+   * reason), while actors finish their work: the first step of a graceful shutdown.
+   */
+  refuse(reason: string): void {
+    this.#refusal ??= reason;
+  }
+
+  /** @internal Why outside input is refused, if it is. */
+  get refusal(): string | undefined {
+    return this.#refusal;
+  }
+
+  /** @internal Whether publishes should carry the caller's active trace context. */
+  get tracing(): boolean {
+    return this.#tracing;
   }
 
   /** Subscriptions held. */
@@ -431,17 +457,28 @@ export class ClientImpl implements BusClient {
   readonly #permissions: PermissionChecker;
   readonly #literalCache = new Set<string>();
 
-  constructor(bus: Bus, name: string, permissions: Permissions | undefined) {
+  readonly #internal: boolean;
+
+  constructor(bus: Bus, name: string, permissions: Permissions | undefined, internal: boolean) {
     this.#bus = bus;
     this.name = name;
     this.#permissions = new PermissionChecker(permissions);
+    this.#internal = internal;
+  }
+
+  /** Refusal during shutdown and the caller's trace context, for messages that enter the bus here. */
+  #entering(options: PublishOptions | undefined): PublishOptions | undefined {
+    if (!this.#internal && this.#bus.refusal !== undefined) throw new ClosedError('bus', this.#bus.refusal);
+    if (!this.#bus.tracing) return options;
+    const headers = withActiveTrace(options?.headers);
+    return headers === options?.headers ? options : { ...options, headers: headers ?? {} };
   }
 
   publish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): Promise<void> {
     try {
       const name = nameOf(subject);
       this.#checkPublish(name, data, options?.replyTo);
-      return this.#bus.route(createEnvelope(name, data, options, this.#bus.clock.now()), true);
+      return this.#bus.route(createEnvelope(name, data, this.#entering(options), this.#bus.clock.now()), true);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -450,7 +487,7 @@ export class ClientImpl implements BusClient {
   tryPublish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): boolean {
     const name = nameOf(subject);
     this.#checkPublish(name, data, options?.replyTo);
-    return this.#bus.route(createEnvelope(name, data, options, this.#bus.clock.now()), false);
+    return this.#bus.route(createEnvelope(name, data, this.#entering(options), this.#bus.clock.now()), false);
   }
 
   forward(env: Envelope): Promise<void> {
@@ -485,7 +522,12 @@ export class ClientImpl implements BusClient {
       const name = nameOf(subject);
       this.#checkPublish(name, data, undefined);
       const timeoutMs = intOption('request.timeoutMs', options.timeoutMs, this.#bus.requestTimeoutMs, 1);
-      const env = createEnvelope(name, data, { ...options, replyTo: this.#bus.inbox() }, this.#bus.clock.now());
+      const env = createEnvelope(
+        name,
+        data,
+        { ...this.#entering(options), replyTo: this.#bus.inbox() },
+        this.#bus.clock.now(),
+      );
       return this.#bus.requestVia(this, env, name, timeoutMs) as Promise<Envelope<Res>>;
     } catch (error) {
       return Promise.reject(error);

@@ -146,6 +146,7 @@ class RuntimeImpl implements Runtime {
 
   async #shutdown(deadlineMs: number): Promise<ShutdownReport> {
     const started = this.clock.now();
+    this.bus.refuse('the runtime is shutting down');
     let timedOut = false;
     let timer: Timer | undefined;
     const deadline = new Promise<void>((resolve) => {

@@ -176,3 +176,12 @@ export function withActiveTrace(headers: Record<string, string> | undefined): Re
 export function activeContext(): Context {
   return context.active();
 }
+
+/**
+ * Whether an OpenTelemetry SDK records spans: spans cost on every message, so they are made only
+ * then. The probe span is never ended, so no exporter ever sees it.
+ */
+export function tracingEnabled(): boolean {
+  const span = trace.getTracer(SCOPE, VERSION).startSpan('sluice.probe', { root: true });
+  return span.isRecording() || trace.isSpanContextValid(span.spanContext());
+}

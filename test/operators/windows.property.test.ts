@@ -22,9 +22,33 @@ import { type Item, type RefAssigner, type RefFiring, type RefOutput, reference 
 const keyArb = fc.constantFrom('a', 'b', 'c');
 const eventArb = fc.record({ kind: fc.constant('event' as const), key: keyArb, ts: fc.integer({ min: -40, max: 200 }) });
 const wmArb = fc.record({ kind: fc.constant('wm' as const), t: fc.integer({ min: -50, max: 220 }) });
-const itemsArb = fc
+const uniformArb = fc
   .array(fc.oneof({ weight: 4, arbitrary: eventArb }, { weight: 1, arbitrary: wmArb }), { maxLength: 120 })
   .map((xs) => xs.map((x, id): Item => (x.kind === 'event' ? { ...x, id } : x)));
+// A stream as it happens: time moves on, events lag it by a random disorder (now and then by a
+// lot), watermarks trail it. Reaches the states uniform noise rarely does: late updates within
+// the allowed lateness, sessions bridged or grown after firing.
+const steppedArb = fc
+  .array(
+    fc.record({
+      step: fc.integer({ min: 0, max: 4 }),
+      key: keyArb,
+      lag: fc.oneof({ weight: 5, arbitrary: fc.integer({ min: -3, max: 8 }) }, fc.integer({ min: 9, max: 40 })),
+      watermark: fc.boolean(),
+    }),
+    { maxLength: 120 },
+  )
+  .map((steps) => {
+    const items: Item[] = [];
+    let now = -20;
+    steps.forEach((s, id) => {
+      now += s.step;
+      if (s.watermark) items.push({ kind: 'wm', t: now - s.lag });
+      else items.push({ kind: 'event', id, key: s.key, ts: now - s.lag });
+    });
+    return items;
+  });
+const itemsArb = fc.oneof(uniformArb, steppedArb);
 
 const latenessArb = fc.constantFrom(0, 0, 3, 15);
 const earlyArb = fc.constantFrom(0, 0, 2, 3);
