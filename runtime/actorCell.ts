@@ -235,7 +235,8 @@ export class ActorCell implements TrackerOwner, ActorRef {
       input.counted = false;
       this.#inFlight--;
     } else this.#absorbed--;
-    this.#deps.telemetry.recordProcessing(this.name, this.#deps.clock.now() - input.startedAt);
+    if (this.#deps.telemetry.timing)
+      this.#deps.telemetry.recordProcessing(this.name, this.#deps.clock.now() - input.startedAt);
     if (error === undefined) {
       input.outcome = input.used ? 'acked' : 'dropped';
       if (input.used) {
@@ -339,7 +340,13 @@ export class ActorCell implements TrackerOwner, ActorRef {
     const source = data === env.data && key === env.key ? env : { ...env, data, key };
     const laneIndex = this.#lanes.length === 1 ? 0 : laneOf(key ?? '', this.#lanes.length);
     const lane = this.#lanes[laneIndex] as Lane;
-    const input = new Input(source, this, lane.generation, laneIndex, this.#deps.clock.now());
+    const input = new Input(
+      source,
+      this,
+      lane.generation,
+      laneIndex,
+      this.#deps.telemetry.timing ? this.#deps.clock.now() : 0,
+    );
     if (this.#tracing) input.span = startProcessSpan(this.name, env.subject, env.id, env.headers);
     this.#inFlight++;
     this.#inputs.add(input);

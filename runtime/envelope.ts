@@ -51,7 +51,8 @@ let counter = 0;
 /** A new process-unique, globally improbable-to-collide message id. */
 export function nextId(): string {
   counter++;
-  return PREFIX + counter.toString(36);
+  // Decimal: V8 turns small integers into strings faster than into base 36.
+  return PREFIX + counter;
 }
 
 export function createEnvelope<T>(subject: string, data: T, options?: PublishOptions, now?: number): Envelope<T> {

@@ -110,7 +110,6 @@ export interface TrackerOwner {
  */
 export class Tracker implements Lineage {
   readonly id: string;
-  readonly ids: readonly string[];
   readonly owner: TrackerOwner;
   /** What the input itself derives from; released once this input settles. */
   readonly upstream: Lineage | undefined;
@@ -130,10 +129,13 @@ export class Tracker implements Lineage {
 
   constructor(id: string, owner: TrackerOwner, upstream: Lineage | undefined, generation: number) {
     this.id = id;
-    this.ids = [id];
     this.owner = owner;
     this.upstream = upstream;
     this.generation = generation;
+  }
+
+  get ids(): readonly string[] {
+    return [this.id];
   }
 
   get settledOrAbsorbed(): boolean {
@@ -226,6 +228,11 @@ function forEachTracker(lineage: Lineage | undefined, fn: (tracker: Tracker) => 
 /** @internal Retains `lineage` while an output derived from it is published (in flight, as publishing). */
 export function retainPublishing(lineage: Lineage | undefined): void {
   if (lineage === undefined) return;
+  if (lineage instanceof Tracker) {
+    lineage.publishing++;
+    lineage.retain();
+    return;
+  }
   forEachTracker(lineage, (t) => {
     t.publishing++;
   });
@@ -235,6 +242,11 @@ export function retainPublishing(lineage: Lineage | undefined): void {
 /** @internal Gives back what {@link retainPublishing} took, once the publish was accepted or refused. */
 export function releasePublishing(lineage: Lineage | undefined, error?: unknown): void {
   if (lineage === undefined) return;
+  if (lineage instanceof Tracker) {
+    if (lineage.publishing > 0) lineage.publishing--;
+    lineage.release(error);
+    return;
+  }
   forEachTracker(lineage, (t) => {
     if (t.publishing > 0) t.publishing--;
   });

@@ -43,7 +43,8 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
   #state: 'open' | 'draining' | 'closed' = 'open';
   #active = 0;
   #delivered = 0;
-  #scheduled = false;
+  #pumping = false;
+  #pumpAgain = false;
   readonly #concurrency: number;
   // Stored over `Envelope<unknown>`: a field typed with `T` in parameter position would make
   // `Subscription<Order>` unassignable to `Subscription<unknown>`. Only envelopes of this subject reach them.
@@ -219,13 +220,26 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
       wake();
       return;
     }
-    if (this.#scheduled || (this.#mode !== 'callback' && this.#mode !== 'observable')) return;
-    this.#scheduled = true;
-    queueMicrotask(this.#pump);
+    if (this.#mode !== 'callback' && this.#mode !== 'observable') return;
+    // Delivery runs in the publisher's call, as an EventEmitter's does: no task per message, and
+    // a mailbox fills only when the consumer is really behind (an async callback). A publish from
+    // inside a callback to this subscription is queued and taken by the running loop.
+    if (this.#pumping) {
+      this.#pumpAgain = true;
+      return;
+    }
+    this.#pumping = true;
+    try {
+      do {
+        this.#pumpAgain = false;
+        this.#pump();
+      } while (this.#pumpAgain);
+    } finally {
+      this.#pumping = false;
+    }
   }
 
   readonly #pump = (): void => {
-    this.#scheduled = false;
     if (this.#mode === 'observable') {
       const observer = this.#observer;
       if (observer === undefined) return;

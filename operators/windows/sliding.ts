@@ -16,7 +16,7 @@ export interface SlidingOptions<T, A, R> extends WindowOptions<T, A, R> {
  * Sliding (hopping) event-time windows: `[start, start + sizeMs)` starting every `slideMs`,
  * aligned to the epoch (plus `offsetMs`), as Flink's `SlidingEventTimeWindows`. An input belongs
  * to every window that contains it: `sizeMs / slideMs` of them when `slideMs` divides `sizeMs`,
- * none when `slideMs > sizeMs` and it falls in a gap (it is then neither windowed nor late).
+ * none when `slideMs > sizeMs` and it falls in a gap (it then goes to `late`, reason `no-window`).
  * Each window aggregates its inputs on its own, so an input costs one `add` per window.
  *
  * Firing, lateness, late data, results and settlement are those of `tumbling`; an input within

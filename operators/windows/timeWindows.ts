@@ -283,6 +283,10 @@ class TimeWindows<T, A, R> {
     const horizon = this.watermark - this.lateness;
     let r = (ts - this.offset) % slide;
     if (r < 0) r += slide;
+    if (r >= size) {
+      this.late(env, 'no-window');
+      return;
+    }
     let ks: KeyState<A> | undefined;
     let taken = false;
     // Flink's order: the latest window first. Earlier ones end earlier, so once one is past its
@@ -340,10 +344,18 @@ class TimeWindows<T, A, R> {
     const merge = this.agg.merge as (a: A, b: A) => A;
     const start = ts < target.start ? ts : target.start;
     let newEnd = end > target.end ? end : target.end;
-    let superseded = target.supersedes;
     for (let i = first + 1; i <= last; i++) {
       const o = wins[i] as Win<A>;
       if (o.end > newEnd) newEnd = o.end;
+    }
+    // Keys of results whose windows change bounds, in window order.
+    let superseded = target.supersedes;
+    if ((start !== target.start || newEnd !== target.end) && target.lastKey !== undefined) {
+      (superseded ??= []).push(target.lastKey);
+      target.lastKey = undefined;
+    }
+    for (let i = first + 1; i <= last; i++) {
+      const o = wins[i] as Win<A>;
       target.acc = merge(target.acc as A, o.acc as A);
       target.count += o.count;
       target.revision += o.revision;
@@ -362,10 +374,6 @@ class TimeWindows<T, A, R> {
       this.openWindows--;
     }
     if (last > first) wins.splice(first + 1, last - first);
-    if ((start !== target.start || newEnd !== target.end) && target.lastKey !== undefined) {
-      (superseded ??= []).push(target.lastKey);
-      target.lastKey = undefined;
-    }
     target.supersedes = superseded;
     target.start = start;
     target.end = newEnd;

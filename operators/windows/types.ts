@@ -16,8 +16,14 @@ export const firings = ['early', 'on-time', 'late', 'partial'] as const;
  */
 export type Firing = (typeof firings)[number];
 
-export const lateReasons = ['beyond-allowed-lateness', 'missing-event-time'] as const;
-/** Why an input went to the late-data side output instead of a window. */
+export const lateReasons = ['beyond-allowed-lateness', 'missing-event-time', 'no-window'] as const;
+/**
+ * Why an input went to the late-data side output instead of a window:
+ * - `beyond-allowed-lateness`: every window it belongs to is past `end - 1 + allowedLatenessMs`;
+ * - `missing-event-time`: it has no event time (or NaN);
+ * - `no-window`: it falls between sliding windows (`slideMs > sizeMs`), so no window takes it;
+ *   Flink drops such inputs silently unless they are late.
+ */
 export type LateReason = (typeof lateReasons)[number];
 
 /** Headers set on window results and on late data. */

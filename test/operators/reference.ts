@@ -31,8 +31,8 @@ export interface RefFiring {
 export interface RefOutput {
   /** Idempotency key -> that window's results in emission order. */
   windows: Map<string, RefFiring[]>;
-  /** Ids sent to the late side output, in order. */
-  late: number[];
+  /** Ids sent to the late side output, with the reason, in order. */
+  late: { id: number; reason: string }[];
 }
 
 interface RefWindow {
@@ -114,6 +114,10 @@ export function reference(items: readonly Item[], config: RefConfig): RefOutput 
         if (s <= ts && ts < s + a.size) starts.push(s);
       }
       starts.sort((x, y) => y - x);
+      if (starts.length === 0) {
+        out.late.push({ id, reason: 'no-window' });
+        continue;
+      }
       let taken = false;
       for (const s of starts) {
         const end = s + a.size;
@@ -127,7 +131,7 @@ export function reference(items: readonly Item[], config: RefConfig): RefOutput 
         taken = true;
         trigger(w);
       }
-      if (!taken) out.late.push(id);
+      if (!taken) out.late.push({ id, reason: 'beyond-allowed-lateness' });
       continue;
     }
     // Sessions: gather every live session of the key that overlaps or touches the growing cover.
@@ -147,7 +151,7 @@ export function reference(items: readonly Item[], config: RefConfig): RefOutput 
     }
     if (merged.length === 0) {
       if (ts + a.gap - 1 + L <= wm) {
-        out.late.push(id);
+        out.late.push({ id, reason: 'beyond-allowed-lateness' });
         continue;
       }
       const w = fresh(key, ts, ts + a.gap);
