@@ -1,0 +1,156 @@
+import { filter, map } from 'rxjs';
+import { actor, type Envelope } from 'sluice';
+import { agg, eventTime, keyBy, tumbling, type WindowResult, watermarks } from 'sluice/operators';
+import { testActor, testPipeline } from 'sluice/testing';
+import { describe, expect, test } from 'vitest';
+
+interface Click {
+  page: string;
+  ts: number;
+}
+
+describe('testPipeline', () => {
+  test('feeds inputs with event times and watermarks, and collects window results', () => {
+    const h = testPipeline<number, WindowResult<number>>((in$) =>
+      in$.pipe(tumbling({ name: 'n', sizeMs: 10, aggregate: agg.sum((x: number) => x) })),
+    );
+    h.send(1, { eventTime: 3, key: 'a' });
+    h.send(2, { eventTime: 12, key: 'a' });
+    h.send(4, { eventTime: 7, key: 'a' });
+    expect(h.outputs).toHaveLength(0);
+    h.watermark(9);
+    expect(h.values.map((r) => [r.start, r.end, r.value])).toEqual([[0, 10, 5]]);
+    h.complete();
+    expect(h.values.map((r) => [r.start, r.end, r.value])).toEqual([
+      [0, 10, 5],
+      [10, 20, 2],
+    ]);
+    expect(h.completed).toBe(true);
+  });
+
+  test('reports how each input settled: dropped by a filter, acked once its window was emitted', () => {
+    const h = testPipeline<number, WindowResult<number>>((in$) =>
+      in$.pipe(
+        filter((x) => !('data' in x) || x.data > 0),
+        tumbling({ name: 'n', sizeMs: 10, aggregate: agg.count() }),
+      ),
+    );
+    const dropped = h.send(-1, { eventTime: 1 });
+    const kept = h.send(1, { eventTime: 2 });
+    expect(dropped.outcome).toBe('dropped');
+    expect(kept.outcome).toBeUndefined(); // absorbed in its open window
+    expect(h.open).toBe(1);
+    h.watermark(10);
+    expect(kept.outcome).toBe('acked');
+    expect(h.open).toBe(0);
+  });
+
+  test('restart replays the inputs the pipeline still held, so window state is rebuilt', () => {
+    const h = testPipeline<number, WindowResult<number>>((in$) =>
+      in$.pipe(tumbling({ name: 'n', sizeMs: 10, aggregate: agg.count() })),
+    );
+    h.send(1, { eventTime: 1 });
+    h.send(1, { eventTime: 2 });
+    h.restart();
+    h.send(1, { eventTime: 3 });
+    h.watermark(9);
+    expect(h.values.map((r) => r.value)).toEqual([3]);
+  });
+
+  test('processing time moves only when advanced: early firings run on the virtual clock', async () => {
+    const h = testPipeline<number, WindowResult<number>>((in$, ctx) =>
+      in$.pipe(
+        tumbling({ name: 'n', sizeMs: 60_000, aggregate: agg.count(), early: { everyMs: 1000 }, clock: ctx.clock }),
+      ),
+    );
+    h.send(1, { eventTime: 5 });
+    expect(h.outputs).toHaveLength(0);
+    await h.advance(999);
+    expect(h.outputs).toHaveLength(0);
+    await h.advance(1);
+    expect(h.values.map((r) => r.firing)).toEqual(['early']);
+  });
+
+  test('late data the pipeline publishes on the bus is collected by subject', () => {
+    const h = testPipeline<Click, WindowResult<number>>((in$, ctx) =>
+      in$.pipe(
+        tumbling({
+          name: 'views',
+          sizeMs: 10,
+          aggregate: agg.count(),
+          late: (env) => void ctx.bus.forward({ ...env, subject: 'clicks.late' }),
+        }),
+      ),
+    );
+    h.watermark(20);
+    h.send({ page: '/', ts: 3 }, { eventTime: 3 });
+    expect(h.published('clicks.late')).toHaveLength(1);
+    expect(h.published('clicks.late')[0]?.headers['sluice-late-reason']).toBe('beyond-allowed-lateness');
+  });
+});
+
+describe('testActor', () => {
+  const pageViews = actor<Click, WindowResult<number>>({
+    name: 'page-views',
+    subscribe: 'clicks',
+    output: 'views',
+    pipeline: (click$, ctx) =>
+      click$.pipe(
+        eventTime((c: Click) => c.ts),
+        keyBy((c: Click) => c.page),
+        watermarks({ maxOutOfOrdernessMs: 0, clock: ctx.clock }),
+        tumbling({ name: 'page-views', sizeMs: 60_000, aggregate: agg.count() }),
+      ),
+  });
+
+  test('runs an actor on the virtual clock and collects its outputs', async () => {
+    const h = testActor(pageViews);
+    await h.send({ page: '/a', ts: 1_000 });
+    await h.send({ page: '/a', ts: 2_000 });
+    await h.send({ page: '/b', ts: 61_000 });
+    const out = h.outputs<WindowResult<number>>();
+    expect(out.map((o) => [o.data.key, o.data.start, o.data.value])).toEqual([['/a', 0, 2]]);
+    const report = await h.stop();
+    expect(report.drained).toBe(true);
+    expect(h.outputs<WindowResult<number>>().map((o) => [o.data.key, o.data.value])).toEqual([
+      ['/a', 2],
+      ['/b', 1],
+    ]);
+  });
+
+  test('an injected restart between two steps replays the open window into the new pipeline', async () => {
+    const h = testActor(pageViews);
+    await h.send({ page: '/a', ts: 1_000 });
+    await h.restart();
+    expect(h.ref.restarts).toBe(1);
+    await h.send({ page: '/a', ts: 2_000 });
+    await h.send({ page: '/a', ts: 70_000 });
+    expect(h.outputs<WindowResult<number>>().map((o) => o.data.value)).toEqual([2]);
+  });
+
+  test('dead letters are collected with their reason', async () => {
+    const h = testActor(
+      actor<number, number>({
+        name: 'inverse',
+        subscribe: 'n',
+        output: 'inv',
+        retry: { maxAttempts: 2, backoff: { initialMs: 100 } },
+        pipeline: (n$) =>
+          n$.pipe(
+            map((e): Envelope<number> => {
+              if (e.data === 0) throw new Error('division by zero');
+              return { ...e, data: 1 / e.data };
+            }),
+          ),
+      }),
+    );
+    await h.send(4);
+    await h.send(0);
+    expect(h.deadLetters).toHaveLength(0);
+    await h.advance(100);
+    expect(h.deadLetters).toHaveLength(1);
+    expect(h.deadLetters[0]?.headers['sluice-error']).toContain('division by zero');
+    expect(h.deadLetters[0]?.headers['sluice-attempts']).toBe('2');
+    expect(h.outputs<number>().map((o) => o.data)).toEqual([0.25]);
+  });
+});

@@ -1,0 +1,237 @@
+import { type Observable, Subject, type Subscription } from 'rxjs';
+import type { Timed } from '../operators/watermarks.ts';
+import { Watermark } from '../operators/watermarks.ts';
+import type { ActorContext, Logger } from '../runtime/actor.ts';
+import { Bus } from '../runtime/bus.ts';
+import { VirtualClock } from '../runtime/clock.ts';
+import { createEnvelope, type Envelope } from '../runtime/envelope.ts';
+import { OptionsError } from '../runtime/errors.ts';
+import { type Outcome, Tracker, type TrackerOwner } from '../runtime/lineage.ts';
+
+/**
+ * A pipeline as an actor declares it. Declared as a method so that a pipeline written for
+ * envelopes only (`Observable<Envelope<In>>`) is accepted as well as one that takes watermarks.
+ */
+interface PipelineFactoryShape<In, Out> {
+  build(input$: Observable<Timed<In>>, ctx: ActorContext): Observable<Envelope<Out>>;
+}
+export type PipelineFactory<In, Out> = PipelineFactoryShape<In, Out>['build'];
+
+export interface SendOptions {
+  /** Event time, epoch ms. */
+  eventTime?: number;
+  key?: string;
+  headers?: Record<string, string>;
+  /** @default the harness's input subject */
+  subject?: string;
+}
+
+export interface PipelineHarnessOptions {
+  /** Processing time the virtual clock starts at. @default 0 */
+  startMs?: number;
+  /** The name the pipeline sees as `ctx.name`. @default 'test' */
+  name?: string;
+  /** The subject inputs are sent on. @default 'test.in' */
+  subject?: string;
+}
+
+/** What happened to one input sent through the harness. */
+export interface InputRecord<In> {
+  readonly env: Envelope<In>;
+  /** Until settled: `undefined`. */
+  outcome: Outcome | undefined;
+  error: unknown;
+}
+
+/**
+ * Runs one pipeline in-process on a virtual clock, as Flink's operator test harnesses do: send
+ * inputs with chosen event times, push watermarks, move processing time, and read what came out,
+ * what the pipeline published on the bus (late data, side outputs) and how each input settled.
+ * Everything is synchronous but `advance`, which lets timers and promise chains run.
+ *
+ * @example
+ * const h = testPipeline((in$) => in$.pipe(tumbling({ name: 'views', sizeMs: 60_000, aggregate: agg.count() })));
+ * h.send('a', { eventTime: 1_000, key: 'home' });
+ * h.watermark(59_999);
+ * expect(h.outputs.map((r) => r.data.value)).toEqual([1]);
+ */
+export class PipelineHarness<In, Out> implements TrackerOwner {
+  readonly clock: VirtualClock;
+  /** A bus on the virtual clock, given to the pipeline as `ctx.bus`; `published` records what reaches it. */
+  readonly bus: Bus;
+  /** Output envelopes, in order. */
+  readonly outputs: Envelope<Out>[] = [];
+  /** Every input sent, with its settlement. */
+  readonly inputs: InputRecord<In>[] = [];
+  /** Warnings the pipeline's context logged. */
+  readonly warnings: string[] = [];
+  readonly #factory: PipelineFactory<In, Out>;
+  readonly #ctx: ActorContext;
+  readonly #subject: string;
+  readonly #published: Envelope[] = [];
+  readonly #trackers = new Map<Tracker, InputRecord<In>>();
+  #input: Subject<Timed<In>> | undefined;
+  #subscription: Subscription | undefined;
+  #generation = 0;
+  #completed = false;
+  #error: unknown = undefined;
+
+  constructor(factory: PipelineFactory<In, Out>, options: PipelineHarnessOptions = {}) {
+    this.#factory = factory;
+    this.clock = new VirtualClock(options.startMs ?? 0);
+    this.bus = new Bus({ clock: this.clock });
+    this.#subject = options.subject ?? 'test.in';
+    this.bus.subscribe('>', { callback: (env) => void this.#published.push(env) });
+    const log = this.#logger();
+    this.#ctx = Object.freeze({
+      name: options.name ?? 'test',
+      lane: 0,
+      lanes: 1,
+      clock: this.clock,
+      scheduler: this.clock.scheduler,
+      bus: this.bus,
+      log,
+      publish: (subject, data, opts) => this.bus.publish(subject, data, opts),
+      request: (subject, data, opts) => this.bus.request(subject, data, opts),
+    } satisfies ActorContext);
+    this.#start();
+  }
+
+  /** Whether the pipeline completed. */
+  get completed(): boolean {
+    return this.#completed;
+  }
+
+  /** The error the pipeline failed with, if it did (use `restart()` to go on). */
+  get error(): unknown {
+    return this.#error;
+  }
+
+  /** Envelopes published on the harness's bus (late data, side outputs), optionally on one subject. */
+  published(subject?: string): Envelope[] {
+    return subject === undefined ? [...this.#published] : this.#published.filter((e) => e.subject === subject);
+  }
+
+  /** The data of the outputs, for short assertions. */
+  get values(): Out[] {
+    return this.outputs.map((o) => o.data);
+  }
+
+  /** Inputs not yet settled: in flight or kept by operator state. */
+  get open(): number {
+    return this.inputs.filter((r) => r.outcome === undefined).length;
+  }
+
+  /** Sends one input; returns its record, whose `outcome` shows how it settled. */
+  send(data: In, options: SendOptions = {}): InputRecord<In> {
+    const env = createEnvelope(options.subject ?? this.#subject, data, {
+      ...(options.eventTime === undefined ? {} : { eventTime: options.eventTime }),
+      ...(options.key === undefined ? {} : { key: options.key }),
+      ...(options.headers === undefined ? {} : { headers: options.headers }),
+    });
+    const record: InputRecord<In> = { env, outcome: undefined, error: undefined };
+    this.inputs.push(record);
+    this.#deliver(record);
+    return record;
+  }
+
+  /** Sends several inputs with event times: `[[data, eventTime], ...]`. */
+  sendAll(items: readonly (readonly [In, number])[], options: Omit<SendOptions, 'eventTime'> = {}): void {
+    for (const [data, eventTime] of items) this.send(data, { ...options, eventTime });
+  }
+
+  /** Pushes a watermark into the pipeline's input (for pipelines that take watermarks, such as windows). */
+  watermark(time: number, idle = false): void {
+    this.#live().next(new Watermark(time, idle));
+  }
+
+  /** Moves processing time forward, running timers (early firings, idleness, backoffs) on the way. */
+  advance(ms: number): Promise<void> {
+    return this.clock.advance(ms);
+  }
+
+  /** Completes the input (the end of the stream): windows flush what they hold. */
+  complete(): void {
+    this.#live().complete();
+  }
+
+  /**
+   * Fails the running pipeline and builds it anew from its factory, replaying the inputs it still
+   * held in arrival order, as the runtime does when it restarts an actor's pipeline.
+   */
+  restart(): void {
+    this.#subscription?.unsubscribe();
+    const replay: InputRecord<In>[] = [];
+    for (const [tracker, record] of this.#trackers) {
+      if (record.outcome === undefined) replay.push(record);
+      this.#trackers.delete(tracker);
+    }
+    this.#generation++;
+    this.#error = undefined;
+    this.#completed = false;
+    this.#start();
+    for (const record of replay) this.#deliver(record);
+  }
+
+  // ---- TrackerOwner ----
+
+  leftFlight(): void {}
+
+  settled(tracker: Tracker, error: unknown): void {
+    const record = this.#trackers.get(tracker);
+    if (record === undefined || tracker.generation !== this.#generation) return;
+    this.#trackers.delete(tracker);
+    record.error = error;
+    record.outcome = error !== undefined ? 'failed' : tracker.used ? 'acked' : 'dropped';
+  }
+
+  #start(): void {
+    const input = new Subject<Timed<In>>();
+    this.#input = input;
+    this.#subscription = this.#factory(input.asObservable(), this.#ctx).subscribe({
+      next: (out) => {
+        // The harness is the sink: an output is committed as soon as it is collected.
+        out.lineage?.retain();
+        this.outputs.push(out);
+        out.lineage?.release();
+      },
+      error: (error: unknown) => {
+        this.#error = error;
+      },
+      complete: () => {
+        this.#completed = true;
+      },
+    });
+  }
+
+  #deliver(record: InputRecord<In>): void {
+    const input = this.#live();
+    const tracker = new Tracker(record.env.id, this, undefined, this.#generation);
+    this.#trackers.set(tracker, record);
+    input.next({ ...record.env, lineage: tracker });
+    tracker.release();
+  }
+
+  #live(): Subject<Timed<In>> {
+    if (this.#error !== undefined) {
+      throw new OptionsError('harness', 'the pipeline failed; call restart() to go on', String(this.#error));
+    }
+    if (this.#input === undefined || this.#completed) {
+      throw new OptionsError('harness', 'the pipeline has completed', 'complete');
+    }
+    return this.#input;
+  }
+
+  #logger(): Logger {
+    const keep = (m: string) => void this.warnings.push(m);
+    return { debug: () => {}, info: () => {}, warn: keep, error: keep };
+  }
+}
+
+/** Runs `pipeline` in a {@link PipelineHarness}. */
+export function testPipeline<In, Out>(
+  pipeline: PipelineFactory<In, Out>,
+  options?: PipelineHarnessOptions,
+): PipelineHarness<In, Out> {
+  return new PipelineHarness(pipeline, options);
+}
