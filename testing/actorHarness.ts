@@ -17,9 +17,12 @@ import type { SendOptions } from './pipelineHarness.ts';
 export interface ActorHarnessOptions {
   /** Processing time the virtual clock starts at. @default 0 */
   startMs?: number;
-  /** Other actors to run beside it (services it calls, downstream actors). */
-  with?: readonly Actor<never, unknown>[];
+  /** Other actors to run beside it (services it calls, downstream actors), as `actor()` made them. */
+  with?: readonly OtherActor[];
 }
+
+/** Any actor, whatever its input and output types (the parts that do not depend on them). */
+export type OtherActor = Pick<Actor, 'name' | 'subjects' | 'lanes' | 'maxInFlight' | 'deadLetter' | 'output'>;
 
 const INJECTED = 'restart injected by the test harness';
 
@@ -54,7 +57,7 @@ export class ActorHarness {
     this.runtime = createRuntime({ clock: this.clock, logger, random: () => 0 });
     this.runtime.bus.subscribe('>', { callback: (env) => void this.#published.push(env) });
     this.#actor = actor;
-    for (const other of options.with ?? []) this.runtime.spawn(other);
+    for (const other of options.with ?? []) this.runtime.spawn(other as Actor);
     this.ref = this.runtime.spawn(this.#withFaults(actor));
   }
 
@@ -149,6 +152,6 @@ export class ActorHarness {
 }
 
 /** Runs `actor` in an {@link ActorHarness}. */
-export function testActor(actor: Actor<never, unknown> | Actor, options?: ActorHarnessOptions): ActorHarness {
-  return new ActorHarness(actor as Actor, options);
+export function testActor<In, Out>(actor: Actor<In, Out>, options?: ActorHarnessOptions): ActorHarness {
+  return new ActorHarness(actor as unknown as Actor, options);
 }

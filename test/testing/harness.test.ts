@@ -154,3 +154,24 @@ describe('testActor', () => {
     expect(h.outputs<number>().map((o) => o.data)).toEqual([0.25]);
   });
 });
+
+describe('testActor with other actors', () => {
+  test('runs the services an actor calls beside it', async () => {
+    const doubler = actor<number, number>({
+      name: 'doubler',
+      subscribe: 'math.double',
+      handle: async (env, ctx) => {
+        await ctx.respond(env.data * 2);
+      },
+    });
+    const caller = actor<number, number>({
+      name: 'caller',
+      subscribe: 'numbers',
+      output: 'doubled',
+      handle: async (env, ctx) => (await ctx.request<number, number>('math.double', env.data)).data,
+    });
+    const h = testActor(caller, { with: [doubler] });
+    await h.send(21);
+    expect(h.outputs<number>().map((o) => o.data)).toEqual([42]);
+  });
+});
