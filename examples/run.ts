@@ -1,8 +1,8 @@
 /**
  * `npm start` runs the main example; `npm run example -- NAME` runs examples/NAME/main.ts.
  */
-const MAIN = 'order-flow';
-const names = ['order-flow', 'tour'];
+const MAIN = 'clickstream-analytics';
+const names = ['clickstream-analytics', 'order-flow', 'tour'];
 
 const name = process.argv[2] ?? MAIN;
 if (!names.includes(name)) {

@@ -2,6 +2,7 @@
 // Each block between `// #region NAME` and `// #endregion` appears verbatim in README.md.
 import { filter, map } from 'rxjs';
 import { actor, createRuntime, type Envelope, subject, VirtualClock } from 'sluice';
+import { agg, eventTime, keyBy, tumbling, type WindowResult, watermarks } from 'sluice/operators';
 import { z } from 'zod';
 
 export async function main(print: (line: string) => void = console.log): Promise<string[]> {
@@ -59,6 +60,29 @@ export async function main(print: (line: string) => void = console.log): Promise
   await bus.publish(readings, { room: 'cellar', celsius: 12 });
   await bus.publish('readings', { room: 'roof' }); // no celsius: dead-lettered
   await runtime.idle();
+  // #endregion
+
+  // #region windows
+  // Page views per page per minute, on event time, with 2 s of disorder and 5 s of lateness.
+  runtime.spawn(
+    actor<{ page: string; ts: number }, WindowResult<number>>({
+      name: 'page-views',
+      subscribe: 'clicks',
+      output: 'views.per-minute',
+      pipeline: (click$, ctx) =>
+        click$.pipe(
+          eventTime((click) => click.ts),
+          keyBy((click) => click.page),
+          watermarks({ maxOutOfOrdernessMs: 2_000, idleTimeoutMs: 30_000, clock: ctx.clock }),
+          tumbling({ name: 'page-views', sizeMs: 60_000, aggregate: agg.count(), allowedLatenessMs: 5_000 }),
+        ),
+    }),
+  );
+  bus.subscribe<WindowResult<number>>('views.per-minute', {
+    callback: ({ data: w }) => log(`${w.key} [${w.start}, ${w.end}): ${w.value} views`),
+  });
+  for (const ts of [1_000, 30_000, 59_000, 58_000, 63_000]) await bus.publish('clicks', { page: '/home', ts });
+  await runtime.idle(); // 63 s - 2 s passed the end of [0, 60 s): it fired with 4 views
   // #endregion
 
   // #region clock

@@ -4,6 +4,7 @@ import { promisify } from 'node:util';
 import { describe, expect, test } from 'vitest';
 import { main as orderFlow } from '../../examples/order-flow/main.ts';
 import { main as tour } from '../../examples/tour/main.ts';
+import { main as tourTesting } from '../../examples/tour/testing.ts';
 
 const run = promisify(execFile);
 
@@ -35,14 +36,22 @@ describe('examples', () => {
       'double of 21 is 42',
       'too hot in attic: 34',
       "dead letter: invalid data on 'readings': celsius: Invalid input: expected number, received undefined",
+      '/home [0, 60000): 4 views',
       'request with no subscriber: NoRespondersError',
+      '/home [60000, 120000): 1 views',
       'stopped cleanly',
     ]);
   });
 
+  test('tour - the test kit part runs as the README says', async () => {
+    expect(await tourTesting()).toEqual([1, 1]);
+  });
+
   test('README - every TypeScript block is part of the tour, which the type check compiles', () => {
     const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
-    const source = readFileSync(new URL('../../examples/tour/main.ts', import.meta.url), 'utf8');
+    const source = ['main.ts', 'testing.ts']
+      .map((f) => readFileSync(new URL(`../../examples/tour/${f}`, import.meta.url), 'utf8'))
+      .join('\n');
     const unindented = source
       .split('\n')
       .map((l) => (l.startsWith('  ') ? l.slice(2) : l))
@@ -52,8 +61,15 @@ describe('examples', () => {
     for (const block of blocks) expect(unindented).toContain(block);
   });
 
-  test('npm start - runs the main example through the package name and exits by itself', async () => {
+  test('npm start - runs the clickstream job through the package name, prints closed windows and exits by itself', async () => {
     const { stdout } = await run('npm', ['start', '--silent'], { timeout: 60_000 });
+    expect(stdout).toMatch(/^12:00-12:01 +page views +\/\S* +\d+$/m);
+    expect(stdout).toMatch(/^12:04-12:05 +latency ms +\S+ \/api\/\S+ +p50 +\d+ +p95 +\d+ +p99 +\d+$/m);
+    expect(stdout).toMatch(/\d+ clicks arrived too late/);
+  }, 60_000);
+
+  test('npm run example -- order-flow - runs the order flow and exits by itself', async () => {
+    const { stdout } = await run('npm', ['run', 'example', '--silent', '--', 'order-flow'], { timeout: 60_000 });
     expect(stdout).toMatch(/done: \d+ fulfilled \(w1=\d+ w2=\d+ w3=\d+\), \d+ dead-lettered/);
   }, 60_000);
 });
