@@ -112,7 +112,7 @@ export async function main(options: ClickstreamOptions = {}): Promise<Clickstrea
             gapMs: SESSION_GAP_MS,
             allowedLatenessMs: ALLOWED_LATENESS_MS,
             aggregate: agg.combine({
-              clicks: agg.count<Click>(),
+              clicks: agg.count(),
               firstPage: agg.first((c: Click) => c.page),
               lastPage: agg.last((c: Click) => c.page),
             }),
