@@ -10,8 +10,8 @@ import { quantiles } from './quantiles.ts';
  * - `add(acc, data, eventTime)` folds one input in. It may update `acc` in place and return it, or
  *   return a new value (numbers, which cost no allocation). `eventTime` is the input's event time
  *   (for count windows, its event time or 0).
- * - `merge(a, b)` combines two accumulators when session windows merge; it may reuse `a` and must
- *   not keep using `b`. Aggregates without it cannot be used by session windows.
+ * - `merge(a, b)` combines `b` into `a` when session windows merge; it may reuse and return `a`,
+ *   and must leave `b` unchanged. Aggregates without it cannot be used by session windows.
  * - `result(acc)` is the value a firing emits. It must not change `acc` or share a mutable part of
  *   it: with allowed lateness the window keeps adding to `acc` after the result was emitted.
  */
@@ -36,7 +36,7 @@ export interface MeanAcc {
 }
 
 type AnyAggregate<T> = Aggregate<T, unknown, unknown>;
-type ResultOf<G> = G extends Aggregate<never, never, infer R> ? R : never;
+type ResultOf<G> = G extends { result(acc: never): infer R } ? R : never;
 
 function identity<V>(value: unknown): V {
   return value as V;

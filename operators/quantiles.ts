@@ -1,6 +1,6 @@
-import { LogCollapsingLowestDenseDDSketch } from '@datadog/sketches-js';
+import { DDSketch } from '@datadog/sketches-js';
 import { OptionsError } from '../runtime/errors.ts';
-import { intOption, numberOption } from '../runtime/options.ts';
+import { numberOption } from '../runtime/options.ts';
 import type { Aggregate } from './aggregate.ts';
 
 export interface QuantilesOptions {
@@ -11,31 +11,27 @@ export interface QuantilesOptions {
    * input at rank `floor(q * (n - 1))`. @default 0.01
    */
   relativeAccuracy?: number;
-  /**
-   * Buckets kept per window before the lowest ones are collapsed, which bounds memory (each bucket
-   * is a number) at the cost of accuracy for the lowest values only; high quantiles keep it.
-   * @default 2048
-   */
-  maxBuckets?: number;
 }
 
 export const DEFAULT_QUANTILES_OPTIONS = Object.freeze({
   quantiles: Object.freeze([0.5, 0.95, 0.99]),
   relativeAccuracy: 0.01,
-  maxBuckets: 2048,
 });
 
 /** The sketch kept per window by `agg.quantiles`. */
-export type QuantileSketch = LogCollapsingLowestDenseDDSketch;
+export type QuantileSketch = DDSketch;
 
 /** Quantiles by name: `{ p50, p95, p99 }` for the default quantiles. */
 export type QuantileValues = Readonly<Record<string, number>>;
 
 /**
  * Approximate quantiles (p50, p95, p99 by default) with a relative-error guarantee: DDSketch
- * (Masson, Rim, Lee, VLDB 2019), from Datadog's `@datadog/sketches-js`. Memory per window is
- * bounded by `maxBuckets`, whatever the number of inputs; sketches merge exactly, so session
- * windows and pre-aggregation keep the guarantee. Works for negative values and zero too.
+ * (Masson, Rim, Lee, VLDB 2019), from Datadog's `@datadog/sketches-js`. Memory per window does
+ * not grow with the number of inputs, only with the spread of their values: one bucket (a number)
+ * per factor `(1 + a) / (1 - a)` between the smallest and the largest, about 1,000 buckets for
+ * values from 0.001 to 1,000,000 at 1%. Sketches merge exactly, so session windows keep the
+ * guarantee. Works for negative values and zero too. (The library's collapsing variants, which
+ * cap the buckets, return wrong high quantiles once they collapse, so they are not used.)
  *
  * @example tumbling({ name: 'latency', sizeMs: 60_000, aggregate: agg.quantiles((r: Req) => r.ms) })
  *          // value: { p50: 12.1, p95: 48.3, p99: 97.0 }
@@ -63,10 +59,9 @@ export function quantiles<T>(
   );
   if (relativeAccuracy >= 1)
     throw new OptionsError('quantiles.relativeAccuracy', 'must be > 0 and < 1', relativeAccuracy);
-  const binLimit = intOption('quantiles.maxBuckets', options.maxBuckets, DEFAULT_QUANTILES_OPTIONS.maxBuckets, 16);
   const names = qs.map((q) => `p${+(q * 100).toFixed(6)}`);
   return {
-    init: () => new LogCollapsingLowestDenseDDSketch({ relativeAccuracy, binLimit }),
+    init: () => new DDSketch({ relativeAccuracy }),
     add: (acc, data) => {
       acc.accept(select === undefined ? (data as number) : select(data));
       return acc;

@@ -98,18 +98,19 @@ export class WatermarkHub {
 
   /** Joins an input by hand; `listener` gets each combined watermark (a channel's downstream). */
   join(listener?: (watermark: Watermark) => void): WatermarkChannel & { readonly idle: boolean } {
-    const input = new Input(this, listener);
+    const input = new Input(this.#hooks, listener);
     this.#inputs.add(input);
     return input;
   }
 
-  /** @internal */
-  removed(input: Input): void {
-    if (this.#inputs.delete(input)) this.recompute();
-  }
+  readonly #hooks: Hooks = {
+    changed: () => this.#recompute(),
+    left: (input) => {
+      if (this.#inputs.delete(input)) this.#recompute();
+    },
+  };
 
-  /** @internal */
-  recompute(): void {
+  #recompute(): void {
     if (this.#inputs.size === 0) return;
     let min = Number.POSITIVE_INFINITY;
     let max = Number.NEGATIVE_INFINITY;
@@ -133,15 +134,20 @@ export class WatermarkHub {
   }
 }
 
+interface Hooks {
+  changed(): void;
+  left(input: Input): void;
+}
+
 class Input implements WatermarkChannel {
-  readonly hub: WatermarkHub;
+  readonly hooks: Hooks;
   readonly listener: ((watermark: Watermark) => void) | undefined;
   watermark = Number.NEGATIVE_INFINITY;
   idle = false;
   left = false;
 
-  constructor(hub: WatermarkHub, listener: ((watermark: Watermark) => void) | undefined) {
-    this.hub = hub;
+  constructor(hooks: Hooks, listener: ((watermark: Watermark) => void) | undefined) {
+    this.hooks = hooks;
     this.listener = listener;
   }
 
@@ -149,18 +155,18 @@ class Input implements WatermarkChannel {
     if (this.left) return;
     if (watermark.time > this.watermark) this.watermark = watermark.time;
     this.idle = watermark.idle;
-    this.hub.recompute();
+    this.hooks.changed();
   }
 
   activate(): void {
     if (this.left || !this.idle) return;
     this.idle = false;
-    this.hub.recompute();
+    this.hooks.changed();
   }
 
   leave(): void {
     if (this.left) return;
     this.left = true;
-    this.hub.removed(this);
+    this.hooks.left(this);
   }
 }

@@ -81,13 +81,16 @@ export function countWindow<T, A, R>(options: CountWindowOptions<T, A, R>): Wind
     });
   const stats = (): WindowStats => {
     let keys = 0;
+    let seen = 0;
     let absorbed = 0;
     for (const w of live) {
       keys += w.open;
+      seen += w.keys.size;
       absorbed += w.absorbed;
     }
     return {
       keys,
+      idleKeys: seen - keys,
       openWindows: keys,
       absorbed,
       watermark: Number.NEGATIVE_INFINITY,

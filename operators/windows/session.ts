@@ -20,9 +20,9 @@ export interface SessionOptions<T, A, R> extends WindowOptions<T, A, R> {
  * already emitted grows or merges, its bounds (and so its idempotency key) change: the next
  * result lists the keys it replaces in `supersedes`, so a sink can delete them.
  *
- *     in:    --a@1--b@4--w(8)--c@20--w(40)--|
- *     out:   ---------------------R[1,14)--R[20,30)|   session({ gapMs: 10, aggregate: agg.count() })
- *                                  (a, b)    (c)
+ *     in:    --a@1--b@4--w(8)--c@20--w(40)-----------|
+ *     out:   -------------------------R[1,14) R[20,30)|   session({ gapMs: 10, aggregate: agg.count() })
+ *                                     (a, b)  (c)
  *
  * Firing, late data, results and settlement are otherwise those of `tumbling`.
  *

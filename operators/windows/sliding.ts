@@ -23,9 +23,9 @@ export interface SlidingOptions<T, A, R> extends WindowOptions<T, A, R> {
  * the allowed lateness of some of its windows but past that of others goes to the open ones only,
  * and to `late` only when none is open.
  *
- *     in:    --a@3--b@7--w(9)--c@12--w(14)--|
- *     out:   -------------R[0,10)----R[5,15)-R[10,20)|   sliding({ sizeMs: 10, slideMs: 5, aggregate: agg.count() })
- *                          (a, b)     (b, c)  (c)        ([-5,5) with a fired at w(4)... and so on)
+ *     in:    --a@3--b@7--w(9)----------------c@12--w(14)-------|
+ *     out:   ------------R[-5,5) R[0,10)-----------R[5,15)---R[10,20)|   sliding({ sizeMs: 10, slideMs: 5, aggregate: agg.count() })
+ *                        (a)     (a, b)             (b, c)    (c)
  *
  * @example sliding({ name: 'latency', sizeMs: 60_000, slideMs: 10_000, aggregate: agg.mean((r: Req) => r.ms) })
  * @see tumbling, session

@@ -5,7 +5,9 @@ import { LateDataError } from '../../runtime/errors.ts';
 import { type Lineage, mergeLineage } from '../../runtime/lineage.ts';
 import type { Aggregate } from '../aggregate.ts';
 import { type Timed, Watermark } from '../watermarks.ts';
+import { TimerQueue } from './timerQueue.ts';
 import type { Firing, LateReason, ResolvedWindowOptions, WindowOperator, WindowResult, WindowStats } from './types.ts';
+import { KeyState, Win } from './windowState.ts';
 
 /**
  * @internal The window assigner: aligned windows (tumbling: slide = size; sliding) or sessions.
@@ -45,116 +47,24 @@ export function timeWindowOperator<T, A, R>(
 
 function statsOf<T, A, R>(live: Set<TimeWindows<T, A, R>>, totals: Totals): WindowStats {
   let keys = 0;
+  let idleKeys = 0;
   let openWindows = 0;
   let absorbed = 0;
   let watermark = Number.NEGATIVE_INFINITY;
   for (const w of live) {
-    keys += w.keys.size;
+    keys += w.openKeys;
+    idleKeys += w.emptyKeys;
     openWindows += w.openWindows;
     absorbed += w.absorbed;
     if (w.watermark > watermark) watermark = w.watermark;
   }
-  return { keys, openWindows, absorbed, watermark, results: totals.results, late: totals.late };
+  return { keys, idleKeys, openWindows, absorbed, watermark, results: totals.results, late: totals.late };
 }
 
 interface Output<R> {
   next(value: Envelope<WindowResult<R>>): void;
   error(error: unknown): void;
   complete(): void;
-}
-
-class KeyState<A> {
-  readonly key: string | undefined;
-  /** Open windows; sessions are kept sorted by start (and never touch each other). */
-  readonly wins: Win<A>[] = [];
-  constructor(key: string | undefined) {
-    this.key = key;
-  }
-}
-
-class Win<A> {
-  readonly ks: KeyState<A>;
-  start: number;
-  end: number;
-  acc: A | undefined;
-  readonly subject: string;
-  /** The watermark has passed `end - 1`: every input now fires a late result. */
-  closed: boolean;
-  count = 0;
-  lineages: Lineage[] | undefined = undefined;
-  revision = 0;
-  /** Inputs since the last result, for `early.everyEvents`. */
-  sinceFire = 0;
-  /** The one timer that counts; entries left in the queue at other times are stale. */
-  timerAt = Number.NaN;
-  alive = true;
-  /** Idempotency key of the last result, while the window keeps those bounds. */
-  lastKey: string | undefined = undefined;
-  supersedes: string[] | undefined = undefined;
-
-  constructor(ks: KeyState<A>, start: number, end: number, acc: A, subject: string, closed: boolean) {
-    this.ks = ks;
-    this.start = start;
-    this.end = end;
-    this.acc = acc;
-    this.subject = subject;
-    this.closed = closed;
-  }
-}
-
-/** Event-time timers: a min-heap of distinct times, each with the windows due then. */
-class TimerQueue<W> {
-  readonly heap: number[] = [];
-  readonly buckets = new Map<number, W[]>();
-
-  add(time: number, item: W): void {
-    const bucket = this.buckets.get(time);
-    if (bucket !== undefined) {
-      bucket.push(item);
-      return;
-    }
-    this.buckets.set(time, [item]);
-    const heap = this.heap;
-    let i = heap.length;
-    heap.push(time);
-    while (i > 0) {
-      const parent = (i - 1) >> 1;
-      const p = heap[parent] as number;
-      if (p <= time) break;
-      heap[i] = p;
-      i = parent;
-    }
-    heap[i] = time;
-  }
-
-  /** Removes the earliest time; returns its windows. */
-  pop(): W[] {
-    const heap = this.heap;
-    const top = heap[0] as number;
-    const last = heap.pop() as number;
-    const n = heap.length;
-    if (n > 0) {
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1;
-        if (l >= n) break;
-        const r = l + 1;
-        const c = r < n && (heap[r] as number) < (heap[l] as number) ? r : l;
-        if ((heap[c] as number) >= last) break;
-        heap[i] = heap[c] as number;
-        i = c;
-      }
-      heap[i] = last;
-    }
-    const bucket = this.buckets.get(top) as W[];
-    this.buckets.delete(top);
-    return bucket;
-  }
-
-  clear(): void {
-    this.heap.length = 0;
-    this.buckets.clear();
-  }
 }
 
 /**
@@ -192,6 +102,22 @@ class TimeWindows<T, A, R> {
   /** Lineages of purged windows, released once the current step is over (see `flush`). */
   readonly toRelease: Lineage[][] = [];
   flushing = false;
+  /**
+   * Keys whose windows all closed. They are kept for a while (a key usually gets its next window
+   * soon, and dropping and re-adding it to the map costs more than the window) and swept once
+   * they have stayed empty for a whole sweep period of event time: at most two periods.
+   */
+  emptied: KeyState<A>[] = [];
+  emptyKeys = 0;
+  lastSweep = Number.NEGATIVE_INFINITY;
+  readonly sweepEveryMs: number;
+  /** Purged aligned windows, reused: windows live long enough to reach the old generation. */
+  readonly pool: Win<A>[] = [];
+  peakOpen = 0;
+  readonly prefix: string;
+  rangeStart = Number.NaN;
+  rangeEnd = Number.NaN;
+  range = '';
 
   constructor(options: ResolvedWindowOptions<T, A, R>, assigner: Assigner, out: Output<R>, totals: Totals) {
     this.out = out;
@@ -210,6 +136,13 @@ class TimeWindows<T, A, R> {
     this.slide = assigner.kind === 'aligned' ? assigner.slideMs : 0;
     this.offset = assigner.kind === 'aligned' ? assigner.offsetMs : 0;
     this.gap = assigner.kind === 'session' ? assigner.gapMs : 0;
+    this.sweepEveryMs = (assigner.kind === 'session' ? assigner.gapMs : assigner.sizeMs) + this.lateness;
+    this.prefix = `${this.name}/`;
+  }
+
+  /** Keys with at least one open window. */
+  get openKeys(): number {
+    return this.keys.size - this.emptyKeys;
   }
 
   // ---- observer ----
@@ -261,6 +194,9 @@ class TimeWindows<T, A, R> {
     this.dirty = undefined;
     this.openWindows = 0;
     this.absorbed = 0;
+    this.emptied = [];
+    this.emptyKeys = 0;
+    this.pool.length = 0;
   }
 
   fail(error: unknown): void {
@@ -295,7 +231,13 @@ class TimeWindows<T, A, R> {
       const end = start + size;
       if (end - 1 <= horizon) break;
       if (ks === undefined) ks = this.keyState(this.keyed ? env.key : undefined);
-      const w = find(ks.wins, start) ?? this.open(ks, start, end, env.subject);
+      let w: Win<A>;
+      if (ks.curStart === start) w = ks.cur as Win<A>;
+      else {
+        w = find(ks.wins, start) ?? this.open(ks, start, end, env.subject);
+        ks.cur = w;
+        ks.curStart = start;
+      }
       this.add(w, env, ts);
       taken = true;
       this.trigger(w);
@@ -396,14 +338,31 @@ class TimeWindows<T, A, R> {
 
   open(ks: KeyState<A>, start: number, end: number, subject: string): Win<A> {
     const closed = end - 1 <= this.watermark;
-    const w = new Win<A>(ks, start, end, this.agg.init(), subject, closed);
+    let w = this.pool.pop();
+    if (w === undefined) w = new Win<A>(ks, start, end, this.agg.init(), subject, closed);
+    else {
+      w.ks = ks;
+      w.start = start;
+      w.end = end;
+      w.acc = this.agg.init();
+      w.subject = subject;
+      w.closed = closed;
+      w.count = 0;
+      w.revision = 0;
+      w.sinceFire = 0;
+      w.alive = true;
+    }
     const wins = ks.wins;
+    if (wins.length === 0 && !Number.isNaN(ks.emptiedAt)) {
+      ks.emptiedAt = Number.NaN;
+      this.emptyKeys--;
+    }
     if (this.merging) {
       let i = wins.length;
       while (i > 0 && (wins[i - 1] as Win<A>).start > start) i--;
       wins.splice(i, 0, w);
     } else wins.push(w);
-    this.openWindows++;
+    if (++this.openWindows > this.peakOpen) this.peakOpen = this.openWindows;
     this.schedule(w, closed ? end - 1 + this.lateness : end - 1);
     return w;
   }
@@ -441,6 +400,7 @@ class TimeWindows<T, A, R> {
 
   advance(time: number): void {
     this.watermark = time;
+    if (this.emptied.length > 0 && time >= this.lastSweep + this.sweepEveryMs) this.sweep(time);
     const heap = this.timers.heap;
     while (heap.length > 0 && (heap[0] as number) <= time) {
       const at = heap[0] as number;
@@ -457,6 +417,26 @@ class TimeWindows<T, A, R> {
         else this.schedule(w, cleanup);
       }
     }
+  }
+
+  /** Forgets keys that stayed empty since before the previous sweep. */
+  sweep(time: number): void {
+    const keep: KeyState<A>[] = [];
+    for (const ks of this.emptied) {
+      if (Number.isNaN(ks.emptiedAt)) {
+        ks.listed = false; // has windows again
+      } else if (ks.emptiedAt <= this.lastSweep) {
+        this.keys.delete(ks.key);
+        this.emptyKeys--;
+        ks.emptiedAt = Number.NaN;
+        ks.listed = false;
+      } else keep.push(ks);
+    }
+    this.emptied = keep;
+    this.lastSweep = time;
+    // The pool holds at most as many windows as were open at once during the last period.
+    if (this.pool.length > this.peakOpen) this.pool.length = this.peakOpen;
+    this.peakOpen = this.openWindows;
   }
 
   markDirty(w: Win<A>): void {
@@ -487,7 +467,13 @@ class TimeWindows<T, A, R> {
 
   fire(w: Win<A>, firing: Firing): void {
     const key = w.ks.key;
-    const idempotencyKey = `${this.name}/${key ?? ''}/${w.start}-${w.end}`;
+    if (w.start !== this.rangeStart || w.end !== this.rangeEnd) {
+      // Aligned windows of all keys share their bounds: format them once.
+      this.rangeStart = w.start;
+      this.rangeEnd = w.end;
+      this.range = `/${w.start}-${w.end}`;
+    }
+    const idempotencyKey = this.prefix + (key ?? '') + this.range;
     const data: WindowResult<R> = {
       key,
       start: w.start,
@@ -527,17 +513,38 @@ class TimeWindows<T, A, R> {
     const ks = w.ks;
     const wins = ks.wins;
     const i = wins.indexOf(w);
-    if (i >= 0) wins.splice(i, 1);
-    if (wins.length === 0) this.keys.delete(ks.key);
+    if (this.merging) wins.splice(i, 1);
+    else {
+      // Order does not matter for aligned windows; pop keeps the array's capacity for the next one.
+      wins[i] = wins[wins.length - 1] as Win<A>;
+      wins.pop();
+    }
+    if (ks.cur === w) {
+      ks.cur = undefined;
+      ks.curStart = Number.NaN;
+    }
+    if (wins.length === 0) {
+      ks.emptiedAt = this.watermark;
+      this.emptyKeys++;
+      if (!ks.listed) {
+        ks.listed = true;
+        this.emptied.push(ks);
+      }
+    }
     this.openWindows--;
     this.dirty?.delete(w);
     w.acc = undefined;
+    w.supersedes = undefined;
+    w.lastKey = undefined;
     const lineages = w.lineages;
     if (lineages !== undefined) {
       w.lineages = undefined;
       this.absorbed -= lineages.length;
       this.toRelease.push(lineages);
     }
+    // A purged aligned window has no timer left in the queue (its last one is the one running), so
+    // it can be reused; a session may still have stale timer entries, so it is not.
+    if (!this.merging) this.pool.push(w);
   }
 
   /**
@@ -581,7 +588,8 @@ class TimeWindows<T, A, R> {
 }
 
 function find<A>(wins: Win<A>[], start: number): Win<A> | undefined {
-  for (let i = 0; i < wins.length; i++) {
+  // Newest first: an input mostly goes to the latest windows.
+  for (let i = wins.length - 1; i >= 0; i--) {
     const w = wins[i] as Win<A>;
     if (w.start === start) return w;
   }

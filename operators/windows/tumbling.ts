@@ -29,7 +29,10 @@ export interface TumblingOptions<T, A, R> extends WindowOptions<T, A, R> {
  * Settlement: an input's lineage is absorbed when it enters a window and given back once that
  * window is purged, after its last result was emitted; downstream holds the result's merged
  * lineage, so inputs settle only when the window's results are settled (docs/settlement.md).
+ * On an error or an unsubscribe the state is dropped without settling what it held: the actor
+ * replays those inputs into the restarted pipeline. `stats()` tells the state held now.
  * Order: results in watermark order; results for one window in the order they were emitted.
+ * docs/windows.md has the full semantics and where they differ from Flink.
  *
  *     in:    --a@3--b@12--c@7--w(9)--d@15--w(19)--|
  *     out:   --------------------R[0,10)-------R[10,20)|   tumbling({ sizeMs: 10, aggregate: agg.count() })

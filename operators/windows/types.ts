@@ -67,6 +67,12 @@ export interface WindowResult<R> {
 export interface WindowStats {
   /** Keys with at least one open window (count windows: keys with a partial window). */
   readonly keys: number;
+  /**
+   * Keys whose windows all closed, still remembered because a key usually opens its next window
+   * soon; forgotten after at most two window lengths (plus lateness) of event time without one.
+   * Count windows: keys seen (their input counters).
+   */
+  readonly idleKeys: number;
   readonly openWindows: number;
   /** Input references held in window state (absorbed lineages), released as windows close. */
   readonly absorbed: number;

@@ -214,7 +214,7 @@ describe('session - merging as Flink defines it', () => {
       [8, 13, 'on-time', 0, undefined],
       [0, 13, 'late', 2, ['u/k/0-5', 'u/k/8-13']],
     ]);
-    expect(got.results[2]?.data).toMatchObject({ value: [1, 3, 2], count: 3, isUpdate: true });
+    expect(got.results[2]?.data).toMatchObject({ value: [1, 2, 3], count: 3, isUpdate: true });
     expect(sink.got).toEqual([]);
   });
 

@@ -3,6 +3,7 @@ import { from } from 'rxjs';
 import type { Envelope } from 'sluice';
 import {
   agg,
+  type LateReason,
   session as sessionOp,
   sliding as slidingOp,
   type Timed,
@@ -97,7 +98,7 @@ function operatorFor(
   a: RefAssigner,
   lateness: number,
   earlyEvents: number,
-  late: (env: Envelope<number>) => void,
+  late: (env: Envelope<number>, reason: LateReason) => void,
 ): WindowOperator<number, number[]> {
   const common = {
     name: 'job',
