@@ -55,7 +55,7 @@ export interface Goal {
 
 export interface BenchDefinition {
   bench: string;
-  unit: 'msg/s';
+  unit: 'msg/s' | 'events/s';
   cases: Readonly<Record<string, BenchCase>>;
   /** Column order; contenders not listed come after, in the order the cases name them. */
   contenders?: readonly string[];
@@ -94,7 +94,7 @@ export type BenchResults = Record<string, Record<string, number | null>>;
 
 export interface BenchReport {
   bench: string;
-  unit: 'msg/s';
+  unit: 'msg/s' | 'events/s';
   results: BenchResults;
   /** `case/contender: message` for each contender that failed. */
   failures: string[];
