@@ -10,15 +10,21 @@ import type { ActorRef } from '../runtime/actorCell.ts';
 import { VirtualClock } from '../runtime/clock.ts';
 import type { Envelope } from '../runtime/envelope.ts';
 import { OptionsError } from '../runtime/errors.ts';
+import { laneOf } from '../runtime/input.ts';
 import { createRuntime, type Runtime, type ShutdownReport } from '../runtime/runtime.ts';
 import { isLiteral } from '../runtime/subjects.ts';
-import type { SendOptions } from './pipelineHarness.ts';
+import { type LateRecord, lateRecords, type SendOptions, type TimedInput } from './pipelineHarness.ts';
 
 export interface ActorHarnessOptions {
   /** Processing time the virtual clock starts at. @default 0 */
   startMs?: number;
   /** Other actors to run beside it (services it calls, downstream actors), as `actor()` made them. */
   with?: readonly OtherActor[];
+}
+
+export interface HarnessRestartOptions {
+  /** The lane whose pipeline fails. @default every lane, one restart each */
+  lane?: number;
 }
 
 /** Any actor, whatever its input and output types (the parts that do not depend on them). */
@@ -30,10 +36,12 @@ const INJECTED = 'restart injected by the test harness';
  * Runs an actor (and any actors it talks to) in a real runtime on a virtual clock, as Kafka
  * Streams' TopologyTestDriver does for a topology: publish inputs with chosen event times, move
  * processing time, read everything published on the bus (outputs, dead letters, late data), and
- * inject a pipeline failure between two steps to see what a restart does.
+ * inject a pipeline failure between two steps to see what a restart does. A window operator
+ * made outside the actor's pipeline factory is shared by its lanes and restarts: its `stats()`
+ * tells the state the actor holds.
  *
  * @example
- * const h = await testActor(pageViews);
+ * const h = testActor(pageViews);
  * await h.send({ page: '/home' }, { eventTime: 1_000 });
  * await h.advance(60_000);
  * expect(h.published('views.per-minute')).toHaveLength(1);
@@ -47,7 +55,8 @@ export class ActorHarness {
   readonly logs: string[] = [];
   readonly #actor: Actor;
   readonly #published: Envelope[] = [];
-  readonly #faults = new Set<Subject<never>>();
+  /** Per lane, the fault of its running pipeline: erroring it fails that pipeline. */
+  readonly #faults = new Map<number, Subject<never>>();
 
   constructor(actor: Actor, options: ActorHarnessOptions = {}) {
     this.clock = new VirtualClock(options.startMs ?? 0);
@@ -79,6 +88,19 @@ export class ActorHarness {
     return this.published<T>(output);
   }
 
+  /**
+   * Late data published on the bus (inputs a window turned away and its `late` option
+   * forwarded), optionally on one subject: every envelope with a `sluice-late-reason` header.
+   */
+  lateData<T = unknown>(subject?: string): LateRecord<T>[] {
+    return lateRecords(this.published<T>(subject));
+  }
+
+  /** The lane the actor's inputs with this `partitionBy` key go to. */
+  laneOf(key: string): number {
+    return laneOf(key, this.#actor.lanes);
+  }
+
   /** Messages on the actor's dead-letter subject. */
   get deadLetters(): Envelope[] {
     return this.published(this.#actor.deadLetter);
@@ -86,15 +108,31 @@ export class ActorHarness {
 
   /** Publishes an input (to the actor's first subject unless told) and lets it be handled. */
   async send(data: unknown, options: SendOptions = {}): Promise<void> {
-    const subject = options.subject ?? this.#actor.subjects[0]?.name;
-    if (subject === undefined || !isLiteral(subject)) {
-      throw new OptionsError('harness.send', 'the actor subscribes to a wildcard; name a subject to send on', subject);
-    }
-    await this.runtime.bus.publish(subject, data, {
+    await this.runtime.bus.publish(this.#subjectOf(options.subject), data, {
       ...(options.eventTime === undefined ? {} : { eventTime: options.eventTime }),
       ...(options.key === undefined ? {} : { key: options.key }),
       ...(options.headers === undefined ? {} : { headers: options.headers }),
     });
+    await this.#settle();
+  }
+
+  /**
+   * Publishes many inputs with event times (and keys), `[[data, eventTime, key?], ...]`, in order,
+   * waiting only when a mailbox pushes back, then lets them be handled: for long runs, where
+   * `send` per input would let the event loop turn each time. A key in an item wins over `options.key`.
+   */
+  async sendAll(items: Iterable<TimedInput<unknown>>, options: Omit<SendOptions, 'eventTime'> = {}): Promise<void> {
+    const subject = this.#subjectOf(options.subject);
+    for (const [data, eventTime, key] of items) {
+      const k = key ?? options.key;
+      const accepted = this.runtime.bus.publish(subject, data, {
+        eventTime,
+        ...(k === undefined ? {} : { key: k }),
+        ...(options.headers === undefined ? {} : { headers: options.headers }),
+      });
+      // Accepted at once unless a mailbox is full (then it waits) or refused (then it throws here).
+      await accepted;
+    }
     await this.#settle();
   }
 
@@ -106,9 +144,14 @@ export class ActorHarness {
 
   /**
    * Fails the actor's pipeline as an operator error would (no culprit message), then moves time
-   * through the supervisor's backoff until it runs again. It counts against the restart limit.
+   * through the supervisor's backoff until it runs again, replaying what it held. With several
+   * lanes (`partitionBy`), every lane's pipeline fails unless `options.lane` names one; each lane
+   * that fails counts as one restart against the actor's `restart.maxRestarts`, with its own
+   * backoff, and this resolves once all of them run again (or the actor stopped at the limit:
+   * with more lanes than `restart.maxRestarts`, the default of 8 lanes against 5 restarts
+   * included, name a lane or raise the limit).
    */
-  async restart(): Promise<void> {
+  async restart(options: HarnessRestartOptions = {}): Promise<void> {
     if (this.#actor.definition.pipeline === undefined) {
       throw new OptionsError(
         'harness.restart',
@@ -116,10 +159,26 @@ export class ActorHarness {
         'handle',
       );
     }
-    const faults = [...this.#faults];
-    this.#faults.clear();
+    const lanes = options.lane === undefined ? [...this.#faults.keys()] : [options.lane];
+    for (const lane of lanes) {
+      if (!this.#faults.has(lane)) {
+        throw new OptionsError(
+          'harness.restart.lane',
+          `actor '${this.#actor.name}' has no running pipeline in that lane (lanes: ${this.#actor.lanes})`,
+          lane,
+        );
+      }
+    }
+    const faults = lanes.map((lane) => {
+      const fault = this.#faults.get(lane) as Subject<never>;
+      this.#faults.delete(lane);
+      return fault;
+    });
     for (const fault of faults) fault.error(new Error(INJECTED));
-    for (let i = 0; i < 1000 && this.ref.state === 'restarting'; i++) {
+    // The supervisor's state says 'running' once the first lane is back: wait for each of them.
+    const down = () => lanes.some((lane) => !this.#faults.has(lane)) && this.ref.state !== 'stopped';
+    await this.#settle();
+    for (let i = 0; i < 1000 && down(); i++) {
       const due = this.clock.nextDue();
       if (due === undefined) break;
       await this.clock.advanceTo(due);
@@ -130,6 +189,14 @@ export class ActorHarness {
   /** Stops the runtime (pipelines complete, so windows flush) and returns its report. */
   stop(): Promise<ShutdownReport> {
     return this.runtime.stop();
+  }
+
+  #subjectOf(given: string | undefined): string {
+    const subject = given ?? this.#actor.subjects[0]?.name;
+    if (subject === undefined || !isLiteral(subject)) {
+      throw new OptionsError('harness.send', 'the actor subscribes to a wildcard; name a subject to send on', subject);
+    }
+    return subject;
   }
 
   async #settle(): Promise<void> {
@@ -144,7 +211,7 @@ export class ActorHarness {
       ...definition,
       pipeline: (input$: Observable<Envelope<unknown>>, ctx: ActorContext) => {
         const fault = new Subject<never>();
-        this.#faults.add(fault);
+        this.#faults.set(ctx.lane, fault);
         return merge(pipeline(input$, ctx), fault);
       },
     });

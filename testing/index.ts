@@ -1,4 +1,11 @@
-export type { ActorHarnessOptions, OtherActor } from './actorHarness.ts';
+export type { ActorHarnessOptions, HarnessRestartOptions, OtherActor } from './actorHarness.ts';
 export { ActorHarness, testActor } from './actorHarness.ts';
-export type { InputRecord, PipelineFactory, PipelineHarnessOptions, SendOptions } from './pipelineHarness.ts';
+export type {
+  InputRecord,
+  LateRecord,
+  PipelineFactory,
+  PipelineHarnessOptions,
+  SendOptions,
+  TimedInput,
+} from './pipelineHarness.ts';
 export { PipelineHarness, testPipeline } from './pipelineHarness.ts';

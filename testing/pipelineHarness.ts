@@ -1,6 +1,7 @@
 import { type Observable, Subject, type Subscription } from 'rxjs';
 import type { Timed } from '../operators/watermarks.ts';
 import { Watermark } from '../operators/watermarks.ts';
+import { type LateReason, WINDOW_HEADERS } from '../operators/windows/types.ts';
 import type { ActorContext, Logger } from '../runtime/actor.ts';
 import { Bus } from '../runtime/bus.ts';
 import { VirtualClock } from '../runtime/clock.ts';
@@ -35,10 +36,24 @@ export interface PipelineHarnessOptions {
   subject?: string;
 }
 
+/**
+ * An input sent as `[data, eventTime]`, or `[data, eventTime, key]`: what `sendAll` takes.
+ */
+export type TimedInput<In> = readonly [data: In, eventTime: number, key?: string];
+
+/** A late input a window published (its `late` option forwarding it), with the reason from its headers. */
+export interface LateRecord<T = unknown> {
+  readonly env: Envelope<T>;
+  readonly reason: LateReason;
+}
+
 /** What happened to one input sent through the harness. */
 export interface InputRecord<In> {
   readonly env: Envelope<In>;
-  /** Until settled: `undefined`. */
+  /**
+   * Until settled: `undefined`. `failed` with `error`: a window turned it away as late with no
+   * `late` option (a `LateDataError`), or the pipeline failed while handling it.
+   */
   outcome: Outcome | undefined;
   error: unknown;
 }
@@ -48,6 +63,8 @@ export interface InputRecord<In> {
  * inputs with chosen event times, push watermarks, move processing time, and read what came out,
  * what the pipeline published on the bus (late data, side outputs) and how each input settled.
  * Everything is synchronous but `advance`, which lets timers and promise chains run.
+ * To watch a window's state, make the operator outside the factory and read its `stats()`: it
+ * sums over the live subscriptions, so it follows the pipeline across `restart()`.
  *
  * @example
  * const h = testPipeline((in$) => in$.pipe(tumbling({ name: 'views', sizeMs: 60_000, aggregate: agg.count() })));
@@ -112,6 +129,19 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
     return subject === undefined ? [...this.#published] : this.#published.filter((e) => e.subject === subject);
   }
 
+  /**
+   * Late data the pipeline published (inputs a window turned away, forwarded by its `late`
+   * option), in order, optionally on one subject: every published envelope with a
+   * `sluice-late-reason` header.
+   *
+   * @example
+   * const h = testPipeline((in$, ctx) => in$.pipe(tumbling({ ...opts, late: (env) => ctx.bus.forward({ ...env, subject: 'views.late' }) })));
+   * expect(h.lateData('views.late').map((l) => l.reason)).toEqual(['beyond-allowed-lateness']);
+   */
+  lateData<T = In>(subject?: string): LateRecord<T>[] {
+    return lateRecords<T>(this.published(subject) as Envelope<T>[]);
+  }
+
   /** The data of the outputs, for short assertions. */
   get values(): Out[] {
     return this.outputs.map((o) => o.data);
@@ -135,9 +165,16 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
     return record;
   }
 
-  /** Sends several inputs with event times: `[[data, eventTime], ...]`. */
-  sendAll(items: readonly (readonly [In, number])[], options: Omit<SendOptions, 'eventTime'> = {}): void {
-    for (const [data, eventTime] of items) this.send(data, { ...options, eventTime });
+  /**
+   * Sends several inputs with event times (and keys), in order: `[[data, eventTime, key?], ...]`.
+   * A key in an item wins over `options.key`.
+   */
+  sendAll(items: Iterable<TimedInput<In>>, options: Omit<SendOptions, 'eventTime'> = {}): InputRecord<In>[] {
+    const records: InputRecord<In>[] = [];
+    for (const [data, eventTime, key] of items) {
+      records.push(this.send(data, key === undefined ? { ...options, eventTime } : { ...options, eventTime, key }));
+    }
+    return records;
   }
 
   /** Pushes a watermark into the pipeline's input (for pipelines that take watermarks, such as windows). */
@@ -209,7 +246,8 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
     const tracker = new Tracker(record.env.id, this, undefined, this.#generation);
     this.#trackers.set(tracker, record);
     input.next({ ...record.env, lineage: tracker });
-    tracker.release();
+    // If the pipeline failed on this input, the runtime would take it for the culprit: it fails with the error.
+    tracker.release(this.#error);
   }
 
   #live(): Subject<Timed<In>> {
@@ -226,6 +264,16 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
     const keep = (m: string) => void this.warnings.push(m);
     return { debug: () => {}, info: () => {}, warn: keep, error: keep };
   }
+}
+
+/** @internal The late records among `published`: shared by both harnesses. */
+export function lateRecords<T>(published: readonly Envelope<T>[]): LateRecord<T>[] {
+  const late: LateRecord<T>[] = [];
+  for (const env of published) {
+    const reason = env.headers[WINDOW_HEADERS.lateReason];
+    if (reason !== undefined) late.push({ env, reason: reason as LateReason });
+  }
+  return late;
 }
 
 /** Runs `pipeline` in a {@link PipelineHarness}. */

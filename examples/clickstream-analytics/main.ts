@@ -74,7 +74,8 @@ export async function main(options: ClickstreamOptions = {}): Promise<Clickstrea
   const { clicks, sent } = generate(options.users ?? 200, options.minutes ?? 5, options.seed ?? 7);
   const runtime = createRuntime({ logger: { debug() {}, info() {}, warn: print, error: print } });
   const { bus } = runtime;
-  const toLate = (env: Envelope<Click>) => void bus.forward({ ...env, subject: 'clicks.late' });
+  // Returning the publish lets the window hold the input until the late copy is accepted (or fail it).
+  const toLate = (env: Envelope<Click>) => bus.forward({ ...env, subject: 'clicks.late' });
 
   runtime.spawn(
     actor<Click, WindowResult<number>>({

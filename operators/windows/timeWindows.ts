@@ -1,8 +1,9 @@
 import { Observable } from 'rxjs';
+import { ACCEPTED } from '../../runtime/bus.ts';
 import type { Clock, Timer } from '../../runtime/clock.ts';
 import { type Envelope, nextId } from '../../runtime/envelope.ts';
 import { LateDataError } from '../../runtime/errors.ts';
-import { type Lineage, mergeLineage } from '../../runtime/lineage.ts';
+import { hold, type Lineage, mergeLineage } from '../../runtime/lineage.ts';
 import type { Aggregate } from '../aggregate.ts';
 import { type Timed, Watermark } from '../watermarks.ts';
 import { TimerQueue } from './timerQueue.ts';
@@ -576,7 +577,17 @@ class TimeWindows<T, A, R> {
       },
     };
     if (this.onLate !== undefined) {
-      this.onLate(copy, reason);
+      const sent = this.onLate(copy, reason) as unknown;
+      // A forward the bus accepted at once took its reference already. Any other promise holds the
+      // input until it settles, so a refused forward fails the input (retried or dead-lettered)
+      // instead of letting it settle as dropped: late data never goes silently away.
+      if (sent !== ACCEPTED && env.lineage !== undefined && isThenable(sent)) {
+        const release = hold(env.lineage);
+        sent.then(
+          () => release(),
+          (error: unknown) => release(error ?? new Error(`late output of window '${this.name}' failed`)),
+        );
+      }
       return;
     }
     const lineage = env.lineage;
@@ -585,6 +596,10 @@ class TimeWindows<T, A, R> {
     lineage.retain();
     lineage.release(new LateDataError(this.name, env.id, reason, env.eventTime, this.watermark));
   }
+}
+
+function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return typeof (value as PromiseLike<unknown> | null | undefined)?.then === 'function';
 }
 
 function find<A>(wins: Win<A>[], start: number): Win<A> | undefined {

@@ -123,10 +123,13 @@ export interface WindowOptions<T, A, R> {
   allowedLatenessMs?: number;
   /**
    * The late-data side output: gets each input that no open window takes, a copy with the reason
-   * in its headers (`WINDOW_HEADERS`). Call it synchronously or `hold(env.lineage)`: to publish it,
-   * `(env) => void ctx.bus.forward({ ...env, subject: 'clicks.late' })` (the bus takes its
-   * reference at once). Without it, such an input fails with a `LateDataError`, which the actor
-   * dead-letters with the reason: late data is never dropped silently.
+   * in its headers (`WINDOW_HEADERS`). To publish it, return the forward:
+   * `(env) => ctx.bus.forward({ ...env, subject: 'clicks.late' })`. A promise it returns holds the
+   * input until it settles, and a rejected one (the bus refused it: permissions, a full `fail`
+   * mailbox) fails the input, which the actor retries or dead-letters; any other return value is
+   * ignored. Other asynchronous work must `hold(env.lineage)` itself. Without this option, such an input fails with a
+   * `LateDataError`, which the actor dead-letters with the reason: late data is never dropped
+   * silently.
    * @default fail the input with LateDataError
    */
   late?: (env: Envelope<T>, reason: LateReason) => void;

@@ -70,16 +70,3 @@ export class CountingLineage implements Lineage {
     return this.absorbed - this.releasedAbsorbed;
   }
 }
-
-/** A compact view of a result for assertions. */
-export function brief<R>(env: Envelope<WindowResult<R>>): {
-  key: string | undefined;
-  start: number;
-  end: number;
-  value: R;
-  firing: string;
-  revision: number;
-} {
-  const d = env.data;
-  return { key: d.key, start: d.start, end: d.end, value: d.value, firing: d.firing, revision: d.revision };
-}

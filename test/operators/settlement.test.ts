@@ -204,7 +204,7 @@ describe('settlement - in an actor on the runtime', () => {
               name: ctx.name,
               sizeMs: 10,
               aggregate: agg.count(),
-              late: (env) => void ctx.bus.forward({ ...env, subject: 'clicks.late' }),
+              late: (env) => ctx.bus.forward({ ...env, subject: 'clicks.late' }),
             }),
           ),
       }),

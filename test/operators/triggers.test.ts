@@ -1,191 +1,245 @@
-import { Subject } from 'rxjs';
-import { createEnvelope, type Envelope, VirtualClock } from 'sluice';
+import type { ActorContext, Envelope } from 'sluice';
 import {
   agg,
+  type EarlyFiring,
   LateDataError,
-  type Timed,
   tumbling,
   Watermark,
   WINDOW_HEADERS,
+  type WindowOperator,
   type WindowResult,
 } from 'sluice/operators';
+import { testPipeline } from 'sluice/testing';
 import { describe, expect, test } from 'vitest';
-import { CountingLineage, ev, lateSink, run } from './helpers.ts';
+import { ev, run } from './helpers.ts';
 
 type Row = [string, string, unknown, number, boolean];
 const rows = <R>(results: Envelope<WindowResult<R>>[]): Row[] =>
   results.map((r) => [r.data.idempotencyKey, r.data.firing, r.data.value, r.data.revision, r.data.isUpdate]);
 
+/** Late data as an actor sends it: published on the bus, where the harness collects it. */
+const publishLate = (ctx: ActorContext) => (env: Envelope<number>) => ctx.bus.forward({ ...env, subject: 'j.late' });
+
 describe('triggers - on the watermark, with allowed lateness', () => {
   test('a late input within the allowed lateness re-emits the window as an update under the same key', () => {
-    const sink = lateSink<number>();
-    const op = tumbling({ name: 'j', sizeMs: 10, allowedLatenessMs: 5, aggregate: agg.sum(), late: sink.late });
-    const got = run(op, [
-      ev(1, 2, 'k'),
-      ev(2, 8, 'k'),
-      new Watermark(9), // end - 1: on time
-      ev(3, 5, 'k'), // late, within lateness (cleanup at 9 + 5 = 14)
-      ev(4, 1, 'k'), // again
-      new Watermark(14), // purged
-      ev(5, 3, 'k'), // beyond the allowed lateness
+    let op: WindowOperator<number, number> | undefined;
+    const h = testPipeline<number, WindowResult<number>>((in$, ctx) =>
+      in$.pipe(
+        (op = tumbling({ name: 'j', sizeMs: 10, allowedLatenessMs: 5, aggregate: agg.sum(), late: publishLate(ctx) })),
+      ),
+    );
+    h.sendAll([
+      [1, 2, 'k'],
+      [2, 8, 'k'],
     ]);
-    expect(rows(got.results)).toEqual([
+    h.watermark(9); // end - 1: on time
+    h.sendAll([
+      [3, 5, 'k'], // late, within lateness (cleanup at 9 + 5 = 14)
+      [4, 1, 'k'], // again
+    ]);
+    h.watermark(14); // purged
+    const beyond = h.send(5, { eventTime: 3, key: 'k' }); // beyond the allowed lateness
+    expect(rows(h.outputs)).toEqual([
       ['j/k/0-10', 'on-time', 3, 0, false],
       ['j/k/0-10', 'late', 6, 1, true],
       ['j/k/0-10', 'late', 10, 2, true],
     ]);
-    expect(sink.got).toHaveLength(1);
-    const late = sink.got[0] as (typeof sink.got)[0];
-    expect(late.reason).toBe('beyond-allowed-lateness');
-    expect(late.env.data).toBe(5);
-    expect(late.env.headers).toMatchObject({
+    const late = h.lateData('j.late');
+    expect(late.map((l) => [l.env.data, l.reason])).toEqual([[5, 'beyond-allowed-lateness']]);
+    expect(late[0]?.env.headers).toMatchObject({
       [WINDOW_HEADERS.lateReason]: 'beyond-allowed-lateness',
       [WINDOW_HEADERS.lateWatermark]: '14',
       [WINDOW_HEADERS.window]: 'j',
     });
-    expect(op.stats()).toMatchObject({ results: 3, late: 1, openWindows: 0 });
+    expect(late[0]?.env.id).toBe(beyond.env.id);
+    // Every input settled: the window's once it was purged, the late one once it was published.
+    expect(h.inputs.map((i) => i.outcome)).toEqual(['acked', 'acked', 'acked', 'acked', 'acked']);
+    expect(op?.stats()).toMatchObject({ results: 3, late: 1, openWindows: 0 });
   });
 
   test('a window first opened within its allowed lateness fires at once, late but not an update', () => {
-    const op = tumbling({ name: 'j', sizeMs: 10, allowedLatenessMs: 20, aggregate: agg.count() });
-    const got = run(op, [new Watermark(15), ev(1, 3, 'k')]);
-    expect(rows(got.results)).toEqual([['j/k/0-10', 'late', 1, 0, false]]);
+    const h = testPipeline<number, WindowResult<number>>((in$) =>
+      in$.pipe(tumbling({ name: 'j', sizeMs: 10, allowedLatenessMs: 20, aggregate: agg.count() })),
+    );
+    h.watermark(15);
+    h.send(1, { eventTime: 3, key: 'k' });
+    expect(rows(h.outputs)).toEqual([['j/k/0-10', 'late', 1, 0, false]]);
   });
 
   test('without a late handler, a late input fails with LateDataError (the actor dead-letters it)', () => {
-    const lineage = new CountingLineage('m1');
-    const op = tumbling({ name: 'hourly', sizeMs: 10, aggregate: agg.count() });
-    const late = createEnvelope('in', 1, { id: 'm1', eventTime: 3, key: 'k', lineage });
-    run(op, [new Watermark(50), late]);
-    expect(lineage.retained).toBe(1);
-    expect(lineage.released).toBe(1);
-    const error = lineage.errors[0] as LateDataError;
+    const h = testPipeline<number, WindowResult<number>>((in$) =>
+      in$.pipe(tumbling({ name: 'hourly', sizeMs: 10, aggregate: agg.count() })),
+    );
+    h.watermark(50);
+    const late = h.send(1, { eventTime: 3, key: 'k' });
+    expect(late.outcome).toBe('failed');
+    const error = late.error as LateDataError;
     expect(error).toBeInstanceOf(LateDataError);
     expect(error).toMatchObject({
+      name: 'LateDataError',
       code: 'SLUICE_ERR_LATE_DATA',
       retryable: false,
       operator: 'hourly',
-      messageId: 'm1',
+      messageId: late.env.id,
       reason: 'beyond-allowed-lateness',
       eventTime: 3,
       watermark: 50,
     });
-    expect(error.message).toContain("'m1'");
-    // Without lineage there is nothing to fail: it is counted.
+    expect(error.message).toContain(`'${late.env.id}'`);
+    // The pipeline goes on: one bad input is not the pipeline's failure.
+    expect(h.error).toBeUndefined();
+    expect(h.published()).toEqual([]);
+  });
+
+  test('without a late handler or a lineage, a late input is counted', () => {
+    // Outside an actor nothing tracks the input, so there is nothing to fail.
+    const op = tumbling({ name: 'hourly', sizeMs: 10, aggregate: agg.count() });
     run(op, [new Watermark(50), ev(1, 3, 'k')]);
-    expect(op.stats().late).toBe(2);
+    expect(op.stats().late).toBe(1);
   });
 
   test('an input without an event time goes to the late output with reason missing-event-time', () => {
-    const sink = lateSink<number>();
-    const got = run(tumbling({ name: 'j', sizeMs: 10, aggregate: agg.count(), late: sink.late }), [
-      ev(1, undefined, 'k'),
-      ev(2, Number.NaN, 'k'),
-    ]);
-    expect(got.results).toEqual([]);
-    expect(sink.got.map((l) => [l.env.data, l.reason])).toEqual([
+    const h = testPipeline<number, WindowResult<number>>((in$, ctx) =>
+      in$.pipe(tumbling({ name: 'j', sizeMs: 10, aggregate: agg.count(), late: publishLate(ctx) })),
+    );
+    h.send(1, { key: 'k' });
+    h.send(2, { eventTime: Number.NaN, key: 'k' });
+    h.complete();
+    expect(h.outputs).toEqual([]);
+    expect(h.lateData('j.late').map((l) => [l.env.data, l.reason])).toEqual([
       [1, 'missing-event-time'],
       [2, 'missing-event-time'],
     ]);
   });
 
   test('watermarks that do not advance are ignored; the end of the input fires what is open', () => {
-    const input = new Subject<Timed<number>>();
-    const out: Envelope<WindowResult<number>>[] = [];
-    let completed = false;
-    input.pipe(tumbling({ name: 'j', sizeMs: 10, aggregate: agg.count() })).subscribe({
-      next: (r) => out.push(r),
-      complete: () => {
-        completed = true;
-      },
-    });
-    input.next(ev(1, 5, 'k'));
-    input.next(new Watermark(20));
-    input.next(new Watermark(3));
-    input.next(ev(2, 25, 'k'));
-    expect(rows(out)).toEqual([['j/k/0-10', 'on-time', 1, 0, false]]);
-    input.complete();
-    expect(rows(out)).toEqual([
+    const h = testPipeline<number, WindowResult<number>>((in$) =>
+      in$.pipe(tumbling({ name: 'j', sizeMs: 10, aggregate: agg.count() })),
+    );
+    h.send(1, { eventTime: 5, key: 'k' });
+    h.watermark(20);
+    h.watermark(3);
+    h.send(2, { eventTime: 25, key: 'k' });
+    expect(rows(h.outputs)).toEqual([['j/k/0-10', 'on-time', 1, 0, false]]);
+    h.complete();
+    expect(rows(h.outputs)).toEqual([
       ['j/k/0-10', 'on-time', 1, 0, false],
       ['j/k/20-30', 'on-time', 1, 0, false],
     ]);
-    expect(completed).toBe(true);
+    expect(h.completed).toBe(true);
+    expect(h.open).toBe(0);
   });
 });
 
 describe('triggers - early firings', () => {
   test('every N inputs: early results, then the on-time one, then late updates', () => {
-    const op = tumbling({
-      name: 'j',
-      sizeMs: 100,
-      allowedLatenessMs: 50,
-      early: { everyEvents: 2 },
-      aggregate: agg.count(),
-    });
-    const got = run(op, [
-      ev(0, 1, 'k'),
-      ev(0, 2, 'k'), // 2 since the last result: early
-      ev(0, 3, 'k'),
-      new Watermark(99), // on time, though only 1 input since the early one
-      ev(0, 4, 'k'), // late: fires at once
-    ]);
-    expect(rows(got.results)).toEqual([
+    const h = testPipeline<number, WindowResult<number>>((in$) =>
+      in$.pipe(
+        tumbling({ name: 'j', sizeMs: 100, allowedLatenessMs: 50, early: { everyEvents: 2 }, aggregate: agg.count() }),
+      ),
+    );
+    h.sendAll(
+      [
+        [0, 1],
+        [0, 2], // 2 since the last result: early
+        [0, 3],
+      ],
+      { key: 'k' },
+    );
+    h.watermark(99); // on time, though only 1 input since the early one
+    h.send(0, { eventTime: 4, key: 'k' }); // late: fires at once
+    expect(rows(h.outputs)).toEqual([
       ['j/k/0-100', 'early', 2, 0, false],
       ['j/k/0-100', 'on-time', 3, 1, true],
       ['j/k/0-100', 'late', 4, 2, true],
     ]);
   });
 
-  test('every interval of processing time: only windows with new inputs, aligned to the interval', async () => {
-    const clock = new VirtualClock(1_000);
-    const input = new Subject<Timed<number>>();
-    const out: Envelope<WindowResult<number>>[] = [];
-    const op = tumbling({ name: 'j', sizeMs: 100, early: { everyMs: 500 }, clock, aggregate: agg.count() });
-    input.pipe(op).subscribe((r) => out.push(r));
+  /** A tumbling count with early firings on the harness's virtual clock, which starts at 1 s. */
+  function earlyOnClock(early: EarlyFiring, sizeMs = 100) {
+    return testPipeline<number, WindowResult<number>>(
+      (in$, ctx) => in$.pipe(tumbling({ name: 'j', sizeMs, early, clock: ctx.clock, aggregate: agg.count() })),
+      { startMs: 1_000 },
+    );
+  }
 
-    input.next(ev(0, 10, 'a'));
-    input.next(ev(0, 20, 'b'));
-    expect(clock.pending).toBe(1); // one timer for the operator, not one per window
-    await clock.advanceTo(1_499);
-    expect(out).toEqual([]);
-    await clock.advanceTo(1_500);
-    expect(rows(out)).toEqual([
+  test('every interval of processing time: only windows with new inputs, aligned to the interval', async () => {
+    const h = earlyOnClock({ everyMs: 500 });
+    h.send(0, { eventTime: 10, key: 'a' });
+    h.send(0, { eventTime: 20, key: 'b' });
+    expect(h.clock.pending).toBe(1); // one timer for the operator, not one per window
+    await h.advance(499);
+    expect(h.outputs).toEqual([]);
+    await h.advance(1); // 1,500: the next multiple of 500
+    expect(rows(h.outputs)).toEqual([
       ['j/a/0-100', 'early', 1, 0, false],
       ['j/b/0-100', 'early', 1, 0, false],
     ]);
-    expect(clock.pending).toBe(0); // nothing new: no timer re-armed, runAll terminates
+    expect(h.clock.pending).toBe(0); // nothing new: no timer re-armed
 
-    input.next(ev(0, 30, 'a'));
-    await clock.advanceTo(1_900);
-    expect(out).toHaveLength(2);
-    await clock.advanceTo(2_000);
-    expect(rows(out).slice(2)).toEqual([['j/a/0-100', 'early', 2, 1, true]]);
+    h.send(0, { eventTime: 30, key: 'a' });
+    await h.clock.advanceTo(1_900);
+    expect(h.outputs).toHaveLength(2);
+    await h.clock.advanceTo(2_000);
+    expect(rows(h.outputs).slice(2)).toEqual([['j/a/0-100', 'early', 2, 1, true]]);
 
     // Closed windows take no early firing; the on-time one comes from the watermark.
-    input.next(ev(0, 40, 'b'));
-    input.next(new Watermark(99));
-    await clock.runAll();
-    expect(rows(out).slice(3)).toEqual([
+    h.send(0, { eventTime: 40, key: 'b' });
+    h.watermark(99);
+    await h.clock.runAll();
+    expect(rows(h.outputs).slice(3)).toEqual([
       ['j/a/0-100', 'on-time', 2, 2, true],
       ['j/b/0-100', 'on-time', 2, 1, true],
     ]);
+    expect(h.open).toBe(0);
+  });
+
+  test('every interval, with every N inputs as well: whichever comes first, counted from the last result', async () => {
+    const h = earlyOnClock({ everyMs: 1_000, everyEvents: 3 }, 60_000);
+    h.sendAll(
+      [
+        [0, 1],
+        [0, 2],
+        [0, 3], // third: early now
+        [0, 4],
+      ],
+      { key: 'k' },
+    );
+    expect(rows(h.outputs)).toEqual([['j/k/0-60000', 'early', 3, 0, false]]);
+    await h.advance(1_000); // 2,000: one new input since
+    expect(rows(h.outputs).slice(1)).toEqual([['j/k/0-60000', 'early', 4, 1, true]]);
+    await h.advance(5_000); // nothing new: nothing fires, no timer kept
+    expect(h.outputs).toHaveLength(2);
+    expect(h.clock.pending).toBe(0);
+    h.complete(); // the end of event time: on time
+    expect(rows(h.outputs).slice(2)).toEqual([['j/k/0-60000', 'on-time', 4, 2, true]]);
+  });
+
+  test('a restart drops the early timer with the state; the replayed inputs arm it again', async () => {
+    const h = earlyOnClock({ everyMs: 500 });
+    h.send(0, { eventTime: 10, key: 'a' });
+    h.restart();
+    expect(h.clock.pending).toBe(1); // the old pipeline's timer was cancelled, the new one armed
+    await h.advance(500);
+    expect(rows(h.outputs)).toEqual([['j/a/0-100', 'early', 1, 0, false]]);
   });
 });
 
 describe('window results - the envelope', () => {
-  test('key, bounds, event time end - 1, idempotency key header, subject of the first input or the option', () => {
-    const items = [
-      createEnvelope('clicks.home', 'a', { eventTime: 61_000, key: 'home' }),
-      createEnvelope('clicks.other', 'b', { eventTime: 62_000, key: 'home' }),
-    ];
-    const [r] = run(tumbling({ name: 'views', sizeMs: 60_000, aggregate: agg.count() }), items).results;
+  test('key, bounds, event time end - 1, idempotency key header, lineage of its inputs, subject of the first input', () => {
+    const h = testPipeline<string, WindowResult<number>>((in$) =>
+      in$.pipe(tumbling({ name: 'views', sizeMs: 60_000, aggregate: agg.count() })),
+    );
+    const a = h.send('a', { eventTime: 61_000, key: 'home', subject: 'clicks.home' });
+    const b = h.send('b', { eventTime: 62_000, key: 'home', subject: 'clicks.other' });
+    h.complete();
+    const [r] = h.outputs;
     expect(r).toMatchObject({
       subject: 'clicks.home',
       key: 'home',
       eventTime: 119_999,
       attempt: 1,
       replyTo: undefined,
-      lineage: undefined,
       headers: { [WINDOW_HEADERS.idempotencyKey]: 'views/home/60000-120000' },
       data: {
         key: 'home',
@@ -200,23 +254,40 @@ describe('window results - the envelope', () => {
         supersedes: undefined,
       },
     });
-    const [s] = run(
-      tumbling({ name: 'views', sizeMs: 60_000, subject: 'views.1m', aggregate: agg.count() }),
-      items,
-    ).results;
-    expect(s?.subject).toBe('views.1m');
-    expect(s?.id).not.toBe(r?.id);
+    expect(r?.lineage?.ids).toEqual([a.env.id, b.env.id]);
+    expect([a.outcome, b.outcome]).toEqual(['acked', 'acked']);
+  });
+
+  test('the subject option names the results; each result has an id of its own', () => {
+    const h = testPipeline<string, WindowResult<number>>((in$) =>
+      in$.pipe(tumbling({ name: 'views', sizeMs: 60_000, subject: 'views.1m', aggregate: agg.count() })),
+    );
+    h.sendAll([
+      ['a', 1_000, 'home'],
+      ['b', 2_000, 'about'],
+    ]);
+    h.complete();
+    expect(h.outputs.map((o) => o.subject)).toEqual(['views.1m', 'views.1m']);
+    expect(new Set(h.outputs.map((o) => o.id)).size).toBe(2);
   });
 
   test('the same inputs replayed give the same idempotency keys and values', () => {
-    const items = () => [ev(1, 5, 'a'), ev(2, 15, 'a'), ev(3, 7, 'b'), new Watermark(30)];
-    const op = () => tumbling({ name: 'j', sizeMs: 10, aggregate: agg.sum() });
-    const first = run(op(), items()).results.map((r) => [r.data.idempotencyKey, r.data.value]);
-    const again = run(op(), items()).results.map((r) => [r.data.idempotencyKey, r.data.value]);
-    expect(again).toEqual(first);
+    const once = () => {
+      const h = testPipeline<number, WindowResult<number>>((in$) =>
+        in$.pipe(tumbling({ name: 'j', sizeMs: 10, aggregate: agg.sum() })),
+      );
+      h.sendAll([
+        [1, 5, 'a'],
+        [2, 15, 'a'],
+        [3, 7, 'b'],
+      ]);
+      h.watermark(30);
+      return h.values.map((r) => [r.idempotencyKey, r.value]);
+    };
+    expect(once()).toEqual(once());
   });
 
-  test('an aggregate that throws fails the stream with its error', () => {
+  test('an aggregate that throws fails the pipeline with its error', () => {
     const boom = new Error('boom');
     const bad = {
       init: () => 0,
@@ -226,11 +297,12 @@ describe('window results - the envelope', () => {
       merge: (a: number) => a,
       result: (a: number) => a,
     };
-    const input = new Subject<Timed<number>>();
-    let failed: unknown;
-    input.pipe(tumbling({ name: 'j', sizeMs: 10, aggregate: bad })).subscribe({ error: (e) => (failed = e) });
-    input.next(ev(1, 1, 'k'));
-    expect(failed).toBe(boom);
-    expect(input.observed).toBe(false);
+    const h = testPipeline<number, WindowResult<number>>((in$) =>
+      in$.pipe(tumbling({ name: 'j', sizeMs: 10, aggregate: bad })),
+    );
+    const culprit = h.send(1, { eventTime: 1, key: 'k' });
+    expect(h.error).toBe(boom);
+    expect(culprit).toMatchObject({ outcome: 'failed', error: boom });
+    expect(() => h.send(2, { eventTime: 2 })).toThrow('call restart() to go on');
   });
 });

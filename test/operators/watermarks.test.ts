@@ -123,6 +123,53 @@ describe('WatermarkHub - the minimum over active inputs, as Flink combines input
     expect(hub.size).toBe(1);
   });
 
+  test('a channel with an id keeps its place and watermark while its pipeline restarts, then is taken over', () => {
+    const hub = new WatermarkHub();
+    const a = new Subject<Timed<number>>();
+    const b1 = new Subject<Timed<number>>();
+    const outA = collect(a.pipe(hub.channel(0)));
+    const first = b1.pipe(hub.channel(1)).subscribe();
+    a.next(new Watermark(10));
+    b1.next(new Watermark(5));
+    expect(hub.watermark).toBe(5);
+    first.unsubscribe(); // lane 1's pipeline failed: its place still holds the watermark at 5
+    a.next(new Watermark(40));
+    expect(hub).toMatchObject({ size: 2, watermark: 5 });
+    const b2 = new Subject<Timed<number>>();
+    const outB2 = collect(b2.pipe(hub.channel(1))); // the restarted pipeline takes the place over
+    expect(hub.size).toBe(2);
+    b2.next(new Watermark(3)); // replayed inputs behind the place's watermark do not move it back
+    expect(outB2).toEqual([]);
+    b2.next(new Watermark(30));
+    expect(hub.watermark).toBe(30);
+    expect(show(outA)).toEqual(['w5', 'w30']);
+    expect(show(outB2)).toEqual(['w30']);
+    b2.complete(); // the end of its input: it leaves
+    expect(hub).toMatchObject({ size: 1, watermark: 40 });
+    // Without an id, an unsubscribed channel leaves at once.
+    const c = new Subject<Timed<number>>().pipe(hub.channel()).subscribe();
+    expect(hub.size).toBe(2);
+    c.unsubscribe();
+    expect(hub.size).toBe(1);
+  });
+
+  test('an upstream error also keeps the place of a channel with an id; two subscriptions at once get two places', () => {
+    const hub = new WatermarkHub();
+    const a = new Subject<Timed<number>>();
+    a.pipe(hub.channel('x')).subscribe({ error: () => {} });
+    a.next(new Watermark(7));
+    a.error(new Error('operator failed'));
+    expect(hub).toMatchObject({ size: 1, watermark: 7 });
+    const twice = new Subject<Timed<number>>();
+    const one = twice.pipe(hub.channel('x')).subscribe(); // takes the place over
+    const two = twice.pipe(hub.channel('x')).subscribe(); // the place is taken: a place of its own
+    expect(hub.size).toBe(2);
+    one.unsubscribe(); // replaced by the newer one under 'x': it leaves
+    expect(hub.size).toBe(1);
+    two.unsubscribe(); // keeps the place for the next subscription
+    expect(hub.size).toBe(1);
+  });
+
   test('partitioned lanes: windows in a lane close on the combined watermark, idle lanes do not block', async () => {
     // Two lanes each see their own keys; lane B then goes quiet. Lane A's window closes only
     // once B has moved past it or has been declared idle.

@@ -1,20 +1,17 @@
 import fc from 'fast-check';
-import { from } from 'rxjs';
-import type { Envelope } from 'sluice';
+import type { ActorContext, Envelope } from 'sluice';
 import {
   agg,
   type LateReason,
   session as sessionOp,
   sliding as slidingOp,
-  type Timed,
   tumbling as tumblingOp,
-  Watermark,
   type WindowOperator,
   type WindowResult,
   watermarks,
 } from 'sluice/operators';
+import { type PipelineHarness, testPipeline } from 'sluice/testing';
 import { describe, expect, test } from 'vitest';
-import { CountingLineage, ev, lateSink, run } from './helpers.ts';
 import { type Item, type RefAssigner, type RefFiring, type RefOutput, reference } from './reference.ts';
 
 // Random streams: a few keys, event times with arbitrary disorder (including far-late ones) and
@@ -98,13 +95,13 @@ function operatorFor(
   a: RefAssigner,
   lateness: number,
   earlyEvents: number,
-  late: (env: Envelope<number>, reason: LateReason) => void,
+  late?: (env: Envelope<number>, reason: LateReason) => Promise<void>,
 ): WindowOperator<number, number[]> {
   const common = {
     name: 'job',
     aggregate: agg.collect<number>(),
     allowedLatenessMs: lateness,
-    late,
+    ...(late === undefined ? {} : { late }),
     ...(earlyEvents > 0 ? { early: { everyEvents: earlyEvents } } : {}),
   };
   if (a.kind === 'session') return sessionOp({ ...common, gapMs: a.gap });
@@ -112,24 +109,57 @@ function operatorFor(
   return slidingOp({ ...common, sizeMs: a.size, slideMs: a.slide, offsetMs: a.offset });
 }
 
-function toInputs(items: readonly Item[], lineages?: Map<number, CountingLineage>): Timed<number>[] {
-  return items.map((i) => {
-    if (i.kind === 'wm') return new Watermark(i.t);
-    const lineage = lineages === undefined ? undefined : new CountingLineage(`m${i.id}`);
-    if (lineage !== undefined) lineages?.set(i.id, lineage);
-    return ev(i.id, i.ts, i.key, lineage);
-  });
+const LATE = 'job.late';
+
+/** Late data goes out as an actor sends it: published on the bus, where the harness reads it. */
+function publishLate(ctx: ActorContext): (env: Envelope<number>) => Promise<void> {
+  return (env) => ctx.bus.forward({ ...env, subject: LATE });
 }
 
-function observed(results: Envelope<WindowResult<number[]>>[], late: RefOutput['late']): RefOutput {
+type Harness = PipelineHarness<number, WindowResult<number[]>>;
+
+/** The operator under test in a pipeline harness, its late data published; `op` for its stats. */
+function harness(
+  a: RefAssigner,
+  lateness: number,
+  earlyEvents: number,
+  generated?: { bound: number },
+): { h: Harness; op: () => WindowOperator<number, number[]> } {
+  let op: WindowOperator<number, number[]> | undefined;
+  const h = testPipeline<number, WindowResult<number[]>>((in$, ctx) => {
+    op = operatorFor(a, lateness, earlyEvents, publishLate(ctx));
+    // Through the real generator, not hand-placed watermarks.
+    return generated === undefined
+      ? in$.pipe(op)
+      : in$.pipe(watermarks<number>({ maxOutOfOrdernessMs: generated.bound }), op);
+  });
+  return { h, op: () => op as WindowOperator<number, number[]> };
+}
+
+/** Sends each event (its id as data) and pushes each watermark, in order. */
+function feed(h: Harness, items: readonly Item[]): void {
+  for (const i of items) {
+    if (i.kind === 'wm') h.watermark(i.t);
+    else h.send(i.id, { eventTime: i.ts, key: i.key });
+  }
+}
+
+function observed(h: Harness): RefOutput {
   const windows = new Map<string, RefFiring[]>();
-  for (const r of results) {
+  for (const r of h.outputs) {
     const d = r.data;
     expect(r.headers['sluice-idempotency-key']).toBe(d.idempotencyKey);
     expect(d.idempotencyKey).toBe(`job/${d.key}/${d.start}-${d.end}`);
     expect(r.key).toBe(d.key);
     expect(r.eventTime).toBe(d.end - 1);
     expect(d.count).toBe(d.value.length);
+    // The result references exactly the inputs it absorbed.
+    expect([...(r.lineage?.ids ?? [])].sort()).toEqual(
+      h.inputs
+        .filter((i) => d.value.includes(i.env.data))
+        .map((i) => i.env.id)
+        .sort(),
+    );
     const list = windows.get(d.idempotencyKey) ?? [];
     list.push({
       firing: d.firing as RefFiring['firing'],
@@ -140,29 +170,28 @@ function observed(results: Envelope<WindowResult<number[]>>[], late: RefOutput['
     });
     windows.set(d.idempotencyKey, list);
   }
+  const late = h.lateData<number>(LATE).map((l) => ({ id: l.env.data, reason: l.reason }));
   return { windows, late };
 }
 
 function check(items: Item[], a: RefAssigner, lateness: number, earlyEvents: number): void {
-  const sink = lateSink<number>();
-  const lineages = new Map<number, CountingLineage>();
-  const op = operatorFor(a, lateness, earlyEvents, sink.late);
-  const got = run(op, toInputs(items, lineages));
-  expect(got.completed).toBe(true);
+  const { h, op } = harness(a, lateness, earlyEvents);
+  feed(h, items);
+  h.complete();
+  expect(h.completed).toBe(true);
   const expected = reference(items, { name: 'job', assigner: a, lateness, earlyEvents });
-  const actual = observed(
-    got.results,
-    sink.got.map((l) => ({ id: l.env.data, reason: l.reason })),
-  );
+  const actual = observed(h);
   expect(actual.late).toEqual(expected.late);
   expect(Object.fromEntries(actual.windows)).toEqual(Object.fromEntries(expected.windows));
-  for (const l of sink.got) expect(l.env.headers['sluice-late-reason']).toBe(l.reason);
-  // Every reference an input gave a window came back once the input completed; nothing failed.
-  for (const lineage of lineages.values()) {
-    expect(lineage.holding).toBe(0);
-    expect(lineage.errors).toEqual([]);
-  }
-  expect(op.stats()).toMatchObject({ openWindows: 0, keys: 0, absorbed: 0 });
+  // Every input settled once its windows were done with it (late ones once published); none failed.
+  expect(h.inputs.filter((i) => i.outcome !== 'acked')).toEqual([]);
+  expect(op().stats()).toMatchObject({
+    openWindows: 0,
+    keys: 0,
+    absorbed: 0,
+    results: h.outputs.length,
+    late: actual.late.length,
+  });
 }
 
 describe('windows - against a brute-force reference (random disorder, lateness, watermarks)', () => {
@@ -204,13 +233,9 @@ describe('windows - against a brute-force reference (random disorder, lateness, 
         latenessArb,
         fc.integer({ min: 0, max: 30 }),
         (events, a, lateness, bound) => {
-          const sink = lateSink<number>();
-          const op = operatorFor(a, lateness, 0, sink.late);
-          const inputs = toInputs(events);
-          const got: Envelope<WindowResult<number[]>>[] = [];
-          // Through the real generator, not hand-placed watermarks.
-          const timed = watermarks<number>({ maxOutOfOrdernessMs: bound });
-          for (const r of run(op, timed(from(inputs)), sink.got).results) got.push(r);
+          const { h } = harness(a, lateness, 0, { bound });
+          feed(h, events);
+          h.complete();
           // The reference sees each event followed by max(ts) - bound - 1.
           const items: Item[] = [];
           let max = Number.NEGATIVE_INFINITY;
@@ -220,10 +245,7 @@ describe('windows - against a brute-force reference (random disorder, lateness, 
             items.push({ kind: 'wm', t: max - bound - 1 });
           }
           const expected = reference(items, { name: 'job', assigner: a, lateness, earlyEvents: 0 });
-          const actual = observed(
-            got,
-            sink.got.map((l) => ({ id: l.env.data, reason: l.reason })),
-          );
+          const actual = observed(h);
           expect(actual.late).toEqual(expected.late);
           expect(Object.fromEntries(actual.windows)).toEqual(Object.fromEntries(expected.windows));
         },
@@ -238,11 +260,12 @@ describe('windows - against a brute-force reference (random disorder, lateness, 
     fc.assert(
       fc.property(itemsArb, tumblingArb, latenessArb, (items, a, lateness) => {
         if (a.kind !== 'aligned') return;
-        const sink = lateSink<number>();
-        const got = run(operatorFor(a, lateness, 0, sink.late), toInputs(items));
-        const lateIds = new Set(sink.got.map((l) => l.env.data));
+        const { h } = harness(a, lateness, 0);
+        feed(h, items);
+        h.complete();
+        const lateIds = new Set(h.lateData<number>(LATE).map((l) => l.env.data));
         const final = new Map<string, number[]>();
-        for (const r of got.results)
+        for (const r of h.outputs)
           final.set(
             r.data.idempotencyKey,
             [...r.data.value].sort((x, y) => x - y),
@@ -267,7 +290,11 @@ describe('windows - against a brute-force reference (random disorder, lateness, 
     fc.assert(
       fc.property(fc.array(eventArb, { maxLength: 80 }), fc.integer({ min: 1, max: 15 }), (events, gap) => {
         const items = events.map((x, id): Item => ({ ...x, id }));
-        const got = run(sessionOp({ name: 'job', gapMs: gap, aggregate: agg.collect<number>() }), toInputs(items));
+        const h = testPipeline<number, WindowResult<number[]>>((in$) =>
+          in$.pipe(sessionOp({ name: 'job', gapMs: gap, aggregate: agg.collect<number>() })),
+        );
+        feed(h, items);
+        h.complete();
         // Batch: per key, sort by time and cut where two neighbours are more than `gap` apart.
         const batch = new Map<string, number[]>();
         for (const key of ['a', 'b', 'c']) {
@@ -292,7 +319,7 @@ describe('windows - against a brute-force reference (random disorder, lateness, 
           flush();
         }
         const final = new Map<string, number[]>();
-        for (const r of got.results) {
+        for (const r of h.outputs) {
           expect(r.data.firing).toBe('on-time');
           final.set(
             r.data.idempotencyKey,

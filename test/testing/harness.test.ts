@@ -1,4 +1,4 @@
-import { filter, map } from 'rxjs';
+import { filter, map, type Observable } from 'rxjs';
 import { actor, type Envelope } from 'sluice';
 import { agg, eventTime, keyBy, tumbling, type WindowResult, watermarks } from 'sluice/operators';
 import { testActor, testPipeline } from 'sluice/testing';
@@ -78,7 +78,7 @@ describe('testPipeline', () => {
           name: 'views',
           sizeMs: 10,
           aggregate: agg.count(),
-          late: (env) => void ctx.bus.forward({ ...env, subject: 'clicks.late' }),
+          late: (env) => ctx.bus.forward({ ...env, subject: 'clicks.late' }),
         }),
       ),
     );
@@ -86,6 +86,55 @@ describe('testPipeline', () => {
     h.send({ page: '/', ts: 3 }, { eventTime: 3 });
     expect(h.published('clicks.late')).toHaveLength(1);
     expect(h.published('clicks.late')[0]?.headers['sluice-late-reason']).toBe('beyond-allowed-lateness');
+    // lateData reads the reason from the headers, on one subject or on all of them.
+    expect(h.lateData('clicks.late').map((l) => [l.env.data, l.reason])).toEqual([
+      [{ page: '/', ts: 3 }, 'beyond-allowed-lateness'],
+    ]);
+    expect(h.lateData()).toHaveLength(1);
+    expect(h.lateData('elsewhere')).toEqual([]);
+  });
+
+  test('sendAll sends [data, eventTime, key?] in order; a key in an item wins over the option', () => {
+    const h = testPipeline<string, WindowResult<string[]>>((in$) =>
+      in$.pipe(tumbling({ name: 'n', sizeMs: 10, aggregate: agg.collect<string>() })),
+    );
+    const records = h.sendAll(
+      [
+        ['x', 1],
+        ['y', 2, 'b'],
+        ['z', 11],
+      ],
+      { key: 'a' },
+    );
+    expect(records.map((r) => [r.env.data, r.env.eventTime, r.env.key])).toEqual([
+      ['x', 1, 'a'],
+      ['y', 2, 'b'],
+      ['z', 11, 'a'],
+    ]);
+    h.complete();
+    expect(h.values.map((r) => [r.key, r.start, r.value])).toEqual([
+      ['a', 0, ['x']],
+      ['b', 0, ['y']],
+      ['a', 10, ['z']],
+    ]);
+  });
+
+  test('the input a pipeline fails on settles as failed with the error, as the runtime takes it for the culprit', () => {
+    const h = testPipeline<number, number>((in$: Observable<Envelope<number>>) =>
+      in$.pipe(
+        map((e): Envelope<number> => {
+          if (e.data === 0) throw new Error('division by zero');
+          return { ...e, data: 1 / e.data };
+        }),
+      ),
+    );
+    const ok = h.send(4);
+    const culprit = h.send(0);
+    expect(ok.outcome).toBe('acked');
+    expect(culprit.outcome).toBe('failed');
+    expect((culprit.error as Error).message).toBe('division by zero');
+    h.restart(); // the culprit is not replayed
+    expect(h.values).toEqual([0.25]);
   });
 });
 
@@ -152,6 +201,52 @@ describe('testActor', () => {
     expect(h.deadLetters[0]?.headers['sluice-error']).toContain('division by zero');
     expect(h.deadLetters[0]?.headers['sluice-attempts']).toBe('2');
     expect(h.outputs<number>().map((o) => o.data)).toEqual([0.25]);
+  });
+});
+
+describe('testActor with partitioned lanes', () => {
+  const perLane = (builds: number[]) =>
+    actor<number, number>({
+      name: 'per-lane',
+      subscribe: 'n',
+      output: 'out',
+      partitionBy: (env) => `k${env.data}`,
+      lanes: 3,
+      pipeline: (n$, ctx) => {
+        builds[ctx.lane] = (builds[ctx.lane] ?? 0) + 1;
+        return n$.pipe(map((e) => ({ ...e, data: ctx.lane })));
+      },
+    });
+
+  test('laneOf tells the lane of a key; sendAll publishes many inputs and settles once', async () => {
+    const h = testActor(perLane([]));
+    await h.sendAll([
+      [1, 10],
+      [2, 20],
+      [3, 30],
+    ]);
+    expect(h.outputs<number>().map((o) => [o.eventTime, o.data])).toEqual([
+      [10, h.laneOf('k1')],
+      [20, h.laneOf('k2')],
+      [30, h.laneOf('k3')],
+    ]);
+    expect(h.ref.counters.acked).toBe(3);
+  });
+
+  test('restart fails every lane (one restart each) and resolves once all of them run again', async () => {
+    const builds: number[] = [];
+    const h = testActor(perLane(builds));
+    expect(builds).toEqual([1, 1, 1]);
+    await h.restart();
+    // Backoffs of 100, 200 and 400 ms: the actor is running after the first, the harness waits for all.
+    expect(builds).toEqual([2, 2, 2]);
+    expect(h.ref).toMatchObject({ state: 'running', restarts: 3 });
+    expect(h.clock.now()).toBe(400);
+    await h.restart({ lane: 2 });
+    expect(builds).toEqual([2, 2, 3]);
+    await expect(h.restart({ lane: 3 })).rejects.toThrow("invalid option 'harness.restart.lane'");
+    await h.send(1);
+    expect(h.outputs()).toHaveLength(1);
   });
 });
 
