@@ -11,6 +11,7 @@ import {
   type PermissionOperation,
   TimeoutError,
 } from './errors.ts';
+import { absorbDownstream, releaseDownstream } from './lineage.ts';
 import { type DropReason, Mailbox, Offer } from './mailbox.ts';
 import { intOption, oneOf } from './options.ts';
 import { PermissionChecker, type Permissions } from './permissions.ts';
@@ -291,7 +292,7 @@ export class Bus implements BusClient {
   /** @internal Releases and counts a message a mailbox let go of. */
   dropped(env: Envelope, _reason: DropReason): void {
     this.#counters.dropped++;
-    env.lineage?.releaseAbsorbed();
+    releaseDownstream(env.lineage);
   }
 
   /** @internal Counts a permission violation and returns its error. */
@@ -364,13 +365,13 @@ export class Bus implements BusClient {
     const mailbox = r.mailbox as Mailbox;
     if (mailbox.closed) return undefined;
     // The mailbox's reference: released by its consumer, or by onDrop when the mailbox lets go.
-    env.lineage?.absorb();
+    absorbDownstream(env.lineage);
     let offer: Offer;
     try {
       offer = mailbox.offer(env);
     } catch (error) {
       // Only a `fail` mailbox filled by re-entrant publishing after the admission check gets here.
-      env.lineage?.releaseAbsorbed();
+      releaseDownstream(env.lineage);
       throw error;
     }
     if (offer !== Offer.Full) return undefined;
@@ -456,6 +457,7 @@ export class ClientImpl implements BusClient {
   readonly #bus: Bus;
   readonly #permissions: PermissionChecker;
   readonly #literalCache = new Set<string>();
+  #lastLiteral: string | undefined = undefined;
 
   readonly #internal: boolean;
 
@@ -573,10 +575,15 @@ export class ClientImpl implements BusClient {
   }
 
   #checkLiteral(subject: string): void {
-    if (this.#literalCache.has(subject)) return;
-    validateSubject(subject, 'publish');
-    if (this.#literalCache.size > 8192) this.#literalCache.clear();
-    this.#literalCache.add(subject);
+    // A client mostly publishes to the subject it published to last: one comparison, no lookup.
+    // (Untyped code may pass undefined, which must reach validateSubject to be named.)
+    if (subject === this.#lastLiteral && subject !== undefined) return;
+    if (!this.#literalCache.has(subject)) {
+      validateSubject(subject, 'publish');
+      if (this.#literalCache.size > 8192) this.#literalCache.clear();
+      this.#literalCache.add(subject);
+    }
+    this.#lastLiteral = subject;
   }
 }
 

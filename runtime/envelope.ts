@@ -46,13 +46,21 @@ export interface PublishOptions {
 
 const EMPTY_HEADERS: Headers = Object.freeze({});
 const PREFIX = randomBytes(6).toString('base64url');
+// An id is PREFIX and a decimal counter. Turning the counter into a string on every id shows in
+// profiles of the hot path, so the digits above the last three change once per thousand ids and
+// the last three come from a table: the same ids, one string concatenation each.
+const LAST_DIGITS = Array.from({ length: 1000 }, (_, i) => String(i).padStart(3, '0'));
 let counter = 0;
+/** PREFIX and the counter's digits above the last three, once the counter has more than three. */
+let thousands = PREFIX;
 
 /** A new process-unique, globally improbable-to-collide message id. */
 export function nextId(): string {
   counter++;
-  // Decimal: V8 turns small integers into strings faster than into base 36.
-  return PREFIX + counter;
+  if (counter < 1000) return PREFIX + counter;
+  const last = counter % 1000;
+  if (last === 0) thousands = PREFIX + counter / 1000;
+  return thousands + (LAST_DIGITS[last] as string);
 }
 
 export function createEnvelope<T>(subject: string, data: T, options?: PublishOptions, now?: number): Envelope<T> {

@@ -25,14 +25,3 @@ export class MessageError extends SluiceError {
     return { ...rest, subject: this.envelope.subject };
   }
 }
-
-/** Headers a dead letter carries, so it can be understood and replayed to its original subject. */
-export const DEAD_LETTER_HEADERS = Object.freeze({
-  error: 'sluice-error',
-  code: 'sluice-error-code',
-  actor: 'sluice-actor',
-  attempts: 'sluice-attempts',
-  subject: 'sluice-original-subject',
-  messageId: 'sluice-original-id',
-  time: 'sluice-dead-lettered-at',
-});

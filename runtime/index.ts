@@ -16,6 +16,7 @@ export type { Clock, Timer } from './clock.ts';
 export { SystemClock, systemClock, VirtualClock } from './clock.ts';
 export type { Codec } from './codec.ts';
 export { decodeEnvelope, encodeEnvelope, jsonCodec, msgpackCodec } from './codec.ts';
+export { DEAD_LETTER_HEADERS } from './deadLetters.ts';
 export type { Envelope, Headers, PublishOptions } from './envelope.ts';
 export { createEnvelope, nextId, withData, withHeaders } from './envelope.ts';
 export type { ErrorCode, PermissionOperation, SluiceErrorOptions, SubjectRule } from './errors.ts';
@@ -37,7 +38,7 @@ export {
   SubjectError,
   TimeoutError,
 } from './errors.ts';
-export { DEAD_LETTER_HEADERS, MessageError } from './failure.ts';
+export { MessageError } from './failure.ts';
 export type { Lineage, Outcome } from './lineage.ts';
 export { absorb, hold, mergeLineage } from './lineage.ts';
 export type { DropReason, MailboxOptions, OverflowPolicy } from './mailbox.ts';

@@ -121,11 +121,9 @@ export class Tracker implements Lineage {
   absorbed = 0;
   /** Of `inFlight`: references the actor holds while outputs are being published. */
   publishing = 0;
-  /** Of `absorbed`: references mailboxes downstream hold on outputs (taken through {@link outward}). */
+  /** Of `absorbed`: references mailboxes hold on messages derived from it (see {@link absorbDownstream}). */
   downstream = 0;
-  #outward: Lineage | undefined = undefined;
   error: unknown = undefined;
-  outcome: Outcome | undefined = undefined;
 
   constructor(id: string, owner: TrackerOwner, upstream: Lineage | undefined, generation: number) {
     this.id = id;
@@ -149,12 +147,6 @@ export class Tracker implements Lineage {
    */
   get heldByPipeline(): boolean {
     return this.inFlight > this.publishing || this.absorbed > this.downstream;
-  }
-
-  /** The lineage outputs carry when they leave the actor: what mailboxes take through it counts as downstream. */
-  get outward(): Lineage {
-    this.#outward ??= new OutwardLineage(this);
-    return this.#outward;
   }
 
   retain(): void {
@@ -188,54 +180,25 @@ export class Tracker implements Lineage {
   }
 }
 
-/** A tracker as seen from downstream: its absorbed references are counted as downstream ones. */
-class OutwardLineage implements Lineage {
-  readonly #tracker: Tracker;
-  constructor(tracker: Tracker) {
-    this.#tracker = tracker;
+/**
+ * Counts, on every tracker a merged lineage stands for, that a reference is also a publishing or a
+ * downstream one (`by` 1), or no longer is (`by` -1). What is left in those counts tells what the
+ * pipeline itself still holds (see {@link Tracker.heldByPipeline}). The functions below count on a
+ * single tracker themselves: that is every message's path.
+ */
+function shareMerged(lineage: Lineage, count: 'publishing' | 'downstream', by: 1 | -1): void {
+  if (lineage instanceof Tracker) {
+    if (by > 0 || lineage[count] > 0) lineage[count] += by;
+  } else if (lineage instanceof MergedLineage) {
+    for (const part of lineage.parts) shareMerged(part, count, by);
   }
-  get ids(): readonly string[] {
-    return this.#tracker.ids;
-  }
-  retain(): void {
-    this.#tracker.retain();
-  }
-  absorb(): void {
-    this.#tracker.downstream++;
-    this.#tracker.absorb();
-  }
-  release(error?: unknown): void {
-    this.#tracker.release(error);
-  }
-  releaseAbsorbed(error?: unknown): void {
-    if (this.#tracker.downstream > 0) this.#tracker.downstream--;
-    this.#tracker.releaseAbsorbed(error);
-  }
-}
-
-/** @internal The lineage an output gets as it leaves its actor (see {@link Tracker.outward}). */
-export function outward(lineage: Lineage | undefined): Lineage | undefined {
-  if (lineage instanceof Tracker) return lineage.outward;
-  if (lineage instanceof MergedLineage) return new MergedLineage(lineage.parts.map((p) => outward(p) as Lineage));
-  return lineage;
-}
-
-function forEachTracker(lineage: Lineage | undefined, fn: (tracker: Tracker) => void): void {
-  if (lineage instanceof Tracker) fn(lineage);
-  else if (lineage instanceof MergedLineage) for (const p of lineage.parts) forEachTracker(p, fn);
 }
 
 /** @internal Retains `lineage` while an output derived from it is published (in flight, as publishing). */
 export function retainPublishing(lineage: Lineage | undefined): void {
   if (lineage === undefined) return;
-  if (lineage instanceof Tracker) {
-    lineage.publishing++;
-    lineage.retain();
-    return;
-  }
-  forEachTracker(lineage, (t) => {
-    t.publishing++;
-  });
+  if (lineage instanceof Tracker) lineage.publishing++;
+  else shareMerged(lineage, 'publishing', 1);
   lineage.retain();
 }
 
@@ -244,11 +207,30 @@ export function releasePublishing(lineage: Lineage | undefined, error?: unknown)
   if (lineage === undefined) return;
   if (lineage instanceof Tracker) {
     if (lineage.publishing > 0) lineage.publishing--;
-    lineage.release(error);
-    return;
-  }
-  forEachTracker(lineage, (t) => {
-    if (t.publishing > 0) t.publishing--;
-  });
+  } else shareMerged(lineage, 'publishing', -1);
   lineage.release(error);
+}
+
+/**
+ * @internal Takes the reference of a mailbox that accepted a message with this lineage (called by
+ * the bus). On an actor's tracker it counts as downstream: the message left the pipeline, so a
+ * restart does not replay the input for it.
+ */
+export function absorbDownstream(lineage: Lineage | undefined): void {
+  if (lineage === undefined) return;
+  if (lineage instanceof Tracker) lineage.downstream++;
+  else shareMerged(lineage, 'downstream', 1);
+  lineage.absorb();
+}
+
+/**
+ * @internal Gives back what {@link absorbDownstream} took: the mailbox's consumer is done with the
+ * message (an error fails it), or the mailbox let go of it.
+ */
+export function releaseDownstream(lineage: Lineage | undefined, error?: unknown): void {
+  if (lineage === undefined) return;
+  if (lineage instanceof Tracker) {
+    if (lineage.downstream > 0) lineage.downstream--;
+  } else shareMerged(lineage, 'downstream', -1);
+  lineage.releaseAbsorbed(error);
 }

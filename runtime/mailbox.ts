@@ -72,7 +72,10 @@ export class Mailbox {
     this.name = name;
     this.capacity = o.capacity;
     this.overflow = o.overflow;
-    this.#ring = new Array(Math.min(o.capacity, 1024));
+    // A power-of-two ring, so a position wraps with a mask rather than a division.
+    let ring = 1;
+    while (ring < Math.min(o.capacity, 1024)) ring *= 2;
+    this.#ring = new Array(ring);
   }
 
   /** Messages queued. */
@@ -156,7 +159,7 @@ export class Mailbox {
   /** Puts a message back at the front (a redelivery), over capacity if need be: it was already accepted once. */
   unshift(env: Envelope): void {
     this.#grow();
-    this.#head = (this.#head - 1 + this.#ring.length) % this.#ring.length;
+    this.#head = (this.#head - 1) & (this.#ring.length - 1);
     this.#ring[this.#head] = env;
     this.#size++;
     this.onReadable?.();
@@ -200,7 +203,7 @@ export class Mailbox {
 
   #push(env: Envelope): void {
     this.#grow();
-    this.#ring[(this.#head + this.#size) % this.#ring.length] = env;
+    this.#ring[(this.#head + this.#size) & (this.#ring.length - 1)] = env;
     this.#size++;
     if (this.#size === 1) this.onReadable?.();
   }
@@ -209,7 +212,7 @@ export class Mailbox {
     if (this.#size === 0) return undefined;
     const env = this.#ring[this.#head];
     this.#ring[this.#head] = undefined;
-    this.#head = (this.#head + 1) % this.#ring.length;
+    this.#head = (this.#head + 1) & (this.#ring.length - 1);
     this.#size--;
     return env;
   }
@@ -218,7 +221,7 @@ export class Mailbox {
     if (this.#size < this.#ring.length) return;
     // Unroll the ring into a larger array; capacity bounds growth except for redeliveries.
     const next: (Envelope | undefined)[] = new Array(this.#ring.length * 2);
-    for (let i = 0; i < this.#size; i++) next[i] = this.#ring[(this.#head + i) % this.#ring.length];
+    for (let i = 0; i < this.#size; i++) next[i] = this.#ring[(this.#head + i) & (this.#ring.length - 1)];
     this.#ring = next;
     this.#head = 0;
   }

@@ -1,7 +1,9 @@
 import { Observable, type Subscriber } from 'rxjs';
 import type { Bus, QueueStrategy, Route } from './bus.ts';
+import { DrainLoop } from './drainLoop.ts';
 import type { Envelope } from './envelope.ts';
 import { OptionsError } from './errors.ts';
+import { releaseDownstream } from './lineage.ts';
 import { Mailbox, type MailboxOptions } from './mailbox.ts';
 import { intOption, oneOf } from './options.ts';
 
@@ -43,8 +45,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
   #state: 'open' | 'draining' | 'closed' = 'open';
   #active = 0;
   #delivered = 0;
-  #pumping = false;
-  #pumpAgain = false;
+  readonly #loop = new DrainLoop(() => this.#pump());
   readonly #concurrency: number;
   // Stored over `Envelope<unknown>`: a field typed with `T` in parameter position would make
   // `Subscription<Order>` unassignable to `Subscription<unknown>`. Only envelopes of this subject reach them.
@@ -224,22 +225,10 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     // Delivery runs in the publisher's call, as an EventEmitter's does: no task per message, and
     // a mailbox fills only when the consumer is really behind (an async callback). A publish from
     // inside a callback to this subscription is queued and taken by the running loop.
-    if (this.#pumping) {
-      this.#pumpAgain = true;
-      return;
-    }
-    this.#pumping = true;
-    try {
-      do {
-        this.#pumpAgain = false;
-        this.#pump();
-      } while (this.#pumpAgain);
-    } finally {
-      this.#pumping = false;
-    }
+    this.#loop.run();
   }
 
-  readonly #pump = (): void => {
+  #pump(): void {
     if (this.#mode === 'observable') {
       const observer = this.#observer;
       if (observer === undefined) return;
@@ -275,7 +264,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
       } else this.#finish(env, undefined);
     }
     this.#settleClose();
-  };
+  }
 
   #finishAndPump(env: Envelope<T>, error: unknown): void {
     this.#finish(env, error);
@@ -292,7 +281,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
         // An error handler that throws must not stop delivery.
       }
     }
-    env.lineage?.releaseAbsorbed(error);
+    releaseDownstream(env.lineage, error);
   }
 
   #settleClose(): void {

@@ -1,5 +1,5 @@
 import type { StandardSchemaV1 } from '@standard-schema/spec';
-import { filter, map } from 'rxjs';
+import { filter, map, merge, partition, take } from 'rxjs';
 import {
   type Actor,
   actor,
@@ -49,6 +49,39 @@ describe('actor - pipeline mode', () => {
       inFlight: 0,
       absorbed: 0,
       depth: 0,
+    });
+  });
+
+  test('a pipeline may subscribe to its input several times; one that leaves mid-input does not cost the others it', async () => {
+    const { rt } = testRuntime();
+    const got = collect<string>(rt.bus, 'labelled');
+    const ref = rt.spawn(
+      actor<number, string>({
+        name: 'labeller',
+        subscribe: 'numbers',
+        output: 'labelled',
+        pipeline: (in$) => {
+          const [evens, odds] = partition(in$, (env) => env.data % 2 === 0);
+          return merge(
+            // Subscribed first, and unsubscribed while the first input is still being handed out.
+            in$.pipe(
+              take(1),
+              map((env) => ({ ...env, data: `first ${env.data}` })),
+            ),
+            evens.pipe(map((env) => ({ ...env, data: `even ${env.data}` }))),
+            odds.pipe(map((env) => ({ ...env, data: `odd ${env.data}` }))),
+          );
+        },
+      }),
+    );
+    for (let i = 2; i <= 5; i++) await rt.bus.publish('numbers', i);
+    await rt.idle();
+    await flush();
+    expect(got.map((e) => e.data)).toEqual(['first 2', 'even 2', 'odd 3', 'even 4', 'odd 5']);
+    expect({ acked: ref.counters.acked, inFlight: ref.inFlight, absorbed: ref.absorbed }).toEqual({
+      acked: 4,
+      inFlight: 0,
+      absorbed: 0,
     });
   });
 
@@ -170,6 +203,27 @@ describe('actor - handle mode', () => {
     await flush();
     expect(dlq.map((e) => e.data)).toEqual([1]);
     expect(dlq[0]?.headers[DEAD_LETTER_HEADERS.error]).toContain("'actor 'noout'.output'");
+  });
+
+  test('a refused publish of a handler result fails the input, which is dead-lettered, and rejects nothing unhandled', async () => {
+    const { rt } = testRuntime();
+    const dlq = collect(rt.bus, '$DLQ.denied');
+    const ref = rt.spawn(
+      actor<number, number>({
+        name: 'denied',
+        subscribe: 'in',
+        output: 'out',
+        retry: { maxAttempts: 1 },
+        permissions: { publish: { deny: ['out'] } },
+        handle: (env) => env.data + 1,
+      }),
+    );
+    await rt.bus.publish('in', 1);
+    await rt.idle();
+    await flush();
+    expect(dlq.map((e) => e.data)).toEqual([1]);
+    expect(dlq[0]?.headers[DEAD_LETTER_HEADERS.code]).toBe('SLUICE_ERR_PERMISSION');
+    expect(ref.counters).toMatchObject({ acked: 0, deadLettered: 1 });
   });
 });
 

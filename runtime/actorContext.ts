@@ -1,0 +1,94 @@
+import type { SchedulerLike } from 'rxjs';
+import type { ActorContext, Logger, MessageContext } from './actor.ts';
+import type { BusClient, RequestOptions, SubjectRef } from './bus.ts';
+import type { Clock } from './clock.ts';
+import type { Envelope, PublishOptions } from './envelope.ts';
+import { OptionsError } from './errors.ts';
+import type { Input } from './input.ts';
+import { injectTrace } from './telemetry.ts';
+
+/** @internal The context of one lane: shared by every message the lane handles. */
+export function laneContext(
+  name: string,
+  lane: number,
+  lanes: number,
+  client: BusClient,
+  clock: Clock,
+  log: Logger,
+): ActorContext {
+  return Object.freeze({
+    name,
+    lane,
+    lanes,
+    clock,
+    scheduler: clock.scheduler,
+    bus: client,
+    log,
+    publish: <T>(subject: SubjectRef<T>, data: T, options?: PublishOptions) => client.publish(subject, data, options),
+    request: <Req, Res = unknown>(subject: SubjectRef<Req>, data: Req, options?: RequestOptions) =>
+      client.request<Req, Res>(subject, data, options),
+  });
+}
+
+/** @internal Publishes on behalf of an input, which settles only once the publish is accepted. */
+export interface InputPublisher {
+  publishFor(
+    input: Input,
+    subject: SubjectRef<unknown>,
+    data: unknown,
+    options: PublishOptions | undefined,
+  ): Promise<void>;
+}
+
+/**
+ * @internal The context of one message in a `handle` actor: the lane's context, with publishes
+ * tied to the message and the message's trace passed on.
+ */
+export class MessageCtx implements MessageContext {
+  readonly #publisher: InputPublisher;
+  readonly #base: ActorContext;
+  readonly #input: Input;
+  constructor(publisher: InputPublisher, base: ActorContext, input: Input) {
+    this.#publisher = publisher;
+    this.#base = base;
+    this.#input = input;
+  }
+  get name(): string {
+    return this.#base.name;
+  }
+  get lane(): number {
+    return this.#base.lane;
+  }
+  get lanes(): number {
+    return this.#base.lanes;
+  }
+  get clock(): Clock {
+    return this.#base.clock;
+  }
+  get scheduler(): SchedulerLike {
+    return this.#base.scheduler;
+  }
+  get bus(): BusClient {
+    return this.#base.bus;
+  }
+  get log(): Logger {
+    return this.#base.log;
+  }
+  publish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): Promise<void> {
+    return this.#publisher.publishFor(this.#input, subject as SubjectRef<unknown>, data, options);
+  }
+  request<Req, Res = unknown>(subject: SubjectRef<Req>, data: Req, options?: RequestOptions): Promise<Envelope<Res>> {
+    const headers =
+      this.#input.span === undefined ? options?.headers : injectTrace(this.#input.span, options?.headers ?? {});
+    return this.#base.bus.request<Req, Res>(subject, data, { ...options, headers: headers ?? {} });
+  }
+  respond<T>(data: T, options?: PublishOptions): Promise<void> {
+    const env = this.#input.env;
+    if (env.replyTo === undefined) {
+      return Promise.reject(
+        new OptionsError('respond', `message '${env.id}' on '${env.subject}' has no replyTo subject`, env.replyTo),
+      );
+    }
+    return this.#publisher.publishFor(this.#input, env.replyTo, data, options);
+  }
+}

@@ -1,0 +1,93 @@
+import type { Logger } from './actor.ts';
+import { ACCEPTED, type Bus } from './bus.ts';
+import type { Clock } from './clock.ts';
+import { createEnvelope, type Envelope } from './envelope.ts';
+import { messageOf, SluiceError } from './errors.ts';
+import { type Lineage, releaseDownstream } from './lineage.ts';
+
+/** Headers a dead letter carries, so it can be understood and replayed to its original subject. */
+export const DEAD_LETTER_HEADERS = Object.freeze({
+  error: 'sluice-error',
+  code: 'sluice-error-code',
+  actor: 'sluice-actor',
+  attempts: 'sluice-attempts',
+  subject: 'sluice-original-subject',
+  messageId: 'sluice-original-id',
+  time: 'sluice-dead-lettered-at',
+});
+
+/**
+ * @internal An actor's way to its dead-letter subject. A message moved there carries the reason
+ * in headers, and its source reference passes to the dead letter, so the source is acknowledged
+ * once the dead letter is accepted: it is kept, not lost.
+ */
+export class DeadLetters {
+  readonly #actor: string;
+  readonly #subject: string;
+  readonly #bus: Bus;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+  readonly #onSent: () => void;
+  #pending = 0;
+
+  /** `onSent` runs each time a dead letter was accepted (or refused, which is logged). */
+  constructor(
+    actor: string,
+    subject: string,
+    deps: { readonly bus: Bus; readonly clock: Clock; readonly log: Logger },
+    onSent: () => void,
+  ) {
+    this.#actor = actor;
+    this.#subject = subject;
+    this.#bus = deps.bus;
+    this.#clock = deps.clock;
+    this.#log = deps.log;
+    this.#onSent = onSent;
+  }
+
+  /** Dead letters sent and not yet accepted by the mailboxes of the dead-letter subject. */
+  get pending(): number {
+    return this.#pending;
+  }
+
+  /** Sends `env` to the dead-letter subject; `upstream` is its source reference, given back once accepted. */
+  send(env: Envelope, error: unknown, attempts: number, upstream: Lineage | undefined): void {
+    const now = this.#clock.now();
+    const code = error instanceof SluiceError ? error.code : 'SLUICE_ERR_HANDLER';
+    const headers: Record<string, string> = {
+      ...env.headers,
+      [DEAD_LETTER_HEADERS.error]: messageOf(error),
+      [DEAD_LETTER_HEADERS.code]: code,
+      [DEAD_LETTER_HEADERS.actor]: this.#actor,
+      [DEAD_LETTER_HEADERS.attempts]: String(attempts),
+      [DEAD_LETTER_HEADERS.subject]: env.subject,
+      [DEAD_LETTER_HEADERS.messageId]: env.id,
+      [DEAD_LETTER_HEADERS.time]: new Date(now).toISOString(),
+    };
+    if (!this.#bus.hasSubscribers(this.#subject)) {
+      this.#log.warn(
+        `actor '${this.#actor}' dead-lettered message '${env.id}' from '${env.subject}' to '${this.#subject}', which has no subscriber: ${messageOf(error)}`,
+      );
+    }
+    const letter = createEnvelope(
+      this.#subject,
+      env.data,
+      { key: env.key, eventTime: env.eventTime, headers, lineage: upstream, attempt: attempts },
+      now,
+    );
+    this.#pending++;
+    const done = () => {
+      this.#pending--;
+      releaseDownstream(upstream);
+      this.#onSent();
+    };
+    // Dead letters bypass the actor's publish permissions: the runtime, not the actor, sends them.
+    const accepted = this.#bus.route(letter, true);
+    if (accepted === ACCEPTED) done();
+    else
+      accepted.then(done, (e: unknown) => {
+        this.#log.error(`actor '${this.#actor}' could not dead-letter message '${env.id}': ${messageOf(e)}`);
+        done();
+      });
+  }
+}

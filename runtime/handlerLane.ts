@@ -1,0 +1,150 @@
+import type { ActorContext, HandlerActor } from './actor.ts';
+import { MessageCtx } from './actorContext.ts';
+import type { SubjectRef } from './bus.ts';
+import { createEnvelope, type PublishOptions } from './envelope.ts';
+import { OptionsError } from './errors.ts';
+import type { Input } from './input.ts';
+import type { Lane, LaneHost } from './lane.ts';
+import { injectTrace } from './telemetry.ts';
+
+type Handle = HandlerActor<unknown, unknown>['handle'];
+
+/**
+ * @internal A lane of a handler actor: runs the handler on up to `concurrency` inputs at once and
+ * queues the rest. An ordered lane (`partitionBy`, concurrency 1) holds its queue back after a
+ * failure until the failed input was retried or dead-lettered, so a key's order survives retries.
+ */
+export class HandlerLane implements Lane {
+  readonly index: number;
+  /** A handler is never rebuilt. */
+  readonly generation = 0;
+  readonly #host: LaneHost;
+  readonly #ctx: ActorContext;
+  readonly #handle: Handle;
+  readonly #output: string | undefined;
+  readonly #concurrency: number;
+  readonly #ordered: boolean;
+  #backlog: Input[] = [];
+  #active = 0;
+  #paused = false;
+
+  constructor(
+    host: LaneHost,
+    index: number,
+    ctx: ActorContext,
+    handle: Handle,
+    output: string | undefined,
+    concurrency: number,
+    ordered: boolean,
+  ) {
+    this.#host = host;
+    this.index = index;
+    this.#ctx = ctx;
+    this.#handle = handle;
+    this.#output = output;
+    this.#concurrency = concurrency;
+    this.#ordered = ordered;
+  }
+
+  start(): void {}
+
+  dispatch(input: Input): void {
+    if (this.#paused || this.#active >= this.#concurrency || this.#backlog.length > 0) {
+      this.#backlog.push(input);
+      return;
+    }
+    this.#run(input);
+  }
+
+  retry(input: Input): void {
+    // An ordered lane waited for this retry; it goes first.
+    this.#paused = false;
+    if (this.#active < this.#concurrency) this.#run(input);
+    else this.#backlog.unshift(input);
+    this.#drain();
+  }
+
+  gaveUp(): void {
+    if (!this.#paused) return;
+    this.#paused = false;
+    queueMicrotask(() => this.#drain());
+  }
+
+  complete(): boolean {
+    return false;
+  }
+
+  close(): void {}
+
+  stop(): void {
+    this.#backlog = [];
+  }
+
+  /** Publishes on behalf of an input: the input settles only once this is accepted. */
+  publishFor(
+    input: Input,
+    subject: SubjectRef<unknown>,
+    data: unknown,
+    options: PublishOptions | undefined,
+  ): Promise<void> {
+    const name = typeof subject === 'string' ? subject : subject.name;
+    const headers = input.span === undefined ? options?.headers : injectTrace(input.span, options?.headers ?? {});
+    const env = createEnvelope(
+      name,
+      data,
+      { key: input.env.key, eventTime: input.env.eventTime, ...options, headers: headers ?? {}, lineage: input },
+      this.#ctx.clock.now(),
+    );
+    return this.#host.publish(env);
+  }
+
+  #run(input: Input): void {
+    this.#active++;
+    input.delivered = true;
+    const ctx = new MessageCtx(this, this.#ctx, input);
+    let result: unknown;
+    try {
+      result = this.#handle(input.env, ctx);
+    } catch (error) {
+      // `throw undefined` is still a failure: an undefined error would read as success.
+      this.#handled(input, error ?? new Error('handler threw undefined'), undefined);
+      return;
+    }
+    if (result instanceof Promise) {
+      result.then(
+        (value: unknown) => this.#handled(input, undefined, value),
+        (error: unknown) => this.#handled(input, error ?? new Error('handler rejected'), undefined),
+      );
+    } else this.#handled(input, undefined, result);
+  }
+
+  #handled(input: Input, error: unknown, result: unknown): void {
+    this.#active--;
+    if (error === undefined && result !== undefined && this.#output !== undefined) {
+      const values = Array.isArray(result) ? result : [result];
+      // A refused publish fails the input through its publishing reference (retried, then
+      // dead-lettered): nothing else awaits this promise, and its rejection must not go unhandled.
+      for (const value of values) this.publishFor(input, this.#output, value, undefined).catch(ignore);
+    } else if (error === undefined && result !== undefined && this.#output === undefined) {
+      error = new OptionsError(
+        `actor '${this.#ctx.name}'.output`,
+        'a handler that returns a value needs an output subject to publish it to',
+        result,
+      );
+    }
+    if (error !== undefined && this.#ordered) this.#paused = true;
+    // A handler that returned is done with its message: acknowledged even with no output (a sink).
+    // Only a pipeline's filter settles an input as dropped.
+    if (error === undefined) input.used = true;
+    input.release(error);
+    this.#drain();
+  }
+
+  #drain(): void {
+    while (!this.#paused && this.#active < this.#concurrency && this.#backlog.length > 0) {
+      this.#run(this.#backlog.shift() as Input);
+    }
+  }
+}
+
+function ignore(): void {}

@@ -1,0 +1,41 @@
+import type { Span } from '@opentelemetry/api';
+import type { Envelope } from './envelope.ts';
+import { Tracker, type TrackerOwner } from './lineage.ts';
+
+/** @internal The tracker of one input inside a cell: the input, its lane, its span. */
+export class Input extends Tracker {
+  /** The input as its pipeline or handler sees it, with this tracker as its lineage. */
+  readonly env: Envelope;
+  readonly lane: number;
+  /** When it was taken, for the processing-time histogram; 0 when nothing collects it. */
+  readonly startedAt: number;
+  span: Span | undefined = undefined;
+  /** Counted as in flight; once false, as absorbed (until settled). */
+  counted = true;
+  /** Replaced by a replay, or dead-lettered by a stop: what is still released on it is ignored. */
+  abandoned = false;
+  done = false;
+  /** Handed to a pipeline or handler (not merely waiting in a backlog or for a retry). */
+  delivered = false;
+  /** Links in its cell's {@link OpenInputs}. */
+  prev: Input | undefined = undefined;
+  next: Input | undefined = undefined;
+
+  constructor(env: Envelope, owner: TrackerOwner, generation: number, lane: number, startedAt: number) {
+    super(env.id, owner, env.lineage, generation);
+    // The pipeline sees the input with this tracker as its lineage, so what it emits traces back here.
+    this.env = { ...env, lineage: this };
+    this.lane = lane;
+    this.startedAt = startedAt;
+  }
+}
+
+/** FNV-1a: a stable, fast spread of keys over lanes. */
+export function laneOf(key: string, lanes: number): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < key.length; i++) {
+    h ^= key.charCodeAt(i);
+    h = Math.imul(h, 0x01000193);
+  }
+  return (h >>> 0) % lanes;
+}

@@ -1,0 +1,75 @@
+import type { Actor, HandlerActor, Logger, PipelineActor } from './actor.ts';
+import { laneContext } from './actorContext.ts';
+import type { BusClient } from './bus.ts';
+import type { Clock } from './clock.ts';
+import type { Envelope } from './envelope.ts';
+import { HandlerLane } from './handlerLane.ts';
+import type { Input } from './input.ts';
+import { PipelineLane } from './pipelineLane.ts';
+
+/**
+ * @internal One lane of an actor: a pipeline, or a handler taking inputs one at a time per key
+ * (`partitionBy`) or up to `maxInFlight` at once. Inputs of one key always go to the same lane.
+ */
+export interface Lane {
+  readonly index: number;
+  /** Counts the pipelines the lane has built, so the cell can tell which inputs a failed one held. */
+  readonly generation: number;
+  /** Builds the pipeline (a handler needs nothing built). */
+  start(): void;
+  /** Takes an input: handles it now, or queues it while the lane is busy or its pipeline restarts. */
+  dispatch(input: Input): void;
+  /** Takes an input back after its retry delay; an ordered lane that waited on it handles it first. */
+  retry(input: Input): void;
+  /** An input of this lane failed for good and goes to dead letters: an ordered lane goes on without it. */
+  gaveUp(): void;
+  /** Ends the pipeline's input (end of stream) so operators flush; false when there was none to end. */
+  complete(): boolean;
+  /** Unsubscribes from the pipelines; inputs still waiting stay where they are (the runtime is closing). */
+  close(): void;
+  /** Unsubscribes and forgets what waits: the cell dead-letters every input it still holds. */
+  stop(): void;
+}
+
+/** @internal What lanes need from their cell. */
+export interface LaneHost {
+  /** Whether the runtime is ending pipelines (shutdown): a pipeline that completes now is not a failure. */
+  readonly completing: boolean;
+  /**
+   * Publishes a message derived from one or more inputs, holding their lineage in flight until every
+   * matching mailbox accepted it. Rejects when the bus refused it; the inputs then fail as well.
+   */
+  publish(env: Envelope): Promise<void>;
+  /** Counts and logs an output emitted after its input had settled (an async step that did not hold it). */
+  lateOutput(input: Input): void;
+  /** A lane's pipeline failed, or completed while its input was open. */
+  pipelineFailed(lane: PipelineLane, error: unknown, generation: number): void;
+}
+
+/**
+ * @internal The lanes of an actor, each with its own context: pipelines, to be started by the
+ * cell once it holds them, or handlers. A partitioned handler takes one input at a time per
+ * lane, so each key keeps its order.
+ */
+export function createLanes(
+  host: LaneHost,
+  actor: Actor,
+  client: BusClient,
+  deps: { readonly clock: Clock; readonly log: Logger },
+): Lane[] {
+  const def = actor.definition;
+  const partitioned = def.partitionBy !== undefined;
+  const lanes: Lane[] = [];
+  for (let i = 0; i < actor.lanes; i++) {
+    const ctx = laneContext(actor.name, i, actor.lanes, client, deps.clock, deps.log);
+    if (def.pipeline !== undefined) {
+      const pipeline = def.pipeline as PipelineActor<unknown, unknown>['pipeline'];
+      lanes.push(new PipelineLane(host, i, ctx, pipeline, actor.output));
+    } else {
+      const handle = def.handle as HandlerActor<unknown, unknown>['handle'];
+      const concurrency = partitioned ? 1 : actor.maxInFlight;
+      lanes.push(new HandlerLane(host, i, ctx, handle, actor.output, concurrency, partitioned));
+    }
+  }
+  return lanes;
+}

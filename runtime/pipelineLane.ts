@@ -1,0 +1,240 @@
+import { Observable, type Subscription as RxSubscription, type Subscriber } from 'rxjs';
+import type { ActorContext, PipelineActor } from './actor.ts';
+import { ACCEPTED } from './bus.ts';
+import { type Envelope, nextId } from './envelope.ts';
+import { messageOf, SluiceError } from './errors.ts';
+import { Input } from './input.ts';
+import type { Lane, LaneHost } from './lane.ts';
+import { injectTrace } from './telemetry.ts';
+
+type Pipeline = PipelineActor<unknown, unknown>['pipeline'];
+
+/**
+ * @internal A lane of a pipeline actor: the running pipeline, what waits for it while it restarts,
+ * and the publishing of what it emits. Its cell decides what a failure means (see
+ * {@link LaneHost.pipelineFailed}) and when the lane builds its pipeline again.
+ */
+export class PipelineLane implements Lane {
+  readonly index: number;
+  readonly #host: LaneHost;
+  readonly #ctx: ActorContext;
+  readonly #pipeline: Pipeline;
+  /** The actor's `output`: where everything the pipeline emits goes, whatever its subject. */
+  readonly #output: string | undefined;
+  #generation = 0;
+  /** The running pipeline's input, or undefined while it is down. */
+  #input: LaneInput | undefined = undefined;
+  #subscription: RxSubscription | undefined = undefined;
+  /** Completed pipelines replaced by {@link PipelineLane.#reopen} that had not finished yet. */
+  readonly #retired: RxSubscription[] = [];
+  /** Inputs waiting while the pipeline restarts, in arrival order. */
+  #backlog: Input[] = [];
+  /** Its input was completed by a shutdown (end of stream). */
+  #completed = false;
+  /** The input the pipeline is handling synchronously: the culprit if it throws now. */
+  #current: Input | undefined = undefined;
+
+  constructor(host: LaneHost, index: number, ctx: ActorContext, pipeline: Pipeline, output: string | undefined) {
+    this.#host = host;
+    this.index = index;
+    this.#ctx = ctx;
+    this.#pipeline = pipeline;
+    this.#output = output;
+  }
+
+  get generation(): number {
+    return this.#generation;
+  }
+
+  /** The input being handled synchronously, if any. */
+  get current(): Input | undefined {
+    return this.#current;
+  }
+
+  /** Builds the pipeline, unless one is running, and hands it what waited in the backlog. */
+  start(): void {
+    if (this.#input !== undefined) return;
+    const input = new LaneInput();
+    this.#input = input;
+    const generation = this.#generation;
+    let output: Observable<Envelope>;
+    try {
+      output = this.#pipeline(input.observable, this.#ctx);
+    } catch (error) {
+      this.#input = undefined;
+      this.#host.pipelineFailed(this, error, generation);
+      return;
+    }
+    this.#subscription = output.subscribe({
+      next: (out) => this.#emit(out),
+      error: (error: unknown) => this.#host.pipelineFailed(this, error, generation),
+      complete: () => {
+        if (!this.#host.completing) {
+          this.#host.pipelineFailed(
+            this,
+            new SluiceError(
+              'SLUICE_ERR_HANDLER',
+              `actor '${this.#ctx.name}' pipeline completed while its input was open`,
+            ),
+            generation,
+          );
+        }
+      },
+    });
+    const backlog = this.#backlog;
+    this.#backlog = [];
+    for (const waiting of backlog) {
+      if (this.#input !== input) {
+        this.#backlog.push(waiting);
+        continue;
+      }
+      this.#deliver(waiting);
+    }
+  }
+
+  dispatch(input: Input): void {
+    if (this.#completed) {
+      // End of stream was signalled, and input still came (an upstream actor's flush): a completed
+      // input would ignore it, settling it as dropped. A fresh pipeline takes it instead, and the
+      // shutdown completes that one in its next round.
+      this.#reopen();
+      input.generation = this.#generation;
+    }
+    if (this.#input === undefined || this.#backlog.length > 0) {
+      this.#backlog.push(input);
+      return;
+    }
+    this.#deliver(input);
+  }
+
+  retry(input: Input): void {
+    this.dispatch(input);
+  }
+
+  gaveUp(): void {}
+
+  complete(): boolean {
+    if (this.#input === undefined || this.#completed) return false;
+    this.#completed = true;
+    this.#input.complete();
+    return true;
+  }
+
+  close(): void {
+    this.#subscription?.unsubscribe();
+    for (const retired of this.#retired.splice(0)) retired.unsubscribe();
+  }
+
+  stop(): void {
+    this.#subscription?.unsubscribe();
+    this.#subscription = undefined;
+    this.#input = undefined;
+    this.#backlog = [];
+    for (const retired of this.#retired.splice(0)) retired.unsubscribe();
+  }
+
+  /** Drops the failed pipeline; what it took from now on waits in the backlog for the next one. */
+  discard(): void {
+    this.#generation++;
+    this.#input = undefined;
+    this.#subscription?.unsubscribe();
+    this.#subscription = undefined;
+  }
+
+  /** Puts inputs to replay ahead of what already waits. */
+  requeue(inputs: Input[]): void {
+    this.#backlog = inputs.concat(this.#backlog);
+  }
+
+  #reopen(): void {
+    this.#completed = false;
+    // The completed pipeline may still be finishing async work: it keeps running, and its late
+    // failures no longer restart the lane.
+    if (this.#subscription !== undefined && !this.#subscription.closed) this.#retired.push(this.#subscription);
+    this.#subscription = undefined;
+    this.#input = undefined;
+    this.#generation++;
+    this.start();
+  }
+
+  #deliver(input: Input): void {
+    const previous = this.#current;
+    this.#current = input;
+    input.delivered = true;
+    try {
+      (this.#input as LaneInput).next(input.env);
+    } finally {
+      this.#current = previous;
+    }
+    // The synchronous reference: if nothing used the input, it settles now as dropped (filtered).
+    input.release();
+  }
+
+  #emit(out: Envelope): void {
+    const lineage = out.lineage;
+    const source = lineage instanceof Input ? lineage : undefined;
+    // Emitted after its input settled: an async step that did not hold it (see docs/settlement.md).
+    if (source?.done) this.#host.lateOutput(source);
+    const subject = this.#output ?? out.subject;
+    let env = out;
+    if (subject !== out.subject || (source !== undefined && out.id === source.id) || source?.span !== undefined) {
+      env = {
+        ...out,
+        id: source !== undefined && out.id === source.id ? nextId() : out.id,
+        subject,
+        headers: source?.span === undefined ? out.headers : injectTrace(source.span, out.headers),
+        replyTo: subject === out.subject ? out.replyTo : undefined,
+      };
+    }
+    const accepted = this.#host.publish(env);
+    if (accepted === ACCEPTED) return;
+    accepted.catch((error: unknown) => {
+      // With a lineage, the failure is the inputs' and they are retried or dead-lettered; without
+      // one, nothing else would tell.
+      if (lineage === undefined)
+        this.#ctx.log.error(`actor '${this.#ctx.name}' could not publish to '${env.subject}': ${messageOf(error)}`);
+    });
+  }
+}
+
+/**
+ * The input of one pipeline, with an RxJS Subject's behaviour: every subscriber gets each input
+ * (a pipeline may subscribe more than once, as `partition` does); one that subscribes after the
+ * end completes at once; a subscriber added or removed while an input is handed out does not
+ * change who gets that one. Written out because it carries every input: `Subject.next` in the
+ * CommonJS build of RxJS 7, which Node loads, allocates a closure, an iterator and its results
+ * for each value.
+ */
+class LaneInput {
+  readonly observable: Observable<Envelope>;
+  /** Replaced, never changed in place, so that `next` can walk the array it started with. */
+  #subscribers: readonly Subscriber<Envelope>[] = [];
+  #stopped = false;
+
+  constructor() {
+    this.observable = new Observable<Envelope>((subscriber) => {
+      if (this.#stopped) {
+        subscriber.complete();
+        return;
+      }
+      this.#subscribers = [...this.#subscribers, subscriber];
+      return () => {
+        this.#subscribers = this.#subscribers.filter((s) => s !== subscriber);
+      };
+    });
+  }
+
+  next(env: Envelope): void {
+    if (this.#stopped) return;
+    const subscribers = this.#subscribers;
+    for (let i = 0; i < subscribers.length; i++) (subscribers[i] as Subscriber<Envelope>).next(env);
+  }
+
+  complete(): void {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    const subscribers = this.#subscribers;
+    this.#subscribers = [];
+    for (const subscriber of subscribers) subscriber.complete();
+  }
+}
