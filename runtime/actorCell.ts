@@ -240,6 +240,9 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     );
   }
 
+  /** Lanes that failed since the pending restart was scheduled; they come back together. */
+  #pendingRestart: Set<PipelineLane> | undefined;
+
   pipelineFailed(lane: PipelineLane, error: unknown, generation: number): void {
     if (generation !== lane.generation || this.#state === 'stopped') return;
     // `throwError(() => undefined)` still fails the pipeline: an undefined error would read as success.
@@ -263,6 +266,11 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
       queueMicrotask(() => this.#restartLane(lane));
       return;
     }
+    if (this.#pendingRestart !== undefined) {
+      // Another lane failed while a restart is pending: one incident, one restart, one backoff.
+      this.#pendingRestart.add(lane);
+      return;
+    }
     const delay = this.#restartWindow.next(this.#deps.clock.now(), this.#deps.random);
     if (delay === undefined) {
       const limit = new RestartLimitError(this.name, this.#restart.maxRestarts, this.#restart.windowMs, error);
@@ -275,9 +283,12 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     this.#totals.restarts++;
     this.#deps.log.warn(`actor '${this.name}' pipeline failed, restarting in ${delay} ms: ${messageOf(error)}`);
     this.#state = 'restarting';
+    const lanes = new Set([lane]);
+    this.#pendingRestart = lanes;
     this.#later(delay, () => {
+      this.#pendingRestart = undefined;
       if (this.#state === 'restarting') this.#state = 'running';
-      this.#restartLane(lane);
+      for (const failed of lanes) this.#restartLane(failed);
       this.#pump();
     });
   }

@@ -15,7 +15,7 @@ import { absorbDownstream, releaseDownstream } from './lineage.ts';
 import { type DropReason, Mailbox, Offer } from './mailbox.ts';
 import { intOption, oneOf } from './options.ts';
 import { PermissionChecker, type Permissions } from './permissions.ts';
-import { type Routable, SubjectTrie, validateSubject } from './subjects.ts';
+import { type Match, type Routable, SubjectTrie, validateSubject } from './subjects.ts';
 import { Subscription, type SubscriptionOptions } from './subscription.ts';
 import { type Counters, Telemetry, tracingEnabled, withActiveTrace } from './telemetry.ts';
 import type { TypedSubject } from './typedSubject.ts';
@@ -94,6 +94,11 @@ export interface Route extends Routable {
   readonly strategy: QueueStrategy;
   readonly mailbox: Mailbox | undefined;
   readonly direct: ((env: Envelope) => void) | undefined;
+  /**
+   * Hands a message straight to an idle consumer, skipping the mailbox; false when the consumer is
+   * busy or has a backlog, and the message must queue to keep its order.
+   */
+  readonly handoff?: ((env: Envelope) => boolean) | undefined;
   /** Denied subjects of a wildcard subscription that overlaps a deny permission. */
   readonly filter: ((subject: string) => boolean) | undefined;
 }
@@ -116,7 +121,7 @@ export class Bus implements BusClient {
   readonly measure: PayloadMeasure;
   readonly codec: Codec;
   readonly requestTimeoutMs: number;
-  readonly #trie = new SubjectTrie<Route>();
+  readonly #trie = new SubjectTrie<Route>(undefined, validatePublish, (subject) => this.isInbox(subject));
   #refusal: string | undefined;
   readonly #tracing = tracingEnabled();
   readonly #counters: Counters;
@@ -207,6 +212,19 @@ export class Bus implements BusClient {
 
   // ---- internal, used by clients, subscriptions and actors ----
 
+  /**
+   * @internal What the literal `subject` reaches; throws a `SubjectError` when it is not a valid
+   * publish subject. Validation runs on a cache miss only, so a hot subject costs one map lookup.
+   */
+  lookup(subject: string): Match<Route> {
+    return this.#trie.match(subject);
+  }
+
+  /** @internal Counts a publish that matched nothing, for which no envelope was made. */
+  publishedToNone(): void {
+    this.#counters.published++;
+  }
+
   /** @internal Adds a route for `pattern`; returns its removal. */
   addRoute(pattern: string, route: Route): () => void {
     this.#trie.insert(pattern, route);
@@ -238,10 +256,10 @@ export class Bus implements BusClient {
    * delivered, so a refused publish reached nobody and may be retried without duplicates. With
    * `wait` the result resolves once every `block` mailbox accepted it.
    */
-  route(env: Envelope, wait: true): Promise<void>;
-  route(env: Envelope, wait: false): boolean;
-  route(env: Envelope, wait: boolean): Promise<void> | boolean {
-    const { plain, groups } = this.#trie.match(env.subject);
+  route(env: Envelope, wait: true, match?: Match<Route>): Promise<void>;
+  route(env: Envelope, wait: false, match?: Match<Route>): boolean;
+  route(env: Envelope, wait: boolean, match: Match<Route> = this.#trie.match(env.subject)): Promise<void> | boolean {
+    const { plain, groups } = match;
     if (plain.length === 1 && groups.length === 0) {
       // The common case, one subscriber: no second pass, no allocation.
       const r = plain[0] as Route;
@@ -366,6 +384,8 @@ export class Bus implements BusClient {
     if (mailbox.closed) return undefined;
     // The mailbox's reference: released by its consumer, or by onDrop when the mailbox lets go.
     absorbDownstream(env.lineage);
+    // An idle consumer takes it now, as it would from the mailbox, and releases it the same way.
+    if (r.handoff !== undefined && r.handoff(env)) return undefined;
     let offer: Offer;
     try {
       offer = mailbox.offer(env);
@@ -479,8 +499,14 @@ export class ClientImpl implements BusClient {
   publish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): Promise<void> {
     try {
       const name = nameOf(subject);
-      this.#checkPublish(name, data, options?.replyTo);
-      return this.#bus.route(createEnvelope(name, data, this.#entering(options), this.#bus.clock.now()), true);
+      const match = this.#checkPublish(name, data, options?.replyTo);
+      const entering = this.#entering(options);
+      if (match.plain.length === 0 && match.groups.length === 0) {
+        // Nobody listens: nothing to build an envelope for.
+        this.#bus.publishedToNone();
+        return RESOLVED;
+      }
+      return this.#bus.route(createEnvelope(name, data, entering, this.#bus.clock.now()), true, match);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -488,14 +514,19 @@ export class ClientImpl implements BusClient {
 
   tryPublish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): boolean {
     const name = nameOf(subject);
-    this.#checkPublish(name, data, options?.replyTo);
-    return this.#bus.route(createEnvelope(name, data, this.#entering(options), this.#bus.clock.now()), false);
+    const match = this.#checkPublish(name, data, options?.replyTo);
+    const entering = this.#entering(options);
+    if (match.plain.length === 0 && match.groups.length === 0) {
+      this.#bus.publishedToNone();
+      return true;
+    }
+    return this.#bus.route(createEnvelope(name, data, entering, this.#bus.clock.now()), false, match);
   }
 
   forward(env: Envelope): Promise<void> {
     try {
-      this.#checkPublish(env.subject, env.data, env.replyTo);
-      return this.#bus.route(env, true);
+      const match = this.#checkPublish(env.subject, env.data, env.replyTo);
+      return this.#bus.route(env, true, match);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -564,16 +595,19 @@ export class ClientImpl implements BusClient {
     }
   }
 
-  #checkPublish(subject: string, data: unknown, replyTo: string | undefined): void {
-    this.#checkLiteral(subject);
+  /** Checks a publish and returns what it reaches (the lookup also validates the subject). */
+  #checkPublish(subject: string, data: unknown, replyTo: string | undefined): Match<Route> {
+    const match = this.#bus.lookup(subject);
     if (replyTo !== undefined) this.#checkLiteral(replyTo);
     if (!this.#permissions.unrestricted) {
       const reason = this.#permissions.publishDenied(subject);
       if (reason !== undefined) throw this.#bus.denied('publish', subject, this.name, reason);
     }
     this.#bus.checkSize(subject, data);
+    return match;
   }
 
+  /** Reply subjects only: publish subjects are validated by the bus's lookup, on a cache miss. */
   #checkLiteral(subject: string): void {
     // A client mostly publishes to the subject it published to last: one comparison, no lookup.
     // (Untyped code may pass undefined, which must reach validateSubject to be named.)
@@ -591,4 +625,8 @@ function validateQueue(queue: string): void {
   if (queue.length === 0 || /\s/.test(queue)) {
     throw new OptionsError('queue', 'a queue group name is non-empty and has no white space', queue);
   }
+}
+
+function validatePublish(subject: string): void {
+  validateSubject(subject, 'publish');
 }

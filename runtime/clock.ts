@@ -47,8 +47,23 @@ abstract class BaseClock implements Clock {
 
 /** Wall-clock time and Node's timers. A pending timer keeps the process alive, as work is still due. */
 export class SystemClock extends BaseClock {
+  #cached = 0;
+  #reads = 0;
+  readonly #expire = (): void => {
+    this.#reads = 0;
+  };
+
+  /**
+   * Date.now() costs ~40 ns, as much as the rest of a publish: one reading serves up to 64 calls
+   * within one synchronous turn (a burst of publishes), never longer than the turn.
+   */
   now(): number {
-    return Date.now();
+    if (this.#reads === 0) {
+      this.#cached = Date.now();
+      queueMicrotask(this.#expire);
+    }
+    if (++this.#reads === 64) this.#reads = 0;
+    return this.#cached;
   }
 
   setTimeout(callback: () => void, delayMs: number): Timer {

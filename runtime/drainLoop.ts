@@ -14,6 +14,29 @@ export class DrainLoop {
     this.#drain = drain;
   }
 
+  /** Whether a drain (or a step) is running now. */
+  get running(): boolean {
+    return this.#running;
+  }
+
+  /**
+   * Runs `step` (one message handed over directly) as a round of the loop: calls that came in
+   * meanwhile make the loop drain right after it. The caller checks `running` first.
+   */
+  step(step: () => void): void {
+    this.#running = true;
+    try {
+      this.#again = false;
+      step();
+      while (this.#again) {
+        this.#again = false;
+        this.#drain();
+      }
+    } finally {
+      this.#running = false;
+    }
+  }
+
   run(): void {
     if (this.#running) {
       this.#again = true;

@@ -97,8 +97,21 @@ export class SubjectTrie<T extends Routable> {
   readonly #cacheLimit: number;
   #size = 0;
 
-  constructor(cacheLimit = 8192) {
+  readonly #checkMiss: ((subject: string) => void) | undefined;
+  readonly #uncached: ((subject: string) => boolean) | undefined;
+
+  /**
+   * @param cacheLimit subjects whose results are kept; above the number of live subjects, every
+   *   publish after the first costs one map lookup, below it FIFO eviction makes most of them walks.
+   * @param checkMiss runs on a cache miss before the walk (the bus validates the subject there), so
+   *   a cached subject is known valid and a hot publish needs no other lookup.
+   * @param uncached subjects never worth caching (one-off reply inboxes): caching them would evict
+   *   hot subjects.
+   */
+  constructor(cacheLimit = 65_536, checkMiss?: (subject: string) => void, uncached?: (subject: string) => boolean) {
     this.#cacheLimit = cacheLimit;
+    this.#checkMiss = checkMiss;
+    this.#uncached = uncached;
   }
 
   /** Subscriptions held. */
@@ -173,9 +186,11 @@ export class SubjectTrie<T extends Routable> {
   match(subject: string): Match<T> {
     const cached = this.#cache.get(subject);
     if (cached !== undefined) return cached;
+    this.#checkMiss?.(subject);
     const found: T[] = [];
     collect(this.#root, subject.split('.'), 0, found);
     const result = found.length === 0 ? (EMPTY_MATCH as Match<T>) : group(found);
+    if (this.#uncached?.(subject) === true) return result;
     if (this.#cache.size >= this.#cacheLimit) {
       // Evict the oldest entry: Map iteration order is insertion order.
       const oldest = this.#cache.keys().next().value;

@@ -86,6 +86,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
       ),
       mailbox: this.#mailbox,
       direct: undefined,
+      handoff: options.callback === undefined ? undefined : this.#handoff,
       filter,
     };
     this.#unroute = bus.addRoute(pattern, route);
@@ -242,28 +243,51 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
       this.#settleClose();
       return;
     }
-    const callback = this.#callback as Handler;
     while (this.#active < this.#concurrency) {
       const env = this.#mailbox.take() as Envelope<T> | undefined;
       if (env === undefined) break;
-      this.#active++;
-      this.#delivered++;
-      this.#bus.telemetry.counters.delivered++;
-      let result: void | Promise<void>;
-      try {
-        result = callback(env);
-      } catch (error) {
-        this.#finish(env, error);
-        continue;
-      }
-      if (result instanceof Promise) {
-        result.then(
-          () => this.#finishAndPump(env, undefined),
-          (error: unknown) => this.#finishAndPump(env, error),
-        );
-      } else this.#finish(env, undefined);
+      this.#handle(env);
     }
     this.#settleClose();
+  }
+
+  /**
+   * The mailbox skipped: an idle callback consumer with nothing queued takes the message in the
+   * publisher's call, as a listener would. Same accounting as a message taken from the mailbox.
+   */
+  readonly #handoff = (env: Envelope): boolean => {
+    if (
+      this.#loop.running ||
+      this.#mode !== 'callback' ||
+      this.#state !== 'open' ||
+      this.#active >= this.#concurrency ||
+      this.#mailbox.depth !== 0
+    ) {
+      return false;
+    }
+    this.#loop.step(() => this.#handle(env as Envelope<T>));
+    // The callback may have unsubscribed or started a drain, which waited for it to finish.
+    this.#settleClose();
+    return true;
+  };
+
+  #handle(env: Envelope<T>): void {
+    this.#active++;
+    this.#delivered++;
+    this.#bus.telemetry.counters.delivered++;
+    let result: void | Promise<void>;
+    try {
+      result = (this.#callback as Handler)(env);
+    } catch (error) {
+      this.#finish(env, error);
+      return;
+    }
+    if (result instanceof Promise) {
+      result.then(
+        () => this.#finishAndPump(env, undefined),
+        (error: unknown) => this.#finishAndPump(env, error),
+      );
+    } else this.#finish(env, undefined);
   }
 
   #finishAndPump(env: Envelope<T>, error: unknown): void {

@@ -23,7 +23,7 @@ export interface ActorHarnessOptions {
 }
 
 export interface HarnessRestartOptions {
-  /** The lane whose pipeline fails. @default every lane, one restart each */
+  /** The lane whose pipeline fails. @default every lane, as one incident (one restart) */
   lane?: number;
 }
 
@@ -145,11 +145,9 @@ export class ActorHarness {
   /**
    * Fails the actor's pipeline as an operator error would (no culprit message), then moves time
    * through the supervisor's backoff until it runs again, replaying what it held. With several
-   * lanes (`partitionBy`), every lane's pipeline fails unless `options.lane` names one; each lane
-   * that fails counts as one restart against the actor's `restart.maxRestarts`, with its own
-   * backoff, and this resolves once all of them run again (or the actor stopped at the limit:
-   * with more lanes than `restart.maxRestarts`, the default of 8 lanes against 5 restarts
-   * included, name a lane or raise the limit).
+   * lanes (`partitionBy`), every lane's pipeline fails unless `options.lane` names one; lanes that
+   * fail together count as one restart against the actor's `restart.maxRestarts` and come back
+   * after one backoff. Resolves once all of them run again (or the actor stopped at the limit).
    */
   async restart(options: HarnessRestartOptions = {}): Promise<void> {
     if (this.#actor.definition.pipeline === undefined) {
