@@ -385,7 +385,7 @@ export class Bus implements BusClient {
     // The mailbox's reference: released by its consumer, or by onDrop when the mailbox lets go.
     absorbDownstream(env.lineage);
     // An idle consumer takes it now, as it would from the mailbox, and releases it the same way.
-    if (r.handoff !== undefined && r.handoff(env)) return undefined;
+    if (r.handoff?.(env)) return undefined;
     let offer: Offer;
     try {
       offer = mailbox.offer(env);
