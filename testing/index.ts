@@ -9,3 +9,4 @@ export type {
   TimedInput,
 } from './pipelineHarness.ts';
 export { PipelineHarness, testPipeline } from './pipelineHarness.ts';
+export { seededRandom } from './seededRandom.ts';

@@ -21,6 +21,7 @@ import {
   type WindowResult,
   watermarks,
 } from 'sluice/operators';
+import { seededRandom } from 'sluice/testing';
 
 export interface Click {
   user: string;
@@ -246,24 +247,13 @@ function fmt(n: number | undefined): string {
   return (n ?? Number.NaN).toFixed(0).padStart(4);
 }
 
-/** A seeded generator (mulberry32), so every run and every test sees the same stream. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /**
  * Users browse in bursts: a few clicks seconds apart, then a pause that sometimes outlasts the
  * session gap. Clicks are sent in order of arrival: event time plus a random delay.
  */
 export function generate(users: number, minutes: number, seed: number): { clicks: Click[]; sent: Click[] } {
-  const rnd = random(seed);
+  // Seeded, so every run and every test sees the same stream.
+  const rnd = seededRandom(seed);
   const end = START + minutes * MINUTE;
   const clicks: Click[] = [];
   for (let u = 0; u < users; u++) {

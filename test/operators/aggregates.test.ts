@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { OptionsError } from 'sluice';
 import { type Aggregate, agg, approxDistinct, quantiles, session, tumbling } from 'sluice/operators';
+import { seededRandom } from 'sluice/testing';
 import { describe, expect, test } from 'vitest';
 import { ev, run } from './helpers.ts';
 
@@ -22,17 +23,7 @@ function foldMerged<T, A, R>(a: Aggregate<T, A, R>, left: readonly T[], right: r
   return a.result((a.merge as (p: A, q: A) => A)(x, y));
 }
 
-/** A deterministic PRNG in [0, 1) (mulberry32). */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = seededRandom;
 
 describe('aggregates - exact ones', () => {
   test('count, sum, min, max, mean on numbers and through a selector', () => {

@@ -10,6 +10,7 @@ import {
   type RuntimeOptions,
   VirtualClock,
 } from 'sluice';
+import { seededRandom } from 'sluice/testing';
 import { onTestFinished } from 'vitest';
 
 /** Lets queued microtasks and one macrotask turn run: enough for in-process delivery to happen. */
@@ -20,17 +21,8 @@ export async function flush(turns = 3): Promise<void> {
   }
 }
 
-/** A deterministic PRNG in [0, 1) (mulberry32), for seeded jitter and delays. */
-export function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** A deterministic PRNG in [0, 1), for seeded jitter and delays. */
+export const seeded = seededRandom;
 
 /** A logger that keeps what it is told, so expected warnings do not clutter the test output. */
 export function quietLogger(): Logger & { readonly lines: string[] } {
