@@ -2,7 +2,7 @@ import { Observable, type Subscription as RxSubscription, type Subscriber } from
 import type { ActorContext, PipelineActor } from './actor.ts';
 import { ACCEPTED } from './bus.ts';
 import { type Envelope, nextId } from './envelope.ts';
-import { messageOf, SluiceError } from './errors.ts';
+import { messageOf, OptionsError, SluiceError } from './errors.ts';
 import { Input } from './input.ts';
 import type { Lane, LaneHost } from './lane.ts';
 import { injectTrace } from './telemetry.ts';
@@ -175,6 +175,18 @@ export class PipelineLane implements Lane {
     const source = lineage instanceof Input ? lineage : undefined;
     // Emitted after its input settled: an async step that did not hold it (see docs/settlement.md).
     if (source?.done) this.#host.lateOutput(source);
+    if (this.#output === undefined && source !== undefined && out.subject === source.env.subject) {
+      // Published back to the subject it came from, the output would come round as input forever.
+      source.retain();
+      source.release(
+        new OptionsError(
+          `actor '${this.#ctx.name}'.output`,
+          "an output kept its input's subject and would loop back into the actor; set 'output' or give the envelope its own subject",
+          out.subject,
+        ),
+      );
+      return;
+    }
     const subject = this.#output ?? out.subject;
     let env = out;
     if (subject !== out.subject || (source !== undefined && out.id === source.id) || source?.span !== undefined) {

@@ -477,3 +477,24 @@ describe('actor - definition errors', () => {
     expect(() => rt.spawn(a)).toThrow(/'actor.name': must be unique/);
   });
 });
+
+describe('actor - output loops', () => {
+  test('a pipeline output that keeps its input subject (no output option) is dead-lettered, not looped back', async () => {
+    const { rt } = testRuntime();
+    const dead: string[] = [];
+    rt.bus.subscribe<number>('$DLQ.echo', { callback: (env) => void dead.push(env.headers['sluice-error'] ?? '') });
+    const ref = rt.spawn(
+      actor<number, number>({
+        name: 'echo',
+        subscribe: 'numbers',
+        pipeline: (n$) => n$.pipe(map((e) => ({ ...e, data: e.data + 1 }))),
+      }),
+    );
+    await rt.bus.publish('numbers', 1);
+    await flush();
+    expect(ref.counters.delivered).toBe(1);
+    expect(dead).toHaveLength(1);
+    expect(dead[0]).toContain("invalid option 'actor 'echo'.output'");
+    expect(dead[0]).toContain('would loop back');
+  });
+});
