@@ -260,9 +260,10 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     if (culprit !== undefined) {
       // A failure tied to one message is that message's failure: it is retried or dead-lettered,
       // and the pipeline comes back at once without counting against the restart limit.
-      // Its own references carry the failure: the synchronous one the lane holds, or mapAsync's hold.
-      if (culprit.error === undefined) culprit.error = error;
+      // The dead pipeline never gives back what it kept of the culprit (window state, a queued
+      // async step): a fresh tracker for the same delivery carries the failure instead.
       this.#deps.log.warn(`actor '${this.name}' failed on message '${culprit.id}': ${messageOf(error)}`);
+      this.#replace(culprit).release(error);
       queueMicrotask(() => this.#restartLane(lane));
       return;
     }

@@ -86,8 +86,11 @@ export class DeadLetters {
     if (accepted === ACCEPTED) done();
     else
       accepted.then(done, (e: unknown) => {
+        // Refused: the source must not count it as handled, so it is given back as failed.
         this.#log.error(`actor '${this.#actor}' could not dead-letter message '${env.id}': ${messageOf(e)}`);
-        done();
+        this.#pending--;
+        releaseDownstream(upstream, e);
+        this.#onSent();
       });
   }
 }

@@ -2,7 +2,7 @@ import type { ActorContext, HandlerActor } from './actor.ts';
 import { MessageCtx } from './actorContext.ts';
 import type { SubjectRef } from './bus.ts';
 import { createEnvelope, type PublishOptions } from './envelope.ts';
-import { OptionsError } from './errors.ts';
+import { ClosedError, OptionsError } from './errors.ts';
 import type { Input } from './input.ts';
 import type { Lane, LaneHost } from './lane.ts';
 import { injectTrace } from './telemetry.ts';
@@ -87,6 +87,7 @@ export class HandlerLane implements Lane {
     data: unknown,
     options: PublishOptions | undefined,
   ): Promise<void> {
+    if (input.abandoned) return Promise.reject(new ClosedError(this.#ctx.name, 'the actor was stopped'));
     const name = typeof subject === 'string' ? subject : subject.name;
     const headers = input.span === undefined ? options?.headers : injectTrace(input.span, options?.headers ?? {});
     const env = createEnvelope(
@@ -120,6 +121,8 @@ export class HandlerLane implements Lane {
 
   #handled(input: Input, error: unknown, result: unknown): void {
     this.#active--;
+    // Stopped while the handler ran: the input was dead-lettered then; its result must not go out too.
+    if (input.abandoned) return;
     if (error === undefined && result !== undefined && this.#output !== undefined) {
       const values = Array.isArray(result) ? result : [result];
       // A refused publish fails the input through its publishing reference (retried, then
