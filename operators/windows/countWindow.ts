@@ -33,9 +33,10 @@ export interface CountWindowOptions<T, A, R> {
  * Count windows, per key: tumbling (`size` inputs each) or sliding (every `slide` inputs, over the
  * last `size`), as Flink's `countWindow(size)` and `countWindow(size, slide)`. They follow arrival
  * order, not event time: watermarks are ignored and nothing is late. A result's `start`/`end` are
- * input indexes per key (`[0, 100)`, `[100, 200)`), so its idempotency key is the same on a
- * replay in the same order; this needs one counter per key seen, the only state kept after a
- * window closes. The result's event time is the largest among its inputs.
+ * input indexes per key (`[0, 100)`, `[100, 200)`), counted by this pipeline (one counter per key
+ * seen, the only state kept after a window closes); its idempotency key is
+ * `name/key/firstInputId+count`, which a replay after a restart reproduces even though the indexes
+ * start again. The result's event time is the largest among its inputs.
  *
  * Unlike Flink, which drops a count window that never fills, the input's completion flushes each
  * partial window (`firing: 'partial'`), so every input ends up in a result and settles.
@@ -128,6 +129,8 @@ class KeyCount<T, A> {
   /** Tumbling: the accumulator and the lineages of the open window. */
   acc: A | undefined = undefined;
   lineages: Lineage[] | undefined = undefined;
+  /** Tumbling: the id of the open window's first input, which names the window. */
+  firstId = '';
   /** Sliding: the last `size` inputs (a ring). */
   ring: Envelope<T>[] | undefined = undefined;
 
@@ -217,7 +220,10 @@ class CountWindows<T, A, R> {
     if (t !== undefined && t > k.maxEventTime) k.maxEventTime = t;
     const lineage = env.lineage;
     if (!this.sliding) {
-      if (k.pending === 1) k.acc = aggregate.init();
+      if (k.pending === 1) {
+        k.acc = aggregate.init();
+        k.firstId = env.id;
+      }
       k.acc = aggregate.add(k.acc as A, env.data, t ?? 0);
       if (lineage !== undefined) {
         lineage.absorb();
@@ -225,7 +231,7 @@ class CountWindows<T, A, R> {
         this.absorbed++;
       }
       if (k.pending === size) {
-        this.emit(k, k.acc as A, k.seen - size, k.seen, size, 'on-time', k.lineages);
+        this.emit(k, k.acc as A, k.seen - size, k.seen, size, 'on-time', k.lineages, k.firstId);
         this.closeTumbling(k);
       }
       return;
@@ -259,7 +265,7 @@ class CountWindows<T, A, R> {
     }
     k.maxEventTime = maxTime;
     k.pending = 0;
-    this.emit(k, acc, k.seen - ring.length, k.seen, ring.length, firing, lineages);
+    this.emit(k, acc, k.seen - ring.length, k.seen, ring.length, firing, lineages, (ring[0] as Envelope<T>).id);
   }
 
   flushPartial(k: KeyCount<T, A>): void {
@@ -267,7 +273,7 @@ class CountWindows<T, A, R> {
       this.fireSliding(k, 'partial');
       return;
     }
-    this.emit(k, k.acc as A, k.seen - k.pending, k.seen, k.pending, 'partial', k.lineages);
+    this.emit(k, k.acc as A, k.seen - k.pending, k.seen, k.pending, 'partial', k.lineages, k.firstId);
     this.closeTumbling(k);
   }
 
@@ -292,9 +298,12 @@ class CountWindows<T, A, R> {
     count: number,
     firing: Firing,
     lineages: Lineage[] | undefined,
+    firstId: string,
   ): void {
     const key = k.key;
-    const idempotencyKey = `${this.config.name}/${key ?? ''}/${start}-${end}`;
+    // Indexes restart with a pipeline (a restart replays only the open window's inputs), ids do not:
+    // the window's first input and its size name it the same on any replay.
+    const idempotencyKey = `${this.config.name}/${key ?? ''}/${firstId}+${count}`;
     const data: WindowResult<R> = {
       key,
       start,

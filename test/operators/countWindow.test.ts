@@ -1,36 +1,73 @@
 import { from, type Observable, Subject } from 'rxjs';
 import { type Envelope, OptionsError } from 'sluice';
 import { agg, countWindow, type Timed, tumbling, Watermark, type WindowResult, watermarks } from 'sluice/operators';
+import { testPipeline } from 'sluice/testing';
 import { describe, expect, expectTypeOf, test } from 'vitest';
 import { CountingLineage, ev, run } from './helpers.ts';
 
 describe('countWindow - tumbling', () => {
   test('fires every size inputs per key, indexes as bounds; the end of input flushes partial windows', () => {
-    const got = run(countWindow({ name: 'c', size: 2, aggregate: agg.collect<number>() }), [
+    const e = [
       ev(1, 10, 'a'),
       ev(2, 5, 'b'),
-      ev(3, 30, 'a'), // a: [0, 2) full
-      new Watermark(1_000), // ignored: count windows follow arrival, not event time
+      ev(3, 30, 'a'),
       ev(4, 1, 'a'),
-      ev(5, 2, 'b'), // b: [0, 2) full
-      ev(6, 3, 'a'), // a: [2, 4) full
+      ev(5, 2, 'b'),
+      ev(6, 3, 'a'),
       ev(7, 4, 'a'),
+    ];
+    const id = (i: number) => (e[i] as { id: string }).id;
+    const got = run(countWindow({ name: 'c', size: 2, aggregate: agg.collect<number>() }), [
+      e[0],
+      e[1],
+      e[2], // a: [0, 2) full
+      new Watermark(1_000), // ignored: count windows follow arrival, not event time
+      e[3],
+      e[4], // b: [0, 2) full
+      e[5], // a: [2, 4) full
+      e[6],
+    ] as Timed<number>[]);
+    expect(got.results.map((r) => [r.data.start, r.data.end, r.data.value, r.data.firing, r.eventTime])).toEqual([
+      [0, 2, [1, 3], 'on-time', 30],
+      [0, 2, [2, 5], 'on-time', 5],
+      [2, 4, [4, 6], 'on-time', 3],
+      [4, 5, [7], 'partial', 4],
     ]);
-    expect(got.results.map((r) => [r.data.idempotencyKey, r.data.value, r.data.firing, r.eventTime])).toEqual([
-      ['c/a/0-2', [1, 3], 'on-time', 30],
-      ['c/b/0-2', [2, 5], 'on-time', 5],
-      ['c/a/2-4', [4, 6], 'on-time', 3],
-      ['c/a/4-5', [7], 'partial', 4],
+    // Named by the first input and the size: indexes restart with a pipeline, ids do not.
+    expect(got.results.map((r) => r.data.idempotencyKey)).toEqual([
+      `c/a/${id(0)}+2`,
+      `c/b/${id(1)}+2`,
+      `c/a/${id(3)}+2`,
+      `c/a/${id(6)}+1`,
     ]);
   });
 
   test('global with keyed: false', () => {
+    const first = ev(1, 1, 'a');
     const got = run(countWindow({ name: 'c', size: 3, keyed: false, aggregate: agg.count() }), [
-      ev(1, 1, 'a'),
+      first,
       ev(2, 2, 'b'),
       ev(3, 3, 'c'),
     ]);
-    expect(got.results.map((r) => [r.data.idempotencyKey, r.data.value])).toEqual([['c//0-3', 3]]);
+    expect(got.results.map((r) => [r.data.idempotencyKey, r.data.start, r.data.end, r.data.value])).toEqual([
+      [`c//${first.id}+3`, 0, 3, 3],
+    ]);
+  });
+
+  test('a restart between two windows keeps idempotency keys distinct and reproduces them on replay', () => {
+    const h = testPipeline<string, WindowResult<string[]>>((in$) =>
+      in$.pipe(countWindow({ name: 'c', size: 2, aggregate: agg.collect<string>() })),
+    );
+    for (const d of ['a', 'b', 'c']) h.send(d, { key: 'k' });
+    h.restart(); // 'c' was open: it is replayed into the new pipeline
+    h.send('d', { key: 'k' });
+    const keys = h.outputs.map((o) => o.data.idempotencyKey);
+    expect(h.values.map((v) => v.value)).toEqual([
+      ['a', 'b'],
+      ['c', 'd'],
+    ]);
+    expect(new Set(keys).size).toBe(2);
+    expect(keys[1]).toBe(`c/k/${h.inputs[2]?.env.id}+2`);
   });
 });
 
