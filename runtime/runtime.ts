@@ -26,6 +26,11 @@ export interface RuntimeOptions {
 
 /** What `stop()` reports: whether everything finished in time, and what was left per actor. */
 export interface ShutdownReport {
+  /**
+   * Whether every input settled in time: nothing queued, in flight, or still absorbed (kept by
+   * operator state that ignored the end of input, or by a consumer downstream that has not
+   * finished with an output). An input left absorbed would not be acknowledged to its source.
+   */
   readonly drained: boolean;
   readonly durationMs: number;
   readonly deadlineMs: number;
@@ -172,7 +177,7 @@ class RuntimeImpl implements Runtime {
     let drained = !timedOut;
     for (const [name, cell] of this.#cells) {
       const l = cell.left();
-      if (l.depth > 0 || l.inFlight > 0) {
+      if (l.depth > 0 || l.inFlight > 0 || l.absorbed > 0) {
         left[name] = l;
         drained = false;
       }
