@@ -1,6 +1,13 @@
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { Observable, SchedulerLike } from 'rxjs';
-import { type BusClient, type QueueStrategy, queueStrategies, type RequestOptions, type SubjectRef } from './bus.ts';
+import {
+  type BusClient,
+  type QueueStrategy,
+  queueStrategies,
+  type RequestOptions,
+  type SubjectRef,
+  validateQueue,
+} from './bus.ts';
 import type { Clock } from './clock.ts';
 import type { Codec } from './codec.ts';
 import type { Envelope, PublishOptions } from './envelope.ts';
@@ -165,13 +172,7 @@ export function actor<In, Out>(definition: ActorDefinition<In, Out>): Actor<In, 
     );
   }
   const maxInFlight = intOption(`actor '${name}'.maxInFlight`, definition.maxInFlight, 256, 1);
-  if (definition.queue !== undefined && (typeof definition.queue !== 'string' || !/^\S+$/.test(definition.queue))) {
-    throw new OptionsError(
-      `actor '${name}'.queue`,
-      'a queue group name is non-empty and has no white space',
-      definition.queue,
-    );
-  }
+  if (definition.queue !== undefined) validateQueue(definition.queue, `actor '${name}'.queue`);
   oneOf(`actor '${name}'.queueStrategy`, definition.queueStrategy, queueStrategies, 'round-robin');
   if (definition.partitionBy !== undefined && typeof definition.partitionBy !== 'function') {
     throw new OptionsError(`actor '${name}'.partitionBy`, 'must be a function of the envelope', definition.partitionBy);

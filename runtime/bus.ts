@@ -334,7 +334,7 @@ export class Bus implements BusClient {
         this.#pendingRequests.delete(token);
         resolve(reply);
       });
-      client.publishEnvelope(env).catch((error: unknown) => {
+      client.forward(env).catch((error: unknown) => {
         timer.cancel();
         this.#pendingRequests.delete(token);
         reject(error);
@@ -532,15 +532,10 @@ export class ClientImpl implements BusClient {
     }
   }
 
-  /** @internal As forward, for envelopes already built by this client. */
-  publishEnvelope(env: Envelope): Promise<void> {
-    return this.forward(env);
-  }
-
   subscribe<T = unknown>(subject: SubjectRef<T>, options: SubscriptionOptions<T> = {}): Subscription<T> {
     const pattern = nameOf(subject);
     validateSubject(pattern, 'subscribe');
-    if (options.queue !== undefined) validateQueue(options.queue);
+    if (options.queue !== undefined) validateQueue(options.queue, 'queue');
     const reason = this.#permissions.subscribeDenied(pattern);
     if (reason !== undefined) throw this.#bus.denied('subscribe', pattern, this.name, reason);
     return new Subscription<T>(this.#bus, pattern, options, this.#permissions.deliveryFilter(pattern));
@@ -621,9 +616,10 @@ export class ClientImpl implements BusClient {
   }
 }
 
-function validateQueue(queue: string): void {
-  if (queue.length === 0 || /\s/.test(queue)) {
-    throw new OptionsError('queue', 'a queue group name is non-empty and has no white space', queue);
+/** @internal Throws an OptionsError naming `option` unless `queue` is a valid queue group name. */
+export function validateQueue(queue: unknown, option: string): void {
+  if (typeof queue !== 'string' || !/^\S+$/.test(queue)) {
+    throw new OptionsError(option, 'a queue group name is non-empty and has no white space', queue);
   }
 }
 

@@ -25,6 +25,7 @@ export {
   DecodeError,
   errorCodes,
   HandlerError,
+  LateDataError,
   MailboxFullError,
   MaxPayloadError,
   NoRespondersError,

@@ -136,10 +136,6 @@ export class Tracker implements Lineage {
     return [this.id];
   }
 
-  get settledOrAbsorbed(): boolean {
-    return this.inFlight === 0;
-  }
-
   /**
    * Whether the pipeline itself still holds the input: while it handles it synchronously, in an
    * async step (`hold`) or in operator state (`absorb`). Not when all that is left are outputs
