@@ -454,7 +454,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     return { depth: this.#mailbox.depth, inFlight: this.#inputs.inFlight, absorbed: this.#inputs.absorbed };
   }
 
-  /** @internal Stops taking input; with a reason, dead-letters what it still holds. */
+  /** @internal Stops taking input and cancels its timers at the end of a shutdown; what is left is in the report. */
   close(): void {
     this.#closeRoutes();
     this.#mailbox.close(new ClosedError(this.name, 'the runtime is shutting down'));

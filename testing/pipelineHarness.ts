@@ -87,6 +87,7 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
   readonly #subject: string;
   readonly #published: Envelope[] = [];
   readonly #trackers = new Map<Tracker, InputRecord<In>>();
+  readonly #settledTrackers = new WeakSet<Tracker>();
   #input: Subject<Timed<In>> | undefined;
   #subscription: Subscription | undefined;
   #generation = 0;
@@ -218,6 +219,7 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
     const record = this.#trackers.get(tracker);
     if (record === undefined || tracker.generation !== this.#generation) return;
     this.#trackers.delete(tracker);
+    this.#settledTrackers.add(tracker);
     record.error = error;
     record.outcome = error !== undefined ? 'failed' : tracker.used ? 'acked' : 'dropped';
   }
@@ -227,6 +229,12 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
     this.#input = input;
     this.#subscription = this.#factory(input.asObservable(), this.#ctx).subscribe({
       next: (out) => {
+        if (out.lineage instanceof Tracker && this.#settledTrackers.has(out.lineage)) {
+          // The runtime warns and counts this too: an async step that did not hold its input.
+          this.warnings.push(
+            `output for input '${out.lineage.id}' came after the input settled; wrap async steps in mapAsync or hold()`,
+          );
+        }
         // The harness is the sink: an output is committed as soon as it is collected.
         out.lineage?.retain();
         this.outputs.push(out);

@@ -1,6 +1,6 @@
-import { filter, map, type Observable } from 'rxjs';
+import { filter, map, mergeMap, type Observable } from 'rxjs';
 import { actor, type Envelope } from 'sluice';
-import { agg, eventTime, keyBy, tumbling, type WindowResult, watermarks } from 'sluice/operators';
+import { agg, eventTime, keyBy, mapAsync, tumbling, type WindowResult, watermarks } from 'sluice/operators';
 import { testActor, testPipeline } from 'sluice/testing';
 import { describe, expect, test } from 'vitest';
 
@@ -269,5 +269,31 @@ describe('testActor with other actors', () => {
     const h = testActor(caller, { with: [doubler] });
     await h.send(21);
     expect(h.outputs<number>().map((o) => o.data)).toEqual([42]);
+  });
+});
+
+describe('testPipeline - settlement mistakes', () => {
+  test('an output that comes after its input settled (an async step that did not hold it) is reported', async () => {
+    const h = testPipeline<number, number>((in$) =>
+      in$.pipe(mergeMap(async (env) => ({ ...(env as Envelope<number>), data: (env as Envelope<number>).data * 2 }))),
+    );
+    const record = h.send(1);
+    expect(record.outcome).toBe('dropped'); // settled when `next` returned, before the promise
+    await h.advance(0);
+    expect(h.values).toEqual([2]);
+    expect(h.warnings).toHaveLength(1);
+    expect(h.warnings[0]).toContain('came after the input settled');
+  });
+
+  test('mapAsync holds the input: no warning, and it settles as acked', async () => {
+    const h = testPipeline<number, number>((in$) =>
+      (in$ as Observable<Envelope<number>>).pipe(mapAsync(async (n: number) => n * 2)),
+    );
+    const record = h.send(1);
+    expect(record.outcome).toBeUndefined();
+    await h.advance(0);
+    expect(h.values).toEqual([2]);
+    expect(record.outcome).toBe('acked');
+    expect(h.warnings).toEqual([]);
   });
 });
