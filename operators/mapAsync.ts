@@ -1,5 +1,6 @@
 import { Observable, type OperatorFunction } from 'rxjs';
 import type { Envelope } from '../runtime/envelope.ts';
+import { ClosedError } from '../runtime/errors.ts';
 import { MessageError } from '../runtime/failure.ts';
 import { hold } from '../runtime/lineage.ts';
 import { intOption } from '../runtime/options.ts';
@@ -64,7 +65,8 @@ export function mapAsync<T, U>(
         call.then(
           (data) => {
             active--;
-            if (closed) return release();
+            // Unsubscribed meanwhile: the result goes nowhere, so the input did not succeed.
+            if (closed) return release(cancelled());
             const result: Envelope<U> = { ...env, data };
             if (slot !== undefined) {
               slot.result = result;
@@ -111,6 +113,13 @@ export function mapAsync<T, U>(
       return () => {
         closed = true;
         subscription.unsubscribe();
+        // What was taken and will never be emitted fails, so it is retried rather than acknowledged.
+        for (const [, release] of waiting.splice(0)) release(cancelled());
+        for (const slot of slots.splice(0)) if (slot.done) slot.release(cancelled());
       };
     });
+}
+
+function cancelled(): ClosedError {
+  return new ClosedError('mapAsync', 'the pipeline was unsubscribed before the result was emitted');
 }
