@@ -1,9 +1,8 @@
 import type { SchedulerLike } from 'rxjs';
 import type { ActorContext, Logger, MessageContext } from './actor.ts';
-import type { BusClient, RequestOptions, SubjectRef } from './bus.ts';
+import { type BusClient, type RequestOptions, replyToOf, type SubjectRef } from './bus.ts';
 import type { Clock } from './clock.ts';
 import type { Envelope, PublishOptions } from './envelope.ts';
-import { OptionsError } from './errors.ts';
 import type { Input } from './input.ts';
 import { injectTrace } from './telemetry.ts';
 
@@ -83,12 +82,12 @@ export class MessageCtx implements MessageContext {
     return this.#base.bus.request<Req, Res>(subject, data, { ...options, headers: headers ?? {} });
   }
   respond<T>(data: T, options?: PublishOptions): Promise<void> {
-    const env = this.#input.env;
-    if (env.replyTo === undefined) {
-      return Promise.reject(
-        new OptionsError('respond', `message '${env.id}' on '${env.subject}' has no replyTo subject`, env.replyTo),
-      );
+    let replyTo: string;
+    try {
+      replyTo = replyToOf(this.#input.env, 'respond');
+    } catch (error) {
+      return Promise.reject(error);
     }
-    return this.#publisher.publishFor(this.#input, env.replyTo, data, options);
+    return this.#publisher.publishFor(this.#input, replyTo, data, options);
   }
 }

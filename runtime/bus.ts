@@ -103,9 +103,8 @@ export interface Route extends Routable {
   readonly filter: ((subject: string) => boolean) | undefined;
 }
 
-const RESOLVED: Promise<void> = Promise.resolve();
 /** @internal What `route(env, true)` returns when every mailbox accepted at once: no need to await it. */
-export const ACCEPTED: Promise<void> = RESOLVED;
+export const ACCEPTED: Promise<void> = Promise.resolve();
 const encoder = new TextEncoder();
 
 /**
@@ -268,10 +267,10 @@ export class Bus implements BusClient {
         if (full !== undefined) return this.#refuse(full, wait);
         this.#counters.published++;
         const waiting = this.#deliver(r, env);
-        return wait ? (waiting ?? RESOLVED) : true;
+        return wait ? (waiting ?? ACCEPTED) : true;
       }
       this.#counters.published++;
-      return wait ? RESOLVED : true;
+      return wait ? ACCEPTED : true;
     }
 
     let chosen: Picked[] | undefined;
@@ -303,7 +302,7 @@ export class Bus implements BusClient {
       }
     }
     if (!wait) return true;
-    if (waits === undefined) return RESOLVED;
+    if (waits === undefined) return ACCEPTED;
     return waits.length === 1 ? (waits[0] as Promise<void>) : Promise.all(waits).then(noop);
   }
 
@@ -504,7 +503,7 @@ export class ClientImpl implements BusClient {
       if (match.plain.length === 0 && match.groups.length === 0) {
         // Nobody listens: nothing to build an envelope for.
         this.#bus.publishedToNone();
-        return RESOLVED;
+        return ACCEPTED;
       }
       return this.#bus.route(createEnvelope(name, data, entering, this.#bus.clock.now()), true, match);
     } catch (error) {
@@ -563,28 +562,12 @@ export class ClientImpl implements BusClient {
   }
 
   respond<T>(request: Envelope, data: T, options?: PublishOptions): Promise<void> {
-    if (request.replyTo === undefined) {
-      return Promise.reject(
-        new OptionsError(
-          'respond.request',
-          `message '${request.id}' on '${request.subject}' has no replyTo subject to respond to (it did not come from request())`,
-          request.replyTo,
-        ),
-      );
-    }
     try {
-      const replyTo = request.replyTo;
-      this.#checkLiteral(replyTo);
-      if (options?.replyTo !== undefined) this.#checkLiteral(options.replyTo);
-      if (this.#bus.isInbox(replyTo)) {
-        // A requester's inbox: permissions do not restrict replies to it (as NATS's allow_responses).
-        this.#bus.checkSize(replyTo, data);
-      } else {
-        // Any other reply subject was chosen by whoever built the envelope: check it as a publish,
-        // or a crafted `replyTo` would get around the publish permissions.
-        this.#checkPublish(replyTo, data, undefined);
-      }
-      return this.#bus.route(createEnvelope(replyTo, data, options, this.#bus.clock.now()), true);
+      const replyTo = replyToOf(request, 'respond.request');
+      // Any reply subject but a requester's inbox was chosen by whoever built the envelope: it is
+      // checked as a publish, or a crafted `replyTo` would get around the publish permissions.
+      const match = this.#checkPublish(replyTo, data, options?.replyTo);
+      return this.#bus.route(createEnvelope(replyTo, data, options, this.#bus.clock.now()), true, match);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -594,7 +577,9 @@ export class ClientImpl implements BusClient {
   #checkPublish(subject: string, data: unknown, replyTo: string | undefined): Match<Route> {
     const match = this.#bus.lookup(subject);
     if (replyTo !== undefined) this.#checkLiteral(replyTo);
-    if (!this.#permissions.unrestricted) {
+    // A requester's inbox takes replies from anyone it asked, as NATS's allow_responses: a reply
+    // from an actor or a subscription is not a publish its permissions need to allow.
+    if (!this.#permissions.unrestricted && !this.#bus.isInbox(subject)) {
       const reason = this.#permissions.publishDenied(subject);
       if (reason !== undefined) throw this.#bus.denied('publish', subject, this.name, reason);
     }
@@ -614,6 +599,21 @@ export class ClientImpl implements BusClient {
     }
     this.#lastLiteral = subject;
   }
+}
+
+/**
+ * @internal The subject a reply to `request` goes to; an OptionsError naming `option` when the
+ * message has none.
+ */
+export function replyToOf(request: Envelope, option: string): string {
+  if (request.replyTo === undefined) {
+    throw new OptionsError(
+      option,
+      `message '${request.id}' on '${request.subject}' has no replyTo subject to respond to (it did not come from request())`,
+      request.replyTo,
+    );
+  }
+  return request.replyTo;
 }
 
 /** @internal Throws an OptionsError naming `option` unless `queue` is a valid queue group name. */

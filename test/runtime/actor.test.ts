@@ -498,3 +498,25 @@ describe('actor - output loops', () => {
     expect(dead[0]).toContain('would loop back');
   });
 });
+
+describe('actor - replies and permissions', () => {
+  test("an actor whose publish permissions do not list inboxes can still respond to a request (as NATS's allow_responses)", async () => {
+    const { rt } = testRuntime();
+    rt.spawn(
+      actor<number, number>({
+        name: 'doubler',
+        subscribe: 'math.double',
+        permissions: { publish: { allow: ['results.>'] } },
+        handle: async (env, ctx) => {
+          await ctx.respond(env.data * 2);
+        },
+      }),
+    );
+    const reply = await rt.bus.request<number, number>('math.double', 21);
+    expect(reply.data).toBe(42);
+    // Anything else stays restricted.
+    await expect(rt.bus.client('c', { publish: { allow: ['results.>'] } }).publish('math.double', 1)).rejects.toThrow(
+      'permission denied',
+    );
+  });
+});
