@@ -1,4 +1,3 @@
-import { Observable } from 'rxjs';
 import { type Envelope, nextId } from '../../runtime/envelope.ts';
 import { OptionsError } from '../../runtime/errors.ts';
 import { type Lineage, mergeLineage } from '../../runtime/lineage.ts';
@@ -10,8 +9,10 @@ import {
   resolveAggregate,
   resolveName,
   type WindowOperator,
+  type WindowOutput,
   type WindowResult,
   type WindowStats,
+  windowOperator,
 } from './types.ts';
 
 export interface CountWindowOptions<T, A, R> {
@@ -67,20 +68,8 @@ export function countWindow<T, A, R>(options: CountWindowOptions<T, A, R>): Wind
     keyed: options.keyed ?? true,
     subject: options.subject,
   };
-  const live = new Set<CountWindows<T, A, R>>();
   const totals = { results: 0 };
-  const operator = (source: Observable<Timed<T>>) =>
-    new Observable<Envelope<WindowResult<R>>>((subscriber) => {
-      const windows = new CountWindows(config, subscriber, totals);
-      live.add(windows);
-      const sub = source.subscribe(windows);
-      return () => {
-        sub.unsubscribe();
-        windows.stop();
-        live.delete(windows);
-      };
-    });
-  const stats = (): WindowStats => {
+  const stats = (live: ReadonlySet<CountWindows<T, A, R>>): WindowStats => {
     let keys = 0;
     let seen = 0;
     let absorbed = 0;
@@ -99,7 +88,7 @@ export function countWindow<T, A, R>(options: CountWindowOptions<T, A, R>): Wind
       late: 0,
     };
   };
-  return Object.assign(operator, { stats });
+  return windowOperator((out: WindowOutput<R>) => new CountWindows(config, out, totals), stats);
 }
 
 interface Config<T, A, R> {
@@ -109,12 +98,6 @@ interface Config<T, A, R> {
   readonly slide: number;
   readonly keyed: boolean;
   readonly subject: string | undefined;
-}
-
-interface Output<R> {
-  next(value: Envelope<WindowResult<R>>): void;
-  error(error: unknown): void;
-  complete(): void;
 }
 
 /** Per key: the index of the next input, and the open window. */
@@ -141,7 +124,7 @@ class KeyCount<T, A> {
 
 class CountWindows<T, A, R> {
   readonly config: Config<T, A, R>;
-  readonly out: Output<R>;
+  readonly out: WindowOutput<R>;
   readonly totals: { results: number };
   readonly sliding: boolean;
   /** One counter per key seen (for deterministic indexes); the window state only while open. */
@@ -150,7 +133,7 @@ class CountWindows<T, A, R> {
   absorbed = 0;
   done = false;
 
-  constructor(config: Config<T, A, R>, out: Output<R>, totals: { results: number }) {
+  constructor(config: Config<T, A, R>, out: WindowOutput<R>, totals: { results: number }) {
     this.config = config;
     this.out = out;
     this.totals = totals;

@@ -1,4 +1,3 @@
-import { Observable } from 'rxjs';
 import { ACCEPTED } from '../../runtime/bus.ts';
 import type { Clock, Timer } from '../../runtime/clock.ts';
 import { type Envelope, nextId } from '../../runtime/envelope.ts';
@@ -7,7 +6,16 @@ import { hold, type Lineage, mergeLineage } from '../../runtime/lineage.ts';
 import type { Aggregate } from '../aggregate.ts';
 import { type Timed, Watermark } from '../watermarks.ts';
 import { TimerQueue } from './timerQueue.ts';
-import type { Firing, LateReason, ResolvedWindowOptions, WindowOperator, WindowResult, WindowStats } from './types.ts';
+import {
+  type Firing,
+  type LateReason,
+  type ResolvedWindowOptions,
+  type WindowOperator,
+  type WindowOutput,
+  type WindowResult,
+  type WindowStats,
+  windowOperator,
+} from './types.ts';
 import { KeyState, Win } from './windowState.ts';
 
 /**
@@ -30,23 +38,14 @@ export function timeWindowOperator<T, A, R>(
   options: ResolvedWindowOptions<T, A, R>,
   assigner: Assigner,
 ): WindowOperator<T, R> {
-  const live = new Set<TimeWindows<T, A, R>>();
   const totals: Totals = { results: 0, late: 0 };
-  const operator = (source: Observable<Timed<T>>) =>
-    new Observable<Envelope<WindowResult<R>>>((subscriber) => {
-      const windows = new TimeWindows(options, assigner, subscriber, totals);
-      live.add(windows);
-      const sub = source.subscribe(windows);
-      return () => {
-        sub.unsubscribe();
-        windows.stop();
-        live.delete(windows);
-      };
-    });
-  return Object.assign(operator, { stats: (): WindowStats => statsOf(live, totals) });
+  return windowOperator(
+    (out: WindowOutput<R>) => new TimeWindows(options, assigner, out, totals),
+    (live) => statsOf(live, totals),
+  );
 }
 
-function statsOf<T, A, R>(live: Set<TimeWindows<T, A, R>>, totals: Totals): WindowStats {
+function statsOf<T, A, R>(live: ReadonlySet<TimeWindows<T, A, R>>, totals: Totals): WindowStats {
   let keys = 0;
   let idleKeys = 0;
   let openWindows = 0;
@@ -62,12 +61,6 @@ function statsOf<T, A, R>(live: Set<TimeWindows<T, A, R>>, totals: Totals): Wind
   return { keys, idleKeys, openWindows, absorbed, watermark, results: totals.results, late: totals.late };
 }
 
-interface Output<R> {
-  next(value: Envelope<WindowResult<R>>): void;
-  error(error: unknown): void;
-  complete(): void;
-}
-
 /**
  * @internal The state of one subscription of a time window operator, and its observer (no
  * closures on the hot path). Flink's `WindowOperator` with its `EventTimeTrigger`, for one key
@@ -75,7 +68,7 @@ interface Output<R> {
  * (each input in between fires again), and inputs whose windows are all past that go to `late`.
  */
 class TimeWindows<T, A, R> {
-  readonly out: Output<R>;
+  readonly out: WindowOutput<R>;
   readonly totals: Totals;
   readonly name: string;
   readonly agg: Aggregate<T, A, R>;
@@ -120,7 +113,7 @@ class TimeWindows<T, A, R> {
   rangeEnd = Number.NaN;
   range = '';
 
-  constructor(options: ResolvedWindowOptions<T, A, R>, assigner: Assigner, out: Output<R>, totals: Totals) {
+  constructor(options: ResolvedWindowOptions<T, A, R>, assigner: Assigner, out: WindowOutput<R>, totals: Totals) {
     this.out = out;
     this.totals = totals;
     this.name = options.name;

@@ -1,4 +1,4 @@
-import type { OperatorFunction } from 'rxjs';
+import { Observable, type Observer, type OperatorFunction } from 'rxjs';
 import { type Clock, systemClock } from '../../runtime/clock.ts';
 import type { Envelope } from '../../runtime/envelope.ts';
 import { OptionsError } from '../../runtime/errors.ts';
@@ -209,4 +209,41 @@ export function resolveWindowOptions<T, A, R>(
     clock: options.clock ?? systemClock,
     subject: options.subject,
   };
+}
+
+/** @internal Where the state of one window subscription sends its results: the operator's subscriber. */
+export interface WindowOutput<R> {
+  next(value: Envelope<WindowResult<R>>): void;
+  error(error: unknown): void;
+  complete(): void;
+}
+
+/** @internal The state of one subscription of a window operator, observing the timed input. */
+export interface WindowRun<T> extends Observer<Timed<T>> {
+  /** The subscription ended: cancel timers and drop state (what it held is replayed, not settled). */
+  stop(): void;
+}
+
+/**
+ * @internal Builds a window operator: each subscription gets its own state from `start`, and
+ * `stats()` reads the states alive now (an operator made outside a pipeline factory is shared by
+ * the lanes and restarts that subscribe it).
+ */
+export function windowOperator<T, R, S extends WindowRun<T>>(
+  start: (out: WindowOutput<R>) => S,
+  stats: (live: ReadonlySet<S>) => WindowStats,
+): WindowOperator<T, R> {
+  const live = new Set<S>();
+  const operator = (source: Observable<Timed<T>>) =>
+    new Observable<Envelope<WindowResult<R>>>((subscriber) => {
+      const run = start(subscriber);
+      live.add(run);
+      const subscription = source.subscribe(run);
+      return () => {
+        subscription.unsubscribe();
+        run.stop();
+        live.delete(run);
+      };
+    });
+  return Object.assign(operator, { stats: () => stats(live) });
 }
