@@ -106,3 +106,13 @@ export function batchOf<T>(size: number): OperatorFunction<Envelope<T>, Envelope
       });
     });
 }
+
+/** The error `fn` throws; fails the test when it does not throw. */
+export function thrown(fn: () => unknown): unknown {
+  try {
+    fn();
+  } catch (error) {
+    return error;
+  }
+  throw new Error('expected a throw');
+}

@@ -3,16 +3,7 @@ import { Bus, isLiteral, SubjectError, type SubjectRule, subjectMatches, validat
 import { describe, expect, test } from 'vitest';
 // The trie is internal (the bus is its only user), so it is imported from its file.
 import { type Match, SubjectTrie } from '../../runtime/subjects.ts';
-
-/** The error `fn` throws; fails the test when it does not throw. */
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a throw');
-}
+import { thrown } from './helpers.ts';
 
 function expectSubjectError(error: unknown, subject: string, rule: SubjectRule): void {
   expect(error).toBeInstanceOf(SubjectError);

@@ -1,6 +1,7 @@
 import { filter, map, take, toArray } from 'rxjs';
 import { Bus, type Envelope, type Lineage, OptionsError, type Subscription } from 'sluice';
 import { describe, expect, test } from 'vitest';
+import { thrown } from './helpers.ts';
 
 const flush = () => new Promise<void>((resolve) => setImmediate(resolve));
 
@@ -27,15 +28,6 @@ class ErrorLineage implements Lineage {
   releaseAbsorbed(error?: unknown): void {
     this.errors.push(error);
   }
-}
-
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a throw');
 }
 
 describe('subscription - callback', () => {
