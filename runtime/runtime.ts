@@ -124,7 +124,7 @@ class RuntimeImpl implements Runtime {
     // Idle actors can wake each other (one's output is another's input): loop until all are idle at once.
     for (;;) {
       await Promise.all([...this.#cells.values()].map((c) => c.idle()));
-      if ([...this.#cells.values()].every((c) => c.left().depth === 0 && c.left().inFlight === 0)) return;
+      if ([...this.#cells.values()].every((c) => c.depth === 0 && c.inFlight === 0)) return;
     }
   }
 
