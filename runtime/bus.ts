@@ -15,7 +15,7 @@ import { absorbDownstream, releaseDownstream } from './lineage.ts';
 import { type DropReason, Mailbox, Offer } from './mailbox.ts';
 import { intOption, oneOf } from './options.ts';
 import { PermissionChecker, type Permissions } from './permissions.ts';
-import { type Match, type Routable, SubjectTrie, validateSubject } from './subjects.ts';
+import { type Match, queueProblem, type Routable, SubjectTrie, validateSubject } from './subjects.ts';
 import { Subscription, type SubscriptionOptions } from './subscription.ts';
 import { type Counters, Telemetry, tracingEnabled, withActiveTrace } from './telemetry.ts';
 import type { TypedSubject } from './typedSubject.ts';
@@ -124,7 +124,8 @@ export class Bus implements BusClient {
   #refusal: string | undefined;
   readonly #tracing = tracingEnabled();
   readonly #counters: Counters;
-  readonly #cursor = new Map<string, number>();
+  /** Per queue name: its live routes and round-robin cursor, dropped with the group's last route. */
+  readonly #cursor = new Map<string, QueueCursor>();
   readonly #pendingRequests = new Map<string, (env: Envelope) => void>();
   readonly #inboxPrefix = `_INBOX.${nextId()}`;
   #inboxRoute: Route | undefined;
@@ -184,6 +185,11 @@ export class Bus implements BusClient {
     return this.#trie.size;
   }
 
+  /** @internal Queue group names with live members (each holds a round-robin cursor). */
+  get queueGroups(): number {
+    return this.#cursor.size;
+  }
+
   publish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): Promise<void> {
     return this.#root.publish(subject, data, options);
   }
@@ -227,11 +233,20 @@ export class Bus implements BusClient {
   /** @internal Adds a route for `pattern`; returns its removal. */
   addRoute(pattern: string, route: Route): () => void {
     this.#trie.insert(pattern, route);
+    const queue = route.queue;
+    if (queue !== undefined) {
+      const group = this.#cursor.get(queue);
+      if (group === undefined) this.#cursor.set(queue, { routes: 1, next: 0 });
+      else group.routes++;
+    }
     let removed = false;
     return () => {
       if (removed) return;
       removed = true;
       this.#trie.remove(pattern, route);
+      if (queue === undefined) return;
+      const group = this.#cursor.get(queue) as QueueCursor;
+      if (--group.routes === 0) this.#cursor.delete(queue);
     };
   }
 
@@ -296,7 +311,11 @@ export class Bus implements BusClient {
     if (chosen !== undefined) {
       for (const { route, cursor } of chosen) {
         // Round-robin cursors move only once the publish is admitted, so a refused one skips no member.
-        if (cursor >= 0) this.#cursor.set(route.queue as string, cursor);
+        if (cursor >= 0) {
+          // Absent when a delivery above unsubscribed the group's last member: nothing to move.
+          const group = this.#cursor.get(route.queue as string);
+          if (group !== undefined) group.next = cursor;
+        }
         const w = this.#deliver(route, env);
         if (w !== undefined) (waits ??= []).push(w);
       }
@@ -409,7 +428,7 @@ export class Bus implements BusClient {
     const first = members[0] as Route;
     const n = members.length;
     const roundRobin = first.strategy === 'round-robin';
-    const start = roundRobin ? (this.#cursor.get(first.queue as string) ?? 0) % n : 0;
+    const start = roundRobin ? (this.#cursor.get(first.queue as string)?.next ?? 0) % n : 0;
     let best: Route | undefined;
     let bestDepth = Number.POSITIVE_INFINITY;
     let fallback: Route | undefined;
@@ -438,6 +457,12 @@ export class Bus implements BusClient {
     if (fallback !== undefined) return { route: fallback, cursor: roundRobin && n > 1 ? fallbackIndex + 1 : -1 };
     return refuser ?? null;
   }
+}
+
+interface QueueCursor {
+  /** Routes with this queue name; the entry goes when the last one does. */
+  routes: number;
+  next: number;
 }
 
 interface Picked {
@@ -618,9 +643,8 @@ export function replyToOf(request: Envelope, option: string): string {
 
 /** @internal Throws an OptionsError naming `option` unless `queue` is a valid queue group name. */
 export function validateQueue(queue: unknown, option: string): void {
-  if (typeof queue !== 'string' || !/^\S+$/.test(queue)) {
-    throw new OptionsError(option, 'a queue group name is non-empty and has no white space', queue);
-  }
+  const problem = queueProblem(queue);
+  if (problem !== undefined) throw new OptionsError(option, problem, queue);
 }
 
 function validatePublish(subject: string): void {

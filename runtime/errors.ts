@@ -50,13 +50,17 @@ export type SubjectRule =
   | 'whitespace'
   | 'wildcard-in-publish'
   | 'full-wildcard-not-last'
-  | 'not-a-string';
+  | 'not-a-string'
+  | 'too-long'
+  | 'invalid-unicode';
 
 export class SubjectError extends SluiceError {
   readonly subject: string;
   readonly rule: SubjectRule;
   constructor(subject: string, rule: SubjectRule, detail: string) {
-    super('SLUICE_ERR_SUBJECT', `invalid subject '${subject}': ${detail}`);
+    // The field keeps the whole subject; the message a readable start of it (a subject may be huge).
+    const shown = subject.length > 200 ? `${subject.slice(0, 200)}...` : subject;
+    super('SLUICE_ERR_SUBJECT', `invalid subject '${shown}': ${detail}`);
     this.name = 'SubjectError';
     this.subject = subject;
     this.rule = rule;

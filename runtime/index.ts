@@ -48,7 +48,7 @@ export type { Permissions, SubjectPermission } from './permissions.ts';
 export { isSubsetMatch } from './permissions.ts';
 export type { Runtime, RuntimeOptions, ShutdownReport } from './runtime.ts';
 export { createRuntime, describeReport } from './runtime.ts';
-export { isLiteral, subjectMatches, validateSubject } from './subjects.ts';
+export { isLiteral, MAX_SUBJECT_BYTES, subjectMatches, validateSubject } from './subjects.ts';
 export type { SubscriptionOptions } from './subscription.ts';
 export { Subscription } from './subscription.ts';
 export type { BackoffOptions, RestartLimitAction, RestartOptions, RetryOptions } from './supervisor.ts';

@@ -4,10 +4,79 @@ import { SubjectError } from './errors.ts';
  * Subject syntax and matching, following NATS exactly so the same names work in-process and on a
  * NATS server: tokens separated by `.`, a token that is exactly `*` matches one token, a last token
  * that is exactly `>` matches one or more tokens. As in NATS, `*` or `>` inside a longer token
- * (`ord*`) is an ordinary character, not a wildcard.
+ * (`ord*`) is an ordinary character, not a wildcard. The characters allowed are nats-server's
+ * (checked against the server in test/security/natsServerSubjects.test.ts): anything but space,
+ * tab, CR and LF, in valid Unicode, up to {@link MAX_SUBJECT_BYTES}.
  */
 
-const WHITESPACE = /\s/;
+/**
+ * The longest subject, in UTF-8 bytes. nats-server refuses a protocol line (`PUB subject reply
+ * size`, `SUB subject queue sid`) longer than 4 KiB; 4000 bytes leave room for the rest of the
+ * line, so a subject Sluice takes also fits a NATS server. It also bounds what one subject can cost.
+ */
+export const MAX_SUBJECT_BYTES = 4000;
+
+/** A broken character rule: what to call it and the words for the message. */
+interface Problem {
+  readonly rule: 'whitespace' | 'too-long' | 'invalid-unicode';
+  readonly detail: string;
+}
+
+/**
+ * Checks what nats-server itself checks of a subject's or queue name's characters, as the client
+ * protocol carries them: the protocol splits a line on space, tab, CR and LF, so those cannot be
+ * part of a name (every other character can, NUL, form feed and Unicode spaces included); a line
+ * holds at most 4 KiB; and a name travels as UTF-8, where a lone UTF-16 surrogate becomes U+FFFD,
+ * another name. One pass over the characters, run on a match-cache miss or a subscribe only.
+ */
+function characterProblem(text: string, what: string): Problem | undefined {
+  // A UTF-16 unit is at least one UTF-8 byte: a long string is refused before it is scanned.
+  if (text.length > MAX_SUBJECT_BYTES) return tooLong(what, text.length, true);
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c < 0x80) {
+      bytes++;
+      if (c === 32 || c === 9 || c === 10 || c === 13) {
+        return {
+          rule: 'whitespace',
+          detail: `white space at position ${i} (${JSON.stringify(text[i])}); a ${what} may not contain spaces, tabs or line breaks`,
+        };
+      }
+    } else if (c < 0x800) bytes += 2;
+    else if (c >= 0xd800 && c <= 0xdfff) {
+      const next = text.charCodeAt(i + 1);
+      if (c > 0xdbff || !(next >= 0xdc00 && next <= 0xdfff)) {
+        return {
+          rule: 'invalid-unicode',
+          detail: `a lone surrogate (U+${c.toString(16).toUpperCase()}) at position ${i} is not Unicode text; as UTF-8 it would become U+FFFD, another ${what}`,
+        };
+      }
+      bytes += 4;
+      i++;
+    } else bytes += 3;
+  }
+  return bytes > MAX_SUBJECT_BYTES ? tooLong(what, bytes, false) : undefined;
+}
+
+function tooLong(what: string, size: number, units: boolean): Problem {
+  const measured = units ? `${size} characters` : `${size} bytes in UTF-8`;
+  return {
+    rule: 'too-long',
+    detail: `${measured}; a ${what} has at most ${MAX_SUBJECT_BYTES} bytes in UTF-8 (it must fit nats-server's 4 KiB protocol line)`,
+  };
+}
+
+/**
+ * Why `queue` is not a valid queue group name, or undefined when it is: nats-server's rule, which
+ * is the subject's character rule (no space, tab or line break, at most {@link MAX_SUBJECT_BYTES})
+ * without the token rules, and `_sys_`, which the server reserves.
+ */
+export function queueProblem(queue: unknown): string | undefined {
+  if (typeof queue !== 'string' || queue === '') return 'a queue group name is a non-empty string';
+  if (queue === '_sys_') return "'_sys_' is reserved by nats-server";
+  return characterProblem(queue, 'queue group name')?.detail;
+}
 
 /** Throws a {@link SubjectError} naming the subject and the broken rule, or returns the tokens. */
 export function validateSubject(subject: string, use: 'publish' | 'subscribe'): string[] {
@@ -15,14 +84,8 @@ export function validateSubject(subject: string, use: 'publish' | 'subscribe'): 
     throw new SubjectError(String(subject), 'not-a-string', `a subject is a string, got ${typeof subject}`);
   }
   if (subject.length === 0) throw new SubjectError(subject, 'empty', 'a subject has at least one token');
-  const ws = WHITESPACE.exec(subject);
-  if (ws !== null) {
-    throw new SubjectError(
-      subject,
-      'whitespace',
-      `white space at position ${ws.index} (${JSON.stringify(ws[0])}); subjects may not contain spaces, tabs or line breaks`,
-    );
-  }
+  const problem = characterProblem(subject, 'subject');
+  if (problem !== undefined) throw new SubjectError(subject, problem.rule, problem.detail);
   const tokens = subject.split('.');
   for (let i = 0; i < tokens.length; i++) {
     const token = tokens[i];
@@ -95,6 +158,8 @@ export class SubjectTrie<T extends Routable> {
   readonly #root: TrieNode<T> = newNode();
   readonly #cache = new Map<string, Match<T>>();
   readonly #cacheLimit: number;
+  readonly #cacheByteLimit: number;
+  #cacheBytes = 0;
   #size = 0;
 
   readonly #checkMiss: ((subject: string) => void) | undefined;
@@ -107,11 +172,24 @@ export class SubjectTrie<T extends Routable> {
    *   a cached subject is known valid and a hot publish needs no other lookup.
    * @param uncached subjects never worth caching (one-off reply inboxes): caching them would evict
    *   hot subjects.
+   * @param cacheByteLimit what the cached subjects may cost, counted as {@link cacheCost}: the
+   *   entry limit alone would let long distinct subjects hold hundreds of megabytes.
    */
-  constructor(cacheLimit = 65_536, checkMiss?: (subject: string) => void, uncached?: (subject: string) => boolean) {
+  constructor(
+    cacheLimit = 65_536,
+    checkMiss?: (subject: string) => void,
+    uncached?: (subject: string) => boolean,
+    cacheByteLimit = 16 * 1024 * 1024,
+  ) {
     this.#cacheLimit = cacheLimit;
+    this.#cacheByteLimit = cacheByteLimit;
     this.#checkMiss = checkMiss;
     this.#uncached = uncached;
+  }
+
+  /** @internal Subjects cached, and what they cost by {@link cacheCost}: for tests of the bound. */
+  get cacheStats(): { readonly entries: number; readonly bytes: number } {
+    return { entries: this.#cache.size, bytes: this.#cacheBytes };
   }
 
   /** Subscriptions held. */
@@ -188,15 +266,22 @@ export class SubjectTrie<T extends Routable> {
     if (cached !== undefined) return cached;
     this.#checkMiss?.(subject);
     const found: T[] = [];
-    collect(this.#root, subject.split('.'), 0, found);
+    collect(this.#root, subject.split('.'), found);
     const result = found.length === 0 ? (EMPTY_MATCH as Match<T>) : group(found);
     if (this.#uncached?.(subject) === true) return result;
-    if (this.#cache.size >= this.#cacheLimit) {
-      // Evict the oldest entry: Map iteration order is insertion order.
-      const oldest = this.#cache.keys().next().value;
-      if (oldest !== undefined) this.#cache.delete(oldest);
+    const cost = cacheCost(subject);
+    if (cost > this.#cacheByteLimit) return result;
+    // Evict the oldest entries (Map iteration order is insertion order) until this one fits.
+    while (
+      this.#cache.size > 0 &&
+      (this.#cache.size >= this.#cacheLimit || this.#cacheBytes + cost > this.#cacheByteLimit)
+    ) {
+      const oldest = this.#cache.keys().next().value as string;
+      this.#cache.delete(oldest);
+      this.#cacheBytes -= cacheCost(oldest);
     }
     this.#cache.set(subject, result);
+    this.#cacheBytes += cost;
     return result;
   }
 
@@ -210,6 +295,7 @@ export class SubjectTrie<T extends Routable> {
   #changed(delta: number): void {
     this.#size += delta;
     this.#cache.clear();
+    this.#cacheBytes = 0;
   }
 }
 
@@ -221,16 +307,41 @@ function isEmpty<T>(node: TrieNode<T>): boolean {
   return node.literal === undefined && node.star === undefined && node.tail === undefined && node.here === undefined;
 }
 
-function collect<T>(node: TrieNode<T>, tokens: string[], depth: number, out: T[]): void {
-  if (depth === tokens.length) {
-    if (node.here !== undefined) for (const item of node.here) out.push(item);
-    return;
+/**
+ * A cache entry's cost in bytes, roughly: the key (one byte per character for the Latin-1 strings
+ * V8 mostly makes of subjects) plus the map entry and the result it holds.
+ */
+function cacheCost(subject: string): number {
+  return subject.length + 64;
+}
+
+/**
+ * Depth first, literal branch before `*` branch, with a stack of its own: a walk as deep as the
+ * subject has tokens must not depend on the call stack left to the caller.
+ */
+function collect<T>(root: TrieNode<T>, tokens: string[], out: T[]): void {
+  const nodes: TrieNode<T>[] = [root];
+  const depths: number[] = [0];
+  while (nodes.length > 0) {
+    const node = nodes.pop() as TrieNode<T>;
+    const depth = depths.pop() as number;
+    if (depth === tokens.length) {
+      if (node.here !== undefined) for (const item of node.here) out.push(item);
+      continue;
+    }
+    // `>` needs at least one more token, which holds here since depth < tokens.length.
+    if (node.tail !== undefined) for (const item of node.tail) out.push(item);
+    // Pushed in reverse: the literal branch is walked first.
+    if (node.star !== undefined) {
+      nodes.push(node.star);
+      depths.push(depth + 1);
+    }
+    const next = node.literal?.get(tokens[depth] as string);
+    if (next !== undefined) {
+      nodes.push(next);
+      depths.push(depth + 1);
+    }
   }
-  // `>` needs at least one more token, which holds here since depth < tokens.length.
-  if (node.tail !== undefined) for (const item of node.tail) out.push(item);
-  const next = node.literal?.get(tokens[depth] as string);
-  if (next !== undefined) collect(next, tokens, depth + 1, out);
-  if (node.star !== undefined) collect(node.star, tokens, depth + 1, out);
 }
 
 function group<T extends Routable>(found: T[]): Match<T> {

@@ -1,5 +1,14 @@
 import fc from 'fast-check';
-import { Bus, isLiteral, SubjectError, type SubjectRule, subjectMatches, validateSubject } from 'sluice';
+import {
+  Bus,
+  isLiteral,
+  MAX_SUBJECT_BYTES,
+  OptionsError,
+  SubjectError,
+  type SubjectRule,
+  subjectMatches,
+  validateSubject,
+} from 'sluice';
 import { describe, expect, test } from 'vitest';
 // The trie is internal (the bus is its only user), so it is imported from its file.
 import { type Match, SubjectTrie } from '../../runtime/subjects.ts';
@@ -8,7 +17,7 @@ import { thrown } from './helpers.ts';
 function expectSubjectError(error: unknown, subject: string, rule: SubjectRule): void {
   expect(error).toBeInstanceOf(SubjectError);
   expect(error).toMatchObject({ name: 'SubjectError', code: 'SLUICE_ERR_SUBJECT', rule, subject });
-  expect((error as Error).message).toContain(`'${subject}'`);
+  expect((error as Error).message).toContain(`'${subject.slice(0, 200)}`);
 }
 
 // Each case: subject, and the rule it breaks for publish and for subscribe (undefined: valid).
@@ -43,6 +52,36 @@ const cases: [subject: string, publish: SubjectRule | undefined, subscribe: Subj
   ['>>', undefined, undefined],
   // An empty token is reported before the wildcard that follows it.
   ['orders..*', 'empty-token', 'empty-token'],
+  // White space is what nats-server's protocol splits lines on, no more: JavaScript's \s is wider.
+  ['a\fb', undefined, undefined],
+  ['a\vb', undefined, undefined],
+  ['a\u00a0b.\u3000.\u2028.\ufeff', undefined, undefined],
+  ['a\u0000b', undefined, undefined],
+  ['ключ.😀', undefined, undefined],
+  // A lone surrogate is not Unicode text: as UTF-8 it becomes U+FFFD, another subject.
+  ['a\ud800b', 'invalid-unicode', 'invalid-unicode'],
+  ['a.\udc00', 'invalid-unicode', 'invalid-unicode'],
+  ['a\ud83d', 'invalid-unicode', 'invalid-unicode'],
+  ['\ude00\ud83d', 'invalid-unicode', 'invalid-unicode'],
+];
+
+// At most 4000 bytes in UTF-8. Labelled: the subjects are too long for a test name.
+const longCases: [
+  label: string,
+  subject: string,
+  publish: SubjectRule | undefined,
+  subscribe: SubjectRule | undefined,
+][] = [
+  ['4000 ASCII characters', 'a'.repeat(4000), undefined, undefined],
+  ['4001 ASCII characters', 'a'.repeat(4001), 'too-long', 'too-long'],
+  ['2000 two-byte characters', 'é'.repeat(2000), undefined, undefined],
+  ['2001 two-byte characters', 'é'.repeat(2001), 'too-long', 'too-long'],
+  ['1334 three-byte characters', '€'.repeat(1334), 'too-long', 'too-long'],
+  ['1000 four-byte characters', '😀'.repeat(1000), undefined, undefined],
+  ['1001 four-byte characters', '😀'.repeat(1001), 'too-long', 'too-long'],
+  ['2000 tokens', `${'*.'.repeat(1999)}>`, 'wildcard-in-publish', undefined],
+  ['2001 tokens', `${'*.'.repeat(2000)}>`, 'too-long', 'too-long'],
+  ['50,000 tokens', `${'*.'.repeat(49_999)}>`, 'too-long', 'too-long'],
 ];
 
 describe('subjects - validation', () => {
@@ -60,6 +99,38 @@ describe('subjects - validation', () => {
         );
     }
   });
+
+  test.each(longCases)('validateSubject, %s: publish %s, subscribe %s', (_, subject, publishRule, subscribeRule) => {
+    for (const [use, rule] of [
+      ['publish', publishRule],
+      ['subscribe', subscribeRule],
+    ] as const) {
+      if (rule === undefined) expect(validateSubject(subject, use)).toEqual(subject.split('.'));
+      else
+        expectSubjectError(
+          thrown(() => validateSubject(subject, use)),
+          subject,
+          rule,
+        );
+    }
+  });
+
+  test.each(longCases)(
+    'bus publish and subscribe, %s: a SubjectError, never a RangeError',
+    async (_, subject, publishRule, subscribeRule) => {
+      const bus = new Bus();
+      bus.subscribe('>');
+      if (publishRule === undefined) await expect(bus.publish(subject, 1)).resolves.toBeUndefined();
+      else expectSubjectError(await bus.publish(subject, 1).catch((e: unknown) => e), subject, publishRule);
+      if (subscribeRule === undefined) expect(bus.subscribe(subject).subject).toBe(subject);
+      else
+        expectSubjectError(
+          thrown(() => bus.subscribe(subject)),
+          subject,
+          subscribeRule,
+        );
+    },
+  );
 
   test.each(cases)(
     'bus publish and subscribe %j give the same verdicts',
@@ -93,6 +164,42 @@ describe('subjects - validation', () => {
       "'>' must be the last token",
     );
     expect((thrown(() => validateSubject('a\tb', 'publish')) as Error).message).toContain('position 1');
+  });
+
+  test('subjects - a too long subject is refused in a message of bounded size that names the limit', () => {
+    const subject = `telemetry.${'x'.repeat(16 * 1024)}`;
+    const error = thrown(() => validateSubject(subject, 'publish')) as SubjectError;
+    expect(error).toMatchObject({ rule: 'too-long', subject });
+    expect(error.message).toContain(`at most ${MAX_SUBJECT_BYTES} bytes`);
+    expect(error.message.length).toBeLessThan(500);
+    expect((thrown(() => validateSubject('é'.repeat(2001), 'publish')) as Error).message).toContain(
+      '4002 bytes in UTF-8',
+    );
+  });
+
+  test('subjects - a lone surrogate is named with its position', () => {
+    expect((thrown(() => validateSubject('ab\ud800', 'publish')) as Error).message).toContain(
+      'lone surrogate (U+D800) at position 2',
+    );
+  });
+
+  test('subjects - queue group names follow the same character rule, and _sys_ is reserved', () => {
+    const bus = new Bus();
+    for (const queue of ['q\f', 'q\u00a0', 'q\u0000', 'a.b', '*', '>', 'q'.repeat(4000)]) {
+      expect(bus.subscribe('a', { queue }).subject).toBe('a');
+    }
+    for (const [queue, words] of [
+      ['q b', 'white space'],
+      ['q\r', 'white space'],
+      ['q\ud800', 'lone surrogate'],
+      ['q'.repeat(4001), 'at most 4000 bytes'],
+      ['_sys_', 'reserved'],
+      ['', 'non-empty'],
+    ] as const) {
+      const error = thrown(() => bus.subscribe('a', { queue }));
+      expect(error).toBeInstanceOf(OptionsError);
+      expect((error as Error).message).toContain(words);
+    }
   });
 
   test('subjects - a subject that is not a string is refused by name', () => {
@@ -321,6 +428,42 @@ describe('subjects - trie properties', () => {
     expect(trie.remove('a.*', item)).toBe(true);
     expect(trie.size).toBe(0);
     expect(trie.match('a.b').plain).toEqual([]);
+  });
+
+  test('SubjectTrie - a 50,000-token pattern and subject are walked without recursion', () => {
+    // The bus refuses such subjects (too long); the trie itself must still not overflow the stack.
+    const trie = new SubjectTrie<Item>();
+    const pattern = `${'*.'.repeat(49_999)}>`;
+    const item: Item = { id: 1, pattern, queue: undefined };
+    trie.insert(pattern, item);
+    const subject = `${'a.'.repeat(50_000)}a`;
+    expect(trie.match(subject).plain).toEqual([item]);
+    expect(trie.match(`${'a.'.repeat(49_998)}a`).plain).toEqual([]);
+    expect(trie.remove(pattern, item)).toBe(true);
+  });
+
+  test('SubjectTrie - the match cache is bounded in bytes, not only in entries', () => {
+    const trie = new SubjectTrie<Item>(65_536, undefined, undefined, 1024 * 1024);
+    trie.insert('telemetry.>', { id: 1, pattern: 'telemetry.>', queue: undefined });
+    const long = 'x'.repeat(3_900);
+    for (let i = 0; i < 60_000; i++) trie.match(`telemetry.${i}.${long}`);
+    const { entries, bytes } = trie.cacheStats;
+    expect(bytes).toBeLessThanOrEqual(1024 * 1024);
+    expect(entries).toBeGreaterThan(200); // the newest ones stay cached
+    expect(entries).toBeLessThan(300);
+    // Short subjects still fill the cache up to its entry limit.
+    const small = new SubjectTrie<Item>(1_000, undefined, undefined, 1024 * 1024);
+    for (let i = 0; i < 2_000; i++) small.match(`s.${i}`);
+    expect(small.cacheStats.entries).toBe(1_000);
+  });
+
+  test('SubjectTrie - the default byte bound keeps 60,000 distinct 4 KB subjects under 16 MiB', () => {
+    const trie = new SubjectTrie<Item>();
+    trie.insert('telemetry.>', { id: 1, pattern: 'telemetry.>', queue: undefined });
+    const long = 'x'.repeat(3_980);
+    for (let i = 0; i < 60_000; i++) trie.match(`telemetry.${i}.${long}`);
+    expect(trie.cacheStats.bytes).toBeLessThanOrEqual(16 * 1024 * 1024);
+    expect(trie.cacheStats.entries).toBeLessThan(5_000);
   });
 
   test('SubjectTrie - removing under the wrong pattern removes nothing', () => {
