@@ -1,5 +1,5 @@
 import { type Clock, systemClock } from './clock.ts';
-import { type Codec, msgpackCodec } from './codec.ts';
+import { type Codec, encodeWith, msgpackCodec } from './codec.ts';
 import { createEnvelope, type Envelope, nextId, type PublishOptions } from './envelope.ts';
 import {
   ClosedError,
@@ -258,7 +258,7 @@ export class Bus implements BusClient {
       if (data.length * 3 <= this.maxPayloadBytes) return;
       size = encoder.encode(data).byteLength;
     } else if (data instanceof Uint8Array) size = data.byteLength;
-    else if (this.measure === 'encoded') size = this.codec.encode(data).byteLength;
+    else if (this.measure === 'encoded') size = encodeWith(this.codec, data, subject).byteLength;
     else return;
     if (size > this.maxPayloadBytes) throw new MaxPayloadError(subject, size, this.maxPayloadBytes);
   }

@@ -1,40 +1,62 @@
-import { C1, Packr } from 'msgpackr';
+import { C1, type Options, Packr } from 'msgpackr';
 import type { Envelope, Headers } from './envelope.ts';
-import { DecodeError } from './errors.ts';
+import { DecodeError, EncodeError, SluiceError } from './errors.ts';
 
 /** Turns values into bytes and back, for messages that leave the process. */
 export interface Codec<T = unknown> {
   readonly name: string;
-  encode(value: T): Uint8Array;
+  /** Throws an {@link EncodeError} naming the subject when the value cannot be encoded. */
+  encode(value: T, subject?: string): Uint8Array;
   /** Throws a {@link DecodeError} naming the subject when the bytes are not a value of this codec. */
   decode(bytes: Uint8Array, subject?: string): T;
 }
 
-const packr = new Packr({ useRecords: false, moreTypes: true, int64AsType: 'number' });
+// `int64AsType: 'auto'`: a 64-bit integer within ±2^53 decodes to a number (epoch milliseconds from
+// other encoders stay numbers), a larger one to an exact bigint. `variableMapSize`: objects with more
+// than 65,535 keys are data too (the fixed 16-bit size cannot hold them).
+// ('auto' is in msgpackr's unpack.js and README but missing from its type declarations.)
+const options = {
+  useRecords: false,
+  moreTypes: true,
+  int64AsType: 'auto' as Options['int64AsType'],
+  variableMapSize: true,
+} satisfies Options;
+const packr = new Packr(options);
 // msgpackr renames a map key `__proto__` to `__proto_` when it builds objects (to keep clear of the
 // prototype setter), which silently changes the data. Bytes that hold that key are decoded to Maps
 // instead and turned into objects here, with the key kept as an own property.
-const mapsPackr = new Packr({ useRecords: false, moreTypes: true, int64AsType: 'number', mapsAsObjects: false });
+const mapsPackr = new Packr({ ...options, mapsAsObjects: false });
 const PROTO_KEY = Buffer.from('__proto__');
 
 /**
  * MessagePack through msgpackr: compact and fast; the default for envelopes that leave the process.
- * Keeps byte arrays, dates and big integers; a `Map` comes back as a plain object (a MessagePack map).
+ * Keeps byte arrays, dates and the exact value of big integers: a bigint within ±2^53 comes back
+ * as a number (MessagePack has one integer type), a larger one as a bigint (beyond 64 bits through
+ * msgpackr's own extension type, which other MessagePack decoders do not know). A `Map` comes back as a
+ * plain object (a MessagePack map). Cycles, symbols and nesting deeper than the stack allows are
+ * an {@link EncodeError}; bytes that are not MessagePack (or nest too deep) a {@link DecodeError}.
  */
 export const msgpackCodec: Codec = Object.freeze({
   name: 'msgpack',
-  encode: (value: unknown): Uint8Array => packr.pack(value),
+  encode(value: unknown, subject = '?'): Uint8Array {
+    try {
+      return packr.pack(value);
+    } catch (error) {
+      throw new EncodeError(subject, 'msgpack', error);
+    }
+  },
   decode(bytes: Uint8Array, subject = '?'): unknown {
     let value: unknown;
     try {
       const view = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
       value = view.includes(PROTO_KEY) ? objectsFromMaps(mapsPackr.unpack(view)) : packr.unpack(view);
+      // msgpackr decodes the byte 0xC1, which MessagePack reserves as "never used", to a marker
+      // object instead of failing: such bytes were not written by a MessagePack encoder.
+      if (holdsC1(value)) throw new Error('reserved byte 0xc1');
     } catch (error) {
+      // Deep nesting overflows the stack inside msgpackr: a RangeError, caught here with the rest.
       throw new DecodeError(subject, 'msgpack', error);
     }
-    // msgpackr decodes the byte 0xC1, which MessagePack reserves as "never used", to a marker
-    // object instead of failing: such bytes were not written by a MessagePack encoder.
-    if (holdsC1(value)) throw new DecodeError(subject, 'msgpack', new Error('reserved byte 0xc1'));
     return value;
   },
 });
@@ -55,29 +77,44 @@ function objectsFromMaps(value: unknown): unknown {
   return object;
 }
 
-function holdsC1(value: unknown): boolean {
-  if (value === C1) return true;
-  if (typeof value !== 'object' || value === null || ArrayBuffer.isView(value)) return false;
-  if (Array.isArray(value)) return value.some(holdsC1);
-  if (value instanceof Map) {
-    for (const [k, v] of value) if (holdsC1(k) || holdsC1(v)) return true;
-    return false;
+/** Whether a decoded value holds the 0xC1 marker; with a stack of its own, for any nesting depth. */
+function holdsC1(root: unknown): boolean {
+  const pending: unknown[] = [root];
+  while (pending.length > 0) {
+    const value = pending.pop();
+    if (value === C1) return true;
+    if (typeof value !== 'object' || value === null || ArrayBuffer.isView(value)) continue;
+    if (Array.isArray(value)) for (const v of value) pending.push(v);
+    else if (value instanceof Map) for (const [k, v] of value) pending.push(k, v);
+    else if (value instanceof Set) for (const v of value) pending.push(v);
+    else if (Object.getPrototypeOf(value) === Object.prototype) {
+      for (const key in value) pending.push((value as Record<string, unknown>)[key]);
+    }
   }
-  if (value instanceof Set) return [...value].some(holdsC1);
-  if (Object.getPrototypeOf(value) !== Object.prototype) return false;
-  for (const key in value) if (holdsC1((value as Record<string, unknown>)[key])) return true;
   return false;
 }
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder('utf-8', { fatal: true });
 
-/** UTF-8 JSON: readable on the wire, for interop with systems that speak JSON. */
+/**
+ * UTF-8 JSON: readable on the wire, for interop with systems that speak JSON. A BigInt is an
+ * {@link EncodeError}, not a string or a rounded number: JSON has no integer type beyond 2^53, and
+ * either conversion would hand the other side a different value. Cycles are an EncodeError too.
+ */
 export const jsonCodec: Codec = Object.freeze({
   name: 'json',
-  // JSON has no `undefined`: JSON.stringify returns undefined for it (and for functions and symbols),
-  // which would be encoded as the text "undefined" and fail to decode. Such values become `null`.
-  encode: (value: unknown): Uint8Array => encoder.encode(JSON.stringify(value) ?? 'null'),
+  encode(value: unknown, subject = '?'): Uint8Array {
+    let text: string | undefined;
+    try {
+      text = JSON.stringify(value);
+    } catch (error) {
+      throw new EncodeError(subject, 'json', error);
+    }
+    // JSON has no `undefined`: JSON.stringify returns undefined for it (and for functions and
+    // symbols), which would be encoded as the text "undefined" and fail to decode: they become `null`.
+    return encoder.encode(text ?? 'null');
+  },
   decode(bytes: Uint8Array, subject = '?'): unknown {
     try {
       return JSON.parse(decoder.decode(bytes));
@@ -107,7 +144,20 @@ export function encodeEnvelope(env: Envelope, codec: Codec = msgpackCodec): Uint
   if (env.eventTime !== undefined) wire.eventTime = env.eventTime;
   if (Object.keys(env.headers).length > 0) wire.headers = env.headers;
   if (env.replyTo !== undefined) wire.replyTo = env.replyTo;
-  return codec.encode(wire);
+  return encodeWith(codec, wire, env.subject);
+}
+
+/**
+ * @internal `codec.encode` with any failure as an {@link EncodeError} naming the subject: a codec
+ * written by a user may throw anything, and the caller must get a Sluice error.
+ */
+export function encodeWith(codec: Codec, value: unknown, subject: string): Uint8Array {
+  try {
+    return codec.encode(value, subject);
+  } catch (error) {
+    if (error instanceof SluiceError) throw error;
+    throw new EncodeError(subject, codec.name, error);
+  }
 }
 
 /** The inverse of {@link encodeEnvelope}; a {@link DecodeError} when the bytes are not an envelope. */

@@ -20,6 +20,7 @@ export const errorCodes = [
   'SLUICE_ERR_SHUTDOWN',
   'SLUICE_ERR_SETTLEMENT',
   'SLUICE_ERR_LATE_DATA',
+  'SLUICE_ERR_ENCODE',
 ] as const;
 export type ErrorCode = (typeof errorCodes)[number];
 
@@ -275,5 +276,21 @@ function describe(value: unknown): string {
     return JSON.stringify(value) ?? String(value);
   } catch {
     return String(value);
+  }
+}
+
+/**
+ * A value could not be encoded with a codec: a cycle, a symbol or function where data belongs, a
+ * BigInt for JSON. Raised where a payload is encoded (`measure: 'encoded'`, `encodeEnvelope`,
+ * `codec.encode`), naming the subject, instead of the codec's own error.
+ */
+export class EncodeError extends SluiceError {
+  readonly subject: string;
+  constructor(subject: string, codec: string, cause: unknown) {
+    super('SLUICE_ERR_ENCODE', `invalid payload on '${subject}': not encodable as ${codec}: ${messageOf(cause)}`, {
+      cause,
+    });
+    this.name = 'EncodeError';
+    this.subject = subject;
   }
 }

@@ -23,6 +23,7 @@ export type { ErrorCode, PermissionOperation, SluiceErrorOptions, SubjectRule } 
 export {
   ClosedError,
   DecodeError,
+  EncodeError,
   errorCodes,
   HandlerError,
   LateDataError,

@@ -4,6 +4,7 @@ import {
   createEnvelope,
   DecodeError,
   decodeEnvelope,
+  EncodeError,
   type Envelope,
   encodeEnvelope,
   jsonCodec,
@@ -67,6 +68,51 @@ describe('codec - round trips', () => {
     expect(back.bytes).toBeInstanceOf(Uint8Array);
     expect([...back.bytes]).toEqual([0, 1, 255]);
     expect(back.when).toEqual(new Date(1_700_000_000_000));
+  });
+
+  test('codec - msgpack keeps the exact value of big integers', () => {
+    for (const big of [
+      2n ** 60n + 1n,
+      -(2n ** 60n) - 1n,
+      2n ** 63n - 1n,
+      -(2n ** 63n),
+      2n ** 64n - 1n,
+      2n ** 100n + 7n,
+    ]) {
+      expect(msgpackCodec.decode(msgpackCodec.encode({ big })), String(big)).toStrictEqual({ big });
+    }
+    // MessagePack has one integer type: a bigint a number holds exactly comes back as that number.
+    expect(msgpackCodec.decode(msgpackCodec.encode(5n))).toBe(5);
+    expect(msgpackCodec.decode(msgpackCodec.encode(2n ** 53n))).toBe(2 ** 53);
+    expect(msgpackCodec.decode(msgpackCodec.encode(2 ** 53 + 2))).toBe(2 ** 53 + 2);
+    // An int64 written by another encoder (here uint64 1.7e12 ms) is a number when a number holds it.
+    expect(msgpackCodec.decode(bytes(0xcf, 0, 0, 0x01, 0x8b, 0xcf, 0xe5, 0x68, 0x00))).toBe(1_700_000_000_000);
+  });
+
+  test('codec - msgpack encodes objects with more than 65,535 keys', () => {
+    const value = Object.fromEntries(Array.from({ length: 70_000 }, (_, i) => [`k${i}`, i]));
+    expect(msgpackCodec.decode(msgpackCodec.encode(value))).toStrictEqual(value);
+  });
+
+  test('codec - json refuses a BigInt with an EncodeError naming the subject, rather than change the value', () => {
+    const error = (() => {
+      try {
+        jsonCodec.encode({ n: 2n ** 60n + 1n }, 'ledger.entries');
+      } catch (e) {
+        return e;
+      }
+    })();
+    expect(error).toBeInstanceOf(EncodeError);
+    expect(error).toMatchObject({ code: 'SLUICE_ERR_ENCODE', subject: 'ledger.entries' });
+    expect((error as Error).message).toContain("invalid payload on 'ledger.entries': not encodable as json");
+    expect((error as Error).message).toContain('BigInt');
+  });
+
+  test.each(codecs)('codec - %s names the subject of a value it cannot encode', (_, codec) => {
+    const loop: Record<string, unknown> = {};
+    loop.self = loop;
+    expect(() => codec.encode(loop, 'a.b')).toThrow(EncodeError);
+    expect(() => codec.encode(loop)).toThrow("invalid payload on '?'");
   });
 
   test.each(codecs)('codec - %s keeps a key named __proto__ as data, touching no prototype', (_, codec) => {

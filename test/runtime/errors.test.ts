@@ -71,6 +71,11 @@ const samples: Record<string, { make: () => SluiceError; code: string; names: st
     code: 'SLUICE_ERR_DECODE',
     names: "'orders'",
   },
+  EncodeError: {
+    make: () => new sluice.EncodeError('orders', 'json', new TypeError('Do not know how to serialize a BigInt')),
+    code: 'SLUICE_ERR_ENCODE',
+    names: "'orders'",
+  },
   HandlerError: {
     make: () => new sluice.HandlerError('enricher', new Error('boom')),
     code: 'SLUICE_ERR_HANDLER',
