@@ -464,20 +464,36 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     return ended;
   }
 
-  /** @internal What is left: for the shutdown report. */
-  left(): { depth: number; inFlight: number; absorbed: number } {
-    return { depth: this.#mailbox.depth, inFlight: this.#inputs.inFlight, absorbed: this.#inputs.absorbed };
+  /** @internal Where its dead letters go. */
+  get deadLetterSubject(): string {
+    return this.#actor.deadLetter;
   }
 
-  /** @internal Stops taking input and cancels its timers at the end of a shutdown; what is left is in the report. */
-  close(): void {
+  /**
+   * @internal What is left, for the shutdown report. `absorbed` counts the inputs its own operator
+   * state keeps; an input whose outputs only wait on a consumer downstream is that consumer's to
+   * report, not this actor's.
+   */
+  left(): { depth: number; inFlight: number; absorbed: number } {
+    let absorbed = 0;
+    if (this.#inputs.absorbed > 0) {
+      for (const input of this.#inputs) if (!input.counted && input.absorbed > input.downstream) absorbed++;
+    }
+    return { depth: this.#mailbox.depth, inFlight: this.#inputs.inFlight, absorbed };
+  }
+
+  /** @internal Takes no more input: the first step of the end of a shutdown, taken by every actor at once. */
+  unroute(): void {
     this.#closeRoutes();
-    this.#mailbox.close(new ClosedError(this.name, 'the runtime is shutting down'));
-    this.#cancelTimers();
-    for (const lane of this.#lanes) lane.close();
-    this.#state = 'stopped';
-    this.#unregisterGauge();
-    this.#checkIdle(true);
+  }
+
+  /**
+   * @internal Stops at the end of a shutdown. Stopped means stopped: what is still queued or held
+   * is dead-lettered with `reason`, and a handler or async step still running has its result
+   * dropped (see {@link ActorCell.stop}).
+   */
+  close(reason: SluiceError): void {
+    this.#halt(reason);
   }
 
   /** `spared`: an input being handled by a pipeline that completed, which settles by itself. */
