@@ -193,6 +193,36 @@ describe('shutdown - stopped means stopped', () => {
   });
 });
 
+describe('shutdown - one actor failing to stop', () => {
+  test('a throw from one actor ending its input or stopping is logged; the others stop, and stop() resolves', async () => {
+    const { rt, log } = testRuntime();
+    const out = collect<number>(rt.bus, 'out');
+    const broken = rt.spawn(
+      actor<number, number>({ name: 'broken', subscribe: 'a', output: 'out', pipeline: (in$) => in$ }),
+    );
+    const fine = rt.spawn(
+      actor<number, number>({ name: 'fine', subscribe: 'b', output: 'out', pipeline: (in$) => in$ }),
+    );
+    // Whatever an actor's own shutdown step throws (here forced from outside), the runtime goes on.
+    const steps = broken as unknown as { completeInputs(): number; close(reason: unknown): void };
+    steps.completeInputs = () => {
+      throw new Error('cannot end input');
+    };
+    steps.close = () => {
+      throw new Error('cannot stop');
+    };
+    await rt.bus.publish('b', 1);
+    const report = await rt.stop();
+    expect(report.drained).toBe(true);
+    expect(fine.state).toBe('stopped');
+    expect(out.map((e) => e.data)).toEqual([1]);
+    expect(log.lines).toContain(
+      "error: sluice: actor 'broken' failed to end its input during shutdown: cannot end input",
+    );
+    expect(log.lines).toContain("error: sluice: actor 'broken' failed to stop during shutdown: cannot stop");
+  });
+});
+
 describe('shutdown - signals', () => {
   /** Installs `handleSignals` and returns its listener, to be called as the process would: no real signal. */
   function signals(rt: Runtime, options: SignalOptions): (signal?: NodeJS.Signals) => void {
