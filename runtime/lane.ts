@@ -25,8 +25,6 @@ export interface Lane {
   gaveUp(): void;
   /** Ends the pipeline's input (end of stream) so operators flush; false when there was none to end. */
   complete(): boolean;
-  /** Unsubscribes from the pipelines; inputs still waiting stay where they are (the runtime is closing). */
-  close(): void;
   /** Unsubscribes and forgets what waits: the cell dead-letters every input it still holds. */
   stop(): void;
 }

@@ -123,11 +123,6 @@ export class PipelineLane implements Lane {
     return true;
   }
 
-  close(): void {
-    this.#unsubscribe(this.#subscription);
-    for (const retired of this.#retired.splice(0)) this.#unsubscribe(retired);
-  }
-
   stop(): void {
     const subscription = this.#subscription;
     this.#subscription = undefined;
