@@ -93,7 +93,10 @@ export interface Runtime {
   spawn<In, Out>(actor: Actor<In, Out>): ActorRef;
   /** The running actor of that name. */
   actor(name: string): ActorRef | undefined;
-  /** Resolves once every actor has nothing queued and nothing in flight. */
+  /**
+   * Resolves once every actor, and every subscription with a consumer attached, has nothing
+   * queued and nothing in flight.
+   */
   idle(): Promise<void>;
   /**
    * Graceful shutdown: refuses new input from outside the actors, lets actors and subscriptions
