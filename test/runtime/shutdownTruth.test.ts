@@ -126,7 +126,10 @@ describe('shutdown - stopped means stopped', () => {
     await clock.advance(1_000);
     const report = await stopping;
     expect(report.drained).toBe(false);
-    expect(report.left).toEqual({ slow: { depth: 3, inFlight: 2, absorbed: 0, deadLettered: 5, lost: 0 } });
+    // How many it took before the deadline depends on its concurrency; all five are accounted for.
+    const slow = report.left.slow;
+    expect(slow).toMatchObject({ absorbed: 0, deadLettered: 5, lost: 0 });
+    expect((slow?.depth ?? 0) + (slow?.inFlight ?? 0)).toBe(5);
     expect(dlq.map((e) => e.data).sort()).toEqual([0, 1, 2, 3, 4]);
     for (const letter of dlq) {
       expect(letter.headers['sluice-error-code']).toBe('SLUICE_ERR_SHUTDOWN');
