@@ -127,17 +127,22 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     };
     this.#mailbox.onReadable = () => this.#pump();
 
-    this.#lanes = createLanes(this, actor, this.#client, deps);
-    for (const lane of this.#lanes) lane.start();
-
-    // Subscribe last: a message may arrive (and be handled) as soon as a route exists.
+    // Refused before anything starts: a denied actor leaves no pipeline or gauge behind.
     const permissions = new PermissionChecker(def.permissions);
     for (const s of actor.subjects) {
       const denied = permissions.subscribeDenied(s.name);
-      if (denied !== undefined) {
-        this.#closeRoutes();
-        throw deps.bus.denied('subscribe', s.name, actor.name, denied);
-      }
+      if (denied !== undefined) throw deps.bus.denied('subscribe', s.name, actor.name, denied);
+    }
+    // Registered before a pipeline is built: a builder that throws may halt the actor at once.
+    this.#unregisterGauge = deps.telemetry.registerGauge(this);
+
+    this.#lanes = createLanes(this, actor, this.#client, deps);
+    for (const lane of this.#lanes) if (this.#state !== 'stopped') lane.start();
+    // Halted while starting (a builder threw and no restart is allowed): it takes no input.
+    if (this.#state === 'stopped') return;
+
+    // Subscribe last: a message may arrive (and be handled) as soon as a route exists.
+    for (const s of actor.subjects) {
       this.#unroutes.push(
         deps.bus.addRoute(s.name, {
           queue: def.queue,
@@ -148,7 +153,6 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
         }),
       );
     }
-    this.#unregisterGauge = deps.telemetry.registerGauge(this);
   }
 
   get state(): ActorState {
@@ -240,10 +244,16 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     );
   }
 
+  teardownFailed(lane: PipelineLane, error: unknown): void {
+    this.counters.teardownErrors++;
+    this.#totals.teardownErrors++;
+    this.#deps.log.error(`actor '${this.name}' lane ${lane.index}: a pipeline teardown threw: ${messageOf(error)}`);
+  }
+
   /** Lanes that failed since the pending restart was scheduled; they come back together. */
   #pendingRestart: Set<PipelineLane> | undefined;
 
-  pipelineFailed(lane: PipelineLane, error: unknown, generation: number): void {
+  pipelineFailed(lane: PipelineLane, error: unknown, generation: number, completed = false): void {
     if (generation !== lane.generation || this.#state === 'stopped') return;
     // `throwError(() => undefined)` still fails the pipeline: an undefined error would read as success.
     error ??= new SluiceError('SLUICE_ERR_HANDLER', `actor '${this.name}' pipeline failed with undefined`, {
@@ -251,11 +261,16 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     });
     lane.discard();
 
+    // A pipeline that completed (`take(1)`) blames no input: the one it was handling then settles
+    // as the pipeline left it (acked when its output went out, dropped when there was none), and
+    // the completion is a restart like any failure with no culprit.
+    const handling = lane.current;
     // The culprit: the input the pipeline was handling when it threw, or the one its error names.
-    const culprit = lane.current ?? this.#inputs.named(error);
+    const culprit = completed ? undefined : (handling ?? this.#inputs.named(error));
     // Everything else the dead pipeline held is replayed into the new one, in arrival order, as a
     // restarted Flink job replays from its last checkpoint: downstream may see an output twice.
-    lane.requeue(this.#inputs.heldBy(lane.index, generation, culprit).map((input) => this.#replace(input)));
+    const spared = completed ? handling : culprit;
+    lane.requeue(this.#inputs.heldBy(lane.index, generation, spared).map((input) => this.#replace(input)));
 
     if (culprit !== undefined) {
       // A failure tied to one message is that message's failure: it is retried or dead-lettered,
@@ -277,7 +292,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
       const limit = new RestartLimitError(this.name, this.#restart.maxRestarts, this.#restart.windowMs, error);
       this.#deps.log.error(limit.message);
       if (this.#restart.onLimit === 'escalate') this.#deps.escalate(this.name, limit);
-      this.#halt(limit);
+      this.#halt(limit, completed ? handling : undefined);
       return;
     }
     this.counters.restarts++;
@@ -449,23 +464,40 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     return ended;
   }
 
-  /** @internal What is left: for the shutdown report. */
+  /** @internal Where its dead letters go. */
+  get deadLetterSubject(): string {
+    return this.#actor.deadLetter;
+  }
+
+  /**
+   * @internal What is left, for the shutdown report. `absorbed` counts the inputs its own operator
+   * state keeps; an input whose outputs only wait on a consumer downstream is that consumer's to
+   * report, not this actor's.
+   */
   left(): { depth: number; inFlight: number; absorbed: number } {
-    return { depth: this.#mailbox.depth, inFlight: this.#inputs.inFlight, absorbed: this.#inputs.absorbed };
+    let absorbed = 0;
+    if (this.#inputs.absorbed > 0) {
+      for (const input of this.#inputs) if (!input.counted && input.absorbed > input.downstream) absorbed++;
+    }
+    return { depth: this.#mailbox.depth, inFlight: this.#inputs.inFlight, absorbed };
   }
 
-  /** @internal Stops taking input and cancels its timers at the end of a shutdown; what is left is in the report. */
-  close(): void {
+  /** @internal Takes no more input: the first step of the end of a shutdown, taken by every actor at once. */
+  unroute(): void {
     this.#closeRoutes();
-    this.#mailbox.close(new ClosedError(this.name, 'the runtime is shutting down'));
-    this.#cancelTimers();
-    for (const lane of this.#lanes) lane.close();
-    this.#state = 'stopped';
-    this.#unregisterGauge();
-    this.#checkIdle(true);
   }
 
-  #halt(reason: SluiceError): void {
+  /**
+   * @internal Stops at the end of a shutdown. Stopped means stopped: what is still queued or held
+   * is dead-lettered with `reason`, and a handler or async step still running has its result
+   * dropped (see {@link ActorCell.stop}).
+   */
+  close(reason: SluiceError): void {
+    this.#halt(reason);
+  }
+
+  /** `spared`: an input being handled by a pipeline that completed, which settles by itself. */
+  #halt(reason: SluiceError, spared?: Input): void {
     if (this.#state === 'stopped') return;
     this.#state = 'stopping';
     this.#closeRoutes();
@@ -479,7 +511,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     for (const input of [...this.#inputs]) {
       // Its outputs were emitted and accepted (or are being published): it was handled, and
       // settles when downstream settles them. Dead-lettering it too would deliver it twice.
-      if (!input.heldByPipeline && input.delivered) continue;
+      if ((!input.heldByPipeline && input.delivered) || input === spared) continue;
       this.#inputs.abandon(input);
       this.#deadLetter(input.env, reason, input.env.attempt, input.upstream);
     }

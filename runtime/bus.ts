@@ -130,6 +130,11 @@ export class Bus implements BusClient {
   readonly #inboxPrefix = `_INBOX.${nextId()}`;
   #inboxRoute: Route | undefined;
   readonly #root: ClientImpl;
+  /**
+   * @internal Subscriptions not closed yet, kept by the subscriptions themselves: a runtime's idle
+   * and shutdown wait for their consumers as for actors.
+   */
+  readonly liveSubscriptions = new Set<Subscription>();
 
   constructor(options: BusOptions = {}) {
     this.clock = options.clock ?? systemClock;

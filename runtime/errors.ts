@@ -217,12 +217,17 @@ export class RestartLimitError extends SluiceError {
   }
 }
 
+/**
+ * What an actor still had when a shutdown ended: the runtime dead-letters each such message with
+ * this error. `detail` replaces the message when the deadline is not why (a forced stop, inputs
+ * kept by operator state past the end of input).
+ */
 export class ShutdownError extends SluiceError {
   readonly leftInFlight: number;
-  constructor(deadlineMs: number, leftInFlight: number) {
+  constructor(deadlineMs: number, leftInFlight: number, detail?: string) {
     super(
       'SLUICE_ERR_SHUTDOWN',
-      `shutdown deadline of ${deadlineMs} ms passed with ${leftInFlight} messages in flight`,
+      detail ?? `shutdown deadline of ${deadlineMs} ms passed with ${leftInFlight} messages in flight`,
     );
     this.name = 'ShutdownError';
     this.leftInFlight = leftInFlight;

@@ -47,7 +47,14 @@ export type { DropReason, MailboxOptions, OverflowPolicy } from './mailbox.ts';
 export { DEFAULT_MAILBOX_OPTIONS, Mailbox, overflowPolicies } from './mailbox.ts';
 export type { Permissions, SubjectPermission } from './permissions.ts';
 export { isSubsetMatch } from './permissions.ts';
-export type { Runtime, RuntimeOptions, ShutdownReport } from './runtime.ts';
+export type {
+  ActorLeft,
+  Runtime,
+  RuntimeOptions,
+  ShutdownReport,
+  SignalOptions,
+  SubscriptionLeft,
+} from './runtime.ts';
 export { createRuntime, describeReport } from './runtime.ts';
 export { isLiteral, MAX_SUBJECT_BYTES, subjectMatches, validateSubject } from './subjects.ts';
 export type { SubscriptionOptions } from './subscription.ts';

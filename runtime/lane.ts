@@ -25,8 +25,6 @@ export interface Lane {
   gaveUp(): void;
   /** Ends the pipeline's input (end of stream) so operators flush; false when there was none to end. */
   complete(): boolean;
-  /** Unsubscribes from the pipelines; inputs still waiting stay where they are (the runtime is closing). */
-  close(): void;
   /** Unsubscribes and forgets what waits: the cell dead-letters every input it still holds. */
   stop(): void;
 }
@@ -42,8 +40,13 @@ export interface LaneHost {
   publish(env: Envelope): Promise<void>;
   /** Counts and logs an output emitted after its input had settled (an async step that did not hold it). */
   lateOutput(input: Input): void;
-  /** A lane's pipeline failed, or completed while its input was open. */
-  pipelineFailed(lane: PipelineLane, error: unknown, generation: number): void;
+  /**
+   * A lane's pipeline failed, or `completed` while its input was open: a completion blames no
+   * input and counts as a restart.
+   */
+  pipelineFailed(lane: PipelineLane, error: unknown, generation: number, completed?: boolean): void;
+  /** A pipeline's teardown threw while it was unsubscribed or completed: counted and logged. */
+  teardownFailed(lane: PipelineLane, error: unknown): void;
 }
 
 /**

@@ -77,6 +77,7 @@ export class PipelineLane implements Lane {
               `actor '${this.#ctx.name}' pipeline completed while its input was open`,
             ),
             generation,
+            true,
           );
         }
       },
@@ -116,29 +117,42 @@ export class PipelineLane implements Lane {
   complete(): boolean {
     if (this.#input === undefined || this.#completed) return false;
     this.#completed = true;
-    this.#input.complete();
+    // Completing runs the pipeline's teardowns (`finalize`), which may throw.
+    const error = this.#input.complete();
+    if (error !== undefined) this.#host.teardownFailed(this, error);
     return true;
   }
 
-  close(): void {
-    this.#subscription?.unsubscribe();
-    for (const retired of this.#retired.splice(0)) retired.unsubscribe();
-  }
-
   stop(): void {
-    this.#subscription?.unsubscribe();
+    const subscription = this.#subscription;
     this.#subscription = undefined;
     this.#input = undefined;
     this.#backlog = [];
-    for (const retired of this.#retired.splice(0)) retired.unsubscribe();
+    this.#unsubscribe(subscription);
+    for (const retired of this.#retired.splice(0)) this.#unsubscribe(retired);
   }
 
   /** Drops the failed pipeline; what it took from now on waits in the backlog for the next one. */
   discard(): void {
     this.#generation++;
     this.#input = undefined;
-    this.#subscription?.unsubscribe();
+    const subscription = this.#subscription;
     this.#subscription = undefined;
+    this.#unsubscribe(subscription);
+  }
+
+  /**
+   * Unsubscribes, running the pipeline's teardowns: one that throws (`finalize(() => { throw })`)
+   * makes RxJS throw an `UnsubscriptionError`, which must neither escape into the bus nor be
+   * rethrown by RxJS on a timer, where it would kill the process. It is counted and logged.
+   */
+  #unsubscribe(subscription: RxSubscription | undefined): void {
+    if (subscription === undefined) return;
+    try {
+      subscription.unsubscribe();
+    } catch (error) {
+      this.#host.teardownFailed(this, error);
+    }
   }
 
   /** Puts inputs to replay ahead of what already waits. */
@@ -161,8 +175,13 @@ export class PipelineLane implements Lane {
     const previous = this.#current;
     this.#current = input;
     input.delivered = true;
+    const generation = this.#generation;
     try {
       (this.#input as LaneInput).next(input.env);
+    } catch (error) {
+      // RxJS routes an operator's throw to the error callback; what still gets here was thrown on
+      // that path (a teardown of the failing pipeline): it fails the pipeline, blaming this input.
+      this.#host.pipelineFailed(this, error, generation);
     } finally {
       this.#current = previous;
     }
@@ -171,6 +190,12 @@ export class PipelineLane implements Lane {
   }
 
   #emit(out: Envelope): void {
+    // Untyped code and casts get past the types: anything but an envelope would be published
+    // without id or subject, or crash on the lineage read below.
+    if (typeof out !== 'object' || out === null || typeof out.subject !== 'string' || typeof out.id !== 'string') {
+      this.#notAnEnvelope(out);
+      return;
+    }
     const lineage = out.lineage;
     const source = lineage instanceof Input ? lineage : undefined;
     // Emitted after its input settled: an async step that did not hold it (see docs/settlement.md).
@@ -207,6 +232,40 @@ export class PipelineLane implements Lane {
         this.#ctx.log.error(`actor '${this.#ctx.name}' could not publish to '${env.subject}': ${messageOf(error)}`);
     });
   }
+
+  /**
+   * Fails the input a non-envelope came from: the one its `lineage` names, else the one being
+   * handled now. With neither (emitted later, from a timer or an async step without lineage),
+   * no input is to blame and the pipeline fails as a whole.
+   */
+  #notAnEnvelope(value: unknown): void {
+    const lineage = typeof value === 'object' && value !== null ? (value as { lineage?: unknown }).lineage : undefined;
+    const source = lineage instanceof Input ? lineage : this.#current;
+    const error = new SluiceError(
+      'SLUICE_ERR_HANDLER',
+      `actor '${this.#ctx.name}' pipeline emitted ${preview(value)}, not an envelope: emit { ...env, data } to keep the input's id, subject and lineage`,
+    );
+    if (source !== undefined && !source.done && !source.abandoned) {
+      // Not retryable: the same input would make the same pipeline emit the same thing.
+      this.#ctx.log.warn(`${error.message} (message '${source.id}')`);
+      source.retain();
+      source.release(error);
+      return;
+    }
+    this.#host.pipelineFailed(this, error, this.#generation);
+  }
+}
+
+/** What a pipeline emitted instead of an envelope, for the error: its type and a short preview. */
+function preview(value: unknown): string {
+  if (value === null || value === undefined) return String(value);
+  if (typeof value === 'string') return `string '${value.length > 40 ? `${value.slice(0, 40)}...` : value}'`;
+  if (typeof value === 'function') return 'a function';
+  if (typeof value !== 'object') return `${typeof value} ${String(value)}`;
+  if (Array.isArray(value)) return `an array of ${value.length}`;
+  // Keys, not contents: they show what is missing, and the contents may be large or circular.
+  const keys = Object.keys(value);
+  return `an object with ${keys.length === 0 ? 'no keys' : `keys ${keys.slice(0, 6).join(', ')}${keys.length > 6 ? ', ...' : ''}`}`;
 }
 
 /**
@@ -242,11 +301,20 @@ class LaneInput {
     for (let i = 0; i < subscribers.length; i++) (subscribers[i] as Subscriber<Envelope>).next(env);
   }
 
-  complete(): void {
-    if (this.#stopped) return;
+  /** Completes every subscriber, even when a teardown throws; returns the first such error. */
+  complete(): unknown {
+    if (this.#stopped) return undefined;
     this.#stopped = true;
     const subscribers = this.#subscribers;
     this.#subscribers = [];
-    for (const subscriber of subscribers) subscriber.complete();
+    let failure: unknown;
+    for (const subscriber of subscribers) {
+      try {
+        subscriber.complete();
+      } catch (error) {
+        failure ??= error;
+      }
+    }
+    return failure;
   }
 }

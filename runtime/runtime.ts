@@ -2,7 +2,7 @@ import type { Actor, Logger } from './actor.ts';
 import { ActorCell, type ActorCell as ActorCellType, type ActorRef } from './actorCell.ts';
 import { Bus, type BusOptions } from './bus.ts';
 import { type Clock, systemClock, type Timer } from './clock.ts';
-import { OptionsError, type RestartLimitError } from './errors.ts';
+import { messageOf, OptionsError, type RestartLimitError, ShutdownError } from './errors.ts';
 import { intOption } from './options.ts';
 import { Telemetry } from './telemetry.ts';
 
@@ -24,18 +24,64 @@ export interface RuntimeOptions {
   onEscalate?: (actor: string, error: RestartLimitError) => void;
 }
 
-/** What `stop()` reports: whether everything finished in time, and what was left per actor. */
+/** What an actor had left when a shutdown ended, and what became of it. */
+export interface ActorLeft {
+  /** Messages still queued in its mailbox. */
+  readonly depth: number;
+  /** Inputs being handled: a handler or an async step running, an output waiting for mailbox room. */
+  readonly inFlight: number;
+  /** Inputs kept by its operator state (a window or buffer that ignored the end of input). */
+  readonly absorbed: number;
+  /**
+   * Messages it dead-lettered with a `ShutdownError` as it stopped: the queued ones and the ones it
+   * held. A handler still running had its result dropped: nothing it returns is published.
+   */
+  readonly deadLettered: number;
+  /**
+   * Of those, how many no one received, because no subscription listened on its dead-letter
+   * subject (actors no longer take input by then). Each is also logged with its id.
+   */
+  readonly lost: number;
+}
+
+/** What a plain subscription (`bus.subscribe`) still had when `stop()` returned. */
+export interface SubscriptionLeft {
+  /** Messages queued in its mailbox, for its consumer. */
+  readonly depth: number;
+  /** Messages its consumer was handling (a callback's promise, an iterator's loop body). */
+  readonly inFlight: number;
+}
+
+/** What `stop()` reports: whether everything finished in time, and what was left and where. */
 export interface ShutdownReport {
   /**
-   * Whether every input settled in time: nothing queued, in flight, or still absorbed (kept by
-   * operator state that ignored the end of input, or by a consumer downstream that has not
-   * finished with an output). An input left absorbed would not be acknowledged to its source.
+   * Whether everything settled in time: no actor has anything queued, in flight or kept in its
+   * state, and no subscription has messages queued or being handled.
    */
   readonly drained: boolean;
   readonly durationMs: number;
   readonly deadlineMs: number;
-  /** Per actor: messages still queued, inputs in flight, inputs absorbed (state or downstream). */
-  readonly left: Readonly<Record<string, { depth: number; inFlight: number; absorbed: number }>>;
+  /** Per actor that had something left when the drain ended or the deadline passed. */
+  readonly left: Readonly<Record<string, ActorLeft>>;
+  /**
+   * Per subscription with something left (by subject, and queue group in brackets). The runtime
+   * does not close subscriptions: their consumers are the application's, and may go on.
+   */
+  readonly subscriptions: Readonly<Record<string, SubscriptionLeft>>;
+}
+
+/** Options of {@link Runtime.handleSignals}. */
+export interface SignalOptions {
+  /**
+   * Runs after `stop()` with its report, before the exit: the application's own shutdown steps
+   * (closing files, connections). A throw or rejection is logged and makes the exit code 1.
+   */
+  onShutdown?: (report: ShutdownReport) => void | Promise<void>;
+  /**
+   * `true`: `process.exit` with 0 when drained, else 1. `false`: no exit, the application decides.
+   * A function: called with that code instead of `process.exit`. @default true
+   */
+  exit?: boolean | ((code: number) => void);
 }
 
 /** One process's Sluice: a bus, the actors on it, their clock and telemetry. */
@@ -47,16 +93,25 @@ export interface Runtime {
   spawn<In, Out>(actor: Actor<In, Out>): ActorRef;
   /** The running actor of that name. */
   actor(name: string): ActorRef | undefined;
-  /** Resolves once every actor has nothing queued and nothing in flight. */
+  /**
+   * Resolves once every actor, and every subscription with a consumer attached, has nothing
+   * queued and nothing in flight.
+   */
   idle(): Promise<void>;
   /**
-   * Graceful shutdown: refuses new input from outside the actors, lets actors finish what is
-   * queued and in flight, ends their pipelines so windows flush, and stops them. Resolves with a
-   * report of what was left when the deadline passed first.
+   * Graceful shutdown: refuses new input from outside the actors, lets actors and subscriptions
+   * finish what is queued and in flight, ends pipelines so windows flush, and stops the actors.
+   * What an actor still has when the deadline passes is dead-lettered with a `ShutdownError`;
+   * nothing runs on its behalf after this resolves. Resolves, never rejects, with a report.
    */
   stop(options?: { deadlineMs?: number }): Promise<ShutdownReport>;
-  /** Stops on SIGINT and SIGTERM, prints the report, and exits (1 when something was left). */
-  handleSignals(): () => void;
+  /**
+   * Stops on SIGINT and SIGTERM, prints the report, runs `onShutdown`, and exits (1 when something
+   * was left). A second signal during the drain stops at once, as if the deadline had passed; one
+   * after that (or during `onShutdown`) exits at once with 1. Returns a function that removes the
+   * listeners.
+   */
+  handleSignals(options?: SignalOptions): () => void;
   readonly stopped: boolean;
 }
 
@@ -74,6 +129,8 @@ class RuntimeImpl implements Runtime {
   readonly #deadlineMs: number;
   readonly #onEscalate: (actor: string, error: RestartLimitError) => void;
   #stopping: Promise<ShutdownReport> | undefined;
+  /** Ends the running drain now, as if its deadline had passed. */
+  #forceStop: (() => void) | undefined;
 
   constructor(options: RuntimeOptions) {
     this.clock = options.clock ?? systemClock;
@@ -121,10 +178,17 @@ class RuntimeImpl implements Runtime {
   }
 
   async idle(): Promise<void> {
-    // Idle actors can wake each other (one's output is another's input): loop until all are idle at once.
+    // Idle actors can wake each other (one's output is another's input): loop until all are idle at
+    // once. Subscriptions count too (a sink is one); one with no consumer yet could never drain.
     for (;;) {
-      await Promise.all([...this.#cells.values()].map((c) => c.idle()));
-      if ([...this.#cells.values()].every((c) => c.depth === 0 && c.inFlight === 0)) return;
+      const subscriptions = [...this.bus.liveSubscriptions].filter((s) => s.consumed);
+      await Promise.all([...[...this.#cells.values()].map((c) => c.idle()), ...subscriptions.map((s) => s.idle())]);
+      if (
+        [...this.#cells.values()].every((c) => c.depth === 0 && c.inFlight === 0) &&
+        subscriptions.every((s) => isEmpty(s.left()))
+      ) {
+        return;
+      }
     }
   }
 
@@ -133,16 +197,50 @@ class RuntimeImpl implements Runtime {
     return this.#stopping;
   }
 
-  handleSignals(): () => void {
-    const onSignal = (signal: NodeJS.Signals) => {
-      this.#log.info(`sluice: ${signal} received, draining (deadline ${this.#deadlineMs} ms)`);
-      void this.stop().then((report) => {
-        this.#log.info(describeReport(report));
-        process.exit(report.drained ? 0 : 1);
-      });
+  handleSignals(options: SignalOptions = {}): () => void {
+    const exit = options.exit ?? true;
+    const exitWith = (code: number): void => {
+      if (exit === true) process.exit(code);
+      else if (typeof exit === 'function') exit(code);
     };
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
+    let received = 0;
+    const onSignal = (signal: NodeJS.Signals) => {
+      received++;
+      if (received > 1) {
+        if (this.#forceStop !== undefined) {
+          this.#log.warn(`sluice: ${signal} received again, stopping now`);
+          this.#forceStop();
+        } else {
+          // The drain is over: only `onShutdown` can still be running, and it is told to go.
+          this.#log.warn(`sluice: ${signal} received again, exiting now`);
+          exitWith(1);
+        }
+        return;
+      }
+      this.#log.info(`sluice: ${signal} received, draining (deadline ${this.#deadlineMs} ms)`);
+      this.stop()
+        .then(async (report) => {
+          this.#log.info(describeReport(report));
+          let code = report.drained ? 0 : 1;
+          if (options.onShutdown !== undefined) {
+            try {
+              await options.onShutdown(report);
+            } catch (error) {
+              this.#log.error(`sluice: onShutdown failed: ${messageOf(error)}`);
+              code = 1;
+            }
+          }
+          return code;
+        })
+        .catch((error: unknown) => {
+          // stop() does not reject; this is the last guard, so the process never dies without a word.
+          this.#log.error(`sluice: shutdown failed: ${messageOf(error)}`);
+          return 1;
+        })
+        .then(exitWith);
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
     return () => {
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
@@ -153,12 +251,18 @@ class RuntimeImpl implements Runtime {
     const started = this.clock.now();
     this.bus.refuse('the runtime is shutting down');
     let timedOut = false;
+    let forced = false;
     let timer: Timer | undefined;
     const deadline = new Promise<void>((resolve) => {
-      timer = this.clock.setTimeout(() => {
+      const end = () => {
         timedOut = true;
         resolve();
-      }, deadlineMs);
+      };
+      this.#forceStop = () => {
+        forced = true;
+        end();
+      };
+      timer = this.clock.setTimeout(end, deadlineMs);
     });
     const drain = (async () => {
       await this.idle();
@@ -166,32 +270,109 @@ class RuntimeImpl implements Runtime {
       // reach an actor whose pipeline already completed, which reopens it: repeat until none does.
       for (;;) {
         let ended = 0;
-        for (const cell of this.#cells.values()) ended += cell.completeInputs();
+        for (const cell of this.#cells.values()) {
+          ended += this.#guard(cell.name, 'end its input', () => cell.completeInputs()) ?? 0;
+        }
         if (ended === 0 || timedOut) break;
         await this.idle();
       }
     })();
     await Promise.race([drain, deadline]);
     timer?.cancel();
-    const left: Record<string, { depth: number; inFlight: number; absorbed: number }> = {};
-    let drained = !timedOut;
-    for (const [name, cell] of this.#cells) {
-      const l = cell.left();
-      if (l.depth > 0 || l.inFlight > 0 || l.absorbed > 0) {
-        left[name] = l;
-        drained = false;
-      }
-      cell.close();
+    this.#forceStop = undefined;
+
+    // What each actor has left now, before anything is dead-lettered.
+    const cells = [...this.#cells.values()];
+    const before = new Map<ActorCellType, { depth: number; inFlight: number; absorbed: number }>();
+    const deadLettered = new Map<ActorCellType, number>();
+    for (const cell of cells) {
+      const l = this.#guard(cell.name, 'report', () => cell.left()) ?? { depth: 0, inFlight: 0, absorbed: 0 };
+      before.set(cell, l);
+      deadLettered.set(cell, cell.counters.deadLettered);
     }
-    return Object.freeze({ drained, durationMs: this.clock.now() - started, deadlineMs, left: Object.freeze(left) });
+    // Stopped means stopped. First no actor takes input any more, so that what one dead-letters
+    // does not land in another that is stopping too; then each dead-letters what it still has.
+    for (const cell of cells) this.#guard(cell.name, 'stop taking input', () => cell.unroute());
+    for (const cell of cells) {
+      const l = before.get(cell) as { depth: number; inFlight: number; absorbed: number };
+      const n = l.depth + l.inFlight + l.absorbed;
+      const reason = forced
+        ? new ShutdownError(
+            deadlineMs,
+            n,
+            `shutdown forced after ${this.clock.now() - started} ms with ${n} messages in flight`,
+          )
+        : timedOut
+          ? new ShutdownError(deadlineMs, n)
+          : new ShutdownError(
+              deadlineMs,
+              n,
+              `shutdown ended with ${n} messages kept by operator state after end of input`,
+            );
+      this.#guard(cell.name, 'stop', () => cell.close(reason));
+    }
+    // Outputs refused by a stopping mailbox fail their inputs a few promise steps later, and those
+    // are dead-lettered then: let that happen before counting.
+    await new Promise<void>((resolve) => setImmediate(resolve));
+
+    const left: Record<string, ActorLeft> = {};
+    for (const cell of cells) {
+      const l = before.get(cell) as { depth: number; inFlight: number; absorbed: number };
+      const sent = cell.counters.deadLettered - (deadLettered.get(cell) as number);
+      if (isEmpty(l) && l.absorbed === 0 && sent === 0) continue;
+      const lost = sent > 0 && !this.bus.hasSubscribers(cell.deadLetterSubject) ? sent : 0;
+      left[cell.name] = Object.freeze({ ...l, deadLettered: sent, lost });
+    }
+    const subscriptions: Record<string, SubscriptionLeft> = {};
+    for (const sub of this.bus.liveSubscriptions) {
+      const l = sub.left();
+      if (isEmpty(l)) continue;
+      const name = sub.queue === undefined ? sub.subject : `${sub.subject} [${sub.queue}]`;
+      const seen = subscriptions[name];
+      subscriptions[name] = Object.freeze(
+        seen === undefined ? l : { depth: seen.depth + l.depth, inFlight: seen.inFlight + l.inFlight },
+      );
+    }
+    const drained = !timedOut && Object.keys(left).length === 0 && Object.keys(subscriptions).length === 0;
+    return Object.freeze({
+      drained,
+      durationMs: this.clock.now() - started,
+      deadlineMs,
+      left: Object.freeze(left),
+      subscriptions: Object.freeze(subscriptions),
+    });
   }
+
+  /** Runs one actor's step of the shutdown: a throw is logged, and the shutdown goes on for the others. */
+  #guard<T>(actor: string, step: string, run: () => T): T | undefined {
+    try {
+      return run();
+    } catch (error) {
+      this.#log.error(`sluice: actor '${actor}' failed to ${step} during shutdown: ${messageOf(error)}`);
+      return undefined;
+    }
+  }
+}
+
+function isEmpty(l: { depth: number; inFlight: number }): boolean {
+  return l.depth === 0 && l.inFlight === 0;
 }
 
 /** One readable paragraph of a shutdown report, for logs. */
 export function describeReport(report: ShutdownReport): string {
   if (report.drained) return `sluice: stopped cleanly in ${report.durationMs} ms`;
-  const parts = Object.entries(report.left).map(
-    ([name, l]) => `${name}: ${l.depth} queued, ${l.inFlight} in flight, ${l.absorbed} absorbed`,
-  );
-  return `sluice: shutdown deadline of ${report.deadlineMs} ms passed; left: ${parts.join('; ') || 'nothing'}`;
+  const parts = Object.entries(report.left).map(([name, l]) => {
+    let part = `${name}: ${l.depth} queued, ${l.inFlight} in flight, ${l.absorbed} absorbed`;
+    if (l.deadLettered > 0) part += `, ${l.deadLettered} dead-lettered`;
+    if (l.lost > 0) part += ` (${l.lost} lost: no subscriber on its dead-letter subject)`;
+    return part;
+  });
+  for (const [subject, l] of Object.entries(report.subscriptions)) {
+    parts.push(`subscription '${subject}': ${l.depth} queued, ${l.inFlight} in flight`);
+  }
+  const how =
+    report.durationMs >= report.deadlineMs
+      ? `shutdown deadline of ${report.deadlineMs} ms passed`
+      : `stopped after ${report.durationMs} ms without draining`;
+  return `sluice: ${how}; left: ${parts.join('; ') || 'nothing'}`;
 }

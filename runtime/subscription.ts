@@ -91,6 +91,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     };
     this.#unroute = bus.addRoute(pattern, route);
     if (this.#callback !== undefined) this.#mode = 'callback';
+    bus.liveSubscriptions.add(this);
   }
 
   /** Messages waiting in the mailbox. */
@@ -306,12 +307,15 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
       }
     }
     releaseDownstream(env.lineage, error);
+    if (this.#idleWaiters.length > 0) this.#checkIdle();
   }
 
   #settleClose(): void {
     if (this.#state === 'open' || this.#active > 0 || this.#mailbox.depth > 0) return;
     this.#state = 'closed';
     this.#resolveClosed();
+    this.#bus.liveSubscriptions.delete(this);
+    this.#checkIdle();
     if (this.#observer !== undefined) {
       const observer = this.#observer;
       this.#observer = undefined;
@@ -322,6 +326,37 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
       this.#wakeIterator = undefined;
       wake();
     }
+  }
+
+  // ---- for the runtime's idle and shutdown ----
+
+  #idleWaiters: (() => void)[] = [];
+
+  /** @internal Whether a consumer is attached: without one, nothing would ever drain the mailbox. */
+  get consumed(): boolean {
+    return this.#mode !== 'none';
+  }
+
+  /** @internal Resolves when nothing is queued and no message is being handled. */
+  idle(): Promise<void> {
+    if (this.#isIdle()) return Promise.resolve();
+    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+  }
+
+  /** @internal What is left, for the shutdown report: messages queued, and being handled. */
+  left(): { depth: number; inFlight: number } {
+    return { depth: this.#mailbox.depth, inFlight: this.#active };
+  }
+
+  #isIdle(): boolean {
+    return this.#active === 0 && this.#mailbox.depth === 0;
+  }
+
+  #checkIdle(): void {
+    if (this.#idleWaiters.length === 0 || !this.#isIdle()) return;
+    const waiters = this.#idleWaiters;
+    this.#idleWaiters = [];
+    for (const w of waiters) w();
   }
 }
 

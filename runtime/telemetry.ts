@@ -33,6 +33,7 @@ export interface Counters {
   permissionDenied: number;
   restarts: number;
   settlementErrors: number;
+  teardownErrors: number;
 }
 
 export function newCounters(): Counters {
@@ -47,6 +48,7 @@ export function newCounters(): Counters {
     permissionDenied: 0,
     restarts: 0,
     settlementErrors: 0,
+    teardownErrors: 0,
   };
 }
 
@@ -61,6 +63,7 @@ const COUNTER_NAMES: Record<keyof Counters, [string, string]> = {
   permissionDenied: ['sluice.permission.denied', 'publish or subscribe calls refused by permissions'],
   restarts: ['sluice.actor.restarts', 'pipeline restarts by the supervisor'],
   settlementErrors: ['sluice.settlement.errors', 'outputs emitted for inputs already settled'],
+  teardownErrors: ['sluice.teardown.errors', 'pipeline teardowns (finalize, unsubscribe) that threw'],
 };
 
 /** A source of gauges: mailbox depth and in-flight count per actor or subscription. */

@@ -28,7 +28,7 @@ describe('shutdown - drain', () => {
     await clock.runAll();
     const report = await stopping;
 
-    expect(report).toEqual({ drained: true, durationMs: 500, deadlineMs: 10_000, left: {} });
+    expect(report).toEqual({ drained: true, durationMs: 500, deadlineMs: 10_000, left: {}, subscriptions: {} });
     expect(describeReport(report)).toBe('sluice: stopped cleanly in 500 ms');
     expect(handled).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
     expect(ref.state).toBe('stopped');
@@ -65,10 +65,12 @@ describe('shutdown - drain', () => {
       drained: false,
       durationMs: 1_000,
       deadlineMs: 1_000,
-      left: { stuck: { depth: 3, inFlight: 2, absorbed: 0 } },
+      // What it had left went to its dead-letter subject, which nobody listens to.
+      left: { stuck: { depth: 3, inFlight: 2, absorbed: 0, deadLettered: 5, lost: 5 } },
+      subscriptions: {},
     });
     expect(describeReport(report)).toBe(
-      'sluice: shutdown deadline of 1000 ms passed; left: stuck: 3 queued, 2 in flight, 0 absorbed',
+      'sluice: shutdown deadline of 1000 ms passed; left: stuck: 3 queued, 2 in flight, 0 absorbed, 5 dead-lettered (5 lost: no subscriber on its dead-letter subject)',
     );
     expect(fine).toEqual([0, 1, 2]);
     expect(rt.actor('stuck')?.state).toBe('stopped');
