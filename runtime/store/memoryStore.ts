@@ -34,6 +34,11 @@ export class MemoryStore extends BaseStore {
     log.records[index] = bytes;
   }
 
+  /** The stored bytes under a key (the array itself, not a copy), for fault-injection tests. */
+  rawValue(namespace: string, key: string): Uint8Array | undefined {
+    return this.rawGetKey(namespace, key);
+  }
+
   /** Replaces the stored bytes under a key, for fault-injection tests. */
   setRawValue(namespace: string, key: string, bytes: Uint8Array): void {
     this.namespaceOf(namespace).set(key, bytes);

@@ -1,6 +1,16 @@
 import { crc32 } from 'node:zlib';
-import { msgpackCodec } from '../codec.ts';
+import { C1, Packr } from 'msgpackr';
 import { CorruptRecordError, messageOf, OptionsError, type RecordLocation } from '../errors.ts';
+
+// The settings of the runtime's msgpack codec (codec.ts), except that integers stay exact: a
+// bigint is written as a 64-bit integer (or msgpackr's big-integer extension) and read back as a
+// bigint, while a JavaScript number is written as a float or a 32-bit integer and read back as a
+// number. A total kept in state must not come back rounded.
+const packr = new Packr({ useRecords: false, moreTypes: true, int64AsType: 'bigint' });
+// As in codec.ts: msgpackr renames an object key `__proto__` when it builds objects, so records
+// that hold that key are read as Maps and turned into objects with the key kept as an own property.
+const mapsPackr = new Packr({ useRecords: false, moreTypes: true, int64AsType: 'bigint', mapsAsObjects: false });
+const PROTO_KEY = Buffer.from('__proto__');
 
 /**
  * A stored record: one format byte, the CRC-32 of the payload (4 bytes, big-endian), then the value
@@ -14,7 +24,7 @@ const HEADER = 5;
 export function encodeRecord(value: unknown): Buffer {
   if (value === undefined)
     throw new OptionsError('store.value', 'must not be undefined (store null, or delete)', value);
-  const payload = msgpackCodec.encode(value);
+  const payload = packr.pack(value);
   const record = Buffer.allocUnsafe(HEADER + payload.byteLength);
   record[0] = FORMAT;
   record.writeUInt32BE(crc32(payload), 1);
@@ -37,13 +47,31 @@ export function decodeRecord(bytes: Uint8Array, location: RecordLocation): unkno
       `checksum mismatch (stored ${hex(stored)}, computed ${hex(computed)} over ${payload.byteLength} bytes)`,
     );
   }
+  let value: unknown;
   try {
-    return msgpackCodec.decode(payload, 'store');
+    const view = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+    value = view.includes(PROTO_KEY) ? objectsFromMaps(mapsPackr.unpack(view)) : packr.unpack(view);
   } catch (error) {
-    // The codec's DecodeError names a subject; the cause is what went wrong in the bytes.
-    const reason = error instanceof Error && error.cause !== undefined ? error.cause : error;
-    throw new CorruptRecordError(location, `not decodable as msgpack: ${messageOf(reason)}`, error);
+    throw new CorruptRecordError(location, `not decodable as msgpack: ${messageOf(error)}`, error);
   }
+  // msgpackr reads the reserved byte 0xc1 as a marker instead of failing; no encoder writes it.
+  if (value === C1) throw new CorruptRecordError(location, 'not decodable as msgpack: reserved byte 0xc1');
+  return value;
+}
+
+function objectsFromMaps(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(objectsFromMaps);
+  if (!(value instanceof Map)) return value;
+  const object: Record<string, unknown> = {};
+  for (const [key, v] of value) {
+    Object.defineProperty(object, String(key), {
+      value: objectsFromMaps(v),
+      enumerable: true,
+      writable: true,
+      configurable: true,
+    });
+  }
+  return object;
 }
 
 function hex(n: number): string {
