@@ -21,6 +21,7 @@ export const errorCodes = [
   'SLUICE_ERR_SETTLEMENT',
   'SLUICE_ERR_LATE_DATA',
   'SLUICE_ERR_ENCODE',
+  'SLUICE_ERR_CORRUPT_RECORD',
 ] as const;
 export type ErrorCode = (typeof errorCodes)[number];
 
@@ -265,6 +266,34 @@ export class LateDataError extends SluiceError {
     this.reason = reason;
     this.eventTime = eventTime;
     this.watermark = watermark;
+  }
+}
+
+/** Where a stored record lives: a sequence of a stream (a log) or a key of a key-value namespace. */
+export type RecordLocation =
+  | { readonly stream: string; readonly sequence: number }
+  | { readonly namespace: string; readonly key: string };
+
+/**
+ * A stored record failed its checksum, was cut short, or does not decode: the store names it and
+ * goes on; the other records stay readable. Not retryable: reading it again gives the same bytes.
+ */
+export class CorruptRecordError extends SluiceError {
+  readonly stream: string | undefined;
+  readonly sequence: number | undefined;
+  readonly namespace: string | undefined;
+  readonly key: string | undefined;
+  constructor(location: RecordLocation, detail: string, cause?: unknown) {
+    const where =
+      'stream' in location
+        ? `sequence ${location.sequence} of stream '${location.stream}'`
+        : `key '${location.key}' of namespace '${location.namespace}'`;
+    super('SLUICE_ERR_CORRUPT_RECORD', `corrupt record at ${where}: ${detail}`, cause === undefined ? {} : { cause });
+    this.name = 'CorruptRecordError';
+    this.stream = 'stream' in location ? location.stream : undefined;
+    this.sequence = 'stream' in location ? location.sequence : undefined;
+    this.namespace = 'namespace' in location ? location.namespace : undefined;
+    this.key = 'namespace' in location ? location.key : undefined;
   }
 }
 
