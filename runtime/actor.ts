@@ -10,12 +10,13 @@ import {
 } from './bus.ts';
 import type { Clock } from './clock.ts';
 import type { Codec } from './codec.ts';
+import { TERMINAL_PREFIX } from './deadLetters.ts';
 import type { Envelope, PublishOptions } from './envelope.ts';
 import { OptionsError } from './errors.ts';
 import { type MailboxOptions, resolveMailboxOptions } from './mailbox.ts';
-import { intOption, oneOf } from './options.ts';
+import { intOption, knownKeys, oneOf, optionKeys } from './options.ts';
 import type { Permissions } from './permissions.ts';
-import { validateSubject } from './subjects.ts';
+import { subjectMatches, validateSubject } from './subjects.ts';
 import { type RestartOptions, type RetryOptions, resolveRestart, resolveRetry } from './supervisor.ts';
 
 /** Where an actor logs; `console` fits. */
@@ -78,7 +79,12 @@ interface ActorBase<In> {
   codec?: Codec;
   retry?: RetryOptions;
   restart?: RestartOptions;
-  /** Where failed and invalid inputs go, with the reason in headers. @default `$DLQ.<name>` */
+  /**
+   * Where failed and invalid inputs go, with the reason in headers. It may not be a subject the
+   * actor subscribes to. An input that is itself a dead letter goes to `$DEAD.<name>` instead (see
+   * docs/errors.md, "Dead letters"). @default `$DLQ.<name>`, or `$DEAD.<name>` when the actor's
+   * own subscriptions match `$DLQ.<name>` (an actor on `$DLQ.>`)
+   */
   deadLetter?: string;
   permissions?: Permissions;
 }
@@ -93,13 +99,26 @@ export interface PipelineActor<In, Out> extends ActorBase<In> {
   pipeline: (input$: Observable<Envelope<In>>, ctx: ActorContext) => Observable<Envelope<Out>>;
   output?: SubjectRef<Out>;
   handle?: never;
+  concurrency?: never;
 }
 
-/** An actor that handles one message at a time per lane: for services and request/reply. */
+/**
+ * An actor that handles one message at a time per lane, as an Akka actor does: a handler that
+ * reads, awaits and writes state never sees two messages interleave. `concurrency` lets
+ * handlers that keep no such state overlap.
+ */
 export interface HandlerActor<In, Out> extends ActorBase<In> {
-  /** Its result is published to `output`; what it publishes through `ctx` settles with it. */
-  handle: (env: Envelope<In>, ctx: MessageContext) => HandlerResult<Out> | Promise<HandlerResult<Out>>;
+  /**
+   * Its result (or what a returned promise or thenable resolves to) is published to `output`;
+   * what it publishes through `ctx` settles with it.
+   */
+  handle: (env: Envelope<In>, ctx: MessageContext) => HandlerResult<Out> | PromiseLike<HandlerResult<Out>>;
   output?: SubjectRef<Out>;
+  /**
+   * Messages handled at once, each lane: the next starts while earlier ones still await. Not with
+   * `partitionBy`, whose lanes keep each key's order. At most `maxInFlight`. @default 1
+   */
+  concurrency?: number;
   pipeline?: never;
 }
 
@@ -114,7 +133,29 @@ export interface Actor<In = unknown, Out = unknown> {
   readonly output: string | undefined;
   readonly lanes: number;
   readonly maxInFlight: number;
+  /** Handler runs at once per lane (1 for a pipeline, which takes its inputs as a stream). */
+  readonly concurrency: number;
 }
+
+const actorKeys = optionKeys<keyof PipelineActor<unknown, unknown> | keyof HandlerActor<unknown, unknown>>({
+  name: true,
+  subscribe: true,
+  queue: true,
+  queueStrategy: true,
+  mailbox: true,
+  maxInFlight: true,
+  partitionBy: true,
+  lanes: true,
+  codec: true,
+  retry: true,
+  restart: true,
+  deadLetter: true,
+  permissions: true,
+  pipeline: true,
+  handle: true,
+  output: true,
+  concurrency: true,
+});
 
 /**
  * Declares an actor. Checks the definition now, so a mistake is an error at start-up naming the
@@ -135,6 +176,7 @@ export function actor<In, Out>(definition: ActorDefinition<In, Out>): Actor<In, 
   if (typeof name !== 'string' || name.length === 0 || /[\s.*>]/.test(name)) {
     throw new OptionsError('actor.name', 'must be a non-empty string without white space, dots or wildcards', name);
   }
+  knownKeys(`actor '${name}'`, definition, actorKeys);
   const hasPipeline = typeof definition.pipeline === 'function';
   const hasHandle = typeof definition.handle === 'function';
   if (hasPipeline === hasHandle) {
@@ -153,15 +195,37 @@ export function actor<In, Out>(definition: ActorDefinition<In, Out>): Actor<In, 
     validateSubject(subjectName, 'subscribe');
     return Object.freeze({ name: subjectName, schema: typeof ref === 'string' ? undefined : ref.schema });
   });
-  const deadLetter = definition.deadLetter ?? `$DLQ.${name}`;
+  // What an actor sends to a subject it subscribes to comes back to it: a message loop.
+  const ownSubscription = (subject: string) => subjects.find((s) => subjectMatches(s.name, subject))?.name;
+  let deadLetter = definition.deadLetter ?? `$DLQ.${name}`;
   validateSubject(deadLetter, 'publish');
+  if (ownSubscription(deadLetter) !== undefined) {
+    if (definition.deadLetter !== undefined) {
+      throw new OptionsError(
+        `actor '${name}'.deadLetter`,
+        `must not be a subject the actor subscribes to ('${ownSubscription(deadLetter)}'): its dead letters would come back to it`,
+        deadLetter,
+      );
+    }
+    deadLetter = `${TERMINAL_PREFIX}${name}`;
+  }
   const output =
     definition.output === undefined
       ? undefined
       : typeof definition.output === 'string'
         ? definition.output
         : definition.output.name;
-  if (output !== undefined) validateSubject(output, 'publish');
+  if (output !== undefined) {
+    validateSubject(output, 'publish');
+    const loop = ownSubscription(output);
+    if (loop !== undefined) {
+      throw new OptionsError(
+        `actor '${name}'.output`,
+        `must not be a subject the actor subscribes to ('${loop}'): its outputs would come back to it as input`,
+        output,
+      );
+    }
+  }
   const partitioned = definition.partitionBy !== undefined;
   const lanes = intOption(`actor '${name}'.lanes`, definition.lanes, partitioned ? 8 : 1, 1);
   if (lanes > 1 && !partitioned) {
@@ -172,6 +236,26 @@ export function actor<In, Out>(definition: ActorDefinition<In, Out>): Actor<In, 
     );
   }
   const maxInFlight = intOption(`actor '${name}'.maxInFlight`, definition.maxInFlight, 256, 1);
+  const concurrency = intOption(`actor '${name}'.concurrency`, definition.concurrency, 1, 1);
+  if (definition.concurrency !== undefined) {
+    if (hasPipeline) {
+      throw new OptionsError(
+        `actor '${name}'.concurrency`,
+        "is for 'handle' actors; a pipeline sets its own with mergeMap or mapAsync",
+        concurrency,
+      );
+    }
+    if (partitioned && concurrency > 1) {
+      throw new OptionsError(
+        `actor '${name}'.concurrency`,
+        "must be 1 with 'partitionBy': each lane keeps the order of its keys; add lanes instead",
+        concurrency,
+      );
+    }
+    if (concurrency > maxInFlight) {
+      throw new OptionsError(`actor '${name}'.concurrency`, `must be <= maxInFlight (${maxInFlight})`, concurrency);
+    }
+  }
   if (definition.queue !== undefined) validateQueue(definition.queue, `actor '${name}'.queue`);
   oneOf(`actor '${name}'.queueStrategy`, definition.queueStrategy, queueStrategies, 'round-robin');
   if (definition.partitionBy !== undefined && typeof definition.partitionBy !== 'function') {
@@ -181,5 +265,14 @@ export function actor<In, Out>(definition: ActorDefinition<In, Out>): Actor<In, 
   resolveMailboxOptions(definition.mailbox, `actor '${name}'.mailbox`);
   resolveRetry(definition.retry, `actor '${name}'.retry`);
   resolveRestart(definition.restart, `actor '${name}'.restart`);
-  return Object.freeze({ definition, name, subjects: Object.freeze(subjects), deadLetter, output, lanes, maxInFlight });
+  return Object.freeze({
+    definition,
+    name,
+    subjects: Object.freeze(subjects),
+    deadLetter,
+    output,
+    lanes,
+    maxInFlight,
+    concurrency,
+  });
 }

@@ -444,9 +444,14 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   }
 
   #deadLetter(env: Envelope, error: unknown, attempts: number, upstream: Lineage | undefined): void {
-    this.counters.deadLettered++;
-    this.#totals.deadLettered++;
-    this.#deadLetters.send(env, error, attempts, upstream);
+    if (this.#deadLetters.send(env, error, attempts, upstream)) {
+      this.counters.deadLettered++;
+      this.#totals.deadLettered++;
+    } else {
+      // A failed dead letter from `$DEAD.`: logged and dropped, so the chain of dead letters ends.
+      this.counters.dropped++;
+      this.#totals.dropped++;
+    }
   }
 
   // ---- lifecycle ----

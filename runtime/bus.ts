@@ -13,7 +13,7 @@ import {
 } from './errors.ts';
 import { absorbDownstream, releaseDownstream } from './lineage.ts';
 import { type DropReason, Mailbox, Offer } from './mailbox.ts';
-import { intOption, oneOf } from './options.ts';
+import { intOption, knownKeys, oneOf, optionKeys } from './options.ts';
 import { PermissionChecker, type Permissions } from './permissions.ts';
 import { type Match, queueProblem, type Routable, SubjectTrie, validateSubject } from './subjects.ts';
 import { Subscription, type SubscriptionOptions } from './subscription.ts';
@@ -52,6 +52,15 @@ export const DEFAULT_BUS_OPTIONS = Object.freeze({
   measure: 'binary',
   requestTimeoutMs: 5000,
 } as const);
+
+const busOptionKeys = optionKeys<keyof BusOptions>({
+  clock: true,
+  maxPayloadBytes: true,
+  measure: true,
+  codec: true,
+  requestTimeoutMs: true,
+  telemetry: true,
+});
 
 export interface RequestOptions extends PublishOptions {
   /** @default the bus's requestTimeoutMs */
@@ -137,6 +146,7 @@ export class Bus implements BusClient {
   readonly liveSubscriptions = new Set<Subscription>();
 
   constructor(options: BusOptions = {}) {
+    knownKeys('bus', options, busOptionKeys);
     this.clock = options.clock ?? systemClock;
     this.telemetry = options.telemetry ?? new Telemetry();
     this.#counters = this.telemetry.counters;

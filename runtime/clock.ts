@@ -13,7 +13,11 @@ export interface Timer {
 export interface Clock {
   /** Milliseconds since the epoch. */
   now(): number;
-  /** Runs `callback` once `delayMs` has passed on this clock. */
+  /**
+   * Runs `callback` once `delayMs` has passed on this clock. A negative or NaN delay means now;
+   * `Infinity` means never. Delays beyond Node's timer limit (2^31−1 ms, about 24.8 days) are
+   * honoured, not cut short.
+   */
   setTimeout(callback: () => void, delayMs: number): Timer;
   /** Resolves after `delayMs`; rejects with the signal's reason if it aborts first. */
   sleep(delayMs: number, signal?: AbortSignal): Promise<void>;
@@ -67,10 +71,28 @@ export class SystemClock extends BaseClock {
   }
 
   setTimeout(callback: () => void, delayMs: number): Timer {
-    const handle = setTimeout(callback, Math.max(0, delayMs));
+    if (delayMs <= MAX_TIMER_MS || Number.isNaN(delayMs)) {
+      const handle = setTimeout(callback, delayMs > 0 ? delayMs : 0);
+      return { cancel: () => clearTimeout(handle) };
+    }
+    if (delayMs === Number.POSITIVE_INFINITY) return NEVER;
+    // Node fires a longer delay after 1 ms (TimeoutOverflowWarning): wait in steps it accepts.
+    const due = Date.now() + delayMs;
+    let handle: ReturnType<typeof setTimeout>;
+    const step = (): void => {
+      const rest = due - Date.now();
+      if (rest > MAX_TIMER_MS) handle = setTimeout(step, MAX_TIMER_MS);
+      else handle = setTimeout(callback, rest > 0 ? rest : 0);
+    };
+    handle = setTimeout(step, MAX_TIMER_MS);
     return { cancel: () => clearTimeout(handle) };
   }
 }
+
+/** The longest delay Node's `setTimeout` takes (a signed 32-bit count of milliseconds). */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+const NEVER: Timer = Object.freeze({ cancel: () => {} });
 
 interface VirtualTimer {
   readonly at: number;
@@ -100,7 +122,9 @@ export class VirtualClock extends BaseClock {
   }
 
   setTimeout(callback: () => void, delayMs: number): Timer {
-    // As Node's setTimeout: a negative or NaN delay means now. A NaN due time would never sort or fall due.
+    // As SystemClock: a negative or NaN delay means now (a NaN due time would never sort or fall
+    // due), `Infinity` never, and a delay past Node's timer limit is kept whole.
+    if (delayMs === Number.POSITIVE_INFINITY) return NEVER;
     const delay = delayMs > 0 ? delayMs : 0;
     const timer: VirtualTimer = { at: this.#now + delay, seq: this.#seq++, callback, cancelled: false };
     insertSorted(this.#timers, timer);

@@ -17,9 +17,18 @@ export const DEAD_LETTER_HEADERS = Object.freeze({
 });
 
 /**
+ * Where a dead letter of a dead letter goes: `$DEAD.<actor>`, outside `$DLQ.>`, so an actor that
+ * consumes dead letters and fails on them never feeds itself. What fails again on a `$DEAD.`
+ * subject is logged and dropped: the chain ends there.
+ */
+export const TERMINAL_PREFIX = '$DEAD.';
+
+/**
  * @internal An actor's way to its dead-letter subject. A message moved there carries the reason
  * in headers, and its source reference passes to the dead letter, so the source is acknowledged
- * once the dead letter is accepted: it is kept, not lost.
+ * once the dead letter is accepted: it is kept, not lost. The dead letter is a new message: it
+ * starts at attempt 1, so whoever consumes it gets its own retries; `sluice-attempts` keeps the
+ * count of the input that failed.
  */
 export class DeadLetters {
   readonly #actor: string;
@@ -50,8 +59,22 @@ export class DeadLetters {
     return this.#pending;
   }
 
-  /** Sends `env` to the dead-letter subject; `upstream` is its source reference, given back once accepted. */
-  send(env: Envelope, error: unknown, attempts: number, upstream: Lineage | undefined): void {
+  /**
+   * Sends `env` to the dead-letter subject (`$DEAD.<actor>` when `env` is already a dead letter);
+   * `upstream` is its source reference, given back once accepted. Returns false when `env` came
+   * from a `$DEAD.` subject: it is logged and dropped, and its source acknowledged.
+   */
+  send(env: Envelope, error: unknown, attempts: number, upstream: Lineage | undefined): boolean {
+    if (env.subject.startsWith(TERMINAL_PREFIX)) {
+      this.#log.error(
+        `actor '${this.#actor}' failed on dead letter '${env.id}' from '${env.subject}' after ${attempts} attempt(s) and dropped it (a dead letter of a dead letter's dead letter goes nowhere): ${messageOf(error)}`,
+        { data: env.data, headers: env.headers },
+      );
+      releaseDownstream(upstream);
+      return false;
+    }
+    const subject =
+      env.headers[DEAD_LETTER_HEADERS.error] !== undefined ? `${TERMINAL_PREFIX}${this.#actor}` : this.#subject;
     const now = this.#clock.now();
     const code = error instanceof SluiceError ? error.code : 'SLUICE_ERR_HANDLER';
     const headers: Record<string, string> = {
@@ -64,15 +87,15 @@ export class DeadLetters {
       [DEAD_LETTER_HEADERS.messageId]: env.id,
       [DEAD_LETTER_HEADERS.time]: new Date(now).toISOString(),
     };
-    if (!this.#bus.hasSubscribers(this.#subject)) {
+    if (!this.#bus.hasSubscribers(subject)) {
       this.#log.warn(
-        `actor '${this.#actor}' dead-lettered message '${env.id}' from '${env.subject}' to '${this.#subject}', which has no subscriber: ${messageOf(error)}`,
+        `actor '${this.#actor}' dead-lettered message '${env.id}' from '${env.subject}' to '${subject}', which has no subscriber: ${messageOf(error)}`,
       );
     }
     const letter = createEnvelope(
-      this.#subject,
+      subject,
       env.data,
-      { key: env.key, eventTime: env.eventTime, headers, lineage: upstream, attempt: attempts },
+      { key: env.key, eventTime: env.eventTime, headers, lineage: upstream },
       now,
     );
     this.#pending++;
@@ -92,5 +115,6 @@ export class DeadLetters {
         releaseDownstream(upstream, e);
         this.#onSent();
       });
+    return true;
   }
 }

@@ -6,12 +6,13 @@ import { ClosedError, OptionsError } from './errors.ts';
 import type { Input } from './input.ts';
 import type { Lane, LaneHost } from './lane.ts';
 import { injectTrace } from './telemetry.ts';
+import { isThenable } from './typedSubject.ts';
 
 type Handle = HandlerActor<unknown, unknown>['handle'];
 
 /**
- * @internal A lane of a handler actor: runs the handler on up to `concurrency` inputs at once and
- * queues the rest. An ordered lane (`partitionBy`, concurrency 1) holds its queue back after a
+ * @internal A lane of a handler actor: runs the handler on one input at a time (or up to the
+ * actor's `concurrency`) and queues the rest. An ordered lane (`partitionBy`, concurrency 1) holds its queue back after a
  * failure until the failed input was retried or dead-lettered, so a key's order survives retries.
  */
 export class HandlerLane implements Lane {
@@ -104,15 +105,19 @@ export class HandlerLane implements Lane {
     input.delivered = true;
     const ctx = new MessageCtx(this, this.#ctx, input);
     let result: unknown;
+    let thenable: boolean;
     try {
       result = this.#handle(input.env, ctx);
+      // Any thenable, not only a native promise: a handler may return one from another library.
+      // (Inside the try: reading `then` runs a getter, which may throw.)
+      thenable = isThenable(result);
     } catch (error) {
       // `throw undefined` is still a failure: an undefined error would read as success.
       this.#handled(input, error ?? new Error('handler threw undefined'), undefined);
       return;
     }
-    if (result instanceof Promise) {
-      result.then(
+    if (thenable) {
+      Promise.resolve(result).then(
         (value: unknown) => this.#handled(input, undefined, value),
         (error: unknown) => this.#handled(input, error ?? new Error('handler rejected'), undefined),
       );

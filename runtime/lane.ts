@@ -8,8 +8,8 @@ import type { Input } from './input.ts';
 import { PipelineLane } from './pipelineLane.ts';
 
 /**
- * @internal One lane of an actor: a pipeline, or a handler taking inputs one at a time per key
- * (`partitionBy`) or up to `maxInFlight` at once. Inputs of one key always go to the same lane.
+ * @internal One lane of an actor: a pipeline, or a handler taking inputs one at a time (or up to
+ * its `concurrency` at once). Inputs of one key always go to the same lane.
  */
 export interface Lane {
   readonly index: number;
@@ -70,8 +70,7 @@ export function createLanes(
       lanes.push(new PipelineLane(host, i, ctx, pipeline, actor.output));
     } else {
       const handle = def.handle as HandlerActor<unknown, unknown>['handle'];
-      const concurrency = partitioned ? 1 : actor.maxInFlight;
-      lanes.push(new HandlerLane(host, i, ctx, handle, actor.output, concurrency, partitioned));
+      lanes.push(new HandlerLane(host, i, ctx, handle, actor.output, actor.concurrency, partitioned));
     }
   }
   return lanes;

@@ -1,6 +1,6 @@
 import type { Envelope } from './envelope.ts';
 import { MailboxFullError } from './errors.ts';
-import { intOption, oneOf } from './options.ts';
+import { intOption, knownKeys, oneOf, optionKeys } from './options.ts';
 
 export const overflowPolicies = ['block', 'drop-oldest', 'drop-newest', 'fail'] as const;
 /**
@@ -19,7 +19,10 @@ export interface MailboxOptions {
 
 export const DEFAULT_MAILBOX_OPTIONS = Object.freeze({ capacity: 1024, overflow: 'block' } as const);
 
+const mailboxKeys = optionKeys<keyof MailboxOptions>({ capacity: true, overflow: true });
+
 export function resolveMailboxOptions(options: MailboxOptions = {}, path = 'mailbox'): Required<MailboxOptions> {
+  knownKeys(path, options, mailboxKeys);
   return {
     capacity: intOption(`${path}.capacity`, options.capacity, DEFAULT_MAILBOX_OPTIONS.capacity, 1),
     overflow: oneOf(`${path}.overflow`, options.overflow, overflowPolicies, DEFAULT_MAILBOX_OPTIONS.overflow),

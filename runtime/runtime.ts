@@ -3,7 +3,7 @@ import { ActorCell, type ActorCell as ActorCellType, type ActorRef } from './act
 import { Bus, type BusOptions } from './bus.ts';
 import { type Clock, systemClock, type Timer } from './clock.ts';
 import { messageOf, OptionsError, type RestartLimitError, ShutdownError } from './errors.ts';
-import { intOption } from './options.ts';
+import { intOption, knownKeys, optionKeys } from './options.ts';
 import { Telemetry } from './telemetry.ts';
 
 export interface RuntimeOptions {
@@ -115,7 +115,17 @@ export interface Runtime {
   readonly stopped: boolean;
 }
 
+const runtimeOptionKeys = optionKeys<keyof RuntimeOptions>({
+  clock: true,
+  bus: true,
+  logger: true,
+  shutdownDeadlineMs: true,
+  random: true,
+  onEscalate: true,
+});
+
 export function createRuntime(options: RuntimeOptions = {}): Runtime {
+  knownKeys('runtime', options, runtimeOptionKeys);
   return new RuntimeImpl(options);
 }
 

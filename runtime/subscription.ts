@@ -5,7 +5,7 @@ import type { Envelope } from './envelope.ts';
 import { OptionsError } from './errors.ts';
 import { releaseDownstream } from './lineage.ts';
 import { Mailbox, type MailboxOptions } from './mailbox.ts';
-import { intOption, oneOf } from './options.ts';
+import { intOption, knownKeys, oneOf, optionKeys } from './options.ts';
 
 export interface SubscriptionOptions<T> {
   /** Subscribers sharing a queue group split the messages; each group gets one copy. */
@@ -23,6 +23,15 @@ export interface SubscriptionOptions<T> {
   /** Errors from `callback`. @default logs to the console with the subject and message id */
   onError?: (error: unknown, env: Envelope<T>) => void;
 }
+
+const subscriptionOptionKeys = optionKeys<keyof SubscriptionOptions<unknown>>({
+  queue: true,
+  queueStrategy: true,
+  mailbox: true,
+  callback: true,
+  concurrency: true,
+  onError: true,
+});
 
 type Mode = 'none' | 'callback' | 'observable' | 'iterator';
 type Handler = (env: Envelope) => void | Promise<void>;
@@ -61,6 +70,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     options: SubscriptionOptions<T>,
     filter: ((subject: string) => boolean) | undefined,
   ) {
+    knownKeys('subscription', options, subscriptionOptionKeys);
     this.subject = pattern;
     this.queue = options.queue;
     this.#bus = bus;

@@ -1,5 +1,5 @@
 import { OptionsError } from './errors.ts';
-import { intOption, numberOption, oneOf } from './options.ts';
+import { intOption, knownKeys, numberOption, oneOf, optionKeys } from './options.ts';
 
 /** Exponential backoff with jitter, the delay before retry `n` or restart `n`. */
 export interface BackoffOptions {
@@ -53,7 +53,17 @@ export interface ResolvedRestart {
   readonly onLimit: RestartLimitAction;
 }
 
+const backoffKeys = optionKeys<keyof BackoffOptions>({ initialMs: true, maxMs: true, multiplier: true, jitter: true });
+const retryKeys = optionKeys<keyof RetryOptions>({ maxAttempts: true, backoff: true });
+const restartKeys = optionKeys<keyof RestartOptions>({
+  maxRestarts: true,
+  windowMs: true,
+  backoff: true,
+  onLimit: true,
+});
+
 export function resolveBackoff(o: BackoffOptions | undefined, path: string): ResolvedBackoff {
+  knownKeys(path, o, backoffKeys);
   const initialMs = numberOption(`${path}.initialMs`, o?.initialMs, DEFAULT_BACKOFF.initialMs);
   // Unset, the cap is never below the first delay: only a maxMs the user gave can contradict initialMs.
   const maxMs = numberOption(`${path}.maxMs`, o?.maxMs, Math.max(DEFAULT_BACKOFF.maxMs, initialMs));
@@ -69,6 +79,7 @@ export function resolveBackoff(o: BackoffOptions | undefined, path: string): Res
 }
 
 export function resolveRetry(o: RetryOptions | undefined, path = 'retry'): ResolvedRetry {
+  knownKeys(path, o, retryKeys);
   return Object.freeze({
     maxAttempts: intOption(`${path}.maxAttempts`, o?.maxAttempts, DEFAULT_RETRY.maxAttempts, 1),
     backoff: resolveBackoff(o?.backoff, `${path}.backoff`),
@@ -76,6 +87,7 @@ export function resolveRetry(o: RetryOptions | undefined, path = 'retry'): Resol
 }
 
 export function resolveRestart(o: RestartOptions | undefined, path = 'restart'): ResolvedRestart {
+  knownKeys(path, o, restartKeys);
   return Object.freeze({
     maxRestarts: intOption(`${path}.maxRestarts`, o?.maxRestarts, DEFAULT_RESTART.maxRestarts, 0),
     windowMs: intOption(`${path}.windowMs`, o?.windowMs, DEFAULT_RESTART.windowMs, 1),

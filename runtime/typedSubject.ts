@@ -33,8 +33,19 @@ export type DataOf<S> = S extends TypedSubject<infer T> ? T : unknown;
  */
 export function validate<T>(schema: StandardSchemaV1<unknown, T>, value: unknown, subjectName: string): T | Promise<T> {
   const result = schema['~standard'].validate(value);
-  if (result instanceof Promise) return result.then((r) => unwrap(r, subjectName));
+  // Standard Schema allows any thenable; Promise.resolve adopts one that is not a native promise.
+  if (isThenable(result)) return Promise.resolve(result).then((r) => unwrap(r, subjectName));
   return unwrap(result, subjectName);
+}
+
+/** @internal A promise or any object with a `then` method, which `await` would adopt. */
+export function isThenable(value: unknown): value is PromiseLike<unknown> {
+  if (value instanceof Promise) return true;
+  return (
+    value !== null &&
+    (typeof value === 'object' || typeof value === 'function') &&
+    typeof (value as { then?: unknown }).then === 'function'
+  );
 }
 
 function unwrap<T>(result: StandardSchemaV1.Result<T>, subjectName: string): T {

@@ -3,16 +3,21 @@ import { filter, map, merge, partition, take } from 'rxjs';
 import {
   type Actor,
   actor,
+  Bus,
+  type BusOptions,
+  createRuntime,
   DEAD_LETTER_HEADERS,
   type HandlerActor,
   jsonCodec,
   OptionsError,
+  type RuntimeOptions,
   SubjectError,
+  type SubscriptionOptions,
   subject,
 } from 'sluice';
 import { describe, expect, expectTypeOf, test } from 'vitest';
 import { z } from 'zod';
-import { collect, flush, gate, seeded, testRuntime } from './helpers.ts';
+import { collect, flush, gate, seeded, testRuntime, thrown } from './helpers.ts';
 
 describe('actor - pipeline mode', () => {
   test('maps and filters; a filtered input settles as dropped and leaves nothing in flight', async () => {
@@ -444,6 +449,11 @@ describe('actor - definition errors', () => {
     ["actor 'ok'.retry.backoff.maxMs", { ...ok, retry: { backoff: { initialMs: 500, maxMs: 100 } } }],
     ["actor 'ok'.restart.onLimit", { ...ok, restart: { onLimit: 'explode' } }],
     ["actor 'ok'.restart.windowMs", { ...ok, restart: { windowMs: 0 } }],
+    ["actor 'ok'.concurrency", { ...ok, concurrency: 0 }],
+    ["actor 'ok'.concurrency", { ...ok, concurrency: 300 }],
+    ["actor 'ok'.concurrency", { ...ok, partitionBy: () => 'k', concurrency: 2 }],
+    ["actor 'ok'.concurrency", { name: 'ok', subscribe: 'in', pipeline: (in$: unknown) => in$, concurrency: 2 }],
+    ["actor 'ok'.retry", { ...ok, retry: 3 }],
   ];
 
   test.each(cases)('an invalid %s is an OptionsError naming it, thrown by actor()', (option, definition) => {
@@ -475,6 +485,92 @@ describe('actor - definition errors', () => {
     rt.spawn(a);
     expect(() => rt.spawn(a)).toThrow(OptionsError);
     expect(() => rt.spawn(a)).toThrow(/'actor.name': must be unique/);
+  });
+});
+
+describe('actor - unknown option keys', () => {
+  const ok = { name: 'ok', subscribe: 'in', handle: () => {} };
+  const cases: [option: string, suggestion: string | undefined, definition: Record<string, unknown>][] = [
+    ["actor 'ok'.maxInflight", 'maxInFlight', { ...ok, maxInflight: 10 }],
+    ["actor 'ok'.deadletter", 'deadLetter', { ...ok, deadletter: 'dead' }],
+    ["actor 'ok'.mailbox.capacty", 'capacity', { ...ok, mailbox: { capacty: 10 } }],
+    ["actor 'ok'.retry.attempts", 'maxAttempts', { ...ok, retry: { attempts: 5 } }],
+    ["actor 'ok'.retry.backoff.initalMs", 'initialMs', { ...ok, retry: { backoff: { initalMs: 5 } } }],
+    ["actor 'ok'.restart.maxRestart", 'maxRestarts', { ...ok, restart: { maxRestart: 1 } }],
+    ["actor 'ok'.restart.backoff.jiter", 'jitter', { ...ok, restart: { backoff: { jiter: 0 } } }],
+    ["actor 'ok'.colour", undefined, { ...ok, colour: 'blue' }],
+  ];
+
+  test.each(cases)('%s is an OptionsError at actor() naming the path and the key', (option, suggestion, definition) => {
+    const error = thrown(() => actor(definition as unknown as HandlerActor<unknown, unknown>));
+    expect(error).toBeInstanceOf(OptionsError);
+    expect(error).toMatchObject({ option });
+    const key = option.split('.').at(-1) as string;
+    expect((error as Error).message).toContain(`'${key}' is not an option`);
+    if (suggestion === undefined) expect((error as Error).message).not.toContain('did you mean');
+    else expect((error as Error).message).toContain(`did you mean '${suggestion}'?`);
+  });
+
+  test('the bus, the runtime and subscriptions refuse unknown keys too', () => {
+    expect(thrown(() => new Bus({ maxPayload: 10 } as BusOptions))).toMatchObject({
+      option: 'bus.maxPayload',
+      message: expect.stringContaining("did you mean 'maxPayloadBytes'?"),
+    });
+    expect(thrown(() => createRuntime({ shutdownDeadline: 10 } as RuntimeOptions))).toMatchObject({
+      option: 'runtime.shutdownDeadline',
+      message: expect.stringContaining("did you mean 'shutdownDeadlineMs'?"),
+    });
+    expect(thrown(() => createRuntime({ bus: { requestTimeout: 10 } } as RuntimeOptions))).toMatchObject({
+      option: 'bus.requestTimeout',
+      message: expect.stringContaining("did you mean 'requestTimeoutMs'?"),
+    });
+    const bus = new Bus();
+    expect(thrown(() => bus.subscribe('x', { concurency: 4 } as SubscriptionOptions<unknown>))).toMatchObject({
+      option: 'subscription.concurency',
+      message: expect.stringContaining("did you mean 'concurrency'?"),
+    });
+    expect(
+      thrown(() => bus.subscribe('x', { mailbox: { overflw: 'fail' } } as SubscriptionOptions<unknown>)),
+    ).toMatchObject({ option: 'mailbox.overflw', message: expect.stringContaining("did you mean 'overflow'?") });
+    // Nothing was left subscribed by the refused calls.
+    expect(bus.subscriptions).toBe(0);
+  });
+});
+
+describe('actor - no loops to itself', () => {
+  const ok = { name: 'ok', subscribe: 'orders.>', handle: () => {} };
+
+  test.each([
+    ['the same subject', { ...ok, subscribe: 'x', output: 'x' }, 'x'],
+    ['a subject its wildcard matches', { ...ok, output: 'orders.priced' }, 'orders.>'],
+    ['a subject one of several subscriptions matches', { ...ok, subscribe: ['a', 'b.*'], output: 'b.c' }, 'b.*'],
+  ])('an output on %s is refused, for handlers', (_, definition, matched) => {
+    const error = thrown(() => actor(definition as HandlerActor<unknown, unknown>));
+    expect(error).toBeInstanceOf(OptionsError);
+    expect(error).toMatchObject({ option: "actor 'ok'.output" });
+    expect((error as Error).message).toContain(`subscribes to ('${matched}')`);
+  });
+
+  test('an output its own subscription matches is refused for pipelines too', () => {
+    const error = thrown(() =>
+      actor<number, number>({ name: 'p', subscribe: 'x.*', output: 'x.y', pipeline: (in$) => in$ }),
+    );
+    expect(error).toMatchObject({ option: "actor 'p'.output" });
+  });
+
+  test('a dead-letter subject its own subscriptions match is refused', () => {
+    expect(thrown(() => actor({ ...ok, deadLetter: 'orders.failed' }))).toMatchObject({
+      option: "actor 'ok'.deadLetter",
+    });
+    expect(
+      thrown(() => actor<number, number>({ name: 'p', subscribe: '>', deadLetter: 'dead', pipeline: (in$) => in$ })),
+    ).toMatchObject({ option: "actor 'p'.deadLetter" });
+  });
+
+  test('the default dead-letter subject of an actor on $DLQ.> is $DEAD.<name>, outside its subscription', () => {
+    expect(actor({ ...ok, name: 'dlq-reader', subscribe: '$DLQ.>' }).deadLetter).toBe('$DEAD.dlq-reader');
+    expect(actor({ ...ok, name: 'reader', subscribe: '$DLQ.other' }).deadLetter).toBe('$DLQ.reader');
+    expect(actor(ok).deadLetter).toBe('$DLQ.ok');
   });
 });
 
@@ -518,5 +614,135 @@ describe('actor - replies and permissions', () => {
     await expect(rt.bus.client('c', { publish: { allow: ['results.>'] } }).publish('math.double', 1)).rejects.toThrow(
       'permission denied',
     );
+  });
+});
+
+describe('actor - handler concurrency', () => {
+  async function deposits(concurrency: number | undefined): Promise<{ balance: number; maxActive: number }> {
+    const { rt, clock } = testRuntime();
+    let balance = 0;
+    let active = 0;
+    let maxActive = 0;
+    rt.spawn(
+      actor<number, never>({
+        name: 'account',
+        subscribe: 'deposits',
+        ...(concurrency === undefined ? {} : { concurrency }),
+        handle: async (env, ctx) => {
+          active++;
+          maxActive = Math.max(maxActive, active);
+          // Read, await, write: safe only if no other deposit runs in between.
+          const read = balance;
+          await ctx.clock.sleep(1);
+          balance = read + env.data;
+          active--;
+        },
+      }),
+    );
+    for (let i = 0; i < 100; i++) await rt.bus.publish('deposits', 1);
+    await clock.runAll();
+    await rt.idle();
+    return { balance, maxActive };
+  }
+
+  test('by default a handler takes one message at a time: 100 read-modify-write deposits lose none', async () => {
+    expect(await deposits(undefined)).toEqual({ balance: 100, maxActive: 1 });
+  });
+
+  test('concurrency: n lets up to n messages overlap in the handler', async () => {
+    const { balance, maxActive } = await deposits(8);
+    expect(maxActive).toBe(8);
+    // The overlap is real: the unguarded read-modify-write lost deposits.
+    expect(balance).toBeLessThan(100);
+  });
+});
+
+describe('actor - thenables', () => {
+  /** A thenable that is not a Promise, as some libraries return. */
+  function later<T>(outcome: { value: T } | { error: unknown }): PromiseLike<T> {
+    return {
+      // biome-ignore lint/suspicious/noThenProperty: the point of the test is a non-Promise thenable
+      then(onFulfilled, onRejected) {
+        return Promise.resolve().then(() =>
+          'value' in outcome ? onFulfilled?.(outcome.value) : onRejected?.(outcome.error),
+        ) as never;
+      },
+    };
+  }
+
+  test('a handler that returns a thenable has its value published, as with a promise', async () => {
+    const { rt } = testRuntime();
+    const out = collect<number>(rt.bus, 'out');
+    const ref = rt.spawn(
+      actor<number, number>({
+        name: 'lazy',
+        subscribe: 'in',
+        output: 'out',
+        handle: (e) => later({ value: e.data * 2 }),
+      }),
+    );
+    await rt.bus.publish('in', 21);
+    await rt.idle();
+    await flush();
+    expect(out.map((e) => e.data)).toEqual([42]);
+    expect(ref.counters).toMatchObject({ acked: 1, deadLettered: 0 });
+  });
+
+  test('a thenable that rejects, or whose then getter throws, fails the message', async () => {
+    const { rt, clock } = testRuntime();
+    const dlq = collect<number>(rt.bus, '$DLQ.sour');
+    const out = collect(rt.bus, 'out');
+    const ref = rt.spawn(
+      actor<number, number>({
+        name: 'sour',
+        subscribe: 'in',
+        output: 'out',
+        retry: { maxAttempts: 1 },
+        handle: (e) => {
+          if (e.data === 1) return later<number>({ error: new Error('rejected thenable') });
+          return Object.defineProperty({}, 'then', {
+            get() {
+              throw new Error('hostile then');
+            },
+          }) as number;
+        },
+      }),
+    );
+    await rt.bus.publish('in', 1);
+    await rt.bus.publish('in', 2);
+    await clock.runAll();
+    await rt.idle();
+    await flush();
+    expect(out).toEqual([]);
+    expect(dlq.map((e) => [e.data, e.headers[DEAD_LETTER_HEADERS.error]])).toEqual([
+      [1, 'rejected thenable'],
+      [2, 'hostile then'],
+    ]);
+    expect(ref.counters).toMatchObject({ acked: 0, deadLettered: 2 });
+  });
+
+  test('a Standard Schema whose validate returns a thenable is awaited', async () => {
+    const { rt } = testRuntime();
+    const schema: StandardSchemaV1<unknown, number> = {
+      '~standard': {
+        version: 1,
+        vendor: 'test',
+        validate: (value) =>
+          later(
+            typeof value === 'number'
+              ? { value: { value: value + 1 } }
+              : { value: { issues: [{ message: 'not a number' }] } },
+          ) as unknown as StandardSchemaV1.Result<number>,
+      },
+    };
+    const seen: unknown[] = [];
+    const dlq = collect(rt.bus, '$DLQ.checked');
+    rt.spawn(actor({ name: 'checked', subscribe: subject('nums', { schema }), handle: (e) => void seen.push(e.data) }));
+    await rt.bus.publish('nums', 1);
+    await rt.bus.publish('nums', 'two');
+    await rt.idle();
+    await flush();
+    expect(seen).toEqual([2]);
+    expect(dlq.map((e) => e.headers[DEAD_LETTER_HEADERS.error])).toEqual(["invalid data on 'nums': not a number"]);
   });
 });

@@ -65,6 +65,7 @@ describe('backpressure - block', () => {
         subscribe: 'work',
         mailbox: { capacity, overflow: 'block' },
         maxInFlight,
+        concurrency: maxInFlight,
         handle: async (env) => {
           // Held by the actor: queued in its mailbox, or taken and not yet settled.
           maxHeld = Math.max(maxHeld, ref.depth + ref.inFlight);

@@ -14,6 +14,7 @@ describe('shutdown - drain', () => {
         name: 'worker',
         subscribe: 'in',
         maxInFlight: 2,
+        concurrency: 2,
         handle: async (env, ctx) => {
           await ctx.clock.sleep(100);
           handled.push(env.data);
@@ -108,6 +109,7 @@ describe('shutdown - stopping one actor', () => {
         subscribe: 'in',
         output: 'out',
         maxInFlight: 4,
+        concurrency: 4,
         handle: async (env) => {
           if (env.data === 4) await new Promise<never>(() => {});
           return env.data;

@@ -100,7 +100,8 @@ describe('supervision - per-message retry', () => {
     expect(letter?.subject).toBe('$DLQ.failing');
     expect(letter?.data).toEqual({ n: 7 });
     expect(letter?.key).toBe('k7');
-    expect(letter?.attempt).toBe(3);
+    // A new message for whoever consumes it; the attempts of the failed input are in the headers.
+    expect(letter?.attempt).toBe(1);
     expect(letter?.headers).toEqual({
       tenant: 'acme',
       [DEAD_LETTER_HEADERS.error]: 'cannot handle 7',
@@ -521,4 +522,46 @@ describe('supervision - poison messages', () => {
     expect(handler.counters).toMatchObject({ acked: 2, deadLettered: 3 });
     expect(rt.stopped).toBe(false);
   });
+});
+
+describe('supervision - dead letters of dead letters', () => {
+  const failing = (name: string, subscribe: string, maxAttempts: number) =>
+    actor<unknown, never>({
+      name,
+      subscribe,
+      retry: { maxAttempts, backoff: { initialMs: 10, jitter: 0 } },
+      handle: () => {
+        throw new Error(`${name} always fails`);
+      },
+    });
+
+  test('a dead letter starts at attempt 1, so an actor consuming $DLQ.a gets its own maxAttempts', async () => {
+    const { rt, clock } = testRuntime();
+    const attempts: number[] = [];
+    rt.spawn(failing('a', 'in', 3));
+    rt.spawn(
+      actor<unknown, never>({
+        name: 'second-chance',
+        subscribe: '$DLQ.a',
+        retry: { maxAttempts: 4, backoff: { initialMs: 10, jitter: 0 } },
+        handle: (env) => {
+          attempts.push(env.attempt);
+          throw new Error('still failing');
+        },
+      }),
+    );
+    const dead = collect(rt.bus, '$DEAD.>');
+    await rt.bus.publish('in', 'x');
+    await clock.runAll(1_000);
+    await rt.idle();
+    await flush();
+    expect(attempts).toEqual([1, 2, 3, 4]);
+    // Its own dead letter keeps the count of the input that failed; a new message again.
+    expect(dead).toHaveLength(1);
+    expect(dead[0]?.attempt).toBe(1);
+    expect(dead[0]?.headers[DEAD_LETTER_HEADERS.attempts]).toBe('4');
+  });
+
+  // The loops (a handler on $DLQ.>, actors reading each other's dead letters) are in
+  // test/security/deadLetterLoops.test.ts, in a child process: before the fix they froze the process.
 });
