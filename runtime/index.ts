@@ -1,5 +1,6 @@
 export type {
   Actor,
+  AnyActor,
   ActorContext,
   ActorDefinition,
   HandlerActor,
