@@ -15,9 +15,7 @@ import { Watermark } from './watermarks.ts';
  * @see tumbling, WatermarkHub
  */
 export function keyBy<T>(selector: (data: T) => string): OperatorFunction<Envelope<T>, Envelope<T>> {
-  return map((env) =>
-    (env as Envelope<T> | Watermark) instanceof Watermark ? env : withKey(env, selector(env.data)),
-  );
+  return map((env) => ((env as Envelope<T> | Watermark) instanceof Watermark ? env : withKey(env, selector(env.data))));
 }
 
 function withKey<T>(env: Envelope<T>, key: string): Envelope<T> {

@@ -1,8 +1,8 @@
 export type {
   Actor,
-  AnyActor,
   ActorContext,
   ActorDefinition,
+  AnyActor,
   HandlerActor,
   HandlerResult,
   Logger,
