@@ -145,8 +145,20 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
    * `sluice-late-reason` header.
    *
    * @example
-   * const h = testPipeline((in$, ctx) => in$.pipe(tumbling({ ...opts, late: (env) => ctx.bus.forward({ ...env, subject: 'views.late' }) })));
-   * expect(h.lateData('views.late').map((l) => l.reason)).toEqual(['beyond-allowed-lateness']);
+   * const late = testPipeline((in$, ctx) =>
+   *   in$.pipe(
+   *     tumbling({
+   *       name: 'views',
+   *       sizeMs: 10,
+   *       aggregate: agg.count(),
+   *       late: (env) => ctx.bus.forward({ ...env, subject: 'views.late' }),
+   *     }),
+   *   ),
+   * );
+   * late.send('a', { eventTime: 25 });
+   * late.watermark(29);
+   * late.send('b', { eventTime: 5 }); // [0, 10) closed long ago
+   * expect(late.lateData('views.late').map((l) => l.reason)).toEqual(['beyond-allowed-lateness']);
    */
   lateData<T = In>(subject?: string): LateRecord<T>[] {
     return lateRecords<T>(this.published(subject) as Envelope<T>[]);
