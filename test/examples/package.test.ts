@@ -66,6 +66,9 @@ describe('the published package', () => {
     for (const file of ['LICENSE', 'dist/runtime/index.d.ts', 'dist/operators/index.js', 'dist/testing/index.d.ts'])
       expect(existsSync(join(pkg, file)), file).toBe(true);
     expect(readFileSync(join(pkg, 'LICENSE'), 'utf8')).toContain('Apache License');
+    // No public declaration names the sketch library (its types need protobufjs, not a dependency).
+    const quantiles = readFileSync(join(pkg, 'dist/operators/quantiles.d.ts'), 'utf8');
+    expect(quantiles).not.toMatch(/from '@datadog\/sketches-js'/);
     // The package's dependencies (not devDependencies, not protobufjs), and Node's types.
     const manifest = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as {
       dependencies: Record<string, string>;

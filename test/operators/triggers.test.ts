@@ -4,6 +4,7 @@ import {
   countWindow,
   type EarlyFiring,
   LateDataError,
+  session,
   tumbling,
   Watermark,
   WINDOW_HEADERS,
@@ -367,6 +368,22 @@ describe('window results - a result that fails', () => {
       [1, 'on-time', 0],
       [1, 'late', 0],
     ]);
+  });
+
+  test('sessions: a merged session whose result fails fails the inputs of every session merged into it', () => {
+    const h = testPipeline<number, WindowResult<number>>((in$) =>
+      in$.pipe(session({ name: 's', gapMs: 5, aggregate: unlucky })),
+    );
+    const a = h.send(1, { eventTime: 0, key: 'k' }); // [0, 5)
+    const b = h.send(13, { eventTime: 10, key: 'k' }); // [10, 15)
+    const bridge = h.send(2, { eventTime: 5, key: 'k' }); // merges both: [0, 15)
+    const other = h.send(4, { eventTime: 0, key: 'j' });
+    h.watermark(20);
+    expect(h.error).toBeUndefined();
+    expect([a.outcome, b.outcome, bridge.outcome]).toEqual(['failed', 'failed', 'failed']);
+    expect(a.error).toMatchObject({ operator: 's', key: 'k', start: 0, end: 15 });
+    expect(other.outcome).toBe('acked');
+    expect(h.values.map((r) => [r.key, r.value])).toEqual([['j', 1]]);
   });
 
   test('count windows: a tumbling count window whose result fails fails its own inputs only', () => {
