@@ -31,4 +31,4 @@ export type {
   WindowResult,
   WindowStats,
 } from './windows/types.ts';
-export { DEFAULT_WINDOW_OPTIONS, firings, lateReasons, WINDOW_HEADERS } from './windows/types.ts';
+export { DEFAULT_WINDOW_OPTIONS, firings, lateReasons, WINDOW_HEADERS, WindowResultError } from './windows/types.ts';

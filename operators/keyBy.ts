@@ -1,10 +1,12 @@
 import { map, type OperatorFunction } from 'rxjs';
 import type { Envelope } from '../runtime/envelope.ts';
+import { Watermark } from './watermarks.ts';
 
 /**
  * Sets each envelope's key from its data, so `partitionBy` lanes and keyed windows group by it.
  * Id, headers, event time and lineage pass through unchanged; order is kept. The envelope is
  * copied, never mutated: the same input may still sit in a window, a mailbox or a retry buffer.
+ * A `Watermark` in the stream passes on as it is.
  *
  *     in:   --a{user:1}--b{user:2}--|
  *     out:  --a[u1]------b[u2]------|      keyBy((d) => `u${d.user}`)
@@ -13,7 +15,7 @@ import type { Envelope } from '../runtime/envelope.ts';
  * @see tumbling, WatermarkHub
  */
 export function keyBy<T>(selector: (data: T) => string): OperatorFunction<Envelope<T>, Envelope<T>> {
-  return map((env) => withKey(env, selector(env.data)));
+  return map((env) => ((env as Envelope<T> | Watermark) instanceof Watermark ? env : withKey(env, selector(env.data))));
 }
 
 function withKey<T>(env: Envelope<T>, key: string): Envelope<T> {

@@ -18,8 +18,54 @@ export const DEFAULT_QUANTILES_OPTIONS = Object.freeze({
   relativeAccuracy: 0.01,
 });
 
-/** The sketch kept per window by `agg.quantiles`. */
-export type QuantileSketch = DDSketch;
+/**
+ * The state `agg.quantiles` keeps per window: a DDSketch and the smallest and largest value seen.
+ * The sketch itself stays private, so that the package's types do not depend on the library's.
+ */
+export class QuantileSketch {
+  readonly #sketch: DDSketch;
+  /** Values added. */
+  count = 0;
+  /** The smallest value added (`Infinity` while empty). */
+  min = Number.POSITIVE_INFINITY;
+  /** The largest value added (`-Infinity` while empty). */
+  max = Number.NEGATIVE_INFINITY;
+
+  constructor(relativeAccuracy: number) {
+    this.#sketch = new DDSketch({ relativeAccuracy });
+  }
+
+  add(value: number): void {
+    this.#sketch.accept(value);
+    this.count++;
+    if (value < this.min) this.min = value;
+    if (value > this.max) this.max = value;
+  }
+
+  merge(other: QuantileSketch): void {
+    this.#sketch.merge(other.#sketch);
+    this.count += other.count;
+    if (other.min < this.min) this.min = other.min;
+    if (other.max > this.max) this.max = other.max;
+  }
+
+  /** @internal Buckets allocated, to check memory in tests. */
+  get bins(): number {
+    return this.#sketch.store.bins.length;
+  }
+
+  /**
+   * The value at quantile `q`, within the relative accuracy, clamped to the values seen: a
+   * bucket's representative value can lie just outside them (a window of equal values would
+   * otherwise report a p50 that no input had).
+   */
+  quantile(q: number): number {
+    const v = this.#sketch.getValueAtQuantile(q);
+    if (v < this.min) return this.min;
+    if (v > this.max) return this.max;
+    return v;
+  }
+}
 
 /** Quantiles by name: `{ p50, p95, p99 }` for the default quantiles. */
 export type QuantileValues = Readonly<Record<string, number>>;
@@ -61,9 +107,9 @@ export function quantiles<T>(
     throw new OptionsError('quantiles.relativeAccuracy', 'must be > 0 and < 1', relativeAccuracy);
   const names = qs.map((q) => `p${+(q * 100).toFixed(6)}`);
   return {
-    init: () => new DDSketch({ relativeAccuracy }),
+    init: () => new QuantileSketch(relativeAccuracy),
     add: (acc, data) => {
-      acc.accept(select === undefined ? (data as number) : select(data));
+      acc.add(select === undefined ? (data as number) : select(data));
       return acc;
     },
     merge: (a, b) => {
@@ -72,7 +118,7 @@ export function quantiles<T>(
     },
     result: (acc) => {
       const out: Record<string, number> = {};
-      for (let i = 0; i < qs.length; i++) out[names[i] as string] = acc.getValueAtQuantile(qs[i] as number);
+      for (let i = 0; i < qs.length; i++) out[names[i] as string] = acc.quantile(qs[i] as number);
       return out;
     },
   };

@@ -276,3 +276,9 @@ export function actor<In, Out>(definition: ActorDefinition<In, Out>): Actor<In, 
     concurrency,
   });
 }
+
+/**
+ * Any actor `actor()` made, whatever its input and output types: what `runtime.spawn` takes, so
+ * that actors of different types go in one list (`[a, b, c].forEach(runtime.spawn)`).
+ */
+export type AnyActor = Omit<Actor, 'definition'> & { readonly definition: object };

@@ -2,6 +2,7 @@ export type {
   Actor,
   ActorContext,
   ActorDefinition,
+  AnyActor,
   HandlerActor,
   HandlerResult,
   Logger,

@@ -1,4 +1,4 @@
-import type { Actor, Logger } from './actor.ts';
+import type { Actor, AnyActor, Logger } from './actor.ts';
 import { ActorCell, type ActorCell as ActorCellType, type ActorRef } from './actorCell.ts';
 import { Bus, type BusOptions } from './bus.ts';
 import { type Clock, systemClock, type Timer } from './clock.ts';
@@ -89,8 +89,8 @@ export interface Runtime {
   readonly bus: Bus;
   readonly clock: Clock;
   readonly telemetry: Telemetry;
-  /** Starts an actor; its subscriptions are live when this returns. */
-  spawn<In, Out>(actor: Actor<In, Out>): ActorRef;
+  /** Starts an actor; its subscriptions are live when this returns. Bound: `actors.forEach(runtime.spawn)` works. */
+  spawn(actor: AnyActor): ActorRef;
   /** The running actor of that name. */
   actor(name: string): ActorRef | undefined;
   /**
@@ -144,6 +144,7 @@ class RuntimeImpl implements Runtime {
 
   constructor(options: RuntimeOptions) {
     this.clock = options.clock ?? systemClock;
+    this.spawn = this.spawn.bind(this);
     if (options.bus instanceof Bus) {
       this.bus = options.bus;
       this.telemetry = options.bus.telemetry;
@@ -166,7 +167,7 @@ class RuntimeImpl implements Runtime {
     return this.#stopping !== undefined;
   }
 
-  spawn<In, Out>(actor: Actor<In, Out>): ActorRef {
+  spawn(actor: AnyActor): ActorRef {
     if (this.#stopping !== undefined) throw new OptionsError('spawn', 'the runtime is stopping', actor.name);
     if (this.#cells.has(actor.name)) {
       throw new OptionsError('actor.name', 'must be unique in the runtime; one is already running', actor.name);

@@ -2,6 +2,7 @@ import { merge, type Observable, Subject } from 'rxjs';
 import {
   type Actor,
   type ActorContext,
+  type AnyActor,
   actor as defineActor,
   type Logger,
   type PipelineActor,
@@ -27,8 +28,8 @@ export interface HarnessRestartOptions {
   lane?: number;
 }
 
-/** Any actor, whatever its input and output types (the parts that do not depend on them). */
-export type OtherActor = Pick<Actor, 'name' | 'subjects' | 'lanes' | 'maxInFlight' | 'deadLetter' | 'output'>;
+/** Any actor, whatever its input and output types: the same as `AnyActor` from `sluice`. */
+export type OtherActor = AnyActor;
 
 const INJECTED = 'restart injected by the test harness';
 
@@ -41,9 +42,9 @@ const INJECTED = 'restart injected by the test harness';
  * tells the state the actor holds.
  *
  * @example
- * const h = testActor(pageViews);
- * await h.send({ page: '/home' }, { eventTime: 1_000 });
- * await h.advance(60_000);
+ * const h = testActor(pageViews); // the README's page-views actor
+ * await h.send({ page: '/home', ts: 1_000 });
+ * await h.send({ page: '/home', ts: 63_000 }); // event time, not advance(), closes the window
  * expect(h.published('views.per-minute')).toHaveLength(1);
  */
 export class ActorHarness {
@@ -58,7 +59,8 @@ export class ActorHarness {
   /** Per lane, the fault of its running pipeline: erroring it fails that pipeline. */
   readonly #faults = new Map<number, Subject<never>>();
 
-  constructor(actor: Actor, options: ActorHarnessOptions = {}) {
+  constructor(tested: AnyActor, options: ActorHarnessOptions = {}) {
+    const actor = tested as Actor;
     this.clock = new VirtualClock(options.startMs ?? 0);
     const keep = (m: string) => void this.logs.push(m);
     const logger: Logger = { debug: () => {}, info: () => {}, warn: keep, error: keep };
@@ -66,7 +68,7 @@ export class ActorHarness {
     this.runtime = createRuntime({ clock: this.clock, logger, random: () => 0 });
     this.runtime.bus.subscribe('>', { callback: (env) => void this.#published.push(env) });
     this.#actor = actor;
-    for (const other of options.with ?? []) this.runtime.spawn(other as Actor);
+    for (const other of options.with ?? []) this.runtime.spawn(other);
     this.ref = this.runtime.spawn(this.#withFaults(actor));
   }
 
@@ -217,6 +219,6 @@ export class ActorHarness {
 }
 
 /** Runs `actor` in an {@link ActorHarness}. */
-export function testActor<In, Out>(actor: Actor<In, Out>, options?: ActorHarnessOptions): ActorHarness {
-  return new ActorHarness(actor as unknown as Actor, options);
+export function testActor(actor: AnyActor, options?: ActorHarnessOptions): ActorHarness {
+  return new ActorHarness(actor, options);
 }

@@ -10,11 +10,13 @@ import { OptionsError } from '../runtime/errors.ts';
 import { type Outcome, Tracker, type TrackerOwner } from '../runtime/lineage.ts';
 
 /**
- * A pipeline as an actor declares it. Declared as a method so that a pipeline written for
- * envelopes only (`Observable<Envelope<In>>`) is accepted as well as one that takes watermarks.
+ * A pipeline as an actor declares it: its input is typed as envelopes, so that an inline factory
+ * starts with `eventTime`, `keyBy` or `map` as in an actor. A factory written for a timed input
+ * (`Observable<Timed<In>>`) is accepted too. Watermarks pushed by `watermark()` travel in the same
+ * stream: the event-time operators pass them on, and `watermarks()` replaces them with its own.
  */
 interface PipelineFactoryShape<In, Out> {
-  build(input$: Observable<Timed<In>>, ctx: ActorContext): Observable<Envelope<Out>>;
+  build(input$: Observable<Envelope<In>>, ctx: ActorContext): Observable<Envelope<Out>>;
 }
 export type PipelineFactory<In, Out> = PipelineFactoryShape<In, Out>['build'];
 
@@ -93,6 +95,8 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
   #generation = 0;
   #completed = false;
   #error: unknown = undefined;
+  /** Set apart from `#error`, which may be any value, `undefined` included. */
+  #failed = false;
 
   constructor(factory: PipelineFactory<In, Out>, options: PipelineHarnessOptions = {}) {
     this.#factory = factory;
@@ -120,7 +124,12 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
     return this.#completed;
   }
 
-  /** The error the pipeline failed with, if it did (use `restart()` to go on). */
+  /**
+   * The error the pipeline failed with, if it did. Until `restart()`, every call that feeds the
+   * pipeline or moves time throws it, so a failure is never missed: `send` and `sendAll` throw
+   * an earlier failure (a failure on the input sent shows in its record, `outcome: 'failed'`),
+   * and `watermark`, `complete` and `advance` also throw a failure they caused.
+   */
   get error(): unknown {
     return this.#error;
   }
@@ -136,8 +145,20 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
    * `sluice-late-reason` header.
    *
    * @example
-   * const h = testPipeline((in$, ctx) => in$.pipe(tumbling({ ...opts, late: (env) => ctx.bus.forward({ ...env, subject: 'views.late' }) })));
-   * expect(h.lateData('views.late').map((l) => l.reason)).toEqual(['beyond-allowed-lateness']);
+   * const late = testPipeline((in$, ctx) =>
+   *   in$.pipe(
+   *     tumbling({
+   *       name: 'views',
+   *       sizeMs: 10,
+   *       aggregate: agg.count(),
+   *       late: (env) => ctx.bus.forward({ ...env, subject: 'views.late' }),
+   *     }),
+   *   ),
+   * );
+   * late.send('a', { eventTime: 25 });
+   * late.watermark(29);
+   * late.send('b', { eventTime: 5 }); // [0, 10) closed long ago
+   * expect(late.lateData('views.late').map((l) => l.reason)).toEqual(['beyond-allowed-lateness']);
    */
   lateData<T = In>(subject?: string): LateRecord<T>[] {
     return lateRecords<T>(this.published(subject) as Envelope<T>[]);
@@ -178,19 +199,27 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
     return records;
   }
 
-  /** Pushes a watermark into the pipeline's input (for pipelines that take watermarks, such as windows). */
+  /**
+   * Pushes a watermark into the pipeline's input, to move event time in pipelines that take
+   * watermarks (windows). `eventTime` and `keyBy` pass it on; `watermarks()` drops it and makes
+   * its own from the event times, as Flink's does: there, send inputs with later event times.
+   */
   watermark(time: number, idle = false): void {
     this.#live().next(new Watermark(time, idle));
+    this.#raise();
   }
 
   /** Moves processing time forward, running timers (early firings, idleness, backoffs) on the way. */
-  advance(ms: number): Promise<void> {
-    return this.clock.advance(ms);
+  async advance(ms: number): Promise<void> {
+    this.#raise();
+    await this.clock.advance(ms);
+    this.#raise();
   }
 
   /** Completes the input (the end of the stream): windows flush what they hold. */
   complete(): void {
     this.#live().complete();
+    this.#raise();
   }
 
   /**
@@ -205,6 +234,7 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
       this.#trackers.delete(tracker);
     }
     this.#generation++;
+    this.#failed = false;
     this.#error = undefined;
     this.#completed = false;
     this.#start();
@@ -227,7 +257,8 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
   #start(): void {
     const input = new Subject<Timed<In>>();
     this.#input = input;
-    this.#subscription = this.#factory(input.asObservable(), this.#ctx).subscribe({
+    // Watermarks go through the same stream (see PipelineFactory).
+    this.#subscription = this.#factory(input.asObservable() as Observable<Envelope<In>>, this.#ctx).subscribe({
       next: (out) => {
         if (out.lineage instanceof Tracker && this.#settledTrackers.has(out.lineage)) {
           // The runtime warns and counts this too: an async step that did not hold its input.
@@ -241,6 +272,7 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
         out.lineage?.release();
       },
       error: (error: unknown) => {
+        this.#failed = true;
         this.#error = error;
       },
       complete: () => {
@@ -255,13 +287,16 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
     this.#trackers.set(tracker, record);
     input.next({ ...record.env, lineage: tracker });
     // If the pipeline failed on this input, the runtime would take it for the culprit: it fails with the error.
-    tracker.release(this.#error);
+    tracker.release(this.#failed ? (this.#error ?? new Error('the pipeline failed')) : undefined);
+  }
+
+  /** Throws the error the pipeline failed with, if it did (see `error`). */
+  #raise(): void {
+    if (this.#failed) throw this.#error ?? new Error('the pipeline failed with no error value');
   }
 
   #live(): Subject<Timed<In>> {
-    if (this.#error !== undefined) {
-      throw new OptionsError('harness', 'the pipeline failed; call restart() to go on', String(this.#error));
-    }
+    this.#raise();
     if (this.#input === undefined || this.#completed) {
       throw new OptionsError('harness', 'the pipeline has completed', 'complete');
     }

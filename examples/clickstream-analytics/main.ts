@@ -197,10 +197,17 @@ export async function main(options: ClickstreamOptions = {}): Promise<Clickstrea
     `out of order by up to ${MAX_DISORDER_MS / 1000} s, 1% delayed by 20 s; windows allow ${ALLOWED_LATENESS_MS / 1000} s of lateness\n`,
   );
   print(`${'window (UTC)'.padEnd(14)}${'result'.padEnd(14)}${'key'.padEnd(20)}value`);
-  const row = (r: WindowResult<unknown>, what: string, value: string) =>
+  // Every late input re-emits its window (its count changed), but a rounded quantile often did
+  // not move: an update is printed only when what it prints changed.
+  const printed = new Map<string, string>();
+  const row = (r: WindowResult<unknown>, what: string, value: string) => {
+    const id = `${what}:${r.idempotencyKey}`;
+    if (printed.get(id) === value) return;
+    printed.set(id, value);
     print(
       `${span(r.start, r.end).padEnd(14)}${what.padEnd(14)}${String(r.key ?? '(all)').padEnd(20)}${value}${r.isUpdate ? '  (update: late data)' : ''}`,
     );
+  };
 
   bus.subscribe<WindowResult<number>>('analytics.page-views', {
     callback: (env) => {

@@ -3,6 +3,7 @@
 import { filter, map } from 'rxjs';
 import { actor, createRuntime, type Envelope, subject, VirtualClock } from 'sluice';
 import { agg, eventTime, keyBy, tumbling, type WindowResult, watermarks } from 'sluice/operators';
+import { testActor, testPipeline } from 'sluice/testing';
 import { z } from 'zod';
 
 export async function main(print: (line: string) => void = console.log): Promise<string[]> {
@@ -64,26 +65,39 @@ export async function main(print: (line: string) => void = console.log): Promise
 
   // #region windows
   // Page views per page per minute, on event time, with 2 s of disorder and 5 s of lateness.
-  runtime.spawn(
-    actor<{ page: string; ts: number }, WindowResult<number>>({
-      name: 'page-views',
-      subscribe: 'clicks',
-      output: 'views.per-minute',
-      pipeline: (click$, ctx) =>
-        click$.pipe(
-          eventTime((click) => click.ts),
-          keyBy((click) => click.page),
-          watermarks({ maxOutOfOrdernessMs: 2_000, idleTimeoutMs: 30_000, clock: ctx.clock }),
-          tumbling({ name: 'page-views', sizeMs: 60_000, aggregate: agg.count(), allowedLatenessMs: 5_000 }),
-        ),
-    }),
-  );
+  const pageViews = actor<{ page: string; ts: number }, WindowResult<number>>({
+    name: 'page-views',
+    subscribe: 'clicks',
+    output: 'views.per-minute',
+    pipeline: (click$, ctx) =>
+      click$.pipe(
+        eventTime((click) => click.ts),
+        keyBy((click) => click.page),
+        watermarks({ maxOutOfOrdernessMs: 2_000, idleTimeoutMs: 30_000, clock: ctx.clock }),
+        tumbling({ name: 'page-views', sizeMs: 60_000, aggregate: agg.count(), allowedLatenessMs: 5_000 }),
+      ),
+  });
+  runtime.spawn(pageViews);
   bus.subscribe<WindowResult<number>>('views.per-minute', {
     callback: ({ data: w }) => log(`${w.key} [${w.start}, ${w.end}): ${w.value} views`),
   });
   for (const ts of [1_000, 30_000, 59_000, 58_000, 63_000]) await bus.publish('clicks', { page: '/home', ts });
   await runtime.idle(); // 63 s - 2 s passed the end of [0, 60 s): it fired with 4 views
   // #endregion
+
+  // #region testing
+  const h = testPipeline((in$) => in$.pipe(tumbling({ name: 'n', sizeMs: 10, aggregate: agg.count() })));
+  h.send('a', { eventTime: 3 });
+  h.watermark(9); // h.values: one result for [0, 10) with value 1
+
+  const a = testActor(pageViews); // the actor above, in a runtime of its own on a VirtualClock
+  await a.send({ page: '/home', ts: 1_000 });
+  await a.restart(); // the open window is replayed into the new pipeline
+  await a.send({ page: '/home', ts: 63_000 }); // 63 s - 2 s passes the end of [0, 60 s): it fires
+  const views = a.outputs<WindowResult<number>>().map((o) => o.data.value); // [1]
+  // #endregion
+  await a.stop();
+  log(`test kit: pipeline ${JSON.stringify(h.values.map((r) => r.value))}, actor ${JSON.stringify(views)}`);
 
   // #region clock
   // Every timeout, backoff and deadline runs on the runtime's clock; tests use a virtual one.

@@ -11,6 +11,7 @@ import {
   type WindowOperator,
   type WindowOutput,
   type WindowResult,
+  WindowResultError,
   type WindowStats,
   windowOperator,
 } from './types.ts';
@@ -132,6 +133,8 @@ class CountWindows<T, A, R> {
   open = 0;
   absorbed = 0;
   done = false;
+  /** The last watermark that went through: results carry it, nothing else uses it. */
+  watermark = Number.NEGATIVE_INFINITY;
 
   constructor(config: Config<T, A, R>, out: WindowOutput<R>, totals: { results: number }) {
     this.config = config;
@@ -141,7 +144,11 @@ class CountWindows<T, A, R> {
   }
 
   next(item: Timed<T>): void {
-    if (this.done || item instanceof Watermark) return;
+    if (this.done) return;
+    if (item instanceof Watermark) {
+      if (item.time > this.watermark) this.watermark = item.time;
+      return;
+    }
     try {
       this.take(item);
     } catch (error) {
@@ -214,8 +221,8 @@ class CountWindows<T, A, R> {
         this.absorbed++;
       }
       if (k.pending === size) {
-        this.emit(k, k.acc as A, k.seen - size, k.seen, size, 'on-time', k.lineages, k.firstId);
-        this.closeTumbling(k);
+        const failed = this.emit(k, k.acc as A, k.seen - size, k.seen, size, 'on-time', k.lineages, k.firstId);
+        this.closeTumbling(k, failed);
       }
       return;
     }
@@ -256,11 +263,12 @@ class CountWindows<T, A, R> {
       this.fireSliding(k, 'partial');
       return;
     }
-    this.emit(k, k.acc as A, k.seen - k.pending, k.seen, k.pending, 'partial', k.lineages, k.firstId);
-    this.closeTumbling(k);
+    const failed = this.emit(k, k.acc as A, k.seen - k.pending, k.seen, k.pending, 'partial', k.lineages, k.firstId);
+    this.closeTumbling(k, failed);
   }
 
-  closeTumbling(k: KeyCount<T, A>): void {
+  /** Closes the open tumbling window; its inputs settle, failed with `error` if its result failed. */
+  closeTumbling(k: KeyCount<T, A>, error?: WindowResultError): void {
     const lineages = k.lineages;
     k.lineages = undefined;
     k.acc = undefined;
@@ -269,7 +277,7 @@ class CountWindows<T, A, R> {
     this.open--;
     if (lineages !== undefined) {
       this.absorbed -= lineages.length;
-      for (const l of lineages) l.releaseAbsorbed();
+      for (const l of lineages) l.releaseAbsorbed(error);
     }
   }
 
@@ -282,18 +290,29 @@ class CountWindows<T, A, R> {
     firing: Firing,
     lineages: Lineage[] | undefined,
     firstId: string,
-  ): void {
+  ): WindowResultError | undefined {
     const key = k.key;
     // Indexes restart with a pipeline (a restart replays only the open window's inputs), ids do not:
     // the window's first input and its size name it the same on any replay.
     const idempotencyKey = `${this.config.name}/${key ?? ''}/${firstId}+${count}`;
+    let value: R;
+    try {
+      value = this.config.aggregate.result(acc);
+    } catch (error) {
+      const failed = new WindowResultError(this.config.name, key, start, end, error);
+      // Tumbling: the window's own inputs fail with it. Sliding: its inputs are in later windows
+      // too, so the pipeline fails (and restarts) as for any other operator error.
+      if (this.sliding) throw failed;
+      return failed;
+    }
     const data: WindowResult<R> = {
       key,
       start,
       end,
-      value: this.config.aggregate.result(acc),
+      value,
       count,
       firing,
+      watermark: this.watermark,
       isUpdate: false,
       revision: 0,
       idempotencyKey,
@@ -311,5 +330,6 @@ class CountWindows<T, A, R> {
       replyTo: undefined,
       lineage: lineages === undefined || lineages.length === 0 ? undefined : mergeLineage(lineages),
     });
+    return undefined;
   }
 }

@@ -13,6 +13,7 @@ import {
   type WindowOperator,
   type WindowOutput,
   type WindowResult,
+  WindowResultError,
   type WindowStats,
   windowOperator,
 } from './types.ts';
@@ -95,6 +96,10 @@ class TimeWindows<T, A, R> {
   earlyTimer: Timer | undefined = undefined;
   /** Lineages of purged windows, released once the current step is over (see `flush`). */
   readonly toRelease: Lineage[][] = [];
+  /** Lineages of windows whose result failed, and the error each fails with (see `flush`). */
+  readonly toFail: [Lineage[], WindowResultError][] = [];
+  /** The input completed: windows the end of event time closes fire as `final`. */
+  ending = false;
   flushing = false;
   /**
    * Keys whose windows all closed. They are kept for a while (a key usually gets its next window
@@ -152,7 +157,7 @@ class TimeWindows<T, A, R> {
       this.fail(error);
       return;
     }
-    if (this.toRelease.length > 0) this.flush();
+    if (this.toRelease.length > 0 || this.toFail.length > 0) this.flush();
   }
 
   error(error: unknown): void {
@@ -168,6 +173,7 @@ class TimeWindows<T, A, R> {
     if (this.done) return;
     try {
       // The end of the input is the end of event time, as Flink's final MAX_WATERMARK.
+      this.ending = true;
       this.advance(Number.POSITIVE_INFINITY);
     } catch (error) {
       this.fail(error);
@@ -404,7 +410,8 @@ class TimeWindows<T, A, R> {
         if (!w.alive || w.timerAt !== at) continue;
         if (!w.closed) {
           w.closed = true;
-          this.fire(w, 'on-time');
+          this.fire(w, this.ending ? 'final' : 'on-time');
+          if (!w.alive) continue; // its result failed
         }
         const cleanup = w.end - 1 + this.lateness;
         if (cleanup <= this.watermark) this.purge(w);
@@ -454,7 +461,7 @@ class TimeWindows<T, A, R> {
       this.fail(error);
       return;
     }
-    if (this.toRelease.length > 0) this.flush();
+    if (this.toRelease.length > 0 || this.toFail.length > 0) this.flush();
   }
 
   // ---- results ----
@@ -468,13 +475,22 @@ class TimeWindows<T, A, R> {
       this.range = `/${w.start}-${w.end}`;
     }
     const idempotencyKey = this.prefix + (key ?? '') + this.range;
+    let value: R;
+    try {
+      value = this.agg.result(w.acc as A);
+    } catch (error) {
+      // The window's own inputs are the culprits, not the input or watermark that fired it.
+      this.purge(w, new WindowResultError(this.name, key, w.start, w.end, error));
+      return;
+    }
     const data: WindowResult<R> = {
       key,
       start: w.start,
       end: w.end,
-      value: this.agg.result(w.acc as A),
+      value,
       count: w.count,
       firing,
+      watermark: this.watermark,
       isUpdate: w.revision > 0,
       revision: w.revision,
       idempotencyKey,
@@ -502,7 +518,8 @@ class TimeWindows<T, A, R> {
     });
   }
 
-  purge(w: Win<A>): void {
+  /** Drops a window; its inputs settle once the step is over, failed with `error` if given. */
+  purge(w: Win<A>, error?: WindowResultError): void {
     w.alive = false;
     const ks = w.ks;
     const wins = ks.wins;
@@ -534,11 +551,13 @@ class TimeWindows<T, A, R> {
     if (lineages !== undefined) {
       w.lineages = undefined;
       this.absorbed -= lineages.length;
-      this.toRelease.push(lineages);
+      if (error === undefined) this.toRelease.push(lineages);
+      else this.toFail.push([lineages, error]);
     }
     // A purged aligned window has no timer left in the queue (its last one is the one running), so
-    // it can be reused; a session may still have stale timer entries, so it is not.
-    if (!this.merging) this.pool.push(w);
+    // it can be reused; a session, or a window dropped by a failed early or late result, may
+    // still have stale timer entries, so it is not.
+    if (!this.merging && error === undefined) this.pool.push(w);
   }
 
   /**
@@ -550,8 +569,12 @@ class TimeWindows<T, A, R> {
     if (this.flushing) return;
     this.flushing = true;
     try {
-      for (let batch = this.toRelease.pop(); batch !== undefined; batch = this.toRelease.pop()) {
-        for (const lineage of batch) lineage.releaseAbsorbed();
+      while (this.toRelease.length > 0 || this.toFail.length > 0) {
+        for (let batch = this.toRelease.pop(); batch !== undefined; batch = this.toRelease.pop()) {
+          for (const lineage of batch) lineage.releaseAbsorbed();
+        }
+        const failed = this.toFail.pop();
+        if (failed !== undefined) for (const lineage of failed[0]) lineage.releaseAbsorbed(failed[1]);
       }
     } finally {
       this.flushing = false;

@@ -1,18 +1,20 @@
 import { Observable, type Observer, type OperatorFunction } from 'rxjs';
 import { type Clock, systemClock } from '../../runtime/clock.ts';
 import type { Envelope } from '../../runtime/envelope.ts';
-import { OptionsError } from '../../runtime/errors.ts';
+import { messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
 import { intOption, numberOption } from '../../runtime/options.ts';
 import type { Aggregate } from '../aggregate.ts';
 import type { Timed } from '../watermarks.ts';
 
-export const firings = ['early', 'on-time', 'late', 'partial'] as const;
+export const firings = ['early', 'on-time', 'late', 'partial', 'final'] as const;
 /**
  * Why a result was emitted:
  * - `early`: before the watermark reached the window's end (an early trigger);
  * - `on-time`: the watermark reached the end (`watermark >= end - 1`), or a count window filled;
  * - `late`: an input arrived after that but within the allowed lateness;
- * - `partial`: a count window flushed, not full, because its input completed.
+ * - `partial`: a count window flushed, not full, because its input completed;
+ * - `final`: a time window flushed because its input completed (the end of event time) before
+ *   the watermark reached its end: it holds what arrived, and nothing more will.
  */
 export type Firing = (typeof firings)[number];
 
@@ -50,6 +52,12 @@ export interface WindowResult<R> {
   /** Inputs in the window. */
   readonly count: number;
   readonly firing: Firing;
+  /**
+   * The watermark the operator had seen when the result fired: for `on-time` results, the one
+   * that passed `end - 1`; `Infinity` for `final` results (the end of the input). Count windows,
+   * which ignore watermarks, give the last one that went through them (`-Infinity` if none).
+   */
+  readonly watermark: number;
   /** Whether an earlier result was emitted for this window (or for windows merged into it). */
   readonly isUpdate: boolean;
   /** How many results were emitted for this window (and windows merged into it) before this one. */
@@ -246,4 +254,29 @@ export function windowOperator<T, R, S extends WindowRun<T>>(
       };
     });
   return Object.assign(operator, { stats: () => stats(live) });
+}
+
+/**
+ * A window's aggregate failed to make its result (`result()` threw). The window is dropped and
+ * each input it held fails with this error, which is not retryable (a retried input would find
+ * the window gone), so the actor dead-letters exactly those inputs. Later inputs, and the
+ * operator's other windows, go on unaffected.
+ */
+export class WindowResultError extends SluiceError {
+  readonly operator: string;
+  readonly key: string | undefined;
+  readonly start: number;
+  readonly end: number;
+  constructor(operator: string, key: string | undefined, start: number, end: number, cause: unknown) {
+    super(
+      'SLUICE_ERR_HANDLER',
+      `window '${operator}' failed to make the result of [${start}, ${end})${key === undefined ? '' : ` for key '${key}'`}: ${messageOf(cause)}`,
+      { cause, retryable: false },
+    );
+    this.name = 'WindowResultError';
+    this.operator = operator;
+    this.key = key;
+    this.start = start;
+    this.end = end;
+  }
 }

@@ -107,3 +107,27 @@ describe('clickstream analytics example', () => {
     expect(total).toBeGreaterThanOrEqual(run.clicks.length - run.late.length);
   });
 });
+
+describe('clickstream analytics example - printed updates', () => {
+  test('a late update is printed only when the numbers it prints changed', async () => {
+    const lines: string[] = [];
+    await main({ users: 120, minutes: 4, seed: 11, print: (l) => lines.push(l) });
+    const marker = '  (update: late data)';
+    const last = new Map<string, string>();
+    let updates = 0;
+    for (const line of lines) {
+      // `window  result  key  value`: the first three columns name the window.
+      const m = /^(\d\d:\d\d-\d\d:\d\d +(?:page views|latency ms|sessions) +\S+(?: \S+)? +)(.*)$/.exec(line);
+      if (m === null) continue;
+      const [, id, rest] = m as unknown as [string, string, string];
+      const value = rest.endsWith(marker) ? rest.slice(0, -marker.length) : rest;
+      if (rest.endsWith(marker)) {
+        updates++;
+        expect(last.get(id), line).toBeDefined();
+        expect(value, line).not.toBe(last.get(id));
+      }
+      last.set(id, value);
+    }
+    expect(updates).toBeGreaterThan(0);
+  });
+});

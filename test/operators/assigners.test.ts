@@ -163,7 +163,7 @@ describe('sliding - assignment as Flink defines it', () => {
     const got = run(op, [ev(1, 6, 'k'), new Watermark(10), ev(2, 7, 'k')]);
     expect(got.results.map((r) => [r.data.start, r.data.value, r.data.firing])).toEqual([
       [0, [1], 'on-time'],
-      [5, [1, 2], 'on-time'],
+      [5, [1, 2], 'final'],
     ]);
     expect(sink.got).toEqual([]);
   });
@@ -229,7 +229,7 @@ describe('session - merging as Flink defines it', () => {
     expect(got.results.map((r) => [r.data.idempotencyKey, r.data.firing, r.data.value, r.data.supersedes])).toEqual([
       ['u/k/10-16', 'early', 2, undefined],
       ['u/k/0-17', 'early', 5, ['u/k/10-16']],
-      ['u/k/0-17', 'on-time', 5, undefined],
+      ['u/k/0-17', 'final', 5, undefined],
     ]);
     expect(got.results.map((r) => [r.data.revision, r.data.isUpdate])).toEqual([
       [0, false],

@@ -20,7 +20,9 @@ export interface RefConfig {
 }
 
 export interface RefFiring {
-  firing: 'early' | 'on-time' | 'late';
+  firing: 'early' | 'on-time' | 'late' | 'final';
+  /** The watermark when it fired. */
+  watermark: number;
   /** Ids in the window, sorted. */
   ids: number[];
   revision: number;
@@ -59,6 +61,7 @@ export function reference(items: readonly Item[], config: RefConfig): RefOutput 
     const list = out.windows.get(k) ?? [];
     list.push({
       firing,
+      watermark: wm,
       ids: [...w.ids].sort((a, b) => a - b),
       revision: w.revision,
       isUpdate: w.revision > 0,
@@ -80,7 +83,8 @@ export function reference(items: readonly Item[], config: RefConfig): RefOutput 
     for (const w of live) {
       if (!w.closed && w.end - 1 <= wm) {
         w.closed = true;
-        emit(w, 'on-time');
+        // The end of the input (an infinite watermark) flushes what is open as final.
+        emit(w, wm === Number.POSITIVE_INFINITY ? 'final' : 'on-time');
       }
     }
     live = live.filter((w) => w.end - 1 + L > wm);

@@ -1,13 +1,16 @@
 import type { ActorContext, Envelope } from 'sluice';
 import {
   agg,
+  countWindow,
   type EarlyFiring,
   LateDataError,
+  session,
   tumbling,
   Watermark,
   WINDOW_HEADERS,
   type WindowOperator,
   type WindowResult,
+  WindowResultError,
 } from 'sluice/operators';
 import { testPipeline } from 'sluice/testing';
 import { describe, expect, test } from 'vitest';
@@ -124,8 +127,10 @@ describe('triggers - on the watermark, with allowed lateness', () => {
     h.complete();
     expect(rows(h.outputs)).toEqual([
       ['j/k/0-10', 'on-time', 1, 0, false],
-      ['j/k/20-30', 'on-time', 1, 0, false],
+      ['j/k/20-30', 'final', 1, 0, false],
     ]);
+    // Each result carries the watermark it fired at: the end of the input is an infinite one.
+    expect(h.values.map((r) => r.watermark)).toEqual([20, Number.POSITIVE_INFINITY]);
     expect(h.completed).toBe(true);
     expect(h.open).toBe(0);
   });
@@ -211,8 +216,13 @@ describe('triggers - early firings', () => {
     await h.advance(5_000); // nothing new: nothing fires, no timer kept
     expect(h.outputs).toHaveLength(2);
     expect(h.clock.pending).toBe(0);
-    h.complete(); // the end of event time: on time
-    expect(rows(h.outputs).slice(2)).toEqual([['j/k/0-60000', 'on-time', 4, 2, true]]);
+    h.complete(); // the end of event time: final
+    expect(rows(h.outputs).slice(2)).toEqual([['j/k/0-60000', 'final', 4, 2, true]]);
+    expect(h.values.map((r) => r.watermark)).toEqual([
+      Number.NEGATIVE_INFINITY,
+      Number.NEGATIVE_INFINITY,
+      Number.POSITIVE_INFINITY,
+    ]);
   });
 
   test('a restart drops the early timer with the state; the replayed inputs arm it again', async () => {
@@ -247,7 +257,8 @@ describe('window results - the envelope', () => {
         end: 120_000,
         value: 2,
         count: 2,
-        firing: 'on-time',
+        firing: 'final',
+        watermark: Number.POSITIVE_INFINITY,
         isUpdate: false,
         revision: 0,
         idempotencyKey: 'views/home/60000-120000',
@@ -303,6 +314,90 @@ describe('window results - the envelope', () => {
     const culprit = h.send(1, { eventTime: 1, key: 'k' });
     expect(h.error).toBe(boom);
     expect(culprit).toMatchObject({ outcome: 'failed', error: boom });
-    expect(() => h.send(2, { eventTime: 2 })).toThrow('call restart() to go on');
+    expect(() => h.send(2, { eventTime: 2 })).toThrow(boom); // raised until restart()
+  });
+});
+
+describe('window results - a result that fails', () => {
+  /** Counts, but cannot make the result of a window holding the value 13. */
+  const unlucky = {
+    init: (): number[] => [],
+    add: (acc: number[], x: number) => [...acc, x],
+    merge: (a: number[], b: number[]) => [...a, ...b],
+    result: (acc: number[]) => {
+      if (acc.includes(13)) throw new Error('unlucky window');
+      return acc.length;
+    },
+  };
+
+  test("fails the window's own inputs, not the input that moved the watermark; later windows still fire", () => {
+    const h = testPipeline<number, WindowResult<number>>((in$) =>
+      in$.pipe(tumbling({ name: 'j', sizeMs: 10, aggregate: unlucky })),
+    );
+    const a = h.send(13, { eventTime: 1, key: 'k' });
+    const b = h.send(2, { eventTime: 2, key: 'k' });
+    const mover = h.send(3, { eventTime: 15, key: 'k' });
+    h.watermark(9);
+    expect(h.error).toBeUndefined();
+    expect(h.outputs).toHaveLength(0);
+    expect([a.outcome, b.outcome]).toEqual(['failed', 'failed']);
+    expect(a.error).toBeInstanceOf(WindowResultError);
+    expect(a.error).toMatchObject({ operator: 'j', key: 'k', start: 0, end: 10, retryable: false });
+    expect((a.error as Error).message).toContain('unlucky window');
+    expect(mover.outcome).toBeUndefined(); // still in its open window
+    const later = h.send(4, { eventTime: 16, key: 'k' });
+    h.watermark(19);
+    expect(h.values.map((r) => [r.start, r.value])).toEqual([[10, 2]]);
+    expect([mover.outcome, later.outcome]).toEqual(['acked', 'acked']);
+    expect(h.open).toBe(0);
+  });
+
+  test('a late firing that fails fails every input of the window, the late one included', () => {
+    const h = testPipeline<number, WindowResult<number>>((in$) =>
+      in$.pipe(tumbling({ name: 'j', sizeMs: 10, allowedLatenessMs: 100, aggregate: unlucky })),
+    );
+    const a = h.send(1, { eventTime: 1, key: 'k' });
+    h.watermark(9);
+    expect(h.values.map((r) => r.value)).toEqual([1]);
+    const late = h.send(13, { eventTime: 2, key: 'k' });
+    expect(h.error).toBeUndefined();
+    expect([a.outcome, late.outcome]).toEqual(['failed', 'failed']);
+    // The window is gone: another input for it opens a fresh one (still within the lateness).
+    h.send(5, { eventTime: 3, key: 'k' });
+    expect(h.values.map((r) => [r.value, r.firing, r.revision])).toEqual([
+      [1, 'on-time', 0],
+      [1, 'late', 0],
+    ]);
+  });
+
+  test('sessions: a merged session whose result fails fails the inputs of every session merged into it', () => {
+    const h = testPipeline<number, WindowResult<number>>((in$) =>
+      in$.pipe(session({ name: 's', gapMs: 5, aggregate: unlucky })),
+    );
+    const a = h.send(1, { eventTime: 0, key: 'k' }); // [0, 5)
+    const b = h.send(13, { eventTime: 10, key: 'k' }); // [10, 15)
+    const bridge = h.send(2, { eventTime: 5, key: 'k' }); // merges both: [0, 15)
+    const other = h.send(4, { eventTime: 0, key: 'j' });
+    h.watermark(20);
+    expect(h.error).toBeUndefined();
+    expect([a.outcome, b.outcome, bridge.outcome]).toEqual(['failed', 'failed', 'failed']);
+    expect(a.error).toMatchObject({ operator: 's', key: 'k', start: 0, end: 15 });
+    expect(other.outcome).toBe('acked');
+    expect(h.values.map((r) => [r.key, r.value])).toEqual([['j', 1]]);
+  });
+
+  test('count windows: a tumbling count window whose result fails fails its own inputs only', () => {
+    const h = testPipeline<number, WindowResult<number>>((in$) =>
+      in$.pipe(countWindow({ name: 'c', size: 2, aggregate: unlucky })),
+    );
+    const a = h.send(13, { key: 'k' });
+    const b = h.send(2, { key: 'k' });
+    const c = h.send(3, { key: 'k' });
+    const d = h.send(4, { key: 'k' });
+    expect(h.error).toBeUndefined();
+    expect([a.outcome, b.outcome]).toEqual(['failed', 'failed']);
+    expect(a.error).toBeInstanceOf(WindowResultError);
+    expect([c.outcome, d.outcome]).toEqual(['acked', 'acked']);
+    expect(h.values.map((r) => r.value)).toEqual([2]);
   });
 });

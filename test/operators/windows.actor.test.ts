@@ -297,3 +297,51 @@ function memoryViews(): { op: WindowOperator<Click, number>; views: Views } {
   });
   return { op, views };
 }
+
+describe('windows in an actor - a window whose result fails', () => {
+  test("dead-letters that window's inputs once, not the later inputs that moved the watermark; later windows still fire", async () => {
+    const h = start(
+      actor<Click, WindowResult<number>>({
+        name: 'views',
+        subscribe: 'clicks',
+        output: 'views',
+        pipeline: (click$) =>
+          click$.pipe(
+            eventTime((c: Click) => c.ts),
+            watermarks({ maxOutOfOrdernessMs: 0 }),
+            tumbling({
+              name: 'views',
+              sizeMs: 10 * SECOND,
+              keyed: false,
+              aggregate: {
+                init: () => [] as string[],
+                add: (acc: string[], c: Click) => [...acc, c.page],
+                result: (acc: string[]) => {
+                  if (acc.includes('bad')) throw new Error('cannot count a bad page');
+                  return acc.length;
+                },
+              },
+            }),
+          ),
+      }),
+    );
+    await click(h, 'bad', 1 * SECOND);
+    await click(h, 'home', 2 * SECOND);
+    await click(h, 'home', 12 * SECOND); // watermark 11,999: [0, 10 s) fails to make its result
+    await click(h, 'home', 13 * SECOND);
+    await click(h, 'home', 25 * SECOND); // [10 s, 20 s) fires
+    await h.advance(60 * SECOND); // any retry would have run by now
+    expect(h.deadLetters.map((d) => d.data)).toEqual([
+      { page: 'bad', ts: 1_000 },
+      { page: 'home', ts: 2_000 },
+    ]);
+    const letter = h.deadLetters[0] as Envelope;
+    expect(letter.headers).toMatchObject({
+      [DEAD_LETTER_HEADERS.code]: 'SLUICE_ERR_HANDLER',
+      [DEAD_LETTER_HEADERS.attempts]: '1',
+    });
+    expect(letter.headers[DEAD_LETTER_HEADERS.error]).toContain('cannot count a bad page');
+    expect(h.outputs<WindowResult<number>>().map((o) => [o.data.start, o.data.value])).toEqual([[10_000, 2]]);
+    expect(h.ref.counters).toMatchObject({ retried: 0, deadLettered: 2, restarts: 0 });
+  }, 10_000);
+});

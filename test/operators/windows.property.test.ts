@@ -163,6 +163,7 @@ function observed(h: Harness): RefOutput {
     const list = windows.get(d.idempotencyKey) ?? [];
     list.push({
       firing: d.firing as RefFiring['firing'],
+      watermark: d.watermark,
       ids: [...d.value].sort((x, y) => x - y),
       revision: d.revision,
       isUpdate: d.isUpdate,
@@ -320,7 +321,8 @@ describe('windows - against a brute-force reference (random disorder, lateness, 
         }
         const final = new Map<string, number[]>();
         for (const r of h.outputs) {
-          expect(r.data.firing).toBe('on-time');
+          expect(r.data.firing).toBe('final');
+          expect(r.data.watermark).toBe(Number.POSITIVE_INFINITY);
           final.set(
             r.data.idempotencyKey,
             [...r.data.value].sort((x, y) => x - y),

@@ -1,5 +1,5 @@
 import { filter, map, mergeMap, type Observable } from 'rxjs';
-import { actor, type Envelope } from 'sluice';
+import { type AnyActor, actor, createRuntime, type Envelope } from 'sluice';
 import { agg, eventTime, keyBy, mapAsync, tumbling, type WindowResult, watermarks } from 'sluice/operators';
 import { testActor, testPipeline } from 'sluice/testing';
 import { describe, expect, test } from 'vitest';
@@ -295,5 +295,123 @@ describe('testPipeline - settlement mistakes', () => {
     expect(h.values).toEqual([2]);
     expect(record.outcome).toBe('acked');
     expect(h.warnings).toEqual([]);
+  });
+});
+
+describe('testPipeline - the README chain and watermarks pushed by the test', () => {
+  test("an inline factory types its input as the actor's: eventTime, keyBy, watermarks and tumbling compile and run", () => {
+    // The README's page-views pipeline, pasted inline (before, `in$` held watermarks too and this did not compile).
+    const h = testPipeline<Click, WindowResult<number>>((click$, ctx) =>
+      click$.pipe(
+        eventTime((click) => click.ts),
+        keyBy((click) => click.page),
+        watermarks({ maxOutOfOrdernessMs: 2_000, idleTimeoutMs: 30_000, clock: ctx.clock }),
+        tumbling({ name: 'page-views', sizeMs: 60_000, aggregate: agg.count(), allowedLatenessMs: 5_000 }),
+      ),
+    );
+    h.send({ page: '/home', ts: 1_000 });
+    h.send({ page: '/home', ts: 63_000 });
+    expect(h.values.map((r) => [r.key, r.start, r.value])).toEqual([['/home', 0, 1]]);
+  });
+
+  test('eventTime and keyBy pass on a watermark pushed by h.watermark() instead of crashing', () => {
+    const h = testPipeline<Click, WindowResult<number>>((click$) =>
+      click$.pipe(
+        eventTime((click) => click.ts),
+        keyBy((click) => click.page),
+        tumbling({ name: 'page-views', sizeMs: 60_000, aggregate: agg.count() }),
+      ),
+    );
+    h.send({ page: '/home', ts: 1_000 });
+    h.watermark(59_999);
+    expect(h.error).toBeUndefined();
+    expect(h.values.map((r) => [r.key, r.start, r.value, r.watermark])).toEqual([['/home', 0, 1, 59_999]]);
+  });
+});
+
+describe('testPipeline - a pipeline error is raised, not left in h.error', () => {
+  const failOn = (bad: number) =>
+    testPipeline<number, number>((in$) =>
+      in$.pipe(
+        map((e): Envelope<number> => {
+          if (e.data === bad) throw new Error(`bad input ${bad}`);
+          return e;
+        }),
+      ),
+    );
+
+  test('the next send, watermark or complete throws it, until restart()', () => {
+    const h = failOn(0);
+    const culprit = h.send(0); // the failing send returns the culprit's record
+    expect(culprit.outcome).toBe('failed');
+    expect(() => h.send(1)).toThrow('bad input 0');
+    expect(() => h.sendAll([[1, 1]])).toThrow('bad input 0');
+    expect(() => h.watermark(5)).toThrow('bad input 0');
+    expect(() => h.complete()).toThrow('bad input 0');
+    h.restart();
+    h.send(2);
+    expect(h.values).toEqual([2]);
+  });
+
+  test('advance rejects with an error the pipeline failed with during it, or before it', async () => {
+    const h = testPipeline<number, number>((in$, ctx) =>
+      in$.pipe(
+        mergeMap(
+          (e) =>
+            // Fails on a timer, while time is moved.
+            new Promise<Envelope<number>>((resolve, reject) => {
+              ctx.clock.setTimeout(() => (e.data < 0 ? reject(new Error('async failure')) : resolve(e)), 100);
+            }),
+        ),
+      ),
+    );
+    h.send(-1);
+    await expect(h.advance(100)).rejects.toThrow('async failure');
+    await expect(h.advance(1)).rejects.toThrow('async failure');
+  });
+
+  test('a watermark that makes the pipeline fail throws at once', () => {
+    const h = testPipeline<number, number>((in$) =>
+      in$.pipe(
+        map((item) => {
+          if (!('data' in item)) throw new Error('no watermarks here');
+          return item;
+        }),
+      ),
+    );
+    expect(() => h.watermark(1)).toThrow('no watermarks here');
+  });
+});
+
+describe('AnyActor', () => {
+  test('actors of different types go in one list, and runtime.spawn works unbound', async () => {
+    const doubler = actor<number, number>({
+      name: 'doubler',
+      subscribe: 'n',
+      output: 'n2',
+      handle: (env) => env.data * 2,
+    });
+    const shouter = actor<string, string>({
+      name: 'shouter',
+      subscribe: 's',
+      output: 's2',
+      handle: (env) => env.data.toUpperCase(),
+    });
+    const all: AnyActor[] = [doubler, shouter];
+    const runtime = createRuntime();
+    all.forEach(runtime.spawn);
+    const got: unknown[] = [];
+    for (const out of ['n2', 's2']) runtime.bus.subscribe(out, { callback: (env) => void got.push(env.data) });
+    await runtime.bus.publish('n', 21);
+    await runtime.bus.publish('s', 'hi');
+    await runtime.idle();
+    expect(got).toEqual([42, 'HI']);
+    expect(runtime.actor('doubler')?.state).toBe('running');
+    await runtime.stop();
+    // The test kit takes any actor too.
+    const h = testActor(all[0] as AnyActor, { with: [shouter] });
+    await h.send(1);
+    expect(h.outputs().map((o) => o.data)).toEqual([2]);
+    await h.stop();
   });
 });
