@@ -2,6 +2,7 @@ import type { Actor, Logger } from './actor.ts';
 import { ActorCell, type ActorCell as ActorCellType, type ActorRef } from './actorCell.ts';
 import { Bus, type BusOptions } from './bus.ts';
 import { type Clock, systemClock, type Timer } from './clock.ts';
+import { deliveryDeferred, nextMacrotask } from './drainLoop.ts';
 import { OptionsError, type RestartLimitError } from './errors.ts';
 import { intOption } from './options.ts';
 import { Telemetry } from './telemetry.ts';
@@ -124,7 +125,9 @@ class RuntimeImpl implements Runtime {
     // Idle actors can wake each other (one's output is another's input): loop until all are idle at once.
     for (;;) {
       await Promise.all([...this.#cells.values()].map((c) => c.idle()));
-      if ([...this.#cells.values()].every((c) => c.depth === 0 && c.inFlight === 0)) return;
+      if ([...this.#cells.values()].every((c) => c.depth === 0 && c.inFlight === 0) && !deliveryDeferred()) return;
+      // A consumer's drain resumes on the next turn (its burst was spent): what it holds is not done.
+      if (deliveryDeferred()) await nextMacrotask();
     }
   }
 
