@@ -169,6 +169,22 @@ describe('loops - the event loop always gets a turn', () => {
     if (subscribed) expect(received).toBe(published);
   });
 
+  test('loops - 200,000 publishers blocked on a full mailbox are let in, in order, without a quadratic drain', async () => {
+    // The structural check is in mailbox.test.ts; this one runs it through the bus, with the
+    // test's timeout as the hang guard (the quadratic drain took 17 s).
+    const bus = new Bus();
+    const got: number[] = [];
+    const sub = bus.subscribe<number>('jobs', { mailbox: { capacity: 16 } });
+    const n = 200_000;
+    const accepted = Array.from({ length: n }, (_, i) => bus.publish('jobs', i));
+    for await (const env of sub) {
+      got.push(env.data);
+      if (got.length === n) break;
+    }
+    await Promise.all(accepted);
+    expect(got.every((v, i) => v === i)).toBe(true);
+  }, 10_000);
+
   test('loops - an idle process does not keep spinning: no turn is scheduled once the work is done', async () => {
     // The burst budget's turn is scheduled by work only: after one publish, one turn, then nothing.
     const bus = new Bus();
