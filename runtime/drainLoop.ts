@@ -5,12 +5,14 @@
  * loop back: timers, signals and `stop()` would never run. Each unit of such work (a message taken
  * from a mailbox, a publish resolved at once) spends from a budget shared by the process. Once a
  * burst is spent, drains stop and resume on a macrotask (`setImmediate`: microtasks would starve
- * timers too), awaited publishes resolve there, and a message for an idle consumer queues instead
- * of being handed over. What is left waits in its mailbox, in order, and the mailbox's bound
- * pushes back on publishers meanwhile.
+ * timers too) and awaited publishes resolve there. What is left waits in its mailbox, in order,
+ * and the mailbox's bound pushes back on publishers meanwhile.
  *
  * A message handed to an idle consumer inside the publisher's call does not spend: a publisher
  * that loops synchronously owns its loop, and counting it would only add turns to the fast path.
+ * Handing over stops too, at twice the burst: that breaks a chain of publishes from microtasks,
+ * each to an idle consumer, while the publishes that end a batch of awaited ones (the common case
+ * right after a burst is spent) still go straight through rather than through the mailbox.
  */
 /** A burst ends after this long. */
 const BURST_MS = 4;
@@ -20,35 +22,63 @@ const CLOCK_EVERY = 128;
 // Taken at load: fake timers installed afterwards must not stop the runtime from resuming.
 const immediate = globalThis.setImmediate;
 
-let spent = 0;
+/** Units left before the next look at the clock; 0 or less sends `spend` to its slow path. */
+let credit = 0;
+/** Whether a burst is under way: its first unit scheduled the turn that ends it. */
+let started = false;
 let burstStart = 0;
 let exhausted = false;
+/** Hand-overs asked for since the burst was spent, and whether they are refused now. */
+let late = 0;
+let overrun = false;
 let nextTurn: Promise<void> | undefined;
 /** Drain loops waiting for a macrotask to resume. */
 let deferredLoops = 0;
 
 function newBurst(): void {
-  spent = 0;
+  started = false;
   exhausted = false;
+  credit = 0;
+  late = 0;
+  overrun = false;
 }
 
 /**
  * @internal Spends one unit of the current burst: false once it is spent, until the event loop had
- * a turn. The first unit of a burst schedules the turn that starts the next one.
+ * a turn. One decrement on the hot path; the clock is read once per CLOCK_EVERY units.
  */
 export function spend(): boolean {
-  if (exhausted) return false;
-  if (spent === 0) {
+  return --credit > 0 || check();
+}
+
+function check(): boolean {
+  if (exhausted) {
+    credit = 0;
+    return false;
+  }
+  if (!started) {
+    started = true;
     immediate(newBurst);
     burstStart = performance.now();
+  } else if (performance.now() - burstStart >= BURST_MS) {
+    exhausted = true;
+    credit = 0;
+    return false;
   }
-  if ((++spent & (CLOCK_EVERY - 1)) === 0 && performance.now() - burstStart >= BURST_MS) exhausted = true;
+  credit = CLOCK_EVERY;
   return true;
 }
 
-/** @internal Whether the current burst is spent: work that can wait should, until the next turn. */
-export function burstSpent(): boolean {
-  return exhausted;
+/**
+ * @internal Whether a message for an idle consumer must queue rather than be handed over: once the
+ * burst has run over twice its length, until the event loop had a turn.
+ */
+export function handoffRefused(): boolean {
+  if (!exhausted) return false;
+  if (!overrun && (++late & (CLOCK_EVERY - 1)) === 0 && performance.now() - burstStart >= 2 * BURST_MS) {
+    overrun = true;
+  }
+  return overrun;
 }
 
 /**

@@ -7,7 +7,7 @@ import {
   type TeardownLogic,
 } from 'rxjs';
 import type { Bus, QueueStrategy, Route } from './bus.ts';
-import { burstSpent, DrainLoop, nextMacrotask, spend } from './drainLoop.ts';
+import { DrainLoop, handoffRefused, nextMacrotask, spend } from './drainLoop.ts';
 import type { Envelope } from './envelope.ts';
 import { OptionsError } from './errors.ts';
 import { releaseDownstream } from './lineage.ts';
@@ -299,9 +299,9 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
       this.#state !== 'open' ||
       this.#active >= this.#concurrency ||
       this.#mailbox.depth !== 0 ||
-      // A burst spent (a chain of publishes from microtasks, each to an idle consumer): the
+      // A burst overrun (a chain of publishes from microtasks, each to an idle consumer): the
       // message queues, and the loop takes it on a later macrotask.
-      burstSpent()
+      handoffRefused()
     ) {
       return false;
     }
