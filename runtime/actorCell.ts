@@ -317,10 +317,15 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   }
 
   #takeWhileFree(): void {
-    while (this.#state === 'running' && this.#inputs.inFlight < this.#maxInFlight) {
-      const env = this.#mailbox.take();
-      if (env === undefined) return;
-      this.#accept(env);
+    // Each take spends from the burst budget: an actor whose outputs come back to it gives the
+    // event loop back, and resumes on a macrotask, with the rest left in its mailbox.
+    while (
+      this.#state === 'running' &&
+      this.#inputs.inFlight < this.#maxInFlight &&
+      this.#mailbox.depth > 0 &&
+      this.#intake.spend()
+    ) {
+      this.#accept(this.#mailbox.take() as Envelope);
     }
   }
 

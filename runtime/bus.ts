@@ -1,5 +1,6 @@
 import { type Clock, systemClock } from './clock.ts';
 import { type Codec, encodeWith, msgpackCodec } from './codec.ts';
+import { nextMacrotask, spend } from './drainLoop.ts';
 import { createEnvelope, type Envelope, nextId, type PublishOptions } from './envelope.ts';
 import {
   ClosedError,
@@ -414,7 +415,8 @@ export class Bus implements BusClient {
       return undefined;
     }
     const mailbox = r.mailbox as Mailbox;
-    if (mailbox.closed) return undefined;
+    // A mailbox closed during this publish (its subscriber unsubscribed from an earlier copy's
+    // callback) takes it as any closed mailbox does: dropped and counted through its onDrop.
     // The mailbox's reference: released by its consumer, or by onDrop when the mailbox lets go.
     absorbDownstream(env.lineage);
     // An idle consumer takes it now, as it would from the mailbox, and releases it the same way.
@@ -505,6 +507,14 @@ function passes(r: Route, env: Envelope): boolean {
 
 function noop(): void {}
 
+/**
+ * What an accepted publish resolves with: at once, but after a burst (see drainLoop.ts) only once
+ * the event loop had a turn, so `for (...) await bus.publish(...)` lets timers run.
+ */
+function paced(): Promise<void> {
+  return spend() ? ACCEPTED : nextMacrotask();
+}
+
 function nameOf<T>(subject: SubjectRef<T>): string {
   // Anything else (undefined from untyped code) goes on to validateSubject, which names it.
   return typeof subject === 'object' && subject !== null ? subject.name : subject;
@@ -543,9 +553,10 @@ export class ClientImpl implements BusClient {
       if (match.plain.length === 0 && match.groups.length === 0) {
         // Nobody listens: nothing to build an envelope for.
         this.#bus.publishedToNone();
-        return ACCEPTED;
+        return paced();
       }
-      return this.#bus.route(createEnvelope(name, data, entering, this.#bus.clock.now()), true, match);
+      const accepted = this.#bus.route(createEnvelope(name, data, entering, this.#bus.clock.now()), true, match);
+      return accepted === ACCEPTED ? paced() : accepted;
     } catch (error) {
       return Promise.reject(error);
     }

@@ -17,6 +17,9 @@ export interface MailboxOptions {
   overflow?: OverflowPolicy;
 }
 
+/** Slots a mailbox's ring starts with; it grows on demand up to its capacity. */
+const INITIAL_RING = 16;
+
 export const DEFAULT_MAILBOX_OPTIONS = Object.freeze({ capacity: 1024, overflow: 'block' } as const);
 
 const mailboxKeys = optionKeys<keyof MailboxOptions>({ capacity: true, overflow: true });
@@ -66,7 +69,12 @@ export class Mailbox {
   #ring: (Envelope | undefined)[];
   #head = 0;
   #size = 0;
-  #waiters: Waiter[] = [];
+  /**
+   * Waiting publishers, a queue read from `#waitHead`: `shift()` would move every other waiter on
+   * each take, which made draining n of them O(n²).
+   */
+  #waiters: (Waiter | undefined)[] = [];
+  #waitHead = 0;
   #closed = false;
   #spaceWaiters: (() => void)[] = [];
 
@@ -75,9 +83,10 @@ export class Mailbox {
     this.name = name;
     this.capacity = o.capacity;
     this.overflow = o.overflow;
-    // A power-of-two ring, so a position wraps with a mask rather than a division.
+    // A power-of-two ring, so a position wraps with a mask rather than a division. It starts small
+    // and doubles as messages queue: most mailboxes of idle or keeping-up consumers stay small.
     let ring = 1;
-    while (ring < Math.min(o.capacity, 1024)) ring *= 2;
+    while (ring < Math.min(o.capacity, INITIAL_RING)) ring *= 2;
     this.#ring = new Array(ring);
   }
 
@@ -88,7 +97,7 @@ export class Mailbox {
 
   /** Publishers waiting for space under `block`. */
   get blocked(): number {
-    return this.#waiters.length;
+    return this.#waiters.length - this.#waitHead;
   }
 
   get closed(): boolean {
@@ -97,7 +106,7 @@ export class Mailbox {
 
   /** Whether `offer` would accept now without applying the overflow policy. */
   hasSpace(): boolean {
-    return this.#size < this.capacity && this.#waiters.length === 0;
+    return this.#size < this.capacity && this.#waiters.length === this.#waitHead;
   }
 
   /**
@@ -110,7 +119,7 @@ export class Mailbox {
       this.onDrop?.(env, 'closed');
       return Offer.Dropped;
     }
-    if (this.#size < this.capacity && this.#waiters.length === 0) {
+    if (this.#size < this.capacity && this.#waiters.length === this.#waitHead) {
       this.#push(env);
       return Offer.Accepted;
     }
@@ -147,7 +156,7 @@ export class Mailbox {
   take(): Envelope | undefined {
     const env = this.#shift();
     if (env === undefined) return undefined;
-    const waiter = this.#waiters.shift();
+    const waiter = this.#nextWaiter();
     if (waiter !== undefined) {
       this.#push(waiter.env);
       waiter.resolve();
@@ -183,8 +192,11 @@ export class Mailbox {
     if (this.#closed) return;
     this.#closed = true;
     const waiters = this.#waiters;
+    const head = this.#waitHead;
     this.#waiters = [];
-    for (const w of waiters) {
+    this.#waitHead = 0;
+    for (let i = head; i < waiters.length; i++) {
+      const w = waiters[i] as Waiter;
       this.onDrop?.(w.env, 'closed');
       if (reason === undefined) w.resolve();
       else w.reject(reason);
@@ -202,6 +214,22 @@ export class Mailbox {
       this.onDrop?.(env, 'closed');
     }
     return n;
+  }
+
+  #nextWaiter(): Waiter | undefined {
+    const head = this.#waitHead;
+    if (head === this.#waiters.length) return undefined;
+    const waiter = this.#waiters[head];
+    this.#waiters[head] = undefined;
+    if (head + 1 === this.#waiters.length) {
+      this.#waiters.length = 0;
+      this.#waitHead = 0;
+    } else if (head >= 1024 && head * 2 >= this.#waiters.length) {
+      // Taken slots are half the array: drop them, once per as many takes as there are waiters left.
+      this.#waiters = this.#waiters.slice(head + 1);
+      this.#waitHead = 0;
+    } else this.#waitHead = head + 1;
+    return waiter;
   }
 
   #push(env: Envelope): void {

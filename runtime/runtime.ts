@@ -2,6 +2,7 @@ import type { Actor, AnyActor, Logger } from './actor.ts';
 import { ActorCell, type ActorCell as ActorCellType, type ActorRef } from './actorCell.ts';
 import { Bus, type BusOptions } from './bus.ts';
 import { type Clock, systemClock, type Timer } from './clock.ts';
+import { deliveryDeferred, nextMacrotask } from './drainLoop.ts';
 import { messageOf, OptionsError, type RestartLimitError, ShutdownError } from './errors.ts';
 import { intOption, knownKeys, optionKeys } from './options.ts';
 import { Telemetry } from './telemetry.ts';
@@ -194,12 +195,16 @@ class RuntimeImpl implements Runtime {
     for (;;) {
       const subscriptions = [...this.bus.liveSubscriptions].filter((s) => s.consumed);
       await Promise.all([...[...this.#cells.values()].map((c) => c.idle()), ...subscriptions.map((s) => s.idle())]);
+      const deferred = deliveryDeferred();
       if (
+        !deferred &&
         [...this.#cells.values()].every((c) => c.depth === 0 && c.inFlight === 0) &&
         subscriptions.every((s) => isEmpty(s.left()))
       ) {
         return;
       }
+      // A consumer's drain resumes on the next turn (its burst was spent): what it holds is not done.
+      if (deferred) await nextMacrotask();
     }
   }
 

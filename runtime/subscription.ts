@@ -1,6 +1,13 @@
-import { Observable, type Subscriber } from 'rxjs';
+import {
+  Observable,
+  type Observer,
+  type Operator,
+  type Subscription as RxSubscription,
+  type Subscriber,
+  type TeardownLogic,
+} from 'rxjs';
 import type { Bus, QueueStrategy, Route } from './bus.ts';
-import { DrainLoop } from './drainLoop.ts';
+import { DrainLoop, handoffRefused, nextMacrotask, spend } from './drainLoop.ts';
 import type { Envelope } from './envelope.ts';
 import { OptionsError } from './errors.ts';
 import { releaseDownstream } from './lineage.ts';
@@ -20,7 +27,10 @@ export interface SubscriptionOptions<T> {
   callback?: (env: Envelope<T>) => void | Promise<void>;
   /** Messages handled at once by `callback`. @default 1 */
   concurrency?: number;
-  /** Errors from `callback`. @default logs to the console with the subject and message id */
+  /**
+   * Errors from `callback`, or thrown by an `observable` observer. @default logs to the console
+   * with the subject and message id
+   */
   onError?: (error: unknown, env: Envelope<T>) => void;
 }
 
@@ -54,6 +64,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
   #state: 'open' | 'draining' | 'closed' = 'open';
   #active = 0;
   #delivered = 0;
+  #errors = 0;
   readonly #loop = new DrainLoop(() => this.#pump());
   readonly #concurrency: number;
   // Stored over `Envelope<unknown>`: a field typed with `T` in parameter position would make
@@ -61,7 +72,11 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
   readonly #callback: Handler | undefined;
   readonly #onError: ErrorHandler;
   #observer: Subscriber<Envelope<T>> | undefined;
-  #wakeIterator: (() => void) | undefined;
+  /** The message its observer is handling now, and what the observer threw meanwhile. */
+  #observing: Envelope | undefined;
+  #observerError: unknown;
+  /** Pending `next()` calls of the async iterator, oldest first. */
+  #iteratorWaiters: (() => void)[] = [];
 
   /** @internal Made by `BusClient.subscribe`. */
   constructor(
@@ -114,6 +129,14 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     return this.#delivered;
   }
 
+  /**
+   * Messages whose consumer failed: the callback threw or rejected, or the observable's observer
+   * threw. Each went to `onError`; delivery went on.
+   */
+  get errors(): number {
+    return this.#errors;
+  }
+
   /** Whether the subscription still accepts messages. */
   get isOpen(): boolean {
     return this.#state === 'open';
@@ -131,10 +154,13 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
 
   /**
    * The messages as an RxJS Observable; one observer at a time. A message is settled when the
-   * observer's `next` returns. Unsubscribing from it ends the subscription.
+   * observer's `next` returns. Unsubscribing from it ends the subscription. An observer that throws
+   * does not end it (as a callback that throws): the error goes to `onError` and counts in
+   * `errors`, where RxJS would rethrow it on a timer and kill the process. The same holds for the
+   * observer at the end of a `pipe`, and for an error that reaches an observer without `error`.
    */
   get observable(): Observable<Envelope<T>> {
-    return new Observable<Envelope<T>>((subscriber) => {
+    return new ContainedObservable<Envelope<T>>(this.#contain, (subscriber) => {
       this.#claim('observable');
       this.#observer = subscriber;
       if (this.#state === 'closed' && this.#mailbox.depth === 0) subscriber.complete();
@@ -146,25 +172,29 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     });
   }
 
+  /**
+   * Each `next()` settles the oldest message handed out and not yet settled (in a `for await`, the
+   * previous one). Calls to `next()` may overlap: each gets its own message, in call order.
+   */
   [Symbol.asyncIterator](): AsyncIterator<Envelope<T>> {
     this.#claim('iterator');
-    let previous: Envelope<T> | undefined;
-    const finishPrevious = () => {
-      if (previous !== undefined) {
-        this.#finish(previous, undefined);
-        previous = undefined;
-      }
-    };
+    const handedOut: Envelope<T>[] = [];
     return {
       next: async (): Promise<IteratorResult<Envelope<T>>> => {
-        finishPrevious();
+        const previous = handedOut.shift();
+        if (previous !== undefined) this.#finish(previous, undefined);
         for (;;) {
-          const env = this.#mailbox.take() as Envelope<T> | undefined;
-          if (env !== undefined) {
+          if (this.#mailbox.depth > 0) {
+            // A loop of `for await` whose body publishes back into this subscription runs in microtasks.
+            if (!spend()) {
+              await nextMacrotask();
+              continue;
+            }
+            const env = this.#mailbox.take() as Envelope<T>;
             this.#active++;
             this.#delivered++;
             this.#bus.telemetry.counters.delivered++;
-            previous = env;
+            handedOut.push(env);
             return { value: env, done: false };
           }
           if (this.#state !== 'open') {
@@ -172,12 +202,12 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
             return { value: undefined, done: true };
           }
           await new Promise<void>((resolve) => {
-            this.#wakeIterator = resolve;
+            this.#iteratorWaiters.push(resolve);
           });
         }
       },
       return: async (): Promise<IteratorResult<Envelope<T>>> => {
-        finishPrevious();
+        for (let env = handedOut.shift(); env !== undefined; env = handedOut.shift()) this.#finish(env, undefined);
         this.unsubscribe();
         return { value: undefined, done: true };
       },
@@ -226,13 +256,17 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     this.#mode = mode;
   }
 
+  /** Wakes every pending `next()`: in call order, each takes a message or waits again. */
+  #wakeIterators(): boolean {
+    if (this.#iteratorWaiters.length === 0) return false;
+    const waiters = this.#iteratorWaiters;
+    this.#iteratorWaiters = [];
+    for (const wake of waiters) wake();
+    return true;
+  }
+
   #schedule(): void {
-    if (this.#wakeIterator !== undefined) {
-      const wake = this.#wakeIterator;
-      this.#wakeIterator = undefined;
-      wake();
-      return;
-    }
+    if (this.#wakeIterators()) return;
     if (this.#mode !== 'callback' && this.#mode !== 'observable') return;
     // Delivery runs in the publisher's call, as an EventEmitter's does: no task per message, and
     // a mailbox fills only when the consumer is really behind (an async callback). A publish from
@@ -244,20 +278,23 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     if (this.#mode === 'observable') {
       const observer = this.#observer;
       if (observer === undefined) return;
-      for (let env = this.#mailbox.take(); env !== undefined; env = this.#mailbox.take()) {
+      while (this.#mailbox.depth > 0 && this.#loop.spend()) {
+        const env = this.#mailbox.take() as Envelope<T>;
         this.#active++;
         this.#delivered++;
         this.#bus.telemetry.counters.delivered++;
-        observer.next(env as Envelope<T>);
-        this.#finish(env as Envelope<T>, undefined);
+        this.#observing = env;
+        observer.next(env);
+        this.#observing = undefined;
+        const error = this.#observerError;
+        this.#observerError = undefined;
+        this.#finish(env, error);
       }
       this.#settleClose();
       return;
     }
-    while (this.#active < this.#concurrency) {
-      const env = this.#mailbox.take() as Envelope<T> | undefined;
-      if (env === undefined) break;
-      this.#handle(env);
+    while (this.#active < this.#concurrency && this.#mailbox.depth > 0 && this.#loop.spend()) {
+      this.#handle(this.#mailbox.take() as Envelope<T>);
     }
     this.#settleClose();
   }
@@ -272,7 +309,10 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
       this.#mode !== 'callback' ||
       this.#state !== 'open' ||
       this.#active >= this.#concurrency ||
-      this.#mailbox.depth !== 0
+      this.#mailbox.depth !== 0 ||
+      // A burst overrun (a chain of publishes from microtasks, each to an idle consumer): the
+      // message queues, and the loop takes it on a later macrotask.
+      handoffRefused()
     ) {
       return false;
     }
@@ -310,6 +350,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
   #finish(env: Envelope<T>, error: unknown): void {
     this.#active--;
     if (error !== undefined) {
+      this.#errors++;
       try {
         this.#onError(error, env);
       } catch {
@@ -331,11 +372,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
       this.#observer = undefined;
       observer.complete();
     }
-    if (this.#wakeIterator !== undefined) {
-      const wake = this.#wakeIterator;
-      this.#wakeIterator = undefined;
-      wake();
-    }
+    this.#wakeIterators();
   }
 
   // ---- for the runtime's idle and shutdown ----
@@ -368,6 +405,104 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     this.#idleWaiters = [];
     for (const w of waiters) w();
   }
+
+  /**
+   * What an observer threw, or an error no observer handled: the message being observed fails
+   * with it (as a callback's would). Outside any message (an asynchronous operator), it is counted
+   * and logged, with no message to name.
+   */
+  readonly #contain = (error: unknown): void => {
+    if (this.#observing !== undefined) {
+      this.#observerError ??= error;
+      return;
+    }
+    this.#errors++;
+    console.error(`sluice: subscription '${this.subject}' observable failed outside a message:`, error);
+  };
+}
+
+type Next<T> = ((value: T) => void) | null | undefined;
+type OnError = ((error: unknown) => void) | null | undefined;
+type OnComplete = (() => void) | null | undefined;
+
+/**
+ * An Observable whose observers cannot throw out of it: RxJS reports a throw from an observer, or
+ * an error that reaches an observer without `error`, by rethrowing it on a timer, which ends the
+ * process. Here both go to `contain`. `pipe` keeps the class, so the observer at the end of a pipe
+ * is covered too. Subscribers (what operators and `firstValueFrom` pass) handle their own errors
+ * and go through untouched.
+ */
+class ContainedObservable<T> extends Observable<T> {
+  readonly #contain: (error: unknown) => void;
+
+  constructor(
+    contain: (error: unknown) => void,
+    subscribe?: (this: Observable<T>, subscriber: Subscriber<T>) => TeardownLogic,
+  ) {
+    super(subscribe);
+    this.#contain = contain;
+  }
+
+  override lift<R>(operator?: Operator<T, R>): Observable<R> {
+    const lifted = new ContainedObservable<R>(this.#contain);
+    lifted.source = this;
+    lifted.operator = operator;
+    return lifted;
+  }
+
+  override subscribe(
+    observerOrNext?: Partial<Observer<T>> | Next<T>,
+    error?: OnError,
+    complete?: OnComplete,
+  ): RxSubscription {
+    if (isSubscriber(observerOrNext)) return super.subscribe(observerOrNext);
+    const observer: Partial<Observer<T>> =
+      typeof observerOrNext === 'function' || observerOrNext === null || observerOrNext === undefined
+        ? { next: observerOrNext ?? undefined, error: error ?? undefined, complete: complete ?? undefined }
+        : observerOrNext;
+    const contain = this.#contain;
+    return super.subscribe({
+      next: (value) => {
+        try {
+          observer.next?.(value);
+        } catch (thrown) {
+          contain(thrown);
+        }
+      },
+      error: (failure: unknown) => {
+        if (observer.error === undefined) {
+          contain(failure);
+          return;
+        }
+        try {
+          observer.error(failure);
+        } catch (thrown) {
+          contain(thrown);
+        }
+      },
+      complete: () => {
+        try {
+          observer.complete?.();
+        } catch (thrown) {
+          contain(thrown);
+        }
+      },
+    });
+  }
+}
+
+/** As RxJS's own test: an observer that is also a subscription (any RxJS copy's Subscriber). */
+function isSubscriber(value: unknown): value is Subscriber<never> {
+  if (typeof value !== 'object' || value === null) return false;
+  const v = value as Record<string, unknown>;
+  return (
+    typeof v.next === 'function' &&
+    typeof v.error === 'function' &&
+    typeof v.complete === 'function' &&
+    typeof v.unsubscribe === 'function' &&
+    typeof v.add === 'function' &&
+    typeof v.remove === 'function'
+  );
 }
 
 function defaultOnError(subject: string) {

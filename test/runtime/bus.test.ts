@@ -4,6 +4,7 @@ import {
   createEnvelope,
   DEFAULT_BUS_OPTIONS,
   type Envelope,
+  type Lineage,
   MailboxFullError,
   MaxPayloadError,
   NoRespondersError,
@@ -26,6 +27,24 @@ function recorder<T = unknown>(client: BusClient, pattern: string, queue?: strin
   const got: T[] = [];
   const sub = client.subscribe<T>(pattern, { queue, callback: (env) => void got.push(env.data) });
   return { sub, got };
+}
+
+/** Counts the references taken on a message and given back. */
+class HeldLineage implements Lineage {
+  readonly ids = ['in'];
+  held = 0;
+  retain(): void {
+    this.held++;
+  }
+  absorb(): void {
+    this.held++;
+  }
+  release(): void {
+    this.held--;
+  }
+  releaseAbsorbed(): void {
+    this.held--;
+  }
 }
 
 /** Tracks whether a promise has settled, without awaiting it. */
@@ -780,6 +799,20 @@ describe('bus - changes while publishing', () => {
     for (let i = 0; i < 5; i++) await flush();
     // The subscription added while handling message n sees n+1.. (those published after it).
     expect(logs.slice(0, 4)).toEqual([[1, 2, 3], [2, 3], [3], []]);
+  });
+
+  test('bus - a copy for a subscription unsubscribed by an earlier copy during the same publish counts as dropped', () => {
+    const bus = new Bus();
+    let victim: Subscription<number> | undefined;
+    const got: number[] = [];
+    bus.subscribe<number>('x', { callback: () => victim?.unsubscribe() });
+    victim = bus.subscribe<number>('x', { callback: (env) => void got.push(env.data) });
+    const lineage = new HeldLineage();
+    void bus.forward(createEnvelope('x', 1, { lineage }));
+    expect(got).toEqual([]);
+    expect(bus.telemetry.counters.dropped).toBe(1);
+    // Both copies gave their references back: the dropped one as well as the delivered one.
+    expect(lineage.held).toBe(0);
   });
 
   test('bus - unsubscribing another subscriber from a callback drops what it had queued', async () => {

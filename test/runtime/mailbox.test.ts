@@ -1,3 +1,5 @@
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import {
   Bus,
   createEnvelope,
@@ -9,7 +11,7 @@ import {
   MailboxFullError,
   OptionsError,
 } from 'sluice';
-import { describe, expect, test } from 'vitest';
+import { describe, expect, test, vi } from 'vitest';
 // The offer result is internal (the bus reads it), so it comes from its file.
 import { Offer } from '../../runtime/mailbox.ts';
 
@@ -151,6 +153,63 @@ describe('mailbox - capacity and order', () => {
     expect(readable).toBe(2);
     box.unshift(env(2));
     expect(readable).toBe(3);
+  });
+});
+
+describe('mailbox - cost', () => {
+  test('mailbox - letting 200,000 waiting publishers in, in order, never shifts an array', async () => {
+    // shift() moves every element behind the first: one per take made the drain O(n²).
+    const box = new Mailbox('box', { capacity: 1 });
+    box.offer(env(0));
+    const n = 200_000;
+    const accepted: Promise<void>[] = [];
+    for (let i = 1; i <= n; i++) accepted.push(box.wait(env(i)));
+    expect(box.blocked).toBe(n);
+    const shift = vi.spyOn(Array.prototype, 'shift');
+    let shifts: number;
+    let inOrder = true;
+    let taken = 0;
+    try {
+      for (let e = box.take(); e !== undefined; e = box.take()) {
+        if (e.data !== taken) inOrder = false;
+        taken++;
+      }
+    } finally {
+      shifts = shift.mock.calls.length;
+      shift.mockRestore();
+    }
+    expect(shifts).toBe(0);
+    expect(taken).toBe(n + 1);
+    expect(inOrder).toBe(true);
+    expect(box.blocked).toBe(0);
+    await Promise.all(accepted);
+  });
+
+  test('mailbox - closing with waiting publishers after some were let in drops exactly the ones still waiting', async () => {
+    const { box, drops } = recording({ capacity: 1 });
+    box.offer(env(0));
+    const waits = Array.from({ length: 3000 }, (_, i) => box.wait(env(i + 1)));
+    for (let i = 0; i < 2000; i++) box.take();
+    expect(box.blocked).toBe(1000);
+    box.close();
+    expect(drops.map(([n]) => n)).toEqual(Array.from({ length: 1000 }, (_, i) => i + 2001));
+    await Promise.all(waits);
+  });
+
+  test('mailbox - an idle subscription costs a few KB, not a preallocated ring of 1,024 slots', () => {
+    // A full collection first, so garbage left by earlier tests is not collected during the count.
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const bus = new Bus();
+    const n = 20_000;
+    const subs: unknown[] = [];
+    gc();
+    const before = process.memoryUsage().heapUsed;
+    for (let i = 0; i < n; i++) subs.push(bus.subscribe(`idle.${i}`, { callback: () => {} }));
+    const perSubscription = (process.memoryUsage().heapUsed - before) / n;
+    // About 3 KB with the trie's share; a 1,024-slot ring alone is 8 KB.
+    expect(perSubscription).toBeLessThan(6000);
+    expect(subs).toHaveLength(n);
   });
 });
 

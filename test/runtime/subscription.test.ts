@@ -211,6 +211,41 @@ describe('subscription - async iterator', () => {
     expect(sub.isOpen).toBe(false);
   });
 
+  test('subscription - overlapping next() calls each get a message, in call order', async () => {
+    const bus = new Bus();
+    const sub = bus.subscribe<number>('a');
+    const it = sub[Symbol.asyncIterator]();
+    const got: (number | undefined)[] = [];
+    const first = it.next().then((r) => void got.push(r.value?.data));
+    const second = it.next().then((r) => void got.push(r.value?.data));
+    bus.tryPublish('a', 1);
+    bus.tryPublish('a', 2);
+    await flush();
+    expect(got).toEqual([1, 2]);
+    await Promise.all([first, second]);
+    // Each further next() settles one message handed out: both are still held until then.
+    const third = it.next();
+    const fourth = it.next();
+    sub.unsubscribe();
+    expect(await third).toEqual({ value: undefined, done: true });
+    expect(await fourth).toEqual({ value: undefined, done: true });
+    await sub.closed;
+  });
+
+  test('subscription - overlapping next() calls all end when the subscription does', async () => {
+    const bus = new Bus();
+    const sub = bus.subscribe<number>('a');
+    const it = sub[Symbol.asyncIterator]();
+    const pending = [it.next(), it.next(), it.next()];
+    await flush();
+    sub.unsubscribe();
+    expect(await Promise.all(pending)).toEqual([
+      { value: undefined, done: true },
+      { value: undefined, done: true },
+      { value: undefined, done: true },
+    ]);
+  });
+
   test('subscription - breaking out of for await ends the subscription', async () => {
     const bus = new Bus();
     const sub = bus.subscribe<number>('a');
