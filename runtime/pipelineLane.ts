@@ -3,7 +3,7 @@ import type { ActorContext, PipelineActor } from './actor.ts';
 import { ACCEPTED } from './bus.ts';
 import { type Envelope, nextId } from './envelope.ts';
 import { messageOf, OptionsError, SluiceError } from './errors.ts';
-import { Input } from './input.ts';
+import { type Input, inputOf } from './input.ts';
 import type { Lane, LaneHost } from './lane.ts';
 import { injectTrace } from './telemetry.ts';
 
@@ -172,7 +172,7 @@ export class PipelineLane implements Lane {
 
   #emit(out: Envelope): void {
     const lineage = out.lineage;
-    const source = lineage instanceof Input ? lineage : undefined;
+    const source = inputOf(lineage);
     // Emitted after its input settled: an async step that did not hold it (see docs/settlement.md).
     if (source?.done) this.#host.lateOutput(source);
     if (this.#output === undefined && source !== undefined && out.subject === source.env.subject) {
