@@ -6,7 +6,9 @@ import {
   checkPublishOptions,
   createEnvelope,
   type Envelope,
+  type Headers,
   headerBytes,
+  headerUnits,
   type PublishOptions,
   randomToken,
 } from './envelope.ts';
@@ -251,17 +253,19 @@ export class Bus implements BusClient {
    * @internal Size check of a payload and its headers' bytes, counted together as NATS counts a
    * message against max_payload; throws {@link MaxPayloadError}.
    */
-  checkSize(subject: string, data: unknown, headerSize = 0): void {
-    const limit = this.maxPayloadBytes - headerSize;
+  checkSize(subject: string, data: unknown, headers?: Headers): void {
+    // UTF-8 takes at most 3 bytes per UTF-16 unit: nothing is counted when that bound fits.
+    const units = headers === undefined ? 0 : (headerUnits(headers) ?? 0);
     let size: number;
     if (typeof data === 'string') {
-      // A string's UTF-8 size is at most 3 bytes per UTF-16 unit: skip the count when that fits.
-      if (data.length * 3 <= limit) return;
+      if ((data.length + units) * 3 <= this.maxPayloadBytes) return;
       size = encoder.encode(data).byteLength;
     } else if (data instanceof Uint8Array) size = data.byteLength;
     else if (this.measure === 'encoded') size = this.codec.encode(data).byteLength;
     else size = 0;
-    if (size > limit) throw new MaxPayloadError(subject, size + headerSize, this.maxPayloadBytes);
+    if (size + units * 3 <= this.maxPayloadBytes) return;
+    const total = size + (units === 0 ? 0 : headerBytes(headers as Headers));
+    if (total > this.maxPayloadBytes) throw new MaxPayloadError(subject, total, this.maxPayloadBytes);
   }
 
   /**
@@ -558,7 +562,7 @@ export class ClientImpl implements BusClient {
       // its last consumer; on the bus it is a new message, at attempt 1 (a copy only when it differs,
       // or when its headers were not checked here before: the same frozen headers pass each hop).
       let out = env;
-      if (env.attempt !== 1 || headerBytes(env.headers) === undefined) {
+      if (env.attempt !== 1 || headerUnits(env.headers) === undefined) {
         out = { ...env, headers: checkHeaders(env.headers, 'forward.headers'), attempt: 1 };
       }
       checkFields(out.id, out.eventTime, out.key, 'forward');
@@ -657,8 +661,7 @@ export class ClientImpl implements BusClient {
         }
       }
     }
-    const headers = options?.headers;
-    this.#bus.checkSize(subject, data, headers === undefined ? 0 : (headerBytes(headers) ?? 0));
+    this.#bus.checkSize(subject, data, options?.headers);
     return match;
   }
 

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomFillSync } from 'node:crypto';
 import { OptionsError } from './errors.ts';
 import type { Lineage } from './lineage.ts';
 
@@ -66,88 +66,136 @@ export const MAX_ID_LENGTH = 256;
 /** @internal The headers of an envelope that has none. */
 export const EMPTY_HEADERS: Headers = Object.freeze({});
 
-// Random characters for ids and inbox tokens, drawn from the CSPRNG in batches: one call per 256
-// draws keeps the hot path to a string slice. 9 bytes are 12 base64url characters (72 bits); a
-// slice shorter than 13 characters is a copy in V8, so an id does not keep its batch alive.
-const RANDOM_BYTES = 9;
-const RANDOM_CHARS = 12;
-const BATCH = 256;
+// Inbox tokens: random characters from the CSPRNG, drawn in batches (one call per 256 draws). 9
+// bytes are 12 base64url characters (72 bits); a slice shorter than 13 characters is a copy in V8,
+// so a token does not keep its batch alive.
 let pool = '';
 let poolAt = 0;
 
 /** @internal 12 random base64url characters (72 bits) from the CSPRNG. */
 export function randomToken(): string {
   if (poolAt === pool.length) {
-    pool = randomBytes(RANDOM_BYTES * BATCH).toString('base64url');
+    pool = randomBytes(9 * 256).toString('base64url');
     poolAt = 0;
   }
-  const token = pool.slice(poolAt, poolAt + RANDOM_CHARS);
-  poolAt += RANDOM_CHARS;
+  const token = pool.slice(poolAt, poolAt + 12);
+  poolAt += 12;
   return token;
 }
 
-// An id is 12 random characters (so that it cannot be guessed from another one) and a decimal
-// counter (so that it is unique in the process, whatever the random part). Turning the counter into
-// a string on every id shows in profiles of the hot path, so the digits above the last three change
-// once per thousand ids and the last three come from a table.
-const LAST_DIGITS = Array.from({ length: 1000 }, (_, i) => String(i).padStart(3, '0'));
-let counter = 0;
-/** The counter's digits above the last three, once the counter has more than three. */
-let thousands = '';
+// A message id is a group prefix and a 12-character token: `PROCESS` (random per process), the
+// group's number, then the token. A group has 64 ids. Each token is 12 base64url characters of
+// CSPRNG bytes, 66 bits random, and its first character is the id's place in its group, so ids
+// are unique in the process by construction and unguessable from one another: seeing one id tells
+// nothing of the next. The random bytes come in batches of 1,024 tokens, and the prefix changes
+// once per group, so an id costs one slice and one concatenation.
+const PROCESS = randomBytes(6).toString('base64url');
+const ID_BATCH = 1024;
+const idBytes = Buffer.allocUnsafe(9 * ID_BATCH);
+let idPool = '';
+let idAt = 0;
+let idsInPool = 0;
+let group = 0;
+let groupPrefix = '';
+
+function refillIds(): void {
+  randomFillSync(idBytes);
+  // The top 6 bits of a token's first byte are its first character: its place in its group.
+  for (let i = 0; i < ID_BATCH; i++) {
+    const at = i * 9;
+    idBytes[at] = ((i & 63) << 2) | ((idBytes[at] as number) & 3);
+  }
+  idPool = idBytes.toString('base64url');
+  idAt = 0;
+  idsInPool = 0;
+}
 
 /** A new message id: unique in the process, unguessable, and improbable to collide across processes. */
 export function nextId(): string {
-  counter++;
-  if (counter < 1000) return randomToken() + counter;
-  const last = counter % 1000;
-  if (last === 0) thousands = String(counter / 1000);
-  return randomToken() + thousands + (LAST_DIGITS[last] as string);
+  if (idAt === idPool.length) refillIds();
+  if ((idsInPool & 63) === 0) groupPrefix = PROCESS + (group++).toString(36);
+  idsInPool++;
+  const token = idPool.slice(idAt, idAt + 12);
+  idAt += 12;
+  return groupPrefix + token;
 }
 
-// Header objects already checked (frozen, so they cannot change after), with their size in bytes.
-const checkedHeaders = new WeakMap<object, number>();
 // Printable ASCII but ':' (0x21-0x39, 0x3b-0x7e), as NATS and HTTP header names.
 const HEADER_NAME = /^[!-9;-~]+$/;
 
 /**
+ * @internal For headers made by {@link checkHeaders}: their UTF-16 length plus 4 per header (a
+ * lower bound of their bytes, and a third of an upper bound); undefined for any other object.
+ */
+export let headerUnits: (headers: object) => number | undefined;
+/** @internal The UTF-8 bytes of headers made by {@link checkHeaders} as on a NATS wire (`name: value` CRLF); 0 for others. */
+export let headerBytes: (headers: object) => number;
+
+/**
+ * Headers that were checked: a frozen copy of the caller's, with its size. Only the constructor
+ * makes one, and it checks, so an object of this class (whoever constructs it) holds valid
+ * headers, and the brand check in {@link headerUnits} is all a later hop needs.
+ */
+class MessageHeaders {
+  readonly #units: number;
+  /** Counted when first needed: only a message near the size limit needs more than the bounds. */
+  #bytes = -1;
+  constructor(source: object, keys: readonly string[], option: string) {
+    let units = 0;
+    const self = this as unknown as Record<string, unknown>;
+    for (const name of keys) {
+      // Read once: a getter cannot show one value to the check and another to subscribers.
+      const value: unknown = (source as Record<string, unknown>)[name];
+      if (!HEADER_NAME.test(name)) {
+        throw new OptionsError(
+          `${option}['${name}']`,
+          'a header name is non-empty printable ASCII without white space or colon',
+          name,
+        );
+      }
+      if (typeof value !== 'string') {
+        throw new OptionsError(`${option}['${name}']`, 'a header value is a string', value);
+      }
+      self[name] = value;
+      units += name.length + 4 + value.length;
+    }
+    this.#units = units;
+    Object.freeze(this);
+  }
+  static {
+    headerUnits = (headers) => (headers === EMPTY_HEADERS ? 0 : #units in headers ? headers.#units : undefined);
+    headerBytes = (headers) => {
+      if (!(#bytes in headers)) return 0;
+      if (headers.#bytes < 0) {
+        let bytes = 0;
+        for (const [name, value] of Object.entries(headers)) bytes += name.length + 4 + Buffer.byteLength(value);
+        headers.#bytes = bytes;
+      }
+      return headers.#bytes;
+    };
+  }
+}
+
+/**
  * @internal `headers` as an envelope carries them: frozen, checked, and measured (see
- * {@link headerBytes}). Returns `headers` itself when it was checked before, else a frozen copy
+ * {@link headerUnits}). Returns `headers` itself when it was checked before, else a frozen copy
  * (so a caller changing its object later changes nothing). Throws an OptionsError naming `option`.
  */
 export function checkHeaders(headers: unknown, option: string): Headers {
-  if (headers === EMPTY_HEADERS) return EMPTY_HEADERS;
-  if (typeof headers !== 'object' || headers === null || Array.isArray(headers)) {
+  if (typeof headers !== 'object' || headers === null) {
     throw new OptionsError(option, 'headers are an object of header names to string values', headers);
   }
-  if (checkedHeaders.has(headers)) return headers as Headers;
-  // The copy is what is checked and delivered: a getter cannot show one value here and another later.
-  const copy: Record<string, unknown> = { ...headers };
-  if (Object.getOwnPropertySymbols(copy).length > 0) {
-    throw new OptionsError(option, 'header names are strings, not symbols', headers);
+  // The brand, not instanceof: an object made from the class's prototype without its constructor is no proof.
+  if (headerUnits(headers) !== undefined) return headers as Headers;
+  const proto: unknown = Object.getPrototypeOf(headers);
+  if (proto !== Object.prototype && proto !== null) {
+    throw new OptionsError(option, 'headers are a plain object of header names to string values', headers);
   }
-  let bytes = 0;
-  for (const name of Object.keys(copy)) {
-    const value = copy[name];
-    if (!HEADER_NAME.test(name)) {
-      throw new OptionsError(
-        `${option}['${name}']`,
-        'a header name is non-empty printable ASCII without white space or colon',
-        name,
-      );
-    }
-    if (typeof value !== 'string') throw new OptionsError(`${option}['${name}']`, 'a header value is a string', value);
-    // As on a NATS wire: `name: value` and CRLF.
-    bytes += name.length + 4 + Buffer.byteLength(value);
-  }
-  if (bytes === 0) return EMPTY_HEADERS;
-  Object.freeze(copy);
-  checkedHeaders.set(copy, bytes);
-  return copy as Headers;
-}
-
-/** @internal The size in bytes of headers returned by {@link checkHeaders}; undefined for others. */
-export function headerBytes(headers: Headers): number | undefined {
-  return headers === EMPTY_HEADERS ? 0 : checkedHeaders.get(headers);
+  // Own enumerable string keys, as JSON and the object spread read them: a symbol-keyed property is
+  // no header and is not copied. (Reflect.ownKeys would see it, at ten times the cost per publish.)
+  const keys = Object.keys(headers);
+  if (keys.length === 0) return EMPTY_HEADERS;
+  return new MessageHeaders(headers, keys, option) as unknown as Headers;
 }
 
 /**
@@ -212,7 +260,7 @@ export function createEnvelope<T>(subject: string, data: T, options?: EnvelopeOp
     headers:
       headers === undefined || isEmpty(headers)
         ? EMPTY_HEADERS
-        : checkedHeaders.has(headers)
+        : headerUnits(headers) !== undefined
           ? (headers as Headers)
           : Object.freeze({ ...headers }),
     attempt: options.attempt ?? 1,
