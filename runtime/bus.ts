@@ -3,6 +3,7 @@ import { type Codec, msgpackCodec } from './codec.ts';
 import {
   checkFields,
   checkHeaders,
+  checkLineage,
   checkPublishOptions,
   createEnvelope,
   type Envelope,
@@ -22,7 +23,7 @@ import {
   type PermissionOperation,
   TimeoutError,
 } from './errors.ts';
-import { absorbDownstream, releaseDownstream } from './lineage.ts';
+import { absorbDownstream, releaseDownstream, trackerOf } from './lineage.ts';
 import { type DropReason, Mailbox, Offer } from './mailbox.ts';
 import { intOption, oneOf } from './options.ts';
 import { PermissionChecker, type Permissions } from './permissions.ts';
@@ -566,6 +567,9 @@ export class ClientImpl implements BusClient {
         out = { ...env, headers: checkHeaders(env.headers, 'forward.headers'), attempt: 1 };
       }
       checkFields(out.id, out.eventTime, out.key, 'forward');
+      // An actor's output carries its tracker's handle; any other lineage came from outside.
+      if (out.lineage !== undefined && trackerOf(out.lineage) === undefined)
+        checkLineage(out.lineage, 'forward.lineage');
       const match = this.#checkPublish(out.subject, out.data, out);
       return this.#bus.route(out, true, match);
     } catch (error) {

@@ -204,6 +204,7 @@ export function checkHeaders(headers: unknown, option: string): Headers {
  */
 export function checkPublishOptions(options: PublishOptions, option: string): void {
   checkFields(options.id, options.eventTime, options.key, option, true);
+  if (options.lineage !== undefined) checkLineage(options.lineage, `${option}.lineage`);
   const attempt = (options as EnvelopeOptions).attempt;
   if (attempt !== undefined && attempt !== 1) {
     throw new OptionsError(
@@ -267,6 +268,28 @@ export function createEnvelope<T>(subject: string, data: T, options?: EnvelopeOp
     replyTo: options.replyTo,
     lineage: options.lineage,
   };
+}
+
+/** @internal An OptionsError naming `option` unless `lineage` has the {@link Lineage} methods. */
+export function checkLineage(lineage: unknown, option: string): void {
+  if (!isLineage(lineage)) {
+    throw new OptionsError(
+      option,
+      'a lineage is an object with retain, absorb, release and releaseAbsorbed methods',
+      lineage,
+    );
+  }
+}
+
+function isLineage(value: unknown): boolean {
+  if (typeof value !== 'object' || value === null) return false;
+  const l = value as Record<string, unknown>;
+  return (
+    typeof l.retain === 'function' &&
+    typeof l.absorb === 'function' &&
+    typeof l.release === 'function' &&
+    typeof l.releaseAbsorbed === 'function'
+  );
 }
 
 function isEmpty(headers: object): boolean {

@@ -217,7 +217,7 @@ class TrackerLineage implements Lineage {
   }
   static {
     trackerOf = (lineage) => {
-      if (lineage === undefined) return undefined;
+      if (typeof lineage !== 'object' || lineage === null) return undefined;
       if (#tracker in lineage) return lineage.#tracker;
       return lineage instanceof Tracker ? lineage : undefined;
     };

@@ -180,7 +180,7 @@ describe('security - forged attempt, event time and id', () => {
     expect(mid.map((e) => e.attempt)).toEqual([1]);
   });
 
-  test('event time, id and key are checked: an OptionsError names the option and the rule', async () => {
+  test('event time, id, key and lineage are checked: an OptionsError names the option and the rule', async () => {
     const bus = new Bus();
     const got = collect(bus, 'a');
     const cases: [object, string, string][] = [
@@ -191,6 +191,8 @@ describe('security - forged attempt, event time and id', () => {
       [{ id: 'x'.repeat(257) }, 'publish.id', 'at most 256'],
       [{ id: 42 }, 'publish.id', 'non-empty string'],
       [{ key: 7 }, 'publish.key', 'a key is a string'],
+      [{ lineage: 5 }, 'publish.lineage', 'retain, absorb, release and releaseAbsorbed methods'],
+      [{ lineage: { retain: 1 } }, 'publish.lineage', 'retain, absorb, release and releaseAbsorbed methods'],
     ];
     for (const [options, option, rule] of cases) {
       const error = await rejection(bus.publish('a', 1, options as never));
@@ -201,6 +203,8 @@ describe('security - forged attempt, event time and id', () => {
     const forwarded = { ...createEnvelope('a', 1), eventTime: 'soon' as unknown as number };
     expect(await rejection(bus.forward(forwarded))).toMatchObject({ option: 'forward.eventTime' });
     expect(await rejection(bus.forward({ ...createEnvelope('a', 1), id: '' }))).toMatchObject({ option: 'forward.id' });
+    const badLineage = { ...createEnvelope('a', 1), lineage: 5 as never };
+    expect(await rejection(bus.forward(badLineage))).toMatchObject({ option: 'forward.lineage' });
     await flush();
     expect(got).toEqual([]);
     // What is valid still passes.
