@@ -1,7 +1,19 @@
 import { type Clock, systemClock } from './clock.ts';
 import { type Codec, encodeWith, msgpackCodec } from './codec.ts';
 import { nextMacrotask, spend } from './drainLoop.ts';
-import { createEnvelope, type Envelope, nextId, type PublishOptions } from './envelope.ts';
+import {
+  checkFields,
+  checkHeaders,
+  checkLineage,
+  checkPublishOptions,
+  createEnvelope,
+  type Envelope,
+  type Headers,
+  headerBytes,
+  headerUnits,
+  type PublishOptions,
+  randomToken,
+} from './envelope.ts';
 import {
   ClosedError,
   MailboxFullError,
@@ -12,7 +24,7 @@ import {
   type PermissionOperation,
   TimeoutError,
 } from './errors.ts';
-import { absorbDownstream, releaseDownstream } from './lineage.ts';
+import { absorbDownstream, releaseDownstream, trackerOf } from './lineage.ts';
 import { type DropReason, Mailbox, Offer } from './mailbox.ts';
 import { intOption, knownKeys, oneOf, optionKeys } from './options.ts';
 import { PermissionChecker, type Permissions } from './permissions.ts';
@@ -137,7 +149,7 @@ export class Bus implements BusClient {
   /** Per queue name: its live routes and round-robin cursor, dropped with the group's last route. */
   readonly #cursor = new Map<string, QueueCursor>();
   readonly #pendingRequests = new Map<string, (env: Envelope) => void>();
-  readonly #inboxPrefix = `_INBOX.${nextId()}`;
+  readonly #inboxPrefix = `_INBOX.${randomToken()}`;
   #inboxRoute: Route | undefined;
   readonly #root: ClientImpl;
   /**
@@ -165,17 +177,20 @@ export class Bus implements BusClient {
       DEFAULT_BUS_OPTIONS.requestTimeoutMs,
       1,
     );
-    this.#root = new ClientImpl(this, 'bus', undefined, false);
+    this.#root = new ClientImpl(this, 'bus', undefined, false, 'bus');
   }
 
-  /** A view of the bus whose publishes and subscriptions are checked against `permissions`. */
+  /**
+   * A view of the bus whose publishes and subscriptions are checked against `permissions`; an
+   * OptionsError when they are not lists of subject patterns.
+   */
   client(name: string, permissions?: Permissions): BusClient {
-    return new ClientImpl(this, name, permissions, false);
+    return new ClientImpl(this, name, permissions, false, `client '${name}'.permissions`);
   }
 
   /** @internal A client for the runtime's own actors: it still publishes while the bus refuses outside input. */
   internalClient(name: string, permissions?: Permissions): BusClient {
-    return new ClientImpl(this, name, permissions, true);
+    return new ClientImpl(this, name, permissions, true, `actor '${name}'.permissions`);
   }
 
   /**
@@ -266,17 +281,23 @@ export class Bus implements BusClient {
     };
   }
 
-  /** @internal Size check; throws {@link MaxPayloadError}. */
-  checkSize(subject: string, data: unknown): void {
+  /**
+   * @internal Size check of a payload and its headers' bytes, counted together as NATS counts a
+   * message against max_payload; throws {@link MaxPayloadError}.
+   */
+  checkSize(subject: string, data: unknown, headers?: Headers): void {
+    // UTF-8 takes at most 3 bytes per UTF-16 unit: nothing is counted when that bound fits.
+    const units = headers === undefined ? 0 : (headerUnits(headers) ?? 0);
     let size: number;
     if (typeof data === 'string') {
-      // A string's UTF-8 size is at most 3 bytes per UTF-16 unit: skip the count when that fits.
-      if (data.length * 3 <= this.maxPayloadBytes) return;
+      if ((data.length + units) * 3 <= this.maxPayloadBytes) return;
       size = encoder.encode(data).byteLength;
     } else if (data instanceof Uint8Array) size = data.byteLength;
     else if (this.measure === 'encoded') size = encodeWith(this.codec, data, subject).byteLength;
-    else return;
-    if (size > this.maxPayloadBytes) throw new MaxPayloadError(subject, size, this.maxPayloadBytes);
+    else size = 0;
+    if (size + units * 3 <= this.maxPayloadBytes) return;
+    const total = size + (units === 0 ? 0 : headerBytes(headers as Headers));
+    if (total > this.maxPayloadBytes) throw new MaxPayloadError(subject, total, this.maxPayloadBytes);
   }
 
   /**
@@ -376,9 +397,21 @@ export class Bus implements BusClient {
     });
   }
 
-  /** @internal A fresh reply subject under this bus's inbox. */
+  /**
+   * @internal A fresh reply subject under this bus's inbox. Its token is 144 random bits: a reply
+   * subject is the capability to answer a request (see {@link awaitsReply}), so it must not be guessed.
+   */
   inbox(): string {
-    return `${this.#inboxPrefix}.${nextId()}`;
+    return `${this.#inboxPrefix}.${randomToken()}${randomToken()}`;
+  }
+
+  /**
+   * @internal Whether `subject` is the reply subject of a request still waiting for its reply. As
+   * NATS's allow_responses, anyone who got the request may answer it on this subject, once, while
+   * it waits, whatever its publish permissions.
+   */
+  awaitsReply(subject: string): boolean {
+    return this.#pendingRequests.has(subject);
   }
 
   /** @internal Whether `subject` is a reply subject made by {@link inbox}. */
@@ -530,10 +563,10 @@ export class ClientImpl implements BusClient {
 
   readonly #internal: boolean;
 
-  constructor(bus: Bus, name: string, permissions: Permissions | undefined, internal: boolean) {
+  constructor(bus: Bus, name: string, permissions: Permissions | undefined, internal: boolean, option: string) {
     this.#bus = bus;
     this.name = name;
-    this.#permissions = new PermissionChecker(permissions);
+    this.#permissions = new PermissionChecker(permissions, option);
     this.#internal = internal;
   }
 
@@ -548,8 +581,9 @@ export class ClientImpl implements BusClient {
   publish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): Promise<void> {
     try {
       const name = nameOf(subject);
-      const match = this.#checkPublish(name, data, options?.replyTo);
-      const entering = this.#entering(options);
+      const checked = options === undefined ? undefined : ownOptions(options, 'publish');
+      const match = this.#checkPublish(name, data, checked);
+      const entering = this.#entering(checked);
       if (match.plain.length === 0 && match.groups.length === 0) {
         // Nobody listens: nothing to build an envelope for.
         this.#bus.publishedToNone();
@@ -564,8 +598,9 @@ export class ClientImpl implements BusClient {
 
   tryPublish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): boolean {
     const name = nameOf(subject);
-    const match = this.#checkPublish(name, data, options?.replyTo);
-    const entering = this.#entering(options);
+    const checked = options === undefined ? undefined : ownOptions(options, 'tryPublish');
+    const match = this.#checkPublish(name, data, checked);
+    const entering = this.#entering(checked);
     if (match.plain.length === 0 && match.groups.length === 0) {
       this.#bus.publishedToNone();
       return true;
@@ -575,8 +610,19 @@ export class ClientImpl implements BusClient {
 
   forward(env: Envelope): Promise<void> {
     try {
-      const match = this.#checkPublish(env.subject, env.data, env.replyTo);
-      return this.#bus.route(env, true, match);
+      // An envelope given whole is checked as publish options are. Its attempt counted deliveries to
+      // its last consumer; on the bus it is a new message, at attempt 1 (a copy only when it differs,
+      // or when its headers were not checked here before: the same frozen headers pass each hop).
+      let out = env;
+      if (env.attempt !== 1 || headerUnits(env.headers) === undefined) {
+        out = { ...env, headers: checkHeaders(env.headers, 'forward.headers'), attempt: 1 };
+      }
+      checkFields(out.id, out.eventTime, out.key, 'forward');
+      // An actor's output carries its tracker's handle; any other lineage came from outside.
+      if (out.lineage !== undefined && trackerOf(out.lineage) === undefined)
+        checkLineage(out.lineage, 'forward.lineage');
+      const match = this.#checkPublish(out.subject, out.data, out);
+      return this.#bus.route(out, true, match);
     } catch (error) {
       return Promise.reject(error);
     }
@@ -598,12 +644,15 @@ export class ClientImpl implements BusClient {
   ): Promise<Envelope<Res>> {
     try {
       const name = nameOf(subject);
-      this.#checkPublish(name, data, undefined);
-      const timeoutMs = intOption('request.timeoutMs', options.timeoutMs, this.#bus.requestTimeoutMs, 1);
+      // The reply subject is the bus's to choose: one given here would let the caller pick where
+      // the responder publishes.
+      const { timeoutMs: given, replyTo: _ignored, ...rest } = ownOptions(options, 'request') as RequestOptions;
+      this.#checkPublish(name, data, rest);
+      const timeoutMs = intOption('request.timeoutMs', given, this.#bus.requestTimeoutMs, 1);
       const env = createEnvelope(
         name,
         data,
-        { ...this.#entering(options), replyTo: this.#bus.inbox() },
+        { ...this.#entering(rest), replyTo: this.#bus.inbox() },
         this.#bus.clock.now(),
       );
       return this.#bus.requestVia(this, env, name, timeoutMs) as Promise<Envelope<Res>>;
@@ -615,26 +664,59 @@ export class ClientImpl implements BusClient {
   respond<T>(request: Envelope, data: T, options?: PublishOptions): Promise<void> {
     try {
       const replyTo = replyToOf(request, 'respond.request');
-      // Any reply subject but a requester's inbox was chosen by whoever built the envelope: it is
-      // checked as a publish, or a crafted `replyTo` would get around the publish permissions.
-      const match = this.#checkPublish(replyTo, data, options?.replyTo);
-      return this.#bus.route(createEnvelope(replyTo, data, options, this.#bus.clock.now()), true, match);
+      const checked = options === undefined ? undefined : ownOptions(options, 'respond');
+      // The reply subject is checked as any publish: a requester's inbox is open while the request
+      // waits (see #checkPublish), and any other subject needs this client's own permission, or a
+      // crafted `replyTo` would get around the publish permissions.
+      const match = this.#checkPublish(replyTo, data, checked);
+      return this.#bus.route(createEnvelope(replyTo, data, checked, this.#bus.clock.now()), true, match);
     } catch (error) {
       return Promise.reject(error);
     }
   }
 
-  /** Checks a publish and returns what it reaches (the lookup also validates the subject). */
-  #checkPublish(subject: string, data: unknown, replyTo: string | undefined): Match<Route> {
+  /**
+   * Checks a publish (subject, reply subject, payload and header size) and returns what it reaches
+   * (the lookup also validates the subject). Two rules keep a restricted client inside its
+   * permissions:
+   * - a reply subject of a request that waits for its reply may be published to once by anyone
+   *   who got the request (NATS's allow_responses); any other subject under the bus's inbox is an
+   *   ordinary subject, which the permissions must allow;
+   * - a `replyTo` is where a responder will publish for this client, so it must be a subject this
+   *   client may publish to itself, or a waiting request's reply subject (passed on with the
+   *   request): a service cannot be made a deputy that publishes where the requester may not.
+   */
+  #checkPublish(subject: string, data: unknown, options: PublishOptions | undefined): Match<Route> {
     const match = this.#bus.lookup(subject);
+    const replyTo = options?.replyTo;
     if (replyTo !== undefined) this.#checkLiteral(replyTo);
-    // A requester's inbox takes replies from anyone it asked, as NATS's allow_responses: a reply
-    // from an actor or a subscription is not a publish its permissions need to allow.
-    if (!this.#permissions.unrestricted && !this.#bus.isInbox(subject)) {
-      const reason = this.#permissions.publishDenied(subject);
-      if (reason !== undefined) throw this.#bus.denied('publish', subject, this.name, reason);
+    if (!this.#permissions.unrestricted) {
+      if (!(this.#bus.isInbox(subject) && this.#bus.awaitsReply(subject))) {
+        const reason = this.#permissions.publishDenied(subject);
+        if (reason !== undefined) {
+          throw this.#bus.denied(
+            'publish',
+            subject,
+            this.name,
+            this.#bus.isInbox(subject)
+              ? `${reason}, and it is no reply subject of a request waiting for its reply`
+              : reason,
+          );
+        }
+      }
+      if (replyTo !== undefined && !this.#bus.awaitsReply(replyTo)) {
+        const reason = this.#permissions.publishDenied(replyTo);
+        if (reason !== undefined) {
+          throw this.#bus.denied(
+            'publish',
+            replyTo,
+            this.name,
+            `a replyTo must be a subject the publisher may publish to itself: ${reason}`,
+          );
+        }
+      }
     }
-    this.#bus.checkSize(subject, data);
+    this.#bus.checkSize(subject, data, options?.headers);
     return match;
   }
 
@@ -650,6 +732,22 @@ export class ClientImpl implements BusClient {
     }
     this.#lastLiteral = subject;
   }
+}
+
+/**
+ * Checks what a caller may set on a message (an OptionsError naming `option` and the rule) and
+ * returns the options with their headers checked, frozen and measured: a copy only when headers
+ * are given.
+ */
+function ownOptions(options: PublishOptions, option: string): PublishOptions {
+  if (typeof options !== 'object' || options === null) {
+    throw new OptionsError(option, 'options are an object', options);
+  }
+  checkPublishOptions(options, option);
+  const headers = options.headers;
+  if (headers === undefined) return options;
+  const checked = checkHeaders(headers, `${option}.headers`);
+  return checked === headers ? options : { ...options, headers: checked };
 }
 
 /**

@@ -94,7 +94,13 @@ export class HandlerLane implements Lane {
     const env = createEnvelope(
       name,
       data,
-      { key: input.env.key, eventTime: input.env.eventTime, ...options, headers: headers ?? {}, lineage: input },
+      {
+        key: input.env.key,
+        eventTime: input.env.eventTime,
+        ...options,
+        headers: headers ?? {},
+        lineage: input.lineage,
+      },
       this.#ctx.clock.now(),
     );
     return this.#host.publish(env);

@@ -18,7 +18,7 @@ export { SystemClock, systemClock, VirtualClock } from './clock.ts';
 export type { Codec } from './codec.ts';
 export { decodeEnvelope, encodeEnvelope, jsonCodec, msgpackCodec } from './codec.ts';
 export { DEAD_LETTER_HEADERS } from './deadLetters.ts';
-export type { Envelope, Headers, PublishOptions } from './envelope.ts';
+export type { Envelope, EnvelopeOptions, Headers, PublishOptions } from './envelope.ts';
 export { createEnvelope, nextId, withData, withHeaders } from './envelope.ts';
 export type { ErrorCode, PermissionOperation, SluiceErrorOptions, SubjectRule } from './errors.ts';
 export {

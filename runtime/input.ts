@@ -1,6 +1,6 @@
 import type { Span } from '@opentelemetry/api';
 import type { Envelope } from './envelope.ts';
-import { Tracker, type TrackerOwner } from './lineage.ts';
+import { type Lineage, Tracker, type TrackerOwner, trackerOf } from './lineage.ts';
 
 /** @internal The tracker of one input inside a cell: the input, its lane, its span. */
 export class Input extends Tracker {
@@ -23,11 +23,17 @@ export class Input extends Tracker {
 
   constructor(env: Envelope, owner: TrackerOwner, generation: number, lane: number, startedAt: number) {
     super(env.id, owner, env.lineage, generation);
-    // The pipeline sees the input with this tracker as its lineage, so what it emits traces back here.
-    this.env = { ...env, lineage: this };
+    // The pipeline sees the input with this tracker's lineage, so what it emits traces back here.
+    this.env = { ...env, lineage: this.lineage };
     this.lane = lane;
     this.startedAt = startedAt;
   }
+}
+
+/** @internal The input of an actor that `lineage` (an envelope's) stands for, if it is one. */
+export function inputOf(lineage: Lineage | undefined): Input | undefined {
+  const tracker = trackerOf(lineage);
+  return tracker instanceof Input ? tracker : undefined;
 }
 
 /** FNV-1a: a stable, fast spread of keys over lanes. */

@@ -107,10 +107,17 @@ export interface TrackerOwner {
 /**
  * The lineage node of one input inside an actor. Starts with one in-flight reference, held by the
  * actor while the pipeline handles the input synchronously.
+ *
+ * A tracker is never put on an envelope that leaves its owner: envelopes carry {@link lineage}, a
+ * handle with the {@link Lineage} methods only. Whoever gets a message (any subscriber) must not
+ * reach the tracker's state, the input it stands for, its upstream, or its owner (an actor, whose
+ * bus client publishes with the actor's permissions).
  */
 export class Tracker implements Lineage {
   readonly id: string;
-  readonly owner: TrackerOwner;
+  readonly #owner: TrackerOwner;
+  /** What envelopes derived from this input carry as their lineage. */
+  readonly lineage: Lineage;
   /** What the input itself derives from; released once this input settles. */
   readonly upstream: Lineage | undefined;
   /** The pipeline generation that took the input, so a restart knows what it lost. */
@@ -127,9 +134,10 @@ export class Tracker implements Lineage {
 
   constructor(id: string, owner: TrackerOwner, upstream: Lineage | undefined, generation: number) {
     this.id = id;
-    this.owner = owner;
+    this.#owner = owner;
     this.upstream = upstream;
     this.generation = generation;
+    this.lineage = new TrackerLineage(this);
   }
 
   get ids(): readonly string[] {
@@ -171,8 +179,48 @@ export class Tracker implements Lineage {
 
   #check(): void {
     if (this.inFlight !== 0) return;
-    if (this.absorbed === 0) this.owner.settled(this, this.error);
-    else this.owner.leftFlight(this);
+    if (this.absorbed === 0) this.#owner.settled(this, this.error);
+    else this.#owner.leftFlight(this);
+  }
+}
+
+/**
+ * @internal The tracker behind a lineage an envelope carries (or the tracker itself, for a
+ * tracker used directly as a lineage, as the test harness does); undefined for any other lineage.
+ */
+export let trackerOf: (lineage: Lineage | undefined) => Tracker | undefined;
+
+/**
+ * A tracker as envelopes carry it: the {@link Lineage} protocol and nothing else. The tracker is a
+ * private field, and {@link trackerOf} (assigned in the static block, so reachable from no object)
+ * is the runtime's only way back to it.
+ */
+class TrackerLineage implements Lineage {
+  readonly #tracker: Tracker;
+  constructor(tracker: Tracker) {
+    this.#tracker = tracker;
+  }
+  get ids(): readonly string[] {
+    return this.#tracker.ids;
+  }
+  retain(): void {
+    this.#tracker.retain();
+  }
+  absorb(): void {
+    this.#tracker.absorb();
+  }
+  release(error?: unknown): void {
+    this.#tracker.release(error);
+  }
+  releaseAbsorbed(error?: unknown): void {
+    this.#tracker.releaseAbsorbed(error);
+  }
+  static {
+    trackerOf = (lineage) => {
+      if (typeof lineage !== 'object' || lineage === null) return undefined;
+      if (#tracker in lineage) return lineage.#tracker;
+      return lineage instanceof Tracker ? lineage : undefined;
+    };
   }
 }
 
@@ -183,8 +231,9 @@ export class Tracker implements Lineage {
  * single tracker themselves: that is every message's path.
  */
 function shareMerged(lineage: Lineage, count: 'publishing' | 'downstream', by: 1 | -1): void {
-  if (lineage instanceof Tracker) {
-    if (by > 0 || lineage[count] > 0) lineage[count] += by;
+  const tracker = trackerOf(lineage);
+  if (tracker !== undefined) {
+    if (by > 0 || tracker[count] > 0) tracker[count] += by;
   } else if (lineage instanceof MergedLineage) {
     for (const part of lineage.parts) shareMerged(part, count, by);
   }
@@ -193,7 +242,8 @@ function shareMerged(lineage: Lineage, count: 'publishing' | 'downstream', by: 1
 /** @internal Retains `lineage` while an output derived from it is published (in flight, as publishing). */
 export function retainPublishing(lineage: Lineage | undefined): void {
   if (lineage === undefined) return;
-  if (lineage instanceof Tracker) lineage.publishing++;
+  const tracker = trackerOf(lineage);
+  if (tracker !== undefined) tracker.publishing++;
   else shareMerged(lineage, 'publishing', 1);
   lineage.retain();
 }
@@ -201,8 +251,9 @@ export function retainPublishing(lineage: Lineage | undefined): void {
 /** @internal Gives back what {@link retainPublishing} took, once the publish was accepted or refused. */
 export function releasePublishing(lineage: Lineage | undefined, error?: unknown): void {
   if (lineage === undefined) return;
-  if (lineage instanceof Tracker) {
-    if (lineage.publishing > 0) lineage.publishing--;
+  const tracker = trackerOf(lineage);
+  if (tracker !== undefined) {
+    if (tracker.publishing > 0) tracker.publishing--;
   } else shareMerged(lineage, 'publishing', -1);
   lineage.release(error);
 }
@@ -214,7 +265,8 @@ export function releasePublishing(lineage: Lineage | undefined, error?: unknown)
  */
 export function absorbDownstream(lineage: Lineage | undefined): void {
   if (lineage === undefined) return;
-  if (lineage instanceof Tracker) lineage.downstream++;
+  const tracker = trackerOf(lineage);
+  if (tracker !== undefined) tracker.downstream++;
   else shareMerged(lineage, 'downstream', 1);
   lineage.absorb();
 }
@@ -225,8 +277,9 @@ export function absorbDownstream(lineage: Lineage | undefined): void {
  */
 export function releaseDownstream(lineage: Lineage | undefined, error?: unknown): void {
   if (lineage === undefined) return;
-  if (lineage instanceof Tracker) {
-    if (lineage.downstream > 0) lineage.downstream--;
+  const tracker = trackerOf(lineage);
+  if (tracker !== undefined) {
+    if (tracker.downstream > 0) tracker.downstream--;
   } else shareMerged(lineage, 'downstream', -1);
   lineage.releaseAbsorbed(error);
 }

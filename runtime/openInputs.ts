@@ -68,7 +68,7 @@ export class OpenInputs implements Iterable<Input> {
   named(error: unknown): Input | undefined {
     if (!(error instanceof MessageError)) return undefined;
     const lineage = error.envelope.lineage;
-    for (const input of this) if (input === lineage) return input;
+    for (const input of this) if (input.lineage === lineage) return input;
     for (const input of this) if (input.id === error.messageId) return input;
     return undefined;
   }

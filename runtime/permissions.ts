@@ -1,3 +1,4 @@
+import { OptionsError } from './errors.ts';
 import { validateSubject } from './subjects.ts';
 
 /** Allow and deny lists of subject patterns, as NATS accounts and users have them. */
@@ -52,14 +53,10 @@ export class PermissionChecker {
   readonly #subscribe: SubjectPermission | undefined;
   readonly #publishCache = new Map<string, string | undefined>();
 
-  constructor(permissions: Permissions | undefined) {
-    for (const op of ['publish', 'subscribe'] as const) {
-      for (const list of ['allow', 'deny'] as const) {
-        for (const pattern of permissions?.[op]?.[list] ?? []) validateSubject(pattern, 'subscribe');
-      }
-    }
-    this.#publish = permissions?.publish;
-    this.#subscribe = permissions?.subscribe;
+  /** `option` names the permissions in errors, e.g. `client 'x'.permissions`. */
+  constructor(permissions: Permissions | undefined, option = 'permissions') {
+    this.#publish = ownPermission(permissions, 'publish', option);
+    this.#subscribe = ownPermission(permissions, 'subscribe', option);
   }
 
   get unrestricted(): boolean {
@@ -104,4 +101,36 @@ export class PermissionChecker {
     if (deny === undefined || deny.length === 0) return undefined;
     return (subject) => !deny.some((d) => isSubsetMatch(subject, d));
   }
+}
+
+/**
+ * One side of `permissions`, checked and copied (a caller changing its lists later changes
+ * nothing); an OptionsError naming the option when it is not an object of pattern lists. A string
+ * where a list belongs would otherwise be read one character at a time.
+ */
+function ownPermission(
+  permissions: Permissions | undefined,
+  op: 'publish' | 'subscribe',
+  option: string,
+): SubjectPermission | undefined {
+  if (permissions === undefined) return undefined;
+  if (typeof permissions !== 'object' || permissions === null || Array.isArray(permissions)) {
+    throw new OptionsError(option, "permissions are an object with 'publish' and 'subscribe' sides", permissions);
+  }
+  const side: unknown = permissions[op];
+  if (side === undefined) return undefined;
+  if (typeof side !== 'object' || side === null || Array.isArray(side)) {
+    throw new OptionsError(`${option}.${op}`, "a permission is an object with 'allow' and 'deny' lists", side);
+  }
+  const own: { allow?: readonly string[]; deny?: readonly string[] } = {};
+  for (const list of ['allow', 'deny'] as const) {
+    const patterns: unknown = (side as SubjectPermission)[list];
+    if (patterns === undefined) continue;
+    if (!Array.isArray(patterns)) {
+      throw new OptionsError(`${option}.${op}.${list}`, 'a permission list is an array of subject patterns', patterns);
+    }
+    for (const pattern of patterns) validateSubject(pattern, 'subscribe');
+    own[list] = Object.freeze([...(patterns as string[])]);
+  }
+  return Object.freeze(own);
 }

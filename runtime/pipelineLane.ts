@@ -3,8 +3,9 @@ import type { ActorContext, PipelineActor } from './actor.ts';
 import { ACCEPTED } from './bus.ts';
 import { type Envelope, nextId } from './envelope.ts';
 import { messageOf, OptionsError, SluiceError } from './errors.ts';
-import { Input } from './input.ts';
+import { type Input, inputOf } from './input.ts';
 import type { Lane, LaneHost } from './lane.ts';
+import type { Lineage } from './lineage.ts';
 import { injectTrace } from './telemetry.ts';
 
 type Pipeline = PipelineActor<unknown, unknown>['pipeline'];
@@ -197,7 +198,7 @@ export class PipelineLane implements Lane {
       return;
     }
     const lineage = out.lineage;
-    const source = lineage instanceof Input ? lineage : undefined;
+    const source = inputOf(lineage);
     // Emitted after its input settled: an async step that did not hold it (see docs/settlement.md).
     if (source?.done) this.#host.lateOutput(source);
     if (this.#output === undefined && source !== undefined && out.subject === source.env.subject) {
@@ -240,7 +241,7 @@ export class PipelineLane implements Lane {
    */
   #notAnEnvelope(value: unknown): void {
     const lineage = typeof value === 'object' && value !== null ? (value as { lineage?: unknown }).lineage : undefined;
-    const source = lineage instanceof Input ? lineage : this.#current;
+    const source = inputOf(lineage as Lineage | undefined) ?? this.#current;
     const error = new SluiceError(
       'SLUICE_ERR_HANDLER',
       `actor '${this.#ctx.name}' pipeline emitted ${preview(value)}, not an envelope: emit { ...env, data } to keep the input's id, subject and lineage`,
