@@ -26,7 +26,7 @@ import {
 } from './errors.ts';
 import { absorbDownstream, releaseDownstream, trackerOf } from './lineage.ts';
 import { type DropReason, Mailbox, Offer } from './mailbox.ts';
-import { intOption, knownKeys, oneOf, optionKeys } from './options.ts';
+import { intOption, knownKeys, oneOf, optionKeys, optionsObject } from './options.ts';
 import { PermissionChecker, type Permissions } from './permissions.ts';
 import { type Match, queueProblem, type Routable, SubjectTrie, validateSubject } from './subjects.ts';
 import { Subscription, type SubscriptionOptions } from './subscription.ts';
@@ -631,6 +631,7 @@ export class ClientImpl implements BusClient {
   subscribe<T = unknown>(subject: SubjectRef<T>, options: SubscriptionOptions<T> = {}): Subscription<T> {
     const pattern = nameOf(subject);
     validateSubject(pattern, 'subscribe');
+    optionsObject('subscription', options);
     if (options.queue !== undefined) validateQueue(options.queue, 'queue');
     const reason = this.#permissions.subscribeDenied(pattern);
     if (reason !== undefined) throw this.#bus.denied('subscribe', pattern, this.name, reason);

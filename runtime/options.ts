@@ -45,9 +45,7 @@ export function optionKeys<K extends string>(keys: { readonly [P in K]: true }):
  */
 export function knownKeys(path: string, value: unknown, known: ReadonlySet<string>): void {
   if (value === undefined) return;
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) {
-    throw new OptionsError(path, 'must be an object of options', value);
-  }
+  optionsObject(path, value);
   for (const key of Object.keys(value)) {
     if (known.has(key)) continue;
     const near = closest(key, known);
@@ -56,6 +54,13 @@ export function knownKeys(path: string, value: unknown, known: ReadonlySet<strin
       `'${key}' is not an option${near === undefined ? '' : `; did you mean '${near}'?`} (known: ${[...known].join(', ')})`,
       (value as Record<string, unknown>)[key],
     );
+  }
+}
+
+/** Refuses options given as anything but an object (or undefined, for options left out). */
+export function optionsObject(path: string, value: unknown): asserts value is object | undefined {
+  if (value !== undefined && (typeof value !== 'object' || value === null || Array.isArray(value))) {
+    throw new OptionsError(path, 'must be an object of options', value);
   }
 }
 
