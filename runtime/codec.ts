@@ -61,8 +61,11 @@ export const msgpackCodec: Codec = Object.freeze({
   },
 });
 
-/** Maps (as msgpack decodes them with `mapsAsObjects: false`) back to plain objects, keeping every key. */
-function objectsFromMaps(value: unknown): unknown {
+/**
+ * @internal Maps (as msgpack decodes them with `mapsAsObjects: false`) back to plain objects,
+ * keeping every key; the store decodes its records the same way.
+ */
+export function objectsFromMaps(value: unknown): unknown {
   if (Array.isArray(value)) return value.map(objectsFromMaps);
   if (!(value instanceof Map)) return value;
   const object: Record<string, unknown> = {};
@@ -77,8 +80,8 @@ function objectsFromMaps(value: unknown): unknown {
   return object;
 }
 
-/** Whether a decoded value holds the 0xC1 marker; with a stack of its own, for any nesting depth. */
-function holdsC1(root: unknown): boolean {
+/** @internal Whether a decoded value holds the 0xC1 marker; with a stack of its own, for any nesting depth. */
+export function holdsC1(root: unknown): boolean {
   const pending: unknown[] = [root];
   while (pending.length > 0) {
     const value = pending.pop();

@@ -1,5 +1,6 @@
 import { crc32 } from 'node:zlib';
-import { C1, Packr } from 'msgpackr';
+import { Packr } from 'msgpackr';
+import { holdsC1, objectsFromMaps } from '../codec.ts';
 import { CorruptRecordError, messageOf, OptionsError, type RecordLocation } from '../errors.ts';
 
 // The settings of the runtime's msgpack codec (codec.ts), except that integers stay exact: a
@@ -59,23 +60,8 @@ export function decodeRecord(bytes: Uint8Array, location: RecordLocation): unkno
     throw new CorruptRecordError(location, `not decodable as msgpack: ${messageOf(error)}`, error);
   }
   // msgpackr reads the reserved byte 0xc1 as a marker instead of failing; no encoder writes it.
-  if (value === C1) throw new CorruptRecordError(location, 'not decodable as msgpack: reserved byte 0xc1');
+  if (holdsC1(value)) throw new CorruptRecordError(location, 'not decodable as msgpack: reserved byte 0xc1');
   return value;
-}
-
-function objectsFromMaps(value: unknown): unknown {
-  if (Array.isArray(value)) return value.map(objectsFromMaps);
-  if (!(value instanceof Map)) return value;
-  const object: Record<string, unknown> = {};
-  for (const [key, v] of value) {
-    Object.defineProperty(object, String(key), {
-      value: objectsFromMaps(v),
-      enumerable: true,
-      writable: true,
-      configurable: true,
-    });
-  }
-  return object;
 }
 
 function hex(n: number): string {
