@@ -15,17 +15,7 @@ import {
   withHeaders,
 } from 'sluice';
 import { describe, expect, test } from 'vitest';
-import { collect, flush, testRuntime, thrown } from '../runtime/helpers.ts';
-
-/** The error a promise rejects with; fails the test when it resolves. */
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  return promise.then(
-    () => {
-      throw new Error('expected a rejection');
-    },
-    (error: unknown) => error,
-  );
-}
+import { collect, flush, rejection, testRuntime, thrown } from '../runtime/helpers.ts';
 
 /**
  * Every object and function reachable from `root` through own properties (values and getters) and

@@ -16,17 +16,7 @@ import {
   VirtualClock,
 } from 'sluice';
 import { describe, expect, test } from 'vitest';
-import { collect, flush, testRuntime, thrown } from '../runtime/helpers.ts';
-
-/** The error a promise rejects with; fails the test when it resolves. */
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  return promise.then(
-    () => {
-      throw new Error('expected a rejection');
-    },
-    (error: unknown) => error,
-  );
-}
+import { collect, flush, rejection, testRuntime, thrown } from '../runtime/helpers.ts';
 
 /** The inbox prefix of a bus, as anyone who saw one reply subject knows it: all but the last token. */
 function prefixOf(inbox: string): string {

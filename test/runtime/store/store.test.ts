@@ -5,6 +5,7 @@ import { describe, expect, test } from 'vitest';
 import { CorruptRecordError } from '../../../runtime/errors.ts';
 import type { LogEntry, Store } from '../../../runtime/store/index.ts';
 import { encodeRecord } from '../../../runtime/store/record.ts';
+import { rejection, thrown } from '../helpers.ts';
 import { lmdbHarness, memoryHarness, type StoreHarness } from './harness.ts';
 
 // The same suite against both implementations: the memory store stands in for LMDB in tests only
@@ -12,24 +13,6 @@ import { lmdbHarness, memoryHarness, type StoreHarness } from './harness.ts';
 
 function values(entries: LogEntry[]): unknown[] {
   return entries.map((e) => (e.error === undefined ? e.value : e.error));
-}
-
-async function rejection(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a rejection');
-}
-
-function thrown(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (error) {
-    return error;
-  }
-  throw new Error('expected a throw');
 }
 
 describe.each<StoreHarness>([memoryHarness, lmdbHarness])('store conformance - $name', (harness) => {
