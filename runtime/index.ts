@@ -66,3 +66,7 @@ export type { Counters } from './telemetry.ts';
 export { Telemetry } from './telemetry.ts';
 export type { DataOf, TypedSubject, TypedSubjectOptions } from './typedSubject.ts';
 export { subject, validate } from './typedSubject.ts';
+export type { Sink, SinkRecord, SinkRecordOptions } from './sinks/sink.ts';
+export { IDEMPOTENCY_KEY_HEADER, latestPerKey } from './sinks/sink.ts';
+export type { SinkActorDefinition, SinkBatchOptions, WriteToOptions } from './sinks/writeTo.ts';
+export { DEFAULT_SINK_BATCH, sinkActor, writeTo } from './sinks/writeTo.ts';
