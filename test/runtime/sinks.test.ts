@@ -174,6 +174,23 @@ describe('sinkActor', () => {
     expect(seen[1]?.value).toMatchObject({ value: 5 });
   });
 
+  test('a shutdown drains the batch still waiting (written after maxWaitMs), acknowledged before stop() returns', async () => {
+    const { rt, clock } = testRuntime();
+    const sink = new MemorySink<{ id: string }>();
+    const ref = rt.spawn(
+      sinkActor({ name: 'w', subscribe: 'in', sink, key: byId, batch: { maxSize: 10, maxWaitMs: 500 } }),
+    );
+    for (let i = 0; i < 3; i++) await rt.bus.publish('in', { id: `k${i}` });
+    await flush();
+    expect(sink.writes).toEqual([]);
+    const stopping = rt.stop({ deadlineMs: 1_000 });
+    await clock.advance(500);
+    const report = await stopping;
+    expect(report.drained).toBe(true);
+    expect(sink.writes).toEqual([['k0', 'k1', 'k2']]);
+    expect(ref.counters.acked).toBe(3);
+  });
+
   test('options are checked at declaration', () => {
     const sink = new MemorySink<number>();
     expect(() => sinkActor({ name: 'w', subscribe: 'in', sink, batch: { maxSize: 100 }, maxInFlight: 10 })).toThrow(
