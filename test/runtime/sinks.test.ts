@@ -6,6 +6,7 @@ import {
   type SinkRecord,
   sinkActor,
 } from 'sluice';
+import { testActor } from 'sluice/testing';
 import { describe, expect, test } from 'vitest';
 import { collect, flush, testRuntime } from './helpers.ts';
 
@@ -201,5 +202,33 @@ describe('sinkActor', () => {
     expect(() =>
       sinkActor({ name: 'w', subscribe: 'in', sink, batchSize: 3 } as unknown as Parameters<typeof sinkActor>[0]),
     ).toThrow('batchSize');
+  });
+});
+
+describe('sinkActor across a pipeline restart', () => {
+  test('a batch being written when the pipeline restarts is written again; every input is acked once, none lost', async () => {
+    const sink = new MemorySink<{ id: string }>();
+    const held = gate();
+    sink.gate = held.promise;
+    const a = testActor(
+      sinkActor({
+        name: 'w',
+        subscribe: 'in',
+        sink,
+        key: byId,
+        batch: { maxSize: 3, maxWaitMs: 10 },
+        retry: { maxAttempts: 5, backoff: { initialMs: 10, maxMs: 10, jitter: 0 } },
+      }),
+    );
+    for (let i = 0; i < 3; i++) await a.send({ id: `k${i}` });
+    expect(sink.writes).toHaveLength(1);
+    await a.restart();
+    sink.gate = undefined;
+    held.open();
+    for (let i = 0; i < 10; i++) await a.advance(10);
+    expect([...sink.rows.keys()].sort()).toEqual(['k0', 'k1', 'k2']);
+    expect(a.deadLetters).toEqual([]);
+    expect(a.ref.counters).toMatchObject({ acked: 3, deadLettered: 0, settlementErrors: 0 });
+    expect(a.ref.inFlight).toBe(0);
   });
 });
