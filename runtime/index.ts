@@ -57,6 +57,10 @@ export type {
   SubscriptionLeft,
 } from './runtime.ts';
 export { createRuntime, describeReport } from './runtime.ts';
+export type { Sink, SinkRecord, SinkRecordOptions } from './sinks/sink.ts';
+export { IDEMPOTENCY_KEY_HEADER, latestPerKey } from './sinks/sink.ts';
+export type { SinkActorDefinition, SinkBatchOptions, WriteToOptions } from './sinks/writeTo.ts';
+export { DEFAULT_SINK_BATCH, sinkActor, writeTo } from './sinks/writeTo.ts';
 export { isLiteral, MAX_SUBJECT_BYTES, subjectMatches, validateSubject } from './subjects.ts';
 export type { SubscriptionOptions } from './subscription.ts';
 export { Subscription } from './subscription.ts';

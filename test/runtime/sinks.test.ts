@@ -1,0 +1,234 @@
+import {
+  DEAD_LETTER_HEADERS,
+  type Envelope,
+  IDEMPOTENCY_KEY_HEADER,
+  type Sink,
+  type SinkRecord,
+  sinkActor,
+} from 'sluice';
+import { testActor } from 'sluice/testing';
+import { describe, expect, test } from 'vitest';
+import { collect, flush, testRuntime } from './helpers.ts';
+
+/** A sink in memory whose writes can be held open, or made to fail for some keys. */
+class MemorySink<T> implements Sink<T> {
+  readonly name = 'memory';
+  readonly rows = new Map<string, { revision: number | undefined; value: T }>();
+  readonly writes: string[][] = [];
+  gate: Promise<void> | undefined;
+  failKeys = new Set<string>();
+  async write(records: readonly SinkRecord<T>[]): Promise<void> {
+    this.writes.push(records.map((r) => r.key));
+    if (this.gate !== undefined) await this.gate;
+    const bad = records.find((r) => this.failKeys.has(r.key));
+    if (bad !== undefined) throw new Error(`refused '${bad.key}'`);
+    for (const r of records) {
+      const held = this.rows.get(r.key);
+      if (held === undefined || (r.revision ?? -1) >= (held.revision ?? -1))
+        this.rows.set(r.key, { revision: r.revision, value: r.value });
+    }
+  }
+}
+
+function gate(): { promise: Promise<void>; open: () => void } {
+  let open!: () => void;
+  const promise = new Promise<void>((resolve) => {
+    open = resolve;
+  });
+  return { promise, open };
+}
+
+const byId = (env: Envelope<{ id: string }>) => env.data.id;
+
+describe('sinkActor', () => {
+  test('writes batches of maxSize at once, and the rest after maxWaitMs on the clock', async () => {
+    const { rt, clock } = testRuntime();
+    const sink = new MemorySink<{ id: string }>();
+    const ref = rt.spawn(
+      sinkActor({ name: 'w', subscribe: 'in', sink, key: byId, batch: { maxSize: 4, maxWaitMs: 50 } }),
+    );
+    for (let i = 0; i < 10; i++) await rt.bus.publish('in', { id: `k${i}` });
+    await flush();
+    expect(sink.writes).toEqual([
+      ['k0', 'k1', 'k2', 'k3'],
+      ['k4', 'k5', 'k6', 'k7'],
+    ]);
+    expect(ref.counters.acked).toBe(8);
+    await clock.advance(49);
+    await flush();
+    expect(sink.writes).toHaveLength(2);
+    await clock.advance(1);
+    await flush();
+    expect(sink.writes[2]).toEqual(['k8', 'k9']);
+    expect(ref.counters).toMatchObject({ acked: 10, deadLettered: 0 });
+    expect(sink.rows.size).toBe(10);
+  });
+
+  test('inputs are acknowledged only after the sink committed their batch, and stay in flight until then', async () => {
+    const { rt } = testRuntime();
+    const sink = new MemorySink<{ id: string }>();
+    const held = gate();
+    sink.gate = held.promise;
+    const ref = rt.spawn(sinkActor({ name: 'w', subscribe: 'in', sink, key: byId, batch: { maxSize: 3 } }));
+    for (let i = 0; i < 3; i++) await rt.bus.publish('in', { id: `k${i}` });
+    await flush();
+    expect(sink.writes).toHaveLength(1);
+    expect(ref.counters.acked).toBe(0);
+    expect(ref.inFlight).toBe(3);
+    held.open();
+    await flush();
+    expect(ref.counters.acked).toBe(3);
+    expect(ref.inFlight).toBe(0);
+  });
+
+  test('maxInFlight bounds the records waiting and being written: a slow sink holds back the mailbox', async () => {
+    const { rt } = testRuntime();
+    const sink = new MemorySink<{ id: string }>();
+    const held = gate();
+    sink.gate = held.promise;
+    const ref = rt.spawn(
+      sinkActor({ name: 'w', subscribe: 'in', sink, key: byId, batch: { maxSize: 5 }, maxInFlight: 10 }),
+    );
+    for (let i = 0; i < 30; i++) void rt.bus.publish('in', { id: `k${i}` });
+    await flush();
+    // One write at a time: the first batch is being written, the second one waits for it.
+    expect(sink.writes).toEqual([['k0', 'k1', 'k2', 'k3', 'k4']]);
+    expect(ref.inFlight).toBe(10);
+    expect(ref.depth).toBe(20);
+    held.open();
+    await rt.idle();
+    expect(ref.counters.acked).toBe(30);
+    expect(sink.writes.every((w) => w.length <= 5)).toBe(true);
+  });
+
+  test('a failed write fails its batch; retried one by one, the good inputs commit and the bad one is dead-lettered', async () => {
+    const { rt, clock } = testRuntime();
+    const dlq = collect<{ id: string }>(rt.bus, '$DLQ.w');
+    const sink = new MemorySink<{ id: string }>();
+    sink.failKeys.add('k2');
+    const ref = rt.spawn(
+      sinkActor({
+        name: 'w',
+        subscribe: 'in',
+        sink,
+        key: byId,
+        batch: { maxSize: 4 },
+        retry: { maxAttempts: 3, backoff: { initialMs: 10, maxMs: 10, jitter: 0 } },
+      }),
+    );
+    for (let i = 0; i < 4; i++) await rt.bus.publish('in', { id: `k${i}` });
+    await flush();
+    expect(sink.rows.size).toBe(0);
+    expect(ref.counters.acked).toBe(0);
+    // Retries come after 10 ms; one that finds no batchmates waits maxWaitMs (100) for them.
+    for (let i = 0; i < 25; i++) {
+      await clock.advance(10);
+      await flush();
+    }
+    expect([...sink.rows.keys()].sort()).toEqual(['k0', 'k1', 'k3']);
+    expect(dlq.map((e) => e.data.id)).toEqual(['k2']);
+    expect(dlq[0]?.headers[DEAD_LETTER_HEADERS.attempts]).toBe('3');
+    expect(dlq[0]?.headers[DEAD_LETTER_HEADERS.error]).toContain("refused 'k2'");
+    expect(ref.counters).toMatchObject({ acked: 3, deadLettered: 1 });
+    // After the failed batch of 4, each retry went alone.
+    expect(sink.writes.slice(1).every((w) => w.length === 1)).toBe(true);
+  });
+
+  test('an input without an idempotency key is dead-lettered, never written under a made-up key', async () => {
+    const { rt, clock } = testRuntime();
+    const dlq = collect(rt.bus, '$DLQ.w');
+    const sink = new MemorySink<number>();
+    const ref = rt.spawn(sinkActor<number>({ name: 'w', subscribe: 'in', sink, batch: { maxSize: 10, maxWaitMs: 5 } }));
+    await rt.bus.publish('in', 1, { headers: { [IDEMPOTENCY_KEY_HEADER]: 'orders/1' } });
+    await rt.bus.publish('in', 2);
+    await clock.advance(5);
+    await flush();
+    expect([...sink.rows.entries()]).toEqual([['orders/1', { revision: undefined, value: 1 }]]);
+    expect(dlq.map((e) => e.data)).toEqual([2]);
+    expect(dlq[0]?.headers[DEAD_LETTER_HEADERS.code]).toBe('SLUICE_ERR_OPTIONS');
+    expect(dlq[0]?.headers[DEAD_LETTER_HEADERS.error]).toContain('has no idempotency key');
+    expect(ref.counters).toMatchObject({ acked: 1, deadLettered: 1 });
+  });
+
+  test('window results are written under their idempotencyKey and revision; an older revision never replaces a newer one', async () => {
+    const { rt, clock } = testRuntime();
+    const seen: SinkRecord<unknown>[] = [];
+    const sink: Sink<unknown> = {
+      name: 'seen',
+      write: async (records) => void seen.push(...records),
+    };
+    rt.spawn(sinkActor({ name: 'w', subscribe: 'in', sink, batch: { maxSize: 10, maxWaitMs: 5 } }));
+    const result = (revision: number, value: number) => ({
+      idempotencyKey: `counts/eu/0-60000`,
+      revision,
+      isUpdate: revision > 0,
+      value,
+    });
+    await rt.bus.publish('in', result(0, 3));
+    await rt.bus.publish('in', result(1, 5));
+    await clock.advance(5);
+    await flush();
+    expect(seen.map((r) => [r.key, r.revision])).toEqual([
+      ['counts/eu/0-60000', 0],
+      ['counts/eu/0-60000', 1],
+    ]);
+    expect(seen[1]?.value).toMatchObject({ value: 5 });
+  });
+
+  test('a shutdown drains the batch still waiting (written after maxWaitMs), acknowledged before stop() returns', async () => {
+    const { rt, clock } = testRuntime();
+    const sink = new MemorySink<{ id: string }>();
+    const ref = rt.spawn(
+      sinkActor({ name: 'w', subscribe: 'in', sink, key: byId, batch: { maxSize: 10, maxWaitMs: 500 } }),
+    );
+    for (let i = 0; i < 3; i++) await rt.bus.publish('in', { id: `k${i}` });
+    await flush();
+    expect(sink.writes).toEqual([]);
+    const stopping = rt.stop({ deadlineMs: 1_000 });
+    await clock.advance(500);
+    const report = await stopping;
+    expect(report.drained).toBe(true);
+    expect(sink.writes).toEqual([['k0', 'k1', 'k2']]);
+    expect(ref.counters.acked).toBe(3);
+  });
+
+  test('options are checked at declaration', () => {
+    const sink = new MemorySink<number>();
+    expect(() => sinkActor({ name: 'w', subscribe: 'in', sink, batch: { maxSize: 100 }, maxInFlight: 10 })).toThrow(
+      "invalid option 'sinkActor 'w'.maxInFlight': must be an integer >= batch.maxSize (100)",
+    );
+    expect(() => sinkActor({ name: 'w', subscribe: 'in', sink, batch: { maxSize: 0 } })).toThrow('batch.maxSize');
+    expect(() => sinkActor({ name: 'w', subscribe: 'in', sink: {} as Sink<number> })).toThrow('must be a Sink');
+    expect(() =>
+      sinkActor({ name: 'w', subscribe: 'in', sink, batchSize: 3 } as unknown as Parameters<typeof sinkActor>[0]),
+    ).toThrow('batchSize');
+  });
+});
+
+describe('sinkActor across a pipeline restart', () => {
+  test('a batch being written when the pipeline restarts is written again; every input is acked once, none lost', async () => {
+    const sink = new MemorySink<{ id: string }>();
+    const held = gate();
+    sink.gate = held.promise;
+    const a = testActor(
+      sinkActor({
+        name: 'w',
+        subscribe: 'in',
+        sink,
+        key: byId,
+        batch: { maxSize: 3, maxWaitMs: 10 },
+        retry: { maxAttempts: 5, backoff: { initialMs: 10, maxMs: 10, jitter: 0 } },
+      }),
+    );
+    for (let i = 0; i < 3; i++) await a.send({ id: `k${i}` });
+    expect(sink.writes).toHaveLength(1);
+    await a.restart();
+    sink.gate = undefined;
+    held.open();
+    for (let i = 0; i < 10; i++) await a.advance(10);
+    expect([...sink.rows.keys()].sort()).toEqual(['k0', 'k1', 'k2']);
+    expect(a.deadLetters).toEqual([]);
+    expect(a.ref.counters).toMatchObject({ acked: 3, deadLettered: 0, settlementErrors: 0 });
+    expect(a.ref.inFlight).toBe(0);
+  });
+});
