@@ -45,6 +45,12 @@ export interface ActorRef {
   readonly inFlight: number;
   /** Inputs kept by operator state or downstream, not yet settled. */
   readonly absorbed: number;
+  /**
+   * Inputs waiting behind a failed input of their key until it was retried or dead-lettered
+   * (`partitionBy` handlers). Not in `inFlight`: they count against a bound of their own, also
+   * `maxInFlight`, so a poison key does not take the slots of the other keys.
+   */
+  readonly parked: number;
   /** Pipeline restarts within the current restart window. */
   readonly restarts: number;
   readonly counters: Readonly<Counters>;
@@ -167,6 +173,9 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   get absorbed(): number {
     return this.#inputs.absorbed;
   }
+  get parked(): number {
+    return this.#inputs.parked;
+  }
   get restarts(): number {
     return this.#restartWindow.count(this.#deps.clock.now());
   }
@@ -231,6 +240,14 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
         throw error;
       },
     );
+  }
+
+  park(input: Input): void {
+    this.#inputs.park(input);
+  }
+
+  unpark(input: Input): void {
+    this.#inputs.unpark(input);
   }
 
   lateOutput(input: Input): void {
@@ -322,6 +339,8 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     while (
       this.#state === 'running' &&
       this.#inputs.inFlight < this.#maxInFlight &&
+      // Parked inputs have a bound of their own: memory stays within twice maxInFlight.
+      this.#inputs.parked < this.#maxInFlight &&
       this.#mailbox.depth > 0 &&
       this.#intake.spend()
     ) {
@@ -419,10 +438,12 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
         if (this.#tracing) next.span = startProcessSpan(this.name, next.env.subject, next.id, next.env.headers);
         next.generation = lane.generation;
         lane.retry(next);
+        // The inputs its key parked count in flight again: a parked bound that held intake is free.
+        this.#pump();
       });
       return;
     }
-    lane.gaveUp();
+    lane.gaveUp(input);
     this.#deadLetter(input.env, error, attempt, input.upstream);
   }
 
@@ -489,7 +510,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     if (this.#inputs.absorbed > 0) {
       for (const input of this.#inputs) if (!input.counted && input.absorbed > input.downstream) absorbed++;
     }
-    return { depth: this.#mailbox.depth, inFlight: this.#inputs.inFlight, absorbed };
+    return { depth: this.#mailbox.depth, inFlight: this.#inputs.inFlight + this.#inputs.parked, absorbed };
   }
 
   /** @internal Takes no more input: the first step of the end of a shutdown, taken by every actor at once. */
@@ -552,6 +573,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     return (
       this.#mailbox.depth === 0 &&
       this.#inputs.inFlight === 0 &&
+      this.#inputs.parked === 0 &&
       this.#deadLetters.pending === 0 &&
       this.#timers.size === 0
     );

@@ -12,8 +12,10 @@ type Handle = HandlerActor<unknown, unknown>['handle'];
 
 /**
  * @internal A lane of a handler actor: runs the handler on one input at a time (or up to the
- * actor's `concurrency`) and queues the rest. An ordered lane (`partitionBy`, concurrency 1) holds its queue back after a
- * failure until the failed input was retried or dead-lettered, so a key's order survives retries.
+ * actor's `concurrency`) and queues the rest. In an ordered lane (`partitionBy`, concurrency 1) an
+ * input that fails holds back only its own key: the later inputs of that key are parked, in
+ * order, until it was retried or dead-lettered, while the other keys of the lane go on. So a
+ * key's order survives retries, and one poison key does not stall its lane.
  */
 export class HandlerLane implements Lane {
   readonly index: number;
@@ -27,7 +29,12 @@ export class HandlerLane implements Lane {
   readonly #ordered: boolean;
   #backlog: Input[] = [];
   #active = 0;
-  #paused = false;
+  /**
+   * Keys (of an ordered lane) whose failed input waits for its retry or dead letter, each with the
+   * inputs of that key taken since, parked in arrival order. None of them is in the backlog.
+   * Created at the first failure: a lane that never fails pays one check per dispatch.
+   */
+  #waiting: Map<string, Input[]> | undefined = undefined;
 
   constructor(
     host: LaneHost,
@@ -50,7 +57,15 @@ export class HandlerLane implements Lane {
   start(): void {}
 
   dispatch(input: Input): void {
-    if (this.#paused || this.#active >= this.#concurrency || this.#backlog.length > 0) {
+    if (this.#waiting !== undefined && this.#waiting.size > 0) {
+      const parked = this.#waiting.get(keyOf(input));
+      if (parked !== undefined) {
+        this.#host.park(input);
+        parked.push(input);
+        return;
+      }
+    }
+    if (this.#active >= this.#concurrency || this.#backlog.length > 0) {
       this.#backlog.push(input);
       return;
     }
@@ -58,16 +73,18 @@ export class HandlerLane implements Lane {
   }
 
   retry(input: Input): void {
-    // An ordered lane waited for this retry; it goes first.
-    this.#paused = false;
-    if (this.#active < this.#concurrency) this.#run(input);
-    else this.#backlog.unshift(input);
+    // The retried input goes first, then what its key parked meanwhile: both ahead of the backlog,
+    // since they came before anything of their key in it (there is none) and other keys keep no
+    // order with them. Should it fail again, #hold parks its key's inputs once more.
+    this.#backlog = [input, ...this.#release(keyOf(input)), ...this.#backlog];
     this.#drain();
   }
 
-  gaveUp(): void {
-    if (!this.#paused) return;
-    this.#paused = false;
+  gaveUp(input: Input): void {
+    const parked = this.#release(keyOf(input));
+    if (parked.length === 0) return;
+    this.#backlog = parked.concat(this.#backlog);
+    // Called while the cell settles the failed input: the key goes on once that is done.
     queueMicrotask(() => this.#drain());
   }
 
@@ -79,6 +96,7 @@ export class HandlerLane implements Lane {
 
   stop(): void {
     this.#backlog = [];
+    this.#waiting = undefined;
   }
 
   /** Publishes on behalf of an input: the input settles only once this is accepted. */
@@ -146,7 +164,8 @@ export class HandlerLane implements Lane {
         result,
       );
     }
-    if (error !== undefined && this.#ordered) this.#paused = true;
+    // Before the release: settling it may dead-letter it at once, which gives the key back.
+    if (error !== undefined && this.#ordered) this.#hold(keyOf(input));
     // A handler that returned is done with its message: acknowledged even with no output (a sink).
     // Only a pipeline's filter settles an input as dropped.
     if (error === undefined) input.used = true;
@@ -155,10 +174,41 @@ export class HandlerLane implements Lane {
   }
 
   #drain(): void {
-    while (!this.#paused && this.#active < this.#concurrency && this.#backlog.length > 0) {
+    while (this.#active < this.#concurrency && this.#backlog.length > 0) {
       this.#run(this.#backlog.shift() as Input);
     }
   }
+
+  /** An input of `key` failed: the key's inputs wait, parked, until it was retried or dead-lettered. */
+  #hold(key: string): void {
+    const parked: Input[] = [];
+    if (this.#backlog.length > 0) {
+      const rest: Input[] = [];
+      for (const queued of this.#backlog) {
+        if (keyOf(queued) === key) {
+          this.#host.park(queued);
+          parked.push(queued);
+        } else rest.push(queued);
+      }
+      this.#backlog = rest;
+    }
+    this.#waiting ??= new Map();
+    this.#waiting.set(key, parked);
+  }
+
+  /** The inputs `key` parked, in order, in flight again; none when the key was not held. */
+  #release(key: string): Input[] {
+    const parked = this.#waiting?.get(key);
+    if (parked === undefined) return [];
+    this.#waiting?.delete(key);
+    for (const input of parked) this.#host.unpark(input);
+    return parked;
+  }
+}
+
+/** The key an ordered lane keeps the order of: what `partitionBy` gave. */
+function keyOf(input: Input): string {
+  return input.env.key ?? '';
 }
 
 function ignore(): void {}

@@ -12,6 +12,8 @@ export class Input extends Tracker {
   span: Span | undefined = undefined;
   /** Counted as in flight; once false, as absorbed (until settled). */
   counted = true;
+  /** Waits behind a retrying input of its key: counted as parked, not in flight (see OpenInputs). */
+  parked = false;
   /** Replaced by a replay, or dead-lettered by a stop: what is still released on it is ignored. */
   abandoned = false;
   done = false;

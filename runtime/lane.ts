@@ -19,10 +19,13 @@ export interface Lane {
   start(): void;
   /** Takes an input: handles it now, or queues it while the lane is busy or its pipeline restarts. */
   dispatch(input: Input): void;
-  /** Takes an input back after its retry delay; an ordered lane that waited on it handles it first. */
+  /**
+   * Takes an input back after its retry delay and handles it before anything else; in an ordered
+   * lane, the inputs of its key that waited behind it follow, in order.
+   */
   retry(input: Input): void;
-  /** An input of this lane failed for good and goes to dead letters: an ordered lane goes on without it. */
-  gaveUp(): void;
+  /** `input` failed for good and goes to dead letters: in an ordered lane, its key goes on without it. */
+  gaveUp(input: Input): void;
   /** Ends the pipeline's input (end of stream) so operators flush; false when there was none to end. */
   complete(): boolean;
   /** Unsubscribes and forgets what waits: the cell dead-letters every input it still holds. */
@@ -38,6 +41,13 @@ export interface LaneHost {
    * matching mailbox accepted it. Rejects when the bus refused it; the inputs then fail as well.
    */
   publish(env: Envelope): Promise<void>;
+  /**
+   * `input` waits behind a retrying input of its key: it no longer counts against `maxInFlight`
+   * but against the parked bound, so other keys go on.
+   */
+  park(input: Input): void;
+  /** A parked input's key goes on: it counts as in flight again. */
+  unpark(input: Input): void;
   /** Counts and logs an output emitted after its input had settled (an async step that did not hold it). */
   lateOutput(input: Input): void;
   /**

@@ -4,12 +4,15 @@ import type { Input } from './input.ts';
 /**
  * @internal The inputs a cell has taken and not yet settled, in arrival order, and how they count:
  * in flight (against `maxInFlight`) until only absorbed references are left (operator state,
- * mailboxes downstream), then absorbed until settled. The list runs through the inputs
+ * mailboxes downstream), then absorbed until settled. An input parked behind a retrying input of
+ * its key counts as parked instead of in flight, against a bound of its own, so one poison key
+ * cannot take every slot of the actor. The list runs through the inputs
  * themselves, so taking and settling an input allocates nothing for it.
  */
 export class OpenInputs implements Iterable<Input> {
   #inFlight = 0;
   #absorbed = 0;
+  #parked = 0;
   #head: Input | undefined = undefined;
   #tail: Input | undefined = undefined;
 
@@ -20,6 +23,11 @@ export class OpenInputs implements Iterable<Input> {
 
   get absorbed(): number {
     return this.#absorbed;
+  }
+
+  /** Inputs waiting behind a retrying input of their key: taken, not in flight. */
+  get parked(): number {
+    return this.#parked;
   }
 
   /** Takes an input, in flight. */
@@ -53,6 +61,22 @@ export class OpenInputs implements Iterable<Input> {
   abandon(input: Input): void {
     input.abandoned = true;
     this.#remove(input);
+  }
+
+  /** Moves an input that waits behind a retrying input of its key from in flight to parked. */
+  park(input: Input): void {
+    if (input.parked || !input.counted || input.abandoned) return;
+    input.parked = true;
+    this.#inFlight--;
+    this.#parked++;
+  }
+
+  /** Takes a parked input back in flight: its key goes on. */
+  unpark(input: Input): void {
+    if (!input.parked) return;
+    input.parked = false;
+    this.#parked--;
+    this.#inFlight++;
   }
 
   /** Holds an in-flight slot for an input not taken yet, so the limit still bounds memory. */
@@ -97,7 +121,11 @@ export class OpenInputs implements Iterable<Input> {
   }
 
   #remove(input: Input): void {
-    if (input.counted) {
+    if (input.parked) {
+      input.parked = false;
+      input.counted = false;
+      this.#parked--;
+    } else if (input.counted) {
       input.counted = false;
       this.#inFlight--;
     } else this.#absorbed--;
