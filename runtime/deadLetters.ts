@@ -1,9 +1,10 @@
 import type { Logger } from './actor.ts';
-import { ACCEPTED, type Bus } from './bus.ts';
+import { ACCEPTED, type Bus, type BusClient } from './bus.ts';
 import type { Clock } from './clock.ts';
 import { createEnvelope, type Envelope } from './envelope.ts';
-import { messageOf, SluiceError } from './errors.ts';
+import { messageOf, OptionsError, SluiceError } from './errors.ts';
 import { type Lineage, releaseDownstream } from './lineage.ts';
+import { intOption, knownKeys, optionKeys } from './options.ts';
 
 /** Headers a dead letter carries, so it can be understood and replayed to its original subject. */
 export const DEAD_LETTER_HEADERS = Object.freeze({
@@ -117,4 +118,72 @@ export class DeadLetters {
       });
     return true;
   }
+}
+
+/** Where and which dead letters {@link replayDeadLetters} publishes again. */
+export interface ReplayOptions {
+  /** Publishes there instead of each letter's `sluice-original-subject`. */
+  to?: string;
+  /** Replays at most this many (those `filter` skips do not count). @default all */
+  limit?: number;
+  /** Replays only the letters it returns true for. */
+  filter?: (letter: Envelope) => boolean;
+}
+
+const deadLetterHeaderNames: ReadonlySet<string> = new Set(Object.values(DEAD_LETTER_HEADERS));
+const replayKeys = optionKeys<keyof ReplayOptions>({ to: true, limit: true, filter: true });
+
+/**
+ * Publishes a dead letter again, to the subject its input came from (`sluice-original-subject`)
+ * or to `to`: its data, key, event time and headers, without the dead-letter headers, so that
+ * the actor takes it as a new message (attempt 1, its own retries) and not as a dead letter. It
+ * gets a new id: a broker that de-duplicates by id would drop one that kept the old one. Resolves
+ * once every matching mailbox accepted it, as `publish` does.
+ */
+export function replayDeadLetter(
+  bus: Pick<BusClient, 'publish'>,
+  letter: Envelope,
+  options?: Pick<ReplayOptions, 'to'>,
+): Promise<void> {
+  const to = options?.to ?? letter.headers[DEAD_LETTER_HEADERS.subject];
+  if (to === undefined) {
+    return Promise.reject(
+      new OptionsError(
+        'replayDeadLetter(letter)',
+        `must be a dead letter: it carries no '${DEAD_LETTER_HEADERS.subject}' header, and no 'to' was given`,
+        letter.id,
+      ),
+    );
+  }
+  const headers: Record<string, string> = {};
+  for (const name of Object.keys(letter.headers)) {
+    if (!deadLetterHeaderNames.has(name)) headers[name] = letter.headers[name] as string;
+  }
+  return bus.publish(to, letter.data, { key: letter.key, eventTime: letter.eventTime, headers });
+}
+
+/**
+ * Replays dead letters one after another (see {@link replayDeadLetter}), each once the one before
+ * was accepted, from an array or any (async) iterable: envelopes kept from `$DLQ.<actor>`, or read
+ * back from a durable subject. Resolves with how many it replayed.
+ */
+export async function replayDeadLetters(
+  bus: Pick<BusClient, 'publish'>,
+  letters: Iterable<Envelope> | AsyncIterable<Envelope>,
+  options?: ReplayOptions,
+): Promise<number> {
+  knownKeys('replayDeadLetters options', options, replayKeys);
+  const limit = intOption('replayDeadLetters options.limit', options?.limit, Number.MAX_SAFE_INTEGER, 0);
+  const filter = options?.filter;
+  if (filter !== undefined && typeof filter !== 'function') {
+    throw new OptionsError('replayDeadLetters options.filter', 'must be a function of the letter', filter);
+  }
+  if (limit === 0) return 0;
+  let replayed = 0;
+  for await (const letter of letters) {
+    if (filter !== undefined && !filter(letter)) continue;
+    await replayDeadLetter(bus, letter, options);
+    if (++replayed >= limit) break;
+  }
+  return replayed;
 }
