@@ -474,9 +474,9 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     return ended;
   }
 
-  /** @internal Where its dead letters go. */
-  get deadLetterSubject(): string {
-    return this.#actor.deadLetter;
+  /** @internal Dead letters it sent to a subject nobody subscribed to, for the shutdown report. */
+  get deadLettersUnheard(): number {
+    return this.#deadLetters.unheard;
   }
 
   /**

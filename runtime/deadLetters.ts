@@ -38,6 +38,7 @@ export class DeadLetters {
   readonly #log: Logger;
   readonly #onSent: () => void;
   #pending = 0;
+  #unheard = 0;
 
   /** `onSent` runs each time a dead letter was accepted (or refused, which is logged). */
   constructor(
@@ -57,6 +58,14 @@ export class DeadLetters {
   /** Dead letters sent and not yet accepted by the mailboxes of the dead-letter subject. */
   get pending(): number {
     return this.#pending;
+  }
+
+  /**
+   * Dead letters sent to a subject nobody subscribed to (each logged): the shutdown report's
+   * `lost`. Counted where each went, which for a dead letter of a dead letter is `$DEAD.<actor>`.
+   */
+  get unheard(): number {
+    return this.#unheard;
   }
 
   /**
@@ -88,6 +97,7 @@ export class DeadLetters {
       [DEAD_LETTER_HEADERS.time]: new Date(now).toISOString(),
     };
     if (!this.#bus.hasSubscribers(subject)) {
+      this.#unheard++;
       this.#log.warn(
         `actor '${this.#actor}' dead-lettered message '${env.id}' from '${env.subject}' to '${subject}', which has no subscriber: ${messageOf(error)}`,
       );

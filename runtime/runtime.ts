@@ -300,11 +300,11 @@ class RuntimeImpl implements Runtime {
     // What each actor has left now, before anything is dead-lettered.
     const cells = [...this.#cells.values()];
     const before = new Map<ActorCellType, { depth: number; inFlight: number; absorbed: number }>();
-    const deadLettered = new Map<ActorCellType, number>();
+    const deadLettered = new Map<ActorCellType, { sent: number; unheard: number }>();
     for (const cell of cells) {
       const l = this.#guard(cell.name, 'report', () => cell.left()) ?? { depth: 0, inFlight: 0, absorbed: 0 };
       before.set(cell, l);
-      deadLettered.set(cell, cell.counters.deadLettered);
+      deadLettered.set(cell, { sent: cell.counters.deadLettered, unheard: cell.deadLettersUnheard });
     }
     // Stopped means stopped. First no actor takes input any more, so that what one dead-letters
     // does not land in another that is stopping too; then each dead-letters what it still has.
@@ -334,9 +334,12 @@ class RuntimeImpl implements Runtime {
     const left: Record<string, ActorLeft> = {};
     for (const cell of cells) {
       const l = before.get(cell) as { depth: number; inFlight: number; absorbed: number };
-      const sent = cell.counters.deadLettered - (deadLettered.get(cell) as number);
+      const counted = deadLettered.get(cell) as { sent: number; unheard: number };
+      const sent = cell.counters.deadLettered - counted.sent;
       if (isEmpty(l) && l.absorbed === 0 && sent === 0) continue;
-      const lost = sent > 0 && !this.bus.hasSubscribers(cell.deadLetterSubject) ? sent : 0;
+      // Counted as each was sent, to where it went: a dead letter of a dead letter goes to
+      // `$DEAD.<actor>`, not to the actor's dead-letter subject.
+      const lost = cell.deadLettersUnheard - counted.unheard;
       left[cell.name] = Object.freeze({ ...l, deadLettered: sent, lost });
     }
     const subscriptions: Record<string, SubscriptionLeft> = {};

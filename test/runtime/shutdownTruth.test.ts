@@ -167,6 +167,45 @@ describe('shutdown - stopped means stopped', () => {
     );
   });
 
+  test('lost counts where each dead letter went: a dead letter held at the deadline goes to $DEAD.<actor>, not to its dead-letter subject', async () => {
+    const { rt, clock } = testRuntime();
+    // A listener on $DLQ.> (not on $DEAD.>): the dead letters of dead letters reach no one.
+    const dlq = collect<number>(rt.bus, '$DLQ.>');
+    rt.spawn(
+      actor<number, never>({
+        name: 'replayer',
+        subscribe: '$DLQ.source',
+        maxInFlight: 1,
+        handle: () => new Promise<never>(() => {}),
+      }),
+    );
+    const headers = { 'sluice-error': 'failed before' };
+    for (let i = 0; i < 3; i++) await rt.bus.publish('$DLQ.source', i, { headers });
+    const stopping = rt.stop({ deadlineMs: 10 });
+    await clock.advance(10);
+    const report = await stopping;
+    expect(dlq.map((e) => e.subject)).toEqual(['$DLQ.source', '$DLQ.source', '$DLQ.source']);
+    expect(report.left.replayer).toEqual({ depth: 2, inFlight: 1, absorbed: 0, deadLettered: 3, lost: 3 });
+
+    // And the other way round: a listener on $DEAD.> only receives them, so none is lost.
+    const second = testRuntime();
+    const dead = collect<number>(second.rt.bus, '$DEAD.>');
+    second.rt.spawn(
+      actor<number, never>({
+        name: 'replayer',
+        subscribe: '$DLQ.source',
+        maxInFlight: 1,
+        handle: () => new Promise<never>(() => {}),
+      }),
+    );
+    for (let i = 0; i < 3; i++) await second.rt.bus.publish('$DLQ.source', i, { headers });
+    const stopping2 = second.rt.stop({ deadlineMs: 10 });
+    await second.clock.advance(10);
+    const report2 = await stopping2;
+    expect(dead.map((e) => e.subject)).toEqual(['$DEAD.replayer', '$DEAD.replayer', '$DEAD.replayer']);
+    expect(report2.left.replayer).toEqual({ depth: 2, inFlight: 1, absorbed: 0, deadLettered: 3, lost: 0 });
+  });
+
   test('inputs kept by operator state past the end of input are dead-lettered, and the report is not clean', async () => {
     const { rt } = testRuntime();
     const dlq = collect<number>(rt.bus, '$DLQ.hoarder');
