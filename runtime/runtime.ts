@@ -103,7 +103,8 @@ export interface Runtime {
    * Graceful shutdown: refuses new input from outside the actors, lets actors and subscriptions
    * finish what is queued and in flight, ends pipelines so windows flush, and stops the actors.
    * What an actor still has when the deadline passes is dead-lettered with a `ShutdownError`;
-   * nothing runs on its behalf after this resolves. Resolves, never rejects, with a report.
+   * nothing runs on its behalf after this resolves. Resolves, never rejects, with a report (only
+   * options that are not valid, such as an unknown key, reject with an `OptionsError`).
    */
   stop(options?: { deadlineMs?: number }): Promise<ShutdownReport>;
   /**
@@ -124,6 +125,9 @@ const runtimeOptionKeys = optionKeys<keyof RuntimeOptions>({
   random: true,
   onEscalate: true,
 });
+
+const stopOptionKeys = optionKeys<'deadlineMs'>({ deadlineMs: true });
+const signalOptionKeys = optionKeys<keyof SignalOptions>({ onShutdown: true, exit: true });
 
 export function createRuntime(options: RuntimeOptions = {}): Runtime {
   knownKeys('runtime', options, runtimeOptionKeys);
@@ -209,11 +213,20 @@ class RuntimeImpl implements Runtime {
   }
 
   stop(options: { deadlineMs?: number } = {}): Promise<ShutdownReport> {
-    this.#stopping ??= this.#shutdown(intOption('stop.deadlineMs', options.deadlineMs, this.#deadlineMs, 0));
+    let deadlineMs: number;
+    try {
+      knownKeys('stop', options, stopOptionKeys);
+      deadlineMs = intOption('stop.deadlineMs', options.deadlineMs, this.#deadlineMs, 0);
+    } catch (error) {
+      // A typo must not fall back to the default deadline in silence; a promise API rejects.
+      return Promise.reject(error);
+    }
+    this.#stopping ??= this.#shutdown(deadlineMs);
     return this.#stopping;
   }
 
   handleSignals(options: SignalOptions = {}): () => void {
+    knownKeys('handleSignals', options, signalOptionKeys);
     const exit = options.exit ?? true;
     const exitWith = (code: number): void => {
       if (exit === true) process.exit(code);

@@ -415,3 +415,23 @@ describe('shutdown - signals', () => {
     expect(log.lines).toContain('info: sluice: stopped cleanly in 0 ms');
   });
 });
+
+describe('shutdown - options', () => {
+  test('a typo in stop() or handleSignals() options is an OptionsError naming it, not a silent default', async () => {
+    const { rt } = testRuntime();
+    // stop() returns a promise: bad options reject it rather than throw past a .catch().
+    const typo = rt.stop({ deadline: 5 } as never);
+    await expect(typo).rejects.toMatchObject({
+      code: 'SLUICE_ERR_OPTIONS',
+      message: expect.stringContaining("'stop.deadline': 'deadline' is not an option; did you mean 'deadlineMs'?"),
+    });
+    await expect(rt.stop({ deadlineMs: -1 })).rejects.toMatchObject({ code: 'SLUICE_ERR_OPTIONS' });
+    // Refused options start no shutdown.
+    expect(rt.stopped).toBe(false);
+    expect(() => rt.handleSignals({ exitt: false } as never)).toThrow(
+      "'handleSignals.exitt': 'exitt' is not an option; did you mean 'exit'?",
+    );
+    expect(process.listenerCount('SIGTERM')).toBe(0);
+    expect((await rt.stop({ deadlineMs: 0 })).drained).toBe(true);
+  });
+});
