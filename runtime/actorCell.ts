@@ -4,7 +4,7 @@ import type { Clock, Timer } from './clock.ts';
 import { DeadLetters } from './deadLetters.ts';
 import { DrainLoop } from './drainLoop.ts';
 import type { Envelope } from './envelope.ts';
-import { ClosedError, messageOf, RestartLimitError, SettlementError, SluiceError } from './errors.ts';
+import { ClosedError, messageOf, OptionsError, RestartLimitError, SettlementError, SluiceError } from './errors.ts';
 import { MessageError } from './failure.ts';
 import { Input, laneOf } from './input.ts';
 import { createLanes, type Lane, type LaneHost } from './lane.ts';
@@ -382,6 +382,11 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     if (this.#partitionBy !== undefined) {
       try {
         key = this.#partitionBy(data === env.data ? env : { ...env, data });
+        // Untyped code may return a number: every such key would hash to one lane, and the
+        // actor's outputs, which carry the key, would be refused later under a confusing name.
+        if (typeof key !== 'string') {
+          throw new OptionsError(`actor '${this.name}'.partitionBy`, 'must return a string key', key);
+        }
       } catch (error) {
         this.#rejectInput(env, error);
         return;
