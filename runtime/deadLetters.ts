@@ -61,8 +61,9 @@ export class DeadLetters {
   }
 
   /**
-   * Dead letters sent to a subject nobody subscribed to (each logged): the shutdown report's
-   * `lost`. Counted where each went, which for a dead letter of a dead letter is `$DEAD.<actor>`.
+   * Messages no one received, each logged: dead letters sent to a subject nobody subscribed to
+   * (counted where each went, which for a dead letter of a dead letter is `$DEAD.<actor>`), and
+   * inputs from a `$DEAD.` subject, which are not sent again. The shutdown report's `lost`.
    */
   get unheard(): number {
     return this.#unheard;
@@ -79,6 +80,7 @@ export class DeadLetters {
         `actor '${this.#actor}' failed on dead letter '${env.id}' from '${env.subject}' after ${attempts} attempt(s) and dropped it (a dead letter of a dead letter's dead letter goes nowhere): ${messageOf(error)}`,
         { data: env.data, headers: env.headers },
       );
+      this.#unheard++;
       releaseDownstream(upstream);
       return false;
     }

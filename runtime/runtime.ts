@@ -39,8 +39,9 @@ export interface ActorLeft {
    */
   readonly deadLettered: number;
   /**
-   * Of those, how many no one received, because no subscription listened on its dead-letter
-   * subject (actors no longer take input by then). Each is also logged with its id.
+   * How many no one received, each logged with its id: dead letters sent where no subscription
+   * listened (actors no longer take input by then), and messages from a `$DEAD.` subject, which
+   * are never sent again (the chain of dead letters ends there).
    */
   readonly lost: number;
 }
@@ -351,7 +352,7 @@ class RuntimeImpl implements Runtime {
       const sent = cell.counters.deadLettered - counted.sent;
       if (isEmpty(l) && l.absorbed === 0 && sent === 0) continue;
       // Counted as each was sent, to where it went: a dead letter of a dead letter goes to
-      // `$DEAD.<actor>`, not to the actor's dead-letter subject.
+      // `$DEAD.<actor>`, not to the actor's dead-letter subject, and one from `$DEAD.` nowhere.
       const lost = cell.deadLettersUnheard - counted.unheard;
       left[cell.name] = Object.freeze({ ...l, deadLettered: sent, lost });
     }
@@ -396,7 +397,7 @@ export function describeReport(report: ShutdownReport): string {
   const parts = Object.entries(report.left).map(([name, l]) => {
     let part = `${name}: ${l.depth} queued, ${l.inFlight} in flight, ${l.absorbed} absorbed`;
     if (l.deadLettered > 0) part += `, ${l.deadLettered} dead-lettered`;
-    if (l.lost > 0) part += ` (${l.lost} lost: no subscriber on its dead-letter subject)`;
+    if (l.lost > 0) part += ` (${l.lost} lost: received by no one, each logged)`;
     return part;
   });
   for (const [subject, l] of Object.entries(report.subscriptions)) {

@@ -163,7 +163,7 @@ describe('shutdown - stopped means stopped', () => {
     const logged = log.lines.filter((l) => l.includes("to '$DLQ.nodlq', which has no subscriber"));
     expect(logged).toHaveLength(3);
     expect(describeReport(report)).toContain(
-      'nodlq: 2 queued, 1 in flight, 0 absorbed, 3 dead-lettered (3 lost: no subscriber on its dead-letter subject)',
+      'nodlq: 2 queued, 1 in flight, 0 absorbed, 3 dead-lettered (3 lost: received by no one, each logged)',
     );
   });
 
@@ -204,6 +204,26 @@ describe('shutdown - stopped means stopped', () => {
     const report2 = await stopping2;
     expect(dead.map((e) => e.subject)).toEqual(['$DEAD.replayer', '$DEAD.replayer', '$DEAD.replayer']);
     expect(report2.left.replayer).toEqual({ depth: 2, inFlight: 1, absorbed: 0, deadLettered: 3, lost: 0 });
+  });
+
+  test('what an actor on $DEAD.> still has at the deadline goes nowhere: counted as lost, and each logged by id', async () => {
+    const { rt, clock, log } = testRuntime();
+    rt.spawn(
+      actor<number, never>({
+        name: 'last-stop',
+        subscribe: '$DEAD.>',
+        maxInFlight: 1,
+        handle: () => new Promise<never>(() => {}),
+      }),
+    );
+    for (let i = 0; i < 3; i++) await rt.bus.publish('$DEAD.someone', i);
+    const stopping = rt.stop({ deadlineMs: 10 });
+    await clock.advance(10);
+    const report = await stopping;
+    // Not sent again (the chain of dead letters ends there), so not dead-lettered: lost.
+    expect(report.left).toEqual({ 'last-stop': { depth: 2, inFlight: 1, absorbed: 0, deadLettered: 0, lost: 3 } });
+    expect(log.lines.filter((l) => l.includes("failed on dead letter '"))).toHaveLength(3);
+    expect(describeReport(report)).toContain('last-stop: 2 queued, 1 in flight, 0 absorbed (3 lost:');
   });
 
   test('inputs kept by operator state past the end of input are dead-lettered, and the report is not clean', async () => {
