@@ -100,6 +100,8 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   #state: ActorState = 'running';
   readonly #intake = new DrainLoop(() => this.#takeWhileFree());
   #idleWaiters: (() => void)[] = [];
+  /** Inputs taken whose async schema validation has not finished yet. */
+  readonly #validating = new Set<{ readonly env: Envelope }>();
   #completing = false;
 
   constructor(actor: Actor, deps: CellDeps) {
@@ -345,16 +347,18 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
           if (checked instanceof Promise) {
             // Async schemas hold a slot while they run, so the in-flight limit still bounds memory.
             this.#inputs.holdSlot();
+            // A token of its own: the same envelope may arrive twice (two overlapping subscriptions).
+            const token = { env };
+            this.#validating.add(token);
             checked.then(
               (value) => {
+                // Stopped while its schema ran: #halt dead-lettered it then, and nothing more happens.
+                if (!this.#validating.delete(token)) return;
                 this.#inputs.releaseSlot();
-                if (this.#state === 'stopping' || this.#state === 'stopped') {
-                  // Stopped while its schema ran: nothing will take it now, so it is dead-lettered.
-                  this.#deadLetter(env, new ClosedError(this.name, 'the actor was stopped'), env.attempt, env.lineage);
-                  this.#checkIdle();
-                } else this.#admit(env, value);
+                this.#admit(env, value);
               },
               (error: unknown) => {
+                if (!this.#validating.delete(token)) return;
                 this.#inputs.releaseSlot();
                 this.#rejectInput(env, error);
               },
@@ -523,6 +527,12 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     for (let env = this.#mailbox.take(); env !== undefined; env = this.#mailbox.take()) {
       this.#deadLetter(env, reason, env.attempt, env.lineage);
     }
+    // Inputs whose async schema still runs: dead-lettered now, so stopped means stopped.
+    for (const { env } of this.#validating) {
+      this.#inputs.releaseSlot();
+      this.#deadLetter(env, reason, env.attempt, env.lineage);
+    }
+    this.#validating.clear();
     for (const input of [...this.#inputs]) {
       // Its outputs were emitted and accepted (or are being published): it was handled, and
       // settles when downstream settles them. Dead-lettering it too would deliver it twice.

@@ -1,5 +1,6 @@
+import type { StandardSchemaV1 } from '@standard-schema/spec';
 import { finalize, mergeMap, NEVER } from 'rxjs';
-import { absorb, actor, describeReport, type Runtime, type ShutdownReport, type SignalOptions } from 'sluice';
+import { absorb, actor, describeReport, type Runtime, type ShutdownReport, type SignalOptions, subject } from 'sluice';
 import { describe, expect, onTestFinished, test, vi } from 'vitest';
 import { collect, flush, gate, testRuntime } from './helpers.ts';
 
@@ -224,6 +225,44 @@ describe('shutdown - stopped means stopped', () => {
     expect(report.left).toEqual({ 'last-stop': { depth: 2, inFlight: 1, absorbed: 0, deadLettered: 0, lost: 3 } });
     expect(log.lines.filter((l) => l.includes("failed on dead letter '"))).toHaveLength(3);
     expect(describeReport(report)).toContain('last-stop: 2 queued, 1 in flight, 0 absorbed (3 lost:');
+  });
+
+  test('an input whose async schema is still running at the deadline is dead-lettered then, and counted; nothing after', async () => {
+    const { rt, clock } = testRuntime();
+    const release = gate();
+    const schema: StandardSchemaV1<unknown, number> = {
+      '~standard': {
+        version: 1,
+        vendor: 'test',
+        validate: async (value) => {
+          await release.promise;
+          return { value: value as number };
+        },
+      },
+    };
+    const dlq = collect<number>(rt.bus, '$DLQ.validating');
+    const seen: number[] = [];
+    const ref = rt.spawn(
+      actor<number, never>({
+        name: 'validating',
+        subscribe: subject<number>('nums', { schema }),
+        handle: (env) => void seen.push(env.data),
+      }),
+    );
+    await rt.bus.publish('nums', 1);
+    const stopping = rt.stop({ deadlineMs: 10 });
+    await clock.advance(10);
+    const report = await stopping;
+    expect(report.left).toEqual({ validating: { depth: 0, inFlight: 1, absorbed: 0, deadLettered: 1, lost: 0 } });
+    expect(dlq.map((e) => e.headers['sluice-error-code'])).toEqual(['SLUICE_ERR_SHUTDOWN']);
+
+    // The schema finishes after stop() returned: nothing more happens in the actor's name.
+    const counters = { ...ref.counters };
+    release.open();
+    await flush();
+    expect(seen).toEqual([]);
+    expect(dlq).toHaveLength(1);
+    expect(ref.counters).toEqual(counters);
   });
 
   test('inputs kept by operator state past the end of input are dead-lettered, and the report is not clean', async () => {
