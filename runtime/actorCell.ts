@@ -4,7 +4,7 @@ import type { Clock, Timer } from './clock.ts';
 import { DeadLetters } from './deadLetters.ts';
 import { DrainLoop } from './drainLoop.ts';
 import type { Envelope } from './envelope.ts';
-import { ClosedError, messageOf, RestartLimitError, SettlementError, SluiceError } from './errors.ts';
+import { ClosedError, messageOf, OptionsError, RestartLimitError, SettlementError, SluiceError } from './errors.ts';
 import { MessageError } from './failure.ts';
 import { Input, laneOf } from './input.ts';
 import { createLanes, type Lane, type LaneHost } from './lane.ts';
@@ -106,6 +106,8 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   #state: ActorState = 'running';
   readonly #intake = new DrainLoop(() => this.#takeWhileFree());
   #idleWaiters: (() => void)[] = [];
+  /** Inputs taken whose async schema validation has not finished yet. */
+  readonly #validating = new Set<{ readonly env: Envelope }>();
   #completing = false;
 
   constructor(actor: Actor, deps: CellDeps) {
@@ -364,16 +366,18 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
           if (checked instanceof Promise) {
             // Async schemas hold a slot while they run, so the in-flight limit still bounds memory.
             this.#inputs.holdSlot();
+            // A token of its own: the same envelope may arrive twice (two overlapping subscriptions).
+            const token = { env };
+            this.#validating.add(token);
             checked.then(
               (value) => {
+                // Stopped while its schema ran: #halt dead-lettered it then, and nothing more happens.
+                if (!this.#validating.delete(token)) return;
                 this.#inputs.releaseSlot();
-                if (this.#state === 'stopping' || this.#state === 'stopped') {
-                  // Stopped while its schema ran: nothing will take it now, so it is dead-lettered.
-                  this.#deadLetter(env, new ClosedError(this.name, 'the actor was stopped'), env.attempt, env.lineage);
-                  this.#checkIdle();
-                } else this.#admit(env, value);
+                this.#admit(env, value);
               },
               (error: unknown) => {
+                if (!this.#validating.delete(token)) return;
                 this.#inputs.releaseSlot();
                 this.#rejectInput(env, error);
               },
@@ -401,6 +405,11 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     if (this.#partitionBy !== undefined) {
       try {
         key = this.#partitionBy(data === env.data ? env : { ...env, data });
+        // Untyped code may return a number: every such key would hash to one lane, and the
+        // actor's outputs, which carry the key, would be refused later under a confusing name.
+        if (typeof key !== 'string') {
+          throw new OptionsError(`actor '${this.name}'.partitionBy`, 'must return a string key', key);
+        }
       } catch (error) {
         this.#rejectInput(env, error);
         return;
@@ -495,9 +504,9 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     return ended;
   }
 
-  /** @internal Where its dead letters go. */
-  get deadLetterSubject(): string {
-    return this.#actor.deadLetter;
+  /** @internal Dead letters it sent to a subject nobody subscribed to, for the shutdown report. */
+  get deadLettersUnheard(): number {
+    return this.#deadLetters.unheard;
   }
 
   /**
@@ -539,6 +548,12 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     for (let env = this.#mailbox.take(); env !== undefined; env = this.#mailbox.take()) {
       this.#deadLetter(env, reason, env.attempt, env.lineage);
     }
+    // Inputs whose async schema still runs: dead-lettered now, so stopped means stopped.
+    for (const { env } of this.#validating) {
+      this.#inputs.releaseSlot();
+      this.#deadLetter(env, reason, env.attempt, env.lineage);
+    }
+    this.#validating.clear();
     for (const input of [...this.#inputs]) {
       // Its outputs were emitted and accepted (or are being published): it was handled, and
       // settles when downstream settles them. Dead-lettering it too would deliver it twice.

@@ -39,6 +39,7 @@ export class DeadLetters {
   readonly #log: Logger;
   readonly #onSent: () => void;
   #pending = 0;
+  #unheard = 0;
 
   /** `onSent` runs each time a dead letter was accepted (or refused, which is logged). */
   constructor(
@@ -61,6 +62,15 @@ export class DeadLetters {
   }
 
   /**
+   * Messages no one received, each logged: dead letters sent to a subject nobody subscribed to
+   * (counted where each went, which for a dead letter of a dead letter is `$DEAD.<actor>`), and
+   * inputs from a `$DEAD.` subject, which are not sent again. The shutdown report's `lost`.
+   */
+  get unheard(): number {
+    return this.#unheard;
+  }
+
+  /**
    * Sends `env` to the dead-letter subject (`$DEAD.<actor>` when `env` is already a dead letter);
    * `upstream` is its source reference, given back once accepted. Returns false when `env` came
    * from a `$DEAD.` subject: it is logged and dropped, and its source acknowledged.
@@ -71,6 +81,7 @@ export class DeadLetters {
         `actor '${this.#actor}' failed on dead letter '${env.id}' from '${env.subject}' after ${attempts} attempt(s) and dropped it (a dead letter of a dead letter's dead letter goes nowhere): ${messageOf(error)}`,
         { data: env.data, headers: env.headers },
       );
+      this.#unheard++;
       releaseDownstream(upstream);
       return false;
     }
@@ -89,6 +100,7 @@ export class DeadLetters {
       [DEAD_LETTER_HEADERS.time]: new Date(now).toISOString(),
     };
     if (!this.#bus.hasSubscribers(subject)) {
+      this.#unheard++;
       this.#log.warn(
         `actor '${this.#actor}' dead-lettered message '${env.id}' from '${env.subject}' to '${subject}', which has no subscriber: ${messageOf(error)}`,
       );

@@ -305,6 +305,8 @@ export function messageOf(error: unknown): string {
 function describe(value: unknown): string {
   if (typeof value === 'string') return `'${value}'`;
   if (typeof value === 'bigint') return `${value}n`;
+  // JSON would show NaN and Infinity as null, the opposite of what was given.
+  if (typeof value === 'number') return String(value);
   if (value === undefined || typeof value === 'function' || typeof value === 'symbol') return String(value);
   try {
     return JSON.stringify(value) ?? String(value);

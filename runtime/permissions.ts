@@ -72,7 +72,7 @@ export class PermissionChecker {
     const denied = p.deny?.find((d) => isSubsetMatch(subject, d));
     if (denied !== undefined) reason = `denied by '${denied}'`;
     else if (p.allow !== undefined && !p.allow.some((a) => isSubsetMatch(subject, a))) {
-      reason = `not in the allowed subjects ${p.allow.map((a) => `'${a}'`).join(', ')}`;
+      reason = notAllowed(p.allow);
     }
     if (this.#publishCache.size > 4096) this.#publishCache.clear();
     this.#publishCache.set(subject, reason);
@@ -90,7 +90,7 @@ export class PermissionChecker {
     const denied = p.deny?.find((d) => isSubsetMatch(pattern, d));
     if (denied !== undefined) return `denied by '${denied}'`;
     if (p.allow !== undefined && !p.allow.some((a) => isSubsetMatch(pattern, a))) {
-      return `not in the allowed subjects ${p.allow.map((a) => `'${a}'`).join(', ')}`;
+      return notAllowed(p.allow);
     }
     return undefined;
   }
@@ -133,4 +133,10 @@ function ownPermission(
     own[list] = Object.freeze([...(patterns as string[])]);
   }
   return Object.freeze(own);
+}
+
+/** Why a subject outside `allow` is refused; an empty list allows nothing, and says so. */
+function notAllowed(allow: readonly string[]): string {
+  if (allow.length === 0) return 'the allowed subjects are none (allow is empty)';
+  return `not in the allowed subjects ${allow.map((a) => `'${a}'`).join(', ')}`;
 }

@@ -39,8 +39,9 @@ export interface ActorLeft {
    */
   readonly deadLettered: number;
   /**
-   * Of those, how many no one received, because no subscription listened on its dead-letter
-   * subject (actors no longer take input by then). Each is also logged with its id.
+   * How many no one received, each logged with its id: dead letters sent where no subscription
+   * listened (actors no longer take input by then), and messages from a `$DEAD.` subject, which
+   * are never sent again (the chain of dead letters ends there).
    */
   readonly lost: number;
 }
@@ -103,7 +104,8 @@ export interface Runtime {
    * Graceful shutdown: refuses new input from outside the actors, lets actors and subscriptions
    * finish what is queued and in flight, ends pipelines so windows flush, and stops the actors.
    * What an actor still has when the deadline passes is dead-lettered with a `ShutdownError`;
-   * nothing runs on its behalf after this resolves. Resolves, never rejects, with a report.
+   * nothing runs on its behalf after this resolves. Resolves, never rejects, with a report (only
+   * options that are not valid, such as an unknown key, reject with an `OptionsError`).
    */
   stop(options?: { deadlineMs?: number }): Promise<ShutdownReport>;
   /**
@@ -124,6 +126,9 @@ const runtimeOptionKeys = optionKeys<keyof RuntimeOptions>({
   random: true,
   onEscalate: true,
 });
+
+const stopOptionKeys = optionKeys<'deadlineMs'>({ deadlineMs: true });
+const signalOptionKeys = optionKeys<keyof SignalOptions>({ onShutdown: true, exit: true });
 
 export function createRuntime(options: RuntimeOptions = {}): Runtime {
   knownKeys('runtime', options, runtimeOptionKeys);
@@ -209,11 +214,20 @@ class RuntimeImpl implements Runtime {
   }
 
   stop(options: { deadlineMs?: number } = {}): Promise<ShutdownReport> {
-    this.#stopping ??= this.#shutdown(intOption('stop.deadlineMs', options.deadlineMs, this.#deadlineMs, 0));
+    let deadlineMs: number;
+    try {
+      knownKeys('stop', options, stopOptionKeys);
+      deadlineMs = intOption('stop.deadlineMs', options.deadlineMs, this.#deadlineMs, 0);
+    } catch (error) {
+      // A typo must not fall back to the default deadline in silence; a promise API rejects.
+      return Promise.reject(error);
+    }
+    this.#stopping ??= this.#shutdown(deadlineMs);
     return this.#stopping;
   }
 
   handleSignals(options: SignalOptions = {}): () => void {
+    knownKeys('handleSignals', options, signalOptionKeys);
     const exit = options.exit ?? true;
     const exitWith = (code: number): void => {
       if (exit === true) process.exit(code);
@@ -300,11 +314,11 @@ class RuntimeImpl implements Runtime {
     // What each actor has left now, before anything is dead-lettered.
     const cells = [...this.#cells.values()];
     const before = new Map<ActorCellType, { depth: number; inFlight: number; absorbed: number }>();
-    const deadLettered = new Map<ActorCellType, number>();
+    const deadLettered = new Map<ActorCellType, { sent: number; unheard: number }>();
     for (const cell of cells) {
       const l = this.#guard(cell.name, 'report', () => cell.left()) ?? { depth: 0, inFlight: 0, absorbed: 0 };
       before.set(cell, l);
-      deadLettered.set(cell, cell.counters.deadLettered);
+      deadLettered.set(cell, { sent: cell.counters.deadLettered, unheard: cell.deadLettersUnheard });
     }
     // Stopped means stopped. First no actor takes input any more, so that what one dead-letters
     // does not land in another that is stopping too; then each dead-letters what it still has.
@@ -334,9 +348,12 @@ class RuntimeImpl implements Runtime {
     const left: Record<string, ActorLeft> = {};
     for (const cell of cells) {
       const l = before.get(cell) as { depth: number; inFlight: number; absorbed: number };
-      const sent = cell.counters.deadLettered - (deadLettered.get(cell) as number);
+      const counted = deadLettered.get(cell) as { sent: number; unheard: number };
+      const sent = cell.counters.deadLettered - counted.sent;
       if (isEmpty(l) && l.absorbed === 0 && sent === 0) continue;
-      const lost = sent > 0 && !this.bus.hasSubscribers(cell.deadLetterSubject) ? sent : 0;
+      // Counted as each was sent, to where it went: a dead letter of a dead letter goes to
+      // `$DEAD.<actor>`, not to the actor's dead-letter subject, and one from `$DEAD.` nowhere.
+      const lost = cell.deadLettersUnheard - counted.unheard;
       left[cell.name] = Object.freeze({ ...l, deadLettered: sent, lost });
     }
     const subscriptions: Record<string, SubscriptionLeft> = {};
@@ -380,7 +397,7 @@ export function describeReport(report: ShutdownReport): string {
   const parts = Object.entries(report.left).map(([name, l]) => {
     let part = `${name}: ${l.depth} queued, ${l.inFlight} in flight, ${l.absorbed} absorbed`;
     if (l.deadLettered > 0) part += `, ${l.deadLettered} dead-lettered`;
-    if (l.lost > 0) part += ` (${l.lost} lost: no subscriber on its dead-letter subject)`;
+    if (l.lost > 0) part += ` (${l.lost} lost: received by no one, each logged)`;
     return part;
   });
   for (const [subject, l] of Object.entries(report.subscriptions)) {

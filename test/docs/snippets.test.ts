@@ -97,12 +97,20 @@ describe('documentation code', () => {
     await (snippet.main as () => Promise<void>)();
   });
 
-  test('test/bench/README.md cites only files that exist', () => {
-    const text = read('test/bench/README.md');
-    for (const m of text.matchAll(/\b([A-Za-z][\w./-]*\.(?:md|ts))\b/g)) {
+  const documents = [
+    'README.md',
+    'test/bench/README.md',
+    ...readdirSync(new URL('docs/', root)).map((f) => `docs/${f}`),
+  ];
+  test.each(documents)('%s cites only files that exist', (path) => {
+    // Code blocks aside: `click.ts` there is a field, not a file.
+    const text = read(path).replace(/^```[\s\S]*?^```/gm, '');
+    const dir = path.includes('/') ? path.slice(0, path.lastIndexOf('/') + 1) : '';
+    for (const m of text.matchAll(/(?<![\w./-])([A-Za-z][\w./-]*\.(?:md|ts))\b/g)) {
       const cited = m[1] as string;
       if (cited.includes('NAME')) continue; // a placeholder
-      const candidates = [cited, `test/bench/${cited}`];
+      // Relative to the repository, to the citing file, or to docs/ (as the README's layout lists them).
+      const candidates = [cited, `${dir}${cited}`, `docs/${cited}`];
       expect(
         candidates.some((p) => {
           try {
@@ -112,7 +120,7 @@ describe('documentation code', () => {
             return false;
           }
         }),
-        `test/bench/README.md cites ${cited}, which does not exist`,
+        `${path} cites ${cited}, which does not exist`,
       ).toBe(true);
     }
   });

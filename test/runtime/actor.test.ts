@@ -746,3 +746,28 @@ describe('actor - thenables', () => {
     expect(dlq.map((e) => e.headers[DEAD_LETTER_HEADERS.error])).toEqual(["invalid data on 'nums': not a number"]);
   });
 });
+
+describe('actor - partitionBy from untyped code', () => {
+  test('a key that is not a string dead-letters the input with an OptionsError naming partitionBy', async () => {
+    const { rt } = testRuntime();
+    const dlq = collect<{ n: unknown }>(rt.bus, '$DLQ.keyed');
+    const handled: unknown[] = [];
+    rt.spawn(
+      actor<{ n: unknown }, never>({
+        name: 'keyed',
+        subscribe: 'in',
+        lanes: 4,
+        // From JavaScript nothing stops a number key, which would send every key to one lane.
+        partitionBy: (env) => env.data.n as string,
+        handle: (env) => void handled.push(env.key),
+      }),
+    );
+    await rt.bus.publish('in', { n: 5 });
+    await rt.bus.publish('in', { n: 'k' });
+    await rt.idle();
+    expect(handled).toEqual(['k']);
+    expect(dlq.map((e) => e.headers['sluice-error'])).toEqual([
+      "invalid option 'actor 'keyed'.partitionBy': must return a string key, got 5",
+    ]);
+  });
+});

@@ -198,3 +198,17 @@ describe('errors - catalogue and docs', () => {
     });
   });
 });
+
+describe('errors - what an OptionsError says it got', () => {
+  test('non-finite numbers are named as they are, not as JSON turns them (null)', async () => {
+    const bus = new sluice.Bus();
+    for (const [eventTime, shown] of [
+      [Number.NaN, 'got NaN'],
+      [Number.POSITIVE_INFINITY, 'got Infinity'],
+      [Number.NEGATIVE_INFINITY, 'got -Infinity'],
+    ] as const) {
+      await expect(bus.publish('a', 1, { eventTime })).rejects.toThrow(shown);
+    }
+    expect(new sluice.OptionsError('x', 'a rule', -0).message).toBe("invalid option 'x': a rule, got 0");
+  });
+});

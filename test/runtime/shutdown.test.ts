@@ -71,7 +71,7 @@ describe('shutdown - drain', () => {
       subscriptions: {},
     });
     expect(describeReport(report)).toBe(
-      'sluice: shutdown deadline of 1000 ms passed; left: stuck: 3 queued, 2 in flight, 0 absorbed, 5 dead-lettered (5 lost: no subscriber on its dead-letter subject)',
+      'sluice: shutdown deadline of 1000 ms passed; left: stuck: 3 queued, 2 in flight, 0 absorbed, 5 dead-lettered (5 lost: received by no one, each logged)',
     );
     expect(fine).toEqual([0, 1, 2]);
     expect(rt.actor('stuck')?.state).toBe('stopped');

@@ -1,5 +1,6 @@
+import type { StandardSchemaV1 } from '@standard-schema/spec';
 import { finalize, mergeMap, NEVER } from 'rxjs';
-import { absorb, actor, describeReport, type Runtime, type ShutdownReport, type SignalOptions } from 'sluice';
+import { absorb, actor, describeReport, type Runtime, type ShutdownReport, type SignalOptions, subject } from 'sluice';
 import { describe, expect, onTestFinished, test, vi } from 'vitest';
 import { collect, flush, gate, testRuntime } from './helpers.ts';
 
@@ -163,8 +164,105 @@ describe('shutdown - stopped means stopped', () => {
     const logged = log.lines.filter((l) => l.includes("to '$DLQ.nodlq', which has no subscriber"));
     expect(logged).toHaveLength(3);
     expect(describeReport(report)).toContain(
-      'nodlq: 2 queued, 1 in flight, 0 absorbed, 3 dead-lettered (3 lost: no subscriber on its dead-letter subject)',
+      'nodlq: 2 queued, 1 in flight, 0 absorbed, 3 dead-lettered (3 lost: received by no one, each logged)',
     );
+  });
+
+  test('lost counts where each dead letter went: a dead letter held at the deadline goes to $DEAD.<actor>, not to its dead-letter subject', async () => {
+    const { rt, clock } = testRuntime();
+    // A listener on $DLQ.> (not on $DEAD.>): the dead letters of dead letters reach no one.
+    const dlq = collect<number>(rt.bus, '$DLQ.>');
+    rt.spawn(
+      actor<number, never>({
+        name: 'replayer',
+        subscribe: '$DLQ.source',
+        maxInFlight: 1,
+        handle: () => new Promise<never>(() => {}),
+      }),
+    );
+    const headers = { 'sluice-error': 'failed before' };
+    for (let i = 0; i < 3; i++) await rt.bus.publish('$DLQ.source', i, { headers });
+    const stopping = rt.stop({ deadlineMs: 10 });
+    await clock.advance(10);
+    const report = await stopping;
+    expect(dlq.map((e) => e.subject)).toEqual(['$DLQ.source', '$DLQ.source', '$DLQ.source']);
+    expect(report.left.replayer).toEqual({ depth: 2, inFlight: 1, absorbed: 0, deadLettered: 3, lost: 3 });
+
+    // And the other way round: a listener on $DEAD.> only receives them, so none is lost.
+    const second = testRuntime();
+    const dead = collect<number>(second.rt.bus, '$DEAD.>');
+    second.rt.spawn(
+      actor<number, never>({
+        name: 'replayer',
+        subscribe: '$DLQ.source',
+        maxInFlight: 1,
+        handle: () => new Promise<never>(() => {}),
+      }),
+    );
+    for (let i = 0; i < 3; i++) await second.rt.bus.publish('$DLQ.source', i, { headers });
+    const stopping2 = second.rt.stop({ deadlineMs: 10 });
+    await second.clock.advance(10);
+    const report2 = await stopping2;
+    expect(dead.map((e) => e.subject)).toEqual(['$DEAD.replayer', '$DEAD.replayer', '$DEAD.replayer']);
+    expect(report2.left.replayer).toEqual({ depth: 2, inFlight: 1, absorbed: 0, deadLettered: 3, lost: 0 });
+  });
+
+  test('what an actor on $DEAD.> still has at the deadline goes nowhere: counted as lost, and each logged by id', async () => {
+    const { rt, clock, log } = testRuntime();
+    rt.spawn(
+      actor<number, never>({
+        name: 'last-stop',
+        subscribe: '$DEAD.>',
+        maxInFlight: 1,
+        handle: () => new Promise<never>(() => {}),
+      }),
+    );
+    for (let i = 0; i < 3; i++) await rt.bus.publish('$DEAD.someone', i);
+    const stopping = rt.stop({ deadlineMs: 10 });
+    await clock.advance(10);
+    const report = await stopping;
+    // Not sent again (the chain of dead letters ends there), so not dead-lettered: lost.
+    expect(report.left).toEqual({ 'last-stop': { depth: 2, inFlight: 1, absorbed: 0, deadLettered: 0, lost: 3 } });
+    expect(log.lines.filter((l) => l.includes("failed on dead letter '"))).toHaveLength(3);
+    expect(describeReport(report)).toContain('last-stop: 2 queued, 1 in flight, 0 absorbed (3 lost:');
+  });
+
+  test('an input whose async schema is still running at the deadline is dead-lettered then, and counted; nothing after', async () => {
+    const { rt, clock } = testRuntime();
+    const release = gate();
+    const schema: StandardSchemaV1<unknown, number> = {
+      '~standard': {
+        version: 1,
+        vendor: 'test',
+        validate: async (value) => {
+          await release.promise;
+          return { value: value as number };
+        },
+      },
+    };
+    const dlq = collect<number>(rt.bus, '$DLQ.validating');
+    const seen: number[] = [];
+    const ref = rt.spawn(
+      actor<number, never>({
+        name: 'validating',
+        subscribe: subject<number>('nums', { schema }),
+        handle: (env) => void seen.push(env.data),
+      }),
+    );
+    await rt.bus.publish('nums', 1);
+    const stopping = rt.stop({ deadlineMs: 10 });
+    await clock.advance(10);
+    const report = await stopping;
+    expect(report.left).toEqual({ validating: { depth: 0, inFlight: 1, absorbed: 0, deadLettered: 1, lost: 0 } });
+    expect(dlq.map((e) => e.headers['sluice-error-code'])).toEqual(['SLUICE_ERR_SHUTDOWN']);
+
+    // The schema finishes after stop() returned: nothing more happens in the actor's name.
+    const counters = { ...ref.counters };
+    release.open();
+    await flush();
+    expect(seen).toEqual([]);
+    expect(dlq).toHaveLength(1);
+    expect(ref.counters).toEqual(counters);
   });
 
   test('inputs kept by operator state past the end of input are dead-lettered, and the report is not clean', async () => {
@@ -374,5 +472,25 @@ describe('shutdown - signals', () => {
     await flush();
     expect(codes).toEqual([0]);
     expect(log.lines).toContain('info: sluice: stopped cleanly in 0 ms');
+  });
+});
+
+describe('shutdown - options', () => {
+  test('a typo in stop() or handleSignals() options is an OptionsError naming it, not a silent default', async () => {
+    const { rt } = testRuntime();
+    // stop() returns a promise: bad options reject it rather than throw past a .catch().
+    const typo = rt.stop({ deadline: 5 } as never);
+    await expect(typo).rejects.toMatchObject({
+      code: 'SLUICE_ERR_OPTIONS',
+      message: expect.stringContaining("'stop.deadline': 'deadline' is not an option; did you mean 'deadlineMs'?"),
+    });
+    await expect(rt.stop({ deadlineMs: -1 })).rejects.toMatchObject({ code: 'SLUICE_ERR_OPTIONS' });
+    // Refused options start no shutdown.
+    expect(rt.stopped).toBe(false);
+    expect(() => rt.handleSignals({ exitt: false } as never)).toThrow(
+      "'handleSignals.exitt': 'exitt' is not an option; did you mean 'exit'?",
+    );
+    expect(process.listenerCount('SIGTERM')).toBe(0);
+    expect((await rt.stop({ deadlineMs: 0 })).drained).toBe(true);
   });
 });

@@ -41,6 +41,7 @@ describe('security - inbox spoofing (allow_responses)', () => {
     expect(error).toBeInstanceOf(PermissionError);
     expect(error).toMatchObject({ operation: 'publish', subject: guessed, client: 'mallory' });
     expect((error as Error).message).toContain('no reply subject of a request waiting for its reply');
+    expect((error as Error).message).toContain('the allowed subjects are none (allow is empty), and it is');
     expect(() => mallory.tryPublish(`${prefixOf(inbox)}.x`, { price: 0 })).toThrow(PermissionError);
     await flush();
     // Nothing under _INBOX reached the '>' subscriber but the request itself.
