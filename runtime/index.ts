@@ -8,6 +8,7 @@ export type {
   Logger,
   MessageContext,
   PipelineActor,
+  SubscribeRef,
 } from './actor.ts';
 export { actor } from './actor.ts';
 export type { ActorRef, ActorState } from './actorCell.ts';
@@ -23,6 +24,7 @@ export { createEnvelope, nextId, withData, withHeaders } from './envelope.ts';
 export type { ErrorCode, PermissionOperation, SluiceErrorOptions, SubjectRule } from './errors.ts';
 export {
   ClosedError,
+  CorruptRecordError,
   DecodeError,
   EncodeError,
   errorCodes,
@@ -38,6 +40,7 @@ export {
   SettlementError,
   ShutdownError,
   SluiceError,
+  StreamError,
   SubjectError,
   TimeoutError,
 } from './errors.ts';
@@ -57,6 +60,35 @@ export type {
   SubscriptionLeft,
 } from './runtime.ts';
 export { createRuntime, describeReport } from './runtime.ts';
+export type {
+  Durability,
+  KvEntry,
+  LmdbStoreOptions,
+  LogEntry,
+  ReadOptions,
+  ScanOptions,
+  SequenceRange,
+  Store,
+  StoreBatch,
+  StoreStats,
+  StreamBounds,
+} from './store/index.ts';
+export { LmdbStore, MemoryStore } from './store/index.ts';
+export type {
+  Consumer,
+  ConsumerInfo,
+  ConsumerLag,
+  ConsumerOptions,
+  DeliverPolicy,
+  DurableOptions,
+  DurableRef,
+  RetentionOptions,
+  Stream,
+  StreamConfig,
+  StreamInfo,
+  StreamMessage,
+} from './streams/index.ts';
+export { durable, STREAM_HEADERS } from './streams/index.ts';
 export { isLiteral, MAX_SUBJECT_BYTES, subjectMatches, validateSubject } from './subjects.ts';
 export type { SubscriptionOptions } from './subscription.ts';
 export { Subscription } from './subscription.ts';
