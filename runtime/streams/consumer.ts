@@ -179,7 +179,7 @@ export class ConsumerImpl<T = unknown> {
       if (!Array.isArray(options.backoff) || options.backoff.length === 0) {
         throw new OptionsError(`${where}.backoff`, 'must be a non-empty array of delays in ms', options.backoff);
       }
-      options.backoff.forEach((ms, i) => intOption(`${where}.backoff[${i}]`, ms, 0, 0));
+      for (const [i, ms] of options.backoff.entries()) intOption(`${where}.backoff[${i}]`, ms, 0, 0);
       this.#backoff = Object.freeze([...options.backoff]);
     }
     this.#maxDeliver = intOption(`${where}.maxDeliver`, options.maxDeliver, 5, 1);

@@ -1,6 +1,5 @@
-import type { Logger } from '../actor.ts';
-import type { Bus, Route } from '../bus.ts';
-import type { Clock, Timer } from '../clock.ts';
+import type { Route } from '../bus.ts';
+import type { Timer } from '../clock.ts';
 import { createEnvelope, EMPTY_HEADERS, type Envelope } from '../envelope.ts';
 import { messageOf, OptionsError } from '../errors.ts';
 import type { Lineage } from '../lineage.ts';
