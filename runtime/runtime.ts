@@ -311,6 +311,8 @@ class RuntimeImpl implements Runtime {
   async #shutdown(deadlineMs: number): Promise<ShutdownReport> {
     const started = this.clock.now();
     this.bus.refuse('the runtime is shutting down');
+    // Stored messages are input from outside as well: actors drain what was pushed, no more.
+    this.#streams?.quiesce();
     let timedOut = false;
     let forced = false;
     let timer: Timer | undefined;

@@ -156,6 +156,8 @@ export class ConsumerImpl<T = unknown> {
   #pushing = false;
   #taking = false;
   #wakeAgain = false;
+  /** The runtime is stopping: nothing new is pushed to actors, so they can drain. */
+  #quiescing = false;
   #closed = false;
   #writing: Promise<void> | undefined;
   #dirty = false;
@@ -309,7 +311,12 @@ export class ConsumerImpl<T = unknown> {
       if (m === undefined) break;
       this.#waiters.shift()?.resolve(m);
     }
-    if (this.#attached > 0 && !this.#pushing) void this.#pushLoop();
+    if (this.#attached > 0 && !this.#pushing && !this.#quiescing) void this.#pushLoop();
+  }
+
+  /** @internal Stops pushing to actors (a shutdown's drain); settlements still count. */
+  quiesce(): void {
+    this.#quiescing = true;
   }
 
   // ---- settlement, called by messages and push lineages ----
@@ -409,7 +416,7 @@ export class ConsumerImpl<T = unknown> {
   async #pushLoop(): Promise<void> {
     this.#pushing = true;
     try {
-      while (!this.#closed && this.#attached > 0) {
+      while (!this.#closed && !this.#quiescing && this.#attached > 0) {
         const match = this.#deps.bus.lookup(this.deliverSubject);
         if (match.plain.length === 0 && match.groups.length === 0) break;
         const taken = this.#take();

@@ -101,6 +101,11 @@ export class Streams {
     return consumer.attach();
   }
 
+  /** A shutdown begins: consumers push nothing new, so actors can drain what they have. */
+  quiesce(): void {
+    for (const s of this.#streams.values()) s.quiesce();
+  }
+
   async close(): Promise<void> {
     this.#closed = true;
     await Promise.all([...this.#streams.values()].map((s) => s.close()));

@@ -322,6 +322,11 @@ export class StreamImpl implements Stream {
     }
   }
 
+  /** @internal Stops pushing to actors, for a shutdown's drain. */
+  quiesce(): void {
+    for (const c of this.#consumers.values()) c.quiesce();
+  }
+
   /** Stops capturing and delivering; waits for the consumers' positions to be stored. */
   async close(): Promise<void> {
     if (this.#closed) return;

@@ -150,6 +150,28 @@ describe.each([memoryHarness, lmdbHarness])('actors on durable subjects ($name s
     await eventually(() => expect(capped.position).toBe(31));
   });
 
+  test('durable actors - stop drains what was pushed and pushes no more: the rest waits in the stream', async () => {
+    const { rt } = testRuntime({ store: harness.fresh() });
+    const s = rt.stream({ name: 'ORDERS', subjects: ['orders.>'] });
+    const open = gate();
+    rt.spawn(
+      actor({
+        name: 'worker',
+        subscribe: durable('ORDERS', { consumer: 'worker', maxAckPending: 5 }),
+        concurrency: 5,
+        handle: () => open.promise,
+      }),
+    );
+    for (let i = 1; i <= 20; i++) await rt.bus.publish('orders.eu', i);
+    await flush(5);
+    expect(s.consumer('worker').lag().ackPending).toBe(5);
+    const stopping = rt.stop();
+    open.open();
+    const report = await stopping;
+    expect(report.drained).toBe(true);
+    expect(s.consumer('worker').position).toBe(6);
+  });
+
   test('durable actors - actors naming one consumer share it: each message handled once across them', async () => {
     const { rt } = testRuntime({ store: harness.fresh() });
     const s = rt.stream({ name: 'ORDERS', subjects: ['orders.>'] });
