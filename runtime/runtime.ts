@@ -188,6 +188,7 @@ class RuntimeImpl implements Runtime {
         clock: this.clock,
         log: this.#log,
         random: this.#random,
+        telemetry: this.telemetry,
       });
       for (const config of options.streams ?? []) this.#streams.define(config);
     } else if (options.streams !== undefined && options.streams.length > 0) {

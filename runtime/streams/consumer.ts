@@ -9,6 +9,7 @@ import { intOption, knownKeys, optionKeys, optionsObject } from '../options.ts';
 import type { LogEntry, Store, StoreBatch } from '../store/types.ts';
 import { subjectMatches, validateSubject } from '../subjects.ts';
 import { backoffDelay, DEFAULT_BACKOFF } from '../supervisor.ts';
+import type { Telemetry } from '../telemetry.ts';
 import { RangeSet } from './rangeSet.ts';
 import { STREAM_HEADERS, type StoredMessage, type StreamImpl } from './stream.ts';
 import type { ConsumerInfo, ConsumerLag, ConsumerOptions, DeliverPolicy, StreamMessage } from './types.ts';
@@ -20,6 +21,7 @@ export interface StreamDeps {
   readonly clock: Clock;
   readonly log: Logger;
   readonly random: () => number;
+  readonly telemetry: Telemetry;
 }
 
 /** The store namespace of consumer positions: key `<stream>/<consumer>`. */
@@ -162,6 +164,7 @@ export class ConsumerImpl<T = unknown> {
   #writing: Promise<void> | undefined;
   #dirty = false;
   readonly #counts = { acked: 0, terminated: 0, deadLettered: 0, redelivered: 0 };
+  readonly #unregisterLag: () => void;
 
   constructor(source: StreamImpl, name: string, options: ConsumerOptions<T> = {}, deps: StreamDeps) {
     const where = `stream '${source.name}'.consumer '${name}'`;
@@ -200,6 +203,7 @@ export class ConsumerImpl<T = unknown> {
       this.#persist();
     }
     this.#next = this.#floor;
+    this.#unregisterLag = deps.telemetry.registerLag(this);
   }
 
   get position(): number {
@@ -632,6 +636,7 @@ export class ConsumerImpl<T = unknown> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#unregisterLag();
     for (const d of this.#pending.values()) d.timer?.cancel();
     for (const waiter of this.#waiters.splice(0)) {
       waiter.reject(new StreamError(this.stream, `consumer '${this.name}' closed while next() waited`));
