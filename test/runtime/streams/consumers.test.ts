@@ -197,6 +197,50 @@ describe.each([memoryHarness, lmdbHarness])('durable consumers ($name store)', (
     expect(c.position).toBe(4);
   });
 
+  test('consumers - backoff sets the ack wait of each delivery, the last one repeating', async () => {
+    const { rt, clock } = testRuntime({ store: harness.fresh() });
+    const c = rt.stream({ name: 'S', subjects: ['s'] }).consumer('c', { backoff: [100, 300], maxDeliver: 10 });
+    await publishAll(rt, 's', ['a']);
+    expect(c.fetch()[0]?.attempt).toBe(1);
+    await clock.advance(100);
+    expect(c.fetch()[0]?.attempt).toBe(2);
+    await clock.advance(299);
+    expect(c.fetch()).toEqual([]);
+    await clock.advance(1);
+    expect(c.fetch()[0]?.attempt).toBe(3);
+    await clock.advance(300);
+    expect(c.fetch()[0]?.attempt).toBe(4);
+  });
+
+  test('consumers - a settlement through the handle of an earlier delivery: ack counts, nack and inProgress do not', async () => {
+    const { rt, clock } = testRuntime({ store: harness.fresh() });
+    const c = rt.stream({ name: 'S', subjects: ['s'] }).consumer('c', { ackWaitMs: 100 });
+    await publishAll(rt, 's', ['a']);
+    const [old] = c.fetch();
+    await clock.advance(100);
+    const [current] = c.fetch();
+    old?.nack();
+    old?.inProgress();
+    expect(c.fetch()).toEqual([]);
+    expect(c.lag().ackPending).toBe(1);
+    old?.ack();
+    expect(c.position).toBe(2);
+    current?.nack();
+    expect(c.fetch()).toEqual([]);
+  });
+
+  test('consumers - bad options are an OptionsError naming the option', () => {
+    const { rt } = testRuntime({ store: harness.fresh() });
+    const s = rt.stream({ name: 'S', subjects: ['s'] });
+    expect((thrown(() => s.consumer('a', { ackWaitMs: 0 })) as Error).message).toMatch(/consumer 'a'.ackWaitMs/);
+    expect((thrown(() => s.consumer('b', { deliver: 'latest' as 'new' })) as Error).message).toMatch(/deliver/);
+    expect((thrown(() => s.consumer('c', { backoff: [] })) as Error).message).toMatch(/backoff/);
+    expect((thrown(() => s.consumer('d.e')) as Error).message).toMatch(/consumer name/);
+    expect(
+      (thrown(() => rt.stream({ name: 'T', subjects: ['t'], retention: { maxAgeMs: -1 } })) as Error).message,
+    ).toMatch(/retention.maxAgeMs/);
+  });
+
   test('consumers - a consumer of a stopped runtime refuses with a StreamError', async () => {
     const { rt } = testRuntime({ store: harness.fresh() });
     const c = rt.stream({ name: 'S', subjects: ['s'] }).consumer('c');
