@@ -540,17 +540,20 @@ function refusing(r: Route, wait: boolean): Mailbox | undefined {
   const mailbox = r.mailbox;
   if (mailbox === undefined) {
     // Only direct routes get here, never a mailbox's hot path.
-    if (!wait && r.capture !== undefined) {
-      throw new StreamError(
-        r.capture,
-        `tryPublish cannot be used on a subject the stream captures: it cannot wait for the append to be synced; use publish`,
-      );
-    }
+    if (!wait && r.capture !== undefined) throw captureRefused(r.capture);
     return undefined;
   }
   if (mailbox.closed || mailbox.hasSpace()) return undefined;
   if (mailbox.overflow === 'fail' || (mailbox.overflow === 'block' && !wait)) return mailbox;
   return undefined;
+}
+
+/** Kept out of {@link refusing}, which runs on every publish, so that stays small enough to inline. */
+function captureRefused(stream: string): StreamError {
+  return new StreamError(
+    stream,
+    'tryPublish cannot be used on a subject the stream captures: it cannot wait for the append to be synced; use publish',
+  );
 }
 
 function passes(r: Route, env: Envelope): boolean {
