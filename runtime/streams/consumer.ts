@@ -524,7 +524,7 @@ export class ConsumerImpl<T = unknown> {
 
   /** Retention removed messages below the floor: they can no longer be delivered. */
   #skipRemoved(): void {
-    const first = this.#deps.store.bounds(this.#source.log).first;
+    const first = this.#source.first;
     if (this.#floor >= first) return;
     for (const [seq, d] of this.#pending) {
       if (seq < first) {

@@ -91,6 +91,8 @@ export class StreamImpl implements Stream {
   #sizesHead = 0;
   #sizesFirst = 1;
   #bytes = 0;
+  /** The first stored sequence, as retention last left it: consumers check it on every delivery. */
+  #first: number;
   #trimming: Promise<void> | undefined;
   #trimAgain = false;
   #closed = false;
@@ -120,6 +122,7 @@ export class StreamImpl implements Stream {
     );
     this.log = logName(this.name);
     this.#deps = deps;
+    this.#first = deps.store.bounds(this.log).first;
     if (this.#maxBytes !== undefined) this.#countBytes();
   }
 
@@ -188,6 +191,11 @@ export class StreamImpl implements Stream {
       attempt,
       lineage,
     });
+  }
+
+  /** @internal The first sequence retention left (no store read). */
+  get first(): number {
+    return this.#first;
   }
 
   /** @internal Entries from `from` on, at most `limit`. */
@@ -263,6 +271,7 @@ export class StreamImpl implements Stream {
     this.#trimming = this.#deps.store.deleteThrough(this.log, through).then(
       () => {
         this.#trimming = undefined;
+        this.#first = Math.max(this.#first, through + 1);
         if (this.#trimAgain) {
           this.#trimAgain = false;
           this.#enforce();
