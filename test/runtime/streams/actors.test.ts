@@ -12,6 +12,7 @@ import {
   VirtualClock,
 } from 'sluice';
 import { describe, expect, test } from 'vitest';
+import type { StoreOp } from '../../../runtime/store/baseStore.ts';
 import { collect, flush, gate, quietLogger, testRuntime, thrown } from '../helpers.ts';
 import { lmdbHarness, memoryHarness, tempDir } from '../store/harness.ts';
 import { eventually } from './wait.ts';
@@ -223,6 +224,45 @@ describe.each([memoryHarness, lmdbHarness])('actors on durable subjects ($name s
     await eventually(() => expect(s.consumer('typed').position).toBe(4));
     expect(seen).toEqual([1]);
     expect(dead.map((e) => e.data)).toEqual(['three']);
+  });
+});
+
+/** A memory store whose commits can be held back, as a slow fsync would. */
+class GatedStore extends MemoryStore {
+  gated = false;
+  #waiting: (() => void)[] = [];
+  protected override async commitOps(ops: StoreOp[]): Promise<void> {
+    if (this.gated) await new Promise<void>((resolve) => this.#waiting.push(resolve));
+    return super.commitOps(ops);
+  }
+  release(): void {
+    this.gated = false;
+    for (const go of this.#waiting.splice(0)) go();
+  }
+}
+
+describe('durable actors - outputs to a stream', () => {
+  test('durable actors - an input whose output goes to a stream is acknowledged only once that append is committed', async () => {
+    const store = new GatedStore();
+    const { rt } = testRuntime({ store });
+    const orders = rt.stream({ name: 'ORDERS', subjects: ['orders.>'] });
+    const totals = rt.stream({ name: 'TOTALS', subjects: ['totals.>'] });
+    rt.spawn(
+      actor({
+        name: 'pricing',
+        subscribe: durable('ORDERS', { consumer: 'pricing' }),
+        output: 'totals.eu',
+        handle: (env) => (env.data as number) * 2,
+      }),
+    );
+    await rt.bus.publish('orders.eu', 21);
+    store.gated = true;
+    await flush(5);
+    expect(totals.info().last).toBe(0);
+    expect(orders.consumer('pricing').position).toBe(1);
+    store.release();
+    await eventually(() => expect(orders.consumer('pricing').position).toBe(2));
+    expect(totals.get(1)?.data).toBe(42);
   });
 });
 
