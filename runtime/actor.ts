@@ -16,8 +16,16 @@ import { OptionsError } from './errors.ts';
 import { type MailboxOptions, resolveMailboxOptions } from './mailbox.ts';
 import { intOption, knownKeys, oneOf, optionKeys } from './options.ts';
 import type { Permissions } from './permissions.ts';
+import type { DurableRef } from './streams/types.ts';
 import { subjectMatches, validateSubject } from './subjects.ts';
 import { type RestartOptions, type RetryOptions, resolveRestart, resolveRetry } from './supervisor.ts';
+
+/** What an actor subscribes to: a subject by name, a typed subject, or a durable subscription to a stream. */
+export type SubscribeRef<In> = SubjectRef<In> | DurableRef<In>;
+
+function isDurable<In>(ref: SubscribeRef<In>): ref is DurableRef<In> {
+  return typeof ref === 'object' && ref !== null && (ref as { durable?: unknown }).durable === true;
+}
 
 /** Where an actor logs; `console` fits. */
 export interface Logger {
@@ -59,8 +67,12 @@ export type HandlerResult<Out> = Out | readonly Out[] | undefined | void;
 interface ActorBase<In> {
   /** Unique in the runtime; names its dead-letter subject, telemetry and permissions errors. */
   name: string;
-  /** The subject(s) it takes input from; typed subjects with a schema check each input. */
-  subscribe: SubjectRef<In> | readonly SubjectRef<In>[];
+  /**
+   * The subject(s) it takes input from; typed subjects with a schema check each input. A durable
+   * subscription (`durable('ORDERS', { consumer: 'billing' })`) takes a stream consumer's messages,
+   * acknowledged as they settle.
+   */
+  subscribe: SubscribeRef<In> | readonly SubscribeRef<In>[];
   /** Instances sharing a queue group split the input. */
   queue?: string;
   /** @default 'round-robin' */
@@ -128,7 +140,12 @@ export type ActorDefinition<In = unknown, Out = unknown> = PipelineActor<In, Out
 export interface Actor<In = unknown, Out = unknown> {
   readonly definition: ActorDefinition<In, Out>;
   readonly name: string;
-  readonly subjects: readonly { readonly name: string; readonly schema: StandardSchemaV1<unknown, In> | undefined }[];
+  readonly subjects: readonly {
+    readonly name: string;
+    readonly schema: StandardSchemaV1<unknown, In> | undefined;
+    /** A durable subscription: its consumer pushes to its delivery subject. */
+    readonly durable?: DurableRef<In> | undefined;
+  }[];
   readonly deadLetter: string;
   readonly output: string | undefined;
   readonly lanes: number;
@@ -188,9 +205,13 @@ export function actor<In, Out>(definition: ActorDefinition<In, Out>): Actor<In, 
   }
   const refs = (
     Array.isArray(definition.subscribe) ? definition.subscribe : [definition.subscribe]
-  ) as SubjectRef<In>[];
+  ) as SubscribeRef<In>[];
   if (refs.length === 0) throw new OptionsError(`actor '${name}'.subscribe`, 'must name at least one subject', refs);
   const subjects = refs.map((ref) => {
+    if (isDurable(ref)) {
+      validateSubject(ref.name, 'subscribe');
+      return Object.freeze({ name: ref.name, schema: ref.schema, durable: ref });
+    }
     const subjectName = typeof ref === 'string' ? ref : ref.name;
     validateSubject(subjectName, 'subscribe');
     return Object.freeze({ name: subjectName, schema: typeof ref === 'string' ? undefined : ref.schema });

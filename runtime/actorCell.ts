@@ -4,7 +4,15 @@ import type { Clock, Timer } from './clock.ts';
 import { DeadLetters } from './deadLetters.ts';
 import { DrainLoop } from './drainLoop.ts';
 import type { Envelope } from './envelope.ts';
-import { ClosedError, messageOf, OptionsError, RestartLimitError, SettlementError, SluiceError } from './errors.ts';
+import {
+  ClosedError,
+  messageOf,
+  OptionsError,
+  RestartLimitError,
+  SettlementError,
+  SluiceError,
+  StreamError,
+} from './errors.ts';
 import { MessageError } from './failure.ts';
 import { Input, laneOf } from './input.ts';
 import { createLanes, type Lane, type LaneHost } from './lane.ts';
@@ -20,6 +28,7 @@ import { Mailbox } from './mailbox.ts';
 import { OpenInputs } from './openInputs.ts';
 import { PermissionChecker } from './permissions.ts';
 import type { PipelineLane } from './pipelineLane.ts';
+import type { DurableRef } from './streams/types.ts';
 import { subjectMatches } from './subjects.ts';
 import {
   backoffDelay,
@@ -71,6 +80,8 @@ export interface CellDeps {
   readonly log: Logger;
   readonly random: () => number;
   readonly escalate: (actor: string, error: RestartLimitError) => void;
+  /** Starts a durable subscription (a stream consumer pushing to its delivery subject); returns its end. */
+  readonly durable?: (ref: DurableRef) => () => void;
 }
 
 /**
@@ -141,6 +152,15 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
       const denied = permissions.subscribeDenied(s.name);
       if (denied !== undefined) throw deps.bus.denied('subscribe', s.name, actor.name, denied);
     }
+    // Durable subscriptions start before anything else, so an unknown stream refuses the spawn;
+    // their consumers push only once the routes below exist.
+    for (const s of actor.subjects) {
+      if (s.durable === undefined) continue;
+      if (deps.durable === undefined) {
+        throw new StreamError(s.durable.stream, `actor '${actor.name}' subscribes durably, but has no runtime streams`);
+      }
+      this.#unroutes.push(deps.durable(s.durable));
+    }
     // Registered before a pipeline is built: a builder that throws may halt the actor at once.
     this.#unregisterGauge = deps.telemetry.registerGauge(this);
 
@@ -151,9 +171,11 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
 
     // Subscribe last: a message may arrive (and be handled) as soon as a route exists.
     for (const s of actor.subjects) {
+      const ref = s.durable;
       this.#unroutes.push(
-        deps.bus.addRoute(s.name, {
-          queue: def.queue,
+        deps.bus.addRoute(ref?.deliverSubject ?? s.name, {
+          // Every subscriber of a durable consumer shares it: each message goes to one of them.
+          queue: ref === undefined ? def.queue : (def.queue ?? ref.deliverSubject),
           strategy: def.queueStrategy ?? 'round-robin',
           mailbox: this.#mailbox,
           direct: undefined,

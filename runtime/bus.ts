@@ -22,6 +22,7 @@ import {
   OptionsError,
   PermissionError,
   type PermissionOperation,
+  StreamError,
   TimeoutError,
 } from './errors.ts';
 import { absorbDownstream, releaseDownstream, trackerOf } from './lineage.ts';
@@ -98,7 +99,8 @@ export interface BusClient {
   /**
    * Publishes only if every matching mailbox can accept now; returns false (and delivers to none)
    * when one under `block` or `fail` is full. For hot paths: no promise is made. Invalid subjects,
-   * permissions and sizes throw as `publish` rejects.
+   * permissions and sizes throw as `publish` rejects; a subject a stream captures throws a
+   * `StreamError` (the append's sync cannot be waited for here).
    */
   tryPublish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): boolean;
   /** Forwards an existing envelope (keeping its id, headers and lineage) to its own subject. */
@@ -115,7 +117,16 @@ export interface Route extends Routable {
   readonly queue: string | undefined;
   readonly strategy: QueueStrategy;
   readonly mailbox: Mailbox | undefined;
-  readonly direct: ((env: Envelope) => void) | undefined;
+  /**
+   * Takes the message itself instead of a mailbox. A promise it returns is part of the publish's
+   * acceptance: a stream's capture resolves once the append is synced.
+   */
+  readonly direct: ((env: Envelope) => Promise<void> | undefined) | undefined;
+  /**
+   * The stream a capturing route appends to: `tryPublish` cannot wait for the sync, so it is
+   * refused on such a subject (see {@link StreamError}).
+   */
+  readonly capture?: string | undefined;
   /**
    * Hands a message straight to an idle consumer, skipping the mailbox; false when the consumer is
    * busy or has a backlog, and the message must queue to keep its order.
@@ -429,6 +440,7 @@ export class Bus implements BusClient {
       direct: (reply) => {
         // A late reply after a timeout has no taker: that is the requester's choice, not a loss.
         this.#pendingRequests.get(reply.subject)?.(reply);
+        return undefined;
       },
     };
     this.#inboxRoute = route;
@@ -443,10 +455,7 @@ export class Bus implements BusClient {
   }
 
   #deliver(r: Route, env: Envelope): Promise<void> | undefined {
-    if (r.direct !== undefined) {
-      r.direct(env);
-      return undefined;
-    }
+    if (r.direct !== undefined) return r.direct(env);
     const mailbox = r.mailbox as Mailbox;
     // A mailbox closed during this publish (its subscriber unsubscribed from an earlier copy's
     // callback) takes it as any closed mailbox does: dropped and counted through its onDrop.
@@ -529,9 +538,22 @@ function hasRoom(r: Route): boolean {
 /** The full mailbox behind `r` when it refuses a message now: `fail` always, `block` unless waiting. */
 function refusing(r: Route, wait: boolean): Mailbox | undefined {
   const mailbox = r.mailbox;
-  if (mailbox === undefined || mailbox.closed || mailbox.hasSpace()) return undefined;
+  if (mailbox === undefined) {
+    // Only direct routes get here, never a mailbox's hot path.
+    if (!wait && r.capture !== undefined) throw captureRefused(r.capture);
+    return undefined;
+  }
+  if (mailbox.closed || mailbox.hasSpace()) return undefined;
   if (mailbox.overflow === 'fail' || (mailbox.overflow === 'block' && !wait)) return mailbox;
   return undefined;
+}
+
+/** Kept out of {@link refusing}, which runs on every publish, so that stays small enough to inline. */
+function captureRefused(stream: string): StreamError {
+  return new StreamError(
+    stream,
+    'tryPublish cannot be used on a subject the stream captures: it cannot wait for the append to be synced; use publish',
+  );
 }
 
 function passes(r: Route, env: Envelope): boolean {

@@ -22,6 +22,7 @@ export const errorCodes = [
   'SLUICE_ERR_LATE_DATA',
   'SLUICE_ERR_ENCODE',
   'SLUICE_ERR_CORRUPT_RECORD',
+  'SLUICE_ERR_STREAM',
 ] as const;
 export type ErrorCode = (typeof errorCodes)[number];
 
@@ -328,5 +329,19 @@ export class EncodeError extends SluiceError {
     });
     this.name = 'EncodeError';
     this.subject = subject;
+  }
+}
+
+/**
+ * A durable subject (stream) or durable consumer refused a call: `tryPublish` on a subject a stream
+ * captures (it cannot wait for the append to be synced), a stream or consumer unknown to the
+ * runtime, a runtime without a store, a consumer used after its runtime stopped.
+ */
+export class StreamError extends SluiceError {
+  readonly stream: string;
+  constructor(stream: string, detail: string) {
+    super('SLUICE_ERR_STREAM', `stream '${stream}': ${detail}`);
+    this.name = 'StreamError';
+    this.stream = stream;
   }
 }

@@ -8,6 +8,7 @@ export type {
   Logger,
   MessageContext,
   PipelineActor,
+  SubscribeRef,
 } from './actor.ts';
 export { actor } from './actor.ts';
 export type { ActorRef, ActorState } from './actorCell.ts';
@@ -24,6 +25,7 @@ export { createEnvelope, nextId, withData, withHeaders } from './envelope.ts';
 export type { ErrorCode, PermissionOperation, SluiceErrorOptions, SubjectRule } from './errors.ts';
 export {
   ClosedError,
+  CorruptRecordError,
   DecodeError,
   EncodeError,
   errorCodes,
@@ -39,6 +41,7 @@ export {
   SettlementError,
   ShutdownError,
   SluiceError,
+  StreamError,
   SubjectError,
   TimeoutError,
 } from './errors.ts';
@@ -62,6 +65,35 @@ export type { Sink, SinkRecord, SinkRecordOptions } from './sinks/sink.ts';
 export { IDEMPOTENCY_KEY_HEADER, latestPerKey } from './sinks/sink.ts';
 export type { SinkActorDefinition, SinkBatchOptions, WriteToOptions } from './sinks/writeTo.ts';
 export { DEFAULT_SINK_BATCH, sinkActor, writeTo } from './sinks/writeTo.ts';
+export type {
+  Durability,
+  KvEntry,
+  LmdbStoreOptions,
+  LogEntry,
+  ReadOptions,
+  ScanOptions,
+  SequenceRange,
+  Store,
+  StoreBatch,
+  StoreStats,
+  StreamBounds,
+} from './store/index.ts';
+export { LmdbStore, MemoryStore } from './store/index.ts';
+export type {
+  Consumer,
+  ConsumerInfo,
+  ConsumerLag,
+  ConsumerOptions,
+  DeliverPolicy,
+  DurableOptions,
+  DurableRef,
+  RetentionOptions,
+  Stream,
+  StreamConfig,
+  StreamInfo,
+  StreamMessage,
+} from './streams/index.ts';
+export { durable, STREAM_HEADERS } from './streams/index.ts';
 export { isLiteral, MAX_SUBJECT_BYTES, subjectMatches, validateSubject } from './subjects.ts';
 export type { SubscriptionOptions } from './subscription.ts';
 export { Subscription } from './subscription.ts';

@@ -3,8 +3,11 @@ import { ActorCell, type ActorCell as ActorCellType, type ActorRef } from './act
 import { Bus, type BusOptions } from './bus.ts';
 import { type Clock, systemClock, type Timer } from './clock.ts';
 import { deliveryDeferred, nextMacrotask } from './drainLoop.ts';
-import { messageOf, OptionsError, type RestartLimitError, ShutdownError } from './errors.ts';
+import { messageOf, OptionsError, type RestartLimitError, ShutdownError, StreamError } from './errors.ts';
 import { intOption, knownKeys, optionKeys } from './options.ts';
+import type { Store } from './store/types.ts';
+import { Streams } from './streams/index.ts';
+import type { Stream, StreamConfig } from './streams/types.ts';
 import { Telemetry } from './telemetry.ts';
 
 export interface RuntimeOptions {
@@ -23,6 +26,13 @@ export interface RuntimeOptions {
    * runtime, as an Erlang supervisor that exceeds its intensity stops itself.
    */
   onEscalate?: (actor: string, error: RestartLimitError) => void;
+  /**
+   * The durable store streams and consumer positions live in (`LmdbStore`, or `MemoryStore` for
+   * tests). The runtime does not close it: the application does, after `stop()`.
+   */
+  store?: Store;
+  /** Streams defined at start, as by {@link Runtime.stream}. */
+  streams?: readonly StreamConfig[];
 }
 
 /** What an actor had left when a shutdown ended, and what became of it. */
@@ -116,6 +126,12 @@ export interface Runtime {
    */
   handleSignals(options?: SignalOptions): () => void;
   readonly stopped: boolean;
+  /**
+   * Defines a durable subject (a stream) in the runtime's store, or returns the one of that name:
+   * from now on what is published on its subjects is stored, and the publish resolves once the
+   * append is synced. A `StreamError` when the runtime has no store or no stream has that name.
+   */
+  stream(config: StreamConfig | string): Stream;
 }
 
 const runtimeOptionKeys = optionKeys<keyof RuntimeOptions>({
@@ -125,6 +141,8 @@ const runtimeOptionKeys = optionKeys<keyof RuntimeOptions>({
   shutdownDeadlineMs: true,
   random: true,
   onEscalate: true,
+  store: true,
+  streams: true,
 });
 
 const stopOptionKeys = optionKeys<'deadlineMs'>({ deadlineMs: true });
@@ -145,6 +163,7 @@ class RuntimeImpl implements Runtime {
   readonly #deadlineMs: number;
   readonly #onEscalate: (actor: string, error: RestartLimitError) => void;
   #stopping: Promise<ShutdownReport> | undefined;
+  readonly #streams: Streams | undefined;
   /** Ends the running drain now, as if its deadline had passed. */
   #forceStop: (() => void) | undefined;
 
@@ -167,6 +186,27 @@ class RuntimeImpl implements Runtime {
         this.#log.error(`actor '${actor}' escalated: ${error.message}; stopping the runtime`);
         void this.stop();
       });
+    if (options.store !== undefined) {
+      this.#streams = new Streams({
+        bus: this.bus,
+        store: options.store,
+        clock: this.clock,
+        log: this.#log,
+        random: this.#random,
+        telemetry: this.telemetry,
+      });
+      for (const config of options.streams ?? []) this.#streams.define(config);
+    } else if (options.streams !== undefined && options.streams.length > 0) {
+      throw new OptionsError('runtime.streams', 'streams need a store: give the runtime a store', options.streams);
+    }
+  }
+
+  stream(config: StreamConfig | string): Stream {
+    const name = typeof config === 'string' ? config : String(config?.name);
+    if (this.#streams === undefined) {
+      throw new StreamError(name, 'the runtime has no store: createRuntime({ store }) to use streams');
+    }
+    return typeof config === 'string' ? this.#streams.get(config) : this.#streams.define(config);
   }
 
   get stopped(): boolean {
@@ -185,6 +225,12 @@ class RuntimeImpl implements Runtime {
       log: this.#log,
       random: this.#random,
       escalate: (name, error) => this.#onEscalate(name, error),
+      durable: (ref) => {
+        if (this.#streams === undefined) {
+          throw new StreamError(ref.stream, `actor '${actor.name}' subscribes durably, but the runtime has no store`);
+        }
+        return this.#streams.attach(ref);
+      },
     });
     this.#cells.set(actor.name, cell);
     return cell;
@@ -280,6 +326,8 @@ class RuntimeImpl implements Runtime {
   async #shutdown(deadlineMs: number): Promise<ShutdownReport> {
     const started = this.clock.now();
     this.bus.refuse('the runtime is shutting down');
+    // Stored messages are input from outside as well: actors drain what was pushed, no more.
+    this.#streams?.quiesce();
     let timedOut = false;
     let forced = false;
     let timer: Timer | undefined;
@@ -310,6 +358,9 @@ class RuntimeImpl implements Runtime {
     await Promise.race([drain, deadline]);
     timer?.cancel();
     this.#forceStop = undefined;
+    // Streams stop before actors let go of what they hold: a consumer's position keeps only what
+    // settled by now, and what actors dead-letter as they stop is delivered again after a restart.
+    await this.#streams?.close();
 
     // What each actor has left now, before anything is dead-lettered.
     const cells = [...this.#cells.values()];

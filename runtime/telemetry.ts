@@ -73,6 +73,13 @@ export interface GaugeSource {
   readonly inFlight: number;
 }
 
+/** A durable consumer, observed as lag gauges. */
+export interface LagSource {
+  readonly stream: string;
+  readonly name: string;
+  lag(): { readonly messages: number; readonly timeMs: number };
+}
+
 /**
  * The runtime's telemetry, on `@opentelemetry/api` only: users bring any SDK. One instance per
  * runtime; actors and the bus share its counters and register their gauges.
@@ -81,6 +88,7 @@ export class Telemetry {
   readonly counters: Counters;
   readonly #perOwner = new Map<string, Counters>();
   readonly #gauges = new Set<GaugeSource>();
+  readonly #lags = new Set<LagSource>();
   readonly #processing: Histogram;
 
   constructor() {
@@ -103,6 +111,24 @@ export class Telemetry {
       .addCallback((result) => {
         for (const g of this.#gauges) result.observe(g.inFlight, { 'sluice.actor': g.name });
       });
+    // Read from the store at collection time only: nothing is paid per message.
+    meter
+      .createObservableGauge('sluice.consumer.lag', {
+        description: 'stored messages a durable consumer has not settled',
+      })
+      .addCallback((result) => {
+        for (const c of this.#lags)
+          result.observe(c.lag().messages, { 'sluice.stream': c.stream, 'sluice.consumer': c.name });
+      });
+    meter
+      .createObservableGauge('sluice.consumer.lag_time', {
+        description: 'age of the oldest message a durable consumer has not settled',
+        unit: 'ms',
+      })
+      .addCallback((result) => {
+        for (const c of this.#lags)
+          result.observe(c.lag().timeMs, { 'sluice.stream': c.stream, 'sluice.consumer': c.name });
+      });
     this.#processing = meter.createHistogram('sluice.message.processing_time', {
       description: 'time from taking a message to settling it',
       unit: 'ms',
@@ -122,6 +148,12 @@ export class Telemetry {
   registerGauge(source: GaugeSource): () => void {
     this.#gauges.add(source);
     return () => this.#gauges.delete(source);
+  }
+
+  /** @internal A durable consumer's lag gauges, until the returned function is called. */
+  registerLag(source: LagSource): () => void {
+    this.#lags.add(source);
+    return () => this.#lags.delete(source);
   }
 
   /**

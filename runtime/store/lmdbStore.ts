@@ -35,7 +35,19 @@ export class LmdbStore extends BaseStore {
   protected readonly durability: Durability;
   protected readonly label: string;
   /** The options the environment was opened with, to check its durability. */
-  readonly lmdbOptions: Readonly<RootDatabaseOptionsWithPath>;
+  // Spelled out rather than lmdb's own type, so the package's declarations do not need lmdb's.
+  readonly lmdbOptions: Readonly<{
+    path: string;
+    noSubdir: boolean;
+    encoding: 'binary';
+    keyEncoding: 'ordered-binary';
+    overlappingSync: boolean;
+    noSync: boolean;
+    noMetaSync: boolean;
+    useWritemap: boolean;
+    compression: boolean;
+    maxDbs: number;
+  }>;
   private readonly env: RootDatabase<Buffer, Key>;
   private readonly log: Database<Buffer, Key>;
   private readonly kv: Database<Buffer, Key>;
@@ -63,7 +75,7 @@ export class LmdbStore extends BaseStore {
       useWritemap: false,
       compression: false,
       maxDbs: 8,
-    } satisfies RootDatabaseOptionsWithPath);
+    } as const satisfies RootDatabaseOptionsWithPath);
     this.env = open<Buffer, Key>({ ...this.lmdbOptions });
     const sub = { encoding: 'binary', keyEncoding: 'ordered-binary', compression: false } as const;
     this.log = this.env.openDB<Buffer, Key>({ name: 'log', ...sub });

@@ -102,6 +102,16 @@ const samples: Record<string, { make: () => SluiceError; code: string; names: st
     code: 'SLUICE_ERR_SETTLEMENT',
     names: "'m-1'",
   },
+  CorruptRecordError: {
+    make: () => new sluice.CorruptRecordError({ stream: 'ORDERS', sequence: 7 }, 'checksum mismatch'),
+    code: 'SLUICE_ERR_CORRUPT_RECORD',
+    names: "sequence 7 of stream 'ORDERS'",
+  },
+  StreamError: {
+    make: () => new sluice.StreamError('ORDERS', 'tryPublish cannot be used on a subject the stream captures'),
+    code: 'SLUICE_ERR_STREAM',
+    names: "'ORDERS'",
+  },
 };
 
 /** Every value exported by `sluice` that is SluiceError or a subclass of it. */

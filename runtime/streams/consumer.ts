@@ -1,0 +1,652 @@
+import type { Logger } from '../actor.ts';
+import { ACCEPTED, type Bus } from '../bus.ts';
+import type { Clock, Timer } from '../clock.ts';
+import { DEAD_LETTER_HEADERS } from '../deadLetters.ts';
+import { createEnvelope, type Envelope } from '../envelope.ts';
+import { type CorruptRecordError, messageOf, OptionsError, SluiceError, StreamError } from '../errors.ts';
+import type { Lineage } from '../lineage.ts';
+import { intOption, knownKeys, optionKeys, optionsObject } from '../options.ts';
+import type { LogEntry, Store, StoreBatch } from '../store/types.ts';
+import { subjectMatches, validateSubject } from '../subjects.ts';
+import { backoffDelay, DEFAULT_BACKOFF } from '../supervisor.ts';
+import type { Telemetry } from '../telemetry.ts';
+import { RangeSet } from './rangeSet.ts';
+import { STREAM_HEADERS, type StoredMessage, type StreamImpl } from './stream.ts';
+import type { ConsumerInfo, ConsumerLag, ConsumerOptions, DeliverPolicy, StreamMessage } from './types.ts';
+
+/** @internal What streams and consumers use of the runtime. */
+export interface StreamDeps {
+  readonly bus: Bus;
+  readonly store: Store;
+  readonly clock: Clock;
+  readonly log: Logger;
+  readonly random: () => number;
+  readonly telemetry: Telemetry;
+}
+
+/** The store namespace of consumer positions: key `<stream>/<consumer>`. */
+export const POSITIONS_NAMESPACE = 'sluice.consumers';
+
+/** What a consumer stores: its floor (lowest unsettled sequence) and the runs settled above it. */
+export interface StoredPosition {
+  readonly floor: number;
+  readonly acked?: readonly (readonly [number, number])[];
+}
+
+const consumerKeys = optionKeys<keyof ConsumerOptions>({
+  filter: true,
+  deliver: true,
+  ackWaitMs: true,
+  backoff: true,
+  maxDeliver: true,
+  maxAckPending: true,
+  deadLetter: true,
+});
+
+/** @internal The subject a consumer pushes to for the actors that subscribe to it. */
+export function deliverSubjectOf(stream: string, consumer: string): string {
+  return `$SLUICE.deliver.${stream}.${consumer}`;
+}
+
+/** One message delivered and not settled: out with a reader, or waiting to be delivered again. */
+class Delivery {
+  readonly seq: number;
+  attempt = 0;
+  /** With a reader now (pulled or pushed); false while it waits for redelivery. */
+  out = false;
+  timer: Timer | undefined = undefined;
+  /** The lineage of its current push, so a settlement of an earlier push is told apart. */
+  push: PushLineage | undefined = undefined;
+  constructor(seq: number) {
+    this.seq = seq;
+  }
+}
+
+/**
+ * The source reference of a pushed message: the bus and the actor retain and release it as any
+ * lineage (docs/settlement.md). When the last reference is given back the message is settled:
+ * acked, or nacked when one came back with an error.
+ */
+class PushLineage implements Lineage {
+  readonly ids: readonly string[];
+  readonly #consumer: ConsumerImpl;
+  readonly #delivery: Delivery;
+  #refs = 1;
+  #error: unknown = undefined;
+  constructor(consumer: ConsumerImpl, delivery: Delivery, id: string) {
+    this.#consumer = consumer;
+    this.#delivery = delivery;
+    this.ids = [id];
+  }
+  retain(): void {
+    this.#refs++;
+  }
+  absorb(): void {
+    this.#refs++;
+  }
+  release(error?: unknown): void {
+    if (error !== undefined && this.#error === undefined) this.#error = error;
+    if (this.#refs === 0) return;
+    if (--this.#refs === 0) this.#consumer.pushSettled(this.#delivery, this, this.#error);
+  }
+  releaseAbsorbed(error?: unknown): void {
+    this.release(error);
+  }
+}
+
+class Message<T> implements StreamMessage<T> {
+  readonly seq: number;
+  readonly attempt: number;
+  readonly envelope: Envelope<T>;
+  readonly #consumer: ConsumerImpl<T>;
+  readonly #delivery: Delivery;
+  constructor(consumer: ConsumerImpl<T>, delivery: Delivery, envelope: Envelope<T>) {
+    this.#consumer = consumer;
+    this.#delivery = delivery;
+    this.seq = delivery.seq;
+    this.attempt = delivery.attempt;
+    this.envelope = envelope;
+  }
+  ack(): void {
+    this.#consumer.ackDelivery(this.#delivery);
+  }
+  nack(delayMs?: number): void {
+    if (delayMs !== undefined) intOption('nack.delayMs', delayMs, 0, 0);
+    this.#consumer.nackDelivery(this.#delivery, this.attempt, delayMs ?? 0, undefined);
+  }
+  term(reason?: string): void {
+    this.#consumer.termDelivery(this.#delivery, reason);
+  }
+  inProgress(): void {
+    this.#consumer.extendDelivery(this.#delivery, this.attempt);
+  }
+}
+
+/**
+ * @internal A durable consumer: a position in a stream that survives restarts. Messages are
+ * delivered from the committed position on (`fetch`/`next`, or pushed to the actors attached to
+ * it), each settled by ack, nack, term or its ack wait running out. The committed position is the
+ * lowest unsettled sequence, as Kafka commits offsets: acks may come in any order, and those above
+ * the floor are kept as runs, stored with it. Positions are written with the store's group commit,
+ * at most one write outstanding per consumer.
+ */
+export class ConsumerImpl<T = unknown> {
+  readonly stream: string;
+  readonly name: string;
+  readonly deliverSubject: string;
+  readonly #source: StreamImpl;
+  readonly #deps: StreamDeps;
+  readonly #key: string;
+  readonly #filter: string | undefined;
+  readonly #ackWaitMs: number;
+  readonly #backoff: readonly number[] | undefined;
+  readonly #maxDeliver: number;
+  readonly #maxAckPending: number;
+  readonly #deadLetter: string;
+
+  #floor: number;
+  /** The next sequence never delivered yet. */
+  #next: number;
+  readonly #acked: RangeSet;
+  readonly #pending = new Map<number, Delivery>();
+  /** Sequences due for redelivery, in the order they fell due. */
+  #ready: number[] = [];
+  #buffer: LogEntry[] = [];
+  #bufferAt = 0;
+  #waiters: { resolve: (m: StreamMessage<T>) => void; reject: (error: unknown) => void }[] = [];
+  #attached = 0;
+  #pushing = false;
+  #taking = false;
+  #wakeAgain = false;
+  /** The runtime is stopping: nothing new is pushed to actors, so they can drain. */
+  #quiescing = false;
+  #closed = false;
+  #writing: Promise<void> | undefined;
+  #dirty = false;
+  readonly #counts = { acked: 0, terminated: 0, deadLettered: 0, redelivered: 0 };
+  readonly #unregisterLag: () => void;
+
+  constructor(source: StreamImpl, name: string, options: ConsumerOptions<T> = {}, deps: StreamDeps) {
+    const where = `stream '${source.name}'.consumer '${name}'`;
+    optionsObject(where, options);
+    knownKeys(where, options, consumerKeys);
+    this.stream = source.name;
+    this.name = name;
+    this.deliverSubject = deliverSubjectOf(source.name, name);
+    this.#source = source;
+    this.#deps = deps;
+    this.#key = `${source.name}/${name}`;
+    const filter = options.filter;
+    this.#filter = filter === undefined ? undefined : typeof filter === 'string' ? filter : filter.name;
+    if (this.#filter !== undefined) validateSubject(this.#filter, 'subscribe');
+    this.#ackWaitMs = intOption(`${where}.ackWaitMs`, options.ackWaitMs, 30_000, 1);
+    if (options.backoff !== undefined) {
+      if (!Array.isArray(options.backoff) || options.backoff.length === 0) {
+        throw new OptionsError(`${where}.backoff`, 'must be a non-empty array of delays in ms', options.backoff);
+      }
+      for (const [i, ms] of options.backoff.entries()) intOption(`${where}.backoff[${i}]`, ms, 0, 0);
+      this.#backoff = Object.freeze([...options.backoff]);
+    }
+    this.#maxDeliver = intOption(`${where}.maxDeliver`, options.maxDeliver, 5, 1);
+    this.#maxAckPending = intOption(`${where}.maxAckPending`, options.maxAckPending, 1000, 1);
+    this.#deadLetter = options.deadLetter ?? `$DLQ.${source.name}.${name}`;
+    validateSubject(this.#deadLetter, 'publish');
+
+    const saved = deps.store.getKey(POSITIONS_NAMESPACE, this.#key) as StoredPosition | undefined;
+    if (saved !== undefined) {
+      this.#floor = saved.floor;
+      this.#acked = RangeSet.from(saved.acked);
+    } else {
+      this.#floor = this.#start(options.deliver ?? 'all', where);
+      this.#acked = new RangeSet();
+      // Stored at once: a consumer that starts at 'new' must not start elsewhere after a restart.
+      this.#persist();
+    }
+    this.#next = this.#floor;
+    this.#unregisterLag = deps.telemetry.registerLag(this);
+  }
+
+  get position(): number {
+    return this.#floor;
+  }
+
+  #start(policy: DeliverPolicy, where: string): number {
+    const b = this.#deps.store.bounds(this.#source.log);
+    if (policy === 'all') return b.first;
+    if (policy === 'new') return b.last + 1;
+    if (typeof policy === 'object' && policy !== null) {
+      if ('fromSeq' in policy) return Math.max(intOption(`${where}.deliver.fromSeq`, policy.fromSeq, 1, 1), b.first);
+      if ('fromTime' in policy) {
+        if (typeof policy.fromTime !== 'number' || !Number.isFinite(policy.fromTime)) {
+          throw new OptionsError(`${where}.deliver.fromTime`, 'must be a finite time in epoch ms', policy.fromTime);
+        }
+        // Append times grow with the sequence: the first message appended at or after the time.
+        for (let from = b.first; from <= b.last; ) {
+          const entries = this.#source.read(from, 256);
+          if (entries.length === 0) break;
+          for (const e of entries) {
+            if (e.error === undefined && (e.value as StoredMessage).t >= policy.fromTime) return e.seq;
+            from = e.seq + 1;
+          }
+        }
+        return b.last + 1;
+      }
+    }
+    throw new OptionsError(`${where}.deliver`, "must be 'all', 'new', { fromSeq } or { fromTime }", policy);
+  }
+
+  fetch(max = 1): StreamMessage<T>[] {
+    intOption('fetch.max', max, 1, 1);
+    this.#checkOpen();
+    const out: StreamMessage<T>[] = [];
+    while (out.length < max) {
+      const m = this.#pull();
+      if (m === undefined) break;
+      out.push(m);
+    }
+    return out;
+  }
+
+  next(): Promise<StreamMessage<T>> {
+    try {
+      this.#checkOpen();
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const m = this.#waiters.length === 0 ? this.#pull() : undefined;
+    if (m !== undefined) return Promise.resolve(m);
+    return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+  }
+
+  lag(): ConsumerLag {
+    const b = this.#deps.store.bounds(this.#source.log);
+    const from = Math.max(this.#floor, b.first);
+    const messages = Math.max(0, b.last - from + 1 - this.#acked.count);
+    let timeMs = 0;
+    if (messages > 0) {
+      for (const e of this.#source.read(from, 64)) {
+        if (e.error !== undefined || this.#acked.has(e.seq)) continue;
+        timeMs = Math.max(0, this.#deps.clock.now() - (e.value as StoredMessage).t);
+        break;
+      }
+    }
+    return { messages, timeMs, ackPending: this.#pending.size };
+  }
+
+  info(): ConsumerInfo {
+    return { stream: this.stream, name: this.name, position: this.#floor, ...this.lag(), ...this.#counts };
+  }
+
+  /** @internal The position record, for a checkpoint that stores it in its own batch. */
+  positionRecord(): StoredPosition {
+    const runs = this.#acked.runs;
+    return runs.length === 0 ? { floor: this.#floor } : { floor: this.#floor, acked: runs };
+  }
+
+  /** @internal Adds the position to a batch (a checkpoint commits it with state and outputs). */
+  writePosition(batch: StoreBatch): void {
+    batch.put(POSITIONS_NAMESPACE, this.#key, this.positionRecord());
+    this.#dirty = false;
+  }
+
+  /** @internal An actor subscribes: messages are pushed to the delivery subject while one is attached. */
+  attach(): () => void {
+    this.#checkOpen();
+    this.#attached++;
+    let attached = true;
+    queueMicrotask(() => this.wake());
+    return () => {
+      if (!attached) return;
+      attached = false;
+      this.#attached--;
+    };
+  }
+
+  /** @internal Something may be deliverable: an append, a settlement, a redelivery falling due. */
+  wake(): void {
+    if (this.#closed) return;
+    if (this.#taking) {
+      // A settlement inside #take (a filtered or corrupt record): delivering from inside it would nest.
+      this.#wakeAgain = true;
+      return;
+    }
+    while (this.#waiters.length > 0) {
+      const m = this.#pull();
+      if (m === undefined) break;
+      this.#waiters.shift()?.resolve(m);
+    }
+    if (this.#attached > 0 && !this.#pushing && !this.#quiescing) void this.#pushLoop();
+  }
+
+  /** @internal Stops pushing to actors (a shutdown's drain); settlements still count. */
+  quiesce(): void {
+    this.#quiescing = true;
+  }
+
+  // ---- settlement, called by messages and push lineages ----
+
+  ackDelivery(d: Delivery): void {
+    if (this.#pending.get(d.seq) !== d) return;
+    this.#counts.acked++;
+    this.#settle(d.seq);
+  }
+
+  termDelivery(d: Delivery, reason: string | undefined): void {
+    if (this.#pending.get(d.seq) !== d) return;
+    this.#counts.terminated++;
+    if (reason !== undefined) this.#deps.log.info(`consumer '${this.#key}' terminated sequence ${d.seq}: ${reason}`);
+    this.#settle(d.seq);
+  }
+
+  nackDelivery(d: Delivery, attempt: number, delayMs: number, error: unknown): void {
+    if (this.#closed || this.#pending.get(d.seq) !== d || !d.out || d.attempt !== attempt) return;
+    d.out = false;
+    d.push = undefined;
+    d.timer?.cancel();
+    d.timer = undefined;
+    if (d.attempt >= this.#maxDeliver) {
+      this.#deadLetterDelivery(d, error ?? new StreamError(this.stream, `sequence ${d.seq} was not acknowledged`));
+      return;
+    }
+    if (delayMs <= 0) this.#due(d);
+    else d.timer = this.#deps.clock.setTimeout(() => this.#due(d), delayMs);
+  }
+
+  extendDelivery(d: Delivery, attempt: number): void {
+    if (this.#closed || this.#pending.get(d.seq) !== d || !d.out || d.attempt !== attempt || d.timer === undefined)
+      return;
+    d.timer.cancel();
+    d.timer = this.#deps.clock.setTimeout(() => this.#expired(d, attempt), this.#ackWait(attempt));
+  }
+
+  pushSettled(d: Delivery, lineage: PushLineage, error: unknown): void {
+    if (d.push !== lineage) return;
+    if (error === undefined) this.ackDelivery(d);
+    else this.nackDelivery(d, d.attempt, this.#redeliveryDelay(d.attempt), error);
+  }
+
+  // ---- internals ----
+
+  #checkOpen(): void {
+    if (this.#closed) throw new StreamError(this.stream, `consumer '${this.name}' is closed (its runtime stopped)`);
+  }
+
+  #ackWait(attempt: number): number {
+    const b = this.#backoff;
+    return b === undefined ? this.#ackWaitMs : (b[Math.min(attempt, b.length) - 1] as number);
+  }
+
+  #redeliveryDelay(attempt: number): number {
+    const b = this.#backoff;
+    if (b !== undefined) return b[Math.min(attempt, b.length) - 1] as number;
+    return backoffDelay(attempt, DEFAULT_BACKOFF, this.#deps.random);
+  }
+
+  #due(d: Delivery): void {
+    d.timer = undefined;
+    if (this.#pending.get(d.seq) !== d) return;
+    this.#ready.push(d.seq);
+    this.wake();
+  }
+
+  #expired(d: Delivery, attempt: number): void {
+    d.timer = undefined;
+    this.nackDelivery(
+      d,
+      attempt,
+      0,
+      new StreamError(
+        this.stream,
+        `sequence ${d.seq} was not acknowledged within its ack wait (${this.#ackWait(attempt)} ms)`,
+      ),
+    );
+  }
+
+  /** A pulled message: delivered with an ack-wait timer. */
+  #pull(): StreamMessage<T> | undefined {
+    const taken = this.#take();
+    if (taken === undefined) return undefined;
+    const [d, stored] = taken;
+    const attempt = d.attempt;
+    d.timer = this.#deps.clock.setTimeout(() => this.#expired(d, attempt), this.#ackWait(attempt));
+    return new Message(this, d, this.#source.envelope(d.seq, stored, attempt, undefined) as Envelope<T>);
+  }
+
+  /**
+   * Pushes to the actors attached, one message at a time: each waits until the delivery subject's
+   * mailboxes accepted it (a full `block` mailbox holds the loop), and at most `maxAckPending`
+   * are unsettled. No ack wait: an actor settles every input it takes (docs/settlement.md).
+   */
+  async #pushLoop(): Promise<void> {
+    this.#pushing = true;
+    try {
+      while (!this.#closed && !this.#quiescing && this.#attached > 0) {
+        const match = this.#deps.bus.lookup(this.deliverSubject);
+        if (match.plain.length === 0 && match.groups.length === 0) break;
+        const taken = this.#take();
+        if (taken === undefined) break;
+        const [d, stored] = taken;
+        const lineage = new PushLineage(this as ConsumerImpl, d, stored.i);
+        d.push = lineage;
+        const env = this.#source.envelope(d.seq, stored, d.attempt, lineage);
+        let accepted: Promise<void>;
+        try {
+          accepted = this.#deps.bus.route(env, true, match);
+        } catch (error) {
+          accepted = Promise.reject(error);
+        }
+        if (accepted !== ACCEPTED) {
+          try {
+            await accepted;
+          } catch (error) {
+            lineage.release(error);
+            continue;
+          }
+        }
+        lineage.release();
+      }
+    } finally {
+      this.#pushing = false;
+    }
+  }
+
+  /** The next message to deliver, redeliveries first, within `maxAckPending`. */
+  #take(): [Delivery, StoredMessage] | undefined {
+    if (this.#closed) return undefined;
+    this.#taking = true;
+    try {
+      return this.#takeNext();
+    } finally {
+      this.#taking = false;
+      if (this.#wakeAgain) {
+        this.#wakeAgain = false;
+        queueMicrotask(() => this.wake());
+      }
+    }
+  }
+
+  #takeNext(): [Delivery, StoredMessage] | undefined {
+    this.#skipRemoved();
+    while (this.#ready.length > 0) {
+      const d = this.#pending.get(this.#ready.shift() as number);
+      if (d === undefined || d.out) continue;
+      const entry = this.#source.read(d.seq, 1)[0];
+      if (entry === undefined || entry.seq !== d.seq) {
+        this.#settle(d.seq);
+        continue;
+      }
+      if (entry.error !== undefined) {
+        this.#corrupt(d, entry.error);
+        continue;
+      }
+      d.attempt++;
+      d.out = true;
+      this.#counts.redelivered++;
+      return [d, entry.value as StoredMessage];
+    }
+    while (this.#pending.size < this.#maxAckPending) {
+      const entry = this.#nextEntry();
+      if (entry === undefined) return undefined;
+      const stored = entry.value as StoredMessage | undefined;
+      if (stored !== undefined && this.#filter !== undefined && !subjectMatches(this.#filter, stored.s)) {
+        this.#settle(entry.seq);
+        continue;
+      }
+      const d = new Delivery(entry.seq);
+      this.#pending.set(entry.seq, d);
+      if (entry.error !== undefined) {
+        d.attempt = 1;
+        this.#corrupt(d, entry.error);
+        continue;
+      }
+      d.attempt = 1;
+      d.out = true;
+      return [d, stored as StoredMessage];
+    }
+    return undefined;
+  }
+
+  /** The next stored entry never delivered, read ahead in chunks; skips what was settled before a restart. */
+  #nextEntry(): LogEntry | undefined {
+    for (;;) {
+      if (this.#bufferAt >= this.#buffer.length) {
+        this.#buffer = this.#source.read(this.#next, 128);
+        this.#bufferAt = 0;
+        if (this.#buffer.length === 0) return undefined;
+      }
+      const entry = this.#buffer[this.#bufferAt++] as LogEntry;
+      if (entry.seq < this.#next) continue;
+      this.#next = entry.seq + 1;
+      if (entry.seq < this.#floor || this.#acked.has(entry.seq)) continue;
+      return entry;
+    }
+  }
+
+  /** Retention removed messages below the floor: they can no longer be delivered. */
+  #skipRemoved(): void {
+    const first = this.#source.first;
+    if (this.#floor >= first) return;
+    for (const [seq, d] of this.#pending) {
+      if (seq < first) {
+        d.timer?.cancel();
+        this.#pending.delete(seq);
+      }
+    }
+    this.#floor = this.#acked.advance(first);
+    if (this.#next < first) this.#next = first;
+    this.#persist();
+  }
+
+  #settle(seq: number): void {
+    const d = this.#pending.get(seq);
+    if (d !== undefined) {
+      d.timer?.cancel();
+      d.out = false;
+      d.push = undefined;
+      this.#pending.delete(seq);
+    }
+    if (this.#closed || seq < this.#floor) return;
+    if (seq === this.#floor) this.#floor = this.#acked.advance(seq + 1);
+    else this.#acked.add(seq);
+    this.#persist();
+    this.wake();
+  }
+
+  #corrupt(d: Delivery, error: CorruptRecordError): void {
+    this.#deps.log.error(`consumer '${this.#key}' dead-letters a corrupt record: ${error.message}`);
+    this.#deadLetterDelivery(d, error, true);
+  }
+
+  /** Sends the message to the dead-letter subject; it is settled once the dead letter is accepted. */
+  #deadLetterDelivery(d: Delivery, error: unknown, corrupt = false): void {
+    d.out = true; // held by the dead letter until it is accepted
+    let stored: StoredMessage | undefined;
+    if (!corrupt) {
+      const entry = this.#source.read(d.seq, 1)[0];
+      if (entry !== undefined && entry.seq === d.seq && entry.error === undefined)
+        stored = entry.value as StoredMessage;
+    }
+    const now = this.#deps.clock.now();
+    const headers: Record<string, string> = {
+      ...stored?.h,
+      [STREAM_HEADERS.stream]: this.stream,
+      [STREAM_HEADERS.sequence]: String(d.seq),
+      [DEAD_LETTER_HEADERS.error]: messageOf(error),
+      [DEAD_LETTER_HEADERS.code]: error instanceof SluiceError ? error.code : 'SLUICE_ERR_HANDLER',
+      [DEAD_LETTER_HEADERS.actor]: `${this.stream}/${this.name}`,
+      [DEAD_LETTER_HEADERS.attempts]: String(d.attempt),
+      [DEAD_LETTER_HEADERS.subject]: stored?.s ?? '',
+      [DEAD_LETTER_HEADERS.messageId]: stored?.i ?? '',
+      [DEAD_LETTER_HEADERS.time]: new Date(now).toISOString(),
+    };
+    const letter = createEnvelope(
+      this.#deadLetter,
+      stored === undefined ? null : stored.d,
+      { key: stored?.k, eventTime: stored === undefined ? now : (stored.e ?? stored.t), headers },
+      now,
+    );
+    const bus = this.#deps.bus;
+    if (!bus.hasSubscribers(this.#deadLetter)) {
+      this.#deps.log.warn(
+        `consumer '${this.#key}' dead-lettered sequence ${d.seq} to '${this.#deadLetter}', which has no subscriber: ${messageOf(error)}`,
+      );
+    }
+    const done = () => {
+      this.#counts.deadLettered++;
+      this.#settle(d.seq);
+    };
+    let accepted: Promise<void>;
+    try {
+      accepted = bus.route(letter, true);
+    } catch (e) {
+      accepted = Promise.reject(e);
+    }
+    if (accepted === ACCEPTED) done();
+    else
+      accepted.then(done, (e: unknown) => {
+        // Refused: kept, and tried again after an ack wait.
+        this.#deps.log.error(`consumer '${this.#key}' could not dead-letter sequence ${d.seq}: ${messageOf(e)}`);
+        d.out = false;
+        d.timer = this.#deps.clock.setTimeout(() => this.#due(d), this.#ackWaitMs);
+      });
+  }
+
+  #persist(): void {
+    if (this.#writing !== undefined) {
+      this.#dirty = true;
+      return;
+    }
+    this.#dirty = false;
+    this.#writing = this.#deps.store.putKey(POSITIONS_NAMESPACE, this.#key, this.positionRecord()).then(
+      () => {
+        this.#writing = undefined;
+        if (this.#dirty) this.#persist();
+      },
+      (error: unknown) => {
+        this.#writing = undefined;
+        this.#deps.log.error(`consumer '${this.#key}' could not store its position: ${messageOf(error)}`);
+      },
+    );
+  }
+
+  /**
+   * Stops delivering and stores the position. Settlements after this are ignored: what was not
+   * settled by now is delivered again after a restart (at-least-once).
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#unregisterLag();
+    for (const d of this.#pending.values()) d.timer?.cancel();
+    for (const waiter of this.#waiters.splice(0)) {
+      waiter.reject(new StreamError(this.stream, `consumer '${this.name}' closed while next() waited`));
+    }
+    while (this.#writing !== undefined) await this.#writing;
+    if (this.#dirty) {
+      this.#dirty = false;
+      await this.#deps.store.putKey(POSITIONS_NAMESPACE, this.#key, this.positionRecord()).catch((error: unknown) => {
+        this.#deps.log.error(`consumer '${this.#key}' could not store its position: ${messageOf(error)}`);
+      });
+    }
+  }
+}
