@@ -1,4 +1,7 @@
-import { describe, expect, test } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, test } from 'vitest';
 import {
   ALLOWED_LATENESS_MS,
   type Click,
@@ -38,12 +41,16 @@ function lateClicks(sent: Click[]): Set<Click> {
   return late;
 }
 
+const id = (c: Click) => `${c.user}@${c.ts}`;
+
 describe('clickstream analytics example', () => {
   let run: ClickstreamResult;
   const lines: string[] = [];
+  const dir = mkdtempSync(join(tmpdir(), 'sluice-clickstream-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   test('runs to the end and drains', async () => {
-    run = await main({ users: 120, minutes: 4, seed: 11, print: (l) => lines.push(l) });
+    run = await main({ users: 120, minutes: 4, seed: 11, print: (l) => lines.push(l), dir });
     expect(run.drained).toBe(true);
     expect(run.clicks.length).toBeGreaterThan(1000);
     expect(lines.some((l) => l.includes('page views'))).toBe(true);
@@ -53,7 +60,7 @@ describe('clickstream analytics example', () => {
   test('page views per page per minute equal a brute-force count of the clicks not turned away as late', () => {
     const late = lateClicks(run.sent);
     expect(late.size).toBeGreaterThan(0);
-    expect(new Set(run.late)).toEqual(late);
+    expect(new Set(run.late.map(id))).toEqual(new Set([...late].map(id)));
     const expected = new Map<string, number>();
     for (const c of run.clicks) {
       if (late.has(c)) continue;
@@ -63,6 +70,34 @@ describe('clickstream analytics example', () => {
     expect(finals(run.pageViews)).toEqual(expected);
     // Late data within the allowed lateness re-emitted some windows as updates.
     expect(run.pageViews.some((r) => r.isUpdate)).toBe(true);
+  });
+
+  test('the first run was killed midway; the restart resumed at the stored positions and finished the stream', () => {
+    expect(run.crash).toBe('SIGKILL');
+    expect(run.streamLast).toBe(run.clicks.length);
+    const before = new Map(run.before.map((c) => [c.name, c]));
+    // Killed once both had settled half the stream: the restart starts past it, with clicks left.
+    for (const name of ['page-views', 'latency']) {
+      const c = before.get(name);
+      expect(c?.position).toBeGreaterThan(Math.ceil(run.clicks.length * 0.5));
+      expect(c?.position).toBeLessThanOrEqual(run.clicks.length);
+      expect(c?.messages).toBeGreaterThan(0);
+    }
+    // Sessions still open hold their clicks: that consumer is behind, but not lost.
+    expect(before.get('sessions')?.messages).toBeGreaterThan(0);
+    for (const c of run.after) {
+      expect(c.position).toBe(run.streamLast + 1);
+      expect(c.messages).toBe(0);
+    }
+    expect(lines.join('\n')).toContain('run 1 ended by SIGKILL');
+  });
+
+  test('no click lost, none counted twice: page views plus late clicks add up to the stream', () => {
+    const counted = run.pageViews.reduce((n, r) => n + r.value, 0);
+    expect(counted + run.late.length).toBe(run.clicks.length);
+    // Each late click once, under the stream sequence it was delivered with.
+    expect(new Set(run.late.map(id)).size).toBe(run.late.length);
+    expect(lines.at(-1)).toMatch(/none lost, none counted twice$/);
   });
 
   test('p95 latency per endpoint per minute is within 1% of the exact value', () => {
@@ -106,12 +141,8 @@ describe('clickstream analytics example', () => {
     expect(total).toBeLessThanOrEqual(run.clicks.length);
     expect(total).toBeGreaterThanOrEqual(run.clicks.length - run.late.length);
   });
-});
 
-describe('clickstream analytics example - printed updates', () => {
-  test('a late update is printed only when the numbers it prints changed', async () => {
-    const lines: string[] = [];
-    await main({ users: 120, minutes: 4, seed: 11, print: (l) => lines.push(l) });
+  test('a late update is printed only when the numbers it prints changed', () => {
     const marker = '  (update: late data)';
     const last = new Map<string, string>();
     let updates = 0;

@@ -42,11 +42,21 @@ describe('examples', () => {
     ]);
   });
 
-  test('npm start - runs the clickstream job through the package name, prints closed windows and exits by itself', async () => {
+  test('npm start - runs the clickstream job on a durable subject through the package name, crashes it, resumes it and exits by itself', async () => {
     const { stdout } = await run('npm', ['start', '--silent'], { timeout: 60_000 });
+    expect(stdout).toMatch(
+      /^published to stream CLICKS in \.data\/clickstream\/store: sequences 1-(\d+), synced to disk$/m,
+    );
     expect(stdout).toMatch(/^12:00-12:01 +page views +\/\S* +\d+$/m);
+    expect(stdout).toMatch(/^run 1 ended by SIGKILL/m);
+    // The restart finds page-views past the middle of the stream, with clicks left to read.
+    const resumed = /^ {2}page-views +(\d+) +(\d+)$/m.exec(stdout.slice(stdout.indexOf('restart on the same store')));
+    const last = Number(/sequences 1-(\d+)/.exec(stdout)?.[1]);
+    expect(Number(resumed?.[1])).toBeGreaterThan(last / 2);
+    expect(Number(resumed?.[2])).toBeGreaterThan(0);
     expect(stdout).toMatch(/^12:04-12:05 +latency ms +\S+ \/api\/\S+ +p50 +\d+ +p95 +\d+ +p99 +\d+$/m);
-    expect(stdout).toMatch(/\d+ clicks arrived too late/);
+    expect(stdout).toContain(`  page-views  ${last + 1}      0`);
+    expect(stdout).toMatch(/of the \d+ clicks published: none lost, none counted twice$/m);
   }, 60_000);
 
   test('npm run example -- order-flow - runs the order flow and exits by itself', async () => {
