@@ -25,7 +25,7 @@ import type { PoolConfig } from 'pg';
 import pg from 'pg';
 import { distinct, filter, map } from 'rxjs';
 import { actor, createRuntime, durable, LmdbStore, type Runtime, STREAM_HEADERS, sinkActor, withData } from 'sluice';
-import { postgresSink } from 'sluice/connectors/postgres';
+import { type PostgresSink, postgresSink } from 'sluice/connectors/postgres';
 import { agg, eventTime, tumbling, type WindowResult, watermarks } from 'sluice/operators';
 import { seededRandom } from 'sluice/testing';
 
@@ -272,8 +272,8 @@ async function runOnce(
 function spawnJob(
   runtime: Runtime,
   consumer: string,
-  ordersSink: Awaited<ReturnType<typeof postgresSink<OrderRow>>>,
-  revenueSink: Awaited<ReturnType<typeof postgresSink<WindowResult<Revenue>>>>,
+  ordersSink: PostgresSink<OrderRow>,
+  revenueSink: PostgresSink<WindowResult<Revenue>>,
 ): void {
   runtime.spawn(
     actor<OrderEvent, OrderRow>({
