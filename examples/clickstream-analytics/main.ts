@@ -207,8 +207,11 @@ export async function main(options: ClickstreamOptions = {}): Promise<Clickstrea
     resultsFile,
   };
   const counted = result.pageViews.reduce((n, r) => n + r.value, 0);
+  // A session that grew or merged lists the results it replaces in `supersedes`.
+  const replaced = new Set(result.sessions.flatMap((s) => s.supersedes ?? []));
+  const sessions = result.sessions.filter((s) => !replaced.has(s.idempotencyKey)).length;
   print(
-    `\n${where}/results.jsonl, newest revision per key: ${result.pageViews.length} page-view, ${result.latency.length} latency and ${result.sessionStats.length} session-stats windows, ${result.sessions.length} sessions, ${result.late.length} late clicks`,
+    `\n${where}/results.jsonl, newest revision per key: ${result.pageViews.length} page-view, ${result.latency.length} latency and ${result.sessionStats.length} session-stats windows, ${sessions} sessions, ${result.late.length} late clicks`,
   );
   print(
     `page views ${counted} + late ${result.late.length} = ${counted + result.late.length} of the ${clicks.length} clicks published: ${counted + result.late.length === clicks.length ? 'none lost, none counted twice' : 'MISMATCH'}`,
