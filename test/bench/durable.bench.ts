@@ -236,7 +236,7 @@ export default defineBench({
   contenders: ['sluice', 'lmdb', 'at-least-once'],
   cases: {
     publish: {
-      messages: 200_000,
+      messages: 100_000,
       description: `${WRITERS} writers, each awaiting a synced publish of one 64-byte order into a stream before the next`,
       contenders: { sluice: sluicePublish(WRITERS), lmdb: lmdbPublish(WRITERS) },
     },
