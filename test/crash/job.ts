@@ -23,8 +23,7 @@
 import { appendFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
-import { tap } from 'rxjs';
-import { map } from 'rxjs/operators';
+import { map, tap } from 'rxjs';
 import { actor, createRuntime, durable, type Envelope, LmdbStore, type Sink, type SinkRecord, sinkActor } from 'sluice';
 import { fileSink } from 'sluice/connectors/file';
 import { postgresSink } from 'sluice/connectors/postgres';
