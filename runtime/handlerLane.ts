@@ -5,6 +5,8 @@ import { createEnvelope, type PublishOptions } from './envelope.ts';
 import { ClosedError, OptionsError } from './errors.ts';
 import type { Input } from './input.ts';
 import type { Lane, LaneHost } from './lane.ts';
+import { outputKey } from './outputKeys.ts';
+import { IDEMPOTENCY_KEY_HEADER } from './sinks/sink.ts';
 import { injectTrace } from './telemetry.ts';
 import { isThenable } from './typedSubject.ts';
 
@@ -27,6 +29,8 @@ export class HandlerLane implements Lane {
   readonly #output: string | undefined;
   readonly #concurrency: number;
   readonly #ordered: boolean;
+  /** The streams the actor reads durably: outputs of their inputs get keys from positions. */
+  readonly #streams: ReadonlySet<string> | undefined;
   #backlog: Input[] = [];
   #active = 0;
   /**
@@ -44,7 +48,9 @@ export class HandlerLane implements Lane {
     output: string | undefined,
     concurrency: number,
     ordered: boolean,
+    streams?: ReadonlySet<string>,
   ) {
+    this.#streams = streams;
     this.#host = host;
     this.index = index;
     this.#ctx = ctx;
@@ -108,7 +114,12 @@ export class HandlerLane implements Lane {
   ): Promise<void> {
     if (input.abandoned) return Promise.reject(new ClosedError(this.#ctx.name, 'the actor was stopped'));
     const name = typeof subject === 'string' ? subject : subject.name;
-    const headers = input.span === undefined ? options?.headers : injectTrace(input.span, options?.headers ?? {});
+    let given = options?.headers;
+    if (this.#streams !== undefined) {
+      const key = outputKey(this.#streams, this.#ctx.name, input, given);
+      if (key !== undefined) given = { ...given, [IDEMPOTENCY_KEY_HEADER]: key };
+    }
+    const headers = input.span === undefined ? given : injectTrace(input.span, given ?? {});
     const env = createEnvelope(
       name,
       data,

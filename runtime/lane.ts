@@ -5,6 +5,7 @@ import type { Clock } from './clock.ts';
 import type { Envelope } from './envelope.ts';
 import { HandlerLane } from './handlerLane.ts';
 import type { Input } from './input.ts';
+import { durableStreamsOf } from './outputKeys.ts';
 import { PipelineLane } from './pipelineLane.ts';
 
 /**
@@ -73,14 +74,15 @@ export function createLanes(
   const def = actor.definition;
   const partitioned = def.partitionBy !== undefined;
   const lanes: Lane[] = [];
+  const streams = durableStreamsOf(actor);
   for (let i = 0; i < actor.lanes; i++) {
     const ctx = laneContext(actor.name, i, actor.lanes, client, deps.clock, deps.log);
     if (def.pipeline !== undefined) {
       const pipeline = def.pipeline as PipelineActor<unknown, unknown>['pipeline'];
-      lanes.push(new PipelineLane(host, i, ctx, pipeline, actor.output));
+      lanes.push(new PipelineLane(host, i, ctx, pipeline, actor.output, streams));
     } else {
       const handle = def.handle as HandlerActor<unknown, unknown>['handle'];
-      lanes.push(new HandlerLane(host, i, ctx, handle, actor.output, actor.concurrency, partitioned));
+      lanes.push(new HandlerLane(host, i, ctx, handle, actor.output, actor.concurrency, partitioned, streams));
     }
   }
   return lanes;

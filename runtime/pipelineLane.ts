@@ -6,6 +6,8 @@ import { messageOf, OptionsError, SluiceError } from './errors.ts';
 import { type Input, inputOf } from './input.ts';
 import type { Lane, LaneHost } from './lane.ts';
 import type { Lineage } from './lineage.ts';
+import { outputKey } from './outputKeys.ts';
+import { IDEMPOTENCY_KEY_HEADER } from './sinks/sink.ts';
 import { injectTrace } from './telemetry.ts';
 
 type Pipeline = PipelineActor<unknown, unknown>['pipeline'];
@@ -22,6 +24,8 @@ export class PipelineLane implements Lane {
   readonly #pipeline: Pipeline;
   /** The actor's `output`: where everything the pipeline emits goes, whatever its subject. */
   readonly #output: string | undefined;
+  /** The streams the actor reads durably: outputs of their inputs get keys from positions. */
+  readonly #streams: ReadonlySet<string> | undefined;
   #generation = 0;
   /** The running pipeline's input, or undefined while it is down. */
   #input: LaneInput | undefined = undefined;
@@ -35,8 +39,16 @@ export class PipelineLane implements Lane {
   /** The input the pipeline is handling synchronously: the culprit if it throws now. */
   #current: Input | undefined = undefined;
 
-  constructor(host: LaneHost, index: number, ctx: ActorContext, pipeline: Pipeline, output: string | undefined) {
+  constructor(
+    host: LaneHost,
+    index: number,
+    ctx: ActorContext,
+    pipeline: Pipeline,
+    output: string | undefined,
+    streams?: ReadonlySet<string>,
+  ) {
     this.#host = host;
+    this.#streams = streams;
     this.index = index;
     this.#ctx = ctx;
     this.#pipeline = pipeline;
@@ -214,13 +226,24 @@ export class PipelineLane implements Lane {
       return;
     }
     const subject = this.#output ?? out.subject;
+    let headers = out.headers;
+    if (this.#streams !== undefined && source !== undefined) {
+      const key = outputKey(this.#streams, this.#ctx.name, source, headers);
+      // A plain object: the bus checks it as it does any forwarded headers.
+      if (key !== undefined) headers = { ...headers, [IDEMPOTENCY_KEY_HEADER]: key };
+    }
     let env = out;
-    if (subject !== out.subject || (source !== undefined && out.id === source.id) || source?.span !== undefined) {
+    if (
+      subject !== out.subject ||
+      (source !== undefined && out.id === source.id) ||
+      source?.span !== undefined ||
+      headers !== out.headers
+    ) {
       env = {
         ...out,
         id: source !== undefined && out.id === source.id ? nextId() : out.id,
         subject,
-        headers: source?.span === undefined ? out.headers : injectTrace(source.span, out.headers),
+        headers: source?.span === undefined ? headers : injectTrace(source.span, headers),
         replyTo: subject === out.subject ? out.replyTo : undefined,
       };
     }

@@ -163,6 +163,8 @@ export class ConsumerImpl<T = unknown> {
   #closed = false;
   #writing: Promise<void> | undefined;
   #dirty = false;
+  /** A position write waits for the end of the current synchronous run (see #persist). */
+  #scheduled = false;
   readonly #counts = { acked: 0, terminated: 0, deadLettered: 0, redelivered: 0 };
   readonly #unregisterLag: () => void;
 
@@ -611,11 +613,25 @@ export class ConsumerImpl<T = unknown> {
       });
   }
 
+  /**
+   * Stores the position once the synchronous run that changed it is over, never in the middle of
+   * it: the settlements of one run (the inputs of a window whose result was committed, released in
+   * one loop) are stored together or not at all. A position stored halfway through would, after a
+   * crash, redeliver only part of such a window's inputs, and the window would be computed again
+   * from part of them: a wrong result under the same idempotency key and revision.
+   */
   #persist(): void {
-    if (this.#writing !== undefined) {
-      this.#dirty = true;
-      return;
-    }
+    this.#dirty = true;
+    if (this.#writing !== undefined || this.#scheduled) return;
+    this.#scheduled = true;
+    queueMicrotask(() => {
+      this.#scheduled = false;
+      // Closed meanwhile: close() writes what is dirty itself.
+      if (!this.#closed && this.#writing === undefined && this.#dirty) this.#write();
+    });
+  }
+
+  #write(): void {
     this.#dirty = false;
     this.#writing = this.#deps.store.putKey(POSITIONS_NAMESPACE, this.#key, this.positionRecord()).then(
       () => {

@@ -46,6 +46,32 @@ test('the bus bench runs every case and contender and ends with its JSON line', 
   for (const name of Object.keys(CASES)) expect(stdout).toMatch(new RegExp(`^${name} `, 'm'));
 });
 
+test('the durable bench runs publish, consume and the at-least-once pipeline and ends with its JSON line', {
+  timeout: 120_000,
+}, async () => {
+  const { stdout } = await run(
+    process.execPath,
+    [tsx, '--conditions=sluice-source', 'test/bench/run.ts', 'durable', '--quick'],
+    { cwd: root, maxBuffer: 16 * 1024 * 1024 },
+  );
+  const last = JSON.parse(stdout.trimEnd().split('\n').at(-1) as string) as {
+    bench: string;
+    results: Record<string, Record<string, number>>;
+  };
+  expect(last.bench).toBe('durable');
+  const expected = {
+    publish: ['lmdb', 'sluice'],
+    'publish-one': ['lmdb', 'sluice'],
+    consume: ['lmdb', 'sluice'],
+    pipeline: ['at-least-once'],
+  };
+  expect(Object.keys(last.results).sort()).toEqual(Object.keys(expected).sort());
+  for (const [name, contenders] of Object.entries(expected)) {
+    expect(Object.keys(last.results[name] ?? {}).sort(), name).toEqual(contenders);
+    for (const c of contenders) expect(last.results[name]?.[c], `${name}/${c}`).toBeGreaterThan(0);
+  }
+});
+
 test('an unknown benchmark name is refused with the list of benchmarks', async () => {
   const error = await run(process.execPath, [tsx, '--conditions=sluice-source', 'test/bench/run.ts', 'nope'], {
     cwd: root,

@@ -1,24 +1,30 @@
 /**
- * `npm run bench -- durable`: the embedded durable store against bare lmdb, the floor
- * (DESIGN.md section 10; issue 11). Both sides sync every commit (`overlappingSync: false`) and
- * batch the same way, so the difference is what the store adds: validation, the record format
- * with its checksum, sequence assignment and its own group commit.
+ * `npm run bench -- durable`: durable subjects against bare lmdb, the floor (DESIGN.md section 10;
+ * issue 11). Both sides sync every commit (`overlappingSync: false`) and batch the same way, so the
+ * difference is what Sluice adds: the bus route, validation, the record format with its checksum,
+ * sequence assignment, its own group commit, consumer bookkeeping.
  *
- * - `publish`: WRITERS concurrent publishers, each awaiting every append of one 64-byte order
- *   before the next, as publishers awaiting a durable publish do. Commits are shared by whatever
- *   was written while the previous one synced. lmdb: the same writers awaiting `db.put` of the
- *   order (lmdb's own msgpack encoding) under the key `[stream, seq]`.
+ * - `publish`: WRITERS concurrent publishers, each awaiting a `bus.publish` of one 64-byte order
+ *   into a stream (resolved once the append is synced) before the next. Commits are shared by
+ *   whatever was written while the previous one synced. lmdb: the same writers awaiting `db.put`
+ *   of the order (lmdb's own msgpack encoding) under the key `[stream, seq]`.
  * - `publish-one`: the same with one writer: a commit, and a sync, per message.
- * - `consume`: the stream read back in pages of PAGE, every order decoded and its id summed.
- *   lmdb: `getRange` over the same keys.
+ * - `consume`: a durable consumer's pull loop over the stream: `fetch(PAGE)`, each order's id
+ *   summed, each message acked (the position is stored by the consumer's group-committed writes).
+ *   lmdb: a raw `getRange` read loop over the same keys, in pages of PAGE.
+ * - `pipeline` / `at-least-once`: a stream of orders read by an actor (`durable(...)`) that prices
+ *   each one and publishes it into a second stream, the embedded sink: each input is acknowledged
+ *   once its output's append is synced. Timed until every input is settled. `exactly-once` (outputs,
+ *   state and positions in one transaction) needs checkpoints, which are not in the runtime yet.
  *
  * Figures are messages per second; each contender checks the count and the sum of ids.
- * Durable subjects and the pipeline case come with them.
  */
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { open } from 'lmdb';
+import { map } from 'rxjs';
+import { actor, createRuntime, durable, type Runtime, type Stream } from 'sluice';
 import { LmdbStore } from '../../runtime/store/index.ts';
 import { type Contender, defineBench, expectCount } from './harness.ts';
 
@@ -59,25 +65,52 @@ async function writers(n: number, write: (i: number) => Promise<unknown>, count 
   await Promise.all(Array.from({ length: count }, loop));
 }
 
+/** A runtime on a fresh LMDB store with the stream ORDERS (subjects `orders.>`). */
+function durableRuntime(): { runtime: Runtime; orders: Stream; dispose: () => Promise<void> } {
+  const { path, remove } = tempPath();
+  const store = new LmdbStore({ path });
+  const runtime = createRuntime({ store, streams: [{ name: STREAM, subjects: ['orders.>'] }] });
+  return {
+    runtime,
+    orders: runtime.stream(STREAM),
+    dispose: async () => {
+      await runtime.stop();
+      await store.close();
+      remove();
+    },
+  };
+}
+
+/** Checks that `stream` holds `n` orders whose ids sum as they must. */
+function checkStream(stream: Stream, n: number, id: (data: unknown) => number = (d) => (d as Order).id): void {
+  const info = stream.info();
+  expectCount('stored', info.messages, n);
+  let sum = 0;
+  for (let seq = info.first; seq <= info.last; seq++) sum += id(stream.get(seq)?.data);
+  expectCount('id sum', sum, idSum(n));
+}
+
 const sluicePublish =
   (writerCount: number): Contender =>
   (n) => {
-    const { path, remove } = tempPath();
-    const store = new LmdbStore({ path });
+    const { runtime, orders, dispose } = durableRuntime();
     return {
       run: async () => {
-        await writers(n, (i) => store.append(STREAM, [PAYLOADS[i % POOL]]), writerCount);
-        expectCount('stored', store.bounds(STREAM).count, n);
-        let sum = 0;
-        for (const e of store.read(STREAM, 1)) sum += (e.value as Order).id;
-        expectCount('id sum', sum, idSum(n));
+        await writers(n, (i) => runtime.bus.publish('orders.eu', PAYLOADS[i % POOL]), writerCount);
+        checkStream(orders, n);
       },
-      dispose: async () => {
-        await store.close();
-        remove();
-      },
+      dispose,
     };
   };
+
+/** Fills ORDERS with n orders through the bus, in awaited batches of PAGE (setup, not timed). */
+async function fill(runtime: Runtime, n: number): Promise<void> {
+  for (let i = 0; i < n; i += PAGE) {
+    const batch: Promise<void>[] = [];
+    for (let j = i; j < Math.min(i + PAGE, n); j++) batch.push(runtime.bus.publish('orders.eu', PAYLOADS[j % POOL]));
+    await Promise.all(batch);
+  }
+}
 
 const lmdbPublish =
   (writerCount: number): Contender =>
@@ -112,35 +145,56 @@ const lmdbPublish =
   };
 
 const sluiceConsume: Contender = async (n) => {
-  const { path, remove } = tempPath();
-  const store = new LmdbStore({ path });
-  for (let i = 0; i < n; i += PAGE) {
-    await store.append(
-      STREAM,
-      Array.from({ length: Math.min(PAGE, n - i) }, (_, j) => PAYLOADS[(i + j) % POOL]),
-    );
-  }
+  const { runtime, orders, dispose } = durableRuntime();
+  await fill(runtime, n);
+  const consumer = orders.consumer<Order>('bench', { maxAckPending: PAGE });
   return {
     run: async () => {
       let count = 0;
       let sum = 0;
-      for (let from = 1; ; ) {
-        const page = store.read(STREAM, from, { limit: PAGE });
+      for (;;) {
+        const page = consumer.fetch(PAGE);
         if (page.length === 0) break;
-        for (const e of page) {
-          if (e.error !== undefined) throw e.error;
+        for (const m of page) {
           count++;
-          sum += (e.value as Order).id;
+          sum += m.envelope.data.id;
+          m.ack();
         }
-        from = (page.at(-1)?.seq as number) + 1;
       }
       expectCount('read', count, n);
       expectCount('id sum', sum, idSum(n));
+      expectCount('position', consumer.position, n + 1);
     },
-    dispose: async () => {
-      await store.close();
-      remove();
+    dispose,
+  };
+};
+
+interface Priced {
+  readonly id: number;
+  readonly total: number;
+}
+
+const atLeastOnce: Contender = async (n) => {
+  const { runtime, orders, dispose } = durableRuntime();
+  const priced = runtime.stream({ name: 'PRICED', subjects: ['priced.>'] });
+  await fill(runtime, n);
+  return {
+    run: async () => {
+      runtime.spawn(
+        actor<Order, Priced>({
+          name: 'pricing',
+          subscribe: durable<Order>(STREAM, { consumer: 'pricing' }),
+          output: 'priced.eu',
+          pipeline: (in$) =>
+            in$.pipe(map((env) => ({ ...env, data: { id: env.data.id, total: env.data.amount * 2 } }))),
+        }),
+      );
+      const consumer = orders.consumer('pricing');
+      // Settled means its output is in PRICED, synced: the position passes the last input.
+      while (consumer.position <= n) await new Promise((resolve) => setTimeout(resolve, 1));
+      checkStream(priced, n, (d) => (d as Priced).id);
     },
+    dispose,
   };
 };
 
@@ -179,25 +233,33 @@ const lmdbConsume: Contender = async (n) => {
 export default defineBench({
   bench: 'durable',
   unit: 'msg/s',
-  contenders: ['sluice', 'lmdb'],
+  contenders: ['sluice', 'lmdb', 'at-least-once'],
   cases: {
     publish: {
-      messages: 200_000,
-      description: `${WRITERS} writers, each awaiting a synced append of one 64-byte order before the next`,
+      messages: 100_000,
+      description: `${WRITERS} writers, each awaiting a synced publish of one 64-byte order into a stream before the next`,
       contenders: { sluice: sluicePublish(WRITERS), lmdb: lmdbPublish(WRITERS) },
     },
     'publish-one': {
-      messages: 2_000,
-      description: 'one writer awaiting each synced append: one commit and one sync per message (the cost of a sync)',
+      messages: 1_000,
+      description: 'one writer awaiting each synced publish: one commit and one sync per message (the cost of a sync)',
       contenders: { sluice: sluicePublish(1), lmdb: lmdbPublish(1) },
     },
     consume: {
-      messages: 1_000_000,
-      description: `read back in pages of ${PAGE}, each order decoded`,
+      messages: 200_000,
+      description: `a durable consumer's fetch(${PAGE}) and ack loop; lmdb: a raw read loop in pages of ${PAGE}`,
       contenders: { sluice: sluiceConsume, lmdb: lmdbConsume },
+    },
+    pipeline: {
+      messages: 100_000,
+      description: 'durable stream -> actor (map) -> second stream, each input acked once its output is synced',
+      contenders: { 'at-least-once': atLeastOnce },
     },
   },
   ratios: [['sluice', 'lmdb']],
   goals: [{ case: 'publish', contender: 'sluice', versus: 'lmdb', atLeast: 0.5 }],
-  notes: ['both sides: overlappingSync off, every commit synced (fdatasync) before its writes resolve'],
+  notes: [
+    'both sides: overlappingSync off, every commit synced (fdatasync) before its writes resolve',
+    'pipeline exactly-once: not measured, the runtime has no checkpoints (state, outputs and positions in one transaction) yet',
+  ],
 });

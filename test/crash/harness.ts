@@ -1,0 +1,321 @@
+/**
+ * The crash harness: feeds a fixed, seeded input into a durable subject, then runs job.ts in a
+ * child process again and again, killing it with SIGKILL at seeded random moments and letting it
+ * kill itself at fault points, until a run completes. Then it compares what the sinks hold with
+ * the results computed from the input (input.ts): none missing, none twice, aggregates equal.
+ *
+ * Used by crash.test.ts (the short form, in `npm test`) and run.ts (`npm run crash -- --kills 50`).
+ */
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { seededRandom } from 'sluice/testing';
+import { createTestSchema, type TestSchema } from '../services/postgres.ts';
+import { type CrashEvent, events, expectedWindows, transform, type WindowTotals } from './input.ts';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const job = fileURLToPath(new URL('job.ts', import.meta.url));
+
+export interface CrashOptions {
+  /** Events in the input. @default 200_000 */
+  events?: number;
+  /** Random kills (besides the fault points). @default 5 */
+  kills?: number;
+  /** Seeds the input, the kill times and the fault occurrences. @default 1 */
+  seed?: number;
+  /**
+   * A random kill comes 50 ms to this long after the job reports running: the more kills, the
+   * sooner, so that they land before the job completes. @default max(200, 4000 / kills)
+   */
+  maxKillDelayMs?: number;
+  /** Progress lines. */
+  log?: (line: string) => void;
+}
+
+/** A fault point, and which of its occurrences kills the job (drawn up to `upTo`). */
+const FAULTS: readonly { readonly name: string; readonly upTo: number; readonly window: boolean }[] = [
+  { name: 'after-write:agg-pg', upTo: 2, window: true },
+  { name: 'mid-batch:agg-file', upTo: 2, window: true },
+  { name: 'window-fired', upTo: 20, window: true },
+  { name: 'after-write:events-file', upTo: 5, window: false },
+  { name: 'mid-batch:events-pg', upTo: 5, window: false },
+];
+
+export interface CrashRun {
+  readonly kind: 'random' | 'fault' | 'final';
+  readonly fault?: string;
+  readonly at?: number;
+  /** How it ended: killed by the harness, killed itself at its fault point, or completed. */
+  readonly ended: 'killed' | 'fault' | 'done';
+  readonly ms: number;
+}
+
+export interface CrashReport {
+  readonly seed: number;
+  readonly events: number;
+  readonly runs: readonly CrashRun[];
+  /** Random kills that landed before the job completed. */
+  readonly kills: number;
+  /** Fault points the job reached and died at. */
+  readonly faults: readonly string[];
+  /** What the sinks hold that they should not, or lack: empty when the run was correct. */
+  readonly problems: readonly string[];
+  readonly ms: number;
+}
+
+interface Child {
+  readonly ended: 'killed' | 'fault' | 'done';
+  readonly lines: readonly string[];
+}
+
+/** Runs job.ts once; `killAfterMs`: SIGKILL that long after it reports running. */
+function runJob(env: Record<string, string>, killAfterMs: number | undefined, timeoutMs: number): Promise<Child> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--conditions=sluice-source', '--import', 'tsx', job], {
+      cwd: root,
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const lines: string[] = [];
+    let out = '';
+    let err = '';
+    let killedByUs = false;
+    let killer: NodeJS.Timeout | undefined;
+    const guard = setTimeout(() => {
+      killedByUs = true;
+      child.kill('SIGKILL');
+      reject(new Error(`job ${JSON.stringify(env)} did not end within ${timeoutMs} ms: ${err}`));
+    }, timeoutMs);
+    child.stderr.on('data', (chunk: Buffer) => {
+      err += chunk.toString();
+    });
+    child.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+      for (let nl = out.indexOf('\n'); nl !== -1; nl = out.indexOf('\n')) {
+        const line = out.slice(0, nl);
+        out = out.slice(nl + 1);
+        lines.push(line);
+        if (line === 'running' && killAfterMs !== undefined) {
+          killer = setTimeout(() => {
+            killedByUs = true;
+            child.kill('SIGKILL');
+          }, killAfterMs);
+        }
+      }
+    });
+    child.on('error', reject);
+    child.on('exit', (code, signal) => {
+      clearTimeout(guard);
+      if (killer !== undefined) clearTimeout(killer);
+      const fault = lines.some((l) => l.startsWith('fault '));
+      if (signal === 'SIGKILL' && fault) resolve({ ended: 'fault', lines });
+      else if (signal === 'SIGKILL' && killedByUs) resolve({ ended: 'killed', lines });
+      else if (code === 0 && (lines.includes('done') || lines.includes('fed'))) resolve({ ended: 'done', lines });
+      else reject(new Error(`job ${JSON.stringify(env)} ended with ${code ?? signal}: ${err.slice(-4000)}`));
+    });
+  });
+}
+
+/** Feeds, kills and restarts until the job completes, then checks the sinks. */
+export async function runCrash(options: CrashOptions = {}): Promise<CrashReport> {
+  const n = options.events ?? 200_000;
+  const seed = options.seed ?? 1;
+  const kills = options.kills ?? 5;
+  const maxDelay = options.maxKillDelayMs ?? Math.max(200, Math.floor(4_000 / Math.max(1, kills)));
+  const log = options.log ?? (() => undefined);
+  const random = seededRandom(seed ^ 0x5eed);
+  const started = Date.now();
+  const dir = mkdtempSync(join(tmpdir(), 'sluice-crash-'));
+  let schema: TestSchema | undefined;
+  try {
+    schema = await createTestSchema();
+    const base = { CRASH_DIR: dir, CRASH_SCHEMA: schema.name, CRASH_SEED: String(seed), CRASH_EVENTS: String(n) };
+    await runJob({ ...base, CRASH_MODE: 'feed' }, undefined, 120_000);
+    log(`fed ${n} events (seed ${seed})`);
+
+    // The plan: every fault point once and the random kills, in a seeded order. The window path
+    // gets through its input in a few seconds and the per-event path (a row and a line per event)
+    // takes longer, so the window fault points come first, while windows still fire.
+    type Step = { kind: 'random' | 'fault'; fault?: string; at?: number; delay?: number };
+    const faultStep = (f: (typeof FAULTS)[number]): Step => ({
+      kind: 'fault',
+      fault: f.name,
+      at: 1 + Math.floor(random() * f.upTo),
+    });
+    const shuffle = (steps: Step[]): Step[] => {
+      for (let i = steps.length - 1; i > 0; i--) {
+        const j = Math.floor(random() * (i + 1));
+        [steps[i], steps[j]] = [steps[j] as Step, steps[i] as Step];
+      }
+      return steps;
+    };
+    const plan = [
+      ...shuffle(FAULTS.filter((f) => f.window).map(faultStep)),
+      ...shuffle([
+        ...FAULTS.filter((f) => !f.window).map(faultStep),
+        ...Array.from({ length: kills }, (): Step => ({ kind: 'random', delay: 50 + Math.floor(random() * maxDelay) })),
+      ]),
+    ];
+
+    const runs: CrashRun[] = [];
+    let done = false;
+    for (const step of plan) {
+      const t0 = Date.now();
+      const env: Record<string, string> = { ...base, CRASH_MODE: 'run' };
+      if (step.fault !== undefined) {
+        env.CRASH_FAULT = step.fault;
+        env.CRASH_FAULT_AT = String(step.at);
+      }
+      const child = await runJob(env, step.delay, 180_000);
+      const run: CrashRun = { kind: step.kind, ended: child.ended, ms: Date.now() - t0 };
+      if (step.fault !== undefined) Object.assign(run, { fault: step.fault, at: step.at });
+      runs.push(run);
+      log(
+        `${step.kind} ${step.fault ?? `after ${step.delay} ms`}${step.at === undefined ? '' : ` #${step.at}`}: ${child.ended} (${run.ms} ms)`,
+      );
+      if (child.ended === 'done') {
+        done = true;
+        break;
+      }
+    }
+    if (!done) {
+      const t0 = Date.now();
+      const child = await runJob({ ...base, CRASH_MODE: 'run' }, undefined, 300_000);
+      runs.push({ kind: 'final', ended: child.ended, ms: Date.now() - t0 });
+      log(`final: ${child.ended} (${Date.now() - t0} ms)`);
+    }
+
+    const problems = await check(schema, dir, seed, n);
+    return {
+      seed,
+      events: n,
+      runs,
+      kills: runs.filter((r) => r.kind === 'random' && r.ended === 'killed').length,
+      faults: runs.filter((r) => r.ended === 'fault').map((r) => r.fault as string),
+      problems,
+      ms: Date.now() - started,
+    };
+  } finally {
+    await schema?.drop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Collects problems, at most a few of each kind, with the count of the rest. */
+class Problems {
+  readonly #byKind = new Map<string, string[]>();
+  add(kind: string, detail: string): void {
+    let list = this.#byKind.get(kind);
+    if (list === undefined) {
+      list = [];
+      this.#byKind.set(kind, list);
+    }
+    list.push(detail);
+  }
+  list(): string[] {
+    return [...this.#byKind].map(
+      ([kind, details]) =>
+        `${kind}: ${details.length} (${details.slice(0, 5).join('; ')}${details.length > 5 ? '; ...' : ''})`,
+    );
+  }
+}
+
+function sameTotals(got: unknown, want: WindowTotals): boolean {
+  const g = got as Partial<WindowTotals> | null;
+  return (
+    g !== null &&
+    typeof g === 'object' &&
+    g.key === want.key &&
+    g.start === want.start &&
+    g.end === want.end &&
+    g.count === want.count &&
+    g.sum === want.sum
+  );
+}
+
+/** Compares the sinks with what the input gives. */
+async function check(schema: TestSchema, dir: string, seed: number, n: number): Promise<string[]> {
+  const problems = new Problems();
+  const windows = expectedWindows(seed, n);
+  const inputs: CrashEvent[] = [...events(seed, n)];
+  const eventKey = (id: number) => `EVENTS/${id + 1}/transform/0`;
+  const eventIds = new Map<string, number>(inputs.map((e) => [eventKey(e.id), e.id]));
+  const sameEvent = (got: unknown, id: number) => {
+    const want = transform(inputs[id] as CrashEvent);
+    const g = got as Partial<typeof want> | null;
+    return g !== null && typeof g === 'object' && g.id === want.id && g.key === want.key && g.doubled === want.doubled;
+  };
+
+  // PostgreSQL: one row per key (the primary key makes a second impossible, so count and match
+  // every key), each with the expected values.
+  const agg = await schema.pool.query<{ key: string; value: unknown }>(`SELECT key, value FROM ${schema.table('agg')}`);
+  const seenWindows = new Set<string>();
+  for (const row of agg.rows) {
+    const want = windows.get(row.key);
+    if (want === undefined) problems.add('pg agg: unexpected key', row.key);
+    else if (!sameTotals(row.value, want))
+      problems.add('pg agg: wrong totals', `${row.key} ${JSON.stringify(row.value)} != ${JSON.stringify(want)}`);
+    seenWindows.add(row.key);
+  }
+  for (const key of windows.keys()) if (!seenWindows.has(key)) problems.add('pg agg: missing', key);
+  const rows = await schema.pool.query<{ key: string; value: unknown }>(
+    `SELECT key, value FROM ${schema.table('events')}`,
+  );
+  const seenEvents = new Set<string>();
+  for (const row of rows.rows) {
+    const id = eventIds.get(row.key);
+    if (id === undefined) problems.add('pg events: unexpected key', row.key);
+    else if (!sameEvent(row.value, id))
+      problems.add('pg events: wrong value', `${row.key} ${JSON.stringify(row.value)}`);
+    seenEvents.add(row.key);
+  }
+  for (const key of eventIds.keys()) if (!seenEvents.has(key)) problems.add('pg events: missing', key);
+
+  // Files: no torn line, and each key on exactly one line (tumbling results have revision 0 only,
+  // events none: a replay writes no second line), with the expected value.
+  const file = (
+    name: string,
+    expected: (key: string, value: unknown) => string | undefined,
+    keys: Iterable<string>,
+  ) => {
+    const text = readFileSync(join(dir, name), 'utf8');
+    if (text.length > 0 && !text.endsWith('\n')) problems.add(`${name}: torn last line`, text.slice(-80));
+    const seen = new Map<string, number>();
+    for (const [i, line] of text.split('\n').entries()) {
+      if (line.length === 0) continue;
+      let record: { key: string; value: unknown };
+      try {
+        record = JSON.parse(line) as { key: string; value: unknown };
+      } catch {
+        problems.add(`${name}: damaged line`, `line ${i + 1}: ${line.slice(0, 80)}`);
+        continue;
+      }
+      seen.set(record.key, (seen.get(record.key) ?? 0) + 1);
+      const wrong = expected(record.key, record.value);
+      if (wrong !== undefined) problems.add(`${name}: ${wrong}`, `${record.key} ${JSON.stringify(record.value)}`);
+    }
+    for (const [key, count] of seen) if (count > 1) problems.add(`${name}: key twice`, `${key} x${count}`);
+    for (const key of keys) if (!seen.has(key)) problems.add(`${name}: missing`, key);
+  };
+  file(
+    'agg.jsonl',
+    (key, value) => {
+      const want = windows.get(key);
+      if (want === undefined) return 'unexpected key';
+      return sameTotals(value, want) ? undefined : 'wrong totals';
+    },
+    windows.keys(),
+  );
+  file(
+    'events.jsonl',
+    (key, value) => {
+      const id = eventIds.get(key);
+      if (id === undefined) return 'unexpected key';
+      return sameEvent(value, id) ? undefined : 'wrong value';
+    },
+    eventIds.keys(),
+  );
+  return problems.list();
+}
