@@ -6,6 +6,7 @@ import type { Envelope } from './envelope.ts';
 import { HandlerLane } from './handlerLane.ts';
 import type { Input } from './input.ts';
 import { PipelineLane } from './pipelineLane.ts';
+import type { KeyedState } from './state/keyedState.ts';
 
 /**
  * @internal One lane of an actor: a pipeline, or a handler taking inputs one at a time (or up to
@@ -69,12 +70,13 @@ export function createLanes(
   actor: Actor,
   client: BusClient,
   deps: { readonly clock: Clock; readonly log: Logger },
+  state: KeyedState,
 ): Lane[] {
   const def = actor.definition;
   const partitioned = def.partitionBy !== undefined;
   const lanes: Lane[] = [];
   for (let i = 0; i < actor.lanes; i++) {
-    const ctx = laneContext(actor.name, i, actor.lanes, client, deps.clock, deps.log);
+    const ctx = laneContext(actor.name, i, actor.lanes, client, deps.clock, deps.log, state);
     if (def.pipeline !== undefined) {
       const pipeline = def.pipeline as PipelineActor<unknown, unknown>['pipeline'];
       lanes.push(new PipelineLane(host, i, ctx, pipeline, actor.output));

@@ -163,6 +163,8 @@ export class ConsumerImpl<T = unknown> {
   #closed = false;
   #writing: Promise<void> | undefined;
   #dirty = false;
+  /** Its position is stored by checkpoints only (see {@link ConsumerImpl.ownByCheckpoint}). */
+  #checkpointed = false;
   readonly #counts = { acked: 0, terminated: 0, deadLettered: 0, redelivered: 0 };
   readonly #unregisterLag: () => void;
 
@@ -287,6 +289,20 @@ export class ConsumerImpl<T = unknown> {
   writePosition(batch: StoreBatch): void {
     batch.put(POSITIONS_NAMESPACE, this.#key, this.positionRecord());
     this.#dirty = false;
+  }
+
+  /**
+   * @internal An actor with a checkpoint reads this consumer: from now on its position is stored
+   * only in the actor's checkpoints, with the state that reflects it. A position stored on its own
+   * could run ahead of the state, and a restart would skip inputs whose effects were never stored.
+   */
+  ownByCheckpoint(): void {
+    this.#checkpointed = true;
+  }
+
+  /** @internal Whether the position moved since it was last stored. */
+  get positionDirty(): boolean {
+    return this.#dirty;
   }
 
   /** @internal An actor subscribes: messages are pushed to the delivery subject while one is attached. */
@@ -612,7 +628,7 @@ export class ConsumerImpl<T = unknown> {
   }
 
   #persist(): void {
-    if (this.#writing !== undefined) {
+    if (this.#writing !== undefined || this.#checkpointed) {
       this.#dirty = true;
       return;
     }
@@ -642,7 +658,7 @@ export class ConsumerImpl<T = unknown> {
       waiter.reject(new StreamError(this.stream, `consumer '${this.name}' closed while next() waited`));
     }
     while (this.#writing !== undefined) await this.#writing;
-    if (this.#dirty) {
+    if (this.#dirty && !this.#checkpointed) {
       this.#dirty = false;
       await this.#deps.store.putKey(POSITIONS_NAMESPACE, this.#key, this.positionRecord()).catch((error: unknown) => {
         this.#deps.log.error(`consumer '${this.#key}' could not store its position: ${messageOf(error)}`);

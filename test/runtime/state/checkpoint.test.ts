@@ -1,0 +1,265 @@
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import {
+  actor,
+  createRuntime,
+  durable,
+  LmdbStore,
+  MemoryStore,
+  OptionsError,
+  StateError,
+  type Store,
+  stateNamespace,
+  VirtualClock,
+} from 'sluice';
+import { describe, expect, test } from 'vitest';
+import { POSITIONS_NAMESPACE } from '../../../runtime/streams/index.ts';
+import { quietLogger, testRuntime, thrown } from '../helpers.ts';
+import { tempDir } from '../store/harness.ts';
+import { eventually } from '../streams/wait.ts';
+
+interface Order {
+  readonly key: string;
+  readonly n: number;
+}
+
+/** A keyed running count in ctx.state; each input's new count goes to the TOTALS stream. */
+function counter(everyInputs: number | undefined, intervalMs?: number) {
+  return actor<Order, { key: string; count: number; n: number }>({
+    name: 'counter',
+    subscribe: durable<Order>('ORDERS', { consumer: 'counter' }),
+    output: 'totals.all',
+    checkpoint: { everyInputs, intervalMs },
+    handle: (env, ctx) => {
+      const count = (ctx.state.get<number>(env.data.key) ?? 0) + 1;
+      ctx.state.put(env.data.key, count);
+      return { key: env.data.key, count, n: env.data.n };
+    },
+  });
+}
+
+function define(rt: ReturnType<typeof createRuntime>): void {
+  rt.stream({ name: 'ORDERS', subjects: ['orders.>'] });
+  rt.stream({ name: 'TOTALS', subjects: ['totals.>'] });
+}
+
+function outputs(store: Store): { key: string; count: number; n: number }[] {
+  return store.read('TOTALS', 1).map((e) => (e.value as { d: { key: string; count: number; n: number } }).d);
+}
+
+describe('ctx.state and checkpoints', () => {
+  test('ctx.state - reads see the actor’s own writes at once; the store gets them only with the checkpoint', async () => {
+    const store = new MemoryStore();
+    const { rt, clock } = testRuntime({ store });
+    define(rt);
+    const seen: (number | undefined)[] = [];
+    rt.spawn(
+      actor<Order, never>({
+        name: 'counter',
+        subscribe: durable<Order>('ORDERS', { consumer: 'counter' }),
+        checkpoint: { intervalMs: 1000 },
+        handle: (env, ctx) => {
+          seen.push(ctx.state.get<number>('a'));
+          ctx.state.put('a', (ctx.state.get<number>('a') ?? 0) + env.data.n);
+          if (env.data.n === 3) ctx.state.delete('gone');
+          else ctx.state.put('gone', true);
+        },
+      }),
+    );
+    for (let n = 1; n <= 3; n++) await rt.bus.publish('orders.x', { key: 'a', n });
+    await eventually(() => expect(seen).toEqual([undefined, 1, 3]));
+    expect(store.getKey(stateNamespace('counter'), 'a')).toBeUndefined();
+    expect(rt.actor('counter')?.checkpoint).toMatchObject({ commits: 0, held: 3, pendingWrites: 2 });
+    await clock.advance(1000);
+    await eventually(() => expect(store.getKey(stateNamespace('counter'), 'a')).toBe(6));
+    expect(store.getKey(stateNamespace('counter'), 'gone')).toBeUndefined();
+    expect(rt.actor('counter')?.checkpoint).toMatchObject({ commits: 1, inputs: 3, held: 0, pendingWrites: 0 });
+  });
+
+  test('checkpoint - the consumer position is stored only with the checkpoint, never ahead of the state', async () => {
+    const store = new MemoryStore();
+    const { rt } = testRuntime({ store });
+    define(rt);
+    rt.spawn(counter(4));
+    for (let n = 1; n <= 6; n++) await rt.bus.publish('orders.x', { key: 'a', n });
+    // 4 inputs make a checkpoint; the 2 after it are handled but not reflected in the store.
+    await eventually(() => expect(outputs(store)).toHaveLength(4));
+    await eventually(() => expect(rt.actor('counter')?.checkpoint?.held).toBe(2));
+    expect(store.getKey(POSITIONS_NAMESPACE, 'ORDERS/counter')).toEqual({ floor: 5 });
+    expect(store.getKey(stateNamespace('counter'), 'a')).toBe(4);
+    // The consumer has them acknowledged only in memory after the next checkpoint.
+    expect(rt.stream('ORDERS').consumer('counter').position).toBe(5);
+  });
+
+  test('checkpoint - an input whose handler still runs is not reflected: the checkpoint waits for it', async () => {
+    const store = new MemoryStore();
+    const { rt, clock } = testRuntime({ store });
+    define(rt);
+    let release: () => void = () => {};
+    rt.spawn(
+      actor<Order, never>({
+        name: 'slow',
+        subscribe: durable<Order>('ORDERS', { consumer: 'slow' }),
+        checkpoint: { intervalMs: 100 },
+        concurrency: 2,
+        handle: async (env, ctx) => {
+          ctx.state.put(`k${env.data.n}`, env.data.n);
+          if (env.data.n === 2) await new Promise<void>((resolve) => (release = resolve));
+        },
+      }),
+    );
+    await rt.bus.publish('orders.x', { key: 'a', n: 1 });
+    await rt.bus.publish('orders.x', { key: 'a', n: 2 });
+    await eventually(() => expect(rt.actor('slow')?.inFlight).toBe(1));
+    await clock.advance(100);
+    await rt.bus.publish('orders.x', { key: 'a', n: 3 });
+    await clock.advance(0);
+    // Due, and not taken while input 2 runs: neither its write nor its position is stored.
+    expect(store.getKey(stateNamespace('slow'), 'k1')).toBeUndefined();
+    expect(rt.actor('slow')?.depth).toBe(1);
+    release();
+    await eventually(() => expect(store.getKey(stateNamespace('slow'), 'k2')).toBe(2));
+    expect(store.getKey(POSITIONS_NAMESPACE, 'ORDERS/slow')).toEqual({ floor: 3 });
+    expect(store.getKey(stateNamespace('slow'), 'k3')).toBeUndefined();
+  });
+
+  test('checkpoint - a graceful stop takes a last checkpoint with the positions', async () => {
+    const store = new MemoryStore();
+    const clock = new VirtualClock(0);
+    const rt = createRuntime({ store, clock, logger: quietLogger() });
+    define(rt);
+    rt.spawn(counter(100));
+    for (let n = 1; n <= 5; n++) await rt.bus.publish('orders.x', { key: 'a', n });
+    await eventually(() => expect(rt.actor('counter')?.checkpoint?.held).toBe(5));
+    const report = await rt.stop();
+    expect(report.drained).toBe(true);
+    expect(store.getKey(POSITIONS_NAMESPACE, 'ORDERS/counter')).toEqual({ floor: 6 });
+    expect(store.getKey(stateNamespace('counter'), 'a')).toBe(5);
+    expect(outputs(store).map((o) => o.count)).toEqual([1, 2, 3, 4, 5]);
+  });
+
+  test('checkpoint - options and misuse give clear errors', () => {
+    expect(thrown(() => actor({ name: 'x', subscribe: 'a', checkpoint: {}, handle: () => {} }))).toBeInstanceOf(
+      OptionsError,
+    );
+    expect(
+      thrown(() => actor({ name: 'x', subscribe: 'a', checkpoint: { intervalMs: 0 }, handle: () => {} })),
+    ).toBeInstanceOf(OptionsError);
+    const { rt } = testRuntime();
+    const e = thrown(() =>
+      rt.spawn(actor({ name: 'nostore', subscribe: 'a', checkpoint: { intervalMs: 10 }, handle: () => {} })),
+    );
+    expect(e).toBeInstanceOf(StateError);
+    expect((e as Error).message).toMatch(/nostore.*store/);
+  });
+
+  test('ctx.state - an actor without a checkpoint gets a StateError naming what is missing', async () => {
+    const { rt } = testRuntime();
+    const errors: unknown[] = [];
+    rt.spawn(
+      actor({
+        name: 'plain',
+        subscribe: 'in',
+        retry: { maxAttempts: 1 },
+        handle: (_env, ctx) => {
+          try {
+            ctx.state.get('a');
+          } catch (error) {
+            errors.push(error);
+          }
+        },
+      }),
+    );
+    await rt.bus.publish('in', 1);
+    await eventually(() => expect(errors).toHaveLength(1));
+    expect(errors[0]).toBeInstanceOf(StateError);
+    expect((errors[0] as Error).message).toMatch(/'plain'.*checkpoint/);
+  });
+});
+
+describe('checkpoints across SIGKILL (LMDB, child process)', () => {
+  const fixture = fileURLToPath(new URL('./fixtures/checkpointChild.ts', import.meta.url));
+  const cwd = fileURLToPath(new URL('../../..', import.meta.url));
+
+  /**
+   * Runs the fixture; with `killAt`, kills it with SIGKILL once it reports that many outputs
+   * stored. Resolves with how it ended and the last count it printed.
+   */
+  function run(args: string[], killAt?: number): Promise<{ code: number | null; signal: string | null; out: string }> {
+    return new Promise((resolve, reject) => {
+      // node itself, not the tsx wrapper: SIGKILL must reach the process that runs the job.
+      const child = spawn(process.execPath, ['--import', 'tsx', '--conditions=sluice-source', fixture, ...args], {
+        cwd,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let out = '';
+      let err = '';
+      const guard = setTimeout(() => child.kill('SIGKILL'), 60_000);
+      child.stdout.on('data', (chunk: Buffer) => {
+        out += chunk.toString();
+        if (killAt === undefined) return;
+        const last = /stored (\d+)\n(?![\s\S]*stored)/.exec(out);
+        if (last !== null && Number(last[1]) >= killAt) child.kill('SIGKILL');
+      });
+      child.stderr.on('data', (chunk: Buffer) => {
+        err += chunk.toString();
+      });
+      child.on('error', reject);
+      child.on('close', (code, signal) => {
+        clearTimeout(guard);
+        if (err !== '') reject(new Error(`child wrote to stderr: ${err}`));
+        else resolve({ code, signal, out });
+      });
+    });
+  }
+
+  test('crash - after SIGKILLs the job restores state, positions and outputs from its checkpoint: every output exactly once, windows as without a crash', async () => {
+    const path = join(tempDir(), 'store');
+    const total = 3000;
+    expect((await run(['publish', path, String(total)])).out).toContain('published');
+    const kills: number[] = [];
+    for (const killAt of [400, 1500]) {
+      const ended = await run(['run', path, String(total)], killAt);
+      expect(ended.signal).toBe('SIGKILL');
+      kills.push(killAt);
+    }
+    const last = await run(['run', path, String(total)]);
+    expect(last.code).toBe(0);
+    expect(last.out).toContain('done');
+    expect(kills).toHaveLength(2);
+
+    const store = new LmdbStore({ path });
+    const records = store.read('TOTALS', 1);
+    await store.close();
+    const events: { n: number; key: string; seen: number }[] = [];
+    const windows = new Map<string, number[]>();
+    for (const r of records) {
+      expect(r.error).toBeUndefined();
+      const m = r.value as { s: string; d: { n: number; key: string; seen: number; id: string; count: number } };
+      if (m.s === 'totals.event') events.push(m.d);
+      else windows.set(m.d.id, [...(windows.get(m.d.id) ?? []), m.d.count]);
+    }
+    // No de-duplication anywhere: each event's output is in the stream once, in input order.
+    expect(events.map((e) => e.n)).toEqual(Array.from({ length: total }, (_, i) => i + 1));
+    const seen = new Map<string, number>();
+    for (const e of events) {
+      seen.set(e.key, (seen.get(e.key) ?? 0) + 1);
+      expect(e.seen).toBe(seen.get(e.key));
+    }
+    // The windows, computed from the input alone: every window but each key's last closed.
+    const expected = new Map<string, number>();
+    const lastStart = new Map<string, number>();
+    for (let n = 1; n <= total; n++) {
+      const key = `k${n % 7}`;
+      const start = n * 10 - ((n * 10) % 1000);
+      const id = `tumbling/${key}/${start}-${start + 1000}`;
+      expected.set(id, (expected.get(id) ?? 0) + 1);
+      lastStart.set(key, start);
+    }
+    for (const [key, start] of lastStart) expected.delete(`tumbling/${key}/${start}-${start + 1000}`);
+    expect(new Map([...windows].map(([id, counts]) => [id, counts]))).toEqual(
+      new Map([...expected].map(([id, count]) => [id, [count]])),
+    );
+  }, 120_000);
+});
