@@ -30,7 +30,6 @@ import { OpenInputs } from './openInputs.ts';
 import { PermissionChecker } from './permissions.ts';
 import type { PipelineLane } from './pipelineLane.ts';
 import { Checkpoint, type CheckpointStats } from './state/checkpoint.ts';
-import { unavailableState } from './state/keyedState.ts';
 import type { Store } from './store/types.ts';
 import type { ConsumerImpl } from './streams/consumer.ts';
 import type { StreamImpl } from './streams/stream.ts';
@@ -203,7 +202,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     // Registered before a pipeline is built: a builder that throws may halt the actor at once.
     this.#unregisterGauge = deps.telemetry.registerGauge(this);
 
-    this.#lanes = createLanes(this, actor, this.#client, deps, this.#checkpoint?.state ?? unavailableState(actor.name));
+    this.#lanes = createLanes(this, actor, this.#client, deps, this.#checkpoint);
     for (const lane of this.#lanes) if (this.#state !== 'stopped') lane.start();
     // Halted while starting (a builder threw and no restart is allowed): it takes no input.
     if (this.#state === 'stopped') return;

@@ -6,7 +6,8 @@ import type { Envelope } from './envelope.ts';
 import { HandlerLane } from './handlerLane.ts';
 import type { Input } from './input.ts';
 import { PipelineLane } from './pipelineLane.ts';
-import type { KeyedState } from './state/keyedState.ts';
+import type { Checkpoint } from './state/checkpoint.ts';
+import { unavailableState } from './state/keyedState.ts';
 
 /**
  * @internal One lane of an actor: a pipeline, or a handler taking inputs one at a time (or up to
@@ -70,8 +71,9 @@ export function createLanes(
   actor: Actor,
   client: BusClient,
   deps: { readonly clock: Clock; readonly log: Logger },
-  state: KeyedState,
+  checkpoint: Checkpoint | undefined,
 ): Lane[] {
+  const state = checkpoint?.state ?? unavailableState(actor.name);
   const def = actor.definition;
   const partitioned = def.partitionBy !== undefined;
   const lanes: Lane[] = [];
@@ -79,7 +81,7 @@ export function createLanes(
     const ctx = laneContext(actor.name, i, actor.lanes, client, deps.clock, deps.log, state);
     if (def.pipeline !== undefined) {
       const pipeline = def.pipeline as PipelineActor<unknown, unknown>['pipeline'];
-      lanes.push(new PipelineLane(host, i, ctx, pipeline, actor.output));
+      lanes.push(new PipelineLane(host, i, ctx, pipeline, actor.output, checkpoint?.forLane(i)));
     } else {
       const handle = def.handle as HandlerActor<unknown, unknown>['handle'];
       lanes.push(new HandlerLane(host, i, ctx, handle, actor.output, actor.concurrency, partitioned));

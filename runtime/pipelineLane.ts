@@ -6,6 +6,7 @@ import { messageOf, OptionsError, SluiceError } from './errors.ts';
 import { type Input, inputOf } from './input.ts';
 import type { Lane, LaneHost } from './lane.ts';
 import type { Lineage } from './lineage.ts';
+import { type OperatorCheckpoint, withCheckpoint } from './state/operatorState.ts';
 import { injectTrace } from './telemetry.ts';
 
 type Pipeline = PipelineActor<unknown, unknown>['pipeline'];
@@ -35,7 +36,18 @@ export class PipelineLane implements Lane {
   /** The input the pipeline is handling synchronously: the culprit if it throws now. */
   #current: Input | undefined = undefined;
 
-  constructor(host: LaneHost, index: number, ctx: ActorContext, pipeline: Pipeline, output: string | undefined) {
+  /** The actor's checkpoint as its operators see it, if it has one. */
+  readonly #checkpoint: OperatorCheckpoint | undefined;
+
+  constructor(
+    host: LaneHost,
+    index: number,
+    ctx: ActorContext,
+    pipeline: Pipeline,
+    output: string | undefined,
+    checkpoint?: OperatorCheckpoint,
+  ) {
+    this.#checkpoint = checkpoint;
     this.#host = host;
     this.index = index;
     this.#ctx = ctx;
@@ -60,13 +72,26 @@ export class PipelineLane implements Lane {
     const generation = this.#generation;
     let output: Observable<Envelope>;
     try {
-      output = this.#pipeline(input.observable, this.#ctx);
+      output = withCheckpoint(this.#checkpoint, () => this.#pipeline(input.observable, this.#ctx));
     } catch (error) {
       this.#input = undefined;
       this.#host.pipelineFailed(this, error, generation);
       return;
     }
-    this.#subscription = output.subscribe({
+    this.#subscription = withCheckpoint(this.#checkpoint, () => this.#subscribe(output, generation));
+    const backlog = this.#backlog;
+    this.#backlog = [];
+    for (const waiting of backlog) {
+      if (this.#input !== input) {
+        this.#backlog.push(waiting);
+        continue;
+      }
+      this.#deliver(waiting);
+    }
+  }
+
+  #subscribe(output: Observable<Envelope>, generation: number): RxSubscription {
+    return output.subscribe({
       next: (out) => this.#emit(out),
       error: (error: unknown) => this.#host.pipelineFailed(this, error, generation),
       complete: () => {
@@ -83,15 +108,6 @@ export class PipelineLane implements Lane {
         }
       },
     });
-    const backlog = this.#backlog;
-    this.#backlog = [];
-    for (const waiting of backlog) {
-      if (this.#input !== input) {
-        this.#backlog.push(waiting);
-        continue;
-      }
-      this.#deliver(waiting);
-    }
   }
 
   dispatch(input: Input): void {

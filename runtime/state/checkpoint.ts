@@ -7,6 +7,7 @@ import type { Store } from '../store/types.ts';
 import type { ConsumerImpl } from '../streams/consumer.ts';
 import type { StoredMessage, StreamImpl } from '../streams/stream.ts';
 import { StoreState } from './keyedState.ts';
+import { type CheckpointPart, type OperatorCheckpoint, operatorNamespace } from './operatorState.ts';
 
 /**
  * When an actor's state is checkpointed: every `intervalMs` of the runtime clock, or after
@@ -86,6 +87,9 @@ export class Checkpoint {
   #committing: Promise<void> | undefined;
   #closed = false;
   #stats = { commits: 0, inputs: 0, commitMs: 0, failures: 0 };
+  readonly #parts = new Set<CheckpointPart>();
+  readonly #handoff = new Map<string, unknown>();
+  readonly #operatorNamespace: string;
 
   constructor(
     actor: string,
@@ -104,7 +108,20 @@ export class Checkpoint {
     this.#everyInputs = options.everyInputs ?? Number.POSITIVE_INFINITY;
     this.#intervalMs = options.intervalMs;
     this.state = new StoreState(deps.store, actor);
+    this.#operatorNamespace = operatorNamespace(actor);
     this.#schedule();
+  }
+
+  /** What the operators of one lane's pipeline see (see {@link withCheckpoint}). */
+  forLane(lane: number): OperatorCheckpoint {
+    return {
+      actor: this.#actor,
+      lane,
+      store: this.#store,
+      namespace: this.#operatorNamespace,
+      register: (part) => void this.#parts.add(part),
+      handoff: this.#handoff,
+    };
   }
 
   /** A checkpoint is due: the actor takes no new input until it is taken. */
@@ -185,6 +202,7 @@ export class Checkpoint {
 
   #dirty(): boolean {
     if (this.#deferred.length > 0 || this.state.dirty || this.#outputs.size > 0) return true;
+    for (const p of this.#parts) if (p.dirty) return true;
     for (const c of this.#consumers) if (c.positionDirty) return true;
     return false;
   }
@@ -213,6 +231,10 @@ export class Checkpoint {
           (key, value) => b.put(ns, key, value),
           (key) => b.delete(ns, key),
         );
+        for (const part of this.#parts) {
+          part.write(b, this.#operatorNamespace);
+          if (part.retired) this.#parts.delete(part);
+        }
         for (const [stream, records] of outputs) after.push(stream.appendIn(b, records));
         for (const c of this.#consumers) c.writePosition(b);
       })
