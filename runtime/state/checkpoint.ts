@@ -105,7 +105,11 @@ export class Checkpoint {
     this.#host = host;
     this.#consumers = consumers;
     for (const c of consumers) c.ownByCheckpoint();
-    this.#everyInputs = options.everyInputs ?? Number.POSITIVE_INFINITY;
+    // Held inputs stay unsettled in their consumers, which deliver at most maxAckPending of them:
+    // a checkpoint waiting for more inputs than that would wait forever.
+    let limit = options.everyInputs ?? Number.POSITIVE_INFINITY;
+    for (const c of consumers) limit = Math.min(limit, c.maxAckPending);
+    this.#everyInputs = limit;
     this.#intervalMs = options.intervalMs;
     this.state = new StoreState(deps.store, actor);
     this.#operatorNamespace = operatorNamespace(actor);

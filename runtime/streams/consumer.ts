@@ -300,6 +300,11 @@ export class ConsumerImpl<T = unknown> {
     this.#checkpointed = true;
   }
 
+  /** @internal Messages it delivers unsettled at most: a checkpoint must not hold more than that. */
+  get maxAckPending(): number {
+    return this.#maxAckPending;
+  }
+
   /** @internal Whether the position moved since it was last stored. */
   get positionDirty(): boolean {
     return this.#dirty;

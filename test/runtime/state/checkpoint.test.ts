@@ -1,6 +1,7 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { map } from 'rxjs';
 import {
   actor,
   createRuntime,
@@ -13,6 +14,7 @@ import {
   stateNamespace,
   VirtualClock,
 } from 'sluice';
+import { agg, eventTime, keyBy, tumbling, watermarks } from 'sluice/operators';
 import { describe, expect, test } from 'vitest';
 import { POSITIONS_NAMESPACE } from '../../../runtime/streams/index.ts';
 import { quietLogger, testRuntime, thrown } from '../helpers.ts';
@@ -302,4 +304,152 @@ describe('checkpoints across SIGKILL (LMDB, child process)', () => {
     }
     expect(got).toEqual(expected);
   }, 120_000);
+});
+
+describe('checkpointed windows', () => {
+  interface Click {
+    readonly page: string;
+    readonly ts: number;
+  }
+
+  function clicks(op: ReturnType<typeof tumbling<Click, number, number>>, checkpoint: boolean) {
+    return actor<Click, unknown>({
+      name: 'views',
+      subscribe: durable<Click>('CLICKS', { consumer: 'views' }),
+      output: 'totals.views',
+      ...(checkpoint ? { checkpoint: { everyInputs: 500 } } : {}),
+      pipeline: (input$) =>
+        input$.pipe(
+          eventTime((c) => c.ts),
+          keyBy((c) => c.page),
+          watermarks({ maxOutOfOrdernessMs: 0 }),
+          op,
+        ),
+    });
+  }
+
+  async function publishClicks(rt: ReturnType<typeof createRuntime>, from: number, to: number, keys: number) {
+    for (let n = from; n <= to; n += 1000) {
+      const sends: Promise<void>[] = [];
+      for (let i = n; i < Math.min(n + 1000, to + 1); i++) {
+        sends.push(rt.bus.publish('clicks.x', { page: `p${i % keys}`, ts: i * 5 }));
+      }
+      await Promise.all(sends);
+    }
+  }
+
+  test('memory - a 10-minute tumbling count over 60,000 events and 2,000 keys with a checkpoint holds state per key, not per event', async () => {
+    const store = new MemoryStore();
+    const { rt } = testRuntime({ store });
+    rt.stream({ name: 'CLICKS', subjects: ['clicks.>'] });
+    rt.stream({ name: 'TOTALS', subjects: ['totals.>'] });
+    const op = tumbling<Click, number, number>({ name: 'views', sizeMs: 600_000, aggregate: agg.count() });
+    const ref = rt.spawn(clicks(op, true));
+    const keys = 2000;
+    const events = 60_000; // ts up to 300 s: all in the first window
+    let maxHeld = 0;
+    let maxAbsorbed = 0;
+    const sample = setInterval(() => {
+      maxHeld = Math.max(maxHeld, ref.checkpoint?.held ?? 0);
+      maxAbsorbed = Math.max(maxAbsorbed, ref.absorbed, op.stats().absorbed);
+    }, 1);
+    await publishClicks(rt, 1, events, keys);
+    await eventually(() => expect(rt.stream('CLICKS').consumer('views').info().acked).toBe(events), 20_000);
+    clearInterval(sample);
+    // The window holds its accumulators, and the inputs were acknowledged at each checkpoint.
+    expect(op.stats()).toMatchObject({ keys, openWindows: keys, absorbed: 0 });
+    expect(maxAbsorbed).toBe(0);
+    expect(maxHeld).toBeLessThanOrEqual(500);
+    const windows = () => store.scan('sluice.windows/views', 'views/0/').filter((e) => !e.key.endsWith('$watermark'));
+    // The consumer counts an input acknowledged once its checkpoint's batch is built; the commit follows.
+    await eventually(() => expect(windows().reduce((sum, e) => sum + (e.value as { c: number }).c, 0)).toBe(events));
+    expect(windows()).toHaveLength(keys); // keys × open windows
+    expect(ref.checkpoint?.commits).toBeGreaterThan(events / 1000);
+  }, 60_000);
+
+  test('memory - without a checkpoint the same window keeps every input it took (here up to maxAckPending, then the consumer waits)', async () => {
+    const { rt } = testRuntime({ store: new MemoryStore() });
+    rt.stream({ name: 'CLICKS', subjects: ['clicks.>'] });
+    rt.stream({ name: 'TOTALS', subjects: ['totals.>'] });
+    const op = tumbling<Click, number, number>({ name: 'views', sizeMs: 600_000, aggregate: agg.count() });
+    const ref = rt.spawn(clicks(op, false));
+    await publishClicks(rt, 1, 3000, 2000);
+    await eventually(() => expect(ref.absorbed).toBe(1000));
+    expect(op.stats().absorbed).toBe(1000);
+    expect(rt.stream('CLICKS').consumer('views').info().acked).toBe(0);
+  });
+
+  test('windows - a stop keeps checkpointed windows open; the next runtime goes on from them', async () => {
+    const store = new MemoryStore();
+    const first = createRuntime({ store, clock: new VirtualClock(0), logger: quietLogger() });
+    first.stream({ name: 'CLICKS', subjects: ['clicks.>'] });
+    first.stream({ name: 'TOTALS', subjects: ['totals.>'] });
+    const op = () => tumbling<Click, number, number>({ name: 'views', sizeMs: 1000, aggregate: agg.count() });
+    first.spawn(clicks(op(), true));
+    // 0..999 ms: page p0 gets 3 clicks, p1 gets 2; then stop with the window open.
+    for (const [page, ts] of [
+      ['p0', 100],
+      ['p1', 200],
+      ['p0', 300],
+      ['p0', 400],
+      ['p1', 500],
+    ] as const) {
+      await first.bus.publish('clicks.x', { page, ts });
+    }
+    await first.stop();
+    expect(store.bounds('TOTALS').last).toBe(0);
+    const second = createRuntime({ store, clock: new VirtualClock(0), logger: quietLogger() });
+    second.stream({ name: 'CLICKS', subjects: ['clicks.>'] });
+    second.stream({ name: 'TOTALS', subjects: ['totals.>'] });
+    second.spawn(clicks(op(), true));
+    await second.bus.publish('clicks.x', { page: 'p0', ts: 600 });
+    await second.bus.publish('clicks.x', { page: 'p0', ts: 1500 }); // the watermark passes 999
+    await second.bus.publish('clicks.x', { page: 'p1', ts: 1600 });
+    await eventually(() => expect(second.actor('views')?.checkpoint?.held).toBe(3));
+    // Staged in the checkpoint, not yet in the stream: the stop's last checkpoint appends them.
+    expect(store.bounds('TOTALS').last).toBe(0);
+    await second.stop();
+    const results = store.read('TOTALS', 1).map((e) => (e.value as { d: { key: string; value: number } }).d);
+    expect(results.map((r) => [r.key, r.value])).toEqual([
+      ['p0', 4],
+      ['p1', 2],
+    ]);
+  });
+
+  test('windows - a pipeline that fails goes on from the window state of the failed one, not from the last checkpoint', async () => {
+    const store = new MemoryStore();
+    const { rt } = testRuntime({ store });
+    rt.stream({ name: 'CLICKS', subjects: ['clicks.>'] });
+    rt.stream({ name: 'TOTALS', subjects: ['totals.>'] });
+    rt.spawn(
+      actor<Click, unknown>({
+        name: 'views',
+        subscribe: durable<Click>('CLICKS', { consumer: 'views' }),
+        output: 'totals.views',
+        checkpoint: { everyInputs: 1000 },
+        retry: { maxAttempts: 1 },
+        pipeline: (input$) =>
+          input$.pipe(
+            map((env) => {
+              if (env.data.page === 'boom') throw new Error('boom');
+              return env;
+            }),
+            eventTime((c) => c.ts),
+            keyBy((c) => c.page),
+            watermarks({ maxOutOfOrdernessMs: 0 }),
+            tumbling<Click, number, number>({ name: 'views', sizeMs: 1000, aggregate: agg.count() }),
+          ),
+      }),
+    );
+    await rt.bus.publish('clicks.x', { page: 'p0', ts: 100 });
+    await rt.bus.publish('clicks.x', { page: 'p0', ts: 200 });
+    await rt.bus.publish('clicks.x', { page: 'boom', ts: 250 });
+    await rt.bus.publish('clicks.x', { page: 'p0', ts: 300 });
+    await rt.bus.publish('clicks.x', { page: 'p0', ts: 1200 });
+    await eventually(() => expect(rt.actor('views')?.checkpoint?.held).toBe(4));
+    expect(rt.actor('views')?.counters.deadLettered).toBe(1);
+    await rt.stop();
+    const results = store.read('TOTALS', 1).map((e) => (e.value as { d: { key: string; value: number } }).d);
+    expect(results.map((r) => [r.key, r.value])).toEqual([['p0', 3]]);
+  });
 });
