@@ -14,7 +14,7 @@ import {
   stateNamespace,
   VirtualClock,
 } from 'sluice';
-import { agg, eventTime, keyBy, tumbling, watermarks } from 'sluice/operators';
+import { agg, eventTime, keyBy, session, sliding, tumbling, watermarks } from 'sluice/operators';
 import { describe, expect, test } from 'vitest';
 import { POSITIONS_NAMESPACE } from '../../../runtime/streams/index.ts';
 import { quietLogger, testRuntime, thrown } from '../helpers.ts';
@@ -452,4 +452,57 @@ describe('checkpointed windows', () => {
     const results = store.read('TOTALS', 1).map((e) => (e.value as { d: { key: string; value: number } }).d);
     expect(results.map((r) => [r.key, r.value])).toEqual([['p0', 3]]);
   });
+
+  test.each([
+    ['session', () => session<Click, number, number>({ name: 'w', gapMs: 300, aggregate: agg.count() })],
+    [
+      'sliding',
+      () => sliding<Click, number, number>({ name: 'w', sizeMs: 1000, slideMs: 500, aggregate: agg.count() }),
+    ],
+  ] as const)(
+    'windows - %s windows restore from the checkpoint and give the results of a run without the restart',
+    async (_kind, make) => {
+      const clicksAt = [100, 250, 400, 900, 1300, 1450, 2600, 2700, 4000];
+      async function runWith(stopAfter: number | undefined): Promise<[unknown, number, number][]> {
+        const store = new MemoryStore();
+        const start = (from: number, to: number) => {
+          const rt = createRuntime({ store, clock: new VirtualClock(0), logger: quietLogger() });
+          rt.stream({ name: 'CLICKS', subjects: ['clicks.>'] });
+          rt.stream({ name: 'TOTALS', subjects: ['totals.>'] });
+          const ref = rt.spawn(
+            actor<Click, unknown>({
+              name: 'views',
+              subscribe: durable<Click>('CLICKS', { consumer: 'views' }),
+              output: 'totals.views',
+              checkpoint: { everyInputs: 2 },
+              pipeline: (input$) =>
+                input$.pipe(
+                  eventTime((c) => c.ts),
+                  keyBy((c) => c.page),
+                  watermarks({ maxOutOfOrdernessMs: 0 }),
+                  make(),
+                ),
+            }),
+          );
+          return (async () => {
+            for (const ts of clicksAt.slice(from, to)) await rt.bus.publish('clicks.x', { page: 'p', ts });
+            await eventually(() => expect(ref.counters.delivered).toBe(to - from));
+            await rt.stop();
+          })();
+        };
+        if (stopAfter === undefined) await start(0, clicksAt.length);
+        else {
+          await start(0, stopAfter);
+          await start(stopAfter, clicksAt.length);
+        }
+        return store
+          .read('TOTALS', 1)
+          .map((e) => (e.value as { d: { start: number; end: number; value: number } }).d)
+          .map((d) => [d.value, d.start, d.end]);
+      }
+      const whole = await runWith(undefined);
+      expect(whole.length).toBeGreaterThan(1);
+      for (const at of [2, 5, 7]) expect(await runWith(at)).toEqual(whole);
+    },
+  );
 });
