@@ -141,6 +141,25 @@ describe('ctx.state and checkpoints', () => {
     expect(outputs(store).map((o) => o.count)).toEqual([1, 2, 3, 4, 5]);
   });
 
+  test('checkpoint - held inputs never exceed what the consumer delivers unsettled: everyInputs above maxAckPending does not stall', async () => {
+    const store = new MemoryStore();
+    const { rt } = testRuntime({ store });
+    define(rt);
+    let handled = 0;
+    rt.spawn(
+      actor<Order, never>({
+        name: 'counter',
+        subscribe: durable<Order>('ORDERS', { consumer: 'counter', maxAckPending: 10 }),
+        checkpoint: { everyInputs: 100 },
+        handle: () => void handled++,
+      }),
+    );
+    for (let n = 1; n <= 35; n++) await rt.bus.publish('orders.x', { key: 'a', n });
+    await eventually(() => expect(handled).toBe(35));
+    await eventually(() => expect(store.getKey(POSITIONS_NAMESPACE, 'ORDERS/counter')).toEqual({ floor: 31 }));
+    expect(rt.actor('counter')?.checkpoint?.held).toBe(5);
+  });
+
   test('checkpoint - options and misuse give clear errors', () => {
     expect(thrown(() => actor({ name: 'x', subscribe: 'a', checkpoint: {}, handle: () => {} }))).toBeInstanceOf(
       OptionsError,
