@@ -251,10 +251,16 @@ export class Checkpoint {
           for (const run of after) run();
         },
         (error: unknown) => {
-          // The store refuses writes after a failed commit: nothing later can be stored either.
+          // Failed to commit (the store then refuses writes) or to build (a value it cannot encode):
+          // either way no later checkpoint could reflect this one's inputs, so none is taken. The
+          // actor's durable inputs are no longer acknowledged, and a restart replays them from the
+          // last checkpoint that committed.
           this.#stats.failures++;
           state.committed();
-          this.#log.error(`actor '${this.#actor}': checkpoint failed: ${messageOf(error)}`);
+          this.close();
+          this.#log.error(
+            `actor '${this.#actor}': checkpoint failed, no more are taken (restart to go on from the last one): ${messageOf(error)}`,
+          );
         },
       )
       .finally(() => {

@@ -17,7 +17,7 @@ import {
 import { agg, eventTime, keyBy, session, sliding, tumbling, watermarks } from 'sluice/operators';
 import { describe, expect, test } from 'vitest';
 import { POSITIONS_NAMESPACE } from '../../../runtime/streams/index.ts';
-import { quietLogger, testRuntime, thrown } from '../helpers.ts';
+import { flush, quietLogger, testRuntime, thrown } from '../helpers.ts';
 import { tempDir } from '../store/harness.ts';
 import { eventually } from '../streams/wait.ts';
 
@@ -524,4 +524,38 @@ describe('checkpointed windows', () => {
       for (const at of [2, 5, 7]) expect(await runWith(at)).toEqual(whole);
     },
   );
+});
+
+describe('checkpoint failures', () => {
+  test('checkpoint - a checkpoint that fails ends the checkpoints: nothing after it is stored or acknowledged ahead of the state', async () => {
+    const store = new MemoryStore();
+    const { rt, log } = testRuntime({ store });
+    define(rt);
+    rt.spawn(
+      actor<Order, unknown>({
+        name: 'w',
+        subscribe: durable<Order>('ORDERS', { consumer: 'w' }),
+        checkpoint: { everyInputs: 2 },
+        pipeline: (input$) =>
+          input$.pipe(
+            eventTime(() => 0),
+            keyBy((o) => o.key),
+            // An accumulator msgpack cannot store: the checkpoint's batch fails to build.
+            tumbling({
+              name: 't',
+              sizeMs: 1000,
+              aggregate: { init: () => ({ f: Symbol('x') }), add: (a) => a, result: () => 0 },
+            }),
+          ),
+      }),
+    );
+    for (let n = 1; n <= 6; n++) await rt.bus.publish('orders.x', { key: 'a', n });
+    await eventually(() => expect(rt.actor('w')?.checkpoint?.failures).toBe(1));
+    await eventually(() => expect(rt.actor('w')?.counters.delivered).toBe(6));
+    await flush(5);
+    // One failure, then no more attempts (each would fail alike, or store positions ahead).
+    expect(rt.actor('w')?.checkpoint).toMatchObject({ commits: 0, failures: 1 });
+    expect(store.getKey(POSITIONS_NAMESPACE, 'ORDERS/w')).toEqual({ floor: 1 });
+    expect(log.lines.some((l) => /checkpoint failed/.test(l))).toBe(true);
+  });
 });
