@@ -16,6 +16,8 @@ import { OptionsError } from './errors.ts';
 import { type MailboxOptions, resolveMailboxOptions } from './mailbox.ts';
 import { intOption, knownKeys, oneOf, optionKeys } from './options.ts';
 import type { Permissions } from './permissions.ts';
+import { type CheckpointOptions, resolveCheckpoint } from './state/checkpoint.ts';
+import type { KeyedState } from './state/keyedState.ts';
 import type { DurableRef } from './streams/types.ts';
 import { subjectMatches, validateSubject } from './subjects.ts';
 import { type RestartOptions, type RetryOptions, resolveRestart, resolveRetry } from './supervisor.ts';
@@ -48,6 +50,12 @@ export interface ActorContext {
   /** The bus as this actor sees it, checked against the actor's permissions. */
   readonly bus: BusClient;
   readonly log: Logger;
+  /**
+   * Keyed state in the runtime's store, committed at the actor's checkpoints with the source
+   * positions it reflects (docs/checkpoints.md). Only for an actor with a `checkpoint`; others get a
+   * `StateError` on use.
+   */
+  readonly state: KeyedState;
   publish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): Promise<void>;
   request<Req, Res = unknown>(subject: SubjectRef<Req>, data: Req, options?: RequestOptions): Promise<Envelope<Res>>;
 }
@@ -99,6 +107,13 @@ interface ActorBase<In> {
    */
   deadLetter?: string;
   permissions?: Permissions;
+  /**
+   * Checkpoints its state (`ctx.state`), the positions of its durable subscriptions and its outputs
+   * to streams in one store transaction, every `intervalMs` or `everyInputs` (docs/checkpoints.md).
+   * Inputs are acknowledged upstream when the checkpoint that reflects them commits. Needs a
+   * runtime with a `store`.
+   */
+  checkpoint?: CheckpointOptions;
 }
 
 /** An actor whose inputs flow through an RxJS pipeline: for windows, joins, stateful streams. */
@@ -152,6 +167,10 @@ export interface Actor<In = unknown, Out = unknown> {
   readonly maxInFlight: number;
   /** Handler runs at once per lane (1 for a pipeline, which takes its inputs as a stream). */
   readonly concurrency: number;
+  /** When its state is checkpointed, if it is. */
+  readonly checkpoint:
+    | { readonly intervalMs: number | undefined; readonly everyInputs: number | undefined }
+    | undefined;
 }
 
 const actorKeys = optionKeys<keyof PipelineActor<unknown, unknown> | keyof HandlerActor<unknown, unknown>>({
@@ -168,6 +187,7 @@ const actorKeys = optionKeys<keyof PipelineActor<unknown, unknown> | keyof Handl
   restart: true,
   deadLetter: true,
   permissions: true,
+  checkpoint: true,
   pipeline: true,
   handle: true,
   output: true,
@@ -286,6 +306,10 @@ export function actor<In, Out>(definition: ActorDefinition<In, Out>): Actor<In, 
   resolveMailboxOptions(definition.mailbox, `actor '${name}'.mailbox`);
   resolveRetry(definition.retry, `actor '${name}'.retry`);
   resolveRestart(definition.restart, `actor '${name}'.restart`);
+  const checkpoint =
+    definition.checkpoint === undefined
+      ? undefined
+      : Object.freeze(resolveCheckpoint(definition.checkpoint, `actor '${name}'.checkpoint`));
   return Object.freeze({
     definition,
     name,
@@ -295,6 +319,7 @@ export function actor<In, Out>(definition: ActorDefinition<In, Out>): Actor<In, 
     lanes,
     maxInFlight,
     concurrency,
+    checkpoint,
   });
 }
 

@@ -11,6 +11,7 @@ import {
   RestartLimitError,
   SettlementError,
   SluiceError,
+  StateError,
   StreamError,
 } from './errors.ts';
 import { MessageError } from './failure.ts';
@@ -28,6 +29,10 @@ import { Mailbox } from './mailbox.ts';
 import { OpenInputs } from './openInputs.ts';
 import { PermissionChecker } from './permissions.ts';
 import type { PipelineLane } from './pipelineLane.ts';
+import { Checkpoint, type CheckpointStats } from './state/checkpoint.ts';
+import type { Store } from './store/types.ts';
+import type { ConsumerImpl } from './streams/consumer.ts';
+import type { StreamImpl } from './streams/stream.ts';
 import type { DurableRef } from './streams/types.ts';
 import { subjectMatches } from './subjects.ts';
 import {
@@ -62,6 +67,8 @@ export interface ActorRef {
   readonly parked: number;
   /** Pipeline restarts within the current restart window. */
   readonly restarts: number;
+  /** Its checkpoints, when it has a `checkpoint` (docs/checkpoints.md). */
+  readonly checkpoint?: CheckpointInfo | undefined;
   readonly counters: Readonly<Counters>;
   /** Resolves when it has nothing queued and nothing in flight. */
   idle(): Promise<void>;
@@ -70,6 +77,14 @@ export interface ActorRef {
    * dead-lettered as stopped. Inputs whose outputs were already emitted settle downstream.
    */
   stop(): Promise<void>;
+}
+
+/** What an actor's checkpoints cost and hold. */
+export interface CheckpointInfo extends CheckpointStats {
+  /** Inputs settled and waiting for the next checkpoint to be acknowledged upstream. */
+  readonly held: number;
+  /** `ctx.state` writes waiting for the next checkpoint. */
+  readonly pendingWrites: number;
 }
 
 /** @internal What a cell needs from its runtime. */
@@ -82,6 +97,12 @@ export interface CellDeps {
   readonly escalate: (actor: string, error: RestartLimitError) => void;
   /** Starts a durable subscription (a stream consumer pushing to its delivery subject); returns its end. */
   readonly durable?: (ref: DurableRef) => () => void;
+  /** What checkpoints use: the store, the consumers of durable subscriptions, the streams. */
+  readonly checkpoints?: {
+    readonly store: Store;
+    consumerOf(ref: DurableRef): ConsumerImpl;
+    stream(name: string): StreamImpl | undefined;
+  };
 }
 
 /**
@@ -120,6 +141,10 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   /** Inputs taken whose async schema validation has not finished yet. */
   readonly #validating = new Set<{ readonly env: Envelope }>();
   #completing = false;
+  readonly #checkpoint: Checkpoint | undefined;
+  readonly #permissions: PermissionChecker;
+  /** The stream that captures an output subject, or null: looked up once per subject. */
+  readonly #captures = new Map<string, StreamImpl | null>();
 
   constructor(actor: Actor, deps: CellDeps) {
     const def = actor.definition;
@@ -148,9 +173,22 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
 
     // Refused before anything starts: a denied actor leaves no pipeline or gauge behind.
     const permissions = new PermissionChecker(def.permissions);
+    this.#permissions = permissions;
     for (const s of actor.subjects) {
       const denied = permissions.subscribeDenied(s.name);
       if (denied !== undefined) throw deps.bus.denied('subscribe', s.name, actor.name, denied);
+    }
+    if (actor.checkpoint !== undefined) {
+      const cp = deps.checkpoints;
+      if (cp === undefined) {
+        throw new StateError(actor.name, 'a checkpoint needs a runtime with a store: createRuntime({ store })');
+      }
+      const consumers = new Set<ConsumerImpl>();
+      for (const s of actor.subjects) if (s.durable !== undefined) consumers.add(cp.consumerOf(s.durable));
+      this.#checkpoint = new Checkpoint(actor.name, actor.checkpoint, { ...deps, store: cp.store }, [...consumers], {
+        aligned: () => this.#aligned(),
+        resume: () => this.#pump(),
+      });
     }
     // Durable subscriptions start before anything else, so an unknown stream refuses the spawn;
     // their consumers push only once the routes below exist.
@@ -164,7 +202,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     // Registered before a pipeline is built: a builder that throws may halt the actor at once.
     this.#unregisterGauge = deps.telemetry.registerGauge(this);
 
-    this.#lanes = createLanes(this, actor, this.#client, deps);
+    this.#lanes = createLanes(this, actor, this.#client, deps, this.#checkpoint);
     for (const lane of this.#lanes) if (this.#state !== 'stopped') lane.start();
     // Halted while starting (a builder threw and no restart is allowed): it takes no input.
     if (this.#state === 'stopped') return;
@@ -203,6 +241,29 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   get restarts(): number {
     return this.#restartWindow.count(this.#deps.clock.now());
   }
+  get checkpoint(): CheckpointInfo | undefined {
+    const cp = this.#checkpoint;
+    if (cp === undefined) return undefined;
+    return { ...cp.stats, held: cp.held, pendingWrites: cp.state.size };
+  }
+
+  /** @internal The last checkpoint of a graceful stop, once its drain ended. */
+  async finalCheckpoint(): Promise<void> {
+    if (this.#state !== 'stopped') await this.#checkpoint?.final();
+  }
+
+  /**
+   * Whether the state reflects exactly the inputs settled so far: none is being handled, retried,
+   * published or waits on downstream. Inputs kept by operator state (windows) may stay: they are
+   * not acknowledged, so a restart replays them into the operator.
+   */
+  #aligned(): boolean {
+    const inputs = this.#inputs;
+    if (inputs.inFlight !== 0 || inputs.parked !== 0 || this.#validating.size !== 0) return false;
+    if (inputs.absorbed === 0) return true;
+    for (const input of inputs) if (input.absorbed <= input.downstream) return false;
+    return true;
+  }
 
   idle(): Promise<void> {
     if (this.#isIdle()) return Promise.resolve();
@@ -217,6 +278,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
 
   leftFlight(tracker: Tracker): void {
     if (this.#inputs.leaveFlight(tracker as Input)) this.#pump();
+    if (this.#checkpoint?.due) this.#checkpoint.poll();
   }
 
   settled(tracker: Tracker, error: unknown): void {
@@ -232,13 +294,16 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
         this.#totals.dropped++;
       }
       if (input.span !== undefined) endSpan(input.span, undefined);
-      releaseDownstream(input.upstream);
+      // With a checkpoint, the input is acknowledged once the checkpoint reflecting it commits.
+      if (this.#checkpoint === undefined) releaseDownstream(input.upstream);
+      else this.#checkpoint.settled(input.upstream);
     } else {
       if (input.span !== undefined) endSpan(input.span, error);
       this.#failed(input, error);
     }
     // A slot is free: take what waits. (Nothing waiting is the common case; the idle check stays.)
     if (this.#mailbox.depth > 0) this.#pump();
+    if (this.#checkpoint?.due) this.#checkpoint.poll();
     this.#checkIdle();
   }
 
@@ -249,6 +314,10 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   }
 
   publish(env: Envelope): Promise<void> {
+    if (this.#checkpoint !== undefined) {
+      const stream = this.#captured(env.subject);
+      if (stream !== null) return this.#stage(stream, env);
+    }
     const lineage = env.lineage;
     retainPublishing(lineage);
     this.counters.published++;
@@ -264,6 +333,41 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
         throw error;
       },
     );
+  }
+
+  /** The stream that captures `subject`, if any (outputs to it go into the checkpoint's batch). */
+  #captured(subject: string): StreamImpl | null {
+    let stream = this.#captures.get(subject);
+    if (stream === undefined) {
+      const capture = this.#deps.bus.lookup(subject).plain.find((r) => r.capture !== undefined)?.capture;
+      stream = (capture === undefined ? undefined : this.#deps.checkpoints?.stream(capture)) ?? null;
+      // Subjects with a key in them could be many: the cache is a convenience, not a registry.
+      if (this.#captures.size >= 1024) this.#captures.clear();
+      this.#captures.set(subject, stream);
+    }
+    return stream;
+  }
+
+  /**
+   * An output to a stream from an actor with a checkpoint: appended in the checkpoint's batch,
+   * with the state and positions it comes from (exactly once inside the store). Its input settles
+   * now, and is acknowledged when that checkpoint commits.
+   */
+  #stage(stream: StreamImpl, env: Envelope): Promise<void> {
+    const denied = this.#permissions.publishDenied(env.subject);
+    if (denied !== undefined) return Promise.reject(this.#deps.bus.denied('publish', env.subject, this.name, denied));
+    let record: ReturnType<StreamImpl['record']>;
+    try {
+      record = stream.record(env);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    // The input counts as used (acked, not dropped), as for any output accepted.
+    retainPublishing(env.lineage);
+    (this.#checkpoint as Checkpoint).stage(stream, record);
+    this.counters.published++;
+    releasePublishing(env.lineage);
+    return ACCEPTED;
   }
 
   park(input: Input): void {
@@ -366,6 +470,8 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
       // Parked inputs have a bound of their own: memory stays within twice maxInFlight.
       this.#inputs.parked < this.#maxInFlight &&
       this.#mailbox.depth > 0 &&
+      // A due checkpoint waits for what was taken to settle: nothing new until it is taken.
+      (this.#checkpoint === undefined || !this.#checkpoint.due) &&
       this.#intake.spend()
     ) {
       this.#accept(this.#mailbox.take() as Envelope);
@@ -562,6 +668,8 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   #halt(reason: SluiceError, spared?: Input): void {
     if (this.#state === 'stopped') return;
     this.#state = 'stopping';
+    // What was not checkpointed is given up: its inputs are not acknowledged, a restart replays them.
+    this.#checkpoint?.close();
     this.#closeRoutes();
     this.#mailbox.close(reason);
     this.#cancelTimers();

@@ -4,6 +4,7 @@ import { type BusClient, type RequestOptions, replyToOf, type SubjectRef } from 
 import type { Clock } from './clock.ts';
 import type { Envelope, PublishOptions } from './envelope.ts';
 import type { Input } from './input.ts';
+import type { KeyedState } from './state/keyedState.ts';
 import { injectTrace } from './telemetry.ts';
 
 /** @internal The context of one lane: shared by every message the lane handles. */
@@ -14,9 +15,11 @@ export function laneContext(
   client: BusClient,
   clock: Clock,
   log: Logger,
+  state: KeyedState,
 ): ActorContext {
   return Object.freeze({
     name,
+    state,
     lane,
     lanes,
     clock,
@@ -72,6 +75,9 @@ export class MessageCtx implements MessageContext {
   }
   get log(): Logger {
     return this.#base.log;
+  }
+  get state(): KeyedState {
+    return this.#base.state;
   }
   publish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): Promise<void> {
     return this.#publisher.publishFor(this.#input, subject as SubjectRef<unknown>, data, options);

@@ -23,6 +23,7 @@ export const errorCodes = [
   'SLUICE_ERR_ENCODE',
   'SLUICE_ERR_CORRUPT_RECORD',
   'SLUICE_ERR_STREAM',
+  'SLUICE_ERR_STATE',
 ] as const;
 export type ErrorCode = (typeof errorCodes)[number];
 
@@ -343,5 +344,19 @@ export class StreamError extends SluiceError {
     super('SLUICE_ERR_STREAM', `stream '${stream}': ${detail}`);
     this.name = 'StreamError';
     this.stream = stream;
+  }
+}
+
+/**
+ * An actor's keyed state or checkpoint refused a call: `ctx.state` on an actor without a
+ * checkpoint, a key that is not a non-empty string, an undefined value, a checkpoint on a runtime
+ * with no store. Names the actor.
+ */
+export class StateError extends SluiceError {
+  readonly actor: string;
+  constructor(actor: string, detail: string) {
+    super('SLUICE_ERR_STATE', `actor '${actor}' state: ${detail}`);
+    this.name = 'StateError';
+    this.actor = actor;
   }
 }

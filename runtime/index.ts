@@ -11,7 +11,7 @@ export type {
   SubscribeRef,
 } from './actor.ts';
 export { actor } from './actor.ts';
-export type { ActorRef, ActorState } from './actorCell.ts';
+export type { ActorRef, ActorState, CheckpointInfo } from './actorCell.ts';
 export type { BusClient, BusOptions, PayloadMeasure, QueueStrategy, RequestOptions, SubjectRef } from './bus.ts';
 export { Bus, DEFAULT_BUS_OPTIONS, payloadMeasures, queueStrategies } from './bus.ts';
 export type { Clock, Timer } from './clock.ts';
@@ -41,6 +41,7 @@ export {
   SettlementError,
   ShutdownError,
   SluiceError,
+  StateError,
   StreamError,
   SubjectError,
   TimeoutError,
@@ -65,6 +66,9 @@ export type { Sink, SinkRecord, SinkRecordOptions } from './sinks/sink.ts';
 export { IDEMPOTENCY_KEY_HEADER, latestPerKey } from './sinks/sink.ts';
 export type { SinkActorDefinition, SinkBatchOptions, WriteToOptions } from './sinks/writeTo.ts';
 export { DEFAULT_SINK_BATCH, sinkActor, writeTo } from './sinks/writeTo.ts';
+export type { CheckpointOptions, CheckpointStats } from './state/checkpoint.ts';
+export type { KeyedState } from './state/keyedState.ts';
+export { stateNamespace } from './state/keyedState.ts';
 export type {
   Durability,
   KvEntry,

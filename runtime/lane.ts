@@ -7,6 +7,8 @@ import { HandlerLane } from './handlerLane.ts';
 import type { Input } from './input.ts';
 import { durableStreamsOf } from './outputKeys.ts';
 import { PipelineLane } from './pipelineLane.ts';
+import type { Checkpoint } from './state/checkpoint.ts';
+import { unavailableState } from './state/keyedState.ts';
 
 /**
  * @internal One lane of an actor: a pipeline, or a handler taking inputs one at a time (or up to
@@ -70,16 +72,18 @@ export function createLanes(
   actor: Actor,
   client: BusClient,
   deps: { readonly clock: Clock; readonly log: Logger },
+  checkpoint: Checkpoint | undefined,
 ): Lane[] {
+  const state = checkpoint?.state ?? unavailableState(actor.name);
   const def = actor.definition;
   const partitioned = def.partitionBy !== undefined;
   const lanes: Lane[] = [];
   const streams = durableStreamsOf(actor);
   for (let i = 0; i < actor.lanes; i++) {
-    const ctx = laneContext(actor.name, i, actor.lanes, client, deps.clock, deps.log);
+    const ctx = laneContext(actor.name, i, actor.lanes, client, deps.clock, deps.log, state);
     if (def.pipeline !== undefined) {
       const pipeline = def.pipeline as PipelineActor<unknown, unknown>['pipeline'];
-      lanes.push(new PipelineLane(host, i, ctx, pipeline, actor.output, streams));
+      lanes.push(new PipelineLane(host, i, ctx, pipeline, actor.output, streams, checkpoint?.forLane(i)));
     } else {
       const handle = def.handle as HandlerActor<unknown, unknown>['handle'];
       lanes.push(new HandlerLane(host, i, ctx, handle, actor.output, actor.concurrency, partitioned, streams));

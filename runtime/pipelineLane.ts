@@ -8,6 +8,7 @@ import type { Lane, LaneHost } from './lane.ts';
 import type { Lineage } from './lineage.ts';
 import { outputKey } from './outputKeys.ts';
 import { IDEMPOTENCY_KEY_HEADER } from './sinks/sink.ts';
+import { type OperatorCheckpoint, withCheckpoint } from './state/operatorState.ts';
 import { injectTrace } from './telemetry.ts';
 
 type Pipeline = PipelineActor<unknown, unknown>['pipeline'];
@@ -39,6 +40,9 @@ export class PipelineLane implements Lane {
   /** The input the pipeline is handling synchronously: the culprit if it throws now. */
   #current: Input | undefined = undefined;
 
+  /** The actor's checkpoint as its operators see it, if it has one. */
+  readonly #checkpoint: OperatorCheckpoint | undefined;
+
   constructor(
     host: LaneHost,
     index: number,
@@ -46,7 +50,9 @@ export class PipelineLane implements Lane {
     pipeline: Pipeline,
     output: string | undefined,
     streams?: ReadonlySet<string>,
+    checkpoint?: OperatorCheckpoint,
   ) {
+    this.#checkpoint = checkpoint;
     this.#host = host;
     this.#streams = streams;
     this.index = index;
@@ -72,13 +78,26 @@ export class PipelineLane implements Lane {
     const generation = this.#generation;
     let output: Observable<Envelope>;
     try {
-      output = this.#pipeline(input.observable, this.#ctx);
+      output = withCheckpoint(this.#checkpoint, () => this.#pipeline(input.observable, this.#ctx));
     } catch (error) {
       this.#input = undefined;
       this.#host.pipelineFailed(this, error, generation);
       return;
     }
-    this.#subscription = output.subscribe({
+    this.#subscription = withCheckpoint(this.#checkpoint, () => this.#subscribe(output, generation));
+    const backlog = this.#backlog;
+    this.#backlog = [];
+    for (const waiting of backlog) {
+      if (this.#input !== input) {
+        this.#backlog.push(waiting);
+        continue;
+      }
+      this.#deliver(waiting);
+    }
+  }
+
+  #subscribe(output: Observable<Envelope>, generation: number): RxSubscription {
+    return output.subscribe({
       next: (out) => this.#emit(out),
       error: (error: unknown) => this.#host.pipelineFailed(this, error, generation),
       complete: () => {
@@ -95,15 +114,6 @@ export class PipelineLane implements Lane {
         }
       },
     });
-    const backlog = this.#backlog;
-    this.#backlog = [];
-    for (const waiting of backlog) {
-      if (this.#input !== input) {
-        this.#backlog.push(waiting);
-        continue;
-      }
-      this.#deliver(waiting);
-    }
   }
 
   dispatch(input: Input): void {

@@ -1,5 +1,5 @@
 import type { Actor, AnyActor, Logger } from './actor.ts';
-import { ActorCell, type ActorCell as ActorCellType, type ActorRef } from './actorCell.ts';
+import { ActorCell, type ActorCell as ActorCellType, type ActorRef, type CellDeps } from './actorCell.ts';
 import { Bus, type BusOptions } from './bus.ts';
 import { type Clock, systemClock, type Timer } from './clock.ts';
 import { deliveryDeferred, nextMacrotask } from './drainLoop.ts';
@@ -164,6 +164,7 @@ class RuntimeImpl implements Runtime {
   readonly #onEscalate: (actor: string, error: RestartLimitError) => void;
   #stopping: Promise<ShutdownReport> | undefined;
   readonly #streams: Streams | undefined;
+  readonly #checkpointDeps: CellDeps['checkpoints'];
   /** Ends the running drain now, as if its deadline had passed. */
   #forceStop: (() => void) | undefined;
 
@@ -196,6 +197,12 @@ class RuntimeImpl implements Runtime {
         telemetry: this.telemetry,
       });
       for (const config of options.streams ?? []) this.#streams.define(config);
+      const streams = this.#streams;
+      this.#checkpointDeps = {
+        store: options.store,
+        consumerOf: (ref) => streams.consumerOf(ref),
+        stream: (name) => streams.find(name),
+      };
     } else if (options.streams !== undefined && options.streams.length > 0) {
       throw new OptionsError('runtime.streams', 'streams need a store: give the runtime a store', options.streams);
     }
@@ -231,6 +238,7 @@ class RuntimeImpl implements Runtime {
         }
         return this.#streams.attach(ref);
       },
+      checkpoints: this.#checkpointDeps,
     });
     this.#cells.set(actor.name, cell);
     return cell;
@@ -358,6 +366,14 @@ class RuntimeImpl implements Runtime {
     await Promise.race([drain, deadline]);
     timer?.cancel();
     this.#forceStop = undefined;
+    // The last checkpoints, before the consumers close: they store the positions of their actors.
+    await Promise.all(
+      [...this.#cells.values()].map((cell) =>
+        cell.finalCheckpoint().catch((error: unknown) => {
+          this.#log.error(`actor '${cell.name}': its last checkpoint failed: ${messageOf(error)}`);
+        }),
+      ),
+    );
     // Streams stop before actors let go of what they hold: a consumer's position keeps only what
     // settled by now, and what actors dead-letter as they stop is delivered again after a restart.
     await this.#streams?.close();

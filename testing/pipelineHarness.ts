@@ -8,6 +8,7 @@ import { VirtualClock } from '../runtime/clock.ts';
 import { createEnvelope, type Envelope } from '../runtime/envelope.ts';
 import { OptionsError } from '../runtime/errors.ts';
 import { type Outcome, Tracker, type TrackerOwner } from '../runtime/lineage.ts';
+import { unavailableState } from '../runtime/state/keyedState.ts';
 
 /**
  * A pipeline as an actor declares it: its input is typed as envelopes, so that an inline factory
@@ -113,6 +114,7 @@ export class PipelineHarness<In, Out> implements TrackerOwner {
       scheduler: this.clock.scheduler,
       bus: this.bus,
       log,
+      state: unavailableState(options.name ?? 'test'),
       publish: (subject, data, opts) => this.bus.publish(subject, data, opts),
       request: (subject, data, opts) => this.bus.request(subject, data, opts),
     } satisfies ActorContext);

@@ -3,6 +3,8 @@ import type { Clock, Timer } from '../../runtime/clock.ts';
 import { type Envelope, nextId } from '../../runtime/envelope.ts';
 import { LateDataError } from '../../runtime/errors.ts';
 import { hold, type Lineage, mergeLineage } from '../../runtime/lineage.ts';
+import { activeCheckpoint, type OperatorCheckpoint } from '../../runtime/state/operatorState.ts';
+import type { StoreBatch } from '../../runtime/store/types.ts';
 import type { Aggregate } from '../aggregate.ts';
 import { type Timed, Watermark } from '../watermarks.ts';
 import { TimerQueue } from './timerQueue.ts';
@@ -117,6 +119,8 @@ class TimeWindows<T, A, R> {
   rangeStart = Number.NaN;
   rangeEnd = Number.NaN;
   range = '';
+  /** The actor's checkpoint, when it has one: windows then live in its state, not their inputs. */
+  readonly part: WindowPart<A> | undefined;
 
   constructor(options: ResolvedWindowOptions<T, A, R>, assigner: Assigner, out: WindowOutput<R>, totals: Totals) {
     this.out = out;
@@ -137,6 +141,57 @@ class TimeWindows<T, A, R> {
     this.gap = assigner.kind === 'session' ? assigner.gapMs : 0;
     this.sweepEveryMs = (assigner.kind === 'session' ? assigner.gapMs : assigner.sizeMs) + this.lateness;
     this.prefix = `${this.name}/`;
+    const cp = activeCheckpoint();
+    if (cp !== undefined) {
+      const id = `${this.name}/${cp.lane}`;
+      const handed = cp.handoff.get(id) as Handoff<A> | undefined;
+      if (handed !== undefined) {
+        cp.handoff.delete(id);
+        this.adopt(handed);
+        this.part = handed.part;
+        this.part.windows = this as TimeWindows<unknown, A, unknown>;
+      } else {
+        this.part = new WindowPart<A>(this as TimeWindows<unknown, A, unknown>, `${id}/`, cp.handoff);
+        cp.register(this.part);
+        this.restore(cp);
+      }
+    }
+  }
+
+  /** The windows and watermark of the last checkpoint. */
+  restore(cp: OperatorCheckpoint): void {
+    const part = this.part as WindowPart<A>;
+    for (const entry of cp.store.scan(cp.namespace, part.prefix)) {
+      if (entry.error !== undefined) throw entry.error;
+      if (entry.key === part.watermarkKey) {
+        this.watermark = entry.value as number;
+        continue;
+      }
+      const r = entry.value as StoredWindow<A>;
+      const ks = this.keyState(r.k === null ? undefined : r.k);
+      const w = new Win<A>(ks, r.s, r.e, r.a, r.j, r.x);
+      w.count = r.c;
+      w.revision = r.r;
+      w.sinceFire = r.f;
+      w.lastKey = r.l ?? undefined;
+      w.supersedes = r.p ?? undefined;
+      ks.wins.push(w);
+      this.openWindows++;
+      this.schedule(w, w.closed ? w.end - 1 + this.lateness : w.end - 1);
+    }
+    if (this.merging) for (const ks of this.keys.values()) ks.wins.sort((a, b) => a.start - b.start);
+    this.peakOpen = this.openWindows;
+  }
+
+  adopt(h: Handoff<A>): void {
+    for (const [k, ks] of h.keys) this.keys.set(k, ks);
+    this.timers.adopt(h.timers);
+    this.watermark = h.watermark;
+    this.openWindows = h.openWindows;
+    this.emptied = h.emptied;
+    this.emptyKeys = h.emptyKeys;
+    this.lastSweep = h.lastSweep;
+    this.peakOpen = h.openWindows;
   }
 
   /** Keys with at least one open window. */
@@ -171,6 +226,13 @@ class TimeWindows<T, A, R> {
 
   complete(): void {
     if (this.done) return;
+    if (this.part !== undefined) {
+      // Checkpointed windows stay open across a stop: they are in the store, and go on after the
+      // restart, so the results are those of a run without the stop.
+      this.stop();
+      this.out.complete();
+      return;
+    }
     try {
       // The end of the input is the end of event time, as Flink's final MAX_WATERMARK.
       this.ending = true;
@@ -186,9 +248,28 @@ class TimeWindows<T, A, R> {
 
   /** Unsubscribed, failed or completed: drops state (see `error` for why nothing is settled). */
   stop(): void {
+    if (this.done) return;
     this.done = true;
     this.earlyTimer?.cancel();
     this.earlyTimer = undefined;
+    const cp = this.part?.handoff;
+    if (cp !== undefined) {
+      // What settled since the last checkpoint is only here: the next instance of this operator
+      // (a restarted pipeline) goes on from it rather than from the store.
+      cp.set(this.part?.id as string, {
+        part: this.part as WindowPart<A>,
+        keys: new Map(this.keys),
+        timers: this.timers,
+        watermark: this.watermark,
+        openWindows: this.openWindows,
+        emptied: this.emptied,
+        emptyKeys: this.emptyKeys,
+        lastSweep: this.lastSweep,
+      });
+      this.keys.clear();
+      this.dirty = undefined;
+      return;
+    }
     this.keys.clear();
     this.timers.clear();
     this.dirty = undefined;
@@ -296,6 +377,10 @@ class TimeWindows<T, A, R> {
       (superseded ??= []).push(target.lastKey);
       target.lastKey = undefined;
     }
+    if (this.part !== undefined) {
+      if (start !== target.start) this.part.remove(target);
+      for (let i = first + 1; i <= last; i++) this.part.remove(wins[i] as Win<A>);
+    }
     for (let i = first + 1; i <= last; i++) {
       const o = wins[i] as Win<A>;
       target.acc = merge(target.acc as A, o.acc as A);
@@ -370,6 +455,17 @@ class TimeWindows<T, A, R> {
   add(w: Win<A>, env: Envelope<T>, ts: number): void {
     w.acc = this.agg.add(w.acc as A, env.data, ts);
     w.count++;
+    if (this.part !== undefined) {
+      // In the checkpoint's state: the input settles now, acknowledged when that state commits.
+      // Retained and released at once, so it counts as used (acked), not as filtered out.
+      this.part.changed.add(w);
+      const lineage = env.lineage;
+      if (lineage !== undefined) {
+        lineage.retain();
+        lineage.release();
+      }
+      return;
+    }
     const lineage = env.lineage;
     if (lineage !== undefined) {
       lineage.absorb();
@@ -400,6 +496,7 @@ class TimeWindows<T, A, R> {
 
   advance(time: number): void {
     this.watermark = time;
+    if (this.part !== undefined) this.part.watermarkDirty = true;
     if (this.emptied.length > 0 && time >= this.lastSweep + this.sweepEveryMs) this.sweep(time);
     const heap = this.timers.heap;
     while (heap.length > 0 && (heap[0] as number) <= time) {
@@ -410,6 +507,7 @@ class TimeWindows<T, A, R> {
         if (!w.alive || w.timerAt !== at) continue;
         if (!w.closed) {
           w.closed = true;
+          this.part?.changed.add(w);
           this.fire(w, this.ending ? 'final' : 'on-time');
           if (!w.alive) continue; // its result failed
         }
@@ -499,6 +597,7 @@ class TimeWindows<T, A, R> {
     w.supersedes = undefined;
     w.lastKey = idempotencyKey;
     w.revision++;
+    this.part?.changed.add(w);
     w.sinceFire = 0;
     this.dirty?.delete(w);
     this.totals.results++;
@@ -520,6 +619,7 @@ class TimeWindows<T, A, R> {
 
   /** Drops a window; its inputs settle once the step is over, failed with `error` if given. */
   purge(w: Win<A>, error?: WindowResultError): void {
+    if (this.part !== undefined) this.part.remove(w);
     w.alive = false;
     const ks = w.ks;
     const wins = ks.wins;
@@ -611,6 +711,105 @@ class TimeWindows<T, A, R> {
     // Fails the input (not retryable), so the actor dead-letters it with the reason.
     lineage.retain();
     lineage.release(new LateDataError(this.name, env.id, reason, env.eventTime, this.watermark));
+  }
+}
+
+/** How a window is stored in a checkpoint: short keys, as there is one per key and window. */
+interface StoredWindow<A> {
+  readonly k: string | null;
+  readonly s: number;
+  readonly e: number;
+  readonly a: A;
+  readonly c: number;
+  readonly r: number;
+  readonly f: number;
+  readonly x: boolean;
+  readonly j: string;
+  readonly l: string | null;
+  readonly p: string[] | null;
+}
+
+/** What a stopped operator hands to the next instance of itself (see `TimeWindows.stop`). */
+interface Handoff<A> {
+  readonly part: WindowPart<A>;
+  readonly keys: Map<string | undefined, KeyState<A>>;
+  readonly timers: TimerQueue<Win<A>>;
+  readonly watermark: number;
+  readonly openWindows: number;
+  readonly emptied: KeyState<A>[];
+  readonly emptyKeys: number;
+  readonly lastSweep: number;
+}
+
+/**
+ * @internal The windows of one operator instance (and those after it, through a pipeline
+ * restart) as a checkpoint commits them: the windows changed since the last checkpoint, the ones
+ * gone, and the watermark. One record per key and window: the accumulator, never the inputs.
+ */
+class WindowPart<A> {
+  windows: TimeWindows<unknown, A, unknown>;
+  readonly prefix: string;
+  readonly id: string;
+  readonly watermarkKey: string;
+  readonly changed = new Set<Win<A>>();
+  readonly removed = new Set<string>();
+  watermarkDirty = false;
+  readonly retired = false;
+
+  /** Where a stopped instance leaves its state for the next one (the checkpoint's, per actor). */
+  readonly handoff: Map<string, unknown>;
+
+  constructor(windows: TimeWindows<unknown, A, unknown>, prefix: string, handoff: Map<string, unknown>) {
+    this.windows = windows;
+    this.prefix = prefix;
+    this.id = prefix.slice(0, -1);
+    this.watermarkKey = `${prefix}$watermark`;
+    this.handoff = handoff;
+  }
+
+  get dirty(): boolean {
+    return this.changed.size > 0 || this.removed.size > 0 || this.watermarkDirty;
+  }
+
+  keyOf(w: Win<A>): string {
+    return `${this.prefix}${w.start}/${w.ks.key ?? ''}`;
+  }
+
+  remove(w: Win<A>): void {
+    this.changed.delete(w);
+    this.removed.add(this.keyOf(w));
+  }
+
+  write(batch: StoreBatch, namespace: string): void {
+    for (const key of this.removed) batch.delete(namespace, key);
+    this.removed.clear();
+    for (const w of this.changed) {
+      if (!w.alive) continue;
+      const record: StoredWindow<A> = {
+        k: w.ks.key ?? null,
+        s: w.start,
+        e: w.end,
+        a: w.acc as A,
+        c: w.count,
+        r: w.revision,
+        f: w.sinceFire,
+        x: w.closed,
+        j: w.subject,
+        l: w.lastKey ?? null,
+        p: w.supersedes ?? null,
+      };
+      batch.put(namespace, this.keyOf(w), record);
+    }
+    this.changed.clear();
+    if (this.watermarkDirty) {
+      batch.put(namespace, this.watermarkKey, this.windows.watermark);
+      this.watermarkDirty = false;
+    }
+  }
+
+  /** Windows held now, for tests of what state costs. */
+  get size(): number {
+    return this.windows.openWindows;
   }
 }
 

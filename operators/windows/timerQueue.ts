@@ -48,6 +48,14 @@ export class TimerQueue<W> {
     return bucket;
   }
 
+  /** Takes over the timers of another queue (a restarted operator going on from its state). */
+  adopt(other: TimerQueue<W>): void {
+    this.heap.length = 0;
+    for (const t of other.heap) this.heap.push(t);
+    this.buckets.clear();
+    for (const [t, b] of other.buckets) this.buckets.set(t, b);
+  }
+
   clear(): void {
     this.heap.length = 0;
     this.buckets.clear();

@@ -160,7 +160,7 @@ function cancelled(where: string): ClosedError {
 
 /** A sink actor: an actor that writes what it subscribes to into a sink. */
 export interface SinkActorDefinition<In, T = In>
-  extends Omit<PipelineActor<In, never>, 'pipeline' | 'output' | 'handle' | 'concurrency'>,
+  extends Omit<PipelineActor<In, never>, 'pipeline' | 'output' | 'handle' | 'concurrency' | 'checkpoint'>,
     SinkRecordOptions<In, T> {
   sink: Sink<T>;
   batch?: SinkBatchOptions;

@@ -165,6 +165,8 @@ export class ConsumerImpl<T = unknown> {
   #dirty = false;
   /** A position write waits for the end of the current synchronous run (see #persist). */
   #scheduled = false;
+  /** Its position is stored by checkpoints only (see {@link ConsumerImpl.ownByCheckpoint}). */
+  #checkpointed = false;
   readonly #counts = { acked: 0, terminated: 0, deadLettered: 0, redelivered: 0 };
   readonly #unregisterLag: () => void;
 
@@ -289,6 +291,29 @@ export class ConsumerImpl<T = unknown> {
   writePosition(batch: StoreBatch): void {
     batch.put(POSITIONS_NAMESPACE, this.#key, this.positionRecord());
     this.#dirty = false;
+  }
+
+  /**
+   * @internal An actor with a checkpoint reads this consumer: from now on its position is stored
+   * only in the actor's checkpoints, with the state that reflects it. A position stored on its own
+   * could run ahead of the state, and a restart would skip inputs whose effects were never stored.
+   */
+  ownByCheckpoint(): void {
+    // The position from before the actor took anything (the deliver policy's start) is behind
+    // every state: store it now if it waits for its deferred write, or a restart before the first
+    // checkpoint would apply the deliver policy again (`new` would skip what came meanwhile).
+    if (!this.#checkpointed && this.#dirty && this.#writing === undefined && !this.#closed) this.#write();
+    this.#checkpointed = true;
+  }
+
+  /** @internal Messages it delivers unsettled at most: a checkpoint must not hold more than that. */
+  get maxAckPending(): number {
+    return this.#maxAckPending;
+  }
+
+  /** @internal Whether the position moved since it was last stored. */
+  get positionDirty(): boolean {
+    return this.#dirty;
   }
 
   /** @internal An actor subscribes: messages are pushed to the delivery subject while one is attached. */
@@ -622,12 +647,12 @@ export class ConsumerImpl<T = unknown> {
    */
   #persist(): void {
     this.#dirty = true;
-    if (this.#writing !== undefined || this.#scheduled) return;
+    if (this.#writing !== undefined || this.#scheduled || this.#checkpointed) return;
     this.#scheduled = true;
     queueMicrotask(() => {
       this.#scheduled = false;
       // Closed meanwhile: close() writes what is dirty itself.
-      if (!this.#closed && this.#writing === undefined && this.#dirty) this.#write();
+      if (!this.#closed && this.#writing === undefined && this.#dirty && !this.#checkpointed) this.#write();
     });
   }
 
@@ -658,7 +683,7 @@ export class ConsumerImpl<T = unknown> {
       waiter.reject(new StreamError(this.stream, `consumer '${this.name}' closed while next() waited`));
     }
     while (this.#writing !== undefined) await this.#writing;
-    if (this.#dirty) {
+    if (this.#dirty && !this.#checkpointed) {
       this.#dirty = false;
       await this.#deps.store.putKey(POSITIONS_NAMESPACE, this.#key, this.positionRecord()).catch((error: unknown) => {
         this.#deps.log.error(`consumer '${this.#key}' could not store its position: ${messageOf(error)}`);

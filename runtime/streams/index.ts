@@ -101,6 +101,16 @@ export class Streams {
     return consumer.attach();
   }
 
+  /** The consumer of an actor's durable subscription (made if it does not exist yet). */
+  consumerOf(ref: DurableRef): ConsumerImpl {
+    return this.get(ref.stream).consumer(ref.consumer, ref.options as ConsumerOptions);
+  }
+
+  /** The stream named `name`, if the runtime defines it. */
+  find(name: string): StreamImpl | undefined {
+    return this.#streams.get(name);
+  }
+
   /** A shutdown begins: consumers push nothing new, so actors can drain what they have. */
   quiesce(): void {
     for (const s of this.#streams.values()) s.quiesce();

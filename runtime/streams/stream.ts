@@ -1,11 +1,11 @@
 import type { Route } from '../bus.ts';
 import type { Timer } from '../clock.ts';
 import { createEnvelope, EMPTY_HEADERS, type Envelope } from '../envelope.ts';
-import { messageOf, OptionsError } from '../errors.ts';
+import { messageOf, OptionsError, StreamError } from '../errors.ts';
 import type { Lineage } from '../lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../options.ts';
 import { encodeRecord } from '../store/record.ts';
-import type { LogEntry, Store } from '../store/types.ts';
+import type { LogEntry, Store, StoreBatch } from '../store/types.ts';
 import { validateSubject } from '../subjects.ts';
 import { ConsumerImpl, type StreamDeps } from './consumer.ts';
 import type { ConsumerOptions, RetentionOptions, Stream, StreamConfig, StreamInfo } from './types.ts';
@@ -203,11 +203,10 @@ export class StreamImpl implements Stream {
     return this.#deps.store.read(this.log, from, { limit });
   }
 
-  #capture(env: Envelope): Promise<void> {
-    if (this.#closed)
-      return Promise.reject(new OptionsError('publish', `stream '${this.name}' is closed`, env.subject));
+  /** @internal The record an envelope is stored as, with its append time now. */
+  record(env: Envelope): StoredMessage {
     const t = this.#deps.clock.now();
-    const record: StoredMessage = {
+    return {
       s: env.subject,
       d: env.data,
       h: env.headers === EMPTY_HEADERS || Object.keys(env.headers).length === 0 ? undefined : { ...env.headers },
@@ -216,6 +215,33 @@ export class StreamImpl implements Stream {
       t,
       i: env.id,
     };
+  }
+
+  /**
+   * @internal Appends records inside a checkpoint's batch (outputs committed with the state and
+   * positions they come from). Returns what to run once the batch committed: retention, and waking
+   * the consumers.
+   */
+  appendIn(batch: StoreBatch, records: readonly StoredMessage[]): () => void {
+    if (this.#closed) throw new StreamError(this.name, 'closed: the runtime is stopping');
+    if (this.#maxBytes !== undefined) {
+      for (const r of records) {
+        const size = encodeRecord(r).byteLength;
+        this.#sizes.push(size);
+        this.#bytes += size;
+      }
+    }
+    batch.append(this.log, records);
+    return () => {
+      this.#enforce();
+      for (const c of this.#consumers.values()) c.wake();
+    };
+  }
+
+  #capture(env: Envelope): Promise<void> {
+    if (this.#closed)
+      return Promise.reject(new OptionsError('publish', `stream '${this.name}' is closed`, env.subject));
+    const record = this.record(env);
     let size = 0;
     if (this.#maxBytes !== undefined) {
       try {

@@ -112,6 +112,11 @@ const samples: Record<string, { make: () => SluiceError; code: string; names: st
     code: 'SLUICE_ERR_STREAM',
     names: "'ORDERS'",
   },
+  StateError: {
+    make: () => new sluice.StateError('counter', 'ctx.state needs a checkpoint'),
+    code: 'SLUICE_ERR_STATE',
+    names: "'counter'",
+  },
 };
 
 /** Every value exported by `sluice` that is SluiceError or a subclass of it. */

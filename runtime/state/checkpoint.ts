@@ -1,0 +1,273 @@
+import type { Logger } from '../actor.ts';
+import type { Clock, Timer } from '../clock.ts';
+import { messageOf, OptionsError } from '../errors.ts';
+import { type Lineage, releaseDownstream } from '../lineage.ts';
+import { intOption, knownKeys, optionKeys, optionsObject } from '../options.ts';
+import type { Store } from '../store/types.ts';
+import type { ConsumerImpl } from '../streams/consumer.ts';
+import type { StoredMessage, StreamImpl } from '../streams/stream.ts';
+import { StoreState } from './keyedState.ts';
+import { type CheckpointPart, type OperatorCheckpoint, operatorNamespace } from './operatorState.ts';
+
+/**
+ * When an actor's state is checkpointed: every `intervalMs` of the runtime clock, or after
+ * `everyInputs` inputs settled, whichever comes first. At least one of them.
+ */
+export interface CheckpointOptions {
+  intervalMs?: number;
+  everyInputs?: number;
+}
+
+const checkpointKeys = optionKeys<keyof CheckpointOptions>({ intervalMs: true, everyInputs: true });
+
+/** @internal Checks an actor's `checkpoint` option. */
+export function resolveCheckpoint(
+  options: CheckpointOptions,
+  where: string,
+): { intervalMs: number | undefined; everyInputs: number | undefined } {
+  optionsObject(where, options);
+  knownKeys(where, options, checkpointKeys);
+  const intervalMs =
+    options.intervalMs === undefined ? undefined : intOption(`${where}.intervalMs`, options.intervalMs, 0, 1);
+  const everyInputs =
+    options.everyInputs === undefined ? undefined : intOption(`${where}.everyInputs`, options.everyInputs, 0, 1);
+  if (intervalMs === undefined && everyInputs === undefined) {
+    // A checkpoint that never runs would hold every input's acknowledgement forever.
+    throw new OptionsError(where, 'give intervalMs, everyInputs or both', options);
+  }
+  return { intervalMs, everyInputs };
+}
+
+/** @internal What a checkpoint needs of its actor. */
+export interface CheckpointHost {
+  /**
+   * Whether the state reflects exactly the inputs settled so far: nothing taken is still being
+   * handled, published, or waiting on downstream. Inputs kept by operator state do not count.
+   */
+  aligned(): boolean;
+  /** The checkpoint is taken (or given up): the actor may take input again. */
+  resume(): void;
+}
+
+/** What a checkpoint has cost so far, for telemetry and benchmarks. */
+export interface CheckpointStats {
+  readonly commits: number;
+  /** Inputs whose settlement the commits carried. */
+  readonly inputs: number;
+  /** Time from the start of the batch to its durable commit, summed over commits (ms). */
+  readonly commitMs: number;
+  readonly failures: number;
+}
+
+/**
+ * @internal The checkpoints of one actor. Inputs it settles are not acknowledged upstream at once:
+ * their effects (state writes, outputs to streams) wait here, and at the next checkpoint one store
+ * batch commits the state writes, the outputs appended to their streams, and the positions of the
+ * actor's durable consumers; only then is that batch's work durable, and a crash replays from the
+ * positions stored with it. The checkpoint is aligned: when one is due the actor takes no new
+ * input until what it took has settled, so the positions and the state reflect the same inputs.
+ */
+export class Checkpoint {
+  readonly state: StoreState;
+  readonly #actor: string;
+  readonly #store: Store;
+  readonly #clock: Clock;
+  readonly #log: Logger;
+  readonly #host: CheckpointHost;
+  readonly #consumers: ConsumerImpl[];
+  readonly #everyInputs: number;
+  readonly #intervalMs: number | undefined;
+  #timer: Timer | undefined;
+  /** Upstream references of settled inputs, given back once the checkpoint is taken. */
+  #deferred: Lineage[] = [];
+  #settledSince = 0;
+  #outputs = new Map<StreamImpl, StoredMessage[]>();
+  #due = false;
+  #polling = false;
+  #committing: Promise<void> | undefined;
+  #closed = false;
+  #stats = { commits: 0, inputs: 0, commitMs: 0, failures: 0 };
+  readonly #parts = new Set<CheckpointPart>();
+  readonly #handoff = new Map<string, unknown>();
+  readonly #operatorNamespace: string;
+
+  constructor(
+    actor: string,
+    options: { intervalMs: number | undefined; everyInputs: number | undefined },
+    deps: { readonly store: Store; readonly clock: Clock; readonly log: Logger },
+    consumers: ConsumerImpl[],
+    host: CheckpointHost,
+  ) {
+    this.#actor = actor;
+    this.#store = deps.store;
+    this.#clock = deps.clock;
+    this.#log = deps.log;
+    this.#host = host;
+    this.#consumers = consumers;
+    for (const c of consumers) c.ownByCheckpoint();
+    // Held inputs stay unsettled in their consumers, which deliver at most maxAckPending of them:
+    // a checkpoint waiting for more inputs than that would wait forever.
+    let limit = options.everyInputs ?? Number.POSITIVE_INFINITY;
+    for (const c of consumers) limit = Math.min(limit, c.maxAckPending);
+    this.#everyInputs = limit;
+    this.#intervalMs = options.intervalMs;
+    this.state = new StoreState(deps.store, actor);
+    this.#operatorNamespace = operatorNamespace(actor);
+    this.#schedule();
+  }
+
+  /** What the operators of one lane's pipeline see (see {@link withCheckpoint}). */
+  forLane(lane: number): OperatorCheckpoint {
+    return {
+      actor: this.#actor,
+      lane,
+      store: this.#store,
+      namespace: this.#operatorNamespace,
+      register: (part) => void this.#parts.add(part),
+      handoff: this.#handoff,
+    };
+  }
+
+  /** A checkpoint is due: the actor takes no new input until it is taken. */
+  get due(): boolean {
+    return this.#due;
+  }
+
+  /** Inputs settled and not yet acknowledged upstream (their checkpoint is still to come). */
+  get held(): number {
+    return this.#deferred.length;
+  }
+
+  get stats(): CheckpointStats {
+    return { ...this.#stats };
+  }
+
+  /** An input settled: its upstream reference is given back at the next checkpoint. */
+  settled(upstream: Lineage | undefined): void {
+    if (upstream !== undefined) this.#deferred.push(upstream);
+    if (++this.#settledSince >= this.#everyInputs) this.request();
+  }
+
+  /** An output to a stream: appended by the next checkpoint, in its batch. */
+  stage(stream: StreamImpl, record: StoredMessage): void {
+    const records = this.#outputs.get(stream);
+    if (records === undefined) this.#outputs.set(stream, [record]);
+    else records.push(record);
+  }
+
+  request(): void {
+    if (this.#closed || this.#due) return;
+    this.#due = true;
+    this.poll();
+  }
+
+  /** Takes the due checkpoint once the actor is aligned (on the next microtask, outside the caller's stack). */
+  poll(): void {
+    if (!this.#due || this.#polling || this.#committing !== undefined) return;
+    this.#polling = true;
+    queueMicrotask(() => {
+      this.#polling = false;
+      if (this.#due && this.#committing === undefined && this.#host.aligned()) this.#commit();
+    });
+  }
+
+  /**
+   * The last checkpoint of a graceful stop: taken if the actor is aligned (else its inputs since the
+   * last one are replayed after a restart), then no more.
+   */
+  async final(): Promise<void> {
+    while (this.#committing !== undefined) await this.#committing;
+    if (this.#closed) return;
+    if (this.#host.aligned()) this.#commit();
+    else
+      this.#log.warn(
+        `actor '${this.#actor}': not aligned at stop; the inputs since its last checkpoint will be replayed`,
+      );
+    this.close();
+    while (this.#committing !== undefined) await this.#committing;
+  }
+
+  /** No more checkpoints; what was not committed is given up (replayed after a restart). */
+  close(): void {
+    this.#closed = true;
+    this.#due = false;
+    this.#timer?.cancel();
+    this.#timer = undefined;
+  }
+
+  #schedule(): void {
+    if (this.#intervalMs === undefined || this.#closed) return;
+    this.#timer = this.#clock.setTimeout(() => {
+      this.#timer = undefined;
+      this.request();
+      this.#schedule();
+    }, this.#intervalMs);
+  }
+
+  #dirty(): boolean {
+    if (this.#deferred.length > 0 || this.state.dirty || this.#outputs.size > 0) return true;
+    for (const p of this.#parts) if (p.dirty) return true;
+    for (const c of this.#consumers) if (c.positionDirty) return true;
+    return false;
+  }
+
+  #commit(): void {
+    this.#due = false;
+    this.#settledSince = 0;
+    if (!this.#dirty()) {
+      this.#host.resume();
+      return;
+    }
+    // Acknowledged in memory first, so the positions written below count them; the stored
+    // position moves only with this batch, and a crash before it commits replays them all.
+    const deferred = this.#deferred;
+    this.#deferred = [];
+    for (const upstream of deferred) releaseDownstream(upstream);
+    const outputs = this.#outputs;
+    this.#outputs = new Map();
+    const after: (() => void)[] = [];
+    const started = performance.now();
+    const state = this.state;
+    const ns = state.namespace;
+    this.#committing = this.#store
+      .batch((b) => {
+        state.take(
+          (key, value) => b.put(ns, key, value),
+          (key) => b.delete(ns, key),
+        );
+        for (const part of this.#parts) {
+          part.write(b, this.#operatorNamespace);
+          if (part.retired) this.#parts.delete(part);
+        }
+        for (const [stream, records] of outputs) after.push(stream.appendIn(b, records));
+        for (const c of this.#consumers) c.writePosition(b);
+      })
+      .then(
+        () => {
+          this.#stats.commits++;
+          this.#stats.inputs += deferred.length;
+          this.#stats.commitMs += performance.now() - started;
+          state.committed();
+          for (const run of after) run();
+        },
+        (error: unknown) => {
+          // Failed to commit (the store then refuses writes) or to build (a value it cannot encode):
+          // either way no later checkpoint could reflect this one's inputs, so none is taken. The
+          // actor's durable inputs are no longer acknowledged, and a restart replays them from the
+          // last checkpoint that committed.
+          this.#stats.failures++;
+          state.committed();
+          this.close();
+          this.#log.error(
+            `actor '${this.#actor}': checkpoint failed, no more are taken (restart to go on from the last one): ${messageOf(error)}`,
+          );
+        },
+      )
+      .finally(() => {
+        this.#committing = undefined;
+        this.poll();
+      });
+    // Later inputs go on at once: their writes are in the next batch, committed after this one.
+    this.#host.resume();
+  }
+}
