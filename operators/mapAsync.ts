@@ -1,7 +1,7 @@
 import { Observable, type OperatorFunction } from 'rxjs';
+import { MessageError } from '../runtime/actors/failure.ts';
 import type { Envelope } from '../runtime/envelope.ts';
 import { ClosedError } from '../runtime/errors.ts';
-import { MessageError } from '../runtime/failure.ts';
 import { hold } from '../runtime/lineage.ts';
 import { intOption } from '../runtime/options.ts';
 

@@ -9,17 +9,35 @@ export type {
   MessageContext,
   PipelineActor,
   SubscribeRef,
-} from './actor.ts';
-export { actor } from './actor.ts';
-export type { ActorRef, ActorState, CheckpointInfo } from './actorCell.ts';
-export type { BusClient, BusOptions, PayloadMeasure, QueueStrategy, RequestOptions, SubjectRef } from './bus.ts';
-export { Bus, DEFAULT_BUS_OPTIONS, payloadMeasures, queueStrategies } from './bus.ts';
+} from './actors/actor.ts';
+export { actor } from './actors/actor.ts';
+export type { ActorRef, ActorState, CheckpointInfo } from './actors/actorCell.ts';
+export type { ReplayOptions } from './actors/deadLetters.ts';
+export { DEAD_LETTER_HEADERS, replayDeadLetter, replayDeadLetters } from './actors/deadLetters.ts';
+export { MessageError } from './actors/failure.ts';
+export type { BackoffOptions, RestartLimitAction, RestartOptions, RetryOptions } from './actors/supervisor.ts';
+export {
+  backoffDelay,
+  DEFAULT_BACKOFF,
+  DEFAULT_RESTART,
+  DEFAULT_RETRY,
+  restartLimitActions,
+} from './actors/supervisor.ts';
+export type { BusClient, BusOptions, PayloadMeasure, QueueStrategy, RequestOptions, SubjectRef } from './bus/bus.ts';
+export { Bus, DEFAULT_BUS_OPTIONS, payloadMeasures, queueStrategies } from './bus/bus.ts';
+export type { DropReason, MailboxOptions, OverflowPolicy } from './bus/mailbox.ts';
+export { DEFAULT_MAILBOX_OPTIONS, Mailbox, overflowPolicies } from './bus/mailbox.ts';
+export type { Permissions, SubjectPermission } from './bus/permissions.ts';
+export { isSubsetMatch } from './bus/permissions.ts';
+export { isLiteral, MAX_SUBJECT_BYTES, subjectMatches, validateSubject } from './bus/subjects.ts';
+export type { SubscriptionOptions } from './bus/subscription.ts';
+export { Subscription } from './bus/subscription.ts';
+export type { DataOf, TypedSubject, TypedSubjectOptions } from './bus/typedSubject.ts';
+export { subject, validate } from './bus/typedSubject.ts';
 export type { Clock, Timer } from './clock.ts';
 export { SystemClock, systemClock, VirtualClock } from './clock.ts';
 export type { Codec } from './codec.ts';
 export { decodeEnvelope, encodeEnvelope, jsonCodec, msgpackCodec } from './codec.ts';
-export type { ReplayOptions } from './deadLetters.ts';
-export { DEAD_LETTER_HEADERS, replayDeadLetter, replayDeadLetters } from './deadLetters.ts';
 export type { Envelope, EnvelopeOptions, Headers, PublishOptions } from './envelope.ts';
 export { createEnvelope, nextId, withData, withHeaders } from './envelope.ts';
 export type { ErrorCode, PermissionOperation, SluiceErrorOptions, SubjectRule } from './errors.ts';
@@ -46,13 +64,8 @@ export {
   SubjectError,
   TimeoutError,
 } from './errors.ts';
-export { MessageError } from './failure.ts';
 export type { Lineage, Outcome } from './lineage.ts';
 export { absorb, hold, mergeLineage } from './lineage.ts';
-export type { DropReason, MailboxOptions, OverflowPolicy } from './mailbox.ts';
-export { DEFAULT_MAILBOX_OPTIONS, Mailbox, overflowPolicies } from './mailbox.ts';
-export type { Permissions, SubjectPermission } from './permissions.ts';
-export { isSubsetMatch } from './permissions.ts';
 export type {
   ActorLeft,
   Runtime,
@@ -98,12 +111,5 @@ export type {
   StreamMessage,
 } from './streams/index.ts';
 export { durable, STREAM_HEADERS } from './streams/index.ts';
-export { isLiteral, MAX_SUBJECT_BYTES, subjectMatches, validateSubject } from './subjects.ts';
-export type { SubscriptionOptions } from './subscription.ts';
-export { Subscription } from './subscription.ts';
-export type { BackoffOptions, RestartLimitAction, RestartOptions, RetryOptions } from './supervisor.ts';
-export { backoffDelay, DEFAULT_BACKOFF, DEFAULT_RESTART, DEFAULT_RETRY, restartLimitActions } from './supervisor.ts';
 export type { Counters } from './telemetry.ts';
 export { Telemetry } from './telemetry.ts';
-export type { DataOf, TypedSubject, TypedSubjectOptions } from './typedSubject.ts';
-export { subject, validate } from './typedSubject.ts';

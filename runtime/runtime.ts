@@ -1,8 +1,8 @@
-import type { Actor, AnyActor, Logger } from './actor.ts';
-import { ActorCell, type ActorCell as ActorCellType, type ActorRef, type CellDeps } from './actorCell.ts';
-import { Bus, type BusOptions } from './bus.ts';
+import type { Actor, AnyActor, Logger } from './actors/actor.ts';
+import { ActorCell, type ActorCell as ActorCellType, type ActorRef, type CellDeps } from './actors/actorCell.ts';
+import { Bus, type BusOptions } from './bus/bus.ts';
+import { deliveryDeferred, nextMacrotask } from './bus/drainLoop.ts';
 import { type Clock, systemClock, type Timer } from './clock.ts';
-import { deliveryDeferred, nextMacrotask } from './drainLoop.ts';
 import { messageOf, OptionsError, type RestartLimitError, ShutdownError, StreamError } from './errors.ts';
 import { intOption, knownKeys, optionKeys } from './options.ts';
 import type { Store } from './store/types.ts';

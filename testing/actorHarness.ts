@@ -6,14 +6,14 @@ import {
   actor as defineActor,
   type Logger,
   type PipelineActor,
-} from '../runtime/actor.ts';
-import type { ActorRef } from '../runtime/actorCell.ts';
+} from '../runtime/actors/actor.ts';
+import type { ActorRef } from '../runtime/actors/actorCell.ts';
+import { laneOf } from '../runtime/actors/input.ts';
+import { isLiteral } from '../runtime/bus/subjects.ts';
 import { VirtualClock } from '../runtime/clock.ts';
 import type { Envelope } from '../runtime/envelope.ts';
 import { OptionsError } from '../runtime/errors.ts';
-import { laneOf } from '../runtime/input.ts';
 import { createRuntime, type Runtime, type ShutdownReport } from '../runtime/runtime.ts';
-import { isLiteral } from '../runtime/subjects.ts';
 import { type LateRecord, lateRecords, type SendOptions, type TimedInput } from './pipelineHarness.ts';
 
 export interface ActorHarnessOptions {

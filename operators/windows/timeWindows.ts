@@ -1,4 +1,4 @@
-import { ACCEPTED } from '../../runtime/bus.ts';
+import { ACCEPTED } from '../../runtime/bus/bus.ts';
 import type { Clock, Timer } from '../../runtime/clock.ts';
 import { type Envelope, nextId } from '../../runtime/envelope.ts';
 import { LateDataError } from '../../runtime/errors.ts';

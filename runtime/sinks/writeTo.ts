@@ -1,9 +1,9 @@
 import { Observable, type OperatorFunction } from 'rxjs';
-import { type Actor, actor, type PipelineActor } from '../actor.ts';
+import { type Actor, actor, type PipelineActor } from '../actors/actor.ts';
+import { MessageError } from '../actors/failure.ts';
 import { type Clock, systemClock, type Timer } from '../clock.ts';
 import type { Envelope } from '../envelope.ts';
 import { ClosedError, OptionsError } from '../errors.ts';
-import { MessageError } from '../failure.ts';
 import { hold } from '../lineage.ts';
 import { intOption, knownKeys, numberOption, optionKeys } from '../options.ts';
 import { type Sink, type SinkRecord, type SinkRecordOptions, sinkRecordOf } from './sink.ts';

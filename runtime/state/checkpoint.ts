@@ -1,4 +1,4 @@
-import type { Logger } from '../actor.ts';
+import type { Logger } from '../actors/actor.ts';
 import type { Clock, Timer } from '../clock.ts';
 import { messageOf, OptionsError } from '../errors.ts';
 import { type Lineage, releaseDownstream } from '../lineage.ts';

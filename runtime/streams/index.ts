@@ -1,4 +1,4 @@
-import type { SubjectRef } from '../bus.ts';
+import type { SubjectRef } from '../bus/bus.ts';
 import { OptionsError, StreamError } from '../errors.ts';
 import { type ConsumerImpl, deliverSubjectOf, type StreamDeps } from './consumer.ts';
 import { checkName, patternsOverlap, StreamImpl } from './stream.ts';

@@ -1,4 +1,5 @@
-import type { Route } from '../bus.ts';
+import type { Route } from '../bus/bus.ts';
+import { validateSubject } from '../bus/subjects.ts';
 import type { Timer } from '../clock.ts';
 import { createEnvelope, EMPTY_HEADERS, type Envelope } from '../envelope.ts';
 import { messageOf, OptionsError, StreamError } from '../errors.ts';
@@ -6,7 +7,6 @@ import type { Lineage } from '../lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../options.ts';
 import { encodeRecord } from '../store/record.ts';
 import type { LogEntry, Store, StoreBatch } from '../store/types.ts';
-import { validateSubject } from '../subjects.ts';
 import { ConsumerImpl, type StreamDeps } from './consumer.ts';
 import type { ConsumerOptions, RetentionOptions, Stream, StreamConfig, StreamInfo } from './types.ts';
 

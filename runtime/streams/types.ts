@@ -1,4 +1,4 @@
-import type { SubjectRef } from '../bus.ts';
+import type { SubjectRef } from '../bus/bus.ts';
 import type { Envelope } from '../envelope.ts';
 
 /** Limits on what a stream keeps; the oldest messages go first. Unset limits do not apply. */

@@ -13,7 +13,7 @@ import {
 } from 'sluice';
 import { describe, expect, test, vi } from 'vitest';
 // The offer result is internal (the bus reads it), so it comes from its file.
-import { Offer } from '../../runtime/mailbox.ts';
+import { Offer } from '../../runtime/bus/mailbox.ts';
 
 const flush = () => new Promise<void>((resolve) => setImmediate(resolve));
 

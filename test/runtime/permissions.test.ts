@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { isSubsetMatch } from 'sluice';
 import { describe, expect, test } from 'vitest';
 // Overlap is internal (it decides which deny patterns filter a subscription at delivery).
-import { overlaps } from '../../runtime/permissions.ts';
+import { overlaps } from '../../runtime/bus/permissions.ts';
 
 /** NATS matching by regular expression, independent of the code under test. */
 function matches(pattern: string, subject: string): boolean {

@@ -11,7 +11,7 @@ import {
 } from 'sluice';
 import { describe, expect, test } from 'vitest';
 // The trie is internal (the bus is its only user), so it is imported from its file.
-import { type Match, SubjectTrie } from '../../runtime/subjects.ts';
+import { type Match, SubjectTrie } from '../../runtime/bus/subjects.ts';
 import { thrown } from './helpers.ts';
 
 function expectSubjectError(error: unknown, subject: string, rule: SubjectRule): void {

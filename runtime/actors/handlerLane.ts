@@ -1,14 +1,14 @@
+import type { SubjectRef } from '../bus/bus.ts';
+import { isThenable } from '../bus/typedSubject.ts';
+import { createEnvelope, type PublishOptions } from '../envelope.ts';
+import { ClosedError, OptionsError } from '../errors.ts';
+import { IDEMPOTENCY_KEY_HEADER } from '../sinks/sink.ts';
+import { injectTrace } from '../telemetry.ts';
 import type { ActorContext, HandlerActor } from './actor.ts';
 import { MessageCtx } from './actorContext.ts';
-import type { SubjectRef } from './bus.ts';
-import { createEnvelope, type PublishOptions } from './envelope.ts';
-import { ClosedError, OptionsError } from './errors.ts';
 import type { Input } from './input.ts';
 import type { Lane, LaneHost } from './lane.ts';
 import { outputKey } from './outputKeys.ts';
-import { IDEMPOTENCY_KEY_HEADER } from './sinks/sink.ts';
-import { injectTrace } from './telemetry.ts';
-import { isThenable } from './typedSubject.ts';
 
 type Handle = HandlerActor<unknown, unknown>['handle'];
 

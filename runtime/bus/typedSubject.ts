@@ -1,5 +1,5 @@
 import type { StandardSchemaV1 } from '@standard-schema/spec';
-import { SchemaError, type SchemaIssueSummary } from './errors.ts';
+import { SchemaError, type SchemaIssueSummary } from '../errors.ts';
 import { validateSubject } from './subjects.ts';
 
 /**

@@ -1,8 +1,8 @@
+import type { Headers } from '../envelope.ts';
+import { IDEMPOTENCY_KEY_HEADER } from '../sinks/sink.ts';
+import { STREAM_HEADERS } from '../streams/stream.ts';
 import type { Actor } from './actor.ts';
-import type { Headers } from './envelope.ts';
 import type { Input } from './input.ts';
-import { IDEMPOTENCY_KEY_HEADER } from './sinks/sink.ts';
-import { STREAM_HEADERS } from './streams/stream.ts';
 
 /**
  * @internal The streams an actor reads durably, or undefined when it reads none: only then do its

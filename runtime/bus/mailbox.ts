@@ -1,6 +1,6 @@
-import type { Envelope } from './envelope.ts';
-import { MailboxFullError } from './errors.ts';
-import { intOption, knownKeys, oneOf, optionKeys } from './options.ts';
+import type { Envelope } from '../envelope.ts';
+import { MailboxFullError } from '../errors.ts';
+import { intOption, knownKeys, oneOf, optionKeys } from '../options.ts';
 
 export const overflowPolicies = ['block', 'drop-oldest', 'drop-newest', 'fail'] as const;
 /**

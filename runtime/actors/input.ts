@@ -1,6 +1,6 @@
 import type { Span } from '@opentelemetry/api';
-import type { Envelope } from './envelope.ts';
-import { type Lineage, Tracker, type TrackerOwner, trackerOf } from './lineage.ts';
+import type { Envelope } from '../envelope.ts';
+import { type Lineage, Tracker, type TrackerOwner, trackerOf } from '../lineage.ts';
 
 /** @internal The tracker of one input inside a cell: the input, its lane, its span. */
 export class Input extends Tracker {

@@ -1,4 +1,4 @@
-import { OptionsError } from './errors.ts';
+import { OptionsError } from '../errors.ts';
 import { validateSubject } from './subjects.ts';
 
 /** Allow and deny lists of subject patterns, as NATS accounts and users have them. */

@@ -7,19 +7,19 @@ import {
   type RequestOptions,
   type SubjectRef,
   validateQueue,
-} from './bus.ts';
-import type { Clock } from './clock.ts';
-import type { Codec } from './codec.ts';
+} from '../bus/bus.ts';
+import { type MailboxOptions, resolveMailboxOptions } from '../bus/mailbox.ts';
+import type { Permissions } from '../bus/permissions.ts';
+import { subjectMatches, validateSubject } from '../bus/subjects.ts';
+import type { Clock } from '../clock.ts';
+import type { Codec } from '../codec.ts';
+import type { Envelope, PublishOptions } from '../envelope.ts';
+import { OptionsError } from '../errors.ts';
+import { intOption, knownKeys, oneOf, optionKeys } from '../options.ts';
+import { type CheckpointOptions, resolveCheckpoint } from '../state/checkpoint.ts';
+import type { KeyedState } from '../state/keyedState.ts';
+import type { DurableRef } from '../streams/types.ts';
 import { TERMINAL_PREFIX } from './deadLetters.ts';
-import type { Envelope, PublishOptions } from './envelope.ts';
-import { OptionsError } from './errors.ts';
-import { type MailboxOptions, resolveMailboxOptions } from './mailbox.ts';
-import { intOption, knownKeys, oneOf, optionKeys } from './options.ts';
-import type { Permissions } from './permissions.ts';
-import { type CheckpointOptions, resolveCheckpoint } from './state/checkpoint.ts';
-import type { KeyedState } from './state/keyedState.ts';
-import type { DurableRef } from './streams/types.ts';
-import { subjectMatches, validateSubject } from './subjects.ts';
 import { type RestartOptions, type RetryOptions, resolveRestart, resolveRetry } from './supervisor.ts';
 
 /** What an actor subscribes to: a subject by name, a typed subject, or a durable subscription to a stream. */

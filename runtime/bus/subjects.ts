@@ -1,4 +1,4 @@
-import { SubjectError } from './errors.ts';
+import { SubjectError } from '../errors.ts';
 
 /**
  * Subject syntax and matching, following NATS exactly so the same names work in-process and on a

@@ -1,14 +1,14 @@
+import type { BusClient } from '../bus/bus.ts';
+import type { Clock } from '../clock.ts';
+import type { Envelope } from '../envelope.ts';
+import type { Checkpoint } from '../state/checkpoint.ts';
+import { unavailableState } from '../state/keyedState.ts';
 import type { Actor, HandlerActor, Logger, PipelineActor } from './actor.ts';
 import { laneContext } from './actorContext.ts';
-import type { BusClient } from './bus.ts';
-import type { Clock } from './clock.ts';
-import type { Envelope } from './envelope.ts';
 import { HandlerLane } from './handlerLane.ts';
 import type { Input } from './input.ts';
 import { durableStreamsOf } from './outputKeys.ts';
 import { PipelineLane } from './pipelineLane.ts';
-import type { Checkpoint } from './state/checkpoint.ts';
-import { unavailableState } from './state/keyedState.ts';
 
 /**
  * @internal One lane of an actor: a pipeline, or a handler taking inputs one at a time (or up to

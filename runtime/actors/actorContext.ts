@@ -1,11 +1,11 @@
 import type { SchedulerLike } from 'rxjs';
+import { type BusClient, type RequestOptions, replyToOf, type SubjectRef } from '../bus/bus.ts';
+import type { Clock } from '../clock.ts';
+import type { Envelope, PublishOptions } from '../envelope.ts';
+import type { KeyedState } from '../state/keyedState.ts';
+import { injectTrace } from '../telemetry.ts';
 import type { ActorContext, Logger, MessageContext } from './actor.ts';
-import { type BusClient, type RequestOptions, replyToOf, type SubjectRef } from './bus.ts';
-import type { Clock } from './clock.ts';
-import type { Envelope, PublishOptions } from './envelope.ts';
 import type { Input } from './input.ts';
-import type { KeyedState } from './state/keyedState.ts';
-import { injectTrace } from './telemetry.ts';
 
 /** @internal The context of one lane: shared by every message the lane handles. */
 export function laneContext(

@@ -1,6 +1,5 @@
-import { type Clock, systemClock } from './clock.ts';
-import { type Codec, encodeWith, msgpackCodec } from './codec.ts';
-import { nextMacrotask, spend } from './drainLoop.ts';
+import { type Clock, systemClock } from '../clock.ts';
+import { type Codec, encodeWith, msgpackCodec } from '../codec.ts';
 import {
   checkFields,
   checkHeaders,
@@ -13,7 +12,7 @@ import {
   headerUnits,
   type PublishOptions,
   randomToken,
-} from './envelope.ts';
+} from '../envelope.ts';
 import {
   ClosedError,
   MailboxFullError,
@@ -24,14 +23,15 @@ import {
   type PermissionOperation,
   StreamError,
   TimeoutError,
-} from './errors.ts';
-import { absorbDownstream, releaseDownstream, trackerOf } from './lineage.ts';
+} from '../errors.ts';
+import { absorbDownstream, releaseDownstream, trackerOf } from '../lineage.ts';
+import { intOption, knownKeys, oneOf, optionKeys, optionsObject } from '../options.ts';
+import { type Counters, Telemetry, tracingEnabled, withActiveTrace } from '../telemetry.ts';
+import { nextMacrotask, spend } from './drainLoop.ts';
 import { type DropReason, Mailbox, Offer } from './mailbox.ts';
-import { intOption, knownKeys, oneOf, optionKeys, optionsObject } from './options.ts';
 import { PermissionChecker, type Permissions } from './permissions.ts';
 import { type Match, queueProblem, type Routable, SubjectTrie, validateSubject } from './subjects.ts';
 import { Subscription, type SubscriptionOptions } from './subscription.ts';
-import { type Counters, Telemetry, tracingEnabled, withActiveTrace } from './telemetry.ts';
 import type { TypedSubject } from './typedSubject.ts';
 
 export const queueStrategies = ['round-robin', 'least-loaded'] as const;

@@ -6,13 +6,13 @@ import {
   type Subscriber,
   type TeardownLogic,
 } from 'rxjs';
+import type { Envelope } from '../envelope.ts';
+import { OptionsError } from '../errors.ts';
+import { releaseDownstream } from '../lineage.ts';
+import { intOption, knownKeys, oneOf, optionKeys } from '../options.ts';
 import type { Bus, QueueStrategy, Route } from './bus.ts';
 import { DrainLoop, handoffRefused, nextMacrotask, spend } from './drainLoop.ts';
-import type { Envelope } from './envelope.ts';
-import { OptionsError } from './errors.ts';
-import { releaseDownstream } from './lineage.ts';
 import { Mailbox, type MailboxOptions } from './mailbox.ts';
-import { intOption, knownKeys, oneOf, optionKeys } from './options.ts';
 
 export interface SubscriptionOptions<T> {
   /** Subscribers sharing a queue group split the messages; each group gets one copy. */

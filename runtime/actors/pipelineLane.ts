@@ -1,15 +1,15 @@
 import { Observable, type Subscription as RxSubscription, type Subscriber } from 'rxjs';
+import { ACCEPTED } from '../bus/bus.ts';
+import { type Envelope, nextId } from '../envelope.ts';
+import { messageOf, OptionsError, SluiceError } from '../errors.ts';
+import type { Lineage } from '../lineage.ts';
+import { IDEMPOTENCY_KEY_HEADER } from '../sinks/sink.ts';
+import { type OperatorCheckpoint, withCheckpoint } from '../state/operatorState.ts';
+import { injectTrace } from '../telemetry.ts';
 import type { ActorContext, PipelineActor } from './actor.ts';
-import { ACCEPTED } from './bus.ts';
-import { type Envelope, nextId } from './envelope.ts';
-import { messageOf, OptionsError, SluiceError } from './errors.ts';
 import { type Input, inputOf } from './input.ts';
 import type { Lane, LaneHost } from './lane.ts';
-import type { Lineage } from './lineage.ts';
 import { outputKey } from './outputKeys.ts';
-import { IDEMPOTENCY_KEY_HEADER } from './sinks/sink.ts';
-import { type OperatorCheckpoint, withCheckpoint } from './state/operatorState.ts';
-import { injectTrace } from './telemetry.ts';
 
 type Pipeline = PipelineActor<unknown, unknown>['pipeline'];
 

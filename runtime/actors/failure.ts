@@ -1,5 +1,5 @@
-import type { Envelope } from './envelope.ts';
-import { messageOf, SluiceError } from './errors.ts';
+import type { Envelope } from '../envelope.ts';
+import { messageOf, SluiceError } from '../errors.ts';
 
 /**
  * An error tied to the message that caused it. Operators that fail asynchronously (`mapAsync`)

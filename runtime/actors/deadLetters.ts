@@ -1,10 +1,10 @@
+import { ACCEPTED, type Bus, type BusClient } from '../bus/bus.ts';
+import type { Clock } from '../clock.ts';
+import { createEnvelope, type Envelope } from '../envelope.ts';
+import { messageOf, OptionsError, SluiceError } from '../errors.ts';
+import { type Lineage, releaseDownstream } from '../lineage.ts';
+import { intOption, knownKeys, optionKeys } from '../options.ts';
 import type { Logger } from './actor.ts';
-import { ACCEPTED, type Bus, type BusClient } from './bus.ts';
-import type { Clock } from './clock.ts';
-import { createEnvelope, type Envelope } from './envelope.ts';
-import { messageOf, OptionsError, SluiceError } from './errors.ts';
-import { type Lineage, releaseDownstream } from './lineage.ts';
-import { intOption, knownKeys, optionKeys } from './options.ts';
 
 /** Headers a dead letter carries, so it can be understood and replayed to its original subject. */
 export const DEAD_LETTER_HEADERS = Object.freeze({

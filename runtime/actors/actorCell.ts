@@ -1,9 +1,11 @@
-import type { Actor, Logger } from './actor.ts';
-import { ACCEPTED, type Bus, type BusClient } from './bus.ts';
-import type { Clock, Timer } from './clock.ts';
-import { DeadLetters } from './deadLetters.ts';
-import { DrainLoop } from './drainLoop.ts';
-import type { Envelope } from './envelope.ts';
+import { ACCEPTED, type Bus, type BusClient } from '../bus/bus.ts';
+import { DrainLoop } from '../bus/drainLoop.ts';
+import { Mailbox } from '../bus/mailbox.ts';
+import { PermissionChecker } from '../bus/permissions.ts';
+import { subjectMatches } from '../bus/subjects.ts';
+import { validate } from '../bus/typedSubject.ts';
+import type { Clock, Timer } from '../clock.ts';
+import type { Envelope } from '../envelope.ts';
 import {
   ClosedError,
   messageOf,
@@ -13,10 +15,7 @@ import {
   SluiceError,
   StateError,
   StreamError,
-} from './errors.ts';
-import { MessageError } from './failure.ts';
-import { Input, laneOf } from './input.ts';
-import { createLanes, type Lane, type LaneHost } from './lane.ts';
+} from '../errors.ts';
 import {
   type Lineage,
   releaseDownstream,
@@ -24,17 +23,20 @@ import {
   retainPublishing,
   type Tracker,
   type TrackerOwner,
-} from './lineage.ts';
-import { Mailbox } from './mailbox.ts';
+} from '../lineage.ts';
+import { Checkpoint, type CheckpointStats } from '../state/checkpoint.ts';
+import type { Store } from '../store/types.ts';
+import type { ConsumerImpl } from '../streams/consumer.ts';
+import type { StreamImpl } from '../streams/stream.ts';
+import type { DurableRef } from '../streams/types.ts';
+import { type Counters, endSpan, startProcessSpan, type Telemetry, tracingEnabled } from '../telemetry.ts';
+import type { Actor, Logger } from './actor.ts';
+import { DeadLetters } from './deadLetters.ts';
+import { MessageError } from './failure.ts';
+import { Input, laneOf } from './input.ts';
+import { createLanes, type Lane, type LaneHost } from './lane.ts';
 import { OpenInputs } from './openInputs.ts';
-import { PermissionChecker } from './permissions.ts';
 import type { PipelineLane } from './pipelineLane.ts';
-import { Checkpoint, type CheckpointStats } from './state/checkpoint.ts';
-import type { Store } from './store/types.ts';
-import type { ConsumerImpl } from './streams/consumer.ts';
-import type { StreamImpl } from './streams/stream.ts';
-import type { DurableRef } from './streams/types.ts';
-import { subjectMatches } from './subjects.ts';
 import {
   backoffDelay,
   type ResolvedRestart,
@@ -43,8 +45,6 @@ import {
   resolveRestart,
   resolveRetry,
 } from './supervisor.ts';
-import { type Counters, endSpan, startProcessSpan, type Telemetry, tracingEnabled } from './telemetry.ts';
-import { validate } from './typedSubject.ts';
 
 /** Where an actor stands. */
 export type ActorState = 'running' | 'restarting' | 'stopping' | 'stopped';

@@ -1,5 +1,5 @@
-import { OptionsError } from './errors.ts';
-import { intOption, knownKeys, numberOption, oneOf, optionKeys } from './options.ts';
+import { OptionsError } from '../errors.ts';
+import { intOption, knownKeys, numberOption, oneOf, optionKeys } from '../options.ts';
 
 /** Exponential backoff with jitter, the delay before retry `n` or restart `n`. */
 export interface BackoffOptions {
