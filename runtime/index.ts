@@ -77,6 +77,8 @@ export type {
 export { createRuntime, describeReport } from './runtime.ts';
 export type { Sink, SinkRecord, SinkRecordOptions } from './sinks/sink.ts';
 export { IDEMPOTENCY_KEY_HEADER, latestPerKey } from './sinks/sink.ts';
+export type { StreamSinkOptions } from './sinks/streamSink.ts';
+export { REVISION_HEADER, streamSink } from './sinks/streamSink.ts';
 export type { SinkActorDefinition, SinkBatchOptions, WriteToOptions } from './sinks/writeTo.ts';
 export { DEFAULT_SINK_BATCH, sinkActor, writeTo } from './sinks/writeTo.ts';
 export type { CheckpointOptions, CheckpointStats } from './state/checkpoint.ts';

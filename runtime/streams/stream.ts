@@ -6,7 +6,7 @@ import { messageOf, OptionsError, StreamError } from '../errors.ts';
 import type { Lineage } from '../lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../options.ts';
 import { encodeRecord } from '../store/record.ts';
-import type { LogEntry, Store, StoreBatch } from '../store/types.ts';
+import type { LogEntry, SequenceRange, Store, StoreBatch } from '../store/types.ts';
 import { ConsumerImpl, type StreamDeps } from './consumer.ts';
 import type { ConsumerOptions, RetentionOptions, Stream, StreamConfig, StreamInfo } from './types.ts';
 
@@ -220,9 +220,9 @@ export class StreamImpl implements Stream {
   /**
    * @internal Appends records inside a checkpoint's batch (outputs committed with the state and
    * positions they come from). Returns what to run once the batch committed: retention, and waking
-   * the consumers.
+   * the consumers. `given` learns the sequences the records get (while the batch is built).
    */
-  appendIn(batch: StoreBatch, records: readonly StoredMessage[]): () => void {
+  appendIn(batch: StoreBatch, records: readonly StoredMessage[], given?: (range: SequenceRange) => void): () => void {
     if (this.#closed) throw new StreamError(this.name, 'closed: the runtime is stopping');
     if (this.#maxBytes !== undefined) {
       for (const r of records) {
@@ -231,7 +231,8 @@ export class StreamImpl implements Stream {
         this.#bytes += size;
       }
     }
-    batch.append(this.log, records);
+    const range = batch.append(this.log, records);
+    given?.(range);
     return () => {
       this.#enforce();
       for (const c of this.#consumers.values()) c.wake();
