@@ -1,5 +1,5 @@
 import type { Logger } from '../actors/actor.ts';
-import { DEAD_LETTER_HEADERS } from '../actors/deadLetters.ts';
+import { DEAD_LETTER_HEADERS, TERMINAL_PREFIX } from '../actors/deadLetters.ts';
 import { backoffDelay, DEFAULT_BACKOFF } from '../actors/supervisor.ts';
 import { ACCEPTED, type Bus } from '../bus/bus.ts';
 import { subjectMatches, validateSubject } from '../bus/subjects.ts';
@@ -593,6 +593,22 @@ export class ConsumerImpl<T = unknown> {
       if (entry !== undefined && entry.seq === d.seq && entry.error === undefined)
         stored = entry.value as StoredMessage;
     }
+    // A dead letter read from a stream on `$DLQ.>`, as actors do: its dead letter goes to
+    // `$DEAD.<stream>.<consumer>`, since the default `$DLQ.<stream>.<consumer>` is one that very
+    // stream captures, and the letter would come back to this consumer forever. One read from a
+    // `$DEAD.` subject goes nowhere: it stays in its stream, logged, settled as terminated.
+    if (stored?.s.startsWith(TERMINAL_PREFIX)) {
+      this.#deps.log.error(
+        `consumer '${this.#key}' gave up on sequence ${d.seq} from '${stored.s}' (a dead letter of a dead letter is sent nowhere; it stays in the stream): ${messageOf(error)}`,
+      );
+      this.#counts.terminated++;
+      this.#settle(d.seq);
+      return;
+    }
+    const subject =
+      stored?.h?.[DEAD_LETTER_HEADERS.error] !== undefined
+        ? `${TERMINAL_PREFIX}${this.stream}.${this.name}`
+        : this.#deadLetter;
     const now = this.#deps.clock.now();
     const headers: Record<string, string> = {
       ...stored?.h,
@@ -607,15 +623,15 @@ export class ConsumerImpl<T = unknown> {
       [DEAD_LETTER_HEADERS.time]: new Date(now).toISOString(),
     };
     const letter = createEnvelope(
-      this.#deadLetter,
+      subject,
       stored === undefined ? null : stored.d,
       { key: stored?.k, eventTime: stored === undefined ? now : (stored.e ?? stored.t), headers },
       now,
     );
     const bus = this.#deps.bus;
-    if (!bus.hasSubscribers(this.#deadLetter)) {
+    if (!bus.hasSubscribers(subject)) {
       this.#deps.log.warn(
-        `consumer '${this.#key}' dead-lettered sequence ${d.seq} to '${this.#deadLetter}', which has no subscriber: ${messageOf(error)}`,
+        `consumer '${this.#key}' dead-lettered sequence ${d.seq} to '${subject}', which has no subscriber: ${messageOf(error)}`,
       );
     }
     const done = () => {

@@ -41,7 +41,11 @@ export interface ConsumerOptions<T = unknown> {
   maxDeliver?: number;
   /** Messages delivered and not yet settled before the consumer delivers no more. @default 1000 */
   maxAckPending?: number;
-  /** Where messages go after `maxDeliver` deliveries, and corrupt records. @default `$DLQ.<stream>.<consumer>` */
+  /**
+   * Where messages go after `maxDeliver` deliveries, and corrupt records. @default `$DLQ.<stream>.<consumer>`.
+   * A message that is a dead letter already goes to `$DEAD.<stream>.<consumer>` instead, and one
+   * from a `$DEAD.` subject nowhere (it stays in the stream, logged, counted as terminated).
+   */
   deadLetter?: string;
 }
 
