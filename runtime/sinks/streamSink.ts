@@ -115,7 +115,7 @@ export function streamSink<T = unknown>(options: StreamSinkOptions): Sink<T> {
 
   /** Forgets keys whose records retention removed: at most `max` of them, in this batch. */
   const prune = (b: StoreBatch, max: number) => {
-    const first = stream.first;
+    const first = store.bounds(stream.log).first;
     for (const entry of store.scan(seqNs, '', { limit: max })) {
       const seq = Number(entry.key);
       if (!(seq < first)) break;

@@ -99,6 +99,25 @@ describe.each([memoryHarness, lmdbHarness])('streamSink ($name store)', (harness
     expect(stored(rt, 'RESULTS').at(-1)).toEqual({ key: 'k1', revision: undefined, value: 1 });
   });
 
+  test('streamSink - a key whose older revision retention removed is still held by its newer record', async () => {
+    const store = harness.fresh();
+    const { rt } = testRuntime({ store });
+    const results = rt.stream({ name: 'RESULTS', subjects: ['results'], retention: { maxMessages: 4 } });
+    const sink = streamSink({ stream: results });
+    for (const batch of [[rec('w', 'v0', 0)], [rec('w', 'v1', 1)], [rec('a', 1)], [rec('b', 2)], [rec('c', 3)]]) {
+      await sink.write(batch);
+      await eventually(() => expect(results.info().messages).toBeLessThanOrEqual(4));
+    }
+    expect(results.info().first).toBe(2); // w at revision 0 is gone, w at revision 1 is record 2
+    await sink.write([rec('w', 'v1', 1), rec('w', 'v0', 0)]); // this write forgets record 1's entry
+    expect(store.scan(dedupeSeqNamespace('RESULTS'), '').some((e) => e.key.endsWith('0001'))).toBe(false);
+    expect(store.getKey(dedupeNamespace('RESULTS'), 'w')).toEqual({ r: 1, s: 2 });
+    await sink.write([rec('w', 'v1', 1), rec('w', 'v0', 0)]);
+    expect(results.info().last).toBe(5);
+    await sink.write([rec('w', 'v2', 2)]);
+    expect(results.info().last).toBe(6);
+  });
+
   test('streamSink - records from a durable source through a sink actor, redelivered after a failure, are stored once', async () => {
     const { rt, clock } = testRuntime({ store: harness.fresh() });
     rt.stream({ name: 'ORDERS', subjects: ['orders.>'] });
