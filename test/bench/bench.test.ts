@@ -63,7 +63,7 @@ test('the durable bench runs publish, consume and the at-least-once and exactly-
     publish: ['lmdb', 'sluice'],
     'publish-one': ['lmdb', 'sluice'],
     consume: ['lmdb', 'sluice'],
-    pipeline: ['at-least-once', 'exactly-once'],
+    pipeline: ['at-least-once', 'at-most-once', 'exactly-once'],
   };
   expect(Object.keys(last.results).sort()).toEqual(Object.keys(expected).sort());
   for (const [name, contenders] of Object.entries(expected)) {

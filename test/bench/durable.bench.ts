@@ -17,6 +17,7 @@
  *   once its output's append is synced. Timed until every input is settled. `exactly-once`: the
  *   same actor with a `checkpoint`, its outputs and its position committed in one transaction
  *   every CHECKPOINT_EVERY inputs (no de-duplication); timed until the last commit's outputs are in.
+ *   `at-most-once`: the same actor between plain subjects, no store (the cost of the others).
  *
  * Figures are messages per second; each contender checks the count and the sum of ids.
  */
@@ -213,6 +214,46 @@ const pipeline =
     };
   };
 
+/**
+ * The same job at most once: plain subjects, no store. Timed from the first publish (there is
+ * nothing stored to start from) until the subscriber of the outputs counted every one.
+ */
+const atMostOnce: Contender = (n) => {
+  const runtime = createRuntime();
+  let count = 0;
+  let sum = 0;
+  let done: () => void = () => undefined;
+  const all = new Promise<void>((resolve) => {
+    done = resolve;
+  });
+  runtime.bus.subscribe<Priced>('priced.eu', {
+    callback: (env) => {
+      count++;
+      sum += env.data.id;
+      if (count === n) done();
+    },
+  });
+  runtime.spawn(
+    actor<Order, Priced>({
+      name: 'pricing',
+      subscribe: 'orders.eu',
+      output: 'priced.eu',
+      pipeline: (in$) => in$.pipe(map((env) => ({ ...env, data: { id: env.data.id, total: env.data.amount * 2 } }))),
+    }),
+  );
+  return {
+    run: async () => {
+      await fill(runtime, n);
+      await all;
+      expectCount('read', count, n);
+      expectCount('id sum', sum, idSum(n));
+    },
+    dispose: async () => {
+      await runtime.stop();
+    },
+  };
+};
+
 const lmdbConsume: Contender = async (n) => {
   const { path, remove } = tempPath();
   const db = open<Order, [string, number]>({ path, overlappingSync: false });
@@ -248,7 +289,7 @@ const lmdbConsume: Contender = async (n) => {
 export default defineBench({
   bench: 'durable',
   unit: 'msg/s',
-  contenders: ['sluice', 'lmdb', 'at-least-once', 'exactly-once'],
+  contenders: ['sluice', 'lmdb', 'at-most-once', 'at-least-once', 'exactly-once'],
   cases: {
     publish: {
       messages: 100_000,
@@ -268,9 +309,9 @@ export default defineBench({
     pipeline: {
       messages: 100_000,
       description:
-        'durable stream -> actor (map) -> second stream; at-least-once: each input acked once its output is synced; ' +
+        'durable stream -> actor (map) -> second stream; at-most-once: plain subjects, no store; at-least-once: each input acked once its output is synced; ' +
         `exactly-once: outputs and position in one transaction every ${CHECKPOINT_EVERY} inputs`,
-      contenders: { 'at-least-once': pipeline(false), 'exactly-once': pipeline(true) },
+      contenders: { 'at-most-once': atMostOnce, 'at-least-once': pipeline(false), 'exactly-once': pipeline(true) },
     },
   },
   ratios: [
