@@ -14,6 +14,7 @@ export { actor } from './actors/actor.ts';
 export type { ActorRef, ActorState, CheckpointInfo } from './actors/actorCell.ts';
 export type { ReplayOptions } from './actors/deadLetters.ts';
 export { DEAD_LETTER_HEADERS, replayDeadLetter, replayDeadLetters } from './actors/deadLetters.ts';
+export type { DeliveryMode } from './actors/delivery.ts';
 export { MessageError } from './actors/failure.ts';
 export type { BackoffOptions, RestartLimitAction, RestartOptions, RetryOptions } from './actors/supervisor.ts';
 export {

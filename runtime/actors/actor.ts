@@ -20,6 +20,7 @@ import { type CheckpointOptions, resolveCheckpoint } from '../state/checkpoint.t
 import type { KeyedState } from '../state/keyedState.ts';
 import type { DurableRef } from '../streams/types.ts';
 import { TERMINAL_PREFIX } from './deadLetters.ts';
+import { checkDelivery, type DeliveryMode, IDEMPOTENT_SINK } from './delivery.ts';
 import { type RestartOptions, type RetryOptions, resolveRestart, resolveRetry } from './supervisor.ts';
 
 /** What an actor subscribes to: a subject by name, a typed subject, or a durable subscription to a stream. */
@@ -114,6 +115,12 @@ interface ActorBase<In> {
    * runtime with a `store`.
    */
   checkpoint?: CheckpointOptions;
+  /**
+   * The delivery it promises across a crash, checked against its subscriptions and checkpoint
+   * when declared: a combination that cannot give it is an `OptionsError` (README, "Delivery
+   * guarantees"). Not given: nothing is checked.
+   */
+  delivery?: DeliveryMode;
 }
 
 /** An actor whose inputs flow through an RxJS pipeline: for windows, joins, stateful streams. */
@@ -171,6 +178,8 @@ export interface Actor<In = unknown, Out = unknown> {
   readonly checkpoint:
     | { readonly intervalMs: number | undefined; readonly everyInputs: number | undefined }
     | undefined;
+  /** The delivery it declared (checked), if it did. */
+  readonly delivery: DeliveryMode | undefined;
 }
 
 const actorKeys = optionKeys<keyof PipelineActor<unknown, unknown> | keyof HandlerActor<unknown, unknown>>({
@@ -188,6 +197,7 @@ const actorKeys = optionKeys<keyof PipelineActor<unknown, unknown> | keyof Handl
   deadLetter: true,
   permissions: true,
   checkpoint: true,
+  delivery: true,
   pipeline: true,
   handle: true,
   output: true,
@@ -310,6 +320,13 @@ export function actor<In, Out>(definition: ActorDefinition<In, Out>): Actor<In, 
     definition.checkpoint === undefined
       ? undefined
       : Object.freeze(resolveCheckpoint(definition.checkpoint, `actor '${name}'.checkpoint`));
+  const delivery = checkDelivery(
+    name,
+    definition.delivery,
+    subjects,
+    checkpoint !== undefined,
+    (definition as { [IDEMPOTENT_SINK]?: boolean })[IDEMPOTENT_SINK] === true,
+  );
   return Object.freeze({
     definition,
     name,
@@ -320,6 +337,7 @@ export function actor<In, Out>(definition: ActorDefinition<In, Out>): Actor<In, 
     maxInFlight,
     concurrency,
     checkpoint,
+    delivery,
   });
 }
 

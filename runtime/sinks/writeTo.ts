@@ -1,5 +1,6 @@
 import { Observable, type OperatorFunction } from 'rxjs';
 import { type Actor, actor, type PipelineActor } from '../actors/actor.ts';
+import { IDEMPOTENT_SINK } from '../actors/delivery.ts';
 import { MessageError } from '../actors/failure.ts';
 import { type Clock, systemClock, type Timer } from '../clock.ts';
 import type { Envelope } from '../envelope.ts';
@@ -185,6 +186,7 @@ const sinkKeys = optionKeys<keyof SinkActorDefinition<unknown, unknown>>({
   restart: true,
   deadLetter: true,
   permissions: true,
+  delivery: true,
   sink: true,
   batch: true,
   key: true,
@@ -220,9 +222,11 @@ export function sinkActor<In, T = In>(definition: SinkActorDefinition<In, T>): A
   if (value !== undefined) records.value = value;
   // Checked now, so a bad sink or batch option fails at start-up, not at the first message.
   writeTo(sink, records);
-  return actor<In, never>({
+  const definitionOut: PipelineActor<In, never> = {
     ...rest,
     maxInFlight,
     pipeline: (input$, ctx) => input$.pipe(writeTo(sink, { ...records, clock: ctx.clock })),
-  });
+  };
+  // Its sink keeps one result per key: 'exactly-once' needs no checkpoint here.
+  return actor<In, never>(Object.assign(definitionOut, { [IDEMPOTENT_SINK]: true }));
 }

@@ -46,7 +46,7 @@ test('the bus bench runs every case and contender and ends with its JSON line', 
   for (const name of Object.keys(CASES)) expect(stdout).toMatch(new RegExp(`^${name} `, 'm'));
 });
 
-test('the durable bench runs publish, consume and the at-least-once pipeline and ends with its JSON line', {
+test('the durable bench runs publish, consume and the at-least-once and exactly-once pipelines and ends with its JSON line', {
   timeout: 120_000,
 }, async () => {
   const { stdout } = await run(
@@ -63,7 +63,7 @@ test('the durable bench runs publish, consume and the at-least-once pipeline and
     publish: ['lmdb', 'sluice'],
     'publish-one': ['lmdb', 'sluice'],
     consume: ['lmdb', 'sluice'],
-    pipeline: ['at-least-once'],
+    pipeline: ['at-least-once', 'at-most-once', 'exactly-once'],
   };
   expect(Object.keys(last.results).sort()).toEqual(Object.keys(expected).sort());
   for (const [name, contenders] of Object.entries(expected)) {

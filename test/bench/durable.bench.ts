@@ -14,8 +14,10 @@
  *   lmdb: a raw `getRange` read loop over the same keys, in pages of PAGE.
  * - `pipeline` / `at-least-once`: a stream of orders read by an actor (`durable(...)`) that prices
  *   each one and publishes it into a second stream, the embedded sink: each input is acknowledged
- *   once its output's append is synced. Timed until every input is settled. `exactly-once` (outputs,
- *   state and positions in one transaction) needs checkpoints, which are not in the runtime yet.
+ *   once its output's append is synced. Timed until every input is settled. `exactly-once`: the
+ *   same actor with a `checkpoint`, its outputs and its position committed in one transaction
+ *   every CHECKPOINT_EVERY inputs (no de-duplication); timed until the last commit's outputs are in.
+ *   `at-most-once`: the same actor between plain subjects, no store (the cost of the others).
  *
  * Figures are messages per second; each contender checks the count and the sum of ids.
  */
@@ -174,27 +176,81 @@ interface Priced {
   readonly total: number;
 }
 
-const atLeastOnce: Contender = async (n) => {
-  const { runtime, orders, dispose } = durableRuntime();
-  const priced = runtime.stream({ name: 'PRICED', subjects: ['priced.>'] });
-  await fill(runtime, n);
+/** Inputs per checkpoint of the exactly-once contender (the consumer's maxAckPending too). */
+const CHECKPOINT_EVERY = 2_000;
+
+/**
+ * The pipeline job; `checkpoint`: exactly-once, the actor's outputs and its position committed in
+ * one transaction every CHECKPOINT_EVERY inputs.
+ */
+const pipeline =
+  (checkpoint: boolean): Contender =>
+  async (n) => {
+    const { runtime, orders, dispose } = durableRuntime();
+    const priced = runtime.stream({ name: 'PRICED', subjects: ['priced.>'] });
+    await fill(runtime, n);
+    return {
+      run: async () => {
+        runtime.spawn(
+          actor<Order, Priced>({
+            name: 'pricing',
+            subscribe: durable<Order>(STREAM, {
+              consumer: 'pricing',
+              ...(checkpoint ? { maxAckPending: CHECKPOINT_EVERY } : {}),
+            }),
+            output: 'priced.eu',
+            ...(checkpoint ? { checkpoint: { everyInputs: CHECKPOINT_EVERY, intervalMs: 1_000 } } : {}),
+            pipeline: (in$) =>
+              in$.pipe(map((env) => ({ ...env, data: { id: env.data.id, total: env.data.amount * 2 } }))),
+          }),
+        );
+        const consumer = orders.consumer('pricing');
+        // Settled means its output is in PRICED, synced: the position passes the last input (and,
+        // checkpointed, the last commit's outputs are appended once it resolves).
+        while (consumer.position <= n || priced.info().last < n) await new Promise((resolve) => setTimeout(resolve, 1));
+        checkStream(priced, n, (d) => (d as Priced).id);
+      },
+      dispose,
+    };
+  };
+
+/**
+ * The same job at most once: plain subjects, no store. Timed from the first publish (there is
+ * nothing stored to start from) until the subscriber of the outputs counted every one.
+ */
+const atMostOnce: Contender = (n) => {
+  const runtime = createRuntime();
+  let count = 0;
+  let sum = 0;
+  let done: () => void = () => undefined;
+  const all = new Promise<void>((resolve) => {
+    done = resolve;
+  });
+  runtime.bus.subscribe<Priced>('priced.eu', {
+    callback: (env) => {
+      count++;
+      sum += env.data.id;
+      if (count === n) done();
+    },
+  });
+  runtime.spawn(
+    actor<Order, Priced>({
+      name: 'pricing',
+      subscribe: 'orders.eu',
+      output: 'priced.eu',
+      pipeline: (in$) => in$.pipe(map((env) => ({ ...env, data: { id: env.data.id, total: env.data.amount * 2 } }))),
+    }),
+  );
   return {
     run: async () => {
-      runtime.spawn(
-        actor<Order, Priced>({
-          name: 'pricing',
-          subscribe: durable<Order>(STREAM, { consumer: 'pricing' }),
-          output: 'priced.eu',
-          pipeline: (in$) =>
-            in$.pipe(map((env) => ({ ...env, data: { id: env.data.id, total: env.data.amount * 2 } }))),
-        }),
-      );
-      const consumer = orders.consumer('pricing');
-      // Settled means its output is in PRICED, synced: the position passes the last input.
-      while (consumer.position <= n) await new Promise((resolve) => setTimeout(resolve, 1));
-      checkStream(priced, n, (d) => (d as Priced).id);
+      await fill(runtime, n);
+      await all;
+      expectCount('read', count, n);
+      expectCount('id sum', sum, idSum(n));
     },
-    dispose,
+    dispose: async () => {
+      await runtime.stop();
+    },
   };
 };
 
@@ -233,7 +289,7 @@ const lmdbConsume: Contender = async (n) => {
 export default defineBench({
   bench: 'durable',
   unit: 'msg/s',
-  contenders: ['sluice', 'lmdb', 'at-least-once'],
+  contenders: ['sluice', 'lmdb', 'at-most-once', 'at-least-once', 'exactly-once'],
   cases: {
     publish: {
       messages: 100_000,
@@ -252,14 +308,19 @@ export default defineBench({
     },
     pipeline: {
       messages: 100_000,
-      description: 'durable stream -> actor (map) -> second stream, each input acked once its output is synced',
-      contenders: { 'at-least-once': atLeastOnce },
+      description:
+        'durable stream -> actor (map) -> second stream; at-most-once: plain subjects, no store; at-least-once: each input acked once its output is synced; ' +
+        `exactly-once: outputs and position in one transaction every ${CHECKPOINT_EVERY} inputs`,
+      contenders: { 'at-most-once': atMostOnce, 'at-least-once': pipeline(false), 'exactly-once': pipeline(true) },
     },
   },
-  ratios: [['sluice', 'lmdb']],
-  goals: [{ case: 'publish', contender: 'sluice', versus: 'lmdb', atLeast: 0.5 }],
-  notes: [
-    'both sides: overlappingSync off, every commit synced (fdatasync) before its writes resolve',
-    'pipeline exactly-once: not measured, the runtime has no checkpoints (state, outputs and positions in one transaction) yet',
+  ratios: [
+    ['sluice', 'lmdb'],
+    ['exactly-once', 'at-least-once'],
   ],
+  goals: [
+    { case: 'publish', contender: 'sluice', versus: 'lmdb', atLeast: 0.5 },
+    { case: 'pipeline', contender: 'exactly-once', versus: 'at-least-once', atLeast: 0.75 },
+  ],
+  notes: ['both sides: overlappingSync off, every commit synced (fdatasync) before its writes resolve'],
 });

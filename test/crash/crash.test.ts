@@ -1,6 +1,6 @@
 import { expect, test } from 'vitest';
 import { postgresMissing } from '../services/postgres.ts';
-import { runCrash } from './harness.ts';
+import { FAULTS, runCrash } from './harness.ts';
 
 const missing = await postgresMissing('the crash test');
 
@@ -24,6 +24,25 @@ test.skipIf(missing !== undefined)(
       'window-fired',
     ]);
     // It completed: the last run reported done (all input consumed, windows flushed).
+    expect(report.runs.at(-1)?.ended, summary).toBe('done');
+  },
+);
+
+// The checkpointed job (checkpointJob.ts): window accumulators, positions and outputs into the
+// streams AGG and XFORM commit in one transaction; sinks read those streams. Also killed between a
+// checkpoint's commit and its outputs reaching their consumers, and inside a checkpoint's batch.
+// 50,000 events keep it near 15 s on two cores (the 200,000-event input is the test above;
+// `npm run crash -- --checkpointed --kills 50` runs this one at 200,000).
+test.skipIf(missing !== undefined)(
+  'crash - a checkpointed job killed with SIGKILL, also between a state commit and its outputs and inside a checkpoint batch, leaves every output once in its streams and sinks',
+  { timeout: 180_000 },
+  async () => {
+    const seed = Number(process.env.CRASH_SEED ?? 5);
+    const report = await runCrash({ variant: 'checkpointed', events: 50_000, kills: 5, seed });
+    const summary = JSON.stringify({ ...report, runs: report.runs.map((r) => `${r.fault ?? r.kind}:${r.ended}`) });
+    expect(report.problems, summary).toEqual([]);
+    expect(report.kills, summary).toBeGreaterThanOrEqual(5);
+    expect([...report.faults].sort(), summary).toEqual([...FAULTS.checkpointed.map((f) => f.name)].sort());
     expect(report.runs.at(-1)?.ended, summary).toBe('done');
   },
 );

@@ -11,14 +11,30 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createRuntime, IDEMPOTENCY_KEY_HEADER, LmdbStore } from 'sluice';
 import { seededRandom } from 'sluice/testing';
 import { createTestSchema, type TestSchema } from '../services/postgres.ts';
 import { type CrashEvent, events, expectedWindows, transform, type WindowTotals } from './input.ts';
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
-const job = fileURLToPath(new URL('job.ts', import.meta.url));
+const jobs = {
+  'at-least-once': fileURLToPath(new URL('job.ts', import.meta.url)),
+  checkpointed: fileURLToPath(new URL('checkpointJob.ts', import.meta.url)),
+};
+const feeder = jobs['at-least-once'];
+
+/**
+ * - `at-least-once` (job.ts): the actors acknowledge their inputs once the sinks wrote their
+ *   results; windows hold their inputs; the sinks' idempotency keys make replays harmless.
+ * - `checkpointed` (checkpointJob.ts): the actors checkpoint their state (window accumulators),
+ *   positions and outputs into streams in one transaction (exactly-once in the store, no
+ *   de-duplication); sinks read those streams. The streams are checked too: each result once.
+ */
+export type CrashVariant = keyof typeof jobs;
 
 export interface CrashOptions {
+  /** Which job. @default 'at-least-once' */
+  variant?: CrashVariant;
   /** Events in the input. @default 200_000 */
   events?: number;
   /** Random kills (besides the fault points). @default 5 */
@@ -35,13 +51,24 @@ export interface CrashOptions {
 }
 
 /** A fault point, and which of its occurrences kills the job (drawn up to `upTo`). */
-const FAULTS: readonly { readonly name: string; readonly upTo: number; readonly window: boolean }[] = [
+type Fault = { readonly name: string; readonly upTo: number; readonly window: boolean };
+const SINK_FAULTS: readonly Fault[] = [
   { name: 'after-write:agg-pg', upTo: 2, window: true },
   { name: 'mid-batch:agg-file', upTo: 2, window: true },
   { name: 'window-fired', upTo: 20, window: true },
   { name: 'after-write:events-file', upTo: 5, window: false },
   { name: 'mid-batch:events-pg', upTo: 5, window: false },
 ];
+export const FAULTS: Readonly<Record<CrashVariant, readonly Fault[]>> = {
+  'at-least-once': SINK_FAULTS,
+  checkpointed: [
+    ...SINK_FAULTS,
+    // Between a state commit and its outputs reaching consumers, and inside a checkpoint's batch.
+    { name: 'after-commit:windows', upTo: 3, window: true },
+    { name: 'mid-batch:checkpoint', upTo: 3, window: true },
+    { name: 'after-commit:transform', upTo: 5, window: false },
+  ],
+};
 
 export interface CrashRun {
   readonly kind: 'random' | 'fault' | 'final';
@@ -71,7 +98,12 @@ interface Child {
 }
 
 /** Runs job.ts once; `killAfterMs`: SIGKILL that long after it reports running. */
-function runJob(env: Record<string, string>, killAfterMs: number | undefined, timeoutMs: number): Promise<Child> {
+function runJob(
+  job: string,
+  env: Record<string, string>,
+  killAfterMs: number | undefined,
+  timeoutMs: number,
+): Promise<Child> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ['--conditions=sluice-source', '--import', 'tsx', job], {
       cwd: root,
@@ -122,6 +154,8 @@ function runJob(env: Record<string, string>, killAfterMs: number | undefined, ti
 export async function runCrash(options: CrashOptions = {}): Promise<CrashReport> {
   const n = options.events ?? 200_000;
   const seed = options.seed ?? 1;
+  const variant = options.variant ?? 'at-least-once';
+  const checkpointed = variant === 'checkpointed';
   const kills = options.kills ?? 5;
   const maxDelay = options.maxKillDelayMs ?? Math.max(200, Math.floor(4_000 / Math.max(1, kills)));
   const log = options.log ?? (() => undefined);
@@ -132,14 +166,15 @@ export async function runCrash(options: CrashOptions = {}): Promise<CrashReport>
   try {
     schema = await createTestSchema();
     const base = { CRASH_DIR: dir, CRASH_SCHEMA: schema.name, CRASH_SEED: String(seed), CRASH_EVENTS: String(n) };
-    await runJob({ ...base, CRASH_MODE: 'feed' }, undefined, 120_000);
-    log(`fed ${n} events (seed ${seed})`);
+    await runJob(feeder, { ...base, CRASH_MODE: 'feed', CRASH_SENTINEL: checkpointed ? '1' : '0' }, undefined, 120_000);
+    log(`fed ${n} events (seed ${seed}), ${variant} job`);
 
     // The plan: every fault point once and the random kills, in a seeded order. The window path
     // gets through its input in a few seconds and the per-event path (a row and a line per event)
     // takes longer, so the window fault points come first, while windows still fire.
     type Step = { kind: 'random' | 'fault'; fault?: string; at?: number; delay?: number };
-    const faultStep = (f: (typeof FAULTS)[number]): Step => ({
+    const faults = FAULTS[variant];
+    const faultStep = (f: Fault): Step => ({
       kind: 'fault',
       fault: f.name,
       at: 1 + Math.floor(random() * f.upTo),
@@ -152,9 +187,9 @@ export async function runCrash(options: CrashOptions = {}): Promise<CrashReport>
       return steps;
     };
     const plan = [
-      ...shuffle(FAULTS.filter((f) => f.window).map(faultStep)),
+      ...shuffle(faults.filter((f) => f.window).map(faultStep)),
       ...shuffle([
-        ...FAULTS.filter((f) => !f.window).map(faultStep),
+        ...faults.filter((f) => !f.window).map(faultStep),
         ...Array.from({ length: kills }, (): Step => ({ kind: 'random', delay: 50 + Math.floor(random() * maxDelay) })),
       ]),
     ];
@@ -168,7 +203,7 @@ export async function runCrash(options: CrashOptions = {}): Promise<CrashReport>
         env.CRASH_FAULT = step.fault;
         env.CRASH_FAULT_AT = String(step.at);
       }
-      const child = await runJob(env, step.delay, 180_000);
+      const child = await runJob(jobs[variant], env, step.delay, 180_000);
       const run: CrashRun = { kind: step.kind, ended: child.ended, ms: Date.now() - t0 };
       if (step.fault !== undefined) Object.assign(run, { fault: step.fault, at: step.at });
       runs.push(run);
@@ -182,12 +217,12 @@ export async function runCrash(options: CrashOptions = {}): Promise<CrashReport>
     }
     if (!done) {
       const t0 = Date.now();
-      const child = await runJob({ ...base, CRASH_MODE: 'run' }, undefined, 300_000);
+      const child = await runJob(jobs[variant], { ...base, CRASH_MODE: 'run' }, undefined, 300_000);
       runs.push({ kind: 'final', ended: child.ended, ms: Date.now() - t0 });
       log(`final: ${child.ended} (${Date.now() - t0} ms)`);
     }
 
-    const problems = await check(schema, dir, seed, n);
+    const problems = await check(schema, dir, seed, n, checkpointed);
     return {
       seed,
       events: n,
@@ -236,7 +271,13 @@ function sameTotals(got: unknown, want: WindowTotals): boolean {
 }
 
 /** Compares the sinks with what the input gives. */
-async function check(schema: TestSchema, dir: string, seed: number, n: number): Promise<string[]> {
+async function check(
+  schema: TestSchema,
+  dir: string,
+  seed: number,
+  n: number,
+  checkpointed: boolean,
+): Promise<string[]> {
   const problems = new Problems();
   const windows = expectedWindows(seed, n);
   const inputs: CrashEvent[] = [...events(seed, n)];
@@ -317,5 +358,58 @@ async function check(schema: TestSchema, dir: string, seed: number, n: number): 
     },
     eventIds.keys(),
   );
+  if (checkpointed) await checkStreams(problems, dir, windows, eventIds, sameEvent);
   return problems.list();
+}
+
+/**
+ * The checkpointed job's output streams, exactly-once with no de-duplication: XFORM holds each
+ * event's transformation once, AGG each window's totals once, and nothing else.
+ */
+async function checkStreams(
+  problems: Problems,
+  dir: string,
+  windows: Map<string, WindowTotals>,
+  eventIds: Map<string, number>,
+  sameEvent: (got: unknown, id: number) => boolean,
+): Promise<void> {
+  const store = new LmdbStore({ path: join(dir, 'store') });
+  const runtime = createRuntime({
+    store,
+    streams: [
+      { name: 'AGG', subjects: ['agg.>'] },
+      { name: 'XFORM', subjects: ['xform.>'] },
+    ],
+  });
+  try {
+    const read = (name: string, expected: Map<string, unknown>, wrong: (key: string, data: unknown) => boolean) => {
+      const stream = runtime.stream(name);
+      const info = stream.info();
+      if (info.messages !== expected.size)
+        problems.add(`stream ${name}: messages`, `${info.messages} stored, ${expected.size} expected`);
+      const seen = new Map<string, number>();
+      for (let seq = info.first; seq <= info.last; seq++) {
+        const m = stream.get(seq);
+        const key =
+          m?.headers[IDEMPOTENCY_KEY_HEADER] ?? (m?.data as { idempotencyKey?: string } | undefined)?.idempotencyKey;
+        if (m === undefined || key === undefined) {
+          problems.add(`stream ${name}: no key`, `seq ${seq}`);
+          continue;
+        }
+        seen.set(key, (seen.get(key) ?? 0) + 1);
+        if (!expected.has(key)) problems.add(`stream ${name}: unexpected key`, key);
+        else if (wrong(key, m.data)) problems.add(`stream ${name}: wrong value`, `${key} ${JSON.stringify(m.data)}`);
+      }
+      for (const [key, count] of seen) if (count > 1) problems.add(`stream ${name}: key twice`, `${key} x${count}`);
+      for (const key of expected.keys()) if (!seen.has(key)) problems.add(`stream ${name}: missing`, key);
+    };
+    read('XFORM', eventIds, (key, data) => !sameEvent(data, eventIds.get(key) as number));
+    read('AGG', windows, (key, data) => {
+      const r = data as { key?: string; start?: number; end?: number; value?: { count?: number; sum?: number } };
+      return !sameTotals({ key: r.key, start: r.start, end: r.end, ...r.value }, windows.get(key) as WindowTotals);
+    });
+  } finally {
+    await runtime.stop();
+    await store.close();
+  }
 }

@@ -34,6 +34,12 @@ export function* events(seed: number, n: number): Generator<CrashEvent> {
   }
 }
 
+/**
+ * The last input of the checkpointed job (checkpointJob.ts): far past the other events, it moves
+ * the watermark past every window of the input, and is itself in no result.
+ */
+export const SENTINEL: CrashEvent = { id: -1, key: '_end', value: 0, t: BASE_TIME + 1_000_000_000 };
+
 /** The per-event transformation the job applies. */
 export function transform(e: CrashEvent): { id: number; key: string; doubled: number } {
   return { id: e.id, key: e.key, doubled: e.value * 2 };
