@@ -161,81 +161,100 @@ export async function runCrash(options: CrashOptions = {}): Promise<CrashReport>
   const log = options.log ?? (() => undefined);
   const random = seededRandom(seed ^ 0x5eed);
   const started = Date.now();
-  const dir = mkdtempSync(join(tmpdir(), 'sluice-crash-'));
-  let schema: TestSchema | undefined;
-  try {
-    schema = await createTestSchema();
-    const base = { CRASH_DIR: dir, CRASH_SCHEMA: schema.name, CRASH_SEED: String(seed), CRASH_EVENTS: String(n) };
-    await runJob(feeder, { ...base, CRASH_MODE: 'feed', CRASH_SENTINEL: checkpointed ? '1' : '0' }, undefined, 120_000);
-    log(`fed ${n} events (seed ${seed}), ${variant} job`);
 
-    // The plan: every fault point once and the random kills, in a seeded order. The window path
-    // gets through its input in a few seconds and the per-event path (a row and a line per event)
-    // takes longer, so the window fault points come first, while windows still fire.
-    type Step = { kind: 'random' | 'fault'; fault?: string; at?: number; delay?: number };
-    const faults = FAULTS[variant];
-    const faultStep = (f: Fault): Step => ({
-      kind: 'fault',
-      fault: f.name,
-      at: 1 + Math.floor(random() * f.upTo),
-    });
-    const shuffle = (steps: Step[]): Step[] => {
-      for (let i = steps.length - 1; i > 0; i--) {
-        const j = Math.floor(random() * (i + 1));
-        [steps[i], steps[j]] = [steps[j] as Step, steps[i] as Step];
-      }
-      return steps;
-    };
-    const plan = [
-      ...shuffle(faults.filter((f) => f.window).map(faultStep)),
-      ...shuffle([
-        ...faults.filter((f) => !f.window).map(faultStep),
-        ...Array.from({ length: kills }, (): Step => ({ kind: 'random', delay: 50 + Math.floor(random() * maxDelay) })),
-      ]),
-    ];
+  // The plan: every fault point once and the random kills, in a seeded order. The window path
+  // gets through its input in a few seconds and the per-event path (a row and a line per event)
+  // takes longer, so the window fault points come first, while windows still fire.
+  type Step = { kind: 'random' | 'fault'; fault?: string; at?: number; delay?: number };
+  const faults = FAULTS[variant];
+  const faultStep = (f: Fault): Step => ({
+    kind: 'fault',
+    fault: f.name,
+    at: 1 + Math.floor(random() * f.upTo),
+  });
+  const shuffle = (steps: Step[]): Step[] => {
+    for (let i = steps.length - 1; i > 0; i--) {
+      const j = Math.floor(random() * (i + 1));
+      [steps[i], steps[j]] = [steps[j] as Step, steps[i] as Step];
+    }
+    return steps;
+  };
+  let plan: Step[] = [
+    ...shuffle(faults.filter((f) => f.window).map(faultStep)),
+    ...shuffle([
+      ...faults.filter((f) => !f.window).map(faultStep),
+      ...Array.from({ length: kills }, (): Step => ({ kind: 'random', delay: 50 + Math.floor(random() * maxDelay) })),
+    ]),
+  ];
 
-    const runs: CrashRun[] = [];
-    let done = false;
-    for (const step of plan) {
-      const t0 = Date.now();
-      const env: Record<string, string> = { ...base, CRASH_MODE: 'run' };
-      if (step.fault !== undefined) {
-        env.CRASH_FAULT = step.fault;
-        env.CRASH_FAULT_AT = String(step.at);
-      }
-      const child = await runJob(jobs[variant], env, step.delay, 180_000);
-      const run: CrashRun = { kind: step.kind, ended: child.ended, ms: Date.now() - t0 };
-      if (step.fault !== undefined) Object.assign(run, { fault: step.fault, at: step.at });
-      runs.push(run);
-      log(
-        `${step.kind} ${step.fault ?? `after ${step.delay} ms`}${step.at === undefined ? '' : ` #${step.at}`}: ${child.ended} (${run.ms} ms)`,
+  // A step lands only while the job has work left: on a fast machine the job may complete before a
+  // late step's kill or fault. Such steps are carried into another round, on the same input fed
+  // into a fresh store and schema, and every round is checked; a few rounds at most.
+  const runs: CrashRun[] = [];
+  const problems: string[] = [];
+  for (let round = 1; plan.length > 0 && round <= 4; round++) {
+    const carried: Step[] = [];
+    const dir = mkdtempSync(join(tmpdir(), 'sluice-crash-'));
+    let schema: TestSchema | undefined;
+    try {
+      schema = await createTestSchema();
+      const base = { CRASH_DIR: dir, CRASH_SCHEMA: schema.name, CRASH_SEED: String(seed), CRASH_EVENTS: String(n) };
+      await runJob(
+        feeder,
+        { ...base, CRASH_MODE: 'feed', CRASH_SENTINEL: checkpointed ? '1' : '0' },
+        undefined,
+        120_000,
       );
-      if (child.ended === 'done') {
-        done = true;
-        break;
-      }
-    }
-    if (!done) {
-      const t0 = Date.now();
-      const child = await runJob(jobs[variant], { ...base, CRASH_MODE: 'run' }, undefined, 300_000);
-      runs.push({ kind: 'final', ended: child.ended, ms: Date.now() - t0 });
-      log(`final: ${child.ended} (${Date.now() - t0} ms)`);
-    }
+      log(`round ${round}: fed ${n} events (seed ${seed}), ${variant} job`);
 
-    const problems = await check(schema, dir, seed, n, checkpointed);
-    return {
-      seed,
-      events: n,
-      runs,
-      kills: runs.filter((r) => r.kind === 'random' && r.ended === 'killed').length,
-      faults: runs.filter((r) => r.ended === 'fault').map((r) => r.fault as string),
-      problems,
-      ms: Date.now() - started,
-    };
-  } finally {
-    await schema?.drop();
-    rmSync(dir, { recursive: true, force: true });
+      let done = false;
+      for (const step of plan) {
+        if (done) {
+          carried.push(step);
+          continue;
+        }
+        const t0 = Date.now();
+        const env: Record<string, string> = { ...base, CRASH_MODE: 'run' };
+        if (step.fault !== undefined) {
+          env.CRASH_FAULT = step.fault;
+          env.CRASH_FAULT_AT = String(step.at);
+        }
+        const child = await runJob(jobs[variant], env, step.delay, 180_000);
+        const run: CrashRun = { kind: step.kind, ended: child.ended, ms: Date.now() - t0 };
+        if (step.fault !== undefined) Object.assign(run, { fault: step.fault, at: step.at });
+        runs.push(run);
+        log(
+          `${step.kind} ${step.fault ?? `after ${step.delay} ms`}${step.at === undefined ? '' : ` #${step.at}`}: ${child.ended} (${run.ms} ms)`,
+        );
+        if (child.ended === 'done') {
+          // The job completed before this step's kill or fault: it is tried again next round.
+          done = true;
+          carried.push(step);
+        }
+      }
+      if (!done) {
+        const t0 = Date.now();
+        const child = await runJob(jobs[variant], { ...base, CRASH_MODE: 'run' }, undefined, 300_000);
+        runs.push({ kind: 'final', ended: child.ended, ms: Date.now() - t0 });
+        log(`final: ${child.ended} (${Date.now() - t0} ms)`);
+      }
+      for (const problem of await check(schema, dir, seed, n, checkpointed))
+        problems.push(`round ${round}: ${problem}`);
+    } finally {
+      await schema?.drop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+    plan = carried;
   }
+  return {
+    seed,
+    events: n,
+    runs,
+    kills: runs.filter((r) => r.kind === 'random' && r.ended === 'killed').length,
+    faults: runs.filter((r) => r.ended === 'fault').map((r) => r.fault as string),
+    problems,
+    ms: Date.now() - started,
+  };
 }
 
 /** Collects problems, at most a few of each kind, with the count of the rest. */
