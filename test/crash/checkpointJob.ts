@@ -19,18 +19,19 @@
  * `window-fired` (a result emitted, staged for the next checkpoint), and the sinks' own:
  * `after-write:agg-pg`, `mid-batch:agg-file`, `after-write:events-file`, `mid-batch:events-pg`.
  */
-import { appendFileSync, writeSync } from 'node:fs';
+import { writeSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
 import { filter, map, tap } from 'rxjs';
 import { actor, createRuntime, durable, type Envelope, LmdbStore, type Sink, type SinkRecord, sinkActor } from 'sluice';
-import { fileSink } from 'sluice/connectors/file';
+import { type FileSink, fileSink } from 'sluice/connectors/file';
 import { postgresSink } from 'sluice/connectors/postgres';
 import { agg, eventTime, keyBy, tumbling, type WindowResult, watermarks } from 'sluice/operators';
 import type { StoreBatch } from '../../runtime/store/types.ts';
 import { POSITIONS_NAMESPACE, type StoredPosition } from '../../runtime/streams/index.ts';
 import { POSTGRES } from '../services/postgres.ts';
 import { type CrashEvent, expectedWindows, OUT_OF_ORDERNESS_MS, transform, WINDOW_MS } from './input.ts';
+import { tornWrite } from './tornWrite.ts';
 
 const env = process.env;
 const dir = env.CRASH_DIR as string;
@@ -114,17 +115,11 @@ function faultyPool(sink: string): pg.Pool {
 }
 
 /** A sink with the `after-write` fault point, and for files the torn `mid-batch` one. */
-function faulty<T>(name: string, sink: Sink<T>, file?: string): Sink<T> {
+function faulty<T>(name: string, sink: Sink<T>, file?: FileSink<T>): Sink<T> {
   return {
     name: sink.name,
     write: async (records: readonly SinkRecord<T>[]) => {
-      if (file !== undefined) {
-        reached(`mid-batch:${name}`, () => {
-          const lines = records.map((r) => `${JSON.stringify({ key: r.key, revision: r.revision, value: r.value })}\n`);
-          const half = Math.floor(lines.length / 2);
-          appendFileSync(file, lines.slice(0, half).join('') + (lines[half] as string).slice(0, 10));
-        });
-      }
+      if (file !== undefined) reached(`mid-batch:${name}`, () => tornWrite(file, records));
       await sink.write(records);
       reached(`after-write:${name}`);
     },
@@ -144,8 +139,7 @@ const aggPool = faultyPool('agg-pg');
 const eventsPool = faultyPool('events-pg');
 const aggPg = await postgresSink<Totals>({ table: `${schema}.agg`, pool: aggPool, createTable: true });
 const eventsPg = await postgresSink<unknown>({ table: `${schema}.events`, pool: eventsPool, createTable: true });
-const aggFilePath = join(dir, 'agg.jsonl');
-const aggFile = await fileSink<Totals>({ path: aggFilePath });
+const aggFile = await fileSink<Totals>({ path: join(dir, 'agg.jsonl') });
 const eventsFile = await fileSink<unknown>({ path: join(dir, 'events.jsonl') });
 
 type Result = WindowResult<{ count: number; sum: number }>;
@@ -204,7 +198,7 @@ runtime.spawn(
   sinkActor<Result, Totals>({
     name: 'agg-file',
     subscribe: fromStream<Result>('AGG', 'agg-file'),
-    sink: faulty('agg-file', aggFile, aggFilePath),
+    sink: faulty('agg-file', aggFile, aggFile),
     value: totals,
     batch: { maxSize: 200, maxWaitMs: 50 },
   }),
