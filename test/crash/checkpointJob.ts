@@ -1,60 +1,11 @@
-/**
- * The checkpointed job the crash test kills (see harness.ts, variant `checkpointed`): the same
- * seeded input as job.ts (fed by job.ts with CRASH_SENTINEL=1), processed exactly once inside the
- * store. Run as a child process with the same environment as job.ts, CRASH_MODE=run:
- *
- * - `windows` reads EVENTS durably and counts and sums per key per 10 s tumbling window, with a
- *   `checkpoint`: its accumulators, its position in EVENTS and its window results (into the stream
- *   AGG) commit in one store transaction. Inputs settle by checkpoint, not by window.
- * - `transform` reads EVENTS durably, maps every event into the stream XFORM, with a checkpoint:
- *   its outputs and its position commit together, so XFORM holds each event once with no
- *   de-duplication.
- * - Sink actors read AGG and XFORM durably (at-least-once) into PostgreSQL and JSON Lines, which
- *   keep one result per idempotency key.
- *
- * Fault points (CRASH_FAULT, CRASH_FAULT_AT as in job.ts): `after-commit:windows` and
- * `after-commit:transform` (that actor's checkpoint is committed and synced, its outputs have not
- * reached the stream's consumers yet: between a state commit and an output), `mid-batch:checkpoint`
- * (inside a checkpoint's store batch, half its writes collected, nothing committed),
- * `window-fired` (a result emitted, staged for the next checkpoint), and the sinks' own:
- * `after-write:agg-pg`, `mid-batch:agg-file`, `after-write:events-file`, `mid-batch:events-pg`.
- */
-import { writeSync } from 'node:fs';
 import { join } from 'node:path';
-import pg from 'pg';
 import { filter, map, tap } from 'rxjs';
-import { actor, createRuntime, durable, type Envelope, LmdbStore, type Sink, type SinkRecord, sinkActor } from 'sluice';
-import { type FileSink, fileSink } from 'sluice/connectors/file';
-import { postgresSink } from 'sluice/connectors/postgres';
-import { agg, eventTime, keyBy, tumbling, type WindowResult, watermarks } from 'sluice/operators';
+import { actor, createRuntime, durable, LmdbStore, sinkActor } from 'sluice';
+import { agg, eventTime, keyBy, tumbling, watermarks } from 'sluice/operators';
 import type { StoreBatch } from '../../runtime/store/types.ts';
 import { POSITIONS_NAMESPACE, type StoredPosition } from '../../runtime/streams/index.ts';
-import { POSTGRES } from '../services/postgres.ts';
 import { type CrashEvent, expectedWindows, OUT_OF_ORDERNESS_MS, transform, WINDOW_MS } from './input.ts';
-import { tornWrite } from './tornWrite.ts';
-
-const env = process.env;
-const dir = env.CRASH_DIR as string;
-const schema = env.CRASH_SCHEMA as string;
-const seed = Number(env.CRASH_SEED);
-const total = Number(env.CRASH_EVENTS);
-const fault = env.CRASH_FAULT;
-const faultAt = Number(env.CRASH_FAULT_AT ?? 1);
-let faultCount = 0;
-
-function say(line: string): void {
-  // Synchronous, so the line is out before a SIGKILL that follows it.
-  writeSync(1, `${line}\n`);
-}
-
-/** Counts an occurrence of fault point `name`; the CRASH_FAULT_AT-th of CRASH_FAULT kills the process. */
-function reached(name: string, before?: () => void): boolean {
-  if (name !== fault || ++faultCount !== faultAt) return false;
-  before?.();
-  say(`fault ${name}`);
-  process.kill(process.pid, 'SIGKILL');
-  return true;
-}
+import { dir, openSinks, type Result, reached, say, seed, type Totals, total, totals } from './jobKit.ts';
 
 /**
  * The store with the checkpoint fault points: a batch is a checkpoint's when it writes operator
@@ -100,56 +51,7 @@ const runtime = createRuntime({
   shutdownDeadlineMs: 60_000,
 });
 
-/** A pg client whose COMMIT is the `mid-batch` fault point of its sink. */
-function faultyPool(sink: string): pg.Pool {
-  class FaultyClient extends pg.Client {
-    // biome-ignore lint/suspicious/noExplicitAny: pg's query has a dozen overloads; this passes them all on.
-    override query(...args: any[]): any {
-      if (args[0] === 'COMMIT') reached(`mid-batch:${sink}`);
-      return (super.query as (...a: unknown[]) => unknown)(...args);
-    }
-  }
-  const pool = new pg.Pool({ ...POSTGRES, max: 2, Client: FaultyClient });
-  pool.on('error', () => undefined);
-  return pool;
-}
-
-/** A sink with the `after-write` fault point, and for files the torn `mid-batch` one. */
-function faulty<T>(name: string, sink: Sink<T>, file?: FileSink<T>): Sink<T> {
-  return {
-    name: sink.name,
-    write: async (records: readonly SinkRecord<T>[]) => {
-      if (file !== undefined) reached(`mid-batch:${name}`, () => tornWrite(file, records));
-      await sink.write(records);
-      reached(`after-write:${name}`);
-    },
-    close: async () => sink.close?.(),
-  };
-}
-
-interface Totals {
-  key: string | undefined;
-  start: number;
-  end: number;
-  count: number;
-  sum: number;
-}
-
-const aggPool = faultyPool('agg-pg');
-const eventsPool = faultyPool('events-pg');
-const aggPg = await postgresSink<Totals>({ table: `${schema}.agg`, pool: aggPool, createTable: true });
-const eventsPg = await postgresSink<unknown>({ table: `${schema}.events`, pool: eventsPool, createTable: true });
-const aggFile = await fileSink<Totals>({ path: join(dir, 'agg.jsonl') });
-const eventsFile = await fileSink<unknown>({ path: join(dir, 'events.jsonl') });
-
-type Result = WindowResult<{ count: number; sum: number }>;
-const totals = (e: Envelope<Result>): Totals => ({
-  key: e.data.key,
-  start: e.data.start,
-  end: e.data.end,
-  count: e.data.value.count,
-  sum: e.data.value.sum,
-});
+const { aggPg, aggFile, eventsPg, eventsFile, end } = await openSinks();
 
 runtime.spawn(
   actor<CrashEvent, Result>({
@@ -189,7 +91,7 @@ runtime.spawn(
   sinkActor<Result, Totals>({
     name: 'agg-pg',
     subscribe: fromStream<Result>('AGG', 'agg-pg'),
-    sink: faulty('agg-pg', aggPg),
+    sink: aggPg,
     value: totals,
     batch: { maxSize: 200, maxWaitMs: 50 },
   }),
@@ -198,7 +100,7 @@ runtime.spawn(
   sinkActor<Result, Totals>({
     name: 'agg-file',
     subscribe: fromStream<Result>('AGG', 'agg-file'),
-    sink: faulty('agg-file', aggFile, aggFile),
+    sink: aggFile,
     value: totals,
     batch: { maxSize: 200, maxWaitMs: 50 },
   }),
@@ -207,7 +109,7 @@ runtime.spawn(
   sinkActor({
     name: 'events-pg',
     subscribe: fromStream<unknown>('XFORM', 'events-pg'),
-    sink: faulty('events-pg', eventsPg),
+    sink: eventsPg,
     batch: { maxSize: 1000 },
   }),
 );
@@ -215,7 +117,7 @@ runtime.spawn(
   sinkActor({
     name: 'events-file',
     subscribe: fromStream<unknown>('XFORM', 'events-file'),
-    sink: faulty('events-file', eventsFile),
+    sink: eventsFile,
     batch: { maxSize: 1000 },
   }),
 );
@@ -236,7 +138,7 @@ const consumers: [keyof typeof streams, string][] = [
 ];
 let lastDebug = 0;
 for (;;) {
-  if (env.CRASH_DEBUG !== undefined && Date.now() - lastDebug > 500) {
+  if (process.env.CRASH_DEBUG !== undefined && Date.now() - lastDebug > 500) {
     lastDebug = Date.now();
     const info = Object.fromEntries(consumers.map(([s, c]) => [c, streams[s].consumer(c).info()]));
     process.stderr.write(`${JSON.stringify(info)}\n`);
@@ -250,8 +152,8 @@ for (;;) {
   await new Promise((resolve) => setTimeout(resolve, 50));
 }
 const report = await runtime.stop();
-await Promise.all([aggPg.close(), eventsPg.close(), aggFile.close(), eventsFile.close()]);
-await Promise.all([aggPool.end(), eventsPool.end()]);
+await Promise.all([aggPg.close?.(), eventsPg.close?.(), aggFile.close?.(), eventsFile.close?.()]);
+await end();
 const positions = consumers.map(
   ([s, c]) => [s, store.getKey(POSITIONS_NAMESPACE, `${s}/${c}`) as StoredPosition | undefined] as const,
 );
