@@ -182,7 +182,8 @@ export interface Actor<In = unknown, Out = unknown> {
   readonly delivery: DeliveryMode | undefined;
 }
 
-const actorKeys = optionKeys<keyof PipelineActor<unknown, unknown> | keyof HandlerActor<unknown, unknown>>({
+/** @internal The options every actor takes, as a record the compiler keeps in step with the type. */
+export const actorBaseKeys: { readonly [K in keyof ActorBase<unknown>]-?: true } = {
   name: true,
   subscribe: true,
   queue: true,
@@ -198,6 +199,10 @@ const actorKeys = optionKeys<keyof PipelineActor<unknown, unknown> | keyof Handl
   permissions: true,
   checkpoint: true,
   delivery: true,
+};
+
+const actorKeys = optionKeys<keyof PipelineActor<unknown, unknown> | keyof HandlerActor<unknown, unknown>>({
+  ...actorBaseKeys,
   pipeline: true,
   handle: true,
   output: true,

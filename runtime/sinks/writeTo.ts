@@ -1,5 +1,5 @@
 import { Observable, type OperatorFunction } from 'rxjs';
-import { type Actor, actor, type PipelineActor } from '../actors/actor.ts';
+import { type Actor, actor, actorBaseKeys, type PipelineActor } from '../actors/actor.ts';
 import { IDEMPOTENT_SINK } from '../actors/delivery.ts';
 import { MessageError } from '../actors/failure.ts';
 import { type Clock, systemClock, type Timer } from '../clock.ts';
@@ -172,21 +172,10 @@ export interface SinkActorDefinition<In, T = In>
   maxInFlight?: number;
 }
 
+// A sink actor takes every actor option but `checkpoint` (its sink, not the store, keeps its results).
+const { checkpoint: _checkpoint, ...sinkActorBaseKeys } = actorBaseKeys;
 const sinkKeys = optionKeys<keyof SinkActorDefinition<unknown, unknown>>({
-  name: true,
-  subscribe: true,
-  queue: true,
-  queueStrategy: true,
-  mailbox: true,
-  maxInFlight: true,
-  partitionBy: true,
-  lanes: true,
-  codec: true,
-  retry: true,
-  restart: true,
-  deadLetter: true,
-  permissions: true,
-  delivery: true,
+  ...sinkActorBaseKeys,
   sink: true,
   batch: true,
   key: true,
