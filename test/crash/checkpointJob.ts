@@ -1,11 +1,10 @@
 import { join } from 'node:path';
-import { filter, map, tap } from 'rxjs';
+import { filter, map } from 'rxjs';
 import { actor, createRuntime, durable, LmdbStore, sinkActor } from 'sluice';
-import { agg, eventTime, keyBy, tumbling, watermarks } from 'sluice/operators';
 import type { StoreBatch } from '../../runtime/store/types.ts';
 import { POSITIONS_NAMESPACE, type StoredPosition } from '../../runtime/streams/index.ts';
-import { type CrashEvent, expectedWindows, OUT_OF_ORDERNESS_MS, transform, WINDOW_MS } from './input.ts';
-import { dir, openSinks, type Result, reached, say, seed, type Totals, total, totals } from './jobKit.ts';
+import { type CrashEvent, expectedWindows, transform } from './input.ts';
+import { dir, openSinks, type Result, reached, say, seed, type Totals, total, totals, windowTotals } from './jobKit.ts';
 
 /**
  * The store with the checkpoint fault points: a batch is a checkpoint's when it writes operator
@@ -59,18 +58,7 @@ runtime.spawn(
     subscribe: durable<CrashEvent>('EVENTS', { consumer: 'windows', maxAckPending: 10_000 }),
     output: 'agg.results',
     checkpoint: { intervalMs: 200, everyInputs: 5_000 },
-    pipeline: (in$) =>
-      in$.pipe(
-        eventTime((e) => e.t),
-        keyBy((e) => e.key),
-        watermarks({ maxOutOfOrdernessMs: OUT_OF_ORDERNESS_MS }),
-        tumbling({
-          name: 'agg',
-          sizeMs: WINDOW_MS,
-          aggregate: agg.combine({ count: agg.count(), sum: agg.sum((e: CrashEvent) => e.value) }),
-        }),
-        tap(() => reached('window-fired')),
-      ),
+    pipeline: windowTotals,
   }),
 );
 runtime.spawn(

@@ -1,10 +1,9 @@
 import { join } from 'node:path';
-import { map, tap } from 'rxjs';
+import { map } from 'rxjs';
 import { actor, createRuntime, durable, LmdbStore, sinkActor } from 'sluice';
-import { agg, eventTime, keyBy, tumbling, watermarks } from 'sluice/operators';
 import { POSITIONS_NAMESPACE, type StoredPosition } from '../../runtime/streams/index.ts';
-import { type CrashEvent, events, OUT_OF_ORDERNESS_MS, SENTINEL, transform, WINDOW_MS } from './input.ts';
-import { dir, mode, openSinks, type Result, reached, say, seed, type Totals, total, totals } from './jobKit.ts';
+import { type CrashEvent, events, SENTINEL, transform } from './input.ts';
+import { dir, mode, openSinks, type Result, say, seed, type Totals, total, totals, windowTotals } from './jobKit.ts';
 
 const store = new LmdbStore({ path: join(dir, 'store') });
 const runtime = createRuntime({
@@ -52,18 +51,7 @@ runtime.spawn(
     // Inputs absorbed in open windows stay unsettled until their window's result is written.
     subscribe: durable<CrashEvent>('EVENTS', { consumer: 'windows', maxAckPending: 60_000 }),
     output: 'agg.results',
-    pipeline: (in$) =>
-      in$.pipe(
-        eventTime((e) => e.t),
-        keyBy((e) => e.key),
-        watermarks({ maxOutOfOrdernessMs: OUT_OF_ORDERNESS_MS }),
-        tumbling({
-          name: 'agg',
-          sizeMs: WINDOW_MS,
-          aggregate: agg.combine({ count: agg.count(), sum: agg.sum((e: CrashEvent) => e.value) }),
-        }),
-        tap(() => reached('window-fired')),
-      ),
+    pipeline: windowTotals,
   }),
 );
 runtime.spawn(

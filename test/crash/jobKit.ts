@@ -6,11 +6,13 @@
 import { writeSync } from 'node:fs';
 import { join } from 'node:path';
 import pg from 'pg';
+import { type Observable, tap } from 'rxjs';
 import type { Envelope, Sink, SinkRecord } from 'sluice';
 import { type FileSink, fileSink } from 'sluice/connectors/file';
 import { postgresSink } from 'sluice/connectors/postgres';
-import type { WindowResult } from 'sluice/operators';
+import { agg, eventTime, keyBy, tumbling, type WindowResult, watermarks } from 'sluice/operators';
 import { POSTGRES } from '../services/postgres.ts';
+import { type CrashEvent, OUT_OF_ORDERNESS_MS, WINDOW_MS } from './input.ts';
 import { tornWrite } from './tornWrite.ts';
 
 const env = process.env;
@@ -81,6 +83,20 @@ export const totals = (e: Envelope<Result>): Totals => ({
   count: e.data.value.count,
   sum: e.data.value.sum,
 });
+
+/** Both jobs' window: a keyed tumbling count and sum on event time, with the `window-fired` fault point. */
+export const windowTotals = (in$: Observable<Envelope<CrashEvent>>): Observable<Envelope<Result>> =>
+  in$.pipe(
+    eventTime((e) => e.t),
+    keyBy((e) => e.key),
+    watermarks({ maxOutOfOrdernessMs: OUT_OF_ORDERNESS_MS }),
+    tumbling({
+      name: 'agg',
+      sizeMs: WINDOW_MS,
+      aggregate: agg.combine({ count: agg.count(), sum: agg.sum((e: CrashEvent) => e.value) }),
+    }),
+    tap(() => reached('window-fired')),
+  );
 
 /** The four sinks, each behind its fault points; `end()` closes the pools. */
 export async function openSinks(): Promise<{
