@@ -258,13 +258,16 @@ export function createEnvelope<T>(subject: string, data: T, options?: EnvelopeOp
     data,
     key: options.key,
     eventTime: options.eventTime ?? now,
-    // Headers checked by a client are frozen already; any others are copied, as the caller may change them.
+    // Headers checked by a client (EMPTY_HEADERS included) are frozen already and taken first, with
+    // no walk of their keys; any others are copied, as the caller may change them.
     headers:
-      headers === undefined || isEmpty(headers)
+      headers === undefined
         ? EMPTY_HEADERS
         : headerUnits(headers) !== undefined
           ? (headers as Headers)
-          : Object.freeze({ ...headers }),
+          : isEmpty(headers)
+            ? EMPTY_HEADERS
+            : Object.freeze({ ...headers }),
     attempt: options.attempt ?? 1,
     replyTo: options.replyTo,
     lineage: options.lineage,

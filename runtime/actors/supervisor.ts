@@ -62,7 +62,7 @@ const restartKeys = optionKeys<keyof RestartOptions>({
   onLimit: true,
 });
 
-export function resolveBackoff(o: BackoffOptions | undefined, path: string): ResolvedBackoff {
+function resolveBackoff(o: BackoffOptions | undefined, path: string): ResolvedBackoff {
   knownKeys(path, o, backoffKeys);
   const initialMs = numberOption(`${path}.initialMs`, o?.initialMs, DEFAULT_BACKOFF.initialMs);
   // Unset, the cap is never below the first delay: only a maxMs the user gave can contradict initialMs.

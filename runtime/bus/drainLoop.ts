@@ -143,14 +143,15 @@ export class DrainLoop {
   }
 
   /**
-   * Runs `step` (one message handed over directly) as a round of the loop: calls that came in
-   * meanwhile make the loop drain right after it. The caller checks `running` first.
+   * Runs `step(message)` (one message handed over directly) as a round of the loop: calls that
+   * came in meanwhile make the loop drain right after it. The caller checks `running` first. The
+   * message is an argument so a caller passes one handler made once, not a closure per message.
    */
-  step(step: () => void): void {
+  step<M>(step: (message: M) => void, message: M): void {
     this.#running = true;
     try {
       this.#again = false;
-      step();
+      step(message);
       while (this.#again) {
         this.#again = false;
         this.#drain();

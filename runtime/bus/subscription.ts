@@ -316,11 +316,13 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     ) {
       return false;
     }
-    this.#loop.step(() => this.#handle(env as Envelope<T>));
+    this.#loop.step(this.#handleOne, env);
     // The callback may have unsubscribed or started a drain, which waited for it to finish.
     this.#settleClose();
     return true;
   };
+
+  readonly #handleOne = (env: Envelope): void => this.#handle(env as Envelope<T>);
 
   #handle(env: Envelope<T>): void {
     this.#active++;

@@ -65,7 +65,7 @@ export function patternsOverlap(a: string, b: string): boolean {
 }
 
 /** @internal The store log of a stream: its name, so a corrupt record's error names the stream. */
-export function logName(stream: string): string {
+function logName(stream: string): string {
   return stream;
 }
 
