@@ -1,7 +1,6 @@
 import type { Actor, AnyActor, Logger } from './actors/actor.ts';
 import { ActorCell, type ActorCell as ActorCellType, type ActorRef, type CellDeps } from './actors/actorCell.ts';
 import { Bus, type BusOptions } from './bus/bus.ts';
-import { deliveryDeferred, nextMacrotask } from './bus/drainLoop.ts';
 import { type Clock, systemClock, type Timer } from './clock.ts';
 import { messageOf, OptionsError, type RestartLimitError, ShutdownError, StreamError } from './errors.ts';
 import { intOption, knownKeys, optionKeys } from './options.ts';
@@ -254,16 +253,14 @@ class RuntimeImpl implements Runtime {
     for (;;) {
       const subscriptions = [...this.bus.liveSubscriptions].filter((s) => s.consumed);
       await Promise.all([...[...this.#cells.values()].map((c) => c.idle()), ...subscriptions.map((s) => s.idle())]);
-      const deferred = deliveryDeferred();
+      // A drain that resumes on the next turn (its burst was spent) leaves its messages in the
+      // mailbox, so the depths below still count them.
       if (
-        !deferred &&
         [...this.#cells.values()].every((c) => c.depth === 0 && c.inFlight === 0) &&
         subscriptions.every((s) => isEmpty(s.left()))
       ) {
         return;
       }
-      // A consumer's drain resumes on the next turn (its burst was spent): what it holds is not done.
-      if (deferred) await nextMacrotask();
     }
   }
 

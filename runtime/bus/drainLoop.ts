@@ -32,8 +32,6 @@ let exhausted = false;
 let late = 0;
 let overrun = false;
 let nextTurn: Promise<void> | undefined;
-/** Drain loops waiting for a macrotask to resume. */
-let deferredLoops = 0;
 
 function newBurst(): void {
   started = false;
@@ -81,14 +79,6 @@ export function handoffRefused(): boolean {
   return overrun;
 }
 
-/**
- * @internal Whether some consumer's drain waits for a macrotask to resume: until it ran, the
- * messages it holds are neither handled nor counted anywhere else (`runtime.idle()` waits for it).
- */
-export function deliveryDeferred(): boolean {
-  return deferredLoops > 0;
-}
-
 /** @internal Resolves after the event loop had a turn; one promise is shared by everyone waiting for it. */
 export function nextMacrotask(): Promise<void> {
   nextTurn ??= new Promise<void>((resolve) => {
@@ -114,7 +104,6 @@ export class DrainLoop {
   #deferred = false;
   readonly #resume = (): void => {
     this.#deferred = false;
-    deferredLoops--;
     this.run();
   };
 
@@ -136,7 +125,6 @@ export class DrainLoop {
     if (spend()) return true;
     if (!this.#deferred) {
       this.#deferred = true;
-      deferredLoops++;
       immediate(this.#resume);
     }
     return false;
