@@ -175,6 +175,7 @@ class TimeWindows<T, A, R> {
       w.sinceFire = r.f;
       w.lastKey = r.l ?? undefined;
       w.supersedes = r.p ?? undefined;
+      w.stored = true;
       ks.wins.push(w);
       this.openWindows++;
       this.schedule(w, w.closed ? w.end - 1 + this.lateness : w.end - 1);
@@ -436,6 +437,7 @@ class TimeWindows<T, A, R> {
       w.revision = 0;
       w.sinceFire = 0;
       w.alive = true;
+      w.stored = false;
     }
     const wins = ks.wins;
     if (wins.length === 0 && !Number.isNaN(ks.emptiedAt)) {
@@ -458,7 +460,7 @@ class TimeWindows<T, A, R> {
     if (this.part !== undefined) {
       // In the checkpoint's state: the input settles now, acknowledged when that state commits.
       // Retained and released at once, so it counts as used (acked), not as filtered out.
-      this.part.changed.add(w);
+      this.part.touch(w);
       const lineage = env.lineage;
       if (lineage !== undefined) {
         lineage.retain();
@@ -507,7 +509,7 @@ class TimeWindows<T, A, R> {
         if (!w.alive || w.timerAt !== at) continue;
         if (!w.closed) {
           w.closed = true;
-          this.part?.changed.add(w);
+          this.part?.touch(w);
           this.fire(w, this.ending ? 'final' : 'on-time');
           if (!w.alive) continue; // its result failed
         }
@@ -597,7 +599,7 @@ class TimeWindows<T, A, R> {
     w.supersedes = undefined;
     w.lastKey = idempotencyKey;
     w.revision++;
-    this.part?.changed.add(w);
+    this.part?.touch(w);
     w.sinceFire = 0;
     this.dirty?.delete(w);
     this.totals.results++;
@@ -751,8 +753,13 @@ class WindowPart<A> {
   readonly prefix: string;
   readonly id: string;
   readonly watermarkKey: string;
-  readonly changed = new Set<Win<A>>();
-  readonly removed = new Set<string>();
+  /**
+   * Windows changed since the last checkpoint, each once (`Win.queued`): an array and a flag, not
+   * a set, as every input touches a window and hashing it each time cost more than the window.
+   */
+  readonly changed: Win<A>[] = [];
+  /** Store keys of windows a checkpoint wrote and that are gone since. */
+  readonly removed: string[] = [];
   watermarkDirty = false;
   readonly retired = false;
 
@@ -768,22 +775,38 @@ class WindowPart<A> {
   }
 
   get dirty(): boolean {
-    return this.changed.size > 0 || this.removed.size > 0 || this.watermarkDirty;
+    return this.changed.length > 0 || this.removed.length > 0 || this.watermarkDirty;
   }
 
   keyOf(w: Win<A>): string {
     return `${this.prefix}${w.start}/${w.ks.key ?? ''}`;
   }
 
+  touch(w: Win<A>): void {
+    if (w.queued) return;
+    w.queued = true;
+    this.changed.push(w);
+  }
+
+  /**
+   * A window is gone, or moves to other bounds (a session that grew earlier). Only one a
+   * checkpoint wrote needs a delete: a window opened and closed between two checkpoints never
+   * reaches the store, which is most windows when checkpoints are further apart than windows.
+   */
   remove(w: Win<A>): void {
-    this.changed.delete(w);
-    this.removed.add(this.keyOf(w));
+    if (!w.stored) return;
+    w.stored = false;
+    this.removed.push(this.keyOf(w));
   }
 
   write(batch: StoreBatch, namespace: string): void {
-    for (const key of this.removed) batch.delete(namespace, key);
-    this.removed.clear();
-    for (const w of this.changed) {
+    const removed = this.removed;
+    for (let i = 0; i < removed.length; i++) batch.delete(namespace, removed[i] as string);
+    removed.length = 0;
+    const changed = this.changed;
+    for (let i = 0; i < changed.length; i++) {
+      const w = changed[i] as Win<A>;
+      w.queued = false;
       if (!w.alive) continue;
       const record: StoredWindow<A> = {
         k: w.ks.key ?? null,
@@ -799,8 +822,9 @@ class WindowPart<A> {
         p: w.supersedes ?? null,
       };
       batch.put(namespace, this.keyOf(w), record);
+      w.stored = true;
     }
-    this.changed.clear();
+    changed.length = 0;
     if (this.watermarkDirty) {
       batch.put(namespace, this.watermarkKey, this.windows.watermark);
       this.watermarkDirty = false;

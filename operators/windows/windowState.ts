@@ -40,6 +40,10 @@ export class Win<A> {
   /** Idempotency key of the last result, while the window keeps those bounds. */
   lastKey: string | undefined = undefined;
   supersedes: string[] | undefined = undefined;
+  /** In its checkpoint part's list of changed windows. */
+  queued = false;
+  /** A checkpoint wrote it under its current bounds (so removing it needs a delete). */
+  stored = false;
 
   constructor(ks: KeyState<A>, start: number, end: number, acc: A, subject: string, closed: boolean) {
     this.ks = ks;
