@@ -21,14 +21,11 @@
  *
  * Figures are messages per second; each contender checks the count and the sum of ids.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { open } from 'lmdb';
 import { map } from 'rxjs';
 import { actor, createRuntime, durable, type Runtime, type Stream } from 'sluice';
 import { LmdbStore } from '../../runtime/store/index.ts';
-import { type Contender, defineBench, expectCount } from './harness.ts';
+import { type Contender, defineBench, expectCount, tempPath } from './harness.ts';
 
 const WRITERS = 64;
 const PAGE = 1_000;
@@ -53,11 +50,6 @@ function idSum(n: number): number {
   return sum;
 }
 
-function tempPath(): { path: string; remove: () => void } {
-  const dir = mkdtempSync(join(tmpdir(), 'sluice-bench-durable-'));
-  return { path: join(dir, 'db'), remove: () => rmSync(dir, { recursive: true, force: true }) };
-}
-
 /** Runs `write(i)` for i in [0, n) from `count` concurrent loops, each awaiting its own writes. */
 async function writers(n: number, write: (i: number) => Promise<unknown>, count = WRITERS): Promise<void> {
   let next = 0;
@@ -69,7 +61,7 @@ async function writers(n: number, write: (i: number) => Promise<unknown>, count 
 
 /** A runtime on a fresh LMDB store with the stream ORDERS (subjects `orders.>`). */
 function durableRuntime(): { runtime: Runtime; orders: Stream; dispose: () => Promise<void> } {
-  const { path, remove } = tempPath();
+  const { path, remove } = tempPath('durable');
   const store = new LmdbStore({ path });
   const runtime = createRuntime({ store, streams: [{ name: STREAM, subjects: ['orders.>'] }] });
   return {
@@ -117,7 +109,7 @@ async function fill(runtime: Runtime, n: number): Promise<void> {
 const lmdbPublish =
   (writerCount: number): Contender =>
   (n) => {
-    const { path, remove } = tempPath();
+    const { path, remove } = tempPath('durable');
     const db = open<Order, [string, number]>({ path, overlappingSync: false });
     let seq = 0;
     return {
@@ -255,7 +247,7 @@ const atMostOnce: Contender = (n) => {
 };
 
 const lmdbConsume: Contender = async (n) => {
-  const { path, remove } = tempPath();
+  const { path, remove } = tempPath('durable');
   const db = open<Order, [string, number]>({ path, overlappingSync: false });
   for (let i = 0; i < n; i += PAGE) {
     await db.transaction(() => {

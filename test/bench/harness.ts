@@ -11,7 +11,9 @@
  * Speed is never asserted: a failed contender is reported (its figure is `null`) and makes the
  * process exit with code 1, a slow one is only slow.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
+import { join } from 'node:path';
 
 /** The timed part of a contender. It throws when its output is not what the work must produce. */
 export type Run = () => Promise<void>;
@@ -376,3 +378,9 @@ export function expectCount(what: string, actual: number, expected: number): voi
 
 /** Seeded, so workloads are the same in every run. */
 export { seededRandom } from 'sluice/testing';
+
+/** A fresh directory for a store (`<dir>/db`), and how to remove it after the run. */
+export function tempPath(bench: string): { path: string; remove: () => void } {
+  const dir = mkdtempSync(join(os.tmpdir(), `sluice-bench-${bench}-`));
+  return { path: join(dir, 'db'), remove: () => rmSync(dir, { recursive: true, force: true }) };
+}

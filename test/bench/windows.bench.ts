@@ -11,13 +11,19 @@
  *   floor of what JavaScript can do;
  * - `rxjs`: plain RxJS as a user without Sluice would write it, `groupBy` key and window then
  *   `reduce`; with no watermarks it emits every window when the input completes;
- * - `sluice-actor`: the same job in an actor, events published on the bus one by one.
+ * - `sluice-actor`: the same job in an actor, events published on the bus one by one, with its
+ *   windows checkpointed to an LMDB store every second (docs/checkpoints.md): what a stateful actor
+ *   costs when its state is its accumulators;
+ * - `sluice-actor-replay`: the same actor with no store, which keeps every input until its window
+ *   fires so that a pipeline restart can replay them (docs/settlement.md).
+ * Each contender's inputs exist only while it runs: the operators' 5M envelopes are made in its
+ * setup and dropped after its run, so the actors do not pay for keeping them alive.
  * Figures are events per second.
  */
 import { from, groupBy, mergeMap, reduce, Subject } from 'rxjs';
-import { actor, createEnvelope, createRuntime, type Envelope } from 'sluice';
+import { actor, createEnvelope, createRuntime, type Envelope, LmdbStore } from 'sluice';
 import { agg, sliding, type Timed, tumbling, type WindowResult, watermarks } from 'sluice/operators';
-import { type Contender, defineBench, expectCount, seededRandom, until } from './harness.ts';
+import { type Contender, defineBench, expectCount, seededRandom, tempPath, until } from './harness.ts';
 
 const KEYS = 10_000;
 const DISORDER_MS = 2_000;
@@ -64,20 +70,14 @@ function workload(n: number): Workload {
   return w;
 }
 
-const envelopeCache = new Map<number, Envelope<number>[]>();
-
+/** The operators' inputs, made before the clock starts and dropped after the run. */
 function envelopes(w: Workload): Envelope<number>[] {
-  let list = envelopeCache.get(w.n);
-  if (list === undefined) {
-    envelopeCache.clear();
-    list = new Array(w.n);
-    for (let i = 0; i < w.n; i++) {
-      list[i] = createEnvelope('events', w.value[i] as number, {
-        key: KEY_NAMES[w.key[i] as number] as string,
-        eventTime: w.ts[i] as number,
-      });
-    }
-    envelopeCache.set(w.n, list);
+  const list: Envelope<number>[] = new Array(w.n);
+  for (let i = 0; i < w.n; i++) {
+    list[i] = createEnvelope('events', w.value[i] as number, {
+      key: KEY_NAMES[w.key[i] as number] as string,
+      eventTime: w.ts[i] as number,
+    });
   }
   return list;
 }
@@ -103,8 +103,8 @@ const PER_WINDOW = SIZE_MS / SLIDE_MS;
 function sluiceJob(kind: 'tumbling' | 'sliding'): Contender {
   return (n) => {
     const w = workload(n);
-    const input = envelopes(w);
-    return async () => {
+    let input: Envelope<number>[] = envelopes(w);
+    const run = async () => {
       const check = new Check();
       const source = new Subject<Timed<number>>();
       const window =
@@ -119,13 +119,26 @@ function sluiceJob(kind: 'tumbling' | 'sliding'): Contender {
       if (kind === 'tumbling') check.verify('tumbling', w.tumblingWindows, n);
       else check.verify('sliding', w.slidingWindows, n * PER_WINDOW);
     };
+    return {
+      run,
+      dispose: () => {
+        input = [];
+      },
+    };
   };
 }
 
-function sluiceActorJob(kind: 'tumbling' | 'sliding'): Contender {
+/**
+ * The job in an actor. Checkpointed, its windows stay open across a stop (they go on after a
+ * restart), so one last event far ahead in event time moves the watermark past every window:
+ * each fires once, and the last event's own window stays open.
+ */
+function sluiceActorJob(kind: 'tumbling' | 'sliding', mode: 'checkpointed' | 'replay'): Contender {
   return (n) => {
     const w = workload(n);
-    const runtime = createRuntime();
+    const dir = mode === 'checkpointed' ? tempPath('windows') : undefined;
+    const store = dir === undefined ? undefined : new LmdbStore({ path: dir.path });
+    const runtime = createRuntime(store === undefined ? {} : { store });
     const check = new Check();
     runtime.bus.subscribe<WindowResult<number>>('results', { callback: (env) => check.take(env.data) });
     runtime.spawn(
@@ -133,6 +146,7 @@ function sluiceActorJob(kind: 'tumbling' | 'sliding'): Contender {
         name: 'windows',
         subscribe: 'events',
         output: 'results',
+        ...(store === undefined ? {} : { checkpoint: { intervalMs: 1_000 } }),
         pipeline: (in$) =>
           in$.pipe(
             watermarks({ maxOutOfOrdernessMs: DISORDER_MS }),
@@ -143,23 +157,32 @@ function sluiceActorJob(kind: 'tumbling' | 'sliding'): Contender {
       }),
     );
     const { bus } = runtime;
+    const run = async () => {
+      for (let i = 0; i < n; i++) {
+        const options = { key: KEY_NAMES[w.key[i] as number] as string, eventTime: w.ts[i] as number };
+        if (!bus.tryPublish('events', w.value[i] as number, options))
+          await bus.publish('events', w.value[i] as number, options);
+      }
+      if (store !== undefined) {
+        await bus.publish('events', 0, { key: 'end', eventTime: START + n + 10 * SIZE_MS });
+      }
+      // Stopping completes the pipeline: without a store, that fires what is open.
+      await runtime.stop();
+      const expected = kind === 'tumbling' ? w.tumblingWindows : w.slidingWindows;
+      await until(
+        () => check.results >= expected,
+        () => check.results,
+        'sluice-actor',
+      );
+      if (kind === 'tumbling') check.verify('tumbling', w.tumblingWindows, n);
+      else check.verify('sliding', w.slidingWindows, n * PER_WINDOW);
+    };
     return {
-      run: async () => {
-        for (let i = 0; i < n; i++) {
-          const options = { key: KEY_NAMES[w.key[i] as number] as string, eventTime: w.ts[i] as number };
-          if (!bus.tryPublish('events', w.value[i] as number, options))
-            await bus.publish('events', w.value[i] as number, options);
-        }
-        // The end of the stream: stopping completes the pipeline, which fires what is open.
+      run,
+      dispose: async () => {
         await runtime.stop();
-        const expected = kind === 'tumbling' ? w.tumblingWindows : w.slidingWindows;
-        await until(
-          () => check.results >= expected,
-          () => check.results,
-          'sluice-actor',
-        );
-        if (kind === 'tumbling') check.verify('tumbling', w.tumblingWindows, n);
-        else check.verify('sliding', w.slidingWindows, n * PER_WINDOW);
+        await store?.close();
+        dir?.remove();
       },
     };
   };
@@ -272,38 +295,42 @@ function rxjsJob(kind: 'tumbling' | 'sliding'): Contender {
 export default defineBench({
   bench: 'windows',
   unit: 'events/s',
-  contenders: ['sluice', 'hand-loop', 'rxjs', 'sluice-actor'],
+  contenders: ['sluice', 'hand-loop', 'rxjs', 'sluice-actor', 'sluice-actor-replay'],
   cases: {
     'tumbling-count': {
       messages: 5_000_000,
-      messagesFor: { rxjs: 500_000, 'sluice-actor': 1_000_000 },
-      description: `60 s tumbling count per key, ${KEYS} keys; rxjs on 1/10 and sluice-actor on 1/5 of the events (rates compare)`,
+      messagesFor: { rxjs: 500_000, 'sluice-actor': 1_000_000, 'sluice-actor-replay': 1_000_000 },
+      description: `60 s tumbling count per key, ${KEYS} keys; rxjs on 1/10 and the actors on 1/5 of the events (rates compare)`,
       contenders: {
         sluice: sluiceJob('tumbling'),
         'hand-loop': handLoop('tumbling'),
         rxjs: rxjsJob('tumbling'),
-        'sluice-actor': sluiceActorJob('tumbling'),
+        'sluice-actor': sluiceActorJob('tumbling', 'checkpointed'),
+        'sluice-actor-replay': sluiceActorJob('tumbling', 'replay'),
       },
     },
     'sliding-mean': {
       messages: 5_000_000,
-      messagesFor: { rxjs: 50_000, 'sluice-actor': 250_000 },
-      description: `60 s / 10 s sliding mean per key (each event in 6 windows; about one result per event); rxjs on 1/100, sluice-actor on 1/20 of the events`,
+      messagesFor: { rxjs: 50_000, 'sluice-actor': 250_000, 'sluice-actor-replay': 250_000 },
+      description: `60 s / 10 s sliding mean per key (each event in 6 windows; about one result per event); rxjs on 1/100, the actors on 1/20 of the events`,
       contenders: {
         sluice: sluiceJob('sliding'),
         'hand-loop': handLoop('sliding'),
         rxjs: rxjsJob('sliding'),
-        'sluice-actor': sluiceActorJob('sliding'),
+        'sluice-actor': sluiceActorJob('sliding', 'checkpointed'),
+        'sluice-actor-replay': sluiceActorJob('sliding', 'replay'),
       },
     },
   },
   ratios: [
     ['sluice', 'hand-loop'],
     ['sluice', 'rxjs'],
+    ['sluice-actor', 'sluice'],
   ],
   goals: [
     { case: 'tumbling-count', contender: 'sluice', versus: 'hand-loop', atLeast: 0.25 },
     { case: 'tumbling-count', contender: 'sluice', versus: 'rxjs', atLeast: 1 },
+    { case: 'tumbling-count', contender: 'sluice-actor', versus: 'sluice', atLeast: 0.5 },
   ],
   notes: [
     `event time +1 ms per event, uniform disorder up to ${DISORDER_MS} ms, out-of-orderness bound ${DISORDER_MS} ms; ` +
