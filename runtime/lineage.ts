@@ -132,12 +132,17 @@ export class Tracker implements Lineage {
   downstream = 0;
   error: unknown = undefined;
 
-  constructor(id: string, owner: TrackerOwner, upstream: Lineage | undefined, generation: number) {
+  constructor(id: string, owner: TrackerOwner, upstream: Lineage | undefined, generation: number, handle?: Lineage) {
     this.id = id;
     this.#owner = owner;
     this.upstream = upstream;
     this.generation = generation;
-    this.lineage = new TrackerLineage(this);
+    if (handle === undefined) this.lineage = new TrackerLineage(this);
+    else {
+      // A lazily recorded input gets its record: the handle its outputs carry now stands for it.
+      this.lineage = handle;
+      adoptCounts(handle, this);
+    }
   }
 
   get ids(): readonly string[] {
@@ -186,40 +191,163 @@ export class Tracker implements Lineage {
 
 /**
  * @internal The tracker behind a lineage an envelope carries (or the tracker itself, for a
- * tracker used directly as a lineage, as the test harness does); undefined for any other lineage.
+ * tracker used directly as a lineage, as the test harness does); undefined for any other lineage,
+ * and for the handle of an input that has no record (see {@link lazyTracker}).
  */
 export let trackerOf: (lineage: Lineage | undefined) => Tracker | undefined;
 
 /**
- * A tracker as envelopes carry it: the {@link Lineage} protocol and nothing else. The tracker is a
- * private field, and {@link trackerOf} (assigned in the static block, so reachable from no object)
- * is the runtime's only way back to it.
+ * @internal The handle of an input delivered without a record, while it has none: its lane can
+ * tell whether it is the input it runs now, and whether it settled by counting.
+ */
+export interface LazyInput {
+  /** What the lane that runs it knows it by. */
+  readonly host: unknown;
+  readonly id: string;
+  /** Its synchronous run ended with nothing held: it settled by counting. */
+  readonly settled: boolean;
+}
+
+/** @internal The handle behind `lineage` when it is an input's with no record yet. */
+export let lazyTracker: (lineage: Lineage | undefined) => LazyInput | undefined;
+
+/**
+ * @internal A handle for an input handed to a pipeline without a record: it counts references
+ * by itself, and most inputs (a synchronous run that leaves nothing held) settle by those counts
+ * alone, when the run ends. An input still held then gets its record (see {@link endLazyRun}).
+ */
+export let lazyHandle: (host: unknown, id: string) => Lineage;
+
+/**
+ * @internal Ends the synchronous run of a lazily recorded input: `settled` when nothing holds it
+ * any more (the handle is settled, by counting, with `used` and `error` as its outcome), `held`
+ * when something still does (the caller gives it a record and releases the run's reference on
+ * it), `recorded` when it got a record during the run (the caller releases on that record).
+ */
+export let endLazyRun: (handle: Lineage) => LazyOutcome;
+
+/** @internal How a lazily recorded input's synchronous run ended (see {@link endLazyRun}). */
+export type LazyOutcome =
+  | { readonly kind: 'settled'; readonly used: boolean }
+  | { readonly kind: 'held' }
+  | { readonly kind: 'recorded'; readonly tracker: Tracker };
+
+const SETTLED_USED: LazyOutcome = Object.freeze({ kind: 'settled', used: true });
+const SETTLED_UNUSED: LazyOutcome = Object.freeze({ kind: 'settled', used: false });
+const HELD: LazyOutcome = Object.freeze({ kind: 'held' });
+
+let adoptCounts: (handle: Lineage, tracker: Tracker) => void;
+/** Counts a publishing or downstream reference on a handle with no record; false for any other lineage. */
+let countLazy: (lineage: Lineage, count: 'publishing' | 'downstream', by: 1 | -1) => boolean;
+
+/**
+ * What envelopes carry as their lineage: the {@link Lineage} protocol and nothing else. Its state
+ * is in private fields, and {@link trackerOf} and the functions above (assigned in the static
+ * block, so reachable from no object) are the runtime's only way to it.
+ *
+ * It stands either for a {@link Tracker} (the input's record), or, for an input handed to a
+ * pipeline without one, counts its references itself until its synchronous run ends.
  */
 class TrackerLineage implements Lineage {
-  readonly #tracker: Tracker;
-  constructor(tracker: Tracker) {
+  #tracker: Tracker | undefined;
+  // Without a record: the lane running the input, its id, and the Tracker's counts.
+  #host: unknown = undefined;
+  #id = '';
+  #inFlight = 1;
+  #absorbed = 0;
+  #publishing = 0;
+  #downstream = 0;
+  #used = false;
+  #error: unknown = undefined;
+  #settled = false;
+
+  constructor(tracker: Tracker | undefined) {
     this.#tracker = tracker;
   }
+
   get ids(): readonly string[] {
-    return this.#tracker.ids;
+    return this.#tracker === undefined ? [this.#id] : this.#tracker.ids;
   }
   retain(): void {
-    this.#tracker.retain();
+    const t = this.#tracker;
+    if (t !== undefined) t.retain();
+    else if (!this.#settled) {
+      this.#used = true;
+      this.#inFlight++;
+    }
   }
   absorb(): void {
-    this.#tracker.absorb();
+    const t = this.#tracker;
+    if (t !== undefined) t.absorb();
+    else if (!this.#settled) {
+      this.#used = true;
+      this.#absorbed++;
+    }
   }
+  // Without a record the run's own reference is held until the run ends, so these never settle
+  // the input: `endLazyRun` does.
   release(error?: unknown): void {
-    this.#tracker.release(error);
+    const t = this.#tracker;
+    if (t !== undefined) t.release(error);
+    else if (!this.#settled) {
+      if (error !== undefined && this.#error === undefined) this.#error = error;
+      if (this.#inFlight > 0) this.#inFlight--;
+    }
   }
   releaseAbsorbed(error?: unknown): void {
-    this.#tracker.releaseAbsorbed(error);
+    const t = this.#tracker;
+    if (t !== undefined) t.releaseAbsorbed(error);
+    else if (!this.#settled) {
+      if (error !== undefined && this.#error === undefined) this.#error = error;
+      if (this.#absorbed > 0) this.#absorbed--;
+    }
   }
   static {
     trackerOf = (lineage) => {
       if (typeof lineage !== 'object' || lineage === null) return undefined;
       if (#tracker in lineage) return lineage.#tracker;
       return lineage instanceof Tracker ? lineage : undefined;
+    };
+    lazyTracker = (lineage) => {
+      if (typeof lineage !== 'object' || lineage === null || !(#tracker in lineage)) return undefined;
+      if (lineage.#tracker !== undefined) return undefined;
+      return { host: lineage.#host, id: lineage.#id, settled: lineage.#settled };
+    };
+    lazyHandle = (host, id) => {
+      const handle = new TrackerLineage(undefined);
+      handle.#host = host;
+      handle.#id = id;
+      return handle;
+    };
+    endLazyRun = (handle) => {
+      if (!(#tracker in handle)) throw new TypeError('not a lazily recorded input');
+      const t = handle.#tracker;
+      if (t !== undefined) return { kind: 'recorded', tracker: t };
+      if (handle.#inFlight <= 1 && handle.#absorbed === 0 && handle.#error === undefined) {
+        handle.#settled = true;
+        handle.#host = undefined;
+        return handle.#used ? SETTLED_USED : SETTLED_UNUSED;
+      }
+      return HELD;
+    };
+    adoptCounts = (handle, tracker) => {
+      if (!(#tracker in handle) || handle.#tracker !== undefined) throw new TypeError('not a lazily recorded input');
+      tracker.inFlight = handle.#inFlight;
+      tracker.absorbed = handle.#absorbed;
+      tracker.publishing = handle.#publishing;
+      tracker.downstream = handle.#downstream;
+      tracker.used = handle.#used;
+      tracker.error = handle.#error;
+      handle.#tracker = tracker;
+      handle.#host = undefined;
+    };
+    countLazy = (lineage, count, by) => {
+      if (typeof lineage !== 'object' || lineage === null || !(#tracker in lineage)) return false;
+      if (lineage.#tracker !== undefined || lineage.#settled) return false;
+      if (count === 'publishing') {
+        if (by > 0 || lineage.#publishing > 0) lineage.#publishing += by;
+      } else if (by > 0 || lineage.#downstream > 0) lineage.#downstream += by;
+      return true;
     };
   }
 }
@@ -236,7 +364,7 @@ function shareMerged(lineage: Lineage, count: 'publishing' | 'downstream', by: 1
     if (by > 0 || tracker[count] > 0) tracker[count] += by;
   } else if (lineage instanceof MergedLineage) {
     for (const part of lineage.parts) shareMerged(part, count, by);
-  }
+  } else countLazy(lineage, count, by);
 }
 
 /** @internal Retains `lineage` while an output derived from it is published (in flight, as publishing). */

@@ -134,6 +134,10 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   readonly #timing: boolean;
   readonly #tracing: boolean;
   readonly #hasSchemas: boolean;
+  /** Pipeline lanes: inputs may be handed over without a record (see PipelineLane.deliverLazy). */
+  readonly #lazyLanes: boolean;
+  /** Inputs handed over with a settlement record, or given one later (see {@link records}). */
+  #records = 0;
   readonly #unregisterGauge: () => void;
   #state: ActorState = 'running';
   readonly #intake = new DrainLoop(() => this.#takeWhileFree());
@@ -159,6 +163,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     this.#restartWindow = new RestartWindow(this.#restart);
     this.#partitionBy = def.partitionBy as ((env: Envelope) => string) | undefined;
     this.#hasSchemas = actor.subjects.some((s) => s.schema !== undefined);
+    this.#lazyLanes = def.pipeline !== undefined;
     this.#maxInFlight = actor.maxInFlight;
     this.#timing = deps.telemetry.timing;
     this.#tracing = tracingEnabled();
@@ -238,6 +243,13 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   get parked(): number {
     return this.#inputs.parked;
   }
+  /**
+   * @internal Settlement records made for inputs so far: an input settled by counting (a run that
+   * held nothing) has none. For tests and benchmarks of what settlement costs.
+   */
+  get records(): number {
+    return this.#records;
+  }
   get restarts(): number {
     return this.#restartWindow.count(this.#deps.clock.now());
   }
@@ -284,27 +296,58 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   settled(tracker: Tracker, error: unknown): void {
     const input = tracker as Input;
     if (!this.#inputs.settle(input)) return;
-    if (this.#timing) this.#deps.telemetry.recordProcessing(this.name, this.#deps.clock.now() - input.startedAt);
     if (error === undefined) {
-      if (input.used) {
-        this.counters.acked++;
-        this.#totals.acked++;
-      } else {
-        this.counters.dropped++;
-        this.#totals.dropped++;
-      }
       if (input.span !== undefined) endSpan(input.span, undefined);
-      // With a checkpoint, the input is acknowledged once the checkpoint reflecting it commits.
-      if (this.#checkpoint === undefined) releaseDownstream(input.upstream);
-      else this.#checkpoint.settled(input.upstream);
+      this.#succeeded(input.upstream, input.used, input.startedAt);
     } else {
+      if (this.#timing) this.#deps.telemetry.recordProcessing(this.name, this.#deps.clock.now() - input.startedAt);
       if (input.span !== undefined) endSpan(input.span, error);
       this.#failed(input, error);
     }
+    this.#afterSettle();
+  }
+
+  settledByCount(upstream: Lineage | undefined, used: boolean, startedAt: number): void {
+    // Its slot was held from the hand-over (see #admit); no record was ever listed.
+    this.#inputs.releaseSlot();
+    this.#succeeded(upstream, used, startedAt);
+    this.#afterSettle();
+  }
+
+  /** An input settled without error: acked when anything derived from it or held it, else dropped. */
+  #succeeded(upstream: Lineage | undefined, used: boolean, startedAt: number): void {
+    if (this.#timing) this.#deps.telemetry.recordProcessing(this.name, this.#deps.clock.now() - startedAt);
+    if (used) {
+      this.counters.acked++;
+      this.#totals.acked++;
+    } else {
+      this.counters.dropped++;
+      this.#totals.dropped++;
+    }
+    // With a checkpoint, the input is acknowledged once the checkpoint reflecting it commits.
+    if (this.#checkpoint === undefined) releaseDownstream(upstream);
+    else this.#checkpoint.settled(upstream);
+  }
+
+  #afterSettle(): void {
     // A slot is free: take what waits. (Nothing waiting is the common case; the idle check stays.)
     if (this.#mailbox.depth > 0) this.#pump();
     if (this.#checkpoint?.due) this.#checkpoint.poll();
     this.#checkIdle();
+  }
+
+  record(
+    lane: PipelineLane,
+    env: Envelope,
+    upstream: Lineage | undefined,
+    generation: number,
+    startedAt: number,
+  ): Input {
+    this.#records++;
+    const input = new Input(env, this, generation, lane.index, startedAt, { upstream });
+    // It takes the slot held for it since the hand-over.
+    this.#inputs.adopt(input);
+    return input;
   }
 
   // ---- LaneHost ----
@@ -378,12 +421,12 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     this.#inputs.unpark(input);
   }
 
-  lateOutput(input: Input): void {
+  lateOutput(id: string): void {
     this.counters.settlementErrors++;
     this.#totals.settlementErrors++;
     this.#deps.log.warn(
       new SettlementError(
-        input.id,
+        id,
         `actor '${this.name}' emitted an output after the input settled; wrap async steps in mapAsync or hold()`,
       ).message,
     );
@@ -547,6 +590,13 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     const laneIndex = this.#lanes.length === 1 ? 0 : laneOf(key ?? '', this.#lanes.length);
     const lane = this.#lanes[laneIndex] as Lane;
     const startedAt = this.#timing ? this.#deps.clock.now() : 0;
+    if (this.#lazyLanes && !this.#tracing && (lane as PipelineLane).ready) {
+      // Handed over with no record: most inputs settle by counting when their run ends.
+      this.#inputs.holdSlot();
+      (lane as PipelineLane).deliverLazy(source, startedAt);
+      return;
+    }
+    this.#records++;
     const input = new Input(source, this, lane.generation, laneIndex, startedAt);
     if (this.#tracing) input.span = startProcessSpan(this.name, env.subject, env.id, env.headers);
     this.#inputs.add(input);
@@ -562,6 +612,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     if (retryable && attempt < this.#retry.maxAttempts && this.#state !== 'stopped') {
       this.counters.retried++;
       this.#totals.retried++;
+      this.#records++;
       const next = new Input(
         { ...input.env, attempt: attempt + 1, lineage: input.upstream },
         this,
@@ -589,6 +640,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     // The fresh tracker takes its place, in flight again even if it had been absorbed.
     this.#inputs.abandon(input);
     if (input.span !== undefined) endSpan(input.span, new Error('pipeline restarted'));
+    this.#records++;
     const fresh = new Input(
       { ...input.env, lineage: input.upstream },
       this,

@@ -116,7 +116,8 @@ export class HandlerLane implements Lane {
     const name = typeof subject === 'string' ? subject : subject.name;
     let given = options?.headers;
     if (this.#streams !== undefined) {
-      const key = outputKey(this.#streams, this.#ctx.name, input, given);
+      const key = outputKey(this.#streams, this.#ctx.name, input.env.headers, input.outputs, given);
+      if (key !== undefined) input.outputs++;
       if (key !== undefined) given = { ...given, [IDEMPOTENCY_KEY_HEADER]: key };
     }
     const headers = input.span === undefined ? given : injectTrace(input.span, given ?? {});

@@ -25,13 +25,47 @@ export class Input extends Tracker {
   prev: Input | undefined = undefined;
   next: Input | undefined = undefined;
 
-  constructor(env: Envelope, owner: TrackerOwner, generation: number, lane: number, startedAt: number) {
-    super(env.id, owner, env.lineage, generation);
-    // The pipeline sees the input with this tracker's lineage, so what it emits traces back here.
-    this.env = { ...env, lineage: this.lineage };
+  /**
+   * `env` as it came from the mailbox; with `lazy`, the envelope its pipeline got without a record
+   * (lineage: the handle), whose handle this record now stands behind, and what it came from.
+   */
+  constructor(
+    env: Envelope,
+    owner: TrackerOwner,
+    generation: number,
+    lane: number,
+    startedAt: number,
+    lazy?: { readonly upstream: Lineage | undefined },
+  ) {
+    if (lazy !== undefined) {
+      super(env.id, owner, lazy.upstream, generation, env.lineage);
+      this.env = env;
+    } else {
+      super(env.id, owner, env.lineage, generation);
+      // The pipeline sees the input with this tracker's lineage, so what it emits traces back here.
+      this.env = inputEnvelope(env, this.lineage);
+    }
     this.lane = lane;
     this.startedAt = startedAt;
   }
+}
+
+/**
+ * @internal The envelope a pipeline or handler gets for `env`, with `lineage` its own. A literal in
+ * the bus's field order, not a spread: one hidden class for every input.
+ */
+export function inputEnvelope(env: Envelope, lineage: Lineage): Envelope {
+  return {
+    id: env.id,
+    subject: env.subject,
+    data: env.data,
+    key: env.key,
+    eventTime: env.eventTime,
+    headers: env.headers,
+    attempt: env.attempt,
+    replyTo: env.replyTo,
+    lineage,
+  };
 }
 
 /** @internal The input of an actor that `lineage` (an envelope's) stands for, if it is one. */

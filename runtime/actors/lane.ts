@@ -1,6 +1,7 @@
 import type { BusClient } from '../bus/bus.ts';
 import type { Clock } from '../clock.ts';
 import type { Envelope } from '../envelope.ts';
+import type { Lineage } from '../lineage.ts';
 import type { Checkpoint } from '../state/checkpoint.ts';
 import { unavailableState } from '../state/keyedState.ts';
 import type { Actor, HandlerActor, Logger, PipelineActor } from './actor.ts';
@@ -51,8 +52,25 @@ export interface LaneHost {
   park(input: Input): void;
   /** A parked input's key goes on: it counts as in flight again. */
   unpark(input: Input): void;
-  /** Counts and logs an output emitted after its input had settled (an async step that did not hold it). */
-  lateOutput(input: Input): void;
+  /** Counts and logs an output emitted after its input (`id`) had settled (an async step that did not hold it). */
+  lateOutput(id: string): void;
+  /**
+   * An input handed to a pipeline without a record ({@link PipelineLane.deliverLazy}) settled when
+   * its synchronous run ended, by counting: `used` when anything derived from it or held it.
+   */
+  settledByCount(upstream: Lineage | undefined, used: boolean, startedAt: number): void;
+  /**
+   * The record of an input handed to a pipeline without one, which it turns out to need: it is
+   * still held when its run ends, or the actor must name it (a failure, a stop). `env` is what the
+   * pipeline got; the record stands behind its lineage from now on.
+   */
+  record(
+    lane: PipelineLane,
+    env: Envelope,
+    upstream: Lineage | undefined,
+    generation: number,
+    startedAt: number,
+  ): Input;
   /**
    * A lane's pipeline failed, or `completed` while its input was open: a completion blames no
    * input and counts as a restart.

@@ -40,6 +40,12 @@ export class OpenInputs implements Iterable<Input> {
     this.#tail = input;
   }
 
+  /** Takes an input whose in-flight slot was held for it already ({@link holdSlot}). */
+  adopt(input: Input): void {
+    this.#inFlight--;
+    this.add(input);
+  }
+
   /** Counts an input as absorbed from now on; false when it no longer counted as in flight. */
   leaveFlight(input: Input): boolean {
     if (input.abandoned || !input.counted) return false;

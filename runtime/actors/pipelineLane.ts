@@ -2,12 +2,12 @@ import { Observable, type Subscription as RxSubscription, type Subscriber } from
 import { ACCEPTED } from '../bus/bus.ts';
 import { type Envelope, nextId } from '../envelope.ts';
 import { messageOf, OptionsError, SluiceError } from '../errors.ts';
-import type { Lineage } from '../lineage.ts';
+import { endLazyRun, type Lineage, lazyHandle, lazyTracker } from '../lineage.ts';
 import { IDEMPOTENCY_KEY_HEADER } from '../sinks/sink.ts';
 import { type OperatorCheckpoint, withCheckpoint } from '../state/operatorState.ts';
 import { injectTrace } from '../telemetry.ts';
 import type { ActorContext, PipelineActor } from './actor.ts';
-import { type Input, inputOf } from './input.ts';
+import { type Input, inputEnvelope, inputOf } from './input.ts';
 import type { Lane, LaneHost } from './lane.ts';
 import { outputKey } from './outputKeys.ts';
 
@@ -39,6 +39,17 @@ export class PipelineLane implements Lane {
   #completed = false;
   /** The input the pipeline is handling synchronously: the culprit if it throws now. */
   #current: Input | undefined = undefined;
+  /**
+   * The input handed over without a record (see {@link PipelineLane.deliverLazy}) while its run
+   * goes on: its handle, the envelope the pipeline got, where it came from, when, in which
+   * generation, and how many of its outputs took a key from its position.
+   */
+  #lazy: Lineage | undefined = undefined;
+  #lazyEnv: Envelope | undefined = undefined;
+  #lazyUpstream: Lineage | undefined = undefined;
+  #lazyStartedAt = 0;
+  #lazyGeneration = 0;
+  #lazyOutputs = 0;
 
   /** The actor's checkpoint as its operators see it, if it has one. */
   readonly #checkpoint: OperatorCheckpoint | undefined;
@@ -65,9 +76,91 @@ export class PipelineLane implements Lane {
     return this.#generation;
   }
 
-  /** The input being handled synchronously, if any. */
+  /** The input being handled synchronously, if any: one handed over without a record gets one now. */
   get current(): Input | undefined {
+    if (this.#lazy !== undefined) return this.#recordLazy();
     return this.#current;
+  }
+
+  /** Whether an input handed over now would run at once: the pipeline is up, nothing waits, none runs. */
+  get ready(): boolean {
+    return (
+      this.#input !== undefined &&
+      !this.#completed &&
+      this.#backlog.length === 0 &&
+      this.#current === undefined &&
+      this.#lazy === undefined
+    );
+  }
+
+  /**
+   * Hands `source` to the running pipeline (the caller checked {@link ready}) with no record of
+   * its own, as docs/settlement.md's settlement by counting describes. The pipeline gets the input
+   * with a handle that counts references by itself. When the synchronous run ends with nothing
+   * held, which is most inputs (filtered, mapped and accepted downstream at once, folded into
+   * checkpointed state), the input is settled by those counts: nothing was recorded for it. An
+   * input still held then (an async step, a window without a store, an output a mailbox keeps, a
+   * failure) gets its record, created only now.
+   */
+  deliverLazy(source: Envelope, startedAt: number): void {
+    const handle = lazyHandle(this, source.id);
+    const env = inputEnvelope(source, handle);
+    const generation = this.#generation;
+    this.#lazy = handle;
+    this.#lazyEnv = env;
+    this.#lazyUpstream = source.lineage;
+    this.#lazyStartedAt = startedAt;
+    this.#lazyGeneration = generation;
+    this.#lazyOutputs = 0;
+    try {
+      (this.#input as LaneInput).next(env);
+    } catch (error) {
+      // As in #deliver: a throw that got past RxJS fails the pipeline, blaming this input.
+      this.#host.pipelineFailed(this, error, generation);
+    }
+    const recorded = this.#lazy === undefined;
+    this.#lazy = undefined;
+    this.#lazyEnv = undefined;
+    this.#lazyUpstream = undefined;
+    if (recorded) this.#current = undefined;
+    const outcome = endLazyRun(handle);
+    if (outcome.kind === 'settled') {
+      this.#host.settledByCount(source.lineage, outcome.used, startedAt);
+      return;
+    }
+    const input =
+      outcome.kind === 'recorded'
+        ? outcome.tracker
+        : this.#newRecord(env, source.lineage, generation, startedAt, this.#lazyOutputs);
+    // The run's own reference: settles the input if only that was left, as #deliver's release.
+    input.release();
+  }
+
+  /** Gives the input handed over without a record one, mid-run: the actor must name it. */
+  #recordLazy(): Input {
+    const input = this.#newRecord(
+      this.#lazyEnv as Envelope,
+      this.#lazyUpstream,
+      this.#lazyGeneration,
+      this.#lazyStartedAt,
+      this.#lazyOutputs,
+    );
+    this.#lazy = undefined;
+    this.#current = input;
+    return input;
+  }
+
+  #newRecord(
+    env: Envelope,
+    upstream: Lineage | undefined,
+    generation: number,
+    startedAt: number,
+    outputs: number,
+  ): Input {
+    const input = this.#host.record(this, env, upstream, generation, startedAt);
+    input.delivered = true;
+    input.outputs = outputs;
+    return input;
   }
 
   /** Builds the pipeline, unless one is running, and hands it what waited in the backlog. */
@@ -147,6 +240,8 @@ export class PipelineLane implements Lane {
   }
 
   stop(): void {
+    // An input running without a record gets one, so the cell dead-letters it as it does the rest.
+    if (this.#lazy !== undefined) this.#recordLazy();
     const subscription = this.#subscription;
     this.#subscription = undefined;
     this.#input = undefined;
@@ -220,13 +315,27 @@ export class PipelineLane implements Lane {
       return;
     }
     const lineage = out.lineage;
-    const source = inputOf(lineage);
-    // Emitted after its input settled: an async step that did not hold it (see docs/settlement.md).
-    if (source?.done) this.#host.lateOutput(source);
-    if (this.#output === undefined && source !== undefined && out.subject === source.env.subject) {
+    // Where the output comes from: the input running now without a record (its handle), or an
+    // input with a record. Either gives its id, subject and headers, and counts keyed outputs.
+    let source: Input | undefined;
+    let sourceEnv: Envelope | undefined;
+    if (lineage !== undefined && lineage === this.#lazy) sourceEnv = this.#lazyEnv;
+    else {
+      source = inputOf(lineage);
+      if (source !== undefined) {
+        sourceEnv = source.env;
+        // Emitted after its input settled: an async step that did not hold it (see docs/settlement.md).
+        if (source.done) this.#host.lateOutput(source.id);
+      } else {
+        const lazy = lazyTracker(lineage);
+        if (lazy?.settled) this.#host.lateOutput(lazy.id);
+      }
+    }
+    if (this.#output === undefined && sourceEnv !== undefined && out.subject === sourceEnv.subject) {
       // Published back to the subject it came from, the output would come round as input forever.
-      source.retain();
-      source.release(
+      const from = lineage as Lineage;
+      from.retain();
+      from.release(
         new OptionsError(
           `actor '${this.#ctx.name}'.output`,
           "an output kept its input's subject and would loop back into the actor; set 'output' or give the envelope its own subject",
@@ -237,23 +346,25 @@ export class PipelineLane implements Lane {
     }
     const subject = this.#output ?? out.subject;
     let headers = out.headers;
-    if (this.#streams !== undefined && source !== undefined) {
-      const key = outputKey(this.#streams, this.#ctx.name, source, headers);
-      // A plain object: the bus checks it as it does any forwarded headers.
-      if (key !== undefined) headers = { ...headers, [IDEMPOTENCY_KEY_HEADER]: key };
+    if (this.#streams !== undefined && sourceEnv !== undefined) {
+      const index = source === undefined ? this.#lazyOutputs : source.outputs;
+      const key = outputKey(this.#streams, this.#ctx.name, sourceEnv.headers, index, headers);
+      if (key !== undefined) {
+        if (source === undefined) this.#lazyOutputs++;
+        else source.outputs++;
+        // A plain object: the bus checks it as it does any forwarded headers.
+        headers = { ...headers, [IDEMPOTENCY_KEY_HEADER]: key };
+      }
     }
+    const span = source?.span;
+    const sourceId = sourceEnv?.id;
     let env = out;
-    if (
-      subject !== out.subject ||
-      (source !== undefined && out.id === source.id) ||
-      source?.span !== undefined ||
-      headers !== out.headers
-    ) {
+    if (subject !== out.subject || out.id === sourceId || span !== undefined || headers !== out.headers) {
       env = {
         ...out,
-        id: source !== undefined && out.id === source.id ? nextId() : out.id,
+        id: out.id === sourceId ? nextId() : out.id,
         subject,
-        headers: source?.span === undefined ? headers : injectTrace(source.span, headers),
+        headers: span === undefined ? headers : injectTrace(span, headers),
         replyTo: subject === out.subject ? out.replyTo : undefined,
       };
     }
@@ -273,8 +384,12 @@ export class PipelineLane implements Lane {
    * no input is to blame and the pipeline fails as a whole.
    */
   #notAnEnvelope(value: unknown): void {
-    const lineage = typeof value === 'object' && value !== null ? (value as { lineage?: unknown }).lineage : undefined;
-    const source = inputOf(lineage as Lineage | undefined) ?? this.#current;
+    const lineage = (
+      typeof value === 'object' && value !== null ? (value as { lineage?: unknown }).lineage : undefined
+    ) as Lineage | undefined;
+    // An input that settled without a record is done: only the one running now can be blamed.
+    const lazy = lazyTracker(lineage);
+    const source = inputOf(lineage) ?? (lazy === undefined || !lazy.settled ? this.current : undefined);
     const error = new SluiceError(
       'SLUICE_ERR_HANDLER',
       `actor '${this.#ctx.name}' pipeline emitted ${preview(value)}, not an envelope: emit { ...env, data } to keep the input's id, subject and lineage`,
