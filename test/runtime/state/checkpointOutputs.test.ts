@@ -1,6 +1,6 @@
 import { actor, DEAD_LETTER_HEADERS, durable, type Envelope, MemoryStore, type Store } from 'sluice';
 import { describe, expect, test } from 'vitest';
-import { collect, flush, testRuntime } from '../helpers.ts';
+import { collect, flush, gate, testRuntime } from '../helpers.ts';
 import { eventually } from '../streams/wait.ts';
 
 interface Order {
@@ -59,6 +59,42 @@ describe('checkpointed outputs', () => {
     expect(first.subject).toBe('totals.all');
     expect(first.lineage).toBeUndefined();
     expect(store.bounds('TOTALS').last).toBe(2);
+  });
+
+  test('outputs - a slow plain subscriber holds the actor back as it holds a publisher: the next checkpoint waits until its mailbox accepted the last one’s outputs', async () => {
+    const store = new MemoryStore();
+    const { rt } = testRuntime({ store });
+    rt.stream({ name: 'ORDERS', subjects: ['orders.>'] });
+    rt.stream({ name: 'TOTALS', subjects: ['totals.>'] });
+    const slow = gate();
+    const got: number[] = [];
+    rt.bus.subscribe<{ n: number }>('totals.all', {
+      mailbox: { capacity: 1, overflow: 'block' },
+      callback: async (env) => {
+        got.push(env.data.n);
+        await slow.promise;
+      },
+    });
+    const ref = rt.spawn(
+      actor<Order, { n: number }>({
+        name: 'counter',
+        subscribe: durable<Order>('ORDERS', { consumer: 'counter' }),
+        output: 'totals.all',
+        checkpoint: { everyInputs: 1 },
+        handle: (env) => ({ n: env.data.n }),
+      }),
+    );
+    for (let n = 1; n <= 5; n++) await rt.bus.publish('orders.x', { key: 'a', n });
+    // 1 in the callback, 2 in the mailbox, 3 waiting for room: the checkpoint of 4 waits for it.
+    await eventually(() => expect(store.bounds('TOTALS').last).toBe(3));
+    await eventually(() => expect(ref.checkpoint?.held).toBe(1));
+    await flush(5);
+    expect(store.bounds('TOTALS').last).toBe(3);
+    expect(ref.checkpoint?.held).toBe(1);
+    expect(got).toEqual([1]);
+    slow.open();
+    await eventually(() => expect(got).toEqual([1, 2, 3, 4, 5]));
+    expect(streamed(store, 'TOTALS')).toEqual([1, 2, 3, 4, 5].map((n) => ({ n })));
   });
 
   test('outputs - an output over maxPayloadBytes, or with a header a publish refuses, is dead-lettered with the reason and not appended', async () => {
