@@ -20,8 +20,6 @@ const immediate = globalThis.setImmediate;
 export class PushTurns {
   #waiting: (() => void)[] = [];
   #scheduled = false;
-  /** Rounds given so far, for tests and telemetry. */
-  rounds = 0;
 
   /** Resolves at the caller's next turn. */
   next(): Promise<void> {
@@ -35,7 +33,6 @@ export class PushTurns {
 
   #round(): void {
     this.#scheduled = false;
-    this.rounds++;
     const due = this.#waiting;
     this.#waiting = [];
     // Each continuation runs in its own microtask, in order: one loop's batch, then the next one's.
