@@ -2,6 +2,8 @@ import { type Envelope, nextId } from '../../runtime/envelope.ts';
 import { OptionsError } from '../../runtime/errors.ts';
 import { type Lineage, mergeLineage } from '../../runtime/lineage.ts';
 import { intOption } from '../../runtime/options.ts';
+import { activeCheckpoint, type OperatorCheckpoint } from '../../runtime/state/operatorState.ts';
+import type { StoreBatch } from '../../runtime/store/types.ts';
 import type { Aggregate } from '../aggregate.ts';
 import { type Timed, Watermark } from '../watermarks.ts';
 import {
@@ -46,6 +48,13 @@ export interface CountWindowOptions<T, A, R> {
  * Tumbling windows keep one accumulator each. Sliding ones keep their last `size` inputs and
  * aggregate them anew at each firing; each input is given back (settled) once it has left the
  * last window that includes it.
+ *
+ * In the pipeline of an actor with a `checkpoint` (docs/checkpoints.md), the windows live in the
+ * checkpoint instead: one record per key (the counter, the open window's accumulator and first id;
+ * sliding: the data of its last `size` inputs), restored after a restart, so the indexes and the
+ * idempotency keys go on as in a run without it. Each input then settles at once and is
+ * acknowledged when the checkpoint commits; results carry no lineage, and a graceful stop leaves
+ * the open windows in the store rather than flushing them.
  *
  *     in:    --a--b--c--d--e--|
  *     out:   -----R[0,2)-R[2,4)-R[4,5)|     countWindow({ size: 2, aggregate: agg.count() }) (the last one partial)
@@ -116,11 +125,19 @@ class KeyCount<T, A> {
   /** Tumbling: the id of the open window's first input, which names the window. */
   firstId = '';
   /** Sliding: the last `size` inputs (a ring). */
-  ring: Envelope<T>[] | undefined = undefined;
+  ring: Slot<T>[] | undefined = undefined;
 
   constructor(key: string | undefined) {
     this.key = key;
   }
+}
+
+/** One input a sliding window keeps: its lineage only when no checkpoint holds it. */
+interface Slot<T> {
+  readonly id: string;
+  readonly data: T;
+  readonly eventTime: number | undefined;
+  readonly lineage: Lineage | undefined;
 }
 
 class CountWindows<T, A, R> {
@@ -135,25 +152,71 @@ class CountWindows<T, A, R> {
   done = false;
   /** The last watermark that went through: results carry it, nothing else uses it. */
   watermark = Number.NEGATIVE_INFINITY;
+  /** The actor's checkpoint, when it has one: the windows then live in its state, not their inputs. */
+  readonly part: CountPart<T, A> | undefined;
 
   constructor(config: Config<T, A, R>, out: WindowOutput<R>, totals: { results: number }) {
     this.config = config;
     this.out = out;
     this.totals = totals;
     this.sliding = config.slide < config.size;
+    const cp = activeCheckpoint();
+    if (cp !== undefined) {
+      const id = `${config.name}/${cp.lane}`;
+      const handed = cp.handoff.get(id) as CountHandoff<T, A> | undefined;
+      if (handed !== undefined) {
+        // A restarted pipeline: what settled since the last checkpoint is only in the failed one.
+        cp.handoff.delete(id);
+        for (const [key, k] of handed.keys) this.keys.set(key, k);
+        this.open = handed.open;
+        this.watermark = handed.watermark;
+        this.part = handed.part;
+        this.part.windows = this as CountWindows<T, A, unknown>;
+      } else {
+        this.part = new CountPart<T, A>(this as CountWindows<T, A, unknown>, `${id}/`, cp.handoff);
+        cp.register(this.part);
+        this.restore(cp);
+      }
+    }
+  }
+
+  /** The counters and open windows of the last checkpoint. */
+  restore(cp: OperatorCheckpoint): void {
+    const part = this.part as CountPart<T, A>;
+    for (const entry of cp.store.scan(cp.namespace, part.prefix)) {
+      if (entry.error !== undefined) throw entry.error;
+      if (entry.key === part.watermarkKey) {
+        this.watermark = entry.value as number;
+        continue;
+      }
+      const r = entry.value as StoredCount<T, A>;
+      const k = new KeyCount<T, A>(r.k === null ? undefined : r.k);
+      k.seen = r.n;
+      k.pending = r.p;
+      k.subject = r.j;
+      k.maxEventTime = r.t ?? Number.NEGATIVE_INFINITY;
+      k.acc = r.a === null ? undefined : r.a;
+      k.firstId = r.i;
+      if (r.r !== null)
+        k.ring = r.r.map(([id, data, t]) => ({ id, data, eventTime: t ?? undefined, lineage: undefined }));
+      this.keys.set(k.key, k);
+      if (this.sliding ? k.seen > 0 : k.pending > 0) this.open++;
+    }
   }
 
   next(item: Timed<T>): void {
     if (this.done) return;
     if (item instanceof Watermark) {
-      if (item.time > this.watermark) this.watermark = item.time;
+      if (item.time > this.watermark) {
+        this.watermark = item.time;
+        if (this.part !== undefined) this.part.watermarkDirty = true;
+      }
       return;
     }
     try {
       this.take(item);
     } catch (error) {
-      this.done = true;
-      this.keys.clear();
+      this.stop();
       this.out.error(error);
     }
   }
@@ -167,13 +230,20 @@ class CountWindows<T, A, R> {
 
   complete(): void {
     if (this.done) return;
+    if (this.part !== undefined) {
+      // Checkpointed windows stay open across a stop: they are in the store and go on after the
+      // restart, so the results are those of a run without the stop (as time windows).
+      this.stop();
+      this.out.complete();
+      return;
+    }
     try {
       for (const k of this.keys.values()) {
         if (k.pending > 0) this.flushPartial(k);
         if (k.ring !== undefined) {
           const ring = k.ring;
           k.ring = undefined;
-          for (const env of ring) env.lineage?.releaseAbsorbed();
+          for (const slot of ring) slot.lineage?.releaseAbsorbed();
         }
       }
     } catch (error) {
@@ -186,7 +256,19 @@ class CountWindows<T, A, R> {
   }
 
   stop(): void {
+    if (this.done) return;
     this.done = true;
+    const part = this.part;
+    if (part !== undefined) {
+      // What settled since the last checkpoint is only here: the next instance of this operator
+      // (a restarted pipeline) goes on from it rather than from the store.
+      part.handoff.set(part.id, {
+        part,
+        keys: new Map(this.keys),
+        open: this.open,
+        watermark: this.watermark,
+      } satisfies CountHandoff<T, A>);
+    }
     this.keys.clear();
     this.open = 0;
     this.absorbed = 0;
@@ -200,22 +282,34 @@ class CountWindows<T, A, R> {
       this.keys.set(key, k);
     }
     const { aggregate, size, slide } = this.config;
+    const t = env.eventTime;
+    // Folded first: an aggregate that throws leaves the key as it was (a checkpointed pipeline
+    // hands it over to the restarted one).
+    const acc = this.sliding
+      ? undefined
+      : aggregate.add(k.pending === 0 ? aggregate.init() : (k.acc as A), env.data, t ?? 0);
     if (k.pending === 0 && (!this.sliding || k.seen === 0)) {
       k.subject = env.subject;
       this.open++;
     }
     k.seen++;
     k.pending++;
-    const t = env.eventTime;
     if (t !== undefined && t > k.maxEventTime) k.maxEventTime = t;
     const lineage = env.lineage;
-    if (!this.sliding) {
-      if (k.pending === 1) {
-        k.acc = aggregate.init();
-        k.firstId = env.id;
-      }
-      k.acc = aggregate.add(k.acc as A, env.data, t ?? 0);
+    const part = this.part;
+    if (part !== undefined) {
+      // In the checkpoint's state: the input settles now, acknowledged when that state commits.
+      // Retained and released at once, so it counts as used (acked), not as filtered out.
+      part.changed.add(k);
       if (lineage !== undefined) {
+        lineage.retain();
+        lineage.release();
+      }
+    }
+    if (!this.sliding) {
+      if (k.pending === 1) k.firstId = env.id;
+      k.acc = acc;
+      if (lineage !== undefined && part === undefined) {
         lineage.absorb();
         (k.lineages ??= []).push(lineage);
         this.absorbed++;
@@ -228,11 +322,12 @@ class CountWindows<T, A, R> {
     }
     // Sliding: keep the last `size` inputs; the one pushed out has left its last window.
     const ring = (k.ring ??= []);
-    let evicted: Envelope<T> | undefined;
+    let evicted: Slot<T> | undefined;
     if (ring.length === size) evicted = ring.shift();
-    ring.push(env);
-    if (lineage !== undefined) {
-      lineage.absorb();
+    const held = part === undefined ? lineage : undefined;
+    ring.push({ id: env.id, data: env.data, eventTime: t, lineage: held });
+    if (held !== undefined) {
+      held.absorb();
       this.absorbed++;
     }
     if (evicted?.lineage !== undefined) {
@@ -244,18 +339,19 @@ class CountWindows<T, A, R> {
 
   fireSliding(k: KeyCount<T, A>, firing: Firing): void {
     const { aggregate } = this.config;
-    const ring = k.ring as Envelope<T>[];
+    const ring = k.ring as Slot<T>[];
     let acc = aggregate.init();
     let maxTime = Number.NEGATIVE_INFINITY;
     const lineages: Lineage[] = [];
-    for (const env of ring) {
-      acc = aggregate.add(acc, env.data, env.eventTime ?? 0);
-      if (env.eventTime !== undefined && env.eventTime > maxTime) maxTime = env.eventTime;
-      if (env.lineage !== undefined) lineages.push(env.lineage);
+    for (const slot of ring) {
+      acc = aggregate.add(acc, slot.data, slot.eventTime ?? 0);
+      if (slot.eventTime !== undefined && slot.eventTime > maxTime) maxTime = slot.eventTime;
+      if (slot.lineage !== undefined) lineages.push(slot.lineage);
     }
     k.maxEventTime = maxTime;
     k.pending = 0;
-    this.emit(k, acc, k.seen - ring.length, k.seen, ring.length, firing, lineages, (ring[0] as Envelope<T>).id);
+    this.part?.changed.add(k);
+    this.emit(k, acc, k.seen - ring.length, k.seen, ring.length, firing, lineages, (ring[0] as Slot<T>).id);
   }
 
   flushPartial(k: KeyCount<T, A>): void {
@@ -275,6 +371,7 @@ class CountWindows<T, A, R> {
     k.pending = 0;
     k.maxEventTime = Number.NEGATIVE_INFINITY;
     this.open--;
+    this.part?.changed.add(k);
     if (lineages !== undefined) {
       this.absorbed -= lineages.length;
       for (const l of lineages) l.releaseAbsorbed(error);
@@ -331,5 +428,84 @@ class CountWindows<T, A, R> {
       lineage: lineages === undefined || lineages.length === 0 ? undefined : mergeLineage(lineages),
     });
     return undefined;
+  }
+}
+
+/**
+ * How one key is stored in a checkpoint: short names, as there is one record per key. `n` the
+ * inputs seen, `p` those in the open window, `a`/`i` its accumulator and first input's id
+ * (tumbling), `r` the last inputs as `[id, data, eventTime]` (sliding).
+ */
+interface StoredCount<T, A> {
+  readonly k: string | null;
+  readonly n: number;
+  readonly p: number;
+  readonly j: string;
+  readonly t: number | null;
+  readonly a: A | null;
+  readonly i: string;
+  readonly r: [string, T, number | null][] | null;
+}
+
+/** What a stopped operator hands to the next instance of itself (see `CountWindows.stop`). */
+interface CountHandoff<T, A> {
+  readonly part: CountPart<T, A>;
+  readonly keys: Map<string | undefined, KeyCount<T, A>>;
+  readonly open: number;
+  readonly watermark: number;
+}
+
+/**
+ * @internal The count windows of one operator instance (and those after it, through a pipeline
+ * restart) as a checkpoint commits them: the keys changed since the last checkpoint, and the
+ * watermark results carry. One record per key, never the inputs of a tumbling window.
+ */
+class CountPart<T, A> {
+  windows: CountWindows<T, A, unknown>;
+  readonly prefix: string;
+  readonly id: string;
+  readonly watermarkKey: string;
+  readonly changed = new Set<KeyCount<T, A>>();
+  watermarkDirty = false;
+  readonly retired = false;
+  /** Where a stopped instance leaves its state for the next one (the checkpoint's, per actor). */
+  readonly handoff: Map<string, unknown>;
+
+  constructor(windows: CountWindows<T, A, unknown>, prefix: string, handoff: Map<string, unknown>) {
+    this.windows = windows;
+    this.prefix = prefix;
+    this.id = prefix.slice(0, -1);
+    this.watermarkKey = `${prefix}$watermark`;
+    this.handoff = handoff;
+  }
+
+  get dirty(): boolean {
+    return this.changed.size > 0 || this.watermarkDirty;
+  }
+
+  /** `=key`, or `-` for inputs without a key: neither can be taken for the other, or for `$watermark`. */
+  keyOf(key: string | undefined): string {
+    return key === undefined ? `${this.prefix}-` : `${this.prefix}=${key}`;
+  }
+
+  write(batch: StoreBatch, namespace: string): void {
+    for (const k of this.changed) {
+      const record: StoredCount<T, A> = {
+        k: k.key ?? null,
+        n: k.seen,
+        p: k.pending,
+        j: k.subject,
+        t: k.maxEventTime === Number.NEGATIVE_INFINITY ? null : k.maxEventTime,
+        a: k.acc === undefined ? null : k.acc,
+        i: k.firstId,
+        r: k.ring === undefined ? null : k.ring.map((s) => [s.id, s.data, s.eventTime ?? null]),
+      };
+      batch.put(namespace, this.keyOf(k.key), record);
+    }
+    this.changed.clear();
+    if (this.watermarkDirty) {
+      batch.put(namespace, this.watermarkKey, this.windows.watermark);
+      this.watermarkDirty = false;
+    }
   }
 }

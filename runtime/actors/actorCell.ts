@@ -24,7 +24,7 @@ import {
   type Tracker,
   type TrackerOwner,
 } from '../lineage.ts';
-import { Checkpoint, type CheckpointStats } from '../state/checkpoint.ts';
+import { Checkpoint, type CheckpointStats, checkStaged } from '../state/checkpoint.ts';
 import type { Store } from '../store/types.ts';
 import type { ConsumerImpl } from '../streams/consumer.ts';
 import type { StreamImpl } from '../streams/stream.ts';
@@ -397,17 +397,20 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
    * now, and is acknowledged when that checkpoint commits.
    */
   #stage(stream: StreamImpl, env: Envelope): Promise<void> {
-    const denied = this.#permissions.publishDenied(env.subject);
-    if (denied !== undefined) return Promise.reject(this.#deps.bus.denied('publish', env.subject, this.name, denied));
+    // Retained first: a refused output fails its input (retried, then dead-lettered with the
+    // reason), as a refused publish does; an accepted one counts it as used (acked, not dropped).
+    retainPublishing(env.lineage);
     let record: ReturnType<StreamImpl['record']>;
     try {
+      const denied = this.#permissions.publishDenied(env.subject);
+      if (denied !== undefined) throw this.#deps.bus.denied('publish', env.subject, this.name, denied);
+      checkStaged(this.#deps.bus, env);
       record = stream.record(env);
     } catch (error) {
+      releasePublishing(env.lineage, error);
       return Promise.reject(error);
     }
-    // The input counts as used (acked, not dropped), as for any output accepted.
-    retainPublishing(env.lineage);
-    (this.#checkpoint as Checkpoint).stage(stream, record);
+    (this.#checkpoint as Checkpoint).stage(stream, record, env);
     this.counters.published++;
     releasePublishing(env.lineage);
     return ACCEPTED;

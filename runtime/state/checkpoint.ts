@@ -1,5 +1,7 @@
 import type { Logger } from '../actors/actor.ts';
+import { ACCEPTED, type Bus } from '../bus/bus.ts';
 import type { Clock, Timer } from '../clock.ts';
+import { checkFields, checkHeaders, type Envelope } from '../envelope.ts';
 import { messageOf, OptionsError } from '../errors.ts';
 import { type Lineage, releaseDownstream } from '../lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../options.ts';
@@ -36,6 +38,18 @@ export function resolveCheckpoint(
     throw new OptionsError(where, 'give intervalMs, everyInputs or both', options);
   }
   return { intervalMs, everyInputs };
+}
+
+/**
+ * @internal The checks a publish makes of a message (header rules, id, event time and key, size
+ * against the bus's `maxPayloadBytes`), for an output that goes into a checkpoint's batch instead of
+ * through the bus: it must not get into a stream a publish could not put it in. Throws as a publish
+ * rejects.
+ */
+export function checkStaged(bus: Bus, env: Envelope): void {
+  const headers = checkHeaders(env.headers, 'forward.headers');
+  checkFields(env.id, env.eventTime, env.key, 'forward');
+  bus.checkSize(env.subject, env.data, headers);
 }
 
 /** @internal What a checkpoint needs of its actor. */
@@ -82,6 +96,11 @@ export class Checkpoint {
   #deferred: Lineage[] = [];
   #settledSince = 0;
   #outputs = new Map<StreamImpl, StoredMessage[]>();
+  /** Outputs that plain subscribers of their subject get once the checkpoint commits. */
+  #echoes: Envelope[] = [];
+  /** Those of the last commit not yet accepted by every `block` mailbox: the next checkpoint waits. */
+  #delivering: Promise<void> | undefined;
+  readonly #bus: Bus;
   #due = false;
   #polling = false;
   #committing: Promise<void> | undefined;
@@ -94,7 +113,7 @@ export class Checkpoint {
   constructor(
     actor: string,
     options: { intervalMs: number | undefined; everyInputs: number | undefined },
-    deps: { readonly store: Store; readonly clock: Clock; readonly log: Logger },
+    deps: { readonly store: Store; readonly clock: Clock; readonly log: Logger; readonly bus: Bus },
     consumers: ConsumerImpl[],
     host: CheckpointHost,
   ) {
@@ -102,6 +121,7 @@ export class Checkpoint {
     this.#store = deps.store;
     this.#clock = deps.clock;
     this.#log = deps.log;
+    this.#bus = deps.bus;
     this.#host = host;
     this.#consumers = consumers;
     for (const c of consumers) c.ownByCheckpoint();
@@ -148,11 +168,63 @@ export class Checkpoint {
     if (++this.#settledSince >= this.#everyInputs) this.request();
   }
 
-  /** An output to a stream: appended by the next checkpoint, in its batch. */
-  stage(stream: StreamImpl, record: StoredMessage): void {
+  /**
+   * An output to a stream (checked by {@link checkStaged}): appended by the next checkpoint, in its
+   * batch, and routed to the subject's plain subscribers once that commits.
+   */
+  stage(stream: StreamImpl, record: StoredMessage, output: Envelope): void {
     const records = this.#outputs.get(stream);
     if (records === undefined) this.#outputs.set(stream, [record]);
     else records.push(record);
+    // Kept only when someone besides the stream listens now, as a publish reaches those it matches.
+    // Without lineage (its input is settled by the commit) or reply subject (the stream keeps none).
+    if (this.#listened(output.subject)) {
+      const headers = checkHeaders(output.headers, 'forward.headers');
+      this.#echoes.push({ ...output, headers, attempt: 1, replyTo: undefined, lineage: undefined });
+    }
+  }
+
+  #listened(subject: string): boolean {
+    const match = this.#bus.lookup(subject);
+    if (match.groups.length > 0) return true;
+    for (const r of match.plain) if (r.capture === undefined) return true;
+    return false;
+  }
+
+  /**
+   * Routes a committed checkpoint's outputs to the plain subscribers and queue groups of their
+   * subjects, in order, as a publish would (filters, mailbox policies), but not to the stream
+   * again. After the commit: a subscriber never sees an output a crash could take back. The next
+   * checkpoint waits until `block` mailboxes accepted them, so a slow subscriber holds the actor
+   * back as it would hold a publisher.
+   */
+  #echo(outputs: Envelope[]): void {
+    let waits: Promise<void>[] | undefined;
+    for (const env of outputs) {
+      const match = this.#bus.lookup(env.subject);
+      const plain = match.plain.filter((r) => r.capture === undefined);
+      if (plain.length === 0 && match.groups.length === 0) continue;
+      let accepted: Promise<void>;
+      try {
+        accepted = this.#bus.route(env, true, { plain, groups: match.groups });
+      } catch (error) {
+        accepted = Promise.reject(error);
+      }
+      if (accepted === ACCEPTED) continue;
+      (waits ??= []).push(
+        accepted.catch((error: unknown) => {
+          // Committed and acknowledged already: the stream keeps it; only this delivery is lost.
+          this.#log.warn(
+            `actor '${this.#actor}': a subscriber of '${env.subject}' refused a checkpointed output (the stream keeps it): ${messageOf(error)}`,
+          );
+        }),
+      );
+    }
+    if (waits === undefined) return;
+    this.#delivering = Promise.all(waits).then(() => {
+      this.#delivering = undefined;
+      this.poll();
+    });
   }
 
   request(): void {
@@ -163,11 +235,12 @@ export class Checkpoint {
 
   /** Takes the due checkpoint once the actor is aligned (on the next microtask, outside the caller's stack). */
   poll(): void {
-    if (!this.#due || this.#polling || this.#committing !== undefined) return;
+    if (!this.#due || this.#polling || this.#committing !== undefined || this.#delivering !== undefined) return;
     this.#polling = true;
     queueMicrotask(() => {
       this.#polling = false;
-      if (this.#due && this.#committing === undefined && this.#host.aligned()) this.#commit();
+      if (this.#due && this.#committing === undefined && this.#delivering === undefined && this.#host.aligned())
+        this.#commit();
     });
   }
 
@@ -225,6 +298,8 @@ export class Checkpoint {
     for (const upstream of deferred) releaseDownstream(upstream);
     const outputs = this.#outputs;
     this.#outputs = new Map();
+    const echoes = this.#echoes;
+    this.#echoes = [];
     const after: (() => void)[] = [];
     const started = performance.now();
     const state = this.state;
@@ -249,6 +324,7 @@ export class Checkpoint {
           this.#stats.commitMs += performance.now() - started;
           state.committed();
           for (const run of after) run();
+          if (echoes.length > 0) this.#echo(echoes);
         },
         (error: unknown) => {
           // Failed to commit (the store then refuses writes) or to build (a value it cannot encode):

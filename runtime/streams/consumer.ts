@@ -10,6 +10,7 @@ import type { Lineage } from '../lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../options.ts';
 import type { LogEntry, Store, StoreBatch } from '../store/types.ts';
 import type { Telemetry } from '../telemetry.ts';
+import { PUSH_BATCH, PushTurns } from './pushTurns.ts';
 import { RangeSet } from './rangeSet.ts';
 import { STREAM_HEADERS, type StoredMessage, type StreamImpl } from './stream.ts';
 import type { ConsumerInfo, ConsumerLag, ConsumerOptions, DeliverPolicy, StreamMessage } from './types.ts';
@@ -22,6 +23,8 @@ export interface StreamDeps {
   readonly log: Logger;
   readonly random: () => number;
   readonly telemetry: Telemetry;
+  /** The runtime's turns for push loops (made by its streams when not given). */
+  readonly turns?: PushTurns;
 }
 
 /** The store namespace of consumer positions: key `<stream>/<consumer>`. */
@@ -156,6 +159,9 @@ export class ConsumerImpl<T = unknown> {
   #waiters: { resolve: (m: StreamMessage<T>) => void; reject: (error: unknown) => void }[] = [];
   #attached = 0;
   #pushing = false;
+  /** Pushed since this consumer's last turn began (see {@link PUSH_BATCH}). */
+  #pushedInTurn = 0;
+  readonly #turns: PushTurns;
   #taking = false;
   #wakeAgain = false;
   /** The runtime is stopping: nothing new is pushed to actors, so they can drain. */
@@ -178,6 +184,7 @@ export class ConsumerImpl<T = unknown> {
     this.name = name;
     this.deliverSubject = deliverSubjectOf(source.name, name);
     this.#source = source;
+    this.#turns = deps.turns ?? new PushTurns();
     this.#deps = deps;
     this.#key = `${source.name}/${name}`;
     const filter = options.filter;
@@ -448,11 +455,18 @@ export class ConsumerImpl<T = unknown> {
     this.#pushing = true;
     try {
       while (!this.#closed && !this.#quiescing && this.#attached > 0) {
+        if (this.#pushedInTurn >= PUSH_BATCH) {
+          // Fair sharing: the other consumers' loops (and the event loop) get a turn first.
+          await this.#turns.next();
+          this.#pushedInTurn = 0;
+          continue;
+        }
         const match = this.#deps.bus.lookup(this.deliverSubject);
         if (match.plain.length === 0 && match.groups.length === 0) break;
         const taken = this.#take();
         if (taken === undefined) break;
         const [d, stored] = taken;
+        this.#pushedInTurn++;
         const lineage = new PushLineage(this as ConsumerImpl, d, stored.i);
         d.push = lineage;
         const env = this.#source.envelope(d.seq, stored, d.attempt, lineage);

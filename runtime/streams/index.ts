@@ -1,6 +1,7 @@
 import type { SubjectRef } from '../bus/bus.ts';
 import { OptionsError, StreamError } from '../errors.ts';
 import { type ConsumerImpl, deliverSubjectOf, type StreamDeps } from './consumer.ts';
+import { PushTurns } from './pushTurns.ts';
 import { checkName, patternsOverlap, StreamImpl } from './stream.ts';
 import type { ConsumerOptions, DurableRef, StreamConfig } from './types.ts';
 
@@ -61,7 +62,8 @@ export class Streams {
   #closed = false;
 
   constructor(deps: StreamDeps) {
-    this.#deps = deps;
+    // One set of turns per runtime: its consumers' push loops share the event loop round-robin.
+    this.#deps = deps.turns === undefined ? { ...deps, turns: new PushTurns() } : deps;
   }
 
   define(config: StreamConfig): StreamImpl {

@@ -14,7 +14,7 @@ import {
   stateNamespace,
   VirtualClock,
 } from 'sluice';
-import { agg, eventTime, keyBy, session, sliding, tumbling, watermarks } from 'sluice/operators';
+import { agg, countWindow, eventTime, keyBy, session, sliding, tumbling, watermarks } from 'sluice/operators';
 import { describe, expect, test } from 'vitest';
 import { POSITIONS_NAMESPACE } from '../../../runtime/streams/index.ts';
 import { flush, quietLogger, testRuntime, thrown } from '../helpers.ts';
@@ -323,6 +323,58 @@ describe('checkpoints across SIGKILL (LMDB, child process)', () => {
     }
     expect(got).toEqual(expected);
   }, 120_000);
+  test('crash - a count window with checkpointed accumulators: after SIGKILLs every window once, indexes and sums of a run without a crash', async () => {
+    const path = join(tempDir(), 'store');
+    const total = 3000;
+    expect((await run(['publish', path, String(total)])).out).toContain('published');
+    for (const killAt of [600, 1700]) {
+      const ended = await run(['counts', path, String(total)], killAt);
+      expect(ended.signal).toBe('SIGKILL');
+    }
+    const last = await run(['counts', path, String(total)]);
+    expect(last.code).toBe(0);
+    expect(last.out).toContain('done');
+
+    const store = new LmdbStore({ path });
+    const results = store
+      .read('TOTALS', 1)
+      .map(
+        (r) => (r.value as { d: { idempotencyKey: string; key: string; start: number; end: number; value: number } }).d,
+      );
+    // The open windows stay in the store (a stop does not flush them): one record per key.
+    const open = store.scan('sluice.windows/counting', 'counts/0/').filter((e) => !e.key.endsWith('$watermark'));
+    await store.close();
+    // Computed from the input alone: per key, windows of 10 consecutive inputs summing n.
+    const perKey = new Map<string, number[]>();
+    for (let n = 1; n <= total; n++) perKey.set(`k${n % 7}`, [...(perKey.get(`k${n % 7}`) ?? []), n]);
+    const expected: [string, number, number, number][] = [];
+    const partial = new Map<string, [number, number, number]>();
+    for (const [key, ns] of perKey) {
+      for (let i = 0; i + 10 <= ns.length; i += 10) {
+        expected.push([key, i, i + 10, ns.slice(i, i + 10).reduce((a, b) => a + b, 0)]);
+      }
+      const rest = ns.slice(ns.length - (ns.length % 10));
+      partial.set(key, [ns.length, rest.length, rest.reduce((a, b) => a + b, 0)]);
+    }
+    const keysSeen = new Set<string>();
+    for (const r of results) {
+      expect(keysSeen.has(r.idempotencyKey)).toBe(false); // each window once, no de-duplication
+      keysSeen.add(r.idempotencyKey);
+    }
+    const byKey = (a: [string, number, number, number], b: [string, number, number, number]) =>
+      a[0].localeCompare(b[0]) || a[1] - b[1];
+    expect(
+      results.map((r) => [r.key, r.start, r.end, r.value] as [string, number, number, number]).sort(byKey),
+    ).toEqual(expected.sort(byKey));
+    expect(
+      new Map(
+        open.map((e) => {
+          const w = e.value as { k: string; n: number; p: number; a: number | null };
+          return [w.k, [w.n, w.p, w.a ?? 0]];
+        }),
+      ),
+    ).toEqual(partial);
+  }, 120_000);
 });
 
 describe('checkpointed windows', () => {
@@ -472,11 +524,69 @@ describe('checkpointed windows', () => {
     expect(results.map((r) => [r.key, r.value])).toEqual([['p0', 3]]);
   });
 
+  test('windows - a checkpointed count window holds no input: each settles into its key record, and a failed pipeline goes on from it', async () => {
+    const store = new MemoryStore();
+    const { rt } = testRuntime({ store });
+    rt.stream({ name: 'CLICKS', subjects: ['clicks.>'] });
+    rt.stream({ name: 'TOTALS', subjects: ['totals.>'] });
+    const op = countWindow<Click, number, number>({ name: 'views', size: 3, aggregate: agg.sum((c) => c.ts) });
+    const ref = rt.spawn(
+      actor<Click, unknown>({
+        name: 'views',
+        subscribe: durable<Click>('CLICKS', { consumer: 'views' }),
+        output: 'totals.views',
+        checkpoint: { everyInputs: 1000 },
+        retry: { maxAttempts: 1 },
+        pipeline: (input$) =>
+          input$.pipe(
+            map((env) => {
+              if (env.data.page === 'boom') throw new Error('boom');
+              return env;
+            }),
+            keyBy((c) => c.page),
+            op,
+          ),
+      }),
+    );
+    for (const [page, ts] of [
+      ['p0', 100],
+      ['p0', 200],
+      ['boom', 0],
+      ['p0', 300],
+      ['p0', 400],
+      ['p1', 500],
+    ] as const) {
+      await rt.bus.publish('clicks.x', { page, ts });
+    }
+    await eventually(() => expect(ref.checkpoint?.held).toBe(5));
+    expect(ref.counters.deadLettered).toBe(1);
+    // Settled into the window's state, not absorbed: nothing of the inputs is kept.
+    expect(op.stats()).toMatchObject({ keys: 2, openWindows: 2, absorbed: 0 });
+    expect(ref.absorbed).toBe(0);
+    await rt.stop();
+    const results = store.read('TOTALS', 1).map((e) => (e.value as { d: { key: string; value: number } }).d);
+    // The restarted pipeline went on from the failed one's p0 window (100 + 200), not from the store.
+    expect(results.map((r) => [r.key, r.value])).toEqual([['p0', 600]]);
+    const records = store.scan('sluice.windows/views', 'views/0/').map((e) => [e.key, e.value]);
+    expect(records).toEqual([
+      ['views/0/=p0', expect.objectContaining({ k: 'p0', n: 4, p: 1, a: 400 })],
+      ['views/0/=p1', expect.objectContaining({ k: 'p1', n: 1, p: 1, a: 500 })],
+    ]);
+  });
+
   test.each([
     ['session', () => session<Click, number, number>({ name: 'w', gapMs: 300, aggregate: agg.count() })],
     [
       'sliding',
       () => sliding<Click, number, number>({ name: 'w', sizeMs: 1000, slideMs: 500, aggregate: agg.count() }),
+    ],
+    [
+      'tumbling count',
+      () => countWindow<Click, number, number>({ name: 'w', size: 2, aggregate: agg.sum((c) => c.ts) }),
+    ],
+    [
+      'sliding count',
+      () => countWindow<Click, number, number>({ name: 'w', size: 3, slide: 2, aggregate: agg.sum((c) => c.ts) }),
     ],
   ] as const)(
     'windows - %s windows restore from the checkpoint and give the results of a run without the restart',
