@@ -131,20 +131,13 @@ export interface ReadHeaders {
   eventTime: number | undefined;
 }
 
-const EMPTY: ReadHeaders = Object.freeze({
-  headers: Object.freeze({}),
-  contentType: undefined,
-  key: undefined,
-  eventTime: undefined,
-}) as ReadHeaders;
-
 /**
  * @internal A message's headers as an envelope's (the first value of each), with Sluice's key and
  * event time taken out. Stream position headers are dropped: only the source sets them, from the
  * broker's own position, so a publisher cannot forge the root of idempotency keys.
  */
 export function readHeaders(h: MsgHdrs | undefined): ReadHeaders {
-  if (h === undefined) return EMPTY;
+  if (h === undefined) return { headers: {}, contentType: undefined, key: undefined, eventTime: undefined };
   const headers: Record<string, string> = {};
   let contentType: string | undefined;
   let key: string | undefined;

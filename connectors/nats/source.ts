@@ -224,7 +224,6 @@ export class NatsSource<T = unknown> implements Source<T> {
   #fetching: ConsumerMessages | undefined;
   readonly #pending = new Map<number, Held>();
   #wake: (() => void) | undefined;
-  #loop: Promise<void> | undefined;
   #touchTimer: Timer | undefined;
   #lagTimer: Timer | undefined;
   /** Messages the server holds for the consumer beyond those delivered (from the last message or info). */
@@ -411,15 +410,14 @@ export class NatsSource<T = unknown> implements Source<T> {
     this.#touchTimer?.cancel();
     this.#lagTimer?.cancel();
     this.#wake?.();
-    try {
-      await this.#fetching?.close();
-    } catch {
-      // Already ended with the connection.
-    }
+    // Stopped, not awaited: its end waits for the loop to read what it buffered, and the loop may be
+    // waiting on a full mailbox. Messages it still buffers are never delivered: the server redelivers them.
+    safely(() => this.#fetching?.stop());
     for (const s of this.#subs) s.unsubscribe();
     for (const h of this.#pending.values()) safely(() => h.msg.nak());
     this.#pending.clear();
-    await this.#loop?.catch(() => undefined);
+    // The loop is not awaited: it may wait on a publish into a full mailbox, which ends only when
+    // the mailbox drains; it sees the close at its next step, and what it holds was nak'ed above.
     if (this.#held !== undefined && !this.#held.nc.isClosed()) await this.#held.nc.flush().catch(() => undefined);
     await closeConnection(this.#held);
   }
@@ -586,7 +584,7 @@ export class NatsSource<T = unknown> implements Source<T> {
     this.#consumer = await jetstream(nc).consumers.get(js.stream, js.consumer);
     this.#scheduleTouch();
     this.#scheduleLagRefresh();
-    this.#loop = this.#pullLoop(js);
+    void this.#pullLoop(js);
   }
 
   #ackWaitMs = 30_000;
@@ -642,7 +640,14 @@ export class NatsSource<T = unknown> implements Source<T> {
             safely(() => m.nak());
             continue;
           }
-          await this.#deliver(m, js);
+          try {
+            await this.#deliver(m, js);
+          } catch (error) {
+            // A mapping function or a header the bus refuses: the message fails, never the loop.
+            const held = this.#pending.get(m.seq);
+            if (held !== undefined && held.msg === m) held.lineage.release(error);
+            else safely(() => m.nak(1_000));
+          }
         }
         failures = 0;
       } catch (error) {
