@@ -20,7 +20,8 @@ export const rawCodec: Codec<Uint8Array> = Object.freeze({
     throw new EncodeError(subject, 'raw', new Error('a raw payload must be a Uint8Array or a string'));
   },
   decode(bytes: Uint8Array): Uint8Array {
-    return bytes.slice();
+    // A copy as a plain Uint8Array: the client's buffer is reused, and a Buffer compares unlike one.
+    return new Uint8Array(bytes);
   },
 });
 

@@ -800,7 +800,8 @@ export class NatsSource<T = unknown> implements Source<T> {
     }
     if (this.#pending.get(held.seq) === held) this.#pending.delete(held.seq);
     this.#stats.terminated++;
-    safely(() => m.term(messageOf(error)));
+    // No reason on the wire: nats-server 2.9 takes `+TERM` alone (a reason came with 2.10).
+    safely(() => m.term());
     this.#wake?.();
   }
 
