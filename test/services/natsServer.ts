@@ -6,6 +6,7 @@
  * missing server fails the test, elsewhere the test is skipped with a message saying what to install.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -40,6 +41,8 @@ export interface NatsServer {
    * cleanly; SIGKILL cuts it off.
    */
   restart(signal: 'SIGTERM' | 'SIGKILL'): Promise<void>;
+  /** Kills the server and removes its store at once, for a process `exit` handler (which cannot wait). */
+  stopSync(): void;
 }
 
 const INSTALL_HINT = "install Debian's nats-server package (apt-get install nats-server) to run it";
@@ -116,6 +119,10 @@ async function startOnce(port: number, options: NatsServerOptions): Promise<Nats
     url: `nats://${host}:${port}`,
     log: () => log + proc.log,
     stop: cleanup,
+    stopSync() {
+      proc.child.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    },
     async restart(signal) {
       proc.child.kill(signal);
       await proc.exited;
