@@ -364,7 +364,11 @@ export class NatsSource<T = unknown> implements Source<T> {
     this.#held = await openConnection(this.#options.connection, this.name);
     try {
       if (this.#js !== undefined) await this.#startJetStream(this.#js);
-      else this.#startCore();
+      else {
+        this.#startCore();
+        // Once the round trip is back the server has the subscriptions: start resolves with them live.
+        await this.#held.nc.flush();
+      }
     } catch (error) {
       await closeConnection(this.#held);
       throw error;
@@ -453,9 +457,21 @@ export class NatsSource<T = unknown> implements Source<T> {
   #onCore(msg: Msg): void {
     this.#stats.received++;
     const client = this.#client as BusClient;
-    let item: CoreItem;
+    let subject: string;
+    let data: unknown;
+    let options: PublishOptions | undefined;
     try {
-      item = this.#coreItem(msg);
+      subject = this.#subjectOf(msg.subject);
+      if (msg.headers === undefined) {
+        // No headers (a plain client's message): no options, the bus's cheapest publish.
+        data = this.#codecs.of(msg.subject, undefined).decode(msg.data, msg.subject);
+      } else {
+        const h = readHeaders(msg.headers);
+        data = this.#codecs.of(msg.subject, h.contentType).decode(msg.data, msg.subject);
+        options = { headers: h.headers };
+        if (h.key !== undefined) options.key = h.key;
+        if (h.eventTime !== undefined) options.eventTime = h.eventTime;
+      }
     } catch (error) {
       this.#undecodable(
         msg.subject,
@@ -468,14 +484,14 @@ export class NatsSource<T = unknown> implements Source<T> {
     // Fast path: nothing queued before it and every mailbox takes it now.
     if (this.#queue.length === 0) {
       try {
-        if (client.tryPublish(item.subject, item.data, item.options)) {
+        if (client.tryPublish(subject, data, options)) {
           this.#stats.published++;
           return;
         }
       } catch (error) {
         // A stream's subject cannot be published synchronously: it waits in the queue for its append.
         if (!(error instanceof StreamError)) {
-          this.#publishFailed(item, error);
+          this.#publishFailed(subject, error);
           return;
         }
       }
@@ -488,17 +504,8 @@ export class NatsSource<T = unknown> implements Source<T> {
       }
       return;
     }
-    this.#queue.push(item);
+    this.#queue.push({ subject, data, options, at: this.#now() });
     if (!this.#draining) void this.#drainCore();
-  }
-
-  #coreItem(msg: Msg): CoreItem {
-    const h = readHeaders(msg.headers);
-    const data = this.#codecs.of(msg.subject, h.contentType).decode(msg.data, msg.subject);
-    const options: PublishOptions = { headers: h.headers };
-    if (h.key !== undefined) options.key = h.key;
-    if (h.eventTime !== undefined) options.eventTime = h.eventTime;
-    return { subject: this.#subjectOf(msg.subject), data, options, at: this.#now() };
   }
 
   async #drainCore(): Promise<void> {
@@ -511,7 +518,7 @@ export class NatsSource<T = unknown> implements Source<T> {
           await client.publish(item.subject, item.data, item.options);
           this.#stats.published++;
         } catch (error) {
-          this.#publishFailed(item, error);
+          this.#publishFailed(item.subject, error);
         }
         this.#queue.shift();
       }
@@ -520,10 +527,10 @@ export class NatsSource<T = unknown> implements Source<T> {
     }
   }
 
-  #publishFailed(item: CoreItem, error: unknown): void {
+  #publishFailed(subject: string, error: unknown): void {
     // At-most-once: a message the bus refuses (shutting down, too large, denied) is logged, not kept.
     this.#stats.dropped++;
-    this.#log.warn(`${this.name}: message for '${item.subject}' dropped: ${messageOf(error)}`);
+    this.#log.warn(`${this.name}: message for '${subject}' dropped: ${messageOf(error)}`);
   }
 
   // ---- JetStream ----
@@ -860,7 +867,7 @@ export class NatsSource<T = unknown> implements Source<T> {
 interface CoreItem {
   readonly subject: string;
   readonly data: unknown;
-  readonly options: PublishOptions;
+  readonly options: PublishOptions | undefined;
   /** When it was received, for lag. */
   readonly at: number;
 }

@@ -145,7 +145,12 @@ describe.skipIf(missing !== undefined)('NATS connector', () => {
   test("interop: Sluice's output is plain JSON (or msgpack) a plain client reads, with its key headers", async () => {
     const s = await stream();
     const sink = await natsSink({ connection: { servers: server.url }, jetstream: true, subject: `${s.prefix}.out` });
-    const packed = await natsSink({ connection: { servers: server.url }, subject: 'packed.out', codec: 'msgpack' });
+    const packed = await natsSink({
+      connection: { servers: server.url },
+      subject: 'packed.out',
+      codec: 'msgpack',
+      headers: true,
+    });
     onTestFinished(() => Promise.all([sink.close(), packed.close()]).then(() => undefined));
     const seen: { data: unknown; type: string | undefined }[] = [];
     const sub = nc.subscribe('packed.out', {
