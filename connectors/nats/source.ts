@@ -200,7 +200,6 @@ export function natsSource<T = unknown>(options: NatsSourceOptions<T>): NatsSour
 
 export class NatsSource<T = unknown> implements Source<T> {
   readonly name: string;
-  readonly ref: SourceRef<T>;
   readonly #options: NatsSourceOptions<T>;
   readonly #js: ResolvedJetStream | undefined;
   readonly #subjects: readonly string[];
@@ -333,16 +332,37 @@ export class NatsSource<T = unknown> implements Source<T> {
     validateSubject(this.#deadLetter, 'publish');
     this.#maxPending = intOption('natsSource.maxPending', options.maxPending, 65_536, 1);
     this.#lagRefreshMs = intOption('natsSource.lagRefreshMs', options.lagRefreshMs, 5_000, 10);
-    // What actors subscribe to: the bus subject(s) this source publishes on.
+    // What actors subscribe to: the one bus subject (or pattern) this source publishes on.
     const refName =
       typeof subject === 'string'
         ? subject
-        : (this.#js?.filterSubject ?? (this.#subjects.length === 1 ? (this.#subjects[0] as string) : '>'));
-    this.ref = Object.freeze({
-      name: refName,
-      schema: options.schema,
-      source: Object.freeze({ stream: this.#js?.stream ?? 'nats', durable: this.#js !== undefined }),
-    });
+        : (this.#js?.filterSubject ?? (this.#subjects.length === 1 ? this.#subjects[0] : undefined));
+    this.#ref =
+      refName === undefined
+        ? undefined
+        : Object.freeze({
+            name: refName,
+            schema: options.schema,
+            source: Object.freeze({ stream: this.#js?.stream ?? 'nats', durable: this.#js !== undefined }),
+          });
+  }
+
+  readonly #ref: SourceRef<T> | undefined;
+
+  /**
+   * What actors subscribe to: the bus subject the source publishes on, with its stream positions.
+   * Throws an `OptionsError` when that is not one subject or pattern (several core subjects, or a
+   * JetStream consumer without `filterSubject`, and no `subject`): give `subject` then.
+   */
+  get ref(): SourceRef<T> {
+    if (this.#ref === undefined) {
+      throw new OptionsError(
+        'natsSource.subject',
+        'is needed for source.ref when the source reads more than one subject (several subjects, or no filterSubject)',
+        undefined,
+      );
+    }
+    return this.#ref;
   }
 
   /** What the source did so far. */

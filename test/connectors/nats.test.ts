@@ -75,6 +75,13 @@ describe('NATS connector options (no server)', () => {
     expect(() => natsSource({ subjects: 'a', codec: 'yaml' as never })).toThrow(/natsSource.codec/);
   });
 
+  test('source.ref needs one bus subject: several NATS subjects without `subject` name the option', () => {
+    const many = natsSource({ subjects: ['a.x', 'b.y'] });
+    expect(() => many.ref).toThrow(/'natsSource.subject'/);
+    expect(natsSource({ subjects: ['a.x', 'b.y'], subject: 'ab' }).ref.name).toBe('ab');
+    expect(() => natsSource({ jetstream: { stream: 'S', consumer: 'c' } }).ref).toThrow(OptionsError);
+  });
+
   test('an actor on a JetStream source is at-least-once; on core subjects it cannot be', () => {
     const js = natsSource({ jetstream: { stream: 'ORDERS', consumer: 'c' }, subject: 'orders.in' });
     expect(() =>
@@ -440,6 +447,15 @@ describe.skipIf(missing !== undefined)('NATS connector', () => {
         { connection: { servers: s.url, user: 'alice', pass: 'wrong', reconnect: { maxAttempts: 0 } }, subject: 'x' },
         /refused the credentials.*user\/pass/,
       );
+    });
+
+    test('a token: the right one connects, another fails with a clear error', async () => {
+      const s = await startNatsServer({ config: 'authorization { token: "t0ken" }' });
+      onTestFinished(() => s.stop());
+      const sink = await natsSink({ connection: { servers: s.url, token: 't0ken' }, subject: 'x' });
+      await sink.write([{ key: 'k', value: 1, revision: undefined, envelope: undefined }]);
+      await sink.close();
+      await expectRefused({ connection: { servers: s.url, token: 'other' }, subject: 'x' }, /refused the credentials/);
     });
 
     test('an NKey: its seed connects, another seed fails with a clear error', async () => {
