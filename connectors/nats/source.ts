@@ -260,6 +260,18 @@ export class NatsSource<T = unknown> implements Source<T> {
         }
       }
       if (js.filterSubject !== undefined) validateSubject(js.filterSubject, 'subscribe');
+      const d = js.deliver as unknown;
+      const policyOk =
+        d === undefined ||
+        d === 'all' ||
+        d === 'new' ||
+        (typeof d === 'object' &&
+          d !== null &&
+          (Number.isSafeInteger((d as { fromSeq?: unknown }).fromSeq) ||
+            Number.isFinite((d as { fromTime?: unknown }).fromTime)));
+      if (!policyOk) {
+        throw new OptionsError('natsSource.jetstream.deliver', "must be 'all', 'new', { fromSeq } or { fromTime }", d);
+      }
       if (js.backoffMs !== undefined) {
         if (!Array.isArray(js.backoffMs) || js.backoffMs.length === 0) {
           throw new OptionsError(
