@@ -6,7 +6,8 @@
  * missing server fails the test, elsewhere the test is skipped with a message saying what to install.
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { rmSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +19,11 @@ export interface NatsServerOptions {
   args?: readonly string[];
   /** How long to wait for "Server is ready". @default 10000 */
   readyTimeoutMs?: number;
+  /**
+   * A configuration file's text (authorization, TLS, ...), written to the server's temporary
+   * directory and passed with `-c`; the port, address and store still come from the command line.
+   */
+  config?: string;
 }
 
 export interface NatsServer {
@@ -29,6 +35,14 @@ export interface NatsServer {
   readonly log: () => string;
   /** Stops the server (SIGTERM, then SIGKILL after 5 s) and removes its store. */
   stop(): Promise<void>;
+  /**
+   * Ends the server process with `signal` (its store is kept) and starts it again on the same port
+   * with the same store, resolving once it is ready: a restart mid-stream. SIGTERM lets it shut down
+   * cleanly; SIGKILL cuts it off.
+   */
+  restart(signal: 'SIGTERM' | 'SIGKILL'): Promise<void>;
+  /** Kills the server and removes its store at once, for a process `exit` handler (which cannot wait). */
+  stopSync(): void;
 }
 
 const INSTALL_HINT = "install Debian's nats-server package (apt-get install nats-server) to run it";
@@ -85,48 +99,82 @@ export async function startNatsServer(options: NatsServerOptions = {}): Promise<
 
 async function startOnce(port: number, options: NatsServerOptions): Promise<NatsServer> {
   const host = '127.0.0.1';
-  const store = options.jetstream === true ? await mkdtemp(join(tmpdir(), 'sluice-nats-')) : undefined;
+  const dir = await mkdtemp(join(tmpdir(), 'sluice-nats-'));
+  const store = options.jetstream === true ? join(dir, 'store') : undefined;
   const args = ['-a', host, '-p', String(port), ...(store === undefined ? [] : ['-js', '-sd', store])];
-  const child = spawn('nats-server', [...args, ...(options.args ?? [])], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let log = '';
-  const append = (chunk: Buffer) => {
-    log += chunk.toString();
-  };
-  child.stdout.on('data', append);
-  child.stderr.on('data', append);
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  if (options.config !== undefined) {
+    const file = join(dir, 'server.conf');
+    await writeFile(file, options.config);
+    args.push('-c', file);
+  }
+  let proc = await launch([...args, ...(options.args ?? [])], options.readyTimeoutMs ?? 10_000);
+  let log = proc.log;
   const cleanup = async () => {
-    await stopChild(child, exited);
-    if (store !== undefined) await rm(store, { recursive: true, force: true });
+    await stopChild(proc.child, proc.exited);
+    await rm(dir, { recursive: true, force: true });
   };
+  return {
+    host,
+    port,
+    url: `nats://${host}:${port}`,
+    log: () => log + proc.log,
+    stop: cleanup,
+    stopSync() {
+      proc.child.kill('SIGKILL');
+      rmSync(dir, { recursive: true, force: true });
+    },
+    async restart(signal) {
+      proc.child.kill(signal);
+      await proc.exited;
+      log += proc.log;
+      // The port is free again once the process is gone; the store directory is the same.
+      proc = await launch([...args, ...(options.args ?? [])], options.readyTimeoutMs ?? 10_000);
+    },
+  };
+}
+
+interface Launched {
+  readonly child: ChildProcess;
+  readonly exited: Promise<void>;
+  readonly log: string;
+}
+
+/** Spawns nats-server and waits for "Server is ready"; its log keeps growing in `log`. */
+async function launch(args: readonly string[], timeoutMs: number): Promise<Launched> {
+  const child = spawn('nats-server', [...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const launched = { child, exited: new Promise<void>((resolve) => child.once('exit', () => resolve())), log: '' };
+  const append = (chunk: Buffer) => {
+    launched.log += chunk.toString();
+  };
+  child.stdout?.on('data', append);
+  child.stderr?.on('data', append);
   try {
     await new Promise<void>((resolve, reject) => {
-      const timeoutMs = options.readyTimeoutMs ?? 10_000;
       const timer = setTimeout(
-        () => reject(new Error(`nats-server not ready after ${timeoutMs} ms:\n${log}`)),
+        () => reject(new Error(`nats-server not ready after ${timeoutMs} ms:\n${launched.log}`)),
         timeoutMs,
       );
       const check = () => {
-        if (!log.includes('Server is ready')) return;
+        if (!launched.log.includes('Server is ready')) return;
         clearTimeout(timer);
         resolve();
       };
-      child.stdout.on('data', check);
-      child.stderr.on('data', check);
+      child.stdout?.on('data', check);
+      child.stderr?.on('data', check);
       child.once('error', (error) => {
         clearTimeout(timer);
         reject(error);
       });
       child.once('exit', (code, signal) => {
         clearTimeout(timer);
-        reject(new Error(`nats-server exited (${code ?? signal}) before it was ready:\n${log}`));
+        reject(new Error(`nats-server exited (${code ?? signal}) before it was ready:\n${launched.log}`));
       });
     });
   } catch (error) {
-    await cleanup();
+    await stopChild(child, launched.exited);
     throw error;
   }
-  return { host, port, url: `nats://${host}:${port}`, log: () => log, stop: cleanup };
+  return launched;
 }
 
 async function stopChild(child: ChildProcess, exited: Promise<void>): Promise<void> {

@@ -1,0 +1,179 @@
+/**
+ * How a NATS message's bytes and headers become an envelope's data and headers, and back: the
+ * codec is chosen by the message's `Content-Type` header, else by its subject, else the default
+ * (JSON). A plain NATS client's JSON or raw bytes thus reach actors as data, and what Sluice
+ * writes is the encoded value alone, readable by any client.
+ */
+import type { MsgHdrs } from '@nats-io/transport-node';
+import { headers as natsHeaders } from '@nats-io/transport-node';
+import { subjectMatches, validateSubject } from '../../runtime/bus/subjects.ts';
+import { type Codec, jsonCodec, msgpackCodec } from '../../runtime/codec.ts';
+import { DecodeError, EncodeError, OptionsError } from '../../runtime/errors.ts';
+import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
+
+/** Raw bytes: the payload as a `Uint8Array` (a copy), and bytes written as they are. */
+export const rawCodec: Codec<Uint8Array> = Object.freeze({
+  name: 'raw',
+  encode(value: Uint8Array, subject = '?'): Uint8Array {
+    if (value instanceof Uint8Array) return value;
+    if (typeof value === 'string') return new TextEncoder().encode(value);
+    throw new EncodeError(subject, 'raw', new Error('a raw payload must be a Uint8Array or a string'));
+  },
+  decode(bytes: Uint8Array): Uint8Array {
+    // A copy as a plain Uint8Array: the client's buffer is reused, and a Buffer compares unlike one.
+    return new Uint8Array(bytes);
+  },
+});
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+/** UTF-8 text: the payload as a string. */
+export const textCodec: Codec<string> = Object.freeze({
+  name: 'text',
+  encode(value: string): Uint8Array {
+    return new TextEncoder().encode(String(value));
+  },
+  decode(bytes: Uint8Array, subject = '?'): string {
+    try {
+      return utf8.decode(bytes);
+    } catch (error) {
+      throw new DecodeError(subject, 'text', error);
+    }
+  },
+});
+
+/** A codec by name, or your own. */
+export type NatsCodec = 'json' | 'msgpack' | 'raw' | 'text' | Codec;
+
+const byName: Readonly<Record<string, Codec>> = {
+  json: jsonCodec,
+  msgpack: msgpackCodec,
+  raw: rawCodec,
+  text: textCodec,
+};
+
+/** The content types each codec writes and reads (the first is written). */
+const contentTypes: Readonly<Record<string, readonly string[]>> = {
+  json: ['application/json'],
+  msgpack: ['application/msgpack', 'application/x-msgpack', 'application/vnd.msgpack'],
+  raw: ['application/octet-stream'],
+  text: ['text/plain'],
+};
+const codecOfType = new Map<string, Codec>();
+for (const [name, types] of Object.entries(contentTypes))
+  for (const t of types) codecOfType.set(t, byName[name] as Codec);
+
+/** The header naming the payload's codec, as HTTP names it. */
+export const CONTENT_TYPE = 'Content-Type';
+/** Headers Sluice writes and reads besides the envelope's own: its key and event time. */
+export const NATS_HEADERS = Object.freeze({ key: 'sluice-key', eventTime: 'sluice-event-time' });
+/** JetStream's de-duplication header. */
+export const MSG_ID = 'Nats-Msg-Id';
+
+/** @internal Codec choice, resolved once: per subject pattern (first match), then the default. */
+export class Codecs {
+  readonly #default: Codec;
+  readonly #bySubject: readonly (readonly [string, Codec])[];
+  readonly #cache = new Map<string, Codec>();
+
+  constructor(codec: NatsCodec | undefined, codecs: Readonly<Record<string, NatsCodec>> | undefined, where: string) {
+    this.#default = resolveCodec(codec ?? 'json', `${where}.codec`);
+    if (codecs !== undefined && (typeof codecs !== 'object' || codecs === null || Array.isArray(codecs))) {
+      throw new OptionsError(`${where}.codecs`, 'must be an object of subject pattern -> codec', codecs);
+    }
+    this.#bySubject = Object.entries(codecs ?? {}).map(([pattern, c]) => {
+      validateSubject(pattern, 'subscribe');
+      return [pattern, resolveCodec(c, `${where}.codecs['${pattern}']`)] as const;
+    });
+  }
+
+  /** The codec for a message: its content type when known, else its subject's, else the default. */
+  of(subject: string, contentType: string | undefined): Codec {
+    if (contentType !== undefined) {
+      const byType = codecOfType.get(contentType.split(';')[0]?.trim().toLowerCase() ?? '');
+      if (byType !== undefined) return byType;
+    }
+    if (this.#bySubject.length === 0) return this.#default;
+    let c = this.#cache.get(subject);
+    if (c === undefined) {
+      c = this.#bySubject.find(([p]) => subjectMatches(p, subject))?.[1] ?? this.#default;
+      if (this.#cache.size < 10_000) this.#cache.set(subject, c);
+    }
+    return c;
+  }
+}
+
+function resolveCodec(codec: NatsCodec, where: string): Codec {
+  if (typeof codec === 'string') {
+    const c = byName[codec];
+    if (c === undefined) throw new OptionsError(where, "must be 'json', 'msgpack', 'raw', 'text' or a Codec", codec);
+    return c;
+  }
+  if (
+    typeof codec !== 'object' ||
+    codec === null ||
+    typeof codec.encode !== 'function' ||
+    typeof codec.decode !== 'function'
+  ) {
+    throw new OptionsError(where, "must be 'json', 'msgpack', 'raw', 'text' or a Codec", codec);
+  }
+  return codec;
+}
+
+/** @internal The content type a codec writes, when it is one of Sluice's. */
+export function contentTypeOf(codec: Codec): string | undefined {
+  return contentTypes[codec.name]?.[0];
+}
+
+/** What a NATS message's headers give an envelope. */
+export interface ReadHeaders {
+  headers: Record<string, string>;
+  contentType: string | undefined;
+  key: string | undefined;
+  eventTime: number | undefined;
+}
+
+/**
+ * @internal A message's headers as an envelope's (the first value of each), with Sluice's key and
+ * event time taken out. Stream position headers are dropped: only the source sets them, from the
+ * broker's own position, so a publisher cannot forge the root of idempotency keys.
+ */
+export function readHeaders(h: MsgHdrs | undefined): ReadHeaders {
+  if (h === undefined) return { headers: {}, contentType: undefined, key: undefined, eventTime: undefined };
+  const headers: Record<string, string> = {};
+  let contentType: string | undefined;
+  let key: string | undefined;
+  let eventTime: number | undefined;
+  for (const [name, values] of h) {
+    const value = values[0] ?? '';
+    const lower = name.toLowerCase();
+    if (lower === 'content-type') contentType = value;
+    else if (lower === NATS_HEADERS.key) key = value;
+    else if (lower === NATS_HEADERS.eventTime) {
+      const t = Number(value);
+      if (value !== '' && Number.isFinite(t)) eventTime = t;
+      continue;
+    } else if (lower === STREAM_HEADERS.stream || lower === STREAM_HEADERS.sequence) continue;
+    headers[name] = value;
+  }
+  return { headers, contentType, key, eventTime };
+}
+
+/** @internal NATS headers for an outgoing message: the envelope's, its key and event time, and more. */
+export function writeHeaders(
+  from: Readonly<Record<string, string>> | undefined,
+  key: string | undefined,
+  eventTime: number | undefined,
+  extra: Readonly<Record<string, string>>,
+): MsgHdrs {
+  const h = natsHeaders();
+  if (from !== undefined) {
+    for (const name in from) {
+      if (name === STREAM_HEADERS.stream || name === STREAM_HEADERS.sequence) continue;
+      h.set(name, from[name] as string);
+    }
+  }
+  if (key !== undefined) h.set(NATS_HEADERS.key, key);
+  if (eventTime !== undefined) h.set(NATS_HEADERS.eventTime, String(eventTime));
+  for (const name in extra) h.set(name, extra[name] as string);
+  return h;
+}
