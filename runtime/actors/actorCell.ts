@@ -1,5 +1,5 @@
 import { ACCEPTED, type Bus, type BusClient } from '../bus/bus.ts';
-import { DrainLoop } from '../bus/drainLoop.ts';
+import { DrainLoop, spend } from '../bus/drainLoop.ts';
 import { Mailbox } from '../bus/mailbox.ts';
 import { PermissionChecker } from '../bus/permissions.ts';
 import { subjectMatches } from '../bus/subjects.ts';
@@ -222,6 +222,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
           strategy: def.queueStrategy ?? 'round-robin',
           mailbox: this.#mailbox,
           direct: undefined,
+          handoff: this.#handoff,
           filter: permissions.deliveryFilter(s.name),
         }),
       );
@@ -501,6 +502,32 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   }
 
   // ---- intake ----
+
+  /**
+   * The mailbox skipped: an idle actor with nothing queued and a free slot takes the message in
+   * the publisher's call, as it would take it from the mailbox at once. Anything else (a backlog,
+   * a full actor, a drain running, a due checkpoint) queues, so order and the mailbox's bounds
+   * hold as before. It spends from the burst budget as a take does: actors handing messages to
+   * each other from their own microtasks would otherwise never give the event loop back.
+   */
+  readonly #handoff = (env: Envelope): boolean => {
+    if (
+      this.#intake.running ||
+      this.#state !== 'running' ||
+      this.#mailbox.depth !== 0 ||
+      this.#inputs.inFlight >= this.#maxInFlight ||
+      this.#inputs.parked >= this.#maxInFlight ||
+      (this.#checkpoint !== undefined && this.#checkpoint.due) ||
+      !spend()
+    ) {
+      return false;
+    }
+    this.#intake.step(this.#acceptOne, env);
+    this.#checkIdle();
+    return true;
+  };
+
+  readonly #acceptOne = (env: Envelope): void => this.#accept(env);
 
   #pump(): void {
     this.#intake.run();
