@@ -237,8 +237,11 @@ const SETTLED_UNUSED: LazyOutcome = Object.freeze({ kind: 'settled', used: false
 const HELD: LazyOutcome = Object.freeze({ kind: 'held' });
 
 let adoptCounts: (handle: Lineage, tracker: Tracker) => void;
-/** Counts a publishing or downstream reference on a handle with no record; false for any other lineage. */
-let countLazy: (lineage: Lineage, count: 'publishing' | 'downstream', by: 1 | -1) => boolean;
+/**
+ * Counts a publishing or downstream reference on a handle envelopes carry, with a record or not;
+ * false for any other lineage (merged, a bare tracker, one from outside).
+ */
+let countOn: (lineage: Lineage, count: 'publishing' | 'downstream', by: 1 | -1) => boolean;
 
 /**
  * What envelopes carry as their lineage: the {@link Lineage} protocol and nothing else. Its state
@@ -341,10 +344,14 @@ class TrackerLineage implements Lineage {
       handle.#tracker = tracker;
       handle.#host = undefined;
     };
-    countLazy = (lineage, count, by) => {
+    countOn = (lineage, count, by) => {
       if (typeof lineage !== 'object' || lineage === null || !(#tracker in lineage)) return false;
-      if (lineage.#tracker !== undefined || lineage.#settled) return false;
-      if (count === 'publishing') {
+      const t = lineage.#tracker;
+      if (t !== undefined) {
+        if (by > 0 || t[count] > 0) t[count] += by;
+      } else if (lineage.#settled) {
+        // Settled by counting: what is given back now was never counted (see `lateOutput`).
+      } else if (count === 'publishing') {
         if (by > 0 || lineage.#publishing > 0) lineage.#publishing += by;
       } else if (by > 0 || lineage.#downstream > 0) lineage.#downstream += by;
       return true;
@@ -363,26 +370,26 @@ function shareMerged(lineage: Lineage, count: 'publishing' | 'downstream', by: 1
   if (tracker !== undefined) {
     if (by > 0 || tracker[count] > 0) tracker[count] += by;
   } else if (lineage instanceof MergedLineage) {
-    for (const part of lineage.parts) shareMerged(part, count, by);
-  } else countLazy(lineage, count, by);
+    for (const part of lineage.parts) share(part, count, by);
+  }
+}
+
+/** Counts on whatever `lineage` stands for; one brand check for the handles envelopes carry. */
+function share(lineage: Lineage, count: 'publishing' | 'downstream', by: 1 | -1): void {
+  if (!countOn(lineage, count, by)) shareMerged(lineage, count, by);
 }
 
 /** @internal Retains `lineage` while an output derived from it is published (in flight, as publishing). */
 export function retainPublishing(lineage: Lineage | undefined): void {
   if (lineage === undefined) return;
-  const tracker = trackerOf(lineage);
-  if (tracker !== undefined) tracker.publishing++;
-  else shareMerged(lineage, 'publishing', 1);
+  share(lineage, 'publishing', 1);
   lineage.retain();
 }
 
 /** @internal Gives back what {@link retainPublishing} took, once the publish was accepted or refused. */
 export function releasePublishing(lineage: Lineage | undefined, error?: unknown): void {
   if (lineage === undefined) return;
-  const tracker = trackerOf(lineage);
-  if (tracker !== undefined) {
-    if (tracker.publishing > 0) tracker.publishing--;
-  } else shareMerged(lineage, 'publishing', -1);
+  share(lineage, 'publishing', -1);
   lineage.release(error);
 }
 
@@ -393,9 +400,7 @@ export function releasePublishing(lineage: Lineage | undefined, error?: unknown)
  */
 export function absorbDownstream(lineage: Lineage | undefined): void {
   if (lineage === undefined) return;
-  const tracker = trackerOf(lineage);
-  if (tracker !== undefined) tracker.downstream++;
-  else shareMerged(lineage, 'downstream', 1);
+  share(lineage, 'downstream', 1);
   lineage.absorb();
 }
 
@@ -405,9 +410,6 @@ export function absorbDownstream(lineage: Lineage | undefined): void {
  */
 export function releaseDownstream(lineage: Lineage | undefined, error?: unknown): void {
   if (lineage === undefined) return;
-  const tracker = trackerOf(lineage);
-  if (tracker !== undefined) {
-    if (tracker.downstream > 0) tracker.downstream--;
-  } else shareMerged(lineage, 'downstream', -1);
+  share(lineage, 'downstream', -1);
   lineage.releaseAbsorbed(error);
 }

@@ -360,12 +360,17 @@ export class PipelineLane implements Lane {
     const sourceId = sourceEnv?.id;
     let env = out;
     if (subject !== out.subject || out.id === sourceId || span !== undefined || headers !== out.headers) {
+      // A literal, not a spread of what the pipeline emitted (any shape): the envelope's fields only.
       env = {
-        ...out,
         id: out.id === sourceId ? nextId() : out.id,
         subject,
+        data: out.data,
+        key: out.key,
+        eventTime: out.eventTime,
         headers: span === undefined ? headers : injectTrace(span, headers),
+        attempt: out.attempt,
         replyTo: subject === out.subject ? out.replyTo : undefined,
+        lineage: out.lineage,
       };
     }
     const accepted = this.#host.publish(env);
