@@ -127,6 +127,35 @@ export const jsonCodec: Codec = Object.freeze({
   },
 });
 
+/** Raw bytes: the payload as a `Uint8Array` (a copy), and bytes written as they are. */
+export const rawCodec: Codec<Uint8Array> = Object.freeze({
+  name: 'raw',
+  encode(value: Uint8Array, subject = '?'): Uint8Array {
+    if (value instanceof Uint8Array) return value;
+    if (typeof value === 'string') return encoder.encode(value);
+    throw new EncodeError(subject, 'raw', new Error('a raw payload must be a Uint8Array or a string'));
+  },
+  decode(bytes: Uint8Array): Uint8Array {
+    // A copy as a plain Uint8Array: the client's buffer is reused, and a Buffer compares unlike one.
+    return new Uint8Array(bytes);
+  },
+});
+
+/** UTF-8 text: the payload as a string. */
+export const textCodec: Codec<string> = Object.freeze({
+  name: 'text',
+  encode(value: string): Uint8Array {
+    return encoder.encode(String(value));
+  },
+  decode(bytes: Uint8Array, subject = '?'): string {
+    try {
+      return decoder.decode(bytes);
+    } catch (error) {
+      throw new DecodeError(subject, 'text', error);
+    }
+  },
+});
+
 /** An envelope as it travels between processes: lineage stays behind (it is process-local). */
 interface WireEnvelope {
   v: 1;

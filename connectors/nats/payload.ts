@@ -7,39 +7,11 @@
 import type { MsgHdrs } from '@nats-io/transport-node';
 import { headers as natsHeaders } from '@nats-io/transport-node';
 import { subjectMatches, validateSubject } from '../../runtime/bus/subjects.ts';
-import { type Codec, jsonCodec, msgpackCodec } from '../../runtime/codec.ts';
-import { DecodeError, EncodeError, OptionsError } from '../../runtime/errors.ts';
+import { type Codec, jsonCodec, msgpackCodec, rawCodec, textCodec } from '../../runtime/codec.ts';
+import { OptionsError } from '../../runtime/errors.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 
-/** Raw bytes: the payload as a `Uint8Array` (a copy), and bytes written as they are. */
-export const rawCodec: Codec<Uint8Array> = Object.freeze({
-  name: 'raw',
-  encode(value: Uint8Array, subject = '?'): Uint8Array {
-    if (value instanceof Uint8Array) return value;
-    if (typeof value === 'string') return new TextEncoder().encode(value);
-    throw new EncodeError(subject, 'raw', new Error('a raw payload must be a Uint8Array or a string'));
-  },
-  decode(bytes: Uint8Array): Uint8Array {
-    // A copy as a plain Uint8Array: the client's buffer is reused, and a Buffer compares unlike one.
-    return new Uint8Array(bytes);
-  },
-});
-
-const utf8 = new TextDecoder('utf-8', { fatal: true });
-/** UTF-8 text: the payload as a string. */
-export const textCodec: Codec<string> = Object.freeze({
-  name: 'text',
-  encode(value: string): Uint8Array {
-    return new TextEncoder().encode(String(value));
-  },
-  decode(bytes: Uint8Array, subject = '?'): string {
-    try {
-      return utf8.decode(bytes);
-    } catch (error) {
-      throw new DecodeError(subject, 'text', error);
-    }
-  },
-});
+export { rawCodec, textCodec };
 
 /** A codec by name, or your own. */
 export type NatsCodec = 'json' | 'msgpack' | 'raw' | 'text' | Codec;

@@ -32,8 +32,8 @@ import {
   SluiceError,
   StreamError,
 } from '../../runtime/errors.ts';
-import type { Lineage } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
+import { freeCapacity, SettleLineage } from '../../runtime/sources/delivery.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
@@ -770,9 +770,9 @@ export class NatsSource<T = unknown> implements Source<T> {
       timestampMs,
       touchedAt: this.#now(),
       data: m.data,
-      lineage: undefined as unknown as AckLineage,
+      lineage: undefined as unknown as SettleLineage,
     };
-    held.lineage = new AckLineage(this, held);
+    held.lineage = new SettleLineage(`nats/${held.seq}`, (error) => this.settled(held, error));
     this.#pending.set(m.seq, held);
     return held;
   }
@@ -911,62 +911,7 @@ interface Held {
   readonly timestampMs: number;
   touchedAt: number;
   readonly data: Uint8Array;
-  lineage: AckLineage;
-}
-
-/**
- * The source's reference to a message on the bus: retained by each mailbox that took it (and by
- * what derives from it), as any lineage (docs/settlement.md). When the last reference comes back
- * the message is settled: acked, or nak'ed when one came back with an error.
- */
-class AckLineage implements Lineage {
-  readonly ids: readonly string[];
-  readonly #source: NatsSource<unknown>;
-  readonly #held: Held;
-  #refs = 1;
-  #error: unknown = undefined;
-  constructor(source: NatsSource<unknown>, held: Held) {
-    this.#source = source;
-    this.#held = held;
-    this.ids = [`nats/${held.seq}`];
-  }
-  retain(): void {
-    this.#refs++;
-  }
-  absorb(): void {
-    this.#refs++;
-  }
-  release(error?: unknown): void {
-    if (error !== undefined && this.#error === undefined) this.#error = error;
-    if (this.#refs === 0) return;
-    if (--this.#refs === 0) this.#source.settled(this.#held, this.#error);
-  }
-  releaseAbsorbed(error?: unknown): void {
-    this.release(error);
-  }
-}
-
-/**
- * Messages the mailboxes reached by `subject` can take now: the least over the plain
- * subscriptions, each queue group counting the room of all its members. Routes without a mailbox
- * (a stream's capture, a request inbox) take what comes.
- */
-function freeCapacity(bus: Bus, subject: string): number {
-  const match = bus.lookup(subject);
-  let free = Number.POSITIVE_INFINITY;
-  for (const r of match.plain) {
-    const mb = r.mailbox;
-    if (mb !== undefined) free = Math.min(free, Math.max(0, mb.capacity - mb.depth));
-  }
-  for (const group of match.groups) {
-    let room = 0;
-    for (const r of group) {
-      const mb = r.mailbox;
-      room += mb === undefined ? Number.POSITIVE_INFINITY : Math.max(0, mb.capacity - mb.depth);
-    }
-    free = Math.min(free, room);
-  }
-  return free;
+  lineage: SettleLineage;
 }
 
 /** Acks and naks go out on a connection that may have closed meanwhile: the server redelivers then. */

@@ -1,0 +1,94 @@
+/**
+ * What connector sources share to deliver broker messages onto the bus: the free room of the
+ * mailboxes a subject reaches (how much to ask the broker for), the lineage whose last release
+ * settles a broker message, and the publish of a message the broker delivers again, at its
+ * delivery count.
+ */
+import type { Bus, BusClient } from '../bus/bus.ts';
+import { checkHeaders, createEnvelope, type PublishOptions } from '../envelope.ts';
+import { ClosedError } from '../errors.ts';
+import type { Lineage } from '../lineage.ts';
+
+/**
+ * @internal Messages the mailboxes reached by `subject` can take now: the least over the plain
+ * subscriptions, each queue group counting the room of all its members. Routes without a mailbox
+ * (a stream's capture, a request inbox) take what comes.
+ */
+export function freeCapacity(bus: Bus, subject: string): number {
+  const match = bus.lookup(subject);
+  let free = Number.POSITIVE_INFINITY;
+  for (const r of match.plain) {
+    const mb = r.mailbox;
+    if (mb !== undefined) free = Math.min(free, Math.max(0, mb.capacity - mb.depth));
+  }
+  for (const group of match.groups) {
+    let room = 0;
+    for (const r of group) {
+      const mb = r.mailbox;
+      room += mb === undefined ? Number.POSITIVE_INFINITY : Math.max(0, mb.capacity - mb.depth);
+    }
+    free = Math.min(free, room);
+  }
+  return free;
+}
+
+/**
+ * @internal A source's reference to one broker message on the bus: retained by each mailbox that
+ * took it (and by what derives from it), as any lineage (docs/settlement.md). When the last
+ * reference comes back the message is settled: `onSettled` gets the first error any reference
+ * came back with (undefined: every consumer succeeded), once.
+ */
+export class SettleLineage implements Lineage {
+  readonly ids: readonly string[];
+  readonly #onSettled: (error: unknown) => void;
+  #refs = 1;
+  #error: unknown = undefined;
+  constructor(id: string, onSettled: (error: unknown) => void) {
+    this.ids = [id];
+    this.#onSettled = onSettled;
+  }
+  retain(): void {
+    this.#refs++;
+  }
+  absorb(): void {
+    this.#refs++;
+  }
+  release(error?: unknown): void {
+    if (error !== undefined && this.#error === undefined) this.#error = error;
+    if (this.#refs === 0) return;
+    if (--this.#refs === 0) this.#onSettled(this.#error);
+  }
+  releaseAbsorbed(error?: unknown): void {
+    this.release(error);
+  }
+}
+
+/**
+ * @internal Publishes a broker message at the broker's delivery count `attempt`. A first delivery
+ * goes through the source's client as any publish; a message the broker delivers again carries
+ * its count as `env.attempt` (a client refuses an attempt above 1, so that no publisher can forge
+ * one), as a stream consumer's redelivery does, so an actor's retries count on from the broker's.
+ */
+export function publishDelivery(
+  bus: Bus,
+  client: BusClient,
+  subject: string,
+  data: unknown,
+  options: PublishOptions,
+  attempt: number,
+): Promise<void> {
+  if (attempt <= 1) return client.publish(subject, data, options);
+  try {
+    if (bus.refusal !== undefined) throw new ClosedError('bus', bus.refusal);
+    const headers = checkHeaders(options.headers ?? {}, `${client.name}.headers`);
+    bus.checkSize(subject, data, headers);
+    const match = bus.lookup(subject);
+    if (match.plain.length === 0 && match.groups.length === 0) {
+      bus.publishedToNone();
+      return Promise.resolve();
+    }
+    return bus.route(createEnvelope(subject, data, { ...options, headers, attempt }, bus.clock.now()), true, match);
+  } catch (error) {
+    return Promise.reject(error);
+  }
+}
