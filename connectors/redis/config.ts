@@ -104,6 +104,8 @@ export function redisOptions(options: RedisConnectionOptions, where: string): Re
     ...(options.password !== undefined ? { password: options.password } : {}),
     ...fromUrl,
     connectTimeout: timeout,
+    // Named in CLIENT LIST, so an operator can tell Sluice's connections.
+    connectionName: 'sluice',
     lazyConnect: true,
     // RESP2 replies (flat arrays) are what the connector parses; ioredis 6 defaults to RESP3.
     protocol: 2,
@@ -142,23 +144,32 @@ export function optionsLike(ref: RedisConnectionRef | undefined, name: string): 
 
 /** @internal A new connection with `options`; a `ConnectorError` when it cannot be made. */
 export async function connectRedis(options: RedisOptions, name: string): Promise<Redis> {
+  // No retries while connecting: a refused first connection is the caller's to hear about.
   const redis = new Redis({ ...options, lazyConnect: true });
-  // Errors of a live connection are retried by the client; its `error` events are not crashes.
-  redis.on('error', () => undefined);
+  // Errors of a live connection are retried by the client; its `error` events are not crashes. The
+  // last one says why a connect failed (ioredis rejects with "Connection is closed" after an AUTH error).
+  let last: unknown;
+  const onError = (error: unknown) => {
+    last = error;
+  };
+  redis.on('error', onError);
   try {
     await redis.connect();
+    await redis.ping();
   } catch (error) {
     redis.disconnect();
-    const text = messageOf(error);
+    const text = messageOf(last ?? error);
     const auth = /WRONGPASS|NOAUTH|NOPERM|auth/i.test(text);
     throw new ConnectorError(
       name,
       `could not connect to redis at ${options.host}:${options.port}: ${
         auth ? `the server refused the credentials (${text}); check username and password` : text
       }`,
-      { cause: error, retryable: !auth },
+      { cause: last ?? error, retryable: !auth },
     );
   }
+  redis.off('error', onError);
+  redis.on('error', () => undefined);
   return redis;
 }
 

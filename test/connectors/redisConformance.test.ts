@@ -3,30 +3,13 @@ import type { Redis } from 'ioredis';
 import { IDEMPOTENCY_KEY_HEADER } from 'sluice';
 import { redisSink, redisSource } from 'sluice/connectors/redis';
 import { afterAll, beforeAll, describe } from 'vitest';
-import { keyPrefix, REDIS, redisClient, redisMissing } from '../services/redis.ts';
+import { fieldsOf, groupBacklog, keyPrefix, REDIS, redisClient, redisMissing } from '../services/redis.ts';
 import { type ConformanceConnector, type ConformanceTopic, conformance } from './conformance.ts';
 
 const missing = await redisMissing('the Redis connector conformance tests');
 const keys = keyPrefix();
 let redis: Redis;
 let topics = 0;
-
-/** Field/value pairs of an entry as an object. */
-function fieldsOf(flat: string[]): Record<string, string> {
-  const out: Record<string, string> = {};
-  for (let i = 0; i + 1 < flat.length; i += 2) out[flat[i] as string] = flat[i + 1] as string;
-  return out;
-}
-
-/** Undelivered plus delivered and not acknowledged, for a group. */
-export async function groupBacklog(client: Redis, stream: string, group: string): Promise<number> {
-  const groups = (await client.call('XINFO', 'GROUPS', stream)) as unknown[][];
-  for (const g of groups) {
-    const f = fieldsOf(g.map(String));
-    if (f.name === group) return Number(f.lag) + Number(f.pending);
-  }
-  throw new Error(`no group ${group} on ${stream}`);
-}
 
 describe.skipIf(missing !== undefined)('Redis Streams', () => {
   beforeAll(async () => {

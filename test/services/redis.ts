@@ -74,3 +74,20 @@ export function keyPrefix(): { readonly prefix: string; cleanup(redis: Redis): P
     },
   };
 }
+
+/** Field/value pairs of an entry as an object. */
+export function fieldsOf(flat: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (let i = 0; i + 1 < flat.length; i += 2) out[flat[i] as string] = flat[i + 1] as string;
+  return out;
+}
+
+/** Entries of `stream` a group has not acknowledged: not delivered, or delivered and pending. */
+export async function groupBacklog(client: Redis, stream: string, group: string): Promise<number> {
+  const groups = (await client.call('XINFO', 'GROUPS', stream)) as unknown[][];
+  for (const g of groups) {
+    const f = fieldsOf(g.map(String));
+    if (f.name === group) return Number(f.lag) + Number(f.pending);
+  }
+  throw new Error(`no group ${group} on ${stream}`);
+}
