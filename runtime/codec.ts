@@ -1,6 +1,6 @@
 import { C1, type Options, Packr } from 'msgpackr';
 import type { Envelope, Headers } from './envelope.ts';
-import { DecodeError, EncodeError, SluiceError } from './errors.ts';
+import { DecodeError, EncodeError, OptionsError, SluiceError } from './errors.ts';
 
 /** Turns values into bytes and back, for messages that leave the process. */
 export interface Codec<T = unknown> {
@@ -224,4 +224,22 @@ export function decodeEnvelope(bytes: Uint8Array, codec: Codec = msgpackCodec, s
 function isStringMap(value: unknown): value is Headers {
   if (value === null || typeof value !== 'object' || Array.isArray(value)) return false;
   return Object.values(value).every((v) => typeof v === 'string');
+}
+
+/** A codec by name, or your own (a connector's `codec` option). */
+export type CodecChoice = 'json' | 'msgpack' | 'raw' | 'text' | Codec;
+
+const byName: Readonly<Record<string, Codec>> = {
+  json: jsonCodec,
+  msgpack: msgpackCodec,
+  raw: rawCodec,
+  text: textCodec,
+};
+
+/** @internal The codec `codec` names (JSON when undefined); an `OptionsError` naming `where` for anything else. */
+export function codecOf(codec: CodecChoice | undefined, where: string): Codec {
+  if (codec === undefined) return jsonCodec;
+  if (typeof codec === 'string' && Object.hasOwn(byName, codec)) return byName[codec] as Codec;
+  if (typeof codec === 'object' && codec !== null && typeof codec.encode === 'function') return codec;
+  throw new OptionsError(where, "must be 'json', 'msgpack', 'raw', 'text' or a codec", codec);
 }

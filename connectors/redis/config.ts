@@ -3,7 +3,7 @@
  * docs/redis.md.
  */
 import { Redis, type RedisOptions } from 'ioredis';
-import { type Codec, jsonCodec, msgpackCodec, rawCodec, textCodec } from '../../runtime/codec.ts';
+import type { CodecChoice } from '../../runtime/codec.ts';
 import { ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { intOption, knownKeys, optionKeys } from '../../runtime/options.ts';
 
@@ -33,7 +33,7 @@ export interface RedisConnectionOptions {
 export type RedisConnectionRef = Redis | RedisConnectionOptions;
 
 /** A codec by name, or your own: how an entry's payload field becomes data, and back. */
-export type RedisCodec = 'json' | 'msgpack' | 'raw' | 'text' | Codec;
+export type RedisCodec = CodecChoice;
 
 const connectionKeys = optionKeys<keyof RedisConnectionOptions>({
   url: true,
@@ -45,21 +45,6 @@ const connectionKeys = optionKeys<keyof RedisConnectionOptions>({
   timeoutMs: true,
   client: true,
 });
-
-const codecs: Readonly<Record<string, Codec>> = {
-  json: jsonCodec,
-  msgpack: msgpackCodec,
-  raw: rawCodec,
-  text: textCodec,
-};
-
-/** @internal The codec named by `codec`; an `OptionsError` naming `where` for anything else. */
-export function codecOf(codec: RedisCodec | undefined, where: string): Codec {
-  if (codec === undefined) return jsonCodec;
-  if (typeof codec === 'string' && Object.hasOwn(codecs, codec)) return codecs[codec] as Codec;
-  if (typeof codec === 'object' && codec !== null && typeof codec.encode === 'function') return codec;
-  throw new OptionsError(where, "must be 'json', 'msgpack', 'raw', 'text' or a codec", codec);
-}
 
 function isClient(ref: RedisConnectionRef): ref is Redis {
   return ref instanceof Redis;

@@ -4,12 +4,12 @@
  * kept in the embedded store so that a replay is skipped (Redis itself keeps no message ids). See
  * docs/redis.md.
  */
-import { encodeWith } from '../../runtime/codec.ts';
+import { codecOf, encodeWith } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
 import type { Sink, SinkRecord } from '../../runtime/sinks/sink.ts';
 import type { Store } from '../../runtime/store/types.ts';
-import { closeRedis, codecOf, type HeldRedis, openRedis, type RedisCodec, type RedisConnectionRef } from './config.ts';
+import { closeRedis, type HeldRedis, openRedis, type RedisCodec, type RedisConnectionRef } from './config.ts';
 import { REDIS_FIELDS } from './fields.ts';
 
 export interface RedisSinkOptions<T = unknown> {

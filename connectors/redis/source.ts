@@ -14,7 +14,7 @@ import { backoffDelay, DEFAULT_BACKOFF } from '../../runtime/actors/supervisor.t
 import type { Bus, BusClient } from '../../runtime/bus/bus.ts';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
 import type { Clock, Timer } from '../../runtime/clock.ts';
-import type { Codec } from '../../runtime/codec.ts';
+import { type Codec, codecOf } from '../../runtime/codec.ts';
 import type { PublishOptions } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
@@ -24,7 +24,6 @@ import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
 import {
   closeRedis,
-  codecOf,
   connectRedis,
   type HeldRedis,
   optionsLike,

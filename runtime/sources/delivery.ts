@@ -12,20 +12,21 @@ import type { Lineage } from '../lineage.ts';
 /**
  * @internal Messages the mailboxes reached by `subject` can take now: the least over the plain
  * subscriptions, each queue group counting the room of all its members. Routes without a mailbox
- * (a stream's capture, a request inbox) take what comes.
+ * (a stream's capture, a request inbox) take what comes. With `empty`, what they could take if
+ * they were empty: their capacity.
  */
-export function freeCapacity(bus: Bus, subject: string): number {
+export function freeCapacity(bus: Bus, subject: string, empty = false): number {
   const match = bus.lookup(subject);
   let free = Number.POSITIVE_INFINITY;
   for (const r of match.plain) {
     const mb = r.mailbox;
-    if (mb !== undefined) free = Math.min(free, Math.max(0, mb.capacity - mb.depth));
+    if (mb !== undefined) free = Math.min(free, Math.max(0, mb.capacity - (empty ? 0 : mb.depth)));
   }
   for (const group of match.groups) {
     let room = 0;
     for (const r of group) {
       const mb = r.mailbox;
-      room += mb === undefined ? Number.POSITIVE_INFINITY : Math.max(0, mb.capacity - mb.depth);
+      room += mb === undefined ? Number.POSITIVE_INFINITY : Math.max(0, mb.capacity - (empty ? 0 : mb.depth));
     }
     free = Math.min(free, room);
   }

@@ -1,0 +1,386 @@
+/**
+ * The RabbitMQ sink: records published to an exchange with a routing key on a confirm channel,
+ * `mandatory` so that an unroutable message comes back as an error, a bounded number awaiting
+ * their confirm, `message_id` from the idempotency key, and the keys committed kept in the
+ * embedded store so that a replay is skipped (RabbitMQ de-duplicates nothing). See docs/rabbitmq.md.
+ */
+import type { ChannelModel, ConfirmChannel, Message } from 'amqplib';
+import { type CodecChoice, codecOf, encodeWith } from '../../runtime/codec.ts';
+import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
+import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
+import { IDEMPOTENCY_KEY_HEADER, type Sink, type SinkRecord } from '../../runtime/sinks/sink.ts';
+import { REVISION_HEADER } from '../../runtime/sinks/streamSink.ts';
+import type { Store } from '../../runtime/store/types.ts';
+import { openRabbit, type RabbitConnectionOptions, type RabbitTarget, rabbitTarget } from './config.ts';
+
+export interface RabbitSinkOptions<T = unknown> {
+  /** Names the sink in errors, telemetry and its connection, and its key set in the store. @default `rabbitmq:<exchange>` */
+  name?: string;
+  /** Where to connect. @default amqp://guest:guest@127.0.0.1:5672/ */
+  connection?: RabbitConnectionOptions;
+  /** The exchange to publish to (`''`: the default exchange, where the routing key is a queue name). */
+  exchange: string;
+  /** The routing key: one, or a function of the record. @default the record's envelope subject */
+  routingKey?: string | ((record: SinkRecord<T>) => string);
+  /** How values are encoded; its content type goes in `content-type`. @default 'json' */
+  codec?: CodecChoice;
+  /**
+   * Publish `mandatory`: a message no queue takes comes back, and its batch is rejected with a
+   * `ConnectorError` (not retryable: no queue is bound for its routing key). @default true
+   */
+  mandatory?: boolean;
+  /** Persistent messages (delivery mode 2), kept by durable queues across a broker restart. @default true */
+  persistent?: boolean;
+  /** Publishes awaiting their confirm at once, at most. @default 256 */
+  maxInFlight?: number;
+  /** How long a confirm may take before the batch fails (retryable). @default 10000 */
+  timeoutMs?: number;
+  /** Write the envelope's headers (and key as `sluice-key`) as message headers. @default false */
+  headers?: boolean;
+  /**
+   * The runtime's store, where the sink keeps each key it committed (and its revision): a replay of
+   * a key already confirmed is skipped however late it comes, across restarts. Without it a replay
+   * is published again, with the same `message_id`, for consumers that de-duplicate.
+   */
+  store?: Store;
+}
+
+/** The store namespace of a RabbitMQ sink's committed keys. */
+export function rabbitSinkNamespace(name: string): string {
+  return `sluice.rabbitmq-sink/${name}`;
+}
+
+/** Counts of what the sink did. */
+export interface RabbitSinkStats {
+  /** Messages confirmed by the broker. */
+  readonly published: number;
+  /** Records skipped because the store held their key. */
+  readonly skipped: number;
+  /** Mandatory messages returned unroutable. */
+  readonly returned: number;
+  /** Publishes nack'ed by the broker, timed out or lost with the connection. */
+  readonly failed: number;
+}
+
+const sinkKeys = optionKeys<keyof RabbitSinkOptions>({
+  name: true,
+  connection: true,
+  exchange: true,
+  routingKey: true,
+  codec: true,
+  mandatory: true,
+  persistent: true,
+  maxInFlight: true,
+  timeoutMs: true,
+  headers: true,
+  store: true,
+});
+
+const CONTENT_TYPE: Readonly<Record<string, string>> = {
+  json: 'application/json',
+  msgpack: 'application/msgpack',
+  raw: 'application/octet-stream',
+  text: 'text/plain',
+};
+
+/**
+ * Connects and returns a RabbitMQ sink for `sinkActor` or `writeTo`. Rejects with a
+ * `ConnectorError` when the server cannot be reached, refuses the credentials, or the exchange is missing.
+ *
+ * @example
+ * const out = await rabbitSink({ exchange: 'totals', routingKey: 'eu', store });
+ * runtime.spawn(sinkActor({ name: 'to-rabbit', subscribe: 'totals.in', sink: out }));
+ */
+export async function rabbitSink<T = unknown>(options: RabbitSinkOptions<T>): Promise<RabbitSink<T>> {
+  const sink = new RabbitSink<T>(options);
+  await sink.open();
+  return sink;
+}
+
+interface Committed {
+  readonly r: number | null;
+}
+
+export class RabbitSink<T = unknown> implements Sink<T> {
+  readonly name: string;
+  readonly #options: RabbitSinkOptions<T>;
+  readonly #target: RabbitTarget;
+  readonly #exchange: string;
+  readonly #routingKey: (record: SinkRecord<T>) => string;
+  readonly #codec;
+  readonly #contentType: string | undefined;
+  readonly #mandatory: boolean;
+  readonly #persistent: boolean;
+  readonly #maxInFlight: number;
+  readonly #timeoutMs: number;
+  readonly #headers: boolean;
+  readonly #store: Store | undefined;
+  readonly #namespace: string;
+  #model: ChannelModel | undefined;
+  #channel: ConfirmChannel | undefined;
+  #opening: Promise<ConfirmChannel> | undefined;
+  #closed = false;
+  /** Message ids returned unroutable, until their confirm comes (RabbitMQ sends the return first). */
+  readonly #returned = new Set<string>();
+  readonly #stats = { published: 0, skipped: 0, returned: 0, failed: 0 };
+
+  constructor(options: RabbitSinkOptions<T>) {
+    optionsObject('rabbitSink', options);
+    if (options === undefined) throw new OptionsError('rabbitSink', 'must be an options object', options);
+    knownKeys('rabbitSink', options, sinkKeys);
+    this.#options = options;
+    if (typeof options.exchange !== 'string') {
+      throw new OptionsError(
+        'rabbitSink.exchange',
+        "must be an exchange name ('' for the default exchange)",
+        options.exchange,
+      );
+    }
+    this.#exchange = options.exchange;
+    this.name = options.name ?? `rabbitmq:${options.exchange === '' ? '(default)' : options.exchange}`;
+    if (typeof this.name !== 'string' || this.name === '')
+      throw new OptionsError('rabbitSink.name', 'must be a non-empty string', this.name);
+    const rk = options.routingKey;
+    if (typeof rk === 'string') this.#routingKey = () => rk;
+    else if (typeof rk === 'function') {
+      this.#routingKey = (record) => {
+        const k = rk(record);
+        if (typeof k !== 'string')
+          throw new OptionsError('rabbitSink.routingKey', `gave no routing key for record '${record.key}'`, k);
+        return k;
+      };
+    } else if (rk === undefined) {
+      this.#routingKey = (record) => {
+        const s = record.envelope?.subject;
+        if (s === undefined) {
+          throw new OptionsError(
+            'rabbitSink.routingKey',
+            `record '${record.key}' has no envelope to take a subject from: give 'routingKey'`,
+            s,
+          );
+        }
+        return s;
+      };
+    } else throw new OptionsError('rabbitSink.routingKey', 'must be a routing key or a function of the record', rk);
+    this.#codec = codecOf(options.codec, 'rabbitSink.codec');
+    this.#contentType = Object.hasOwn(CONTENT_TYPE, this.#codec.name) ? CONTENT_TYPE[this.#codec.name] : undefined;
+    for (const k of ['mandatory', 'persistent', 'headers'] as const) {
+      if (options[k] !== undefined && typeof options[k] !== 'boolean') {
+        throw new OptionsError(`rabbitSink.${k}`, 'must be true or false', options[k]);
+      }
+    }
+    this.#mandatory = options.mandatory ?? true;
+    this.#persistent = options.persistent ?? true;
+    this.#headers = options.headers ?? false;
+    this.#maxInFlight = intOption('rabbitSink.maxInFlight', options.maxInFlight, 256, 1);
+    this.#timeoutMs = intOption('rabbitSink.timeoutMs', options.timeoutMs, 10_000, 1);
+    if (
+      options.store !== undefined &&
+      (typeof options.store !== 'object' || typeof options.store.batch !== 'function')
+    ) {
+      throw new OptionsError(
+        'rabbitSink.store',
+        "must be the runtime's store (LmdbStore or MemoryStore)",
+        options.store,
+      );
+    }
+    this.#store = options.store;
+    this.#namespace = rabbitSinkNamespace(this.name);
+    this.#target = rabbitTarget(options.connection, `rabbitSink(${this.name}).connection`);
+  }
+
+  get stats(): RabbitSinkStats {
+    return { ...this.#stats };
+  }
+
+  /** @internal Connects and checks the exchange; `rabbitSink()` calls it. */
+  async open(): Promise<void> {
+    await this.#channelNow();
+  }
+
+  /** The confirm channel, opened again after a drop (the next batch after it does this). */
+  #channelNow(): Promise<ConfirmChannel> {
+    if (this.#channel !== undefined) return Promise.resolve(this.#channel);
+    this.#opening ??= (async () => {
+      const model = await openRabbit(this.#target, this.name);
+      try {
+        const channel = await model.createConfirmChannel();
+        channel.on('error', () => undefined);
+        channel.on('return', (msg: Message) => {
+          const id = msg.properties.messageId;
+          if (typeof id === 'string') this.#returned.add(id);
+        });
+        if (this.#exchange !== '') {
+          await channel.checkExchange(this.#exchange).catch((error: unknown) => {
+            throw new ConnectorError(this.name, `exchange '${this.#exchange}' is not available: ${messageOf(error)}`, {
+              cause: error,
+            });
+          });
+        }
+        const drop = () => {
+          if (this.#channel === channel) this.#channel = undefined;
+          void model.close().catch(() => undefined);
+        };
+        channel.on('close', drop);
+        model.on('close', drop);
+        this.#model = model;
+        this.#channel = channel;
+        return channel;
+      } catch (error) {
+        await model.close().catch(() => undefined);
+        throw error;
+      }
+    })().finally(() => {
+      this.#opening = undefined;
+    });
+    return this.#opening;
+  }
+
+  /**
+   * Publishes the batch and resolves once the broker confirmed all of it (and the keys are
+   * stored). Rejects with a `ConnectorError` when any publish is nack'ed, times out or is lost
+   * with the connection (retryable), or comes back unroutable (not retryable); what was confirmed
+   * is remembered (with `store`) and skipped when the batch comes again.
+   */
+  async write(records: readonly SinkRecord<T>[]): Promise<void> {
+    if (this.#closed) throw new ClosedError(`rabbitSink(${this.name})`, 'the sink is closed');
+    const out: Outgoing<T>[] = [];
+    for (const record of records) {
+      if (this.#store !== undefined && this.#committed(record)) {
+        this.#stats.skipped++;
+        continue;
+      }
+      const routingKey = this.#routingKey(record);
+      const bytes = encodeWith(this.#codec, record.value, routingKey);
+      const id = record.revision === undefined ? record.key : `${record.key}#${record.revision}`;
+      const headers: Record<string, string> = {};
+      const env = record.envelope;
+      if (this.#headers && env !== undefined) {
+        Object.assign(headers, env.headers);
+        if (env.key !== undefined) headers['sluice-key'] = env.key;
+      }
+      headers[IDEMPOTENCY_KEY_HEADER] = record.key;
+      if (record.revision !== undefined) headers[REVISION_HEADER] = String(record.revision);
+      out.push({
+        record,
+        routingKey,
+        content: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+        id,
+        headers,
+      });
+    }
+    if (out.length === 0) return;
+    let channel: ConfirmChannel;
+    try {
+      channel = await this.#channelNow();
+    } catch (error) {
+      this.#stats.failed += out.length;
+      if (error instanceof ConnectorError) throw error;
+      throw new ConnectorError(this.name, `could not open a channel: ${messageOf(error)}`, {
+        cause: error,
+        retryable: true,
+      });
+    }
+    const committed: SinkRecord<T>[] = [];
+    const failures: { error: unknown; retryable: boolean }[] = [];
+    let next = 0;
+    // A bounded number of publishes await their confirm at once; each worker takes the next.
+    const worker = async () => {
+      while (next < out.length) {
+        const o = out[next++] as Outgoing<T>;
+        try {
+          await this.#publish(channel, o);
+          if (this.#returned.delete(o.id)) {
+            this.#stats.returned++;
+            failures.push({
+              error: new Error(
+                `returned unroutable: no queue is bound to exchange '${this.#exchange}' for routing key '${o.routingKey}'`,
+              ),
+              retryable: false,
+            });
+          } else committed.push(o.record);
+        } catch (error) {
+          failures.push({ error, retryable: true });
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(this.#maxInFlight, out.length) }, worker));
+    this.#stats.published += committed.length;
+    this.#stats.failed += failures.length - failures.filter((f) => !f.retryable).length;
+    if (this.#store !== undefined && committed.length > 0) {
+      const ns = this.#namespace;
+      await this.#store.batch((b) => {
+        for (const record of committed) b.put(ns, record.key, { r: record.revision ?? null } satisfies Committed);
+      });
+    }
+    if (failures.length > 0) {
+      const first = failures[0] as { error: unknown; retryable: boolean };
+      throw new ConnectorError(
+        this.name,
+        `${failures.length} of ${out.length} publishes to '${this.#exchange}' failed: ${messageOf(first.error)}`,
+        { cause: first.error, retryable: failures.every((f) => f.retryable) },
+      );
+    }
+  }
+
+  /** One publish, resolved by its confirm; a nack, a timeout or a lost channel rejects it. */
+  #publish(channel: ConfirmChannel, o: Outgoing<T>): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      let done = false;
+      const timer = setTimeout(() => finish(new Error(`no confirm within ${this.#timeoutMs} ms`)), this.#timeoutMs);
+      const onClose = () => finish(new Error('the channel closed before the confirm'));
+      const finish = (error: unknown) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        channel.off('close', onClose);
+        if (error === null || error === undefined) resolve();
+        else reject(error);
+      };
+      channel.once('close', onClose);
+      try {
+        channel.publish(
+          this.#exchange,
+          o.routingKey,
+          o.content,
+          {
+            mandatory: this.#mandatory,
+            persistent: this.#persistent,
+            messageId: o.id,
+            contentType: this.#contentType,
+            headers: o.headers,
+          },
+          (err) =>
+            finish(
+              err === null || err === undefined ? undefined : new Error(`nack'ed by the broker: ${messageOf(err)}`),
+            ),
+        );
+      } catch (error) {
+        finish(error);
+      }
+    });
+  }
+
+  #committed(record: SinkRecord<T>): boolean {
+    const held = (this.#store as Store).getKey(this.#namespace, record.key) as Committed | undefined;
+    if (held === undefined) return false;
+    if (record.revision === undefined || held.r === null) return true;
+    return record.revision <= held.r;
+  }
+
+  /** Waits for outstanding confirms and closes the connection. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#channel?.waitForConfirms().catch(() => undefined);
+    await this.#model?.close().catch(() => undefined);
+  }
+}
+
+interface Outgoing<T = unknown> {
+  readonly record: SinkRecord<T>;
+  readonly routingKey: string;
+  readonly content: Buffer;
+  readonly id: string;
+  readonly headers: Record<string, string>;
+}

@@ -1,0 +1,614 @@
+/**
+ * The RabbitMQ source: a queue consumed with manual acknowledgement, a prefetch no larger than the
+ * subscribers' mailboxes hold, each message acked when its input settles, nack'ed (requeued, or
+ * not) by the outcome; the redelivered flag, a quorum queue's `x-delivery-count` and `x-death` give
+ * its `attempt`. A dropped connection is opened again with backoff. See docs/rabbitmq.md.
+ */
+import type { StandardSchemaV1 } from '@standard-schema/spec';
+import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
+import type { Logger } from '../../runtime/actors/actor.ts';
+import { DEAD_LETTER_HEADERS } from '../../runtime/actors/deadLetters.ts';
+import { backoffDelay, DEFAULT_BACKOFF } from '../../runtime/actors/supervisor.ts';
+import type { Bus, BusClient } from '../../runtime/bus/bus.ts';
+import { validateSubject } from '../../runtime/bus/subjects.ts';
+import type { Clock, Timer } from '../../runtime/clock.ts';
+import {
+  type Codec,
+  type CodecChoice,
+  codecOf,
+  jsonCodec,
+  msgpackCodec,
+  rawCodec,
+  textCodec,
+} from '../../runtime/codec.ts';
+import type { PublishOptions } from '../../runtime/envelope.ts';
+import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
+import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
+import { freeCapacity, publishDelivery, SettleLineage } from '../../runtime/sources/delivery.ts';
+import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
+import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
+import type { Telemetry } from '../../runtime/telemetry.ts';
+import { openRabbit, type RabbitConnectionOptions, type RabbitTarget, rabbitTarget, reconnectDelay } from './config.ts';
+import { checkDeclaration, declareQueue, type RabbitQueueDeclaration } from './declare.ts';
+
+export interface RabbitSourceOptions<T = unknown> {
+  /** Names the source in errors, logs and gauges, and its connection on the server. @default `rabbitmq:<queue>` */
+  name?: string;
+  /** Where to connect. @default amqp://guest:guest@127.0.0.1:5672/ */
+  connection?: RabbitConnectionOptions;
+  /** The queue to consume. */
+  queue: string;
+  /**
+   * Declare the queue (and its bindings) with these settings when it does not exist; an existing
+   * queue must have the same settings (RabbitMQ refuses a declaration that differs). Without it
+   * the queue must exist: it is checked, not declared.
+   */
+  declare?: RabbitQueueDeclaration;
+  /** The bus subject each message is published to. */
+  subject: string;
+  /** The codec of payloads without a known `content-type`. @default 'json' */
+  codec?: CodecChoice;
+  /** The schema actors subscribed through `ref` check their inputs against. */
+  schema?: StandardSchemaV1<unknown, T>;
+  /**
+   * Where a message goes that the source gives up on (failed on its last delivery, or not
+   * decodable): `'bus'` publishes it to the `deadLetter` subject and acks it; `'rabbitmq'` rejects
+   * it without requeue, so the queue's dead-letter exchange (`x-dead-letter-exchange`) takes it
+   * (RabbitMQ drops it when the queue has none). @default 'bus'
+   */
+  deadLetters?: 'bus' | 'rabbitmq';
+  /** The bus subject of `deadLetters: 'bus'`. @default `$DLQ.rabbitmq.<queue>` */
+  deadLetter?: string;
+  /** Messages delivered and not settled, at most: the most the prefetch is. @default 1000 */
+  maxAckPending?: number;
+  /** Deliveries of one message; a failure on the last one gives it up. @default 5 */
+  maxDeliver?: number;
+  /**
+   * A quorum queue's `x-delivery-limit`, for a queue declared elsewhere (with `declare` it is
+   * known): RabbitMQ drops or dead-letters a message returned more often than that, so the source
+   * gives a message up on its `deliveryLimit + 1`-th delivery at the latest, by its own rule.
+   */
+  deliveryLimit?: number;
+  /** Delays before a failed message is requeued, per delivery (the last repeats). @default the runtime's backoff */
+  backoffMs?: readonly number[];
+  /** How often the queue's depth is read for lag. @default 5000 */
+  lagRefreshMs?: number;
+}
+
+/** What a source is given of the runtime: `runtime` itself fits. */
+export interface SourceHost {
+  readonly bus: Bus;
+  readonly telemetry: Telemetry;
+  readonly clock: Clock;
+}
+
+/** Counts of what the source did. */
+export interface RabbitSourceStats {
+  readonly received: number;
+  readonly published: number;
+  readonly acked: number;
+  /** Nack'ed with requeue after a failure (or given back at a close). */
+  readonly requeued: number;
+  /** Given up: dead-lettered to the bus and acked, or rejected to the queue's dead-letter exchange. */
+  readonly terminated: number;
+  /** Connections opened again after a drop. */
+  readonly reconnects: number;
+}
+
+const sourceKeys = optionKeys<keyof RabbitSourceOptions>({
+  name: true,
+  connection: true,
+  queue: true,
+  declare: true,
+  subject: true,
+  codec: true,
+  schema: true,
+  deadLetters: true,
+  deadLetter: true,
+  maxAckPending: true,
+  maxDeliver: true,
+  deliveryLimit: true,
+  backoffMs: true,
+  lagRefreshMs: true,
+});
+
+/**
+ * Makes a RabbitMQ source; `start(runtime)` connects, declares or checks the queue and begins
+ * consuming once something subscribes to `subject`.
+ *
+ * @example
+ * const orders = rabbitSource({ queue: 'orders', declare: { type: 'quorum' }, subject: 'orders.in' });
+ * runtime.spawn(actor({ name: 'billing', subscribe: orders.ref, handle: (env) => bill(env.data) }));
+ * await orders.start(runtime);
+ */
+export function rabbitSource<T = unknown>(options: RabbitSourceOptions<T>): RabbitSource<T> {
+  return new RabbitSource<T>(options);
+}
+
+export class RabbitSource<T = unknown> implements Source<T> {
+  readonly name: string;
+  readonly ref: SourceRef<T>;
+  readonly #options: RabbitSourceOptions<T>;
+  readonly #queue: string;
+  readonly #subject: string;
+  readonly #codec: Codec;
+  readonly #deadLetters: 'bus' | 'rabbitmq';
+  readonly #deadLetter: string;
+  readonly #maxAckPending: number;
+  readonly #maxDeliver: number;
+  readonly #backoffMs: readonly number[] | undefined;
+  readonly #lagRefreshMs: number;
+  #target: RabbitTarget | undefined;
+  #host: SourceHost | undefined;
+  #client: BusClient | undefined;
+  #log: Logger = console;
+  #model: ChannelModel | undefined;
+  #channel: Channel | undefined;
+  /** Counts channels: a message held from an earlier one cannot be acked on this one (RabbitMQ requeued it). */
+  #generation = 0;
+  #started = false;
+  #closed = false;
+  #reconnecting = false;
+  readonly #pending = new Map<number, Held>();
+  /** Delivered by RabbitMQ, waiting for the mailboxes (at most the prefetch). */
+  readonly #inbox: Held[] = [];
+  #draining = false;
+  readonly #timers = new Set<Timer>();
+  #unregisterLag: (() => void) | undefined;
+  #ready = 0;
+  #prefetch = 0;
+  readonly #stats = { received: 0, published: 0, acked: 0, requeued: 0, terminated: 0, reconnects: 0 };
+
+  constructor(options: RabbitSourceOptions<T>) {
+    optionsObject('rabbitSource', options);
+    if (options === undefined) throw new OptionsError('rabbitSource', 'must be an options object', options);
+    knownKeys('rabbitSource', options, sourceKeys);
+    this.#options = options;
+    if (typeof options.queue !== 'string' || options.queue === '') {
+      throw new OptionsError('rabbitSource.queue', 'must be a non-empty queue name', options.queue);
+    }
+    this.#queue = options.queue;
+    if (typeof options.subject !== 'string') {
+      throw new OptionsError(
+        'rabbitSource.subject',
+        'must be the bus subject the messages are published to',
+        options.subject,
+      );
+    }
+    validateSubject(options.subject, 'publish');
+    this.#subject = options.subject;
+    this.#codec = codecOf(options.codec, 'rabbitSource.codec');
+    checkDeclaration(options.declare, 'rabbitSource.declare');
+    this.name = options.name ?? `rabbitmq:${this.#queue}`;
+    const dl = options.deadLetters ?? 'bus';
+    if (dl !== 'bus' && dl !== 'rabbitmq') {
+      throw new OptionsError('rabbitSource.deadLetters', "must be 'bus' or 'rabbitmq'", dl);
+    }
+    this.#deadLetters = dl;
+    this.#deadLetter = options.deadLetter ?? `$DLQ.rabbitmq.${this.#queue.replace(/[\s.*>]/g, '_')}`;
+    validateSubject(this.#deadLetter, 'publish');
+    this.#maxAckPending = intOption('rabbitSource.maxAckPending', options.maxAckPending, 1_000, 1);
+    const limit = options.deliveryLimit ?? options.declare?.deliveryLimit;
+    if (limit !== undefined) intOption('rabbitSource.deliveryLimit', limit, 0, 0);
+    const maxDeliver = intOption('rabbitSource.maxDeliver', options.maxDeliver, 5, 1);
+    this.#maxDeliver = limit === undefined ? maxDeliver : Math.min(maxDeliver, limit + 1);
+    if (options.backoffMs !== undefined) {
+      if (!Array.isArray(options.backoffMs) || options.backoffMs.length === 0) {
+        throw new OptionsError(
+          'rabbitSource.backoffMs',
+          'must be a non-empty array of delays in ms',
+          options.backoffMs,
+        );
+      }
+      for (const [i, ms] of options.backoffMs.entries()) intOption(`rabbitSource.backoffMs[${i}]`, ms, 0, 0);
+    }
+    this.#backoffMs = options.backoffMs === undefined ? undefined : Object.freeze([...options.backoffMs]);
+    this.#lagRefreshMs = intOption('rabbitSource.lagRefreshMs', options.lagRefreshMs, 5_000, 10);
+    this.ref = Object.freeze({
+      name: this.#subject,
+      schema: options.schema,
+      source: Object.freeze({ stream: this.#queue, durable: true }),
+    });
+  }
+
+  get stats(): RabbitSourceStats {
+    return { ...this.#stats };
+  }
+
+  /** The prefetch of the current consumer (0 before it consumes). */
+  get prefetch(): number {
+    return this.#prefetch;
+  }
+
+  /**
+   * Connects and declares (or checks) the queue; consuming begins once something subscribes to
+   * `subject`. Rejects with a `ConnectorError` when the server cannot be reached, refuses the
+   * credentials or the vhost, or the queue is missing (without `declare`) or declared otherwise.
+   */
+  async start(host: SourceHost, options: { logger?: Logger } = {}): Promise<void> {
+    if (this.#started) throw new ConnectorError(this.name, 'already started');
+    this.#started = true;
+    this.#host = host;
+    this.#log = options.logger ?? console;
+    this.#client = host.bus.client(this.name);
+    this.#target = rabbitTarget(this.#options.connection, `${this.name}.connection`);
+    await this.#open();
+    this.#unregisterLag = host.telemetry.registerLag({
+      stream: `rabbitmq:${this.#queue}`,
+      name: this.name,
+      lag: () => this.lag(),
+    });
+    this.#refreshLagLater();
+  }
+
+  /** Opens the connection and channel, declares or checks the queue, and consumes when subscribed. */
+  async #open(): Promise<void> {
+    const target = this.#target as RabbitTarget;
+    const model = await openRabbit(target, this.name);
+    let channel: Channel;
+    try {
+      channel = await model.createChannel();
+      channel.on('error', () => undefined);
+      const ok = await declareQueue(channel, this.#queue, this.#options.declare).catch((error: unknown) => {
+        throw new ConnectorError(
+          this.name,
+          this.#options.declare === undefined
+            ? `queue '${this.#queue}' is not available (without 'declare' it must exist): ${messageOf(error)}`
+            : `could not declare queue '${this.#queue}' (an existing queue must have the same settings): ${messageOf(error)}`,
+          { cause: error },
+        );
+      });
+      this.#ready = ok.messageCount;
+    } catch (error) {
+      await model.close().catch(() => undefined);
+      throw error;
+    }
+    if (this.#closed) {
+      await model.close().catch(() => undefined);
+      return;
+    }
+    const generation = ++this.#generation;
+    this.#model = model;
+    this.#channel = channel;
+    // Anything but our own close is a drop: what was not acked is requeued by RabbitMQ.
+    model.on('close', () => this.#dropped(generation));
+    channel.on('close', () => this.#dropped(generation));
+    void this.#consumeWhenSubscribed(generation);
+  }
+
+  async #consumeWhenSubscribed(generation: number): Promise<void> {
+    const bus = (this.#host as SourceHost).bus;
+    while (!bus.hasSubscribers(this.#subject)) {
+      await this.#sleep(50);
+      if (this.#closed || generation !== this.#generation) return;
+    }
+    // The most RabbitMQ sends before an ack: what the mailboxes hold, and the one that waits for room.
+    const capacity = freeCapacity(bus, this.#subject, true);
+    this.#prefetch = Math.max(
+      1,
+      Math.min(this.#maxAckPending, capacity === Number.POSITIVE_INFINITY ? this.#maxAckPending : capacity + 1),
+    );
+    const channel = this.#channel as Channel;
+    try {
+      await channel.prefetch(this.#prefetch);
+      await channel.consume(this.#queue, (msg) => this.#onMessage(msg, generation), { noAck: false });
+    } catch (error) {
+      if (!this.#closed) this.#log.warn(`${this.name}: could not consume '${this.#queue}': ${messageOf(error)}`);
+    }
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => this.#later(ms, resolve, true));
+  }
+
+  #later(ms: number, run: () => void, always = false): void {
+    const timer = (this.#host as SourceHost).clock.setTimeout(() => {
+      this.#timers.delete(timer);
+      if (always || !this.#closed) run();
+    }, ms);
+    this.#timers.add(timer);
+  }
+
+  #dropped(generation: number): void {
+    if (this.#closed || generation !== this.#generation || this.#reconnecting) return;
+    this.#generation++;
+    // RabbitMQ requeues what this channel had not acked: held messages settle to nothing now.
+    this.#pending.clear();
+    this.#inbox.length = 0;
+    this.#channel = undefined;
+    this.#model = undefined;
+    void this.#reconnect();
+  }
+
+  async #reconnect(): Promise<void> {
+    this.#reconnecting = true;
+    let attempt = 0;
+    try {
+      while (!this.#closed) {
+        const delay = reconnectDelay(this.#target as RabbitTarget, ++attempt);
+        if (attempt === 1 || attempt % 20 === 0) {
+          this.#log.warn(`${this.name}: connection lost; opening again in ${delay} ms (attempt ${attempt})`);
+        }
+        await this.#sleep(delay);
+        if (this.#closed) return;
+        try {
+          await this.#open();
+          this.#stats.reconnects++;
+          return;
+        } catch {
+          // Tried again after a longer delay.
+        }
+      }
+    } finally {
+      this.#reconnecting = false;
+    }
+  }
+
+  #onMessage(msg: ConsumeMessage | null, generation: number): void {
+    if (msg === null) {
+      // The server cancelled the consumer (the queue was deleted): open again, and the check says why.
+      if (generation === this.#generation && !this.#closed) {
+        this.#log.warn(`${this.name}: the server cancelled the consumer of '${this.#queue}'`);
+        void (this.#model as ChannelModel | undefined)?.close().catch(() => undefined);
+      }
+      return;
+    }
+    if (generation !== this.#generation || this.#closed) return;
+    this.#stats.received++;
+    this.#ready = Math.max(0, this.#ready - 1);
+    const held: Held = {
+      msg,
+      generation,
+      attempt: attemptOf(msg, this.#queue),
+      receivedAt: Date.now(),
+      lineage: undefined as unknown as SettleLineage,
+    };
+    held.lineage = new SettleLineage(`rabbitmq/${generation}/${msg.fields.deliveryTag}`, (error) =>
+      this.#settled(held, error),
+    );
+    this.#pending.set(msg.fields.deliveryTag, held);
+    this.#inbox.push(held);
+    if (!this.#draining) void this.#drain();
+  }
+
+  /** Publishes what RabbitMQ delivered, in order, each waiting for room in the mailboxes. */
+  async #drain(): Promise<void> {
+    this.#draining = true;
+    try {
+      while (this.#inbox.length > 0 && !this.#closed) {
+        const held = this.#inbox.shift() as Held;
+        if (held.generation !== this.#generation) continue;
+        await this.#deliver(held);
+      }
+    } finally {
+      this.#draining = false;
+    }
+  }
+
+  async #deliver(held: Held): Promise<void> {
+    const msg = held.msg;
+    const p = msg.properties;
+    let data: unknown;
+    try {
+      const byType =
+        typeof p.contentType === 'string' && Object.hasOwn(CONTENT_TYPES, p.contentType)
+          ? CONTENT_TYPES[p.contentType]
+          : undefined;
+      data = (byType ?? this.#codec).decode(
+        new Uint8Array(msg.content.buffer, msg.content.byteOffset, msg.content.byteLength),
+        this.#subject,
+      );
+    } catch (error) {
+      // Decoding again gives the same answer: given up at once, never requeued.
+      await this.#giveUp(held, error);
+      return;
+    }
+    const headers = headersOf(msg);
+    headers[STREAM_HEADERS.stream] = this.#queue;
+    // The message id (a Sluice sink sets it from the idempotency key) is the position; a message
+    // without one has none that survives a redelivery, and its outputs get no derived keys.
+    if (typeof p.messageId === 'string' && p.messageId !== '') headers[STREAM_HEADERS.sequence] = p.messageId;
+    else delete headers[STREAM_HEADERS.sequence];
+    const options: PublishOptions = { headers, lineage: held.lineage };
+    if (typeof p.timestamp === 'number') options.eventTime = p.timestamp * 1_000;
+    const key = p.headers?.['sluice-key'];
+    if (typeof key === 'string') options.key = key;
+    try {
+      await publishDelivery(
+        (this.#host as SourceHost).bus,
+        this.#client as BusClient,
+        this.#subject,
+        data,
+        options,
+        held.attempt,
+      );
+    } catch (error) {
+      held.lineage.release(error);
+      return;
+    }
+    this.#stats.published++;
+    held.lineage.release();
+  }
+
+  /** An input's last reference came back: ack, requeue after a backoff, or give up. */
+  #settled(held: Held, error: unknown): void {
+    if (held.generation !== this.#generation || this.#pending.get(held.msg.fields.deliveryTag) !== held) return;
+    const channel = this.#channel as Channel;
+    if (error === undefined) {
+      this.#pending.delete(held.msg.fields.deliveryTag);
+      this.#stats.acked++;
+      safely(() => channel.ack(held.msg));
+      return;
+    }
+    if (error instanceof ClosedError || held.attempt < this.#maxDeliver) {
+      const b = this.#backoffMs;
+      const delay =
+        error instanceof ClosedError
+          ? 0
+          : b !== undefined
+            ? (b[Math.min(held.attempt, b.length) - 1] as number)
+            : backoffDelay(held.attempt, DEFAULT_BACKOFF, Math.random);
+      // Held (within the prefetch) for the backoff, then requeued: RabbitMQ has no delayed nack.
+      this.#later(delay, () => {
+        if (held.generation !== this.#generation || this.#pending.get(held.msg.fields.deliveryTag) !== held) return;
+        this.#pending.delete(held.msg.fields.deliveryTag);
+        this.#stats.requeued++;
+        safely(() => channel.nack(held.msg, false, true));
+      });
+      return;
+    }
+    void this.#giveUp(held, error);
+  }
+
+  /**
+   * Gives a message up: to the queue's dead-letter exchange (reject without requeue), or to the
+   * bus's dead-letter subject and then acked. A dead letter the bus refuses requeues the message.
+   */
+  async #giveUp(held: Held, error: unknown): Promise<void> {
+    const tag = held.msg.fields.deliveryTag;
+    const channel = this.#channel as Channel;
+    if (this.#deadLetters === 'rabbitmq') {
+      if (held.generation !== this.#generation || this.#pending.get(tag) !== held) return;
+      this.#pending.delete(tag);
+      this.#stats.terminated++;
+      safely(() => channel.nack(held.msg, false, false));
+      return;
+    }
+    const letter: Record<string, string> = {
+      ...headersOf(held.msg),
+      [STREAM_HEADERS.stream]: this.#queue,
+      [DEAD_LETTER_HEADERS.error]: messageOf(error),
+      [DEAD_LETTER_HEADERS.code]: error instanceof SluiceError ? error.code : 'SLUICE_ERR_HANDLER',
+      [DEAD_LETTER_HEADERS.actor]: this.name,
+      [DEAD_LETTER_HEADERS.attempts]: String(held.attempt),
+      [DEAD_LETTER_HEADERS.subject]: this.#queue,
+      [DEAD_LETTER_HEADERS.messageId]: String(held.msg.properties.messageId ?? ''),
+      [DEAD_LETTER_HEADERS.time]: new Date(this.#now()).toISOString(),
+    };
+    let published = true;
+    try {
+      await (this.#client as BusClient).publish(this.#deadLetter, new Uint8Array(held.msg.content), {
+        headers: letter,
+      });
+    } catch (e) {
+      published = false;
+      this.#log.error(`${this.name}: could not dead-letter a message to '${this.#deadLetter}': ${messageOf(e)}`);
+    }
+    if (held.generation !== this.#generation || this.#pending.get(tag) !== held) return;
+    this.#pending.delete(tag);
+    if (published) {
+      this.#stats.terminated++;
+      safely(() => channel.ack(held.msg));
+    } else {
+      this.#stats.requeued++;
+      safely(() => channel.nack(held.msg, false, true));
+    }
+  }
+
+  lag(): SourceLag {
+    let oldest = Number.POSITIVE_INFINITY;
+    for (const h of this.#pending.values()) if (h.receivedAt < oldest) oldest = h.receivedAt;
+    return {
+      messages: this.#ready + this.#pending.size,
+      timeMs: oldest === Number.POSITIVE_INFINITY ? 0 : Math.max(1, Date.now() - oldest),
+      ackPending: this.#pending.size,
+    };
+  }
+
+  #refreshLagLater(): void {
+    this.#later(this.#lagRefreshMs, () => {
+      const channel = this.#channel;
+      if (channel === undefined) return this.#refreshLagLater();
+      channel
+        .checkQueue(this.#queue)
+        .then((ok) => {
+          this.#ready = ok.messageCount;
+        })
+        .catch(() => undefined)
+        .finally(() => this.#refreshLagLater());
+    });
+  }
+
+  /**
+   * Stops consuming and gives back what is not settled: the channel closes, and RabbitMQ requeues
+   * every message it had not acked (redelivered at once to the queue's other consumers, or after a
+   * restart). Stop the runtime first, so what actors hold settles and is acked. Never rejects.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#unregisterLag?.();
+    for (const t of this.#timers) t.cancel();
+    this.#timers.clear();
+    this.#pending.clear();
+    this.#inbox.length = 0;
+    this.#generation++;
+    await this.#model?.close().catch(() => undefined);
+  }
+
+  #now(): number {
+    return this.#host?.clock.now() ?? Date.now();
+  }
+}
+
+/** Codecs by a message's `content-type` property; others (or none) take the `codec` option's. */
+const CONTENT_TYPES: Readonly<Record<string, Codec>> = {
+  'application/json': jsonCodec,
+  'application/msgpack': msgpackCodec,
+  'application/x-msgpack': msgpackCodec,
+  'application/octet-stream': rawCodec,
+  'text/plain': textCodec,
+};
+
+interface Held {
+  readonly msg: ConsumeMessage;
+  readonly generation: number;
+  readonly attempt: number;
+  readonly receivedAt: number;
+  lineage: SettleLineage;
+}
+
+/**
+ * The delivery attempt of a message: 1, plus the returns a quorum queue counted
+ * (`x-delivery-count`), plus the times it died in this queue (`x-death`: rejected or expired, and
+ * routed back through a dead-letter exchange); at least 2 when RabbitMQ flags it redelivered.
+ */
+export function attemptOf(msg: ConsumeMessage, queue: string): number {
+  const h = msg.properties.headers;
+  let attempt = 1;
+  const count = h?.['x-delivery-count'];
+  if (typeof count === 'number' && Number.isSafeInteger(count) && count > 0) attempt += count;
+  const deaths = h?.['x-death'];
+  if (Array.isArray(deaths)) {
+    for (const d of deaths) {
+      if (d !== null && typeof d === 'object' && d.queue === queue && Number.isSafeInteger(Number(d.count))) {
+        attempt += Number(d.count);
+      }
+    }
+  }
+  if (msg.fields.redelivered && attempt < 2) attempt = 2;
+  return attempt;
+}
+
+/** The message's string (and number, boolean) headers; RabbitMQ's own `x-` tables stay behind. */
+function headersOf(msg: ConsumeMessage): Record<string, string> {
+  const out: Record<string, string> = {};
+  const h = msg.properties.headers;
+  if (h !== undefined) {
+    for (const [k, v] of Object.entries(h)) {
+      if (k.startsWith('x-') || k === 'sluice-key') continue;
+      if (typeof v === 'string') out[k] = v;
+      else if (typeof v === 'number' || typeof v === 'boolean') out[k] = String(v);
+    }
+  }
+  return out;
+}
+
+/** Acks go out on a channel that may have closed meanwhile: RabbitMQ requeues what was not acked. */
+function safely(run: () => void): void {
+  try {
+    run();
+  } catch {
+    // The channel is closed: the message is requeued by the server.
+  }
+}
