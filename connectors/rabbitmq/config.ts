@@ -97,7 +97,9 @@ export async function openRabbit(target: RabbitTarget, name: string): Promise<Ch
   } catch (error) {
     const text = messageOf(error);
     const auth = /ACCESS_REFUSED|403|auth/i.test(text);
-    const vhost = /NOT_ALLOWED|vhost/i.test(text);
+    // The server closes the connection in answer to connection.open when the vhost is missing or
+    // not allowed; amqplib says only that it "expected ConnectionOpenOk".
+    const vhost = /NOT_ALLOWED|vhost|ConnectionOpenOk/i.test(text);
     throw new ConnectorError(
       name,
       `could not connect to ${target.where}: ${

@@ -103,7 +103,6 @@ interface Committed {
 
 export class RabbitSink<T = unknown> implements Sink<T> {
   readonly name: string;
-  readonly #options: RabbitSinkOptions<T>;
   readonly #target: RabbitTarget;
   readonly #exchange: string;
   readonly #routingKey: (record: SinkRecord<T>) => string;
@@ -128,7 +127,6 @@ export class RabbitSink<T = unknown> implements Sink<T> {
     optionsObject('rabbitSink', options);
     if (options === undefined) throw new OptionsError('rabbitSink', 'must be an options object', options);
     knownKeys('rabbitSink', options, sinkKeys);
-    this.#options = options;
     if (typeof options.exchange !== 'string') {
       throw new OptionsError(
         'rabbitSink.exchange',

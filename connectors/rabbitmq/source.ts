@@ -157,6 +157,12 @@ export class RabbitSource<T = unknown> implements Source<T> {
   #unregisterLag: (() => void) | undefined;
   #ready = 0;
   #prefetch = 0;
+  /**
+   * The last attempt of messages this source requeued, by message id: a classic queue marks a
+   * redelivery with a flag and no count, so the source counts the ones it made itself (bounded; a
+   * restart or another consumer starts again from the flag's 2; a quorum queue counts exactly).
+   */
+  readonly #requeued = new Map<string, number>();
   readonly #stats = { received: 0, published: 0, acked: 0, requeued: 0, terminated: 0, reconnects: 0 };
 
   constructor(options: RabbitSourceOptions<T>) {
@@ -356,10 +362,16 @@ export class RabbitSource<T = unknown> implements Source<T> {
     if (generation !== this.#generation || this.#closed) return;
     this.#stats.received++;
     this.#ready = Math.max(0, this.#ready - 1);
+    let attempt = attemptOf(msg, this.#queue);
+    const id = msg.properties.messageId;
+    if (typeof id === 'string' && this.#requeued.has(id)) {
+      if (msg.fields.redelivered) attempt = Math.max(attempt, (this.#requeued.get(id) as number) + 1);
+      this.#requeued.delete(id);
+    }
     const held: Held = {
       msg,
       generation,
-      attempt: attemptOf(msg, this.#queue),
+      attempt,
       receivedAt: Date.now(),
       lineage: undefined as unknown as SettleLineage,
     };
@@ -453,6 +465,12 @@ export class RabbitSource<T = unknown> implements Source<T> {
         if (held.generation !== this.#generation || this.#pending.get(held.msg.fields.deliveryTag) !== held) return;
         this.#pending.delete(held.msg.fields.deliveryTag);
         this.#stats.requeued++;
+        const id = held.msg.properties.messageId;
+        if (typeof id === 'string' && !(error instanceof ClosedError)) {
+          this.#requeued.set(id, held.attempt);
+          if (this.#requeued.size > 4 * this.#maxAckPending)
+            this.#requeued.delete(this.#requeued.keys().next().value as string);
+        }
         safely(() => channel.nack(held.msg, false, true));
       });
       return;
