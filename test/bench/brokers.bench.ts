@@ -1,0 +1,333 @@
+/**
+ * `npm run bench -- brokers`: the Redis Streams and RabbitMQ connectors against their raw clients
+ * (ioredis, amqplib; DESIGN.md section 10, issue 15), on the servers the machine runs (Redis on
+ * 127.0.0.1:6379, RabbitMQ on 127.0.0.1:5672). Both sides encode or decode the same 64-byte JSON
+ * orders, so the difference is what Sluice adds. Keys and queues have random names, removed after
+ * each run.
+ *
+ * - `redis-publish`: N orders appended to a stream. raw: XADD of each order's JSON, pipelined
+ *   BATCH at a time. sluice: a `redisSink` writing batches of BATCH records (the idempotency key in
+ *   a field). Timed until every batch was answered; XLEN checked.
+ * - `redis-consume`: a stream filled with N orders (not timed); a new consumer group reads them
+ *   all, each decoded and acknowledged. raw: XREADGROUP of READ entries, then one XACK of them.
+ *   sluice: a `redisSource` publishing each on the bus to a subscriber, XACK per settled entry.
+ * - `rabbitmq-publish`: N orders to a queue through the default exchange, persistent, with
+ *   publisher confirms, at most IN_FLIGHT awaited. raw: a confirm channel's `sendToQueue` from
+ *   IN_FLIGHT loops. sluice: a `rabbitSink` (the same bound, mandatory) in batches of BATCH.
+ * - `rabbitmq-consume`: a queue filled with N orders (not timed), consumed with manual acks. raw:
+ *   `consume` with the prefetch the Sluice source takes (1025), each decoded and acked. sluice: a
+ *   `rabbitSource` publishing each on the bus to a subscriber, acked when the callback returns.
+ *
+ * Each contender checks the count and the sum of ids.
+ */
+import { randomBytes } from 'node:crypto';
+import { connect } from 'amqplib';
+import { Redis } from 'ioredis';
+import { createRuntime, type SinkRecord } from 'sluice';
+import { rabbitSink, rabbitSource } from 'sluice/connectors/rabbitmq';
+import { redisSink, redisSource } from 'sluice/connectors/redis';
+import { RABBITMQ } from '../services/rabbitmq.ts';
+import { REDIS } from '../services/redis.ts';
+import { type Contender, defineBench, expectCount } from './harness.ts';
+
+const BATCH = 500;
+const IN_FLIGHT = 256;
+const READ = 256;
+const PREFETCH = 1025;
+
+interface Order {
+  readonly id: number;
+  readonly user: string;
+  readonly amount: number;
+  readonly pad: string;
+}
+const POOL = 1024;
+const PAYLOADS: readonly Order[] = Array.from({ length: POOL }, (_, id) => {
+  const base = { id, user: `u${(id * 7919) % 100_000}`, amount: (id * 37) % 1000 };
+  return Object.freeze({ ...base, pad: 'x'.repeat(64 - JSON.stringify({ ...base, pad: '' }).length) });
+});
+const ENCODED = PAYLOADS.map((p) => Buffer.from(JSON.stringify(p)));
+
+function idSum(n: number): number {
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum += (PAYLOADS[i % POOL] as Order).id;
+  return sum;
+}
+
+function records(n: number): SinkRecord<Order>[] {
+  return Array.from({ length: n }, (_, i) => ({
+    key: `o/${i}`,
+    value: PAYLOADS[i % POOL] as Order,
+    revision: undefined,
+    envelope: undefined,
+  }));
+}
+
+const prefix = `sluice-bench:${randomBytes(4).toString('hex')}:`;
+let names = 0;
+const fresh = (what: string) => `${prefix}${what}${++names}`;
+
+const redis = new Redis({ ...REDIS, protocol: 2 });
+const rabbit = await connect({ protocol: 'amqp', ...RABBITMQ });
+const admin = await rabbit.createConfirmChannel();
+process.once('exit', () => redis.disconnect());
+
+// ---- Redis Streams ----
+
+const rawRedisPublish: Contender = async (n) => {
+  const key = fresh('pub');
+  const client = new Redis({ ...REDIS, protocol: 2 });
+  return {
+    run: async () => {
+      for (let i = 0; i < n; i += BATCH) {
+        const p = client.pipeline();
+        for (let j = i; j < Math.min(n, i + BATCH); j++) p.xadd(key, '*', 'data', JSON.stringify(PAYLOADS[j % POOL]));
+        await p.exec();
+      }
+      expectCount('stored', await redis.xlen(key), n);
+    },
+    dispose: async () => {
+      await redis.del(key);
+      client.disconnect();
+    },
+  };
+};
+
+const sluiceRedisPublish: Contender = async (n) => {
+  const key = fresh('pub');
+  const sink = await redisSink<Order>({ connection: REDIS, stream: key });
+  const all = records(n);
+  return {
+    run: async () => {
+      for (let i = 0; i < n; i += BATCH) await sink.write(all.slice(i, i + BATCH));
+      expectCount('stored', await redis.xlen(key), n);
+    },
+    dispose: async () => {
+      await redis.del(key);
+      await sink.close();
+    },
+  };
+};
+
+async function filledStream(n: number): Promise<string> {
+  const key = fresh('in');
+  for (let i = 0; i < n; i += BATCH) {
+    const p = redis.pipeline();
+    for (let j = i; j < Math.min(n, i + BATCH); j++) p.xadd(key, '*', 'data', ENCODED[j % POOL] as Buffer);
+    await p.exec();
+  }
+  return key;
+}
+
+const rawRedisConsume: Contender = async (n) => {
+  const key = await filledStream(n);
+  await redis.xgroup('CREATE', key, 'raw', '0');
+  const client = new Redis({ ...REDIS, protocol: 2 });
+  return {
+    run: async () => {
+      let count = 0;
+      let sum = 0;
+      while (count < n) {
+        const reply = (await client.callBuffer('XREADGROUP', 'GROUP', 'raw', 'c', 'COUNT', READ, 'BLOCK', 1000, 'STREAMS', key, '>')) as
+          | [Buffer, [Buffer, Buffer[]][]][]
+          | null;
+        const entries = reply?.[0]?.[1] ?? [];
+        const ids: Buffer[] = [];
+        for (const [id, fields] of entries) {
+          sum += (JSON.parse((fields[1] as Buffer).toString()) as Order).id;
+          ids.push(id);
+          count++;
+        }
+        if (ids.length > 0) await client.xack(key, 'raw', ...ids);
+      }
+      expectCount('received', count, n);
+      expectCount('id sum', sum, idSum(n));
+    },
+    dispose: async () => {
+      await redis.del(key);
+      client.disconnect();
+    },
+  };
+};
+
+const sluiceRedisConsume: Contender = async (n) => {
+  const key = await filledStream(n);
+  const runtime = createRuntime();
+  let count = 0;
+  let sum = 0;
+  runtime.bus.subscribe<Order>('orders.in', {
+    callback: (env) => {
+      sum += env.data.id;
+      count++;
+    },
+  });
+  const source = redisSource({ connection: REDIS, stream: key, group: 'sluice', subject: 'orders.in' });
+  return {
+    run: async () => {
+      await source.start(runtime);
+      while (source.stats.acked < n) await new Promise((resolve) => setTimeout(resolve, 1));
+      expectCount('received', count, n);
+      expectCount('id sum', sum, idSum(n));
+    },
+    dispose: async () => {
+      await source.close();
+      await runtime.stop();
+      await redis.del(key);
+    },
+  };
+};
+
+// ---- RabbitMQ ----
+
+async function freshQueue(what: string): Promise<string> {
+  const q = fresh(what);
+  await admin.assertQueue(q, { durable: true });
+  return q;
+}
+
+async function checkQueue(q: string, n: number): Promise<void> {
+  expectCount('queued', (await admin.checkQueue(q)).messageCount, n);
+}
+
+const rawRabbitPublish: Contender = async (n) => {
+  const q = await freshQueue('pub');
+  const model = await connect({ protocol: 'amqp', ...RABBITMQ });
+  const channel = await model.createConfirmChannel();
+  return {
+    run: async () => {
+      let next = 0;
+      const loop = async () => {
+        while (next < n) {
+          const i = next++;
+          await new Promise<void>((resolve, reject) => {
+            channel.sendToQueue(
+              q,
+              Buffer.from(JSON.stringify(PAYLOADS[i % POOL])),
+              { persistent: true, messageId: `o/${i}` },
+              (err) => (err === null || err === undefined ? resolve() : reject(err)),
+            );
+          });
+        }
+      };
+      await Promise.all(Array.from({ length: IN_FLIGHT }, loop));
+      await checkQueue(q, n);
+    },
+    dispose: async () => {
+      await admin.deleteQueue(q);
+      await model.close();
+    },
+  };
+};
+
+const sluiceRabbitPublish: Contender = async (n) => {
+  const q = await freshQueue('pub');
+  const sink = await rabbitSink<Order>({ connection: RABBITMQ, exchange: '', routingKey: q, maxInFlight: IN_FLIGHT });
+  const all = records(n);
+  return {
+    run: async () => {
+      for (let i = 0; i < n; i += BATCH) await sink.write(all.slice(i, i + BATCH));
+      await checkQueue(q, n);
+    },
+    dispose: async () => {
+      await admin.deleteQueue(q);
+      await sink.close();
+    },
+  };
+};
+
+async function filledQueue(n: number): Promise<string> {
+  const q = await freshQueue('in');
+  for (let i = 0; i < n; i++) admin.sendToQueue(q, ENCODED[i % POOL] as Buffer, { persistent: true, messageId: `o/${i}` });
+  await admin.waitForConfirms();
+  return q;
+}
+
+const rawRabbitConsume: Contender = async (n) => {
+  const q = await filledQueue(n);
+  const model = await connect({ protocol: 'amqp', ...RABBITMQ });
+  const channel = await model.createChannel();
+  await channel.prefetch(PREFETCH);
+  return {
+    run: async () => {
+      let count = 0;
+      let sum = 0;
+      await new Promise<void>((resolve) => {
+        void channel.consume(q, (m) => {
+          if (m === null) return;
+          sum += (JSON.parse(m.content.toString()) as Order).id;
+          channel.ack(m);
+          if (++count === n) resolve();
+        });
+      });
+      expectCount('received', count, n);
+      expectCount('id sum', sum, idSum(n));
+    },
+    dispose: async () => {
+      await model.close();
+      await admin.deleteQueue(q);
+    },
+  };
+};
+
+const sluiceRabbitConsume: Contender = async (n) => {
+  const q = await filledQueue(n);
+  const runtime = createRuntime();
+  let count = 0;
+  let sum = 0;
+  runtime.bus.subscribe<Order>('orders.in', {
+    callback: (env) => {
+      sum += env.data.id;
+      count++;
+    },
+  });
+  const source = rabbitSource({ connection: RABBITMQ, queue: q, subject: 'orders.in' });
+  return {
+    run: async () => {
+      await source.start(runtime);
+      while (source.stats.acked < n) await new Promise((resolve) => setTimeout(resolve, 1));
+      expectCount('received', count, n);
+      expectCount('id sum', sum, idSum(n));
+    },
+    dispose: async () => {
+      await source.close();
+      await runtime.stop();
+      await admin.deleteQueue(q);
+    },
+  };
+};
+
+export default defineBench({
+  bench: 'brokers',
+  unit: 'msg/s',
+  contenders: ['sluice', 'raw'],
+  cases: {
+    'redis-publish': {
+      messages: 100_000,
+      description: `XADD of 64-byte JSON orders, pipelined ${BATCH} at a time; sluice: redisSink batches of ${BATCH}`,
+      contenders: { sluice: sluiceRedisPublish, raw: rawRedisPublish },
+    },
+    'redis-consume': {
+      messages: 100_000,
+      description: `a new group reads a filled stream, each decoded and XACKed; raw: ${READ} per read, one XACK per read; sluice: redisSource -> bus`,
+      contenders: { sluice: sluiceRedisConsume, raw: rawRedisConsume },
+    },
+    'rabbitmq-publish': {
+      messages: 20_000,
+      description: `persistent, publisher confirms, ${IN_FLIGHT} in flight; sluice: rabbitSink (mandatory) batches of ${BATCH}`,
+      contenders: { sluice: sluiceRabbitPublish, raw: rawRabbitPublish },
+    },
+    'rabbitmq-consume': {
+      messages: 20_000,
+      description: `a filled queue consumed with manual acks, prefetch ${PREFETCH}; sluice: rabbitSource -> bus`,
+      contenders: { sluice: sluiceRabbitConsume, raw: rawRabbitConsume },
+    },
+  },
+  ratios: [['sluice', 'raw']],
+  goals: ['redis-publish', 'redis-consume', 'rabbitmq-publish', 'rabbitmq-consume'].map((c) => ({
+    case: c,
+    contender: 'sluice',
+    versus: 'raw',
+    atLeast: 0.85,
+  })),
+  notes: ['Redis 7 and RabbitMQ 3.10 on loopback, as the machine runs them (not started by the bench)'],
+});
