@@ -33,7 +33,7 @@ export interface RabbitSinkOptions<T = unknown> {
   persistent?: boolean;
   /** Publishes awaiting their confirm at once, at most. @default 256 */
   maxInFlight?: number;
-  /** How long a confirm may take before the batch fails (retryable). @default 10000 */
+  /** How long a batch's confirms may take before it fails (retryable). @default 10000 */
   timeoutMs?: number;
   /** Write the envelope's headers (and key as `sluice-key`) as message headers. @default false */
   headers?: boolean;
@@ -281,13 +281,22 @@ export class RabbitSink<T = unknown> implements Sink<T> {
     }
     const committed: SinkRecord<T>[] = [];
     const failures: { error: unknown; retryable: boolean }[] = [];
+    // One close listener and one timer for the batch, not one per message: what waits for its
+    // confirm when the channel closes or the time is up fails.
+    const waiting = new Set<(error: unknown) => void>();
+    const failAll = (error: Error) => {
+      for (const finish of [...waiting]) finish(error);
+    };
+    const onClose = () => failAll(new Error('the channel closed before the confirm'));
+    channel.once('close', onClose);
+    const timer = setTimeout(() => failAll(new Error(`no confirm within ${this.#timeoutMs} ms`)), this.#timeoutMs);
     let next = 0;
     // A bounded number of publishes await their confirm at once; each worker takes the next.
     const worker = async () => {
       while (next < out.length) {
         const o = out[next++] as Outgoing<T>;
         try {
-          await this.#publish(channel, o);
+          await this.#publish(channel, o, waiting);
           if (this.#returned.delete(o.id)) {
             this.#stats.returned++;
             failures.push({
@@ -302,7 +311,12 @@ export class RabbitSink<T = unknown> implements Sink<T> {
         }
       }
     };
-    await Promise.all(Array.from({ length: Math.min(this.#maxInFlight, out.length) }, worker));
+    try {
+      await Promise.all(Array.from({ length: Math.min(this.#maxInFlight, out.length) }, worker));
+    } finally {
+      clearTimeout(timer);
+      channel.off('close', onClose);
+    }
     this.#stats.published += committed.length;
     this.#stats.failed += failures.length - failures.filter((f) => !f.retryable).length;
     if (this.#store !== undefined && committed.length > 0) {
@@ -321,21 +335,15 @@ export class RabbitSink<T = unknown> implements Sink<T> {
     }
   }
 
-  /** One publish, resolved by its confirm; a nack, a timeout or a lost channel rejects it. */
-  #publish(channel: ConfirmChannel, o: Outgoing<T>): Promise<void> {
+  /** One publish, resolved by its confirm; a nack (or the batch's close or timeout, through `waiting`) rejects it. */
+  #publish(channel: ConfirmChannel, o: Outgoing<T>, waiting: Set<(error: unknown) => void>): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      let done = false;
-      const timer = setTimeout(() => finish(new Error(`no confirm within ${this.#timeoutMs} ms`)), this.#timeoutMs);
-      const onClose = () => finish(new Error('the channel closed before the confirm'));
       const finish = (error: unknown) => {
-        if (done) return;
-        done = true;
-        clearTimeout(timer);
-        channel.off('close', onClose);
+        if (!waiting.delete(finish)) return;
         if (error === null || error === undefined) resolve();
         else reject(error);
       };
-      channel.once('close', onClose);
+      waiting.add(finish);
       try {
         channel.publish(
           this.#exchange,
@@ -348,10 +356,7 @@ export class RabbitSink<T = unknown> implements Sink<T> {
             contentType: this.#contentType,
             headers: o.headers,
           },
-          (err) =>
-            finish(
-              err === null || err === undefined ? undefined : new Error(`nack'ed by the broker: ${messageOf(err)}`),
-            ),
+          (err) => finish(err === null || err === undefined ? undefined : new Error(`nack'ed by the broker: ${messageOf(err)}`)),
         );
       } catch (error) {
         finish(error);

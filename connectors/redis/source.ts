@@ -170,6 +170,7 @@ export class RedisSource<T = unknown> implements Source<T> {
   #started = false;
   #closed = false;
   readonly #pending = new Map<string, Held>();
+  #acks: string[] = [];
   readonly #stats = { received: 0, published: 0, acked: 0, retried: 0, claimed: 0, terminated: 0, reads: 0 };
   #wake: (() => void) | undefined;
   readonly #timers = new Set<Timer>();
@@ -342,6 +343,7 @@ export class RedisSource<T = unknown> implements Source<T> {
     this.#timers.clear();
     this.#wake?.();
     this.#pending.clear();
+    this.#flushAcks();
     // A blocked read ends with its connection; what it returns later is never delivered.
     this.#reader?.disconnect();
     await closeRedis(this.#held);
@@ -550,11 +552,20 @@ export class RedisSource<T = unknown> implements Source<T> {
   #ack(held: Held): void {
     if (this.#pending.get(held.id) === held) this.#pending.delete(held.id);
     this.#stats.acked++;
-    (this.#held as HeldRedis).redis.call('XACK', this.#stream, this.#group, held.id).catch((error: unknown) => {
-      // Unacknowledged, it stays pending: claimed again after the idle time (at-least-once).
-      if (!this.#closed) this.#log.warn(`${this.name}: XACK of ${held.id} failed: ${messageOf(error)}`);
-    });
+    // Acks of one turn of the event loop go out as one XACK.
+    this.#acks.push(held.id);
+    if (this.#acks.length === 1) setImmediate(() => this.#flushAcks());
     this.#wake?.();
+  }
+
+  #flushAcks(): void {
+    const ids = this.#acks;
+    if (ids.length === 0) return;
+    this.#acks = [];
+    (this.#held as HeldRedis).redis.call('XACK', this.#stream, this.#group, ...ids).catch((error: unknown) => {
+      // Unacknowledged, they stay pending: claimed again after the idle time (at-least-once).
+      if (!this.#closed) this.#log.warn(`${this.name}: XACK of ${ids.length} entries failed: ${messageOf(error)}`);
+    });
   }
 
   /** An input's last reference came back: XACK, claim again after a backoff, or give up. */
