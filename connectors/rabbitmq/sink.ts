@@ -356,7 +356,10 @@ export class RabbitSink<T = unknown> implements Sink<T> {
             contentType: this.#contentType,
             headers: o.headers,
           },
-          (err) => finish(err === null || err === undefined ? undefined : new Error(`nack'ed by the broker: ${messageOf(err)}`)),
+          (err) =>
+            finish(
+              err === null || err === undefined ? undefined : new Error(`nack'ed by the broker: ${messageOf(err)}`),
+            ),
         );
       } catch (error) {
         finish(error);

@@ -390,14 +390,16 @@ export class RabbitSource<T = unknown> implements Source<T> {
       while (this.#inbox.length > 0 && !this.#closed) {
         const held = this.#inbox.shift() as Held;
         if (held.generation !== this.#generation) continue;
-        await this.#deliver(held);
+        const waiting = this.#deliver(held);
+        if (waiting !== undefined) await waiting;
       }
     } finally {
       this.#draining = false;
     }
   }
 
-  async #deliver(held: Held): Promise<void> {
+  /** Publishes one message; undefined when the mailboxes took it at once, else when they will. */
+  #deliver(held: Held): Promise<void> | undefined {
     const msg = held.msg;
     const p = msg.properties;
     let data: unknown;
@@ -412,8 +414,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
       );
     } catch (error) {
       // Decoding again gives the same answer: given up at once, never requeued.
-      await this.#giveUp(held, error);
-      return;
+      return this.#giveUp(held, error);
     }
     const headers = headersOf(msg);
     headers[STREAM_HEADERS.stream] = this.#queue;
@@ -425,21 +426,26 @@ export class RabbitSource<T = unknown> implements Source<T> {
     if (typeof p.timestamp === 'number') options.eventTime = p.timestamp * 1_000;
     const key = p.headers?.['sluice-key'];
     if (typeof key === 'string') options.key = key;
-    try {
-      await publishDelivery(
-        (this.#host as SourceHost).bus,
-        this.#client as BusClient,
-        this.#subject,
-        data,
-        options,
-        held.attempt,
-      );
-    } catch (error) {
-      held.lineage.release(error);
-      return;
+    const accepted = publishDelivery(
+      (this.#host as SourceHost).bus,
+      this.#client as BusClient,
+      this.#subject,
+      data,
+      options,
+      held.attempt,
+    );
+    if (accepted === undefined) {
+      this.#stats.published++;
+      held.lineage.release();
+      return undefined;
     }
-    this.#stats.published++;
-    held.lineage.release();
+    return accepted.then(
+      () => {
+        this.#stats.published++;
+        held.lineage.release();
+      },
+      (error: unknown) => held.lineage.release(error),
+    );
   }
 
   /** An input's last reference came back: ack, requeue after a backoff, or give up. */

@@ -4,8 +4,8 @@
  * kept in the embedded store so that a replay is skipped (Redis itself keeps no message ids). See
  * docs/redis.md.
  */
-import { codecOf, encodeWith } from '../../runtime/codec.ts';
-import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
+import { codecOf, encodeWith, jsonCodec } from '../../runtime/codec.ts';
+import { ClosedError, ConnectorError, EncodeError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
 import type { Sink, SinkRecord } from '../../runtime/sinks/sink.ts';
 import type { Store } from '../../runtime/store/types.ts';
@@ -180,13 +180,12 @@ export class RedisSink<T = unknown> implements Sink<T> {
         continue;
       }
       const stream = this.#stream(record);
-      const bytes = encodeWith(this.#codec, record.value, stream);
       const args: (string | number | Buffer)[] = [
         stream,
         ...this.#trim,
         '*',
         this.#field,
-        Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+        this.#payload(record.value, stream),
       ];
       args.push(REDIS_FIELDS.idempotencyKey, record.key);
       if (record.revision !== undefined) args.push(REDIS_FIELDS.revision, String(record.revision));
@@ -240,6 +239,24 @@ export class RedisSink<T = unknown> implements Sink<T> {
         retryable: true,
       });
     }
+  }
+
+  /**
+   * The payload field's value: JSON as a string, which the client writes as UTF-8 without the
+   * copies of an encoded buffer (the bytes jsonCodec would give); other codecs' bytes as a Buffer.
+   */
+  #payload(value: unknown, stream: string): string | Buffer {
+    if (this.#codec === jsonCodec) {
+      let text: string | undefined;
+      try {
+        text = JSON.stringify(value);
+      } catch (error) {
+        throw new EncodeError(stream, 'json', error);
+      }
+      return text ?? 'null';
+    }
+    const bytes = encodeWith(this.#codec, value, stream);
+    return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   }
 
   #committed(record: SinkRecord<T>): boolean {

@@ -454,12 +454,18 @@ export class RedisSource<T = unknown> implements Source<T> {
         }
         cursor = (entries[entries.length - 1] as Entry)[0].toString();
         const counts = await this.#deliveryCounts(entries).catch(() => new Map<string, number>());
-        for (const e of entries) await this.#deliver(e, counts.get(e[0].toString()) ?? 2);
+        for (const e of entries) {
+          const waiting = this.#deliver(e, counts.get(e[0].toString()) ?? 2);
+          if (waiting !== undefined) await waiting;
+        }
         continue;
       }
       if (entries.length === 0) continue;
       this.#serverLag = Math.max(0, this.#serverLag - entries.length);
-      for (const e of entries) await this.#deliver(e, 1);
+      for (const e of entries) {
+        const waiting = this.#deliver(e, 1);
+        if (waiting !== undefined) await waiting;
+      }
       if (this.#serverLag === 0) void this.#refreshLag();
     }
   }
@@ -480,7 +486,8 @@ export class RedisSource<T = unknown> implements Source<T> {
     return new Map(rows.map((r) => [r[0], Number(r[3])]));
   }
 
-  async #deliver(entry: Entry, attempt: number): Promise<void> {
+  /** Publishes one entry; undefined when the mailboxes took it at once, else when they will. */
+  #deliver(entry: Entry, attempt: number): Promise<void> | undefined {
     this.#stats.received++;
     const id = entry[0].toString();
     const fields = entry[1];
@@ -488,7 +495,7 @@ export class RedisSource<T = unknown> implements Source<T> {
     if (fields === null) {
       // Deleted (XDEL, trimmed) while pending: nothing to deliver, nothing to keep pending.
       this.#ack(held);
-      return;
+      return undefined;
     }
     const headers: Record<string, string> = {};
     let payload: Buffer | undefined;
@@ -512,8 +519,7 @@ export class RedisSource<T = unknown> implements Source<T> {
       data = this.#codec.decode(new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength), this.#subject);
     } catch (error) {
       // Decoding again gives the same answer: dead-lettered at once, never delivered again.
-      await this.#giveUp(held, error);
-      return;
+      return this.#giveUp(held, error);
     }
     headers[STREAM_HEADERS.stream] = this.#stream;
     headers[STREAM_HEADERS.sequence] = id;
@@ -524,14 +530,19 @@ export class RedisSource<T = unknown> implements Source<T> {
     };
     if (key !== undefined) options.key = key;
     const host = this.#host as SourceHost;
-    try {
-      await publishDelivery(host.bus, this.#client as BusClient, this.#subject, data, options, attempt);
-    } catch (error) {
-      held.lineage.release(error);
-      return;
+    const accepted = publishDelivery(host.bus, this.#client as BusClient, this.#subject, data, options, attempt);
+    if (accepted === undefined) {
+      this.#stats.published++;
+      held.lineage.release();
+      return undefined;
     }
-    this.#stats.published++;
-    held.lineage.release();
+    return accepted.then(
+      () => {
+        this.#stats.published++;
+        held.lineage.release();
+      },
+      (error: unknown) => held.lineage.release(error),
+    );
   }
 
   #hold(id: string, attempt: number): Held {
@@ -618,7 +629,8 @@ export class RedisSource<T = unknown> implements Source<T> {
       this.#wake?.();
       return;
     }
-    await this.#deliver(entry, held.attempt + 1);
+    const waiting = this.#deliver(entry, held.attempt + 1);
+    if (waiting !== undefined) await waiting;
   }
 
   /**
@@ -648,7 +660,8 @@ export class RedisSource<T = unknown> implements Source<T> {
     const counts = await this.#deliveryCounts(entries).catch(() => new Map<string, number>());
     for (const e of entries) {
       if (this.#closed) return;
-      await this.#deliver(e, counts.get(e[0].toString()) ?? 2);
+      const waiting = this.#deliver(e, counts.get(e[0].toString()) ?? 2);
+      if (waiting !== undefined) await waiting;
     }
   }
 

@@ -6,7 +6,7 @@
  */
 import type { Bus, BusClient } from '../bus/bus.ts';
 import { checkHeaders, createEnvelope, type PublishOptions } from '../envelope.ts';
-import { ClosedError } from '../errors.ts';
+import { ClosedError, StreamError } from '../errors.ts';
 import type { Lineage } from '../lineage.ts';
 
 /**
@@ -65,10 +65,11 @@ export class SettleLineage implements Lineage {
 }
 
 /**
- * @internal Publishes a broker message at the broker's delivery count `attempt`. A first delivery
- * goes through the source's client as any publish; a message the broker delivers again carries
- * its count as `env.attempt` (a client refuses an attempt above 1, so that no publisher can forge
- * one), as a stream consumer's redelivery does, so an actor's retries count on from the broker's.
+ * @internal Publishes a broker message at the broker's delivery count `attempt`: undefined when
+ * every mailbox took it at once, else a promise that resolves once they did. A first delivery goes
+ * through the source's client as any publish; a message the broker delivers again carries its
+ * count as `env.attempt` (a client refuses an attempt above 1, so that no publisher can forge one),
+ * as a stream consumer's redelivery does, so an actor's retries count on from the broker's.
  */
 export function publishDelivery(
   bus: Bus,
@@ -77,8 +78,16 @@ export function publishDelivery(
   data: unknown,
   options: PublishOptions,
   attempt: number,
-): Promise<void> {
-  if (attempt <= 1) return client.publish(subject, data, options);
+): Promise<void> | undefined {
+  if (attempt <= 1) {
+    // Fast path, no promise: every mailbox takes it now (a captured subject must wait for its append).
+    try {
+      if (client.tryPublish(subject, data, options)) return undefined;
+    } catch (error) {
+      if (!(error instanceof StreamError)) return Promise.reject(error);
+    }
+    return client.publish(subject, data, options);
+  }
   try {
     if (bus.refusal !== undefined) throw new ClosedError('bus', bus.refusal);
     const headers = checkHeaders(options.headers ?? {}, `${client.name}.headers`);

@@ -128,9 +128,19 @@ const rawRedisConsume: Contender = async (n) => {
       let count = 0;
       let sum = 0;
       while (count < n) {
-        const reply = (await client.callBuffer('XREADGROUP', 'GROUP', 'raw', 'c', 'COUNT', READ, 'BLOCK', 1000, 'STREAMS', key, '>')) as
-          | [Buffer, [Buffer, Buffer[]][]][]
-          | null;
+        const reply = (await client.callBuffer(
+          'XREADGROUP',
+          'GROUP',
+          'raw',
+          'c',
+          'COUNT',
+          READ,
+          'BLOCK',
+          1000,
+          'STREAMS',
+          key,
+          '>',
+        )) as [Buffer, [Buffer, Buffer[]][]][] | null;
         const entries = reply?.[0]?.[1] ?? [];
         const ids: Buffer[] = [];
         for (const [id, fields] of entries) {
@@ -237,7 +247,8 @@ const sluiceRabbitPublish: Contender = async (n) => {
 
 async function filledQueue(n: number): Promise<string> {
   const q = await freshQueue('in');
-  for (let i = 0; i < n; i++) admin.sendToQueue(q, ENCODED[i % POOL] as Buffer, { persistent: true, messageId: `o/${i}` });
+  for (let i = 0; i < n; i++)
+    admin.sendToQueue(q, ENCODED[i % POOL] as Buffer, { persistent: true, messageId: `o/${i}` });
   await admin.waitForConfirms();
   return q;
 }
