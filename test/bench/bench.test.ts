@@ -4,6 +4,8 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { expect, test } from 'vitest';
 import { natsServerMissing } from '../services/natsServer.ts';
+import { rabbitMissing } from '../services/rabbitmq.ts';
+import { redisMissing } from '../services/redis.ts';
 import { defineBench, expectCount, parseBenchOptions, runBench } from './harness.ts';
 
 // Smoke runs only: speed is never asserted, the benchmarks' own figures are for people to read.
@@ -73,27 +75,37 @@ test('the durable bench runs publish, consume and the at-least-once and exactly-
   }
 });
 
+/** Runs `bench` with --quick and checks its JSON line: these cases, each with a raw and a sluice figure. */
+async function expectSluiceAndRaw(bench: string, cases: readonly string[]): Promise<void> {
+  const { stdout } = await run(
+    process.execPath,
+    [tsx, '--conditions=sluice-source', 'test/bench/run.ts', bench, '--quick'],
+    { cwd: root, maxBuffer: 16 * 1024 * 1024 },
+  );
+  const last = JSON.parse(stdout.trimEnd().split('\n').at(-1) as string) as {
+    bench: string;
+    results: Record<string, Record<string, number>>;
+  };
+  expect(last.bench).toBe(bench);
+  expect(Object.keys(last.results).sort()).toEqual([...cases].sort());
+  for (const c of cases) {
+    expect(Object.keys(last.results[c] ?? {}).sort(), c).toEqual(['raw', 'sluice']);
+    for (const who of ['raw', 'sluice']) expect(last.results[c]?.[who], `${c}/${who}`).toBeGreaterThan(0);
+  }
+}
+
 test.skipIf(natsServerMissing('the nats bench test') !== undefined)(
   'the nats bench runs publish, subscribe, jetstream-publish and jetstream-consume, sluice and raw, and ends with its JSON line',
   { timeout: 120_000 },
-  async () => {
-    const { stdout } = await run(
-      process.execPath,
-      [tsx, '--conditions=sluice-source', 'test/bench/run.ts', 'nats', '--quick'],
-      { cwd: root, maxBuffer: 16 * 1024 * 1024 },
-    );
-    const last = JSON.parse(stdout.trimEnd().split('\n').at(-1) as string) as {
-      bench: string;
-      results: Record<string, Record<string, number>>;
-    };
-    expect(last.bench).toBe('nats');
-    const cases = ['jetstream-consume', 'jetstream-publish', 'publish', 'subscribe'];
-    expect(Object.keys(last.results).sort()).toEqual(cases);
-    for (const c of cases) {
-      expect(Object.keys(last.results[c] ?? {}).sort(), c).toEqual(['raw', 'sluice']);
-      for (const who of ['raw', 'sluice']) expect(last.results[c]?.[who], `${c}/${who}`).toBeGreaterThan(0);
-    }
-  },
+  () => expectSluiceAndRaw('nats', ['jetstream-consume', 'jetstream-publish', 'publish', 'subscribe']),
+);
+
+const brokersMissing =
+  (await redisMissing('the brokers bench test')) ?? (await rabbitMissing('the brokers bench test'));
+test.skipIf(brokersMissing !== undefined)(
+  'the brokers bench runs publish and consume of Redis Streams and RabbitMQ, sluice and raw, and ends with its JSON line',
+  { timeout: 120_000 },
+  () => expectSluiceAndRaw('brokers', ['rabbitmq-consume', 'rabbitmq-publish', 'redis-consume', 'redis-publish']),
 );
 
 test('an unknown benchmark name is refused with the list of benchmarks', async () => {
