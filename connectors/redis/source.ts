@@ -466,7 +466,7 @@ export class RedisSource<T = unknown> implements Source<T> {
         const waiting = this.#deliver(e, 1);
         if (waiting !== undefined) await waiting;
       }
-      if (this.#serverLag === 0) void this.#refreshLag();
+      if (this.#serverLag === 0) this.#refreshLag().catch(() => undefined);
     }
   }
 
