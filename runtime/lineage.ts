@@ -28,6 +28,46 @@ export interface Lineage {
   releaseAbsorbed(error?: unknown): void;
 }
 
+/** What a {@link SourceLineage} tells its source. */
+export interface SourceSettlement<D> {
+  /** Every reference to the message `delivery` came back: `error` is the first failure, if any. */
+  sourceSettled(delivery: D, lineage: SourceLineage<D>, error: unknown): void;
+}
+
+/**
+ * @internal The lineage a source gives a message it delivers (a stream consumer's push, a broker
+ * connector's message): the bus and the actors retain and release it as any lineage, and when the
+ * last reference comes back the message is settled, which the source turns into an ack, or a nack
+ * when one came back with an error. The source and its delivery are private: whoever gets the
+ * message cannot reach them.
+ */
+export class SourceLineage<D> implements Lineage {
+  readonly ids: readonly string[];
+  readonly #source: SourceSettlement<D>;
+  readonly #delivery: D;
+  #refs = 1;
+  #error: unknown = undefined;
+  constructor(source: SourceSettlement<D>, delivery: D, id: string) {
+    this.#source = source;
+    this.#delivery = delivery;
+    this.ids = [id];
+  }
+  retain(): void {
+    this.#refs++;
+  }
+  absorb(): void {
+    this.#refs++;
+  }
+  release(error?: unknown): void {
+    if (error !== undefined && this.#error === undefined) this.#error = error;
+    if (this.#refs === 0) return;
+    if (--this.#refs === 0) this.#source.sourceSettled(this.#delivery, this, this.#error);
+  }
+  releaseAbsorbed(error?: unknown): void {
+    this.release(error);
+  }
+}
+
 /** How an input ended. */
 export type Outcome = 'acked' | 'dropped' | 'failed' | 'dead-lettered';
 

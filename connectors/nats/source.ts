@@ -32,7 +32,7 @@ import {
   SluiceError,
   StreamError,
 } from '../../runtime/errors.ts';
-import type { Lineage } from '../../runtime/lineage.ts';
+import { SourceLineage } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
@@ -772,13 +772,13 @@ export class NatsSource<T = unknown> implements Source<T> {
       data: m.data,
       lineage: undefined as unknown as AckLineage,
     };
-    held.lineage = new AckLineage(this, held);
+    held.lineage = new SourceLineage<Held>(this, held, `nats/${held.seq}`);
     this.#pending.set(m.seq, held);
     return held;
   }
 
   /** @internal An input's last reference came back: ack, nak with backoff, or give up. */
-  settled(held: Held, error: unknown): void {
+  sourceSettled(held: Held, _lineage: AckLineage, error: unknown): void {
     if (this.#pending.get(held.seq) !== held) return;
     if (error === undefined) {
       this.#pending.delete(held.seq);
@@ -915,36 +915,10 @@ interface Held {
 }
 
 /**
- * The source's reference to a message on the bus: retained by each mailbox that took it (and by
- * what derives from it), as any lineage (docs/settlement.md). When the last reference comes back
- * the message is settled: acked, or nak'ed when one came back with an error.
+ * The source's reference to a message on the bus (docs/settlement.md): when the last reference
+ * comes back the message is settled, acked, or nak'ed when one came back with an error.
  */
-class AckLineage implements Lineage {
-  readonly ids: readonly string[];
-  readonly #source: NatsSource<unknown>;
-  readonly #held: Held;
-  #refs = 1;
-  #error: unknown = undefined;
-  constructor(source: NatsSource<unknown>, held: Held) {
-    this.#source = source;
-    this.#held = held;
-    this.ids = [`nats/${held.seq}`];
-  }
-  retain(): void {
-    this.#refs++;
-  }
-  absorb(): void {
-    this.#refs++;
-  }
-  release(error?: unknown): void {
-    if (error !== undefined && this.#error === undefined) this.#error = error;
-    if (this.#refs === 0) return;
-    if (--this.#refs === 0) this.#source.settled(this.#held, this.#error);
-  }
-  releaseAbsorbed(error?: unknown): void {
-    this.release(error);
-  }
-}
+type AckLineage = SourceLineage<Held>;
 
 /**
  * Messages the mailboxes reached by `subject` can take now: the least over the plain

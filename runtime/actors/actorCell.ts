@@ -517,7 +517,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
       this.#mailbox.depth !== 0 ||
       this.#inputs.inFlight >= this.#maxInFlight ||
       this.#inputs.parked >= this.#maxInFlight ||
-      (this.#checkpoint !== undefined && this.#checkpoint.due) ||
+      this.#checkpoint?.due ||
       !spend()
     ) {
       return false;

@@ -6,7 +6,7 @@ import { subjectMatches, validateSubject } from '../bus/subjects.ts';
 import type { Clock, Timer } from '../clock.ts';
 import { createEnvelope, type Envelope } from '../envelope.ts';
 import { type CorruptRecordError, messageOf, OptionsError, SluiceError, StreamError } from '../errors.ts';
-import type { Lineage } from '../lineage.ts';
+import { SourceLineage } from '../lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../options.ts';
 import type { LogEntry, Store, StoreBatch } from '../store/types.ts';
 import type { Telemetry } from '../telemetry.ts';
@@ -66,36 +66,10 @@ class Delivery {
 }
 
 /**
- * The source reference of a pushed message: the bus and the actor retain and release it as any
- * lineage (docs/settlement.md). When the last reference is given back the message is settled:
- * acked, or nacked when one came back with an error.
+ * The source reference of a pushed message (docs/settlement.md): when the last reference is given
+ * back the message is settled, acked, or nacked when one came back with an error.
  */
-class PushLineage implements Lineage {
-  readonly ids: readonly string[];
-  readonly #consumer: ConsumerImpl;
-  readonly #delivery: Delivery;
-  #refs = 1;
-  #error: unknown = undefined;
-  constructor(consumer: ConsumerImpl, delivery: Delivery, id: string) {
-    this.#consumer = consumer;
-    this.#delivery = delivery;
-    this.ids = [id];
-  }
-  retain(): void {
-    this.#refs++;
-  }
-  absorb(): void {
-    this.#refs++;
-  }
-  release(error?: unknown): void {
-    if (error !== undefined && this.#error === undefined) this.#error = error;
-    if (this.#refs === 0) return;
-    if (--this.#refs === 0) this.#consumer.pushSettled(this.#delivery, this, this.#error);
-  }
-  releaseAbsorbed(error?: unknown): void {
-    this.release(error);
-  }
-}
+type PushLineage = SourceLineage<Delivery>;
 
 class Message<T> implements StreamMessage<T> {
   readonly seq: number;
@@ -393,7 +367,7 @@ export class ConsumerImpl<T = unknown> {
     d.timer = this.#deps.clock.setTimeout(() => this.#expired(d, attempt), this.#ackWait(attempt));
   }
 
-  pushSettled(d: Delivery, lineage: PushLineage, error: unknown): void {
+  sourceSettled(d: Delivery, lineage: PushLineage, error: unknown): void {
     if (d.push !== lineage) return;
     if (error === undefined) this.ackDelivery(d);
     else this.nackDelivery(d, d.attempt, this.#redeliveryDelay(d.attempt), error);
@@ -467,7 +441,7 @@ export class ConsumerImpl<T = unknown> {
         if (taken === undefined) break;
         const [d, stored] = taken;
         this.#pushedInTurn++;
-        const lineage = new PushLineage(this as ConsumerImpl, d, stored.i);
+        const lineage = new SourceLineage<Delivery>(this as ConsumerImpl, d, stored.i);
         d.push = lineage;
         const env = this.#source.envelope(d.seq, stored, d.attempt, lineage);
         let accepted: Promise<void>;
