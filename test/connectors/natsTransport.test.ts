@@ -15,6 +15,7 @@ import {
   OptionsError,
   PermissionError,
   type Runtime,
+  type RuntimeOptions,
   StreamError,
   TimeoutError,
 } from 'sluice';
@@ -55,7 +56,7 @@ describe.skipIf(missing !== undefined)('NATS transport', () => {
     await server?.stop();
   });
 
-  async function node(options: NatsTransportOptions = {}, streams?: Parameters<typeof createRuntime>[0]['streams']) {
+  async function node(options: NatsTransportOptions = {}, streams?: RuntimeOptions['streams']) {
     const transport = natsTransport({ servers: server.url, ...options });
     const rt = createRuntime({ transport, logger: quiet, shutdownDeadlineMs: 2_000, streams });
     onTestFinished(async () => {
@@ -124,7 +125,7 @@ describe.skipIf(missing !== undefined)('NATS transport', () => {
     const counts = [0, 0, 0];
     nodes.forEach((n, i) => {
       n.rt.spawn(
-        actor<number>({
+        actor<number, void>({
           name: 'worker',
           subscribe: 'qg.jobs',
           queue: 'workers',
@@ -204,7 +205,7 @@ describe.skipIf(missing !== undefined)('NATS transport', () => {
     const handled: number[] = [];
     let failOnce = true;
     consumer.rt.spawn(
-      actor<number>({
+      actor<number, void>({
         name: 'billing',
         subscribe: durable('TORDERS', { consumer: 'billing', filter: 'torders.new', backoff: [50] }),
         handle: (env) => {
