@@ -8,6 +8,8 @@
  * `window-fired`, `after-write:<sink>` (written, not yet acknowledged) and `mid-batch:<sink>` (half
  * of a batch published), it is started again each time; the harness then reads AGG and XFORM.
  *
+ * Both consumers deliver without limit (`max_deliver: -1`): JetStream counts a delivery to a process
+ * that died before it saw the message, and drops a message that reached max_deliver that way.
  * Each start resumes the window consumer from its acknowledgement floor, in stream order: JetStream
  * would otherwise deliver new messages first and the dead process's unacknowledged ones only after
  * their ack wait, behind the watermark. A window not written yet holds all its inputs unacknowledged,
@@ -44,6 +46,17 @@ await jsm.consumers.add('EVENTS', {
   deliver_policy: DeliverPolicy.StartSequence,
   opt_start_seq: floor + 1,
 });
+// JetStream counts a delivery to a process that died before it saw the message: with a finite
+// max_deliver, messages in flight through that many kills would be dropped by the server.
+if ((await jsm.consumers.info('EVENTS', 'transform').catch(() => undefined)) === undefined) {
+  await jsm.consumers.add('EVENTS', {
+    durable_name: 'transform',
+    ack_policy: AckPolicy.Explicit,
+    ack_wait: 2_000_000_000,
+    max_ack_pending: 4_000,
+    max_deliver: -1,
+  });
+}
 await admin.close();
 
 const store = new LmdbStore({ path: join(dir, 'store') });
@@ -58,7 +71,7 @@ const windowsIn = natsSource<CrashEvent>({
 });
 const transformIn = natsSource<CrashEvent>({
   connection,
-  jetstream: { stream: 'EVENTS', consumer: 'transform', ackWaitMs: 2_000, maxAckPending: 4_000, fetchBatch: 1_000 },
+  jetstream: { stream: 'EVENTS', consumer: 'transform', create: false, fetchBatch: 1_000 },
   subject: 'events.transform',
   lagRefreshMs: 100,
 });
