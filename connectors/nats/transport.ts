@@ -590,7 +590,12 @@ export class NatsTransport implements Transport {
   async stopDurables(): Promise<void> {
     const all = [...this.#durables.values()];
     this.#durables.clear();
-    await Promise.all(all.map(async (d) => (await d.started, await d.source?.close())));
+    await Promise.all(
+      all.map(async (d) => {
+        await d.started;
+        await d.source?.close();
+      }),
+    );
   }
 
   /** Stops the durable subscriptions, ends the subscriptions and closes the connection (after a flush). */

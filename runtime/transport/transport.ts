@@ -7,13 +7,7 @@
  * broker's client: the transport brings it.
  */
 import type { Logger } from '../actors/actor.ts';
-import {
-  Bus,
-  type BusOptions,
-  type ClientImpl,
-  type RequestManyLimits,
-  type Route,
-} from '../bus/bus.ts';
+import { Bus, type BusOptions, type ClientImpl, type RequestManyLimits, type Route } from '../bus/bus.ts';
 import type { Match } from '../bus/subjects.ts';
 import type { Clock } from '../clock.ts';
 import type { Envelope } from '../envelope.ts';
