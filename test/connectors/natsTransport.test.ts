@@ -8,6 +8,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { connect, headers } from '@nats-io/transport-node';
 import {
   actor,
+  Bus,
   createRuntime,
   durable,
   type Envelope,
@@ -18,6 +19,7 @@ import {
   type RuntimeOptions,
   StreamError,
   TimeoutError,
+  TransportBus,
 } from 'sluice';
 import { type NatsTransport, type NatsTransportOptions, natsTransport } from 'sluice/connectors/nats';
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
@@ -34,6 +36,18 @@ describe('NATS transport options (no server)', () => {
     expect(() => natsTransport({ codec: 'yaml' as never })).toThrow(/natsTransport.codec/);
     expect(() => natsTransport({ servers: [] })).toThrow(/natsTransport.servers/);
     expect(() => natsTransport({ user: 'a', token: 'b' })).toThrow(OptionsError);
+  });
+
+  test('without a transport the runtime makes the plain in-memory Bus; with one, a TransportBus', async () => {
+    const plain = createRuntime({ logger: quiet });
+    expect(Object.getPrototypeOf(plain.bus)).toBe(Bus.prototype);
+    const t = natsTransport({ servers: 'nats://127.0.0.1:1', reconnect: { maxAttempts: 0 }, timeoutMs: 200 });
+    const remote = createRuntime({ transport: t, logger: quiet });
+    expect(remote.bus).toBeInstanceOf(TransportBus);
+    expect(() => createRuntime({ transport: t, bus: new Bus() })).toThrow(/runtime.bus/);
+    await t.ready().catch(() => undefined);
+    await Promise.all([plain.stop(), remote.stop()]);
+    await t.close();
   });
 
   test('a runtime on a transport takes bus options, not a bus, and has no store streams', async () => {
