@@ -99,7 +99,7 @@ export interface RequestManyOptions extends PublishOptions {
   sentinel?: (reply: Envelope) => boolean;
 }
 
-/** @internal A requestMany's options, checked. */
+/** A requestMany's limits, checked: what the bus (or its transport) collects replies by. */
 export interface RequestManyLimits {
   readonly timeoutMs: number;
   readonly maxReplies: number;

@@ -114,15 +114,18 @@ export class TransportBus extends Bus {
     });
   }
 
-  /** Validates the subject as the bus does; a remote subject reaches the transport, whoever listens. */
+  /** @internal Validates the subject as the bus does; a remote subject reaches the transport, whoever listens. */
   override lookup(subject: string): Match<Route> {
     if (isLocal(subject)) return this.local.lookup(subject);
     super.lookup(subject);
     return REMOTE_MATCH;
   }
 
+  /** @internal */
   override route(env: Envelope, wait: true, match?: Match<Route>): Promise<void>;
+  /** @internal */
   override route(env: Envelope, wait: false, match?: Match<Route>): boolean;
+  /** @internal */
   override route(env: Envelope, wait: boolean, match?: Match<Route>): Promise<void> | boolean {
     if (isLocal(env.subject)) return wait ? this.local.route(env, true, match) : this.local.route(env, false, match);
     if (match !== undefined && match !== REMOTE_MATCH) {
@@ -132,6 +135,7 @@ export class TransportBus extends Bus {
     return this.transport.publish(env, wait);
   }
 
+  /** @internal */
   override addRoute(pattern: string, route: Route): () => void {
     if (isLocal(pattern)) return this.local.addRoute(pattern, route);
     const remove = this.transport.subscribe(pattern, route);
@@ -148,10 +152,12 @@ export class TransportBus extends Bus {
     return isLocal(subject) ? this.local.hasSubscribers(subject) : true;
   }
 
+  /** @internal */
   override requestVia(_client: ClientImpl, env: Envelope, _subject: string, timeoutMs: number): Promise<Envelope> {
     return this.transport.request(env, timeoutMs);
   }
 
+  /** @internal */
   override requestManyVia(
     _client: ClientImpl,
     env: Envelope,
@@ -161,11 +167,12 @@ export class TransportBus extends Bus {
     return this.transport.requestMany(env, limits);
   }
 
-  /** The broker's reply subjects of requests received here count as this bus's own inboxes. */
+  /** @internal The broker's reply subjects of requests received here count as this bus's own inboxes. */
   override isInbox(subject: string): boolean {
     return super.isInbox(subject) || this.transport.awaitsReply(subject);
   }
 
+  /** @internal */
   override awaitsReply(subject: string): boolean {
     return super.awaitsReply(subject) || this.transport.awaitsReply(subject);
   }
