@@ -24,7 +24,17 @@ export {
   DEFAULT_RETRY,
   restartLimitActions,
 } from './actors/supervisor.ts';
-export type { BusClient, BusOptions, PayloadMeasure, QueueStrategy, RequestOptions, SubjectRef } from './bus/bus.ts';
+export type {
+  BusClient,
+  BusOptions,
+  PayloadMeasure,
+  QueueStrategy,
+  RequestManyLimits,
+  RequestManyOptions,
+  RequestOptions,
+  Route,
+  SubjectRef,
+} from './bus/bus.ts';
 export { Bus, DEFAULT_BUS_OPTIONS, payloadMeasures, queueStrategies } from './bus/bus.ts';
 export type { DropReason, MailboxOptions, OverflowPolicy } from './bus/mailbox.ts';
 export { DEFAULT_MAILBOX_OPTIONS, Mailbox, overflowPolicies } from './bus/mailbox.ts';
@@ -118,3 +128,5 @@ export type {
 export { durable, STREAM_HEADERS } from './streams/index.ts';
 export type { Counters } from './telemetry.ts';
 export { Telemetry } from './telemetry.ts';
+export type { Transport, TransportHost } from './transport/transport.ts';
+export { LOCAL_PREFIX, TransportBus } from './transport/transport.ts';

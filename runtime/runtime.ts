@@ -8,6 +8,7 @@ import type { Store } from './store/types.ts';
 import { Streams } from './streams/index.ts';
 import type { Stream, StreamConfig } from './streams/types.ts';
 import { Telemetry } from './telemetry.ts';
+import { type Transport, TransportBus } from './transport/transport.ts';
 
 export interface RuntimeOptions {
   /** Processing time for every timeout, backoff and deadline. @default systemClock */
@@ -30,8 +31,18 @@ export interface RuntimeOptions {
    * tests). The runtime does not close it: the application does, after `stop()`.
    */
   store?: Store;
-  /** Streams defined at start, as by {@link Runtime.stream}. */
+  /**
+   * Streams defined at start, as by {@link Runtime.stream}; on a remote transport, the broker's
+   * durable subjects (JetStream streams on NATS).
+   */
   streams?: readonly StreamConfig[];
+  /**
+   * Where messages travel: the in-memory bus when not given, or a remote transport such as
+   * `natsTransport({...})` from `sluice/connectors/nats`, so that actors in several processes share
+   * subjects and queue groups. Durable subjects and `durable(...)` subscriptions are then the
+   * transport's. The application closes it after `stop()`.
+   */
+  transport?: Transport;
 }
 
 /** What an actor had left when a shutdown ended, and what became of it. */
@@ -142,6 +153,7 @@ const runtimeOptionKeys = optionKeys<keyof RuntimeOptions>({
   onEscalate: true,
   store: true,
   streams: true,
+  transport: true,
 });
 
 const stopOptionKeys = optionKeys<'deadlineMs'>({ deadlineMs: true });
@@ -163,6 +175,7 @@ class RuntimeImpl implements Runtime {
   readonly #onEscalate: (actor: string, error: RestartLimitError) => void;
   #stopping: Promise<ShutdownReport> | undefined;
   readonly #streams: Streams | undefined;
+  readonly #transport: Transport | undefined;
   readonly #checkpointDeps: CellDeps['checkpoints'];
   /** Ends the running drain now, as if its deadline had passed. */
   #forceStop: (() => void) | undefined;
@@ -170,14 +183,30 @@ class RuntimeImpl implements Runtime {
   constructor(options: RuntimeOptions) {
     this.clock = options.clock ?? systemClock;
     this.spawn = this.spawn.bind(this);
-    if (options.bus instanceof Bus) {
+    this.#log = options.logger ?? console;
+    this.#transport = options.transport;
+    if (options.transport !== undefined) {
+      if (options.bus instanceof Bus) {
+        throw new OptionsError(
+          'runtime.bus',
+          'with a transport, give bus options, not a bus: the runtime makes the bus of its transport',
+          'Bus',
+        );
+      }
+      this.telemetry = new Telemetry();
+      this.bus = new TransportBus(options.transport, {
+        ...options.bus,
+        clock: this.clock,
+        telemetry: this.telemetry,
+        log: this.#log,
+      });
+    } else if (options.bus instanceof Bus) {
       this.bus = options.bus;
       this.telemetry = options.bus.telemetry;
     } else {
       this.telemetry = new Telemetry();
       this.bus = new Bus({ ...options.bus, clock: this.clock, telemetry: this.telemetry });
     }
-    this.#log = options.logger ?? console;
     this.#random = options.random ?? Math.random;
     this.#deadlineMs = intOption('runtime.shutdownDeadlineMs', options.shutdownDeadlineMs, 10_000, 0);
     this.#onEscalate =
@@ -186,7 +215,10 @@ class RuntimeImpl implements Runtime {
         this.#log.error(`actor '${actor}' escalated: ${error.message}; stopping the runtime`);
         void this.stop();
       });
-    if (options.store !== undefined) {
+    if (this.#transport !== undefined) {
+      // Durable subjects are the transport's; the store (if any) still serves sinks and state.
+      for (const config of options.streams ?? []) this.#transport.defineStream(config);
+    } else if (options.store !== undefined) {
       this.#streams = new Streams({
         bus: this.bus,
         store: options.store,
@@ -209,6 +241,12 @@ class RuntimeImpl implements Runtime {
 
   stream(config: StreamConfig | string): Stream {
     const name = typeof config === 'string' ? config : String(config?.name);
+    if (this.#transport !== undefined) {
+      throw new StreamError(
+        name,
+        `on the '${this.#transport.name}' transport streams are the broker's: define them with createRuntime({ streams }) and read them with durable(...)`,
+      );
+    }
     if (this.#streams === undefined) {
       throw new StreamError(name, 'the runtime has no store: createRuntime({ store }) to use streams');
     }
@@ -232,6 +270,7 @@ class RuntimeImpl implements Runtime {
       random: this.#random,
       escalate: (name, error) => this.#onEscalate(name, error),
       durable: (ref) => {
+        if (this.#transport !== undefined) return this.#transport.durable(ref);
         if (this.#streams === undefined) {
           throw new StreamError(ref.stream, `actor '${actor.name}' subscribes durably, but the runtime has no store`);
         }
@@ -333,6 +372,7 @@ class RuntimeImpl implements Runtime {
     this.bus.refuse('the runtime is shutting down');
     // Stored messages are input from outside as well: actors drain what was pushed, no more.
     this.#streams?.quiesce();
+    this.#transport?.quiesce();
     let timedOut = false;
     let forced = false;
     let timer: Timer | undefined;
@@ -374,6 +414,7 @@ class RuntimeImpl implements Runtime {
     // Streams stop before actors let go of what they hold: a consumer's position keeps only what
     // settled by now, and what actors dead-letter as they stop is delivered again after a restart.
     await this.#streams?.close();
+    await this.#transport?.stopDurables();
 
     // What each actor has left now, before anything is dead-lettered.
     const cells = [...this.#cells.values()];

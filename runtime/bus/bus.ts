@@ -1,4 +1,4 @@
-import { type Clock, systemClock } from '../clock.ts';
+import { type Clock, systemClock, type Timer } from '../clock.ts';
 import { type Codec, encodeWith, msgpackCodec } from '../codec.ts';
 import {
   checkFields,
@@ -81,6 +81,32 @@ export interface RequestOptions extends PublishOptions {
   timeoutMs?: number;
 }
 
+/**
+ * When a scatter-gather request (`requestMany`) stops collecting: whichever comes first of the
+ * count, the time, a stall and the sentinel.
+ */
+export interface RequestManyOptions extends PublishOptions {
+  /** How long replies are collected, at most. @default the bus's requestTimeoutMs */
+  timeoutMs?: number;
+  /** Stop once this many replies came. @default no limit */
+  maxReplies?: number;
+  /** Stop when no reply came for this long since the last one (NATS's `stall` strategy). @default none */
+  stallMs?: number;
+  /**
+   * Stop at the first reply for which this returns true; that reply marks the end and is not
+   * collected (NATS's `sentinel` strategy, an empty payload there). @default none
+   */
+  sentinel?: (reply: Envelope) => boolean;
+}
+
+/** A requestMany's limits, checked: what the bus (or its transport) collects replies by. */
+export interface RequestManyLimits {
+  readonly timeoutMs: number;
+  readonly maxReplies: number;
+  readonly stallMs: number | undefined;
+  readonly sentinel: ((reply: Envelope) => boolean) | undefined;
+}
+
 /** A subject given by name or as a typed subject object. */
 export type SubjectRef<T> = string | TypedSubject<T>;
 
@@ -108,6 +134,16 @@ export interface BusClient {
   subscribe<T = unknown>(subject: SubjectRef<T>, options?: SubscriptionOptions<T>): Subscription<T>;
   /** Sends a request and resolves with the first reply; `NoRespondersError` when nothing listens. */
   request<Req, Res = unknown>(subject: SubjectRef<Req>, data: Req, options?: RequestOptions): Promise<Envelope<Res>>;
+  /**
+   * Scatter-gather: sends a request and collects the replies of every responder until `maxReplies`
+   * came, `timeoutMs` passed, no reply came for `stallMs`, or a reply matched `sentinel`; resolves
+   * with those replies in arrival order (none is no error). `NoRespondersError` when nothing listens.
+   */
+  requestMany<Req, Res = unknown>(
+    subject: SubjectRef<Req>,
+    data: Req,
+    options?: RequestManyOptions,
+  ): Promise<Envelope<Res>[]>;
   /** Replies to a request envelope on its `replyTo` subject. */
   respond<T>(request: Envelope, data: T, options?: PublishOptions): Promise<void>;
 }
@@ -134,6 +170,8 @@ export interface Route extends Routable {
   readonly handoff?: ((env: Envelope) => boolean) | undefined;
   /** Denied subjects of a wildcard subscription that overlaps a deny permission. */
   readonly filter: ((subject: string) => boolean) | undefined;
+  /** Messages after which the route removes itself (a subscription's `max`); a transport passes it on. */
+  readonly max?: number | undefined;
 }
 
 /** @internal What `route(env, true)` returns when every mailbox accepted at once: no need to await it. */
@@ -246,6 +284,13 @@ export class Bus implements BusClient {
   }
   request<Req, Res = unknown>(subject: SubjectRef<Req>, data: Req, options?: RequestOptions): Promise<Envelope<Res>> {
     return this.#root.request(subject, data, options);
+  }
+  requestMany<Req, Res = unknown>(
+    subject: SubjectRef<Req>,
+    data: Req,
+    options?: RequestManyOptions,
+  ): Promise<Envelope<Res>[]> {
+    return this.#root.requestMany(subject, data, options);
   }
   respond<T>(request: Envelope, data: T, options?: PublishOptions): Promise<void> {
     return this.#root.respond(request, data, options);
@@ -403,6 +448,43 @@ export class Bus implements BusClient {
       client.forward(env).catch((error: unknown) => {
         timer.cancel();
         this.#pendingRequests.delete(token);
+        reject(error);
+      });
+    });
+  }
+
+  /**
+   * @internal Collects the replies to `env` (whose `replyTo` is a fresh inbox) until one of
+   * `limits` ends it. Off the publish path: a reply reaches the collector through the inbox route.
+   */
+  requestManyVia(client: ClientImpl, env: Envelope, subject: string, limits: RequestManyLimits): Promise<Envelope[]> {
+    if (!this.hasSubscribers(subject)) return Promise.reject(new NoRespondersError(subject));
+    this.#ensureInbox();
+    const token = env.replyTo as string;
+    return new Promise<Envelope[]>((resolve, reject) => {
+      const replies: Envelope[] = [];
+      let stall: Timer | undefined;
+      const end = (): void => {
+        timer.cancel();
+        stall?.cancel();
+        this.#pendingRequests.delete(token);
+      };
+      const finish = (): void => {
+        end();
+        resolve(replies);
+      };
+      const timer = this.clock.setTimeout(finish, limits.timeoutMs);
+      this.#pendingRequests.set(token, (reply) => {
+        if (limits.sentinel?.(reply) === true) return finish();
+        replies.push(reply);
+        if (replies.length >= limits.maxReplies) return finish();
+        if (limits.stallMs !== undefined) {
+          stall?.cancel();
+          stall = this.clock.setTimeout(finish, limits.stallMs);
+        }
+      });
+      client.forward(env).catch((error: unknown) => {
+        end();
         reject(error);
       });
     });
@@ -575,6 +657,15 @@ function nameOf<T>(subject: SubjectRef<T>): string {
   return typeof subject === 'object' && subject !== null ? subject.name : subject;
 }
 
+const requestManyKeys = optionKeys<keyof PublishOptions>({
+  key: true,
+  eventTime: true,
+  headers: true,
+  replyTo: true,
+  lineage: true,
+  id: true,
+});
+
 /** @internal A bus client: the bus plus one client's permissions and name. */
 export class ClientImpl implements BusClient {
   readonly name: string;
@@ -679,6 +770,44 @@ export class ClientImpl implements BusClient {
         this.#bus.clock.now(),
       );
       return this.#bus.requestVia(this, env, name, timeoutMs) as Promise<Envelope<Res>>;
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  requestMany<Req, Res = unknown>(
+    subject: SubjectRef<Req>,
+    data: Req,
+    options: RequestManyOptions = {},
+  ): Promise<Envelope<Res>[]> {
+    try {
+      const name = nameOf(subject);
+      const {
+        timeoutMs,
+        maxReplies,
+        stallMs,
+        sentinel,
+        replyTo: _ignored,
+        ...rest
+      } = ownOptions(options, 'requestMany') as RequestManyOptions;
+      knownKeys('requestMany', rest, requestManyKeys);
+      this.#checkPublish(name, data, rest);
+      if (sentinel !== undefined && typeof sentinel !== 'function') {
+        throw new OptionsError('requestMany.sentinel', 'must be a function of a reply', sentinel);
+      }
+      const limits: RequestManyLimits = {
+        timeoutMs: intOption('requestMany.timeoutMs', timeoutMs, this.#bus.requestTimeoutMs, 1),
+        maxReplies: intOption('requestMany.maxReplies', maxReplies, Number.MAX_SAFE_INTEGER, 1),
+        stallMs: stallMs === undefined ? undefined : intOption('requestMany.stallMs', stallMs, 1, 1),
+        sentinel,
+      };
+      const env = createEnvelope(
+        name,
+        data,
+        { ...this.#entering(rest), replyTo: this.#bus.inbox() },
+        this.#bus.clock.now(),
+      );
+      return this.#bus.requestManyVia(this, env, name, limits) as Promise<Envelope<Res>[]>;
     } catch (error) {
       return Promise.reject(error);
     }

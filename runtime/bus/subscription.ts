@@ -8,11 +8,11 @@ import {
 } from 'rxjs';
 import type { Envelope } from '../envelope.ts';
 import { OptionsError } from '../errors.ts';
-import { releaseDownstream } from '../lineage.ts';
+import { absorbDownstream, releaseDownstream } from '../lineage.ts';
 import { intOption, knownKeys, oneOf, optionKeys } from '../options.ts';
 import type { Bus, QueueStrategy, Route } from './bus.ts';
 import { DrainLoop, handoffRefused, nextMacrotask, spend } from './drainLoop.ts';
-import { Mailbox, type MailboxOptions } from './mailbox.ts';
+import { Mailbox, type MailboxOptions, Offer } from './mailbox.ts';
 
 export interface SubscriptionOptions<T> {
   /** Subscribers sharing a queue group split the messages; each group gets one copy. */
@@ -28,6 +28,13 @@ export interface SubscriptionOptions<T> {
   /** Messages handled at once by `callback`. @default 1 */
   concurrency?: number;
   /**
+   * Auto-unsubscribe after this many messages (NATS's `max`): the subscription takes that many,
+   * hands them to its consumer, and closes (as a `drain`). Its mailbox's room is checked as each
+   * message reaches it rather than before the publish: a full `fail` mailbox rejects that publish
+   * after other subscribers may have taken the message. @default no limit
+   */
+  max?: number;
+  /**
    * Errors from `callback`, or thrown by an `observable` observer. @default logs to the console
    * with the subject and message id
    */
@@ -40,6 +47,7 @@ const subscriptionOptionKeys = optionKeys<keyof SubscriptionOptions<unknown>>({
   mailbox: true,
   callback: true,
   concurrency: true,
+  max: true,
   onError: true,
 });
 
@@ -101,19 +109,32 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     this.#closed = new Promise((resolve) => {
       this.#resolveClosed = resolve;
     });
-    const route: Route = {
-      queue: options.queue,
-      strategy: oneOf(
-        'subscription.queueStrategy',
-        options.queueStrategy,
-        ['round-robin', 'least-loaded'],
-        'round-robin',
-      ),
-      mailbox: this.#mailbox,
-      direct: undefined,
-      handoff: options.callback === undefined ? undefined : this.#handoff,
-      filter,
-    };
+    const strategy = oneOf(
+      'subscription.queueStrategy',
+      options.queueStrategy,
+      ['round-robin', 'least-loaded'],
+      'round-robin',
+    );
+    const max = options.max === undefined ? undefined : intOption('subscription.max', options.max, 1, 1);
+    const route: Route =
+      max === undefined
+        ? {
+            queue: options.queue,
+            strategy,
+            mailbox: this.#mailbox,
+            direct: undefined,
+            handoff: options.callback === undefined ? undefined : this.#handoff,
+            filter,
+          }
+        : {
+            // Counted as each message arrives, so only a `max` subscription pays for the count.
+            queue: options.queue,
+            strategy,
+            mailbox: undefined,
+            direct: (env) => this.#takeCounted(env, max),
+            filter,
+            max,
+          };
     this.#unroute = bus.addRoute(pattern, route);
     if (this.#callback !== undefined) this.#mode = 'callback';
     bus.liveSubscriptions.add(this);
@@ -323,6 +344,40 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
   };
 
   readonly #handleOne = (env: Envelope): void => this.#handle(env as Envelope<T>);
+
+  #taken = 0;
+
+  /**
+   * A `max` subscription's route: takes the message as the bus would deliver it to a mailbox, and
+   * once it took `max` stops taking any and drains.
+   */
+  #takeCounted(env: Envelope, max: number): Promise<void> | undefined {
+    // A copy routed before the removal took effect (a publish already under way) is not taken.
+    if (this.#state !== 'open' || this.#taken >= max) return undefined;
+    this.#taken++;
+    absorbDownstream(env.lineage);
+    let waiting: Promise<void> | undefined;
+    if (!this.#handoff(env)) {
+      let offer: Offer;
+      try {
+        offer = this.#mailbox.offer(env);
+      } catch (error) {
+        releaseDownstream(env.lineage);
+        throw error;
+      }
+      if (offer === Offer.Full) waiting = this.#mailbox.wait(env);
+    }
+    if (this.#taken === max) {
+      this.#unroute();
+      // A last message waiting for room would be let go by the drain's close: it drains once in.
+      if (waiting === undefined) void this.drain();
+      else {
+        const drain = (): void => void this.drain();
+        waiting.then(drain, drain);
+      }
+    }
+    return waiting;
+  }
 
   #handle(env: Envelope<T>): void {
     this.#active++;
