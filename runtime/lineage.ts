@@ -35,7 +35,7 @@ export interface SourceSettlement<D> {
 }
 
 /**
- * @internal The lineage a source gives a message it delivers (a stream consumer's push, a broker
+ * The lineage a source gives a message it delivers (a stream consumer's push, a broker
  * connector's message): the bus and the actors retain and release it as any lineage, and when the
  * last reference comes back the message is settled, which the source turns into an ack, or a nack
  * when one came back with an error. The source and its delivery are private: whoever gets the
