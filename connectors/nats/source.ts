@@ -137,6 +137,11 @@ export interface NatsSourceStats {
   readonly dropped: number;
   /** Pulls made (JetStream). */
   readonly fetches: number;
+  /**
+   * Messages JetStream delivered again while their first delivery was still held here (its ack
+   * wait ran out on a busy process): not published twice, the held copy answers for them.
+   */
+  readonly redeliveredWhileHeld: number;
 }
 
 const sourceKeys = optionKeys<keyof NatsSourceOptions>({
@@ -215,7 +220,16 @@ export class NatsSource<T = unknown> implements Source<T> {
   #held: HeldConnection | undefined;
   #started = false;
   #closed = false;
-  readonly #stats = { received: 0, published: 0, acked: 0, nacked: 0, terminated: 0, dropped: 0, fetches: 0 };
+  readonly #stats = {
+    received: 0,
+    published: 0,
+    acked: 0,
+    nacked: 0,
+    terminated: 0,
+    dropped: 0,
+    fetches: 0,
+    redeliveredWhileHeld: 0,
+  };
   #unregisterLag: (() => void) | undefined;
   // JetStream
   #consumer: Consumer | undefined;
@@ -705,6 +719,17 @@ export class NatsSource<T = unknown> implements Source<T> {
 
   async #deliver(m: JsMsg, js: ResolvedJetStream): Promise<void> {
     this.#stats.received++;
+    const pending = this.#pending.get(m.seq);
+    if (pending !== undefined) {
+      // Delivered again while still held here (its ack wait ran out, as on a process too busy to
+      // send in-progress in time): a second copy would be counted twice by a window that holds the
+      // first. The held copy goes on and answers for the newest delivery; this one is kept alive.
+      this.#stats.redeliveredWhileHeld++;
+      pending.msg = m;
+      pending.touchedAt = this.#now();
+      safely(() => m.working());
+      return;
+    }
     this.#serverPending = m.info.pending;
     const timestampMs = Math.floor(m.info.timestampNanos / 1_000_000);
     this.#lastTimestampMs = timestampMs;
@@ -907,7 +932,8 @@ interface CoreItem {
 /** @internal One JetStream message delivered to the bus and not settled yet. */
 interface Held {
   readonly seq: number;
-  readonly msg: JsMsg;
+  /** The newest delivery: acks, naks and in-progress go to it. */
+  msg: JsMsg;
   readonly timestampMs: number;
   touchedAt: number;
   readonly data: Uint8Array;
