@@ -323,6 +323,21 @@ export class Bus implements BusClient {
 
   /** @internal Adds a route for `pattern`; returns its removal. */
   addRoute(pattern: string, route: Route): () => void {
+    this.insertRoute(pattern, route);
+    let removed = false;
+    return () => {
+      if (removed) return;
+      removed = true;
+      this.#trie.remove(pattern, route);
+      this.#leaveGroup(route.queue);
+    };
+  }
+
+  /**
+   * @internal As {@link addRoute}, for an owner that keeps `pattern` and `route` itself and takes
+   * the route out with {@link removeRoute}: no closure per route (a subscription's own memory).
+   */
+  insertRoute(pattern: string, route: Route): void {
     this.#trie.insert(pattern, route);
     const queue = route.queue;
     if (queue !== undefined) {
@@ -330,15 +345,17 @@ export class Bus implements BusClient {
       if (group === undefined) this.#cursor.set(queue, { routes: 1, next: 0 });
       else group.routes++;
     }
-    let removed = false;
-    return () => {
-      if (removed) return;
-      removed = true;
-      this.#trie.remove(pattern, route);
-      if (queue === undefined) return;
-      const group = this.#cursor.get(queue) as QueueCursor;
-      if (--group.routes === 0) this.#cursor.delete(queue);
-    };
+  }
+
+  /** @internal Takes out a route put in by {@link insertRoute}; once it is out, calls do nothing. */
+  removeRoute(pattern: string, route: Route): void {
+    if (this.#trie.remove(pattern, route)) this.#leaveGroup(route.queue);
+  }
+
+  #leaveGroup(queue: string | undefined): void {
+    if (queue === undefined) return;
+    const group = this.#cursor.get(queue) as QueueCursor;
+    if (--group.routes === 0) this.#cursor.delete(queue);
   }
 
   /**
@@ -436,6 +453,9 @@ export class Bus implements BusClient {
     this.#counters.dropped++;
     releaseDownstream(env.lineage);
   }
+
+  /** @internal {@link dropped} as a mailbox's `onDrop`: one function shared by every subscription. */
+  readonly onDrop = (env: Envelope, reason: DropReason): void => this.dropped(env, reason);
 
   /** @internal Counts a permission violation and returns its error. */
   denied(operation: PermissionOperation, subject: string, client: string, rule: string): PermissionError {
