@@ -283,6 +283,8 @@ export class Bus implements BusClient {
    * clears the cache, so a plan never outlives the routes and cursors it names.
    */
   #compile(match: Match<Route>, subject: string): RoutePlan {
+    // Most subjects of a wildcard-heavy bus reach nothing: they share one plan.
+    if (match.plain.length === 0 && match.groups.length === 0) return EMPTY_PLAN;
     let filtered = false;
     const targets: Route[] = [];
     for (let i = 0; i < match.plain.length; i++) {
@@ -625,6 +627,8 @@ class RoutePlan implements Match<Route> {
     this.subject = subject;
   }
 }
+
+const EMPTY_PLAN = new RoutePlan({ plain: Object.freeze([]), groups: Object.freeze([]) }, [], [], [], undefined);
 
 /** What `#pick` returns when every member of a group refuses. */
 const REFUSED = -2;

@@ -159,6 +159,12 @@ const EMPTY_MATCH: Match<never> = Object.freeze({ plain: Object.freeze([]), grou
 export class SubjectTrie<T extends Routable, M extends Match<T> = Match<T>> {
   readonly #root: TrieNode<T> = newNode();
   readonly #cache = new Map<string, M>();
+  /**
+   * The subject matched last and its result: a publisher mostly publishes to the subject it
+   * published to last, and comparing one string is cheaper than hashing it into the map.
+   */
+  #lastSubject: string | undefined = undefined;
+  #lastResult: M | undefined = undefined;
   readonly #cacheLimit: number;
   readonly #cacheByteLimit: number;
   #cacheBytes = 0;
@@ -269,8 +275,14 @@ export class SubjectTrie<T extends Routable, M extends Match<T> = Match<T>> {
 
   /** What the literal `subject` reaches. The result is frozen and shared: do not keep it past a change. */
   match(subject: string): M {
+    // (Untyped code may pass undefined, equal to an unset #lastSubject: that must reach validation.)
+    if (subject === this.#lastSubject && this.#lastResult !== undefined) return this.#lastResult;
     const cached = this.#cache.get(subject);
-    if (cached !== undefined) return cached;
+    if (cached !== undefined) {
+      this.#lastSubject = subject;
+      this.#lastResult = cached;
+      return cached;
+    }
     const tokens = this.#checkMiss?.(subject) ?? subject.split('.');
     const found = collect(this.#root, tokens);
     const grouped = found === undefined ? (EMPTY_MATCH as Match<T>) : group(found);
@@ -302,6 +314,8 @@ export class SubjectTrie<T extends Routable, M extends Match<T> = Match<T>> {
   #changed(delta: number): void {
     this.#size += delta;
     this.#cache.clear();
+    this.#lastSubject = undefined;
+    this.#lastResult = undefined;
     this.#cacheBytes = 0;
   }
 }

@@ -323,10 +323,10 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
    * publisher's call, as a listener would. Same accounting as a message taken from the mailbox.
    */
   #handoff(env: Envelope): boolean {
+    // Only a callback subscription has a handoff, and its mode never changes: no test of the mode.
     const loop = this.#loop;
     if (
       loop?.running ||
-      this.#mode !== 'callback' ||
       this.#state !== 'open' ||
       this.#active >= this.#concurrency ||
       this.#mailbox.depth !== 0 ||
@@ -338,7 +338,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     }
     (loop ?? this.#newLoop()).step(this.#handleOne as (env: Envelope) => void, env);
     // The callback may have unsubscribed or started a drain, which waited for it to finish.
-    this.#settleClose();
+    if (this.#state !== 'open') this.#settleClose();
     return true;
   }
 
