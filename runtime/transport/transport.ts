@@ -99,6 +99,8 @@ export class TransportBus extends Bus {
   /** @internal The in-process bus of local subjects (durable delivery). */
   readonly local: Bus;
   readonly #single = new WeakMap<Route, Match<Route>>();
+  /** How each remote subscription put in by {@link insertRoute} is taken out. */
+  readonly #removals = new Map<Route, () => void>();
 
   constructor(transport: Transport, options: BusOptions & { log?: Logger } = {}) {
     const { log, ...busOptions } = options;
@@ -147,6 +149,27 @@ export class TransportBus extends Bus {
     };
   }
 
+  /** @internal Subscriptions keep their route and take it out with {@link removeRoute}. */
+  override insertRoute(pattern: string, route: Route): void {
+    if (isLocal(pattern)) {
+      this.local.insertRoute(pattern, route);
+      return;
+    }
+    this.#removals.set(route, this.transport.subscribe(pattern, route));
+  }
+
+  /** @internal */
+  override removeRoute(pattern: string, route: Route): void {
+    if (isLocal(pattern)) {
+      this.local.removeRoute(pattern, route);
+      return;
+    }
+    const remove = this.#removals.get(route);
+    if (remove === undefined) return;
+    this.#removals.delete(route);
+    remove();
+  }
+
   /** Remote subscribers are not known here: a remote subject counts as heard. */
   override hasSubscribers(subject: string): boolean {
     return isLocal(subject) ? this.local.hasSubscribers(subject) : true;
@@ -185,7 +208,8 @@ export class TransportBus extends Bus {
   #deliverTo(route: Route, env: Envelope, wait: boolean): Promise<void> | boolean {
     let match = this.#single.get(route);
     if (match === undefined) {
-      match = Object.freeze({ plain: Object.freeze([route]), groups: Object.freeze([]) });
+      // Compiled once per route (a filtered route's plan is compiled again for other subjects).
+      match = this.compiled(Object.freeze({ plain: Object.freeze([route]), groups: Object.freeze([]) }), env.subject);
       this.#single.set(route, match);
     }
     return wait ? super.route(env, true, match) : super.route(env, false, match);
