@@ -24,6 +24,23 @@ export {
   DEFAULT_RETRY,
   restartLimitActions,
 } from './actors/supervisor.ts';
+export type {
+  AdminServer,
+  AuditEntry,
+  Backpressure,
+  Caller,
+  DeadLetterSubjectInfo,
+  ServeOptions,
+} from './admin/index.ts';
+export {
+  BACKPRESSURE_HIGH,
+  BACKPRESSURE_LOW,
+  MAX_BODY_BYTES,
+  MAX_PAGE,
+  MAX_SCAN,
+  MIN_TOKEN_LENGTH,
+  REPLAYED_FROM_HEADER,
+} from './admin/index.ts';
 export type { BusClient, BusOptions, PayloadMeasure, QueueStrategy, RequestOptions, SubjectRef } from './bus/bus.ts';
 export { Bus, DEFAULT_BUS_OPTIONS, payloadMeasures, queueStrategies } from './bus/bus.ts';
 export type { DropReason, MailboxOptions, OverflowPolicy } from './bus/mailbox.ts';
