@@ -28,7 +28,10 @@ export interface DeadLetterSubjectInfo {
   readonly purged: number;
   /** The oldest ones dropped from memory to keep within the bound. */
   readonly evicted: number;
-  /** Count per reason (the error message, cut to 200 characters), at most 20 reasons. */
+  /**
+   * Count per reason: the error message cut to 200 characters, with numbers masked as `<n>`; at
+   * most 20 reasons, the rest counted as '(other reasons)'.
+   */
   readonly reasons: Readonly<Record<string, number>>;
 }
 
@@ -88,7 +91,8 @@ export class DeadLetterBuffer {
     const c = this.#counts(env.subject, env.headers[DEAD_LETTER_HEADERS.actor]);
     c.received++;
     if (env.headers[REPLAYED_FROM_HEADER] !== undefined) c.failedAgain++;
-    let reason = (env.headers[DEAD_LETTER_HEADERS.error] ?? '(no reason)').slice(0, 200);
+    // Numbers (ids, counts, sequences) are masked, so one cause counts as one reason.
+    let reason = (env.headers[DEAD_LETTER_HEADERS.error] ?? '(no reason)').slice(0, 200).replace(/\d+/g, '<n>');
     if (!c.reasons.has(reason) && c.reasons.size >= MAX_REASONS) reason = OTHER_REASONS;
     c.reasons.set(reason, (c.reasons.get(reason) ?? 0) + 1);
     if (this.#max === 0) return;
