@@ -296,6 +296,10 @@ class Admin implements AdminServer {
       res.end(body);
       return;
     }
+    if (path === '/favicon.ico') {
+      res.writeHead(204).end();
+      return;
+    }
     if (!path.startsWith('/api/')) throw new HttpError(404, 'not-found', `no such page: ${path}`);
     let who: Who;
     try {
