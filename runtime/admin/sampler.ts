@@ -56,7 +56,7 @@ class Series {
 }
 
 /**
- * Samples the runtime at an interval: rates in and out per actor, lag per consumer, checkpoint
+ * @internal Samples the runtime at an interval: rates in and out per actor, lag per consumer, checkpoint
  * commits, restarts and state changes. Each sample is a pass over counters the runtime keeps
  * anyway, so its cost does not grow with traffic.
  */

@@ -1,4 +1,4 @@
-import type { ActorCell } from '../actors/actorCell.ts';
+import type { ActorCell, CheckpointInfo } from '../actors/actorCell.ts';
 import { subjectMatches } from '../bus/subjects.ts';
 import type { Envelope } from '../envelope.ts';
 import { OptionsError } from '../errors.ts';
@@ -41,9 +41,10 @@ export interface ActorView {
   readonly output: string | undefined;
   readonly deadLetter: string;
   readonly counters: Readonly<Counters>;
-  readonly checkpoint: ActorCell['checkpoint'];
+  readonly checkpoint: CheckpointInfo | undefined;
 }
 
+/** @internal */
 export function actorView(cell: ActorCell, sampler: Sampler): ActorView {
   const d = cell.describe();
   const depth = cell.depth;
@@ -83,6 +84,7 @@ export interface StreamView {
   readonly consumers: readonly ConsumerInfo[];
 }
 
+/** @internal */
 export function streamView(stream: StreamImpl): StreamView {
   return {
     ...stream.info(),
@@ -96,6 +98,7 @@ export interface LagView extends ConsumerInfo {
   readonly actors: readonly string[];
 }
 
+/** @internal */
 export function lagViews(host: AdminHost): LagView[] {
   const out: LagView[] = [];
   const cells = host.actors();
@@ -110,7 +113,7 @@ export function lagViews(host: AdminHost): LagView[] {
   return out;
 }
 
-/** The positions of the consumers an actor reads, by `stream/consumer`. */
+/** @internal The positions of the consumers an actor reads, by `stream/consumer`. */
 export function positionsOf(host: AdminHost, actor: string): Record<string, number> {
   const cell = host.actors().find((c) => c.name === actor);
   if (cell === undefined) return {};
@@ -169,6 +172,7 @@ export function preview(data: unknown): { data: unknown; truncated: boolean; siz
   return { data: JSON.parse(text) as unknown, truncated: data instanceof Uint8Array, size };
 }
 
+/** @internal */
 export function letterView(l: KeptLetter): MessageView {
   return envelopeView(l.n, l.envelope, l.at);
 }
@@ -206,7 +210,7 @@ export function matches(env: { subject: string; data: unknown }, filter: Message
   return true;
 }
 
-/** The first stored sequence appended at or after `time`: append times grow with the sequence. */
+/** @internal The first stored sequence appended at or after `time`: append times grow with the sequence. */
 export function seqAtTime(stream: StreamImpl, time: number): number {
   const b = stream.store.bounds(stream.log);
   let lo = b.first;
@@ -234,7 +238,7 @@ export interface MessagePage {
   readonly scanned: number;
 }
 
-/** One page of a stream from a sequence (or a time), filtered, bounded in messages and in reads. */
+/** @internal One page of a stream from a sequence (or a time), filtered, bounded in messages and in reads. */
 export function browse(
   stream: StreamImpl,
   from: { seq?: number | undefined; time?: number | undefined },
