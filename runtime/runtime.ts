@@ -365,6 +365,8 @@ class RuntimeImpl implements Runtime {
     this.bus.refuse('the runtime is shutting down');
     // Stored messages are input from outside as well: actors drain what was pushed, no more.
     this.#streams?.quiesce();
+    // An actor an operator paused drains too: a pause must not turn a graceful stop into a timeout.
+    for (const cell of this.#cells.values()) cell.resume();
     let timedOut = false;
     let forced = false;
     let timer: Timer | undefined;

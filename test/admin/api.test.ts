@@ -396,6 +396,15 @@ describe('actions', () => {
     expect((await post('/api/actors/pause', { actor: 'ghost' })).status).toBe(404);
   });
 
+  test('a paused actor drains when the runtime stops, instead of holding the stop to its deadline', async () => {
+    const { post, rt } = await adminJob();
+    await post('/api/actors/pause', { actor: 'audit' });
+    for (let i = 0; i < 3; i++) await rt.bus.publish('audit.manual', i);
+    const report = await rt.stop({ deadlineMs: 5000 });
+    expect(report.drained).toBe(true);
+    expect(rt.actor('audit')?.counters.acked).toBe(3);
+  });
+
   test('publish sends a test message; every action is in the audit log file', async () => {
     const dir = tempDir();
     const auditLog = join(dir, 'audit.jsonl');
