@@ -25,6 +25,23 @@ export {
   restartLimitActions,
 } from './actors/supervisor.ts';
 export type {
+  AdminServer,
+  AuditEntry,
+  Backpressure,
+  Caller,
+  DeadLetterSubjectInfo,
+  ServeOptions,
+} from './admin/index.ts';
+export {
+  BACKPRESSURE_HIGH,
+  BACKPRESSURE_LOW,
+  MAX_BODY_BYTES,
+  MAX_PAGE,
+  MAX_SCAN,
+  MIN_TOKEN_LENGTH,
+  REPLAYED_FROM_HEADER,
+} from './admin/index.ts';
+export type {
   BusClient,
   BusOptions,
   PayloadMeasure,

@@ -1,5 +1,7 @@
 import type { Actor, AnyActor, Logger } from './actors/actor.ts';
 import { ActorCell, type ActorCell as ActorCellType, type ActorRef, type CellDeps } from './actors/actorCell.ts';
+import type { ServeOptions } from './admin/options.ts';
+import type { AdminServer } from './admin/server.ts';
 import { Bus, type BusOptions } from './bus/bus.ts';
 import { type Clock, systemClock, type Timer } from './clock.ts';
 import { messageOf, OptionsError, type RestartLimitError, ShutdownError, StreamError } from './errors.ts';
@@ -142,6 +144,11 @@ export interface Runtime {
    * append is synced. A `StreamError` when the runtime has no store or no stream has that name.
    */
   stream(config: StreamConfig | string): Stream;
+  /**
+   * Serves the admin API and the dashboard over HTTP (docs/operations.md): on 127.0.0.1 by
+   * default, with a bearer token. Resolves once it listens; the application closes it.
+   */
+  serve(options: ServeOptions): Promise<AdminServer>;
 }
 
 const runtimeOptionKeys = optionKeys<keyof RuntimeOptions>({
@@ -177,6 +184,7 @@ class RuntimeImpl implements Runtime {
   readonly #streams: Streams | undefined;
   readonly #transport: Transport | undefined;
   readonly #checkpointDeps: CellDeps['checkpoints'];
+  readonly #store: Store | undefined;
   /** Ends the running drain now, as if its deadline had passed. */
   #forceStop: (() => void) | undefined;
 
@@ -215,6 +223,7 @@ class RuntimeImpl implements Runtime {
         this.#log.error(`actor '${actor}' escalated: ${error.message}; stopping the runtime`);
         void this.stop();
       });
+    this.#store = options.store;
     if (this.#transport !== undefined) {
       // Durable subjects are the transport's; the store (if any) still serves sinks and state.
       for (const config of options.streams ?? []) this.#transport.defineStream(config);
@@ -255,6 +264,29 @@ class RuntimeImpl implements Runtime {
 
   get stopped(): boolean {
     return this.#stopping !== undefined;
+  }
+
+  async serve(options: ServeOptions): Promise<AdminServer> {
+    // Loaded on first use: a job that never serves does not load node:http.
+    const { serve } = await import('./admin/server.ts');
+    const cells = this.#cells;
+    const streams = this.#streams;
+    const runtime = this;
+    return serve(
+      {
+        bus: this.bus,
+        clock: this.clock,
+        telemetry: this.telemetry,
+        store: this.#store,
+        get stopped() {
+          return runtime.stopped;
+        },
+        actors: () => [...cells.values()],
+        streams: () => streams?.all() ?? [],
+      },
+      options,
+      this.#log,
+    );
   }
 
   spawn(actor: AnyActor): ActorRef {
@@ -373,6 +405,8 @@ class RuntimeImpl implements Runtime {
     // Stored messages are input from outside as well: actors drain what was pushed, no more.
     this.#streams?.quiesce();
     this.#transport?.quiesce();
+    // An actor an operator paused drains too: a pause must not turn a graceful stop into a timeout.
+    for (const cell of this.#cells.values()) cell.resume();
     let timedOut = false;
     let forced = false;
     let timer: Timer | undefined;

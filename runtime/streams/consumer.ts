@@ -124,7 +124,7 @@ export class ConsumerImpl<T = unknown> {
   #floor: number;
   /** The next sequence never delivered yet. */
   #next: number;
-  readonly #acked: RangeSet;
+  #acked: RangeSet;
   readonly #pending = new Map<number, Delivery>();
   /** Sequences due for redelivery, in the order they fell due. */
   #ready: number[] = [];
@@ -241,6 +241,35 @@ export class ConsumerImpl<T = unknown> {
     const m = this.#waiters.length === 0 ? this.#pull() : undefined;
     if (m !== undefined) return Promise.resolve(m);
     return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+  }
+
+  /**
+   * @internal Moves the position to a sequence or a time (for operators, through the admin API):
+   * deliveries start there again, and what was acknowledged above it is forgotten. Refused while
+   * messages are delivered and unsettled, unless `force`: their deliveries are then dropped (their
+   * settlements are ignored, and they are delivered again if at or after the new position).
+   * Returns the new position.
+   */
+  reset(policy: { readonly fromSeq: number } | { readonly fromTime: number }, force = false): number {
+    this.#checkOpen();
+    if (this.#pending.size > 0 && !force) {
+      throw new StreamError(
+        this.stream,
+        `consumer '${this.name}' has ${this.#pending.size} messages delivered and not settled: pause the actors that read it until they settle, or force the reset (what they hold may then be handled twice)`,
+      );
+    }
+    const floor = this.#start(policy, `consumer '${this.#key}'.reset`);
+    for (const d of this.#pending.values()) d.timer?.cancel();
+    this.#pending.clear();
+    this.#ready = [];
+    this.#buffer = [];
+    this.#bufferAt = 0;
+    this.#acked = new RangeSet();
+    this.#floor = floor;
+    this.#next = floor;
+    this.#persist();
+    this.wake();
+    return floor;
   }
 
   lag(): ConsumerLag {
