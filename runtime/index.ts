@@ -24,7 +24,34 @@ export {
   DEFAULT_RETRY,
   restartLimitActions,
 } from './actors/supervisor.ts';
-export type { BusClient, BusOptions, PayloadMeasure, QueueStrategy, RequestOptions, SubjectRef } from './bus/bus.ts';
+export type {
+  AdminServer,
+  AuditEntry,
+  Backpressure,
+  Caller,
+  DeadLetterSubjectInfo,
+  ServeOptions,
+} from './admin/index.ts';
+export {
+  BACKPRESSURE_HIGH,
+  BACKPRESSURE_LOW,
+  MAX_BODY_BYTES,
+  MAX_PAGE,
+  MAX_SCAN,
+  MIN_TOKEN_LENGTH,
+  REPLAYED_FROM_HEADER,
+} from './admin/index.ts';
+export type {
+  BusClient,
+  BusOptions,
+  PayloadMeasure,
+  QueueStrategy,
+  RequestManyLimits,
+  RequestManyOptions,
+  RequestOptions,
+  Route,
+  SubjectRef,
+} from './bus/bus.ts';
 export { Bus, DEFAULT_BUS_OPTIONS, payloadMeasures, queueStrategies } from './bus/bus.ts';
 export type { DropReason, MailboxOptions, OverflowPolicy } from './bus/mailbox.ts';
 export { DEFAULT_MAILBOX_OPTIONS, Mailbox, overflowPolicies } from './bus/mailbox.ts';
@@ -118,3 +145,5 @@ export type {
 export { durable, STREAM_HEADERS } from './streams/index.ts';
 export type { Counters } from './telemetry.ts';
 export { Telemetry } from './telemetry.ts';
+export type { Transport, TransportHost } from './transport/transport.ts';
+export { LOCAL_PREFIX, TransportBus } from './transport/transport.ts';

@@ -28,6 +28,46 @@ export interface Lineage {
   releaseAbsorbed(error?: unknown): void;
 }
 
+/** What a {@link SourceLineage} tells its source. */
+export interface SourceSettlement<D> {
+  /** Every reference to the message `delivery` came back: `error` is the first failure, if any. */
+  sourceSettled(delivery: D, lineage: SourceLineage<D>, error: unknown): void;
+}
+
+/**
+ * The lineage a source gives a message it delivers (a stream consumer's push, a broker
+ * connector's message): the bus and the actors retain and release it as any lineage, and when the
+ * last reference comes back the message is settled, which the source turns into an ack, or a nack
+ * when one came back with an error. The source and its delivery are private: whoever gets the
+ * message cannot reach them.
+ */
+export class SourceLineage<D> implements Lineage {
+  readonly ids: readonly string[];
+  readonly #source: SourceSettlement<D>;
+  readonly #delivery: D;
+  #refs = 1;
+  #error: unknown = undefined;
+  constructor(source: SourceSettlement<D>, delivery: D, id: string) {
+    this.#source = source;
+    this.#delivery = delivery;
+    this.ids = [id];
+  }
+  retain(): void {
+    this.#refs++;
+  }
+  absorb(): void {
+    this.#refs++;
+  }
+  release(error?: unknown): void {
+    if (error !== undefined && this.#error === undefined) this.#error = error;
+    if (this.#refs === 0) return;
+    if (--this.#refs === 0) this.#source.sourceSettled(this.#delivery, this, this.#error);
+  }
+  releaseAbsorbed(error?: unknown): void {
+    this.release(error);
+  }
+}
+
 /** How an input ended. */
 export type Outcome = 'acked' | 'dropped' | 'failed' | 'dead-lettered';
 
@@ -359,38 +399,43 @@ class TrackerLineage implements Lineage {
   }
 }
 
-/**
- * Counts, on every tracker a merged lineage stands for, that a reference is also a publishing or a
- * downstream one (`by` 1), or no longer is (`by` -1). What is left in those counts tells what the
- * pipeline itself still holds (see {@link Tracker.heldByPipeline}). The functions below count on a
- * single tracker themselves: that is every message's path.
- */
-function shareMerged(lineage: Lineage, count: 'publishing' | 'downstream', by: 1 | -1): void {
-  const tracker = trackerOf(lineage);
-  if (tracker !== undefined) {
-    if (by > 0 || tracker[count] > 0) tracker[count] += by;
-  } else if (lineage instanceof MergedLineage) {
-    for (const part of lineage.parts) share(part, count, by);
-  }
-}
+/** Which reference a helper below takes or gives back, on each input a lineage stands for. */
+const Ref = { RetainPublishing: 0, ReleasePublishing: 1, AbsorbDownstream: 2, ReleaseDownstream: 3 } as const;
+type Ref = (typeof Ref)[keyof typeof Ref];
 
-/** Counts on whatever `lineage` stands for; one brand check for the handles envelopes carry. */
-function share(lineage: Lineage, count: 'publishing' | 'downstream', by: 1 | -1): void {
-  if (!countOn(lineage, count, by)) shareMerged(lineage, count, by);
+/**
+ * Takes or gives back a publishing or downstream reference on every input `lineage` stands for,
+ * counting it apart on each (what is left in those counts tells what the pipeline itself still
+ * holds, see {@link Tracker.heldByPipeline}): one pass over a merged lineage's inputs, not one to
+ * count and one to refer.
+ */
+function refer(lineage: Lineage, ref: Ref, error: unknown): void {
+  if (lineage instanceof MergedLineage) {
+    const parts = lineage.parts;
+    for (let i = 0; i < parts.length; i++) refer(parts[i] as Lineage, ref, error);
+    return;
+  }
+  const count = ref === Ref.RetainPublishing || ref === Ref.ReleasePublishing ? 'publishing' : 'downstream';
+  const by = ref === Ref.RetainPublishing || ref === Ref.AbsorbDownstream ? 1 : -1;
+  if (!countOn(lineage, count, by)) {
+    // A bare tracker used as a lineage (the test harness); any other lineage keeps no such counts.
+    const tracker = trackerOf(lineage);
+    if (tracker !== undefined && (by > 0 || tracker[count] > 0)) tracker[count] += by;
+  }
+  if (ref === Ref.RetainPublishing) lineage.retain();
+  else if (ref === Ref.ReleasePublishing) lineage.release(error);
+  else if (ref === Ref.AbsorbDownstream) lineage.absorb();
+  else lineage.releaseAbsorbed(error);
 }
 
 /** @internal Retains `lineage` while an output derived from it is published (in flight, as publishing). */
 export function retainPublishing(lineage: Lineage | undefined): void {
-  if (lineage === undefined) return;
-  share(lineage, 'publishing', 1);
-  lineage.retain();
+  if (lineage !== undefined) refer(lineage, Ref.RetainPublishing, undefined);
 }
 
 /** @internal Gives back what {@link retainPublishing} took, once the publish was accepted or refused. */
 export function releasePublishing(lineage: Lineage | undefined, error?: unknown): void {
-  if (lineage === undefined) return;
-  share(lineage, 'publishing', -1);
-  lineage.release(error);
+  if (lineage !== undefined) refer(lineage, Ref.ReleasePublishing, error);
 }
 
 /**
@@ -399,9 +444,7 @@ export function releasePublishing(lineage: Lineage | undefined, error?: unknown)
  * restart does not replay the input for it.
  */
 export function absorbDownstream(lineage: Lineage | undefined): void {
-  if (lineage === undefined) return;
-  share(lineage, 'downstream', 1);
-  lineage.absorb();
+  if (lineage !== undefined) refer(lineage, Ref.AbsorbDownstream, undefined);
 }
 
 /**
@@ -409,7 +452,5 @@ export function absorbDownstream(lineage: Lineage | undefined): void {
  * message (an error fails it), or the mailbox let go of it.
  */
 export function releaseDownstream(lineage: Lineage | undefined, error?: unknown): void {
-  if (lineage === undefined) return;
-  share(lineage, 'downstream', -1);
-  lineage.releaseAbsorbed(error);
+  if (lineage !== undefined) refer(lineage, Ref.ReleaseDownstream, error);
 }

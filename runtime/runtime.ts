@@ -1,5 +1,7 @@
 import type { Actor, AnyActor, Logger } from './actors/actor.ts';
 import { ActorCell, type ActorCell as ActorCellType, type ActorRef, type CellDeps } from './actors/actorCell.ts';
+import type { ServeOptions } from './admin/options.ts';
+import type { AdminServer } from './admin/server.ts';
 import { Bus, type BusOptions } from './bus/bus.ts';
 import { type Clock, systemClock, type Timer } from './clock.ts';
 import { messageOf, OptionsError, type RestartLimitError, ShutdownError, StreamError } from './errors.ts';
@@ -8,6 +10,7 @@ import type { Store } from './store/types.ts';
 import { Streams } from './streams/index.ts';
 import type { Stream, StreamConfig } from './streams/types.ts';
 import { Telemetry } from './telemetry.ts';
+import { type Transport, TransportBus } from './transport/transport.ts';
 
 export interface RuntimeOptions {
   /** Processing time for every timeout, backoff and deadline. @default systemClock */
@@ -30,8 +33,18 @@ export interface RuntimeOptions {
    * tests). The runtime does not close it: the application does, after `stop()`.
    */
   store?: Store;
-  /** Streams defined at start, as by {@link Runtime.stream}. */
+  /**
+   * Streams defined at start, as by {@link Runtime.stream}; on a remote transport, the broker's
+   * durable subjects (JetStream streams on NATS).
+   */
   streams?: readonly StreamConfig[];
+  /**
+   * Where messages travel: the in-memory bus when not given, or a remote transport such as
+   * `natsTransport({...})` from `sluice/connectors/nats`, so that actors in several processes share
+   * subjects and queue groups. Durable subjects and `durable(...)` subscriptions are then the
+   * transport's. The application closes it after `stop()`.
+   */
+  transport?: Transport;
 }
 
 /** What an actor had left when a shutdown ended, and what became of it. */
@@ -131,6 +144,11 @@ export interface Runtime {
    * append is synced. A `StreamError` when the runtime has no store or no stream has that name.
    */
   stream(config: StreamConfig | string): Stream;
+  /**
+   * Serves the admin API and the dashboard over HTTP (docs/operations.md): on 127.0.0.1 by
+   * default, with a bearer token. Resolves once it listens; the application closes it.
+   */
+  serve(options: ServeOptions): Promise<AdminServer>;
 }
 
 const runtimeOptionKeys = optionKeys<keyof RuntimeOptions>({
@@ -142,6 +160,7 @@ const runtimeOptionKeys = optionKeys<keyof RuntimeOptions>({
   onEscalate: true,
   store: true,
   streams: true,
+  transport: true,
 });
 
 const stopOptionKeys = optionKeys<'deadlineMs'>({ deadlineMs: true });
@@ -163,21 +182,39 @@ class RuntimeImpl implements Runtime {
   readonly #onEscalate: (actor: string, error: RestartLimitError) => void;
   #stopping: Promise<ShutdownReport> | undefined;
   readonly #streams: Streams | undefined;
+  readonly #transport: Transport | undefined;
   readonly #checkpointDeps: CellDeps['checkpoints'];
+  readonly #store: Store | undefined;
   /** Ends the running drain now, as if its deadline had passed. */
   #forceStop: (() => void) | undefined;
 
   constructor(options: RuntimeOptions) {
     this.clock = options.clock ?? systemClock;
     this.spawn = this.spawn.bind(this);
-    if (options.bus instanceof Bus) {
+    this.#log = options.logger ?? console;
+    this.#transport = options.transport;
+    if (options.transport !== undefined) {
+      if (options.bus instanceof Bus) {
+        throw new OptionsError(
+          'runtime.bus',
+          'with a transport, give bus options, not a bus: the runtime makes the bus of its transport',
+          'Bus',
+        );
+      }
+      this.telemetry = new Telemetry();
+      this.bus = new TransportBus(options.transport, {
+        ...options.bus,
+        clock: this.clock,
+        telemetry: this.telemetry,
+        log: this.#log,
+      });
+    } else if (options.bus instanceof Bus) {
       this.bus = options.bus;
       this.telemetry = options.bus.telemetry;
     } else {
       this.telemetry = new Telemetry();
       this.bus = new Bus({ ...options.bus, clock: this.clock, telemetry: this.telemetry });
     }
-    this.#log = options.logger ?? console;
     this.#random = options.random ?? Math.random;
     this.#deadlineMs = intOption('runtime.shutdownDeadlineMs', options.shutdownDeadlineMs, 10_000, 0);
     this.#onEscalate =
@@ -186,7 +223,11 @@ class RuntimeImpl implements Runtime {
         this.#log.error(`actor '${actor}' escalated: ${error.message}; stopping the runtime`);
         void this.stop();
       });
-    if (options.store !== undefined) {
+    this.#store = options.store;
+    if (this.#transport !== undefined) {
+      // Durable subjects are the transport's; the store (if any) still serves sinks and state.
+      for (const config of options.streams ?? []) this.#transport.defineStream(config);
+    } else if (options.store !== undefined) {
       this.#streams = new Streams({
         bus: this.bus,
         store: options.store,
@@ -209,6 +250,12 @@ class RuntimeImpl implements Runtime {
 
   stream(config: StreamConfig | string): Stream {
     const name = typeof config === 'string' ? config : String(config?.name);
+    if (this.#transport !== undefined) {
+      throw new StreamError(
+        name,
+        `on the '${this.#transport.name}' transport streams are the broker's: define them with createRuntime({ streams }) and read them with durable(...)`,
+      );
+    }
     if (this.#streams === undefined) {
       throw new StreamError(name, 'the runtime has no store: createRuntime({ store }) to use streams');
     }
@@ -217,6 +264,29 @@ class RuntimeImpl implements Runtime {
 
   get stopped(): boolean {
     return this.#stopping !== undefined;
+  }
+
+  async serve(options: ServeOptions): Promise<AdminServer> {
+    // Loaded on first use: a job that never serves does not load node:http.
+    const { serve } = await import('./admin/server.ts');
+    const cells = this.#cells;
+    const streams = this.#streams;
+    const runtime = this;
+    return serve(
+      {
+        bus: this.bus,
+        clock: this.clock,
+        telemetry: this.telemetry,
+        store: this.#store,
+        get stopped() {
+          return runtime.stopped;
+        },
+        actors: () => [...cells.values()],
+        streams: () => streams?.all() ?? [],
+      },
+      options,
+      this.#log,
+    );
   }
 
   spawn(actor: AnyActor): ActorRef {
@@ -232,6 +302,7 @@ class RuntimeImpl implements Runtime {
       random: this.#random,
       escalate: (name, error) => this.#onEscalate(name, error),
       durable: (ref) => {
+        if (this.#transport !== undefined) return this.#transport.durable(ref);
         if (this.#streams === undefined) {
           throw new StreamError(ref.stream, `actor '${actor.name}' subscribes durably, but the runtime has no store`);
         }
@@ -333,6 +404,9 @@ class RuntimeImpl implements Runtime {
     this.bus.refuse('the runtime is shutting down');
     // Stored messages are input from outside as well: actors drain what was pushed, no more.
     this.#streams?.quiesce();
+    this.#transport?.quiesce();
+    // An actor an operator paused drains too: a pause must not turn a graceful stop into a timeout.
+    for (const cell of this.#cells.values()) cell.resume();
     let timedOut = false;
     let forced = false;
     let timer: Timer | undefined;
@@ -374,6 +448,7 @@ class RuntimeImpl implements Runtime {
     // Streams stop before actors let go of what they hold: a consumer's position keeps only what
     // settled by now, and what actors dead-letter as they stop is delivered again after a restart.
     await this.#streams?.close();
+    await this.#transport?.stopDurables();
 
     // What each actor has left now, before anything is dead-lettered.
     const cells = [...this.#cells.values()];

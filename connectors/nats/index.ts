@@ -22,3 +22,5 @@ export type {
   SourceHost,
 } from './source.ts';
 export { NatsSource, natsSource } from './source.ts';
+export type { NatsTransportOptions, NatsTransportStats, PublishConfirm } from './transport.ts';
+export { NatsTransport, natsTransport, publishConfirms, TRANSPORT_HEADERS } from './transport.ts';

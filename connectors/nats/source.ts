@@ -32,8 +32,9 @@ import {
   SluiceError,
   StreamError,
 } from '../../runtime/errors.ts';
+import { SourceLineage } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import { freeCapacity, SettleLineage } from '../../runtime/sources/delivery.ts';
+import { freeCapacity } from '../../runtime/sources/delivery.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
@@ -137,6 +138,11 @@ export interface NatsSourceStats {
   readonly dropped: number;
   /** Pulls made (JetStream). */
   readonly fetches: number;
+  /**
+   * Messages JetStream delivered again while their first delivery was still held here (its ack
+   * wait ran out on a busy process): not published twice, the held copy answers for them.
+   */
+  readonly redeliveredWhileHeld: number;
 }
 
 const sourceKeys = optionKeys<keyof NatsSourceOptions>({
@@ -215,7 +221,16 @@ export class NatsSource<T = unknown> implements Source<T> {
   #held: HeldConnection | undefined;
   #started = false;
   #closed = false;
-  readonly #stats = { received: 0, published: 0, acked: 0, nacked: 0, terminated: 0, dropped: 0, fetches: 0 };
+  readonly #stats = {
+    received: 0,
+    published: 0,
+    acked: 0,
+    nacked: 0,
+    terminated: 0,
+    dropped: 0,
+    fetches: 0,
+    redeliveredWhileHeld: 0,
+  };
   #unregisterLag: (() => void) | undefined;
   // JetStream
   #consumer: Consumer | undefined;
@@ -705,6 +720,17 @@ export class NatsSource<T = unknown> implements Source<T> {
 
   async #deliver(m: JsMsg, js: ResolvedJetStream): Promise<void> {
     this.#stats.received++;
+    const pending = this.#pending.get(m.seq);
+    if (pending !== undefined) {
+      // Delivered again while still held here (its ack wait ran out, as on a process too busy to
+      // send in-progress in time): a second copy would be counted twice by a window that holds the
+      // first. The held copy goes on and answers for the newest delivery; this one is kept alive.
+      this.#stats.redeliveredWhileHeld++;
+      pending.msg = m;
+      pending.touchedAt = this.#now();
+      safely(() => m.working());
+      return;
+    }
     this.#serverPending = m.info.pending;
     const timestampMs = Math.floor(m.info.timestampNanos / 1_000_000);
     this.#lastTimestampMs = timestampMs;
@@ -770,15 +796,15 @@ export class NatsSource<T = unknown> implements Source<T> {
       timestampMs,
       touchedAt: this.#now(),
       data: m.data,
-      lineage: undefined as unknown as SettleLineage,
+      lineage: undefined as unknown as AckLineage,
     };
-    held.lineage = new SettleLineage(`nats/${held.seq}`, (error) => this.settled(held, error));
+    held.lineage = new SourceLineage<Held>(this, held, `nats/${held.seq}`);
     this.#pending.set(m.seq, held);
     return held;
   }
 
   /** @internal An input's last reference came back: ack, nak with backoff, or give up. */
-  settled(held: Held, error: unknown): void {
+  sourceSettled(held: Held, _lineage: AckLineage, error: unknown): void {
     if (this.#pending.get(held.seq) !== held) return;
     if (error === undefined) {
       this.#pending.delete(held.seq);
@@ -907,12 +933,19 @@ interface CoreItem {
 /** @internal One JetStream message delivered to the bus and not settled yet. */
 interface Held {
   readonly seq: number;
-  readonly msg: JsMsg;
+  /** The newest delivery: acks, naks and in-progress go to it. */
+  msg: JsMsg;
   readonly timestampMs: number;
   touchedAt: number;
   readonly data: Uint8Array;
-  lineage: SettleLineage;
+  lineage: AckLineage;
 }
+
+/**
+ * The source's reference to a message on the bus (docs/settlement.md): when the last reference
+ * comes back the message is settled, acked, or nak'ed when one came back with an error.
+ */
+type AckLineage = SourceLineage<Held>;
 
 /** Acks and naks go out on a connection that may have closed meanwhile: the server redelivers then. */
 function safely(run: () => void): void {

@@ -23,8 +23,9 @@ import {
 } from '../../runtime/codec.ts';
 import type { PublishOptions } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
+import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import { freeCapacity, publishDelivery, SettleLineage } from '../../runtime/sources/delivery.ts';
+import { freeCapacity, publishDelivery } from '../../runtime/sources/delivery.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
@@ -149,6 +150,10 @@ export class RabbitSource<T = unknown> implements Source<T> {
   #started = false;
   #closed = false;
   #reconnecting = false;
+  /** Where the lineage of a delivered message reports its settlement. */
+  readonly #settlement: SourceSettlement<Held> = {
+    sourceSettled: (held, _lineage, error) => this.#settled(held, error),
+  };
   readonly #pending = new Map<number, Held>();
   /** Delivered by RabbitMQ, waiting for the mailboxes (at most the prefetch). */
   readonly #inbox: Held[] = [];
@@ -373,11 +378,9 @@ export class RabbitSource<T = unknown> implements Source<T> {
       generation,
       attempt,
       receivedAt: Date.now(),
-      lineage: undefined as unknown as SettleLineage,
+      lineage: undefined as unknown as SourceLineage<Held>,
     };
-    held.lineage = new SettleLineage(`rabbitmq/${generation}/${msg.fields.deliveryTag}`, (error) =>
-      this.#settled(held, error),
-    );
+    held.lineage = new SourceLineage(this.#settlement, held, `rabbitmq/${generation}/${msg.fields.deliveryTag}`);
     this.#pending.set(msg.fields.deliveryTag, held);
     this.#inbox.push(held);
     if (!this.#draining) void this.#drain();
@@ -589,7 +592,7 @@ interface Held {
   readonly generation: number;
   readonly attempt: number;
   readonly receivedAt: number;
-  lineage: SettleLineage;
+  lineage: SourceLineage<Held>;
 }
 
 /**

@@ -17,8 +17,9 @@ import type { Clock, Timer } from '../../runtime/clock.ts';
 import { type Codec, codecOf } from '../../runtime/codec.ts';
 import type { PublishOptions } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
+import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import { freeCapacity, publishDelivery, SettleLineage } from '../../runtime/sources/delivery.ts';
+import { freeCapacity, publishDelivery } from '../../runtime/sources/delivery.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
@@ -169,6 +170,10 @@ export class RedisSource<T = unknown> implements Source<T> {
   #reader: Redis | undefined;
   #started = false;
   #closed = false;
+  /** Where the lineage of a delivered message reports its settlement. */
+  readonly #settlement: SourceSettlement<Held> = {
+    sourceSettled: (held, _lineage, error) => this.#settled(held, error),
+  };
   readonly #pending = new Map<string, Held>();
   #acks: string[] = [];
   readonly #stats = { received: 0, published: 0, acked: 0, retried: 0, claimed: 0, terminated: 0, reads: 0 };
@@ -553,9 +558,9 @@ export class RedisSource<T = unknown> implements Source<T> {
       touchedAt: this.#now(),
       fields: {},
       payload: undefined,
-      lineage: undefined as unknown as SettleLineage,
+      lineage: undefined as unknown as SourceLineage<Held>,
     };
-    held.lineage = new SettleLineage(`redis/${id}`, (error) => this.#settled(held, error));
+    held.lineage = new SourceLineage(this.#settlement, held, `redis/${id}`);
     this.#pending.set(id, held);
     return held;
   }
@@ -742,7 +747,7 @@ interface Held {
   touchedAt: number;
   fields: Record<string, string>;
   payload: Buffer | undefined;
-  lineage: SettleLineage;
+  lineage: SourceLineage<Held>;
 }
 
 /** A field of an XINFO reply (a flat name/value list). */

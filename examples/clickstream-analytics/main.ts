@@ -304,7 +304,7 @@ function printConsumers(infos: ConsumerInfo[], print: (line: string) => void): v
 }
 
 /** The analytics actors on the stream, their results into `sink`, closed windows printed as they come. */
-function spawnJob(runtime: Runtime, sink: Sink<unknown>, print: (line: string) => void): void {
+export function spawnJob(runtime: Runtime, sink: Sink<unknown>, print: (line: string) => void): void {
   const { bus } = runtime;
   // Returning the publish lets the window hold the input until the late copy is accepted (or fail it).
   const toLate = (env: Envelope<Click>) => bus.forward({ ...env, subject: 'analytics.late' });

@@ -140,6 +140,8 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   #records = 0;
   readonly #unregisterGauge: () => void;
   #state: ActorState = 'running';
+  /** Paused by an operator (the admin API): nothing is taken from the mailbox until resumed. */
+  #paused = false;
   readonly #intake = new DrainLoop(() => this.#takeWhileFree());
   #idleWaiters: (() => void)[] = [];
   /** Inputs taken whose async schema validation has not finished yet. */
@@ -231,6 +233,47 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
 
   get state(): ActorState {
     return this.#state;
+  }
+  /** @internal Whether an operator paused it (see {@link pause}). */
+  get paused(): boolean {
+    return this.#paused;
+  }
+  /**
+   * @internal Stops taking messages from the mailbox: what is in flight goes on, new input waits
+   * there (a full mailbox then pushes back on publishers, as a slow actor does). For operators.
+   */
+  pause(): void {
+    this.#paused = true;
+  }
+  /** @internal Takes input again after {@link pause}. */
+  resume(): void {
+    if (!this.#paused) return;
+    this.#paused = false;
+    this.#pump();
+  }
+  /** @internal What the admin API shows of the actor's wiring and limits (read-only). */
+  describe(): {
+    inputs: readonly string[];
+    output: string | undefined;
+    deadLetter: string;
+    capacity: number;
+    maxInFlight: number;
+    kind: 'pipeline' | 'handler';
+  } {
+    const def = this.#actor.definition;
+    const output = (def as { output?: string | { name: string } }).output;
+    return {
+      inputs: this.#actor.subjects.map((s) => s.durable?.deliverSubject ?? s.name),
+      output: output === undefined ? undefined : typeof output === 'string' ? output : output.name,
+      deadLetter: this.#actor.deadLetter,
+      capacity: this.#mailbox.capacity,
+      maxInFlight: this.#maxInFlight,
+      kind: def.pipeline !== undefined ? 'pipeline' : 'handler',
+    };
+  }
+  /** @internal A key of its keyed state as the actor sees it (pending writes included); undefined without a checkpoint. */
+  readState(key: string): unknown {
+    return this.#checkpoint?.state.get(key);
   }
   get depth(): number {
     return this.#mailbox.depth;
@@ -514,10 +557,11 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     if (
       this.#intake.running ||
       this.#state !== 'running' ||
+      this.#paused ||
       this.#mailbox.depth !== 0 ||
       this.#inputs.inFlight >= this.#maxInFlight ||
       this.#inputs.parked >= this.#maxInFlight ||
-      (this.#checkpoint !== undefined && this.#checkpoint.due) ||
+      this.#checkpoint?.due ||
       !spend()
     ) {
       return false;
@@ -539,6 +583,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     // event loop back, and resumes on a macrotask, with the rest left in its mailbox.
     while (
       this.#state === 'running' &&
+      !this.#paused &&
       this.#inputs.inFlight < this.#maxInFlight &&
       // Parked inputs have a bound of their own: memory stays within twice maxInFlight.
       this.#inputs.parked < this.#maxInFlight &&

@@ -1,4 +1,4 @@
-import { type Clock, systemClock } from '../clock.ts';
+import { type Clock, systemClock, type Timer } from '../clock.ts';
 import { type Codec, encodeWith, msgpackCodec } from '../codec.ts';
 import {
   checkFields,
@@ -28,7 +28,7 @@ import { absorbDownstream, releaseDownstream, trackerOf } from '../lineage.ts';
 import { intOption, knownKeys, oneOf, optionKeys, optionsObject } from '../options.ts';
 import { type Counters, Telemetry, tracingEnabled, withActiveTrace } from '../telemetry.ts';
 import { nextMacrotask, spend } from './drainLoop.ts';
-import { type DropReason, Mailbox, Offer } from './mailbox.ts';
+import { type DropReason, type Mailbox, Offer } from './mailbox.ts';
 import { PermissionChecker, type Permissions } from './permissions.ts';
 import { type Match, queueProblem, type Routable, SubjectTrie, validateSubject } from './subjects.ts';
 import { Subscription, type SubscriptionOptions } from './subscription.ts';
@@ -81,6 +81,32 @@ export interface RequestOptions extends PublishOptions {
   timeoutMs?: number;
 }
 
+/**
+ * When a scatter-gather request (`requestMany`) stops collecting: whichever comes first of the
+ * count, the time, a stall and the sentinel.
+ */
+export interface RequestManyOptions extends PublishOptions {
+  /** How long replies are collected, at most. @default the bus's requestTimeoutMs */
+  timeoutMs?: number;
+  /** Stop once this many replies came. @default no limit */
+  maxReplies?: number;
+  /** Stop when no reply came for this long since the last one (NATS's `stall` strategy). @default none */
+  stallMs?: number;
+  /**
+   * Stop at the first reply for which this returns true; that reply marks the end and is not
+   * collected (NATS's `sentinel` strategy, an empty payload there). @default none
+   */
+  sentinel?: (reply: Envelope) => boolean;
+}
+
+/** A requestMany's limits, checked: what the bus (or its transport) collects replies by. */
+export interface RequestManyLimits {
+  readonly timeoutMs: number;
+  readonly maxReplies: number;
+  readonly stallMs: number | undefined;
+  readonly sentinel: ((reply: Envelope) => boolean) | undefined;
+}
+
 /** A subject given by name or as a typed subject object. */
 export type SubjectRef<T> = string | TypedSubject<T>;
 
@@ -108,6 +134,16 @@ export interface BusClient {
   subscribe<T = unknown>(subject: SubjectRef<T>, options?: SubscriptionOptions<T>): Subscription<T>;
   /** Sends a request and resolves with the first reply; `NoRespondersError` when nothing listens. */
   request<Req, Res = unknown>(subject: SubjectRef<Req>, data: Req, options?: RequestOptions): Promise<Envelope<Res>>;
+  /**
+   * Scatter-gather: sends a request and collects the replies of every responder until `maxReplies`
+   * came, `timeoutMs` passed, no reply came for `stallMs`, or a reply matched `sentinel`; resolves
+   * with those replies in arrival order (none is no error). `NoRespondersError` when nothing listens.
+   */
+  requestMany<Req, Res = unknown>(
+    subject: SubjectRef<Req>,
+    data: Req,
+    options?: RequestManyOptions,
+  ): Promise<Envelope<Res>[]>;
   /** Replies to a request envelope on its `replyTo` subject. */
   respond<T>(request: Envelope, data: T, options?: PublishOptions): Promise<void>;
 }
@@ -134,6 +170,8 @@ export interface Route extends Routable {
   readonly handoff?: ((env: Envelope) => boolean) | undefined;
   /** Denied subjects of a wildcard subscription that overlaps a deny permission. */
   readonly filter: ((subject: string) => boolean) | undefined;
+  /** Messages after which the route removes itself (a subscription's `max`); a transport passes it on. */
+  readonly max?: number | undefined;
 }
 
 /** @internal What `route(env, true)` returns when every mailbox accepted at once: no need to await it. */
@@ -153,7 +191,13 @@ export class Bus implements BusClient {
   readonly measure: PayloadMeasure;
   readonly codec: Codec;
   readonly requestTimeoutMs: number;
-  readonly #trie = new SubjectTrie<Route>(undefined, validatePublish, (subject) => this.isInbox(subject));
+  readonly #trie = new SubjectTrie<Route, RoutePlan>(
+    undefined,
+    validatePublish,
+    (subject) => this.isInbox(subject),
+    undefined,
+    (match, subject) => this.#compile(match, subject),
+  );
   #refusal: string | undefined;
   readonly #tracing = tracingEnabled();
   readonly #counters: Counters;
@@ -162,6 +206,8 @@ export class Bus implements BusClient {
   readonly #pendingRequests = new Map<string, (env: Envelope) => void>();
   readonly #inboxPrefix = `_INBOX.${randomToken()}`;
   #inboxRoute: Route | undefined;
+  /** The mailbox that refused a queue group's pick, read right after `#pick` returns REFUSED. */
+  #refusedBy: Mailbox | undefined;
   readonly #root: ClientImpl;
   /**
    * @internal Subscriptions not closed yet, kept by the subscriptions themselves: a runtime's idle
@@ -247,6 +293,13 @@ export class Bus implements BusClient {
   request<Req, Res = unknown>(subject: SubjectRef<Req>, data: Req, options?: RequestOptions): Promise<Envelope<Res>> {
     return this.#root.request(subject, data, options);
   }
+  requestMany<Req, Res = unknown>(
+    subject: SubjectRef<Req>,
+    data: Req,
+    options?: RequestManyOptions,
+  ): Promise<Envelope<Res>[]> {
+    return this.#root.requestMany(subject, data, options);
+  }
   respond<T>(request: Envelope, data: T, options?: PublishOptions): Promise<void> {
     return this.#root.respond(request, data, options);
   }
@@ -267,6 +320,49 @@ export class Bus implements BusClient {
     return this.#trie.match(subject);
   }
 
+  /**
+   * What a publish to `subject` does with `match`, worked out once and cached with the match: the
+   * routes whose delivery filter lets `subject` through (a filter is a function of the subject
+   * alone: the deny patterns fixed when the route subscribed) and each queue group's round-robin
+   * cursor. A publish then runs no filter and no map lookup; the next subscribe or unsubscribe
+   * clears the cache, so a plan never outlives the routes and cursors it names.
+   */
+  #compile(match: Match<Route>, subject: string): RoutePlan {
+    // Most subjects of a wildcard-heavy bus reach nothing: they share one plan.
+    if (match.plain.length === 0 && match.groups.length === 0) return EMPTY_PLAN;
+    let filtered = false;
+    const targets: Route[] = [];
+    for (let i = 0; i < match.plain.length; i++) {
+      const r = match.plain[i] as Route;
+      if (r.filter === undefined) targets.push(r);
+      else {
+        filtered = true;
+        if (r.filter(subject)) targets.push(r);
+      }
+    }
+    const members: Route[][] = [];
+    const cursors: (QueueCursor | undefined)[] = [];
+    for (let g = 0; g < match.groups.length; g++) {
+      const group = match.groups[g] as readonly Route[];
+      const passing: Route[] = [];
+      for (let i = 0; i < group.length; i++) {
+        const r = group[i] as Route;
+        if (r.filter === undefined) passing.push(r);
+        else {
+          filtered = true;
+          if (r.filter(subject)) passing.push(r);
+        }
+      }
+      // A group none of whose members may receive the subject gets no copy.
+      if (passing.length === 0) continue;
+      members.push(passing);
+      // The first member's strategy holds for its group; least-loaded keeps no cursor.
+      const first = group[0] as Route;
+      cursors.push(first.strategy === 'round-robin' ? this.#cursor.get(first.queue as string) : undefined);
+    }
+    return new RoutePlan(match, targets, members, cursors, filtered ? subject : undefined);
+  }
+
   /** @internal Counts a publish that matched nothing, for which no envelope was made. */
   publishedToNone(): void {
     this.#counters.published++;
@@ -274,6 +370,21 @@ export class Bus implements BusClient {
 
   /** @internal Adds a route for `pattern`; returns its removal. */
   addRoute(pattern: string, route: Route): () => void {
+    this.insertRoute(pattern, route);
+    let removed = false;
+    return () => {
+      if (removed) return;
+      removed = true;
+      this.#trie.remove(pattern, route);
+      this.#leaveGroup(route.queue);
+    };
+  }
+
+  /**
+   * @internal As {@link addRoute}, for an owner that keeps `pattern` and `route` itself and takes
+   * the route out with {@link removeRoute}: no closure per route (a subscription's own memory).
+   */
+  insertRoute(pattern: string, route: Route): void {
     this.#trie.insert(pattern, route);
     const queue = route.queue;
     if (queue !== undefined) {
@@ -281,15 +392,25 @@ export class Bus implements BusClient {
       if (group === undefined) this.#cursor.set(queue, { routes: 1, next: 0 });
       else group.routes++;
     }
-    let removed = false;
-    return () => {
-      if (removed) return;
-      removed = true;
-      this.#trie.remove(pattern, route);
-      if (queue === undefined) return;
-      const group = this.#cursor.get(queue) as QueueCursor;
-      if (--group.routes === 0) this.#cursor.delete(queue);
-    };
+  }
+
+  /**
+   * @internal The plan `route` runs for `match` on `subject`: compiled once by a caller that routes
+   * to the same targets again (a transport delivering to one subscriber), not on each publish.
+   */
+  compiled(match: Match<Route>, subject: string): Match<Route> {
+    return this.#compile(match, subject);
+  }
+
+  /** @internal Takes out a route put in by {@link insertRoute}; once it is out, calls do nothing. */
+  removeRoute(pattern: string, route: Route): void {
+    if (this.#trie.remove(pattern, route)) this.#leaveGroup(route.queue);
+  }
+
+  #leaveGroup(queue: string | undefined): void {
+    if (queue === undefined) return;
+    const group = this.#cursor.get(queue) as QueueCursor;
+    if (--group.routes === 0) this.#cursor.delete(queue);
   }
 
   /**
@@ -321,52 +442,61 @@ export class Bus implements BusClient {
   route(env: Envelope, wait: true, match?: Match<Route>): Promise<void>;
   route(env: Envelope, wait: false, match?: Match<Route>): boolean;
   route(env: Envelope, wait: boolean, match: Match<Route> = this.#trie.match(env.subject)): Promise<void> | boolean {
-    const { plain, groups } = match;
-    if (plain.length === 1 && groups.length === 0) {
+    // A match from the trie is its plan; one made by hand (or a plan whose filters were run for
+    // another subject) is compiled here, for this publish only.
+    const plan =
+      match instanceof RoutePlan && (match.subject === undefined || match.subject === env.subject)
+        ? match
+        : this.#compile(match, env.subject);
+    const targets = plan.targets;
+    const n = targets.length;
+    const groups = plan.members;
+    if (groups.length === 0 && n === 1) {
       // The common case, one subscriber: no second pass, no allocation.
-      const r = plain[0] as Route;
-      if (passes(r, env)) {
-        const full = refusing(r, wait);
-        if (full !== undefined) return this.#refuse(full, wait);
-        this.#counters.published++;
-        const waiting = this.#deliver(r, env);
-        return wait ? (waiting ?? ACCEPTED) : true;
-      }
+      const r = targets[0] as Route;
+      const full = refusing(r, wait);
+      if (full !== undefined) return this.#refuse(full, wait);
       this.#counters.published++;
-      return wait ? ACCEPTED : true;
+      const waiting = this.#deliver(r, env);
+      return wait ? (waiting ?? ACCEPTED) : true;
     }
 
-    let chosen: Picked[] | undefined;
-    for (const members of groups) {
-      const pick = this.#pick(members, env, wait);
-      if (pick === null) continue;
-      if (pick instanceof Mailbox) return this.#refuse(pick, wait);
-      (chosen ??= []).push(pick);
+    // Admission first: a queue group's pick, then every plain target. Picks are indexes into the
+    // group's members; the first group's is kept in a local, so one group allocates nothing.
+    let firstPick = -1;
+    let morePicks: number[] | undefined;
+    for (let g = 0; g < groups.length; g++) {
+      const pick = this.#pick(groups[g] as Route[], plan.cursors[g], wait);
+      if (pick === REFUSED) {
+        const full = this.#refusedBy as Mailbox;
+        this.#refusedBy = undefined;
+        return this.#refuse(full, wait);
+      }
+      if (g === 0) firstPick = pick;
+      else (morePicks ??= []).push(pick);
     }
-    for (const r of plain) {
-      if (!passes(r, env)) continue;
-      const full = refusing(r, wait);
+    for (let i = 0; i < n; i++) {
+      const full = refusing(targets[i] as Route, wait);
       if (full !== undefined) return this.#refuse(full, wait);
     }
 
     this.#counters.published++;
     let waits: Promise<void>[] | undefined;
-    for (const r of plain) {
-      if (!passes(r, env)) continue;
-      const w = this.#deliver(r, env);
+    for (let i = 0; i < n; i++) {
+      const w = this.#deliver(targets[i] as Route, env);
       if (w !== undefined) (waits ??= []).push(w);
     }
-    if (chosen !== undefined) {
-      for (const { route, cursor } of chosen) {
-        // Round-robin cursors move only once the publish is admitted, so a refused one skips no member.
-        if (cursor >= 0) {
-          // Absent when a delivery above unsubscribed the group's last member: nothing to move.
-          const group = this.#cursor.get(route.queue as string);
-          if (group !== undefined) group.next = cursor;
-        }
-        const w = this.#deliver(route, env);
-        if (w !== undefined) (waits ??= []).push(w);
-      }
+    for (let g = 0; g < groups.length; g++) {
+      const pick = g === 0 ? firstPick : ((morePicks as number[])[g - 1] as number);
+      if (pick < 0) continue;
+      const members = groups[g] as Route[];
+      // Round-robin cursors move only once the publish is admitted, so a refused one skips no member.
+      // (A delivery above may have unsubscribed the group's last member: the cursor it moves is then
+      // no group's any more, which is harmless.)
+      const cursor = plan.cursors[g];
+      if (cursor !== undefined && members.length > 1) cursor.next = pick + 1;
+      const w = this.#deliver(members[pick] as Route, env);
+      if (w !== undefined) (waits ??= []).push(w);
     }
     if (!wait) return true;
     if (waits === undefined) return ACCEPTED;
@@ -378,6 +508,9 @@ export class Bus implements BusClient {
     this.#counters.dropped++;
     releaseDownstream(env.lineage);
   }
+
+  /** @internal {@link dropped} as a mailbox's `onDrop`: one function shared by every subscription. */
+  readonly onDrop = (env: Envelope, reason: DropReason): void => this.dropped(env, reason);
 
   /** @internal Counts a permission violation and returns its error. */
   denied(operation: PermissionOperation, subject: string, client: string, rule: string): PermissionError {
@@ -403,6 +536,43 @@ export class Bus implements BusClient {
       client.forward(env).catch((error: unknown) => {
         timer.cancel();
         this.#pendingRequests.delete(token);
+        reject(error);
+      });
+    });
+  }
+
+  /**
+   * @internal Collects the replies to `env` (whose `replyTo` is a fresh inbox) until one of
+   * `limits` ends it. Off the publish path: a reply reaches the collector through the inbox route.
+   */
+  requestManyVia(client: ClientImpl, env: Envelope, subject: string, limits: RequestManyLimits): Promise<Envelope[]> {
+    if (!this.hasSubscribers(subject)) return Promise.reject(new NoRespondersError(subject));
+    this.#ensureInbox();
+    const token = env.replyTo as string;
+    return new Promise<Envelope[]>((resolve, reject) => {
+      const replies: Envelope[] = [];
+      let stall: Timer | undefined;
+      const end = (): void => {
+        timer.cancel();
+        stall?.cancel();
+        this.#pendingRequests.delete(token);
+      };
+      const finish = (): void => {
+        end();
+        resolve(replies);
+      };
+      const timer = this.clock.setTimeout(finish, limits.timeoutMs);
+      this.#pendingRequests.set(token, (reply) => {
+        if (limits.sentinel?.(reply) === true) return finish();
+        replies.push(reply);
+        if (replies.length >= limits.maxReplies) return finish();
+        if (limits.stallMs !== undefined) {
+          stall?.cancel();
+          stall = this.clock.setTimeout(finish, limits.stallMs);
+        }
+      });
+      client.forward(env).catch((error: unknown) => {
+        end();
         reject(error);
       });
     });
@@ -478,56 +648,85 @@ export class Bus implements BusClient {
   }
 
   /**
-   * Picks the member of a queue group that gets `env`: one whose filter passes and that has room,
-   * by the group's strategy; failing that one that accepts while full (a drop policy, or `block`
-   * when waiting). `null` when no member may receive the subject; the full mailbox that refuses
-   * when every eligible member does.
+   * Picks the member of a queue group that gets a message (every member may receive its subject:
+   * the plan left out those whose filter refuses it): one that has room, by the group's strategy
+   * (round-robin when it has a `cursor`, else least-loaded); failing that one that accepts while
+   * full (a drop policy, or `block` when waiting). Returns the member's index, or {@link REFUSED}
+   * with the refusing mailbox in `#refusedBy` when every member refuses.
    */
-  #pick(members: readonly Route[], env: Envelope, wait: boolean): Picked | Mailbox | null {
-    const first = members[0] as Route;
+  #pick(members: readonly Route[], cursor: QueueCursor | undefined, wait: boolean): number {
     const n = members.length;
-    const roundRobin = first.strategy === 'round-robin';
-    const start = roundRobin ? (this.#cursor.get(first.queue as string)?.next ?? 0) % n : 0;
-    let best: Route | undefined;
+    const start = cursor === undefined ? 0 : cursor.next % n;
+    let best = -1;
     let bestDepth = Number.POSITIVE_INFINITY;
-    let fallback: Route | undefined;
-    let fallbackIndex = -1;
+    let fallback = -1;
     let refuser: Mailbox | undefined;
     for (let i = 0; i < n; i++) {
-      const index = (start + i) % n;
+      const index = start + i < n ? start + i : start + i - n;
       const m = members[index] as Route;
-      if (!passes(m, env)) continue;
       if (hasRoom(m)) {
-        if (roundRobin) return { route: m, cursor: n === 1 ? -1 : index + 1 };
+        if (cursor !== undefined) return index;
         const depth = m.mailbox?.depth ?? 0;
         if (depth < bestDepth) {
-          best = m;
+          best = index;
           bestDepth = depth;
         }
-      } else if (fallback === undefined) {
+      } else if (fallback < 0) {
         const full = refusing(m, wait);
-        if (full === undefined) {
-          fallback = m;
-          fallbackIndex = index;
-        } else refuser ??= full;
+        if (full === undefined) fallback = index;
+        else refuser ??= full;
       }
     }
-    if (best !== undefined) return { route: best, cursor: -1 };
-    if (fallback !== undefined) return { route: fallback, cursor: roundRobin && n > 1 ? fallbackIndex + 1 : -1 };
-    return refuser ?? null;
+    if (best >= 0) return best;
+    if (fallback >= 0) return fallback;
+    if (refuser === undefined) return -1;
+    this.#refusedBy = refuser;
+    return REFUSED;
   }
 }
+
+/**
+ * What a publish to one subject does, compiled once per subject and cached by the trie with its
+ * match (see `Bus.#compile`). `plain` and `groups` are the match as found, for callers that
+ * inspect it; routing uses the plain arrays below, in indexed loops.
+ */
+class RoutePlan implements Match<Route> {
+  readonly plain: readonly Route[];
+  readonly groups: readonly (readonly Route[])[];
+  /** Plain routes that take the subject. */
+  readonly targets: Route[];
+  /** Per queue group with a member that takes the subject: those members. */
+  readonly members: Route[][];
+  /** Per entry of `members`: the group's round-robin cursor, undefined for least-loaded. */
+  readonly cursors: (QueueCursor | undefined)[];
+  /** The subject the filters were run for; undefined when no route has one (the plan fits any subject). */
+  readonly subject: string | undefined;
+
+  constructor(
+    match: Match<Route>,
+    targets: Route[],
+    members: Route[][],
+    cursors: (QueueCursor | undefined)[],
+    subject: string | undefined,
+  ) {
+    this.plain = match.plain;
+    this.groups = match.groups;
+    this.targets = targets;
+    this.members = members;
+    this.cursors = cursors;
+    this.subject = subject;
+  }
+}
+
+const EMPTY_PLAN = new RoutePlan({ plain: Object.freeze([]), groups: Object.freeze([]) }, [], [], [], undefined);
+
+/** What `#pick` returns when every member of a group refuses. */
+const REFUSED = -2;
 
 interface QueueCursor {
   /** Routes with this queue name; the entry goes when the last one does. */
   routes: number;
   next: number;
-}
-
-interface Picked {
-  readonly route: Route;
-  /** The round-robin cursor to store once the publish is admitted; -1 when there is none to move. */
-  readonly cursor: number;
 }
 
 /** Whether a route takes a message now without applying an overflow policy. */
@@ -556,10 +755,6 @@ function captureRefused(stream: string): StreamError {
   );
 }
 
-function passes(r: Route, env: Envelope): boolean {
-  return r.filter === undefined || r.filter(env.subject);
-}
-
 function noop(): void {}
 
 /**
@@ -574,6 +769,15 @@ function nameOf<T>(subject: SubjectRef<T>): string {
   // Anything else (undefined from untyped code) goes on to validateSubject, which names it.
   return typeof subject === 'object' && subject !== null ? subject.name : subject;
 }
+
+const requestManyKeys = optionKeys<keyof PublishOptions>({
+  key: true,
+  eventTime: true,
+  headers: true,
+  replyTo: true,
+  lineage: true,
+  id: true,
+});
 
 /** @internal A bus client: the bus plus one client's permissions and name. */
 export class ClientImpl implements BusClient {
@@ -679,6 +883,44 @@ export class ClientImpl implements BusClient {
         this.#bus.clock.now(),
       );
       return this.#bus.requestVia(this, env, name, timeoutMs) as Promise<Envelope<Res>>;
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  requestMany<Req, Res = unknown>(
+    subject: SubjectRef<Req>,
+    data: Req,
+    options: RequestManyOptions = {},
+  ): Promise<Envelope<Res>[]> {
+    try {
+      const name = nameOf(subject);
+      const {
+        timeoutMs,
+        maxReplies,
+        stallMs,
+        sentinel,
+        replyTo: _ignored,
+        ...rest
+      } = ownOptions(options, 'requestMany') as RequestManyOptions;
+      knownKeys('requestMany', rest, requestManyKeys);
+      this.#checkPublish(name, data, rest);
+      if (sentinel !== undefined && typeof sentinel !== 'function') {
+        throw new OptionsError('requestMany.sentinel', 'must be a function of a reply', sentinel);
+      }
+      const limits: RequestManyLimits = {
+        timeoutMs: intOption('requestMany.timeoutMs', timeoutMs, this.#bus.requestTimeoutMs, 1),
+        maxReplies: intOption('requestMany.maxReplies', maxReplies, Number.MAX_SAFE_INTEGER, 1),
+        stallMs: stallMs === undefined ? undefined : intOption('requestMany.stallMs', stallMs, 1, 1),
+        sentinel,
+      };
+      const env = createEnvelope(
+        name,
+        data,
+        { ...this.#entering(rest), replyTo: this.#bus.inbox() },
+        this.#bus.clock.now(),
+      );
+      return this.#bus.requestManyVia(this, env, name, limits) as Promise<Envelope<Res>[]>;
     } catch (error) {
       return Promise.reject(error);
     }
@@ -794,6 +1036,6 @@ export function validateQueue(queue: unknown, option: string): void {
   if (problem !== undefined) throw new OptionsError(option, problem, queue);
 }
 
-function validatePublish(subject: string): void {
-  validateSubject(subject, 'publish');
+function validatePublish(subject: string): readonly string[] {
+  return validateSubject(subject, 'publish');
 }

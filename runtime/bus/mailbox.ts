@@ -19,6 +19,8 @@ export interface MailboxOptions {
 
 /** Slots a mailbox's ring starts with; it grows on demand up to its capacity. */
 const INITIAL_RING = 16;
+/** The ring of a mailbox that never held a message: never written, as `#grow` replaces it first. */
+const NO_RING: (Envelope | undefined)[] = [];
 
 export const DEFAULT_MAILBOX_OPTIONS = Object.freeze({ capacity: 1024, overflow: 'block' } as const);
 
@@ -66,28 +68,25 @@ export class Mailbox {
    */
   onDrop: ((env: Envelope, reason: DropReason) => void) | undefined = undefined;
 
-  #ring: (Envelope | undefined)[];
+  /** No ring until the first message: most mailboxes of idle subscriptions never get one. */
+  #ring: (Envelope | undefined)[] = NO_RING;
   #head = 0;
   #size = 0;
   /**
    * Waiting publishers, a queue read from `#waitHead`: `shift()` would move every other waiter on
-   * each take, which made draining n of them O(n²).
+   * each take, which made draining n of them O(n²). Undefined while none waits, so the hot path's
+   * test for waiters is one comparison.
    */
-  #waiters: (Waiter | undefined)[] = [];
+  #waiters: (Waiter | undefined)[] | undefined = undefined;
   #waitHead = 0;
   #closed = false;
-  #spaceWaiters: (() => void)[] = [];
+  #spaceWaiters: (() => void)[] | undefined = undefined;
 
   constructor(name: string, options?: MailboxOptions) {
     const o = resolveMailboxOptions(options);
     this.name = name;
     this.capacity = o.capacity;
     this.overflow = o.overflow;
-    // A power-of-two ring, so a position wraps with a mask rather than a division. It starts small
-    // and doubles as messages queue: most mailboxes of idle or keeping-up consumers stay small.
-    let ring = 1;
-    while (ring < Math.min(o.capacity, INITIAL_RING)) ring *= 2;
-    this.#ring = new Array(ring);
   }
 
   /** Messages queued. */
@@ -97,7 +96,7 @@ export class Mailbox {
 
   /** Publishers waiting for space under `block`. */
   get blocked(): number {
-    return this.#waiters.length - this.#waitHead;
+    return this.#waiters === undefined ? 0 : this.#waiters.length - this.#waitHead;
   }
 
   get closed(): boolean {
@@ -106,7 +105,7 @@ export class Mailbox {
 
   /** Whether `offer` would accept now without applying the overflow policy. */
   hasSpace(): boolean {
-    return this.#size < this.capacity && this.#waiters.length === this.#waitHead;
+    return this.#size < this.capacity && this.#waiters === undefined;
   }
 
   /**
@@ -119,7 +118,7 @@ export class Mailbox {
       this.onDrop?.(env, 'closed');
       return Offer.Dropped;
     }
-    if (this.#size < this.capacity && this.#waiters.length === this.#waitHead) {
+    if (this.#size < this.capacity && this.#waiters === undefined) {
       this.#push(env);
       return Offer.Accepted;
     }
@@ -148,7 +147,7 @@ export class Mailbox {
       return Promise.resolve();
     }
     return new Promise<void>((resolve, reject) => {
-      this.#waiters.push({ env, resolve, reject });
+      (this.#waiters ??= []).push({ env, resolve, reject });
     });
   }
 
@@ -160,9 +159,9 @@ export class Mailbox {
     if (waiter !== undefined) {
       this.#push(waiter.env);
       waiter.resolve();
-    } else if (this.#spaceWaiters.length > 0) {
+    } else if (this.#spaceWaiters !== undefined) {
       const waiting = this.#spaceWaiters;
-      this.#spaceWaiters = [];
+      this.#spaceWaiters = undefined;
       for (const w of waiting) w();
     }
     return env;
@@ -180,7 +179,7 @@ export class Mailbox {
   /** Resolves when there is space (for `tryPublish` callers that want to wait without a message). */
   space(): Promise<void> {
     if (this.#size < this.capacity) return Promise.resolve();
-    return new Promise((resolve) => this.#spaceWaiters.push(resolve));
+    return new Promise((resolve) => (this.#spaceWaiters ??= []).push(resolve));
   }
 
   /**
@@ -193,17 +192,19 @@ export class Mailbox {
     this.#closed = true;
     const waiters = this.#waiters;
     const head = this.#waitHead;
-    this.#waiters = [];
+    this.#waiters = undefined;
     this.#waitHead = 0;
-    for (let i = head; i < waiters.length; i++) {
-      const w = waiters[i] as Waiter;
-      this.onDrop?.(w.env, 'closed');
-      if (reason === undefined) w.resolve();
-      else w.reject(reason);
+    if (waiters !== undefined) {
+      for (let i = head; i < waiters.length; i++) {
+        const w = waiters[i] as Waiter;
+        this.onDrop?.(w.env, 'closed');
+        if (reason === undefined) w.resolve();
+        else w.reject(reason);
+      }
     }
     const spaceWaiters = this.#spaceWaiters;
-    this.#spaceWaiters = [];
-    for (const w of spaceWaiters) w();
+    this.#spaceWaiters = undefined;
+    if (spaceWaiters !== undefined) for (const w of spaceWaiters) w();
   }
 
   /** Removes every queued message, handing each to `onDrop` as closed. */
@@ -217,16 +218,18 @@ export class Mailbox {
   }
 
   #nextWaiter(): Waiter | undefined {
+    const waiters = this.#waiters;
+    if (waiters === undefined) return undefined;
     const head = this.#waitHead;
-    if (head === this.#waiters.length) return undefined;
-    const waiter = this.#waiters[head];
-    this.#waiters[head] = undefined;
-    if (head + 1 === this.#waiters.length) {
-      this.#waiters.length = 0;
+    const waiter = waiters[head];
+    waiters[head] = undefined;
+    if (head + 1 === waiters.length) {
+      // The last one: no waiters again (see #waiters).
+      this.#waiters = undefined;
       this.#waitHead = 0;
-    } else if (head >= 1024 && head * 2 >= this.#waiters.length) {
+    } else if (head >= 1024 && head * 2 >= waiters.length) {
       // Taken slots are half the array: drop them, once per as many takes as there are waiters left.
-      this.#waiters = this.#waiters.slice(head + 1);
+      this.#waiters = waiters.slice(head + 1);
       this.#waitHead = 0;
     } else this.#waitHead = head + 1;
     return waiter;
@@ -250,6 +253,15 @@ export class Mailbox {
 
   #grow(): void {
     if (this.#size < this.#ring.length) return;
+    if (this.#ring === NO_RING) {
+      // A power-of-two ring, so a position wraps with a mask rather than a division. It starts small
+      // and doubles as messages queue: most mailboxes of keeping-up consumers stay small.
+      let ring = 1;
+      while (ring < Math.min(this.capacity, INITIAL_RING)) ring *= 2;
+      this.#ring = new Array(ring);
+      this.#head = 0;
+      return;
+    }
     // Unroll the ring into a larger array; capacity bounds growth except for redeliveries.
     const next: (Envelope | undefined)[] = new Array(this.#ring.length * 2);
     for (let i = 0; i < this.#size; i++) next[i] = this.#ring[(this.#head + i) & (this.#ring.length - 1)];

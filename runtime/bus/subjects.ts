@@ -153,38 +153,51 @@ const EMPTY_MATCH: Match<never> = Object.freeze({ plain: Object.freeze([]), grou
  * once a subject has been seen, and a cold publish walks one path per wildcard instead of scanning
  * every subscription. Results are frozen snapshots: subscribing or unsubscribing while a publish
  * iterates a result never changes what that publish sees, and clears the cache for the next one.
+ * A `compile` step may turn each result into what its user routes with (the bus's routing plan,
+ * `M`), so that work is done once per subject and cached with it, not once per publish.
  */
-export class SubjectTrie<T extends Routable> {
+export class SubjectTrie<T extends Routable, M extends Match<T> = Match<T>> {
   readonly #root: TrieNode<T> = newNode();
-  readonly #cache = new Map<string, Match<T>>();
+  readonly #cache = new Map<string, M>();
+  /**
+   * The subject matched last and its result: a publisher mostly publishes to the subject it
+   * published to last, and comparing one string is cheaper than hashing it into the map.
+   */
+  #lastSubject: string | undefined = undefined;
+  #lastResult: M | undefined = undefined;
   readonly #cacheLimit: number;
   readonly #cacheByteLimit: number;
   #cacheBytes = 0;
   #size = 0;
 
-  readonly #checkMiss: ((subject: string) => void) | undefined;
+  readonly #checkMiss: ((subject: string) => readonly string[] | undefined) | undefined;
   readonly #uncached: ((subject: string) => boolean) | undefined;
+  readonly #compile: ((match: Match<T>, subject: string) => M) | undefined;
 
   /**
    * @param cacheLimit subjects whose results are kept; above the number of live subjects, every
    *   publish after the first costs one map lookup, below it FIFO eviction makes most of them walks.
    * @param checkMiss runs on a cache miss before the walk (the bus validates the subject there), so
-   *   a cached subject is known valid and a hot publish needs no other lookup.
+   *   a cached subject is known valid and a hot publish needs no other lookup. The subject's tokens
+   *   it returns (validation splits it anyway) spare the walk a second split.
    * @param uncached subjects never worth caching (one-off reply inboxes): caching them would evict
    *   hot subjects.
    * @param cacheByteLimit what the cached subjects may cost, counted as {@link cacheCost}: the
    *   entry limit alone would let long distinct subjects hold hundreds of megabytes.
+   * @param compile turns a result into what is cached and returned (without it, the result itself).
    */
   constructor(
     cacheLimit = 65_536,
-    checkMiss?: (subject: string) => void,
+    checkMiss?: (subject: string) => readonly string[] | undefined,
     uncached?: (subject: string) => boolean,
     cacheByteLimit = 16 * 1024 * 1024,
+    compile?: (match: Match<T>, subject: string) => M,
   ) {
     this.#cacheLimit = cacheLimit;
     this.#cacheByteLimit = cacheByteLimit;
     this.#checkMiss = checkMiss;
     this.#uncached = uncached;
+    this.#compile = compile;
   }
 
   /** @internal Subjects cached, and what they cost by {@link cacheCost}: for tests of the bound. */
@@ -261,13 +274,19 @@ export class SubjectTrie<T extends Routable> {
   }
 
   /** What the literal `subject` reaches. The result is frozen and shared: do not keep it past a change. */
-  match(subject: string): Match<T> {
+  match(subject: string): M {
+    // (Untyped code may pass undefined, equal to an unset #lastSubject: that must reach validation.)
+    if (subject === this.#lastSubject && this.#lastResult !== undefined) return this.#lastResult;
     const cached = this.#cache.get(subject);
-    if (cached !== undefined) return cached;
-    this.#checkMiss?.(subject);
-    const found: T[] = [];
-    collect(this.#root, subject.split('.'), found);
-    const result = found.length === 0 ? (EMPTY_MATCH as Match<T>) : group(found);
+    if (cached !== undefined) {
+      this.#lastSubject = subject;
+      this.#lastResult = cached;
+      return cached;
+    }
+    const tokens = this.#checkMiss?.(subject) ?? subject.split('.');
+    const found = collect(this.#root, tokens);
+    const grouped = found === undefined ? (EMPTY_MATCH as Match<T>) : group(found);
+    const result = this.#compile === undefined ? (grouped as M) : this.#compile(grouped, subject);
     if (this.#uncached?.(subject) === true) return result;
     const cost = cacheCost(subject);
     if (cost > this.#cacheByteLimit) return result;
@@ -295,6 +314,8 @@ export class SubjectTrie<T extends Routable> {
   #changed(delta: number): void {
     this.#size += delta;
     this.#cache.clear();
+    this.#lastSubject = undefined;
+    this.#lastResult = undefined;
     this.#cacheBytes = 0;
   }
 }
@@ -317,41 +338,51 @@ function cacheCost(subject: string): number {
 
 /**
  * Depth first, literal branch before `*` branch, with a stack of its own: a walk as deep as the
- * subject has tokens must not depend on the call stack left to the caller.
+ * subject has tokens must not depend on the call stack left to the caller. Undefined when nothing
+ * matches (most subjects of a wildcard-heavy bus): no array is made for them.
  */
-function collect<T>(root: TrieNode<T>, tokens: string[], out: T[]): void {
-  const nodes: TrieNode<T>[] = [root];
-  const depths: number[] = [0];
-  while (nodes.length > 0) {
-    const node = nodes.pop() as TrieNode<T>;
-    const depth = depths.pop() as number;
+function collect<T>(root: TrieNode<T>, tokens: readonly string[]): T[] | undefined {
+  let out: T[] | undefined;
+  // One stack of nodes and depths, interleaved; most walks never grow it past a few entries.
+  const stack: (TrieNode<T> | number)[] = [root, 0];
+  while (stack.length > 0) {
+    const depth = stack.pop() as number;
+    const node = stack.pop() as TrieNode<T>;
     if (depth === tokens.length) {
-      if (node.here !== undefined) for (const item of node.here) out.push(item);
+      if (node.here !== undefined) for (const item of node.here) (out ??= []).push(item);
       continue;
     }
     // `>` needs at least one more token, which holds here since depth < tokens.length.
-    if (node.tail !== undefined) for (const item of node.tail) out.push(item);
+    if (node.tail !== undefined) for (const item of node.tail) (out ??= []).push(item);
     // Pushed in reverse: the literal branch is walked first.
-    if (node.star !== undefined) {
-      nodes.push(node.star);
-      depths.push(depth + 1);
-    }
+    if (node.star !== undefined) stack.push(node.star, depth + 1);
     const next = node.literal?.get(tokens[depth] as string);
-    if (next !== undefined) {
-      nodes.push(next);
-      depths.push(depth + 1);
-    }
+    if (next !== undefined) stack.push(next, depth + 1);
   }
+  return out;
 }
 
+const NO_GROUPS: readonly (readonly never[])[] = Object.freeze([]);
+const NO_ITEMS: readonly never[] = Object.freeze([]);
+
 function group<T extends Routable>(found: T[]): Match<T> {
+  if (found.length === 1) {
+    // The common miss: one subscription, no de-duplication or grouping to do.
+    const only = Object.freeze(found);
+    return Object.freeze(
+      (found[0] as T).queue === undefined
+        ? { plain: only, groups: NO_GROUPS }
+        : { plain: NO_ITEMS, groups: Object.freeze([only]) },
+    );
+  }
   // A subscription reached through two patterns still gets one copy, as NATS de-duplicates per subscription.
   const unique = [...new Set(found)];
   const plain: T[] = [];
-  const groups = new Map<string, T[]>();
+  let groups: Map<string, T[]> | undefined;
   for (const item of unique) {
     if (item.queue === undefined) plain.push(item);
     else {
+      groups ??= new Map();
       let members = groups.get(item.queue);
       if (members === undefined) {
         members = [];
@@ -362,6 +393,6 @@ function group<T extends Routable>(found: T[]): Match<T> {
   }
   return Object.freeze({
     plain: Object.freeze(plain),
-    groups: Object.freeze([...groups.values()].map((m) => Object.freeze(m))),
+    groups: groups === undefined ? NO_GROUPS : Object.freeze([...groups.values()].map((m) => Object.freeze(m))),
   });
 }

@@ -8,11 +8,11 @@ import {
 } from 'rxjs';
 import type { Envelope } from '../envelope.ts';
 import { OptionsError } from '../errors.ts';
-import { releaseDownstream } from '../lineage.ts';
+import { absorbDownstream, releaseDownstream } from '../lineage.ts';
 import { intOption, knownKeys, oneOf, optionKeys } from '../options.ts';
 import type { Bus, QueueStrategy, Route } from './bus.ts';
 import { DrainLoop, handoffRefused, nextMacrotask, spend } from './drainLoop.ts';
-import { Mailbox, type MailboxOptions } from './mailbox.ts';
+import { Mailbox, type MailboxOptions, Offer } from './mailbox.ts';
 
 export interface SubscriptionOptions<T> {
   /** Subscribers sharing a queue group split the messages; each group gets one copy. */
@@ -28,6 +28,13 @@ export interface SubscriptionOptions<T> {
   /** Messages handled at once by `callback`. @default 1 */
   concurrency?: number;
   /**
+   * Auto-unsubscribe after this many messages (NATS's `max`): the subscription takes that many,
+   * hands them to its consumer, and closes (as a `drain`). Its mailbox's room is checked as each
+   * message reaches it rather than before the publish: a full `fail` mailbox rejects that publish
+   * after other subscribers may have taken the message. @default no limit
+   */
+  max?: number;
+  /**
    * Errors from `callback`, or thrown by an `observable` observer. @default logs to the console
    * with the subject and message id
    */
@@ -40,6 +47,7 @@ const subscriptionOptionKeys = optionKeys<keyof SubscriptionOptions<unknown>>({
   mailbox: true,
   callback: true,
   concurrency: true,
+  max: true,
   onError: true,
 });
 
@@ -57,26 +65,32 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
   readonly queue: string | undefined;
   readonly #bus: Bus;
   readonly #mailbox: Mailbox;
-  readonly #unroute: () => void;
-  readonly #closed: Promise<void>;
-  #resolveClosed!: () => void;
+  /** This subscription's entry in the bus, taken out on unsubscribe or drain. */
+  readonly #route: Route;
+  // What an idle subscription never needs is made on first use (the closed promise, the drain loop,
+  // the waiter lists, the observable's error trap): an idle one holds a few hundred bytes, so tens
+  // of thousands of rarely used subjects cost megabytes, not tens of them.
+  #closed: Promise<void> | undefined = undefined;
+  #resolveClosed: (() => void) | undefined = undefined;
   #mode: Mode = 'none';
   #state: 'open' | 'draining' | 'closed' = 'open';
   #active = 0;
   #delivered = 0;
   #errors = 0;
-  readonly #loop = new DrainLoop(() => this.#pump());
+  #loop: DrainLoop | undefined = undefined;
+  #handleOne: ((env: Envelope) => void) | undefined = undefined;
   readonly #concurrency: number;
   // Stored over `Envelope<unknown>`: a field typed with `T` in parameter position would make
   // `Subscription<Order>` unassignable to `Subscription<unknown>`. Only envelopes of this subject reach them.
   readonly #callback: Handler | undefined;
-  readonly #onError: ErrorHandler;
+  /** The `onError` option; undefined for the default, which logs. */
+  readonly #onError: ErrorHandler | undefined;
   #observer: Subscriber<Envelope<T>> | undefined;
   /** The message its observer is handling now, and what the observer threw meanwhile. */
   #observing: Envelope | undefined;
   #observerError: unknown;
   /** Pending `next()` calls of the async iterator, oldest first. */
-  #iteratorWaiters: (() => void)[] = [];
+  #iteratorWaiters: (() => void)[] | undefined = undefined;
 
   /** @internal Made by `BusClient.subscribe`. */
   constructor(
@@ -91,30 +105,44 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     this.#bus = bus;
     this.#concurrency = intOption('subscription.concurrency', options.concurrency, 1, 1);
     this.#callback = options.callback as Handler | undefined;
-    this.#onError = (options.onError as ErrorHandler | undefined) ?? defaultOnError(pattern);
+    this.#onError = options.onError as ErrorHandler | undefined;
     this.#mailbox = new Mailbox(
       options.queue === undefined ? pattern : `${pattern} [${options.queue}]`,
       options.mailbox,
     );
-    this.#mailbox.onDrop = (env, reason) => bus.dropped(env, reason);
+    this.#mailbox.onDrop = bus.onDrop;
     this.#mailbox.onReadable = () => this.#schedule();
-    this.#closed = new Promise((resolve) => {
-      this.#resolveClosed = resolve;
-    });
-    const route: Route = {
-      queue: options.queue,
-      strategy: oneOf(
-        'subscription.queueStrategy',
-        options.queueStrategy,
-        ['round-robin', 'least-loaded'],
-        'round-robin',
-      ),
-      mailbox: this.#mailbox,
-      direct: undefined,
-      handoff: options.callback === undefined ? undefined : this.#handoff,
-      filter,
-    };
-    this.#unroute = bus.addRoute(pattern, route);
+    const strategy = oneOf(
+      'subscription.queueStrategy',
+      options.queueStrategy,
+      ['round-robin', 'least-loaded'],
+      'round-robin',
+    );
+    const max = options.max === undefined ? undefined : intOption('subscription.max', options.max, 1, 1);
+    const route: Route =
+      max === undefined
+        ? {
+            queue: options.queue,
+            strategy,
+            mailbox: this.#mailbox,
+            direct: undefined,
+            // Made here, not as a field: a field's arrow function gets its name set at run time,
+            // which gives each one a property dictionary of a few hundred bytes; and it shares its
+            // context with onReadable's.
+            handoff: options.callback === undefined ? undefined : (env) => this.#handoff(env),
+            filter,
+          }
+        : {
+            // Counted as each message arrives, so only a `max` subscription pays for the count.
+            queue: options.queue,
+            strategy,
+            mailbox: undefined,
+            direct: (env) => this.#takeCounted(env, max),
+            filter,
+            max,
+          };
+    this.#route = route;
+    bus.insertRoute(pattern, route);
     if (this.#callback !== undefined) this.#mode = 'callback';
     bus.liveSubscriptions.add(this);
   }
@@ -144,6 +172,10 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
 
   /** Resolves once the subscription is closed (by `unsubscribe`, `close` or a finished `drain`). */
   get closed(): Promise<void> {
+    // Set to SETTLED when it closed before anyone asked (see #settleClose).
+    this.#closed ??= new Promise((resolve) => {
+      this.#resolveClosed = resolve;
+    });
     return this.#closed;
   }
 
@@ -160,7 +192,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
    * observer at the end of a `pipe`, and for an error that reaches an observer without `error`.
    */
   get observable(): Observable<Envelope<T>> {
-    return new ContainedObservable<Envelope<T>>(this.#contain, (subscriber) => {
+    return new ContainedObservable<Envelope<T>>(this.#container(), (subscriber) => {
       this.#claim('observable');
       this.#observer = subscriber;
       if (this.#state === 'closed' && this.#mailbox.depth === 0) subscriber.complete();
@@ -202,7 +234,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
             return { value: undefined, done: true };
           }
           await new Promise<void>((resolve) => {
-            this.#iteratorWaiters.push(resolve);
+            (this.#iteratorWaiters ??= []).push(resolve);
           });
         }
       },
@@ -221,7 +253,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
   unsubscribe(): void {
     if (this.#state === 'closed') return;
     this.#state = 'closed';
-    this.#unroute();
+    this.#bus.removeRoute(this.subject, this.#route);
     // Publishers waiting for room are let go; their messages count as dropped, like the queued ones.
     this.#mailbox.close();
     this.#mailbox.clear();
@@ -231,7 +263,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
   /** As `unsubscribe`, resolving once handlers in progress finished. */
   async close(): Promise<void> {
     this.unsubscribe();
-    await this.#closed;
+    await this.closed;
   }
 
   /**
@@ -241,12 +273,12 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
   async drain(): Promise<void> {
     if (this.#state === 'open') {
       this.#state = 'draining';
-      this.#unroute();
+      this.#bus.removeRoute(this.subject, this.#route);
       this.#mailbox.close();
       this.#schedule();
       this.#settleClose();
     }
-    await this.#closed;
+    await this.closed;
   }
 
   #claim(mode: Mode): void {
@@ -258,9 +290,9 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
 
   /** Wakes every pending `next()`: in call order, each takes a message or waits again. */
   #wakeIterators(): boolean {
-    if (this.#iteratorWaiters.length === 0) return false;
     const waiters = this.#iteratorWaiters;
-    this.#iteratorWaiters = [];
+    if (waiters === undefined) return false;
+    this.#iteratorWaiters = undefined;
     for (const wake of waiters) wake();
     return true;
   }
@@ -271,14 +303,21 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     // Delivery runs in the publisher's call, as an EventEmitter's does: no task per message, and
     // a mailbox fills only when the consumer is really behind (an async callback). A publish from
     // inside a callback to this subscription is queued and taken by the running loop.
-    this.#loop.run();
+    (this.#loop ?? this.#newLoop()).run();
+  }
+
+  #newLoop(): DrainLoop {
+    this.#handleOne = (env) => this.#handle(env as Envelope<T>);
+    this.#loop = new DrainLoop(() => this.#pump());
+    return this.#loop;
   }
 
   #pump(): void {
     if (this.#mode === 'observable') {
       const observer = this.#observer;
       if (observer === undefined) return;
-      while (this.#mailbox.depth > 0 && this.#loop.spend()) {
+      const loop = this.#loop as DrainLoop;
+      while (this.#mailbox.depth > 0 && loop.spend()) {
         const env = this.#mailbox.take() as Envelope<T>;
         this.#active++;
         this.#delivered++;
@@ -293,7 +332,8 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
       this.#settleClose();
       return;
     }
-    while (this.#active < this.#concurrency && this.#mailbox.depth > 0 && this.#loop.spend()) {
+    const loop = this.#loop as DrainLoop;
+    while (this.#active < this.#concurrency && this.#mailbox.depth > 0 && loop.spend()) {
       this.#handle(this.#mailbox.take() as Envelope<T>);
     }
     this.#settleClose();
@@ -303,10 +343,11 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
    * The mailbox skipped: an idle callback consumer with nothing queued takes the message in the
    * publisher's call, as a listener would. Same accounting as a message taken from the mailbox.
    */
-  readonly #handoff = (env: Envelope): boolean => {
+  #handoff(env: Envelope): boolean {
+    // Only a callback subscription has a handoff, and its mode never changes: no test of the mode.
+    const loop = this.#loop;
     if (
-      this.#loop.running ||
-      this.#mode !== 'callback' ||
+      loop?.running ||
       this.#state !== 'open' ||
       this.#active >= this.#concurrency ||
       this.#mailbox.depth !== 0 ||
@@ -316,13 +357,46 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     ) {
       return false;
     }
-    this.#loop.step(this.#handleOne, env);
+    (loop ?? this.#newLoop()).step(this.#handleOne as (env: Envelope) => void, env);
     // The callback may have unsubscribed or started a drain, which waited for it to finish.
-    this.#settleClose();
+    if (this.#state !== 'open') this.#settleClose();
     return true;
-  };
+  }
 
-  readonly #handleOne = (env: Envelope): void => this.#handle(env as Envelope<T>);
+  #taken = 0;
+
+  /**
+   * A `max` subscription's route: takes the message as the bus would deliver it to a mailbox, and
+   * once it took `max` stops taking any and drains.
+   */
+  #takeCounted(env: Envelope, max: number): Promise<void> | undefined {
+    // A copy routed before the removal took effect (a publish already under way) is not taken.
+    if (this.#state !== 'open' || this.#taken >= max) return undefined;
+    this.#taken++;
+    absorbDownstream(env.lineage);
+    let waiting: Promise<void> | undefined;
+    // Only a callback consumer is handed messages (see #handoff); the others read the mailbox.
+    if (this.#callback === undefined || !this.#handoff(env)) {
+      let offer: Offer;
+      try {
+        offer = this.#mailbox.offer(env);
+      } catch (error) {
+        releaseDownstream(env.lineage);
+        throw error;
+      }
+      if (offer === Offer.Full) waiting = this.#mailbox.wait(env);
+    }
+    if (this.#taken === max) {
+      this.#bus.removeRoute(this.subject, this.#route);
+      // A last message waiting for room would be let go by the drain's close: it drains once in.
+      if (waiting === undefined) void this.drain();
+      else {
+        const drain = (): void => void this.drain();
+        waiting.then(drain, drain);
+      }
+    }
+    return waiting;
+  }
 
   #handle(env: Envelope<T>): void {
     this.#active++;
@@ -354,19 +428,21 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     if (error !== undefined) {
       this.#errors++;
       try {
-        this.#onError(error, env);
+        if (this.#onError === undefined) logError(this.subject, error, env);
+        else this.#onError(error, env);
       } catch {
         // An error handler that throws must not stop delivery.
       }
     }
     releaseDownstream(env.lineage, error);
-    if (this.#idleWaiters.length > 0) this.#checkIdle();
+    if (this.#idleWaiters !== undefined) this.#checkIdle();
   }
 
   #settleClose(): void {
     if (this.#state === 'open' || this.#active > 0 || this.#mailbox.depth > 0) return;
     this.#state = 'closed';
-    this.#resolveClosed();
+    if (this.#resolveClosed !== undefined) this.#resolveClosed();
+    else this.#closed = SETTLED;
     this.#bus.liveSubscriptions.delete(this);
     this.#checkIdle();
     if (this.#observer !== undefined) {
@@ -379,7 +455,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
 
   // ---- for the runtime's idle and shutdown ----
 
-  #idleWaiters: (() => void)[] = [];
+  #idleWaiters: (() => void)[] | undefined = undefined;
 
   /** @internal Whether a consumer is attached: without one, nothing would ever drain the mailbox. */
   get consumed(): boolean {
@@ -389,7 +465,7 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
   /** @internal Resolves when nothing is queued and no message is being handled. */
   idle(): Promise<void> {
     if (this.#isIdle()) return Promise.resolve();
-    return new Promise((resolve) => this.#idleWaiters.push(resolve));
+    return new Promise((resolve) => (this.#idleWaiters ??= []).push(resolve));
   }
 
   /** @internal What is left, for the shutdown report: messages queued, and being handled. */
@@ -402,9 +478,9 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
   }
 
   #checkIdle(): void {
-    if (this.#idleWaiters.length === 0 || !this.#isIdle()) return;
     const waiters = this.#idleWaiters;
-    this.#idleWaiters = [];
+    if (waiters === undefined || !this.#isIdle()) return;
+    this.#idleWaiters = undefined;
     for (const w of waiters) w();
   }
 
@@ -413,14 +489,16 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
    * with it (as a callback's would). Outside any message (an asynchronous operator), it is counted
    * and logged, with no message to name.
    */
-  readonly #contain = (error: unknown): void => {
-    if (this.#observing !== undefined) {
-      this.#observerError ??= error;
-      return;
-    }
-    this.#errors++;
-    console.error(`sluice: subscription '${this.subject}' observable failed outside a message:`, error);
-  };
+  #container(): (error: unknown) => void {
+    return (error) => {
+      if (this.#observing !== undefined) {
+        this.#observerError ??= error;
+        return;
+      }
+      this.#errors++;
+      console.error(`sluice: subscription '${this.subject}' observable failed outside a message:`, error);
+    };
+  }
 }
 
 type Next<T> = ((value: T) => void) | null | undefined;
@@ -507,8 +585,10 @@ function isSubscriber(value: unknown): value is Subscriber<never> {
   );
 }
 
-function defaultOnError(subject: string) {
-  return (error: unknown, env: Envelope): void => {
-    console.error(`sluice: subscription '${subject}' failed on message '${env.id}':`, error);
-  };
+/** What `closed` gives once a subscription closed before anyone asked for it. */
+const SETTLED: Promise<void> = Promise.resolve();
+
+/** The default `onError`. */
+function logError(subject: string, error: unknown, env: Envelope): void {
+  console.error(`sluice: subscription '${subject}' failed on message '${env.id}':`, error);
 }

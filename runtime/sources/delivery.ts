@@ -1,13 +1,11 @@
 /**
  * What connector sources share to deliver broker messages onto the bus: the free room of the
- * mailboxes a subject reaches (how much to ask the broker for), the lineage whose last release
- * settles a broker message, and the publish of a message the broker delivers again, at its
- * delivery count.
+ * mailboxes a subject reaches (how much to ask the broker for), and the publish of a message the
+ * broker delivers again, at its delivery count. (A message's lineage is `SourceLineage`.)
  */
 import type { Bus, BusClient } from '../bus/bus.ts';
 import { checkHeaders, createEnvelope, type PublishOptions } from '../envelope.ts';
 import { ClosedError, StreamError } from '../errors.ts';
-import type { Lineage } from '../lineage.ts';
 
 /**
  * @internal Messages the mailboxes reached by `subject` can take now: the least over the plain
@@ -31,37 +29,6 @@ export function freeCapacity(bus: Bus, subject: string, empty = false): number {
     free = Math.min(free, room);
   }
   return free;
-}
-
-/**
- * @internal A source's reference to one broker message on the bus: retained by each mailbox that
- * took it (and by what derives from it), as any lineage (docs/settlement.md). When the last
- * reference comes back the message is settled: `onSettled` gets the first error any reference
- * came back with (undefined: every consumer succeeded), once.
- */
-export class SettleLineage implements Lineage {
-  readonly ids: readonly string[];
-  readonly #onSettled: (error: unknown) => void;
-  #refs = 1;
-  #error: unknown = undefined;
-  constructor(id: string, onSettled: (error: unknown) => void) {
-    this.ids = [id];
-    this.#onSettled = onSettled;
-  }
-  retain(): void {
-    this.#refs++;
-  }
-  absorb(): void {
-    this.#refs++;
-  }
-  release(error?: unknown): void {
-    if (error !== undefined && this.#error === undefined) this.#error = error;
-    if (this.#refs === 0) return;
-    if (--this.#refs === 0) this.#onSettled(this.#error);
-  }
-  releaseAbsorbed(error?: unknown): void {
-    this.release(error);
-  }
 }
 
 /**

@@ -6,7 +6,7 @@ import { subjectMatches, validateSubject } from '../bus/subjects.ts';
 import type { Clock, Timer } from '../clock.ts';
 import { createEnvelope, type Envelope } from '../envelope.ts';
 import { type CorruptRecordError, messageOf, OptionsError, SluiceError, StreamError } from '../errors.ts';
-import type { Lineage } from '../lineage.ts';
+import { SourceLineage } from '../lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../options.ts';
 import type { LogEntry, Store, StoreBatch } from '../store/types.ts';
 import type { Telemetry } from '../telemetry.ts';
@@ -66,36 +66,10 @@ class Delivery {
 }
 
 /**
- * The source reference of a pushed message: the bus and the actor retain and release it as any
- * lineage (docs/settlement.md). When the last reference is given back the message is settled:
- * acked, or nacked when one came back with an error.
+ * The source reference of a pushed message (docs/settlement.md): when the last reference is given
+ * back the message is settled, acked, or nacked when one came back with an error.
  */
-class PushLineage implements Lineage {
-  readonly ids: readonly string[];
-  readonly #consumer: ConsumerImpl;
-  readonly #delivery: Delivery;
-  #refs = 1;
-  #error: unknown = undefined;
-  constructor(consumer: ConsumerImpl, delivery: Delivery, id: string) {
-    this.#consumer = consumer;
-    this.#delivery = delivery;
-    this.ids = [id];
-  }
-  retain(): void {
-    this.#refs++;
-  }
-  absorb(): void {
-    this.#refs++;
-  }
-  release(error?: unknown): void {
-    if (error !== undefined && this.#error === undefined) this.#error = error;
-    if (this.#refs === 0) return;
-    if (--this.#refs === 0) this.#consumer.pushSettled(this.#delivery, this, this.#error);
-  }
-  releaseAbsorbed(error?: unknown): void {
-    this.release(error);
-  }
-}
+type PushLineage = SourceLineage<Delivery>;
 
 class Message<T> implements StreamMessage<T> {
   readonly seq: number;
@@ -150,7 +124,7 @@ export class ConsumerImpl<T = unknown> {
   #floor: number;
   /** The next sequence never delivered yet. */
   #next: number;
-  readonly #acked: RangeSet;
+  #acked: RangeSet;
   readonly #pending = new Map<number, Delivery>();
   /** Sequences due for redelivery, in the order they fell due. */
   #ready: number[] = [];
@@ -267,6 +241,35 @@ export class ConsumerImpl<T = unknown> {
     const m = this.#waiters.length === 0 ? this.#pull() : undefined;
     if (m !== undefined) return Promise.resolve(m);
     return new Promise((resolve, reject) => this.#waiters.push({ resolve, reject }));
+  }
+
+  /**
+   * @internal Moves the position to a sequence or a time (for operators, through the admin API):
+   * deliveries start there again, and what was acknowledged above it is forgotten. Refused while
+   * messages are delivered and unsettled, unless `force`: their deliveries are then dropped (their
+   * settlements are ignored, and they are delivered again if at or after the new position).
+   * Returns the new position.
+   */
+  reset(policy: { readonly fromSeq: number } | { readonly fromTime: number }, force = false): number {
+    this.#checkOpen();
+    if (this.#pending.size > 0 && !force) {
+      throw new StreamError(
+        this.stream,
+        `consumer '${this.name}' has ${this.#pending.size} messages delivered and not settled: pause the actors that read it until they settle, or force the reset (what they hold may then be handled twice)`,
+      );
+    }
+    const floor = this.#start(policy, `consumer '${this.#key}'.reset`);
+    for (const d of this.#pending.values()) d.timer?.cancel();
+    this.#pending.clear();
+    this.#ready = [];
+    this.#buffer = [];
+    this.#bufferAt = 0;
+    this.#acked = new RangeSet();
+    this.#floor = floor;
+    this.#next = floor;
+    this.#persist();
+    this.wake();
+    return floor;
   }
 
   lag(): ConsumerLag {
@@ -393,7 +396,7 @@ export class ConsumerImpl<T = unknown> {
     d.timer = this.#deps.clock.setTimeout(() => this.#expired(d, attempt), this.#ackWait(attempt));
   }
 
-  pushSettled(d: Delivery, lineage: PushLineage, error: unknown): void {
+  sourceSettled(d: Delivery, lineage: PushLineage, error: unknown): void {
     if (d.push !== lineage) return;
     if (error === undefined) this.ackDelivery(d);
     else this.nackDelivery(d, d.attempt, this.#redeliveryDelay(d.attempt), error);
@@ -467,7 +470,7 @@ export class ConsumerImpl<T = unknown> {
         if (taken === undefined) break;
         const [d, stored] = taken;
         this.#pushedInTurn++;
-        const lineage = new PushLineage(this as ConsumerImpl, d, stored.i);
+        const lineage = new SourceLineage<Delivery>(this as ConsumerImpl, d, stored.i);
         d.push = lineage;
         const env = this.#source.envelope(d.seq, stored, d.attempt, lineage);
         let accepted: Promise<void>;

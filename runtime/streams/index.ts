@@ -108,6 +108,11 @@ export class Streams {
     return this.get(ref.stream).consumer(ref.consumer, ref.options as ConsumerOptions);
   }
 
+  /** @internal Every stream the runtime defines (for the admin API). */
+  all(): StreamImpl[] {
+    return [...this.#streams.values()];
+  }
+
   /** The stream named `name`, if the runtime defines it. */
   find(name: string): StreamImpl | undefined {
     return this.#streams.get(name);

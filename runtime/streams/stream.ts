@@ -151,6 +151,16 @@ export class StreamImpl implements Stream {
     return this.#deps.store;
   }
 
+  /** @internal Its consumers made so far in this process (for the admin API). */
+  consumers(): ConsumerImpl[] {
+    return [...this.#consumers.values()];
+  }
+
+  /** @internal Its retention limits, as configured (for the admin API). */
+  get retention(): { maxAgeMs?: number; maxBytes?: number; maxMessages?: number } {
+    return { maxAgeMs: this.#maxAgeMs, maxBytes: this.#maxBytes, maxMessages: this.#maxMessages };
+  }
+
   info(): StreamInfo {
     const b = this.#deps.store.bounds(this.log);
     return {

@@ -24,6 +24,7 @@ import {
   OptionsError,
   type Runtime,
   sinkActor,
+  VirtualClock,
 } from 'sluice';
 import { clientOptions, natsSink, natsSource } from 'sluice/connectors/nats';
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
@@ -261,6 +262,49 @@ describe.skipIf(missing !== undefined)('NATS connector', () => {
     expect(seen).toEqual([1]);
     const info = await s.jsm.consumers.info(s.name, 'c');
     expect(info.num_redelivered).toBe(0);
+  });
+
+  test('a message JetStream delivers again while it is still held is not handed over twice', async () => {
+    const s = await stream();
+    // The runtime's clock never moves, so the source's in-progress heartbeat never runs: JetStream
+    // delivers the held message again after its 1 s ack wait, as it would to a process too busy.
+    const clock = new VirtualClock();
+    const rt = createRuntime({ logger: quiet, clock, shutdownDeadlineMs: 2_000 });
+    onTestFinished(() => rt.stop().then(() => undefined));
+    const seen: unknown[] = [];
+    let finish: (() => void) | undefined;
+    rt.spawn(
+      actor<number, never>({
+        name: 'holder',
+        subscribe: 'rh.in',
+        handle: async (env) => {
+          seen.push(env.data);
+          if (seen.length === 1) await new Promise<void>((resolve) => (finish = resolve));
+        },
+      }),
+    );
+    const source = natsSource({
+      connection: { servers: server.url },
+      jetstream: { stream: s.name, consumer: 'c', ackWaitMs: 1_000 },
+      subject: 'rh.in',
+    });
+    onTestFinished(() => source.close());
+    await source.start(rt);
+    await s.js.publish(`${s.prefix}.a`, json(7));
+    let redelivered = 0;
+    const deadline = Date.now() + 10_000;
+    while (redelivered === 0 && Date.now() < deadline) {
+      await sleep(100);
+      redelivered = (await s.jsm.consumers.info(s.name, 'c')).num_redelivered;
+    }
+    expect(redelivered, 'JetStream delivered the held message again').toBeGreaterThan(0);
+    finish?.();
+    await until(() => source.stats.acked === 1, 'the ack of the held copy', 10_000);
+    await rt.idle();
+    expect(seen).toEqual([7]);
+    expect(source.stats.redeliveredWhileHeld).toBeGreaterThan(0);
+    const info = await s.jsm.consumers.info(s.name, 'c');
+    expect(info.num_ack_pending).toBe(0);
   });
 
   test('sink errors are surfaced: a batch JetStream does not acknowledge fails, and its inputs are retried then dead-lettered', async () => {

@@ -1,6 +1,8 @@
 import { expect, test } from 'vitest';
+import { natsServerMissing } from '../services/natsServer.ts';
 import { postgresMissing } from '../services/postgres.ts';
 import { FAULTS, runCrash } from './harness.ts';
+import { NATS_FAULTS, runNatsCrash } from './natsHarness.ts';
 
 const missing = await postgresMissing('the crash test');
 
@@ -43,6 +45,24 @@ test.skipIf(missing !== undefined)(
     expect(report.problems, summary).toEqual([]);
     expect(report.kills, summary).toBeGreaterThanOrEqual(5);
     expect([...report.faults].sort(), summary).toEqual([...FAULTS.checkpointed.map((f) => f.name)].sort());
+    expect(report.runs.at(-1)?.ended, summary).toBe('done');
+  },
+);
+
+// The JetStream job (natsJob.ts): NATS as source and as sink, the output streams read with a plain
+// client at the end, each key exactly once. 15,000 events keep it near 30 s on two cores
+// (`npm run crash -- --nats --kills 50` is the long form).
+const natsMissing = natsServerMissing('the JetStream crash test');
+test.skipIf(natsMissing !== undefined)(
+  'crash - a JetStream job (natsSource -> window and transformation -> natsSink) killed with SIGKILL at random moments and at fault points leaves each key once in its output streams',
+  { timeout: 180_000 },
+  async () => {
+    const seed = Number(process.env.CRASH_SEED ?? 5);
+    const report = await runNatsCrash({ events: 15_000, kills: 5, seed });
+    const summary = JSON.stringify({ ...report, runs: report.runs.map((r) => `${r.fault ?? r.kind}:${r.ended}`) });
+    expect(report.problems, summary).toEqual([]);
+    expect(report.kills, summary).toBeGreaterThanOrEqual(5);
+    expect([...report.faults].sort(), summary).toEqual(NATS_FAULTS.map((f) => f.name).sort());
     expect(report.runs.at(-1)?.ended, summary).toBe('done');
   },
 );

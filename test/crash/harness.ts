@@ -97,8 +97,8 @@ interface Child {
   readonly lines: readonly string[];
 }
 
-/** Runs job.ts once; `killAfterMs`: SIGKILL that long after it reports running. */
-function runJob(
+/** Runs a job once; `killAfterMs`: SIGKILL that long after it reports running. */
+export function runJob(
   job: string,
   env: Record<string, string>,
   killAfterMs: number | undefined,
@@ -258,7 +258,7 @@ export async function runCrash(options: CrashOptions = {}): Promise<CrashReport>
 }
 
 /** Collects problems, at most a few of each kind, with the count of the rest. */
-class Problems {
+export class Problems {
   readonly #byKind = new Map<string, string[]>();
   add(kind: string, detail: string): void {
     let list = this.#byKind.get(kind);
@@ -276,7 +276,7 @@ class Problems {
   }
 }
 
-function sameTotals(got: unknown, want: WindowTotals): boolean {
+export function sameTotals(got: unknown, want: WindowTotals): boolean {
   const g = got as Partial<WindowTotals> | null;
   return (
     g !== null &&

@@ -39,6 +39,21 @@ export function reached(name: string, before?: () => void): boolean {
   return true;
 }
 
+/**
+ * Counts an occurrence of fault point `name` and says whether it is the one that kills: the caller
+ * does what the fault leaves behind, then calls {@link die}.
+ */
+export function faultDue(name: string): boolean {
+  return name === fault && ++faultCount === faultAt;
+}
+
+/** Dies at fault point `name` (see {@link faultDue}). */
+export function die(name: string): never {
+  say(`fault ${name}`);
+  process.kill(process.pid, 'SIGKILL');
+  throw new Error('unreachable: killed');
+}
+
 /** A pg client whose COMMIT is the `mid-batch` fault point of its sink. */
 function faultyPool(sink: string): pg.Pool {
   class FaultyClient extends pg.Client {

@@ -1,10 +1,12 @@
 /**
- * `npm run crash -- [--kills N] [--events N] [--seed N] [--max-delay MS] [--checkpointed]`: the
+ * `npm run crash -- [--kills N] [--events N] [--seed N] [--max-delay MS] [--checkpointed | --nats]`: the
  * crash test's long form (harness.ts), outside `npm test`. Prints each run, then a JSON summary;
  * exits 1 when the sinks differ from the expected results or a fault point was never reached.
- * `--checkpointed` runs the checkpointed job (checkpointJob.ts) instead of the at-least-once one.
+ * `--checkpointed` runs the checkpointed job (checkpointJob.ts) instead of the at-least-once one;
+ * `--nats` the JetStream job (natsJob.ts: NATS as source and sink, 20,000 events by default).
  */
 import { FAULTS, runCrash } from './harness.ts';
+import { NATS_FAULTS, runNatsCrash } from './natsHarness.ts';
 
 function flag(name: string, fallback: number): number {
   const args = process.argv.slice(2);
@@ -20,17 +22,19 @@ function flag(name: string, fallback: number): number {
 }
 
 const maxDelay = flag('max-delay', 0);
+const nats = process.argv.includes('--nats');
 const variant = process.argv.includes('--checkpointed') ? 'checkpointed' : 'at-least-once';
-const report = await runCrash({
-  variant,
+const options = {
   ...(maxDelay > 0 ? { maxKillDelayMs: maxDelay } : {}),
   kills: flag('kills', 50),
-  events: flag('events', 200_000),
+  events: flag('events', nats ? 20_000 : 200_000),
   seed: flag('seed', Date.now() % 1_000_000),
-  log: (line) => process.stdout.write(`${line}\n`),
-});
+  log: (line: string) => process.stdout.write(`${line}\n`),
+};
+const report = nats ? await runNatsCrash(options) : await runCrash({ variant, ...options });
 const { runs, ...summary } = report;
 process.stdout.write(`${JSON.stringify({ ...summary, runs: runs.length })}\n`);
-const ok = report.problems.length === 0 && new Set(report.faults).size === FAULTS[variant].length;
+const faults = nats ? NATS_FAULTS : FAULTS[variant];
+const ok = report.problems.length === 0 && new Set(report.faults).size === faults.length;
 process.stdout.write(ok ? 'crash test passed\n' : `crash test FAILED:\n${report.problems.join('\n')}\n`);
 process.exit(ok ? 0 : 1);

@@ -715,6 +715,25 @@ describe('bus - permissions', () => {
     expect(open.got).toEqual(['s0', 's1', 's2', 's3']);
   });
 
+  test('bus - delivery filters are compiled per subject: a plan made for one subject never lets another through', async () => {
+    const bus = new Bus();
+    const eve = bus.client('eve', { subscribe: { deny: ['orders.secret'] } });
+    const filtered = recorder<string>(eve, 'orders.*');
+    const workers = recorder<string>(eve, 'orders.*', 'workers');
+    // Cached plans of both subjects, used over and over, in either order.
+    for (let i = 0; i < 3; i++) {
+      for (const s of ['orders.public', 'orders.secret']) expect(bus.tryPublish(s, `${s}${i}`)).toBe(true);
+    }
+    // A match looked up for one subject and routed with an envelope of another (as a consumer that
+    // keeps a lookup does): the filters run for the envelope's subject.
+    await bus.route(createEnvelope('orders.secret', 'crafted'), true, bus.lookup('orders.public'));
+    expect(bus.route(createEnvelope('orders.public', 'kept'), false, bus.lookup('orders.secret'))).toBe(true);
+    await flush();
+    expect(filtered.got).toEqual(['orders.public0', 'orders.public1', 'orders.public2', 'kept']);
+    expect(workers.got).toEqual(['orders.public0', 'orders.public1', 'orders.public2', 'kept']);
+    expect(bus.telemetry.counters.published).toBe(8);
+  });
+
   test('bus - requests are checked as publishes', async () => {
     const bus = new Bus({ clock: new VirtualClock() });
     bus.subscribe('admin.x');

@@ -1,3 +1,5 @@
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { filter, map, take, toArray } from 'rxjs';
 import { Bus, type Envelope, type Lineage, OptionsError, type Subscription } from 'sluice';
 import { describe, expect, test } from 'vitest';
@@ -388,6 +390,50 @@ describe('subscription - ending', () => {
     const bus = new Bus();
     const sub = bus.subscribe('a');
     await sub.drain();
+    expect(sub.isOpen).toBe(false);
+  });
+});
+
+describe('subscription - memory', () => {
+  test('subscription - an idle subscription holds at most 1 KB, with a callback or without', () => {
+    // A full collection before and after each count, so the figure is what the subscriptions hold.
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const n = 20_000;
+    const callback = () => {};
+    for (const kind of ['callback', 'plain'] as const) {
+      const bus = new Bus();
+      const subs: Subscription[] = [];
+      gc();
+      const before = process.memoryUsage().heapUsed;
+      for (let i = 0; i < n; i++)
+        subs.push(kind === 'callback' ? bus.subscribe('idle.one', { callback }) : bus.subscribe('idle.one'));
+      gc();
+      const perSubscription = (process.memoryUsage().heapUsed - before) / n;
+      // About 900 bytes with a callback and 550 without (3 KB before the closed promise, drain loop,
+      // waiter lists and mailbox ring were made on first use), the bus's share of the route included.
+      expect(perSubscription, kind).toBeLessThan(1024);
+      expect(bus.subscriptions).toBe(n);
+      for (const sub of subs) sub.unsubscribe();
+      expect(bus.subscriptions).toBe(0);
+    }
+  });
+
+  test('subscription - what an idle subscription makes on first use works when first used late', async () => {
+    const bus = new Bus();
+    const got: number[] = [];
+    const sub = bus.subscribe<number>('late.use', { callback: (env) => void got.push(env.data) });
+    // Closed before anyone asked: `closed` is already settled.
+    const other = bus.subscribe('late.other');
+    other.unsubscribe();
+    await other.closed;
+    await other.close();
+    // The first message makes the drain loop; a publish from inside the callback queues and is taken next.
+    await bus.publish('late.use', 1);
+    expect(got).toEqual([1]);
+    const closing = sub.closed;
+    await sub.drain();
+    await closing;
     expect(sub.isOpen).toBe(false);
   });
 });

@@ -1,0 +1,740 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import type { Logger } from '../actors/actor.ts';
+import { DEAD_LETTER_HEADERS } from '../actors/deadLetters.ts';
+import { validateSubject } from '../bus/subjects.ts';
+import { messageOf, OptionsError, SluiceError, StreamError } from '../errors.ts';
+import { stateNamespace } from '../state/keyedState.ts';
+import { type AuditEntry, AuditLog, type Caller } from './audit.ts';
+import { DeadLetterBuffer, type KeptLetter, REPLAYED_FROM_HEADER } from './deadLetterBuffer.ts';
+import type { AdminHost } from './host.ts';
+import { isLoopback, type ResolvedServeOptions, resolveServeOptions, type ServeOptions } from './options.ts';
+import { Sampler } from './sampler.ts';
+import {
+  actorView,
+  browse,
+  lagViews,
+  letterView,
+  MAX_PAGE,
+  matches,
+  positionsOf,
+  preview,
+  streamView,
+} from './views.ts';
+
+/** A running admin API, as `runtime.serve` returns it. */
+export interface AdminServer {
+  /** `http://host:port`, the base of the API and the dashboard. */
+  readonly url: string;
+  readonly host: string;
+  readonly port: number;
+  /** The last actions tried (at most 1000), oldest first. */
+  readonly audit: readonly AuditEntry[];
+  /** Stops listening, ends live feeds and stops sampling; the runtime goes on. */
+  close(): Promise<void>;
+}
+
+/** Largest request body accepted (actions are small JSON objects). */
+export const MAX_BODY_BYTES = 64 * 1024;
+/** Replays between two yields to the event loop, so a long replay does not hold the job up. */
+const REPLAY_SLICE = 64;
+/** A live-feed client that lets this much pile up unread is dropped: a slow dashboard must not grow memory. */
+const MAX_FEED_BACKLOG = 256 * 1024;
+
+type Rights = 'read' | 'act';
+interface Who {
+  readonly caller: Caller;
+  readonly rights: Rights;
+}
+
+class HttpError extends Error {
+  readonly status: number;
+  readonly code: string;
+  constructor(status: number, code: string, message: string) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+const STATIC: Record<string, string> = {
+  '/': 'index.html',
+  '/index.html': 'index.html',
+  '/app.js': 'app.js',
+  '/app.css': 'app.css',
+};
+const TYPES: Record<string, string> = {
+  html: 'text/html; charset=utf-8',
+  js: 'text/javascript; charset=utf-8',
+  css: 'text/css; charset=utf-8',
+};
+
+function dashboardDir(): string | undefined {
+  // From the sources (runtime/admin/) or from dist/runtime/admin/, where only the .js files are.
+  for (const rel of ['./dashboard/', '../../../runtime/admin/dashboard/']) {
+    const dir = fileURLToPath(new URL(rel, import.meta.url));
+    if (existsSync(`${dir}index.html`)) return dir;
+  }
+  return undefined;
+}
+
+function digest(token: string): Buffer {
+  return createHash('sha256').update(token).digest();
+}
+
+/** @internal Starts the admin API of a runtime (see `Runtime.serve`). */
+export async function serve(host: AdminHost, options: ServeOptions, log: Logger): Promise<AdminServer> {
+  const o = resolveServeOptions(options);
+  const admin = new Admin(host, o, log);
+  await admin.listen();
+  return admin;
+}
+
+class Admin implements AdminServer {
+  readonly #host: AdminHost;
+  readonly #o: ResolvedServeOptions;
+  readonly #log: Logger;
+  readonly #server: Server;
+  readonly #letters: DeadLetterBuffer;
+  readonly #sampler: Sampler;
+  readonly #audit: AuditLog;
+  readonly #feeds = new Set<ServerResponse>();
+  readonly #token: Buffer | undefined;
+  readonly #readToken: Buffer | undefined;
+  readonly #files = new Map<string, Buffer>();
+  readonly #startedAt = Date.now();
+  #timer: NodeJS.Timeout | undefined;
+  #heartbeat = 0;
+  /**
+   * Requests waiting for their turn. One is started per event-loop turn (each in its own
+   * `setImmediate`), so a burst of requests, which Node would otherwise run back to back in one
+   * poll phase, is spread over turns and the job's timers and I/O run between them.
+   */
+  readonly #waiting: (() => void)[] = [];
+  #waitingHead = 0;
+  readonly #next = (): void => {
+    const run = this.#waiting[this.#waitingHead++];
+    if (this.#waitingHead === this.#waiting.length) {
+      this.#waiting.length = 0;
+      this.#waitingHead = 0;
+    } else setImmediate(this.#next);
+    run?.();
+  };
+  #port = 0;
+
+  constructor(host: AdminHost, o: ResolvedServeOptions, log: Logger) {
+    this.#host = host;
+    this.#o = o;
+    this.#log = log;
+    this.#token = o.token === false ? undefined : digest(o.token);
+    this.#readToken = o.readToken === undefined ? undefined : digest(o.readToken);
+    this.#letters = new DeadLetterBuffer(host.bus, o.deadLetters, () => Date.now());
+    this.#letters.onLetter = (l) => this.#broadcast('deadletter', letterView(l));
+    this.#sampler = new Sampler(host, o.historySamples, (actor) => positionsOf(host, actor));
+    this.#audit = new AuditLog(o.auditLog, log);
+    this.#audit.onEntry = (e) => this.#broadcast('audit', e);
+    const dir = dashboardDir();
+    if (dir !== undefined) {
+      for (const file of new Set(Object.values(STATIC))) this.#files.set(file, readFileSync(`${dir}${file}`));
+    }
+    this.#server = createServer((req, res) => {
+      this.#waiting.push(() => this.#handle(req, res).catch((error: unknown) => this.#fail(res, error)));
+      if (this.#waiting.length === 1) setImmediate(this.#next);
+    });
+    // Bounded: a client that opens connections and sends nothing does not hold them forever.
+    this.#server.headersTimeout = 10_000;
+    this.#server.requestTimeout = 60_000;
+  }
+
+  get url(): string {
+    const h = this.#o.host.includes(':') ? `[${this.#o.host}]` : this.#o.host;
+    return `http://${h}:${this.#port}`;
+  }
+  get host(): string {
+    return this.#o.host;
+  }
+  get port(): number {
+    return this.#port;
+  }
+  get audit(): readonly AuditEntry[] {
+    return this.#audit.entries;
+  }
+
+  listen(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onError = (error: NodeJS.ErrnoException) => {
+        this.#letters.close();
+        reject(
+          error.code === 'EADDRINUSE'
+            ? new OptionsError('serve.port', `address ${this.#o.host}:${this.#o.port} is in use`, this.#o.port)
+            : error,
+        );
+      };
+      this.#server.once('error', onError);
+      this.#server.listen(this.#o.port, this.#o.host, () => {
+        this.#server.off('error', onError);
+        this.#port = (this.#server.address() as AddressInfo).port;
+        this.#sampler.sample();
+        this.#timer = setInterval(() => this.#tick(), this.#o.sampleIntervalMs);
+        // Sampling alone must not keep the process alive; the listening socket does, until closed.
+        this.#timer.unref();
+        resolve();
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+    this.#letters.close();
+    for (const res of this.#feeds) res.end();
+    this.#feeds.clear();
+    await new Promise<void>((resolve) => {
+      this.#server.close(() => resolve());
+      this.#server.closeAllConnections();
+    });
+    await this.#audit.flush();
+  }
+
+  /** @internal Samples now (tests drive it instead of waiting for the interval). */
+  tick(): void {
+    this.#tick();
+  }
+
+  #tick(): void {
+    this.#sampler.sample();
+    if (this.#feeds.size === 0) return;
+    this.#broadcast('tick', this.#snapshot());
+    // A comment line now and then keeps proxies from closing a quiet feed.
+    if (++this.#heartbeat % 15 === 0) for (const res of this.#feeds) res.write(': keep-alive\n\n');
+  }
+
+  #snapshot(): unknown {
+    return {
+      time: Date.now(),
+      actors: this.#host.actors().map((c) => {
+        const v = actorView(c, this.#sampler);
+        return {
+          name: v.name,
+          state: v.state,
+          paused: v.paused,
+          depth: v.depth,
+          inFlight: v.inFlight,
+          backpressure: v.backpressure,
+          rateIn: v.rateIn,
+          rateOut: v.rateOut,
+          acked: v.counters.acked,
+          deadLettered: v.counters.deadLettered,
+        };
+      }),
+      lag: lagViews(this.#host).map((l) => ({
+        stream: l.stream,
+        name: l.name,
+        messages: l.messages,
+        timeMs: l.timeMs,
+      })),
+      deadLetters: { kept: this.#letters.kept },
+    };
+  }
+
+  #broadcast(event: string, data: unknown): void {
+    if (this.#feeds.size === 0) return;
+    const frame = `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
+    for (const res of this.#feeds) {
+      if (res.writableLength > MAX_FEED_BACKLOG) {
+        this.#feeds.delete(res);
+        res.destroy();
+        continue;
+      }
+      res.write(frame);
+    }
+  }
+
+  // ---- requests ----
+
+  #authenticate(req: IncomingMessage): Who {
+    if (this.#token === undefined) {
+      // No token on loopback: a page on another site could still reach 127.0.0.1 through a DNS
+      // name that resolves there (DNS rebinding); its requests carry that name as Host.
+      const hostHeader = (req.headers.host ?? '').replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+      if (!isLoopback(hostHeader)) {
+        throw new HttpError(403, 'forbidden', `Host '${hostHeader}' is not a loopback name`);
+      }
+      return { caller: 'loopback', rights: 'act' };
+    }
+    const header = req.headers.authorization;
+    const m = header === undefined ? null : /^Bearer\s+(\S+)\s*$/i.exec(header);
+    if (m === null) {
+      throw new HttpError(401, 'unauthorized', 'a bearer token is required: Authorization: Bearer <token>');
+    }
+    const given = digest(m[1] as string);
+    if (timingSafeEqual(given, this.#token)) return { caller: 'token', rights: 'act' };
+    if (this.#readToken !== undefined && timingSafeEqual(given, this.#readToken)) {
+      return { caller: 'read-token', rights: 'read' };
+    }
+    throw new HttpError(401, 'unauthorized', 'the token was refused');
+  }
+
+  async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://admin');
+    const path = url.pathname;
+    const file = STATIC[path];
+    if (file !== undefined && req.method === 'GET') {
+      const body = this.#files.get(file);
+      if (body === undefined) throw new HttpError(404, 'not-found', 'the dashboard files are not installed');
+      res.writeHead(200, {
+        'content-type': TYPES[file.split('.').pop() as string] as string,
+        'cache-control': 'no-cache',
+        'x-content-type-options': 'nosniff',
+        // The page loads only its own script and style, and talks only to this server.
+        'content-security-policy':
+          "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:",
+      });
+      res.end(body);
+      return;
+    }
+    if (path === '/favicon.ico') {
+      res.writeHead(204).end();
+      return;
+    }
+    if (!path.startsWith('/api/')) throw new HttpError(404, 'not-found', `no such page: ${path}`);
+    let who: Who;
+    try {
+      who = this.#authenticate(req);
+    } catch (error) {
+      if (req.method === 'POST') this.#record(req, path, 'unauthenticated', '', 'refused', messageOf(error));
+      throw error;
+    }
+    if (req.method === 'GET') {
+      if (path === '/api/events') return this.#feed(res);
+      this.#json(res, 200, this.#read(path, url.searchParams));
+      return;
+    }
+    if (req.method !== 'POST') throw new HttpError(405, 'method-not-allowed', `${req.method} is not allowed`);
+    const body = await readBody(req);
+    const action = path.slice('/api/'.length);
+    const target = describeTarget(body);
+    if (who.rights !== 'act' || this.#o.readOnly) {
+      const why = this.#o.readOnly ? 'the admin API is read-only' : 'this token may read but not act';
+      this.#record(req, action, who.caller, target, 'refused', why);
+      throw new HttpError(403, 'forbidden', why);
+    }
+    try {
+      const result = await this.#act(action, body, req, res);
+      if (result === undefined) return; // streamed already
+      this.#record(req, action, who.caller, target, 'ok', result.detail);
+      if (!res.headersSent) this.#json(res, 200, result.body);
+      else res.end(`${JSON.stringify(result.body)}\n`);
+    } catch (error) {
+      this.#record(req, action, who.caller, target, 'failed', messageOf(error));
+      throw error;
+    }
+  }
+
+  #record(
+    req: IncomingMessage,
+    action: string,
+    caller: AuditEntry['caller'],
+    target: string,
+    outcome: AuditEntry['outcome'],
+    detail: string,
+  ): void {
+    this.#audit.record({
+      time: Date.now(),
+      action,
+      caller,
+      remote: req.socket.remoteAddress ?? '',
+      target,
+      outcome,
+      detail,
+    });
+  }
+
+  #read(path: string, q: URLSearchParams): unknown {
+    const host = this.#host;
+    switch (path) {
+      case '/api/status':
+        return this.#status();
+      case '/api/actors':
+        return host.actors().map((c) => actorView(c, this.#sampler));
+      case '/api/streams':
+        return host.streams().map(streamView);
+      case '/api/subscriptions':
+        return [...host.bus.liveSubscriptions].slice(0, MAX_PAGE).map((s) => ({
+          subject: s.subject,
+          queue: s.queue,
+          ...s.left(),
+        }));
+      case '/api/lag':
+        return lagViews(host);
+      case '/api/messages': {
+        const stream = host.streams().find((s) => s.name === q.get('stream'));
+        if (stream === undefined) throw new HttpError(404, 'not-found', `no stream '${q.get('stream') ?? ''}'`);
+        return browse(
+          stream,
+          { seq: intParam(q, 'from'), time: timeParam(q, 'fromTime') },
+          intParam(q, 'limit') ?? 50,
+          { subject: q.get('subject') ?? undefined, contains: q.get('contains') ?? undefined },
+        );
+      }
+      case '/api/deadletters':
+        return { kept: this.#letters.kept, subjects: this.#letters.subjects() };
+      case '/api/deadletters/messages': {
+        const limit = intParam(q, 'limit') ?? 50;
+        if (limit < 1 || limit > MAX_PAGE)
+          throw new OptionsError('limit', `must be an integer from 1 to ${MAX_PAGE}`, limit);
+        const filter = { subject: undefined, contains: q.get('contains') ?? undefined };
+        const page = this.#letters.page(q.get('subject') ?? undefined, intParam(q, 'after') ?? 0, limit, (l) =>
+          matches(l.envelope, filter),
+        );
+        return { messages: page.map(letterView), next: page.length === limit ? page.at(-1)?.n : undefined };
+      }
+      case '/api/checkpoints':
+        return {
+          actors: host
+            .actors()
+            .filter((c) => c.checkpoint !== undefined)
+            .map((c) => ({ name: c.name, ...c.checkpoint, positions: positionsOf(host, c.name) })),
+          history: this.#sampler.checkpoints,
+        };
+      case '/api/state':
+        return this.#state(q);
+      case '/api/state/keys':
+        return this.#stateKeys(q);
+      case '/api/history':
+        return this.#sampler.history();
+      case '/api/timeline':
+        return this.#sampler.timeline;
+      case '/api/audit':
+        return this.#audit.entries.slice(-Math.min(intParam(q, 'limit') ?? 100, 1000));
+      default:
+        throw new HttpError(404, 'not-found', `no such endpoint: GET ${path}`);
+    }
+  }
+
+  #status(): unknown {
+    const actors = this.#host.actors();
+    const count = (f: (c: (typeof actors)[number]) => boolean) => actors.filter(f).length;
+    return {
+      name: 'sluice',
+      time: Date.now(),
+      uptimeMs: Date.now() - this.#startedAt,
+      stopped: this.#host.stopped,
+      readOnly: this.#o.readOnly,
+      actors: {
+        total: actors.length,
+        running: count((c) => c.state === 'running' && !c.paused),
+        paused: count((c) => c.paused),
+        restarting: count((c) => c.state === 'restarting'),
+        stopped: count((c) => c.state === 'stopped' || c.state === 'stopping'),
+      },
+      streams: this.#host.streams().length,
+      subscriptions: this.#host.bus.subscriptions,
+      totals: { ...this.#host.telemetry.counters },
+      deadLetters: {
+        kept: this.#letters.kept,
+        received: this.#letters.subjects().reduce((n, s) => n + s.received, 0),
+      },
+    };
+  }
+
+  #actor(name: unknown) {
+    if (typeof name !== 'string') throw new OptionsError('actor', 'must be the name of an actor', name);
+    const cell = this.#host.actors().find((c) => c.name === name);
+    if (cell === undefined) throw new HttpError(404, 'not-found', `no actor '${name}'`);
+    return cell;
+  }
+
+  #state(q: URLSearchParams): unknown {
+    const cell = this.#actor(q.get('actor') ?? undefined);
+    const key = q.get('key');
+    if (key === null || key === '') throw new OptionsError('key', 'must be a non-empty key', key);
+    if (cell.checkpoint === undefined) {
+      throw new HttpError(404, 'not-found', `actor '${cell.name}' keeps no keyed state (it has no checkpoint)`);
+    }
+    const value = cell.readState(key);
+    return { actor: cell.name, key, found: value !== undefined, ...preview(value) };
+  }
+
+  #stateKeys(q: URLSearchParams): unknown {
+    const cell = this.#actor(q.get('actor') ?? undefined);
+    const store = this.#host.store;
+    const limit = intParam(q, 'limit') ?? 50;
+    if (limit < 1 || limit > MAX_PAGE)
+      throw new OptionsError('limit', `must be an integer from 1 to ${MAX_PAGE}`, limit);
+    if (store === undefined || cell.checkpoint === undefined) return { actor: cell.name, keys: [] };
+    // Committed keys only: writes since the last checkpoint show through `state?key=`.
+    const entries = store.scan(stateNamespace(cell.name), q.get('prefix') ?? '', { limit });
+    return { actor: cell.name, keys: entries.map((e) => e.key) };
+  }
+
+  #feed(res: ServerResponse): void {
+    if (this.#feeds.size >= this.#o.maxFeeds) {
+      throw new HttpError(503, 'too-many-feeds', `at most ${this.#o.maxFeeds} live feeds at once`);
+    }
+    res.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache',
+      connection: 'keep-alive',
+    });
+    res.write(`event: tick\ndata: ${JSON.stringify(this.#snapshot())}\n\n`);
+    this.#feeds.add(res);
+    res.on('close', () => this.#feeds.delete(res));
+  }
+
+  // ---- actions ----
+
+  async #act(
+    action: string,
+    body: Record<string, unknown>,
+    req: IncomingMessage,
+    res: ServerResponse,
+  ): Promise<{ body: unknown; detail: string } | undefined> {
+    switch (action) {
+      case 'deadletters/replay':
+        return this.#replay(body, req, res);
+      case 'deadletters/purge': {
+        const subject = optionalString(body, 'subject');
+        if (subject === undefined && body.all !== true) {
+          throw new OptionsError('subject', 'name the dead-letter subject to purge, or give all: true', subject);
+        }
+        const purged = this.#letters.purge(subject);
+        return { body: { purged }, detail: `purged ${purged}` };
+      }
+      case 'consumers/reset': {
+        const streamName = requiredString(body, 'stream');
+        const consumerName = requiredString(body, 'consumer');
+        const stream = this.#host.streams().find((s) => s.name === streamName);
+        const consumer = stream?.consumers().find((c) => c.name === consumerName);
+        if (consumer === undefined)
+          throw new HttpError(404, 'not-found', `no consumer '${consumerName}' on stream '${streamName}'`);
+        const seq = body.seq;
+        const time = body.time;
+        if ((seq === undefined) === (time === undefined)) {
+          throw new OptionsError('reset', 'give either seq (a stream sequence) or time (epoch ms)', body);
+        }
+        const before = consumer.position;
+        const position = consumer.reset(
+          seq !== undefined ? { fromSeq: seq as number } : { fromTime: time as number },
+          body.force === true,
+        );
+        return {
+          body: { stream: streamName, consumer: consumerName, before, position },
+          detail: `position ${before} -> ${position}`,
+        };
+      }
+      case 'actors/pause':
+      case 'actors/resume': {
+        const cell = this.#actor(body.actor);
+        if (action === 'actors/pause') cell.pause();
+        else cell.resume();
+        return { body: { actor: cell.name, paused: cell.paused }, detail: cell.paused ? 'paused' : 'resumed' };
+      }
+      case 'publish': {
+        const subject = requiredString(body, 'subject');
+        validateSubject(subject, 'publish');
+        const headers = body.headers;
+        if (headers !== undefined && (typeof headers !== 'object' || headers === null || Array.isArray(headers))) {
+          throw new OptionsError('headers', 'must be an object of string values', headers);
+        }
+        await this.#host.bus.publish(subject, body.data, {
+          key: optionalString(body, 'key'),
+          headers: { ...(headers as Record<string, string> | undefined), 'sluice-test-message': 'admin' },
+        });
+        return { body: { published: subject }, detail: `published to ${subject}` };
+      }
+      default:
+        throw new HttpError(404, 'not-found', `no such action: POST /api/${action}`);
+    }
+  }
+
+  async #replay(
+    body: Record<string, unknown>,
+    req: IncomingMessage,
+    res: ServerResponse,
+  ): Promise<{ body: unknown; detail: string }> {
+    const subject = optionalString(body, 'subject');
+    const reason = optionalString(body, 'reason');
+    const ids = body.ids;
+    if (ids !== undefined && (!Array.isArray(ids) || !ids.every((n) => Number.isInteger(n)))) {
+      throw new OptionsError('ids', 'must be an array of dead-letter numbers', ids);
+    }
+    const limit = body.limit;
+    if (limit !== undefined && (!Number.isInteger(limit) || (limit as number) < 1)) {
+      throw new OptionsError('limit', 'must be an integer >= 1', limit);
+    }
+    if (subject === undefined && ids === undefined && reason === undefined && body.all !== true) {
+      throw new OptionsError('replay', 'select letters by subject, ids or reason, or give all: true', body);
+    }
+    const letters = this.#letters.select({
+      subject,
+      ids: ids as number[] | undefined,
+      reason,
+      limit: limit as number | undefined,
+    });
+    const to = optionalString(body, 'to');
+    if (to !== undefined) validateSubject(to, 'publish');
+    // Progress as JSON lines when the client asks for it (the CLI's progress bar).
+    const progress = (req.headers.accept ?? '').includes('application/x-ndjson');
+    if (progress) res.writeHead(200, { 'content-type': 'application/x-ndjson; charset=utf-8' });
+    let replayed = 0;
+    const failed: { n: number; error: string }[] = [];
+    let lastReport = Date.now();
+    for (const letter of letters) {
+      try {
+        await this.#replayOne(letter, to);
+        this.#letters.replayed(letter);
+        replayed++;
+      } catch (error) {
+        if (failed.length < 100) failed.push({ n: letter.n, error: messageOf(error) });
+      }
+      const done = replayed + failed.length;
+      if (done % REPLAY_SLICE === 0) {
+        // Publishes that are accepted at once resolve in microtasks: without this a long replay
+        // would hold the event loop until it ends.
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        if (progress && Date.now() - lastReport >= 100) {
+          lastReport = Date.now();
+          res.write(`${JSON.stringify({ progress: done, total: letters.length })}\n`);
+        }
+      }
+    }
+    return {
+      body: { replayed, total: letters.length, failed },
+      detail: `replayed ${replayed} of ${letters.length}${failed.length > 0 ? `, ${failed.length} failed` : ''}`,
+    };
+  }
+
+  #replayOne(letter: KeptLetter, to: string | undefined): Promise<void> {
+    const env = letter.envelope;
+    const target = to ?? env.headers[DEAD_LETTER_HEADERS.subject];
+    if (target === undefined || target === '') {
+      return Promise.reject(
+        new OptionsError(
+          'to',
+          `dead letter ${letter.n} has no '${DEAD_LETTER_HEADERS.subject}' header: give a subject`,
+          to,
+        ),
+      );
+    }
+    const dead = new Set<string>(Object.values(DEAD_LETTER_HEADERS));
+    const headers: Record<string, string> = {};
+    for (const [name, value] of Object.entries(env.headers)) {
+      // Stream headers (sequence, stream) of the stored copy are not the new message's either.
+      if (!dead.has(name) && !name.startsWith('sluice-stream')) headers[name] = value;
+    }
+    headers[REPLAYED_FROM_HEADER] = env.id;
+    return this.#host.bus.publish(target, env.data, { key: env.key, eventTime: env.eventTime, headers });
+  }
+
+  // ---- responses ----
+
+  #json(res: ServerResponse, status: number, body: unknown): void {
+    const text = JSON.stringify(body, (_k, v: unknown) => (typeof v === 'bigint' ? `${v}n` : v));
+    res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store' });
+    res.end(text);
+  }
+
+  #fail(res: ServerResponse, error: unknown): void {
+    let status = 500;
+    let code = 'internal';
+    if (error instanceof HttpError) {
+      status = error.status;
+      code = error.code;
+    } else if (error instanceof StreamError && /no such stream/.test(error.message)) {
+      status = 404;
+      code = error.code;
+    } else if (error instanceof SluiceError) {
+      status = error.code === 'SLUICE_ERR_PERMISSION' ? 403 : 400;
+      code = error.code;
+    } else if (error instanceof SyntaxError) {
+      status = 400;
+      code = 'bad-json';
+    } else {
+      this.#log.error(`sluice admin: request failed: ${messageOf(error)}`);
+    }
+    if (res.headersSent) {
+      res.end(`${JSON.stringify({ error: { code, message: messageOf(error) } })}\n`);
+      return;
+    }
+    const headers: Record<string, string> = { 'content-type': 'application/json; charset=utf-8' };
+    if (status === 401) headers['www-authenticate'] = 'Bearer realm="sluice"';
+    res.writeHead(status, headers);
+    res.end(JSON.stringify({ error: { code, message: messageOf(error) } }));
+  }
+}
+
+function readBody(req: IncomingMessage): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      // Past the bound the rest is read and dropped, so the client still gets its 413.
+      if (size > MAX_BODY_BYTES) {
+        chunks.length = 0;
+        reject(new HttpError(413, 'too-large', `request bodies are limited to ${MAX_BODY_BYTES} bytes`));
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('error', reject);
+    req.on('end', () => {
+      if (size > MAX_BODY_BYTES) return;
+      const text = Buffer.concat(chunks).toString('utf8');
+      if (text.trim() === '') return resolve({});
+      try {
+        const v = JSON.parse(text) as unknown;
+        if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+          reject(new HttpError(400, 'bad-json', 'the body must be a JSON object'));
+        } else resolve(v as Record<string, unknown>);
+      } catch (error) {
+        reject(new HttpError(400, 'bad-json', `the body is not JSON: ${messageOf(error)}`));
+      }
+    });
+  });
+}
+
+function describeTarget(body: Record<string, unknown>): string {
+  const parts: string[] = [];
+  for (const k of ['actor', 'stream', 'consumer', 'subject', 'to', 'reason']) {
+    const v = body[k];
+    if (typeof v === 'string') parts.push(`${k}=${v.slice(0, 200)}`);
+  }
+  if (Array.isArray(body.ids)) parts.push(`ids=${body.ids.length}`);
+  if (body.all === true) parts.push('all');
+  return parts.join(' ');
+}
+
+function intParam(q: URLSearchParams, name: string): number | undefined {
+  const v = q.get(name);
+  if (v === null || v === '') return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new OptionsError(name, 'must be an integer >= 0', v);
+  return n;
+}
+
+/** A time as epoch ms or an ISO 8601 date. */
+function timeParam(q: URLSearchParams, name: string): number | undefined {
+  const v = q.get(name);
+  if (v === null || v === '') return undefined;
+  const n = /^\d+$/.test(v) ? Number(v) : Date.parse(v);
+  if (!Number.isFinite(n)) throw new OptionsError(name, 'must be epoch ms or an ISO 8601 date', v);
+  return n;
+}
+
+function optionalString(body: Record<string, unknown>, name: string): string | undefined {
+  const v = body[name];
+  if (v === undefined) return undefined;
+  if (typeof v !== 'string' || v === '') throw new OptionsError(name, 'must be a non-empty string', v);
+  return v;
+}
+
+function requiredString(body: Record<string, unknown>, name: string): string {
+  const v = optionalString(body, name);
+  if (v === undefined) throw new OptionsError(name, 'is required', v);
+  return v;
+}

@@ -1,0 +1,164 @@
+import { execFile } from 'node:child_process';
+import { createServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { describe, expect, test } from 'vitest';
+import { main } from '../../cli/main.ts';
+import { adminJob, READ_TOKEN, TOKEN, until } from './helpers.ts';
+
+const BIN = fileURLToPath(new URL('../../bin/sluice.js', import.meta.url));
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+/** Runs the command in-process, with its output captured. */
+async function sluice(
+  args: string[],
+  env: Record<string, string | undefined> = {},
+  progress = false,
+): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await main(args, {
+    out: (t) => void (out += t),
+    err: (t) => void (err += t),
+    env,
+    progress,
+  });
+  return { code, out, err };
+}
+
+/** A port nothing listens on: one the system gave and took back. */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+describe('sluice, the command line', () => {
+  test('status, actors, streams and lag as tables and as JSON; URL and token from the environment', async () => {
+    const { server, rt } = await adminJob();
+    for (let id = 1; id <= 5; id++) await rt.bus.publish('orders.eu', { id, customer: 'c' });
+    await rt.idle();
+    const env = { SLUICE_URL: server.url, SLUICE_TOKEN: TOKEN };
+    const status = await sluice(['status'], env);
+    expect(status.code).toBe(0);
+    expect(status.out).toContain('actors: 2 (2 running, 0 paused, 0 restarting, 0 stopped)');
+    const actors = await sluice(['actors'], env);
+    expect(actors.out.split('\n')[0]).toMatch(/^ACTOR\s+STATE\s+DEPTH\s+IN FLIGHT\s+IN\/S\s+OUT\/S\s+BACKPRESSURE/);
+    expect(actors.out).toMatch(/enrich\s+running\s+0\/1024\s+0\/256\s+[\d.]+\s+[\d.]+\s+OK\s+5/);
+    const json = await sluice(['actors', '--json', '--url', server.url, '--token', TOKEN], {});
+    const rows = JSON.parse(json.out) as { name: string; counters: { acked: number } }[];
+    expect(rows.find((r) => r.name === 'enrich')?.counters.acked).toBe(5);
+    const streams = await sluice(['streams'], env);
+    expect(streams.out).toMatch(/ORDERS\s+orders\.>\s+5\s+1\s+5\s+-\s+none\s+enrich/);
+    const lag = JSON.parse((await sluice(['lag', '--json'], env)).out) as { name: string; position: number }[];
+    expect(lag).toEqual([expect.objectContaining({ name: 'enrich', position: 6 })]);
+    const peek = await sluice(['peek', 'ORDERS', '--from', '4'], env);
+    expect(peek.out).toContain('seq 4');
+    expect(peek.out).toContain('{"id":5,"customer":"c"}');
+    const state = await sluice(['state', 'get', 'enrich', 'customer:c', '--json'], env);
+    expect(JSON.parse(state.out)).toMatchObject({ found: true, data: 5 });
+  });
+
+  test('dead letters: list, peek, replay with a progress bar, purge; consumer reset; pause and publish', async () => {
+    const { server, rt, job } = await adminJob();
+    const env = { SLUICE_URL: server.url, SLUICE_TOKEN: TOKEN };
+    job.broken = true;
+    await Promise.all(Array.from({ length: 300 }, (_, id) => rt.bus.publish('orders.us', { id, customer: 'd' })));
+    await until(() => expect(rt.actor('enrich')?.counters.deadLettered).toBe(300), 15_000);
+    await until(async () => expect((await sluice(['dlq', 'list', '--json'], env)).out).toContain('"kept": 300'));
+    const list = await sluice(['dlq', 'list'], env);
+    expect(list.out).toMatch(
+      /\$DLQ\.enrich\s+enrich\s+300\s+300\s+0\s+0\s+0\s+300x customer service down for order <n>/,
+    );
+    const peek = await sluice(['dlq', 'peek', '$DLQ.enrich', '--limit', '1'], env);
+    expect(peek.out).toContain('error: customer service down for order 0');
+    expect(peek.out).toContain('next: --after 1');
+    job.broken = false;
+    const replay = await sluice(['dlq', 'replay', '$DLQ.enrich', '--limit', '200'], env, true);
+    expect(replay.code).toBe(0);
+    expect(replay.out).toBe('replayed 200 of 200 dead letters\n');
+    expect(replay.err).toMatch(/\[#+\.*\] \d+\/200 replayed/);
+    const rest = JSON.parse((await sluice(['dlq', 'purge', '$DLQ.enrich', '--json'], env)).out) as { purged: number };
+    expect(rest.purged).toBe(100);
+    await until(() => expect(rt.actor('enrich')?.counters.acked).toBe(200));
+    await rt.idle();
+    const reset = await sluice(['consumer', 'reset', 'ORDERS', 'enrich', '--seq', '300'], env);
+    expect(reset.out).toMatch(/^consumer ORDERS\/enrich: position \d+ -> 300\n$/);
+    expect((await sluice(['actor', 'pause', 'audit'], env)).out).toBe('actor audit: paused\n');
+    expect((await sluice(['publish', 'orders.eu', '{"id":1000,"customer":"e"}'], env)).out).toBe(
+      'published to orders.eu\n',
+    );
+    await until(async () => {
+      const s = JSON.parse((await sluice(['state', 'get', 'enrich', 'customer:e', '--json'], env)).out) as {
+        data: number;
+      };
+      expect(s.data).toBe(1);
+    });
+  });
+
+  test('tail follows new messages of a stored subject', async () => {
+    const { server, rt } = await adminJob();
+    await rt.bus.publish('orders.eu', { id: 1, customer: 'old' });
+    const env = { SLUICE_URL: server.url, SLUICE_TOKEN: TOKEN };
+    const tailing = sluice(['tail', 'orders.eu', '--count', '2', '--interval', '20', '--json'], env);
+    // Published after tail looked at the stream's end: only these two show.
+    await new Promise<void>((resolve) => setTimeout(resolve, 200));
+    await rt.bus.publish('orders.eu', { id: 2, customer: 'new' });
+    await rt.bus.publish('orders.us', { id: 3, customer: 'other subject' });
+    await rt.bus.publish('orders.eu', { id: 4, customer: 'new' });
+    const { out, code } = await tailing;
+    expect(code).toBe(0);
+    expect(
+      out
+        .trim()
+        .split('\n')
+        .map((l) => (JSON.parse(l) as { data: { id: number } }).data.id),
+    ).toEqual([2, 4]);
+    const none = await sluice(['tail', 'nowhere.stored'], env);
+    expect(none.code).toBe(1);
+    expect(none.err).toContain("no stream captures 'nowhere.stored' (streams: ORDERS on orders.>)");
+  });
+
+  test('clear errors: unreachable, no token, refused token, read-only token, usage', async () => {
+    const { server } = await adminJob();
+    const port = await closedPort();
+    const down = await sluice(['status', '--url', `http://127.0.0.1:${port}`, '--token', TOKEN]);
+    expect(down.code).toBe(3);
+    expect(down.err).toBe(
+      `sluice: cannot reach the admin API at http://127.0.0.1:${port}: ECONNREFUSED (is the job serving it? check --url or SLUICE_URL)\n`,
+    );
+    const noToken = await sluice(['status', '--url', server.url]);
+    expect(noToken.code).toBe(4);
+    expect(noToken.err).toContain(`a token is required by ${server.url}`);
+    const wrong = await sluice(['status', '--url', server.url, '--token', 'w'.repeat(20)]);
+    expect(wrong.code).toBe(4);
+    expect(wrong.err).toContain(
+      `the token was refused by ${server.url} (the token was refused); set --token or SLUICE_TOKEN`,
+    );
+    const readOnly = await sluice(['dlq', 'purge', '--all', '--url', server.url, '--token', READ_TOKEN]);
+    expect(readOnly.code).toBe(4);
+    expect(readOnly.err).toBe(`sluice: refused by ${server.url}: this token may read but not act\n`);
+    expect((await sluice(['frobnicate'])).err).toContain("unknown command 'frobnicate'");
+    expect((await sluice(['status', '--bogus'])).code).toBe(2);
+    expect((await sluice(['status', '--url', 'not a url'])).err).toContain("--url 'not a url' is not a URL");
+    expect((await sluice([])).code).toBe(2);
+  });
+
+  test('bin/sluice.js runs without a build: --help, and a status against a live job', async () => {
+    const { server } = await adminJob();
+    const run = promisify(execFile);
+    const help = await run(process.execPath, [BIN, '--help'], { cwd: ROOT });
+    expect(help.stdout).toContain('usage: sluice <command> [options]');
+    const status = await run(process.execPath, [BIN, 'status', '--json'], {
+      cwd: ROOT,
+      env: { ...process.env, SLUICE_URL: server.url, SLUICE_TOKEN: TOKEN },
+    });
+    expect(JSON.parse(status.stdout)).toMatchObject({ name: 'sluice', actors: { total: 2 } });
+    const refused = await run(process.execPath, [BIN, 'status', '--url', server.url]).catch(
+      (e: { code: number; stderr: string }) => e,
+    );
+    expect(refused).toMatchObject({ code: 4 });
+  });
+});
