@@ -24,6 +24,7 @@ export const errorCodes = [
   'SLUICE_ERR_CORRUPT_RECORD',
   'SLUICE_ERR_STREAM',
   'SLUICE_ERR_STATE',
+  'SLUICE_ERR_CONNECTOR',
 ] as const;
 export type ErrorCode = (typeof errorCodes)[number];
 
@@ -358,5 +359,21 @@ export class StateError extends SluiceError {
     super('SLUICE_ERR_STATE', `actor '${actor}' state: ${detail}`);
     this.name = 'StateError';
     this.actor = actor;
+  }
+}
+
+/**
+ * A connector could not reach or use its broker, naming the connector and the broker's address or
+ * resource: a connection refused, authentication or TLS rejected, a stream or consumer missing, a
+ * publish not acknowledged. `retryable` is true when the same call may succeed later (a
+ * disconnect, a timeout), so the inputs of a failed sink batch are retried before they are
+ * dead-lettered; `cause` holds the client's own error.
+ */
+export class ConnectorError extends SluiceError {
+  readonly connector: string;
+  constructor(connector: string, detail: string, options: SluiceErrorOptions = {}) {
+    super('SLUICE_ERR_CONNECTOR', `connector '${connector}': ${detail}`, options);
+    this.name = 'ConnectorError';
+    this.connector = connector;
   }
 }

@@ -44,6 +44,7 @@ export { createEnvelope, nextId, withData, withHeaders } from './envelope.ts';
 export type { ErrorCode, PermissionOperation, SluiceErrorOptions, SubjectRule } from './errors.ts';
 export {
   ClosedError,
+  ConnectorError,
   CorruptRecordError,
   DecodeError,
   EncodeError,
@@ -82,6 +83,7 @@ export type { StreamSinkOptions } from './sinks/streamSink.ts';
 export { REVISION_HEADER, streamSink } from './sinks/streamSink.ts';
 export type { SinkActorDefinition, SinkBatchOptions, WriteToOptions } from './sinks/writeTo.ts';
 export { DEFAULT_SINK_BATCH, sinkActor, writeTo } from './sinks/writeTo.ts';
+export type { Source, SourceLag, SourceRef } from './sources/source.ts';
 export type { CheckpointOptions, CheckpointStats } from './state/checkpoint.ts';
 export type { KeyedState } from './state/keyedState.ts';
 export { stateNamespace } from './state/keyedState.ts';

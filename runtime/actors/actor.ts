@@ -16,6 +16,7 @@ import type { Codec } from '../codec.ts';
 import type { Envelope, PublishOptions } from '../envelope.ts';
 import { OptionsError } from '../errors.ts';
 import { intOption, knownKeys, oneOf, optionKeys } from '../options.ts';
+import { isSourceRef, type SourceRef } from '../sources/source.ts';
 import { type CheckpointOptions, resolveCheckpoint } from '../state/checkpoint.ts';
 import type { KeyedState } from '../state/keyedState.ts';
 import type { DurableRef } from '../streams/types.ts';
@@ -23,8 +24,11 @@ import { TERMINAL_PREFIX } from './deadLetters.ts';
 import { checkDelivery, type DeliveryMode, IDEMPOTENT_SINK } from './delivery.ts';
 import { type RestartOptions, type RetryOptions, resolveRestart, resolveRetry } from './supervisor.ts';
 
-/** What an actor subscribes to: a subject by name, a typed subject, or a durable subscription to a stream. */
-export type SubscribeRef<In> = SubjectRef<In> | DurableRef<In>;
+/**
+ * What an actor subscribes to: a subject by name, a typed subject, a durable subscription to a
+ * stream, or the subject a connector's source publishes to (`source.ref`).
+ */
+export type SubscribeRef<In> = SubjectRef<In> | DurableRef<In> | SourceRef<In>;
 
 function isDurable<In>(ref: SubscribeRef<In>): ref is DurableRef<In> {
   return typeof ref === 'object' && ref !== null && (ref as { durable?: unknown }).durable === true;
@@ -167,6 +171,8 @@ export interface Actor<In = unknown, Out = unknown> {
     readonly schema: StandardSchemaV1<unknown, In> | undefined;
     /** A durable subscription: its consumer pushes to its delivery subject. */
     readonly durable?: DurableRef<In> | undefined;
+    /** A connector's source publishes to it: its stream names the positions its messages carry. */
+    readonly source?: SourceRef['source'] | undefined;
   }[];
   readonly deadLetter: string;
   readonly output: string | undefined;
@@ -246,6 +252,10 @@ export function actor<In, Out>(definition: ActorDefinition<In, Out>): Actor<In, 
     if (isDurable(ref)) {
       validateSubject(ref.name, 'subscribe');
       return Object.freeze({ name: ref.name, schema: ref.schema, durable: ref });
+    }
+    if (isSourceRef(ref)) {
+      validateSubject(ref.name, 'subscribe');
+      return Object.freeze({ name: ref.name, schema: ref.schema, source: Object.freeze({ ...ref.source }) });
     }
     const subjectName = typeof ref === 'string' ? ref : ref.name;
     validateSubject(subjectName, 'subscribe');

@@ -24,11 +24,19 @@ export const IDEMPOTENT_SINK: unique symbol = Symbol('sluice.idempotentSink');
 export function checkDelivery(
   actor: string,
   delivery: DeliveryMode | undefined,
-  subjects: readonly { readonly name: string; readonly durable?: { readonly stream: string } | undefined }[],
+  given: readonly {
+    readonly name: string;
+    readonly durable?: { readonly stream: string } | undefined;
+    readonly source?: { readonly stream: string; readonly durable: boolean } | undefined;
+  }[],
   checkpoint: boolean,
   idempotentSink: boolean,
 ): DeliveryMode | undefined {
   if (delivery === undefined) return undefined;
+  // A durable connector source (a JetStream consumer) redelivers what was not acknowledged, as a stream does.
+  const subjects = given.map((s) =>
+    s.source?.durable === true ? { name: s.name, durable: { stream: s.source.stream } } : s,
+  );
   const where = `actor '${actor}'.delivery`;
   oneOf(where, delivery, modes, 'at-least-once');
   if (delivery === 'at-most-once') {

@@ -11,9 +11,11 @@ import type { Input } from './input.ts';
 export function durableStreamsOf(actor: Actor): ReadonlySet<string> | undefined {
   let streams: Set<string> | undefined;
   for (const s of actor.subjects) {
-    if (s.durable === undefined) continue;
+    // A durable connector source (JetStream, Kafka) numbers its messages as a stream does.
+    const stream = s.durable?.stream ?? (s.source?.durable === true ? s.source.stream : undefined);
+    if (stream === undefined) continue;
     streams ??= new Set();
-    streams.add(s.durable.stream);
+    streams.add(stream);
   }
   return streams;
 }

@@ -117,6 +117,11 @@ const samples: Record<string, { make: () => SluiceError; code: string; names: st
     code: 'SLUICE_ERR_STATE',
     names: "'counter'",
   },
+  ConnectorError: {
+    make: () => new sluice.ConnectorError('nats', "could not connect to 'nats://127.0.0.1:4222': authorization violation"),
+    code: 'SLUICE_ERR_CONNECTOR',
+    names: "'nats'",
+  },
 };
 
 /** Every value exported by `sluice` that is SluiceError or a subclass of it. */
