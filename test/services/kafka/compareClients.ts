@@ -7,8 +7,8 @@
  *   1,000 with acks=all (awaited one after another);
  * - `produce-one`: 500 single awaited sends;
  * - `consume`: a new consumer group reads the N records from the earliest offset; timed from the
- *   subscription to the last record, so the group join is included; every record is checked
- *   (count, a key, the header).
+ *   subscription to the last new record, so the group join is included; every record is checked
+ *   (its key, its header), and records delivered twice within the one consumer are counted.
  * Then once per client: a transactional producer commits 5 records, aborts 5 and commits 1; a
  * read_committed consumer must see 6 and a read_uncommitted one 11. platformatic also joins a
  * group with the KIP-848 protocol (`groupProtocol: 'consumer'`).
@@ -46,7 +46,7 @@ async function topic(): Promise<string> {
   return name;
 }
 
-type Result = { produce: number; produceOne: number; consume: number };
+type Result = { produce: number; produceOne: number; consume: number; duplicates: number };
 
 async function platformaticRound(): Promise<Result> {
   const t = await topic();
@@ -78,17 +78,21 @@ async function platformaticRound(): Promise<Result> {
   started = performance.now();
   const stream = await consumer.consume({ topics: [t], mode: MessagesStreamModes.EARLIEST, autocommit: true });
   const total = N + SINGLES;
+  const keys = new Set<string>();
   let seen = 0;
   let headers = 0;
   for await (const m of stream) {
+    seen++;
+    if (keys.has(m.key)) continue;
+    keys.add(m.key);
     if (m.headers.get('trace') === `t${m.key.slice(1)}`) headers++;
-    if (++seen === total) break;
+    if (keys.size === total) break;
   }
   const consume = total / ((performance.now() - started) / 1000);
   if (headers !== N) throw new Error(`platformatic: ${headers} headers of ${N}`);
   await stream.close();
   await consumer.close(true);
-  return { produce, produceOne, consume };
+  return { produce, produceOne, consume, duplicates: seen - total };
 }
 
 async function kafkajsRound(): Promise<Result> {
@@ -113,6 +117,7 @@ async function kafkajsRound(): Promise<Result> {
   await consumer.connect();
   await consumer.subscribe({ topics: [t], fromBeginning: true });
   const total = N + SINGLES;
+  const keys = new Set<string>();
   let seen = 0;
   let headers = 0;
   await new Promise<void>((resolve, reject) => {
@@ -120,8 +125,11 @@ async function kafkajsRound(): Promise<Result> {
       .run({
         eachMessage: async ({ message }) => {
           const key = message.key?.toString() ?? '';
+          seen++;
+          if (keys.has(key)) return;
+          keys.add(key);
           if (message.headers?.trace?.toString() === `t${key.slice(1)}`) headers++;
-          if (++seen === total) resolve();
+          if (keys.size === total) resolve();
         },
       })
       .catch(reject);
@@ -129,7 +137,7 @@ async function kafkajsRound(): Promise<Result> {
   const consume = total / ((performance.now() - started) / 1000);
   if (headers !== N) throw new Error(`kafkajs: ${headers} headers of ${N}`);
   await consumer.disconnect();
-  return { produce, produceOne, consume };
+  return { produce, produceOne, consume, duplicates: seen - total };
 }
 
 async function countPlatformatic(t: string, isolationLevel: number, expected: number): Promise<number> {
@@ -234,6 +242,7 @@ try {
     'produce msg/s': Math.round(median(rs.map((x) => x.produce))),
     'produce-one msg/s': Math.round(median(rs.map((x) => x.produceOne))),
     'consume msg/s': Math.round(median(rs.map((x) => x.consume))),
+    'duplicates delivered': rs.map((x) => x.duplicates).join('/'),
   }));
   console.table(rows);
   console.log(`platformatic transactions: ${await platformaticTransactions()}`);
