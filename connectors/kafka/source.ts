@@ -3,7 +3,7 @@
  * on the bus, each acknowledged (its offset settled) once its settlement on the bus says so
  * (docs/settlement.md), and offsets committed only up to the lowest one not settled yet.
  */
-import { Consumer, FetchIsolationLevels, type RecordsBatch } from '@platformatic/kafka';
+import { Connection, Consumer, FetchIsolationLevels, offsetFetchV9, type RecordsBatch } from '@platformatic/kafka';
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { Logger } from '../../runtime/actors/actor.ts';
 import { DEAD_LETTER_HEADERS } from '../../runtime/actors/deadLetters.ts';
@@ -378,6 +378,18 @@ export class KafkaSource<T = unknown> implements Source<T> {
     return out;
   }
 
+  /** The name in the `sluice-stream` header, the first part of its records' keys. */
+  get stream(): string {
+    return this.#stream;
+  }
+
+  /** The committed offset of each partition assigned now, by `topic:partition`. */
+  committedOffsets(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const p of this.#partitions.values()) if (!p.revoked) out.set(p.key, p.ledger.committed);
+    return out;
+  }
+
   /** Called by a transactional sink once its transaction committed these offsets. */
   committedBySink(offsets: readonly { topic: string; partition: number; offset: number }[]): void {
     for (const o of offsets) {
@@ -613,9 +625,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
       list.push(partition);
     }
     const out = new Map<string, number>();
-    const committed = await consumer.listCommittedOffsets({
-      topics: [...byTopic].map(([topic, partitions]) => ({ topic, partitions })),
-    });
+    const committed = await this.#stableCommitted(byTopic);
     const missing = new Map<string, number[]>();
     for (const [topic, partitions] of byTopic) {
       const offsets = committed.get(topic) ?? [];
@@ -641,6 +651,56 @@ export class KafkaSource<T = unknown> implements Source<T> {
       }
     }
     return out;
+  }
+
+  /**
+   * The group's committed offsets, asking the coordinator for stable ones (`require_stable`, as
+   * Kafka's Java consumer does under read_committed): an offset a transaction of the partition's
+   * previous owner is still committing is refused (UNSTABLE_OFFSET_COMMIT) until the transaction
+   * ends, instead of an older offset being returned and its records read again.
+   */
+  async #stableCommitted(byTopic: Map<string, number[]>): Promise<Map<string, bigint[]>> {
+    const consumer = this.#consumer as Consumer;
+    const c = this.#connection;
+    const coordinator = await consumer.findGroupCoordinator();
+    const metadata = await consumer.metadata({ topics: [...this.topics] });
+    const broker = metadata.brokers.get(coordinator);
+    if (broker === undefined)
+      throw new ConnectorError(this.name, `group coordinator ${coordinator} is not in the metadata`, {
+        retryable: true,
+      });
+    const connection = new Connection(c.clientId, {
+      connectTimeout: c.connectTimeout,
+      requestTimeout: c.requestTimeout,
+      ...(c.sasl === undefined ? {} : { sasl: c.sasl }),
+      ...(c.tls === undefined ? {} : { tls: c.tls }),
+    });
+    try {
+      await connection.connect(broker.host, broker.port);
+      const topics = [...byTopic].map(([name, partitionIndexes]) => ({ name, partitionIndexes }));
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        try {
+          const response = await offsetFetchV9.api.async(
+            connection,
+            [{ groupId: this.groupId, memberId: null, memberEpoch: -1, topics }],
+            true,
+          );
+          const out = new Map<string, bigint[]>();
+          for (const t of response.groups[0]?.topics ?? []) {
+            const offsets: bigint[] = [];
+            for (const p of t.partitions) offsets[p.partitionIndex] = p.committedOffset;
+            out.set(t.name, offsets);
+          }
+          return out;
+        } catch (error) {
+          if (Date.now() > deadline || !/UNSTABLE_OFFSET_COMMIT|unstable offset/i.test(deepText(error))) throw error;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      }
+    } finally {
+      await connection.close().catch(() => undefined);
+    }
   }
 
   // ---- fetching and publishing ----
@@ -848,6 +908,18 @@ interface FetchResponse {
       readonly records?: RecordsBatch[];
     }[];
   }[];
+}
+
+function deepText(error: unknown): string {
+  if (!(error instanceof Error)) return String(error);
+  const inner = (error as { errors?: unknown[] }).errors ?? [];
+  const cause = (error as { cause?: unknown }).cause;
+  return [
+    error.message,
+    JSON.stringify(error),
+    ...inner.map(deepText),
+    cause === undefined ? '' : deepText(cause),
+  ].join(' ');
 }
 
 function splitKey(key: string): [string, number] {
