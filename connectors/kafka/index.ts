@@ -8,6 +8,7 @@ export { bytesCodec, DEFAULT_KAFKA_CONNECTION, stringCodec } from './config.ts';
 export type { KafkaSinkOptions, KafkaSinkStats } from './sink.ts';
 export { KafkaSink, kafkaSink, kafkaSinkNamespace, positionOf } from './sink.ts';
 export type {
+  KafkaCommit,
   KafkaGroupMembership,
   KafkaPosition,
   KafkaSourceHost,

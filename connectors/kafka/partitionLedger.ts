@@ -80,18 +80,46 @@ export class PartitionLedger {
   }
 
   /**
-   * The floor there would be if the records at `offsets` were settled too: what a transaction
-   * holding their outputs may commit for this partition, and no more (an earlier record still in
-   * another lane keeps it below itself).
+   * What a transaction holding the outputs of the records at `offsets` commits for this partition:
+   * the floor as if they were settled too, and the offsets above it that are done (settled, or in
+   * `offsets`) as runs. An earlier record still in another lane keeps the floor below itself; the
+   * runs, stored in the commit's metadata, let a restart skip what was written above it.
    */
-  floorIfSettled(offsets: Iterable<number>): number {
+  commitIfSettled(offsets: Iterable<number>): { floor: number; doneAbove: [number, number][] } {
     const extra = new Set<number>();
     for (const offset of offsets) {
       const i = this.indexOf(offset);
       if (i >= 0) extra.add(i);
     }
+    const done = (i: number) => extra.has(i) || this.#settled.has(i);
     let i = this.#floor;
-    while (i < this.#next && (extra.has(i) || this.#settled.has(i))) i++;
-    return i < this.#next ? (this.#offsets[i - this.#base] as number) : this.undelivered;
+    while (i < this.#next && done(i)) i++;
+    const floor = i < this.#next ? (this.#offsets[i - this.#base] as number) : this.undelivered;
+    const doneAbove: [number, number][] = [];
+    for (; i < this.#next; i++) {
+      if (!done(i)) continue;
+      const offset = this.#offsets[i - this.#base] as number;
+      const last = doneAbove[doneAbove.length - 1];
+      if (last !== undefined && last[1] === offset - 1) last[1] = offset;
+      else doneAbove.push([offset, offset]);
+    }
+    return { floor, doneAbove };
   }
+}
+
+/** Runs of offsets as commit metadata: `sluice:3-5,9`. */
+export function encodeRuns(runs: readonly (readonly [number, number])[]): string | null {
+  if (runs.length === 0) return null;
+  return `sluice:${runs.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(',')}`;
+}
+
+/** The runs of commit metadata written by {@link encodeRuns}; anything else has none. */
+export function decodeRuns(metadata: string | null | undefined): [number, number][] {
+  if (typeof metadata !== 'string' || !metadata.startsWith('sluice:')) return [];
+  const out: [number, number][] = [];
+  for (const part of metadata.slice(7).split(',')) {
+    const [a, b] = part.split('-').map(Number);
+    if (a !== undefined && Number.isSafeInteger(a)) out.push([a, b !== undefined && Number.isSafeInteger(b) ? b : a]);
+  }
+  return out;
 }

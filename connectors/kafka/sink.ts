@@ -2,7 +2,7 @@
  * A Kafka sink implementing the runtime's `Sink` contract: one `write` is one produce request of
  * an idempotent producer, or one transaction that also commits a Kafka source's offsets.
  */
-import { ProduceAcks, Producer } from '@platformatic/kafka';
+import { ProduceAcks, Producer, txnOffsetCommitV3 } from '@platformatic/kafka';
 import type { Logger } from '../../runtime/actors/actor.ts';
 import type { Codec } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
@@ -19,7 +19,13 @@ import {
   type KafkaCodec,
   type KafkaConnectionOptions,
 } from './config.ts';
-import { KAFKA_HEADERS, type KafkaPosition, type KafkaSource } from './source.ts';
+import {
+  KAFKA_HEADERS,
+  type KafkaCommit,
+  type KafkaGroupMembership,
+  type KafkaPosition,
+  type KafkaSource,
+} from './source.ts';
 
 export interface KafkaSinkOptions<T = unknown> {
   /** Names the sink in errors and telemetry. @default `kafka:<topic>` */
@@ -90,6 +96,8 @@ const POSITION_HEADERS = new Set<string>([
 ]);
 
 const RECENT_KEYS = 100_000;
+/** How long a transaction waits for a rebalance to end before its batch fails (and is retried). */
+const MEMBERSHIP_WAIT_MS = 30_000;
 
 /** The store namespace of a dedupe sink's keys. */
 export function kafkaSinkNamespace(name: string): string {
@@ -253,20 +261,15 @@ export class KafkaSink<T = unknown> implements Sink<T> {
   ): Promise<void> {
     const source = this.#source;
     let todo = records;
-    let offsets: { topic: string; partition: number; offset: number }[] = [];
-    const membership = source?.membership();
+    let offsets: KafkaCommit[] = [];
+    let membership: KafkaGroupMembership | undefined;
     if (source !== undefined) {
+      // A transaction names the group's current generation: wait out a rebalance under way.
+      membership = await source.awaitMembership(MEMBERSHIP_WAIT_MS);
       if (membership === undefined)
-        throw new ConnectorError(
-          this.name,
-          `source '${source.name}' is rebalancing: no group generation to commit with`,
-          {
-            retryable: true,
-          },
-        );
-      // Records of partitions already committed past them were written by an earlier transaction
-      // (a retry, a replay after a pipeline restart): written again, a read_committed reader
-      // would see them twice.
+        throw new ConnectorError(this.name, `source '${source.name}' has no group generation to commit with`, {
+          retryable: true,
+        });
       const positions: KafkaPosition[] = [];
       const committed = source.committedOffsets();
       todo = records.filter((r) => {
@@ -275,6 +278,8 @@ export class KafkaSink<T = unknown> implements Sink<T> {
         const at = committed.get(`${p.topic}:${p.partition}`);
         if (at === undefined) return false; // taken away by a rebalance: its new owner writes it
         if (p.offset < at) {
+          // A retry or a replay of an input a committed transaction covered: written again, a
+          // read_committed reader would see it twice.
           if (this.#recent.has(r.key)) return false;
           // Below the committed offset but never written: another output of an input whose first
           // outputs a committed batch held (a batch cut between them). Written, as at-least-once.
@@ -288,42 +293,15 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       });
       this.#stats.skipped += records.length - todo.length;
       offsets = source.offsetsFor(positions);
-      // A record above the offset this transaction may commit (an earlier input of its partition
-      // is still elsewhere) would be written again after a crash: it waits for a later batch.
-      const limit = new Map(offsets.map((o) => [`${o.topic}:${o.partition}`, o.offset]));
-      const ahead = positions.filter(
-        (p) => p.offset >= (limit.get(`${p.topic}:${p.partition}`) ?? committed.get(`${p.topic}:${p.partition}`) ?? 0),
-      );
-      if (ahead.length > 0)
-        throw new ConnectorError(
-          this.name,
-          `${ahead.length} records are ahead of an unsettled input of their partition (${ahead[0]?.topic}:${ahead[0]?.partition}@${ahead[0]?.offset}); written once it settles`,
-          { retryable: true },
-        );
       if (todo.length === 0 && offsets.length === 0) return;
     }
     let tx: Awaited<ReturnType<typeof producer.beginTransaction>> | undefined;
     try {
       tx = await producer.beginTransaction();
       if (todo.length > 0) await tx.send({ messages: todo.map((r) => this.#message(r)) });
-      if (membership !== undefined && offsets.length > 0) {
+      if (source !== undefined && membership !== undefined && offsets.length > 0) {
         await tx.addConsumer(membership.consumer);
-        for (const o of offsets) {
-          await tx.addOffset({
-            topic: o.topic,
-            partition: o.partition,
-            // The client commits `offset + 1`: the next record to read.
-            offset: BigInt(o.offset - 1),
-            metadata: {
-              consumer: {
-                groupId: membership.groupId,
-                generationId: membership.generationId,
-                memberId: membership.memberId,
-                coordinatorId: membership.coordinatorId,
-              },
-            },
-          } as unknown as Parameters<typeof tx.addOffset>[0]);
-        }
+        await this.#commitOffsets(producer, source, membership, offsets);
       }
       await tx.commit();
     } catch (error) {
@@ -335,6 +313,59 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     this.#stats.written += todo.length;
     for (const r of todo) this.#remember(r.key);
     if (source !== undefined) source.committedBySink(offsets);
+  }
+
+  /**
+   * TxnOffsetCommit with the generation and member id (KIP-447: a member fenced by a rebalance
+   * cannot commit) and the offsets done above each floor as metadata, which the client's own
+   * `addOffset` cannot carry.
+   */
+  async #commitOffsets(
+    producer: Producer<string | undefined, Buffer, string, string>,
+    source: KafkaSource<unknown>,
+    m: KafkaGroupMembership,
+    offsets: readonly KafkaCommit[],
+  ): Promise<void> {
+    const byTopic = new Map<
+      string,
+      {
+        partitionIndex: number;
+        committedOffset: bigint;
+        committedLeaderEpoch: number;
+        committedMetadata: string | null;
+      }[]
+    >();
+    for (const o of offsets) {
+      let list = byTopic.get(o.topic);
+      if (list === undefined) byTopic.set(o.topic, (list = []));
+      list.push({
+        partitionIndex: o.partition,
+        committedOffset: BigInt(o.offset),
+        committedLeaderEpoch: -1,
+        committedMetadata: o.metadata,
+      });
+    }
+    const producerId = producer.producerId;
+    const producerEpoch = producer.producerEpoch;
+    if (producerId === undefined || producerEpoch === undefined)
+      throw new ConnectorError(this.name, 'the transactional producer has no producer id', { retryable: true });
+    try {
+      const connection = await source.coordinator();
+      await txnOffsetCommitV3.api.async(
+        connection,
+        this.#transactionalId as string,
+        m.groupId,
+        producerId,
+        producerEpoch,
+        m.generationId,
+        m.memberId,
+        null,
+        [...byTopic].map(([name, partitions]) => ({ name, partitions })),
+      );
+    } catch (error) {
+      source.dropCoordinator();
+      throw error;
+    }
   }
 
   /** Keys written lately, so an in-process replay of a committed batch is told from a late sibling. */

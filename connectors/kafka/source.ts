@@ -26,7 +26,7 @@ import {
   type KafkaConnectionOptions,
   positive,
 } from './config.ts';
-import { PartitionLedger } from './partitionLedger.ts';
+import { decodeRuns, encodeRuns, PartitionLedger } from './partitionLedger.ts';
 
 export interface KafkaSourceOptions<T = unknown> {
   /** Names the source in errors, logs and gauges. @default `kafka:<groupId>` */
@@ -94,6 +94,17 @@ export interface KafkaSourceStats {
   /** Records of partitions taken away while in flight: their outcome no longer counts here. */
   readonly released: number;
   readonly deadLettered: number;
+  /** Records a transaction had written above the committed offset: settled without publishing. */
+  readonly skipped: number;
+}
+
+/** An offset to commit for a partition, with the offsets done above it as metadata. */
+export interface KafkaCommit {
+  readonly topic: string;
+  readonly partition: number;
+  /** The next offset to read. */
+  readonly offset: number;
+  readonly metadata: string | null;
 }
 
 /** A record's position, for transactions and keys. */
@@ -183,6 +194,11 @@ class Partition {
   leaderEpoch = -1;
   /** Where the next fetch starts once the buffered records are published (control records skipped). */
   nextFetch = 0;
+  /**
+   * Offsets above the committed one that a transaction already wrote the outputs of (from the
+   * commit's metadata): settled on arrival, not published again.
+   */
+  skip: [number, number][] = [];
   constructor(topic: string, partition: number, start: number) {
     this.ledger = new PartitionLedger(topic, partition, start);
     this.key = `${topic}:${partition}`;
@@ -264,6 +280,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
   #wake: (() => void) | undefined;
   #loop: Promise<void> | undefined;
   #commitTimer: NodeJS.Timeout | undefined;
+  #coordinator: Promise<Connection> | undefined;
   #committing: Promise<void> | undefined;
   #assigning: Promise<void> = Promise.resolve();
   readonly #stats = {
@@ -276,6 +293,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
     rebalances: 0,
     released: 0,
     deadLettered: 0,
+    skipped: 0,
   };
 
   constructor(options: KafkaSourceOptions<T>) {
@@ -355,11 +373,12 @@ export class KafkaSource<T = unknown> implements Source<T> {
   }
 
   /**
-   * The offsets a transaction holding the outputs of `positions` may commit: per partition of this
-   * source still assigned, the floor as if those records were settled. Partitions taken away are
-   * left out (their new owner commits them).
+   * What a transaction holding the outputs of `positions` commits: per partition of this source
+   * still assigned, the floor as if those records were settled, with the offsets done above it as
+   * metadata (`sluice:<runs>`), so a restart skips them. Partitions taken away are left out: their
+   * new owner commits them.
    */
-  offsetsFor(positions: Iterable<KafkaPosition>): { topic: string; partition: number; offset: number }[] {
+  offsetsFor(positions: Iterable<KafkaPosition>): KafkaCommit[] {
     const byPartition = new Map<string, number[]>();
     for (const p of positions) {
       const key = `${p.topic}:${p.partition}`;
@@ -367,15 +386,66 @@ export class KafkaSource<T = unknown> implements Source<T> {
       if (list === undefined) byPartition.set(key, (list = []));
       list.push(p.offset);
     }
-    const out: { topic: string; partition: number; offset: number }[] = [];
+    const out: KafkaCommit[] = [];
     for (const [key, offsets] of byPartition) {
       const part = this.#partitions.get(key);
       if (part === undefined || part.revoked) continue;
-      const floor = part.ledger.floorIfSettled(offsets);
-      if (floor > part.ledger.committed)
-        out.push({ topic: part.ledger.topic, partition: part.ledger.partition, offset: floor });
+      const { floor, doneAbove } = part.ledger.commitIfSettled(offsets);
+      out.push({
+        topic: part.ledger.topic,
+        partition: part.ledger.partition,
+        offset: floor,
+        metadata: encodeRuns(doneAbove),
+      });
     }
     return out;
+  }
+
+  /**
+   * The group membership once no rebalance is under way (a transaction must name the current
+   * generation), waiting up to `timeoutMs`; undefined when the source is closing or it timed out.
+   */
+  async awaitMembership(timeoutMs: number): Promise<KafkaGroupMembership | undefined> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const m = this.membership();
+      if (m !== undefined || this.#stopping || Date.now() > deadline) return m;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /** @internal A connection to the group coordinator, for stable offset reads and transactional offset commits. */
+  async coordinator(): Promise<Connection> {
+    const held = this.#coordinator;
+    if (held !== undefined) {
+      const c = await held.catch(() => undefined);
+      if (c?.isConnected()) return c;
+    }
+    const consumer = this.#consumer as Consumer;
+    const c = this.#connection;
+    this.#coordinator = (async () => {
+      const id = await consumer.findGroupCoordinator();
+      const metadata = await consumer.metadata({ topics: [...this.topics] });
+      const broker = metadata.brokers.get(id);
+      if (broker === undefined)
+        throw new ConnectorError(this.name, `group coordinator ${id} is not in the metadata`, { retryable: true });
+      const connection = new Connection(c.clientId, {
+        connectTimeout: c.connectTimeout,
+        requestTimeout: c.requestTimeout,
+        ...(c.sasl === undefined ? {} : { sasl: c.sasl }),
+        ...(c.tls === undefined ? {} : { tls: c.tls }),
+      });
+      await connection.connect(broker.host, broker.port);
+      return connection;
+    })();
+    return this.#coordinator;
+  }
+
+  /** @internal The coordinator connection failed: the next call makes a new one (it may have moved). */
+  dropCoordinator(): void {
+    const held = this.#coordinator;
+    this.#coordinator = undefined;
+    held?.then((c) => c.close()).catch(() => undefined);
   }
 
   /** The name in the `sluice-stream` header, the first part of its records' keys. */
@@ -391,7 +461,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
   }
 
   /** Called by a transactional sink once its transaction committed these offsets. */
-  committedBySink(offsets: readonly { topic: string; partition: number; offset: number }[]): void {
+  committedBySink(offsets: readonly KafkaCommit[]): void {
     for (const o of offsets) {
       const part = this.#partitions.get(`${o.topic}:${o.partition}`);
       if (part !== undefined && o.offset > part.ledger.committed) part.ledger.committed = o.offset;
@@ -541,6 +611,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
     const consumer = this.#consumer;
     if (consumer !== undefined) await this.commit().catch(() => undefined);
     this.#closed = true;
+    this.dropCoordinator();
     for (const p of this.#partitions.values()) this.#release(p);
     await consumer?.close().catch((error: unknown) => {
       this.#log.warn(`kafka source '${this.name}' did not close cleanly: ${messageOf(error)}`);
@@ -559,7 +630,11 @@ export class KafkaSource<T = unknown> implements Source<T> {
         );
       this.#stats.settled++;
       part.ledger.settle(index);
-      if (part.ledger.pending < this.#maxPending) this.#wake?.();
+      if (part.ledger.pending < this.#maxPending) {
+        // Records held back by the bound go out first; the fetch loop waits for them.
+        if (part.buffered.length > 0) void this.#pump(part);
+        else this.#wake?.();
+      }
       return;
     }
     // The settlement failed (a dead letter refused, say): published again after a pause, in its lane's order no more.
@@ -596,10 +671,13 @@ export class KafkaSource<T = unknown> implements Source<T> {
     }
     const added = [...now].filter((k) => !this.#partitions.has(k));
     if (added.length > 0) {
-      const starts = await this.#startOffsets(added);
+      const skips = new Map<string, [number, number][]>();
+      const starts = await this.#startOffsets(added, skips);
       for (const key of added) {
         const [topic, partition] = splitKey(key);
-        this.#partitions.set(key, new Partition(topic, partition, starts.get(key) ?? 0));
+        const part = new Partition(topic, partition, starts.get(key) ?? 0);
+        part.skip = skips.get(key) ?? [];
+        this.#partitions.set(key, part);
       }
     }
     this.#rebalancing = false;
@@ -615,7 +693,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
   }
 
   /** Committed offsets of new partitions, else the earliest or latest. */
-  async #startOffsets(keys: readonly string[]): Promise<Map<string, number>> {
+  async #startOffsets(keys: readonly string[], skips: Map<string, [number, number][]>): Promise<Map<string, number>> {
     const consumer = this.#consumer as Consumer;
     const byTopic = new Map<string, number[]>();
     for (const key of keys) {
@@ -631,8 +709,11 @@ export class KafkaSource<T = unknown> implements Source<T> {
       const offsets = committed.get(topic) ?? [];
       for (const p of partitions) {
         const o = offsets[p];
-        if (o !== undefined && o >= 0n) out.set(`${topic}:${p}`, Number(o));
-        else {
+        if (o !== undefined && o.offset >= 0n) {
+          out.set(`${topic}:${p}`, Number(o.offset));
+          const runs = decodeRuns(o.metadata);
+          if (runs.length > 0) skips.set(`${topic}:${p}`, runs);
+        } else {
           let list = missing.get(topic);
           if (list === undefined) missing.set(topic, (list = []));
           list.push(p);
@@ -659,47 +740,33 @@ export class KafkaSource<T = unknown> implements Source<T> {
    * previous owner is still committing is refused (UNSTABLE_OFFSET_COMMIT) until the transaction
    * ends, instead of an older offset being returned and its records read again.
    */
-  async #stableCommitted(byTopic: Map<string, number[]>): Promise<Map<string, bigint[]>> {
-    const consumer = this.#consumer as Consumer;
-    const c = this.#connection;
-    const coordinator = await consumer.findGroupCoordinator();
-    const metadata = await consumer.metadata({ topics: [...this.topics] });
-    const broker = metadata.brokers.get(coordinator);
-    if (broker === undefined)
-      throw new ConnectorError(this.name, `group coordinator ${coordinator} is not in the metadata`, {
-        retryable: true,
-      });
-    const connection = new Connection(c.clientId, {
-      connectTimeout: c.connectTimeout,
-      requestTimeout: c.requestTimeout,
-      ...(c.sasl === undefined ? {} : { sasl: c.sasl }),
-      ...(c.tls === undefined ? {} : { tls: c.tls }),
-    });
-    try {
-      await connection.connect(broker.host, broker.port);
-      const topics = [...byTopic].map(([name, partitionIndexes]) => ({ name, partitionIndexes }));
-      const deadline = Date.now() + 60_000;
-      for (;;) {
-        try {
-          const response = await offsetFetchV9.api.async(
-            connection,
-            [{ groupId: this.groupId, memberId: null, memberEpoch: -1, topics }],
-            true,
-          );
-          const out = new Map<string, bigint[]>();
-          for (const t of response.groups[0]?.topics ?? []) {
-            const offsets: bigint[] = [];
-            for (const p of t.partitions) offsets[p.partitionIndex] = p.committedOffset;
-            out.set(t.name, offsets);
-          }
-          return out;
-        } catch (error) {
-          if (Date.now() > deadline || !/UNSTABLE_OFFSET_COMMIT|unstable offset/i.test(deepText(error))) throw error;
-          await new Promise((r) => setTimeout(r, 100));
+  async #stableCommitted(
+    byTopic: Map<string, number[]>,
+  ): Promise<Map<string, { offset: bigint; metadata: string | null }[]>> {
+    const topics = [...byTopic].map(([name, partitionIndexes]) => ({ name, partitionIndexes }));
+    const deadline = Date.now() + 60_000;
+    for (;;) {
+      try {
+        const connection = await this.coordinator();
+        const response = await offsetFetchV9.api.async(
+          connection,
+          [{ groupId: this.groupId, memberId: null, memberEpoch: -1, topics }],
+          true,
+        );
+        const out = new Map<string, { offset: bigint; metadata: string | null }[]>();
+        for (const t of response.groups[0]?.topics ?? []) {
+          const offsets: { offset: bigint; metadata: string | null }[] = [];
+          for (const p of t.partitions)
+            offsets[p.partitionIndex] = { offset: p.committedOffset, metadata: p.metadata ?? null };
+          out.set(t.name, offsets);
         }
+        return out;
+      } catch (error) {
+        const unstable = /UNSTABLE_OFFSET_COMMIT|unstable offset/i.test(deepText(error));
+        if (!unstable) this.dropCoordinator();
+        if (Date.now() > deadline) throw error;
+        await new Promise((r) => setTimeout(r, unstable ? 100 : 500));
       }
-    } finally {
-      await connection.close().catch(() => undefined);
     }
   }
 
@@ -839,6 +906,12 @@ export class KafkaSource<T = unknown> implements Source<T> {
       ) {
         const record = part.buffered.shift() as PendingRecord;
         const index = part.ledger.deliver(record.offset);
+        if (part.skip.length > 0 && skipped(part.skip, record.offset)) {
+          // Its outputs were committed with the offsets above the floor: done already.
+          this.#stats.skipped++;
+          part.ledger.settle(index);
+          continue;
+        }
         await this.#publishOne(part, record, index);
       }
       if (part.buffered.length === 0 && part.nextFetch > part.ledger.undelivered)
@@ -908,6 +981,13 @@ interface FetchResponse {
       readonly records?: RecordsBatch[];
     }[];
   }[];
+}
+
+/** Whether `offset` is in the sorted runs; drops the runs below it, which are passed for good. */
+function skipped(runs: [number, number][], offset: number): boolean {
+  while (runs.length > 0 && (runs[0] as [number, number])[1] < offset) runs.shift();
+  const first = runs[0];
+  return first !== undefined && first[0] <= offset;
 }
 
 function deepText(error: unknown): string {
