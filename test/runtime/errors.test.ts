@@ -118,7 +118,8 @@ const samples: Record<string, { make: () => SluiceError; code: string; names: st
     names: "'counter'",
   },
   ConnectorError: {
-    make: () => new sluice.ConnectorError('nats', "could not connect to 'nats://127.0.0.1:4222': authorization violation"),
+    make: () =>
+      new sluice.ConnectorError('nats', "could not connect to 'nats://127.0.0.1:4222': authorization violation"),
     code: 'SLUICE_ERR_CONNECTOR',
     names: "'nats'",
   },
