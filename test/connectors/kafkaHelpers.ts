@@ -23,12 +23,19 @@ export interface TestRecord {
   readonly headers?: Record<string, string>;
 }
 
-/** Produces JSON records (acks from all replicas), in sends of 500. */
+/**
+ * Produces JSON records in sends of 500 with an idempotent producer (a send retried after a
+ * timeout on a loaded machine must not put a record in twice: the tests count), then checks that
+ * the topic grew by exactly their number.
+ */
 export async function produce(bootstrap: string, topic: string, records: readonly TestRecord[]): Promise<void> {
+  const before = await topicSize(bootstrap, topic);
   const producer = new Producer({
     clientId: 'test-producer',
     bootstrapBrokers: [bootstrap],
     serializers: stringSerializers,
+    idempotent: true,
+    autocreateTopics: true,
   });
   try {
     for (let i = 0; i < records.length; i += 500) {
@@ -43,6 +50,30 @@ export async function produce(bootstrap: string, topic: string, records: readonl
     }
   } finally {
     await producer.close();
+  }
+  const after = await topicSize(bootstrap, topic);
+  if (after - before !== records.length)
+    throw new Error(`producing ${records.length} records grew '${topic}' by ${after - before}`);
+}
+
+/** Records in a topic (high watermarks summed; the test topics are never truncated), 0 when it is missing. */
+export async function topicSize(bootstrap: string, topic: string): Promise<number> {
+  const admin = new Kafka({ brokers: [bootstrap], logLevel: logLevel.NOTHING }).admin();
+  await admin.connect();
+  try {
+    if (!(await admin.listTopics()).includes(topic)) return 0;
+    // Right after a topic is made its leaders may not be known yet (NOT_LEADER_FOR_PARTITION).
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const offsets = await admin.fetchTopicOffsets(topic);
+        return offsets.reduce((sum, o) => sum + Number(o.high), 0);
+      } catch (error) {
+        if (attempt >= 20) throw error;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
+  } finally {
+    await admin.disconnect();
   }
 }
 

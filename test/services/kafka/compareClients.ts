@@ -19,8 +19,8 @@ import {
   Consumer,
   GroupProtocols,
   MessagesStreamModes,
-  Producer,
   ProduceAcks,
+  Producer,
   stringDeserializers,
   stringSerializers,
 } from '@platformatic/kafka';
@@ -103,12 +103,14 @@ async function kafkajsRound(): Promise<Result> {
   let started = performance.now();
   for (let i = 0; i < N; i += 1000) {
     const messages = [];
-    for (let j = i; j < i + 1000 && j < N; j++) messages.push({ key: `k${j}`, value: PAYLOAD, headers: { trace: `t${j}` } });
+    for (let j = i; j < i + 1000 && j < N; j++)
+      messages.push({ key: `k${j}`, value: PAYLOAD, headers: { trace: `t${j}` } });
     await producer.send({ topic: t, acks: -1, messages });
   }
   const produce = N / ((performance.now() - started) / 1000);
   started = performance.now();
-  for (let i = 0; i < SINGLES; i++) await producer.send({ topic: t, acks: -1, messages: [{ key: `s${i}`, value: PAYLOAD }] });
+  for (let i = 0; i < SINGLES; i++)
+    await producer.send({ topic: t, acks: -1, messages: [{ key: `s${i}`, value: PAYLOAD }] });
   const produceOne = SINGLES / ((performance.now() - started) / 1000);
   await producer.disconnect();
 
@@ -203,10 +205,14 @@ async function kafkajsTransactions(): Promise<string> {
   const kafka = new Kafka({ clientId: 'kjs-tx', brokers: [bootstrap], logLevel: logLevel.NOTHING });
   const producer = kafka.producer({ idempotent: true, transactionalId: `${t}-tx`, maxInFlightRequests: 1 });
   await producer.connect();
-  const batch = (n: number, label: string) => Array.from({ length: n }, (_, i) => ({ key: `${label}${i}`, value: label }));
+  const batch = (n: number, label: string) =>
+    Array.from({ length: n }, (_, i) => ({ key: `${label}${i}`, value: label }));
   let tx = await producer.transaction();
   await tx.send({ topic: t, messages: batch(5, 'c') });
-  await tx.sendOffsets({ consumerGroupId: `${t}-src`, topics: [{ topic: t, partitions: [{ partition: 0, offset: '1' }] }] });
+  await tx.sendOffsets({
+    consumerGroupId: `${t}-src`,
+    topics: [{ topic: t, partitions: [{ partition: 0, offset: '1' }] }],
+  });
   await tx.commit();
   tx = await producer.transaction();
   await tx.send({ topic: t, messages: batch(5, 'a') });
