@@ -4,7 +4,7 @@
  * `@platformatic/kafka` (an optional peer dependency: install it to use this connector).
  */
 import type { ConnectionOptions as TlsOptions } from 'node:tls';
-import type { SASLMechanismValue } from '@platformatic/kafka';
+import { Admin, type SASLMechanismValue } from '@platformatic/kafka';
 import { type Codec, jsonCodec } from '../../runtime/codec.ts';
 import { ConnectorError, DecodeError, EncodeError, OptionsError } from '../../runtime/errors.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
@@ -122,6 +122,31 @@ export function clientConnection(options: KafkaConnectionOptions, where: string)
   return out;
 }
 
+/**
+ * Connects once and asks for the cluster's metadata, so refused credentials or an untrusted
+ * certificate fail `start`/`open` with a clear {@link ConnectorError} at once (an idempotent
+ * producer's own initialisation retries them for good).
+ */
+export async function probeConnection(connector: string, c: ClientConnection): Promise<void> {
+  const admin = new Admin({
+    clientId: c.clientId,
+    bootstrapBrokers: c.bootstrapBrokers,
+    connectTimeout: c.connectTimeout,
+    requestTimeout: c.requestTimeout,
+    retries: c.retries,
+    retryDelay: c.retryDelay,
+    ...(c.sasl === undefined ? {} : { sasl: c.sasl }),
+    ...(c.tls === undefined ? {} : { tls: c.tls }),
+  });
+  try {
+    await admin.metadata({ topics: [] });
+  } catch (error) {
+    throw connectorError(connector, c, 'connecting', error);
+  } finally {
+    await admin.close().catch(() => undefined);
+  }
+}
+
 /** Where a connector's connection goes, for error messages: never the credentials. */
 export function describeConnection(c: ClientConnection): string {
   const security = `${c.sasl === undefined ? '' : `SASL ${c.sasl.mechanism} as '${c.sasl.username}'`}${
@@ -153,7 +178,8 @@ function deepMessage(error: unknown): string {
     if (e === undefined || e === null || seen.has(e) || depth > 4) return;
     seen.add(e);
     if (e instanceof Error) {
-      if (!parts.includes(e.message)) parts.push(e.message);
+      const message = e.message.replace(/\.$/, '');
+      if (!parts.includes(message)) parts.push(message);
       visit((e as { cause?: unknown }).cause, depth + 1);
       const errors = (e as { errors?: unknown }).errors;
       if (Array.isArray(errors)) for (const inner of errors.slice(0, 3)) visit(inner, depth + 1);

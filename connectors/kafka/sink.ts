@@ -18,6 +18,7 @@ import {
   connectorError,
   type KafkaCodec,
   type KafkaConnectionOptions,
+  probeConnection,
 } from './config.ts';
 import {
   KAFKA_HEADERS,
@@ -185,6 +186,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
   /** Connects the producer (and, transactional, registers its id, fencing an older producer of it). */
   async open(): Promise<void> {
     const c = this.#connection;
+    await probeConnection(this.name, c);
     const producer = new Producer<string | undefined, Buffer, string, string>({
       clientId: c.clientId,
       bootstrapBrokers: c.bootstrapBrokers,

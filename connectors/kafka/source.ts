@@ -25,6 +25,7 @@ import {
   type KafkaCodec,
   type KafkaConnectionOptions,
   positive,
+  probeConnection,
 } from './config.ts';
 import { decodeRuns, encodeRuns, PartitionLedger } from './partitionLedger.ts';
 
@@ -489,6 +490,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
     this.#log = host.logger ?? console;
     this.#client = host.bus.internalClient(`kafka:${this.name}`);
     const c = this.#connection;
+    await probeConnection(this.name, c);
     const consumer = new Consumer({
       clientId: c.clientId,
       bootstrapBrokers: c.bootstrapBrokers,
