@@ -90,7 +90,11 @@ const rawProduce: Contender = async (n) => {
     serializers: stringSerializers,
     idempotent: true,
     acks: ProduceAcks.ALL,
+    autocreateTopics: true,
   });
+  // As the sink's open() does: the producer id and the topic's metadata are fetched before the clock.
+  await producer.initIdempotentProducer({});
+  await producer.metadata({ topics: [topic] });
   return {
     run: async () => {
       let acked = 0;

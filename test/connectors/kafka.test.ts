@@ -5,7 +5,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { map } from 'rxjs';
-import { actor, createRuntime, type Runtime, sinkActor } from 'sluice';
+import { actor, createRuntime, MemoryStore, type Runtime, sinkActor } from 'sluice';
 import { type KafkaSink, type KafkaSource, kafkaSink, kafkaSource } from 'sluice/connectors/kafka';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { type KafkaBroker, kafkaMissing, startKafka } from '../services/kafka/broker.ts';
@@ -222,6 +222,26 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     // At-least-once: records in flight at the restart may be written twice, none is missing.
     expect(new Set(values(out))).toEqual(new Set(range(N)));
   }, 90_000);
+
+  test('dedupe mode keeps written keys in the store: a replay, also by a new sink on the same store, is not written again', async () => {
+    const store = new MemoryStore();
+    const connection = { brokers: [broker.bootstrap] };
+    const records = (from: number, to: number, revision?: number) =>
+      range(to - from).map((k) => ({ key: `dd/${from + k}`, value: { i: from + k }, revision, envelope: undefined }));
+    const first = await kafkaSink({ connection, topic: 'dd-out', mode: 'dedupe', store, name: 'dd' });
+    await first.write(records(0, 10));
+    await first.write([...records(0, 10), ...records(10, 15)]);
+    expect(first.stats).toMatchObject({ written: 15, skipped: 10 });
+    await first.close();
+    // A restarted process: a new sink on the same store.
+    const second = await kafkaSink({ connection, topic: 'dd-out', mode: 'dedupe', store, name: 'dd' });
+    await second.write(records(5, 15));
+    await second.write(records(0, 2, 1)); // a newer revision is a new result
+    expect(second.stats).toMatchObject({ written: 2, skipped: 10 });
+    await second.close();
+    const out = await readTopic(broker.bootstrap, 'dd-out', { expected: 17 });
+    expect(out).toHaveLength(17);
+  }, 30_000);
 
   test.skipIf(kcatMissing !== undefined)(
     'kcat produces records Sluice consumes, and reads what Sluice writes',
