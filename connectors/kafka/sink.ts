@@ -305,20 +305,11 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     let tx: Awaited<ReturnType<typeof producer.beginTransaction>> | undefined;
     try {
       tx = await producer.beginTransaction();
-      const open = tx;
-      const withOffsets = source !== undefined && membership !== undefined && offsets.length > 0;
-      // The records and the group's registration in the transaction go out together: one round trip less.
-      await Promise.all([
-        todo.length > 0 ? open.send({ messages: todo.map((r) => this.#message(r)) }) : undefined,
-        withOffsets ? open.addConsumer((membership as KafkaGroupMembership).consumer) : undefined,
-      ]);
-      if (withOffsets)
-        await this.#commitOffsets(
-          producer,
-          source as KafkaSource<unknown>,
-          membership as KafkaGroupMembership,
-          offsets,
-        );
+      if (todo.length > 0) await tx.send({ messages: todo.map((r) => this.#message(r)) });
+      if (source !== undefined && membership !== undefined && offsets.length > 0) {
+        await tx.addConsumer(membership.consumer);
+        await this.#commitOffsets(producer, source, membership, offsets);
+      }
       await tx.commit();
     } catch (error) {
       this.#stats.aborted++;

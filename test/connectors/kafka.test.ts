@@ -7,6 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { map } from 'rxjs';
 import { actor, createRuntime, MemoryStore, type Runtime, sinkActor } from 'sluice';
 import { type KafkaSink, type KafkaSource, kafkaSink, kafkaSource } from 'sluice/connectors/kafka';
+import { mapAsync } from 'sluice/operators';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { type KafkaBroker, kafkaMissing, startKafka } from '../services/kafka/broker.ts';
 import { createTopic, eventually, produce, readTopic } from './kafkaHelpers.ts';
@@ -42,7 +43,7 @@ interface Order {
 const TRACEPARENT = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
 
 /** A runtime reading `source` through an actor that tags each order, into `sink`. */
-function pipeline(source: KafkaSource<Order>, sink: KafkaSink, name: string, seen?: Set<number>): Runtime {
+function pipeline(source: KafkaSource<Order>, sink: KafkaSink, name: string, seen?: Set<number>, slowMs = 0): Runtime {
   const runtime = createRuntime();
   runtime.spawn(
     actor<Order, Order & { by: string }>({
@@ -51,12 +52,23 @@ function pipeline(source: KafkaSource<Order>, sink: KafkaSink, name: string, see
       output: `tagged.${name}`,
       // `{ ...env }` keeps the record's headers (trace context included) on the output.
       pipeline: (order$) =>
-        order$.pipe(
-          map((env) => {
-            seen?.add(env.data.i);
-            return { ...env, data: { ...env.data, by: name } };
-          }),
-        ),
+        slowMs === 0
+          ? order$.pipe(
+              map((env) => {
+                seen?.add(env.data.i);
+                return { ...env, data: { ...env.data, by: name } };
+              }),
+            )
+          : // An async step of `slowMs` per record, 8 at a time: work is in flight when a rebalance comes.
+            order$.pipe(
+              mapAsync(
+                (data) =>
+                  new Promise<Order & { by: string }>((r) => setTimeout(() => r({ ...data, by: name }), slowMs)),
+                {
+                  concurrency: 8,
+                },
+              ),
+            ),
     }),
   );
   runtime.spawn(
@@ -149,7 +161,7 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
         source,
         logger: quiet,
       });
-      return { source, sink, runtime: pipeline(source, sink, name) };
+      return { source, sink, runtime: pipeline(source, sink, name, undefined, 2) };
     };
     const a = await make('a');
     await a.source.start(a.runtime);
@@ -181,6 +193,8 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       await x.sink.close();
     }
     expect(a.source.stats.rebalances).toBeGreaterThanOrEqual(1);
+    // The partitions a gave up still had records in flight: the rebalance came midway.
+    expect(a.source.stats.released).toBeGreaterThan(0);
     expect(b.sink.stats.written).toBeGreaterThan(0);
 
     const out = await readTopic(broker.bootstrap, 'eo-out', { expected: N, readCommitted: true, settleMs: 500 });
