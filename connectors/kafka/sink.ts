@@ -213,7 +213,17 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       },
     });
     try {
-      await producer.initIdempotentProducer({});
+      if (this.#transactionalId === undefined) await producer.initIdempotentProducer({});
+      else {
+        // InitProducerId under the transactional id now, not at the first write: it fences a
+        // previous process of this id and aborts the transaction it left open, whose pending
+        // offsets would otherwise keep the source's stable offset read waiting (and the source
+        // must read them before this sink gets anything to write).
+        // -1/-1 asks for the id as a new producer does (KIP-360); the client's default of 0/0
+        // claims epoch 0 of producer 0, which the broker refuses as fenced once the id was used.
+        const tx = await producer.beginTransaction({ producerId: -1n, producerEpoch: -1 });
+        await tx.cancel();
+      }
     } catch (error) {
       await producer.close().catch(() => undefined);
       throw connectorError(this.name, c, 'connecting the producer', error);

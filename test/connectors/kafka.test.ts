@@ -3,7 +3,8 @@
  * once for this file: a round trip, exactly-once through a rebalance between two consumers of one
  * group, a broker restart mid-stream, and interoperability with kcat.
  */
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { map } from 'rxjs';
 import { actor, createRuntime, MemoryStore, type Runtime, sinkActor } from 'sluice';
 import { type KafkaSink, type KafkaSource, kafkaSink, kafkaSource } from 'sluice/connectors/kafka';
@@ -237,6 +238,33 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     expect(new Set(values(out))).toEqual(new Set(range(N)));
   }, 90_000);
 
+  test('a job killed with SIGKILL again and again: read_committed sees every record once (Kafka as source and sink)', async () => {
+    const N = 1500;
+    await createTopic(broker.bootstrap, 'cr-in', 3);
+    await produce(
+      broker.bootstrap,
+      'cr-in',
+      range(N).map((i) => ({ key: `k${i}`, value: { i } })),
+    );
+    let progress = 0;
+    let kills = 0;
+    for (let run = 0; ; run++) {
+      // Killed at a random moment once it made progress, four times; the fifth run goes to the end.
+      const killAfterMs = run < 4 ? 200 + Math.random() * 600 : undefined;
+      const ended = await runCrashJob(N, killAfterMs, (p) => {
+        progress = Math.max(progress, p);
+      });
+      if (ended === 'done') break;
+      kills++;
+      expect(run).toBeLessThan(8);
+    }
+    expect(kills).toBe(4);
+    expect(progress).toBe(N);
+    const out = await readTopic(broker.bootstrap, 'cr-out', { expected: N, readCommitted: true, settleMs: 500 });
+    expect(values(out)).toEqual(range(N));
+    expect(await groupOffsets('crash', 'cr-in')).toBe(N);
+  }, 90_000);
+
   test('dedupe mode keeps written keys in the store: a replay, also by a new sink on the same store, is not written again', async () => {
     const store = new MemoryStore();
     const connection = { brokers: [broker.bootstrap] };
@@ -311,6 +339,55 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
 });
 
 const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const crashJob = fileURLToPath(new URL('./fixtures/kafkaCrashJob.ts', import.meta.url));
+
+/**
+ * Runs the crash job until it prints `done`, or kills it with SIGKILL `killAfterMs` after its
+ * first progress line.
+ */
+function runCrashJob(
+  total: number,
+  killAfterMs: number | undefined,
+  onProgress: (committed: number) => void,
+): Promise<'done' | 'killed'> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(
+      process.execPath,
+      ['--conditions=sluice-source', '--import', 'tsx', crashJob, broker.bootstrap, 'cr-in', 'cr-out', String(total)],
+      { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    let err = '';
+    let done = false;
+    let killer: NodeJS.Timeout | undefined;
+    const guard = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    child.stderr.on('data', (chunk: Buffer) => {
+      err += chunk.toString();
+    });
+    child.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+      for (let nl = out.indexOf('\n'); nl !== -1; nl = out.indexOf('\n')) {
+        const [what, n] = out.slice(0, nl).split(' ');
+        out = out.slice(nl + 1);
+        if (what === 'done') done = true;
+        if (what === 'progress') {
+          onProgress(Number(n));
+          if (killAfterMs !== undefined && killer === undefined)
+            killer = setTimeout(() => child.kill('SIGKILL'), killAfterMs);
+        }
+      }
+    });
+    child.once('error', reject);
+    child.once('exit', (code, signal) => {
+      clearTimeout(guard);
+      if (killer !== undefined) clearTimeout(killer);
+      if (done && code === 0) resolve('done');
+      else if (signal === 'SIGKILL' && killer !== undefined) resolve('killed');
+      else reject(new Error(`crash job exited (${code ?? signal}) unexpectedly:\n${err}`));
+    });
+  });
+}
 
 async function groupOffsets(groupId: string, topic: string): Promise<number> {
   const { Kafka, logLevel } = await import('kafkajs');
