@@ -3,7 +3,7 @@
  * on the bus, each acknowledged (its offset settled) once its settlement on the bus says so
  * (docs/settlement.md), and offsets committed only up to the lowest one not settled yet.
  */
-import { Connection, Consumer, FetchIsolationLevels, offsetFetchV9, type RecordsBatch } from '@platformatic/kafka';
+import { type Connection, Consumer, FetchIsolationLevels, type RecordsBatch } from '@platformatic/kafka';
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { Logger } from '../../runtime/actors/actor.ts';
 import { DEAD_LETTER_HEADERS } from '../../runtime/actors/deadLetters.ts';
@@ -11,7 +11,6 @@ import type { Bus, BusClient } from '../../runtime/bus/bus.ts';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
 import type { Codec } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
-import type { Lineage } from '../../runtime/lineage.ts';
 import { knownKeys, oneOf, optionKeys, optionsObject } from '../../runtime/options.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
@@ -27,7 +26,9 @@ import {
   positive,
   probeConnection,
 } from './config.ts';
-import { decodeRuns, encodeRuns, PartitionLedger } from './partitionLedger.ts';
+import { GroupCoordinator } from './groupCoordinator.ts';
+import { type FetchResponse, Partition, type PendingRecord, RecordLineage, skipped, splitKey } from './partition.ts';
+import { decodeRuns, encodeRuns } from './partitionLedger.ts';
 
 export interface KafkaSourceOptions<T = unknown> {
   /** Names the source in errors, logs and gauges. @default `kafka:<groupId>` */
@@ -184,69 +185,6 @@ export function kafkaSource<T = unknown>(options: KafkaSourceOptions<T>): KafkaS
   return new KafkaSource<T>(options);
 }
 
-class Partition {
-  readonly ledger: PartitionLedger;
-  readonly key: string;
-  /** Fetched, not yet published. */
-  buffered: PendingRecord[] = [];
-  publishing = false;
-  revoked = false;
-  highWatermark = 0;
-  leaderEpoch = -1;
-  /** Where the next fetch starts once the buffered records are published (control records skipped). */
-  nextFetch = 0;
-  /**
-   * Offsets above the committed one that a transaction already wrote the outputs of (from the
-   * commit's metadata): settled on arrival, not published again.
-   */
-  skip: [number, number][] = [];
-  constructor(topic: string, partition: number, start: number) {
-    this.ledger = new PartitionLedger(topic, partition, start);
-    this.key = `${topic}:${partition}`;
-  }
-}
-
-interface PendingRecord {
-  readonly offset: number;
-  readonly timestamp: number;
-  readonly key: Buffer | null;
-  readonly value: Buffer | null;
-  readonly headers: [Buffer | null, Buffer | null][];
-  attempt: number;
-}
-
-/** The source reference of one published record: settles its offset when the last ref is given back. */
-class RecordLineage implements Lineage {
-  readonly ids: readonly string[];
-  readonly #source: KafkaSource<unknown>;
-  readonly #partition: Partition;
-  readonly #record: PendingRecord;
-  readonly #index: number;
-  #refs = 1;
-  #error: unknown = undefined;
-  constructor(source: KafkaSource<unknown>, partition: Partition, record: PendingRecord, index: number) {
-    this.#source = source;
-    this.#partition = partition;
-    this.#record = record;
-    this.#index = index;
-    this.ids = [`${partition.key}:${record.offset}`];
-  }
-  retain(): void {
-    this.#refs++;
-  }
-  absorb(): void {
-    this.#refs++;
-  }
-  release(error?: unknown): void {
-    if (error !== undefined && this.#error === undefined) this.#error = error;
-    if (this.#refs === 0) return;
-    if (--this.#refs === 0) this.#source.settled(this.#partition, this.#record, this.#index, this.#error);
-  }
-  releaseAbsorbed(error?: unknown): void {
-    this.release(error);
-  }
-}
-
 export class KafkaSource<T = unknown> implements Source<T> {
   readonly name: string;
   readonly ref: SourceRef<T>;
@@ -281,7 +219,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
   #wake: (() => void) | undefined;
   #loop: Promise<void> | undefined;
   #commitTimer: NodeJS.Timeout | undefined;
-  #coordinator: Promise<Connection> | undefined;
+  #coordinator: GroupCoordinator | undefined;
   #committing: Promise<void> | undefined;
   #assigning: Promise<void> = Promise.resolve();
   readonly #stats = {
@@ -415,38 +353,14 @@ export class KafkaSource<T = unknown> implements Source<T> {
     }
   }
 
-  /** @internal A connection to the group coordinator, for stable offset reads and transactional offset commits. */
-  async coordinator(): Promise<Connection> {
-    const held = this.#coordinator;
-    if (held !== undefined) {
-      const c = await held.catch(() => undefined);
-      if (c?.isConnected()) return c;
-    }
-    const consumer = this.#consumer as Consumer;
-    const c = this.#connection;
-    this.#coordinator = (async () => {
-      const id = await consumer.findGroupCoordinator();
-      const metadata = await consumer.metadata({ topics: [...this.topics] });
-      const broker = metadata.brokers.get(id);
-      if (broker === undefined)
-        throw new ConnectorError(this.name, `group coordinator ${id} is not in the metadata`, { retryable: true });
-      const connection = new Connection(c.clientId, {
-        connectTimeout: c.connectTimeout,
-        requestTimeout: c.requestTimeout,
-        ...(c.sasl === undefined ? {} : { sasl: c.sasl }),
-        ...(c.tls === undefined ? {} : { tls: c.tls }),
-      });
-      await connection.connect(broker.host, broker.port);
-      return connection;
-    })();
-    return this.#coordinator;
+  /** @internal The group coordinator's connection, for the transactional sink's offset commits. */
+  coordinator(): Promise<Connection> {
+    return (this.#coordinator as GroupCoordinator).connection();
   }
 
-  /** @internal The coordinator connection failed: the next call makes a new one (it may have moved). */
+  /** @internal That connection failed: the next call makes a new one. */
   dropCoordinator(): void {
-    const held = this.#coordinator;
-    this.#coordinator = undefined;
-    held?.then((c) => c.close()).catch(() => undefined);
+    this.#coordinator?.drop();
   }
 
   /** The name in the `sluice-stream` header, the first part of its records' keys. */
@@ -508,6 +422,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
       autocommit: false,
     });
     this.#consumer = consumer;
+    this.#coordinator = new GroupCoordinator(this.name, this.groupId, this.topics, c, () => consumer);
     consumer.on('consumer:group:rebalance', () => this.#rebalanceStarted());
     consumer.on('consumer:group:join', (payload) => {
       this.#assigning = this.#assigning.then(() => this.#assigned(payload.generationId ?? -1));
@@ -705,7 +620,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
       list.push(partition);
     }
     const out = new Map<string, number>();
-    const committed = await this.#stableCommitted(byTopic);
+    const committed = await (this.#coordinator as GroupCoordinator).stableOffsets(byTopic);
     const missing = new Map<string, number[]>();
     for (const [topic, partitions] of byTopic) {
       const offsets = committed.get(topic) ?? [];
@@ -742,36 +657,6 @@ export class KafkaSource<T = unknown> implements Source<T> {
    * previous owner is still committing is refused (UNSTABLE_OFFSET_COMMIT) until the transaction
    * ends, instead of an older offset being returned and its records read again.
    */
-  async #stableCommitted(
-    byTopic: Map<string, number[]>,
-  ): Promise<Map<string, { offset: bigint; metadata: string | null }[]>> {
-    const topics = [...byTopic].map(([name, partitionIndexes]) => ({ name, partitionIndexes }));
-    const deadline = Date.now() + 60_000;
-    for (;;) {
-      try {
-        const connection = await this.coordinator();
-        const response = await offsetFetchV9.api.async(
-          connection,
-          [{ groupId: this.groupId, memberId: null, memberEpoch: -1, topics }],
-          true,
-        );
-        const out = new Map<string, { offset: bigint; metadata: string | null }[]>();
-        for (const t of response.groups[0]?.topics ?? []) {
-          const offsets: { offset: bigint; metadata: string | null }[] = [];
-          for (const p of t.partitions)
-            offsets[p.partitionIndex] = { offset: p.committedOffset, metadata: p.metadata ?? null };
-          out.set(t.name, offsets);
-        }
-        return out;
-      } catch (error) {
-        const unstable = /UNSTABLE_OFFSET_COMMIT|unstable offset/i.test(deepText(error));
-        if (!unstable) this.dropCoordinator();
-        if (Date.now() > deadline) throw error;
-        await new Promise((r) => setTimeout(r, unstable ? 100 : 500));
-      }
-    }
-  }
-
   // ---- fetching and publishing ----
 
   async #fetchLoop(): Promise<void> {
@@ -926,7 +811,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
 
   async #publishOne(part: Partition, record: PendingRecord, index: number): Promise<void> {
     const client = this.#client as BusClient;
-    const lineage = new RecordLineage(this as KafkaSource<unknown>, part, record, index);
+    const lineage = new RecordLineage(this, part, record, index);
     const { topic, partition } = part.ledger;
     const position = `${topic}/${partition}/${record.offset}`;
     const headers: Record<string, string> = {};
@@ -969,44 +854,6 @@ export class KafkaSource<T = unknown> implements Source<T> {
     }
     lineage.release();
   }
-}
-
-/** The part of a fetch response the source reads. */
-interface FetchResponse {
-  readonly responses: readonly {
-    readonly topicId: string;
-    readonly partitions: readonly {
-      readonly partitionIndex: number;
-      readonly errorCode: number;
-      readonly highWatermark: bigint;
-      readonly logStartOffset: bigint;
-      readonly records?: RecordsBatch[];
-    }[];
-  }[];
-}
-
-/** Whether `offset` is in the sorted runs; drops the runs below it, which are passed for good. */
-function skipped(runs: [number, number][], offset: number): boolean {
-  while (runs.length > 0 && (runs[0] as [number, number])[1] < offset) runs.shift();
-  const first = runs[0];
-  return first !== undefined && first[0] <= offset;
-}
-
-function deepText(error: unknown): string {
-  if (!(error instanceof Error)) return String(error);
-  const inner = (error as { errors?: unknown[] }).errors ?? [];
-  const cause = (error as { cause?: unknown }).cause;
-  return [
-    error.message,
-    JSON.stringify(error),
-    ...inner.map(deepText),
-    cause === undefined ? '' : deepText(cause),
-  ].join(' ');
-}
-
-function splitKey(key: string): [string, number] {
-  const at = key.lastIndexOf(':');
-  return [key.slice(0, at), Number(key.slice(at + 1))];
 }
 
 /** The narrowest pattern matching every subject: shared leading tokens, then `>`. */
