@@ -94,6 +94,36 @@ class MergedLineage implements Lineage {
   }
 }
 
+/**
+ * @internal The source reference of one message a source pushed (a stream consumer's, a
+ * connector's): the bus and the actors retain and release it as any lineage. When the last
+ * reference is given back, `settled` runs once, with the first error given back, if any.
+ */
+export class CountedLineage implements Lineage {
+  readonly ids: readonly string[];
+  readonly #settled: (error: unknown) => void;
+  #refs = 1;
+  #error: unknown = undefined;
+  constructor(id: string, settled: (error: unknown) => void) {
+    this.ids = [id];
+    this.#settled = settled;
+  }
+  retain(): void {
+    this.#refs++;
+  }
+  absorb(): void {
+    this.#refs++;
+  }
+  release(error?: unknown): void {
+    if (error !== undefined && this.#error === undefined) this.#error = error;
+    if (this.#refs === 0) return;
+    if (--this.#refs === 0) this.#settled(this.#error);
+  }
+  releaseAbsorbed(error?: unknown): void {
+    this.release(error);
+  }
+}
+
 function noop(): void {}
 
 /** What a tracker tells its owner. Internal to the runtime. */

@@ -1,5 +1,5 @@
 import type { RecordsBatch } from '@platformatic/kafka';
-import type { Lineage } from '../../runtime/lineage.ts';
+import { CountedLineage } from '../../runtime/lineage.ts';
 import { PartitionLedger } from './partitionLedger.ts';
 
 /** One assigned partition of a source: its lane of records and its ledger of offsets. */
@@ -43,35 +43,8 @@ export interface Settler {
 }
 
 /** The source reference of one published record: settles its offset when the last ref is given back. */
-export class RecordLineage implements Lineage {
-  readonly ids: readonly string[];
-  readonly #settler: Settler;
-  readonly #partition: Partition;
-  readonly #record: PendingRecord;
-  readonly #index: number;
-  #refs = 1;
-  #error: unknown = undefined;
-  constructor(settler: Settler, partition: Partition, record: PendingRecord, index: number) {
-    this.#settler = settler;
-    this.#partition = partition;
-    this.#record = record;
-    this.#index = index;
-    this.ids = [`${partition.key}:${record.offset}`];
-  }
-  retain(): void {
-    this.#refs++;
-  }
-  absorb(): void {
-    this.#refs++;
-  }
-  release(error?: unknown): void {
-    if (error !== undefined && this.#error === undefined) this.#error = error;
-    if (this.#refs === 0) return;
-    if (--this.#refs === 0) this.#settler.settled(this.#partition, this.#record, this.#index, this.#error);
-  }
-  releaseAbsorbed(error?: unknown): void {
-    this.release(error);
-  }
+export function recordLineage(settler: Settler, part: Partition, record: PendingRecord, index: number): CountedLineage {
+  return new CountedLineage(`${part.key}:${record.offset}`, (error) => settler.settled(part, record, index, error));
 }
 
 /** The part of a fetch response the source reads. */

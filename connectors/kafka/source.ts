@@ -27,7 +27,7 @@ import {
   probeConnection,
 } from './config.ts';
 import { GroupCoordinator } from './groupCoordinator.ts';
-import { type FetchResponse, Partition, type PendingRecord, RecordLineage, skipped, splitKey } from './partition.ts';
+import { type FetchResponse, Partition, type PendingRecord, recordLineage, skipped, splitKey } from './partition.ts';
 import { decodeRuns, encodeRuns } from './partitionLedger.ts';
 
 export interface KafkaSourceOptions<T = unknown> {
@@ -811,7 +811,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
 
   async #publishOne(part: Partition, record: PendingRecord, index: number): Promise<void> {
     const client = this.#client as BusClient;
-    const lineage = new RecordLineage(this, part, record, index);
+    const lineage = recordLineage(this, part, record, index);
     const { topic, partition } = part.ledger;
     const position = `${topic}/${partition}/${record.offset}`;
     const headers: Record<string, string> = {};

@@ -6,7 +6,7 @@ import { subjectMatches, validateSubject } from '../bus/subjects.ts';
 import type { Clock, Timer } from '../clock.ts';
 import { createEnvelope, type Envelope } from '../envelope.ts';
 import { type CorruptRecordError, messageOf, OptionsError, SluiceError, StreamError } from '../errors.ts';
-import type { Lineage } from '../lineage.ts';
+import { CountedLineage } from '../lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../options.ts';
 import type { LogEntry, Store, StoreBatch } from '../store/types.ts';
 import type { Telemetry } from '../telemetry.ts';
@@ -56,41 +56,9 @@ class Delivery {
   out = false;
   timer: Timer | undefined = undefined;
   /** The lineage of its current push, so a settlement of an earlier push is told apart. */
-  push: PushLineage | undefined = undefined;
+  push: CountedLineage | undefined = undefined;
   constructor(seq: number) {
     this.seq = seq;
-  }
-}
-
-/**
- * The source reference of a pushed message: the bus and the actor retain and release it as any
- * lineage (docs/settlement.md). When the last reference is given back the message is settled:
- * acked, or nacked when one came back with an error.
- */
-class PushLineage implements Lineage {
-  readonly ids: readonly string[];
-  readonly #consumer: ConsumerImpl;
-  readonly #delivery: Delivery;
-  #refs = 1;
-  #error: unknown = undefined;
-  constructor(consumer: ConsumerImpl, delivery: Delivery, id: string) {
-    this.#consumer = consumer;
-    this.#delivery = delivery;
-    this.ids = [id];
-  }
-  retain(): void {
-    this.#refs++;
-  }
-  absorb(): void {
-    this.#refs++;
-  }
-  release(error?: unknown): void {
-    if (error !== undefined && this.#error === undefined) this.#error = error;
-    if (this.#refs === 0) return;
-    if (--this.#refs === 0) this.#consumer.pushSettled(this.#delivery, this, this.#error);
-  }
-  releaseAbsorbed(error?: unknown): void {
-    this.release(error);
   }
 }
 
@@ -386,7 +354,7 @@ export class ConsumerImpl<T = unknown> {
     d.timer = this.#deps.clock.setTimeout(() => this.#expired(d, attempt), this.#ackWait(attempt));
   }
 
-  pushSettled(d: Delivery, lineage: PushLineage, error: unknown): void {
+  pushSettled(d: Delivery, lineage: CountedLineage, error: unknown): void {
     if (d.push !== lineage) return;
     if (error === undefined) this.ackDelivery(d);
     else this.nackDelivery(d, d.attempt, this.#redeliveryDelay(d.attempt), error);
@@ -453,7 +421,8 @@ export class ConsumerImpl<T = unknown> {
         const taken = this.#take();
         if (taken === undefined) break;
         const [d, stored] = taken;
-        const lineage = new PushLineage(this as ConsumerImpl, d, stored.i);
+        // Settled when the bus and the actors gave back every reference: acked, or nacked on an error.
+        const lineage: CountedLineage = new CountedLineage(stored.i, (error) => this.pushSettled(d, lineage, error));
         d.push = lineage;
         const env = this.#source.envelope(d.seq, stored, d.attempt, lineage);
         let accepted: Promise<void>;
