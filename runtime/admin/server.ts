@@ -602,6 +602,8 @@ class Admin implements AdminServer {
         }
       }
     }
+    // The last step always, however fast the replay went: a progress bar ends full.
+    if (progress) res.write(`${JSON.stringify({ progress: replayed + failed.length, total: letters.length })}\n`);
     return {
       body: { replayed, total: letters.length, failed },
       detail: `replayed ${replayed} of ${letters.length}${failed.length > 0 ? `, ${failed.length} failed` : ''}`,

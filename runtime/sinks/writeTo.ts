@@ -4,7 +4,7 @@ import { IDEMPOTENT_SINK } from '../actors/delivery.ts';
 import { MessageError } from '../actors/failure.ts';
 import { type Clock, systemClock, type Timer } from '../clock.ts';
 import type { Envelope } from '../envelope.ts';
-import { ClosedError, OptionsError } from '../errors.ts';
+import { ClosedError, ConnectorError, OptionsError } from '../errors.ts';
 import { hold } from '../lineage.ts';
 import { intOption, knownKeys, numberOption, optionKeys } from '../options.ts';
 import { type Sink, type SinkRecord, type SinkRecordOptions, sinkRecordOf } from './sink.ts';
@@ -105,7 +105,9 @@ export function writeTo<In, T = In>(
           },
           (error: unknown) => {
             writing = false;
-            if (taken.length > 1) {
+            // A connector that lost its broker (a retryable ConnectorError) blames no record: the
+            // batch is retried whole, not one input at a time.
+            if (taken.length > 1 && !(error instanceof ConnectorError && error.retryable)) {
               if (suspects.size + taken.length > MAX_SUSPECTS) suspects.clear();
               for (const p of taken) suspects.add(p.env.id);
             }

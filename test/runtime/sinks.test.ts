@@ -1,4 +1,5 @@
 import {
+  ConnectorError,
   DEAD_LETTER_HEADERS,
   type Envelope,
   IDEMPOTENCY_KEY_HEADER,
@@ -132,6 +133,41 @@ describe('sinkActor', () => {
     expect(ref.counters).toMatchObject({ acked: 3, deadLettered: 1 });
     // After the failed batch of 4, each retry went alone.
     expect(sink.writes.slice(1).every((w) => w.length === 1)).toBe(true);
+  });
+
+  test('a batch failing with a retryable ConnectorError (the broker, not a record) is retried whole', async () => {
+    const { rt, clock } = testRuntime();
+    const writes: number[] = [];
+    let fail = true;
+    const sink: Sink<{ id: string }> = {
+      name: 'flaky',
+      write: async (records) => {
+        writes.push(records.length);
+        if (fail) {
+          fail = false;
+          throw new ConnectorError('flaky', 'lost the broker', { retryable: true });
+        }
+      },
+    };
+    const ref = rt.spawn(
+      sinkActor({
+        name: 'w',
+        subscribe: 'in',
+        sink,
+        key: byId,
+        batch: { maxSize: 4, maxWaitMs: 5 },
+        retry: { maxAttempts: 3, backoff: { initialMs: 10, maxMs: 10, jitter: 0 } },
+      }),
+    );
+    for (let i = 0; i < 4; i++) await rt.bus.publish('in', { id: `k${i}` });
+    await flush();
+    for (let i = 0; i < 5; i++) {
+      await clock.advance(10);
+      await flush();
+    }
+    expect(ref.counters.acked).toBe(4);
+    // The retry went as one batch of 4, not four batches of 1.
+    expect(writes).toEqual([4, 4]);
   });
 
   test('an input without an idempotency key is dead-lettered, never written under a made-up key', async () => {

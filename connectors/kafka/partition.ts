@@ -1,0 +1,92 @@
+import type { RecordsBatch } from '@platformatic/kafka';
+import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
+import { PartitionLedger } from './partitionLedger.ts';
+
+/** One assigned partition of a source: its lane of records and its ledger of offsets. */
+export class Partition {
+  readonly ledger: PartitionLedger;
+  /** `topic:partition` */
+  readonly key: string;
+  /** Fetched, not yet published. */
+  buffered: PendingRecord[] = [];
+  publishing = false;
+  /** Taken away by a rebalance: its settlements no longer count. */
+  revoked = false;
+  highWatermark = 0;
+  leaderEpoch = -1;
+  /** Where the next fetch starts once the buffered records are published (control records skipped). */
+  nextFetch = 0;
+  /**
+   * Offsets above the committed one that a transaction already wrote the outputs of (from the
+   * commit's metadata): settled on arrival, not published again.
+   */
+  skip: [number, number][] = [];
+  constructor(topic: string, partition: number, start: number) {
+    this.ledger = new PartitionLedger(topic, partition, start);
+    this.key = `${topic}:${partition}`;
+  }
+}
+
+/** A fetched record, kept until it is settled (a failed settlement publishes it again). */
+export interface PendingRecord {
+  readonly offset: number;
+  readonly timestamp: number;
+  readonly key: Buffer | null;
+  readonly value: Buffer | null;
+  readonly headers: [Buffer | null, Buffer | null][];
+  attempt: number;
+}
+
+/** Who hears that a published record settled: the source. */
+export interface Settler {
+  settled(part: Partition, record: PendingRecord, index: number, error: unknown): void;
+}
+
+/** The source reference of one published record: settles its offset when the last ref is given back. */
+/** A published record as its lineage knows it: who hears of its settlement, and where it is. */
+interface RecordDelivery {
+  readonly settler: Settler;
+  readonly part: Partition;
+  readonly record: PendingRecord;
+  readonly index: number;
+}
+
+const toSettler: SourceSettlement<RecordDelivery> = {
+  sourceSettled: (d, _lineage, error) => d.settler.settled(d.part, d.record, d.index, error),
+};
+
+export function recordLineage(
+  settler: Settler,
+  part: Partition,
+  record: PendingRecord,
+  index: number,
+): SourceLineage<RecordDelivery> {
+  return new SourceLineage(toSettler, { settler, part, record, index }, `${part.key}:${record.offset}`);
+}
+
+/** The part of a fetch response the source reads. */
+export interface FetchResponse {
+  readonly responses: readonly {
+    readonly topicId: string;
+    readonly partitions: readonly {
+      readonly partitionIndex: number;
+      readonly errorCode: number;
+      readonly highWatermark: bigint;
+      readonly logStartOffset: bigint;
+      readonly records?: RecordsBatch[];
+    }[];
+  }[];
+}
+
+/** Whether `offset` is in the sorted runs; drops the runs below it, which are passed for good. */
+export function skipped(runs: [number, number][], offset: number): boolean {
+  while (runs.length > 0 && (runs[0] as [number, number])[1] < offset) runs.shift();
+  const first = runs[0];
+  return first !== undefined && first[0] <= offset;
+}
+
+/** `topic:partition` back into its parts. */
+export function splitKey(key: string): [string, number] {
+  const at = key.lastIndexOf(':');
+  return [key.slice(0, at), Number(key.slice(at + 1))];
+}

@@ -1,0 +1,125 @@
+import { RangeSet } from '../../runtime/streams/rangeSet.ts';
+
+/**
+ * What one assigned partition delivered and which of it is settled, so the offset committed is the
+ * lowest one not settled yet: acks may come in any order (lanes, retries), and Kafka commits one
+ * offset per partition meaning "everything below is done".
+ *
+ * Kafka offsets have gaps (transaction markers, aborted or compacted records), so each delivered
+ * record gets a dense index and settlement runs over indexes as a durable consumer's does over
+ * sequences (runtime/streams/rangeSet.ts): acks above the floor are kept as runs, a handful of
+ * pairs when they come nearly in order.
+ */
+export class PartitionLedger {
+  readonly topic: string;
+  readonly partition: number;
+  /** Offsets of delivered records from index `#base` on, ascending. */
+  #offsets: number[] = [];
+  #base = 0;
+  /** Index of the lowest delivered record not settled. */
+  #floor = 0;
+  /** Index the next delivered record gets. */
+  #next = 0;
+  readonly #settled = new RangeSet();
+  /** The offset after what was fetched and not delivered yet: the floor once all delivered settle. */
+  undelivered: number;
+  /** The last offset committed (or read from the group at assignment). */
+  committed: number;
+
+  constructor(topic: string, partition: number, start: number) {
+    this.topic = topic;
+    this.partition = partition;
+    this.undelivered = start;
+    this.committed = start;
+  }
+
+  /** Delivered and not settled. */
+  get pending(): number {
+    return this.#next - this.#floor - this.#settled.count;
+  }
+
+  /** The offset to commit: the lowest delivered and unsettled, else the next not delivered. */
+  get floor(): number {
+    return this.#floor < this.#next ? (this.#offsets[this.#floor - this.#base] as number) : this.undelivered;
+  }
+
+  /** Records a delivery; returns its index, for {@link settle}. */
+  deliver(offset: number): number {
+    this.#offsets.push(offset);
+    this.undelivered = offset + 1;
+    return this.#next++;
+  }
+
+  settle(index: number): void {
+    if (index < this.#floor || index >= this.#next) return;
+    this.#settled.add(index);
+    const floor = this.#settled.advance(this.#floor);
+    if (floor === this.#floor) return;
+    this.#floor = floor;
+    // Drop settled offsets in chunks, not one shift per ack.
+    const drop = this.#floor - this.#base;
+    if (drop > 1024 || drop === this.#offsets.length) {
+      this.#offsets.splice(0, drop);
+      this.#base = this.#floor;
+    }
+  }
+
+  /** The index of a delivered offset still tracked, or -1. */
+  indexOf(offset: number): number {
+    const o = this.#offsets;
+    let lo = this.#floor - this.#base;
+    let hi = o.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const at = o[mid] as number;
+      if (at === offset) return mid + this.#base;
+      if (at < offset) lo = mid + 1;
+      else hi = mid - 1;
+    }
+    return -1;
+  }
+
+  /**
+   * What a transaction holding the outputs of the records at `offsets` commits for this partition:
+   * the floor as if they were settled too, and the offsets above it that are done (settled, or in
+   * `offsets`) as runs. An earlier record still in another lane keeps the floor below itself; the
+   * runs, stored in the commit's metadata, let a restart skip what was written above it.
+   */
+  commitIfSettled(offsets: Iterable<number>): { floor: number; doneAbove: [number, number][] } {
+    const extra = new Set<number>();
+    for (const offset of offsets) {
+      const i = this.indexOf(offset);
+      if (i >= 0) extra.add(i);
+    }
+    const done = (i: number) => extra.has(i) || this.#settled.has(i);
+    let i = this.#floor;
+    while (i < this.#next && done(i)) i++;
+    const floor = i < this.#next ? (this.#offsets[i - this.#base] as number) : this.undelivered;
+    const doneAbove: [number, number][] = [];
+    for (; i < this.#next; i++) {
+      if (!done(i)) continue;
+      const offset = this.#offsets[i - this.#base] as number;
+      const last = doneAbove[doneAbove.length - 1];
+      if (last !== undefined && last[1] === offset - 1) last[1] = offset;
+      else doneAbove.push([offset, offset]);
+    }
+    return { floor, doneAbove };
+  }
+}
+
+/** Runs of offsets as commit metadata: `sluice:3-5,9`. */
+export function encodeRuns(runs: readonly (readonly [number, number])[]): string | null {
+  if (runs.length === 0) return null;
+  return `sluice:${runs.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(',')}`;
+}
+
+/** The runs of commit metadata written by {@link encodeRuns}; anything else has none. */
+export function decodeRuns(metadata: string | null | undefined): [number, number][] {
+  if (typeof metadata !== 'string' || !metadata.startsWith('sluice:')) return [];
+  const out: [number, number][] = [];
+  for (const part of metadata.slice(7).split(',')) {
+    const [a, b] = part.split('-').map(Number);
+    if (a !== undefined && Number.isSafeInteger(a)) out.push([a, b !== undefined && Number.isSafeInteger(b) ? b : a]);
+  }
+  return out;
+}

@@ -1,0 +1,451 @@
+/**
+ * A Kafka sink implementing the runtime's `Sink` contract: one `write` is one produce request of
+ * an idempotent producer, or one transaction that also commits a Kafka source's offsets.
+ */
+import { ProduceAcks, Producer, txnOffsetCommitV3 } from '@platformatic/kafka';
+import type { Logger } from '../../runtime/actors/actor.ts';
+import type { Codec } from '../../runtime/codec.ts';
+import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
+import { knownKeys, oneOf, optionKeys, optionsObject } from '../../runtime/options.ts';
+import { IDEMPOTENCY_KEY_HEADER, type Sink, type SinkRecord } from '../../runtime/sinks/sink.ts';
+import { REVISION_HEADER } from '../../runtime/sinks/streamSink.ts';
+import type { Store } from '../../runtime/store/types.ts';
+import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
+import {
+  type ClientConnection,
+  clientConnection,
+  codecOf,
+  connectorError,
+  type KafkaCodec,
+  type KafkaConnectionOptions,
+  probeConnection,
+} from './config.ts';
+import {
+  KAFKA_HEADERS,
+  type KafkaCommit,
+  type KafkaGroupMembership,
+  type KafkaPosition,
+  type KafkaSource,
+} from './source.ts';
+
+export interface KafkaSinkOptions<T = unknown> {
+  /** Names the sink in errors and telemetry. @default `kafka:<topic>` */
+  name?: string;
+  connection: KafkaConnectionOptions;
+  /** The topic written to, or a function of the record. */
+  topic: string | ((record: SinkRecord<T>) => string);
+  /** How values become bytes. @default 'json' */
+  codec?: KafkaCodec;
+  /**
+   * The Kafka record key, which chooses the partition (order is kept per key).
+   * @default the envelope's key, else the idempotency key
+   */
+  key?: (record: SinkRecord<T>) => string | undefined;
+  /**
+   * - `'idempotent'`: an idempotent producer, acks from all in-sync replicas: a retried request
+   *   is not written twice, but a replayed input is (at-least-once).
+   * - `'transactional'`: each batch is a transaction; with `source`, it also commits the source's
+   *   offsets for the batch's inputs (exactly-once for `read_committed` readers, as Kafka Streams
+   *   does). Needs `transactionalId`.
+   * - `'dedupe'`: an idempotent producer and the keys written kept in `store`: a replayed key is
+   *   not written again (exactly-once effect for inputs from any source, except a crash between
+   *   the write and the store's commit, which lets that batch through once more).
+   * @default 'idempotent'
+   */
+  mode?: 'idempotent' | 'transactional' | 'dedupe';
+  /** The producer's transactional id: unique per process, the same after its restart. */
+  transactionalId?: string;
+  /** The Kafka source whose offsets a transaction commits (its `commit` must be `'sink'`). */
+  source?: KafkaSource<unknown>;
+  /** The store keeping written keys (`'dedupe'`): the runtime's `LmdbStore`. */
+  store?: Store;
+  logger?: Logger;
+}
+
+/** Counts of what the sink did. */
+export interface KafkaSinkStats {
+  readonly batches: number;
+  readonly written: number;
+  /** Records not written: their key was written before (dedupe), or their offsets were committed. */
+  readonly skipped: number;
+  readonly transactions: number;
+  readonly aborted: number;
+}
+
+const sinkKeys = optionKeys<keyof KafkaSinkOptions>({
+  name: true,
+  connection: true,
+  topic: true,
+  codec: true,
+  key: true,
+  mode: true,
+  transactionalId: true,
+  source: true,
+  store: true,
+  logger: true,
+});
+
+/** Headers of an input's position: they describe where the input came from, not the output. */
+const POSITION_HEADERS = new Set<string>([
+  STREAM_HEADERS.stream,
+  STREAM_HEADERS.sequence,
+  KAFKA_HEADERS.topic,
+  KAFKA_HEADERS.partition,
+  KAFKA_HEADERS.offset,
+  IDEMPOTENCY_KEY_HEADER,
+  REVISION_HEADER,
+]);
+
+const RECENT_KEYS = 100_000;
+/** How long a transaction waits for a rebalance to end before its batch fails (and is retried). */
+const MEMBERSHIP_WAIT_MS = 30_000;
+
+/** The store namespace of a dedupe sink's keys. */
+export function kafkaSinkNamespace(name: string): string {
+  return `sluice.kafka-sink/${name}`;
+}
+
+/**
+ * Makes a Kafka sink and connects its producer (rejects with a {@link ConnectorError} when the
+ * brokers cannot be reached or refuse the credentials). Records carry their idempotency key in the
+ * `sluice-idempotency-key` header and the envelope's headers (trace context included).
+ *
+ * @example
+ * const out = await kafkaSink({ connection: { brokers: ['127.0.0.1:9092'] }, topic: 'priced', mode: 'transactional', transactionalId: 'pricing-1', source: orders });
+ * runtime.spawn(sinkActor({ name: 'to-kafka', subscribe: 'priced', sink: out }));
+ */
+export async function kafkaSink<T = unknown>(options: KafkaSinkOptions<T>): Promise<KafkaSink<T>> {
+  const sink = new KafkaSink<T>(options);
+  await sink.open();
+  return sink;
+}
+
+export class KafkaSink<T = unknown> implements Sink<T> {
+  readonly name: string;
+  readonly mode: 'idempotent' | 'transactional' | 'dedupe';
+  readonly #connection: ClientConnection;
+  readonly #topic: (record: SinkRecord<T>) => string;
+  readonly #codec: Codec;
+  readonly #key: (record: SinkRecord<T>) => string | undefined;
+  readonly #transactionalId: string | undefined;
+  readonly #source: KafkaSource<unknown> | undefined;
+  readonly #store: Store | undefined;
+  readonly #log: Logger;
+  #producer: Producer<string | undefined, Buffer, string, string> | undefined;
+  #closed = false;
+  /** One write at a time: a transactional producer holds one transaction, and lanes share the sink. */
+  #queue: Promise<void> = Promise.resolve();
+  readonly #stats = { batches: 0, written: 0, skipped: 0, transactions: 0, aborted: 0 };
+  readonly #recent = new Set<string>();
+
+  constructor(options: KafkaSinkOptions<T>) {
+    optionsObject('kafkaSink', options);
+    if (options === undefined) throw new OptionsError('kafkaSink', 'must give connection and topic', options);
+    knownKeys('kafkaSink', options, sinkKeys);
+    const topic = options.topic;
+    if (typeof topic === 'string') {
+      if (!/^[a-zA-Z0-9._-]{1,249}$/.test(topic))
+        throw new OptionsError('kafkaSink.topic', 'a topic name is 1 to 249 of [a-zA-Z0-9._-]', topic);
+    } else if (typeof topic !== 'function')
+      throw new OptionsError('kafkaSink.topic', 'must be a topic name or a function of the record', topic);
+    this.name = options.name ?? `kafka:${typeof topic === 'string' ? topic : 'topics'}`;
+    const where = `kafkaSink '${this.name}'`;
+    this.#connection = clientConnection(options.connection, `${where}.connection`);
+    this.#topic = typeof topic === 'string' ? () => topic : topic;
+    this.#codec = codecOf(options.codec, `${where}.codec`);
+    if (options.key !== undefined && typeof options.key !== 'function')
+      throw new OptionsError(`${where}.key`, 'must be a function of the record', options.key);
+    this.#key = options.key ?? ((r) => r.envelope?.key ?? r.key);
+    this.mode = oneOf(`${where}.mode`, options.mode, ['idempotent', 'transactional', 'dedupe'], 'idempotent');
+    this.#transactionalId = options.transactionalId;
+    this.#source = options.source;
+    this.#store = options.store;
+    this.#log = options.logger ?? console;
+    if (this.mode === 'transactional' && (typeof this.#transactionalId !== 'string' || this.#transactionalId === ''))
+      throw new OptionsError(
+        `${where}.transactionalId`,
+        "must be a non-empty string with mode 'transactional'",
+        this.#transactionalId,
+      );
+    if (this.mode !== 'transactional' && this.#transactionalId !== undefined)
+      throw new OptionsError(`${where}.transactionalId`, "is for mode 'transactional' only", this.#transactionalId);
+    if (this.#source !== undefined && this.mode !== 'transactional')
+      throw new OptionsError(
+        `${where}.source`,
+        "commits offsets in a transaction: needs mode 'transactional'",
+        this.mode,
+      );
+    if (this.mode === 'dedupe' && (this.#store === undefined || typeof this.#store.getKey !== 'function'))
+      throw new OptionsError(`${where}.store`, "must be the runtime's store with mode 'dedupe'", this.#store);
+  }
+
+  get stats(): KafkaSinkStats {
+    return { ...this.#stats };
+  }
+
+  /** Connects the producer (and, transactional, registers its id, fencing an older producer of it). */
+  async open(): Promise<void> {
+    const c = this.#connection;
+    await probeConnection(this.name, c);
+    const producer = new Producer<string | undefined, Buffer, string, string>({
+      clientId: c.clientId,
+      bootstrapBrokers: c.bootstrapBrokers,
+      connectTimeout: c.connectTimeout,
+      requestTimeout: c.requestTimeout,
+      // Transactions meet CONCURRENT_TRANSACTIONS at each start: room for its short retries.
+      retries: this.#transactionalId === undefined ? c.retries : Math.max(c.retries, 10),
+      // Right after a commit the broker answers AddPartitionsToTxn with CONCURRENT_TRANSACTIONS
+      // until its markers are written (milliseconds): at the full delay, every transaction of a
+      // busy sink waited for it (Kafka's Java producer retries it after 20 ms too).
+      retryDelay: (_client: unknown, operation: string, attempt: number) =>
+        operation === 'addPartitionsToTransaction' ? Math.min(10 * attempt, c.retryDelay) : c.retryDelay,
+      ...(c.sasl === undefined ? {} : { sasl: c.sasl }),
+      ...(c.tls === undefined ? {} : { tls: c.tls }),
+      idempotent: true,
+      acks: ProduceAcks.ALL,
+      autocreateTopics: true,
+      ...(this.#transactionalId === undefined ? {} : { transactionalId: this.#transactionalId }),
+      serializers: {
+        key: (k?: string) => (k === undefined ? undefined : Buffer.from(k)),
+        value: (v?: Buffer) => v,
+        headerKey: (k?: string) => (k === undefined ? undefined : Buffer.from(k)),
+        headerValue: (v?: string) => (v === undefined ? undefined : Buffer.from(v)),
+      },
+    });
+    try {
+      if (this.#transactionalId === undefined) await producer.initIdempotentProducer({});
+      else {
+        // InitProducerId under the transactional id now, not at the first write: it fences a
+        // previous process of this id and aborts the transaction it left open, whose pending
+        // offsets would otherwise keep the source's stable offset read waiting (and the source
+        // must read them before this sink gets anything to write).
+        // -1/-1 asks for the id as a new producer does (KIP-360); the client's default of 0/0
+        // claims epoch 0 of producer 0, which the broker refuses as fenced once the id was used.
+        const tx = await producer.beginTransaction({ producerId: -1n, producerEpoch: -1 });
+        await tx.cancel();
+      }
+    } catch (error) {
+      await producer.close().catch(() => undefined);
+      throw connectorError(this.name, c, 'connecting the producer', error);
+    }
+    this.#producer = producer;
+  }
+
+  write(records: readonly SinkRecord<T>[]): Promise<void> {
+    if (this.#closed) return Promise.reject(new ClosedError(this.name, 'the sink is closed'));
+    const run = this.#queue.then(() => this.#write(records));
+    this.#queue = run.catch(() => undefined);
+    return run;
+  }
+
+  async #write(records: readonly SinkRecord<T>[]): Promise<void> {
+    const producer = this.#producer;
+    if (producer === undefined || this.#closed) throw new ClosedError(this.name, 'the sink is not open');
+    this.#stats.batches++;
+    if (this.mode === 'transactional') return this.#transaction(producer, records);
+    let todo = records;
+    if (this.mode === 'dedupe') {
+      const ns = kafkaSinkNamespace(this.name);
+      const store = this.#store as Store;
+      const seen = new Map<string, number>();
+      todo = records.filter((r) => {
+        const held = (seen.get(r.key) ?? store.getKey(ns, r.key)) as number | undefined;
+        const rev = r.revision ?? -1;
+        if (held !== undefined && held >= rev) return false;
+        seen.set(r.key, rev);
+        return true;
+      });
+      this.#stats.skipped += records.length - todo.length;
+      if (todo.length === 0) return;
+    }
+    try {
+      await producer.send({ messages: todo.map((r) => this.#message(r)) });
+    } catch (error) {
+      throw connectorError(this.name, this.#connection, `writing ${todo.length} records`, error);
+    }
+    this.#stats.written += todo.length;
+    if (this.mode === 'dedupe') {
+      const ns = kafkaSinkNamespace(this.name);
+      await (this.#store as Store).batch((b) => {
+        for (const r of todo) b.put(ns, r.key, r.revision ?? -1);
+      });
+    }
+  }
+
+  async #transaction(
+    producer: Producer<string | undefined, Buffer, string, string>,
+    records: readonly SinkRecord<T>[],
+  ): Promise<void> {
+    const source = this.#source;
+    let todo = records;
+    let offsets: KafkaCommit[] = [];
+    let membership: KafkaGroupMembership | undefined;
+    if (source !== undefined) {
+      // A transaction names the group's current generation: wait out a rebalance under way.
+      membership = await source.awaitMembership(MEMBERSHIP_WAIT_MS);
+      if (membership === undefined)
+        throw new ConnectorError(this.name, `source '${source.name}' has no group generation to commit with`, {
+          retryable: true,
+        });
+      const positions: KafkaPosition[] = [];
+      const committed = source.committedOffsets();
+      todo = records.filter((r) => {
+        const p = positionOf(r, source);
+        if (p === undefined) return true;
+        const at = committed.get(`${p.topic}:${p.partition}`);
+        if (at === undefined) return false; // taken away by a rebalance: its new owner writes it
+        if (p.offset < at) {
+          // A retry or a replay of an input a committed transaction covered: written again, a
+          // read_committed reader would see it twice.
+          if (this.#recent.has(r.key)) return false;
+          // Below the committed offset but never written: another output of an input whose first
+          // outputs a committed batch held (a batch cut between them). Written, as at-least-once.
+          this.#log.warn(
+            `kafka sink '${this.name}': '${r.key}' comes after its input's offset was committed; keep an input's outputs in one batch for exactly-once`,
+          );
+          return true;
+        }
+        positions.push(p);
+        return true;
+      });
+      this.#stats.skipped += records.length - todo.length;
+      offsets = source.offsetsFor(positions);
+      if (todo.length === 0 && offsets.length === 0) return;
+    }
+    let tx: Awaited<ReturnType<typeof producer.beginTransaction>> | undefined;
+    try {
+      tx = await producer.beginTransaction();
+      if (todo.length > 0) await tx.send({ messages: todo.map((r) => this.#message(r)) });
+      if (source !== undefined && membership !== undefined && offsets.length > 0) {
+        await tx.addConsumer(membership.consumer);
+        await this.#commitOffsets(producer, source, membership, offsets);
+      }
+      await tx.commit();
+    } catch (error) {
+      this.#stats.aborted++;
+      if (tx !== undefined && !tx.completed) await tx.abort().catch(() => undefined);
+      throw connectorError(this.name, this.#connection, `a transaction of ${todo.length} records`, error);
+    }
+    this.#stats.transactions++;
+    this.#stats.written += todo.length;
+    for (const r of todo) this.#remember(r.key);
+    if (source !== undefined) source.committedBySink(offsets);
+  }
+
+  /**
+   * TxnOffsetCommit with the generation and member id (KIP-447: a member fenced by a rebalance
+   * cannot commit) and the offsets done above each floor as metadata, which the client's own
+   * `addOffset` cannot carry.
+   */
+  async #commitOffsets(
+    producer: Producer<string | undefined, Buffer, string, string>,
+    source: KafkaSource<unknown>,
+    m: KafkaGroupMembership,
+    offsets: readonly KafkaCommit[],
+  ): Promise<void> {
+    const byTopic = new Map<
+      string,
+      {
+        partitionIndex: number;
+        committedOffset: bigint;
+        committedLeaderEpoch: number;
+        committedMetadata: string | null;
+      }[]
+    >();
+    for (const o of offsets) {
+      let list = byTopic.get(o.topic);
+      if (list === undefined) byTopic.set(o.topic, (list = []));
+      list.push({
+        partitionIndex: o.partition,
+        committedOffset: BigInt(o.offset),
+        committedLeaderEpoch: -1,
+        committedMetadata: o.metadata,
+      });
+    }
+    const producerId = producer.producerId;
+    const producerEpoch = producer.producerEpoch;
+    if (producerId === undefined || producerEpoch === undefined)
+      throw new ConnectorError(this.name, 'the transactional producer has no producer id', { retryable: true });
+    try {
+      const connection = await source.coordinator();
+      await txnOffsetCommitV3.api.async(
+        connection,
+        this.#transactionalId as string,
+        m.groupId,
+        producerId,
+        producerEpoch,
+        m.generationId,
+        m.memberId,
+        null,
+        [...byTopic].map(([name, partitions]) => ({ name, partitions })),
+      );
+    } catch (error) {
+      source.dropCoordinator();
+      throw error;
+    }
+  }
+
+  /** Keys written lately, so an in-process replay of a committed batch is told from a late sibling. */
+  #remember(key: string): void {
+    this.#recent.add(key);
+    if (this.#recent.size > RECENT_KEYS) {
+      const oldest = this.#recent.values().next().value;
+      if (oldest !== undefined) this.#recent.delete(oldest);
+    }
+  }
+
+  #message(r: SinkRecord<T>): {
+    topic: string;
+    key: string | undefined;
+    value: Buffer;
+    headers: Map<string, string>;
+  } {
+    const topic = this.#topic(r);
+    const headers = new Map<string, string>();
+    const from = r.envelope?.headers;
+    if (from !== undefined)
+      for (const name in from) if (!POSITION_HEADERS.has(name)) headers.set(name, from[name] as string);
+    headers.set(IDEMPOTENCY_KEY_HEADER, r.key);
+    if (r.revision !== undefined) headers.set(REVISION_HEADER, String(r.revision));
+    const bytes = this.#codec.encode(r.value, topic);
+    return {
+      topic,
+      key: this.#key(r),
+      value: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+      headers,
+    };
+  }
+
+  /** Waits for the write under way and closes the producer (an open transaction is aborted). */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#queue;
+    await this.#producer?.close().catch((error: unknown) => {
+      this.#log.warn(`kafka sink '${this.name}' did not close cleanly: ${messageOf(error)}`);
+    });
+  }
+}
+
+/**
+ * The source position of a record: from its idempotency key (`<stream>/<topic>/<partition>/<offset>/...`,
+ * as actors subscribed through the source's ref make them), else from the Kafka headers its
+ * envelope copied from the input.
+ */
+export function positionOf(record: SinkRecord<unknown>, source: KafkaSource<unknown>): KafkaPosition | undefined {
+  const prefix = `${source.stream}/`;
+  if (record.key.startsWith(prefix)) {
+    const parts = record.key.slice(prefix.length).split('/');
+    const partition = Number(parts[1]);
+    const offset = Number(parts[2]);
+    if (parts.length >= 3 && Number.isSafeInteger(partition) && Number.isSafeInteger(offset))
+      return { topic: parts[0] as string, partition, offset };
+  }
+  const h = record.envelope?.headers;
+  if (h === undefined || h[KAFKA_HEADERS.topic] === undefined) return undefined;
+  return {
+    topic: h[KAFKA_HEADERS.topic] as string,
+    partition: Number(h[KAFKA_HEADERS.partition]),
+    offset: Number(h[KAFKA_HEADERS.offset]),
+  };
+}

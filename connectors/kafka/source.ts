@@ -1,0 +1,869 @@
+/**
+ * A Kafka consumer-group source: each assigned partition is an ordered lane of records published
+ * on the bus, each acknowledged (its offset settled) once its settlement on the bus says so
+ * (docs/settlement.md), and offsets committed only up to the lowest one not settled yet.
+ */
+import { type Connection, Consumer, FetchIsolationLevels, type RecordsBatch } from '@platformatic/kafka';
+import type { StandardSchemaV1 } from '@standard-schema/spec';
+import type { Logger } from '../../runtime/actors/actor.ts';
+import { DEAD_LETTER_HEADERS } from '../../runtime/actors/deadLetters.ts';
+import type { Bus, BusClient } from '../../runtime/bus/bus.ts';
+import { validateSubject } from '../../runtime/bus/subjects.ts';
+import type { Codec } from '../../runtime/codec.ts';
+import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
+import { knownKeys, oneOf, optionKeys, optionsObject } from '../../runtime/options.ts';
+import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
+import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
+import type { Telemetry } from '../../runtime/telemetry.ts';
+import {
+  type ClientConnection,
+  clientConnection,
+  codecOf,
+  connectorError,
+  envelopeName,
+  type KafkaCodec,
+  type KafkaConnectionOptions,
+  positive,
+  probeConnection,
+} from './config.ts';
+import { GroupCoordinator } from './groupCoordinator.ts';
+import { type FetchResponse, Partition, type PendingRecord, recordLineage, skipped, splitKey } from './partition.ts';
+import { decodeRuns, encodeRuns } from './partitionLedger.ts';
+
+export interface KafkaSourceOptions<T = unknown> {
+  /** Names the source in errors, logs and gauges. @default `kafka:<groupId>` */
+  name?: string;
+  connection: KafkaConnectionOptions;
+  /** The consumer group: processes sharing it split the partitions. */
+  groupId: string;
+  /** Topics to read. */
+  topics: string | readonly string[];
+  /**
+   * The bus subject each record is published to: one subject, or a function of the topic.
+   * @default the topic (Kafka topic names are valid subjects; a `.` makes tokens)
+   */
+  subject?: string | ((topic: string) => string);
+  /** How record values become data. @default 'json' */
+  codec?: KafkaCodec;
+  /** The schema actors subscribed through `ref` check their inputs against. */
+  schema?: StandardSchemaV1<unknown, T>;
+  /** Where a partition without a committed offset starts. @default 'earliest' */
+  start?: 'earliest' | 'latest';
+  /**
+   * Records published and not settled, per partition: past it, that partition is not fetched
+   * until some settle (the others go on). @default 1000
+   */
+  maxPendingPerPartition?: number;
+  /**
+   * Who commits offsets. `'source'`: the source, every `commitIntervalMs`, at rebalances and on
+   * close (at-least-once). `'sink'`: only a transactional `kafkaSink` given this source commits
+   * them, with its outputs (exactly-once). @default 'source'
+   */
+  commit?: 'source' | 'sink';
+  /** @default 1000 */
+  commitIntervalMs?: number;
+  /** Read only committed transactional records. @default 'read_committed' */
+  isolation?: 'read_committed' | 'read_uncommitted';
+  /** The group's session timeout. @default 10000 */
+  sessionTimeoutMs?: number;
+  /** @default 1000 */
+  heartbeatIntervalMs?: number;
+  /** How long a fetch waits on the broker for records. @default 500 */
+  maxWaitMs?: number;
+  /** The name in the `sluice-stream` header: the root of output idempotency keys. @default 'kafka' */
+  stream?: string;
+  /** Where records whose value cannot be decoded go. @default `$DLQ.kafka.<groupId>` */
+  deadLetter?: string;
+}
+
+/** What a source is given of the runtime: `runtime` itself fits. */
+export interface KafkaSourceHost {
+  readonly bus: Bus;
+  readonly telemetry?: Telemetry;
+  readonly logger?: Logger;
+}
+
+/** Counts of what the source did. */
+export interface KafkaSourceStats {
+  readonly fetches: number;
+  readonly received: number;
+  readonly published: number;
+  readonly settled: number;
+  /** Settlements that failed (the record is published again). */
+  readonly failed: number;
+  readonly commits: number;
+  readonly rebalances: number;
+  /** Records of partitions taken away while in flight: their outcome no longer counts here. */
+  readonly released: number;
+  readonly deadLettered: number;
+  /** Records a transaction had written above the committed offset: settled without publishing. */
+  readonly skipped: number;
+}
+
+/** An offset to commit for a partition, with the offsets done above it as metadata. */
+export interface KafkaCommit {
+  readonly topic: string;
+  readonly partition: number;
+  /** The next offset to read. */
+  readonly offset: number;
+  readonly metadata: string | null;
+}
+
+/** A record's position, for transactions and keys. */
+export interface KafkaPosition {
+  readonly topic: string;
+  readonly partition: number;
+  readonly offset: number;
+}
+
+/** The group membership a transaction's offsets must name (KIP-447 fencing). */
+export interface KafkaGroupMembership {
+  readonly consumer: Consumer;
+  readonly groupId: string;
+  readonly generationId: number;
+  readonly memberId: string;
+  readonly coordinatorId: number;
+}
+
+/** The headers the source adds to each record's envelope. */
+export const KAFKA_HEADERS = Object.freeze({
+  topic: 'kafka-topic',
+  partition: 'kafka-partition',
+  offset: 'kafka-offset',
+});
+
+const sourceKeys = optionKeys<keyof KafkaSourceOptions>({
+  name: true,
+  connection: true,
+  groupId: true,
+  topics: true,
+  subject: true,
+  codec: true,
+  schema: true,
+  start: true,
+  maxPendingPerPartition: true,
+  commit: true,
+  commitIntervalMs: true,
+  isolation: true,
+  sessionTimeoutMs: true,
+  heartbeatIntervalMs: true,
+  maxWaitMs: true,
+  stream: true,
+  deadLetter: true,
+});
+
+const TOPIC = /^[a-zA-Z0-9._-]{1,249}$/;
+const IS_CONTROL = 1 << 5;
+const REDELIVER_MS = 1_000;
+const MAX_REDELIVERIES = 5;
+
+/**
+ * Makes a Kafka source; `start(runtime)` joins the group and begins. Spawn the actors that read it
+ * (`subscribe: source.ref`) first.
+ *
+ * - **Lanes**: each assigned partition is published in offset order, one record at a time into
+ *   the subscribers' mailboxes; a full mailbox stops that partition only.
+ * - **Offsets**: committed up to the lowest record not settled in each partition, so a crash
+ *   redelivers what was not done (at-least-once), never skips it.
+ * - **Backpressure**: a partition with `maxPendingPerPartition` unsettled records is not fetched.
+ * - **Rebalances**: fetching stops, what is settled is committed while the old generation still
+ *   may, and the records of partitions taken away are released: their later settlements are
+ *   ignored and the new owner reads them again from the committed offset (an idempotent or
+ *   transactional sink keeps one result of each).
+ * - **Keys**: envelopes carry `sluice-stream` (`stream`) and `sluice-stream-sequence`
+ *   (`<topic>/<partition>/<offset>`), so actors subscribed through `ref` key their outputs
+ *   `kafka/<topic>/<partition>/<offset>/<actor>/<index>`; Kafka headers become envelope headers
+ *   (trace context included), the record key the envelope key, its timestamp the event time.
+ * - **Lag**: `lag()` and the `sluice.consumer.lag` gauge: high watermark minus floor, summed.
+ *
+ * @example
+ * const orders = kafkaSource({ connection: { brokers: ['127.0.0.1:9092'] }, groupId: 'billing', topics: 'orders' });
+ * runtime.spawn(actor({ name: 'billing', subscribe: orders.ref, handle: (env) => bill(env.data) }));
+ * await orders.start(runtime);
+ */
+export function kafkaSource<T = unknown>(options: KafkaSourceOptions<T>): KafkaSource<T> {
+  return new KafkaSource<T>(options);
+}
+
+export class KafkaSource<T = unknown> implements Source<T> {
+  readonly name: string;
+  readonly ref: SourceRef<T>;
+  readonly groupId: string;
+  readonly topics: readonly string[];
+  readonly #connection: ClientConnection;
+  readonly #subject: (topic: string) => string;
+  readonly #codec: Codec;
+  readonly #start: 'earliest' | 'latest';
+  readonly #maxPending: number;
+  readonly #commitMode: 'source' | 'sink';
+  readonly #commitIntervalMs: number;
+  readonly #isolation: number;
+  readonly #sessionTimeoutMs: number;
+  readonly #heartbeatIntervalMs: number;
+  readonly #maxWaitMs: number;
+  readonly #stream: string;
+  readonly #deadLetter: string;
+  #consumer: Consumer | undefined;
+  #client: BusClient | undefined;
+  #log: Logger = console;
+  #unregisterLag: (() => void) | undefined;
+  readonly #partitions = new Map<string, Partition>();
+  /** Settlements no longer count: the source closed. */
+  #closed = false;
+  /** No more fetching or publishing: the source is closing. */
+  #stopping = false;
+  #started = false;
+  /** Between a rebalance starting and the new assignment being taken. */
+  #rebalancing = false;
+  #generation = -1;
+  #wake: (() => void) | undefined;
+  #loop: Promise<void> | undefined;
+  #commitTimer: NodeJS.Timeout | undefined;
+  #coordinator: GroupCoordinator | undefined;
+  #committing: Promise<void> | undefined;
+  #assigning: Promise<void> = Promise.resolve();
+  readonly #stats = {
+    fetches: 0,
+    received: 0,
+    published: 0,
+    settled: 0,
+    failed: 0,
+    commits: 0,
+    rebalances: 0,
+    released: 0,
+    deadLettered: 0,
+    skipped: 0,
+  };
+
+  constructor(options: KafkaSourceOptions<T>) {
+    optionsObject('kafkaSource', options);
+    if (options === undefined)
+      throw new OptionsError('kafkaSource', 'must give connection, groupId and topics', options);
+    knownKeys('kafkaSource', options, sourceKeys);
+    if (typeof options.groupId !== 'string' || options.groupId.length === 0)
+      throw new OptionsError('kafkaSource.groupId', 'must be a non-empty string', options.groupId);
+    this.groupId = options.groupId;
+    const where = `kafkaSource '${options.name ?? `kafka:${options.groupId}`}'`;
+    this.name = options.name ?? `kafka:${options.groupId}`;
+    const topics = typeof options.topics === 'string' ? [options.topics] : options.topics;
+    if (!Array.isArray(topics) || topics.length === 0)
+      throw new OptionsError(`${where}.topics`, 'must be a topic name or a non-empty array of them', options.topics);
+    for (const t of topics)
+      if (typeof t !== 'string' || !TOPIC.test(t))
+        throw new OptionsError(`${where}.topics`, 'a topic name is 1 to 249 of [a-zA-Z0-9._-]', t);
+    this.topics = Object.freeze([...topics]);
+    this.#connection = clientConnection(options.connection, `${where}.connection`);
+    const subject = options.subject;
+    if (typeof subject === 'string') validateSubject(subject, 'publish');
+    else if (subject !== undefined && typeof subject !== 'function')
+      throw new OptionsError(`${where}.subject`, 'must be a subject or a function of the topic', subject);
+    this.#subject = subject === undefined ? (t) => t : typeof subject === 'string' ? () => subject : subject;
+    for (const t of this.topics) validateSubject(this.#subject(t), 'publish');
+    this.#codec = codecOf(options.codec, `${where}.codec`);
+    this.#start = oneOf(`${where}.start`, options.start, ['earliest', 'latest'], 'earliest');
+    this.#maxPending = positive(`${where}.maxPendingPerPartition`, options.maxPendingPerPartition, 1000);
+    this.#commitMode = oneOf(`${where}.commit`, options.commit, ['source', 'sink'], 'source');
+    this.#commitIntervalMs = positive(`${where}.commitIntervalMs`, options.commitIntervalMs, 1000);
+    const isolation = oneOf(
+      `${where}.isolation`,
+      options.isolation,
+      ['read_committed', 'read_uncommitted'],
+      'read_committed',
+    );
+    this.#isolation =
+      isolation === 'read_committed' ? FetchIsolationLevels.READ_COMMITTED : FetchIsolationLevels.READ_UNCOMMITTED;
+    this.#sessionTimeoutMs = positive(`${where}.sessionTimeoutMs`, options.sessionTimeoutMs, 10_000);
+    this.#heartbeatIntervalMs = positive(`${where}.heartbeatIntervalMs`, options.heartbeatIntervalMs, 1_000);
+    this.#maxWaitMs = positive(`${where}.maxWaitMs`, options.maxWaitMs, 500);
+    this.#stream = options.stream ?? 'kafka';
+    if (typeof this.#stream !== 'string' || !/^[^\s/]+$/.test(this.#stream))
+      throw new OptionsError(`${where}.stream`, 'must be a non-empty string without white space or /', this.#stream);
+    this.#deadLetter = options.deadLetter ?? `$DLQ.kafka.${this.groupId.replace(/[^a-zA-Z0-9_-]/g, '_')}`;
+    validateSubject(this.#deadLetter, 'publish');
+    const names = [...new Set(this.topics.map(this.#subject))];
+    this.ref = Object.freeze({
+      // One subject per source: several topics published to several subjects need one ref each.
+      name: names.length === 1 ? (names[0] as string) : commonPattern(names),
+      schema: options.schema,
+      source: Object.freeze({ stream: this.#stream, durable: true }),
+    });
+  }
+
+  get stats(): KafkaSourceStats {
+    return { ...this.#stats };
+  }
+
+  /** Partitions assigned now, as `topic:partition`. */
+  get assignments(): string[] {
+    return [...this.#partitions.values()].filter((p) => !p.revoked).map((p) => p.key);
+  }
+
+  /** The group membership a transactional sink names when it commits this source's offsets. */
+  membership(): KafkaGroupMembership | undefined {
+    const c = this.#consumer;
+    if (c === undefined || c.memberId === null || this.#rebalancing) return undefined;
+    return {
+      consumer: c,
+      groupId: this.groupId,
+      generationId: c.generationId,
+      memberId: c.memberId,
+      coordinatorId: c.coordinatorId ?? -1,
+    };
+  }
+
+  /**
+   * What a transaction holding the outputs of `positions` commits: per partition of this source
+   * still assigned, the floor as if those records were settled, with the offsets done above it as
+   * metadata (`sluice:<runs>`), so a restart skips them. Partitions taken away are left out: their
+   * new owner commits them.
+   */
+  offsetsFor(positions: Iterable<KafkaPosition>): KafkaCommit[] {
+    const byPartition = new Map<string, number[]>();
+    for (const p of positions) {
+      const key = `${p.topic}:${p.partition}`;
+      let list = byPartition.get(key);
+      if (list === undefined) byPartition.set(key, (list = []));
+      list.push(p.offset);
+    }
+    const out: KafkaCommit[] = [];
+    for (const [key, offsets] of byPartition) {
+      const part = this.#partitions.get(key);
+      if (part === undefined || part.revoked) continue;
+      const { floor, doneAbove } = part.ledger.commitIfSettled(offsets);
+      out.push({
+        topic: part.ledger.topic,
+        partition: part.ledger.partition,
+        offset: floor,
+        metadata: encodeRuns(doneAbove),
+      });
+    }
+    return out;
+  }
+
+  /**
+   * The group membership once no rebalance is under way (a transaction must name the current
+   * generation), waiting up to `timeoutMs`; undefined when the source is closing or it timed out.
+   */
+  async awaitMembership(timeoutMs: number): Promise<KafkaGroupMembership | undefined> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const m = this.membership();
+      if (m !== undefined || this.#stopping || Date.now() > deadline) return m;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  /** @internal The group coordinator's connection, for the transactional sink's offset commits. */
+  coordinator(): Promise<Connection> {
+    return (this.#coordinator as GroupCoordinator).connection();
+  }
+
+  /** @internal That connection failed: the next call makes a new one. */
+  dropCoordinator(): void {
+    this.#coordinator?.drop();
+  }
+
+  /** The name in the `sluice-stream` header, the first part of its records' keys. */
+  get stream(): string {
+    return this.#stream;
+  }
+
+  /** The committed offset of each partition assigned now, by `topic:partition`. */
+  committedOffsets(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const p of this.#partitions.values()) if (!p.revoked) out.set(p.key, p.ledger.committed);
+    return out;
+  }
+
+  /** Called by a transactional sink once its transaction committed these offsets. */
+  committedBySink(offsets: readonly KafkaCommit[]): void {
+    for (const o of offsets) {
+      const part = this.#partitions.get(`${o.topic}:${o.partition}`);
+      if (part !== undefined && o.offset > part.ledger.committed) part.ledger.committed = o.offset;
+    }
+  }
+
+  lag(): SourceLag {
+    let messages = 0;
+    let ackPending = 0;
+    for (const p of this.#partitions.values()) {
+      if (p.revoked) continue;
+      messages += Math.max(0, p.highWatermark - p.ledger.floor);
+      ackPending += p.ledger.pending;
+    }
+    return { messages, timeMs: 0, ackPending };
+  }
+
+  /**
+   * Joins the group and begins fetching. Rejects with a {@link ConnectorError} when the brokers
+   * cannot be reached or refuse the credentials.
+   */
+  async start(host: KafkaSourceHost): Promise<void> {
+    if (this.#started) throw new ClosedError(this.name, 'already started');
+    this.#started = true;
+    this.#log = host.logger ?? console;
+    this.#client = host.bus.internalClient(`kafka:${this.name}`);
+    const c = this.#connection;
+    await probeConnection(this.name, c);
+    const consumer = new Consumer({
+      clientId: c.clientId,
+      bootstrapBrokers: c.bootstrapBrokers,
+      connectTimeout: c.connectTimeout,
+      requestTimeout: c.requestTimeout,
+      retries: c.retries,
+      retryDelay: c.retryDelay,
+      ...(c.sasl === undefined ? {} : { sasl: c.sasl }),
+      ...(c.tls === undefined ? {} : { tls: c.tls }),
+      groupId: this.groupId,
+      sessionTimeout: this.#sessionTimeoutMs,
+      heartbeatInterval: this.#heartbeatIntervalMs,
+      rebalanceTimeout: Math.max(this.#sessionTimeoutMs, 10_000),
+      isolationLevel: this.#isolation,
+      autocommit: false,
+    });
+    this.#consumer = consumer;
+    this.#coordinator = new GroupCoordinator(this.name, this.groupId, this.topics, c, () => consumer);
+    consumer.on('consumer:group:rebalance', () => this.#rebalanceStarted());
+    consumer.on('consumer:group:join', (payload) => {
+      this.#assigning = this.#assigning.then(() => this.#assigned(payload.generationId ?? -1));
+    });
+    consumer.on('error', (error: unknown) => this.#log.warn(`kafka source '${this.name}': ${messageOf(error)}`));
+    consumer.topics.trackAll(...this.topics);
+    try {
+      await consumer.metadata({ topics: [...this.topics], autocreateTopics: true });
+      await consumer.joinGroup({});
+      await this.#assigning;
+    } catch (error) {
+      this.#closed = true;
+      await consumer.close().catch(() => undefined);
+      throw connectorError(this.name, c, `joining group '${this.groupId}'`, error);
+    }
+    const stream = this.#stream;
+    this.#unregisterLag = host.telemetry?.registerLag({
+      stream,
+      name: `${this.groupId}`,
+      lag: () => this.lag(),
+    });
+    if (this.#commitMode === 'source') {
+      this.#commitTimer = setInterval(() => void this.commit(), this.#commitIntervalMs);
+      this.#commitTimer.unref();
+    }
+    this.#loop = this.#fetchLoop();
+  }
+
+  /**
+   * Commits, for each assigned partition, the lowest offset not settled (when it moved). With
+   * `commit: 'sink'` the transactional sink commits instead and this does nothing.
+   */
+  async commit(): Promise<void> {
+    if (this.#commitMode === 'sink') return;
+    while (this.#committing !== undefined) await this.#committing;
+    const consumer = this.#consumer;
+    if (consumer === undefined) return;
+    const offsets: {
+      topic: string;
+      partition: number;
+      offset: bigint;
+      leaderEpoch: number;
+      part: Partition;
+      floor: number;
+    }[] = [];
+    for (const p of this.#partitions.values()) {
+      if (p.revoked) continue;
+      const floor = p.ledger.floor;
+      if (floor > p.ledger.committed)
+        offsets.push({
+          topic: p.ledger.topic,
+          partition: p.ledger.partition,
+          offset: BigInt(floor),
+          leaderEpoch: p.leaderEpoch,
+          part: p,
+          floor,
+        });
+    }
+    if (offsets.length === 0) return;
+    this.#committing = consumer
+      .commit({
+        offsets: offsets.map(({ topic, partition, offset, leaderEpoch }) => ({
+          topic,
+          partition,
+          offset,
+          leaderEpoch,
+        })),
+      })
+      .then(
+        () => {
+          this.#stats.commits++;
+          for (const o of offsets) if (o.floor > o.part.ledger.committed) o.part.ledger.committed = o.floor;
+        },
+        (error: unknown) => {
+          // A rebalance or a broker restart: the next commit carries the same floors.
+          this.#log.warn(`kafka source '${this.name}' could not commit offsets: ${messageOf(error)}`);
+        },
+      )
+      .finally(() => {
+        this.#committing = undefined;
+      });
+    await this.#committing;
+  }
+
+  /**
+   * Stops fetching and publishing, waits (up to `drainTimeoutMs`) for what was published to
+   * settle, commits, leaves the group and closes the client. Close the source before stopping the
+   * runtime, so the actors finish what it handed them. What is not settled by then is read again
+   * by whoever gets the partitions next (at-least-once). Never rejects.
+   */
+  async close(drainTimeoutMs = 10_000): Promise<void> {
+    if (this.#stopping) return;
+    this.#stopping = true;
+    if (this.#commitTimer !== undefined) clearInterval(this.#commitTimer);
+    this.#wake?.();
+    await this.#loop?.catch(() => undefined);
+    await this.#assigning.catch(() => undefined);
+    const deadline = Date.now() + drainTimeoutMs;
+    const pending = () =>
+      [...this.#partitions.values()].some((p) => !p.revoked && (p.ledger.pending > 0 || p.publishing));
+    while (pending() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    this.#unregisterLag?.();
+    const consumer = this.#consumer;
+    if (consumer !== undefined) await this.commit().catch(() => undefined);
+    this.#closed = true;
+    this.dropCoordinator();
+    for (const p of this.#partitions.values()) this.#release(p);
+    await consumer?.close().catch((error: unknown) => {
+      this.#log.warn(`kafka source '${this.name}' did not close cleanly: ${messageOf(error)}`);
+    });
+  }
+
+  // ---- settlement ----
+
+  /** @internal A published record's lineage settled. */
+  settled(part: Partition, record: PendingRecord, index: number, error: unknown): void {
+    if (part.revoked || this.#closed) return;
+    if (error === undefined || record.attempt >= MAX_REDELIVERIES) {
+      if (error !== undefined)
+        this.#log.error(
+          `kafka source '${this.name}' gave up on ${part.key}@${record.offset} after ${record.attempt} deliveries: ${messageOf(error)}`,
+        );
+      this.#stats.settled++;
+      part.ledger.settle(index);
+      if (part.ledger.pending < this.#maxPending) {
+        // Records held back by the bound go out first; the fetch loop waits for them.
+        if (part.buffered.length > 0) void this.#pump(part);
+        else this.#wake?.();
+      }
+      return;
+    }
+    // The settlement failed (a dead letter refused, say): published again after a pause, in its lane's order no more.
+    this.#stats.failed++;
+    record.attempt++;
+    const t = setTimeout(() => {
+      if (part.revoked || this.#stopping) return;
+      this.#publishOne(part, record, index).catch(() => undefined);
+    }, REDELIVER_MS);
+    t.unref();
+  }
+
+  // ---- group membership ----
+
+  #rebalanceStarted(): void {
+    if (this.#rebalancing) return;
+    this.#rebalancing = true;
+    this.#stats.rebalances++;
+    // The old generation may still commit while the group prepares the rebalance.
+    if (this.#commitMode === 'source') void this.commit();
+  }
+
+  async #assigned(generation: number): Promise<void> {
+    const consumer = this.#consumer;
+    if (consumer === undefined || this.#closed) return;
+    if (generation !== -1 && generation === this.#generation && !this.#rebalancing) return;
+    this.#generation = generation;
+    const now = new Set<string>();
+    for (const a of consumer.assignments ?? []) for (const p of a.partitions) now.add(`${a.topic}:${p}`);
+    for (const [key, part] of this.#partitions) {
+      if (now.has(key)) continue;
+      this.#release(part);
+      this.#partitions.delete(key);
+    }
+    const added = [...now].filter((k) => !this.#partitions.has(k));
+    if (added.length > 0) {
+      const skips = new Map<string, [number, number][]>();
+      const starts = await this.#startOffsets(added, skips);
+      for (const key of added) {
+        const [topic, partition] = splitKey(key);
+        const part = new Partition(topic, partition, starts.get(key) ?? 0);
+        part.skip = skips.get(key) ?? [];
+        this.#partitions.set(key, part);
+      }
+    }
+    this.#rebalancing = false;
+    for (const part of this.#partitions.values()) if (part.buffered.length > 0) void this.#pump(part);
+    this.#wake?.();
+  }
+
+  /** A partition taken away: what it buffered is dropped, what is in flight no longer counts. */
+  #release(part: Partition): void {
+    part.revoked = true;
+    this.#stats.released += part.ledger.pending + part.buffered.length;
+    part.buffered = [];
+  }
+
+  /** Committed offsets of new partitions, else the earliest or latest. */
+  async #startOffsets(keys: readonly string[], skips: Map<string, [number, number][]>): Promise<Map<string, number>> {
+    const consumer = this.#consumer as Consumer;
+    const byTopic = new Map<string, number[]>();
+    for (const key of keys) {
+      const [topic, partition] = splitKey(key);
+      let list = byTopic.get(topic);
+      if (list === undefined) byTopic.set(topic, (list = []));
+      list.push(partition);
+    }
+    const out = new Map<string, number>();
+    const committed = await (this.#coordinator as GroupCoordinator).stableOffsets(byTopic);
+    const missing = new Map<string, number[]>();
+    for (const [topic, partitions] of byTopic) {
+      const offsets = committed.get(topic) ?? [];
+      for (const p of partitions) {
+        const o = offsets[p];
+        if (o !== undefined && o.offset >= 0n) {
+          out.set(`${topic}:${p}`, Number(o.offset));
+          const runs = decodeRuns(o.metadata);
+          if (runs.length > 0) skips.set(`${topic}:${p}`, runs);
+        } else {
+          let list = missing.get(topic);
+          if (list === undefined) missing.set(topic, (list = []));
+          list.push(p);
+        }
+      }
+    }
+    if (missing.size > 0) {
+      const listed = await consumer.listOffsets({
+        topics: [...missing.keys()],
+        partitions: Object.fromEntries(missing),
+        timestamp: this.#start === 'earliest' ? -2n : -1n,
+      });
+      for (const [topic, partitions] of missing) {
+        const offsets = listed.get(topic) ?? [];
+        for (const p of partitions) out.set(`${topic}:${p}`, Number(offsets[p] ?? 0n));
+      }
+    }
+    return out;
+  }
+
+  /**
+   * The group's committed offsets, asking the coordinator for stable ones (`require_stable`, as
+   * Kafka's Java consumer does under read_committed): an offset a transaction of the partition's
+   * previous owner is still committing is refused (UNSTABLE_OFFSET_COMMIT) until the transaction
+   * ends, instead of an older offset being returned and its records read again.
+   */
+  // ---- fetching and publishing ----
+
+  async #fetchLoop(): Promise<void> {
+    let backoffMs = 100;
+    while (!this.#stopping) {
+      const ready = this.#rebalancing
+        ? []
+        : [...this.#partitions.values()].filter(
+            (p) => !p.revoked && !p.publishing && p.buffered.length === 0 && p.ledger.pending < this.#maxPending,
+          );
+      if (ready.length === 0) {
+        await new Promise<void>((resolve) => {
+          this.#wake = resolve;
+          // A bound, so a missed wake costs a moment, never a stall.
+          setTimeout(resolve, 200).unref();
+        });
+        this.#wake = undefined;
+        continue;
+      }
+      try {
+        await this.#fetch(ready);
+        backoffMs = 100;
+      } catch (error) {
+        if (this.#stopping) break;
+        this.#log.warn(`kafka source '${this.name}' fetch failed (retrying in ${backoffMs} ms): ${messageOf(error)}`);
+        await new Promise((r) => setTimeout(r, backoffMs).unref());
+        backoffMs = Math.min(backoffMs * 2, 5_000);
+      }
+    }
+  }
+
+  async #fetch(ready: readonly Partition[]): Promise<void> {
+    const consumer = this.#consumer as Consumer;
+    const metadata = await consumer.metadata({ topics: [...this.topics] });
+    const byLeader = new Map<number, { topicId: string; partitions: Partition[] }[]>();
+    for (const part of ready) {
+      const topic = metadata.topics.get(part.ledger.topic);
+      const pm = topic?.partitions[part.ledger.partition];
+      if (topic === undefined || pm === undefined) continue;
+      part.leaderEpoch = pm.leaderEpoch;
+      let list = byLeader.get(pm.leader);
+      if (list === undefined) byLeader.set(pm.leader, (list = []));
+      let entry = list.find((e) => e.topicId === topic.id);
+      if (entry === undefined) list.push((entry = { topicId: topic.id, partitions: [] }));
+      entry.partitions.push(part);
+    }
+    await Promise.all(
+      [...byLeader].map(async ([node, entries]) => {
+        const requested = new Map<string, number>();
+        const topics = entries.map((e) => ({
+          topicId: e.topicId,
+          partitions: e.partitions.map((p) => {
+            requested.set(p.key, p.ledger.undelivered);
+            return {
+              partition: p.ledger.partition,
+              fetchOffset: BigInt(p.ledger.undelivered),
+              partitionMaxBytes: 1 << 20,
+              currentLeaderEpoch: -1,
+              lastFetchedEpoch: -1,
+            };
+          }),
+        }));
+        this.#stats.fetches++;
+        const response = await consumer.fetch({
+          node,
+          topics,
+          maxWaitTime: this.#maxWaitMs,
+          minBytes: 1,
+          maxBytes: 8 << 20,
+          isolationLevel: this.#isolation,
+        });
+        const idToTopic = new Map<string, string>();
+        for (const [name, t] of metadata.topics) idToTopic.set(t.id, name);
+        this.#take(response, idToTopic, requested);
+      }),
+    );
+  }
+
+  #take(response: FetchResponse, idToTopic: Map<string, string>, requested: Map<string, number>): void {
+    for (const t of response.responses) {
+      const topic = idToTopic.get(t.topicId);
+      if (topic === undefined) continue;
+      for (const r of t.partitions) {
+        const part = this.#partitions.get(`${topic}:${r.partitionIndex}`);
+        const from = requested.get(`${topic}:${r.partitionIndex}`);
+        if (part === undefined || part.revoked || from === undefined || part.ledger.undelivered !== from) continue;
+        part.highWatermark = Number(r.highWatermark);
+        if (r.errorCode !== 0) {
+          // OFFSET_OUT_OF_RANGE (1): retention removed what the group had not read.
+          if (r.errorCode === 1) part.ledger.undelivered = Number(r.logStartOffset);
+          continue;
+        }
+        const batches = r.records as RecordsBatch[] | undefined;
+        if (batches === undefined || batches.length === 0) continue;
+        let next = from;
+        for (const batch of batches) {
+          const last = Number(batch.firstOffset) + batch.lastOffsetDelta;
+          if (last + 1 > next) next = last + 1;
+          if ((batch.attributes & IS_CONTROL) !== 0) continue;
+          const first = Number(batch.firstOffset);
+          for (const rec of batch.records) {
+            const offset = first + rec.offsetDelta;
+            if (offset < from) continue;
+            part.buffered.push({
+              offset,
+              timestamp: Number(batch.firstTimestamp + rec.timestampDelta),
+              key: rec.key,
+              value: rec.value,
+              headers: rec.headers,
+              attempt: 1,
+            });
+            this.#stats.received++;
+          }
+        }
+        // The records of a batch cut short by maxBytes come again from `next` on.
+        if (part.buffered.length === 0) part.ledger.undelivered = next;
+        else part.nextFetch = next;
+        void this.#pump(part);
+      }
+    }
+  }
+
+  /** Publishes a partition's buffered records in order, each once the mailboxes took the one before. */
+  async #pump(part: Partition): Promise<void> {
+    if (part.publishing) return;
+    part.publishing = true;
+    try {
+      while (
+        !this.#stopping &&
+        !this.#rebalancing &&
+        !part.revoked &&
+        part.buffered.length > 0 &&
+        part.ledger.pending < this.#maxPending
+      ) {
+        const record = part.buffered.shift() as PendingRecord;
+        const index = part.ledger.deliver(record.offset);
+        if (part.skip.length > 0 && skipped(part.skip, record.offset)) {
+          // Its outputs were committed with the offsets above the floor: done already.
+          this.#stats.skipped++;
+          part.ledger.settle(index);
+          continue;
+        }
+        await this.#publishOne(part, record, index);
+      }
+      if (part.buffered.length === 0 && part.nextFetch > part.ledger.undelivered)
+        part.ledger.undelivered = part.nextFetch;
+    } finally {
+      part.publishing = false;
+      this.#wake?.();
+    }
+  }
+
+  async #publishOne(part: Partition, record: PendingRecord, index: number): Promise<void> {
+    const client = this.#client as BusClient;
+    const lineage = recordLineage(this, part, record, index);
+    const { topic, partition } = part.ledger;
+    const position = `${topic}/${partition}/${record.offset}`;
+    const headers: Record<string, string> = {};
+    for (const [k, v] of record.headers) {
+      if (k === null) continue;
+      const name = k.toString();
+      if (envelopeName(name)) headers[name] = v === null ? '' : v.toString();
+    }
+    headers[STREAM_HEADERS.stream] = this.#stream;
+    headers[STREAM_HEADERS.sequence] = position;
+    headers[KAFKA_HEADERS.topic] = topic;
+    headers[KAFKA_HEADERS.partition] = String(partition);
+    headers[KAFKA_HEADERS.offset] = String(record.offset);
+    const subject = this.#subject(topic);
+    let data: unknown;
+    let target = subject;
+    try {
+      data = record.value === null ? null : this.#codec.decode(record.value, subject);
+    } catch (error) {
+      data = record.value;
+      target = this.#deadLetter;
+      headers[DEAD_LETTER_HEADERS.error] = messageOf(error);
+      headers[DEAD_LETTER_HEADERS.code] = error instanceof SluiceError ? error.code : 'SLUICE_ERR_DECODE';
+      headers[DEAD_LETTER_HEADERS.actor] = this.name;
+      headers[DEAD_LETTER_HEADERS.subject] = subject;
+      this.#stats.deadLettered++;
+    }
+    const options = {
+      headers,
+      eventTime: record.timestamp,
+      lineage,
+      ...(record.key === null ? {} : { key: record.key.toString() }),
+    };
+    this.#stats.published++;
+    try {
+      if (!client.tryPublish(target, data, options)) await client.publish(target, data, options);
+    } catch (error) {
+      lineage.release(error);
+      return;
+    }
+    lineage.release();
+  }
+}
+
+/** The narrowest pattern matching every subject: shared leading tokens, then `>`. */
+function commonPattern(subjects: readonly string[]): string {
+  const split = subjects.map((s) => s.split('.'));
+  const shared: string[] = [];
+  for (let i = 0; ; i++) {
+    const token = split[0]?.[i];
+    if (token === undefined || split.some((s) => s[i] !== token || s.length === i + 1)) break;
+    shared.push(token);
+  }
+  return shared.length === 0 ? '>' : `${shared.join('.')}.>`;
+}

@@ -1,0 +1,402 @@
+/**
+ * The Kafka connector against a real Apache Kafka broker (test/services/kafka/broker.ts), started
+ * once for this file: a round trip, exactly-once through a rebalance between two consumers of one
+ * group, a broker restart mid-stream, and interoperability with kcat.
+ */
+import { execFileSync, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { map } from 'rxjs';
+import { actor, createRuntime, MemoryStore, type Runtime, sinkActor } from 'sluice';
+import { type KafkaSink, type KafkaSource, kafkaSink, kafkaSource } from 'sluice/connectors/kafka';
+import { mapAsync } from 'sluice/operators';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { type KafkaBroker, kafkaMissing, startKafka } from '../services/kafka/broker.ts';
+import { createTopic, eventually, produce, readTopic } from './kafkaHelpers.ts';
+
+const skip = kafkaMissing('the Kafka connector tests');
+const kcatMissing = missingKcat();
+
+/** kcat is the client that is not Sluice; CI installs it (`.ci/run`), elsewhere its test is skipped. */
+function missingKcat(): string | undefined {
+  try {
+    execFileSync('kcat', ['-V'], { stdio: 'ignore' });
+    return undefined;
+  } catch {
+    if (process.env.CI === 'true') return undefined;
+    const reason = 'the kcat interoperability test needs kcat: apt-get install kcat';
+    console.warn(`skipped: ${reason}`);
+    return reason;
+  }
+}
+let broker: KafkaBroker;
+
+beforeAll(async () => {
+  if (skip === undefined) broker = await startKafka({ partitions: 3 });
+}, 120_000);
+afterAll(async () => {
+  await broker?.close();
+});
+
+interface Order {
+  readonly i: number;
+}
+
+const TRACEPARENT = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+
+/** A runtime reading `source` through an actor that tags each order, into `sink`. */
+function pipeline(source: KafkaSource<Order>, sink: KafkaSink, name: string, seen?: Set<number>, slowMs = 0): Runtime {
+  const runtime = createRuntime();
+  runtime.spawn(
+    actor<Order, Order & { by: string }>({
+      name: `tag-${name}`,
+      subscribe: source.ref,
+      output: `tagged.${name}`,
+      // `{ ...env }` keeps the record's headers (trace context included) on the output.
+      pipeline: (order$) =>
+        slowMs === 0
+          ? order$.pipe(
+              map((env) => {
+                seen?.add(env.data.i);
+                return { ...env, data: { ...env.data, by: name } };
+              }),
+            )
+          : // An async step of `slowMs` per record, 8 at a time: work is in flight when a rebalance comes.
+            order$.pipe(
+              mapAsync(
+                (data) =>
+                  new Promise<Order & { by: string }>((r) => setTimeout(() => r({ ...data, by: name }), slowMs)),
+                {
+                  concurrency: 8,
+                },
+              ),
+            ),
+    }),
+  );
+  runtime.spawn(
+    sinkActor({
+      name: `out-${name}`,
+      subscribe: `tagged.${name}`,
+      sink,
+      batch: { maxSize: 200, maxWaitMs: 20 },
+      retry: { maxAttempts: 50, backoff: { initialMs: 50, maxMs: 500 } },
+    }),
+  );
+  return runtime;
+}
+
+function values(records: readonly { value: string }[]): number[] {
+  return records.map((r) => (JSON.parse(r.value) as Order).i).sort((a, b) => a - b);
+}
+
+function range(n: number): number[] {
+  return Array.from({ length: n }, (_, i) => i);
+}
+
+describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
+  test('a round trip keeps every record once, its headers and a key rooted in topic/partition/offset', async () => {
+    const N = 600;
+    await createTopic(broker.bootstrap, 'rt-in', 3);
+    await produce(
+      broker.bootstrap,
+      'rt-in',
+      range(N).map((i) => ({ key: `k${i % 20}`, value: { i }, headers: { traceparent: TRACEPARENT, n: String(i) } })),
+    );
+    const connection = { brokers: [broker.bootstrap] };
+    const source = kafkaSource<Order>({ connection, groupId: 'rt', topics: 'rt-in' });
+    const sink = await kafkaSink({ connection, topic: 'rt-out' });
+    const runtime = pipeline(source, sink, 'rt');
+    await source.start(runtime);
+    expect(source.assignments.sort()).toEqual(['rt-in:0', 'rt-in:1', 'rt-in:2']);
+    await eventually(() => sink.stats.written === N && source.stats.settled === N, 20_000, 'all records written');
+    expect(source.lag()).toEqual({ messages: 0, timeMs: 0, ackPending: 0 });
+    await source.close();
+    await runtime.stop();
+    await sink.close();
+
+    const out = await readTopic(broker.bootstrap, 'rt-out', { expected: N });
+    expect(values(out)).toEqual(range(N));
+    for (const r of out) {
+      const i = (JSON.parse(r.value) as Order).i;
+      expect(r.headers.traceparent).toBe(TRACEPARENT);
+      expect(r.headers.n).toBe(String(i));
+      expect(r.headers['sluice-idempotency-key']).toMatch(/^kafka\/rt-in\/[0-2]\/\d+\/tag-rt\/0$/);
+      expect(r.key).toBe(`k${i % 20}`);
+    }
+    // The committed offsets reach the end of each partition: a restarted group reads nothing again.
+    const again = kafkaSource<Order>({ connection, groupId: 'rt', topics: 'rt-in' });
+    const seen: number[] = [];
+    const rt2 = createRuntime();
+    rt2.spawn(
+      actor<Order, never>({ name: 'again', subscribe: again.ref, handle: (env) => void seen.push(env.data.i) }),
+    );
+    await again.start(rt2);
+    expect(again.lag().messages).toBe(0);
+    await again.close();
+    await rt2.stop();
+    expect(seen).toEqual([]);
+  }, 60_000);
+
+  test('two consumers of one group share the partitions; a rebalance midway loses and doubles nothing (read_committed)', async () => {
+    const N = 3000;
+    await createTopic(broker.bootstrap, 'eo-in', 4);
+    await produce(
+      broker.bootstrap,
+      'eo-in',
+      range(N).map((i) => ({ key: `k${i}`, value: { i } })),
+    );
+    const connection = { brokers: [broker.bootstrap] };
+    const make = async (name: string) => {
+      const source = kafkaSource<Order>({
+        connection,
+        groupId: 'eo',
+        topics: 'eo-in',
+        commit: 'sink',
+        maxPendingPerPartition: 100,
+        sessionTimeoutMs: 6_000,
+      });
+      const sink = await kafkaSink({
+        connection,
+        topic: 'eo-out',
+        mode: 'transactional',
+        transactionalId: `eo-${name}`,
+        source,
+        logger: quiet,
+      });
+      return { source, sink, runtime: pipeline(source, sink, name, undefined, 2) };
+    };
+    const a = await make('a');
+    await a.source.start(a.runtime);
+    expect(a.source.assignments).toHaveLength(4);
+    await eventually(() => a.sink.stats.written >= 300, 20_000, 'a first part written by a alone');
+    const b = await make('b');
+    await b.source.start(b.runtime);
+    await eventually(
+      () => a.source.assignments.length === 2 && b.source.assignments.length === 2,
+      20_000,
+      'a 2/2 split',
+    );
+    expect([...a.source.assignments, ...b.source.assignments].sort()).toEqual([
+      'eo-in:0',
+      'eo-in:1',
+      'eo-in:2',
+      'eo-in:3',
+    ]);
+    // Done when the group's committed offsets (committed with the outputs) cover every record.
+    await eventually(
+      () => a.source.lag().messages + b.source.lag().messages === 0,
+      40_000,
+      'both consumers at the end',
+    );
+    await eventually(() => a.source.lag().ackPending + b.source.lag().ackPending === 0, 20_000, 'all settled');
+    for (const x of [a, b]) {
+      await x.source.close();
+      await x.runtime.stop();
+      await x.sink.close();
+    }
+    expect(a.source.stats.rebalances).toBeGreaterThanOrEqual(1);
+    // The partitions a gave up still had records in flight: the rebalance came midway.
+    expect(a.source.stats.released).toBeGreaterThan(0);
+    expect(b.sink.stats.written).toBeGreaterThan(0);
+
+    const out = await readTopic(broker.bootstrap, 'eo-out', { expected: N, readCommitted: true, settleMs: 500 });
+    expect(values(out)).toEqual(range(N));
+    const committed = await groupOffsets('eo', 'eo-in');
+    expect(committed).toBe(N);
+  }, 90_000);
+
+  test('a broker restart mid-stream: the source and the sink go on, nothing is lost', async () => {
+    const N = 2000;
+    await createTopic(broker.bootstrap, 'rs-in', 2);
+    await produce(
+      broker.bootstrap,
+      'rs-in',
+      range(N / 2).map((i) => ({ key: `k${i}`, value: { i } })),
+    );
+    const connection = { brokers: [broker.bootstrap], retries: 20, retryDelayMs: 250 };
+    const source = kafkaSource<Order>({ connection, groupId: 'rs', topics: 'rs-in', maxPendingPerPartition: 50 });
+    const sink = await kafkaSink({ connection, topic: 'rs-out', logger: quiet });
+    const seen = new Set<number>();
+    const runtime = pipeline(source, sink, 'rs', seen);
+    await source.start(runtime);
+    await eventually(() => sink.stats.written >= 200, 20_000, 'some records written before the restart');
+    await broker.restart();
+    await produce(
+      broker.bootstrap,
+      'rs-in',
+      range(N / 2).map((i) => ({ key: `k${i}`, value: { i: i + N / 2 } })),
+    );
+    await eventually(
+      () => seen.size === N && source.lag().messages === 0 && source.lag().ackPending === 0,
+      45_000,
+      'every record handled and settled after the restart',
+    );
+    await source.close();
+    await runtime.stop();
+    await sink.close();
+    const out = await readTopic(broker.bootstrap, 'rs-out', { expected: N });
+    // At-least-once: records in flight at the restart may be written twice, none is missing.
+    expect(new Set(values(out))).toEqual(new Set(range(N)));
+  }, 90_000);
+
+  test('a job killed with SIGKILL again and again: read_committed sees every record once (Kafka as source and sink)', async () => {
+    const N = 1500;
+    await createTopic(broker.bootstrap, 'cr-in', 3);
+    await produce(
+      broker.bootstrap,
+      'cr-in',
+      range(N).map((i) => ({ key: `k${i}`, value: { i } })),
+    );
+    let progress = 0;
+    let kills = 0;
+    for (let run = 0; ; run++) {
+      // Killed at a random moment once it made progress, four times; the fifth run goes to the end.
+      const killAfterMs = run < 4 ? 200 + Math.random() * 600 : undefined;
+      const ended = await runCrashJob(N, killAfterMs, (p) => {
+        progress = Math.max(progress, p);
+      });
+      if (ended === 'done') break;
+      kills++;
+      expect(run).toBeLessThan(8);
+    }
+    expect(kills).toBe(4);
+    expect(progress).toBe(N);
+    const out = await readTopic(broker.bootstrap, 'cr-out', { expected: N, readCommitted: true, settleMs: 500 });
+    expect(values(out)).toEqual(range(N));
+    expect(await groupOffsets('crash', 'cr-in')).toBe(N);
+  }, 90_000);
+
+  test('dedupe mode keeps written keys in the store: a replay, also by a new sink on the same store, is not written again', async () => {
+    const store = new MemoryStore();
+    const connection = { brokers: [broker.bootstrap] };
+    const records = (from: number, to: number, revision?: number) =>
+      range(to - from).map((k) => ({ key: `dd/${from + k}`, value: { i: from + k }, revision, envelope: undefined }));
+    const first = await kafkaSink({ connection, topic: 'dd-out', mode: 'dedupe', store, name: 'dd' });
+    await first.write(records(0, 10));
+    await first.write([...records(0, 10), ...records(10, 15)]);
+    expect(first.stats).toMatchObject({ written: 15, skipped: 10 });
+    await first.close();
+    // A restarted process: a new sink on the same store.
+    const second = await kafkaSink({ connection, topic: 'dd-out', mode: 'dedupe', store, name: 'dd' });
+    await second.write(records(5, 15));
+    await second.write(records(0, 2, 1)); // a newer revision is a new result
+    expect(second.stats).toMatchObject({ written: 2, skipped: 10 });
+    await second.close();
+    const out = await readTopic(broker.bootstrap, 'dd-out', { expected: 17 });
+    expect(out).toHaveLength(17);
+  }, 30_000);
+
+  test.skipIf(kcatMissing !== undefined)(
+    'kcat produces records Sluice consumes, and reads what Sluice writes',
+    async () => {
+      const N = 100;
+      const lines = range(N)
+        .map((i) => `k${i}:${JSON.stringify({ i })}`)
+        .join('\n');
+      execFileSync('kcat', ['-b', broker.bootstrap, '-P', '-t', 'kc-in', '-K:'], {
+        input: `${lines}\n`,
+        timeout: 20_000,
+      });
+      const connection = { brokers: [broker.bootstrap] };
+      const source = kafkaSource<Order>({ connection, groupId: 'kc', topics: 'kc-in' });
+      const sink = await kafkaSink({ connection, topic: 'kc-out' });
+      const runtime = pipeline(source, sink, 'kc');
+      await source.start(runtime);
+      await eventually(() => sink.stats.written === N && source.lag().ackPending === 0, 20_000, 'kcat records written');
+      await source.close();
+      await runtime.stop();
+      await sink.close();
+      const read = execFileSync(
+        'kcat',
+        [
+          '-b',
+          broker.bootstrap,
+          '-G',
+          'kcat-reader',
+          '-X',
+          'auto.offset.reset=earliest',
+          '-e',
+          '-q',
+          '-f',
+          '%k %s %h\n',
+          'kc-out',
+        ],
+        { encoding: 'utf8', timeout: 30_000 },
+      );
+      const rows = read.trim().split('\n');
+      expect(rows).toHaveLength(N);
+      const got = rows.map((row) => {
+        const [key, value, headers] = row.split(' ');
+        const data = JSON.parse(value ?? '') as Order & { by: string };
+        expect(key).toBe(`k${data.i}`);
+        expect(data.by).toBe('kc');
+        expect(headers).toMatch(/sluice-idempotency-key=kafka\/kc-in\/[0-2]\/\d+\/tag-kc\/0/);
+        return data.i;
+      });
+      expect(got.sort((a, b) => a - b)).toEqual(range(N));
+    },
+    60_000,
+  );
+});
+
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const crashJob = fileURLToPath(new URL('./fixtures/kafkaCrashJob.ts', import.meta.url));
+
+/**
+ * Runs the crash job until it prints `done`, or kills it with SIGKILL `killAfterMs` after its
+ * first progress line.
+ */
+function runCrashJob(
+  total: number,
+  killAfterMs: number | undefined,
+  onProgress: (committed: number) => void,
+): Promise<'done' | 'killed'> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(
+      process.execPath,
+      ['--conditions=sluice-source', '--import', 'tsx', crashJob, broker.bootstrap, 'cr-in', 'cr-out', String(total)],
+      { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    let err = '';
+    let done = false;
+    let killer: NodeJS.Timeout | undefined;
+    const guard = setTimeout(() => child.kill('SIGKILL'), 60_000);
+    child.stderr.on('data', (chunk: Buffer) => {
+      err += chunk.toString();
+    });
+    child.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+      for (let nl = out.indexOf('\n'); nl !== -1; nl = out.indexOf('\n')) {
+        const [what, n] = out.slice(0, nl).split(' ');
+        out = out.slice(nl + 1);
+        if (what === 'done') done = true;
+        if (what === 'progress') {
+          onProgress(Number(n));
+          if (killAfterMs !== undefined && killer === undefined)
+            killer = setTimeout(() => child.kill('SIGKILL'), killAfterMs);
+        }
+      }
+    });
+    child.once('error', reject);
+    child.once('exit', (code, signal) => {
+      clearTimeout(guard);
+      if (killer !== undefined) clearTimeout(killer);
+      if (done && code === 0) resolve('done');
+      else if (signal === 'SIGKILL' && killer !== undefined) resolve('killed');
+      else reject(new Error(`crash job exited (${code ?? signal}) unexpectedly:\n${err}`));
+    });
+  });
+}
+
+async function groupOffsets(groupId: string, topic: string): Promise<number> {
+  const { Kafka, logLevel } = await import('kafkajs');
+  const admin = new Kafka({ brokers: [broker.bootstrap], logLevel: logLevel.NOTHING }).admin();
+  await admin.connect();
+  try {
+    const [t] = await admin.fetchOffsets({ groupId, topics: [topic] });
+    return (t?.partitions ?? []).reduce((sum, p) => sum + Number(p.offset), 0);
+  } finally {
+    await admin.disconnect();
+  }
+}

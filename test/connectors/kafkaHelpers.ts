@@ -1,0 +1,136 @@
+/**
+ * Helpers for the Kafka connector tests: records in with `@platformatic/kafka`'s producer, records
+ * out read back with kafkajs (another client than the connector's, so a bug in one is not hidden
+ * by the same bug in the other).
+ */
+import { Admin, Producer, stringSerializers } from '@platformatic/kafka';
+import { Kafka, logLevel } from 'kafkajs';
+
+process.env.KAFKAJS_NO_PARTITIONER_WARNING = '1';
+
+export async function createTopic(bootstrap: string, topic: string, partitions: number): Promise<void> {
+  const admin = new Admin({ clientId: 'test-admin', bootstrapBrokers: [bootstrap] });
+  try {
+    await admin.createTopics({ topics: [topic], partitions, replicas: 1 });
+  } finally {
+    await admin.close();
+  }
+}
+
+export interface TestRecord {
+  readonly key: string;
+  readonly value: unknown;
+  readonly headers?: Record<string, string>;
+}
+
+/**
+ * Produces JSON records in sends of 500 with an idempotent producer (a send retried after a
+ * timeout on a loaded machine must not put a record in twice: the tests count), then checks that
+ * the topic grew by exactly their number.
+ */
+export async function produce(bootstrap: string, topic: string, records: readonly TestRecord[]): Promise<void> {
+  const before = await topicSize(bootstrap, topic);
+  const producer = new Producer({
+    clientId: 'test-producer',
+    bootstrapBrokers: [bootstrap],
+    serializers: stringSerializers,
+    idempotent: true,
+    autocreateTopics: true,
+  });
+  try {
+    for (let i = 0; i < records.length; i += 500) {
+      await producer.send({
+        messages: records.slice(i, i + 500).map((r) => ({
+          topic,
+          key: r.key,
+          value: JSON.stringify(r.value),
+          ...(r.headers === undefined ? {} : { headers: r.headers }),
+        })),
+      });
+    }
+  } finally {
+    await producer.close();
+  }
+  const after = await topicSize(bootstrap, topic);
+  if (after - before !== records.length)
+    throw new Error(`producing ${records.length} records grew '${topic}' by ${after - before}`);
+}
+
+/** Records in a topic (high watermarks summed; the test topics are never truncated), 0 when it is missing. */
+export async function topicSize(bootstrap: string, topic: string): Promise<number> {
+  const admin = new Kafka({ brokers: [bootstrap], logLevel: logLevel.NOTHING }).admin();
+  await admin.connect();
+  try {
+    if (!(await admin.listTopics()).includes(topic)) return 0;
+    // Right after a topic is made its leaders may not be known yet (NOT_LEADER_FOR_PARTITION).
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const offsets = await admin.fetchTopicOffsets(topic);
+        return offsets.reduce((sum, o) => sum + Number(o.high), 0);
+      } catch (error) {
+        if (attempt >= 20) throw error;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
+  } finally {
+    await admin.disconnect();
+  }
+}
+
+export interface ReadRecord {
+  readonly partition: number;
+  readonly offset: number;
+  readonly key: string | undefined;
+  readonly value: string;
+  readonly headers: Record<string, string>;
+}
+
+/**
+ * Reads a topic from the beginning until `expected` records came (or `timeoutMs` passed), then
+ * `settleMs` more to catch records beyond the expected ones (a double must show).
+ */
+export async function readTopic(
+  bootstrap: string,
+  topic: string,
+  options: { expected: number; readCommitted?: boolean; timeoutMs?: number; settleMs?: number },
+): Promise<ReadRecord[]> {
+  const kafka = new Kafka({ clientId: 'test-reader', brokers: [bootstrap], logLevel: logLevel.NOTHING });
+  const consumer = kafka.consumer({
+    groupId: `reader-${topic}-${Math.random().toString(36).slice(2)}`,
+    readUncommitted: options.readCommitted === false,
+    maxWaitTimeInMs: 100,
+  });
+  const out: ReadRecord[] = [];
+  await consumer.connect();
+  try {
+    await consumer.subscribe({ topics: [topic], fromBeginning: true });
+    await consumer.run({
+      eachMessage: async ({ partition, message }) => {
+        const headers: Record<string, string> = {};
+        for (const [k, v] of Object.entries(message.headers ?? {})) headers[k] = String(v);
+        out.push({
+          partition,
+          offset: Number(message.offset),
+          key: message.key?.toString(),
+          value: message.value?.toString() ?? '',
+          headers,
+        });
+      },
+    });
+    const deadline = Date.now() + (options.timeoutMs ?? 20_000);
+    while (out.length < options.expected && Date.now() < deadline) await new Promise((r) => setTimeout(r, 25));
+    await new Promise((r) => setTimeout(r, options.settleMs ?? 300));
+  } finally {
+    await consumer.disconnect();
+  }
+  return out;
+}
+
+/** Polls `check` until it holds or `timeoutMs` passes (real time: the broker runs on its own). */
+export async function eventually(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
