@@ -151,6 +151,51 @@ export function runJob(
 }
 
 /** Feeds, kills and restarts until the job completes, then checks the sinks. */
+/** A step of a crash plan: a kill at a random moment, or a fault point (the `at`-th time it is reached). */
+export type CrashStep = { kind: 'random' | 'fault'; fault?: string; at?: number; delay?: number };
+
+/**
+ * Runs a round's steps, each a run of `job` that the step kills or faults, and records each run.
+ * Steps after the job completed are carried into another round (so every kill and fault happens);
+ * returns whether the job completed.
+ */
+export async function runSteps(
+  job: string,
+  base: Record<string, string>,
+  plan: readonly CrashStep[],
+  timeoutMs: number,
+  runs: CrashRun[],
+  carried: CrashStep[],
+  log: (line: string) => void,
+): Promise<boolean> {
+  let done = false;
+  for (const step of plan) {
+    if (done) {
+      carried.push(step);
+      continue;
+    }
+    const t0 = Date.now();
+    const env: Record<string, string> = { ...base, CRASH_MODE: 'run' };
+    if (step.fault !== undefined) {
+      env.CRASH_FAULT = step.fault;
+      env.CRASH_FAULT_AT = String(step.at);
+    }
+    const child = await runJob(job, env, step.delay, timeoutMs);
+    const run: CrashRun = { kind: step.kind, ended: child.ended, ms: Date.now() - t0 };
+    if (step.fault !== undefined) Object.assign(run, { fault: step.fault, at: step.at });
+    runs.push(run);
+    log(
+      `${step.kind} ${step.fault ?? `after ${step.delay} ms`}${step.at === undefined ? '' : ` #${step.at}`}: ${child.ended} (${run.ms} ms)`,
+    );
+    if (child.ended === 'done') {
+      // The job completed before this step's kill or fault: it is tried again next round.
+      done = true;
+      carried.push(step);
+    }
+  }
+  return done;
+}
+
 export async function runCrash(options: CrashOptions = {}): Promise<CrashReport> {
   const n = options.events ?? 200_000;
   const seed = options.seed ?? 1;
@@ -165,25 +210,27 @@ export async function runCrash(options: CrashOptions = {}): Promise<CrashReport>
   // The plan: every fault point once and the random kills, in a seeded order. The window path
   // gets through its input in a few seconds and the per-event path (a row and a line per event)
   // takes longer, so the window fault points come first, while windows still fire.
-  type Step = { kind: 'random' | 'fault'; fault?: string; at?: number; delay?: number };
   const faults = FAULTS[variant];
-  const faultStep = (f: Fault): Step => ({
+  const faultStep = (f: Fault): CrashStep => ({
     kind: 'fault',
     fault: f.name,
     at: 1 + Math.floor(random() * f.upTo),
   });
-  const shuffle = (steps: Step[]): Step[] => {
+  const shuffle = (steps: CrashStep[]): CrashStep[] => {
     for (let i = steps.length - 1; i > 0; i--) {
       const j = Math.floor(random() * (i + 1));
-      [steps[i], steps[j]] = [steps[j] as Step, steps[i] as Step];
+      [steps[i], steps[j]] = [steps[j] as CrashStep, steps[i] as CrashStep];
     }
     return steps;
   };
-  let plan: Step[] = [
+  let plan: CrashStep[] = [
     ...shuffle(faults.filter((f) => f.window).map(faultStep)),
     ...shuffle([
       ...faults.filter((f) => !f.window).map(faultStep),
-      ...Array.from({ length: kills }, (): Step => ({ kind: 'random', delay: 50 + Math.floor(random() * maxDelay) })),
+      ...Array.from(
+        { length: kills },
+        (): CrashStep => ({ kind: 'random', delay: 50 + Math.floor(random() * maxDelay) }),
+      ),
     ]),
   ];
 
@@ -193,7 +240,7 @@ export async function runCrash(options: CrashOptions = {}): Promise<CrashReport>
   const runs: CrashRun[] = [];
   const problems: string[] = [];
   for (let round = 1; plan.length > 0 && round <= 4; round++) {
-    const carried: Step[] = [];
+    const carried: CrashStep[] = [];
     const dir = mkdtempSync(join(tmpdir(), 'sluice-crash-'));
     let schema: TestSchema | undefined;
     try {
@@ -207,31 +254,7 @@ export async function runCrash(options: CrashOptions = {}): Promise<CrashReport>
       );
       log(`round ${round}: fed ${n} events (seed ${seed}), ${variant} job`);
 
-      let done = false;
-      for (const step of plan) {
-        if (done) {
-          carried.push(step);
-          continue;
-        }
-        const t0 = Date.now();
-        const env: Record<string, string> = { ...base, CRASH_MODE: 'run' };
-        if (step.fault !== undefined) {
-          env.CRASH_FAULT = step.fault;
-          env.CRASH_FAULT_AT = String(step.at);
-        }
-        const child = await runJob(jobs[variant], env, step.delay, 180_000);
-        const run: CrashRun = { kind: step.kind, ended: child.ended, ms: Date.now() - t0 };
-        if (step.fault !== undefined) Object.assign(run, { fault: step.fault, at: step.at });
-        runs.push(run);
-        log(
-          `${step.kind} ${step.fault ?? `after ${step.delay} ms`}${step.at === undefined ? '' : ` #${step.at}`}: ${child.ended} (${run.ms} ms)`,
-        );
-        if (child.ended === 'done') {
-          // The job completed before this step's kill or fault: it is tried again next round.
-          done = true;
-          carried.push(step);
-        }
-      }
+      const done = await runSteps(jobs[variant], base, plan, 180_000, runs, carried, log);
       if (!done) {
         const t0 = Date.now();
         const child = await runJob(jobs[variant], { ...base, CRASH_MODE: 'run' }, undefined, 300_000);

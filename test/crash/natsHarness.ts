@@ -17,7 +17,16 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { IDEMPOTENCY_KEY_HEADER } from 'sluice';
 import { seededRandom } from 'sluice/testing';
 import { startNatsServer } from '../services/natsServer.ts';
-import { type CrashOptions, type CrashReport, type CrashRun, Problems, runJob, sameTotals } from './harness.ts';
+import {
+  type CrashOptions,
+  type CrashReport,
+  type CrashRun,
+  type CrashStep,
+  Problems,
+  runJob,
+  runSteps,
+  sameTotals,
+} from './harness.ts';
 import { type CrashEvent, events, expectedWindows, transform } from './input.ts';
 
 const job = fileURLToPath(new URL('natsJob.ts', import.meta.url));
@@ -39,25 +48,27 @@ export async function runNatsCrash(options: Omit<CrashOptions, 'variant'> = {}):
   const log = options.log ?? (() => undefined);
   const random = seededRandom(seed ^ 0x0a75);
   const started = Date.now();
-  type Step = { kind: 'random' | 'fault'; fault?: string; at?: number; delay?: number };
-  const shuffle = (steps: Step[]): Step[] => {
+  const shuffle = (steps: CrashStep[]): CrashStep[] => {
     for (let i = steps.length - 1; i > 0; i--) {
       const j = Math.floor(random() * (i + 1));
-      [steps[i], steps[j]] = [steps[j] as Step, steps[i] as Step];
+      [steps[i], steps[j]] = [steps[j] as CrashStep, steps[i] as CrashStep];
     }
     return steps;
   };
-  const faultStep = (f: (typeof NATS_FAULTS)[number]): Step => ({
+  const faultStep = (f: (typeof NATS_FAULTS)[number]): CrashStep => ({
     kind: 'fault',
     fault: f.name,
     at: 1 + Math.floor(random() * f.upTo),
   });
   // Window fault points first, while windows still fire (as harness.ts plans them).
-  let plan: Step[] = [
+  let plan: CrashStep[] = [
     ...shuffle(NATS_FAULTS.filter((f) => f.window).map(faultStep)),
     ...shuffle([
       ...NATS_FAULTS.filter((f) => !f.window).map(faultStep),
-      ...Array.from({ length: kills }, (): Step => ({ kind: 'random', delay: 50 + Math.floor(random() * maxDelay) })),
+      ...Array.from(
+        { length: kills },
+        (): CrashStep => ({ kind: 'random', delay: 50 + Math.floor(random() * maxDelay) }),
+      ),
     ]),
   ];
 
@@ -68,7 +79,7 @@ export async function runNatsCrash(options: Omit<CrashOptions, 'variant'> = {}):
   try {
     // Steps that come after the job completed are carried into another round on fresh streams.
     for (let round = 1; plan.length > 0 && round <= 4; round++) {
-      const carried: Step[] = [];
+      const carried: CrashStep[] = [];
       const dir = mkdtempSync(join(tmpdir(), 'sluice-nats-crash-'));
       try {
         await feed(nc, seed, n);
@@ -79,30 +90,7 @@ export async function runNatsCrash(options: Omit<CrashOptions, 'variant'> = {}):
           CRASH_EVENTS: String(n),
           CRASH_NATS_URL: server.url,
         };
-        let done = false;
-        for (const step of plan) {
-          if (done) {
-            carried.push(step);
-            continue;
-          }
-          const t0 = Date.now();
-          const env: Record<string, string> = { ...base, CRASH_MODE: 'run' };
-          if (step.fault !== undefined) {
-            env.CRASH_FAULT = step.fault;
-            env.CRASH_FAULT_AT = String(step.at);
-          }
-          const child = await runJob(job, env, step.delay, 120_000);
-          const run: CrashRun = { kind: step.kind, ended: child.ended, ms: Date.now() - t0 };
-          if (step.fault !== undefined) Object.assign(run, { fault: step.fault, at: step.at });
-          runs.push(run);
-          log(
-            `${step.kind} ${step.fault ?? `after ${step.delay} ms`}${step.at === undefined ? '' : ` #${step.at}`}: ${child.ended} (${run.ms} ms)`,
-          );
-          if (child.ended === 'done') {
-            done = true;
-            carried.push(step);
-          }
-        }
+        const done = await runSteps(job, base, plan, 120_000, runs, carried, log);
         if (!done) {
           const t0 = Date.now();
           const child = await runJob(job, { ...base, CRASH_MODE: 'run' }, undefined, 180_000);
