@@ -249,9 +249,11 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     let progress = 0;
     let kills = 0;
     for (let run = 0; ; run++) {
-      // Killed at a random moment once it made progress, four times; the fifth run goes to the end.
-      const killAfterMs = run < 4 ? 200 + Math.random() * 600 : undefined;
-      const ended = await runCrashJob(N, killAfterMs, (p) => {
+      // Killed four times at a random point of what is left (by committed records, not by time: a
+      // fast run finished before a timed kill); the fifth run goes to the end.
+      const killAt =
+        run < 4 ? progress + Math.max(1, Math.floor((N - progress) * (0.1 + Math.random() * 0.4))) : undefined;
+      const ended = await runCrashJob(N, killAt, (p) => {
         progress = Math.max(progress, p);
       });
       if (ended === 'done') break;
@@ -348,7 +350,8 @@ const crashJob = fileURLToPath(new URL('./fixtures/kafkaCrashJob.ts', import.met
  */
 function runCrashJob(
   total: number,
-  killAfterMs: number | undefined,
+  /** Killed with SIGKILL as soon as it reports this many records committed. */
+  killAt: number | undefined,
   onProgress: (committed: number) => void,
 ): Promise<'done' | 'killed'> {
   return new Promise((resolve, reject) => {
@@ -360,7 +363,7 @@ function runCrashJob(
     let out = '';
     let err = '';
     let done = false;
-    let killer: NodeJS.Timeout | undefined;
+    let killed = false;
     const guard = setTimeout(() => child.kill('SIGKILL'), 60_000);
     child.stderr.on('data', (chunk: Buffer) => {
       err += chunk.toString();
@@ -373,17 +376,18 @@ function runCrashJob(
         if (what === 'done') done = true;
         if (what === 'progress') {
           onProgress(Number(n));
-          if (killAfterMs !== undefined && killer === undefined)
-            killer = setTimeout(() => child.kill('SIGKILL'), killAfterMs);
+          if (killAt !== undefined && !killed && Number(n) >= killAt) {
+            killed = true;
+            child.kill('SIGKILL');
+          }
         }
       }
     });
     child.once('error', reject);
     child.once('exit', (code, signal) => {
       clearTimeout(guard);
-      if (killer !== undefined) clearTimeout(killer);
       if (done && code === 0) resolve('done');
-      else if (signal === 'SIGKILL' && killer !== undefined) resolve('killed');
+      else if (signal === 'SIGKILL' && killed) resolve('killed');
       else reject(new Error(`crash job exited (${code ?? signal}) unexpectedly:\n${err}`));
     });
   });
