@@ -320,6 +320,11 @@ export class Bus implements BusClient {
     return this.#trie.match(subject);
   }
 
+  /** @internal Changes whenever routes do: a kept {@link lookup} result holds while it is the same. */
+  get routesEpoch(): number {
+    return this.#trie.epoch;
+  }
+
   /**
    * What a publish to `subject` does with `match`, worked out once and cached with the match: the
    * routes whose delivery filter lets `subject` through (a filter is a function of the subject
@@ -786,6 +791,14 @@ export class ClientImpl implements BusClient {
   readonly #permissions: PermissionChecker;
   readonly #literalCache = new Set<string>();
   #lastLiteral: string | undefined = undefined;
+  /**
+   * The subject this client published to last, what it reached and the routes' epoch then: the
+   * bus's own last-subject shortcut misses when publishers alternate (a producer and the actor
+   * it feeds), a client's own rarely does.
+   */
+  #lastSubject: string | undefined = undefined;
+  #lastMatch: Match<Route> | undefined = undefined;
+  #lastEpoch = -1;
 
   readonly #internal: boolean;
 
@@ -952,7 +965,17 @@ export class ClientImpl implements BusClient {
    *   request): a service cannot be made a deputy that publishes where the requester may not.
    */
   #checkPublish(subject: string, data: unknown, options: PublishOptions | undefined): Match<Route> {
-    const match = this.#bus.lookup(subject);
+    const bus = this.#bus;
+    let match: Match<Route>;
+    // (Untyped code may pass undefined, equal to an unset #lastSubject: that must reach validation.)
+    if (subject === this.#lastSubject && this.#lastEpoch === bus.routesEpoch && subject !== undefined) {
+      match = this.#lastMatch as Match<Route>;
+    } else {
+      match = bus.lookup(subject);
+      this.#lastSubject = subject;
+      this.#lastMatch = match;
+      this.#lastEpoch = bus.routesEpoch;
+    }
     const replyTo = options?.replyTo;
     if (replyTo !== undefined) this.#checkLiteral(replyTo);
     if (!this.#permissions.unrestricted) {

@@ -102,6 +102,22 @@ describe('bus - publish/subscribe', () => {
     expect(bus.hasSubscribers('nobody.listens')).toBe(false);
   });
 
+  test('bus - a publisher reaches subscribers added and removed between its publishes to one subject', async () => {
+    // A client keeps what its last subject reached: a subscribe or unsubscribe must not be missed.
+    const bus = new Bus();
+    const client = bus.client('producer');
+    client.tryPublish('orders.new', 0);
+    const first = recorder<number>(bus, 'orders.new');
+    client.tryPublish('orders.new', 1);
+    const second = recorder<number>(bus, 'orders.*');
+    client.tryPublish('orders.new', 2);
+    first.sub.unsubscribe();
+    client.tryPublish('orders.new', 3);
+    await flush();
+    expect(first.got).toEqual([1, 2]);
+    expect(second.got).toEqual([2, 3]);
+  });
+
   test('bus - id, key, event time, headers and replyTo reach the subscriber', async () => {
     const clock = new VirtualClock(1_000);
     const bus = new Bus({ clock });
