@@ -95,7 +95,7 @@ describe.skipIf(skip !== undefined)('websocket gateway - a page in headless chro
     // Clicks published from the page (its publish permission), in event time: the last one moves
     // the watermark past the first minute, which closes its windows.
     const sent = await page.evaluate(
-      (clicks) => (window as unknown as { sendClicks: (c: Click[]) => Promise<number> }).sendClicks(clicks),
+      (clicks) => (globalThis as unknown as { sendClicks: (c: Click[]) => Promise<number> }).sendClicks(clicks),
       [
         { page: '/home', ts: 1_000 },
         { page: '/cart', ts: 5_000 },
