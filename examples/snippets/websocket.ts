@@ -2,32 +2,15 @@
 // verbatim, run by test/docs/snippets.test.ts. A Node `ws` client stands in for the browser, and
 // speaks the wire protocol the browser client module speaks.
 import { deepStrictEqual, strictEqual } from 'node:assert/strict';
-import { actor, createRuntime } from 'sluice';
+import { createRuntime } from 'sluice';
 import { websocketGateway } from 'sluice/connectors/websocket';
-import { agg, eventTime, keyBy, tumbling, type WindowResult, watermarks } from 'sluice/operators';
+import type { WindowResult } from 'sluice/operators';
 import { WebSocket } from 'ws';
-
-interface Click {
-  page: string;
-  ts: number;
-}
+import { pageViews } from '../live-views/main.ts';
 
 export async function main(): Promise<void> {
   const runtime = createRuntime();
-  runtime.spawn(
-    actor<Click, WindowResult<number>>({
-      name: 'page-views',
-      subscribe: 'clicks',
-      output: 'views.1m',
-      pipeline: (in$, ctx) =>
-        in$.pipe(
-          eventTime((c) => c.ts),
-          keyBy((c) => c.page),
-          watermarks({ clock: ctx.clock }),
-          tumbling({ name: ctx.name, sizeMs: 60_000, aggregate: agg.count() }),
-        ),
-    }),
-  );
+  runtime.spawn(pageViews); // views per page in windows of 10 s, to views.10s
 
   // Each token stands for an identity and the subjects it may use, as bus.client takes them.
   const gateway = await websocketGateway({
@@ -44,13 +27,13 @@ export async function main(): Promise<void> {
   });
 
   const wall = await open(gateway.url, 'wallboard-token-0123456789', 'https://wall.example.com');
-  wall.send({ op: 'sub', sid: 'views', subject: 'views.1m' });
+  wall.send({ op: 'sub', sid: 'views', subject: 'views.10s' });
   wall.send({ op: 'sub', sid: 'secrets', subject: 'secrets.>' });
-  for (const [i, ts] of [1_000, 2_000, 61_000].entries()) {
+  for (const [i, ts] of [1_000, 2_000, 11_000].entries()) {
     wall.send({ op: 'pub', id: i, subject: 'clicks', data: { page: '/home', ts }, eventTime: ts });
   }
   const msg = await wall.next((f) => f.op === 'msg');
-  deepStrictEqual([msg.subject, (msg.data as WindowResult<number>).value], ['views.1m', 2]);
+  deepStrictEqual([msg.subject, (msg.data as WindowResult<number>).value], ['views.10s', 2]);
   const denied = await wall.next((f) => f.op === 'err');
   deepStrictEqual([denied.sid, denied.code], ['secrets', 'SLUICE_ERR_PERMISSION']);
   wall.ws.close();
