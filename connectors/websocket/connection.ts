@@ -84,6 +84,11 @@ export class Connection {
     return this.#subs.size;
   }
 
+  /** Publishes and requests of this connection waiting for the bus. */
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
   /** Messages waiting in this connection's subscription mailboxes. */
   get queued(): number {
     let n = 0;
@@ -260,7 +265,8 @@ export class Connection {
 
   /**
    * Answers a publish or request once it settles. Past `maxInFlight` unsettled, the socket is no
-   * longer read: the browser's own sends then wait in TCP, not in this server's memory.
+   * longer read: the browser's own sends then wait in TCP, not in this server's memory (the frames
+   * of a chunk already read are still handled, at most one read's worth).
    */
   #track<T>(work: Promise<T>, ref: FrameRef, answer: ((result: T) => string) | undefined): void {
     if (++this.#inFlight >= this.#o.maxInFlight) this.#ws.pause();

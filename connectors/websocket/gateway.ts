@@ -42,6 +42,8 @@ export interface GatewayStats {
   readonly subscriptions: number;
   /** Messages waiting in those subscriptions' mailboxes (at most `queue` each). */
   readonly queued: number;
+  /** Publishes and requests from the connections waiting for the bus. */
+  readonly inFlight: number;
   /** Upgrades refused, by HTTP status. */
   readonly refused: Readonly<Record<number, number>>;
   /** Connections closed for falling behind (close code 4008). */
@@ -152,14 +154,17 @@ class Gateway implements WebSocketGateway {
   stats(): GatewayStats {
     let subscriptions = 0;
     let queued = 0;
+    let inFlight = 0;
     for (const c of this.#connections) {
       subscriptions += c.subscriptions;
       queued += c.queued;
+      inFlight += c.inFlight;
     }
     return {
       connections: this.#connections.size,
       subscriptions,
       queued,
+      inFlight,
       refused: { ...this.#refused },
       slowConsumers: this.#counters.slowConsumers,
       highWaterBytes: this.#counters.highWaterBytes,

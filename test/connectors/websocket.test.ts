@@ -97,6 +97,11 @@ describe('websocket gateway - authentication', () => {
     await expect(
       websocketGateway({ bus, tokens: [{ token: ALICE, name: 'x', permissions: { publish: { allow: ['a..b'] } } }] }),
     ).rejects.toMatchObject({ code: 'SLUICE_ERR_SUBJECT', subject: 'a..b' });
+    const open = await startGateway({ auth: false, permissions: { publish: { allow: [] } } });
+    const anonymous = await openClient(open.gateway, undefined);
+    expect(anonymous.frames[0]).toMatchObject({ name: 'anonymous' });
+    anonymous.send({ op: 'pub', id: 1, subject: 'a', data: 1 });
+    expect(await anonymous.next((f) => f.op === 'err')).toMatchObject({ code: 'SLUICE_ERR_PERMISSION' });
     await expect(websocketGateway({ bus, auth: false, overflow: 'block' as never })).rejects.toMatchObject({
       option: 'websocketGateway.overflow',
     });
@@ -213,6 +218,28 @@ describe('websocket gateway - subjects and permissions', () => {
     alice.send({ op: 'pub', subject: 'clicks', data: 'x'.repeat(2000) });
     expect((await alice.closed).code).toBe(1009);
     await until(() => gateway.stats().connections === 0, 'the connection to be gone');
+  });
+
+  test('a connection with too many publishes waiting stops being read, and is read again as they settle', async () => {
+    const { bus, gateway } = await startGateway({ maxInFlight: 2 });
+    // A mailbox of one that nobody reads yet: every publish after the first waits for room.
+    const held = bus.subscribe<number>('clicks', { mailbox: { capacity: 1 } });
+    const alice = await openClient(gateway, ALICE);
+    for (let id = 1; id <= 10; id++) {
+      alice.send({ op: 'pub', id, subject: 'clicks', data: id });
+      // Apart, so that each frame comes in a read of its own (those of one read are all handled).
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    expect(alice.frames.filter((f) => f.op === 'ack').map((f) => f.id)).toEqual([1]);
+    // Two wait for room; the other seven are still in the socket, unread.
+    expect(gateway.stats().inFlight).toBe(2);
+    const got: number[] = [];
+    for await (const env of held) {
+      got.push(env.data);
+      if (got.length === 10) break;
+    }
+    expect(got).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    await alice.next((f) => f.op === 'ack' && f.id === 10);
   });
 
   test('requests get the first reply; a subject with no responder fails at once', async () => {

@@ -9,7 +9,7 @@ export const BOB = 'bob-token-0123456789abcdef';
 
 /** Alice may read windows and write clicks; Bob may read everything but `secrets.>`. */
 export const aliceRights: Permissions = {
-  subscribe: { allow: ['views.>', 'feed.>', '_INBOX.>'] },
+  subscribe: { allow: ['views.>', 'feed.>'] },
   publish: { allow: ['clicks', 'svc.>'] },
 };
 export const bobRights: Permissions = { subscribe: { deny: ['secrets.>'] }, publish: { allow: [] } };
