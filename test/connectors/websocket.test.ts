@@ -339,6 +339,19 @@ describe('websocket gateway - backpressure and cleanup', () => {
     await expect(fetch(gateway.clientUrl)).rejects.toThrow();
   });
 
+  test('a peer that stops answering pings is terminated and its subscriptions removed', async () => {
+    const { bus, gateway } = await startGateway({ pingIntervalMs: 50 });
+    const alive = await openClient(gateway, ALICE);
+    const gone = await openClient(gateway, BOB);
+    gone.send({ op: 'sub', sid: 's', subject: 'views.>' });
+    await gone.next((f) => f.op === 'ack');
+    // A paused socket reads no ping, so it sends no pong: as a peer whose network went away.
+    gone.ws.pause();
+    await until(() => gateway.stats().connections === 1, 'the silent connection to be terminated');
+    expect(bus.subscriptions).toBe(0);
+    expect(alive.ws.readyState).toBe(alive.ws.OPEN);
+  });
+
   test('a subscription per connection past maxSubscriptions is refused', async () => {
     const { gateway } = await startGateway({ maxSubscriptions: 2 });
     const alice = await openClient(gateway, ALICE);
