@@ -41,6 +41,8 @@ export class Connection {
   readonly #log: Logger;
   readonly #subs = new Map<string, Subscription>();
   #inFlight = 0;
+  /** The peer's answers pile up unread: its frames are not read meanwhile. */
+  #unread = false;
   #closing = false;
   #alive = true;
   #grace: NodeJS.Timeout | undefined;
@@ -123,8 +125,38 @@ export class Connection {
     this.#subs.clear();
   }
 
+  /**
+   * Sends an answer (hello, ack, reply, err). A peer that asks without reading the answers would
+   * grow the socket buffer: past `maxBufferedBytes` unsent, its frames are no longer read until
+   * this answer is written out.
+   */
   #send(frame: string): void {
-    this.#ws.send(frame);
+    const ws = this.#ws;
+    if (ws.bufferedAmount < this.#o.maxBufferedBytes) {
+      ws.send(frame);
+      this.#noteBuffered();
+      return;
+    }
+    this.#unread = true;
+    this.#reading();
+    ws.send(frame, () => {
+      this.#unread = false;
+      this.#reading();
+    });
+  }
+
+  /** Reads the socket unless too much is in flight or its answers are not read (see #track, #send). */
+  #reading(): void {
+    const pause = this.#unread || this.#inFlight >= this.#o.maxInFlight;
+    if (pause !== this.#ws.isPaused) {
+      if (pause) this.#ws.pause();
+      else this.#ws.resume();
+    }
+  }
+
+  #noteBuffered(): void {
+    const buffered = this.#ws.bufferedAmount;
+    if (buffered > this.#counters.highWaterBytes) this.#counters.highWaterBytes = buffered;
   }
 
   #onMessage(data: RawData, isBinary: boolean): void {
@@ -230,8 +262,7 @@ export class Connection {
     const ws = this.#ws;
     if (ws.bufferedAmount < this.#o.maxBufferedBytes) {
       ws.send(frame);
-      const buffered = ws.bufferedAmount;
-      if (buffered > this.#counters.highWaterBytes) this.#counters.highWaterBytes = buffered;
+      this.#noteBuffered();
       return undefined;
     }
     // The callback runs once the frame is handed to the kernel (or the socket failed): by then the
@@ -269,7 +300,8 @@ export class Connection {
    * of a chunk already read are still handled, at most one read's worth).
    */
   #track<T>(work: Promise<T>, ref: FrameRef, answer: ((result: T) => string) | undefined): void {
-    if (++this.#inFlight >= this.#o.maxInFlight) this.#ws.pause();
+    this.#inFlight++;
+    this.#reading();
     void work
       .then(
         (result) => {
@@ -285,7 +317,8 @@ export class Connection {
         },
       )
       .finally(() => {
-        if (--this.#inFlight < this.#o.maxInFlight && this.#ws.isPaused) this.#ws.resume();
+        this.#inFlight--;
+        this.#reading();
       });
   }
 }
