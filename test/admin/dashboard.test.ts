@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { chromiumMissing, launchChromium } from '../services/chromium.ts';
+import { chromiumMissing, collectErrors, launchChromium } from '../services/chromium.ts';
 
 // The dashboard in a real browser: Debian's chromium driven by playwright-core, against the
 // clickstream job as `npm run example -- dashboard` serves it, in a child process.
@@ -41,10 +41,7 @@ describe.skipIf(skip !== undefined)('the dashboard in headless chromium', () => 
     });
     browser = await launchChromium();
     page = await browser.newPage({ viewport: { width: 1500, height: 950 } });
-    page.on('pageerror', (e) => errors.push(`page error: ${e.message}`));
-    page.on('console', (m) => {
-      if (m.type() === 'error') errors.push(`console: ${m.text()}`);
-    });
+    collectErrors(page, errors);
     page.on('dialog', (d) => void d.accept());
     mkdirSync(ARTIFACTS, { recursive: true });
   }, 60_000);

@@ -1,7 +1,7 @@
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { type Click, type LiveViews, main as liveViews } from '../../examples/live-views/main.ts';
-import { chromiumMissing, launchChromium } from '../services/chromium.ts';
+import { chromiumMissing, collectErrors, launchChromium } from '../services/chromium.ts';
 
 // The live-views example in a real browser: its page, on one loopback origin, imports the
 // gateway's client module from the gateway (another origin), shows the tumbling window results of
@@ -22,10 +22,7 @@ describe.skipIf(skip !== undefined)('websocket gateway - a page in headless chro
     job = await liveViews({ port: 0, gatewayPort: 0, token: TOKEN, rate: 0, print: () => {} });
     browser = await launchChromium();
     page = await browser.newPage();
-    page.on('pageerror', (e) => errors.push(`page error: ${e.message}`));
-    page.on('console', (m) => {
-      if (m.type() === 'error') errors.push(`console: ${m.text()}`);
-    });
+    collectErrors(page, errors);
   }, 60_000);
 
   afterAll(async () => {

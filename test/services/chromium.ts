@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { type Browser, chromium } from 'playwright-core';
+import { type Browser, chromium, type Page } from 'playwright-core';
 
 // Debian's chromium, driven by playwright-core: the browser of the dashboard's and the WebSocket
 // gateway's tests.
@@ -30,5 +30,13 @@ export function launchChromium(): Promise<Browser> {
       '--disable-sync',
       '--no-first-run',
     ],
+  });
+}
+
+/** Keeps the page's uncaught errors and console errors in `errors`, for a test to expect none. */
+export function collectErrors(page: Page, errors: string[]): void {
+  page.on('pageerror', (e) => errors.push(`page error: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error') errors.push(`console: ${m.text()}`);
   });
 }
