@@ -555,6 +555,25 @@ describe('bus - backpressure', () => {
     expect([oldest.pending, newest.pending]).toEqual([1, 1]);
     expect(bus.telemetry.counters.dropped).toBe(4);
   });
+
+  test('bus - onDrop tells the subscription which messages its mailbox let go of, and why', async () => {
+    const bus = new Bus();
+    const drops: [unknown, string][] = [];
+    const onDrop = (env: Envelope, reason: string) => drops.push([env.data, reason]);
+    const oldest = bus.subscribe('a', { mailbox: { capacity: 1, overflow: 'drop-oldest' }, onDrop });
+    bus.subscribe('a', { mailbox: { capacity: 1, overflow: 'drop-newest' }, onDrop });
+    await bus.publish('a', 1);
+    await bus.publish('a', 2);
+    expect(drops).toEqual([
+      [1, 'drop-oldest'],
+      [2, 'drop-newest'],
+    ]);
+    oldest.unsubscribe();
+    expect(drops.at(-1)).toEqual([2, 'closed']);
+    // Counted by the bus as every drop is.
+    expect(bus.telemetry.counters.dropped).toBe(3);
+    expect(() => bus.subscribe('a', { onDrop: 'log' as never })).toThrow(/subscription\.onDrop/);
+  });
 });
 
 describe('bus - max payload', () => {
