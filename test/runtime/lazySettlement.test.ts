@@ -43,10 +43,14 @@ describe('settlement by counting', () => {
       const got: Envelope<number>[] = [];
       seen.set(name, got);
       return rt.spawn(
-        actor<number, never>({
+        actor<number, number>({
           name,
           subscribe: subject,
-          pipeline: (in$) => in$.pipe(tap((env) => void got.push(env)), filter(() => false)),
+          pipeline: (in$) =>
+            in$.pipe(
+              tap((env) => void got.push(env)),
+              filter(() => false),
+            ),
         }),
       );
     };
