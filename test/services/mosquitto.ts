@@ -1,0 +1,107 @@
+/**
+ * Mosquitto for tests: the shared broker the machine runs (127.0.0.1:1883; MQTT_HOST and
+ * MQTT_PORT override), or one a test starts itself (Debian's `mosquitto`, /usr/sbin/mosquitto) on
+ * a free loopback port with a temporary configuration: users in a password file, an ACL file, and
+ * a log in which the test counts what the broker received (its PUBACKs: what a client acknowledged).
+ *
+ * A test that needs the broker checks {@link mosquittoMissing} first: under CI (`CI=true`) a
+ * missing broker fails the test, elsewhere the test is skipped with a message saying what to install.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort, launchReady, stopChild } from './natsServer.ts';
+
+export const MOSQUITTO = Object.freeze({
+  host: process.env.MQTT_HOST ?? '127.0.0.1',
+  port: Number(process.env.MQTT_PORT ?? 1883),
+});
+
+const BINARY = ['/usr/sbin/mosquitto', '/usr/bin/mosquitto'].find((p) => existsSync(p)) ?? 'mosquitto';
+const INSTALL_HINT = "install Debian's mosquitto package (apt-get install mosquitto mosquitto-clients)";
+
+/** Whether the mosquitto binary runs. */
+function mosquittoVersion(): string | undefined {
+  try {
+    // `-h` prints the version and exits with 3.
+    return execFileSync(BINARY, ['-h'], { encoding: 'utf8', timeout: 5_000, stdio: 'pipe' });
+  } catch (error) {
+    const out = (error as { stdout?: unknown }).stdout;
+    return typeof out === 'string' && out.includes('mosquitto version') ? out.split('\n')[0] : undefined;
+  }
+}
+
+/**
+ * A reason to skip a test that needs the mosquitto binary, or undefined when it is there. Under CI
+ * a missing broker is no reason to skip: the test runs and fails when it starts the broker.
+ */
+export function mosquittoMissing(what: string): string | undefined {
+  if (mosquittoVersion() !== undefined || process.env.CI === 'true') return undefined;
+  const reason = `${what} needs mosquitto (${BINARY}), which is missing: ${INSTALL_HINT}`;
+  console.warn(`skipped: ${reason}`);
+  return reason;
+}
+
+export interface MosquittoOptions {
+  /** Users and their passwords, written with `mosquitto_passwd -b`; with them, anonymous clients are refused. */
+  users?: Readonly<Record<string, string>>;
+  /** The ACL file's text (`user name` then `topic read|write|readwrite filter` lines). */
+  acl?: string;
+}
+
+export interface Mosquitto {
+  readonly host: string;
+  readonly port: number;
+  /** `mqtt://host:port` */
+  readonly url: string;
+  /** What the broker logged so far. */
+  log(): string;
+  /** PUBACKs the broker received from `clientId` so far: the QoS 1 messages it acknowledged. */
+  pubacks(clientId: string): number;
+  stop(): Promise<void>;
+}
+
+/** Starts a broker; retries on another port when the one picked was taken in between. */
+export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mosquitto> {
+  const dir = await mkdtemp(join(tmpdir(), 'sluice-mosquitto-'));
+  const lines = ['log_dest stderr', 'log_type all', 'persistence false', 'max_queued_messages 10000'];
+  if (options.users !== undefined) {
+    const file = join(dir, 'passwd');
+    await writeFile(file, '');
+    for (const [user, password] of Object.entries(options.users)) {
+      execFileSync('mosquitto_passwd', ['-b', file, user, password], { stdio: 'pipe', timeout: 10_000 });
+    }
+    lines.push('allow_anonymous false', `password_file ${file}`);
+  } else lines.push('allow_anonymous true');
+  if (options.acl !== undefined) {
+    const file = join(dir, 'acl');
+    await writeFile(file, options.acl);
+    lines.push(`acl_file ${file}`);
+  }
+  let lastError: unknown;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = await freePort();
+    const conf = join(dir, 'mosquitto.conf');
+    await writeFile(conf, [`listener ${port} 127.0.0.1`, ...lines, ''].join('\n'));
+    try {
+      const launched = await launchReady(BINARY, ['-c', conf], /mosquitto version \S+ running/, 10_000);
+      return {
+        host: '127.0.0.1',
+        port,
+        url: `mqtt://127.0.0.1:${port}`,
+        log: () => launched.log,
+        pubacks: (clientId) => launched.log.split(`Received PUBACK from ${clientId} `).length - 1,
+        async stop() {
+          await stopChild(launched.child, launched.exited);
+          await rm(dir, { recursive: true, force: true });
+        },
+      };
+    } catch (error) {
+      lastError = error;
+    }
+  }
+  await rm(dir, { recursive: true, force: true });
+  throw lastError;
+}
