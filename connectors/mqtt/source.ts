@@ -354,14 +354,15 @@ export class MqttSource<T = unknown> implements Source<T> {
     try {
       await client.subscribeAsync(map);
     } catch (error) {
-      const code = (error as { code?: unknown }).code;
+      // The SUBACK's reason codes, one per filter in order: 0x80 and above refuse it.
+      const granted = (error as { packet?: { granted?: unknown } }).packet?.granted;
+      const refused = Array.isArray(granted)
+        ? this.#filters.filter((_, i) => typeof granted[i] === 'number' && (granted[i] & 0x80) !== 0)
+        : [];
+      const which = (refused.length > 0 ? refused : this.#filters).map((f) => `'${f}'`).join(', ');
       throw new ConnectorError(
         this.name,
-        `the broker refused the subscription to ${this.#filters.map((f) => `'${f}'`).join(', ')}${
-          typeof code === 'number'
-            ? ` (reason code ${code}: ${messageOf(error)}); check the broker's ACL for this user`
-            : `: ${messageOf(error)}`
-        }`,
+        `the broker refused the subscription to ${which} (${messageOf(error)}); check the broker's ACL for this user's subscriptions`,
         { cause: error, retryable: false },
       );
     }
@@ -370,14 +371,18 @@ export class MqttSource<T = unknown> implements Source<T> {
   /** mqtt.js's message callback: take the packet into the window and let mqtt.js read on, unless the window is full. */
   #onPacket(packet: IPublishPacket, callback: (error?: Error) => void): void {
     const next = packet.qos > 0 ? () => callback(HELD_BY_SOURCE) : () => callback();
-    if (this.#closed) return next();
+    if (this.#closed) {
+      next();
+      return;
+    }
     this.#stats.received++;
     if (packet.dup) this.#stats.duplicates++;
     if (packet.retain && !this.#retained && this.#target.protocolVersion === 4) {
       // 3.1.1 cannot ask the broker not to send retained messages: they are acknowledged and skipped.
       const skip = this.#hold(packet);
       this.#settle(skip);
-      return next();
+      next();
+      return;
     }
     const held = this.#hold(packet);
     this.#inbox.push(held);
@@ -482,7 +487,10 @@ export class MqttSource<T = unknown> implements Source<T> {
   #settled(held: Held, error: unknown): void {
     if (this.#closed || held.state !== 'bus') return;
     this.#onBus--;
-    if (error === undefined) return this.#settle(held);
+    if (error === undefined) {
+      this.#settle(held);
+      return;
+    }
     if (error instanceof ClosedError) {
       // The runtime is stopping: left unacknowledged, for the session to send again.
       held.state = 'inbox';

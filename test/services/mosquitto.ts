@@ -9,8 +9,8 @@
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { freePort, launchReady, stopChild } from './natsServer.ts';
 
@@ -49,7 +49,18 @@ export interface MosquittoOptions {
   users?: Readonly<Record<string, string>>;
   /** The ACL file's text (`user name` then `topic read|write|readwrite filter` lines). */
   acl?: string;
+  /**
+   * The filters the first user may subscribe to; the broker refuses others in its SUBACK (and
+   * allows every publish). Mosquitto's ACL file grants every subscription and filters at delivery,
+   * and while it is there no plugin is asked: so this takes the dynamic security plugin instead of
+   * an ACL file.
+   */
+  subscribable?: readonly string[];
 }
+
+const DYNSEC = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib']
+  .map((d) => join(d, 'mosquitto_dynamic_security.so'))
+  .find((p) => existsSync(p));
 
 export interface Mosquitto {
   readonly host: string;
@@ -66,7 +77,14 @@ export interface Mosquitto {
 /** Starts a broker; retries on another port when the one picked was taken in between. */
 export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mosquitto> {
   const dir = await mkdtemp(join(tmpdir(), 'sluice-mosquitto-'));
-  const lines = ['log_dest stderr', 'log_type all', 'persistence false', 'max_queued_messages 10000'];
+  // Started as root, mosquitto would switch to its own user, who cannot read the temporary files.
+  const lines = [
+    `user ${userInfo().username}`,
+    'log_dest stderr',
+    'log_type all',
+    'persistence false',
+    'max_queued_messages 10000',
+  ];
   if (options.users !== undefined) {
     const file = join(dir, 'passwd');
     await writeFile(file, '');
@@ -79,6 +97,31 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
     const file = join(dir, 'acl');
     await writeFile(file, options.acl);
     lines.push(`acl_file ${file}`);
+  }
+  if (options.subscribable !== undefined) {
+    const [user, password] = Object.entries(options.users ?? {})[0] ?? [];
+    if (user === undefined || password === undefined || DYNSEC === undefined || options.acl !== undefined) {
+      throw new Error(
+        'subscribable needs a user, no acl (Mosquitto asks no plugin while an ACL file decides) and the dynamic security plugin (mosquitto_dynamic_security.so)',
+      );
+    }
+    const file = join(dir, 'dynsec.json');
+    execFileSync('mosquitto_ctrl', ['dynsec', 'init', file, user, password], { stdio: 'pipe', timeout: 10_000 });
+    const config = JSON.parse(await readFile(file, 'utf8')) as { roles: unknown[]; defaultACLAccess: unknown };
+    config.roles = [
+      {
+        rolename: 'admin',
+        acls: options.subscribable.map((topic) => ({ acltype: 'subscribePattern', topic, allow: true })),
+      },
+    ];
+    config.defaultACLAccess = {
+      publishClientSend: true,
+      publishClientReceive: true,
+      subscribe: false,
+      unsubscribe: true,
+    };
+    await writeFile(file, JSON.stringify(config));
+    lines.push(`plugin ${DYNSEC}`, `plugin_opt_config_file ${file}`);
   }
   let lastError: unknown;
   for (let attempt = 0; attempt < 3; attempt++) {
