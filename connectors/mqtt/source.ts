@@ -142,7 +142,6 @@ export function mqttSource<T = unknown>(options: MqttSourceOptions<T>): MqttSour
 export class MqttSource<T = unknown> implements Source<T> {
   readonly name: string;
   readonly ref: SourceRef<T>;
-  readonly #options: MqttSourceOptions<T>;
   readonly #filters: readonly string[];
   readonly #subject: string | undefined;
   readonly #prefix: string | undefined;
@@ -187,7 +186,6 @@ export class MqttSource<T = unknown> implements Source<T> {
     optionsObject('mqttSource', options);
     if (options === undefined) throw new OptionsError('mqttSource', 'must be an options object', options);
     knownKeys('mqttSource', options, sourceKeys);
-    this.#options = options;
     const topics = typeof options.topics === 'string' ? [options.topics] : options.topics;
     if (!Array.isArray(topics) || topics.length === 0) {
       throw new OptionsError('mqttSource.topics', 'must be an MQTT topic filter or a non-empty array of them', topics);
