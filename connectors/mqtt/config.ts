@@ -135,6 +135,11 @@ export async function openMqtt(target: MqttTarget, session: MqttSession, name: s
   });
   if (session.handleMessage !== undefined) client.handleMessage = session.handleMessage;
   session.created?.(client);
+  // Small packets go out at once: with Nagle's algorithm the last publishes of a batch (or the
+  // PUBACKs of a quiet moment) wait for the peer's delayed ACK, about 40 ms each time.
+  const noDelay = () => (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
+  noDelay();
+  client.on('connect', noDelay);
   try {
     await new Promise<IConnackPacket>((resolve, reject) => {
       const onConnect = (ack: IConnackPacket) => {
