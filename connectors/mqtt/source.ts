@@ -11,17 +11,15 @@ import { randomBytes } from 'node:crypto';
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { IPublishPacket, MqttClient } from 'mqtt';
 import type { Logger } from '../../runtime/actors/actor.ts';
-import { DEAD_LETTER_HEADERS } from '../../runtime/actors/deadLetters.ts';
-import { backoffDelay, DEFAULT_BACKOFF } from '../../runtime/actors/supervisor.ts';
 import type { Bus, BusClient } from '../../runtime/bus/bus.ts';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
 import type { Clock, Timer } from '../../runtime/clock.ts';
 import { type Codec, type CodecChoice, codecOf } from '../../runtime/codec.ts';
 import type { PublishOptions } from '../../runtime/envelope.ts';
-import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
-import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
+import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
+import { type Lineage, SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import { publishDelivery } from '../../runtime/sources/delivery.ts';
+import { deadLetterHeaders, deliverHeld, retryDelay } from '../../runtime/sources/delivery.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
@@ -456,28 +454,19 @@ export class MqttSource<T = unknown> implements Source<T> {
     held.state = 'bus';
     this.#onBus++;
     held.lineage = new SourceLineage(this.#settlement, held, `mqtt/${held.generation}/${packet.messageId ?? 0}`);
-    const options: PublishOptions = { headers, lineage: held.lineage };
+    const options: PublishOptions & { lineage: Lineage } = { headers, lineage: held.lineage };
     const key = userProperty(packet, MQTT_PROPERTIES.key);
     if (key !== undefined) options.key = key;
-    const accepted = publishDelivery(
+    return deliverHeld(
       (this.#host as SourceHost).bus,
       this.#bus as BusClient,
       subject,
       data,
       options,
       held.attempt,
-    );
-    if (accepted === undefined) {
-      this.#stats.published++;
-      held.lineage.release();
-      return undefined;
-    }
-    return accepted.then(
       () => {
         this.#stats.published++;
-        held.lineage.release();
       },
-      (error: unknown) => held.lineage.release(error),
     );
   }
 
@@ -500,11 +489,7 @@ export class MqttSource<T = unknown> implements Source<T> {
     }
     this.#stats.retried++;
     held.state = 'waiting';
-    const b = this.#backoffMs;
-    const delay =
-      b !== undefined
-        ? (b[Math.min(held.attempt, b.length) - 1] as number)
-        : backoffDelay(held.attempt, DEFAULT_BACKOFF, Math.random);
+    const delay = retryDelay(held.attempt, this.#backoffMs);
     // MQTT cannot ask for a message again: the source keeps it (unacknowledged) and delivers it again.
     this.#later(delay, () => {
       if (held.state !== 'waiting') return;
@@ -560,16 +545,15 @@ export class MqttSource<T = unknown> implements Source<T> {
   async #giveUp(held: Held, error: unknown): Promise<void> {
     held.state = 'waiting';
     const packet = held.packet;
-    const letter: Record<string, string> = {
-      ...headersOf(packet),
-      [DEAD_LETTER_HEADERS.error]: messageOf(error),
-      [DEAD_LETTER_HEADERS.code]: error instanceof SluiceError ? error.code : 'SLUICE_ERR_HANDLER',
-      [DEAD_LETTER_HEADERS.actor]: this.name,
-      [DEAD_LETTER_HEADERS.attempts]: String(held.attempt),
-      [DEAD_LETTER_HEADERS.subject]: packet.topic,
-      [DEAD_LETTER_HEADERS.messageId]: userProperty(packet, MQTT_PROPERTIES.messageId) ?? '',
-      [DEAD_LETTER_HEADERS.time]: new Date(this.#now()).toISOString(),
-    };
+    const letter = deadLetterHeaders({
+      headers: headersOf(packet),
+      error,
+      source: this.name,
+      attempts: held.attempt,
+      subject: packet.topic,
+      messageId: userProperty(packet, MQTT_PROPERTIES.messageId) ?? '',
+      timeMs: this.#now(),
+    });
     const p = packet.payload;
     try {
       await (this.#bus as BusClient).publish(
