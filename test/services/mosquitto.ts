@@ -12,6 +12,7 @@ import { existsSync, rmSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
+import mqtt from 'mqtt';
 import { freePort, launchReady, stopChild } from './natsServer.ts';
 
 export const MOSQUITTO = Object.freeze({
@@ -40,6 +41,26 @@ function mosquittoVersion(): string | undefined {
 export function mosquittoMissing(what: string): string | undefined {
   if (mosquittoVersion() !== undefined || process.env.CI === 'true') return undefined;
   const reason = `${what} needs mosquitto (${BINARY}), which is missing: ${INSTALL_HINT}`;
+  console.warn(`skipped: ${reason}`);
+  return reason;
+}
+
+let reachable: Promise<string | undefined> | undefined;
+
+/**
+ * A reason to skip a test that needs the shared broker ({@link MOSQUITTO}), or undefined when it
+ * answers. Under CI a missing broker is no reason to skip: the test runs and fails when it connects.
+ */
+export async function sharedMosquittoMissing(what: string): Promise<string | undefined> {
+  reachable ??= mqtt
+    .connectAsync(`mqtt://${MOSQUITTO.host}:${MOSQUITTO.port}`, { reconnectPeriod: 0, connectTimeout: 2_000 })
+    .then(
+      (c) => c.endAsync().then(() => undefined),
+      (error: unknown) => (error instanceof Error ? error.message : String(error)),
+    );
+  const problem = await reachable;
+  if (problem === undefined || process.env.CI === 'true') return undefined;
+  const reason = `${what} needs Mosquitto on ${MOSQUITTO.host}:${MOSQUITTO.port} (${problem}): ${INSTALL_HINT} and start it`;
   console.warn(`skipped: ${reason}`);
   return reason;
 }
