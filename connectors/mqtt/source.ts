@@ -171,11 +171,15 @@ export class MqttSource<T = unknown> implements Source<T> {
   /** The first live entry of `#window` (entries before it are acknowledged). */
   #head = 0;
   /** Waiting for the mailboxes, in order. */
-  readonly #inbox: Held[] = [];
+  #inbox: Held[] = [];
+  /** The next entry of `#inbox` to deliver (a queue by index: a shift would copy up to the window each time). */
+  #next = 0;
   #draining = false;
   /** mqtt.js's callback of a packet received while the window was full: its reads wait for it. */
   #paused: (() => void) | undefined;
   #onBus = 0;
+  /** PUBACKs due on the current connection, sent together at the end of the turn (a new connection drops them). */
+  #acks: number[] = [];
   readonly #timers = new Set<Timer>();
   #unregisterLag: (() => void) | undefined;
   readonly #stats = { received: 0, published: 0, acked: 0, retried: 0, terminated: 0, duplicates: 0, reconnects: 0 };
@@ -331,6 +335,7 @@ export class MqttSource<T = unknown> implements Source<T> {
       if (this.#closed) return;
       this.#stats.reconnects++;
       this.#generation++;
+      this.#acks = [];
     });
     try {
       await this.#subscribe(client);
@@ -405,8 +410,12 @@ export class MqttSource<T = unknown> implements Source<T> {
   async #drain(): Promise<void> {
     this.#draining = true;
     try {
-      while (this.#inbox.length > 0 && !this.#closed) {
-        const held = this.#inbox.shift() as Held;
+      while (this.#next < this.#inbox.length && !this.#closed) {
+        const held = this.#inbox[this.#next++] as Held;
+        if (this.#next === this.#inbox.length || (this.#next > 1024 && this.#next * 2 > this.#inbox.length)) {
+          this.#inbox = this.#inbox.slice(this.#next);
+          this.#next = 0;
+        }
         if (held.state !== 'inbox') continue;
         const waiting = this.#deliver(held);
         if (waiting !== undefined) await waiting;
@@ -503,14 +512,14 @@ export class MqttSource<T = unknown> implements Source<T> {
   /** Marks a message settled and sends the PUBACKs that are due: of the settled run at the window's start. */
   #settle(held: Held): void {
     held.state = 'settled';
-    const client = this.#client;
     const window = this.#window;
     while (this.#head < window.length && (window[this.#head] as Held).state === 'settled') {
       const h = window[this.#head++] as Held;
       // A message of an earlier connection is sent again by the broker: its PUBACK would answer another.
-      if (h.packet.qos > 0 && h.generation === this.#generation && client?.connected === true) {
-        (client as unknown as Internal)._sendPacket({ cmd: 'puback', messageId: h.packet.messageId, reasonCode: 0 });
-        this.#stats.acked++;
+      if (h.packet.qos > 0 && h.generation === this.#generation) {
+        // The PUBACKs of one turn of the event loop go out in one write.
+        this.#acks.push(h.packet.messageId as number);
+        if (this.#acks.length === 1) setImmediate(this.#flushAcks);
       }
     }
     if (this.#head > 1024 && this.#head * 2 > window.length) {
@@ -524,16 +533,33 @@ export class MqttSource<T = unknown> implements Source<T> {
     }
   }
 
+  readonly #flushAcks = (): void => {
+    const ids = this.#acks;
+    this.#acks = [];
+    const client = this.#client;
+    // Gone with the connection (the broker sends those messages again), or with the source.
+    if (ids.length === 0 || client === undefined || !client.connected) return;
+    const stream = client.stream as { cork?: () => void; uncork?: () => void };
+    stream.cork?.();
+    for (const messageId of ids) {
+      (client as unknown as Internal)._sendPacket({ cmd: 'puback', messageId, reasonCode: 0 });
+    }
+    stream.uncork?.();
+    this.#stats.acked += ids.length;
+  };
+
   /** The connection dropped: a persistent session sends again what was not acknowledged, with DUP. */
   #dropped(): void {
     if (this.#closed) return;
     this.#generation++;
+    this.#acks = [];
     if (!this.#clean) {
       // Sent again by the broker on the next connection: what is held now settles to nothing.
       for (let i = this.#head; i < this.#window.length; i++) (this.#window[i] as Held).state = 'dropped';
       this.#window = [];
       this.#head = 0;
-      this.#inbox.length = 0;
+      this.#inbox = [];
+      this.#next = 0;
       this.#onBus = 0;
     }
     const resume = this.#paused;
@@ -618,9 +644,11 @@ export class MqttSource<T = unknown> implements Source<T> {
     this.#timers.clear();
     this.#window = [];
     this.#head = 0;
-    this.#inbox.length = 0;
+    this.#inbox = [];
+    this.#next = 0;
     this.#onBus = 0;
     this.#generation++;
+    this.#acks = [];
     const client = this.#client;
     this.#client = undefined;
     await closeMqtt(client);

@@ -492,6 +492,6 @@ export default defineBench({
   ),
   notes: [
     'Redis 7 and RabbitMQ 3.10 on loopback, as the machine runs them (not started by the bench)',
-    'Mosquitto 2.0 on loopback, started by the bench (no persistence, errors logged only)',
+    'Mosquitto 2.0 on loopback, started by the bench (sessions saved only at its stop, errors logged only)',
   ],
 });

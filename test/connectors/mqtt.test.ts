@@ -253,6 +253,37 @@ describe.skipIf(missing !== undefined)('MQTT against Mosquitto with a password f
     await until(() => broker.pubacks(clientId) === 4, 'all acknowledged in the end');
   });
 
+  test('a broker restart mid-stream: the source connects again, what was not acknowledged comes again with DUP', async () => {
+    const t = topic('restart');
+    const clientId = `${run}-restart`;
+    const rt = runtime();
+    const seen: { data: number; attempt: number }[] = [];
+    rt.bus.subscribe('rs.in', {
+      concurrency: 10,
+      callback: (env: Envelope) => {
+        seen.push({ data: env.data as number, attempt: env.attempt });
+        // The first delivery of 2 never settles: its PUBACK (and 3's after it) cannot go out.
+        if (env.data === 2 && env.attempt === 1) return new Promise<void>(() => undefined);
+      },
+    });
+    const source = closing(
+      mqttSource({ connection: { ...alice(), reconnectMs: 50 }, topics: t, subject: 'rs.in', clientId }),
+    );
+    await source.start(rt);
+    await publish(t, [1, 2, 3]);
+    await until(() => seen.length === 3 && broker.pubacks(clientId) === 1, 'three delivered, one acknowledged');
+    await broker.restart();
+    producer.reconnect();
+    await until(() => seen.length === 5, 'the two not acknowledged, again', 15_000);
+    expect(seen.slice(3)).toEqual([
+      { data: 2, attempt: 2 },
+      { data: 3, attempt: 2 },
+    ]);
+    await until(() => broker.pubacks(clientId) === 3, 'acknowledged on the new connection');
+    expect(source.stats.reconnects).toBe(1);
+    expect(source.lag().messages).toBe(0);
+  });
+
   test('a message failing every delivery is dead-lettered with its reason, then acknowledged', async () => {
     const rt = runtime();
     const t = topic('fail');

@@ -94,6 +94,8 @@ export interface Mosquitto {
   log(): string;
   /** PUBACKs the broker received from `clientId` so far: the QoS 1 messages it acknowledged. */
   pubacks(clientId: string): number;
+  /** Stops the broker (its sessions saved) and starts it again on the same port: a restart mid-stream. */
+  restart(): Promise<void>;
   stop(): Promise<void>;
   /** Kills the broker and removes its files at once, for a process `exit` handler (which cannot wait). */
   stopSync(): void;
@@ -110,7 +112,10 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
     ...(options.log === 'errors'
       ? ['log_type error', 'log_type warning', 'log_type notice', 'log_type information']
       : ['log_type all']),
-    'persistence false',
+    // Sessions kept in the temporary directory (saved at a clean stop), for `restart`.
+    'persistence true',
+    `persistence_location ${dir}/`,
+    'autosave_interval 0',
     // PUBACKs go out at once, not after the client's delayed ACK (Nagle): batches end without a stall.
     'set_tcp_nodelay true',
     // The default 1000 would drop what a test or a benchmark queues for a session beyond it.
@@ -160,13 +165,22 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
     const conf = join(dir, 'mosquitto.conf');
     await writeFile(conf, [`listener ${port} 127.0.0.1`, ...lines, ''].join('\n'));
     try {
-      const launched = await launchReady(BINARY, ['-c', conf], /mosquitto version \S+ running/, 10_000);
+      const ready = /mosquitto version \S+ running/;
+      let launched = await launchReady(BINARY, ['-c', conf], ready, 10_000);
+      let earlier = '';
+      const log = () => earlier + launched.log;
       return {
         host: '127.0.0.1',
         port,
         url: `mqtt://127.0.0.1:${port}`,
-        log: () => launched.log,
-        pubacks: (clientId) => launched.log.split(`Received PUBACK from ${clientId} `).length - 1,
+        log,
+        pubacks: (clientId) => log().split(`Received PUBACK from ${clientId} `).length - 1,
+        async restart() {
+          // SIGTERM: the broker saves its sessions, and has them again on the same port.
+          await stopChild(launched.child, launched.exited);
+          earlier += launched.log;
+          launched = await launchReady(BINARY, ['-c', conf], ready, 10_000);
+        },
         async stop() {
           await stopChild(launched.child, launched.exited);
           await rm(dir, { recursive: true, force: true });
