@@ -41,7 +41,10 @@ export interface MqttSinkOptions<T = unknown> {
   retain?: boolean;
   /** How values are encoded. @default 'json' */
   codec?: CodecChoice;
-  /** Publishes awaiting their acknowledgement at once, at most. @default 256 */
+  /**
+   * Publishes awaiting their acknowledgement at once, at most; at QoS 1 and 2 never more than the
+   * broker's receive maximum (MQTT 5; Mosquitto's is `max_inflight_messages`, 20). @default 256
+   */
   maxInFlight?: number;
   /** How long a batch's acknowledgements may take before it fails (retryable). @default 10000 */
   timeoutMs?: number;
@@ -235,8 +238,11 @@ export class MqttSink<T = unknown> implements Sink<T> {
         }
       }
     };
+    // MQTT 5: no more unacknowledged QoS 1 and 2 publishes than the broker's receive maximum.
+    const receiveMaximum = this.#qos > 0 ? client.serverProperties?.receiveMaximum : undefined;
+    const bound = Math.min(this.#maxInFlight, receiveMaximum ?? Number.POSITIVE_INFINITY, out.length);
     try {
-      await Promise.all(Array.from({ length: Math.min(this.#maxInFlight, out.length) }, worker));
+      await Promise.all(Array.from({ length: bound }, worker));
     } finally {
       clearTimeout(timer);
     }

@@ -18,9 +18,9 @@
  *   `consume` with the prefetch the Sluice source takes (1025), each decoded and acked. sluice: a
  *   `rabbitSource` publishing each on the bus to a subscriber, acked when the callback returns.
  *
- * - `mqtt-publish`: N orders at QoS 1 to a topic, at most IN_FLIGHT awaiting their PUBACK. raw:
- *   mqtt.js `publish` from IN_FLIGHT loops. sluice: an `mqttSink` (the same bound, MQTT 5 user
- *   properties with the idempotency key) in batches of BATCH.
+ * - `mqtt-publish`: N orders at QoS 1 to a topic. raw: mqtt.js `publish` from IN_FLIGHT loops.
+ *   sluice: an `mqttSink` (MQTT 5 user properties with the idempotency key) in batches of BATCH,
+ *   at most IN_FLIGHT and never more than the broker's receive maximum awaiting their PUBACK.
  * - `mqtt-consume`: a persistent session filled with N orders at QoS 1 (not timed), then resumed.
  *   raw: mqtt.js with the receive maximum the Sluice source announces (1000), each decoded and
  *   acknowledged by mqtt.js at once. sluice: an `mqttSource` publishing each on the bus to a
@@ -472,7 +472,7 @@ export default defineBench({
     },
     'mqtt-publish': {
       messages: 50_000,
-      description: `QoS 1, ${IN_FLIGHT} awaiting their PUBACK; sluice: mqttSink batches of ${BATCH}`,
+      description: `QoS 1; raw: ${IN_FLIGHT} awaiting their PUBACK (mqtt.js does not bound them by the broker's receive maximum); sluice: mqttSink batches of ${BATCH}, at most the receive maximum (Mosquitto: 20) awaited`,
       contenders: { sluice: sluiceMqttPublish, raw: rawMqttPublish },
     },
     'mqtt-consume': {
