@@ -19,7 +19,7 @@ import type { PublishOptions } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { type Lineage, SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import { deadLetterHeaders, deliverHeld, retryDelay } from '../../runtime/sources/delivery.ts';
+import { backoffOption, deadLetterHeaders, deliverHeld, retryDelay } from '../../runtime/sources/delivery.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
@@ -273,13 +273,7 @@ export class MqttSource<T = unknown> implements Source<T> {
     if (this.#max > 65_535)
       throw new OptionsError('mqttSource.maxAckPending', 'must be at most 65535 (MQTT receive maximum)', this.#max);
     this.#maxDeliver = intOption('mqttSource.maxDeliver', options.maxDeliver, 5, 1);
-    if (options.backoffMs !== undefined) {
-      if (!Array.isArray(options.backoffMs) || options.backoffMs.length === 0) {
-        throw new OptionsError('mqttSource.backoffMs', 'must be a non-empty array of delays in ms', options.backoffMs);
-      }
-      for (const [i, ms] of options.backoffMs.entries()) intOption(`mqttSource.backoffMs[${i}]`, ms, 0, 0);
-    }
-    this.#backoffMs = options.backoffMs === undefined ? undefined : Object.freeze([...options.backoffMs]);
+    this.#backoffMs = backoffOption('mqttSource.backoffMs', options.backoffMs);
     this.#target = mqttTarget(options.connection, 'mqttSource.connection');
     const name =
       this.#subject ??

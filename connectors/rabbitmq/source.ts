@@ -23,7 +23,13 @@ import type { PublishOptions } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { type Lineage, SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import { deadLetterHeaders, deliverHeld, freeCapacity, retryDelay } from '../../runtime/sources/delivery.ts';
+import {
+  backoffOption,
+  deadLetterHeaders,
+  deliverHeld,
+  freeCapacity,
+  retryDelay,
+} from '../../runtime/sources/delivery.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
@@ -201,17 +207,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
     if (limit !== undefined) intOption('rabbitSource.deliveryLimit', limit, 0, 0);
     const maxDeliver = intOption('rabbitSource.maxDeliver', options.maxDeliver, 5, 1);
     this.#maxDeliver = limit === undefined ? maxDeliver : Math.min(maxDeliver, limit + 1);
-    if (options.backoffMs !== undefined) {
-      if (!Array.isArray(options.backoffMs) || options.backoffMs.length === 0) {
-        throw new OptionsError(
-          'rabbitSource.backoffMs',
-          'must be a non-empty array of delays in ms',
-          options.backoffMs,
-        );
-      }
-      for (const [i, ms] of options.backoffMs.entries()) intOption(`rabbitSource.backoffMs[${i}]`, ms, 0, 0);
-    }
-    this.#backoffMs = options.backoffMs === undefined ? undefined : Object.freeze([...options.backoffMs]);
+    this.#backoffMs = backoffOption('rabbitSource.backoffMs', options.backoffMs);
     this.#lagRefreshMs = intOption('rabbitSource.lagRefreshMs', options.lagRefreshMs, 5_000, 10);
     this.ref = Object.freeze({
       name: this.#subject,

@@ -17,7 +17,13 @@ import type { PublishOptions } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { type Lineage, SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import { deadLetterHeaders, deliverHeld, freeCapacity, retryDelay } from '../../runtime/sources/delivery.ts';
+import {
+  backoffOption,
+  deadLetterHeaders,
+  deliverHeld,
+  freeCapacity,
+  retryDelay,
+} from '../../runtime/sources/delivery.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
@@ -223,13 +229,7 @@ export class RedisSource<T = unknown> implements Source<T> {
     validateSubject(this.#deadLetter, 'publish');
     this.#maxAckPending = intOption('redisSource.maxAckPending', options.maxAckPending, 1_000, 1);
     this.#maxDeliver = intOption('redisSource.maxDeliver', options.maxDeliver, 5, 1);
-    if (options.backoffMs !== undefined) {
-      if (!Array.isArray(options.backoffMs) || options.backoffMs.length === 0) {
-        throw new OptionsError('redisSource.backoffMs', 'must be a non-empty array of delays in ms', options.backoffMs);
-      }
-      for (const [i, ms] of options.backoffMs.entries()) intOption(`redisSource.backoffMs[${i}]`, ms, 0, 0);
-    }
-    this.#backoffMs = options.backoffMs === undefined ? undefined : Object.freeze([...options.backoffMs]);
+    this.#backoffMs = backoffOption('redisSource.backoffMs', options.backoffMs);
     this.#readBatch = intOption('redisSource.readBatch', options.readBatch, 256, 1);
     this.#blockMs = intOption('redisSource.blockMs', options.blockMs, 2_000, 1);
     this.#claimIdleMs = intOption('redisSource.claimIdleMs', options.claimIdleMs, 30_000, 10);
