@@ -343,9 +343,11 @@ export class MqttSource<T = unknown> implements Source<T> {
   }
 
   async #subscribe(client: MqttClient): Promise<void> {
-    const map: Record<string, { qos: 0 | 1; rh?: 0 | 2 }> = {};
+    // Retain handling 1: retained messages only for a subscription the session did not have, so a
+    // persistent session resumed (or subscribed again by mqtt.js after a drop) does not take them twice.
+    const map: Record<string, { qos: 0 | 1; rh?: 1 | 2 }> = {};
     for (const f of this.#filters)
-      map[f] = { qos: this.#qos, ...(this.#target.protocolVersion === 5 ? { rh: this.#retained ? 0 : 2 } : {}) };
+      map[f] = { qos: this.#qos, ...(this.#target.protocolVersion === 5 ? { rh: this.#retained ? 1 : 2 } : {}) };
     try {
       await client.subscribeAsync(map);
     } catch (error) {

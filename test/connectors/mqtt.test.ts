@@ -392,4 +392,27 @@ describe.skipIf(missing !== undefined)('MQTT against Mosquitto with a password f
     ]);
     expect(without.map((e) => e.data)).toEqual(['live']);
   });
+
+  test('a persistent session takes a retained message once, not again when resumed', async () => {
+    const t = topic('once');
+    const clientId = `${run}-once`;
+    await publish(t, ['kept'], { retain: true });
+    const seen: unknown[] = [];
+    const take = async () => {
+      const rt = runtime();
+      rt.bus.subscribe('once.in', { callback: (env) => void seen.push(env.data) });
+      const source = mqttSource({ connection: alice(), topics: t, subject: 'once.in', clientId });
+      await source.start(rt);
+      return source;
+    };
+    const a = await take();
+    await until(() => seen.length === 1, 'the retained message');
+    await until(() => broker.pubacks(clientId) === 1, 'acknowledged');
+    await a.close();
+    const b = closing(await take());
+    await publish(t, ['live']);
+    await until(() => seen.length === 2, 'the live one');
+    expect(seen).toEqual(['kept', 'live']);
+    expect(b.stats.received).toBe(1);
+  });
 });
