@@ -415,4 +415,54 @@ describe.skipIf(missing !== undefined)('MQTT against Mosquitto with a password f
     expect(seen).toEqual(['kept', 'live']);
     expect(b.stats.received).toBe(1);
   });
+
+  test('the window is bounded: no more than maxAckPending messages are held unacknowledged', async () => {
+    const rt = runtime();
+    const t = topic('bounded');
+    const clientId = `${run}-bounded`;
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const handled: number[] = [];
+    rt.bus.subscribe('b.in', {
+      concurrency: 100,
+      callback: async (env: Envelope) => {
+        await gate;
+        handled.push(env.data as number);
+      },
+    });
+    const source = closing(mqttSource({ connection: alice(), topics: t, subject: 'b.in', clientId, maxAckPending: 3 }));
+    await source.start(rt);
+    await publish(
+      t,
+      Array.from({ length: 20 }, (_, i) => i),
+    );
+    await until(() => source.lag().messages >= 3, 'the window full');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    // The receive maximum (3), and at most one more read before mqtt.js's reads pause.
+    expect(source.lag().messages).toBeLessThanOrEqual(4);
+    expect(source.stats.received).toBeLessThanOrEqual(4);
+    release();
+    await until(() => handled.length === 20, 'all twenty once the gate opened');
+    expect(handled).toEqual(Array.from({ length: 20 }, (_, i) => i));
+    await until(() => broker.pubacks(clientId) === 20, 'all acknowledged');
+  });
+
+  test('MQTT 3.1.1: the source acknowledges on settlement and the sink publishes, without properties', async () => {
+    const rt = runtime();
+    const t = topic('v4');
+    const clientId = `${run}-v4`;
+    const seen: Envelope[] = [];
+    rt.bus.subscribe('v4.in', { callback: (env) => void seen.push(env) });
+    const v4 = { ...alice(), protocolVersion: 4 as const };
+    const source = closing(mqttSource({ connection: v4, topics: t, subject: 'v4.in', clientId }));
+    await source.start(rt);
+    const sink = closing(await mqttSink({ connection: v4, topic: t }));
+    await sink.write([{ key: 'k', value: { v: 4 }, revision: undefined, envelope: undefined }]);
+    await until(() => seen.length === 1 && broker.pubacks(clientId) === 1, 'delivered and acknowledged');
+    expect(seen[0]?.data).toEqual({ v: 4 });
+    // 3.1.1 carries no user properties: no message id, so no position.
+    expect(seen[0]?.headers['sluice-stream-sequence']).toBeUndefined();
+  });
 });
