@@ -10,6 +10,7 @@ import { validateSubject } from '../../runtime/bus/subjects.ts';
 import { encodeWith } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
+import { committedBefore, rememberCommitted, sinkStore } from '../../runtime/sinks/committedKeys.ts';
 import { IDEMPOTENCY_KEY_HEADER, type Sink, type SinkRecord } from '../../runtime/sinks/sink.ts';
 import { REVISION_HEADER } from '../../runtime/sinks/streamSink.ts';
 import type { Store } from '../../runtime/store/types.ts';
@@ -54,12 +55,6 @@ export interface NatsSinkOptions<T = unknown> {
 /** The store namespace of a NATS sink's committed keys. */
 export function natsSinkNamespace(name: string): string {
   return `sluice.nats-sink/${name}`;
-}
-
-/** What the key set keeps per key: the revision committed (`null`: none) and the stream sequence. */
-interface Committed {
-  readonly r: number | null;
-  readonly s: number;
 }
 
 const sinkKeys = optionKeys<keyof NatsSinkOptions>({
@@ -159,12 +154,7 @@ export class NatsSink<T = unknown> implements Sink<T> {
       throw new OptionsError('natsSink.headers', 'must be true or false', this.#headers);
     this.#maxInFlight = intOption('natsSink.maxInFlight', options.maxInFlight, 256, 1);
     this.#timeoutMs = intOption('natsSink.timeoutMs', options.timeoutMs, 5_000, 1);
-    if (
-      options.store !== undefined &&
-      (typeof options.store !== 'object' || typeof options.store.batch !== 'function')
-    ) {
-      throw new OptionsError('natsSink.store', "must be the runtime's store (LmdbStore or MemoryStore)", options.store);
-    }
+    sinkStore('natsSink.store', options.store);
     if (options.store !== undefined && !this.#jetstream) {
       throw new OptionsError(
         'natsSink.store',
@@ -199,7 +189,7 @@ export class NatsSink<T = unknown> implements Sink<T> {
     // Encoded before anything is sent: a value the codec refuses fails the batch, nothing half-sent.
     const out: Outgoing[] = [];
     for (const record of records) {
-      if (this.#store !== undefined && this.#committed(record)) {
+      if (this.#store !== undefined && committedBefore(this.#store, this.#namespace, record)) {
         this.#stats.skipped++;
         continue;
       }
@@ -220,13 +210,6 @@ export class NatsSink<T = unknown> implements Sink<T> {
     if (out.length === 0) return;
     if (this.#jetstream) await this.#writeJetStream(out);
     else await this.#writeCore(out, held);
-  }
-
-  #committed(record: SinkRecord<T>): boolean {
-    const held = (this.#store as Store).getKey(this.#namespace, record.key) as Committed | undefined;
-    if (held === undefined) return false;
-    if (record.revision === undefined || held.r === null) return true;
-    return record.revision <= held.r;
   }
 
   async #writeCore(out: readonly Outgoing[], held: HeldConnection): Promise<void> {
@@ -271,12 +254,13 @@ export class NatsSink<T = unknown> implements Sink<T> {
     this.#stats.published += committed.length;
     this.#stats.failed += errors.length;
     // Kept even when part of the batch failed: its retry skips what did commit.
-    if (this.#store !== undefined && committed.length > 0) {
-      const ns = this.#namespace;
-      await this.#store.batch((b) => {
-        for (const [o, seq] of committed)
-          b.put(ns, o.record.key, { r: o.record.revision ?? null, s: seq } satisfies Committed);
-      });
+    if (this.#store !== undefined) {
+      await rememberCommitted(
+        this.#store,
+        this.#namespace,
+        committed.map(([o]) => o.record),
+        (_, i) => ({ s: (committed[i] as (typeof committed)[number])[1] }),
+      );
     }
     if (errors.length > 0) {
       const first = errors[0];

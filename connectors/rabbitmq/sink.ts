@@ -8,6 +8,7 @@ import type { ChannelModel, ConfirmChannel, Message } from 'amqplib';
 import { type CodecChoice, codecOf, encodeWith } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
+import { committedBefore, rememberCommitted, sinkStore } from '../../runtime/sinks/committedKeys.ts';
 import { IDEMPOTENCY_KEY_HEADER, type Sink, type SinkRecord } from '../../runtime/sinks/sink.ts';
 import { REVISION_HEADER } from '../../runtime/sinks/streamSink.ts';
 import type { Store } from '../../runtime/store/types.ts';
@@ -97,10 +98,6 @@ export async function rabbitSink<T = unknown>(options: RabbitSinkOptions<T>): Pr
   return sink;
 }
 
-interface Committed {
-  readonly r: number | null;
-}
-
 export class RabbitSink<T = unknown> implements Sink<T> {
   readonly name: string;
   readonly #target: RabbitTarget;
@@ -172,17 +169,7 @@ export class RabbitSink<T = unknown> implements Sink<T> {
     this.#headers = options.headers ?? false;
     this.#maxInFlight = intOption('rabbitSink.maxInFlight', options.maxInFlight, 256, 1);
     this.#timeoutMs = intOption('rabbitSink.timeoutMs', options.timeoutMs, 10_000, 1);
-    if (
-      options.store !== undefined &&
-      (typeof options.store !== 'object' || typeof options.store.batch !== 'function')
-    ) {
-      throw new OptionsError(
-        'rabbitSink.store',
-        "must be the runtime's store (LmdbStore or MemoryStore)",
-        options.store,
-      );
-    }
-    this.#store = options.store;
+    this.#store = sinkStore('rabbitSink.store', options.store);
     this.#namespace = rabbitSinkNamespace(this.name);
     this.#target = rabbitTarget(options.connection, `rabbitSink(${this.name}).connection`);
   }
@@ -244,7 +231,7 @@ export class RabbitSink<T = unknown> implements Sink<T> {
     if (this.#closed) throw new ClosedError(`rabbitSink(${this.name})`, 'the sink is closed');
     const out: Outgoing<T>[] = [];
     for (const record of records) {
-      if (this.#store !== undefined && this.#committed(record)) {
+      if (this.#store !== undefined && committedBefore(this.#store, this.#namespace, record)) {
         this.#stats.skipped++;
         continue;
       }
@@ -319,12 +306,7 @@ export class RabbitSink<T = unknown> implements Sink<T> {
     }
     this.#stats.published += committed.length;
     this.#stats.failed += failures.length - failures.filter((f) => !f.retryable).length;
-    if (this.#store !== undefined && committed.length > 0) {
-      const ns = this.#namespace;
-      await this.#store.batch((b) => {
-        for (const record of committed) b.put(ns, record.key, { r: record.revision ?? null } satisfies Committed);
-      });
-    }
+    if (this.#store !== undefined) await rememberCommitted(this.#store, this.#namespace, committed);
     if (failures.length > 0) {
       const first = failures[0] as { error: unknown; retryable: boolean };
       throw new ConnectorError(
@@ -365,13 +347,6 @@ export class RabbitSink<T = unknown> implements Sink<T> {
         finish(error);
       }
     });
-  }
-
-  #committed(record: SinkRecord<T>): boolean {
-    const held = (this.#store as Store).getKey(this.#namespace, record.key) as Committed | undefined;
-    if (held === undefined) return false;
-    if (record.revision === undefined || held.r === null) return true;
-    return record.revision <= held.r;
   }
 
   /** Waits for outstanding confirms and closes the connection. */

@@ -7,8 +7,6 @@
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import type { Logger } from '../../runtime/actors/actor.ts';
-import { DEAD_LETTER_HEADERS } from '../../runtime/actors/deadLetters.ts';
-import { backoffDelay, DEFAULT_BACKOFF } from '../../runtime/actors/supervisor.ts';
 import type { Bus, BusClient } from '../../runtime/bus/bus.ts';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
 import type { Clock, Timer } from '../../runtime/clock.ts';
@@ -22,10 +20,16 @@ import {
   textCodec,
 } from '../../runtime/codec.ts';
 import type { PublishOptions } from '../../runtime/envelope.ts';
-import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
-import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
+import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
+import { type Lineage, SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import { freeCapacity, publishDelivery } from '../../runtime/sources/delivery.ts';
+import {
+  backoffOption,
+  deadLetterHeaders,
+  deliverHeld,
+  freeCapacity,
+  retryDelay,
+} from '../../runtime/sources/delivery.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
@@ -203,17 +207,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
     if (limit !== undefined) intOption('rabbitSource.deliveryLimit', limit, 0, 0);
     const maxDeliver = intOption('rabbitSource.maxDeliver', options.maxDeliver, 5, 1);
     this.#maxDeliver = limit === undefined ? maxDeliver : Math.min(maxDeliver, limit + 1);
-    if (options.backoffMs !== undefined) {
-      if (!Array.isArray(options.backoffMs) || options.backoffMs.length === 0) {
-        throw new OptionsError(
-          'rabbitSource.backoffMs',
-          'must be a non-empty array of delays in ms',
-          options.backoffMs,
-        );
-      }
-      for (const [i, ms] of options.backoffMs.entries()) intOption(`rabbitSource.backoffMs[${i}]`, ms, 0, 0);
-    }
-    this.#backoffMs = options.backoffMs === undefined ? undefined : Object.freeze([...options.backoffMs]);
+    this.#backoffMs = backoffOption('rabbitSource.backoffMs', options.backoffMs);
     this.#lagRefreshMs = intOption('rabbitSource.lagRefreshMs', options.lagRefreshMs, 5_000, 10);
     this.ref = Object.freeze({
       name: this.#subject,
@@ -425,29 +419,20 @@ export class RabbitSource<T = unknown> implements Source<T> {
     // without one has none that survives a redelivery, and its outputs get no derived keys.
     if (typeof p.messageId === 'string' && p.messageId !== '') headers[STREAM_HEADERS.sequence] = p.messageId;
     else delete headers[STREAM_HEADERS.sequence];
-    const options: PublishOptions = { headers, lineage: held.lineage };
+    const options: PublishOptions & { lineage: Lineage } = { headers, lineage: held.lineage };
     if (typeof p.timestamp === 'number') options.eventTime = p.timestamp * 1_000;
     const key = p.headers?.['sluice-key'];
     if (typeof key === 'string') options.key = key;
-    const accepted = publishDelivery(
+    return deliverHeld(
       (this.#host as SourceHost).bus,
       this.#client as BusClient,
       this.#subject,
       data,
       options,
       held.attempt,
-    );
-    if (accepted === undefined) {
-      this.#stats.published++;
-      held.lineage.release();
-      return undefined;
-    }
-    return accepted.then(
       () => {
         this.#stats.published++;
-        held.lineage.release();
       },
-      (error: unknown) => held.lineage.release(error),
     );
   }
 
@@ -462,13 +447,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
       return;
     }
     if (error instanceof ClosedError || held.attempt < this.#maxDeliver) {
-      const b = this.#backoffMs;
-      const delay =
-        error instanceof ClosedError
-          ? 0
-          : b !== undefined
-            ? (b[Math.min(held.attempt, b.length) - 1] as number)
-            : backoffDelay(held.attempt, DEFAULT_BACKOFF, Math.random);
+      const delay = error instanceof ClosedError ? 0 : retryDelay(held.attempt, this.#backoffMs);
       // Held (within the prefetch) for the backoff, then requeued: RabbitMQ has no delayed nack.
       this.#later(delay, () => {
         if (held.generation !== this.#generation || this.#pending.get(held.msg.fields.deliveryTag) !== held) return;
@@ -501,17 +480,15 @@ export class RabbitSource<T = unknown> implements Source<T> {
       safely(() => channel.nack(held.msg, false, false));
       return;
     }
-    const letter: Record<string, string> = {
-      ...headersOf(held.msg),
-      [STREAM_HEADERS.stream]: this.#queue,
-      [DEAD_LETTER_HEADERS.error]: messageOf(error),
-      [DEAD_LETTER_HEADERS.code]: error instanceof SluiceError ? error.code : 'SLUICE_ERR_HANDLER',
-      [DEAD_LETTER_HEADERS.actor]: this.name,
-      [DEAD_LETTER_HEADERS.attempts]: String(held.attempt),
-      [DEAD_LETTER_HEADERS.subject]: this.#queue,
-      [DEAD_LETTER_HEADERS.messageId]: String(held.msg.properties.messageId ?? ''),
-      [DEAD_LETTER_HEADERS.time]: new Date(this.#now()).toISOString(),
-    };
+    const letter = deadLetterHeaders({
+      headers: { ...headersOf(held.msg), [STREAM_HEADERS.stream]: this.#queue },
+      error,
+      source: this.name,
+      attempts: held.attempt,
+      subject: this.#queue,
+      messageId: String(held.msg.properties.messageId ?? ''),
+      timeMs: this.#now(),
+    });
     let published = true;
     try {
       await (this.#client as BusClient).publish(this.#deadLetter, new Uint8Array(held.msg.content), {

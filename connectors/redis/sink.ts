@@ -7,6 +7,7 @@
 import { codecOf, encodeWith, jsonCodec } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, EncodeError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
+import { committedBefore, rememberCommitted, sinkStore } from '../../runtime/sinks/committedKeys.ts';
 import type { Sink, SinkRecord } from '../../runtime/sinks/sink.ts';
 import type { Store } from '../../runtime/store/types.ts';
 import { closeRedis, type HeldRedis, openRedis, type RedisCodec, type RedisConnectionRef } from './config.ts';
@@ -46,12 +47,6 @@ export interface RedisSinkOptions<T = unknown> {
 /** The store namespace of a Redis sink's committed keys. */
 export function redisSinkNamespace(name: string): string {
   return `sluice.redis-sink/${name}`;
-}
-
-/** What the key set keeps per key: the revision committed (`null`: none) and the entry id. */
-interface Committed {
-  readonly r: number | null;
-  readonly id: string;
 }
 
 /** Counts of what the sink did. */
@@ -141,17 +136,7 @@ export class RedisSink<T = unknown> implements Sink<T> {
     this.#headers = options.headers ?? false;
     if (typeof this.#headers !== 'boolean')
       throw new OptionsError('redisSink.headers', 'must be true or false', this.#headers);
-    if (
-      options.store !== undefined &&
-      (typeof options.store !== 'object' || typeof options.store.batch !== 'function')
-    ) {
-      throw new OptionsError(
-        'redisSink.store',
-        "must be the runtime's store (LmdbStore or MemoryStore)",
-        options.store,
-      );
-    }
-    this.#store = options.store;
+    this.#store = sinkStore('redisSink.store', options.store);
     this.#namespace = redisSinkNamespace(this.name);
   }
 
@@ -175,7 +160,7 @@ export class RedisSink<T = unknown> implements Sink<T> {
     // Encoded before anything is sent: a value the codec refuses fails the batch, nothing half-sent.
     const out: { record: SinkRecord<T>; args: (string | number | Buffer)[] }[] = [];
     for (const record of records) {
-      if (this.#store !== undefined && this.#committed(record)) {
+      if (this.#store !== undefined && committedBefore(this.#store, this.#namespace, record)) {
         this.#stats.skipped++;
         continue;
       }
@@ -226,12 +211,13 @@ export class RedisSink<T = unknown> implements Sink<T> {
     this.#stats.published += committed.length;
     this.#stats.failed += failed;
     // Kept even when part of the batch failed: its retry skips what did commit.
-    if (this.#store !== undefined && committed.length > 0) {
-      const ns = this.#namespace;
-      await this.#store.batch((b) => {
-        for (const [record, id] of committed)
-          b.put(ns, record.key, { r: record.revision ?? null, id } satisfies Committed);
-      });
+    if (this.#store !== undefined) {
+      await rememberCommitted(
+        this.#store,
+        this.#namespace,
+        committed.map(([record]) => record),
+        (_, i) => ({ id: (committed[i] as [SinkRecord<T>, string])[1] }),
+      );
     }
     if (failed > 0) {
       throw new ConnectorError(this.name, `${failed} of ${out.length} appends failed: ${messageOf(first)}`, {
@@ -257,13 +243,6 @@ export class RedisSink<T = unknown> implements Sink<T> {
     }
     const bytes = encodeWith(this.#codec, value, stream);
     return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  }
-
-  #committed(record: SinkRecord<T>): boolean {
-    const held = (this.#store as Store).getKey(this.#namespace, record.key) as Committed | undefined;
-    if (held === undefined) return false;
-    if (record.revision === undefined || held.r === null) return true;
-    return record.revision <= held.r;
   }
 
   /** Closes the connection if the sink opened it. */

@@ -9,17 +9,21 @@ import { hostname } from 'node:os';
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../../runtime/actors/actor.ts';
-import { DEAD_LETTER_HEADERS } from '../../runtime/actors/deadLetters.ts';
-import { backoffDelay, DEFAULT_BACKOFF } from '../../runtime/actors/supervisor.ts';
 import type { Bus, BusClient } from '../../runtime/bus/bus.ts';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
 import type { Clock, Timer } from '../../runtime/clock.ts';
 import { type Codec, codecOf } from '../../runtime/codec.ts';
 import type { PublishOptions } from '../../runtime/envelope.ts';
-import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
-import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
+import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
+import { type Lineage, SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import { freeCapacity, publishDelivery } from '../../runtime/sources/delivery.ts';
+import {
+  backoffOption,
+  deadLetterHeaders,
+  deliverHeld,
+  freeCapacity,
+  retryDelay,
+} from '../../runtime/sources/delivery.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
@@ -225,13 +229,7 @@ export class RedisSource<T = unknown> implements Source<T> {
     validateSubject(this.#deadLetter, 'publish');
     this.#maxAckPending = intOption('redisSource.maxAckPending', options.maxAckPending, 1_000, 1);
     this.#maxDeliver = intOption('redisSource.maxDeliver', options.maxDeliver, 5, 1);
-    if (options.backoffMs !== undefined) {
-      if (!Array.isArray(options.backoffMs) || options.backoffMs.length === 0) {
-        throw new OptionsError('redisSource.backoffMs', 'must be a non-empty array of delays in ms', options.backoffMs);
-      }
-      for (const [i, ms] of options.backoffMs.entries()) intOption(`redisSource.backoffMs[${i}]`, ms, 0, 0);
-    }
-    this.#backoffMs = options.backoffMs === undefined ? undefined : Object.freeze([...options.backoffMs]);
+    this.#backoffMs = backoffOption('redisSource.backoffMs', options.backoffMs);
     this.#readBatch = intOption('redisSource.readBatch', options.readBatch, 256, 1);
     this.#blockMs = intOption('redisSource.blockMs', options.blockMs, 2_000, 1);
     this.#claimIdleMs = intOption('redisSource.claimIdleMs', options.claimIdleMs, 30_000, 10);
@@ -528,26 +526,16 @@ export class RedisSource<T = unknown> implements Source<T> {
     }
     headers[STREAM_HEADERS.stream] = this.#stream;
     headers[STREAM_HEADERS.sequence] = id;
-    const options: PublishOptions = {
+    const options: PublishOptions & { lineage: Lineage } = {
       headers,
       eventTime: eventTime !== undefined && Number.isFinite(eventTime) ? eventTime : held.timestampMs,
       lineage: held.lineage,
     };
     if (key !== undefined) options.key = key;
     const host = this.#host as SourceHost;
-    const accepted = publishDelivery(host.bus, this.#client as BusClient, this.#subject, data, options, attempt);
-    if (accepted === undefined) {
+    return deliverHeld(host.bus, this.#client as BusClient, this.#subject, data, options, attempt, () => {
       this.#stats.published++;
-      held.lineage.release();
-      return undefined;
-    }
-    return accepted.then(
-      () => {
-        this.#stats.published++;
-        held.lineage.release();
-      },
-      (error: unknown) => held.lineage.release(error),
-    );
+    });
   }
 
   #hold(id: string, attempt: number): Held {
@@ -594,13 +582,7 @@ export class RedisSource<T = unknown> implements Source<T> {
     const attempt = held.attempt;
     if (error instanceof ClosedError || attempt < this.#maxDeliver) {
       this.#stats.retried++;
-      const b = this.#backoffMs;
-      const delay =
-        error instanceof ClosedError
-          ? 0
-          : b !== undefined
-            ? (b[Math.min(attempt, b.length) - 1] as number)
-            : backoffDelay(attempt, DEFAULT_BACKOFF, Math.random);
+      const delay = error instanceof ClosedError ? 0 : retryDelay(attempt, this.#backoffMs);
       // It stays pending under this consumer (and in the count of held entries) until claimed again.
       this.#later(delay, () => void this.#redeliver(held));
       return;
@@ -708,18 +690,15 @@ export class RedisSource<T = unknown> implements Source<T> {
    * the bus refuses leaves the entry pending, to be delivered again later.
    */
   async #giveUp(held: Held, error: unknown): Promise<void> {
-    const letter: Record<string, string> = {
-      ...held.fields,
-      [STREAM_HEADERS.stream]: this.#stream,
-      [STREAM_HEADERS.sequence]: held.id,
-      [DEAD_LETTER_HEADERS.error]: messageOf(error),
-      [DEAD_LETTER_HEADERS.code]: error instanceof SluiceError ? error.code : 'SLUICE_ERR_HANDLER',
-      [DEAD_LETTER_HEADERS.actor]: this.name,
-      [DEAD_LETTER_HEADERS.attempts]: String(held.attempt),
-      [DEAD_LETTER_HEADERS.subject]: this.#stream,
-      [DEAD_LETTER_HEADERS.messageId]: `${this.#stream}/${held.id}`,
-      [DEAD_LETTER_HEADERS.time]: new Date(this.#now()).toISOString(),
-    };
+    const letter = deadLetterHeaders({
+      headers: { ...held.fields, [STREAM_HEADERS.stream]: this.#stream, [STREAM_HEADERS.sequence]: held.id },
+      error,
+      source: this.name,
+      attempts: held.attempt,
+      subject: this.#stream,
+      messageId: `${this.#stream}/${held.id}`,
+      timeMs: this.#now(),
+    });
     const bytes = held.payload === undefined ? new Uint8Array(0) : new Uint8Array(held.payload);
     try {
       await (this.#client as BusClient).publish(this.#deadLetter, bytes, { headers: letter });

@@ -3,9 +3,14 @@
  * mailboxes a subject reaches (how much to ask the broker for), and the publish of a message the
  * broker delivers again, at its delivery count. (A message's lineage is `SourceLineage`.)
  */
+
+import { DEAD_LETTER_HEADERS } from '../actors/deadLetters.ts';
+import { backoffDelay, DEFAULT_BACKOFF } from '../actors/supervisor.ts';
 import type { Bus, BusClient } from '../bus/bus.ts';
 import { checkHeaders, createEnvelope, type PublishOptions } from '../envelope.ts';
-import { ClosedError, StreamError } from '../errors.ts';
+import { ClosedError, messageOf, OptionsError, SluiceError, StreamError } from '../errors.ts';
+import type { Lineage } from '../lineage.ts';
+import { intOption } from '../options.ts';
 
 /**
  * @internal Messages the mailboxes reached by `subject` can take now: the least over the plain
@@ -68,4 +73,73 @@ export function publishDelivery(
   } catch (error) {
     return Promise.reject(error);
   }
+}
+
+/**
+ * @internal {@link publishDelivery} of a message whose lineage the source holds: the source's own
+ * reference is released once the mailboxes took it (with the error when they refused it), and
+ * `published` counts it. Undefined when every mailbox took it at once.
+ */
+export function deliverHeld(
+  bus: Bus,
+  client: BusClient,
+  subject: string,
+  data: unknown,
+  options: PublishOptions & { lineage: Lineage },
+  attempt: number,
+  published: () => void,
+): Promise<void> | undefined {
+  const lineage = options.lineage;
+  const accepted = publishDelivery(bus, client, subject, data, options, attempt);
+  if (accepted === undefined) {
+    published();
+    lineage.release();
+    return undefined;
+  }
+  return accepted.then(
+    () => {
+      published();
+      lineage.release();
+    },
+    (error: unknown) => lineage.release(error),
+  );
+}
+
+/** @internal The delay before a failed message's next delivery: `backoffMs` by attempt (the last repeats), else the runtime's backoff. */
+export function retryDelay(attempt: number, backoffMs: readonly number[] | undefined): number {
+  return backoffMs !== undefined
+    ? (backoffMs[Math.min(attempt, backoffMs.length) - 1] as number)
+    : backoffDelay(attempt, DEFAULT_BACKOFF, Math.random);
+}
+
+/** @internal The dead-letter headers of a broker message a source gives up on, over its own `headers`. */
+export function deadLetterHeaders(letter: {
+  readonly headers?: Readonly<Record<string, string>>;
+  readonly error: unknown;
+  readonly source: string;
+  readonly attempts: number;
+  readonly subject: string;
+  readonly messageId: string;
+  readonly timeMs: number;
+}): Record<string, string> {
+  return {
+    ...letter.headers,
+    [DEAD_LETTER_HEADERS.error]: messageOf(letter.error),
+    [DEAD_LETTER_HEADERS.code]: letter.error instanceof SluiceError ? letter.error.code : 'SLUICE_ERR_HANDLER',
+    [DEAD_LETTER_HEADERS.actor]: letter.source,
+    [DEAD_LETTER_HEADERS.attempts]: String(letter.attempts),
+    [DEAD_LETTER_HEADERS.subject]: letter.subject,
+    [DEAD_LETTER_HEADERS.messageId]: letter.messageId,
+    [DEAD_LETTER_HEADERS.time]: new Date(letter.timeMs).toISOString(),
+  };
+}
+
+/** @internal A source's `backoffMs` option, checked (an `OptionsError` naming `where`) and frozen. */
+export function backoffOption(where: string, value: readonly number[] | undefined): readonly number[] | undefined {
+  if (value === undefined) return undefined;
+  if (!Array.isArray(value) || value.length === 0) {
+    throw new OptionsError(where, 'must be a non-empty array of delays in ms', value);
+  }
+  for (const [i, ms] of value.entries()) intOption(`${where}[${i}]`, ms, 0, 0);
+  return Object.freeze([...value]);
 }

@@ -1,6 +1,6 @@
 /**
- * `npm run bench -- brokers`: the Redis Streams and RabbitMQ connectors against their raw clients
- * (ioredis, amqplib; DESIGN.md section 10, issue 15), on the servers the machine runs (Redis on
+ * `npm run bench -- brokers`: the Redis Streams, RabbitMQ and MQTT connectors against their raw clients
+ * (ioredis, amqplib, mqtt.js; DESIGN.md section 10, issue 15), on the servers the machine runs (Redis on
  * 127.0.0.1:6379, RabbitMQ on 127.0.0.1:5672). Both sides encode or decode the same 64-byte JSON
  * orders, so the difference is what Sluice adds. Keys and queues have random names, removed after
  * each run.
@@ -18,14 +18,27 @@
  *   `consume` with the prefetch the Sluice source takes (1025), each decoded and acked. sluice: a
  *   `rabbitSource` publishing each on the bus to a subscriber, acked when the callback returns.
  *
+ * - `mqtt-publish`: N orders at QoS 1 to a topic. raw: mqtt.js `publish` from IN_FLIGHT loops.
+ *   sluice: an `mqttSink` (MQTT 5 user properties with the idempotency key) in batches of BATCH,
+ *   at most IN_FLIGHT and never more than the broker's receive maximum awaiting their PUBACK.
+ * - `mqtt-consume`: a persistent session filled with N orders at QoS 1 (not timed), then resumed.
+ *   raw: mqtt.js with the receive maximum the Sluice source announces (1000), each decoded and
+ *   acknowledged by mqtt.js at once. sluice: an `mqttSource` publishing each on the bus to a
+ *   subscriber, the PUBACKs sent in order as messages settle.
+ *   Both MQTT cases run against a Mosquitto the bench starts (its queue per session is not bounded
+ *   at 1000, as the shared broker's is; it logs errors only).
+ *
  * Each contender checks the count and the sum of ids.
  */
 import { randomBytes } from 'node:crypto';
 import { connect } from 'amqplib';
 import { Redis } from 'ioredis';
+import mqtt from 'mqtt';
 import { createRuntime, type SinkRecord } from 'sluice';
+import { mqttSink, mqttSource } from 'sluice/connectors/mqtt';
 import { rabbitSink, rabbitSource } from 'sluice/connectors/rabbitmq';
 import { redisSink, redisSource } from 'sluice/connectors/redis';
+import { startMosquitto } from '../services/mosquitto.ts';
 import { RABBITMQ } from '../services/rabbitmq.ts';
 import { REDIS } from '../services/redis.ts';
 import { type Contender, defineBench, expectCount } from './harness.ts';
@@ -34,6 +47,7 @@ const BATCH = 500;
 const IN_FLIGHT = 256;
 const READ = 256;
 const PREFETCH = 1025;
+const RECEIVE_MAXIMUM = 1000;
 
 interface Order {
   readonly id: number;
@@ -70,7 +84,11 @@ const fresh = (what: string) => `${prefix}${what}${++names}`;
 const redis = new Redis({ ...REDIS, protocol: 2 });
 const rabbit = await connect({ protocol: 'amqp', ...RABBITMQ });
 const admin = await rabbit.createConfirmChannel();
-process.once('exit', () => redis.disconnect());
+const mosquitto = await startMosquitto({ log: 'errors' });
+process.once('exit', () => {
+  redis.disconnect();
+  mosquitto.stopSync();
+});
 
 // ---- Redis Streams ----
 
@@ -307,6 +325,126 @@ const sluiceRabbitConsume: Contender = async (n) => {
   };
 };
 
+// ---- MQTT ----
+
+const MQTT_URL = mosquitto.url;
+const topicOf = (what: string) => fresh(what).replaceAll(':', '/');
+
+const rawMqttPublish: Contender = async (n) => {
+  const topic = topicOf('pub');
+  const client = await mqtt.connectAsync(MQTT_URL, { protocolVersion: 5 });
+  return {
+    run: async () => {
+      let next = 0;
+      let acked = 0;
+      const loop = async () => {
+        while (next < n) {
+          const i = next++;
+          await client.publishAsync(topic, JSON.stringify(PAYLOADS[i % POOL]), { qos: 1 });
+          acked++;
+        }
+      };
+      await Promise.all(Array.from({ length: IN_FLIGHT }, loop));
+      expectCount('acknowledged', acked, n);
+    },
+    dispose: () => client.endAsync(),
+  };
+};
+
+const sluiceMqttPublish: Contender = async (n) => {
+  const topic = topicOf('pub');
+  const sink = await mqttSink<Order>({ connection: { url: MQTT_URL }, topic, qos: 1, maxInFlight: IN_FLIGHT });
+  const all = records(n);
+  return {
+    run: async () => {
+      for (let i = 0; i < n; i += BATCH) await sink.write(all.slice(i, i + BATCH));
+      expectCount('acknowledged', sink.stats.published, n);
+    },
+    dispose: () => sink.close(),
+  };
+};
+
+/** A persistent session with `n` orders queued for it, and its client id. */
+async function filledSession(n: number): Promise<{ clientId: string; topic: string }> {
+  const topic = topicOf('in');
+  const clientId = topic.replaceAll('/', '-');
+  const session = await mqtt.connectAsync(MQTT_URL, {
+    protocolVersion: 5,
+    clientId,
+    clean: false,
+    properties: { sessionExpiryInterval: 600 },
+  });
+  await session.subscribeAsync(topic, { qos: 1 });
+  await session.endAsync();
+  const producer = await mqtt.connectAsync(MQTT_URL, { protocolVersion: 5 });
+  let next = 0;
+  const loop = async () => {
+    while (next < n) await producer.publishAsync(topic, ENCODED[next++ % POOL] as Buffer, { qos: 1 });
+  };
+  await Promise.all(Array.from({ length: IN_FLIGHT }, loop));
+  await producer.endAsync();
+  return { clientId, topic };
+}
+
+const rawMqttConsume: Contender = async (n) => {
+  const { clientId } = await filledSession(n);
+  let client: mqtt.MqttClient | undefined;
+  return {
+    run: async () => {
+      let count = 0;
+      let sum = 0;
+      await new Promise<void>((resolve) => {
+        client = mqtt.connect(MQTT_URL, {
+          protocolVersion: 5,
+          clientId,
+          clean: false,
+          properties: { sessionExpiryInterval: 0, receiveMaximum: RECEIVE_MAXIMUM },
+        });
+        client.on('message', (_topic, payload) => {
+          sum += (JSON.parse(payload.toString()) as Order).id;
+          if (++count === n) resolve();
+        });
+      });
+      expectCount('received', count, n);
+      expectCount('id sum', sum, idSum(n));
+    },
+    dispose: () => client?.endAsync(),
+  };
+};
+
+const sluiceMqttConsume: Contender = async (n) => {
+  const { clientId, topic } = await filledSession(n);
+  const runtime = createRuntime();
+  let count = 0;
+  let sum = 0;
+  runtime.bus.subscribe<Order>('orders.in', {
+    callback: (env) => {
+      sum += env.data.id;
+      count++;
+    },
+  });
+  const source = mqttSource({
+    connection: { url: MQTT_URL },
+    topics: topic,
+    subject: 'orders.in',
+    clientId,
+    sessionExpirySeconds: 0,
+    maxAckPending: RECEIVE_MAXIMUM,
+  });
+  return {
+    run: async () => {
+      await source.start(runtime);
+      while (source.stats.acked < n) await new Promise((resolve) => setTimeout(resolve, 1));
+      expectCount('received', count, n);
+      expectCount('id sum', sum, idSum(n));
+    },
+    dispose: async () => {
+      await source.close();
+      await runtime.stop();
+    },
+  };
+};
+
 export default defineBench({
   bench: 'brokers',
   unit: 'msg/s',
@@ -332,13 +470,28 @@ export default defineBench({
       description: `a filled queue consumed with manual acks, prefetch ${PREFETCH}; sluice: rabbitSource -> bus`,
       contenders: { sluice: sluiceRabbitConsume, raw: rawRabbitConsume },
     },
+    'mqtt-publish': {
+      messages: 50_000,
+      description: `QoS 1; raw: ${IN_FLIGHT} awaiting their PUBACK (mqtt.js does not bound them by the broker's receive maximum); sluice: mqttSink batches of ${BATCH}, at most the receive maximum (Mosquitto: 20) awaited`,
+      contenders: { sluice: sluiceMqttPublish, raw: rawMqttPublish },
+    },
+    'mqtt-consume': {
+      messages: 50_000,
+      description: `a persistent session's queue at QoS 1, receive maximum ${RECEIVE_MAXIMUM}; raw: mqtt.js acks at once; sluice: mqttSource -> bus, PUBACKs in order on settlement`,
+      contenders: { sluice: sluiceMqttConsume, raw: rawMqttConsume },
+    },
   },
   ratios: [['sluice', 'raw']],
-  goals: ['redis-publish', 'redis-consume', 'rabbitmq-publish', 'rabbitmq-consume'].map((c) => ({
-    case: c,
-    contender: 'sluice',
-    versus: 'raw',
-    atLeast: 0.85,
-  })),
-  notes: ['Redis 7 and RabbitMQ 3.10 on loopback, as the machine runs them (not started by the bench)'],
+  goals: ['redis-publish', 'redis-consume', 'rabbitmq-publish', 'rabbitmq-consume', 'mqtt-publish', 'mqtt-consume'].map(
+    (c) => ({
+      case: c,
+      contender: 'sluice',
+      versus: 'raw',
+      atLeast: 0.85,
+    }),
+  ),
+  notes: [
+    'Redis 7 and RabbitMQ 3.10 on loopback, as the machine runs them (not started by the bench)',
+    'Mosquitto 2.0 on loopback, started by the bench (sessions saved only at its stop, errors logged only)',
+  ],
 });

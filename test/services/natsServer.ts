@@ -133,15 +133,29 @@ async function startOnce(port: number, options: NatsServerOptions): Promise<Nats
   };
 }
 
-interface Launched {
+/** @internal A child process started by a test, and its log so far (still growing). */
+export interface Launched {
   readonly child: ChildProcess;
   readonly exited: Promise<void>;
   readonly log: string;
 }
 
 /** Spawns nats-server and waits for "Server is ready"; its log keeps growing in `log`. */
-async function launch(args: readonly string[], timeoutMs: number): Promise<Launched> {
-  const child = spawn('nats-server', [...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+function launch(args: readonly string[], timeoutMs: number): Promise<Launched> {
+  return launchReady('nats-server', args, 'Server is ready', timeoutMs);
+}
+
+/**
+ * @internal Spawns `command` and waits until its output holds `ready`; its log keeps growing in
+ * `log`. A process that exits first, or is not ready in time, is stopped and rejects with its log.
+ */
+export async function launchReady(
+  command: string,
+  args: readonly string[],
+  ready: string | RegExp,
+  timeoutMs: number,
+): Promise<Launched> {
+  const child = spawn(command, [...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const launched = { child, exited: new Promise<void>((resolve) => child.once('exit', () => resolve())), log: '' };
   const append = (chunk: Buffer) => {
     launched.log += chunk.toString();
@@ -151,11 +165,11 @@ async function launch(args: readonly string[], timeoutMs: number): Promise<Launc
   try {
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(
-        () => reject(new Error(`nats-server not ready after ${timeoutMs} ms:\n${launched.log}`)),
+        () => reject(new Error(`${command} not ready after ${timeoutMs} ms:\n${launched.log}`)),
         timeoutMs,
       );
       const check = () => {
-        if (!launched.log.includes('Server is ready')) return;
+        if (typeof ready === 'string' ? !launched.log.includes(ready) : !ready.test(launched.log)) return;
         clearTimeout(timer);
         resolve();
       };
@@ -167,7 +181,7 @@ async function launch(args: readonly string[], timeoutMs: number): Promise<Launc
       });
       child.once('exit', (code, signal) => {
         clearTimeout(timer);
-        reject(new Error(`nats-server exited (${code ?? signal}) before it was ready:\n${launched.log}`));
+        reject(new Error(`${command} exited (${code ?? signal}) before it was ready:\n${launched.log}`));
       });
     });
   } catch (error) {
@@ -177,7 +191,8 @@ async function launch(args: readonly string[], timeoutMs: number): Promise<Launc
   return launched;
 }
 
-async function stopChild(child: ChildProcess, exited: Promise<void>): Promise<void> {
+/** @internal Stops a child: SIGTERM, then SIGKILL after 5 s. */
+export async function stopChild(child: ChildProcess, exited: Promise<void>): Promise<void> {
   // No pid: the spawn failed and no exit will come.
   if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
   child.kill('SIGTERM');

@@ -1,0 +1,693 @@
+/**
+ * The MQTT source: topic filters subscribed at QoS 0 or 1, each message published on the bus (on
+ * one subject, or on the subject its topic maps to) no faster than the mailboxes take it, and a
+ * QoS 1 message's PUBACK sent once it settled. MQTT wants PUBACKs in arrival order, so they go out
+ * as a Kafka offset commit does: when the oldest unsettled message settles, for it and every
+ * settled one after it. mqtt.js is told to move on at once and the source holds the PUBACK; the
+ * window of messages not acknowledged is bounded by the receive maximum the source announces (and
+ * by pausing mqtt.js's reads should a broker send more). See docs/mqtt.md.
+ */
+import { randomBytes } from 'node:crypto';
+import type { StandardSchemaV1 } from '@standard-schema/spec';
+import type { IPublishPacket, MqttClient } from 'mqtt';
+import type { Logger } from '../../runtime/actors/actor.ts';
+import type { Bus, BusClient } from '../../runtime/bus/bus.ts';
+import { validateSubject } from '../../runtime/bus/subjects.ts';
+import type { Clock, Timer } from '../../runtime/clock.ts';
+import { type Codec, type CodecChoice, codecOf } from '../../runtime/codec.ts';
+import type { PublishOptions } from '../../runtime/envelope.ts';
+import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
+import { type Lineage, SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
+import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
+import { backoffOption, deadLetterHeaders, deliverHeld, retryDelay } from '../../runtime/sources/delivery.ts';
+import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
+import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
+import type { Telemetry } from '../../runtime/telemetry.ts';
+import {
+  closeMqtt,
+  type MqttConnectionOptions,
+  type MqttTarget,
+  mqttTarget,
+  openMqtt,
+  topicProblem,
+  topicToSubject,
+} from './config.ts';
+import { MQTT_HEADERS, MQTT_PROPERTIES } from './fields.ts';
+
+export interface MqttSourceOptions<T = unknown> {
+  /** Names the source in errors, logs and gauges, and the stream of its idempotency keys. @default `mqtt:<clientId>` */
+  name?: string;
+  /** Where to connect. @default mqtt://127.0.0.1:1883, MQTT 5 */
+  connection?: MqttConnectionOptions;
+  /** The MQTT topic filters to subscribe to (`+` one level, `#` the rest). */
+  topics: string | readonly string[];
+  /**
+   * The bus subject every message is published to, its topic in the `mqtt-topic` header. Without
+   * it each message goes to the subject its topic maps to (levels as tokens, after
+   * `subjectPrefix`), and the filters must map too: see docs/mqtt.md.
+   */
+  subject?: string;
+  /** The first token(s) of mapped subjects (`mqtt` makes `a/b` into `mqtt.a.b`). @default none */
+  subjectPrefix?: string;
+  /** The client id: the session on the broker. A persistent session needs one that stays the same. */
+  clientId?: string;
+  /**
+   * `'persistent'`: the broker keeps the subscriptions and the QoS 1 messages not acknowledged
+   * while the source is away, and sends those again (DUP) when it is back; `'clean'`: a fresh
+   * session at each connection, what was not acknowledged is lost. @default 'persistent'
+   */
+  session?: 'persistent' | 'clean';
+  /** MQTT 5: how long the broker keeps a persistent session after a disconnect. @default 86400 */
+  sessionExpirySeconds?: number;
+  /** The subscription's QoS: 1 is at-least-once (PUBACK on settlement), 0 at-most-once. @default 1 */
+  qos?: 0 | 1;
+  /** Take the retained message of each matching topic when subscribing (flagged `mqtt-retain`). @default true */
+  retained?: boolean;
+  /** The codec of payloads. @default 'json' */
+  codec?: CodecChoice;
+  /** The schema actors subscribed through `ref` check their inputs against. */
+  schema?: StandardSchemaV1<unknown, T>;
+  /** Where a message goes that the source gives up on. @default `$DLQ.mqtt.<clientId>` */
+  deadLetter?: string;
+  /**
+   * Messages received and not acknowledged, at most: the receive maximum announced to the broker
+   * (MQTT 5; 3.1.1 brokers have their own bound, Mosquitto's `max_inflight_messages`). @default 1000
+   */
+  maxAckPending?: number;
+  /** Deliveries of one message; a failure on the last one gives it up. @default 5 */
+  maxDeliver?: number;
+  /** Delays before a failed message is delivered again, per delivery (the last repeats). @default the runtime's backoff */
+  backoffMs?: readonly number[];
+}
+
+/** What a source is given of the runtime: `runtime` itself fits. */
+export interface SourceHost {
+  readonly bus: Bus;
+  readonly telemetry: Telemetry;
+  readonly clock: Clock;
+}
+
+/** Counts of what the source did. */
+export interface MqttSourceStats {
+  readonly received: number;
+  readonly published: number;
+  /** PUBACKs sent. */
+  readonly acked: number;
+  /** Deliveries again after a failure (MQTT has no negative acknowledgement: the source keeps the message). */
+  readonly retried: number;
+  /** Given up: dead-lettered to the bus, then acknowledged. */
+  readonly terminated: number;
+  /** Received with DUP: sent before, on an earlier connection. */
+  readonly duplicates: number;
+  /** Connections made again after a drop. */
+  readonly reconnects: number;
+}
+
+const sourceKeys = optionKeys<keyof MqttSourceOptions>({
+  name: true,
+  connection: true,
+  topics: true,
+  subject: true,
+  subjectPrefix: true,
+  clientId: true,
+  session: true,
+  sessionExpirySeconds: true,
+  qos: true,
+  retained: true,
+  codec: true,
+  schema: true,
+  deadLetter: true,
+  maxAckPending: true,
+  maxDeliver: true,
+  backoffMs: true,
+});
+
+/** Given to mqtt.js's message callback: it moves on to the next packet and sends no PUBACK (the source will). */
+const HELD_BY_SOURCE = new Error('PUBACK held until settlement');
+
+/**
+ * Makes an MQTT source; `start(runtime)` connects and subscribes.
+ *
+ * @example
+ * const temps = mqttSource({ topics: 'sensors/+/temp', subjectPrefix: 'mqtt', clientId: 'temps' });
+ * runtime.spawn(actor({ name: 'avg', subscribe: temps.ref, handle: (env) => record(env.data) }));
+ * await temps.start(runtime);
+ */
+export function mqttSource<T = unknown>(options: MqttSourceOptions<T>): MqttSource<T> {
+  return new MqttSource<T>(options);
+}
+
+export class MqttSource<T = unknown> implements Source<T> {
+  readonly name: string;
+  readonly ref: SourceRef<T>;
+  readonly #filters: readonly string[];
+  readonly #subject: string | undefined;
+  readonly #prefix: string | undefined;
+  readonly #clientId: string;
+  readonly #clean: boolean;
+  readonly #expiry: number;
+  readonly #qos: 0 | 1;
+  readonly #retained: boolean;
+  readonly #codec: Codec;
+  readonly #deadLetter: string;
+  readonly #max: number;
+  readonly #maxDeliver: number;
+  readonly #backoffMs: readonly number[] | undefined;
+  readonly #stream: string;
+  readonly #target: MqttTarget;
+  #host: SourceHost | undefined;
+  #bus: BusClient | undefined;
+  #log: Logger = console;
+  #client: MqttClient | undefined;
+  /** Counts connections: a message of an earlier one cannot be acknowledged on this one. */
+  #generation = 0;
+  #started = false;
+  #closed = false;
+  readonly #settlement: SourceSettlement<Held> = {
+    sourceSettled: (held, _lineage, error) => this.#settled(held, error),
+  };
+  /** Received and not acknowledged (QoS 0: not settled), in arrival order: the ack window. */
+  #window: Held[] = [];
+  /** The first live entry of `#window` (entries before it are acknowledged). */
+  #head = 0;
+  /** Waiting for the mailboxes, in order. */
+  #inbox: Held[] = [];
+  /** The next entry of `#inbox` to deliver (a queue by index: a shift would copy up to the window each time). */
+  #next = 0;
+  #draining = false;
+  /** mqtt.js's callback of a packet received while the window was full: its reads wait for it. */
+  #paused: (() => void) | undefined;
+  #onBus = 0;
+  /** PUBACKs due on the current connection, sent together at the end of the turn (a new connection drops them). */
+  #acks: number[] = [];
+  readonly #timers = new Set<Timer>();
+  #unregisterLag: (() => void) | undefined;
+  readonly #stats = { received: 0, published: 0, acked: 0, retried: 0, terminated: 0, duplicates: 0, reconnects: 0 };
+
+  constructor(options: MqttSourceOptions<T>) {
+    optionsObject('mqttSource', options);
+    if (options === undefined) throw new OptionsError('mqttSource', 'must be an options object', options);
+    knownKeys('mqttSource', options, sourceKeys);
+    const topics = typeof options.topics === 'string' ? [options.topics] : options.topics;
+    if (!Array.isArray(topics) || topics.length === 0) {
+      throw new OptionsError('mqttSource.topics', 'must be an MQTT topic filter or a non-empty array of them', topics);
+    }
+    this.#filters = Object.freeze([...(topics as string[])]);
+    if (options.subjectPrefix !== undefined) {
+      if (typeof options.subjectPrefix !== 'string' || options.subjectPrefix === '') {
+        throw new OptionsError('mqttSource.subjectPrefix', 'must be a non-empty subject prefix', options.subjectPrefix);
+      }
+      validateSubject(options.subjectPrefix, 'publish');
+      if (options.subject !== undefined) {
+        throw new OptionsError(
+          'mqttSource.subjectPrefix',
+          "is for mapped subjects: not with 'subject'",
+          options.subjectPrefix,
+        );
+      }
+    }
+    this.#prefix = options.subjectPrefix;
+    const patterns: string[] = [];
+    for (const [i, f] of this.#filters.entries()) {
+      if (typeof f !== 'string') throw new OptionsError(`mqttSource.topics[${i}]`, 'must be an MQTT topic filter', f);
+      if (options.subject === undefined)
+        patterns.push(topicToSubject(f, this.#prefix, true, `mqttSource.topics[${i}]`));
+      else {
+        // Any filter MQTT takes will do; only its wildcards must be whole levels.
+        const problem = topicProblem(f, true);
+        if (problem !== undefined && /'[+#]'/.test(problem)) {
+          throw new OptionsError(`mqttSource.topics[${i}]`, `MQTT filter '${f}' is invalid: ${problem}`, f);
+        }
+      }
+    }
+    if (options.subject !== undefined) {
+      if (typeof options.subject !== 'string') {
+        throw new OptionsError(
+          'mqttSource.subject',
+          'must be the bus subject the messages are published to',
+          options.subject,
+        );
+      }
+      validateSubject(options.subject, 'publish');
+    }
+    this.#subject = options.subject;
+    const session = options.session ?? 'persistent';
+    if (session !== 'persistent' && session !== 'clean') {
+      throw new OptionsError('mqttSource.session', "must be 'persistent' or 'clean'", session);
+    }
+    this.#clean = session === 'clean';
+    if (options.clientId !== undefined && (typeof options.clientId !== 'string' || options.clientId === '')) {
+      throw new OptionsError('mqttSource.clientId', 'must be a non-empty string', options.clientId);
+    }
+    if (!this.#clean && options.clientId === undefined) {
+      throw new OptionsError(
+        'mqttSource.clientId',
+        "is needed for a persistent session (the broker keeps it under the client id); give one, or session: 'clean'",
+        options.clientId,
+      );
+    }
+    this.#clientId = options.clientId ?? `sluice-${randomBytes(6).toString('hex')}`;
+    this.#expiry = intOption('mqttSource.sessionExpirySeconds', options.sessionExpirySeconds, 86_400, 0);
+    const qos = options.qos ?? 1;
+    if (qos !== 0 && qos !== 1) {
+      throw new OptionsError(
+        'mqttSource.qos',
+        'must be 0 (at-most-once) or 1 (at-least-once; with idempotency keys, exactly-once in effect)',
+        qos,
+      );
+    }
+    this.#qos = qos;
+    if (options.retained !== undefined && typeof options.retained !== 'boolean') {
+      throw new OptionsError('mqttSource.retained', 'must be true or false', options.retained);
+    }
+    this.#retained = options.retained ?? true;
+    this.#codec = codecOf(options.codec, 'mqttSource.codec');
+    this.name = options.name ?? `mqtt:${this.#clientId}`;
+    if (typeof this.name !== 'string' || this.name === '') {
+      throw new OptionsError('mqttSource.name', 'must be a non-empty string', this.name);
+    }
+    this.#stream = this.name;
+    this.#deadLetter = options.deadLetter ?? `$DLQ.mqtt.${this.#clientId.replace(/[\s.*>]/g, '_')}`;
+    validateSubject(this.#deadLetter, 'publish');
+    this.#max = intOption('mqttSource.maxAckPending', options.maxAckPending, 1_000, 1);
+    if (this.#max > 65_535)
+      throw new OptionsError('mqttSource.maxAckPending', 'must be at most 65535 (MQTT receive maximum)', this.#max);
+    this.#maxDeliver = intOption('mqttSource.maxDeliver', options.maxDeliver, 5, 1);
+    this.#backoffMs = backoffOption('mqttSource.backoffMs', options.backoffMs);
+    this.#target = mqttTarget(options.connection, 'mqttSource.connection');
+    const name =
+      this.#subject ??
+      (patterns.length === 1 ? (patterns[0] as string) : this.#prefix === undefined ? '>' : `${this.#prefix}.>`);
+    this.ref = Object.freeze({
+      name,
+      schema: options.schema,
+      // Redelivered after a drop only by a persistent session at QoS 1.
+      source: Object.freeze({ stream: this.#stream, durable: !this.#clean && this.#qos === 1 }),
+    });
+  }
+
+  get stats(): MqttSourceStats {
+    return { ...this.#stats };
+  }
+
+  /**
+   * Connects (resuming the session, whose queued messages come at once) and subscribes. Rejects
+   * with a `ConnectorError` when the broker cannot be reached, refuses the credentials, or refuses
+   * a subscription (an ACL), naming the filter.
+   */
+  async start(host: SourceHost, options: { logger?: Logger } = {}): Promise<void> {
+    if (this.#started) throw new ConnectorError(this.name, 'already started');
+    this.#started = true;
+    this.#host = host;
+    this.#log = options.logger ?? console;
+    this.#bus = host.bus.client(this.name);
+    this.#generation++;
+    const client = await openMqtt(
+      this.#target,
+      {
+        clientId: this.#clientId,
+        clean: this.#clean,
+        sessionExpirySeconds: this.#clean ? 0 : this.#expiry,
+        receiveMaximum: this.#max,
+        handleMessage: (packet, callback) => this.#onPacket(packet, callback),
+        created: (c) => {
+          this.#client = c;
+        },
+      },
+      this.name,
+    );
+    if (typeof (client as unknown as { _sendPacket?: unknown })._sendPacket !== 'function') {
+      client.end(true);
+      throw new ConnectorError(
+        this.name,
+        'this mqtt.js has no _sendPacket, which the source sends its PUBACKs with; use mqtt 5.x',
+      );
+    }
+    this.#client = client;
+    client.on('close', () => this.#dropped());
+    client.on('connect', () => {
+      if (this.#closed) return;
+      this.#stats.reconnects++;
+      this.#generation++;
+      this.#acks = [];
+    });
+    try {
+      await this.#subscribe(client);
+    } catch (error) {
+      this.#closed = true;
+      await closeMqtt(client, true);
+      this.#client = undefined;
+      throw error;
+    }
+    this.#unregisterLag = host.telemetry.registerLag({ stream: this.#stream, name: this.name, lag: () => this.lag() });
+  }
+
+  async #subscribe(client: MqttClient): Promise<void> {
+    // Retain handling 1: retained messages only for a subscription the session did not have, so a
+    // persistent session resumed (or subscribed again by mqtt.js after a drop) does not take them twice.
+    const map: Record<string, { qos: 0 | 1; rh?: 1 | 2 }> = {};
+    for (const f of this.#filters)
+      map[f] = { qos: this.#qos, ...(this.#target.protocolVersion === 5 ? { rh: this.#retained ? 1 : 2 } : {}) };
+    try {
+      await client.subscribeAsync(map);
+    } catch (error) {
+      // The SUBACK's reason codes, one per filter in order: 0x80 and above refuse it.
+      const granted = (error as { packet?: { granted?: unknown } }).packet?.granted;
+      const refused = Array.isArray(granted)
+        ? this.#filters.filter((_, i) => typeof granted[i] === 'number' && (granted[i] & 0x80) !== 0)
+        : [];
+      const which = (refused.length > 0 ? refused : this.#filters).map((f) => `'${f}'`).join(', ');
+      throw new ConnectorError(
+        this.name,
+        `the broker refused the subscription to ${which} (${messageOf(error)}); check the broker's ACL for this user's subscriptions`,
+        { cause: error, retryable: false },
+      );
+    }
+  }
+
+  /** mqtt.js's message callback: take the packet into the window and let mqtt.js read on, unless the window is full. */
+  #onPacket(packet: IPublishPacket, callback: (error?: Error) => void): void {
+    const next = packet.qos > 0 ? () => callback(HELD_BY_SOURCE) : () => callback();
+    if (this.#closed) {
+      next();
+      return;
+    }
+    this.#stats.received++;
+    if (packet.dup) this.#stats.duplicates++;
+    if (packet.retain && !this.#retained && this.#target.protocolVersion === 4) {
+      // 3.1.1 cannot ask the broker not to send retained messages: they are acknowledged and skipped.
+      const skip = this.#hold(packet);
+      this.#settle(skip);
+      next();
+      return;
+    }
+    const held = this.#hold(packet);
+    this.#inbox.push(held);
+    if (!this.#draining) void this.#drain();
+    if (this.#window.length - this.#head > this.#max) this.#paused = next;
+    else next();
+  }
+
+  #hold(packet: IPublishPacket): Held {
+    const held: Held = {
+      packet,
+      generation: this.#generation,
+      // A DUP flag is all MQTT says of earlier deliveries: at least one, how many is unknown.
+      attempt: packet.dup ? 2 : 1,
+      receivedAt: this.#now(),
+      state: 'inbox',
+      lineage: undefined as unknown as SourceLineage<Held>,
+    };
+    this.#window.push(held);
+    return held;
+  }
+
+  /** Publishes what the broker sent, in order, each waiting for room in the mailboxes. */
+  async #drain(): Promise<void> {
+    this.#draining = true;
+    try {
+      while (this.#next < this.#inbox.length && !this.#closed) {
+        const held = this.#inbox[this.#next++] as Held;
+        if (this.#next === this.#inbox.length || (this.#next > 1024 && this.#next * 2 > this.#inbox.length)) {
+          this.#inbox = this.#inbox.slice(this.#next);
+          this.#next = 0;
+        }
+        if (held.state !== 'inbox') continue;
+        const waiting = this.#deliver(held);
+        if (waiting !== undefined) await waiting;
+      }
+    } finally {
+      this.#draining = false;
+    }
+  }
+
+  /** Publishes one message; undefined when the mailboxes took it at once, else when they will. */
+  #deliver(held: Held): Promise<void> | undefined {
+    const packet = held.packet;
+    const topic = packet.topic;
+    let subject = this.#subject;
+    if (subject === undefined) {
+      try {
+        subject = topicToSubject(topic, this.#prefix, false, 'topic');
+      } catch (error) {
+        // A topic with no subject (under '#', anything comes): dead-lettered with the reason.
+        return this.#giveUp(held, error);
+      }
+      if (!(this.#host as SourceHost).bus.hasSubscribers(subject)) {
+        return this.#giveUp(
+          held,
+          new ConnectorError(this.name, `nothing subscribes to '${subject}' (topic '${topic}')`),
+        );
+      }
+    }
+    let data: unknown;
+    try {
+      const p = packet.payload;
+      const bytes = typeof p === 'string' ? Buffer.from(p) : p;
+      data = this.#codec.decode(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), subject);
+    } catch (error) {
+      // Decoding again gives the same answer: given up at once.
+      return this.#giveUp(held, error);
+    }
+    const headers = headersOf(packet);
+    headers[STREAM_HEADERS.stream] = this.#stream;
+    // The publisher's message id (a Sluice sink sets it from the idempotency key) is the position;
+    // a message without one has none that survives a redelivery, and its outputs get no derived keys.
+    const id = userProperty(packet, MQTT_PROPERTIES.messageId);
+    if (id !== undefined && id !== '') headers[STREAM_HEADERS.sequence] = id;
+    else delete headers[STREAM_HEADERS.sequence];
+    held.state = 'bus';
+    this.#onBus++;
+    held.lineage = new SourceLineage(this.#settlement, held, `mqtt/${held.generation}/${packet.messageId ?? 0}`);
+    const options: PublishOptions & { lineage: Lineage } = { headers, lineage: held.lineage };
+    const key = userProperty(packet, MQTT_PROPERTIES.key);
+    if (key !== undefined) options.key = key;
+    return deliverHeld(
+      (this.#host as SourceHost).bus,
+      this.#bus as BusClient,
+      subject,
+      data,
+      options,
+      held.attempt,
+      () => {
+        this.#stats.published++;
+      },
+    );
+  }
+
+  /** An input's last reference came back: acknowledge in order, deliver again after a backoff, or give up. */
+  #settled(held: Held, error: unknown): void {
+    if (this.#closed || held.state !== 'bus') return;
+    this.#onBus--;
+    if (error === undefined) {
+      this.#settle(held);
+      return;
+    }
+    if (error instanceof ClosedError) {
+      // The runtime is stopping: left unacknowledged, for the session to send again.
+      held.state = 'inbox';
+      return;
+    }
+    if (held.attempt >= this.#maxDeliver) {
+      void this.#giveUp(held, error);
+      return;
+    }
+    this.#stats.retried++;
+    held.state = 'waiting';
+    const delay = retryDelay(held.attempt, this.#backoffMs);
+    // MQTT cannot ask for a message again: the source keeps it (unacknowledged) and delivers it again.
+    this.#later(delay, () => {
+      if (held.state !== 'waiting') return;
+      held.attempt++;
+      held.state = 'inbox';
+      this.#inbox.push(held);
+      if (!this.#draining) void this.#drain();
+    });
+  }
+
+  /** Marks a message settled and sends the PUBACKs that are due: of the settled run at the window's start. */
+  #settle(held: Held): void {
+    held.state = 'settled';
+    const window = this.#window;
+    while (this.#head < window.length && (window[this.#head] as Held).state === 'settled') {
+      const h = window[this.#head++] as Held;
+      // A message of an earlier connection is sent again by the broker: its PUBACK would answer another.
+      if (h.packet.qos > 0 && h.generation === this.#generation) {
+        // The PUBACKs of one turn of the event loop go out in one write.
+        this.#acks.push(h.packet.messageId as number);
+        if (this.#acks.length === 1) setImmediate(this.#flushAcks);
+      }
+    }
+    if (this.#head > 1024 && this.#head * 2 > window.length) {
+      this.#window = window.slice(this.#head);
+      this.#head = 0;
+    }
+    if (this.#paused !== undefined && this.#window.length - this.#head <= this.#max) {
+      const resume = this.#paused;
+      this.#paused = undefined;
+      resume();
+    }
+  }
+
+  readonly #flushAcks = (): void => {
+    const ids = this.#acks;
+    this.#acks = [];
+    const client = this.#client;
+    // Gone with the connection (the broker sends those messages again), or with the source.
+    if (ids.length === 0 || client === undefined || !client.connected) return;
+    const stream = client.stream as { cork?: () => void; uncork?: () => void };
+    stream.cork?.();
+    for (const messageId of ids) {
+      (client as unknown as Internal)._sendPacket({ cmd: 'puback', messageId, reasonCode: 0 });
+    }
+    stream.uncork?.();
+    this.#stats.acked += ids.length;
+  };
+
+  /** The connection dropped: a persistent session sends again what was not acknowledged, with DUP. */
+  #dropped(): void {
+    if (this.#closed) return;
+    this.#generation++;
+    this.#acks = [];
+    if (!this.#clean) {
+      // Sent again by the broker on the next connection: what is held now settles to nothing.
+      for (let i = this.#head; i < this.#window.length; i++) (this.#window[i] as Held).state = 'dropped';
+      this.#window = [];
+      this.#head = 0;
+      this.#inbox = [];
+      this.#next = 0;
+      this.#onBus = 0;
+    }
+    const resume = this.#paused;
+    this.#paused = undefined;
+    resume?.();
+  }
+
+  /** Dead-letters a message the source gives up on, then acknowledges it. A refused dead letter is tried again later. */
+  async #giveUp(held: Held, error: unknown): Promise<void> {
+    held.state = 'waiting';
+    const packet = held.packet;
+    const letter = deadLetterHeaders({
+      headers: headersOf(packet),
+      error,
+      source: this.name,
+      attempts: held.attempt,
+      subject: packet.topic,
+      messageId: userProperty(packet, MQTT_PROPERTIES.messageId) ?? '',
+      timeMs: this.#now(),
+    });
+    const p = packet.payload;
+    try {
+      await (this.#bus as BusClient).publish(
+        this.#deadLetter,
+        new Uint8Array(typeof p === 'string' ? Buffer.from(p) : p),
+        {
+          headers: letter,
+        },
+      );
+    } catch (e) {
+      if (this.#closed || held.state !== 'waiting') return;
+      this.#log.error(
+        `${this.name}: could not dead-letter a message of '${packet.topic}' to '${this.#deadLetter}': ${messageOf(e)}`,
+      );
+      this.#later(1_000, () => void this.#giveUp(held, error));
+      return;
+    }
+    if (held.state !== 'waiting') return;
+    this.#stats.terminated++;
+    this.#settle(held);
+  }
+
+  #later(ms: number, run: () => void): void {
+    const timer = (this.#host as SourceHost).clock.setTimeout(() => {
+      this.#timers.delete(timer);
+      if (!this.#closed) run();
+    }, ms);
+    this.#timers.add(timer);
+  }
+
+  /**
+   * `messages`: received and not acknowledged (what the broker still holds for this source beyond
+   * that is not told by MQTT); `timeMs`: the age of the oldest of them since it arrived (MQTT
+   * carries no broker time).
+   */
+  lag(): SourceLag {
+    let oldest = Number.POSITIVE_INFINITY;
+    let messages = 0;
+    for (let i = this.#head; i < this.#window.length; i++) {
+      const h = this.#window[i] as Held;
+      if (h.state === 'settled' || h.state === 'dropped') continue;
+      messages++;
+      if (h.receivedAt < oldest) oldest = h.receivedAt;
+    }
+    return {
+      messages,
+      timeMs: oldest === Number.POSITIVE_INFINITY ? 0 : Math.max(1, this.#now() - oldest),
+      ackPending: this.#onBus,
+    };
+  }
+
+  /**
+   * Stops taking messages and disconnects without acknowledging what is not settled: a persistent
+   * session keeps it, and the broker sends it again (DUP) to the next connection with this client
+   * id. Stop the runtime first, so what actors hold settles and is acknowledged. Never rejects.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#unregisterLag?.();
+    for (const t of this.#timers) t.cancel();
+    this.#timers.clear();
+    this.#window = [];
+    this.#head = 0;
+    this.#inbox = [];
+    this.#next = 0;
+    this.#onBus = 0;
+    this.#generation++;
+    this.#acks = [];
+    const client = this.#client;
+    this.#client = undefined;
+    await closeMqtt(client);
+  }
+
+  #now(): number {
+    return this.#host?.clock.now() ?? Date.now();
+  }
+}
+
+interface Held {
+  readonly packet: IPublishPacket;
+  readonly generation: number;
+  attempt: number;
+  readonly receivedAt: number;
+  /** inbox: waiting for the mailboxes; bus: published, not settled; waiting: for a retry or a dead letter. */
+  state: 'inbox' | 'bus' | 'waiting' | 'settled' | 'dropped';
+  lineage: SourceLineage<Held>;
+}
+
+/** mqtt.js's packet writer, which its own publish handler sends PUBACKs with. */
+interface Internal {
+  _sendPacket(packet: { cmd: 'puback'; messageId: number | undefined; reasonCode: number }): void;
+}
+
+/** A user property (MQTT 5) as a string: the last of a repeated one. */
+function userProperty(packet: IPublishPacket, name: string): string | undefined {
+  const v = packet.properties?.userProperties?.[name];
+  if (v === undefined) return undefined;
+  return Array.isArray(v) ? v[v.length - 1] : v;
+}
+
+/** The envelope headers of a message: its topic, its retain flag, and its user properties. */
+function headersOf(packet: IPublishPacket): Record<string, string> {
+  const out: Record<string, string> = {};
+  const props = packet.properties?.userProperties;
+  if (props !== undefined) {
+    for (const [k, v] of Object.entries(props)) {
+      if (k === MQTT_PROPERTIES.key) continue;
+      out[k] = Array.isArray(v) ? v.join(',') : String(v);
+    }
+  }
+  out[MQTT_HEADERS.topic] = packet.topic;
+  if (packet.retain) out[MQTT_HEADERS.retain] = 'true';
+  return out;
+}
