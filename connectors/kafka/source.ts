@@ -94,6 +94,11 @@ export interface KafkaSourceOptions<T = unknown> {
   heartbeatIntervalMs?: number;
   /** How long a fetch waits on the broker for records. @default 500 */
   maxWaitMs?: number;
+  /**
+   * How long `close()` waits for the records in flight to settle before it commits and leaves the
+   * group (what is not settled by then is read again by the partitions' next owner). @default 10000
+   */
+  drainTimeoutMs?: number;
   /** The name in the `sluice-stream` header: the root of output idempotency keys. @default 'kafka' */
   stream?: string;
   /** Where records whose value cannot be decoded go. @default `$DLQ.kafka.<groupId>` */
@@ -175,6 +180,7 @@ const sourceKeys = optionKeys<keyof KafkaSourceOptions>({
   sessionTimeoutMs: true,
   heartbeatIntervalMs: true,
   maxWaitMs: true,
+  drainTimeoutMs: true,
   stream: true,
   deadLetter: true,
 });
@@ -229,6 +235,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
   readonly #sessionTimeoutMs: number;
   readonly #heartbeatIntervalMs: number;
   readonly #maxWaitMs: number;
+  readonly #drainTimeoutMs: number;
   readonly #stream: string;
   readonly #deadLetter: string;
   #consumer: Consumer | undefined;
@@ -305,6 +312,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
     this.#sessionTimeoutMs = positive(`${where}.sessionTimeoutMs`, options.sessionTimeoutMs, 10_000);
     this.#heartbeatIntervalMs = positive(`${where}.heartbeatIntervalMs`, options.heartbeatIntervalMs, 1_000);
     this.#maxWaitMs = positive(`${where}.maxWaitMs`, options.maxWaitMs, 500);
+    this.#drainTimeoutMs = positive(`${where}.drainTimeoutMs`, options.drainTimeoutMs, 10_000);
     this.#stream = options.stream ?? 'kafka';
     if (typeof this.#stream !== 'string' || !/^[^\s/]+$/.test(this.#stream))
       throw new OptionsError(`${where}.stream`, 'must be a non-empty string without white space or /', this.#stream);
@@ -549,12 +557,12 @@ export class KafkaSource<T = unknown> implements Source<T> {
   }
 
   /**
-   * Stops fetching and publishing, waits (up to `drainTimeoutMs`) for what was published to
+   * Stops fetching and publishing, waits (up to `drainTimeoutMs`, by default the option's) for what was published to
    * settle, commits, leaves the group and closes the client. Close the source before stopping the
    * runtime, so the actors finish what it handed them. What is not settled by then is read again
    * by whoever gets the partitions next (at-least-once). Never rejects.
    */
-  async close(drainTimeoutMs = 10_000): Promise<void> {
+  async close(drainTimeoutMs = this.#drainTimeoutMs): Promise<void> {
     if (this.#stopping) return;
     this.#stopping = true;
     if (this.#commitTimer !== undefined) clearInterval(this.#commitTimer);

@@ -289,6 +289,35 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     );
   }, 90_000);
 
+  test('lag: timeMs is the age of the oldest record not settled, by its timestamp, and 0 once all settled', async () => {
+    await createTopic(broker.bootstrap, 'lt-in', 2);
+    const minuteAgo = Date.now() - 60_000;
+    await produce(
+      broker.bootstrap,
+      'lt-in',
+      range(20).map((i) => ({ key: `k${i}`, value: { i }, timestamp: minuteAgo + i * 1_000 })),
+    );
+    const source = kafkaSource<Order>({ connection: { brokers: [broker.bootstrap] }, groupId: 'lt', topics: 'lt-in' });
+    let open!: () => void;
+    const gate = new Promise<void>((r) => {
+      open = r;
+    });
+    const runtime = createRuntime();
+    runtime.spawn(actor<Order, never>({ name: 'held', subscribe: source.ref, handle: () => gate }));
+    await source.start(runtime);
+    await eventually(() => source.lag().ackPending > 0, 20_000, 'a record in flight');
+    const lag = source.lag();
+    expect(lag.messages).toBe(20);
+    // The oldest record not settled: the first of one of the two partitions, 59 or 60 s old.
+    expect(lag.timeMs).toBeGreaterThanOrEqual(59_000);
+    expect(lag.timeMs).toBeLessThanOrEqual(Date.now() - minuteAgo);
+    open();
+    await eventually(() => source.lag().messages === 0, 20_000, 'all settled');
+    expect(source.lag()).toEqual({ messages: 0, timeMs: 0, ackPending: 0 });
+    await source.close();
+    await runtime.stop();
+  }, 30_000);
+
   test('dedupe mode keeps written keys in the store: a replay, also by a new sink on the same store, is not written again', async () => {
     const store = new MemoryStore();
     const connection = { brokers: [broker.bootstrap] };

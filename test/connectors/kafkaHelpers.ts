@@ -22,6 +22,8 @@ export interface TestRecord {
   readonly key: string | null;
   readonly value: unknown;
   readonly headers?: Record<string, string>;
+  /** The record's timestamp (ms); the producer's clock when not given. */
+  readonly timestamp?: number;
 }
 
 /**
@@ -46,6 +48,7 @@ export async function produce(bootstrap: string, topic: string, records: readonl
           ...(r.key === null ? {} : { key: r.key }),
           value: JSON.stringify(r.value),
           ...(r.headers === undefined ? {} : { headers: r.headers }),
+          ...(r.timestamp === undefined ? {} : { timestamp: BigInt(r.timestamp) }),
         })),
       });
     }
