@@ -557,10 +557,11 @@ export class KafkaSource<T = unknown> implements Source<T> {
   }
 
   /**
-   * Stops fetching and publishing, waits (up to `drainTimeoutMs`, by default the option's) for what was published to
-   * settle, commits, leaves the group and closes the client. Close the source before stopping the
-   * runtime, so the actors finish what it handed them. What is not settled by then is read again
-   * by whoever gets the partitions next (at-least-once). Never rejects.
+   * Stops fetching and publishing, waits (up to `drainTimeoutMs`, by default the option's) for
+   * what was published to settle, commits, leaves the group and closes the client. Close the
+   * source before stopping the runtime, so the actors finish what it handed them. What is not
+   * settled by then is read again by whoever gets the partitions next (at-least-once). Never
+   * rejects.
    */
   async close(drainTimeoutMs = this.#drainTimeoutMs): Promise<void> {
     if (this.#stopping) return;
