@@ -38,8 +38,9 @@ describe.skipIf(missing !== undefined)('Kafka', () => {
     await broker?.close();
   });
 
-  const connector: ConformanceConnector = {
-    name: 'Kafka',
+  /** The connector with the source in one ordering: the cases hold in both. */
+  const connector = (ordering: 'partition' | 'key'): ConformanceConnector => ({
+    name: `Kafka, ordering '${ordering}'`,
     durable: true,
     durableSink: true,
     // <topic>/<partition>/<offset>
@@ -65,6 +66,7 @@ describe.skipIf(missing !== undefined)('Kafka', () => {
             subject,
             commitIntervalMs: 20,
             maxWaitMs: 100,
+            ordering,
             // What is not settled at close goes back to the group soon (the default waits 10 s).
             drainTimeoutMs: 300,
             ...(maxAckPending === undefined ? {} : { maxPendingPerPartition: maxAckPending }),
@@ -84,7 +86,8 @@ describe.skipIf(missing !== undefined)('Kafka', () => {
         backlog: (group) => backlog(topic, `${topic}-${group}`),
       };
     },
-  };
+  });
 
-  conformance(connector);
+  conformance(connector('partition'));
+  conformance(connector('key'));
 });
