@@ -4,7 +4,7 @@
  * of one key, and sees each key in offset order; the committed offset stays below every record
  * not finished, so a source closed mid-stream loses nothing.
  */
-import { actor, createRuntime, type Envelope, type Runtime } from 'sluice';
+import { actor, createRuntime, type Envelope, OptionsError, type Runtime } from 'sluice';
 import { KAFKA_HEADERS, type KafkaSource, kafkaSource } from 'sluice/connectors/kafka';
 import { mapAsync } from 'sluice/operators';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -144,6 +144,15 @@ function concurrentHandler(
     }),
   );
 }
+
+test('ordering and drainTimeoutMs are checked: a bad value is an OptionsError naming the option', () => {
+  const base = { connection: { brokers: ['127.0.0.1:9092'] }, groupId: 'g', topics: 't' };
+  const bad = (extra: object) => () => kafkaSource({ ...base, ...extra });
+  expect(bad({ ordering: 'keys' })).toThrow(OptionsError);
+  expect(bad({ ordering: 'keys' })).toThrow(/ordering/);
+  expect(bad({ drainTimeoutMs: 0 })).toThrow(/drainTimeoutMs/);
+  expect(() => kafkaSource({ ...base, ordering: 'key', drainTimeoutMs: 500 })).not.toThrow();
+});
 
 describe.skipIf(skip !== undefined)('kafka source, ordering by key, on a real broker', () => {
   test("ordering 'key': an actor with concurrency overlaps keys of one partition, never one key, each key in offset order", async () => {
