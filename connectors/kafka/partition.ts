@@ -21,6 +21,20 @@ export class Partition {
    * commit's metadata): settled on arrival, not published again.
    */
   skip: [number, number][] = [];
+  /** The timestamp of the last record fetched, for the time lag before the oldest one is. */
+  lastTimestamp = 0;
+  // Ordering by key (`ordering: 'key'`): at most one record of a key is published and not settled.
+  /**
+   * Keys with a record published and not settled, each with the records of that key delivered
+   * to the ledger after it, waiting in offset order.
+   */
+  readonly keys = new Map<string, Waiting[]>();
+  /** Records whose key became free: published next, before any buffered record. */
+  ready: Waiting[] = [];
+  /** Records delivered to the ledger and not published yet (waiting behind their key, or ready). */
+  held = 0;
+  /** A record without a key is published and not settled: nothing after it goes out until it settles. */
+  barrier = false;
   constructor(topic: string, partition: number, start: number) {
     this.ledger = new PartitionLedger(topic, partition, start);
     this.key = `${topic}:${partition}`;
@@ -35,6 +49,17 @@ export interface PendingRecord {
   readonly value: Buffer | null;
   readonly headers: [Buffer | null, Buffer | null][];
   attempt: number;
+}
+
+/** A record delivered to the ledger (its index) that waits to be published. */
+export interface Waiting {
+  readonly record: PendingRecord;
+  readonly index: number;
+}
+
+/** The key a record is ordered by, `undefined` for none; latin1 keeps every byte of a binary key distinct. */
+export function orderingKey(record: PendingRecord): string | undefined {
+  return record.key === null ? undefined : record.key.toString('latin1');
 }
 
 /** Who hears that a published record settled: the source. */

@@ -15,6 +15,8 @@ export class PartitionLedger {
   readonly partition: number;
   /** Offsets of delivered records from index `#base` on, ascending. */
   #offsets: number[] = [];
+  /** Their record timestamps (ms), for the time lag. */
+  #timestamps: number[] = [];
   #base = 0;
   /** Index of the lowest delivered record not settled. */
   #floor = 0;
@@ -43,9 +45,15 @@ export class PartitionLedger {
     return this.#floor < this.#next ? (this.#offsets[this.#floor - this.#base] as number) : this.undelivered;
   }
 
+  /** The timestamp of the record at the floor, when one is delivered and not settled. */
+  get floorTimestamp(): number | undefined {
+    return this.#floor < this.#next ? this.#timestamps[this.#floor - this.#base] : undefined;
+  }
+
   /** Records a delivery; returns its index, for {@link settle}. */
-  deliver(offset: number): number {
+  deliver(offset: number, timestamp = 0): number {
     this.#offsets.push(offset);
+    this.#timestamps.push(timestamp);
     this.undelivered = offset + 1;
     return this.#next++;
   }
@@ -60,6 +68,7 @@ export class PartitionLedger {
     const drop = this.#floor - this.#base;
     if (drop > 1024 || drop === this.#offsets.length) {
       this.#offsets.splice(0, drop);
+      this.#timestamps.splice(0, drop);
       this.#base = this.#floor;
     }
   }

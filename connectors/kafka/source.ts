@@ -27,7 +27,15 @@ import {
   probeConnection,
 } from './config.ts';
 import { GroupCoordinator } from './groupCoordinator.ts';
-import { type FetchResponse, Partition, type PendingRecord, recordLineage, skipped, splitKey } from './partition.ts';
+import {
+  type FetchResponse,
+  orderingKey,
+  Partition,
+  type PendingRecord,
+  recordLineage,
+  skipped,
+  splitKey,
+} from './partition.ts';
 import { decodeRuns, encodeRuns } from './partitionLedger.ts';
 
 export interface KafkaSourceOptions<T = unknown> {
@@ -55,6 +63,22 @@ export interface KafkaSourceOptions<T = unknown> {
    */
   maxPendingPerPartition?: number;
   /**
+   * The order records of one partition are handed out in.
+   *
+   * - `'partition'`: in offset order, as fast as the mailboxes take them; an actor handling one
+   *   input at a time (the default) handles them in that order.
+   * - `'key'`: at most one record of each Kafka key is published and not settled: the next record
+   *   of a key goes out once the one before it settled, and records of other keys go past it. So
+   *   an actor with `concurrency` (or a pipeline with `mapAsync`) handles different keys of a
+   *   partition at once and the records of one key one at a time, in offset order. A record
+   *   without a key keeps partition order: it goes out once every record before it settled, and
+   *   nothing after it goes out until it settled. Records waiting behind their key count against
+   *   `maxPendingPerPartition`, and the committed offset stays below the lowest one not settled.
+   *
+   * @default 'partition'
+   */
+  ordering?: 'partition' | 'key';
+  /**
    * Who commits offsets. `'source'`: the source, every `commitIntervalMs`, at rebalances and on
    * close (at-least-once). `'sink'`: only a transactional `kafkaSink` given this source commits
    * them, with its outputs (exactly-once). @default 'source'
@@ -70,6 +94,11 @@ export interface KafkaSourceOptions<T = unknown> {
   heartbeatIntervalMs?: number;
   /** How long a fetch waits on the broker for records. @default 500 */
   maxWaitMs?: number;
+  /**
+   * How long `close()` waits for the records in flight to settle before it commits and leaves the
+   * group (what is not settled by then is read again by the partitions' next owner). @default 10000
+   */
+  drainTimeoutMs?: number;
   /** The name in the `sluice-stream` header: the root of output idempotency keys. @default 'kafka' */
   stream?: string;
   /** Where records whose value cannot be decoded go. @default `$DLQ.kafka.<groupId>` */
@@ -98,6 +127,8 @@ export interface KafkaSourceStats {
   readonly deadLettered: number;
   /** Records a transaction had written above the committed offset: settled without publishing. */
   readonly skipped: number;
+  /** Records that waited for an earlier record of their key to settle (`ordering: 'key'`). */
+  readonly keyWaits: number;
 }
 
 /** An offset to commit for a partition, with the offsets done above it as metadata. */
@@ -142,12 +173,14 @@ const sourceKeys = optionKeys<keyof KafkaSourceOptions>({
   schema: true,
   start: true,
   maxPendingPerPartition: true,
+  ordering: true,
   commit: true,
   commitIntervalMs: true,
   isolation: true,
   sessionTimeoutMs: true,
   heartbeatIntervalMs: true,
   maxWaitMs: true,
+  drainTimeoutMs: true,
   stream: true,
   deadLetter: true,
 });
@@ -195,12 +228,14 @@ export class KafkaSource<T = unknown> implements Source<T> {
   readonly #codec: Codec;
   readonly #start: 'earliest' | 'latest';
   readonly #maxPending: number;
+  readonly #byKey: boolean;
   readonly #commitMode: 'source' | 'sink';
   readonly #commitIntervalMs: number;
   readonly #isolation: number;
   readonly #sessionTimeoutMs: number;
   readonly #heartbeatIntervalMs: number;
   readonly #maxWaitMs: number;
+  readonly #drainTimeoutMs: number;
   readonly #stream: string;
   readonly #deadLetter: string;
   #consumer: Consumer | undefined;
@@ -233,6 +268,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
     released: 0,
     deadLettered: 0,
     skipped: 0,
+    keyWaits: 0,
   };
 
   constructor(options: KafkaSourceOptions<T>) {
@@ -262,6 +298,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
     this.#codec = codecOf(options.codec, `${where}.codec`);
     this.#start = oneOf(`${where}.start`, options.start, ['earliest', 'latest'], 'earliest');
     this.#maxPending = positive(`${where}.maxPendingPerPartition`, options.maxPendingPerPartition, 1000);
+    this.#byKey = oneOf(`${where}.ordering`, options.ordering, ['partition', 'key'], 'partition') === 'key';
     this.#commitMode = oneOf(`${where}.commit`, options.commit, ['source', 'sink'], 'source');
     this.#commitIntervalMs = positive(`${where}.commitIntervalMs`, options.commitIntervalMs, 1000);
     const isolation = oneOf(
@@ -275,6 +312,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
     this.#sessionTimeoutMs = positive(`${where}.sessionTimeoutMs`, options.sessionTimeoutMs, 10_000);
     this.#heartbeatIntervalMs = positive(`${where}.heartbeatIntervalMs`, options.heartbeatIntervalMs, 1_000);
     this.#maxWaitMs = positive(`${where}.maxWaitMs`, options.maxWaitMs, 500);
+    this.#drainTimeoutMs = positive(`${where}.drainTimeoutMs`, options.drainTimeoutMs, 10_000);
     this.#stream = options.stream ?? 'kafka';
     if (typeof this.#stream !== 'string' || !/^[^\s/]+$/.test(this.#stream))
       throw new OptionsError(`${where}.stream`, 'must be a non-empty string without white space or /', this.#stream);
@@ -383,15 +421,26 @@ export class KafkaSource<T = unknown> implements Source<T> {
     }
   }
 
+  /**
+   * `messages`: high watermark minus the floor, summed. `timeMs`: the age (by record timestamp)
+   * of the oldest record not settled in any partition with messages behind: the record at the
+   * floor once fetched; before it is (a partition waiting for its first fetch after a restart or
+   * a rebalance), the last record fetched from it, an upper bound, or 0 when none was.
+   */
   lag(): SourceLag {
     let messages = 0;
     let ackPending = 0;
+    let oldest = Number.POSITIVE_INFINITY;
     for (const p of this.#partitions.values()) {
       if (p.revoked) continue;
-      messages += Math.max(0, p.highWatermark - p.ledger.floor);
-      ackPending += p.ledger.pending;
+      const behind = Math.max(0, p.highWatermark - p.ledger.floor);
+      messages += behind;
+      ackPending += p.ledger.pending - p.held;
+      if (behind === 0) continue;
+      const at = p.ledger.floorTimestamp ?? p.buffered[0]?.timestamp ?? p.lastTimestamp;
+      if (at > 0 && at < oldest) oldest = at;
     }
-    return { messages, timeMs: 0, ackPending };
+    return { messages, timeMs: oldest === Number.POSITIVE_INFINITY ? 0 : Math.max(1, Date.now() - oldest), ackPending };
   }
 
   /**
@@ -508,12 +557,13 @@ export class KafkaSource<T = unknown> implements Source<T> {
   }
 
   /**
-   * Stops fetching and publishing, waits (up to `drainTimeoutMs`) for what was published to
-   * settle, commits, leaves the group and closes the client. Close the source before stopping the
-   * runtime, so the actors finish what it handed them. What is not settled by then is read again
-   * by whoever gets the partitions next (at-least-once). Never rejects.
+   * Stops fetching and publishing, waits (up to `drainTimeoutMs`, by default the option's) for
+   * what was published to settle, commits, leaves the group and closes the client. Close the
+   * source before stopping the runtime, so the actors finish what it handed them. What is not
+   * settled by then is read again by whoever gets the partitions next (at-least-once). Never
+   * rejects.
    */
-  async close(drainTimeoutMs = 10_000): Promise<void> {
+  async close(drainTimeoutMs = this.#drainTimeoutMs): Promise<void> {
     if (this.#stopping) return;
     this.#stopping = true;
     if (this.#commitTimer !== undefined) clearInterval(this.#commitTimer);
@@ -521,8 +571,9 @@ export class KafkaSource<T = unknown> implements Source<T> {
     await this.#loop?.catch(() => undefined);
     await this.#assigning.catch(() => undefined);
     const deadline = Date.now() + drainTimeoutMs;
+    // Records waiting behind their key were never published: only those in flight are waited for.
     const pending = () =>
-      [...this.#partitions.values()].some((p) => !p.revoked && (p.ledger.pending > 0 || p.publishing));
+      [...this.#partitions.values()].some((p) => !p.revoked && (p.ledger.pending > p.held || p.publishing));
     while (pending() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     this.#unregisterLag?.();
     const consumer = this.#consumer;
@@ -547,7 +598,9 @@ export class KafkaSource<T = unknown> implements Source<T> {
         );
       this.#stats.settled++;
       part.ledger.settle(index);
-      if (part.ledger.pending < this.#maxPending) {
+      if (this.#byKey) this.#keyFree(part, record);
+      if (part.ready.length > 0) void this.#pump(part);
+      else if (part.ledger.pending < this.#maxPending) {
         // Records held back by the bound go out first; the fetch loop waits for them.
         if (part.buffered.length > 0) void this.#pump(part);
         else this.#wake?.();
@@ -598,7 +651,8 @@ export class KafkaSource<T = unknown> implements Source<T> {
       }
     }
     this.#rebalancing = false;
-    for (const part of this.#partitions.values()) if (part.buffered.length > 0) void this.#pump(part);
+    for (const part of this.#partitions.values())
+      if (part.buffered.length > 0 || part.ready.length > 0) void this.#pump(part);
     this.#wake?.();
   }
 
@@ -607,6 +661,22 @@ export class KafkaSource<T = unknown> implements Source<T> {
     part.revoked = true;
     this.#stats.released += part.ledger.pending + part.buffered.length;
     part.buffered = [];
+    part.ready = [];
+    part.keys.clear();
+  }
+
+  /** A settled record's key (`ordering: 'key'`) passes to the next record of it, or is free. */
+  #keyFree(part: Partition, record: PendingRecord): void {
+    const key = orderingKey(record);
+    if (key === undefined) {
+      part.barrier = false;
+      return;
+    }
+    const waiting = part.keys.get(key);
+    if (waiting === undefined) return;
+    const next = waiting.shift();
+    if (next === undefined) part.keys.delete(key);
+    else part.ready.push(next);
   }
 
   /** Committed offsets of new partitions, else the earliest or latest. */
@@ -760,9 +830,11 @@ export class KafkaSource<T = unknown> implements Source<T> {
           for (const rec of batch.records) {
             const offset = first + rec.offsetDelta;
             if (offset < from) continue;
+            const timestamp = Number(batch.firstTimestamp + rec.timestampDelta);
+            part.lastTimestamp = timestamp;
             part.buffered.push({
               offset,
-              timestamp: Number(batch.firstTimestamp + rec.timestampDelta),
+              timestamp,
               key: rec.key,
               value: rec.value,
               headers: rec.headers,
@@ -779,25 +851,49 @@ export class KafkaSource<T = unknown> implements Source<T> {
     }
   }
 
-  /** Publishes a partition's buffered records in order, each once the mailboxes took the one before. */
+  /**
+   * Publishes a partition's buffered records in order, each once the mailboxes took the one
+   * before. By key, records whose key became free go first, and a record whose key has one in
+   * flight waits behind it (delivered to the ledger, so the floor stays below it).
+   */
   async #pump(part: Partition): Promise<void> {
     if (part.publishing) return;
     part.publishing = true;
     try {
-      while (
-        !this.#stopping &&
-        !this.#rebalancing &&
-        !part.revoked &&
-        part.buffered.length > 0 &&
-        part.ledger.pending < this.#maxPending
-      ) {
-        const record = part.buffered.shift() as PendingRecord;
-        const index = part.ledger.deliver(record.offset);
+      while (!this.#stopping && !this.#rebalancing && !part.revoked) {
+        const ready = part.ready.shift();
+        if (ready !== undefined) {
+          part.held--;
+          await this.#publishOne(part, ready.record, ready.index);
+          continue;
+        }
+        if (part.barrier || part.buffered.length === 0 || part.ledger.pending >= this.#maxPending) break;
+        const record = part.buffered[0] as PendingRecord;
+        const key = this.#byKey ? orderingKey(record) : undefined;
+        if (this.#byKey && key === undefined && part.ledger.pending > 0) {
+          // No key: partition order, so it waits for every record before it (and holds those after it).
+          break;
+        }
+        part.buffered.shift();
+        const index = part.ledger.deliver(record.offset, record.timestamp);
         if (part.skip.length > 0 && skipped(part.skip, record.offset)) {
           // Its outputs were committed with the offsets above the floor: done already.
           this.#stats.skipped++;
           part.ledger.settle(index);
           continue;
+        }
+        if (this.#byKey) {
+          if (key === undefined) part.barrier = true;
+          else {
+            const waiting = part.keys.get(key);
+            if (waiting !== undefined) {
+              this.#stats.keyWaits++;
+              waiting.push({ record, index });
+              part.held++;
+              continue;
+            }
+            part.keys.set(key, []);
+          }
         }
         await this.#publishOne(part, record, index);
       }

@@ -238,34 +238,85 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     expect(new Set(values(out))).toEqual(new Set(range(N)));
   }, 90_000);
 
-  test('a job killed with SIGKILL again and again: read_committed sees every record once (Kafka as source and sink)', async () => {
-    const N = 1500;
-    await createTopic(broker.bootstrap, 'cr-in', 3);
+  /**
+   * Produces `n` records into `job.input`, runs the crash job killed `killsWanted` times at a
+   * random point of what is left (by committed records, not by time: a fast run finished before a
+   * timed kill) and then to the end, and checks that read_committed sees each output once.
+   */
+  async function crashTest(job: CrashJob, n: number, killsWanted: number, key: (i: number) => string): Promise<void> {
+    await createTopic(broker.bootstrap, job.input, 3);
     await produce(
       broker.bootstrap,
-      'cr-in',
-      range(N).map((i) => ({ key: `k${i}`, value: { i } })),
+      job.input,
+      range(n).map((i) => ({ key: key(i), value: { i } })),
     );
     let progress = 0;
     let kills = 0;
     for (let run = 0; ; run++) {
-      // Killed four times at a random point of what is left (by committed records, not by time: a
-      // fast run finished before a timed kill); the fifth run goes to the end.
       const killAt =
-        run < 4 ? progress + Math.max(1, Math.floor((N - progress) * (0.1 + Math.random() * 0.4))) : undefined;
-      const ended = await runCrashJob(N, killAt, (p) => {
+        run < killsWanted
+          ? progress + Math.max(1, Math.floor((n - progress) * (0.1 + Math.random() * 0.4)))
+          : undefined;
+      const ended = await runCrashJob(job, n, killAt, (p) => {
         progress = Math.max(progress, p);
       });
       if (ended === 'done') break;
       kills++;
-      expect(run).toBeLessThan(8);
+      expect(run).toBeLessThan(killsWanted * 2);
     }
-    expect(kills).toBe(4);
-    expect(progress).toBe(N);
-    const out = await readTopic(broker.bootstrap, 'cr-out', { expected: N, readCommitted: true, settleMs: 500 });
-    expect(values(out)).toEqual(range(N));
-    expect(await groupOffsets('crash', 'cr-in')).toBe(N);
+    expect(kills).toBe(killsWanted);
+    expect(progress).toBe(n);
+    const out = await readTopic(broker.bootstrap, job.output, { expected: n, readCommitted: true, settleMs: 500 });
+    expect(values(out)).toEqual(range(n));
+    expect(await groupOffsets(job.group, job.input)).toBe(n);
+  }
+
+  test('a job killed with SIGKILL again and again: read_committed sees every record once (Kafka as source and sink)', async () => {
+    await crashTest(
+      { input: 'cr-in', output: 'cr-out', group: 'crash', ordering: 'partition' },
+      1500,
+      4,
+      (i) => `k${i}`,
+    );
   }, 90_000);
+
+  test("the same with ordering 'key' over 10 keys: each once, and no key ever ran two records at once or out of order", async () => {
+    await crashTest(
+      { input: 'ck-in', output: 'ck-out', group: 'crash-key', ordering: 'key' },
+      400,
+      2,
+      (i) => `k${i % 10}`,
+    );
+  }, 90_000);
+
+  test('lag: timeMs is the age of the oldest record not settled, by its timestamp, and 0 once all settled', async () => {
+    await createTopic(broker.bootstrap, 'lt-in', 2);
+    const minuteAgo = Date.now() - 60_000;
+    await produce(
+      broker.bootstrap,
+      'lt-in',
+      range(20).map((i) => ({ key: `k${i}`, value: { i }, timestamp: minuteAgo + i * 1_000 })),
+    );
+    const source = kafkaSource<Order>({ connection: { brokers: [broker.bootstrap] }, groupId: 'lt', topics: 'lt-in' });
+    let open!: () => void;
+    const gate = new Promise<void>((r) => {
+      open = r;
+    });
+    const runtime = createRuntime();
+    runtime.spawn(actor<Order, never>({ name: 'held', subscribe: source.ref, handle: () => gate }));
+    await source.start(runtime);
+    await eventually(() => source.lag().ackPending > 0, 20_000, 'a record in flight');
+    const lag = source.lag();
+    expect(lag.messages).toBe(20);
+    // The oldest record not settled: the first of one of the two partitions, 59 or 60 s old.
+    expect(lag.timeMs).toBeGreaterThanOrEqual(59_000);
+    expect(lag.timeMs).toBeLessThanOrEqual(Date.now() - minuteAgo);
+    open();
+    await eventually(() => source.lag().messages === 0, 20_000, 'all settled');
+    expect(source.lag()).toEqual({ messages: 0, timeMs: 0, ackPending: 0 });
+    await source.close();
+    await runtime.stop();
+  }, 30_000);
 
   test('dedupe mode keeps written keys in the store: a replay, also by a new sink on the same store, is not written again', async () => {
     const store = new MemoryStore();
@@ -344,11 +395,20 @@ const quiet = { debug() {}, info() {}, warn() {}, error() {} };
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const crashJob = fileURLToPath(new URL('./fixtures/kafkaCrashJob.ts', import.meta.url));
 
+interface CrashJob {
+  readonly input: string;
+  readonly output: string;
+  readonly group: string;
+  readonly ordering: 'partition' | 'key';
+}
+
 /**
- * Runs the crash job until it prints `done`, or kills it with SIGKILL `killAfterMs` after its
- * first progress line.
+ * Runs the crash job until it prints `done`, or kills it with SIGKILL once it reports `killAt`
+ * records committed; rejects when it reports a broken key order.
  */
+
 function runCrashJob(
+  job: CrashJob,
   total: number,
   /** Killed with SIGKILL as soon as it reports this many records committed. */
   killAt: number | undefined,
@@ -357,13 +417,25 @@ function runCrashJob(
   return new Promise((resolve, reject) => {
     const child = spawn(
       process.execPath,
-      ['--conditions=sluice-source', '--import', 'tsx', crashJob, broker.bootstrap, 'cr-in', 'cr-out', String(total)],
+      [
+        '--conditions=sluice-source',
+        '--import',
+        'tsx',
+        crashJob,
+        broker.bootstrap,
+        job.input,
+        job.output,
+        String(total),
+        job.ordering,
+        job.group,
+      ],
       { cwd: root, stdio: ['ignore', 'pipe', 'pipe'] },
     );
     let out = '';
     let err = '';
     let done = false;
     let killed = false;
+    const violations: string[] = [];
     const guard = setTimeout(() => child.kill('SIGKILL'), 60_000);
     child.stderr.on('data', (chunk: Buffer) => {
       err += chunk.toString();
@@ -371,9 +443,11 @@ function runCrashJob(
     child.stdout.on('data', (chunk: Buffer) => {
       out += chunk.toString();
       for (let nl = out.indexOf('\n'); nl !== -1; nl = out.indexOf('\n')) {
-        const [what, n] = out.slice(0, nl).split(' ');
+        const line = out.slice(0, nl);
+        const [what, n] = line.split(' ');
         out = out.slice(nl + 1);
         if (what === 'done') done = true;
+        if (what === 'violation') violations.push(line);
         if (what === 'progress') {
           onProgress(Number(n));
           if (killAt !== undefined && !killed && Number(n) >= killAt) {
@@ -386,7 +460,8 @@ function runCrashJob(
     child.once('error', reject);
     child.once('exit', (code, signal) => {
       clearTimeout(guard);
-      if (done && code === 0) resolve('done');
+      if (violations.length > 0) reject(new Error(`the job broke key order:\n${violations.join('\n')}`));
+      else if (done && code === 0) resolve('done');
       else if (signal === 'SIGKILL' && killed) resolve('killed');
       else reject(new Error(`crash job exited (${code ?? signal}) unexpectedly:\n${err}`));
     });

@@ -18,9 +18,12 @@ export async function createTopic(bootstrap: string, topic: string, partitions: 
 }
 
 export interface TestRecord {
-  readonly key: string;
+  /** `null`: a record without a key. */
+  readonly key: string | null;
   readonly value: unknown;
   readonly headers?: Record<string, string>;
+  /** The record's timestamp (ms); the producer's clock when not given. */
+  readonly timestamp?: number;
 }
 
 /**
@@ -42,9 +45,10 @@ export async function produce(bootstrap: string, topic: string, records: readonl
       await producer.send({
         messages: records.slice(i, i + 500).map((r) => ({
           topic,
-          key: r.key,
+          ...(r.key === null ? {} : { key: r.key }),
           value: JSON.stringify(r.value),
           ...(r.headers === undefined ? {} : { headers: r.headers }),
+          ...(r.timestamp === undefined ? {} : { timestamp: BigInt(r.timestamp) }),
         })),
       });
     }
