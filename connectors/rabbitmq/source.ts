@@ -26,6 +26,7 @@ import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } fro
 import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
 import { freeCapacity, publishDelivery } from '../../runtime/sources/delivery.ts';
+import type { SourceHealth } from '../../runtime/sources/registry.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
@@ -159,7 +160,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
   readonly #inbox: Held[] = [];
   #draining = false;
   readonly #timers = new Set<Timer>();
-  #unregisterLag: (() => void) | undefined;
+  #health: SourceHealth | undefined;
   #ready = 0;
   #prefetch = 0;
   /**
@@ -244,11 +245,15 @@ export class RabbitSource<T = unknown> implements Source<T> {
     this.#client = host.bus.client(this.name);
     this.#target = rabbitTarget(this.#options.connection, `${this.name}.connection`);
     await this.#open();
-    this.#unregisterLag = host.telemetry.registerLag({
-      stream: `rabbitmq:${this.#queue}`,
+    this.#health = host.telemetry.registerSource({
       name: this.name,
+      kind: 'rabbitmq',
+      stream: `rabbitmq:${this.#queue}`,
+      consumer: this.name,
       lag: () => this.lag(),
+      counters: () => this.#stats,
     });
+    this.#health.connected();
     this.#refreshLagLater();
   }
 
@@ -328,6 +333,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
     this.#inbox.length = 0;
     this.#channel = undefined;
     this.#model = undefined;
+    this.#health?.reconnecting(new Error('the connection or channel closed'));
     void this.#reconnect();
   }
 
@@ -345,9 +351,11 @@ export class RabbitSource<T = unknown> implements Source<T> {
         try {
           await this.#open();
           this.#stats.reconnects++;
+          this.#health?.connected();
           return;
-        } catch {
+        } catch (error) {
           // Tried again after a longer delay.
+          this.#health?.error(error);
         }
       }
     } finally {
@@ -564,7 +572,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#unregisterLag?.();
+    this.#health?.closed();
     for (const t of this.#timers) t.cancel();
     this.#timers.clear();
     this.#pending.clear();

@@ -20,6 +20,7 @@ import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } fro
 import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
 import { freeCapacity, publishDelivery } from '../../runtime/sources/delivery.ts';
+import type { SourceHealth } from '../../runtime/sources/registry.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
@@ -179,7 +180,7 @@ export class RedisSource<T = unknown> implements Source<T> {
   readonly #stats = { received: 0, published: 0, acked: 0, retried: 0, claimed: 0, terminated: 0, reads: 0 };
   #wake: (() => void) | undefined;
   readonly #timers = new Set<Timer>();
-  #unregisterLag: (() => void) | undefined;
+  #health: SourceHealth | undefined;
   /** Entries not yet delivered to the group (XINFO GROUPS `lag`), as last read or counted down since. */
   #serverLag = 0;
   /** The id time of the next entry not delivered yet, for lag time when nothing is held. */
@@ -277,11 +278,24 @@ export class RedisSource<T = unknown> implements Source<T> {
       await closeRedis(this.#held);
       throw error;
     }
-    this.#unregisterLag = host.telemetry.registerLag({
+    const health = host.telemetry.registerSource({
+      name: this.name,
+      kind: 'redis',
       stream: `redis:${this.#stream}`,
-      name: this.#group,
+      consumer: this.#group,
       lag: () => this.lag(),
+      counters: () => this.#stats,
     });
+    this.#health = health;
+    health.connected();
+    // ioredis reconnects by itself; both connections count (reads on one, acks on the other).
+    for (const redis of [this.#reader, this.#held.redis]) {
+      redis.on('reconnecting', () => health.reconnecting());
+      redis.on('ready', () => {
+        if (this.#reader?.status === 'ready' && this.#held?.redis.status === 'ready') health.connected();
+      });
+      redis.on('error', (error: unknown) => health.error(error));
+    }
     this.#every(Math.max(10, Math.floor(this.#claimIdleMs / 3)), () => this.#touch());
     this.#every(Math.max(10, Math.floor(this.#claimIdleMs / 2)), () => this.#claimDead());
     this.#every(this.#lagRefreshMs, () => this.#refreshLag());
@@ -343,7 +357,7 @@ export class RedisSource<T = unknown> implements Source<T> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#unregisterLag?.();
+    this.#health?.closed();
     for (const t of this.#timers) t.cancel();
     this.#timers.clear();
     this.#wake?.();
@@ -443,6 +457,7 @@ export class RedisSource<T = unknown> implements Source<T> {
       } catch (error) {
         if (this.#closed) break;
         failures++;
+        this.#health?.error(error);
         const delay = Math.min(5_000, 100 * 2 ** Math.min(failures, 6));
         if (failures === 1 || failures % 20 === 0) {
           this.#log.warn(`${this.name}: read failed (${messageOf(error)}); retrying in ${delay} ms`);

@@ -19,6 +19,8 @@ export interface CheckpointSample {
   readonly inputs: number;
   /** Mean time from the start of a batch to its durable commit, over these commits (ms). */
   readonly meanCommitMs: number;
+  /** Bytes these commits wrote. */
+  readonly bytes: number;
   /** Positions of the actor's durable consumers at the time of the sample. */
   readonly positions: Readonly<Record<string, number>>;
 }
@@ -34,6 +36,7 @@ interface Last {
   inputs: number;
   commitMs: number;
   failures: number;
+  bytes: number;
 }
 
 const TIMELINE_MAX = 500;
@@ -68,6 +71,8 @@ export class Sampler {
   readonly rateIn = new Map<string, Series>();
   readonly rateOut = new Map<string, Series>();
   readonly lag = new Map<string, Series>();
+  /** Messages behind per connector source, by source name. */
+  readonly sourceLag = new Map<string, Series>();
   readonly timeline: TimelineEvent[] = [];
   readonly checkpoints: CheckpointSample[] = [];
   /** Positions per consumer, by stream/consumer; filled in by {@link sample}. */
@@ -110,6 +115,7 @@ export class Sampler {
         inputs: cp?.inputs ?? 0,
         commitMs: cp?.commitMs ?? 0,
         failures: cp?.failures ?? 0,
+        bytes: cp?.bytes ?? 0,
       };
       const prev = this.#last.get(cell.name);
       this.#last.set(cell.name, cur);
@@ -155,6 +161,7 @@ export class Sampler {
           commits,
           inputs: cur.inputs - prev.inputs,
           meanCommitMs: round((cur.commitMs - prev.commitMs) / commits),
+          bytes: cur.bytes - prev.bytes,
           positions: this.#positionsOf(cell.name),
         });
         if (this.checkpoints.length > CHECKPOINTS_MAX) this.checkpoints.shift();
@@ -164,6 +171,9 @@ export class Sampler {
       for (const consumer of stream.consumers()) {
         this.#series(this.lag, `${stream.name}/${consumer.name}`).push([now, consumer.lag().messages]);
       }
+    }
+    for (const source of this.#host.telemetry.sources.list()) {
+      if (source.connection !== 'closed') this.#series(this.sourceLag, source.name).push([now, source.lag.messages]);
     }
   }
 
@@ -176,9 +186,15 @@ export class Sampler {
     rateIn: Record<string, readonly Point[]>;
     rateOut: Record<string, readonly Point[]>;
     lag: Record<string, readonly Point[]>;
+    sourceLag: Record<string, readonly Point[]>;
   } {
     const of = (m: Map<string, Series>) => Object.fromEntries([...m].map(([k, s]) => [k, s.points]));
-    return { rateIn: of(this.rateIn), rateOut: of(this.rateOut), lag: of(this.lag) };
+    return {
+      rateIn: of(this.rateIn),
+      rateOut: of(this.rateOut),
+      lag: of(this.lag),
+      sourceLag: of(this.sourceLag),
+    };
   }
 }
 
