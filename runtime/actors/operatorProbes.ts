@@ -21,8 +21,10 @@ export interface WindowView {
   /** Inputs held by its open windows. */
   readonly absorbed: number;
   /**
-   * Event time of its earliest timer: when the watermark reaches it, the oldest open window fires
-   * (or, past its lateness, is dropped). Null when no window is open or the operator keeps no timers.
+   * Event time of its earliest timer: no window fires (or, past its lateness, is dropped) before
+   * the watermark reaches it. For aligned windows that is the oldest open window's `end - 1`; a
+   * session that grew may still have the timer of its earlier end here. Null when no timer is set
+   * (nothing open, or count windows, which keep none).
    */
   readonly nextTimer: number | null;
 }
