@@ -19,10 +19,10 @@ import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { Logger } from '../../runtime/actors/actor.ts';
 import { DEAD_LETTER_HEADERS } from '../../runtime/actors/deadLetters.ts';
 import { backoffDelay, DEFAULT_BACKOFF } from '../../runtime/actors/supervisor.ts';
-import type { Bus, BusClient } from '../../runtime/bus/bus.ts';
+import type { BusClient } from '../../runtime/bus/bus.ts';
 import type { Permissions } from '../../runtime/bus/permissions.ts';
 import { isLiteral, validateSubject } from '../../runtime/bus/subjects.ts';
-import type { Clock, Timer } from '../../runtime/clock.ts';
+import type { Timer } from '../../runtime/clock.ts';
 import type { Headers, PublishOptions } from '../../runtime/envelope.ts';
 import {
   ClosedError,
@@ -36,9 +36,8 @@ import { SourceLineage } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
 import { freeCapacity } from '../../runtime/sources/delivery.ts';
 import type { SourceHealth } from '../../runtime/sources/registry.ts';
-import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
+import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
-import type { Telemetry } from '../../runtime/telemetry.ts';
 import { closeConnection, type HeldConnection, type NatsConnectionRef, openConnection } from './config.ts';
 import { Codecs, type NatsCodec, readHeaders } from './payload.ts';
 
@@ -118,12 +117,8 @@ export interface NatsSourceOptions<T = unknown> {
   lagRefreshMs?: number;
 }
 
-/** What a source is given of the runtime: `runtime` itself fits. */
-export interface SourceHost {
-  readonly bus: Bus;
-  readonly telemetry: Telemetry;
-  readonly clock: Clock;
-}
+/** What a source is given of the runtime (`runtime` itself fits): the one all connector sources take. */
+export type { SourceHost } from '../../runtime/sources/source.ts';
 
 /** Counts of what the source did. */
 export interface NatsSourceStats {

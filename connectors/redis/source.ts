@@ -11,9 +11,9 @@ import type { Redis } from 'ioredis';
 import type { Logger } from '../../runtime/actors/actor.ts';
 import { DEAD_LETTER_HEADERS } from '../../runtime/actors/deadLetters.ts';
 import { backoffDelay, DEFAULT_BACKOFF } from '../../runtime/actors/supervisor.ts';
-import type { Bus, BusClient } from '../../runtime/bus/bus.ts';
+import type { BusClient } from '../../runtime/bus/bus.ts';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
-import type { Clock, Timer } from '../../runtime/clock.ts';
+import type { Timer } from '../../runtime/clock.ts';
 import { type Codec, codecOf } from '../../runtime/codec.ts';
 import type { PublishOptions } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
@@ -21,9 +21,8 @@ import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
 import { freeCapacity, publishDelivery } from '../../runtime/sources/delivery.ts';
 import type { SourceHealth } from '../../runtime/sources/registry.ts';
-import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
+import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
-import type { Telemetry } from '../../runtime/telemetry.ts';
 import {
   closeRedis,
   connectRedis,
@@ -82,12 +81,8 @@ export interface RedisSourceOptions<T = unknown> {
   lagRefreshMs?: number;
 }
 
-/** What a source is given of the runtime: `runtime` itself fits. */
-export interface SourceHost {
-  readonly bus: Bus;
-  readonly telemetry: Telemetry;
-  readonly clock: Clock;
-}
+/** What a source is given of the runtime (`runtime` itself fits): the one all connector sources take. */
+export type { SourceHost } from '../../runtime/sources/source.ts';
 
 /** Counts of what the source did. */
 export interface RedisSourceStats {

@@ -16,8 +16,8 @@ import {
   type Sink,
   type SinkRecord,
   type Source,
-  type Store,
   type SourceStatus,
+  type Store,
   sinkActor,
 } from 'sluice';
 import { describe, expect, onTestFinished, test } from 'vitest';
