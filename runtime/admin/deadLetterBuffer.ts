@@ -66,6 +66,9 @@ export class DeadLetterBuffer {
   readonly #handed = new WeakSet<Envelope>();
   #n = 0;
   readonly #listeners = new Set<(letter: KeptLetter) => void>();
+  readonly #subscriptions: Subscription[] = [];
+  /** Servers listening on the bus now. */
+  #listening = 0;
 
   constructor(max: number, now: () => number) {
     this.#max = max;
@@ -95,23 +98,30 @@ export class DeadLetterBuffer {
 
   /**
    * Listens on the bus for dead letters that no actor handed over (connector sources, stream
-   * consumers); returns the function that stops listening.
+   * consumers); returns the function that stops listening. Two servers at once share one
+   * subscription, so no letter is kept twice.
    */
   listen(bus: Bus): () => void {
-    const subs: Subscription[] = [];
-    for (const pattern of ['$DLQ.>', '$DEAD.>']) {
-      // Taken at once: a dead letter is never held back by the admin API.
-      subs.push(
-        bus.subscribe(pattern, {
-          mailbox: { capacity: 10_000, overflow: 'drop-oldest' },
-          callback: (env) => {
-            if (!this.#handed.has(env)) this.#add(env);
-          },
-        }),
-      );
+    if (this.#listening++ === 0) {
+      for (const pattern of ['$DLQ.>', '$DEAD.>']) {
+        // Taken at once: a dead letter is never held back by the admin API.
+        this.#subscriptions.push(
+          bus.subscribe(pattern, {
+            mailbox: { capacity: 10_000, overflow: 'drop-oldest' },
+            callback: (env) => {
+              if (!this.#handed.has(env)) this.#add(env);
+            },
+          }),
+        );
+      }
     }
+    let stopped = false;
     return () => {
-      for (const s of subs) s.unsubscribe();
+      if (stopped) return;
+      stopped = true;
+      if (--this.#listening > 0) return;
+      for (const sub of this.#subscriptions) sub.unsubscribe();
+      this.#subscriptions.length = 0;
     };
   }
 

@@ -276,6 +276,30 @@ describe('dead letters', () => {
     expect(() => createRuntime({ deadLetters: -1 })).toThrow(/runtime.deadLetters/);
   });
 
+  test('letters no actor sent (a connector) are kept while an API serves: once, however many serve', async () => {
+    const rt = createRuntime({ logger: quietLogger() });
+    onTestFinished(() => rt.stop().then(() => undefined));
+    const letter = (n: number) =>
+      rt.bus.publish('$DLQ.nats.ORDERS.billing', n, {
+        headers: { 'sluice-error': 'undecodable', 'sluice-original-subject': 'orders' },
+      });
+    const kept = async (url: string) => (await getJson<{ kept: number }>(url, '/api/deadletters')).kept;
+    await letter(1); // nothing serves yet: not kept
+    const one = await rt.serve({ port: 0, token: TOKEN });
+    const two = await rt.serve({ port: 0, token: TOKEN });
+    await letter(2);
+    expect(await kept(one.url)).toBe(1);
+    expect(await kept(two.url)).toBe(1);
+    await one.close();
+    await letter(3);
+    expect(await kept(two.url)).toBe(2);
+    await two.close();
+    await letter(4);
+    const three = await rt.serve({ port: 0, token: TOKEN });
+    onTestFinished(() => three.close());
+    expect(await kept(three.url)).toBe(2);
+  });
+
   test('dead letters kept in a $DLQ.> stream are replayed from a sequence through the API', async () => {
     const store = new MemoryStore();
     const rt = createRuntime({
