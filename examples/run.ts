@@ -2,7 +2,7 @@
  * `npm start` runs the main example; `npm run example -- NAME` runs examples/NAME/main.ts.
  */
 const MAIN = 'clickstream-analytics';
-const names = ['clickstream-analytics', 'dashboard', 'order-flow', 'orders-to-postgres', 'tour'];
+const names = ['clickstream-analytics', 'dashboard', 'live-views', 'order-flow', 'orders-to-postgres', 'tour'];
 
 const name = process.argv[2] ?? MAIN;
 if (!names.includes(name)) {

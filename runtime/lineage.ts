@@ -282,6 +282,11 @@ let adoptCounts: (handle: Lineage, tracker: Tracker) => void;
  * false for any other lineage (merged, a bare tracker, one from outside).
  */
 let countOn: (lineage: Lineage, count: 'publishing' | 'downstream', by: 1 | -1) => boolean;
+/**
+ * {@link refer} on a handle envelopes carry, in one call: its count and its reference together
+ * (four of these per actor hop). False for any other lineage, which `refer` handles.
+ */
+let referOn: (lineage: Lineage, ref: Ref, error: unknown) => boolean;
 
 /**
  * What envelopes carry as their lineage: the {@link Lineage} protocol and nothing else. Its state
@@ -384,6 +389,45 @@ class TrackerLineage implements Lineage {
       handle.#tracker = tracker;
       handle.#host = undefined;
     };
+    referOn = (lineage, ref, error) => {
+      if (typeof lineage !== 'object' || lineage === null || !(#tracker in lineage)) return false;
+      const t = lineage.#tracker;
+      if (t !== undefined) {
+        const count = ref === Ref.RetainPublishing || ref === Ref.ReleasePublishing ? 'publishing' : 'downstream';
+        if (ref === Ref.RetainPublishing || ref === Ref.AbsorbDownstream) {
+          t[count]++;
+          if (ref === Ref.RetainPublishing) t.retain();
+          else t.absorb();
+        } else {
+          if (t[count] > 0) t[count]--;
+          if (ref === Ref.ReleasePublishing) t.release(error);
+          else t.releaseAbsorbed(error);
+        }
+        return true;
+      }
+      // Settled by counting: what is given back now was never counted (see `lateOutput`).
+      if (lineage.#settled) return true;
+      if (ref === Ref.RetainPublishing) {
+        lineage.#publishing++;
+        lineage.#used = true;
+        lineage.#inFlight++;
+      } else if (ref === Ref.AbsorbDownstream) {
+        lineage.#downstream++;
+        lineage.#used = true;
+        lineage.#absorbed++;
+      } else {
+        // The run's own reference is held until the run ends, so a release never settles here.
+        if (error !== undefined && lineage.#error === undefined) lineage.#error = error;
+        if (ref === Ref.ReleasePublishing) {
+          if (lineage.#publishing > 0) lineage.#publishing--;
+          if (lineage.#inFlight > 0) lineage.#inFlight--;
+        } else {
+          if (lineage.#downstream > 0) lineage.#downstream--;
+          if (lineage.#absorbed > 0) lineage.#absorbed--;
+        }
+      }
+      return true;
+    };
     countOn = (lineage, count, by) => {
       if (typeof lineage !== 'object' || lineage === null || !(#tracker in lineage)) return false;
       const t = lineage.#tracker;
@@ -410,6 +454,7 @@ type Ref = (typeof Ref)[keyof typeof Ref];
  * count and one to refer.
  */
 function refer(lineage: Lineage, ref: Ref, error: unknown): void {
+  if (referOn(lineage, ref, error)) return;
   if (lineage instanceof MergedLineage) {
     const parts = lineage.parts;
     for (let i = 0; i < parts.length; i++) refer(parts[i] as Lineage, ref, error);

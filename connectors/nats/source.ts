@@ -34,7 +34,7 @@ import {
 } from '../../runtime/errors.ts';
 import { SourceLineage } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import { freeCapacity } from '../../runtime/sources/delivery.ts';
+import { freeCapacity, publishDelivery } from '../../runtime/sources/delivery.ts';
 import type { SourceHealth } from '../../runtime/sources/registry.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
@@ -69,7 +69,11 @@ export interface NatsJetStreamSourceOptions {
    * @default 1000
    */
   maxAckPending?: number;
-  /** Deliveries of one message; a failure on the last one dead-letters it (and terms it). @default 5 */
+  /**
+   * Deliveries of one message; a failure on the last one dead-letters it (and terms it). The
+   * consumer the source creates has no `max_deliver` on the server, so a message in flight
+   * through crashes (deliveries that never failed) is never dropped. @default 5
+   */
   maxDeliver?: number;
   /** Delays of `nak` after a failed input, per delivery (the last repeats). @default the runtime's backoff */
   backoffMs?: readonly number[];
@@ -609,7 +613,10 @@ export class NatsSource<T = unknown> implements Source<T> {
           ack_policy: AckPolicy.Explicit,
           ack_wait: js.ackWaitMs * 1_000_000,
           max_ack_pending: js.maxAckPending,
-          max_deliver: js.maxDeliver,
+          // Unlimited on the server: JetStream counts a delivery to a process that died before it
+          // saw the message, and drops one that reached max_deliver that way, with no dead letter.
+          // The source dead-letters a message that *failed* on its maxDeliver-th delivery instead.
+          max_deliver: -1,
           ...(js.filterSubject !== undefined ? { filter_subject: js.filterSubject } : {}),
           ...(deliver === 'new'
             ? { deliver_policy: DeliverPolicy.New }
@@ -634,7 +641,9 @@ export class NatsSource<T = unknown> implements Source<T> {
     const c = info.config;
     this.#ackWaitMs = c.ack_wait === undefined ? js.ackWaitMs : Math.max(1_000, Math.round(c.ack_wait / 1_000_000));
     this.#maxAckPending = (c.max_ack_pending ?? 0) > 0 ? (c.max_ack_pending as number) : js.maxAckPending;
-    this.#maxDeliver = (c.max_deliver ?? 0) > 0 ? (c.max_deliver as number) : Number.POSITIVE_INFINITY;
+    // A consumer made elsewhere with a finite max_deliver: the server stops there, so the source
+    // must give up at the same delivery (with a dead letter) rather than nak into nothing.
+    this.#maxDeliver = (c.max_deliver ?? 0) > 0 ? Math.min(c.max_deliver as number, js.maxDeliver) : js.maxDeliver;
     this.#serverPending = info.num_pending;
     this.#consumer = await jetstream(nc).consumers.get(js.stream, js.consumer);
     this.#scheduleTouch();
@@ -769,19 +778,12 @@ export class NatsSource<T = unknown> implements Source<T> {
       lineage: held.lineage,
     };
     if (h.key !== undefined) options.key = h.key;
-    const client = this.#client as BusClient;
-    let accepted = false;
-    try {
-      accepted = client.tryPublish(subject, data, options);
-    } catch (error) {
-      if (!(error instanceof StreamError)) {
-        held.lineage.release(error);
-        return;
-      }
-    }
-    if (!accepted) {
+    // At JetStream's delivery count: an actor's retries count on from the server's deliveries.
+    const host = this.#host as SourceHost;
+    const accepted = publishDelivery(host.bus, this.#client as BusClient, subject, data, options, m.info.deliveryCount);
+    if (accepted !== undefined) {
       try {
-        await client.publish(subject, data, options);
+        await accepted;
       } catch (error) {
         held.lineage.release(error);
         return;

@@ -571,7 +571,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
    * hold as before. It spends from the burst budget as a take does: actors handing messages to
    * each other from their own microtasks would otherwise never give the event loop back.
    */
-  readonly #handoff = (env: Envelope): boolean => {
+  readonly #handoff = (env: Envelope, exclusive: boolean): boolean => {
     if (
       this.#intake.running ||
       this.#state !== 'running' ||
@@ -584,10 +584,15 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     ) {
       return false;
     }
+    this.#exclusive = exclusive ? env : undefined;
     this.#intake.step(this.#acceptOne, env);
+    this.#exclusive = undefined;
     this.#checkIdle();
     return true;
   };
+
+  /** The envelope being handed over, when the bus made it for this actor alone (see Route.handoff). */
+  #exclusive: Envelope | undefined = undefined;
 
   readonly #acceptOne = (env: Envelope): void => this.#accept(env);
 
@@ -679,14 +684,18 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
         return;
       }
     }
-    const source = data === env.data && key === env.key ? env : { ...env, data, key };
+    const same = data === env.data && key === env.key;
+    const source = same ? env : { ...env, data, key };
+    // A copy made here is the actor's own, as is an envelope the bus made for this actor alone.
+    const owned = !same || this.#exclusive === env;
+    this.#exclusive = undefined;
     const laneIndex = this.#lanes.length === 1 ? 0 : laneOf(key ?? '', this.#lanes.length);
     const lane = this.#lanes[laneIndex] as Lane;
     const startedAt = this.#timing ? this.#deps.clock.now() : 0;
     if (this.#lazyLanes && !this.#tracing && (lane as PipelineLane).ready) {
       // Handed over with no record: most inputs settle by counting when their run ends.
       this.#inputs.holdSlot();
-      (lane as PipelineLane).deliverLazy(source, startedAt);
+      (lane as PipelineLane).deliverLazy(source, startedAt, owned);
       return;
     }
     this.#records++;

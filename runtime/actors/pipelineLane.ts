@@ -104,15 +104,22 @@ export class PipelineLane implements Lane {
    * held, which is most inputs (filtered, mapped and accepted downstream at once, folded into
    * checkpointed state), the input is settled by those counts: nothing was recorded for it. An
    * input still held then (an async step, a window without a store, an output a mailbox keeps, a
-   * failure) gets its record, created only now.
+   * failure) gets its record, created only now. `owned`: nobody else holds `source`, so it takes
+   * the handle itself instead of a copy.
    */
-  deliverLazy(source: Envelope, startedAt: number): void {
+  deliverLazy(source: Envelope, startedAt: number, owned = false): void {
     const handle = lazyHandle(this, source.id);
-    const env = inputEnvelope(source, handle);
+    const upstream = source.lineage;
+    // An envelope nobody else can observe (see Route.handoff) takes the handle in place: no copy.
+    let env: Envelope;
+    if (owned) {
+      (source as { lineage: Lineage | undefined }).lineage = handle;
+      env = source;
+    } else env = inputEnvelope(source, handle);
     const generation = this.#generation;
     this.#lazy = handle;
     this.#lazyEnv = env;
-    this.#lazyUpstream = source.lineage;
+    this.#lazyUpstream = upstream;
     this.#lazyStartedAt = startedAt;
     this.#lazyGeneration = generation;
     this.#lazyOutputs = 0;
@@ -129,13 +136,13 @@ export class PipelineLane implements Lane {
     if (recorded) this.#current = undefined;
     const outcome = endLazyRun(handle);
     if (outcome.kind === 'settled') {
-      this.#host.settledByCount(source.lineage, outcome.used, startedAt);
+      this.#host.settledByCount(upstream, outcome.used, startedAt);
       return;
     }
     const input =
       outcome.kind === 'recorded'
         ? outcome.tracker
-        : this.#newRecord(env, source.lineage, generation, startedAt, this.#lazyOutputs);
+        : this.#newRecord(env, upstream, generation, startedAt, this.#lazyOutputs);
     // The run's own reference: settles the input if only that was left, as #deliver's release.
     input.release();
   }

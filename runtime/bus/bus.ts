@@ -165,9 +165,11 @@ export interface Route extends Routable {
   readonly capture?: string | undefined;
   /**
    * Hands a message straight to an idle consumer, skipping the mailbox; false when the consumer is
-   * busy or has a backlog, and the message must queue to keep its order.
+   * busy or has a backlog, and the message must queue to keep its order. `exclusive`: the envelope
+   * was made by this publish and goes to this consumer only, so nobody else can observe it and the
+   * consumer may take it as its own (an actor sets its input's lineage on it instead of a copy).
    */
-  readonly handoff?: ((env: Envelope) => boolean) | undefined;
+  readonly handoff?: ((env: Envelope, exclusive: boolean) => boolean) | undefined;
   /** Denied subjects of a wildcard subscription that overlaps a deny permission. */
   readonly filter: ((subject: string) => boolean) | undefined;
   /** Messages after which the route removes itself (a subscription's `max`); a transport passes it on. */
@@ -320,6 +322,11 @@ export class Bus implements BusClient {
     return this.#trie.match(subject);
   }
 
+  /** @internal Changes whenever routes do: a kept {@link lookup} result holds while it is the same. */
+  get routesEpoch(): number {
+    return this.#trie.epoch;
+  }
+
   /**
    * What a publish to `subject` does with `match`, worked out once and cached with the match: the
    * routes whose delivery filter lets `subject` through (a filter is a function of the subject
@@ -439,9 +446,14 @@ export class Bus implements BusClient {
    * delivered, so a refused publish reached nobody and may be retried without duplicates. With
    * `wait` the result resolves once every `block` mailbox accepted it.
    */
-  route(env: Envelope, wait: true, match?: Match<Route>): Promise<void>;
-  route(env: Envelope, wait: false, match?: Match<Route>): boolean;
-  route(env: Envelope, wait: boolean, match: Match<Route> = this.#trie.match(env.subject)): Promise<void> | boolean {
+  route(env: Envelope, wait: true, match?: Match<Route>, exclusive?: boolean): Promise<void>;
+  route(env: Envelope, wait: false, match?: Match<Route>, exclusive?: boolean): boolean;
+  route(
+    env: Envelope,
+    wait: boolean,
+    match: Match<Route> = this.#trie.match(env.subject),
+    exclusive = false,
+  ): Promise<void> | boolean {
     // A match from the trie is its plan; one made by hand (or a plan whose filters were run for
     // another subject) is compiled here, for this publish only.
     const plan =
@@ -457,7 +469,7 @@ export class Bus implements BusClient {
       const full = refusing(r, wait);
       if (full !== undefined) return this.#refuse(full, wait);
       this.#counters.published++;
-      const waiting = this.#deliver(r, env);
+      const waiting = this.#deliver(r, env, exclusive);
       return wait ? (waiting ?? ACCEPTED) : true;
     }
 
@@ -495,7 +507,8 @@ export class Bus implements BusClient {
       // no group's any more, which is harmless.)
       const cursor = plan.cursors[g];
       if (cursor !== undefined && members.length > 1) cursor.next = pick + 1;
-      const w = this.#deliver(members[pick] as Route, env);
+      // The only copy when no plain route and no other group takes one.
+      const w = this.#deliver(members[pick] as Route, env, exclusive && n === 0 && groups.length === 1);
       if (w !== undefined) (waits ??= []).push(w);
     }
     if (!wait) return true;
@@ -624,7 +637,7 @@ export class Bus implements BusClient {
     return false;
   }
 
-  #deliver(r: Route, env: Envelope): Promise<void> | undefined {
+  #deliver(r: Route, env: Envelope, exclusive = false): Promise<void> | undefined {
     if (r.direct !== undefined) return r.direct(env);
     const mailbox = r.mailbox as Mailbox;
     // A mailbox closed during this publish (its subscriber unsubscribed from an earlier copy's
@@ -632,7 +645,7 @@ export class Bus implements BusClient {
     // The mailbox's reference: released by its consumer, or by onDrop when the mailbox lets go.
     absorbDownstream(env.lineage);
     // An idle consumer takes it now, as it would from the mailbox, and releases it the same way.
-    if (r.handoff?.(env)) return undefined;
+    if (r.handoff?.(env, exclusive)) return undefined;
     let offer: Offer;
     try {
       offer = mailbox.offer(env);
@@ -786,6 +799,14 @@ export class ClientImpl implements BusClient {
   readonly #permissions: PermissionChecker;
   readonly #literalCache = new Set<string>();
   #lastLiteral: string | undefined = undefined;
+  /**
+   * The subject this client published to last, what it reached and the routes' epoch then: the
+   * bus's own last-subject shortcut misses when publishers alternate (a producer and the actor
+   * it feeds), a client's own rarely does.
+   */
+  #lastSubject: string | undefined = undefined;
+  #lastMatch: Match<Route> | undefined = undefined;
+  #lastEpoch = -1;
 
   readonly #internal: boolean;
 
@@ -815,7 +836,9 @@ export class ClientImpl implements BusClient {
         this.#bus.publishedToNone();
         return paced();
       }
-      const accepted = this.#bus.route(createEnvelope(name, data, entering, this.#bus.clock.now()), true, match);
+      // Made here and held by nobody else: a single consumer may take it as its own.
+      const env = createEnvelope(name, data, entering, this.#bus.clock.now());
+      const accepted = this.#bus.route(env, true, match, true);
       return accepted === ACCEPTED ? paced() : accepted;
     } catch (error) {
       return Promise.reject(error);
@@ -831,7 +854,7 @@ export class ClientImpl implements BusClient {
       this.#bus.publishedToNone();
       return true;
     }
-    return this.#bus.route(createEnvelope(name, data, entering, this.#bus.clock.now()), false, match);
+    return this.#bus.route(createEnvelope(name, data, entering, this.#bus.clock.now()), false, match, true);
   }
 
   forward(env: Envelope): Promise<void> {
@@ -952,7 +975,17 @@ export class ClientImpl implements BusClient {
    *   request): a service cannot be made a deputy that publishes where the requester may not.
    */
   #checkPublish(subject: string, data: unknown, options: PublishOptions | undefined): Match<Route> {
-    const match = this.#bus.lookup(subject);
+    const bus = this.#bus;
+    let match: Match<Route>;
+    // (Untyped code may pass undefined, equal to an unset #lastSubject: that must reach validation.)
+    if (subject === this.#lastSubject && this.#lastEpoch === bus.routesEpoch && subject !== undefined) {
+      match = this.#lastMatch as Match<Route>;
+    } else {
+      match = bus.lookup(subject);
+      this.#lastSubject = subject;
+      this.#lastMatch = match;
+      this.#lastEpoch = bus.routesEpoch;
+    }
     const replyTo = options?.replyTo;
     if (replyTo !== undefined) this.#checkLiteral(replyTo);
     if (!this.#permissions.unrestricted) {

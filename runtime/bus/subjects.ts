@@ -169,6 +169,11 @@ export class SubjectTrie<T extends Routable, M extends Match<T> = Match<T>> {
   readonly #cacheByteLimit: number;
   #cacheBytes = 0;
   #size = 0;
+  /**
+   * Changes on every insert and removal: a caller that keeps a result of {@link match} (a
+   * publisher's last subject) may use it while the epoch is the one it read with it.
+   */
+  epoch = 0;
 
   readonly #checkMiss: ((subject: string) => readonly string[] | undefined) | undefined;
   readonly #uncached: ((subject: string) => boolean) | undefined;
@@ -313,6 +318,7 @@ export class SubjectTrie<T extends Routable, M extends Match<T> = Match<T>> {
 
   #changed(delta: number): void {
     this.#size += delta;
+    this.epoch++;
     this.#cache.clear();
     this.#lastSubject = undefined;
     this.#lastResult = undefined;

@@ -12,7 +12,7 @@ import { absorbDownstream, releaseDownstream } from '../lineage.ts';
 import { intOption, knownKeys, oneOf, optionKeys } from '../options.ts';
 import type { Bus, QueueStrategy, Route } from './bus.ts';
 import { DrainLoop, handoffRefused, nextMacrotask, spend } from './drainLoop.ts';
-import { Mailbox, type MailboxOptions, Offer } from './mailbox.ts';
+import { type DropReason, Mailbox, type MailboxOptions, Offer } from './mailbox.ts';
 
 export interface SubscriptionOptions<T> {
   /** Subscribers sharing a queue group split the messages; each group gets one copy. */
@@ -39,6 +39,13 @@ export interface SubscriptionOptions<T> {
    * with the subject and message id
    */
   onError?: (error: unknown, env: Envelope<T>) => void;
+  /**
+   * Called for each message the mailbox let go of undelivered: dropped by a `drop-oldest` or
+   * `drop-newest` policy, or queued when the subscription closed. The bus has counted and released
+   * it by then, so read it, never keep it. A consumer that must not fall behind unnoticed (a
+   * WebSocket gateway dropping a slow browser) learns here that it did. @default none
+   */
+  onDrop?: (env: Envelope<T>, reason: DropReason) => void;
 }
 
 const subscriptionOptionKeys = optionKeys<keyof SubscriptionOptions<unknown>>({
@@ -49,6 +56,7 @@ const subscriptionOptionKeys = optionKeys<keyof SubscriptionOptions<unknown>>({
   concurrency: true,
   max: true,
   onError: true,
+  onDrop: true,
 });
 
 type Mode = 'none' | 'callback' | 'observable' | 'iterator';
@@ -110,7 +118,17 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
       options.queue === undefined ? pattern : `${pattern} [${options.queue}]`,
       options.mailbox,
     );
-    this.#mailbox.onDrop = bus.onDrop;
+    const onDrop = options.onDrop as ((env: Envelope, reason: DropReason) => void) | undefined;
+    if (onDrop !== undefined && typeof onDrop !== 'function') {
+      throw new OptionsError('subscription.onDrop', 'must be a function of a message and a drop reason', onDrop);
+    }
+    this.#mailbox.onDrop =
+      onDrop === undefined
+        ? bus.onDrop
+        : (env, reason) => {
+            bus.onDrop(env, reason);
+            onDrop(env, reason);
+          };
     this.#mailbox.onReadable = () => this.#schedule();
     const strategy = oneOf(
       'subscription.queueStrategy',

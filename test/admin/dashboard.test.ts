@@ -1,28 +1,21 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type Browser, chromium, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { chromiumMissing, collectErrors, launchChromium } from '../services/chromium.ts';
 import { type NatsServer, natsServerMissing, startNatsServer } from '../services/natsServer.ts';
 
 // The dashboard in a real browser: Debian's chromium driven by playwright-core, against the
 // clickstream job as `npm run example -- dashboard` serves it, in a child process.
 
-const CHROMIUM = '/usr/bin/chromium';
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const ARTIFACTS = join(ROOT, '.tmp');
 const TOKEN = 'dashboard-test-token-0123456789';
 
-function chromiumMissing(): string | undefined {
-  if (existsSync(CHROMIUM) || process.env.CI === 'true') return undefined;
-  const reason = `the dashboard's browser test needs ${CHROMIUM}, which is missing: apt-get install -y chromium`;
-  console.warn(`skipped: ${reason}`);
-  return reason;
-}
-
-const skip = chromiumMissing();
+const skip = chromiumMissing("the dashboard's browser test");
 // The job's partner clicks come from NATS (a source the connector health view shows) when a server can run.
 const noNats = natsServerMissing("the dashboard's connector health check");
 
@@ -57,23 +50,9 @@ describe.skipIf(skip !== undefined)('the dashboard in headless chromium', () => 
       });
       job.once('exit', (code) => reject(new Error(`the dashboard example exited with ${code}: ${out}`)));
     });
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        '--headless',
-        '--no-sandbox',
-        '--disable-gpu',
-        '--disable-background-networking',
-        '--disable-component-update',
-        '--disable-sync',
-        '--no-first-run',
-      ],
-    });
+    browser = await launchChromium();
     page = await browser.newPage({ viewport: { width: 1500, height: 950 } });
-    page.on('pageerror', (e) => errors.push(`page error: ${e.message}`));
-    page.on('console', (m) => {
-      if (m.type() === 'error') errors.push(`console: ${m.text()}`);
-    });
+    collectErrors(page, errors);
     page.on('dialog', (d) => void d.accept());
     mkdirSync(ARTIFACTS, { recursive: true });
   }, 60_000);

@@ -236,6 +236,34 @@ describe.skipIf(missing !== undefined)('NATS connector', () => {
     expect(source.stats).toMatchObject({ nacked: 2, terminated: 1, acked: 0 });
   });
 
+  test('deliveries that never failed (a process that died holding the message) do not use up maxDeliver', async () => {
+    const s = await stream();
+    const rt = runtime();
+    const options = { stream: s.name, consumer: 'c', maxDeliver: 2 };
+    // Started with nobody subscribed, the source makes its consumer and fetches nothing.
+    const first = natsSource({ connection: { servers: server.url }, jetstream: options, subject: 'crash.in' });
+    await first.start(rt);
+    await first.close();
+    expect((await s.jsm.consumers.info(s.name, 'c')).config.max_deliver).toBe(-1);
+    await s.js.publish(`${s.prefix}.a`, json('survivor'));
+    // Three deliveries to processes that never settled it, as kills mid-flight would leave them.
+    const raw = await jetstream(nc).consumers.get(s.name, 'c');
+    for (let i = 1; i <= 3; i++) {
+      const m = await raw.next({ expires: 2_000 });
+      expect(m?.info.deliveryCount).toBe(i);
+      m?.nak();
+    }
+    const got: Envelope[] = [];
+    rt.bus.subscribe('crash.in', { callback: (env) => void got.push(env) });
+    const again = natsSource({ connection: { servers: server.url }, jetstream: options, subject: 'crash.in' });
+    onTestFinished(() => again.close());
+    await again.start(rt);
+    await until(() => got.length === 1, 'the message, delivered a fourth time');
+    expect(got[0]?.data).toBe('survivor');
+    expect(got[0]?.attempt).toBe(4);
+    await until(() => again.stats.acked === 1, 'its ack');
+  });
+
   test('long work: messages held past the ack wait are kept in progress, not delivered again', async () => {
     const s = await stream();
     const rt = runtime();

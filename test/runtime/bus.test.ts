@@ -102,6 +102,22 @@ describe('bus - publish/subscribe', () => {
     expect(bus.hasSubscribers('nobody.listens')).toBe(false);
   });
 
+  test('bus - a publisher reaches subscribers added and removed between its publishes to one subject', async () => {
+    // A client keeps what its last subject reached: a subscribe or unsubscribe must not be missed.
+    const bus = new Bus();
+    const client = bus.client('producer');
+    client.tryPublish('orders.new', 0);
+    const first = recorder<number>(bus, 'orders.new');
+    client.tryPublish('orders.new', 1);
+    const second = recorder<number>(bus, 'orders.*');
+    client.tryPublish('orders.new', 2);
+    first.sub.unsubscribe();
+    client.tryPublish('orders.new', 3);
+    await flush();
+    expect(first.got).toEqual([1, 2]);
+    expect(second.got).toEqual([2, 3]);
+  });
+
   test('bus - id, key, event time, headers and replyTo reach the subscriber', async () => {
     const clock = new VirtualClock(1_000);
     const bus = new Bus({ clock });
@@ -538,6 +554,25 @@ describe('bus - backpressure', () => {
     expect(bus.tryPublish('a', 3)).toBe(true);
     expect([oldest.pending, newest.pending]).toEqual([1, 1]);
     expect(bus.telemetry.counters.dropped).toBe(4);
+  });
+
+  test('bus - onDrop tells the subscription which messages its mailbox let go of, and why', async () => {
+    const bus = new Bus();
+    const drops: [unknown, string][] = [];
+    const onDrop = (env: Envelope, reason: string) => drops.push([env.data, reason]);
+    const oldest = bus.subscribe('a', { mailbox: { capacity: 1, overflow: 'drop-oldest' }, onDrop });
+    bus.subscribe('a', { mailbox: { capacity: 1, overflow: 'drop-newest' }, onDrop });
+    await bus.publish('a', 1);
+    await bus.publish('a', 2);
+    expect(drops).toEqual([
+      [1, 'drop-oldest'],
+      [2, 'drop-newest'],
+    ]);
+    oldest.unsubscribe();
+    expect(drops.at(-1)).toEqual([2, 'closed']);
+    // Counted by the bus as every drop is.
+    expect(bus.telemetry.counters.dropped).toBe(3);
+    expect(() => bus.subscribe('a', { onDrop: 'log' as never })).toThrow(/subscription\.onDrop/);
   });
 });
 

@@ -3,8 +3,8 @@
  * record only when something still holds it after its synchronous run, or when the actor must
  * name it (a failure, a stop). Everything else settles by the counts its handle kept.
  */
-import { delay, filter, map } from 'rxjs';
-import { type ActorRef, actor } from 'sluice';
+import { delay, filter, map, tap } from 'rxjs';
+import { type ActorRef, actor, type Envelope, type Lineage } from 'sluice';
 import { agg, mapAsync, tumbling, type WindowResult, watermarks } from 'sluice/operators';
 import { describe, expect, test } from 'vitest';
 import { collect, flush, quietLogger, testRuntime } from './helpers.ts';
@@ -34,6 +34,51 @@ describe('settlement by counting', () => {
     expect(ref.counters).toMatchObject({ acked: N, dropped: 0, settlementErrors: 0 });
     expect(records(ref)).toBe(0);
     expect(ref.inFlight).toBe(0);
+  });
+
+  test('an envelope the bus made for one actor takes its handle in place; no other consumer ever sees it', async () => {
+    const { rt } = testRuntime();
+    const seen = new Map<string, Envelope<number>[]>();
+    const watch = (name: string, subject: string) => {
+      const got: Envelope<number>[] = [];
+      seen.set(name, got);
+      return rt.spawn(
+        actor<number, number>({
+          name,
+          subscribe: subject,
+          pipeline: (in$) =>
+            in$.pipe(
+              tap((env) => void got.push(env)),
+              filter(() => false),
+            ),
+        }),
+      );
+    };
+    const alone = watch('alone', 'solo');
+    const first = watch('first', 'shared');
+    const second = watch('second', 'shared');
+    const plain = collect<number>(rt.bus, 'shared');
+    const upstream: Lineage = { ids: ['u'], retain() {}, release() {}, absorb() {}, releaseAbsorbed() {} };
+    rt.bus.tryPublish('solo', 1, { lineage: upstream });
+    rt.bus.tryPublish('shared', 2, { lineage: upstream });
+    await Promise.all([alone.idle(), first.idle(), second.idle()]);
+    await flush();
+    const [a] = seen.get('alone') ?? [];
+    const [f] = seen.get('first') ?? [];
+    const [g] = seen.get('second') ?? [];
+    // Each actor's input carries its own handle, never the publisher's lineage or another's.
+    for (const env of [a, f, g]) {
+      expect(env?.lineage).toBeDefined();
+      expect(env?.lineage).not.toBe(upstream);
+    }
+    expect(f?.lineage).not.toBe(g?.lineage);
+    expect(f).not.toBe(g);
+    // Two actors and a plain subscriber on one subject: the subscriber's copy is the bus's, untouched.
+    expect(plain).toHaveLength(1);
+    expect(plain[0]?.lineage).toBe(upstream);
+    expect(plain[0]).not.toBe(f);
+    expect(plain[0]).not.toBe(g);
+    expect(records(alone) + records(first) + records(second)).toBe(0);
   });
 
   test('filtered inputs settle as dropped with no record', async () => {
