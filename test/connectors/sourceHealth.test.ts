@@ -65,6 +65,30 @@ async function statesDuring(rt: Runtime, name: string, disturb: () => Promise<vo
   return seen;
 }
 
+/** Calls the admin API of `rt`, served for the test; its JSON answer. */
+async function admin(rt: Runtime, method: 'GET' | 'POST', path: string, body?: unknown): Promise<unknown> {
+  const server = await served(rt);
+  const res = await fetch(`${server.url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  return res.json();
+}
+
+const servers = new WeakMap<Runtime, Promise<{ url: string }>>();
+function served(rt: Runtime): Promise<{ url: string }> {
+  let s = servers.get(rt);
+  if (s === undefined) {
+    s = rt.serve({ port: 0, token: TOKEN }).then((server) => {
+      onTestFinished(() => server.close());
+      return server;
+    });
+    servers.set(rt, s);
+  }
+  return s;
+}
+
 /** An actor on `subject` that counts what it handles. */
 function counter(rt: Runtime, name: string, subject: string): { readonly handled: number } {
   const state = { handled: 0 };
@@ -101,26 +125,16 @@ describe.skipIf(natsMissing !== undefined)('NATS source health', () => {
       }),
     );
     await source.start(rt, { logger: quiet });
-    const admin = await rt.serve({ port: 0, token: TOKEN });
-    onTestFinished(() => admin.close());
-    const call = async (method: string, path: string, body?: unknown) => {
-      const res = await fetch(`${admin.url}${path}`, {
-        method,
-        headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
-        body: body === undefined ? undefined : JSON.stringify(body),
-      });
-      return (await res.json()) as unknown;
-    };
     expect(statusOf(rt, source.name)).toMatchObject({ kind: 'nats', connection: 'connected', reconnects: 0 });
 
-    await call('POST', '/api/actors/pause', { actor: 'count' });
+    await admin(rt, 'POST', '/api/actors/pause', { actor: 'count' });
     for (let i = 0; i < 50; i++) await js.publish('h.in', new TextEncoder().encode(String(i)));
     // Paused: the mailbox (4) and one waiting publish at most; the rest is behind, on the server.
     await until(() => statusOf(rt, source.name).lag.messages === 50, 'fifty messages behind');
-    const served = (await call('GET', '/api/sources')) as SourceStatus[];
-    expect(served.find((s) => s.name === source.name)?.lag).toMatchObject({ messages: 50 });
+    const listed = (await admin(rt, 'GET', '/api/sources')) as SourceStatus[];
+    expect(listed.find((s) => s.name === source.name)?.lag).toMatchObject({ messages: 50 });
     expect(statusOf(rt, source.name).lag.timeMs).toBeGreaterThan(0);
-    await call('POST', '/api/actors/resume', { actor: 'count' });
+    await admin(rt, 'POST', '/api/actors/resume', { actor: 'count' });
     await until(() => count.handled === 50 && statusOf(rt, source.name).lag.messages === 0, 'caught up');
 
     const states = await statesDuring(rt, source.name, () => server.restart('SIGKILL'));
@@ -171,18 +185,10 @@ describe.skipIf(noRedis !== undefined)('Redis source health', () => {
     );
     await source.start(rt, { logger: quiet });
     expect(statusOf(rt, source.name)).toMatchObject({ kind: 'redis', connection: 'connected' });
-    const pausing = await rt.serve({ port: 0, token: TOKEN });
-    onTestFinished(() => pausing.close());
-    const act = (path: string) =>
-      fetch(`${pausing.url}${path}`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ actor: 'count' }),
-      });
-    await act('/api/actors/pause');
+    await admin(rt, 'POST', '/api/actors/pause', { actor: 'count' });
     for (let i = 0; i < 40; i++) await redis.xadd(stream, '*', 'data', String(i));
     await until(() => statusOf(rt, source.name).lag.messages === 40, 'forty entries behind');
-    await act('/api/actors/resume');
+    await admin(rt, 'POST', '/api/actors/resume', { actor: 'count' });
     await until(() => count.handled === 40 && statusOf(rt, source.name).lag.messages === 0, 'caught up');
 
     const states = await statesDuring(rt, source.name, async () => {
@@ -225,18 +231,10 @@ describe.skipIf(noRabbit !== undefined)('RabbitMQ source health', () => {
       await channel.waitForConfirms();
       await model.close();
     };
-    const admin = await rt.serve({ port: 0, token: TOKEN });
-    onTestFinished(() => admin.close());
-    const act = (path: string) =>
-      fetch(`${admin.url}${path}`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
-        body: JSON.stringify({ actor: 'count' }),
-      });
-    await act('/api/actors/pause');
+    await admin(rt, 'POST', '/api/actors/pause', { actor: 'count' });
     await send(Array.from({ length: 30 }, (_, i) => `m${i}`));
     await until(() => statusOf(rt, source.name).lag.messages === 30, 'thirty messages behind');
-    await act('/api/actors/resume');
+    await admin(rt, 'POST', '/api/actors/resume', { actor: 'count' });
     await until(() => count.handled === 30 && statusOf(rt, source.name).lag.messages === 0, 'caught up');
 
     const states = await statesDuring(rt, source.name, () => vhost.dropConnections());
