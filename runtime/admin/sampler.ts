@@ -3,11 +3,12 @@ import type { AdminHost } from './host.ts';
 /** A point of a series: wall-clock time (epoch ms) and a value. */
 export type Point = readonly [time: number, value: number];
 
-/** Something that happened to an actor, for the errors and restarts timeline. */
+/** Something that happened to an actor or a connector source, for the errors and restarts timeline. */
 export interface TimelineEvent {
   readonly time: number;
+  /** The actor, or for `connection` events the source. */
   readonly actor: string;
-  readonly kind: 'restart' | 'dead-letter' | 'state' | 'checkpoint-failure';
+  readonly kind: 'restart' | 'dead-letter' | 'state' | 'checkpoint-failure' | 'connection';
   readonly detail: string;
 }
 
@@ -67,6 +68,8 @@ export class Sampler {
   readonly #host: AdminHost;
   readonly #max: number;
   readonly #last = new Map<string, Last>();
+  /** Each source's connection at the last sample. */
+  readonly #connections = new Map<string, string>();
   #lastTime = 0;
   readonly rateIn = new Map<string, Series>();
   readonly rateOut = new Map<string, Series>();
@@ -174,6 +177,18 @@ export class Sampler {
     }
     for (const source of this.#host.telemetry.sources.list()) {
       if (source.connection !== 'closed') this.#series(this.sourceLag, source.name).push([now, source.lag.messages]);
+      const before = this.#connections.get(source.name);
+      this.#connections.set(source.name, source.connection);
+      if (before !== undefined && before !== source.connection) {
+        const why =
+          source.connection === 'reconnecting' && source.lastError !== undefined ? `: ${source.lastError.message}` : '';
+        this.#event({
+          time: now,
+          actor: source.name,
+          kind: 'connection',
+          detail: `${before} -> ${source.connection}${why}`,
+        });
+      }
     }
   }
 

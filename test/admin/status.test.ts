@@ -86,6 +86,16 @@ describe('sources in the runtime status', () => {
     expect(status.sources.map((s) => s.name)).toEqual(['redis:events']);
     const history = await getJson<{ sourceLag: Record<string, [number, number][]> }>(server.url, '/api/history');
     expect(history.sourceLag['redis:events']?.at(-1)?.[1]).toBe(42);
+    // A change of connection is an event of the errors and restarts timeline, at the next sample.
+    health.reconnecting(new Error("READONLY You can't write against a read only replica"));
+    (server as unknown as { tick(): void }).tick();
+    const timeline = await getJson<{ actor: string; kind: string; detail: string }[]>(server.url, '/api/timeline');
+    expect(timeline).toContainEqual({
+      time: expect.any(Number),
+      actor: 'redis:events',
+      kind: 'connection',
+      detail: "connected -> reconnecting: READONLY You can't write against a read only replica",
+    });
   });
 });
 
