@@ -15,12 +15,15 @@ commands:
   status                               the runtime at a glance
   actors                               actors: state, depth, in flight, rates, backpressure
   streams                              streams: messages, bytes, retention, consumers
-  lag                                  consumer lag per stream and consumer
+  lag                                  lag of stream consumers and connector sources; sources' connection
+  windows                              window operators per actor: watermark, open windows, next timer
+  checkpoints                          checkpoints per actor: commits, bytes, duration, positions (--limit N recent)
   peek <stream>                        messages of a stream (--from, --from-time, --subject, --contains, --limit)
   tail <subject>                       follows new messages on a subject a stream captures, or a dead-letter subject
   dlq list                             dead letters per subject, with reasons
   dlq peek [subject]                   dead letters kept by the API (--limit, --after)
   dlq replay [subject]                 replays dead letters to their subjects (--id N..., --reason TEXT, --all, --limit N)
+                                         --stream NAME: from a stream that keeps them (--from-seq N; --id is a sequence)
   dlq purge <subject> | --all          drops dead letters kept by the API
   consumer reset <stream> <consumer>   moves a durable consumer (--seq N or --time T; --force)
   state get <actor> <key>              an actor's keyed state
@@ -73,6 +76,8 @@ const options = {
   force: { type: 'boolean' },
   count: { type: 'string' },
   interval: { type: 'string' },
+  stream: { type: 'string' },
+  'from-seq': { type: 'string' },
 } as const;
 
 type Values = ReturnType<typeof parseArgs<{ options: typeof options; allowPositionals: true }>>['values'];
@@ -153,11 +158,14 @@ async function run(api: Api, args: string[], v: Values, io: Io): Promise<void> {
       );
     }
     case 'lag': {
-      const rows = await api.get<LagRow[]>('/api/lag');
-      return print(rows, () =>
-        table(
+      const [consumers, sources] = await Promise.all([
+        api.get<LagRow[]>('/api/lag'),
+        api.get<SourceRow[]>('/api/sources'),
+      ]);
+      return print({ consumers, sources }, () => {
+        const streams = table(
           ['STREAM', 'CONSUMER', 'POSITION', 'LAG', 'LAG TIME', 'ACK PENDING', 'ACKED', 'DEAD', 'ACTORS'],
-          rows.map((c) => [
+          consumers.map((c) => [
             c.stream,
             c.name,
             c.position,
@@ -168,7 +176,54 @@ async function run(api: Api, args: string[], v: Values, io: Io): Promise<void> {
             c.deadLettered,
             c.actors.join(',') || '-',
           ]),
+        );
+        if (sources.length === 0) return streams;
+        return `${streams}\n${sourcesText(sources)}`;
+      });
+    }
+    case 'windows': {
+      const rows = await api.get<WindowRow[]>('/api/windows');
+      return print(rows, () =>
+        table(
+          ['ACTOR', 'OPERATOR', 'KIND', 'LANE', 'WATERMARK', 'OPEN WINDOWS', 'KEYS', 'HELD INPUTS', 'NEXT TIMER'],
+          rows.map((w) => [
+            w.actor,
+            w.operator,
+            w.kind,
+            w.lane,
+            w.watermark === null ? '-' : new Date(w.watermark).toISOString(),
+            w.openWindows,
+            w.keys,
+            w.absorbed,
+            w.nextTimer === null ? '-' : new Date(w.nextTimer).toISOString(),
+          ]),
         ),
+      );
+    }
+    case 'checkpoints': {
+      const r = await api.get<{ actors: CheckpointRow[] }>('/api/checkpoints');
+      const recent = v.limit === undefined ? 5 : int('--limit', v.limit);
+      return print(
+        r,
+        () =>
+          r.actors
+            .map(
+              (a) =>
+                `${a.name}: ${a.commits} commits, ${bytes(a.bytes)}, ${a.failures} failed, ${a.held} inputs held\n` +
+                table(
+                  ['COMMITTED', 'DURATION', 'BYTES', 'INPUTS', 'POSITIONS'],
+                  a.recent.slice(-recent).map((c) => [
+                    new Date(c.time).toISOString(),
+                    `${c.durationMs} ms`,
+                    c.bytes,
+                    c.inputs,
+                    Object.entries(c.positions)
+                      .map(([k, p]) => `${k}@${p}`)
+                      .join(' ') || '-',
+                  ]),
+                ),
+            )
+            .join('\n') || '(no actor has a checkpoint)\n',
       );
     }
     case 'peek': {
@@ -279,16 +334,17 @@ async function dlq(
       if (v.all === true) body.all = true;
       if (v.limit !== undefined) body.limit = int('--limit', v.limit);
       if (v.to !== undefined) body.to = v.to;
-      if (Object.keys(body).length === 0 || (Object.keys(body).length === 1 && body.limit !== undefined)) {
-        throw usage('dlq replay needs a subject, --id, --reason or --all');
-      }
+      if (v['from-seq'] !== undefined) body.fromSeq = int('--from-seq', v['from-seq']);
+      const selected = Object.keys(body).filter((k) => k !== 'limit' && k !== 'to').length > 0;
+      if (!selected) throw usage('dlq replay needs a subject, --id, --reason, --from-seq or --all');
+      if (v.stream !== undefined) body.stream = v.stream;
       const bar = io.progress && !(v.json === true) ? new ProgressBar(io) : undefined;
       const r = await api.replay(body, (done, total) => bar?.update(done, total));
       bar?.end();
       return print(
         r,
         () =>
-          `replayed ${r.replayed} of ${r.total} dead letters${r.failed.length > 0 ? `; failed:\n${r.failed.map((f) => `  #${f.n}: ${f.error}`).join('\n')}` : ''}\n`,
+          `replayed ${r.replayed} of ${r.total} dead letters${r.next !== undefined ? ` (next --from-seq ${r.next})` : ''}${r.failed.length > 0 ? `; failed:\n${r.failed.map((f) => `  #${f.n}: ${f.error}`).join('\n')}` : ''}\n`,
       );
     }
     case 'purge': {
@@ -490,8 +546,45 @@ function statusText(s: Status): string {
     `streams: ${s.streams}, subscriptions: ${s.subscriptions}`,
     `messages: ${s.totals.published} published, ${s.totals.delivered} delivered, ${s.totals.acked} acked, ${s.totals.deadLettered} dead-lettered, ${s.totals.restarts} restarts`,
     `dead letters kept: ${s.deadLetters.kept} (${s.deadLetters.received} received)`,
+    `consumers: ${s.consumers.length}, ${s.consumers.reduce((n, c) => n + c.messages, 0)} messages behind`,
+    `windows: ${s.windows.reduce((n, a) => n + a.windows.reduce((m, w) => m + w.openWindows, 0), 0)} open in ${s.windows.length} actor(s)`,
+    `sources: ${s.sources.length}${s.sources.length === 0 ? '' : ` (${countBy(s.sources.map((x) => x.connection))})`}`,
+    ...s.sources.map(
+      (x) =>
+        `  ${x.name}: ${x.connection}, ${x.lag.messages} behind (${duration(x.lag.timeMs)})${x.lastError === undefined ? '' : `, last error: ${x.lastError.message}`}`,
+    ),
     '',
   ].join('\n');
+}
+
+function sourcesText(sources: SourceRow[]): string {
+  return table(
+    ['SOURCE', 'KIND', 'CONNECTION', 'SINCE', 'RECONNECTS', 'LAG', 'LAG TIME', 'ACK PENDING', 'LAST ERROR'],
+    sources.map((x) => [
+      x.name,
+      x.kind,
+      x.connection,
+      new Date(x.since).toISOString(),
+      x.reconnects,
+      x.lag.messages,
+      duration(x.lag.timeMs),
+      x.lag.ackPending,
+      x.lastError === undefined ? '-' : x.lastError.message.slice(0, 80),
+    ]),
+  );
+}
+
+/** `3 connected, 1 reconnecting`. */
+function countBy(values: string[]): string {
+  const counts = new Map<string, number>();
+  for (const v of values) counts.set(v, (counts.get(v) ?? 0) + 1);
+  return [...counts].map(([k, n]) => `${n} ${k}`).join(', ');
+}
+
+function bytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
 }
 
 function messagesText(messages: Message[], dead = false): string {
@@ -584,6 +677,37 @@ interface Status {
   subscriptions: number;
   totals: { published: number; delivered: number; acked: number; deadLettered: number; restarts: number };
   deadLetters: { kept: number; received: number };
+  consumers: { messages: number }[];
+  sources: SourceRow[];
+  windows: { actor: string; windows: { openWindows: number }[] }[];
+}
+interface SourceRow {
+  name: string;
+  kind: string;
+  connection: string;
+  since: number;
+  reconnects: number;
+  lastError: { message: string; time: number } | undefined;
+  lag: { messages: number; timeMs: number; ackPending: number };
+}
+interface WindowRow {
+  actor: string;
+  operator: string;
+  kind: string;
+  lane: number;
+  watermark: number | null;
+  openWindows: number;
+  keys: number;
+  absorbed: number;
+  nextTimer: number | null;
+}
+interface CheckpointRow {
+  name: string;
+  commits: number;
+  bytes: number;
+  failures: number;
+  held: number;
+  recent: { time: number; durationMs: number; bytes: number; inputs: number; positions: Record<string, number> }[];
 }
 interface ActorRow {
   name: string;
@@ -648,6 +772,8 @@ interface DeadLetterRow {
 interface ReplayResult {
   replayed: number;
   total: number;
+  /** Replays from a stream: the sequence to go on from. */
+  next?: number;
   failed: { n: number; error: string }[];
 }
 

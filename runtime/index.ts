@@ -16,6 +16,7 @@ export type { ReplayOptions } from './actors/deadLetters.ts';
 export { DEAD_LETTER_HEADERS, replayDeadLetter, replayDeadLetters } from './actors/deadLetters.ts';
 export type { DeliveryMode } from './actors/delivery.ts';
 export { MessageError } from './actors/failure.ts';
+export type { WindowView } from './actors/operatorProbes.ts';
 export type { BackoffOptions, RestartLimitAction, RestartOptions, RetryOptions } from './actors/supervisor.ts';
 export {
   backoffDelay,
@@ -110,10 +111,14 @@ export type { StreamSinkOptions } from './sinks/streamSink.ts';
 export { REVISION_HEADER, streamSink } from './sinks/streamSink.ts';
 export type { SinkActorDefinition, SinkBatchOptions, WriteToOptions } from './sinks/writeTo.ts';
 export { DEFAULT_SINK_BATCH, sinkActor, writeTo } from './sinks/writeTo.ts';
-export type { Source, SourceLag, SourceRef } from './sources/source.ts';
-export type { CheckpointOptions, CheckpointStats } from './state/checkpoint.ts';
+export type { SourceConnection, SourceHealth, SourceProbe, SourceStatus } from './sources/registry.ts';
+export { MAX_CLOSED_SOURCES } from './sources/registry.ts';
+export type { Source, SourceHost, SourceLag, SourceRef } from './sources/source.ts';
+export type { CheckpointOptions, CheckpointRecord, CheckpointStats } from './state/checkpoint.ts';
+export { CHECKPOINT_HISTORY } from './state/checkpoint.ts';
 export type { KeyedState } from './state/keyedState.ts';
 export { stateNamespace } from './state/keyedState.ts';
+export type { ActorCounts, ActorWindows, RuntimeStatus } from './status.ts';
 export type {
   Durability,
   KvEntry,

@@ -1,11 +1,14 @@
 import type { Actor, AnyActor, Logger } from './actors/actor.ts';
 import { ActorCell, type ActorCell as ActorCellType, type ActorRef, type CellDeps } from './actors/actorCell.ts';
+import { DeadLetterBuffer } from './admin/deadLetterBuffer.ts';
+import type { AdminHost } from './admin/host.ts';
 import type { ServeOptions } from './admin/options.ts';
 import type { AdminServer } from './admin/server.ts';
 import { Bus, type BusOptions } from './bus/bus.ts';
 import { type Clock, systemClock, type Timer } from './clock.ts';
 import { messageOf, OptionsError, type RestartLimitError, ShutdownError, StreamError } from './errors.ts';
 import { intOption, knownKeys, optionKeys } from './options.ts';
+import { type RuntimeStatus, runtimeStatus } from './status.ts';
 import type { Store } from './store/types.ts';
 import { Streams } from './streams/index.ts';
 import type { Stream, StreamConfig } from './streams/types.ts';
@@ -45,6 +48,12 @@ export interface RuntimeOptions {
    * transport's. The application closes it after `stop()`.
    */
   transport?: Transport;
+  /**
+   * Dead letters actors send that the runtime keeps in memory, the oldest dropped first, so the
+   * admin API (`runtime.serve`) can show, replay and purge those sent before it served. 0 keeps
+   * none (counts per subject and reason are still kept). @default 1000
+   */
+  deadLetters?: number;
 }
 
 /** What an actor had left when a shutdown ended, and what became of it. */
@@ -149,6 +158,12 @@ export interface Runtime {
    * default, with a bearer token. Resolves once it listens; the application closes it.
    */
   serve(options: ServeOptions): Promise<AdminServer>;
+  /**
+   * What the runtime is doing now: actors by state, the durable consumers of its streams and the
+   * connector sources that feed it (connection, lag in messages and time), and the watermark and
+   * open windows of each window operator. Read on demand; nothing is sampled for it.
+   */
+  status(): RuntimeStatus;
 }
 
 const runtimeOptionKeys = optionKeys<keyof RuntimeOptions>({
@@ -161,6 +176,7 @@ const runtimeOptionKeys = optionKeys<keyof RuntimeOptions>({
   store: true,
   streams: true,
   transport: true,
+  deadLetters: true,
 });
 
 const stopOptionKeys = optionKeys<'deadlineMs'>({ deadlineMs: true });
@@ -187,6 +203,10 @@ class RuntimeImpl implements Runtime {
   readonly #store: Store | undefined;
   /** Ends the running drain now, as if its deadline had passed. */
   #forceStop: (() => void) | undefined;
+  /** What the status and the admin API read of this runtime. */
+  readonly #host: AdminHost;
+  /** Recent dead letters, kept from the start so that the admin API shows those sent before it served. */
+  readonly #letters: DeadLetterBuffer;
 
   constructor(options: RuntimeOptions) {
     this.clock = options.clock ?? systemClock;
@@ -224,6 +244,8 @@ class RuntimeImpl implements Runtime {
         void this.stop();
       });
     this.#store = options.store;
+    const keep = intOption('runtime.deadLetters', options.deadLetters, 1000, 0);
+    this.#letters = new DeadLetterBuffer(keep, () => Date.now());
     if (this.#transport !== undefined) {
       // Durable subjects are the transport's; the store (if any) still serves sinks and state.
       for (const config of options.streams ?? []) this.#transport.defineStream(config);
@@ -246,6 +268,20 @@ class RuntimeImpl implements Runtime {
     } else if (options.streams !== undefined && options.streams.length > 0) {
       throw new OptionsError('runtime.streams', 'streams need a store: give the runtime a store', options.streams);
     }
+    const cells = this.#cells;
+    const streams = this.#streams;
+    const runtime = this;
+    this.#host = {
+      bus: this.bus,
+      clock: this.clock,
+      telemetry: this.telemetry,
+      store: this.#store,
+      get stopped() {
+        return runtime.stopped;
+      },
+      actors: () => [...cells.values()],
+      streams: () => streams?.all() ?? [],
+    };
   }
 
   stream(config: StreamConfig | string): Stream {
@@ -269,24 +305,11 @@ class RuntimeImpl implements Runtime {
   async serve(options: ServeOptions): Promise<AdminServer> {
     // Loaded on first use: a job that never serves does not load node:http.
     const { serve } = await import('./admin/server.ts');
-    const cells = this.#cells;
-    const streams = this.#streams;
-    const runtime = this;
-    return serve(
-      {
-        bus: this.bus,
-        clock: this.clock,
-        telemetry: this.telemetry,
-        store: this.#store,
-        get stopped() {
-          return runtime.stopped;
-        },
-        actors: () => [...cells.values()],
-        streams: () => streams?.all() ?? [],
-      },
-      options,
-      this.#log,
-    );
+    return serve(this.#host, this.#letters, options, this.#log);
+  }
+
+  status(): RuntimeStatus {
+    return runtimeStatus(this.#host);
   }
 
   spawn(actor: AnyActor): ActorRef {
@@ -309,6 +332,7 @@ class RuntimeImpl implements Runtime {
         return this.#streams.attach(ref);
       },
       checkpoints: this.#checkpointDeps,
+      keepDeadLetter: (letter) => this.#letters.keep(letter),
     });
     this.#cells.set(actor.name, cell);
     return cell;

@@ -13,6 +13,7 @@ import {
   trace,
 } from '@opentelemetry/api';
 import type { Headers } from './envelope.ts';
+import { type SourceHealth, type SourceProbe, SourceRegistry } from './sources/registry.ts';
 
 const SCOPE = 'sluice';
 const NOOP_METER_CLASS = createNoopMeter().constructor as new () => unknown;
@@ -89,6 +90,8 @@ export class Telemetry {
   readonly #perOwner = new Map<string, Counters>();
   readonly #gauges = new Set<GaugeSource>();
   readonly #lags = new Set<LagSource>();
+  /** The connector sources that feed this runtime (`runtime.status().sources`). */
+  readonly sources = new SourceRegistry();
   readonly #processing: Histogram;
 
   constructor() {
@@ -154,6 +157,16 @@ export class Telemetry {
   registerLag(source: LagSource): () => void {
     this.#lags.add(source);
     return () => this.#lags.delete(source);
+  }
+
+  /**
+   * A connector source's lag gauges and its entry in the runtime's status, until it reports
+   * `closed()` (see `Source` in runtime/sources/source.ts).
+   */
+  registerSource(probe: SourceProbe): SourceHealth {
+    const lag: LagSource = { stream: probe.stream, name: probe.consumer, lag: () => probe.lag() };
+    this.#lags.add(lag);
+    return this.sources.register(probe, () => this.#lags.delete(lag));
   }
 
   /**

@@ -12,6 +12,7 @@ import { validateSubject } from '../../runtime/bus/subjects.ts';
 import type { Codec } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
 import { knownKeys, oneOf, optionKeys, optionsObject } from '../../runtime/options.ts';
+import type { SourceHealth } from '../../runtime/sources/registry.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
@@ -241,7 +242,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
   #consumer: Consumer | undefined;
   #client: BusClient | undefined;
   #log: Logger = console;
-  #unregisterLag: (() => void) | undefined;
+  #health: SourceHealth | undefined;
   readonly #partitions = new Map<string, Partition>();
   /** Settlements no longer count: the source closed. */
   #closed = false;
@@ -476,7 +477,10 @@ export class KafkaSource<T = unknown> implements Source<T> {
     consumer.on('consumer:group:join', (payload) => {
       this.#assigning = this.#assigning.then(() => this.#assigned(payload.generationId ?? -1));
     });
-    consumer.on('error', (error: unknown) => this.#log.warn(`kafka source '${this.name}': ${messageOf(error)}`));
+    consumer.on('error', (error: unknown) => {
+      this.#health?.error(error);
+      this.#log.warn(`kafka source '${this.name}': ${messageOf(error)}`);
+    });
     consumer.topics.trackAll(...this.topics);
     try {
       await consumer.metadata({ topics: [...this.topics], autocreateTopics: true });
@@ -488,11 +492,15 @@ export class KafkaSource<T = unknown> implements Source<T> {
       throw connectorError(this.name, c, `joining group '${this.groupId}'`, error);
     }
     const stream = this.#stream;
-    this.#unregisterLag = host.telemetry?.registerLag({
+    this.#health = host.telemetry?.registerSource({
+      name: this.name,
+      kind: 'kafka',
       stream,
-      name: `${this.groupId}`,
+      consumer: `${this.groupId}`,
       lag: () => this.lag(),
+      counters: () => this.#stats,
     });
+    this.#health?.connected();
     if (this.#commitMode === 'source') {
       this.#commitTimer = setInterval(() => void this.commit(), this.#commitIntervalMs);
       this.#commitTimer.unref();
@@ -575,7 +583,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
     const pending = () =>
       [...this.#partitions.values()].some((p) => !p.revoked && (p.ledger.pending > p.held || p.publishing));
     while (pending() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-    this.#unregisterLag?.();
+    this.#health?.closed();
     const consumer = this.#consumer;
     if (consumer !== undefined) await this.commit().catch(() => undefined);
     this.#closed = true;

@@ -11,18 +11,18 @@ import { randomBytes } from 'node:crypto';
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { IPublishPacket, MqttClient } from 'mqtt';
 import type { Logger } from '../../runtime/actors/actor.ts';
-import type { Bus, BusClient } from '../../runtime/bus/bus.ts';
+import type { BusClient } from '../../runtime/bus/bus.ts';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
-import type { Clock, Timer } from '../../runtime/clock.ts';
+import type { Timer } from '../../runtime/clock.ts';
 import { type Codec, type CodecChoice, codecOf } from '../../runtime/codec.ts';
 import type { PublishOptions } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { type Lineage, SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
 import { backoffOption, deadLetterHeaders, deliverHeld, retryDelay } from '../../runtime/sources/delivery.ts';
-import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
+import type { SourceHealth } from '../../runtime/sources/registry.ts';
+import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
-import type { Telemetry } from '../../runtime/telemetry.ts';
 import {
   closeMqtt,
   type MqttConnectionOptions,
@@ -80,12 +80,7 @@ export interface MqttSourceOptions<T = unknown> {
   backoffMs?: readonly number[];
 }
 
-/** What a source is given of the runtime: `runtime` itself fits. */
-export interface SourceHost {
-  readonly bus: Bus;
-  readonly telemetry: Telemetry;
-  readonly clock: Clock;
-}
+export type { SourceHost } from '../../runtime/sources/source.ts';
 
 /** Counts of what the source did. */
 export interface MqttSourceStats {
@@ -181,7 +176,7 @@ export class MqttSource<T = unknown> implements Source<T> {
   /** PUBACKs due on the current connection, sent together at the end of the turn (a new connection drops them). */
   #acks: number[] = [];
   readonly #timers = new Set<Timer>();
-  #unregisterLag: (() => void) | undefined;
+  #health: SourceHealth | undefined;
   readonly #stats = { received: 0, published: 0, acked: 0, retried: 0, terminated: 0, duplicates: 0, reconnects: 0 };
 
   constructor(options: MqttSourceOptions<T>) {
@@ -325,8 +320,12 @@ export class MqttSource<T = unknown> implements Source<T> {
     }
     this.#client = client;
     client.on('close', () => this.#dropped());
+    // mqtt.js reconnects by itself: its events are the connection's state in the runtime's status.
+    client.on('reconnect', () => this.#health?.reconnecting());
+    client.on('error', (error: unknown) => this.#health?.error(error));
     client.on('connect', () => {
       if (this.#closed) return;
+      this.#health?.connected();
       this.#stats.reconnects++;
       this.#generation++;
       this.#acks = [];
@@ -339,7 +338,15 @@ export class MqttSource<T = unknown> implements Source<T> {
       this.#client = undefined;
       throw error;
     }
-    this.#unregisterLag = host.telemetry.registerLag({ stream: this.#stream, name: this.name, lag: () => this.lag() });
+    this.#health = host.telemetry.registerSource({
+      name: this.name,
+      kind: 'mqtt',
+      stream: this.#stream,
+      consumer: this.name,
+      lag: () => this.lag(),
+      counters: () => this.#stats,
+    });
+    this.#health.connected();
   }
 
   async #subscribe(client: MqttClient): Promise<void> {
@@ -635,7 +642,7 @@ export class MqttSource<T = unknown> implements Source<T> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#unregisterLag?.();
+    this.#health?.closed();
     for (const t of this.#timers) t.cancel();
     this.#timers.clear();
     this.#window = [];

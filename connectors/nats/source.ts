@@ -14,15 +14,15 @@ import {
   jetstream,
   jetstreamManager,
 } from '@nats-io/jetstream';
-import type { Msg, Subscription as NatsSubscription } from '@nats-io/transport-node';
+import type { Msg, NatsConnection, Subscription as NatsSubscription } from '@nats-io/transport-node';
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { Logger } from '../../runtime/actors/actor.ts';
 import { DEAD_LETTER_HEADERS } from '../../runtime/actors/deadLetters.ts';
 import { backoffDelay, DEFAULT_BACKOFF } from '../../runtime/actors/supervisor.ts';
-import type { Bus, BusClient } from '../../runtime/bus/bus.ts';
+import type { BusClient } from '../../runtime/bus/bus.ts';
 import type { Permissions } from '../../runtime/bus/permissions.ts';
 import { isLiteral, validateSubject } from '../../runtime/bus/subjects.ts';
-import type { Clock, Timer } from '../../runtime/clock.ts';
+import type { Timer } from '../../runtime/clock.ts';
 import type { Headers, PublishOptions } from '../../runtime/envelope.ts';
 import {
   ClosedError,
@@ -35,9 +35,9 @@ import {
 import { SourceLineage } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
 import { freeCapacity, publishDelivery } from '../../runtime/sources/delivery.ts';
-import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
+import type { SourceHealth } from '../../runtime/sources/registry.ts';
+import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
-import type { Telemetry } from '../../runtime/telemetry.ts';
 import { closeConnection, type HeldConnection, type NatsConnectionRef, openConnection } from './config.ts';
 import { Codecs, type NatsCodec, readHeaders } from './payload.ts';
 
@@ -121,12 +121,8 @@ export interface NatsSourceOptions<T = unknown> {
   lagRefreshMs?: number;
 }
 
-/** What a source is given of the runtime: `runtime` itself fits. */
-export interface SourceHost {
-  readonly bus: Bus;
-  readonly telemetry: Telemetry;
-  readonly clock: Clock;
-}
+/** What a source is given of the runtime (`runtime` itself fits): the one all connector sources take. */
+export type { SourceHost } from '../../runtime/sources/source.ts';
 
 /** Counts of what the source did. */
 export interface NatsSourceStats {
@@ -235,7 +231,7 @@ export class NatsSource<T = unknown> implements Source<T> {
     fetches: 0,
     redeliveredWhileHeld: 0,
   };
-  #unregisterLag: (() => void) | undefined;
+  #health: SourceHealth | undefined;
   // JetStream
   #consumer: Consumer | undefined;
   #jsm: JetStreamManager | undefined;
@@ -424,11 +420,16 @@ export class NatsSource<T = unknown> implements Source<T> {
       await closeConnection(this.#held);
       throw error;
     }
-    this.#unregisterLag = host.telemetry.registerLag({
+    this.#health = host.telemetry.registerSource({
+      name: this.name,
+      kind: 'nats',
       stream: this.#js === undefined ? 'nats' : `nats:${this.#js.stream}`,
-      name: this.#js?.consumer ?? this.#subjects.join(','),
+      consumer: this.#js?.consumer ?? this.#subjects.join(','),
       lag: () => this.lag(),
+      counters: () => this.#stats,
     });
+    this.#health.connected();
+    void watchConnection(this.#held.nc, this.#health);
   }
 
   lag(): SourceLag {
@@ -461,7 +462,7 @@ export class NatsSource<T = unknown> implements Source<T> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#unregisterLag?.();
+    this.#health?.closed();
     this.#touchTimer?.cancel();
     this.#lagTimer?.cancel();
     this.#wake?.();
@@ -716,6 +717,7 @@ export class NatsSource<T = unknown> implements Source<T> {
       } catch (error) {
         if (this.#closed) break;
         failures++;
+        this.#health?.error(error);
         const delay = Math.min(5_000, 100 * 2 ** Math.min(failures, 6));
         if (failures === 1 || failures % 20 === 0) {
           this.#log.warn(`${this.name}: pull failed (${messageOf(error)}); retrying in ${delay} ms`);
@@ -948,6 +950,24 @@ interface Held {
  * comes back the message is settled, acked, or nak'ed when one came back with an error.
  */
 type AckLineage = SourceLineage<Held>;
+
+/**
+ * Follows a connection's status into a source's health until the connection closes. The client
+ * reconnects by itself: `disconnect` and `reconnecting` show as reconnecting, `reconnect` as connected.
+ */
+async function watchConnection(nc: NatsConnection, health: SourceHealth): Promise<void> {
+  try {
+    for await (const s of nc.status()) {
+      if (health.connection === 'closed') return;
+      if (s.type === 'disconnect') health.reconnecting(new Error(`disconnected from ${s.server}`));
+      else if (s.type === 'reconnecting') health.reconnecting();
+      else if (s.type === 'reconnect') health.connected();
+      else if (s.type === 'error') health.error(s.error);
+    }
+  } catch (error) {
+    health.error(error);
+  }
+}
 
 /** Acks and naks go out on a connection that may have closed meanwhile: the server redelivers then. */
 function safely(run: () => void): void {

@@ -7,9 +7,9 @@
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import type { Logger } from '../../runtime/actors/actor.ts';
-import type { Bus, BusClient } from '../../runtime/bus/bus.ts';
+import type { BusClient } from '../../runtime/bus/bus.ts';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
-import type { Clock, Timer } from '../../runtime/clock.ts';
+import type { Timer } from '../../runtime/clock.ts';
 import {
   type Codec,
   type CodecChoice,
@@ -30,9 +30,9 @@ import {
   freeCapacity,
   retryDelay,
 } from '../../runtime/sources/delivery.ts';
-import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
+import type { SourceHealth } from '../../runtime/sources/registry.ts';
+import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
-import type { Telemetry } from '../../runtime/telemetry.ts';
 import { openRabbit, type RabbitConnectionOptions, type RabbitTarget, rabbitTarget, reconnectDelay } from './config.ts';
 import { checkDeclaration, declareQueue, type RabbitQueueDeclaration } from './declare.ts';
 
@@ -80,12 +80,8 @@ export interface RabbitSourceOptions<T = unknown> {
   lagRefreshMs?: number;
 }
 
-/** What a source is given of the runtime: `runtime` itself fits. */
-export interface SourceHost {
-  readonly bus: Bus;
-  readonly telemetry: Telemetry;
-  readonly clock: Clock;
-}
+/** What a source is given of the runtime (`runtime` itself fits): the one all connector sources take. */
+export type { SourceHost } from '../../runtime/sources/source.ts';
 
 /** Counts of what the source did. */
 export interface RabbitSourceStats {
@@ -163,7 +159,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
   readonly #inbox: Held[] = [];
   #draining = false;
   readonly #timers = new Set<Timer>();
-  #unregisterLag: (() => void) | undefined;
+  #health: SourceHealth | undefined;
   #ready = 0;
   #prefetch = 0;
   /**
@@ -238,11 +234,15 @@ export class RabbitSource<T = unknown> implements Source<T> {
     this.#client = host.bus.client(this.name);
     this.#target = rabbitTarget(this.#options.connection, `${this.name}.connection`);
     await this.#open();
-    this.#unregisterLag = host.telemetry.registerLag({
-      stream: `rabbitmq:${this.#queue}`,
+    this.#health = host.telemetry.registerSource({
       name: this.name,
+      kind: 'rabbitmq',
+      stream: `rabbitmq:${this.#queue}`,
+      consumer: this.name,
       lag: () => this.lag(),
+      counters: () => this.#stats,
     });
+    this.#health.connected();
     this.#refreshLagLater();
   }
 
@@ -322,6 +322,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
     this.#inbox.length = 0;
     this.#channel = undefined;
     this.#model = undefined;
+    this.#health?.reconnecting(new Error('the connection or channel closed'));
     void this.#reconnect();
   }
 
@@ -339,9 +340,11 @@ export class RabbitSource<T = unknown> implements Source<T> {
         try {
           await this.#open();
           this.#stats.reconnects++;
+          this.#health?.connected();
           return;
-        } catch {
+        } catch (error) {
           // Tried again after a longer delay.
+          this.#health?.error(error);
         }
       }
     } finally {
@@ -541,7 +544,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#unregisterLag?.();
+    this.#health?.closed();
     for (const t of this.#timers) t.cancel();
     this.#timers.clear();
     this.#pending.clear();

@@ -9,9 +9,9 @@ import { hostname } from 'node:os';
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../../runtime/actors/actor.ts';
-import type { Bus, BusClient } from '../../runtime/bus/bus.ts';
+import type { BusClient } from '../../runtime/bus/bus.ts';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
-import type { Clock, Timer } from '../../runtime/clock.ts';
+import type { Timer } from '../../runtime/clock.ts';
 import { type Codec, codecOf } from '../../runtime/codec.ts';
 import type { PublishOptions } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
@@ -24,9 +24,9 @@ import {
   freeCapacity,
   retryDelay,
 } from '../../runtime/sources/delivery.ts';
-import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
+import type { SourceHealth } from '../../runtime/sources/registry.ts';
+import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
-import type { Telemetry } from '../../runtime/telemetry.ts';
 import {
   closeRedis,
   connectRedis,
@@ -85,12 +85,8 @@ export interface RedisSourceOptions<T = unknown> {
   lagRefreshMs?: number;
 }
 
-/** What a source is given of the runtime: `runtime` itself fits. */
-export interface SourceHost {
-  readonly bus: Bus;
-  readonly telemetry: Telemetry;
-  readonly clock: Clock;
-}
+/** What a source is given of the runtime (`runtime` itself fits): the one all connector sources take. */
+export type { SourceHost } from '../../runtime/sources/source.ts';
 
 /** Counts of what the source did. */
 export interface RedisSourceStats {
@@ -183,7 +179,7 @@ export class RedisSource<T = unknown> implements Source<T> {
   readonly #stats = { received: 0, published: 0, acked: 0, retried: 0, claimed: 0, terminated: 0, reads: 0 };
   #wake: (() => void) | undefined;
   readonly #timers = new Set<Timer>();
-  #unregisterLag: (() => void) | undefined;
+  #health: SourceHealth | undefined;
   /** Entries not yet delivered to the group (XINFO GROUPS `lag`), as last read or counted down since. */
   #serverLag = 0;
   /** The id time of the next entry not delivered yet, for lag time when nothing is held. */
@@ -275,11 +271,24 @@ export class RedisSource<T = unknown> implements Source<T> {
       await closeRedis(this.#held);
       throw error;
     }
-    this.#unregisterLag = host.telemetry.registerLag({
+    const health = host.telemetry.registerSource({
+      name: this.name,
+      kind: 'redis',
       stream: `redis:${this.#stream}`,
-      name: this.#group,
+      consumer: this.#group,
       lag: () => this.lag(),
+      counters: () => this.#stats,
     });
+    this.#health = health;
+    health.connected();
+    // ioredis reconnects by itself; both connections count (reads on one, acks on the other).
+    for (const redis of [this.#reader, this.#held.redis]) {
+      redis.on('reconnecting', () => health.reconnecting());
+      redis.on('ready', () => {
+        if (this.#reader?.status === 'ready' && this.#held?.redis.status === 'ready') health.connected();
+      });
+      redis.on('error', (error: unknown) => health.error(error));
+    }
     this.#every(Math.max(10, Math.floor(this.#claimIdleMs / 3)), () => this.#touch());
     this.#every(Math.max(10, Math.floor(this.#claimIdleMs / 2)), () => this.#claimDead());
     this.#every(this.#lagRefreshMs, () => this.#refreshLag());
@@ -341,7 +350,7 @@ export class RedisSource<T = unknown> implements Source<T> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    this.#unregisterLag?.();
+    this.#health?.closed();
     for (const t of this.#timers) t.cancel();
     this.#timers.clear();
     this.#wake?.();
@@ -441,6 +450,7 @@ export class RedisSource<T = unknown> implements Source<T> {
       } catch (error) {
         if (this.#closed) break;
         failures++;
+        this.#health?.error(error);
         const delay = Math.min(5_000, 100 * 2 ** Math.min(failures, 6));
         if (failures === 1 || failures % 20 === 0) {
           this.#log.warn(`${this.name}: read failed (${messageOf(error)}); retrying in ${delay} ms`);

@@ -8,6 +8,9 @@
  * `user-activity` and dead-lettered; once its time has come, replaying it from the dashboard or
  * `sluice dlq replay` gets it handled. The generator sends one such click every 20 s.
  *
+ * With `SLUICE_NATS_URL` (a NATS server), partner clicks also arrive from the NATS core subject
+ * `partner.clicks` through a NATS source, which the dashboard shows under connector health.
+ *
  * The admin API and the dashboard listen on 127.0.0.1 (`SLUICE_PORT`, default 7420) with the token
  * `SLUICE_TOKEN` (a random one when unset); the URL printed carries it in its fragment. The store,
  * results and audit log go to `.data/dashboard/` (`SLUICE_DASHBOARD_DIR`), emptied at each start.
@@ -16,8 +19,10 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, rmSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { connect } from '@nats-io/transport-node';
 import { type AdminServer, actor, createRuntime, durable, LmdbStore, type Runtime } from 'sluice';
 import { fileSink } from 'sluice/connectors/file';
+import { natsSource } from 'sluice/connectors/nats';
 import { type Click, STREAM, spawnJob } from '../clickstream-analytics/main.ts';
 
 /** How far ahead of the clock a click may be stamped before `user-activity` refuses it. */
@@ -37,6 +42,8 @@ export interface DashboardOptions {
   rate?: number;
   /** Seconds between two clicks from a device whose clock is ahead; 0 for none. @default 20 */
   skewEverySeconds?: number;
+  /** A NATS server partner clicks come from (`partner.clicks`). @default env SLUICE_NATS_URL, else none */
+  natsUrl?: string;
   print?: (line: string) => void;
 }
 
@@ -94,6 +101,8 @@ export async function main(options: DashboardOptions = {}): Promise<DashboardJob
     auditLog: join(dir, 'audit.jsonl'),
   });
 
+  const partners = await partnerClicks(runtime, options.natsUrl ?? process.env.SLUICE_NATS_URL);
+
   // Live clicks: a few hundred users, event time now, a little disorder.
   const rate = options.rate ?? 40;
   const skewEvery = (options.skewEverySeconds ?? 20) * 1000;
@@ -133,7 +142,9 @@ export async function main(options: DashboardOptions = {}): Promise<DashboardJob
   const stop = () => {
     stopping ??= (async () => {
       clearInterval(generator);
+      await partners?.stopPublishing();
       await runtime.stop({ deadlineMs: 5_000 });
+      await partners?.close();
       await server.close();
       await sink.close();
       await store.close();
@@ -146,4 +157,42 @@ export async function main(options: DashboardOptions = {}): Promise<DashboardJob
     });
   }
   return { runtime, server, token, stop };
+}
+
+/**
+ * Partner clicks from NATS: a plain client publishes a few per second on `partner.clicks`, and a
+ * NATS source brings them onto the bus subject `clicks` (so the stream CLICKS keeps them).
+ */
+async function partnerClicks(
+  runtime: Runtime,
+  url: string | undefined,
+): Promise<{ stopPublishing(): Promise<void>; close(): Promise<void> } | undefined> {
+  if (url === undefined || url === '') return undefined;
+  const source = natsSource<Click>({
+    name: 'partner-clicks',
+    connection: { servers: url },
+    subjects: 'partner.clicks',
+    subject: 'clicks',
+  });
+  await source.start(runtime);
+  const nc = await connect({ servers: url });
+  let n = 0;
+  const timer = setInterval(() => {
+    n++;
+    const click: Click = {
+      user: `partner-${n % 20}`,
+      page: PAGES[n % PAGES.length] as string,
+      endpoint: ENDPOINTS[n % ENDPOINTS.length] as string,
+      latencyMs: 30 + (n % 200),
+      ts: Date.now(),
+    };
+    nc.publish('partner.clicks', JSON.stringify(click));
+  }, 200);
+  return {
+    async stopPublishing() {
+      clearInterval(timer);
+      await nc.drain().catch(() => undefined);
+    },
+    close: () => source.close(),
+  };
 }

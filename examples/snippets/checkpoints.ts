@@ -37,11 +37,12 @@ export async function main(): Promise<void> {
     );
     await runtime.bus.publish('orders.eu', { customer: 'c-1', amount: 12.5 });
     await runtime.stop(); // drains, then takes a last checkpoint
-    runtime.actor('totals')?.checkpoint; // { commits, inputs, commitMs, failures, held, pendingWrites }
+    runtime.actor('totals')?.checkpoint; // { commits, inputs, commitMs, bytes, failures, held, pendingWrites }
 
     const info = runtime.actor('totals')?.checkpoint;
     ok(info !== undefined);
     deepStrictEqual([info.commits, info.inputs, info.held, info.pendingWrites], [1, 1, 0, 0]);
+    ok(info.bytes > 0, 'the commit wrote the state, the output and the position');
     deepStrictEqual(
       store.read('TOTALS', 1).map((e) => (e.value as { d: unknown }).d),
       [{ customer: 'c-1', total: 12.5 }],

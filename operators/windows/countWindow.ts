@@ -98,7 +98,11 @@ export function countWindow<T, A, R>(options: CountWindowOptions<T, A, R>): Wind
       late: 0,
     };
   };
-  return windowOperator((out: WindowOutput<R>) => new CountWindows(config, out, totals), stats);
+  return windowOperator((out: WindowOutput<R>) => new CountWindows(config, out, totals), stats, {
+    name,
+    kind: 'count',
+    nextTimer: () => undefined,
+  });
 }
 
 interface Config<T, A, R> {

@@ -45,6 +45,11 @@ export function timeWindowOperator<T, A, R>(
   return windowOperator(
     (out: WindowOutput<R>) => new TimeWindows(options, assigner, out, totals),
     (live) => statsOf(live, totals),
+    {
+      name: options.name,
+      kind: assigner.kind === 'session' ? 'session' : assigner.sizeMs === assigner.slideMs ? 'tumbling' : 'sliding',
+      nextTimer: (run) => run.timers.heap[0],
+    },
   );
 }
 

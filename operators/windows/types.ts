@@ -1,4 +1,5 @@
 import { Observable, type Observer, type OperatorFunction } from 'rxjs';
+import { activeProbes, finiteOrNull } from '../../runtime/actors/operatorProbes.ts';
 import { type Clock, systemClock } from '../../runtime/clock.ts';
 import type { Envelope } from '../../runtime/envelope.ts';
 import { messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
@@ -240,17 +241,35 @@ export interface WindowRun<T> extends Observer<Timed<T>> {
 export function windowOperator<T, R, S extends WindowRun<T>>(
   start: (out: WindowOutput<R>) => S,
   stats: (live: ReadonlySet<S>) => WindowStats,
+  describe?: { readonly name: string; readonly kind: string; nextTimer(run: S): number | undefined },
 ): WindowOperator<T, R> {
   const live = new Set<S>();
   const operator = (source: Observable<Timed<T>>) =>
     new Observable<Envelope<WindowResult<R>>>((subscriber) => {
       const run = start(subscriber);
       live.add(run);
+      // Registered with the actor once per subscription; read only when its status is asked for.
+      const unprobe =
+        describe === undefined
+          ? undefined
+          : activeProbes()?.add(() => {
+              const s = stats(new Set([run]));
+              return {
+                operator: describe.name,
+                kind: describe.kind,
+                watermark: finiteOrNull(s.watermark),
+                openWindows: s.openWindows,
+                keys: s.keys,
+                absorbed: s.absorbed,
+                nextTimer: finiteOrNull(describe.nextTimer(run) ?? Number.NaN),
+              };
+            });
       const subscription = source.subscribe(run);
       return () => {
         subscription.unsubscribe();
         run.stop();
         live.delete(run);
+        unprobe?.();
       };
     });
   return Object.assign(operator, { stats: () => stats(live) });

@@ -24,7 +24,7 @@ import {
   type Tracker,
   type TrackerOwner,
 } from '../lineage.ts';
-import { Checkpoint, type CheckpointStats, checkStaged } from '../state/checkpoint.ts';
+import { Checkpoint, type CheckpointRecord, type CheckpointStats, checkStaged } from '../state/checkpoint.ts';
 import type { Store } from '../store/types.ts';
 import type { ConsumerImpl } from '../streams/consumer.ts';
 import type { StreamImpl } from '../streams/stream.ts';
@@ -36,6 +36,7 @@ import { MessageError } from './failure.ts';
 import { Input, laneOf } from './input.ts';
 import { createLanes, type Lane, type LaneHost } from './lane.ts';
 import { OpenInputs } from './openInputs.ts';
+import type { WindowView } from './operatorProbes.ts';
 import type { PipelineLane } from './pipelineLane.ts';
 import {
   backoffDelay,
@@ -103,6 +104,8 @@ export interface CellDeps {
     consumerOf(ref: DurableRef): ConsumerImpl;
     stream(name: string): StreamImpl | undefined;
   };
+  /** Takes each dead letter the actor sends, as routed (the runtime's recent dead letters). */
+  readonly keepDeadLetter?: (letter: Envelope) => void;
 }
 
 /**
@@ -271,6 +274,21 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
       kind: def.pipeline !== undefined ? 'pipeline' : 'handler',
     };
   }
+  /** @internal Its last committed checkpoints (empty without a checkpoint). */
+  checkpointHistory(): readonly CheckpointRecord[] {
+    return this.#checkpoint?.history ?? [];
+  }
+
+  /** @internal Its window operators now (watermark, open windows), read from the operators on demand. */
+  windows(): WindowView[] {
+    const out: WindowView[] = [];
+    for (const lane of this.#lanes) {
+      const probes = (lane as Partial<PipelineLane>).operators;
+      if (probes !== undefined) for (const v of probes.views()) out.push(v);
+    }
+    return out;
+  }
+
   /** @internal A key of its keyed state as the actor sees it (pending writes included); undefined without a checkpoint. */
   readState(key: string): unknown {
     return this.#checkpoint?.state.get(key);

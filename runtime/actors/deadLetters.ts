@@ -38,6 +38,7 @@ export class DeadLetters {
   readonly #clock: Clock;
   readonly #log: Logger;
   readonly #onSent: () => void;
+  readonly #keep: ((letter: Envelope) => void) | undefined;
   #pending = 0;
   #unheard = 0;
 
@@ -45,9 +46,15 @@ export class DeadLetters {
   constructor(
     actor: string,
     subject: string,
-    deps: { readonly bus: Bus; readonly clock: Clock; readonly log: Logger },
+    deps: {
+      readonly bus: Bus;
+      readonly clock: Clock;
+      readonly log: Logger;
+      readonly keepDeadLetter?: ((letter: Envelope) => void) | undefined;
+    },
     onSent: () => void,
   ) {
+    this.#keep = deps.keepDeadLetter;
     this.#actor = actor;
     this.#subject = subject;
     this.#bus = deps.bus;
@@ -111,6 +118,7 @@ export class DeadLetters {
       { key: env.key, eventTime: env.eventTime, headers, lineage: upstream },
       now,
     );
+    this.#keep?.(letter);
     this.#pending++;
     const done = () => {
       this.#pending--;

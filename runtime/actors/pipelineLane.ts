@@ -9,6 +9,7 @@ import { injectTrace } from '../telemetry.ts';
 import type { ActorContext, PipelineActor } from './actor.ts';
 import { type Input, inputEnvelope, inputOf } from './input.ts';
 import type { Lane, LaneHost } from './lane.ts';
+import { OperatorProbes, withProbes } from './operatorProbes.ts';
 import { outputKey } from './outputKeys.ts';
 
 type Pipeline = PipelineActor<unknown, unknown>['pipeline'];
@@ -53,6 +54,8 @@ export class PipelineLane implements Lane {
 
   /** The actor's checkpoint as its operators see it, if it has one. */
   readonly #checkpoint: OperatorCheckpoint | undefined;
+  /** What its window operators report (watermarks, open windows), read on demand. */
+  readonly operators: OperatorProbes;
 
   constructor(
     host: LaneHost,
@@ -64,6 +67,7 @@ export class PipelineLane implements Lane {
     checkpoint?: OperatorCheckpoint,
   ) {
     this.#checkpoint = checkpoint;
+    this.operators = new OperatorProbes(index);
     this.#host = host;
     this.#streams = streams;
     this.index = index;
@@ -178,13 +182,17 @@ export class PipelineLane implements Lane {
     const generation = this.#generation;
     let output: Observable<Envelope>;
     try {
-      output = withCheckpoint(this.#checkpoint, () => this.#pipeline(input.observable, this.#ctx));
+      output = withProbes(this.operators, () =>
+        withCheckpoint(this.#checkpoint, () => this.#pipeline(input.observable, this.#ctx)),
+      );
     } catch (error) {
       this.#input = undefined;
       this.#host.pipelineFailed(this, error, generation);
       return;
     }
-    this.#subscription = withCheckpoint(this.#checkpoint, () => this.#subscribe(output, generation));
+    this.#subscription = withProbes(this.operators, () =>
+      withCheckpoint(this.#checkpoint, () => this.#subscribe(output, generation)),
+    );
     const backlog = this.#backlog;
     this.#backlog = [];
     for (const waiting of backlog) {

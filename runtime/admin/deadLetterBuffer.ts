@@ -13,12 +13,12 @@ export interface KeptLetter {
   readonly envelope: Envelope;
 }
 
-/** What the admin API knows of one dead-letter subject since it started serving. */
+/** What the runtime knows of one dead-letter subject since it was created. */
 export interface DeadLetterSubjectInfo {
   readonly subject: string;
   /** The actor (or stream consumer) that sent them. */
   readonly actor: string | undefined;
-  /** Received since the server started. */
+  /** Received since the runtime was created (actors' letters), or since the API served (others). */
   readonly received: number;
   /** Kept now, for peeking and replay. */
   readonly kept: number;
@@ -50,32 +50,79 @@ const MAX_REASONS = 20;
 const OTHER_REASONS = '(other reasons)';
 
 /**
- * Dead letters as they are sent (`$DLQ.>` and `$DEAD.>`), kept in memory up to a bound so the
- * dashboard and the CLI can peek, replay and purge them. Letters kept in a stream are browsed
- * with the stream's message browser instead.
+ * Recent dead letters, kept in memory up to a bound so the dashboard and the CLI can peek, replay
+ * and purge them. The runtime keeps one from its creation: actors hand it each dead letter they
+ * send (heard or not), so the admin API shows letters sent before it served. While the API
+ * serves, it also listens on `$DLQ.>` and `$DEAD.>` for dead letters that connector sources and
+ * stream consumers publish. Letters kept in a stream are browsed with the stream's message
+ * browser instead, and replayed from there.
  */
 export class DeadLetterBuffer {
-  readonly #max: number;
+  #max: number;
   readonly #letters = new Map<number, KeptLetter>();
   readonly #subjects = new Map<string, SubjectCounts>();
-  readonly #subscriptions: Subscription[] = [];
   readonly #now: () => number;
+  /** Letters the actors handed over: the bus listener skips them when they arrive there too. */
+  readonly #handed = new WeakSet<Envelope>();
   #n = 0;
-  /** Called with each letter as it arrives (the live feed). */
-  onLetter: ((letter: KeptLetter) => void) | undefined;
+  readonly #listeners = new Set<(letter: KeptLetter) => void>();
+  readonly #subscriptions: Subscription[] = [];
+  /** Servers listening on the bus now. */
+  #listening = 0;
 
-  constructor(bus: Bus, max: number, now: () => number) {
+  constructor(max: number, now: () => number) {
     this.#max = max;
     this.#now = now;
-    for (const pattern of ['$DLQ.>', '$DEAD.>']) {
-      // Taken at once: a dead letter is never held back by the admin API.
-      this.#subscriptions.push(
-        bus.subscribe(pattern, {
-          mailbox: { capacity: 10_000, overflow: 'drop-oldest' },
-          callback: (env) => this.#add(env),
-        }),
-      );
+  }
+
+  /** The most kept; lowering it drops the oldest now. */
+  get max(): number {
+    return this.#max;
+  }
+  set max(max: number) {
+    this.#max = max;
+    while (this.#letters.size > this.#max) this.#evictOldest();
+  }
+
+  /** Calls `listener` with each letter as it is kept (the live feed), until the returned function is called. */
+  onLetter(listener: (letter: KeptLetter) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** A dead letter an actor sent (its envelope as routed). */
+  keep(env: Envelope): void {
+    this.#handed.add(env);
+    this.#add(env);
+  }
+
+  /**
+   * Listens on the bus for dead letters that no actor handed over (connector sources, stream
+   * consumers); returns the function that stops listening. Two servers at once share one
+   * subscription, so no letter is kept twice.
+   */
+  listen(bus: Bus): () => void {
+    if (this.#listening++ === 0) {
+      for (const pattern of ['$DLQ.>', '$DEAD.>']) {
+        // Taken at once: a dead letter is never held back by the admin API.
+        this.#subscriptions.push(
+          bus.subscribe(pattern, {
+            mailbox: { capacity: 10_000, overflow: 'drop-oldest' },
+            callback: (env) => {
+              if (!this.#handed.has(env)) this.#add(env);
+            },
+          }),
+        );
+      }
     }
+    let stopped = false;
+    return () => {
+      if (stopped) return;
+      stopped = true;
+      if (--this.#listening > 0) return;
+      for (const sub of this.#subscriptions) sub.unsubscribe();
+      this.#subscriptions.length = 0;
+    };
   }
 
   #counts(subject: string, actor: string | undefined): SubjectCounts {
@@ -99,15 +146,17 @@ export class DeadLetterBuffer {
     const letter: KeptLetter = { n: ++this.#n, at: this.#now(), envelope: env };
     this.#letters.set(letter.n, letter);
     c.kept++;
-    if (this.#letters.size > this.#max) {
-      // Maps iterate in insertion order: the first key is the oldest letter.
-      const oldest = this.#letters.values().next().value as KeptLetter;
-      this.#letters.delete(oldest.n);
-      const o = this.#counts(oldest.envelope.subject, undefined);
-      o.kept--;
-      o.evicted++;
-    }
-    this.onLetter?.(letter);
+    if (this.#letters.size > this.#max) this.#evictOldest();
+    for (const listener of this.#listeners) listener(letter);
+  }
+
+  #evictOldest(): void {
+    // Maps iterate in insertion order: the first key is the oldest letter.
+    const oldest = this.#letters.values().next().value as KeptLetter;
+    this.#letters.delete(oldest.n);
+    const o = this.#counts(oldest.envelope.subject, undefined);
+    o.kept--;
+    o.evicted++;
   }
 
   subjects(): DeadLetterSubjectInfo[] {
@@ -186,9 +235,5 @@ export class DeadLetterBuffer {
       n++;
     }
     return n;
-  }
-
-  close(): void {
-    for (const s of this.#subscriptions) s.unsubscribe();
   }
 }

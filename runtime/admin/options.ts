@@ -19,7 +19,11 @@ export interface ServeOptions {
   readOnly?: boolean;
   /** A file every action is appended to as one JSON line (the in-memory log keeps the last 1000). */
   auditLog?: string;
-  /** Dead letters kept in memory for peeking and replay; the oldest go first. @default 10000 */
+  /**
+   * Dead letters kept in memory for peeking and replay, the oldest dropped first: sets the bound
+   * of the runtime's buffer (`createRuntime({ deadLetters })`, which keeps them from its creation).
+   * @default the runtime's (1000)
+   */
   deadLetters?: number;
   /** How often rates, lag and checkpoints are sampled for the history and the live feed. @default 1000 */
   sampleIntervalMs?: number;
@@ -36,7 +40,7 @@ export interface ResolvedServeOptions {
   readonly readToken: string | undefined;
   readonly readOnly: boolean;
   readonly auditLog: string | undefined;
-  readonly deadLetters: number;
+  readonly deadLetters: number | undefined;
   readonly sampleIntervalMs: number;
   readonly historySamples: number;
   readonly maxFeeds: number;
@@ -105,7 +109,8 @@ export function resolveServeOptions(options: ServeOptions): ResolvedServeOptions
     readToken: options.readToken,
     readOnly: options.readOnly ?? false,
     auditLog: options.auditLog,
-    deadLetters: intOption('serve.deadLetters', options.deadLetters, 10_000, 0),
+    deadLetters:
+      options.deadLetters === undefined ? undefined : intOption('serve.deadLetters', options.deadLetters, 0, 0),
     sampleIntervalMs: intOption('serve.sampleIntervalMs', options.sampleIntervalMs, 1000, 10),
     historySamples: intOption('serve.historySamples', options.historySamples, 300, 2),
     maxFeeds: intOption('serve.maxFeeds', options.maxFeeds, 32, 1),

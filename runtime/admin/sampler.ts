@@ -3,11 +3,12 @@ import type { AdminHost } from './host.ts';
 /** A point of a series: wall-clock time (epoch ms) and a value. */
 export type Point = readonly [time: number, value: number];
 
-/** Something that happened to an actor, for the errors and restarts timeline. */
+/** Something that happened to an actor or a connector source, for the errors and restarts timeline. */
 export interface TimelineEvent {
   readonly time: number;
+  /** The actor, or for `connection` events the source. */
   readonly actor: string;
-  readonly kind: 'restart' | 'dead-letter' | 'state' | 'checkpoint-failure';
+  readonly kind: 'restart' | 'dead-letter' | 'state' | 'checkpoint-failure' | 'connection';
   readonly detail: string;
 }
 
@@ -19,6 +20,8 @@ export interface CheckpointSample {
   readonly inputs: number;
   /** Mean time from the start of a batch to its durable commit, over these commits (ms). */
   readonly meanCommitMs: number;
+  /** Bytes these commits wrote. */
+  readonly bytes: number;
   /** Positions of the actor's durable consumers at the time of the sample. */
   readonly positions: Readonly<Record<string, number>>;
 }
@@ -34,6 +37,7 @@ interface Last {
   inputs: number;
   commitMs: number;
   failures: number;
+  bytes: number;
 }
 
 const TIMELINE_MAX = 500;
@@ -64,10 +68,14 @@ export class Sampler {
   readonly #host: AdminHost;
   readonly #max: number;
   readonly #last = new Map<string, Last>();
+  /** Each source's connection at the last sample. */
+  readonly #connections = new Map<string, string>();
   #lastTime = 0;
   readonly rateIn = new Map<string, Series>();
   readonly rateOut = new Map<string, Series>();
   readonly lag = new Map<string, Series>();
+  /** Messages behind per connector source, by source name. */
+  readonly sourceLag = new Map<string, Series>();
   readonly timeline: TimelineEvent[] = [];
   readonly checkpoints: CheckpointSample[] = [];
   /** Positions per consumer, by stream/consumer; filled in by {@link sample}. */
@@ -110,6 +118,7 @@ export class Sampler {
         inputs: cp?.inputs ?? 0,
         commitMs: cp?.commitMs ?? 0,
         failures: cp?.failures ?? 0,
+        bytes: cp?.bytes ?? 0,
       };
       const prev = this.#last.get(cell.name);
       this.#last.set(cell.name, cur);
@@ -155,6 +164,7 @@ export class Sampler {
           commits,
           inputs: cur.inputs - prev.inputs,
           meanCommitMs: round((cur.commitMs - prev.commitMs) / commits),
+          bytes: cur.bytes - prev.bytes,
           positions: this.#positionsOf(cell.name),
         });
         if (this.checkpoints.length > CHECKPOINTS_MAX) this.checkpoints.shift();
@@ -163,6 +173,21 @@ export class Sampler {
     for (const stream of this.#host.streams()) {
       for (const consumer of stream.consumers()) {
         this.#series(this.lag, `${stream.name}/${consumer.name}`).push([now, consumer.lag().messages]);
+      }
+    }
+    for (const source of this.#host.telemetry.sources.list()) {
+      if (source.connection !== 'closed') this.#series(this.sourceLag, source.name).push([now, source.lag.messages]);
+      const before = this.#connections.get(source.name);
+      this.#connections.set(source.name, source.connection);
+      if (before !== undefined && before !== source.connection) {
+        const why =
+          source.connection === 'reconnecting' && source.lastError !== undefined ? `: ${source.lastError.message}` : '';
+        this.#event({
+          time: now,
+          actor: source.name,
+          kind: 'connection',
+          detail: `${before} -> ${source.connection}${why}`,
+        });
       }
     }
   }
@@ -176,9 +201,15 @@ export class Sampler {
     rateIn: Record<string, readonly Point[]>;
     rateOut: Record<string, readonly Point[]>;
     lag: Record<string, readonly Point[]>;
+    sourceLag: Record<string, readonly Point[]>;
   } {
     const of = (m: Map<string, Series>) => Object.fromEntries([...m].map(([k, s]) => [k, s.points]));
-    return { rateIn: of(this.rateIn), rateOut: of(this.rateOut), lag: of(this.lag) };
+    return {
+      rateIn: of(this.rateIn),
+      rateOut: of(this.rateOut),
+      lag: of(this.lag),
+      sourceLag: of(this.sourceLag),
+    };
   }
 }
 

@@ -8,8 +8,10 @@ import { DEAD_LETTER_HEADERS } from '../actors/deadLetters.ts';
 import { validateSubject } from '../bus/subjects.ts';
 import { messageOf, OptionsError, SluiceError, StreamError } from '../errors.ts';
 import { stateNamespace } from '../state/keyedState.ts';
+import { runtimeStatus } from '../status.ts';
+import type { StoredMessage, StreamImpl } from '../streams/stream.ts';
 import { type AuditEntry, AuditLog, type Caller } from './audit.ts';
-import { DeadLetterBuffer, type KeptLetter, REPLAYED_FROM_HEADER } from './deadLetterBuffer.ts';
+import { type DeadLetterBuffer, type KeptLetter, REPLAYED_FROM_HEADER } from './deadLetterBuffer.ts';
 import type { AdminHost } from './host.ts';
 import { isLoopback, type ResolvedServeOptions, resolveServeOptions, type ServeOptions } from './options.ts';
 import { Sampler } from './sampler.ts';
@@ -86,9 +88,14 @@ function digest(token: string): Buffer {
 }
 
 /** @internal Starts the admin API of a runtime (see `Runtime.serve`). */
-export async function serve(host: AdminHost, options: ServeOptions, log: Logger): Promise<AdminServer> {
+export async function serve(
+  host: AdminHost,
+  letters: DeadLetterBuffer,
+  options: ServeOptions,
+  log: Logger,
+): Promise<AdminServer> {
   const o = resolveServeOptions(options);
-  const admin = new Admin(host, o, log);
+  const admin = new Admin(host, letters, o, log);
   await admin.listen();
   return admin;
 }
@@ -99,6 +106,8 @@ class Admin implements AdminServer {
   readonly #log: Logger;
   readonly #server: Server;
   readonly #letters: DeadLetterBuffer;
+  /** Stops listening for dead letters on the bus and feeding them to the live feed. */
+  readonly #stopLetters: () => void;
   readonly #sampler: Sampler;
   readonly #audit: AuditLog;
   readonly #feeds = new Set<ServerResponse>();
@@ -125,14 +134,20 @@ class Admin implements AdminServer {
   };
   #port = 0;
 
-  constructor(host: AdminHost, o: ResolvedServeOptions, log: Logger) {
+  constructor(host: AdminHost, letters: DeadLetterBuffer, o: ResolvedServeOptions, log: Logger) {
     this.#host = host;
     this.#o = o;
     this.#log = log;
     this.#token = o.token === false ? undefined : digest(o.token);
     this.#readToken = o.readToken === undefined ? undefined : digest(o.readToken);
-    this.#letters = new DeadLetterBuffer(host.bus, o.deadLetters, () => Date.now());
-    this.#letters.onLetter = (l) => this.#broadcast('deadletter', letterView(l));
+    this.#letters = letters;
+    if (o.deadLetters !== undefined) letters.max = o.deadLetters;
+    const unlisten = letters.listen(host.bus);
+    const unfeed = letters.onLetter((l) => this.#broadcast('deadletter', letterView(l)));
+    this.#stopLetters = () => {
+      unlisten();
+      unfeed();
+    };
     this.#sampler = new Sampler(host, o.historySamples, (actor) => positionsOf(host, actor));
     this.#audit = new AuditLog(o.auditLog, log);
     this.#audit.onEntry = (e) => this.#broadcast('audit', e);
@@ -166,7 +181,7 @@ class Admin implements AdminServer {
   listen(): Promise<void> {
     return new Promise((resolve, reject) => {
       const onError = (error: NodeJS.ErrnoException) => {
-        this.#letters.close();
+        this.#stopLetters();
         reject(
           error.code === 'EADDRINUSE'
             ? new OptionsError('serve.port', `address ${this.#o.host}:${this.#o.port} is in use`, this.#o.port)
@@ -189,7 +204,7 @@ class Admin implements AdminServer {
   async close(): Promise<void> {
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
-    this.#letters.close();
+    this.#stopLetters();
     for (const res of this.#feeds) res.end();
     this.#feeds.clear();
     await new Promise<void>((resolve) => {
@@ -235,6 +250,12 @@ class Admin implements AdminServer {
         name: l.name,
         messages: l.messages,
         timeMs: l.timeMs,
+      })),
+      sources: this.#host.telemetry.sources.list().map((src) => ({
+        name: src.name,
+        connection: src.connection,
+        messages: src.lag.messages,
+        timeMs: src.lag.timeMs,
       })),
       deadLetters: { kept: this.#letters.kept },
     };
@@ -370,6 +391,10 @@ class Admin implements AdminServer {
         }));
       case '/api/lag':
         return lagViews(host);
+      case '/api/sources':
+        return host.telemetry.sources.list();
+      case '/api/windows':
+        return host.actors().flatMap((c) => c.windows().map((w) => ({ actor: c.name, ...w })));
       case '/api/messages': {
         const stream = host.streams().find((s) => s.name === q.get('stream'));
         if (stream === undefined) throw new HttpError(404, 'not-found', `no stream '${q.get('stream') ?? ''}'`);
@@ -397,7 +422,12 @@ class Admin implements AdminServer {
           actors: host
             .actors()
             .filter((c) => c.checkpoint !== undefined)
-            .map((c) => ({ name: c.name, ...c.checkpoint, positions: positionsOf(host, c.name) })),
+            .map((c) => ({
+              name: c.name,
+              ...c.checkpoint,
+              positions: positionsOf(host, c.name),
+              recent: c.checkpointHistory(),
+            })),
           history: this.#sampler.checkpoints,
         };
       case '/api/state':
@@ -416,23 +446,12 @@ class Admin implements AdminServer {
   }
 
   #status(): unknown {
-    const actors = this.#host.actors();
-    const count = (f: (c: (typeof actors)[number]) => boolean) => actors.filter(f).length;
     return {
       name: 'sluice',
       time: Date.now(),
       uptimeMs: Date.now() - this.#startedAt,
-      stopped: this.#host.stopped,
       readOnly: this.#o.readOnly,
-      actors: {
-        total: actors.length,
-        running: count((c) => c.state === 'running' && !c.paused),
-        paused: count((c) => c.paused),
-        restarting: count((c) => c.state === 'restarting'),
-        stopped: count((c) => c.state === 'stopped' || c.state === 'stopping'),
-      },
-      streams: this.#host.streams().length,
-      subscriptions: this.#host.bus.subscriptions,
+      ...runtimeStatus(this.#host),
       totals: { ...this.#host.telemetry.counters },
       deadLetters: {
         kept: this.#letters.kept,
@@ -566,17 +585,50 @@ class Admin implements AdminServer {
     if (limit !== undefined && (!Number.isInteger(limit) || (limit as number) < 1)) {
       throw new OptionsError('limit', 'must be an integer >= 1', limit);
     }
-    if (subject === undefined && ids === undefined && reason === undefined && body.all !== true) {
-      throw new OptionsError('replay', 'select letters by subject, ids or reason, or give all: true', body);
+    if (
+      subject === undefined &&
+      ids === undefined &&
+      reason === undefined &&
+      body.all !== true &&
+      body.fromSeq === undefined
+    ) {
+      throw new OptionsError('replay', 'select letters by subject, ids, reason or fromSeq, or give all: true', body);
     }
-    const letters = this.#letters.select({
-      subject,
-      ids: ids as number[] | undefined,
-      reason,
-      limit: limit as number | undefined,
-    });
     const to = optionalString(body, 'to');
     if (to !== undefined) validateSubject(to, 'publish');
+    const streamName = optionalString(body, 'stream');
+    const fromSeq = body.fromSeq;
+    if (fromSeq !== undefined && (!Number.isInteger(fromSeq) || (fromSeq as number) < 0)) {
+      throw new OptionsError('fromSeq', 'must be a stream sequence (an integer >= 0)', fromSeq);
+    }
+    let letters: Iterable<KeptLetter>;
+    let total: number;
+    let kept = true;
+    let next: (() => number | undefined) | undefined;
+    if (streamName !== undefined) {
+      const stream = this.#host.streams().find((st) => st.name === streamName);
+      if (stream === undefined) throw new HttpError(404, 'not-found', `no stream '${streamName}'`);
+      const read = streamLetters(stream, {
+        from: fromSeq as number | undefined,
+        ids: ids as number[] | undefined,
+        subject,
+        reason,
+        limit: limit as number | undefined,
+      });
+      letters = read.letters;
+      total = read.total;
+      next = read.next;
+      kept = false;
+    } else {
+      const selected = this.#letters.select({
+        subject,
+        ids: ids as number[] | undefined,
+        reason,
+        limit: limit as number | undefined,
+      });
+      letters = selected;
+      total = selected.length;
+    }
     // Progress as JSON lines when the client asks for it (the CLI's progress bar).
     const progress = (req.headers.accept ?? '').includes('application/x-ndjson');
     if (progress) res.writeHead(200, { 'content-type': 'application/x-ndjson; charset=utf-8' });
@@ -586,7 +638,7 @@ class Admin implements AdminServer {
     for (const letter of letters) {
       try {
         await this.#replayOne(letter, to);
-        this.#letters.replayed(letter);
+        if (kept) this.#letters.replayed(letter);
         replayed++;
       } catch (error) {
         if (failed.length < 100) failed.push({ n: letter.n, error: messageOf(error) });
@@ -598,15 +650,17 @@ class Admin implements AdminServer {
         await new Promise<void>((resolve) => setImmediate(resolve));
         if (progress && Date.now() - lastReport >= 100) {
           lastReport = Date.now();
-          res.write(`${JSON.stringify({ progress: done, total: letters.length })}\n`);
+          res.write(`${JSON.stringify({ progress: done, total: Math.max(total, done) })}\n`);
         }
       }
     }
+    const done = replayed + failed.length;
     // The last step always, however fast the replay went: a progress bar ends full.
-    if (progress) res.write(`${JSON.stringify({ progress: replayed + failed.length, total: letters.length })}\n`);
+    if (progress) res.write(`${JSON.stringify({ progress: done, total: done })}\n`);
+    const from = streamName === undefined ? '' : ` from stream ${streamName}`;
     return {
-      body: { replayed, total: letters.length, failed },
-      detail: `replayed ${replayed} of ${letters.length}${failed.length > 0 ? `, ${failed.length} failed` : ''}`,
+      body: { replayed, total: done, failed, ...(next === undefined ? {} : { next: next() }) },
+      detail: `replayed ${replayed} of ${done}${from}${failed.length > 0 ? `, ${failed.length} failed` : ''}`,
     };
   }
 
@@ -667,6 +721,66 @@ class Admin implements AdminServer {
     res.writeHead(status, headers);
     res.end(JSON.stringify({ error: { code, message: messageOf(error) } }));
   }
+}
+
+/**
+ * Dead letters kept in a stream (one on `$DLQ.>`), read a page at a time as the replay goes, so a
+ * long one holds no more than a page in memory. `ids` are stream sequences.
+ */
+function streamLetters(
+  stream: StreamImpl,
+  select: {
+    from: number | undefined;
+    ids: readonly number[] | undefined;
+    subject: string | undefined;
+    reason: string | undefined;
+    limit: number | undefined;
+  },
+): { letters: Iterable<KeptLetter>; total: number; next: () => number | undefined } {
+  const b = stream.store.bounds(stream.log);
+  const limit = select.limit ?? Number.MAX_SAFE_INTEGER;
+  let seq = Math.max(select.from ?? b.first, b.first);
+  const filter = { subject: select.subject, contains: undefined };
+  const wanted = (m: StoredMessage): boolean =>
+    matches({ subject: m.s, data: m.d }, filter) &&
+    (select.reason === undefined || (m.h?.[DEAD_LETTER_HEADERS.error] ?? '').includes(select.reason));
+  const letter = (n: number, m: StoredMessage): KeptLetter => ({
+    n,
+    at: m.t,
+    envelope: stream.envelope(n, m, 1, undefined),
+  });
+  function* byIds(ids: readonly number[]): Generator<KeptLetter> {
+    let n = 0;
+    for (const id of ids) {
+      const e = stream.read(id, 1)[0];
+      if (e === undefined || e.seq !== id || e.error !== undefined) continue;
+      const m = e.value as StoredMessage;
+      if (!wanted(m)) continue;
+      yield letter(id, m);
+      if (++n >= limit) return;
+    }
+  }
+  function* scan(): Generator<KeptLetter> {
+    let n = 0;
+    while (seq <= b.last) {
+      const entries = stream.read(seq, 256);
+      if (entries.length === 0) return;
+      for (const e of entries) {
+        seq = e.seq + 1;
+        if (e.error !== undefined) continue;
+        const m = e.value as StoredMessage;
+        if (!wanted(m)) continue;
+        yield letter(e.seq, m);
+        if (++n >= limit) return;
+      }
+    }
+  }
+  const total = select.ids !== undefined ? select.ids.length : Math.min(limit, Math.max(0, b.last - seq + 1));
+  return {
+    letters: select.ids !== undefined ? byIds(select.ids) : scan(),
+    total,
+    next: () => (select.ids !== undefined ? undefined : seq),
+  };
 }
 
 function readBody(req: IncomingMessage): Promise<Record<string, unknown>> {

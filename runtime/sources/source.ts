@@ -1,4 +1,7 @@
 import type { StandardSchemaV1 } from '@standard-schema/spec';
+import type { Bus } from '../bus/bus.ts';
+import type { Clock } from '../clock.ts';
+import type { Telemetry } from '../telemetry.ts';
 
 /**
  * How far a source is behind its broker: what the broker holds for it that is not settled yet.
@@ -42,6 +45,25 @@ export interface SourceRef<T = unknown> {
  * - `lag` is cheap and synchronous (telemetry reads it at collection time).
  * - `close` stops taking messages, gives back to the broker what is not settled (it is delivered
  *   again: at-least-once) and closes a connection the source opened. It never rejects.
+ *
+ * **Registering with the runtime.** A source shows in `runtime.status().sources`, in the admin
+ * API (`GET /api/sources`), in `sluice lag` and on the dashboard once it registers in `start`:
+ *
+ * ```ts
+ * this.#health = host.telemetry.registerSource({
+ *   name: this.name, kind: 'mqtt', stream: `mqtt:${topic}`, consumer: clientId,
+ *   lag: () => this.lag(), counters: () => this.stats,
+ * });
+ * this.#health.connected();                         // once its connection is up
+ * client.on('reconnect', () => this.#health.reconnecting());
+ * client.on('connect', () => this.#health.connected());
+ * client.on('error', (e) => this.#health.error(e)); // kept as its last error
+ * // in close(): this.#health.closed();            // ends its lag gauges too
+ * ```
+ *
+ * `registerSource` also registers the `sluice.consumer.lag` and `sluice.consumer.lag_time` gauges
+ * (labelled `stream` and `consumer`): a source does not call `registerLag` besides. Nothing is
+ * called per message: `lag()` and `counters()` are read when the status is.
  */
 export interface Source<T = unknown> {
   /** Names the source in errors, logs and lag gauges. */
@@ -50,6 +72,13 @@ export interface Source<T = unknown> {
   readonly ref: SourceRef<T>;
   lag(): SourceLag;
   close(): Promise<void>;
+}
+
+/** What a source's `start` is given of the runtime: `runtime` itself fits. */
+export interface SourceHost {
+  readonly bus: Bus;
+  readonly telemetry: Telemetry;
+  readonly clock: Clock;
 }
 
 /** @internal Whether a subscribe reference is a {@link SourceRef}. */

@@ -71,7 +71,25 @@ export interface CheckpointStats {
   /** Time from the start of the batch to its durable commit, summed over commits (ms). */
   readonly commitMs: number;
   readonly failures: number;
+  /** Bytes the commits wrote (state, window accumulators, outputs, positions: see `StoreBatch.bytes`). */
+  readonly bytes: number;
 }
+
+/** One committed checkpoint, as the admin API's history shows it. */
+export interface CheckpointRecord {
+  /** When it committed (epoch ms). */
+  readonly time: number;
+  /** From the start of its batch to its durable commit (ms). */
+  readonly durationMs: number;
+  readonly bytes: number;
+  /** Inputs whose settlement it carried. */
+  readonly inputs: number;
+  /** The positions it stored, by `stream/consumer`: a restart resumes there. */
+  readonly positions: Readonly<Record<string, number>>;
+}
+
+/** Committed checkpoints an actor keeps in memory for its history, newest last. */
+export const CHECKPOINT_HISTORY = 50;
 
 /**
  * @internal The checkpoints of one actor. Inputs it settles are not acknowledged upstream at once:
@@ -105,7 +123,8 @@ export class Checkpoint {
   #polling = false;
   #committing: Promise<void> | undefined;
   #closed = false;
-  #stats = { commits: 0, inputs: 0, commitMs: 0, failures: 0 };
+  #stats = { commits: 0, inputs: 0, commitMs: 0, failures: 0, bytes: 0 };
+  readonly #history: CheckpointRecord[] = [];
   readonly #parts = new Set<CheckpointPart>();
   readonly #handoff = new Map<string, unknown>();
   readonly #operatorNamespace: string;
@@ -160,6 +179,11 @@ export class Checkpoint {
 
   get stats(): CheckpointStats {
     return { ...this.#stats };
+  }
+
+  /** The last committed checkpoints, oldest first (at most {@link CHECKPOINT_HISTORY}). */
+  get history(): readonly CheckpointRecord[] {
+    return this.#history;
   }
 
   /** An input settled: its upstream reference is given back at the next checkpoint. */
@@ -304,6 +328,8 @@ export class Checkpoint {
     const started = performance.now();
     const state = this.state;
     const ns = state.namespace;
+    let bytes = 0;
+    const positions: Record<string, number> = {};
     this.#committing = this.#store
       .batch((b) => {
         state.take(
@@ -315,13 +341,27 @@ export class Checkpoint {
           if (part.retired) this.#parts.delete(part);
         }
         for (const [stream, records] of outputs) after.push(stream.appendIn(b, records));
-        for (const c of this.#consumers) c.writePosition(b);
+        for (const c of this.#consumers) {
+          c.writePosition(b);
+          positions[`${c.stream}/${c.name}`] = c.position;
+        }
+        bytes = b.bytes;
       })
       .then(
         () => {
+          const durationMs = performance.now() - started;
           this.#stats.commits++;
           this.#stats.inputs += deferred.length;
-          this.#stats.commitMs += performance.now() - started;
+          this.#stats.commitMs += durationMs;
+          this.#stats.bytes += bytes;
+          this.#history.push({
+            time: Date.now(),
+            durationMs: Math.round(durationMs * 100) / 100,
+            bytes,
+            inputs: deferred.length,
+            positions,
+          });
+          if (this.#history.length > CHECKPOINT_HISTORY) this.#history.shift();
           state.committed();
           for (const run of after) run();
           if (echoes.length > 0) this.#echo(echoes);

@@ -197,6 +197,7 @@ export abstract class BaseStore implements Store {
       const local = new Map<string, number>();
       const nextOf = (stream: string): number => local.get(stream) ?? this.nextSeq(stream);
       let appended = 0;
+      let bytes = 0;
       let open = true;
       const checkBuilding = (): void => {
         if (!open) throw new ClosedError('store batch', 'it was used after its build function returned');
@@ -207,12 +208,16 @@ export abstract class BaseStore implements Store {
           const { op, range } = this.prepareAppend(stream, values, nextOf(stream));
           local.set(stream, range.last + 1);
           appended += values.length;
+          // Each record goes under its stream's name and an 8-byte sequence.
+          for (const r of (op as Extract<StoreOp, { kind: 'append' }>).records) bytes += r.length + 8;
           ops.push(op);
           return range;
         },
         put: (namespace, key, value) => {
           checkBuilding();
-          ops.push(this.preparePut(namespace, key, value));
+          const op = this.preparePut(namespace, key, value) as Extract<StoreOp, { kind: 'put' }>;
+          bytes += op.record.length + Buffer.byteLength(key);
+          ops.push(op);
         },
         delete: (namespace, key) => {
           checkBuilding();
@@ -221,6 +226,9 @@ export abstract class BaseStore implements Store {
         deleteThrough: (stream, seq) => {
           checkBuilding();
           ops.push(this.prepareDeleteThrough(stream, seq, nextOf(stream)));
+        },
+        get bytes() {
+          return bytes;
         },
       };
       let result: R;

@@ -62,6 +62,8 @@ export interface StoreBatch {
   delete(namespace: string, key: string): void;
   /** Retention: removes the records of `stream` up to and including `seq`. */
   deleteThrough(stream: string, seq: number): void;
+  /** Bytes this batch writes so far: the encoded records and values, and the keys they go under. */
+  readonly bytes: number;
 }
 
 export interface StoreStats {

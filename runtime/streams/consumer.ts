@@ -278,10 +278,18 @@ export class ConsumerImpl<T = unknown> {
     const messages = Math.max(0, b.last - from + 1 - this.#acked.count);
     let timeMs = 0;
     if (messages > 0) {
-      for (const e of this.#source.read(from, 64)) {
-        if (e.error !== undefined || this.#acked.has(e.seq)) continue;
-        timeMs = Math.max(0, this.#deps.clock.now() - (e.value as StoredMessage).t);
-        break;
+      // The floor is almost always the oldest unsettled message: read it alone first, and the
+      // next 63 only when it was settled out of order (each read decodes what it returns).
+      let seq = from;
+      for (const limit of [1, 63]) {
+        const entries = this.#source.read(seq, limit);
+        const oldest = entries.find((e) => e.error === undefined && !this.#acked.has(e.seq));
+        if (oldest !== undefined) {
+          timeMs = Math.max(0, this.#deps.clock.now() - (oldest.value as StoredMessage).t);
+          break;
+        }
+        if (entries.length < limit) break;
+        seq = (entries.at(-1)?.seq ?? seq) + 1;
       }
     }
     return { messages, timeMs, ackPending: this.#pending.size };

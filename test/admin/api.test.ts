@@ -290,7 +290,7 @@ describe('actions', () => {
     await until(async () => expect((await get<DeadLetters>('/api/deadletters')).body.kept).toBe(1));
     const none = await post<{ error: { message: string } }>('/api/deadletters/replay', {});
     expect(none.status).toBe(400);
-    expect(none.body.error.message).toContain('select letters by subject, ids or reason, or give all: true');
+    expect(none.body.error.message).toContain('select letters by subject, ids, reason or fromSeq, or give all: true');
     await post('/api/deadletters/replay', { subject: '$DLQ.enrich' });
     await until(async () => {
       const s = (await get<DeadLetters>('/api/deadletters')).body.subjects[0];

@@ -52,8 +52,11 @@ describe('sluice, the command line', () => {
     expect(rows.find((r) => r.name === 'enrich')?.counters.acked).toBe(5);
     const streams = await sluice(['streams'], env);
     expect(streams.out).toMatch(/ORDERS\s+orders\.>\s+5\s+1\s+5\s+-\s+none\s+enrich/);
-    const lag = JSON.parse((await sluice(['lag', '--json'], env)).out) as { name: string; position: number }[];
-    expect(lag).toEqual([expect.objectContaining({ name: 'enrich', position: 6 })]);
+    const lag = JSON.parse((await sluice(['lag', '--json'], env)).out) as {
+      consumers: { name: string; position: number }[];
+      sources: unknown[];
+    };
+    expect(lag).toEqual({ consumers: [expect.objectContaining({ name: 'enrich', position: 6 })], sources: [] });
     const peek = await sluice(['peek', 'ORDERS', '--from', '4'], env);
     expect(peek.out).toContain('seq 4');
     expect(peek.out).toContain('{"id":5,"customer":"c"}');
@@ -96,6 +99,86 @@ describe('sluice, the command line', () => {
       };
       expect(s.data).toBe(1);
     });
+  });
+
+  test('connector sources in status and lag; window operators; checkpoints with bytes and positions', async () => {
+    const { server, rt } = await adminJob();
+    const env = { SLUICE_URL: server.url, SLUICE_TOKEN: TOKEN };
+    const health = rt.telemetry.registerSource({
+      name: 'nats:ORDERS/billing',
+      kind: 'nats',
+      stream: 'nats:ORDERS',
+      consumer: 'billing',
+      lag: () => ({ messages: 12, timeMs: 2500, ackPending: 4 }),
+      counters: () => ({ received: 30 }),
+    });
+    health.connected();
+    health.reconnecting(new Error('disconnected from 127.0.0.1:4222'));
+    const status = await sluice(['status'], env);
+    expect(status.out).toContain('sources: 1 (1 reconnecting)');
+    expect(status.out).toContain(
+      '  nats:ORDERS/billing: reconnecting, 12 behind (2.5 s), last error: disconnected from 127.0.0.1:4222',
+    );
+    const lag = await sluice(['lag'], env);
+    expect(lag.out).toMatch(
+      /SOURCE\s+KIND\s+CONNECTION\s+SINCE\s+RECONNECTS\s+LAG\s+LAG TIME\s+ACK PENDING\s+LAST ERROR/,
+    );
+    expect(lag.out).toMatch(/nats:ORDERS\/billing\s+nats\s+reconnecting\s+\S+\s+0\s+12\s+2\.5 s\s+4\s+disconnected/);
+    expect((await sluice(['windows'], env)).out).toBe(
+      'ACTOR  OPERATOR  KIND  LANE  WATERMARK  OPEN WINDOWS  KEYS  HELD INPUTS  NEXT TIMER\n(none)\n',
+    );
+    for (let id = 1; id <= 3; id++) await rt.bus.publish('orders.eu', { id, customer: 'c' });
+    await rt.idle();
+    await until(async () => {
+      const cp = JSON.parse((await sluice(['checkpoints', '--json'], env)).out) as { actors: { commits: number }[] };
+      expect(cp.actors[0]?.commits).toBe(3);
+    });
+    const cp = await sluice(['checkpoints', '--limit', '2'], env);
+    expect(cp.out).toMatch(/^enrich: 3 commits, \d+ B, 0 failed, 0 inputs held\n/);
+    expect(cp.out).toMatch(/COMMITTED\s+DURATION\s+BYTES\s+INPUTS\s+POSITIONS/);
+    // The two most recent: after orders 2 and 3.
+    expect(cp.out).toMatch(/ms\s+\d+\s+1\s+ORDERS\/enrich@3\n.*ms\s+\d+\s+1\s+ORDERS\/enrich@4\n$/s);
+  });
+
+  test('dlq replay --stream replays dead letters kept in a stream from a sequence', async () => {
+    const { MemoryStore, actor, createRuntime, durable } = await import('sluice');
+    const store = new MemoryStore();
+    const rt = createRuntime({
+      store,
+      logger: { debug() {}, info() {}, warn() {}, error() {} },
+      streams: [
+        { name: 'ORDERS', subjects: ['orders.>'] },
+        { name: 'DLQ', subjects: ['$DLQ.>'] },
+      ],
+    });
+    let broken = true;
+    const handled: number[] = [];
+    rt.spawn(
+      actor<{ id: number }, never>({
+        name: 'billing',
+        subscribe: durable<{ id: number }>('ORDERS', { consumer: 'billing' }),
+        retry: { maxAttempts: 1 },
+        handle: (env) => {
+          if (broken) throw new Error('down');
+          handled.push(env.data.id);
+        },
+      }),
+    );
+    const server = await rt.serve({ port: 0, token: TOKEN });
+    try {
+      for (let id = 1; id <= 3; id++) await rt.bus.publish('orders.eu', { id });
+      await until(() => expect(rt.stream('DLQ').info().messages).toBe(3));
+      broken = false;
+      const env = { SLUICE_URL: server.url, SLUICE_TOKEN: TOKEN };
+      const r = await sluice(['dlq', 'replay', '--stream', 'DLQ', '--from-seq', '2'], env);
+      expect(r.out).toBe('replayed 2 of 2 dead letters (next --from-seq 4)\n');
+      await until(() => expect(handled.sort()).toEqual([2, 3]));
+      expect((await sluice(['dlq', 'replay', '--stream', 'DLQ'], env)).code).toBe(2);
+    } finally {
+      await server.close();
+      await rt.stop();
+      await store.close();
+    }
   });
 
   test('tail follows new messages of a stored subject', async () => {

@@ -16,6 +16,7 @@ import {
   type Sink,
   type SinkRecord,
   type Source,
+  type SourceStatus,
   type Store,
   sinkActor,
 } from 'sluice';
@@ -44,6 +45,8 @@ export interface ConformanceTopic {
 
 export interface ConformanceConnector {
   readonly name: string;
+  /** The source's `kind` in the runtime's status (`nats`, `kafka`, ...). */
+  readonly kind: string;
   /** Whether the source redelivers what was not acknowledged (JetStream, Kafka) or not (core NATS). */
   readonly durable: boolean;
   /** Whether the sink is durable (it keeps what it wrote, so `read` finds it after the write). */
@@ -70,6 +73,11 @@ function runtimeFor(store?: Store): Runtime {
 }
 
 const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** The source named `name` in the runtime's status. */
+function statusOf(rt: Runtime, name: string): SourceStatus | undefined {
+  return rt.status().sources.find((src) => src.name === name);
+}
 
 function started<S extends ConformanceSource>(source: S): S {
   onTestFinished(() => source.close());
@@ -149,6 +157,8 @@ export function conformance(connector: ConformanceConnector): void {
       await new Promise((resolve) => setTimeout(resolve, 100));
       expect(seen).toEqual([1, 2, 3]);
       expect(source.lag().ackPending).toBe(0);
+      // Still listed after its close, as closed, with no lag.
+      expect(statusOf(rt, source.name)).toMatchObject({ connection: 'closed', lag: { messages: 0 } });
     });
 
     if (!connector.durable) return;
@@ -308,9 +318,14 @@ export function conformance(connector: ConformanceConnector): void {
       const lag = source.lag();
       expect(lag.messages).toBe(30 - done);
       expect(lag.timeMs).toBeGreaterThan(0);
+      // The runtime's status shows the source, connected, with the same lag.
+      const status = statusOf(rt, source.name);
+      expect(status).toMatchObject({ connection: 'connected', kind: connector.kind, lag: { messages: 30 - done } });
+      expect(status?.counters.received).toBeGreaterThan(0);
       release();
       await until(() => done === 30, 'all handled');
       await until(() => source.lag().messages === 0 && source.lag().timeMs === 0, 'no lag left');
+      expect(statusOf(rt, source.name)?.lag).toMatchObject({ messages: 0, timeMs: 0 });
     });
 
     test('clean close with messages held: what was not settled is delivered again to the next reader', async () => {

@@ -109,7 +109,17 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     expect(source.assignments.sort()).toEqual(['rt-in:0', 'rt-in:1', 'rt-in:2']);
     await eventually(() => sink.stats.written === N && source.stats.settled === N, 20_000, 'all records written');
     expect(source.lag()).toEqual({ messages: 0, timeMs: 0, ackPending: 0 });
+    // In the runtime's status: connected, its lag and counts; closed after close().
+    expect(runtime.status().sources).toEqual([
+      expect.objectContaining({
+        name: source.name,
+        kind: 'kafka',
+        connection: 'connected',
+        counters: expect.objectContaining({ settled: N }),
+      }),
+    ]);
     await source.close();
+    expect(runtime.status().sources[0]?.connection).toBe('closed');
     await runtime.stop();
     await sink.close();
 

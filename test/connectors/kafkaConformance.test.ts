@@ -41,6 +41,7 @@ describe.skipIf(missing !== undefined)('Kafka', () => {
   /** The connector with the source in one ordering: the cases hold in both. */
   const connector = (ordering: 'partition' | 'key'): ConformanceConnector => ({
     name: `Kafka, ordering '${ordering}'`,
+    kind: 'kafka',
     durable: true,
     durableSink: true,
     // <topic>/<partition>/<offset>

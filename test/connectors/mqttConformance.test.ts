@@ -30,6 +30,7 @@ describe.skipIf(missing !== undefined)('MQTT', () => {
 
   const connector: ConformanceConnector = {
     name: 'MQTT',
+    kind: 'mqtt',
     durable: true,
     durableSink: true,
     // A plain publisher's `message-id` user property is the position.

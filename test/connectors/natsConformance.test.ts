@@ -31,6 +31,7 @@ describe.skipIf(missing !== undefined)('NATS', () => {
 
   const jetStream: ConformanceConnector = {
     name: 'NATS JetStream',
+    kind: 'nats',
     durable: true,
     durableSink: true,
     async topic(): Promise<ConformanceTopic> {
@@ -91,6 +92,7 @@ describe.skipIf(missing !== undefined)('NATS', () => {
 
   const core: ConformanceConnector = {
     name: 'NATS core',
+    kind: 'nats',
     durable: false,
     durableSink: false,
     async topic(): Promise<ConformanceTopic> {

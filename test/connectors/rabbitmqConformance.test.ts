@@ -26,6 +26,7 @@ describe.skipIf(missing !== undefined)('RabbitMQ', () => {
 
   const connector: ConformanceConnector = {
     name: 'RabbitMQ',
+    kind: 'rabbitmq',
     durable: true,
     durableSink: true,
     // A plain publisher's message_id is the position.

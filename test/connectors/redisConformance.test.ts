@@ -23,6 +23,7 @@ describe.skipIf(missing !== undefined)('Redis Streams', () => {
 
   const connector: ConformanceConnector = {
     name: 'Redis Streams',
+    kind: 'redis',
     durable: true,
     durableSink: true,
     position: '\\d+-\\d+',

@@ -27,6 +27,9 @@ class FaultyStore extends LmdbStore {
       },
       delete: (namespace, key) => b.delete(namespace, key),
       deleteThrough: (stream, seq) => b.deleteThrough(stream, seq),
+      get bytes() {
+        return b.bytes;
+      },
     });
     return super
       .batch((b) => build(spy(b)))

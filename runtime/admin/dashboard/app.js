@@ -183,6 +183,7 @@ function onEvent(frame) {
     document.getElementById('dl-count').textContent =
       payload.deadLetters.kept > 0 ? String(payload.deadLetters.kept) : '';
     if (state.view === 'topology') updateTopology();
+    if (state.view === 'lag' || state.view === 'timeline') updateSources();
   } else if (event === 'deadletter' && state.view === 'deadletters') {
     void render();
   }
@@ -204,7 +205,7 @@ const views = {
 };
 
 /** Views that refresh on their own every few seconds (the others on demand, so forms keep their input). */
-const refreshing = new Set(['streams', 'lag', 'checkpoints', 'deadletters', 'timeline', 'audit']);
+const refreshing = new Set(['streams', 'lag', 'windows', 'checkpoints', 'deadletters', 'timeline', 'audit']);
 
 async function render() {
   const main = document.getElementById('view');
@@ -568,7 +569,67 @@ async function viewLag() {
       rows,
       [2, 3, 5, 6],
     ),
+    h('h2', {}, 'Connector sources'),
+    sourcesTable(state.status.sources, history.sourceLag),
   );
+}
+
+/** Connector sources: connection state, lag now and over the last minutes, last error. */
+function sourcesTable(sources, sourceLag) {
+  return table(
+    [
+      'source',
+      'kind',
+      'connection',
+      'since',
+      'reconnects',
+      'lag (messages)',
+      'lag, last minutes',
+      'behind (time)',
+      'ack pending',
+      'last error',
+    ],
+    sources.map((src) =>
+      h(
+        'tr',
+        { 'data-source': src.name },
+        h('td', {}, src.name),
+        h('td', {}, src.kind),
+        h(
+          'td',
+          {},
+          h('span', { className: `conn conn-${src.connection}`, 'data-field': 'connection' }, src.connection),
+        ),
+        h('td', {}, when(src.since)),
+        h('td', { className: 'num' }, src.reconnects),
+        h('td', { className: 'num', 'data-field': 'lag' }, src.lag.messages),
+        h('td', {}, spark(sourceLag?.[src.name])),
+        h('td', { className: 'num', 'data-field': 'lagTime' }, ms(src.lag.timeMs)),
+        h('td', { className: 'num' }, src.lag.ackPending),
+        h(
+          'td',
+          { className: src.lastError ? 'error' : 'muted' },
+          src.lastError ? `${when(src.lastError.time)}: ${src.lastError.message}` : '-',
+        ),
+      ),
+    ),
+    [4, 5, 7, 8],
+  );
+}
+
+/** Live source numbers from the feed, written into the table without redrawing it. */
+function updateSources() {
+  const t = state.tick;
+  if (t?.sources === undefined) return;
+  for (const src of t.sources) {
+    const row = document.querySelector(`tr[data-source="${CSS.escape(src.name)}"]`);
+    if (row === null) continue;
+    const conn = row.querySelector('[data-field="connection"]');
+    conn.textContent = src.connection;
+    conn.setAttribute('class', `conn conn-${src.connection}`);
+    row.querySelector('[data-field="lag"]').textContent = String(src.messages);
+    row.querySelector('[data-field="lagTime"]').textContent = ms(src.timeMs);
+  }
 }
 
 function messageRows(messages, dead) {
@@ -698,61 +759,122 @@ function publishForm() {
 }
 
 async function viewWindows() {
+  const [windows, actors] = await Promise.all([api('/api/windows'), api('/api/actors')]);
+  const time = (t) => (t === null ? '-' : when(t));
   return h(
     'div',
     {},
-    h('h2', {}, 'Watermarks and open windows'),
-    h(
-      'p',
-      { className: 'note' },
-      'The runtime does not expose window operators\u2019 watermarks or open windows yet. Actors that hold inputs in windows show them as "absorbed" below.',
-    ),
+    h('h2', {}, 'Watermarks per window operator'),
     table(
-      ['actor', 'absorbed (in open windows)', 'in flight'],
-      (await api('/api/actors')).map((a) => [a.name, a.absorbed, a.inFlight]),
-      [1, 2],
+      ['actor', 'operator', 'kind', 'lane', 'watermark', 'open windows', 'keys', 'held inputs', 'next timer'],
+      windows.map((w) =>
+        h(
+          'tr',
+          { 'data-window': `${w.actor}/${w.operator}/${w.lane}` },
+          h('td', {}, w.actor),
+          h('td', {}, w.operator),
+          h('td', {}, w.kind),
+          h('td', { className: 'num' }, w.lane),
+          h('td', { 'data-field': 'watermark' }, time(w.watermark)),
+          h('td', { className: 'num', 'data-field': 'open' }, w.openWindows),
+          h('td', { className: 'num' }, w.keys),
+          h('td', { className: 'num' }, w.absorbed),
+          h('td', {}, time(w.nextTimer)),
+        ),
+      ),
+      [3, 5, 6, 7],
+    ),
+    h('h2', {}, 'Open windows per actor'),
+    table(
+      ['actor', 'window operators', 'open windows', 'absorbed (held by operators)', 'in flight'],
+      actors.map((a) => {
+        const own = windows.filter((w) => w.actor === a.name);
+        return [a.name, own.length, own.reduce((n, w) => n + w.openWindows, 0), a.absorbed, a.inFlight];
+      }),
+      [1, 2, 3, 4],
     ),
   );
 }
 
+function bytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+const positionsText = (positions) =>
+  Object.entries(positions)
+    .map(([k, v]) => `${k} @ ${v}`)
+    .join(', ');
+
 async function viewCheckpoints() {
   const cp = await api('/api/checkpoints');
+  const recent = cp.actors
+    .flatMap((a) => a.recent.map((c) => ({ ...c, actor: a.name })))
+    .sort((x, y) => y.time - x.time)
+    .slice(0, 100);
   return h(
     'div',
     {},
     h('h2', {}, 'Checkpoints per actor'),
     table(
-      ['actor', 'commits', 'inputs', 'mean commit', 'failures', 'held', 'pending writes', 'positions'],
-      cp.actors.map((a) => [
-        a.name,
-        a.commits,
-        a.inputs,
-        a.commits > 0 ? `${(a.commitMs / a.commits).toFixed(1)} ms` : '-',
-        a.failures,
-        a.held,
-        a.pendingWrites,
-        Object.entries(a.positions)
-          .map(([k, v]) => `${k} @ ${v}`)
-          .join(', '),
-      ]),
-      [1, 2, 3, 4, 5, 6],
+      [
+        'actor',
+        'commits',
+        'inputs',
+        'mean commit',
+        'written',
+        'last size',
+        'failures',
+        'held',
+        'pending writes',
+        'positions',
+      ],
+      cp.actors.map((a) =>
+        h(
+          'tr',
+          { 'data-checkpoint': a.name },
+          h('td', {}, a.name),
+          h('td', { className: 'num' }, a.commits),
+          h('td', { className: 'num' }, a.inputs),
+          h('td', { className: 'num' }, a.commits > 0 ? `${(a.commitMs / a.commits).toFixed(1)} ms` : '-'),
+          h('td', { className: 'num', 'data-field': 'bytes' }, bytes(a.bytes)),
+          h('td', { className: 'num' }, a.recent.length > 0 ? bytes(a.recent.at(-1).bytes) : '-'),
+          h('td', { className: 'num' }, a.failures),
+          h('td', { className: 'num' }, a.held),
+          h('td', { className: 'num' }, a.pendingWrites),
+          h('td', {}, positionsText(a.positions)),
+        ),
+      ),
     ),
-    h('h2', {}, 'History (sampled)'),
+    h('h2', {}, 'Size per commit'),
+    h(
+      'div',
+      { className: 'charts' },
+      cp.actors.map((a) =>
+        h(
+          'div',
+          {},
+          h('span', { className: 'muted' }, `${a.name} `),
+          spark(
+            a.recent.map((c) => [c.time, c.bytes]),
+            240,
+            32,
+          ),
+        ),
+      ),
+    ),
+    h('h2', {}, 'Recent commits'),
     table(
-      ['time', 'actor', 'commits', 'inputs', 'mean commit', 'positions'],
-      cp.history
-        .slice(-50)
-        .reverse()
-        .map((c) => [
-          when(c.time),
-          c.actor,
-          c.commits,
-          c.inputs,
-          `${c.meanCommitMs} ms`,
-          Object.entries(c.positions)
-            .map(([k, v]) => `${k} @ ${v}`)
-            .join(', '),
-        ]),
+      ['committed', 'actor', 'duration', 'size', 'inputs', 'positions committed'],
+      recent.map((c) => [
+        when(c.time),
+        c.actor,
+        `${c.durationMs} ms`,
+        bytes(c.bytes),
+        c.inputs,
+        positionsText(c.positions),
+      ]),
       [2, 3, 4],
     ),
   );
@@ -934,7 +1056,11 @@ async function viewState() {
 }
 
 async function viewTimeline() {
-  const [timeline, actors] = await Promise.all([api('/api/timeline'), api('/api/actors')]);
+  const [timeline, actors, history] = await Promise.all([
+    api('/api/timeline'),
+    api('/api/actors'),
+    api('/api/history'),
+  ]);
   return h(
     'div',
     {},
@@ -960,7 +1086,8 @@ async function viewTimeline() {
         .reverse()
         .map((e) => [when(e.time), e.actor, e.kind, e.detail]),
     ),
-    h('p', { className: 'muted' }, 'Connector health shows here once connectors report it to the runtime.'),
+    h('h2', {}, 'Connector health'),
+    sourcesTable(state.status.sources, history.sourceLag),
   );
 }
 

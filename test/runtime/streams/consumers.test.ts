@@ -171,6 +171,22 @@ describe.each([memoryHarness, lmdbHarness])('durable consumers ($name store)', (
     expect(c.lag().messages).toBe(1);
   });
 
+  test('consumers - lag time is the age of the oldest unsettled message, also when newer ones settled first', async () => {
+    const { rt, clock } = testRuntime({ store: harness.fresh() });
+    const c = rt.stream({ name: 'S', subjects: ['s'] }).consumer('c');
+    await publishAll(rt, 's', ['a']);
+    await clock.advance(100);
+    await publishAll(rt, 's', ['b']);
+    await clock.advance(100);
+    const [a, b] = c.fetch(2);
+    expect(c.lag()).toMatchObject({ messages: 2, timeMs: 200 });
+    // 'b' settles first: 'a' is still the oldest unsettled.
+    b?.ack();
+    expect(c.lag()).toMatchObject({ messages: 1, timeMs: 200 });
+    a?.ack();
+    expect(c.lag()).toEqual({ messages: 0, timeMs: 0, ackPending: 0 });
+  });
+
   test('consumers - a corrupt record is dead-lettered with a CorruptRecordError naming stream and sequence; the rest is delivered', async () => {
     let store = harness.fresh();
     {
