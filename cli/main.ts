@@ -25,7 +25,8 @@ commands:
   dlq replay [subject]                 replays dead letters to their subjects (--id N..., --reason TEXT, --all, --limit N)
                                          --stream NAME: from a stream that keeps them (--from-seq N; --id is a sequence)
   dlq purge <subject> | --all          drops dead letters kept by the API
-  consumer reset <stream> <consumer>   moves a durable consumer (--seq N or --time T; --force)
+  consumer reset <stream> <consumer>   moves a durable consumer (--seq N or --time T; --force);
+                                       --follow draws its re-read until it caught up
   state get <actor> <key>              an actor's keyed state
   actor pause|resume <actor>           stops or restarts taking from its mailbox
   publish <subject> <json>             publishes a test message
@@ -74,6 +75,7 @@ const options = {
   seq: { type: 'string' },
   time: { type: 'string' },
   force: { type: 'boolean' },
+  follow: { type: 'boolean' },
   count: { type: 'string' },
   interval: { type: 'string' },
   stream: { type: 'string' },
@@ -251,8 +253,22 @@ async function run(api: Api, args: string[], v: Values, io: Io): Promise<void> {
       const body: Record<string, unknown> = { stream, consumer, force: v.force === true };
       if (v.seq !== undefined) body.seq = int('--seq', v.seq);
       else body.time = time('--time', v.time as string);
+      // Read before the reset: the consumer may re-read some before the first poll after it.
+      const ackedBefore = v.follow === true ? (await lagOf(api, stream, consumer)).acked : 0;
       const r = await api.post<{ before: number; position: number }>('/api/consumers/reset', body);
-      return print(r, () => `consumer ${stream}/${consumer}: position ${r.before} -> ${r.position}\n`);
+      if (v.follow !== true)
+        return print(r, () => `consumer ${stream}/${consumer}: position ${r.before} -> ${r.position}\n`);
+      const interval = v.interval === undefined ? 200 : int('--interval', v.interval);
+      const bar = io.progress && v.json !== true ? new ProgressBar(io, 're-read') : undefined;
+      const reread = await followReread(api, stream, consumer, ackedBefore, interval, (done, total) =>
+        bar?.update(done, total),
+      );
+      bar?.end();
+      return print(
+        { ...r, reread },
+        () =>
+          `consumer ${stream}/${consumer}: position ${r.before} -> ${r.position}; re-read ${reread} messages, caught up\n`,
+      );
     }
     case 'state': {
       const [actor, key] = rest;
@@ -510,14 +526,16 @@ class Api {
 
 class ProgressBar {
   readonly #io: Io;
+  readonly #verb: string;
   #drawn = false;
-  constructor(io: Io) {
+  constructor(io: Io, verb = 'replayed') {
     this.#io = io;
+    this.#verb = verb;
   }
   update(done: number, total: number): void {
     const width = 30;
     const filled = total === 0 ? width : Math.round((done / total) * width);
-    this.#io.err(`\r[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${total} replayed`);
+    this.#io.err(`\r[${'#'.repeat(filled)}${'.'.repeat(width - filled)}] ${done}/${total} ${this.#verb}`);
     this.#drawn = true;
   }
   end(): void {
@@ -650,6 +668,34 @@ function overlaps(pattern: string, subject: string): boolean {
     if (x === '>' || y === '>') return x !== undefined && y !== undefined;
     if (x === undefined || y === undefined) return x === y;
     if (x !== '*' && y !== '*' && x !== y) return false;
+  }
+}
+
+async function lagOf(api: Api, stream: string, consumer: string): Promise<LagRow> {
+  const row = (await api.get<LagRow[]>('/api/lag')).find((c) => c.stream === stream && c.name === consumer);
+  if (row === undefined) throw new CliError(`no consumer ${stream}/${consumer} (see sluice lag)`, 1);
+  return row;
+}
+
+/**
+ * Follows a consumer's re-read after a reset, by its lag: what it acknowledged since is done, and
+ * what is behind or unacknowledged is left (the total grows when messages keep arriving). Resolves
+ * with the messages acknowledged once nothing is behind and nothing waits for an ack.
+ */
+async function followReread(
+  api: Api,
+  stream: string,
+  consumer: string,
+  ackedBefore: number,
+  intervalMs: number,
+  progress: (done: number, total: number) => void,
+): Promise<number> {
+  for (;;) {
+    const row = await lagOf(api, stream, consumer);
+    const done = row.acked - ackedBefore;
+    progress(done, done + row.messages + row.ackPending);
+    if (row.messages === 0 && row.ackPending === 0) return done;
+    await sleep(intervalMs);
   }
 }
 

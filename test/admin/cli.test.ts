@@ -89,6 +89,19 @@ describe('sluice, the command line', () => {
     await rt.idle();
     const reset = await sluice(['consumer', 'reset', 'ORDERS', 'enrich', '--seq', '300'], env);
     expect(reset.out).toMatch(/^consumer ORDERS\/enrich: position \d+ -> 300\n$/);
+    await rt.idle();
+    // Back to the start: the consumer re-reads every stored message, and a bar follows it.
+    const reread = await sluice(['consumer', 'reset', 'ORDERS', 'enrich', '--seq', '1', '--follow'], env, true);
+    expect(reread.code).toBe(0);
+    const [, before, count] =
+      /^consumer ORDERS\/enrich: position (\d+) -> 1; re-read (\d+) messages, caught up\n$/.exec(reread.out) ?? [
+        reread.out,
+      ];
+    expect(Number(count)).toBe(Number(before) - 1);
+    expect(reread.err).toMatch(new RegExp(`\\[#{30}\\] ${count}/${count} re-read\\n$`));
+    expect((await sluice(['consumer', 'reset', 'ORDERS', 'nobody', '--seq', '1', '--follow'], env)).err).toMatch(
+      /no consumer ORDERS\/nobody/,
+    );
     expect((await sluice(['actor', 'pause', 'audit'], env)).out).toBe('actor audit: paused\n');
     expect((await sluice(['publish', 'orders.eu', '{"id":1000,"customer":"e"}'], env)).out).toBe(
       'published to orders.eu\n',
