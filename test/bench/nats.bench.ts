@@ -15,7 +15,8 @@
  * - `jetstream-consume`: a stream filled with N orders (not timed); a new durable consumer reads
  *   them all, each decoded and acknowledged. raw: `consumer.consume()` with its default buffer.
  *   sluice: a JetStream `natsSource` publishing each on the bus to a subscriber, acknowledged when
- *   the subscriber's callback returns. Timed until every order was counted and acknowledged.
+ *   the subscriber's callback returns. Timed from connecting (both create their consumer in the
+ *   timed run, as the source's start does) until every order was counted and acknowledged.
  *
  * Each contender checks the count and the sum of ids.
  */
@@ -263,10 +264,14 @@ async function filledStream(n: number) {
 
 const rawJetStreamConsume: Contender = async (n) => {
   const stream = await filledStream(n);
-  await jsm.consumers.add(stream.name, { durable_name: 'raw', ack_policy: AckPolicy.Explicit });
-  const nc = await connect({ servers: server.url });
+  let nc: NatsConnection | undefined;
   return {
     run: async () => {
+      // Connecting and creating the consumer are timed, as the Sluice source's start is.
+      nc = await connect({ servers: server.url });
+      await jetstreamManager(nc).then((m) =>
+        m.consumers.add(stream.name, { durable_name: 'raw', ack_policy: AckPolicy.Explicit }),
+      );
       const consumer = await jetstream(nc).consumers.get(stream.name, 'raw');
       const messages = await consumer.consume();
       let count = 0;
@@ -282,7 +287,7 @@ const rawJetStreamConsume: Contender = async (n) => {
     },
     dispose: async () => {
       await stream.remove();
-      await nc.close();
+      await nc?.close();
     },
   };
 };
