@@ -34,7 +34,7 @@ import {
 } from '../../runtime/errors.ts';
 import { SourceLineage } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import { freeCapacity, publishDelivery } from '../../runtime/sources/delivery.ts';
+import { type DeliveryOptions, deliverHeld, freeCapacity } from '../../runtime/sources/delivery.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
@@ -777,7 +777,7 @@ export class NatsSource<T = unknown> implements Source<T> {
     const headers: Record<string, string> = h.headers;
     headers[STREAM_HEADERS.stream] = js.stream;
     headers[STREAM_HEADERS.sequence] = String(m.seq);
-    const options: PublishOptions = {
+    const options: DeliveryOptions = {
       headers,
       eventTime: h.eventTime ?? timestampMs,
       lineage: held.lineage,
@@ -785,19 +785,7 @@ export class NatsSource<T = unknown> implements Source<T> {
     if (h.key !== undefined) options.key = h.key;
     // At JetStream's delivery count: an actor's retries count on from the server's deliveries.
     const host = this.#host as SourceHost;
-    const accepted = publishDelivery(host.bus, this.#client as BusClient, subject, data, options, m.info.deliveryCount);
-    if (accepted === undefined) {
-      this.#stats.published++;
-      held.lineage.release();
-      return undefined;
-    }
-    return accepted.then(
-      () => {
-        this.#stats.published++;
-        held.lineage.release();
-      },
-      (error: unknown) => held.lineage.release(error),
-    );
+    return deliverHeld(host.bus, this.#client as BusClient, subject, data, options, m.info.deliveryCount, this.#stats);
   }
 
   #hold(m: JsMsg, timestampMs: number): Held {

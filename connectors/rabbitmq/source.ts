@@ -21,11 +21,10 @@ import {
   rawCodec,
   textCodec,
 } from '../../runtime/codec.ts';
-import type { PublishOptions } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
 import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import { freeCapacity, publishDelivery } from '../../runtime/sources/delivery.ts';
+import { type DeliveryOptions, deliverHeld, freeCapacity } from '../../runtime/sources/delivery.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
@@ -435,29 +434,18 @@ export class RabbitSource<T = unknown> implements Source<T> {
     // without one has none that survives a redelivery, and its outputs get no derived keys.
     if (typeof p.messageId === 'string' && p.messageId !== '') headers[STREAM_HEADERS.sequence] = p.messageId;
     else delete headers[STREAM_HEADERS.sequence];
-    const options: PublishOptions = { headers, lineage: held.lineage };
+    const options: DeliveryOptions = { headers, lineage: held.lineage };
     if (typeof p.timestamp === 'number') options.eventTime = p.timestamp * 1_000;
     const key = p.headers?.['sluice-key'];
     if (typeof key === 'string') options.key = key;
-    const accepted = publishDelivery(
+    return deliverHeld(
       (this.#host as SourceHost).bus,
       this.#client as BusClient,
       this.#subject,
       data,
       options,
       held.attempt,
-    );
-    if (accepted === undefined) {
-      this.#stats.published++;
-      held.lineage.release();
-      return undefined;
-    }
-    return accepted.then(
-      () => {
-        this.#stats.published++;
-        held.lineage.release();
-      },
-      (error: unknown) => held.lineage.release(error),
+      this.#stats,
     );
   }
 

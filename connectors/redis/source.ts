@@ -15,11 +15,10 @@ import type { Bus, BusClient } from '../../runtime/bus/bus.ts';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
 import type { Clock, Timer } from '../../runtime/clock.ts';
 import { type Codec, codecOf } from '../../runtime/codec.ts';
-import type { PublishOptions } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
 import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import { freeCapacity, publishDelivery } from '../../runtime/sources/delivery.ts';
+import { type DeliveryOptions, deliverHeld, freeCapacity } from '../../runtime/sources/delivery.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import type { Telemetry } from '../../runtime/telemetry.ts';
@@ -528,26 +527,14 @@ export class RedisSource<T = unknown> implements Source<T> {
     }
     headers[STREAM_HEADERS.stream] = this.#stream;
     headers[STREAM_HEADERS.sequence] = id;
-    const options: PublishOptions = {
+    const options: DeliveryOptions = {
       headers,
       eventTime: eventTime !== undefined && Number.isFinite(eventTime) ? eventTime : held.timestampMs,
       lineage: held.lineage,
     };
     if (key !== undefined) options.key = key;
     const host = this.#host as SourceHost;
-    const accepted = publishDelivery(host.bus, this.#client as BusClient, this.#subject, data, options, attempt);
-    if (accepted === undefined) {
-      this.#stats.published++;
-      held.lineage.release();
-      return undefined;
-    }
-    return accepted.then(
-      () => {
-        this.#stats.published++;
-        held.lineage.release();
-      },
-      (error: unknown) => held.lineage.release(error),
-    );
+    return deliverHeld(host.bus, this.#client as BusClient, this.#subject, data, options, attempt, this.#stats);
   }
 
   #hold(id: string, attempt: number): Held {

@@ -6,6 +6,7 @@
 import type { Bus, BusClient } from '../bus/bus.ts';
 import { checkHeaders, createEnvelope, type PublishOptions } from '../envelope.ts';
 import { ClosedError, StreamError } from '../errors.ts';
+import type { Lineage } from '../lineage.ts';
 
 /**
  * @internal Messages the mailboxes reached by `subject` can take now: the least over the plain
@@ -68,4 +69,37 @@ export function publishDelivery(
   } catch (error) {
     return Promise.reject(error);
   }
+}
+
+/** @internal Publish options of a broker message: its lineage is the source's own. */
+export type DeliveryOptions = PublishOptions & { lineage: Lineage };
+
+/**
+ * @internal {@link publishDelivery} of a message whose `lineage` the source holds: once the
+ * mailboxes took it, counted in `stats.published` and its lineage released (with the error when
+ * they refused it). Undefined when that happened at once, else a promise of it that never rejects.
+ */
+export function deliverHeld(
+  bus: Bus,
+  client: BusClient,
+  subject: string,
+  data: unknown,
+  options: DeliveryOptions,
+  attempt: number,
+  stats: { published: number },
+): Promise<void> | undefined {
+  const lineage = options.lineage;
+  const accepted = publishDelivery(bus, client, subject, data, options, attempt);
+  if (accepted === undefined) {
+    stats.published++;
+    lineage.release();
+    return undefined;
+  }
+  return accepted.then(
+    () => {
+      stats.published++;
+      lineage.release();
+    },
+    (error: unknown) => lineage.release(error),
+  );
 }
