@@ -516,10 +516,21 @@ export class NatsSource<T = unknown> implements Source<T> {
     let data: unknown;
     let options: PublishOptions | undefined;
     try {
-      subject = this.#subjectOf(msg.subject);
+      // The NATS subject is decoded from bytes when first read: not read when nothing needs it.
+      subject = this.#literalTarget ?? this.#subjectOf(msg.subject);
       if (msg.headers === undefined) {
         // No headers (a plain client's message): no options, the bus's cheapest publish.
-        data = this.#codecs.of(msg.subject, undefined).decode(msg.data, msg.subject);
+        const fixed = this.#codecs.fixed;
+        if (fixed === undefined) data = this.#codecs.of(msg.subject, undefined).decode(msg.data, msg.subject);
+        else {
+          const bytes = msg.data;
+          try {
+            data = fixed.decode(bytes);
+          } catch {
+            // Decoding again fails the same way, now with the subject named in the error.
+            data = fixed.decode(bytes, msg.subject);
+          }
+        }
       } else {
         const h = readHeaders(msg.headers);
         data = this.#codecs.of(msg.subject, h.contentType).decode(msg.data, msg.subject);
