@@ -14,7 +14,8 @@
  *   Both time connecting and creating the group: the source's start does both.
  * - `rabbitmq-publish`: N orders to a queue through the default exchange, persistent, with
  *   publisher confirms, at most IN_FLIGHT awaited. raw: a confirm channel's `sendToQueue` from
- *   IN_FLIGHT loops. sluice: a `rabbitSink` (the same bound, mandatory) in batches of BATCH.
+ *   IN_FLIGHT loops over each BATCH in turn (as the sink's write takes a batch). sluice: a
+ *   `rabbitSink` (the same bound, mandatory) in batches of BATCH.
  * - `rabbitmq-consume`: a queue filled with N orders (not timed), consumed with manual acks. raw:
  *   `consume` with the prefetch the Sluice source takes (1025), each decoded and acked. sluice: a
  *   `rabbitSource` publishing each on the bus to a subscriber, acked when the callback returns.
@@ -209,21 +210,25 @@ const rawRabbitPublish: Contender = async (n) => {
   const channel = await model.createConfirmChannel();
   return {
     run: async () => {
-      let next = 0;
-      const loop = async () => {
-        while (next < n) {
-          const i = next++;
-          await new Promise<void>((resolve, reject) => {
-            channel.sendToQueue(
-              q,
-              Buffer.from(JSON.stringify(PAYLOADS[i % POOL])),
-              { persistent: true, messageId: `o/${i}` },
-              (err) => (err === null || err === undefined ? resolve() : reject(err)),
-            );
-          });
-        }
-      };
-      await Promise.all(Array.from({ length: IN_FLIGHT }, loop));
+      // Batches of BATCH, each confirmed whole before the next, as the sink's write is.
+      for (let start = 0; start < n; start += BATCH) {
+        const end = Math.min(n, start + BATCH);
+        let next = start;
+        const loop = async () => {
+          while (next < end) {
+            const i = next++;
+            await new Promise<void>((resolve, reject) => {
+              channel.sendToQueue(
+                q,
+                Buffer.from(JSON.stringify(PAYLOADS[i % POOL])),
+                { persistent: true, messageId: `o/${i}` },
+                (err) => (err === null || err === undefined ? resolve() : reject(err)),
+              );
+            });
+          }
+        };
+        await Promise.all(Array.from({ length: IN_FLIGHT }, loop));
+      }
       await checkQueue(q, n);
     },
     dispose: async () => {
