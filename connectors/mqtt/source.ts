@@ -15,11 +15,16 @@ import type { BusClient } from '../../runtime/bus/bus.ts';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
 import type { Timer } from '../../runtime/clock.ts';
 import { type Codec, type CodecChoice, codecOf } from '../../runtime/codec.ts';
-import type { PublishOptions } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
-import { type Lineage, SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
+import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import { backoffOption, deadLetterHeaders, deliverHeld, retryDelay } from '../../runtime/sources/delivery.ts';
+import {
+  backoffOption,
+  type DeliveryOptions,
+  deadLetterHeaders,
+  deliverHeld,
+  retryDelay,
+} from '../../runtime/sources/delivery.ts';
 import type { SourceHealth } from '../../runtime/sources/registry.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
@@ -466,7 +471,7 @@ export class MqttSource<T = unknown> implements Source<T> {
     held.state = 'bus';
     this.#onBus++;
     held.lineage = new SourceLineage(this.#settlement, held, `mqtt/${held.generation}/${packet.messageId ?? 0}`);
-    const options: PublishOptions & { lineage: Lineage } = { headers, lineage: held.lineage };
+    const options: DeliveryOptions = { headers, lineage: held.lineage };
     const key = userProperty(packet, MQTT_PROPERTIES.key);
     if (key !== undefined) options.key = key;
     return deliverHeld(
@@ -476,9 +481,7 @@ export class MqttSource<T = unknown> implements Source<T> {
       data,
       options,
       held.attempt,
-      () => {
-        this.#stats.published++;
-      },
+      this.#stats,
     );
   }
 

@@ -22,6 +22,8 @@ const byName: Readonly<Record<string, Codec>> = {
   raw: rawCodec,
   text: textCodec,
 };
+/** Codecs that read the subject only to name it in an error. */
+const BUILT_IN: ReadonlySet<Codec> = new Set(Object.values(byName));
 
 /** The content types each codec writes and reads (the first is written). */
 const contentTypes: Readonly<Record<string, readonly string[]>> = {
@@ -56,6 +58,14 @@ export class Codecs {
       validateSubject(pattern, 'subscribe');
       return [pattern, resolveCodec(c, `${where}.codecs['${pattern}']`)] as const;
     });
+  }
+
+  /**
+   * The codec of every message without a known content type, when no subject has one of its own
+   * and it is a built-in one, which reads the subject only to name it in an error.
+   */
+  get fixed(): Codec | undefined {
+    return this.#bySubject.length === 0 && BUILT_IN.has(this.#default) ? this.#default : undefined;
   }
 
   /** The codec for a message: its content type when known, else its subject's, else the default. */

@@ -34,7 +34,7 @@ import {
 } from '../../runtime/errors.ts';
 import { SourceLineage } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import { freeCapacity, publishDelivery } from '../../runtime/sources/delivery.ts';
+import { type DeliveryOptions, deliverHeld, freeCapacity } from '../../runtime/sources/delivery.ts';
 import type { SourceHealth } from '../../runtime/sources/registry.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
@@ -237,6 +237,8 @@ export class NatsSource<T = unknown> implements Source<T> {
   #jsm: JetStreamManager | undefined;
   #fetching: ConsumerMessages | undefined;
   readonly #pending = new Map<number, Held>();
+  /** Settled this turn of the event loop, acked at its end. */
+  #acks: JsMsg[] = [];
   #wake: (() => void) | undefined;
   #touchTimer: Timer | undefined;
   #lagTimer: Timer | undefined;
@@ -469,6 +471,8 @@ export class NatsSource<T = unknown> implements Source<T> {
     // Stopped, not awaited: its end waits for the loop to read what it buffered, and the loop may be
     // waiting on a full mailbox. Messages it still buffers are never delivered: the server redelivers them.
     safely(() => this.#fetching?.stop());
+    // What settled before the close is acked, not delivered again.
+    this.#flushAcks();
     for (const s of this.#subs) s.unsubscribe();
     for (const h of this.#pending.values()) safely(() => h.msg.nak());
     this.#pending.clear();
@@ -513,10 +517,21 @@ export class NatsSource<T = unknown> implements Source<T> {
     let data: unknown;
     let options: PublishOptions | undefined;
     try {
-      subject = this.#subjectOf(msg.subject);
+      // The NATS subject is decoded from bytes when first read: not read when nothing needs it.
+      subject = this.#literalTarget ?? this.#subjectOf(msg.subject);
       if (msg.headers === undefined) {
         // No headers (a plain client's message): no options, the bus's cheapest publish.
-        data = this.#codecs.of(msg.subject, undefined).decode(msg.data, msg.subject);
+        const fixed = this.#codecs.fixed;
+        if (fixed === undefined) data = this.#codecs.of(msg.subject, undefined).decode(msg.data, msg.subject);
+        else {
+          const bytes = msg.data;
+          try {
+            data = fixed.decode(bytes);
+          } catch {
+            // Decoding again fails the same way, now with the subject named in the error.
+            data = fixed.decode(bytes, msg.subject);
+          }
+        }
       } else {
         const h = readHeaders(msg.headers);
         data = this.#codecs.of(msg.subject, h.contentType).decode(msg.data, msg.subject);
@@ -705,7 +720,9 @@ export class NatsSource<T = unknown> implements Source<T> {
             continue;
           }
           try {
-            await this.#deliver(m, js);
+            // No promise per message: only a publish the mailboxes cannot take at once is awaited.
+            const waiting = this.#deliver(m, js);
+            if (waiting !== undefined) await waiting;
           } catch (error) {
             // A mapping function or a header the bus refuses: the message fails, never the loop.
             const held = this.#pending.get(m.seq);
@@ -729,7 +746,8 @@ export class NatsSource<T = unknown> implements Source<T> {
     }
   }
 
-  async #deliver(m: JsMsg, js: ResolvedJetStream): Promise<void> {
+  /** Publishes one message; undefined when it is done with at once, else a promise of when it is. */
+  #deliver(m: JsMsg, js: ResolvedJetStream): Promise<void> | undefined {
     this.#stats.received++;
     const pending = this.#pending.get(m.seq);
     if (pending !== undefined) {
@@ -740,7 +758,7 @@ export class NatsSource<T = unknown> implements Source<T> {
       pending.msg = m;
       pending.touchedAt = this.#now();
       safely(() => m.working());
-      return;
+      return undefined;
     }
     this.#serverPending = m.info.pending;
     const timestampMs = Math.floor(m.info.timestampNanos / 1_000_000);
@@ -754,7 +772,7 @@ export class NatsSource<T = unknown> implements Source<T> {
       // Decoding again gives the same answer: dead-lettered at once and termed, never redelivered.
       const held = this.#hold(m, timestampMs);
       void this.#giveUp(held, error, h.headers, m.data);
-      return;
+      return undefined;
     }
     const held = this.#hold(m, timestampMs);
     if (!(this.#host as SourceHost).bus.hasSubscribers(subject)) {
@@ -767,12 +785,12 @@ export class NatsSource<T = unknown> implements Source<T> {
       this.#pending.delete(held.seq);
       safely(() => m.nak(1_000));
       this.#stats.nacked++;
-      return;
+      return undefined;
     }
     const headers: Record<string, string> = h.headers;
     headers[STREAM_HEADERS.stream] = js.stream;
     headers[STREAM_HEADERS.sequence] = String(m.seq);
-    const options: PublishOptions = {
+    const options: DeliveryOptions = {
       headers,
       eventTime: h.eventTime ?? timestampMs,
       lineage: held.lineage,
@@ -780,17 +798,7 @@ export class NatsSource<T = unknown> implements Source<T> {
     if (h.key !== undefined) options.key = h.key;
     // At JetStream's delivery count: an actor's retries count on from the server's deliveries.
     const host = this.#host as SourceHost;
-    const accepted = publishDelivery(host.bus, this.#client as BusClient, subject, data, options, m.info.deliveryCount);
-    if (accepted !== undefined) {
-      try {
-        await accepted;
-      } catch (error) {
-        held.lineage.release(error);
-        return;
-      }
-    }
-    this.#stats.published++;
-    held.lineage.release();
+    return deliverHeld(host.bus, this.#client as BusClient, subject, data, options, m.info.deliveryCount, this.#stats);
   }
 
   #hold(m: JsMsg, timestampMs: number): Held {
@@ -807,13 +815,25 @@ export class NatsSource<T = unknown> implements Source<T> {
     return held;
   }
 
+  /**
+   * Sends the acks of one turn of the event loop together: the client writes what it was given
+   * before its next flush in one go, while acks sent between the messages of a fetch, each after a
+   * turn of the iterator, would go out one write each.
+   */
+  readonly #flushAcks = (): void => {
+    const acks = this.#acks;
+    this.#acks = [];
+    for (const m of acks) safely(() => m.ack());
+  };
+
   /** @internal An input's last reference came back: ack, nak with backoff, or give up. */
   sourceSettled(held: Held, _lineage: AckLineage, error: unknown): void {
     if (this.#pending.get(held.seq) !== held) return;
     if (error === undefined) {
       this.#pending.delete(held.seq);
       this.#stats.acked++;
-      safely(() => held.msg.ack());
+      this.#acks.push(held.msg);
+      if (this.#acks.length === 1) setImmediate(this.#flushAcks);
       this.#wake?.();
       return;
     }

@@ -268,38 +268,58 @@ export class RabbitSink<T = unknown> implements Sink<T> {
     }
     const committed: SinkRecord<T>[] = [];
     const failures: { error: unknown; retryable: boolean }[] = [];
-    // One close listener and one timer for the batch, not one per message: what waits for its
-    // confirm when the channel closes or the time is up fails.
-    const waiting = new Set<(error: unknown) => void>();
+    // A window of at most maxInFlight publishes awaiting their confirm, moved on by the confirms
+    // themselves: no promise per message, one close listener and one timer for the batch. What
+    // waits for its confirm when the channel closes or the time is up fails.
+    const confirmed = new Uint8Array(out.length);
+    const max = this.#maxInFlight;
+    let next = 0;
+    let inFlight = 0;
+    let settledCount = 0;
+    let pumping = false;
+    let allSettled!: () => void;
+    const all = new Promise<void>((resolve) => {
+      allSettled = resolve;
+    });
+    const settle = (i: number, error: unknown): void => {
+      if (confirmed[i] === 1) return;
+      confirmed[i] = 1;
+      inFlight--;
+      settledCount++;
+      const o = out[i] as Outgoing<T>;
+      if (error !== undefined) failures.push({ error, retryable: true });
+      else if (this.#returned.delete(o.id)) {
+        // RabbitMQ sends a mandatory message's return before its confirm.
+        this.#stats.returned++;
+        failures.push({
+          error: new Error(
+            `returned unroutable: no queue is bound to exchange '${this.#exchange}' for routing key '${o.routingKey}'`,
+          ),
+          retryable: false,
+        });
+      } else committed.push(o.record);
+      if (settledCount === out.length) allSettled();
+      else pump();
+    };
+    const pump = (): void => {
+      if (pumping) return;
+      pumping = true;
+      while (next < out.length && inFlight < max) {
+        const i = next++;
+        inFlight++;
+        this.#publish(channel, out[i] as Outgoing<T>, i, settle);
+      }
+      pumping = false;
+    };
     const failAll = (error: Error) => {
-      for (const finish of [...waiting]) finish(error);
+      for (let i = 0; i < next; i++) if (confirmed[i] === 0) settle(i, error);
     };
     const onClose = () => failAll(new Error('the channel closed before the confirm'));
     channel.once('close', onClose);
     const timer = setTimeout(() => failAll(new Error(`no confirm within ${this.#timeoutMs} ms`)), this.#timeoutMs);
-    let next = 0;
-    // A bounded number of publishes await their confirm at once; each worker takes the next.
-    const worker = async () => {
-      while (next < out.length) {
-        const o = out[next++] as Outgoing<T>;
-        try {
-          await this.#publish(channel, o, waiting);
-          if (this.#returned.delete(o.id)) {
-            this.#stats.returned++;
-            failures.push({
-              error: new Error(
-                `returned unroutable: no queue is bound to exchange '${this.#exchange}' for routing key '${o.routingKey}'`,
-              ),
-              retryable: false,
-            });
-          } else committed.push(o.record);
-        } catch (error) {
-          failures.push({ error, retryable: true });
-        }
-      }
-    };
     try {
-      await Promise.all(Array.from({ length: Math.min(this.#maxInFlight, out.length) }, worker));
+      pump();
+      await all;
     } finally {
       clearTimeout(timer);
       channel.off('close', onClose);
@@ -317,36 +337,29 @@ export class RabbitSink<T = unknown> implements Sink<T> {
     }
   }
 
-  /** One publish, resolved by its confirm; a nack (or the batch's close or timeout, through `waiting`) rejects it. */
-  #publish(channel: ConfirmChannel, o: Outgoing<T>, waiting: Set<(error: unknown) => void>): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const finish = (error: unknown) => {
-        if (!waiting.delete(finish)) return;
-        if (error === null || error === undefined) resolve();
-        else reject(error);
-      };
-      waiting.add(finish);
-      try {
-        channel.publish(
-          this.#exchange,
-          o.routingKey,
-          o.content,
-          {
-            mandatory: this.#mandatory,
-            persistent: this.#persistent,
-            messageId: o.id,
-            contentType: this.#contentType,
-            headers: o.headers,
-          },
-          (err) =>
-            finish(
-              err === null || err === undefined ? undefined : new Error(`nack'ed by the broker: ${messageOf(err)}`),
-            ),
-        );
-      } catch (error) {
-        finish(error);
-      }
-    });
+  /** One publish; `settle(i, error)` runs on its confirm (error undefined) or nack, or if it cannot be sent. */
+  #publish(channel: ConfirmChannel, o: Outgoing<T>, i: number, settle: (i: number, error: unknown) => void): void {
+    try {
+      channel.publish(
+        this.#exchange,
+        o.routingKey,
+        o.content,
+        {
+          mandatory: this.#mandatory,
+          persistent: this.#persistent,
+          messageId: o.id,
+          contentType: this.#contentType,
+          headers: o.headers,
+        },
+        (err) =>
+          settle(
+            i,
+            err === null || err === undefined ? undefined : new Error(`nack'ed by the broker: ${messageOf(err)}`),
+          ),
+      );
+    } catch (error) {
+      settle(i, error);
+    }
   }
 
   /** Waits for outstanding confirms and closes the connection. */

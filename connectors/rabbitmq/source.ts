@@ -19,12 +19,12 @@ import {
   rawCodec,
   textCodec,
 } from '../../runtime/codec.ts';
-import type { PublishOptions } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
-import { type Lineage, SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
+import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
 import {
   backoffOption,
+  type DeliveryOptions,
   deadLetterHeaders,
   deliverHeld,
   freeCapacity,
@@ -155,6 +155,8 @@ export class RabbitSource<T = unknown> implements Source<T> {
     sourceSettled: (held, _lineage, error) => this.#settled(held, error),
   };
   readonly #pending = new Map<number, Held>();
+  /** Settled this turn of the event loop, acked at its end. */
+  #acks: Held[] = [];
   /** Delivered by RabbitMQ, waiting for the mailboxes (at most the prefetch). */
   readonly #inbox: Held[] = [];
   #draining = false;
@@ -319,6 +321,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
     this.#generation++;
     // RabbitMQ requeues what this channel had not acked: held messages settle to nothing now.
     this.#pending.clear();
+    this.#acks = [];
     this.#inbox.length = 0;
     this.#channel = undefined;
     this.#model = undefined;
@@ -380,23 +383,30 @@ export class RabbitSource<T = unknown> implements Source<T> {
     held.lineage = new SourceLineage(this.#settlement, held, `rabbitmq/${generation}/${msg.fields.deliveryTag}`);
     this.#pending.set(msg.fields.deliveryTag, held);
     this.#inbox.push(held);
-    if (!this.#draining) void this.#drain();
+    if (!this.#draining) this.#drain();
   }
 
-  /** Publishes what RabbitMQ delivered, in order, each waiting for room in the mailboxes. */
-  async #drain(): Promise<void> {
-    this.#draining = true;
-    try {
-      while (this.#inbox.length > 0 && !this.#closed) {
-        const held = this.#inbox.shift() as Held;
-        if (held.generation !== this.#generation) continue;
-        const waiting = this.#deliver(held);
-        if (waiting !== undefined) await waiting;
+  /**
+   * Publishes what RabbitMQ delivered, in order, each waiting for room in the mailboxes: at once
+   * while they take it (no promise per message), and on from where it stopped once they did.
+   */
+  #drain(): void {
+    while (this.#inbox.length > 0 && !this.#closed) {
+      const held = this.#inbox.shift() as Held;
+      if (held.generation !== this.#generation) continue;
+      const waiting = this.#deliver(held);
+      if (waiting !== undefined) {
+        this.#draining = true;
+        void waiting.then(this.#drainAgain, this.#drainAgain);
+        return;
       }
-    } finally {
-      this.#draining = false;
     }
   }
+
+  readonly #drainAgain = (): void => {
+    this.#draining = false;
+    this.#drain();
+  };
 
   /** Publishes one message; undefined when the mailboxes took it at once, else when they will. */
   #deliver(held: Held): Promise<void> | undefined {
@@ -422,7 +432,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
     // without one has none that survives a redelivery, and its outputs get no derived keys.
     if (typeof p.messageId === 'string' && p.messageId !== '') headers[STREAM_HEADERS.sequence] = p.messageId;
     else delete headers[STREAM_HEADERS.sequence];
-    const options: PublishOptions & { lineage: Lineage } = { headers, lineage: held.lineage };
+    const options: DeliveryOptions = { headers, lineage: held.lineage };
     if (typeof p.timestamp === 'number') options.eventTime = p.timestamp * 1_000;
     const key = p.headers?.['sluice-key'];
     if (typeof key === 'string') options.key = key;
@@ -433,11 +443,47 @@ export class RabbitSource<T = unknown> implements Source<T> {
       data,
       options,
       held.attempt,
-      () => {
-        this.#stats.published++;
-      },
+      this.#stats,
     );
   }
+
+  /**
+   * Acks of one turn of the event loop go out together: one `basic.ack` with `multiple` for every
+   * delivery tag below the oldest message still held (all of them settled), one each for the rest.
+   */
+  #ack(held: Held): void {
+    this.#acks.push(held);
+    if (this.#acks.length === 1) setImmediate(this.#flushAcks);
+  }
+
+  readonly #flushAcks = (): void => {
+    const acks = this.#acks;
+    if (acks.length === 0) return;
+    this.#acks = [];
+    const channel = this.#channel;
+    const generation = this.#generation;
+    // Messages of an earlier channel were requeued by RabbitMQ with it; they cannot be acked here.
+    if (channel === undefined) return;
+    // Tags rise with each delivery on a channel and #pending keeps delivery order, so its first
+    // key is the oldest tag still held: every tag below it is settled (acked, requeued or given up).
+    let held = Number.POSITIVE_INFINITY;
+    for (const tag of this.#pending.keys()) {
+      held = tag;
+      break;
+    }
+    let upTo: ConsumeMessage | undefined;
+    for (const h of acks) {
+      if (h.generation !== generation) continue;
+      const tag = h.msg.fields.deliveryTag;
+      if (tag < held) {
+        if (upTo === undefined || tag > upTo.fields.deliveryTag) upTo = h.msg;
+      } else safely(() => channel.ack(h.msg));
+    }
+    if (upTo !== undefined) {
+      const last = upTo;
+      safely(() => channel.ack(last, true));
+    }
+  };
 
   /** An input's last reference came back: ack, requeue after a backoff, or give up. */
   #settled(held: Held, error: unknown): void {
@@ -446,7 +492,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
     if (error === undefined) {
       this.#pending.delete(held.msg.fields.deliveryTag);
       this.#stats.acked++;
-      safely(() => channel.ack(held.msg));
+      this.#ack(held);
       return;
     }
     if (error instanceof ClosedError || held.attempt < this.#maxDeliver) {
@@ -547,6 +593,8 @@ export class RabbitSource<T = unknown> implements Source<T> {
     this.#health?.closed();
     for (const t of this.#timers) t.cancel();
     this.#timers.clear();
+    // What settled before the close is acked, not requeued.
+    this.#flushAcks();
     this.#pending.clear();
     this.#inbox.length = 0;
     this.#generation++;

@@ -165,14 +165,11 @@ export class RedisSink<T = unknown> implements Sink<T> {
         continue;
       }
       const stream = this.#stream(record);
-      const args: (string | number | Buffer)[] = [
-        stream,
-        ...this.#trim,
-        '*',
-        this.#field,
-        this.#payload(record.value, stream),
-      ];
-      args.push(REDIS_FIELDS.idempotencyKey, record.key);
+      const payload = this.#payload(record.value, stream);
+      const args: (string | number | Buffer)[] =
+        this.#trim.length === 0
+          ? ['XADD', stream, '*', this.#field, payload, REDIS_FIELDS.idempotencyKey, record.key]
+          : ['XADD', stream, ...this.#trim, '*', this.#field, payload, REDIS_FIELDS.idempotencyKey, record.key];
       if (record.revision !== undefined) args.push(REDIS_FIELDS.revision, String(record.revision));
       const env = record.envelope;
       if (this.#headers && env !== undefined) {
@@ -186,7 +183,8 @@ export class RedisSink<T = unknown> implements Sink<T> {
     }
     if (out.length === 0) return;
     const pipeline = held.redis.pipeline();
-    for (const o of out) pipeline.call('XADD', ...o.args);
+    // The command name leads the arguments: one array per entry, not spread into another.
+    for (const o of out) pipeline.call(...(o.args as [string, ...(string | number | Buffer)[]]));
     let results: [Error | null, unknown][];
     try {
       results = (await pipeline.exec()) ?? [];
@@ -197,18 +195,22 @@ export class RedisSink<T = unknown> implements Sink<T> {
         retryable: true,
       });
     }
+    // Entry ids are kept only for the store.
     const committed: [SinkRecord<T>, string][] = [];
+    const keep = this.#store !== undefined;
     let first: unknown;
     let failed = 0;
-    for (const [i, o] of out.entries()) {
-      const [error, id] = results[i] ?? [new Error('no reply'), undefined];
-      if (error === null) committed.push([o.record, String(id)]);
-      else {
+    for (let i = 0; i < out.length; i++) {
+      const result = results[i];
+      const error = result === undefined ? new Error('no reply') : result[0];
+      if (error === null) {
+        if (keep) committed.push([(out[i] as (typeof out)[number]).record, String((result as [null, unknown])[1])]);
+      } else {
         failed++;
         first ??= error;
       }
     }
-    this.#stats.published += committed.length;
+    this.#stats.published += out.length - failed;
     this.#stats.failed += failed;
     // Kept even when part of the batch failed: its retry skips what did commit.
     if (this.#store !== undefined) {

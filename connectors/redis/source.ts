@@ -13,12 +13,12 @@ import type { BusClient } from '../../runtime/bus/bus.ts';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
 import type { Timer } from '../../runtime/clock.ts';
 import { type Codec, codecOf } from '../../runtime/codec.ts';
-import type { PublishOptions } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
-import { type Lineage, SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
+import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
 import {
   backoffOption,
+  type DeliveryOptions,
   deadLetterHeaders,
   deliverHeld,
   freeCapacity,
@@ -536,16 +536,14 @@ export class RedisSource<T = unknown> implements Source<T> {
     }
     headers[STREAM_HEADERS.stream] = this.#stream;
     headers[STREAM_HEADERS.sequence] = id;
-    const options: PublishOptions & { lineage: Lineage } = {
+    const options: DeliveryOptions = {
       headers,
       eventTime: eventTime !== undefined && Number.isFinite(eventTime) ? eventTime : held.timestampMs,
       lineage: held.lineage,
     };
     if (key !== undefined) options.key = key;
     const host = this.#host as SourceHost;
-    return deliverHeld(host.bus, this.#client as BusClient, this.#subject, data, options, attempt, () => {
-      this.#stats.published++;
-    });
+    return deliverHeld(host.bus, this.#client as BusClient, this.#subject, data, options, attempt, this.#stats);
   }
 
   #hold(id: string, attempt: number): Held {

@@ -75,30 +75,33 @@ export function publishDelivery(
   }
 }
 
+/** @internal Publish options of a broker message: its lineage is the source's own. */
+export type DeliveryOptions = PublishOptions & { lineage: Lineage };
+
 /**
- * @internal {@link publishDelivery} of a message whose lineage the source holds: the source's own
- * reference is released once the mailboxes took it (with the error when they refused it), and
- * `published` counts it. Undefined when every mailbox took it at once.
+ * @internal {@link publishDelivery} of a message whose `lineage` the source holds: once the
+ * mailboxes took it, counted in `stats.published` and its lineage released (with the error when
+ * they refused it). Undefined when that happened at once, else a promise of it that never rejects.
  */
 export function deliverHeld(
   bus: Bus,
   client: BusClient,
   subject: string,
   data: unknown,
-  options: PublishOptions & { lineage: Lineage },
+  options: DeliveryOptions,
   attempt: number,
-  published: () => void,
+  stats: { published: number },
 ): Promise<void> | undefined {
   const lineage = options.lineage;
   const accepted = publishDelivery(bus, client, subject, data, options, attempt);
   if (accepted === undefined) {
-    published();
+    stats.published++;
     lineage.release();
     return undefined;
   }
   return accepted.then(
     () => {
-      published();
+      stats.published++;
       lineage.release();
     },
     (error: unknown) => lineage.release(error),

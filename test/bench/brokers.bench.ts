@@ -11,12 +11,15 @@
  * - `redis-consume`: a stream filled with N orders (not timed); a new consumer group reads them
  *   all, each decoded and acknowledged. raw: XREADGROUP of READ entries, then one XACK of them.
  *   sluice: a `redisSource` publishing each on the bus to a subscriber, XACK per settled entry.
+ *   Both time connecting and creating the group: the source's start does both.
  * - `rabbitmq-publish`: N orders to a queue through the default exchange, persistent, with
  *   publisher confirms, at most IN_FLIGHT awaited. raw: a confirm channel's `sendToQueue` from
- *   IN_FLIGHT loops. sluice: a `rabbitSink` (the same bound, mandatory) in batches of BATCH.
+ *   IN_FLIGHT loops over each BATCH in turn (as the sink's write takes a batch). sluice: a
+ *   `rabbitSink` (the same bound, mandatory) in batches of BATCH.
  * - `rabbitmq-consume`: a queue filled with N orders (not timed), consumed with manual acks. raw:
  *   `consume` with the prefetch the Sluice source takes (1025), each decoded and acked. sluice: a
  *   `rabbitSource` publishing each on the bus to a subscriber, acked when the callback returns.
+ *   Both time connecting, opening a channel and checking the queue: the source's start does that.
  *
  * - `mqtt-publish`: N orders at QoS 1 to a topic. raw: mqtt.js `publish` from IN_FLIGHT loops.
  *   sluice: an `mqttSink` (MQTT 5 user properties with the idempotency key) in batches of BATCH,
@@ -31,7 +34,7 @@
  * Each contender checks the count and the sum of ids.
  */
 import { randomBytes } from 'node:crypto';
-import { connect } from 'amqplib';
+import { type ChannelModel, connect } from 'amqplib';
 import { Redis } from 'ioredis';
 import mqtt from 'mqtt';
 import { createRuntime, type SinkRecord } from 'sluice';
@@ -139,10 +142,12 @@ async function filledStream(n: number): Promise<string> {
 
 const rawRedisConsume: Contender = async (n) => {
   const key = await filledStream(n);
-  await redis.xgroup('CREATE', key, 'raw', '0');
-  const client = new Redis({ ...REDIS, protocol: 2 });
+  let client: Redis | undefined;
   return {
     run: async () => {
+      // Connecting and creating the group are timed, as the Sluice source's start is.
+      client = new Redis({ ...REDIS, protocol: 2 });
+      await client.xgroup('CREATE', key, 'raw', '0');
       let count = 0;
       let sum = 0;
       while (count < n) {
@@ -173,7 +178,7 @@ const rawRedisConsume: Contender = async (n) => {
     },
     dispose: async () => {
       await redis.del(key);
-      client.disconnect();
+      client?.disconnect();
     },
   };
 };
@@ -223,21 +228,25 @@ const rawRabbitPublish: Contender = async (n) => {
   const channel = await model.createConfirmChannel();
   return {
     run: async () => {
-      let next = 0;
-      const loop = async () => {
-        while (next < n) {
-          const i = next++;
-          await new Promise<void>((resolve, reject) => {
-            channel.sendToQueue(
-              q,
-              Buffer.from(JSON.stringify(PAYLOADS[i % POOL])),
-              { persistent: true, messageId: `o/${i}` },
-              (err) => (err === null || err === undefined ? resolve() : reject(err)),
-            );
-          });
-        }
-      };
-      await Promise.all(Array.from({ length: IN_FLIGHT }, loop));
+      // Batches of BATCH, each confirmed whole before the next, as the sink's write is.
+      for (let start = 0; start < n; start += BATCH) {
+        const end = Math.min(n, start + BATCH);
+        let next = start;
+        const loop = async () => {
+          while (next < end) {
+            const i = next++;
+            await new Promise<void>((resolve, reject) => {
+              channel.sendToQueue(
+                q,
+                Buffer.from(JSON.stringify(PAYLOADS[i % POOL])),
+                { persistent: true, messageId: `o/${i}` },
+                (err) => (err === null || err === undefined ? resolve() : reject(err)),
+              );
+            });
+          }
+        };
+        await Promise.all(Array.from({ length: IN_FLIGHT }, loop));
+      }
       await checkQueue(q, n);
     },
     dispose: async () => {
@@ -273,11 +282,14 @@ async function filledQueue(n: number): Promise<string> {
 
 const rawRabbitConsume: Contender = async (n) => {
   const q = await filledQueue(n);
-  const model = await connect({ protocol: 'amqp', ...RABBITMQ });
-  const channel = await model.createChannel();
-  await channel.prefetch(PREFETCH);
+  let model: ChannelModel | undefined;
   return {
     run: async () => {
+      // Connecting and opening the channel are timed, as the Sluice source's start is.
+      model = await connect({ protocol: 'amqp', ...RABBITMQ });
+      const channel = await model.createChannel();
+      await channel.checkQueue(q);
+      await channel.prefetch(PREFETCH);
       let count = 0;
       let sum = 0;
       await new Promise<void>((resolve) => {
@@ -292,7 +304,7 @@ const rawRabbitConsume: Contender = async (n) => {
       expectCount('id sum', sum, idSum(n));
     },
     dispose: async () => {
-      await model.close();
+      await model?.close();
       await admin.deleteQueue(q);
     },
   };

@@ -3,19 +3,22 @@
  * issue 13), on one nats-server this file starts (JetStream in a temporary store) and stops. Both
  * sides encode or decode the same 64-byte JSON orders, so the difference is what Sluice adds.
  *
- * - `publish`: N orders to a core subject. raw: `nc.publish` of each order's JSON, then a flush.
+ * - `publish`: N orders to a core subject. raw: `nc.publish` of each order's JSON, a flush after
+ *   each BATCH (as the sink's write confirms each batch).
  *   sluice: a `natsSink` writing batches of BATCH records (encoding, headers with the idempotency
  *   key, a flush per batch). Timed until a plain subscriber counted every one.
  * - `subscribe`: a plain client publishes N pre-encoded orders. raw: a subscription whose callback
  *   decodes each and sums the ids. sluice: a core `natsSource` publishing each on the bus to a
  *   subscriber that sums the ids. Timed until every one was counted.
  * - `jetstream-publish`: N orders into a stream, each with a `Nats-Msg-Id`, at most IN_FLIGHT
- *   acknowledgements awaited at once. raw: `js.publish` from IN_FLIGHT loops. sluice: a JetStream
+ *   acknowledgements awaited at once. raw: `js.publish` from IN_FLIGHT loops over each BATCH in
+ *   turn (as the sink's write takes a batch). sluice: a JetStream
  *   `natsSink` (the same bound) writing batches of BATCH records.
  * - `jetstream-consume`: a stream filled with N orders (not timed); a new durable consumer reads
  *   them all, each decoded and acknowledged. raw: `consumer.consume()` with its default buffer.
  *   sluice: a JetStream `natsSource` publishing each on the bus to a subscriber, acknowledged when
- *   the subscriber's callback returns. Timed until every order was counted and acknowledged.
+ *   the subscriber's callback returns. Timed from connecting (both create their consumer in the
+ *   timed run, as the source's start does) until every order was counted and acknowledged.
  *
  * Each contender checks the count and the sum of ids.
  */
@@ -107,8 +110,12 @@ const rawPublish: Contender = async (n) => {
   const sub = await counter(subject, n);
   return {
     run: async () => {
-      for (let i = 0; i < n; i++) nc.publish(subject, encoder.encode(JSON.stringify(PAYLOADS[i % POOL])));
-      await nc.flush();
+      // Batches of BATCH, each flushed, as the sink's write confirms each batch.
+      for (let i = 0; i < n; i += BATCH) {
+        for (let j = i; j < Math.min(n, i + BATCH); j++)
+          nc.publish(subject, encoder.encode(JSON.stringify(PAYLOADS[j % POOL])));
+        await nc.flush();
+      }
       await sub.all;
       sub.check();
     },
@@ -208,14 +215,18 @@ const rawJetStreamPublish: Contender = async (n) => {
   const js = jetstream(nc);
   return {
     run: async () => {
-      let next = 0;
-      const loop = async () => {
-        while (next < n) {
-          const i = next++;
-          await js.publish(stream.subject, encoder.encode(JSON.stringify(PAYLOADS[i % POOL])), { msgID: `o/${i}` });
-        }
-      };
-      await Promise.all(Array.from({ length: IN_FLIGHT }, loop));
+      // Batches of BATCH, each acknowledged whole before the next, as the sink's write is.
+      for (let start = 0; start < n; start += BATCH) {
+        const end = Math.min(n, start + BATCH);
+        let next = start;
+        const loop = async () => {
+          while (next < end) {
+            const i = next++;
+            await js.publish(stream.subject, encoder.encode(JSON.stringify(PAYLOADS[i % POOL])), { msgID: `o/${i}` });
+          }
+        };
+        await Promise.all(Array.from({ length: IN_FLIGHT }, loop));
+      }
       await checkStream(stream.name, n);
     },
     dispose: async () => {
@@ -263,10 +274,14 @@ async function filledStream(n: number) {
 
 const rawJetStreamConsume: Contender = async (n) => {
   const stream = await filledStream(n);
-  await jsm.consumers.add(stream.name, { durable_name: 'raw', ack_policy: AckPolicy.Explicit });
-  const nc = await connect({ servers: server.url });
+  let nc: NatsConnection | undefined;
   return {
     run: async () => {
+      // Connecting and creating the consumer are timed, as the Sluice source's start is.
+      nc = await connect({ servers: server.url });
+      await jetstreamManager(nc).then((m) =>
+        m.consumers.add(stream.name, { durable_name: 'raw', ack_policy: AckPolicy.Explicit }),
+      );
       const consumer = await jetstream(nc).consumers.get(stream.name, 'raw');
       const messages = await consumer.consume();
       let count = 0;
@@ -282,7 +297,7 @@ const rawJetStreamConsume: Contender = async (n) => {
     },
     dispose: async () => {
       await stream.remove();
-      await nc.close();
+      await nc?.close();
     },
   };
 };

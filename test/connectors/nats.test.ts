@@ -236,6 +236,32 @@ describe.skipIf(missing !== undefined)('NATS connector', () => {
     expect(source.stats).toMatchObject({ nacked: 2, terminated: 1, acked: 0 });
   });
 
+  test('acks sent a turn later still go out: what settled before a close is acked, not delivered again', async () => {
+    const s = await stream();
+    const rt = runtime();
+    for (let i = 0; i < 20; i++) await s.js.publish(`${s.prefix}.a`, json({ i }));
+    const source = natsSource({
+      connection: { servers: server.url },
+      jetstream: { stream: s.name, consumer: 'c' },
+      subject: 'ac.in',
+    });
+    onTestFinished(() => source.close());
+    let seen = 0;
+    let closing: Promise<void> | undefined;
+    rt.bus.subscribe('ac.in', {
+      // The last one closes the source from its handler: it is still held, and given back.
+      callback: () => {
+        if (++seen === 20) closing = source.close();
+      },
+    });
+    await source.start(rt);
+    await until(() => closing !== undefined, 'all 20 delivered');
+    await closing;
+    expect(source.stats.acked).toBe(19);
+    const info = await s.jsm.consumers.info(s.name, 'c');
+    expect(info.ack_floor.stream_seq).toBe(19);
+  });
+
   test('deliveries that never failed (a process that died holding the message) do not use up maxDeliver', async () => {
     const s = await stream();
     const rt = runtime();

@@ -167,6 +167,35 @@ describe.skipIf(missing !== undefined)('RabbitMQ connector', () => {
     await until(async () => (await vhost.backlog(q)) === 0, 'acked');
   });
 
+  test('acks of a turn go out together, yet never cover an earlier message still held for its retry', async () => {
+    const q = name('acks');
+    const rt = runtime();
+    const seen: string[] = [];
+    rt.bus.subscribe<{ n: number }>('acks.in', {
+      callback: (env) => {
+        seen.push(`${env.data.n}@${env.attempt}`);
+        if (env.data.n === 1 && env.attempt === 1) throw new Error('once');
+      },
+      onError: () => undefined,
+    });
+    const source = closing(
+      rabbitSource({ queue: q, subject: 'acks.in', connection: vhost.connection, declare: {}, backoffMs: [500] }),
+    );
+    await source.start(rt);
+    await send(
+      q,
+      Array.from({ length: 6 }, (_, n) => ({ n })),
+    );
+    // The five that succeeded are acked while the failed one waits for its requeue.
+    await until(() => source.stats.acked === 5, 'five acked');
+    // A nack of a tag a multiple ack covered would close the channel, and the retry would be lost.
+    await until(() => source.stats.acked === 6, 'the failed one acked after its retry');
+    await until(async () => (await vhost.backlog(q)) === 0, 'all acked');
+    expect(seen).toEqual(['0@1', '1@1', '2@1', '3@1', '4@1', '5@1', '1@2']);
+    expect(source.stats.requeued).toBe(1);
+    expect(source.stats.reconnects).toBe(0);
+  });
+
   test("a quorum queue's delivery count is the attempt, and its delivery limit is respected", async () => {
     const q = name('quorum');
     const rt = runtime();
