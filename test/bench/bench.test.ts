@@ -103,9 +103,17 @@ test.skipIf(natsServerMissing('the nats bench test') !== undefined)(
 const brokersMissing =
   (await redisMissing('the brokers bench test')) ?? (await rabbitMissing('the brokers bench test'));
 test.skipIf(brokersMissing !== undefined)(
-  'the brokers bench runs publish and consume of Redis Streams and RabbitMQ, sluice and raw, and ends with its JSON line',
+  'the brokers bench runs publish and consume of Redis Streams, RabbitMQ and MQTT, sluice and raw, and ends with its JSON line',
   { timeout: 120_000 },
-  () => expectSluiceAndRaw('brokers', ['rabbitmq-consume', 'rabbitmq-publish', 'redis-consume', 'redis-publish']),
+  () =>
+    expectSluiceAndRaw('brokers', [
+      'mqtt-consume',
+      'mqtt-publish',
+      'rabbitmq-consume',
+      'rabbitmq-publish',
+      'redis-consume',
+      'redis-publish',
+    ]),
 );
 
 test('an unknown benchmark name is refused with the list of benchmarks', async () => {
