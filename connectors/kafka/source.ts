@@ -252,6 +252,13 @@ export class KafkaSource<T = unknown> implements Source<T> {
   /** Between a rebalance starting and the new assignment being taken. */
   #rebalancing = false;
   #generation = -1;
+  /**
+   * The generation and member id whose assignment `#partitions` holds. The client takes a new
+   * generation from the JoinGroup answer, before SyncGroup gives that generation's partitions and
+   * before the source releases the ones it lost; and it joins again without a rebalance event when
+   * the group dropped it (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION at a heartbeat).
+   */
+  #applied: { readonly generationId: number; readonly memberId: string } | undefined;
   #wake: (() => void) | undefined;
   #loop: Promise<void> | undefined;
   #commitTimer: NodeJS.Timeout | undefined;
@@ -340,12 +347,18 @@ export class KafkaSource<T = unknown> implements Source<T> {
   /** The group membership a transactional sink names when it commits this source's offsets. */
   membership(): KafkaGroupMembership | undefined {
     const c = this.#consumer;
-    if (c === undefined || c.memberId === null || this.#rebalancing) return undefined;
+    const applied = this.#applied;
+    if (c === undefined || applied === undefined || this.#rebalancing) return undefined;
+    // The broker checks a transaction's offset commit against the generation, not the assignment:
+    // naming a generation whose partitions the source has not taken yet would let it commit
+    // partitions another member owns in that generation. Until the source applied the client's
+    // current generation there is none to name.
+    if (c.generationId !== applied.generationId || c.memberId !== applied.memberId) return undefined;
     return {
       consumer: c,
       groupId: this.groupId,
-      generationId: c.generationId,
-      memberId: c.memberId,
+      generationId: applied.generationId,
+      memberId: applied.memberId,
       coordinatorId: c.coordinatorId ?? -1,
     };
   }
@@ -475,7 +488,14 @@ export class KafkaSource<T = unknown> implements Source<T> {
     this.#coordinator = new GroupCoordinator(this.name, this.groupId, this.topics, c, () => consumer);
     consumer.on('consumer:group:rebalance', () => this.#rebalanceStarted());
     consumer.on('consumer:group:join', (payload) => {
-      this.#assigning = this.#assigning.then(() => this.#assigned(payload.generationId ?? -1));
+      // The assignment of this generation, as joined: the client's may be a later one by the time
+      // the queue gets to it.
+      const joined: Joined = {
+        generationId: payload.generationId ?? -1,
+        memberId: payload.memberId ?? null,
+        assignments: payload.assignments ?? consumer.assignments ?? [],
+      };
+      this.#assigning = this.#assigning.then(() => this.#assigned(joined));
     });
     consumer.on('error', (error: unknown) => {
       this.#health?.error(error);
@@ -635,13 +655,16 @@ export class KafkaSource<T = unknown> implements Source<T> {
     if (this.#commitMode === 'source') void this.commit();
   }
 
-  async #assigned(generation: number): Promise<void> {
+  async #assigned(joined: Joined): Promise<void> {
     const consumer = this.#consumer;
     if (consumer === undefined || this.#closed) return;
+    const generation = joined.generationId;
     if (generation !== -1 && generation === this.#generation && !this.#rebalancing) return;
     this.#generation = generation;
+    // No transaction names a generation while its partitions are being taken.
+    this.#applied = undefined;
     const now = new Set<string>();
-    for (const a of consumer.assignments ?? []) for (const p of a.partitions) now.add(`${a.topic}:${p}`);
+    for (const a of joined.assignments) for (const p of a.partitions) now.add(`${a.topic}:${p}`);
     for (const [key, part] of this.#partitions) {
       if (now.has(key)) continue;
       this.#release(part);
@@ -658,6 +681,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
         this.#partitions.set(key, part);
       }
     }
+    if (joined.memberId !== null) this.#applied = { generationId: generation, memberId: joined.memberId };
     this.#rebalancing = false;
     for (const part of this.#partitions.values())
       if (part.buffered.length > 0 || part.ready.length > 0) void this.#pump(part);
@@ -970,4 +994,11 @@ function commonPattern(subjects: readonly string[]): string {
     shared.push(token);
   }
   return shared.length === 0 ? '>' : `${shared.join('.')}.>`;
+}
+
+/** A generation the client joined, with its member id and that generation's assignment. */
+interface Joined {
+  readonly generationId: number;
+  readonly memberId: string | null;
+  readonly assignments: readonly { readonly topic: string; readonly partitions: readonly number[] }[];
 }

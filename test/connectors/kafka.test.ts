@@ -5,6 +5,7 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { Admin, consumerGroupChannel } from '@platformatic/kafka';
 import { map } from 'rxjs';
 import { actor, createRuntime, MemoryStore, type Runtime, sinkActor } from 'sluice';
 import { type KafkaSink, type KafkaSource, kafkaSink, kafkaSource } from 'sluice/connectors/kafka';
@@ -213,6 +214,99 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     const committed = await groupOffsets('eo', 'eo-in');
     expect(committed).toBe(N);
   }, 90_000);
+
+  test('a member dropped from the group and joining again commits nothing with its new generation before it takes that generation’s partitions', async () => {
+    // A member the group dropped (its session lapsed under load, or an admin removed it) hears it
+    // only at its next heartbeat (UNKNOWN_MEMBER_ID) and joins again without a rebalance event.
+    // The client takes the new generation from the JoinGroup answer, before SyncGroup gives the
+    // partitions of that generation: a transaction started in between must not name the new
+    // generation for the partitions it had before, which the broker would accept (it checks the
+    // generation, not the assignment) while their new owner writes them too.
+    await createTopic(broker.bootstrap, 'fence-in', 2);
+    const connection = { brokers: [broker.bootstrap] };
+    const member = (heartbeatIntervalMs: number) =>
+      kafkaSource<Order>({ connection, groupId: 'fence', topics: 'fence-in', commit: 'sink', heartbeatIntervalMs });
+    // a hears of being dropped only at its next heartbeat: by then b holds both partitions.
+    const a = member(5_000);
+    const rtA = createRuntime();
+    const sink = await kafkaSink({
+      connection,
+      topic: 'fence-out',
+      mode: 'transactional',
+      transactionalId: 'fence-a',
+      source: a,
+      logger: quiet,
+    });
+    await a.start(rtA);
+    expect(a.assignments.sort()).toEqual(['fence-in:0', 'fence-in:1']);
+    const consumer = a.membership()?.consumer;
+    const memberId = a.membership()?.memberId;
+    expect(memberId).toBeDefined();
+
+    // Records as an actor subscribed to the source would key them (position 0 of each partition).
+    const record = (p: number, stage: string) => ({
+      key: `kafka/fence-in/${p}/0/x/0`,
+      value: { p, stage },
+      revision: undefined,
+      envelope: undefined,
+    });
+    // Once armed, a write begun the moment a's consumer asks for its partitions after joining again.
+    let armed = false;
+    let write: Promise<void> | undefined;
+    let generationAtWrite: number | undefined;
+    const onStart = (message: unknown) => {
+      const context = message as { client?: unknown; operation?: string };
+      if (write !== undefined || !armed || context.client !== consumer || context.operation !== 'syncGroup') return;
+      generationAtWrite = consumer?.generationId;
+      write = sink.write([record(0, 'new'), record(1, 'new')]);
+    };
+    consumerGroupChannel.start.subscribe(onStart);
+    const b = member(1000);
+    const rtB = createRuntime();
+    try {
+      // The group drops a right after one of its heartbeats; b joins and takes both partitions;
+      // a's next heartbeat, seconds later, finds it dropped.
+      await new Promise((resolve) => consumer?.once('consumer:heartbeat:end', resolve));
+      const admin = new Admin({ clientId: 'test-admin', bootstrapBrokers: [broker.bootstrap] });
+      try {
+        await admin.removeMembersFromConsumerGroup({ groupId: 'fence', members: [{ memberId: memberId as string }] });
+      } finally {
+        await admin.close();
+      }
+      await b.start(rtB);
+      expect(b.assignments.sort()).toEqual(['fence-in:0', 'fence-in:1']);
+      // Not told yet, a names its old generation: the broker refuses the offsets and the
+      // transaction aborts, its records with it (sent at the same time as the offsets).
+      const stale = a.membership()?.generationId;
+      expect(stale).toBeDefined();
+      await expect(sink.write([record(0, 'stale')])).rejects.toThrow();
+      expect(sink.stats.aborted).toBe(1);
+      expect(a.membership()?.generationId).toBe(stale);
+      armed = true;
+      await eventually(
+        () => write !== undefined && a.assignments.length === 1 && b.assignments.length === 1,
+        30_000,
+        'a back in the group with one partition',
+      );
+      await write;
+      expect(generationAtWrite).toBe(a.membership()?.generationId);
+      const mine = a.assignments[0] as string;
+      const theirs = b.assignments[0] as string;
+      expect(mine).not.toBe(theirs);
+      // Only the record of the partition a holds in the generation its transaction named.
+      // One transaction holds both records when the bug is there: the settle time sees the second.
+      const out = await readTopic(broker.bootstrap, 'fence-out', { expected: 1, readCommitted: true, settleMs: 500 });
+      expect(out.map((r) => JSON.parse(r.value))).toEqual([{ p: Number(mine.split(':')[1]), stage: 'new' }]);
+      expect(sink.stats.skipped).toBe(1);
+    } finally {
+      consumerGroupChannel.start.unsubscribe(onStart);
+      await a.close();
+      await b.close();
+      await rtA.stop();
+      await rtB.stop();
+      await sink.close();
+    }
+  }, 60_000);
 
   test('a broker restart mid-stream: the source and the sink go on, nothing is lost', async () => {
     const N = 2000;
