@@ -90,7 +90,7 @@ export class Telemetry {
   readonly #perOwner = new Map<string, Counters>();
   readonly #gauges = new Set<GaugeSource>();
   readonly #lags = new Set<LagSource>();
-  /** The connector sources that feed this runtime (`runtime.status().sources`). */
+  /** @internal The connector sources that feed this runtime (`runtime.status().sources`). */
   readonly sources = new SourceRegistry();
   readonly #processing: Histogram;
 
