@@ -249,6 +249,12 @@ export interface LazyInput {
 }
 
 /** @internal The handle behind `lineage` when it is an input's with no record yet. */
+/**
+ * @internal Whether `lineage` is a handle the runtime made (an actor's output carries one): such a
+ * handle needs none of the checks a lineage from outside gets. One brand check.
+ */
+export let isRuntimeLineage: (lineage: Lineage) => boolean;
+
 export let lazyTracker: (lineage: Lineage | undefined) => LazyInput | undefined;
 
 /**
@@ -356,6 +362,7 @@ class TrackerLineage implements Lineage {
       if (#tracker in lineage) return lineage.#tracker;
       return lineage instanceof Tracker ? lineage : undefined;
     };
+    isRuntimeLineage = (lineage) => typeof lineage === 'object' && lineage !== null && #tracker in lineage;
     lazyTracker = (lineage) => {
       if (typeof lineage !== 'object' || lineage === null || !(#tracker in lineage)) return undefined;
       if (lineage.#tracker !== undefined) return undefined;

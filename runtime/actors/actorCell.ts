@@ -585,7 +585,12 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
       return false;
     }
     this.#exclusive = exclusive ? env : undefined;
-    this.#intake.step(this.#acceptOne, env);
+    this.#intake.beginStep();
+    try {
+      this.#accept(env);
+    } finally {
+      this.#intake.endStep();
+    }
     this.#exclusive = undefined;
     this.#checkIdle();
     return true;
@@ -593,8 +598,6 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
 
   /** The envelope being handed over, when the bus made it for this actor alone (see Route.handoff). */
   #exclusive: Envelope | undefined = undefined;
-
-  readonly #acceptOne = (env: Envelope): void => this.#accept(env);
 
   #pump(): void {
     this.#intake.run();

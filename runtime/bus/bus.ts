@@ -24,7 +24,7 @@ import {
   StreamError,
   TimeoutError,
 } from '../errors.ts';
-import { absorbDownstream, releaseDownstream, trackerOf } from '../lineage.ts';
+import { absorbDownstream, isRuntimeLineage, releaseDownstream, trackerOf } from '../lineage.ts';
 import { intOption, knownKeys, oneOf, optionKeys, optionsObject } from '../options.ts';
 import { type Counters, Telemetry, tracingEnabled, withActiveTrace } from '../telemetry.ts';
 import { nextMacrotask, spend } from './drainLoop.ts';
@@ -867,8 +867,9 @@ export class ClientImpl implements BusClient {
         out = { ...env, headers: checkHeaders(env.headers, 'forward.headers'), attempt: 1 };
       }
       checkFields(out.id, out.eventTime, out.key, 'forward');
-      // An actor's output carries its tracker's handle; any other lineage came from outside.
-      if (out.lineage !== undefined && trackerOf(out.lineage) === undefined)
+      // An actor's output carries its input's handle (with a record or not); any other lineage
+      // came from outside.
+      if (out.lineage !== undefined && !isRuntimeLineage(out.lineage) && trackerOf(out.lineage) === undefined)
         checkLineage(out.lineage, 'forward.lineage');
       const match = this.#checkPublish(out.subject, out.data, out);
       return this.#bus.route(out, true, match);

@@ -131,15 +131,19 @@ export class DrainLoop {
   }
 
   /**
-   * Runs `step(message)` (one message handed over directly) as a round of the loop: calls that
-   * came in meanwhile make the loop drain right after it. The caller checks `running` first. The
-   * message is an argument so a caller passes one handler made once, not a closure per message.
+   * Starts a round for one message handed over directly, which the caller runs itself, then calls
+   * {@link endStep} (from a `finally`): calls that came in meanwhile make the loop drain right after
+   * it. The caller checks `running` first. Two calls rather than one taking the handler: the
+   * handler's call site would be shared by every consumer, and not inlined.
    */
-  step<M>(step: (message: M) => void, message: M): void {
+  beginStep(): void {
     this.#running = true;
+    this.#again = false;
+  }
+
+  /** Ends the round {@link beginStep} began, after a drain of what came in meanwhile. */
+  endStep(): void {
     try {
-      this.#again = false;
-      step(message);
       while (this.#again) {
         this.#again = false;
         this.#drain();

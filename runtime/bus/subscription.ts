@@ -86,7 +86,6 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
   #delivered = 0;
   #errors = 0;
   #loop: DrainLoop | undefined = undefined;
-  #handleOne: ((env: Envelope) => void) | undefined = undefined;
   readonly #concurrency: number;
   // Stored over `Envelope<unknown>`: a field typed with `T` in parameter position would make
   // `Subscription<Order>` unassignable to `Subscription<unknown>`. Only envelopes of this subject reach them.
@@ -325,7 +324,6 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
   }
 
   #newLoop(): DrainLoop {
-    this.#handleOne = (env) => this.#handle(env as Envelope<T>);
     this.#loop = new DrainLoop(() => this.#pump());
     return this.#loop;
   }
@@ -375,7 +373,13 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     ) {
       return false;
     }
-    (loop ?? this.#newLoop()).step(this.#handleOne as (env: Envelope) => void, env);
+    const running = loop ?? this.#newLoop();
+    running.beginStep();
+    try {
+      this.#handle(env as Envelope<T>);
+    } finally {
+      running.endStep();
+    }
     // The callback may have unsubscribed or started a drain, which waited for it to finish.
     if (this.#state !== 'open') this.#settleClose();
     return true;
