@@ -158,6 +158,8 @@ test('a contender that drops work fails instead of winning, and its figure is nu
     only: [],
     contenders: [],
     verbose: false,
+    isolate: false,
+    child: false,
     write: (line) => lines.push(line),
   });
   expect(report.results.one?.honest).toBeGreaterThan(0);
@@ -174,4 +176,34 @@ test('bench options come from flags first, then the environment', () => {
     parseBenchOptions(['--rounds=3', '--only=exact,queue'], { BENCH_ROUNDS: '7', BENCH_SCALE: '0.5' }),
   ).toMatchObject({ rounds: 3, scale: 0.5, only: ['exact', 'queue'] });
   expect(() => parseBenchOptions(['--rounds=0'], {})).toThrow("invalid bench option 'rounds'");
+  expect(parseBenchOptions(['--isolate'], {})).toMatchObject({ isolate: true, child: false });
+  expect(parseBenchOptions([], { BENCH_ISOLATE: '1' })).toMatchObject({ isolate: true });
+});
+
+test('an isolated case runs each contender in a process of its own and reports its samples and failures', {
+  timeout: 120_000,
+}, async () => {
+  // The bus bench's exact case, isolated: each contender's figure comes from its own child process.
+  const { stdout } = await run(
+    process.execPath,
+    [
+      tsx,
+      '--conditions=sluice-source',
+      'test/bench/run.ts',
+      'bus',
+      '--quick',
+      '--only=exact',
+      '--isolate',
+      '--verbose',
+    ],
+    { cwd: root, maxBuffer: 16 * 1024 * 1024 },
+  );
+  const last = JSON.parse(stdout.trimEnd().split('\n').at(-1) as string) as {
+    results: Record<string, Record<string, number>>;
+  };
+  expect(Object.keys(last.results)).toEqual(['exact']);
+  expect(Object.keys(last.results.exact ?? {}).sort()).toEqual([...CASES.exact].sort());
+  for (const figure of Object.values(last.results.exact ?? {})) expect(figure).toBeGreaterThan(0);
+  // The parent prints no SAMPLES line of its own (only children do, and their output is read, not shown).
+  expect(stdout).not.toContain('SAMPLES ');
 });

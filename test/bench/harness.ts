@@ -11,9 +11,13 @@
  * Speed is never asserted: a failed contender is reported (its figure is `null`) and makes the
  * process exit with code 1, a slow one is only slow.
  */
+import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import os from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 
 /** The timed part of a contender. It throws when its output is not what the work must produce. */
 export type Run = () => Promise<void>;
@@ -41,6 +45,12 @@ export interface BenchCase {
   /** One line printed under the table: what a row measures. */
   description: string;
   contenders: Readonly<Record<string, Contender>>;
+  /**
+   * Each contender runs its warm-up and rounds in a process of its own, so none pays for the heap
+   * another left behind: for contenders that keep millions of objects alive, or leave them as
+   * garbage that a collection during the next contender's run would be charged to.
+   */
+  isolate?: boolean;
 }
 
 /** A ratio column of the table: `numerator / denominator` per case, e.g. sluice/eventemitter. */
@@ -87,6 +97,10 @@ export interface BenchOptions {
   contenders: readonly string[];
   /** Prints every sample, per contender. */
   verbose: boolean;
+  /** Every case as if `isolate`d: each contender in a process of its own. */
+  isolate: boolean;
+  /** Run by an isolated case's parent (`--child`): also prints each case's samples as a `SAMPLES` line. */
+  child: boolean;
   /** Where the table goes. @default process.stdout */
   write: (line: string) => void;
 }
@@ -112,7 +126,8 @@ export function defineBench(definition: BenchDefinition): BenchDefinition {
  * `--quick` / `BENCH_QUICK=1` (smoke-run size), `--rounds=N` / `BENCH_ROUNDS`, `--scale=X` /
  * `BENCH_SCALE`, `--warmup=N` / `BENCH_WARMUP`, `--only=case,case` / `BENCH_ONLY`,
  * `--contenders=name,name` / `BENCH_CONTENDERS` (to profile one), `--budget=SECONDS` / `BENCH_BUDGET`
- * (per case), `--verbose` / `BENCH_VERBOSE`.
+ * (per case), `--verbose` / `BENCH_VERBOSE`, `--isolate` / `BENCH_ISOLATE` (each contender in a
+ * process of its own, as an `isolate`d case).
  */
 export function parseBenchOptions(
   argv: readonly string[] = process.argv.slice(2),
@@ -139,6 +154,8 @@ export function parseBenchOptions(
     only: list(get('only', 'BENCH_ONLY')),
     contenders: list(get('contenders', 'BENCH_CONTENDERS')),
     verbose: isTrue(get('verbose', 'BENCH_VERBOSE')),
+    isolate: isTrue(get('isolate', 'BENCH_ISOLATE')),
+    child: flags.get('child') === 'true',
     write: (line) => process.stdout.write(`${line}\n`),
   };
 }
@@ -180,26 +197,16 @@ export async function runBench(definition: BenchDefinition, options: BenchOption
       .filter((n) => benchCase.messagesFor?.[n] !== undefined)
       .map((n) => ` (${n}: ${sized(n, false)})`)
       .join('');
-    const samples = new Map<string, number[]>(names.map((n) => [n, []]));
-    const failed = new Map<string, string>();
     const caseStarted = performance.now();
-    let rounds = 0;
-    for (let round = -options.warmup; round < options.rounds; round++) {
-      if (round > 0 && performance.now() - caseStarted > options.caseBudgetSeconds * 1000) break;
-      if (round >= 0) rounds++;
-      for (let i = 0; i < names.length; i++) {
-        const name = names[(i + Math.max(round, 0)) % names.length] as string;
-        if (failed.has(name)) continue;
-        const count = sized(name, round < 0);
-        try {
-          const seconds = await timeOnce(benchCase.contenders[name] as Contender, count);
-          if (round >= 0) samples.get(name)?.push(count / seconds);
-        } catch (error) {
-          const message = error instanceof Error ? error.message : String(error);
-          failed.set(name, message);
-          failures.push(`${caseName}/${name}: ${message}`);
-        }
-      }
+    const { samples, failed, rounds } =
+      (benchCase.isolate === true || options.isolate) && !options.child
+        ? await measureIsolated(definition.bench, caseName, names, options)
+        : await measureHere(benchCase, names, options, sized, caseStarted);
+    for (const [name, message] of failed) failures.push(`${caseName}/${name}: ${message}`);
+    if (options.child) {
+      write(
+        `SAMPLES ${JSON.stringify({ samples: Object.fromEntries(samples), failed: Object.fromEntries(failed), rounds })}`,
+      );
     }
     const row: Record<string, number | null> = {};
     let spread = 0;
@@ -250,6 +257,97 @@ export async function runBench(definition: BenchDefinition, options: BenchOption
   const report: BenchReport = { bench: definition.bench, unit: definition.unit, results, failures };
   write(JSON.stringify({ bench: report.bench, unit: report.unit, results: report.results }));
   return report;
+}
+
+interface Measured {
+  samples: Map<string, number[]>;
+  /** Contender → why it failed. */
+  failed: Map<string, string>;
+  /** Timed rounds run (the budget may cut them short). */
+  rounds: number;
+}
+
+/** The contenders of one case, interleaved in this process. */
+async function measureHere(
+  benchCase: BenchCase,
+  names: readonly string[],
+  options: BenchOptions,
+  sized: (name: string, warmup: boolean) => number,
+  caseStarted: number,
+): Promise<Measured> {
+  const samples = new Map<string, number[]>(names.map((n) => [n, []]));
+  const failed = new Map<string, string>();
+  let rounds = 0;
+  for (let round = -options.warmup; round < options.rounds; round++) {
+    if (round > 0 && performance.now() - caseStarted > options.caseBudgetSeconds * 1000) break;
+    if (round >= 0) rounds++;
+    for (let i = 0; i < names.length; i++) {
+      const name = names[(i + Math.max(round, 0)) % names.length] as string;
+      if (failed.has(name)) continue;
+      const count = sized(name, round < 0);
+      try {
+        const seconds = await timeOnce(benchCase.contenders[name] as Contender, count);
+        if (round >= 0) samples.get(name)?.push(count / seconds);
+      } catch (error) {
+        failed.set(name, error instanceof Error ? error.message : String(error));
+      }
+    }
+  }
+  return { samples, failed, rounds };
+}
+
+const runScript = fileURLToPath(new URL('./run.ts', import.meta.url));
+const execFileAsync = promisify(execFile);
+
+/**
+ * The contenders of one case, each in a child process of its own (`run.ts NAME --child`), one
+ * after the other: its warm-up and rounds, with the same options. The child prints its samples.
+ */
+async function measureIsolated(
+  bench: string,
+  caseName: string,
+  names: readonly string[],
+  options: BenchOptions,
+): Promise<Measured> {
+  const tsx = createRequire(import.meta.url).resolve('tsx/cli');
+  const measured: Measured = { samples: new Map(), failed: new Map(), rounds: 0 };
+  for (const name of names) {
+    const args = [
+      tsx,
+      '--conditions=sluice-source',
+      runScript,
+      bench,
+      `--only=${caseName}`,
+      `--contenders=${name}`,
+      `--rounds=${options.rounds}`,
+      `--warmup=${options.warmup}`,
+      `--scale=${options.scale}`,
+      `--budget=${options.caseBudgetSeconds}`,
+      '--child',
+    ];
+    let stdout: string;
+    try {
+      ({ stdout } = await execFileAsync(process.execPath, args, { maxBuffer: 16 * 1024 * 1024 }));
+    } catch (error) {
+      // A contender that failed its check exits with 1 and still printed its samples.
+      stdout = (error as { stdout?: string }).stdout ?? '';
+      if (!stdout.includes('SAMPLES ')) {
+        measured.failed.set(name, `its process failed: ${error instanceof Error ? error.message : String(error)}`);
+        continue;
+      }
+    }
+    const line = stdout.split('\n').find((l) => l.startsWith('SAMPLES ')) as string;
+    const child = JSON.parse(line.slice('SAMPLES '.length)) as {
+      samples: Record<string, number[]>;
+      failed: Record<string, string>;
+      rounds: number;
+    };
+    measured.samples.set(name, child.samples[name] ?? []);
+    const failure = child.failed[name];
+    if (failure !== undefined) measured.failed.set(name, failure);
+    measured.rounds = Math.max(measured.rounds, child.rounds);
+  }
+  return measured;
 }
 
 async function timeOnce(contender: Contender, messages: number): Promise<number> {
