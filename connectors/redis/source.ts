@@ -128,6 +128,9 @@ const sourceKeys = optionKeys<keyof RedisSourceOptions>({
 
 let consumers = 0;
 
+/** The fields of an entry before they are read (one object for all, never written). */
+const NO_FIELDS: Record<string, string> = Object.freeze({}) as Record<string, string>;
+
 /** One entry as Redis returns it: the id and its field/value pairs (null: deleted since). */
 type Entry = [id: Buffer, fields: Buffer[] | null];
 
@@ -590,7 +593,7 @@ export class RedisSource<T = unknown> implements Source<T> {
       attempt,
       timestampMs: Number(id.slice(0, id.indexOf('-'))),
       touchedAt: this.#now(),
-      fields: {},
+      fields: NO_FIELDS,
       payload: undefined,
       lineage: undefined as unknown as SourceLineage<Held>,
     };
