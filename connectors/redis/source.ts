@@ -591,13 +591,14 @@ export class RedisSource<T = unknown> implements Source<T> {
     const held: Held = {
       id,
       attempt,
-      timestampMs: Number(id.slice(0, id.indexOf('-'))),
+      // The id is `<ms>-<seq>`: parseInt stops at the dash, with no slice to make.
+      timestampMs: Number.parseInt(id, 10),
       touchedAt: this.#now(),
       fields: NO_FIELDS,
       payload: undefined,
       lineage: undefined as unknown as SourceLineage<Held>,
     };
-    held.lineage = new SourceLineage(this.#settlement, held, `redis/${id}`);
+    held.lineage = new SourceLineage(this.#settlement, held, id, 'redis/');
     this.#pending.set(id, held);
     return held;
   }
@@ -625,6 +626,7 @@ export class RedisSource<T = unknown> implements Source<T> {
   #settled(held: Held, error: unknown): void {
     if (this.#closed || this.#pending.get(held.id) !== held) return;
     if (error === undefined) {
+      this.#pending.delete(held.id);
       this.#ack(held);
       return;
     }
