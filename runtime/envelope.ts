@@ -123,6 +123,21 @@ export function nextId(): string {
 
 // Printable ASCII but ':' (0x21-0x39, 0x3b-0x7e), as NATS and HTTP header names.
 const HEADER_NAME = /^[!-9;-~]+$/;
+/**
+ * Names that passed {@link HEADER_NAME}: a message's headers mostly have the names the last one
+ * had, and a set lookup costs a fraction of the test. Bounded, so that names made per message
+ * cannot grow it without limit.
+ */
+const validNames = new Set<string>();
+const VALID_NAMES_MAX = 1024;
+
+function validName(name: string): boolean {
+  if (validNames.has(name)) return true;
+  if (!HEADER_NAME.test(name)) return false;
+  if (validNames.size >= VALID_NAMES_MAX) validNames.clear();
+  validNames.add(name);
+  return true;
+}
 
 /**
  * @internal For headers made by {@link checkHeaders}: their UTF-16 length plus 4 per header (a
@@ -147,7 +162,7 @@ class MessageHeaders {
     for (const name of keys) {
       // Read once: a getter cannot show one value to the check and another to subscribers.
       const value: unknown = (source as Record<string, unknown>)[name];
-      if (!HEADER_NAME.test(name)) {
+      if (!validName(name)) {
         throw new OptionsError(
           `${option}['${name}']`,
           'a header name is non-empty printable ASCII without white space or colon',

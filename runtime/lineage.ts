@@ -42,15 +42,23 @@ export interface SourceSettlement<D> {
  * message cannot reach them.
  */
 export class SourceLineage<D> implements Lineage {
-  readonly ids: readonly string[];
   readonly #source: SourceSettlement<D>;
   readonly #delivery: D;
+  readonly #prefix: string;
+  readonly #id: string;
+  #ids: readonly string[] | undefined;
   #refs = 1;
   #error: unknown = undefined;
-  constructor(source: SourceSettlement<D>, delivery: D, id: string) {
+  /** The message's id is `prefix + id`, joined only when someone asks for it (few do). */
+  constructor(source: SourceSettlement<D>, delivery: D, id: string, prefix = '') {
     this.#source = source;
     this.#delivery = delivery;
-    this.ids = [id];
+    this.#prefix = prefix;
+    this.#id = id;
+  }
+  get ids(): readonly string[] {
+    this.#ids ??= [this.#prefix + this.#id];
+    return this.#ids;
   }
   retain(): void {
     this.#refs++;

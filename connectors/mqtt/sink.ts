@@ -4,7 +4,7 @@
  * committed kept in the embedded store so that a replay is skipped (no MQTT broker de-duplicates).
  * See docs/mqtt.md.
  */
-import type { MqttClient } from 'mqtt';
+import type { IClientPublishOptions, MqttClient } from 'mqtt';
 import { type CodecChoice, codecOf, encodeWith } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
@@ -215,34 +215,70 @@ export class MqttSink<T = unknown> implements Sink<T> {
       }
       const topic = this.#topic(record);
       const bytes = encodeWith(this.#codec, record.value, topic);
-      out.push({ record, topic, payload: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength) });
+      out.push({
+        record,
+        topic,
+        payload: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+        options: this.#publishOptions(record),
+      });
     }
     if (out.length === 0) return;
     const committed: SinkRecord<T>[] = [];
     const failures: { error: unknown; retryable: boolean; topic: string }[] = [];
-    // One timer for the batch: what has not been acknowledged when it fires fails.
-    const waiting = new Set<(error: unknown) => void>();
-    const timer = setTimeout(() => {
-      for (const finish of [...waiting]) finish(new Error(`no acknowledgement within ${this.#timeoutMs} ms`));
-    }, this.#timeoutMs);
-    let next = 0;
-    const worker = async () => {
-      while (next < out.length) {
-        const o = out[next++] as Outgoing<T>;
-        try {
-          await this.#publish(client, o, waiting);
-          committed.push(o.record);
-        } catch (error) {
-          const code = (error as { code?: unknown }).code;
-          failures.push({ error, retryable: !(typeof code === 'number' && PERMANENT.has(code)), topic: o.topic });
-        }
-      }
-    };
     // MQTT 5: no more unacknowledged QoS 1 and 2 publishes than the broker's receive maximum.
     const receiveMaximum = this.#qos > 0 ? client.serverProperties?.receiveMaximum : undefined;
-    const bound = Math.min(this.#maxInFlight, receiveMaximum ?? Number.POSITIVE_INFINITY, out.length);
+    const bound = Math.min(this.#maxInFlight, receiveMaximum ?? Number.POSITIVE_INFINITY);
+    // A window of at most `bound` publishes awaiting their acknowledgement, moved on by the
+    // acknowledgements themselves: no promise per message, one timer for the batch. The next
+    // publishes go out from a microtask: mqtt.js handles the acknowledgements a read brought one
+    // per tick, and microtasks run once those ticks are done, so the publishes they free leave the
+    // socket in one write rather than one each.
+    const settled = new Uint8Array(out.length);
+    let next = 0;
+    let inFlight = 0;
+    let settledCount = 0;
+    let scheduled = false;
+    let allSettled!: () => void;
+    const all = new Promise<void>((resolve) => {
+      allSettled = resolve;
+    });
+    const settle = (i: number, error: unknown): void => {
+      if (settled[i] === 1) return;
+      settled[i] = 1;
+      settledCount++;
+      const o = out[i] as Outgoing<T>;
+      if (error === null || error === undefined) committed.push(o.record);
+      else {
+        const code = (error as { code?: unknown }).code;
+        failures.push({ error, retryable: !(typeof code === 'number' && PERMANENT.has(code)), topic: o.topic });
+      }
+      if (settledCount === out.length) allSettled();
+      else if (!scheduled) {
+        scheduled = true;
+        queueMicrotask(pump);
+      }
+    };
+    const acknowledged = (i: number, error: unknown): void => {
+      inFlight--;
+      settle(i, error);
+    };
+    const pump = (): void => {
+      scheduled = false;
+      while (next < out.length && inFlight < bound) {
+        const i = next++;
+        inFlight++;
+        this.#publish(client, out[i] as Outgoing<T>, i, acknowledged);
+      }
+    };
+    // What has not been acknowledged when the timer fires fails, and what was not sent yet with it.
+    const timer = setTimeout(() => {
+      const error = new Error(`no acknowledgement within ${this.#timeoutMs} ms`);
+      next = out.length;
+      for (let i = 0; i < out.length; i++) settle(i, error);
+    }, this.#timeoutMs);
     try {
-      await Promise.all(Array.from({ length: bound }, worker));
+      pump();
+      await all;
     } finally {
       clearTimeout(timer);
     }
@@ -259,38 +295,35 @@ export class MqttSink<T = unknown> implements Sink<T> {
     }
   }
 
-  #publish(client: MqttClient, o: Outgoing<T>, waiting: Set<(error: unknown) => void>): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      const finish = (error: unknown) => {
-        if (!waiting.delete(finish)) return;
-        if (error === null || error === undefined) resolve();
-        else reject(error);
-      };
-      waiting.add(finish);
-      const record = o.record;
-      const properties: Record<string, string> = {};
-      if (this.#target.protocolVersion === 5) {
-        const env = record.envelope;
-        if (this.#headers && env !== undefined) {
-          Object.assign(properties, env.headers);
-          if (env.key !== undefined) properties[MQTT_PROPERTIES.key] = env.key;
-        }
-        properties[MQTT_PROPERTIES.idempotencyKey] = record.key;
-        properties[MQTT_PROPERTIES.messageId] =
-          record.revision === undefined ? record.key : `${record.key}#${record.revision}`;
-        if (record.revision !== undefined) properties[MQTT_PROPERTIES.revision] = String(record.revision);
-      }
-      client.publish(
-        o.topic,
-        o.payload,
-        {
-          qos: this.#qos,
-          retain: this.#retain,
-          ...(this.#target.protocolVersion === 5 ? { properties: { userProperties: properties } } : {}),
-        },
-        (error) => finish(error ?? undefined),
-      );
-    });
+  /**
+   * A record's publish options. Under MQTT 5 the idempotency key goes in the `message-id` user
+   * property; a record with a revision has `<key>#<revision>` there, and the key and the revision
+   * in properties of their own. Each user property is several writes for mqtt.js, so none is sent twice.
+   */
+  #publishOptions(record: SinkRecord<T>): IClientPublishOptions {
+    if (this.#target.protocolVersion !== 5) return { qos: this.#qos, retain: this.#retain };
+    const properties: Record<string, string> = {};
+    const env = record.envelope;
+    if (this.#headers && env !== undefined) {
+      Object.assign(properties, env.headers);
+      if (env.key !== undefined) properties[MQTT_PROPERTIES.key] = env.key;
+    }
+    if (record.revision === undefined) properties[MQTT_PROPERTIES.messageId] = record.key;
+    else {
+      properties[MQTT_PROPERTIES.idempotencyKey] = record.key;
+      properties[MQTT_PROPERTIES.messageId] = `${record.key}#${record.revision}`;
+      properties[MQTT_PROPERTIES.revision] = String(record.revision);
+    }
+    return { qos: this.#qos, retain: this.#retain, properties: { userProperties: properties } };
+  }
+
+  /** One publish; `done(i, error)` runs on its acknowledgement (error undefined), its refusal, or if it cannot be sent. */
+  #publish(client: MqttClient, o: Outgoing<T>, i: number, done: (i: number, error: unknown) => void): void {
+    try {
+      client.publish(o.topic, o.payload, o.options, (error) => done(i, error ?? undefined));
+    } catch (error) {
+      done(i, error);
+    }
   }
 
   /** Waits (a bounded time) for what is in flight and disconnects. */
@@ -312,4 +345,5 @@ interface Outgoing<T = unknown> {
   readonly record: SinkRecord<T>;
   readonly topic: string;
   readonly payload: Buffer;
+  readonly options: IClientPublishOptions;
 }

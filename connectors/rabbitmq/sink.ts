@@ -4,7 +4,7 @@
  * their confirm, `message_id` from the idempotency key, and the keys committed kept in the
  * embedded store so that a replay is skipped (RabbitMQ de-duplicates nothing). See docs/rabbitmq.md.
  */
-import type { ChannelModel, ConfirmChannel, Message } from 'amqplib';
+import type { ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
 import { type CodecChoice, codecOf, encodeWith } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
@@ -237,21 +237,34 @@ export class RabbitSink<T = unknown> implements Sink<T> {
       }
       const routingKey = this.#routingKey(record);
       const bytes = encodeWith(this.#codec, record.value, routingKey);
-      const id = record.revision === undefined ? record.key : `${record.key}#${record.revision}`;
-      const headers: Record<string, string> = {};
+      // message_id carries the idempotency key; a record with a revision has `<key>#<revision>`
+      // there, and the key and revision in headers. A message without headers has no table to
+      // encode, which is most of what amqplib spends on a publish.
+      let headers: Record<string, string> | undefined;
       const env = record.envelope;
       if (this.#headers && env !== undefined) {
-        Object.assign(headers, env.headers);
+        headers = { ...env.headers };
         if (env.key !== undefined) headers['sluice-key'] = env.key;
       }
-      headers[IDEMPOTENCY_KEY_HEADER] = record.key;
-      if (record.revision !== undefined) headers[REVISION_HEADER] = String(record.revision);
+      let id = record.key;
+      if (record.revision !== undefined) {
+        id = `${record.key}#${record.revision}`;
+        headers ??= {};
+        headers[IDEMPOTENCY_KEY_HEADER] = record.key;
+        headers[REVISION_HEADER] = String(record.revision);
+      }
       out.push({
         record,
         routingKey,
         content: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
         id,
-        headers,
+        options: {
+          mandatory: this.#mandatory,
+          persistent: this.#persistent,
+          messageId: id,
+          contentType: this.#contentType,
+          headers,
+        },
       });
     }
     if (out.length === 0) return;
@@ -340,22 +353,11 @@ export class RabbitSink<T = unknown> implements Sink<T> {
   /** One publish; `settle(i, error)` runs on its confirm (error undefined) or nack, or if it cannot be sent. */
   #publish(channel: ConfirmChannel, o: Outgoing<T>, i: number, settle: (i: number, error: unknown) => void): void {
     try {
-      channel.publish(
-        this.#exchange,
-        o.routingKey,
-        o.content,
-        {
-          mandatory: this.#mandatory,
-          persistent: this.#persistent,
-          messageId: o.id,
-          contentType: this.#contentType,
-          headers: o.headers,
-        },
-        (err) =>
-          settle(
-            i,
-            err === null || err === undefined ? undefined : new Error(`nack'ed by the broker: ${messageOf(err)}`),
-          ),
+      channel.publish(this.#exchange, o.routingKey, o.content, o.options, (err) =>
+        settle(
+          i,
+          err === null || err === undefined ? undefined : new Error(`nack'ed by the broker: ${messageOf(err)}`),
+        ),
       );
     } catch (error) {
       settle(i, error);
@@ -376,5 +378,5 @@ interface Outgoing<T = unknown> {
   readonly routingKey: string;
   readonly content: Buffer;
   readonly id: string;
-  readonly headers: Record<string, string>;
+  readonly options: Options.Publish;
 }

@@ -128,6 +128,9 @@ const sourceKeys = optionKeys<keyof RedisSourceOptions>({
 
 let consumers = 0;
 
+/** The fields of an entry before they are read (one object for all, never written). */
+const NO_FIELDS: Record<string, string> = Object.freeze({}) as Record<string, string>;
+
 /** One entry as Redis returns it: the id and its field/value pairs (null: deleted since). */
 type Entry = [id: Buffer, fields: Buffer[] | null];
 
@@ -261,9 +264,19 @@ export class RedisSource<T = unknown> implements Source<T> {
     // Connections of its own, also beside a caller's client: a blocked read holds its connection,
     // and the replies parsed here are RESP2's whatever protocol the caller's client speaks.
     const connection = optionsLike(this.#options.connection, this.name);
-    this.#held = { redis: await connectRedis(connection, this.name), owned: true };
+    // Both at once: a start waits for one connect, not two in a row.
+    const [held, reader] = await Promise.allSettled([
+      connectRedis(connection, this.name),
+      connectRedis(connection, this.name),
+    ]);
+    if (held.status === 'rejected' || reader.status === 'rejected') {
+      if (held.status === 'fulfilled') held.value.disconnect();
+      if (reader.status === 'fulfilled') reader.value.disconnect();
+      throw held.status === 'rejected' ? held.reason : (reader as PromiseRejectedResult).reason;
+    }
+    this.#held = { redis: held.value, owned: true };
+    this.#reader = reader.value;
     try {
-      this.#reader = await connectRedis(connection, this.name);
       await this.#ensureGroup();
       await this.#refreshLag();
     } catch (error) {
@@ -409,43 +422,40 @@ export class RedisSource<T = unknown> implements Source<T> {
     const bus = (this.#host as SourceHost).bus;
     let cursor: string | undefined = '0-0';
     let failures = 0;
+    /** The next read of new entries, sent while the last ones were delivered. */
+    let ahead: Promise<Entry[]> | undefined;
     while (!this.#closed) {
-      if (bus.refusal !== undefined) {
-        await this.#changed(100);
-        continue;
-      }
-      const room = this.#maxAckPending - this.#pending.size;
-      if (room <= 0) {
-        await this.#changed(1_000);
-        continue;
-      }
-      if (!bus.hasSubscribers(this.#subject)) {
-        if (!this.#noSubscriberWarned) {
-          this.#noSubscriberWarned = true;
-          this.#log.warn(
-            `${this.name}: nothing subscribes to '${this.#subject}'; entries wait in Redis until something does`,
-          );
-        }
-        await this.#changed(50);
-        continue;
-      }
-      const count = Math.max(1, Math.min(this.#readBatch, room, freeCapacity(bus, this.#subject)));
       let entries: Entry[];
       try {
-        this.#stats.reads++;
-        const reply = (await (this.#reader as Redis).callBuffer(
-          'XREADGROUP',
-          'GROUP',
-          this.#group,
-          this.#consumer,
-          'COUNT',
-          count,
-          ...(cursor === undefined ? ['BLOCK', this.#blockMs] : []),
-          'STREAMS',
-          this.#stream,
-          cursor ?? '>',
-        )) as [Buffer, Entry[]][] | null;
-        entries = reply?.[0]?.[1] ?? [];
+        if (ahead !== undefined) {
+          const read = ahead;
+          ahead = undefined;
+          entries = await read;
+        } else {
+          if (bus.refusal !== undefined) {
+            await this.#changed(100);
+            continue;
+          }
+          const room = this.#maxAckPending - this.#pending.size;
+          if (room <= 0) {
+            await this.#changed(1_000);
+            continue;
+          }
+          if (!bus.hasSubscribers(this.#subject)) {
+            if (!this.#noSubscriberWarned) {
+              this.#noSubscriberWarned = true;
+              this.#log.warn(
+                `${this.name}: nothing subscribes to '${this.#subject}'; entries wait in Redis until something does`,
+              );
+            }
+            await this.#changed(50);
+            continue;
+          }
+          entries = await this.#read(
+            Math.max(1, Math.min(this.#readBatch, room, freeCapacity(bus, this.#subject))),
+            cursor,
+          );
+        }
         failures = 0;
       } catch (error) {
         if (this.#closed) break;
@@ -475,12 +485,43 @@ export class RedisSource<T = unknown> implements Source<T> {
       }
       if (entries.length === 0) continue;
       this.#serverLag = Math.max(0, this.#serverLag - entries.length);
+      // The next read goes out before these are delivered, so that Redis answers it while they
+      // are: it asks for no more than the room and the free capacity left once these are in.
+      const next = Math.min(
+        this.#readBatch,
+        this.#maxAckPending - this.#pending.size - entries.length,
+        freeCapacity(bus, this.#subject) - entries.length,
+      );
+      if (next > 0 && bus.refusal === undefined && this.#serverLag > 0) {
+        const read = this.#read(next, undefined);
+        // Awaited on the next turn of the loop; a failure is handled there, not unhandled here.
+        read.catch(() => undefined);
+        ahead = read;
+      }
       for (const e of entries) {
         const waiting = this.#deliver(e, 1);
         if (waiting !== undefined) await waiting;
       }
       if (this.#serverLag === 0) this.#refreshLag().catch(() => undefined);
     }
+  }
+
+  /** One XREADGROUP of at most `count` entries: this consumer's pending ones after `cursor`, or new ones (blocking). */
+  async #read(count: number, cursor: string | undefined): Promise<Entry[]> {
+    this.#stats.reads++;
+    const reply = (await (this.#reader as Redis).callBuffer(
+      'XREADGROUP',
+      'GROUP',
+      this.#group,
+      this.#consumer,
+      'COUNT',
+      count,
+      ...(cursor === undefined ? ['BLOCK', this.#blockMs] : []),
+      'STREAMS',
+      this.#stream,
+      cursor ?? '>',
+    )) as [Buffer, Entry[]][] | null;
+    return reply?.[0]?.[1] ?? [];
   }
 
   /** The delivery count of each entry, from the group's pending list of this consumer. */
@@ -550,13 +591,14 @@ export class RedisSource<T = unknown> implements Source<T> {
     const held: Held = {
       id,
       attempt,
-      timestampMs: Number(id.slice(0, id.indexOf('-'))),
+      // The id is `<ms>-<seq>`: parseInt stops at the dash, with no slice to make.
+      timestampMs: Number.parseInt(id, 10),
       touchedAt: this.#now(),
-      fields: {},
+      fields: NO_FIELDS,
       payload: undefined,
       lineage: undefined as unknown as SourceLineage<Held>,
     };
-    held.lineage = new SourceLineage(this.#settlement, held, `redis/${id}`);
+    held.lineage = new SourceLineage(this.#settlement, held, id, 'redis/');
     this.#pending.set(id, held);
     return held;
   }
@@ -584,6 +626,7 @@ export class RedisSource<T = unknown> implements Source<T> {
   #settled(held: Held, error: unknown): void {
     if (this.#closed || this.#pending.get(held.id) !== held) return;
     if (error === undefined) {
+      this.#pending.delete(held.id);
       this.#ack(held);
       return;
     }

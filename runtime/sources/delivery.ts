@@ -54,6 +54,9 @@ export function publishDelivery(
   if (attempt <= 1) {
     // Fast path, no promise: every mailbox takes it now (a captured subject must wait for its append).
     try {
+      // The options are the source's own, made for this message: its headers checked in place, the
+      // client finds them checked and copies no options for them (on this path, once per message).
+      if (options.headers !== undefined) options.headers = checkHeaders(options.headers, 'tryPublish.headers');
       if (client.tryPublish(subject, data, options)) return undefined;
     } catch (error) {
       if (!(error instanceof StreamError)) return Promise.reject(error);

@@ -100,7 +100,9 @@ describe.skipIf(missing !== undefined)('MQTT', () => {
           const reader = await mqtt.connectAsync(broker.url, { protocolVersion: 5 });
           clients.push(reader);
           reader.on('message', (_t, payload, packet) => {
-            const key = packet.properties?.userProperties?.[IDEMPOTENCY_KEY_HEADER];
+            // The key is the message-id, or (for a record with a revision) a property of its own.
+            const props = packet.properties?.userProperties;
+            const key = props?.[IDEMPOTENCY_KEY_HEADER] ?? props?.[MQTT_PROPERTIES.messageId];
             received.push({ key: Array.isArray(key) ? key[0] : key, value: JSON.parse(payload.toString()) });
           });
           await reader.subscribeAsync(topic, { qos: 1 });

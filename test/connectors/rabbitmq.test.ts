@@ -302,11 +302,18 @@ describe.skipIf(missing !== undefined)('RabbitMQ connector', () => {
       ...Array.from({ length: 50 }, (_, i) => record(`m/${i}`, i)),
     ]);
     const got = await drain(q, 53);
-    expect(got.slice(0, 4).map((m) => [m.messageId, m.content, m.headers['sluice-idempotency-key']])).toEqual([
-      ['k/1', '1', 'k/1'],
-      ['w/1#0', '"r0"', 'w/1'],
-      ['w/1#1', '"r1"', 'w/1'],
-      ['m/0', '0', 'm/0'],
+    // message_id is the key; with a revision it is `<key>#<revision>`, and the headers hold both.
+    const fields = (m: (typeof got)[number]) => [
+      m.messageId,
+      m.content,
+      m.headers['sluice-idempotency-key'],
+      m.headers['sluice-revision'],
+    ];
+    expect(got.slice(0, 4).map(fields)).toEqual([
+      ['k/1', '1', undefined, undefined],
+      ['w/1#0', '"r0"', 'w/1', '0'],
+      ['w/1#1', '"r1"', 'w/1', '1'],
+      ['m/0', '0', undefined, undefined],
     ]);
     expect(got).toHaveLength(53);
     expect(b.stats).toMatchObject({ published: 51, skipped: 2 });

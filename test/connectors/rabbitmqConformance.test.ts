@@ -94,7 +94,8 @@ describe.skipIf(missing !== undefined)('RabbitMQ', () => {
             }
             quietSince = Date.now();
             out.push({
-              key: m.properties.headers?.[IDEMPOTENCY_KEY_HEADER] as string | undefined,
+              // The key is message_id, or (for a record with a revision) a header of its own.
+              key: (m.properties.headers?.[IDEMPOTENCY_KEY_HEADER] ?? m.properties.messageId) as string | undefined,
               value: JSON.parse(m.content.toString()) as unknown,
             });
           }
