@@ -108,6 +108,33 @@ export function validateSubject(subject: string, use: 'publish' | 'subscribe'): 
   return tokens;
 }
 
+/**
+ * {@link validateSubject} for publishing, on a match-cache miss: one pass over the characters finds
+ * the common subject valid (printable ASCII, which is one byte a character, without an empty or a
+ * wildcard token); anything else, valid or not, takes the full check, which names the broken rule.
+ */
+export function publishTokens(subject: string): string[] {
+  if (typeof subject !== 'string') return validateSubject(subject, 'publish');
+  const n = subject.length;
+  if (n === 0 || n > MAX_SUBJECT_BYTES) return validateSubject(subject, 'publish');
+  let start = 0;
+  for (let i = 0; i <= n; i++) {
+    const c = i === n ? 46 : subject.charCodeAt(i);
+    if (c === 46) {
+      // '.', or the end: a token ends here. An empty one, and `*` or `>` alone, are refused.
+      const length = i - start;
+      if (length === 0) return validateSubject(subject, 'publish');
+      if (length === 1) {
+        const t = subject.charCodeAt(start);
+        if (t === 42 || t === 62) return validateSubject(subject, 'publish');
+      }
+      start = i + 1;
+      // Space and below (white space, control characters), DEL and above (not ASCII).
+    } else if (c <= 32 || c >= 127) return validateSubject(subject, 'publish');
+  }
+  return subject.split('.');
+}
+
 /** True when the (valid) subject has no wildcard token. */
 export function isLiteral(subject: string): boolean {
   return !subject.split('.').some((t) => t === '*' || t === '>');
@@ -159,6 +186,8 @@ const EMPTY_MATCH: Match<never> = Object.freeze({ plain: Object.freeze([]), grou
 export class SubjectTrie<T extends Routable, M extends Match<T> = Match<T>> {
   readonly #root: TrieNode<T> = newNode();
   readonly #cache = new Map<string, M>();
+  /** The walk's stack, kept between walks: a walk runs no other code, so no two share it. */
+  readonly #stack: (TrieNode<T> | number)[] = [];
   /**
    * The subject matched last and its result: a publisher mostly publishes to the subject it
    * published to last, and comparing one string is cheaper than hashing it into the map.
@@ -289,7 +318,7 @@ export class SubjectTrie<T extends Routable, M extends Match<T> = Match<T>> {
       return cached;
     }
     const tokens = this.#checkMiss?.(subject) ?? subject.split('.');
-    const found = collect(this.#root, tokens);
+    const found = collect(this.#root, tokens, this.#stack);
     const grouped = found === undefined ? (EMPTY_MATCH as Match<T>) : group(found);
     const result = this.#compile === undefined ? (grouped as M) : this.#compile(grouped, subject);
     if (this.#uncached?.(subject) === true) return result;
@@ -347,10 +376,10 @@ function cacheCost(subject: string): number {
  * subject has tokens must not depend on the call stack left to the caller. Undefined when nothing
  * matches (most subjects of a wildcard-heavy bus): no array is made for them.
  */
-function collect<T>(root: TrieNode<T>, tokens: readonly string[]): T[] | undefined {
+function collect<T>(root: TrieNode<T>, tokens: readonly string[], stack: (TrieNode<T> | number)[]): T[] | undefined {
   let out: T[] | undefined;
-  // One stack of nodes and depths, interleaved; most walks never grow it past a few entries.
-  const stack: (TrieNode<T> | number)[] = [root, 0];
+  // One stack of nodes and depths, interleaved, empty between walks (each runs until it is).
+  stack.push(root, 0);
   while (stack.length > 0) {
     const depth = stack.pop() as number;
     const node = stack.pop() as TrieNode<T>;
