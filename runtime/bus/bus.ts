@@ -168,8 +168,9 @@ export interface Route extends Routable {
    * busy or has a backlog, and the message must queue to keep its order. `exclusive`: the envelope
    * was made by this publish and goes to this consumer only, so nobody else can observe it and the
    * consumer may take it as its own (an actor sets its input's lineage on it instead of a copy).
+   * Called as the route's method (`this` is the route): one function may serve every route.
    */
-  readonly handoff?: ((env: Envelope, exclusive: boolean) => boolean) | undefined;
+  readonly handoff?: ((this: Route, env: Envelope, exclusive: boolean) => boolean) | undefined;
   /** Denied subjects of a wildcard subscription that overlaps a deny permission. */
   readonly filter: ((subject: string) => boolean) | undefined;
   /** Messages after which the route removes itself (a subscription's `max`); a transport passes it on. */
