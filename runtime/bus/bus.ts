@@ -30,7 +30,7 @@ import { type Counters, Telemetry, tracingEnabled, withActiveTrace } from '../te
 import { nextMacrotask, spend } from './drainLoop.ts';
 import { type DropReason, type Mailbox, Offer } from './mailbox.ts';
 import { PermissionChecker, type Permissions } from './permissions.ts';
-import { type Match, queueProblem, type Routable, SubjectTrie, validateSubject } from './subjects.ts';
+import { type Match, publishTokens, queueProblem, type Routable, SubjectTrie, validateSubject } from './subjects.ts';
 import { Subscription, type SubscriptionOptions } from './subscription.ts';
 import type { TypedSubject } from './typedSubject.ts';
 
@@ -168,8 +168,9 @@ export interface Route extends Routable {
    * busy or has a backlog, and the message must queue to keep its order. `exclusive`: the envelope
    * was made by this publish and goes to this consumer only, so nobody else can observe it and the
    * consumer may take it as its own (an actor sets its input's lineage on it instead of a copy).
+   * Called as the route's method (`this` is the route): one function may serve every route.
    */
-  readonly handoff?: ((env: Envelope, exclusive: boolean) => boolean) | undefined;
+  readonly handoff?: ((this: Route, env: Envelope, exclusive: boolean) => boolean) | undefined;
   /** Denied subjects of a wildcard subscription that overlaps a deny permission. */
   readonly filter: ((subject: string) => boolean) | undefined;
   /** Messages after which the route removes itself (a subscription's `max`); a transport passes it on. */
@@ -195,16 +196,23 @@ export class Bus implements BusClient {
   readonly requestTimeoutMs: number;
   readonly #trie = new SubjectTrie<Route, RoutePlan>(
     undefined,
-    validatePublish,
+    publishTokens,
     (subject) => this.isInbox(subject),
     undefined,
-    (match, subject) => this.#compile(match, subject),
+    (match, subject) => this.#compileCached(match, subject),
   );
   #refusal: string | undefined;
   readonly #tracing = tracingEnabled();
   readonly #counters: Counters;
   /** Per queue name: its live routes and round-robin cursor, dropped with the group's last route. */
   readonly #cursor = new Map<string, QueueCursor>();
+  /**
+   * Per route without a delivery filter, the plan of every subject that reaches that route alone
+   * (most subjects of a wildcard-heavy bus reach one): one plan per route instead of one per
+   * subject, so a cold subject allocates none and the cached plans stay few. It holds while its
+   * route is in the trie (a group's cursor lives as long as its members), and goes with it.
+   */
+  readonly #solo = new Map<Route, RoutePlan>();
   readonly #pendingRequests = new Map<string, (env: Envelope) => void>();
   readonly #inboxPrefix = `_INBOX.${randomToken()}`;
   #inboxRoute: Route | undefined;
@@ -328,6 +336,21 @@ export class Bus implements BusClient {
   }
 
   /**
+   * {@link #compile} for the trie's cache, where every route of `match` is in the trie: a subject
+   * that reaches one route alone gets that route's shared plan (see {@link #solo}).
+   */
+  #compileCached(match: Match<Route>, subject: string): RoutePlan {
+    const solo = soloRoute(match);
+    if (solo === undefined) return this.#compile(match, subject);
+    let plan = this.#solo.get(solo);
+    if (plan === undefined) {
+      plan = this.#compile(match, subject);
+      this.#solo.set(solo, plan);
+    }
+    return plan;
+  }
+
+  /**
    * What a publish to `subject` does with `match`, worked out once and cached with the match: the
    * routes whose delivery filter lets `subject` through (a filter is a function of the subject
    * alone: the deny patterns fixed when the route subscribed) and each queue group's round-robin
@@ -383,7 +406,7 @@ export class Bus implements BusClient {
       if (removed) return;
       removed = true;
       this.#trie.remove(pattern, route);
-      this.#leaveGroup(route.queue);
+      this.#forget(route);
     };
   }
 
@@ -411,10 +434,13 @@ export class Bus implements BusClient {
 
   /** @internal Takes out a route put in by {@link insertRoute}; once it is out, calls do nothing. */
   removeRoute(pattern: string, route: Route): void {
-    if (this.#trie.remove(pattern, route)) this.#leaveGroup(route.queue);
+    if (this.#trie.remove(pattern, route)) this.#forget(route);
   }
 
-  #leaveGroup(queue: string | undefined): void {
+  /** Forgets what the bus keeps for a route taken out of the trie: its solo plan, its group's cursor. */
+  #forget(route: Route): void {
+    this.#solo.delete(route);
+    const queue = route.queue;
     if (queue === undefined) return;
     const group = this.#cursor.get(queue) as QueueCursor;
     if (--group.routes === 0) this.#cursor.delete(queue);
@@ -729,6 +755,21 @@ class RoutePlan implements Match<Route> {
     this.cursors = cursors;
     this.subject = subject;
   }
+}
+
+/** The route a match reaches alone, when it has no delivery filter: its plan fits every such subject. */
+function soloRoute(match: Match<Route>): Route | undefined {
+  let only: Route | undefined;
+  if (match.groups.length === 0) {
+    if (match.plain.length !== 1) return undefined;
+    only = match.plain[0];
+  } else {
+    if (match.plain.length !== 0 || match.groups.length !== 1) return undefined;
+    const group = match.groups[0] as readonly Route[];
+    if (group.length !== 1) return undefined;
+    only = group[0];
+  }
+  return only?.filter === undefined ? only : undefined;
 }
 
 const EMPTY_PLAN = new RoutePlan({ plain: Object.freeze([]), groups: Object.freeze([]) }, [], [], [], undefined);
@@ -1068,8 +1109,4 @@ export function replyToOf(request: Envelope, option: string): string {
 export function validateQueue(queue: unknown, option: string): void {
   const problem = queueProblem(queue);
   if (problem !== undefined) throw new OptionsError(option, problem, queue);
-}
-
-function validatePublish(subject: string): readonly string[] {
-  return validateSubject(subject, 'publish');
 }

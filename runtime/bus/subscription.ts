@@ -60,6 +60,12 @@ const subscriptionOptionKeys = optionKeys<keyof SubscriptionOptions<unknown>>({
 });
 
 type Mode = 'none' | 'callback' | 'observable' | 'iterator';
+
+/** A subscription's route, which knows its subscription. */
+interface OwnedRoute extends Route {
+  readonly owner: Subscription;
+}
+
 type Handler = (env: Envelope) => void | Promise<void>;
 type ErrorHandler = (error: unknown, env: Envelope) => void;
 
@@ -136,28 +142,29 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
       'round-robin',
     );
     const max = options.max === undefined ? undefined : intOption('subscription.max', options.max, 1, 1);
-    const route: Route =
+    const owned: OwnedRoute | undefined =
       max === undefined
         ? {
             queue: options.queue,
             strategy,
             mailbox: this.#mailbox,
             direct: undefined,
-            // Made here, not as a field: a field's arrow function gets its name set at run time,
-            // which gives each one a property dictionary of a few hundred bytes; and it shares its
-            // context with onReadable's.
-            handoff: options.callback === undefined ? undefined : (env) => this.#handoff(env),
+            // One function for every subscription, called as the route's method: no closure and
+            // context per subscription for a delivery to pass through.
+            handoff: options.callback === undefined ? undefined : Subscription.#handoffVia,
             filter,
+            owner: this as Subscription,
           }
-        : {
-            // Counted as each message arrives, so only a `max` subscription pays for the count.
-            queue: options.queue,
-            strategy,
-            mailbox: undefined,
-            direct: (env) => this.#takeCounted(env, max),
-            filter,
-            max,
-          };
+        : undefined;
+    const route: Route = owned ?? {
+      // Counted as each message arrives, so only a `max` subscription pays for the count.
+      queue: options.queue,
+      strategy,
+      mailbox: undefined,
+      direct: (env) => this.#takeCounted(env, max as number),
+      filter,
+      max,
+    };
     this.#route = route;
     bus.insertRoute(pattern, route);
     if (this.#callback !== undefined) this.#mode = 'callback';
@@ -384,6 +391,12 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     if (this.#state !== 'open') this.#settleClose();
     return true;
   }
+
+  /** A callback subscription's `Route.handoff`, called with its route as `this`. */
+  static readonly #handoffVia = function handoffVia(this: Route, env: Envelope): boolean {
+    // Only the routes made in the constructor carry it, and those are owned.
+    return (this as OwnedRoute).owner.#handoff(env);
+  };
 
   #taken = 0;
 

@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import {
   Bus,
   type BusClient,
@@ -891,5 +892,97 @@ describe('bus - changes while publishing', () => {
     expect(victimSub.isOpen).toBe(false);
     // 1 and 2 were queued behind message 0 when 2 reached the other subscriber; 3 came after.
     expect(bus.telemetry.counters.dropped).toBe(2);
+  });
+});
+
+describe('bus - routing plans', () => {
+  // A reference written here: NATS matching by regular expression, and the delivery rule (each plain
+  // subscription a copy, each queue group one copy to a member that may receive the subject).
+  const matches = (pattern: string, subject: string) => {
+    const parts = pattern
+      .split('.')
+      .map((t) => (t === '*' ? '[^.]+' : t === '>' ? '[^.]+(?:\\.[^.]+)*' : t.replace(/[*>]/g, '\\$&')));
+    return new RegExp(`^${parts.join('\\.')}$`).test(subject);
+  };
+  const token = fc.constantFrom('a', 'b', 'c');
+  const subjectArb = fc.array(token, { minLength: 1, maxLength: 3 }).map((t) => t.join('.'));
+  const patternArb = fc
+    .tuple(fc.array(fc.oneof(token, fc.constant('*')), { minLength: 1, maxLength: 3 }), fc.boolean())
+    .map(([tokens, tail]) => (tail ? [...tokens, '>'] : tokens).join('.'));
+  type Op =
+    | { kind: 'subscribe'; pattern: string; queue: string | undefined; restricted: boolean }
+    | { kind: 'unsubscribe'; pick: number }
+    | { kind: 'publish'; subject: string };
+  const opArb: fc.Arbitrary<Op> = fc.oneof(
+    {
+      weight: 3,
+      arbitrary: fc.record({
+        kind: fc.constant('subscribe' as const),
+        pattern: patternArb,
+        queue: fc.constantFrom(undefined, undefined, 'q'),
+        restricted: fc.boolean(),
+      }),
+    },
+    { weight: 1, arbitrary: fc.record({ kind: fc.constant('unsubscribe' as const), pick: fc.nat() }) },
+    { weight: 5, arbitrary: fc.record({ kind: fc.constant('publish' as const), subject: subjectArb }) },
+  );
+
+  test('bus - cached plans (shared by the subjects that reach one route alone) stay right as routes come and go', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(opArb, { maxLength: 80 }), async (ops) => {
+        const bus = new Bus();
+        // Subscriptions of this client get a delivery filter where their pattern overlaps `a.b`.
+        const restricted = bus.client('restricted', { subscribe: { deny: ['a.b'] } });
+        interface Live {
+          readonly sub: Subscription<number>;
+          readonly pattern: string;
+          readonly queue: string | undefined;
+          readonly restricted: boolean;
+          readonly got: number[];
+        }
+        let live: Live[] = [];
+        const all: Live[] = [];
+        const want = new Map<Live, number[]>();
+        const groupCopies: number[] = [];
+        let published = 0;
+        for (const op of ops) {
+          if (op.kind === 'subscribe') {
+            if (op.restricted && matches(op.pattern, 'a.b') && !op.pattern.includes('*') && !op.pattern.includes('>')) {
+              continue; // the literal denied subject itself: refused at subscribe
+            }
+            const got: number[] = [];
+            const client = op.restricted ? restricted : bus;
+            const sub = client.subscribe<number>(op.pattern, {
+              queue: op.queue,
+              callback: (env) => void got.push(env.data),
+            });
+            const entry = { sub, pattern: op.pattern, queue: op.queue, restricted: op.restricted, got };
+            live.push(entry);
+            all.push(entry);
+            want.set(entry, []);
+          } else if (op.kind === 'unsubscribe') {
+            const entry = live[op.pick % Math.max(live.length, 1)];
+            if (entry === undefined) continue;
+            entry.sub.unsubscribe();
+            live = live.filter((e) => e !== entry);
+          } else {
+            const n = published++;
+            const takes = (e: Live) => matches(e.pattern, op.subject) && !(e.restricted && op.subject === 'a.b');
+            for (const e of live) if (e.queue === undefined && takes(e)) want.get(e)?.push(n);
+            groupCopies[n] = live.some((e) => e.queue !== undefined && takes(e)) ? 1 : 0;
+            expect(bus.tryPublish(op.subject, n)).toBe(true);
+          }
+        }
+        await flush();
+        for (const e of all) if (e.queue === undefined) expect(e.got).toEqual(want.get(e));
+        // The group: one copy of each message some member may receive, to a member that may.
+        const grouped = all.filter((e) => e.queue !== undefined).flatMap((e) => e.got.map((n) => [n, e] as const));
+        expect(grouped.map(([n]) => n).sort((x, y) => x - y)).toEqual(
+          groupCopies.flatMap((c, n) => (c === 1 ? [n] : [])),
+        );
+        expect(bus.telemetry.counters.published).toBe(published);
+      }),
+      { numRuns: 300 },
+    );
   });
 });

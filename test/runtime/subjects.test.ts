@@ -11,7 +11,7 @@ import {
 } from 'sluice';
 import { describe, expect, test } from 'vitest';
 // The trie is internal (the bus is its only user), so it is imported from its file.
-import { type Match, SubjectTrie } from '../../runtime/bus/subjects.ts';
+import { type Match, publishTokens, SubjectTrie } from '../../runtime/bus/subjects.ts';
 import { thrown } from './helpers.ts';
 
 function expectSubjectError(error: unknown, subject: string, rule: SubjectRule): void {
@@ -113,6 +113,35 @@ describe('subjects - validation', () => {
           rule,
         );
     }
+  });
+
+  test('publishTokens, the check on a match-cache miss, agrees with validateSubject for publishing', () => {
+    // The same tokens, or the same error: class, rule, subject and message.
+    const outcome = (check: () => string[]) => {
+      try {
+        return check();
+      } catch (error) {
+        expect(error).toBeInstanceOf(SubjectError);
+        const { rule, subject, message } = error as SubjectError;
+        return { rule, subject, message };
+      }
+    };
+    const agree = (subject: string) => {
+      expect(outcome(() => publishTokens(subject))).toEqual(outcome(() => validateSubject(subject, 'publish')));
+    };
+    for (const [subject] of cases) agree(subject);
+    for (const [, subject] of longCases) agree(subject);
+    for (const subject of ['a'.repeat(3999), `${'a.'.repeat(1999)}ab`, `${'a.'.repeat(2000)}a`, 'a.\x7f', 'a.~']) {
+      agree(subject);
+    }
+    // Characters on both sides of each rule: the dot, the wildcards, white space and the rest of
+    // the control characters, DEL, Latin-1, BMP and astral characters, and lone surrogates.
+    const char = fc.constantFrom(...'ab.*>~ !\t\n\r\f\v\u0000\u001f\u007f\u0080é€😀'.split(''), '\ud800', '\udfff');
+    fc.assert(
+      fc.property(fc.array(char, { maxLength: 12 }), (chars) => agree(chars.join(''))),
+      { numRuns: 3000 },
+    );
+    for (const value of [undefined, null, 7, {}]) agree(value as unknown as string);
   });
 
   test.each(longCases)(
