@@ -29,6 +29,7 @@ import {
 } from './config.ts';
 import { GroupCoordinator } from './groupCoordinator.ts';
 import {
+  abortedBatches,
   type FetchResponse,
   orderingKey,
   Partition,
@@ -233,6 +234,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
   readonly #commitMode: 'source' | 'sink';
   readonly #commitIntervalMs: number;
   readonly #isolation: number;
+  readonly #readCommitted: boolean;
   readonly #sessionTimeoutMs: number;
   readonly #heartbeatIntervalMs: number;
   readonly #maxWaitMs: number;
@@ -315,6 +317,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
       ['read_committed', 'read_uncommitted'],
       'read_committed',
     );
+    this.#readCommitted = isolation === 'read_committed';
     this.#isolation =
       isolation === 'read_committed' ? FetchIsolationLevels.READ_COMMITTED : FetchIsolationLevels.READ_UNCOMMITTED;
     this.#sessionTimeoutMs = positive(`${where}.sessionTimeoutMs`, options.sessionTimeoutMs, 10_000);
@@ -853,11 +856,12 @@ export class KafkaSource<T = unknown> implements Source<T> {
         }
         const batches = r.records as RecordsBatch[] | undefined;
         if (batches === undefined || batches.length === 0) continue;
+        const aborted = this.#readCommitted ? abortedBatches(r.abortedTransactions, batches) : undefined;
         let next = from;
         for (const batch of batches) {
           const last = Number(batch.firstOffset) + batch.lastOffsetDelta;
           if (last + 1 > next) next = last + 1;
-          if ((batch.attributes & IS_CONTROL) !== 0) continue;
+          if ((batch.attributes & IS_CONTROL) !== 0 || aborted?.has(batch)) continue;
           const first = Number(batch.firstOffset);
           for (const rec of batch.records) {
             const offset = first + rec.offsetDelta;

@@ -5,14 +5,20 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { Admin, consumerGroupChannel } from '@platformatic/kafka';
+import {
+  Admin,
+  consumerGroupChannel,
+  Producer,
+  producerTransactionsChannel,
+  stringSerializers,
+} from '@platformatic/kafka';
 import { map } from 'rxjs';
 import { actor, createRuntime, MemoryStore, type Runtime, sinkActor } from 'sluice';
 import { type KafkaSink, type KafkaSource, kafkaSink, kafkaSource } from 'sluice/connectors/kafka';
 import { mapAsync } from 'sluice/operators';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { type KafkaBroker, kafkaMissing, startKafka } from '../services/kafka/broker.ts';
-import { createTopic, eventually, produce, readTopic } from './kafkaHelpers.ts';
+import { createTopic, eventually, produce, readTopic, readWithKcat } from './kafkaHelpers.ts';
 
 const skip = kafkaMissing('the Kafka connector tests');
 const kcatMissing = missingKcat();
@@ -297,6 +303,9 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       // One transaction holds both records when the bug is there: the settle time sees the second.
       const out = await readTopic(broker.bootstrap, 'fence-out', { expected: 1, readCommitted: true, settleMs: 500 });
       expect(out.map((r) => JSON.parse(r.value))).toEqual([{ p: Number(mine.split(':')[1]), stage: 'new' }]);
+      // The aborted transaction's record is in the log: read_committed readers skip it.
+      const log = await readWithKcat(broker.bootstrap, 'fence-out', 'read_uncommitted');
+      expect(log.map((r) => JSON.parse(r.value).stage)).toContain('stale');
       expect(sink.stats.skipped).toBe(1);
     } finally {
       consumerGroupChannel.start.unsubscribe(onStart);
@@ -306,6 +315,91 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       await rtB.stop();
       await sink.close();
     }
+  }, 60_000);
+
+  test('read_committed: the source publishes no record of an aborted transaction, as kcat; read_uncommitted shows they are in the log', async () => {
+    // The broker hands a read_committed fetch the aborted records with the list of aborted
+    // transactions; the reader filters. Three cases the client's own filter let through:
+    // p0, one producer aborting twice in one fetch; p1, an aborted transaction larger than one
+    // fetch (its abort marker in a later response); p2, two producers' aborted transactions that
+    // end in the other order than they began (the broker lists them by end).
+    await createTopic(broker.bootstrap, 'ab-in', 3);
+    const producer = (id: string) =>
+      new Producer({
+        clientId: id,
+        bootstrapBrokers: [broker.bootstrap],
+        serializers: stringSerializers,
+        idempotent: true,
+        transactionalId: id,
+      });
+    const x = producer('ab-x');
+    const y = producer('ab-y');
+    const begin = (p: typeof x) => p.beginTransaction({ producerId: -1n, producerEpoch: -1 });
+    const send = async (t: Awaited<ReturnType<typeof begin>>, partition: number, values: readonly string[]) => {
+      for (let i = 0; i < values.length; i += 40)
+        await t.send({
+          messages: values.slice(i, i + 40).map((v) => ({ topic: 'ab-in', partition, value: JSON.stringify(v) })),
+        });
+    };
+    const once = async (p: typeof x, partition: number, values: readonly string[], commit: boolean) => {
+      const t = await begin(p);
+      await send(t, partition, values);
+      await (commit ? t.commit() : t.abort());
+    };
+    try {
+      await once(x, 0, ['p0-aborted-1'], false);
+      await once(x, 0, ['p0-committed-1'], true);
+      await once(x, 0, ['p0-aborted-2'], false);
+      await once(x, 0, ['p0-committed-2'], true);
+      const big = 'x'.repeat(10_000);
+      await once(
+        x,
+        1,
+        range(200).map((i) => `p1-aborted-${i}-${big}`),
+        false,
+      );
+      await once(x, 1, ['p1-committed'], true);
+      const tx = await begin(x);
+      await send(tx, 2, ['p2-aborted-x']);
+      const ty = await begin(y);
+      await send(ty, 2, ['p2-aborted-y']);
+      await ty.abort();
+      await send(tx, 2, ['p2-aborted-x-2']);
+      await tx.abort();
+      await once(y, 2, ['p2-committed'], true);
+    } finally {
+      await x.close();
+      await y.close();
+    }
+    const committed = ['p0-committed-1', 'p0-committed-2', 'p1-committed', 'p2-committed'];
+    const all = (await readWithKcat(broker.bootstrap, 'ab-in', 'read_uncommitted')).map((r) => JSON.parse(r.value));
+    expect(all).toHaveLength(committed.length + 205);
+    const kcat = (await readWithKcat(broker.bootstrap, 'ab-in', 'read_committed')).map((r) => JSON.parse(r.value));
+    expect(kcat.sort()).toEqual(committed);
+
+    const source = kafkaSource<string>({ connection: { brokers: [broker.bootstrap] }, groupId: 'ab', topics: 'ab-in' });
+    const seen: string[] = [];
+    const runtime = createRuntime();
+    runtime.spawn(
+      actor<string, never>({
+        name: 'ab',
+        subscribe: source.ref,
+        handle: (env) => void seen.push(env.data.slice(0, 20)),
+      }),
+    );
+    await source.start(runtime);
+    try {
+      // Each partition's committed records come after its aborted ones: seen last.
+      await eventually(
+        () => committed.every((v) => seen.includes(v)) && source.lag().messages === 0,
+        20_000,
+        'the committed records of ab-in',
+      );
+    } finally {
+      await source.close();
+      await runtime.stop();
+    }
+    expect(seen.sort()).toEqual(committed);
   }, 60_000);
 
   test('a broker restart mid-stream: the source and the sink go on, nothing is lost', async () => {
