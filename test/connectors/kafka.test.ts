@@ -13,7 +13,7 @@ import {
   stringSerializers,
 } from '@platformatic/kafka';
 import { map } from 'rxjs';
-import { actor, createRuntime, MemoryStore, type Runtime, sinkActor } from 'sluice';
+import { actor, ConnectorError, createRuntime, MemoryStore, type Runtime, sinkActor } from 'sluice';
 import { type KafkaSink, type KafkaSource, kafkaSink, kafkaSource } from 'sluice/connectors/kafka';
 import { mapAsync } from 'sluice/operators';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -401,6 +401,63 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     }
     expect(seen.sort()).toEqual(committed);
   }, 60_000);
+
+  test('a transaction that cannot be ended: the sink fails the write with a ConnectorError, replaces its producer and goes on; read_committed never sees the aborted records', async () => {
+    await createTopic(broker.bootstrap, 'te-out', 1);
+    // Few short retries: a request to the frozen broker fails in seconds.
+    const connection = { brokers: [broker.bootstrap], retries: 1, retryDelayMs: 100, requestTimeoutMs: 2_000 };
+    const sink = await kafkaSink<{ n: number; pad?: string }>({
+      connection,
+      // A record too large for the broker fails the write after the others of its request were written.
+      topic: (r) => (r.value.pad === undefined ? 'te-out' : 'te-big'),
+      mode: 'transactional',
+      transactionalId: 'te',
+      logger: quiet,
+    });
+    const record = (n: number, pad?: string) => ({
+      key: `te/${n}`,
+      value: pad === undefined ? { n } : { n, pad },
+      revision: undefined,
+      envelope: undefined,
+    });
+    // Frozen at the abort: the abort goes unanswered.
+    const onAbort = (message: unknown) => {
+      if ((message as { operation?: string }).operation === 'abort') broker.pause();
+    };
+    try {
+      await sink.write([record(1)]);
+      producerTransactionsChannel.start.subscribe(onAbort);
+      let failed: unknown;
+      await sink.write([record(2), record(99, 'x'.repeat(2 << 20))]).catch((e: unknown) => void (failed = e));
+      producerTransactionsChannel.start.unsubscribe(onAbort);
+      broker.resume();
+      expect(failed).toBeInstanceOf(ConnectorError);
+      expect((failed as ConnectorError).retryable).toBe(true);
+      expect((failed as Error).message).toMatch(/could not be ended.*its abort failed/);
+      expect(sink.stats.producersReplaced).toBe(1);
+      // Without the replacement the client refused every later transaction ("There is already an
+      // active transaction"). The new producer's registration aborts the one left open.
+      await sink.write([record(3)]);
+
+      // Frozen before a transaction begins: the begin fails and leaves the client's transaction too.
+      broker.pause();
+      let unbegun: unknown;
+      await sink.write([record(4)]).catch((e: unknown) => void (unbegun = e));
+      broker.resume();
+      expect(unbegun).toBeInstanceOf(ConnectorError);
+      expect(sink.stats.producersReplaced).toBe(2);
+      await sink.write([record(5)]);
+    } finally {
+      producerTransactionsChannel.start.unsubscribe(onAbort);
+      broker.resume();
+      await sink.close();
+    }
+    const committed = await readTopic(broker.bootstrap, 'te-out', { expected: 3, settleMs: 500 });
+    expect(committed.map((r) => JSON.parse(r.value).n)).toEqual([1, 3, 5]);
+    // Record 2 was written in the transaction left open: in the log, aborted.
+    const log = await readWithKcat(broker.bootstrap, 'te-out', 'read_uncommitted');
+    expect(log.map((r) => JSON.parse(r.value).n)).toEqual([1, 2, 3, 5]);
+  }, 90_000);
 
   test('a broker restart mid-stream: the source and the sink go on, nothing is lost', async () => {
     const N = 2000;

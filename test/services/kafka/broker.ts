@@ -86,6 +86,13 @@ export interface KafkaBroker {
   stop(graceMs?: number): Promise<void>;
   /** SIGKILL, as a crash. */
   kill(): Promise<void>;
+  /**
+   * SIGSTOP, at once (synchronous, so a diagnostics-channel subscriber can freeze the broker
+   * before the request it sees is written): connections stay open and requests go unanswered.
+   */
+  pause(): void;
+  /** SIGCONT after `pause`. */
+  resume(): void;
   /** Starts again on the same storage and ports (after `stop` or `kill`, or stops it first). */
   restart(): Promise<void>;
   /** Stops and removes the storage. */
@@ -457,6 +464,7 @@ class Broker implements KafkaBroker {
   async stop(graceMs = 15_000): Promise<void> {
     const child = this.#child;
     if (child === undefined || !this.running) return;
+    child.kill('SIGCONT');
     child.kill('SIGTERM');
     const killer = setTimeout(() => child.kill('SIGKILL'), graceMs);
     await this.#exited;
@@ -468,6 +476,14 @@ class Broker implements KafkaBroker {
     if (child === undefined || !this.running) return;
     child.kill('SIGKILL');
     await this.#exited;
+  }
+
+  pause(): void {
+    if (this.running) this.#child?.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    if (this.running) this.#child?.kill('SIGCONT');
   }
 
   async restart(): Promise<void> {
