@@ -123,6 +123,8 @@ export interface KafkaSourceStats {
   /** Settlements that failed (the record is published again). */
   readonly failed: number;
   readonly commits: number;
+  /** Source commits that failed: refused for a stale generation, or the broker unreachable. */
+  readonly commitsRefused: number;
   readonly rebalances: number;
   /** Records of partitions taken away while in flight: their outcome no longer counts here. */
   readonly released: number;
@@ -274,6 +276,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
     settled: 0,
     failed: 0,
     commits: 0,
+    commitsRefused: 0,
     rebalances: 0,
     released: 0,
     deadLettered: 0,
@@ -539,7 +542,11 @@ export class KafkaSource<T = unknown> implements Source<T> {
     if (this.#commitMode === 'sink') return;
     while (this.#committing !== undefined) await this.#committing;
     const consumer = this.#consumer;
-    if (consumer === undefined) return;
+    const coordinator = this.#coordinator;
+    // Between a JoinGroup answer and the source taking that generation's partitions there is no
+    // generation to name: the floors go with the next commit.
+    const applied = this.#applied;
+    if (consumer === undefined || coordinator === undefined || applied === undefined) return;
     const offsets: {
       topic: string;
       partition: number;
@@ -562,22 +569,17 @@ export class KafkaSource<T = unknown> implements Source<T> {
         });
     }
     if (offsets.length === 0) return;
-    this.#committing = consumer
-      .commit({
-        offsets: offsets.map(({ topic, partition, offset, leaderEpoch }) => ({
-          topic,
-          partition,
-          offset,
-          leaderEpoch,
-        })),
-      })
+    this.#committing = coordinator
+      .commit(applied.generationId, applied.memberId, offsets)
       .then(
         () => {
           this.#stats.commits++;
           for (const o of offsets) if (o.floor > o.part.ledger.committed) o.part.ledger.committed = o.floor;
         },
         (error: unknown) => {
-          // A rebalance or a broker restart: the next commit carries the same floors.
+          // A rebalance (the generation is stale: refused) or a broker restart: the next commit,
+          // under the generation the source takes next, carries the floors still held.
+          this.#stats.commitsRefused++;
           this.#log.warn(`kafka source '${this.name}' could not commit offsets: ${messageOf(error)}`);
         },
       )

@@ -317,6 +317,78 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     }
   }, 60_000);
 
+  test('commit by the source names the generation whose partitions it holds: a member dropped from the group does not commit its old floors with the new generation', async () => {
+    const N = 400;
+    await createTopic(broker.bootstrap, 'sc-in', 2);
+    await produce(
+      broker.bootstrap,
+      'sc-in',
+      range(N).map((i) => ({ key: `k${i}`, value: { i } })),
+    );
+    const connection = { brokers: [broker.bootstrap] };
+    // a hears of being dropped only at its next heartbeat, seconds later; it commits only when told.
+    const a = kafkaSource<Order>({
+      connection,
+      groupId: 'sc',
+      topics: 'sc-in',
+      heartbeatIntervalMs: 10_000,
+      sessionTimeoutMs: 30_000,
+      commitIntervalMs: 600_000,
+      maxPendingPerPartition: 10,
+    });
+    const rtA = createRuntime();
+    let handled = 0;
+    let release: () => void = () => undefined;
+    const stuck = new Promise<void>((r) => {
+      release = r;
+    });
+    // a handles 50 records, then holds the next ones: its floors stay low.
+    rtA.spawn(
+      actor<Order, never>({
+        name: 'sc-a',
+        subscribe: a.ref,
+        handle: async () => {
+          if (++handled > 50) await stuck;
+        },
+      }),
+    );
+    await a.start(rtA);
+    const consumer = a.membership()?.consumer;
+    const memberId = a.membership()?.memberId as string;
+    await eventually(() => handled > 50, 20_000, 'a handled 50 records');
+    await new Promise((resolve) => consumer?.once('consumer:heartbeat:end', resolve));
+    const admin = new Admin({ clientId: 'test-admin', bootstrapBrokers: [broker.bootstrap] });
+    try {
+      await admin.removeMembersFromConsumerGroup({ groupId: 'sc', members: [{ memberId }] });
+    } finally {
+      await admin.close();
+    }
+    // b takes both partitions, reads to the end, commits and leaves.
+    const b = kafkaSource<Order>({ connection, groupId: 'sc', topics: 'sc-in' });
+    const rtB = createRuntime();
+    rtB.spawn(actor<Order, never>({ name: 'sc-b', subscribe: b.ref, handle: () => undefined }));
+    try {
+      await b.start(rtB);
+      await eventually(() => b.stats.settled === N, 20_000, 'b at the end');
+      await b.close();
+      expect(await groupOffsets('sc', 'sc-in')).toBe(N);
+      // a has not heard yet: its commit names its old generation, which the broker refuses. The
+      // client's own commit joined the group again and committed a's floors (about 50) with the
+      // new generation, moving the group back over what b had done.
+      expect(a.membership()?.memberId).toBe(memberId);
+      await a.commit();
+      expect(a.stats.commitsRefused).toBe(1);
+      expect(a.stats.commits).toBe(0);
+      expect(await groupOffsets('sc', 'sc-in')).toBe(N);
+    } finally {
+      release();
+      await a.close(1_000);
+      await b.close();
+      await rtA.stop();
+      await rtB.stop();
+    }
+  }, 60_000);
+
   test('read_committed: the source publishes no record of an aborted transaction, as kcat; read_uncommitted shows they are in the log', async () => {
     // The broker hands a read_committed fetch the aborted records with the list of aborted
     // transactions; the reader filters. Three cases the client's own filter let through:
