@@ -126,6 +126,8 @@ export interface KafkaSourceStats {
   /** Source commits that failed: refused for a stale generation, or the broker unreachable. */
   readonly commitsRefused: number;
   readonly rebalances: number;
+  /** Assignments that failed to be taken (their start offsets unread) and were taken again. */
+  readonly assignmentRetries: number;
   /** Records of partitions taken away while in flight: their outcome no longer counts here. */
   readonly released: number;
   readonly deadLettered: number;
@@ -253,6 +255,8 @@ export class KafkaSource<T = unknown> implements Source<T> {
   /** No more fetching or publishing: the source is closing. */
   #stopping = false;
   #started = false;
+  /** `start()` has finished: a failed assignment is retried instead of failing it. */
+  #running = false;
   /** Between a rebalance starting and the new assignment being taken. */
   #rebalancing = false;
   #generation = -1;
@@ -278,6 +282,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
     commits: 0,
     commitsRefused: 0,
     rebalances: 0,
+    assignmentRetries: 0,
     released: 0,
     deadLettered: 0,
     skipped: 0,
@@ -501,7 +506,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
         memberId: payload.memberId ?? null,
         assignments: payload.assignments ?? consumer.assignments ?? [],
       };
-      this.#assigning = this.#assigning.then(() => this.#assigned(joined));
+      this.#queueAssignment(joined, 1);
     });
     consumer.on('error', (error: unknown) => {
       this.#health?.error(error);
@@ -527,6 +532,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
       counters: () => this.#stats,
     });
     this.#health?.connected();
+    this.#running = true;
     if (this.#commitMode === 'source') {
       this.#commitTimer = setInterval(() => void this.commit(), this.#commitIntervalMs);
       this.#commitTimer.unref();
@@ -691,6 +697,37 @@ export class KafkaSource<T = unknown> implements Source<T> {
     for (const part of this.#partitions.values())
       if (part.buffered.length > 0 || part.ready.length > 0) void this.#pump(part);
     this.#wake?.();
+  }
+
+  /**
+   * Takes a generation's assignment after those queued before it. One that fails (the start
+   * offsets could not be read: a broker restart, a coordinator moving) is taken again after a
+   * pause while the client is still in that generation; a later generation's assignment, queued
+   * behind it, replaces it. Before, the failure rejected the queue, every later assignment was
+   * chained to the rejection and never ran, and the source fetched nothing again while the client
+   * went on heartbeating as a member holding its partitions. Taken again rather than joining the
+   * group again: the assignment is still this member's, and a join would move every member's
+   * partitions for a failure of one. At start, the failure fails `start()`.
+   */
+  #queueAssignment(joined: Joined, attempt: number): void {
+    this.#assigning = this.#assigning
+      .then(() => this.#assigned(joined))
+      .catch((error: unknown) => {
+        if (!this.#running) throw error;
+        // Taken again as a new generation, not skipped as the one already applied.
+        this.#generation = -1;
+        this.#stats.assignmentRetries++;
+        this.#health?.error(error);
+        const delayMs = Math.min(250 * 2 ** (attempt - 1), 10_000);
+        this.#log.warn(
+          `kafka source '${this.name}' could not take the partitions of generation ${joined.generationId} (again in ${delayMs} ms): ${messageOf(error)}`,
+        );
+        const timer = setTimeout(() => {
+          if (this.#stopping || this.#consumer?.generationId !== joined.generationId) return;
+          this.#queueAssignment(joined, attempt + 1);
+        }, delayMs);
+        timer.unref();
+      });
   }
 
   /** A partition taken away: what it buffered is dropped, what is in flight no longer counts. */

@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import {
   Admin,
   consumerGroupChannel,
+  consumerOffsetsChannel,
   Producer,
   producerTransactionsChannel,
   stringSerializers,
@@ -388,6 +389,71 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       await rtB.stop();
     }
   }, 60_000);
+
+  test('an assignment whose start offsets cannot be read is taken again: the source goes on instead of stalling', async () => {
+    await createTopic(broker.bootstrap, 'ra-in', 2);
+    // The group's coordinator found (the offsets topic made, on a fresh broker) with kafkajs's patient retries.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await groupOffsets('ra', 'ra-in');
+        break;
+      } catch (error) {
+        if (attempt >= 20) throw error;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
+    // Short retries, so reading the start offsets from a frozen broker fails in seconds (and the
+    // session outlasts it).
+    const connection = { brokers: [broker.bootstrap], retries: 1, retryDelayMs: 100, requestTimeoutMs: 3_000 };
+    const a = kafkaSource<Order>({ connection, groupId: 'ra', topics: 'ra-in', sessionTimeoutMs: 30_000 });
+    const seen = new Set<number>();
+    const rtA = createRuntime({ logger: quiet });
+    rtA.spawn(actor<Order, never>({ name: 'ra-a', subscribe: a.ref, handle: (env) => void seen.add(env.data.i) }));
+    await a.start(rtA);
+    const consumer = a.membership()?.consumer;
+    // b's JoinGroup waits for a to join again: longer than a's short requests.
+    const b = kafkaSource<Order>({ connection: { brokers: [broker.bootstrap] }, groupId: 'ra', topics: 'ra-in' });
+    const rtB = createRuntime({ logger: quiet });
+    rtB.spawn(actor<Order, never>({ name: 'ra-b', subscribe: b.ref, handle: () => undefined }));
+    let froze = false;
+    // a's consumer asks where the partition it gets back starts (no offsets committed: the
+    // earliest): the broker is frozen at that moment and thawed once the request failed.
+    const onList = (message: unknown) => {
+      const m = message as { client?: unknown; operation?: string };
+      if (froze || m.client !== consumer || m.operation !== 'listOffsets') return;
+      froze = true;
+      broker.pause();
+    };
+    const onListEnd = (message: unknown) => {
+      if ((message as { client?: unknown }).client === consumer && froze) broker.resume();
+    };
+    try {
+      await b.start(rtB);
+      await eventually(() => a.assignments.length === 1, 20_000, 'a giving b a partition');
+      consumerOffsetsChannel.start.subscribe(onList);
+      consumerOffsetsChannel.error.subscribe(onListEnd);
+      consumerOffsetsChannel.asyncEnd.subscribe(onListEnd);
+      await b.close();
+      await eventually(() => a.stats.assignmentRetries >= 1, 30_000, 'a failing to take both partitions');
+      await eventually(() => a.assignments.length === 2, 30_000, 'a taking both partitions after all');
+      expect(froze).toBe(true);
+      await produce(
+        broker.bootstrap,
+        'ra-in',
+        range(100).map((i) => ({ key: `k${i}`, value: { i } })),
+      );
+      await eventually(() => seen.size === 100, 30_000, 'a handling the records of both partitions');
+    } finally {
+      consumerOffsetsChannel.start.unsubscribe(onList);
+      consumerOffsetsChannel.error.unsubscribe(onListEnd);
+      consumerOffsetsChannel.asyncEnd.unsubscribe(onListEnd);
+      broker.resume();
+      await a.close();
+      await b.close();
+      await rtA.stop();
+      await rtB.stop();
+    }
+  }, 90_000);
 
   test('read_committed: the source publishes no record of an aborted transaction, as kcat; read_uncommitted shows they are in the log', async () => {
     // The broker hands a read_committed fetch the aborted records with the list of aborted
