@@ -257,6 +257,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
   #started = false;
   /** `start()` has finished: a failed assignment is retried instead of failing it. */
   #running = false;
+  #rejoining = false;
   /** Between a rebalance starting and the new assignment being taken. */
   #rebalancing = false;
   #generation = -1;
@@ -512,6 +513,23 @@ export class KafkaSource<T = unknown> implements Source<T> {
       this.#health?.error(error);
       this.#log.warn(`kafka source '${this.name}': ${messageOf(error)}`);
     });
+    // A heartbeat the broker did not answer (a restart, a lost connection). The client stops
+    // heartbeating after one, for good: the group drops the member at the end of its session
+    // and the client never hears of it (fetching needs no membership). So the source joins again.
+    consumer.on('consumer:heartbeat:error', (payload: { error?: unknown }) => {
+      if (this.#stopping) return;
+      this.#health?.reconnecting(payload.error);
+      void this.#rejoin();
+    });
+    // A broker's connection closed: requests to it are retried inside the client (the source sees
+    // an error only once they run out), so its state shows here. The next fetch or heartbeat that
+    // works shows connected again.
+    consumer.on('client:broker:disconnect', () => {
+      if (!this.#stopping) this.#health?.reconnecting();
+    });
+    consumer.on('consumer:heartbeat:end', () => {
+      if (!this.#rejoining) this.#health?.connected();
+    });
     consumer.topics.trackAll(...this.topics);
     try {
       await consumer.metadata({ topics: [...this.topics], autocreateTopics: true });
@@ -586,7 +604,16 @@ export class KafkaSource<T = unknown> implements Source<T> {
           // A rebalance (the generation is stale: refused) or a broker restart: the next commit,
           // under the generation the source takes next, carries the floors still held.
           this.#stats.commitsRefused++;
-          this.#log.warn(`kafka source '${this.name}' could not commit offsets: ${messageOf(error)}`);
+          // Refused for the generation the client is still in: the group dropped this member and
+          // the client, no longer heartbeating, does not know.
+          if (
+            hasApiError(error, ['UNKNOWN_MEMBER_ID', 'ILLEGAL_GENERATION']) &&
+            consumer.generationId === applied.generationId
+          )
+            void this.#rejoin();
+          this.#log.warn(
+            `kafka source '${this.name}' could not commit offsets: ${messageOf(error)}${apiErrorsOf(error)}`,
+          );
         },
       )
       .finally(() => {
@@ -730,6 +757,38 @@ export class KafkaSource<T = unknown> implements Source<T> {
       });
   }
 
+  /**
+   * Joins the group again (once at a time), until it worked or the source stops: after a failed
+   * heartbeat, and after a commit refused for a generation the client still holds (the group
+   * dropped the member without the client knowing). A member still in the group keeps its
+   * generation and partitions; one the group dropped gets a new generation and assignment, taken
+   * as any other.
+   */
+  async #rejoin(): Promise<void> {
+    if (this.#rejoining) return;
+    this.#rejoining = true;
+    try {
+      for (let delayMs = 250; !this.#stopping; delayMs = Math.min(delayMs * 2, 5_000)) {
+        const consumer = this.#consumer;
+        if (consumer === undefined) return;
+        try {
+          await consumer.joinGroup({});
+          this.#health?.connected();
+          return;
+        } catch (error) {
+          if (this.#stopping) return;
+          this.#health?.reconnecting(error);
+          this.#log.warn(
+            `kafka source '${this.name}' could not join group '${this.groupId}' again (again in ${delayMs} ms): ${messageOf(error)}`,
+          );
+          await new Promise((r) => setTimeout(r, delayMs).unref());
+        }
+      }
+    } finally {
+      this.#rejoining = false;
+    }
+  }
+
   /** A partition taken away: what it buffered is dropped, what is in flight no longer counts. */
   #release(part: Partition): void {
     part.revoked = true;
@@ -823,8 +882,10 @@ export class KafkaSource<T = unknown> implements Source<T> {
       try {
         await this.#fetch(ready);
         backoffMs = 100;
+        if (!this.#rejoining) this.#health?.connected();
       } catch (error) {
         if (this.#stopping) break;
+        this.#health?.reconnecting(error);
         this.#log.warn(`kafka source '${this.name}' fetch failed (retrying in ${backoffMs} ms): ${messageOf(error)}`);
         await new Promise((r) => setTimeout(r, backoffMs).unref());
         backoffMs = Math.min(backoffMs * 2, 5_000);
@@ -1025,6 +1086,26 @@ export class KafkaSource<T = unknown> implements Source<T> {
     }
     lineage.release();
   }
+}
+
+/** The broker's error names (`apiId`) in the client's error and the errors inside it. */
+function apiErrors(error: unknown, out = new Set<string>(), depth = 0): Set<string> {
+  if (typeof error !== 'object' || error === null || depth > 4) return out;
+  const e = error as { apiId?: unknown; errors?: unknown; cause?: unknown };
+  if (typeof e.apiId === 'string') out.add(e.apiId);
+  if (Array.isArray(e.errors)) for (const inner of e.errors) apiErrors(inner, out, depth + 1);
+  return apiErrors(e.cause, out, depth + 1);
+}
+
+function hasApiError(error: unknown, ids: readonly string[]): boolean {
+  const found = apiErrors(error);
+  return ids.some((id) => found.has(id));
+}
+
+/** ` (NAME, ...)` for a log line, or nothing. */
+function apiErrorsOf(error: unknown): string {
+  const found = apiErrors(error);
+  return found.size === 0 ? '' : ` (${[...found].join(', ')})`;
 }
 
 /** The narrowest pattern matching every subject: shared leading tokens, then `>`. */

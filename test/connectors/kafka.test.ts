@@ -612,6 +612,13 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     const runtime = pipeline(source, sink, 'rs', seen);
     await source.start(runtime);
     await eventually(() => sink.stats.written >= 200, 20_000, 'some records written before the restart');
+    // The source's connection state in the runtime's status, through the restart.
+    const connection$ = () => runtime.status().sources.find((x) => x.name === source.name)?.connection;
+    const states = [connection$()];
+    const poll = setInterval(() => {
+      const c = connection$();
+      if (states.at(-1) !== c) states.push(c);
+    }, 2);
     await broker.restart();
     await produce(
       broker.bootstrap,
@@ -623,6 +630,14 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       45_000,
       'every record handled and settled after the restart',
     );
+    await eventually(() => connection$() === 'connected', 20_000, 'connected again');
+    clearInterval(poll);
+    expect(states).toEqual(['connected', 'reconnecting', 'connected']);
+    expect(runtime.status().sources[0]?.reconnects).toBe(1);
+    // Still a member of the group (the client stops heartbeating after a failed heartbeat, and
+    // the group drops it): the source's commits are taken.
+    await source.commit();
+    expect(await groupOffsets('rs', 'rs-in')).toBe(N);
     await source.close();
     await runtime.stop();
     await sink.close();

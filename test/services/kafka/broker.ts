@@ -10,7 +10,8 @@
  * - {@link startKafka}: formats the storage (`kafka.tools.StorageTool`, inside kafka_2.13.jar, also
  *   adds SCRAM users), starts `kafka.Kafka` with -Xmx512m and waits for "Kafka Server started".
  *   `stop()` sends SIGTERM (SIGKILL after a bound), `restart()` starts again on the same storage
- *   and ports, `kill()` sends SIGKILL at once, `close()` stops and removes the storage.
+ *   and ports, `kill()` sends SIGKILL at once, `pause()`/`resume()` send SIGSTOP/SIGCONT (a broker
+ *   that stops answering, its connections open), `close()` stops and removes the storage.
  *
  * The offsets and transaction-state topics get 1 partition and replication factor 1 and the
  * first rebalance no delay, so a group join or a first transaction takes milliseconds, not seconds.
