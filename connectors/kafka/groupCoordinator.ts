@@ -1,4 +1,4 @@
-import { Connection, type Consumer, offsetFetchV9 } from '@platformatic/kafka';
+import { Connection, type Consumer, offsetCommitV9, offsetFetchV9 } from '@platformatic/kafka';
 import { ConnectorError } from '../../runtime/errors.ts';
 import type { ClientConnection } from './config.ts';
 
@@ -61,6 +61,45 @@ export class GroupCoordinator {
     const held = this.#held;
     this.#held = undefined;
     held?.then((c) => c.close()).catch(() => undefined);
+  }
+
+  /**
+   * Commits offsets naming `generationId` and `memberId`: the generation whose partitions the
+   * source holds, not the client's latest. The broker checks the generation, not the partitions,
+   * and the client's own commit names whatever generation it has at that moment, and after
+   * ILLEGAL_GENERATION or UNKNOWN_MEMBER_ID joins again and commits the same offsets with the new
+   * one: floors of partitions another member may own by then, moving that member's offsets back.
+   * A stale generation is refused by the broker (the error is thrown).
+   */
+  async commit(
+    generationId: number,
+    memberId: string,
+    offsets: readonly { topic: string; partition: number; offset: bigint; leaderEpoch: number }[],
+  ): Promise<void> {
+    const byTopic = new Map<string, offsetCommitV9.OffsetCommitRequestPartition[]>();
+    for (const o of offsets) {
+      let list = byTopic.get(o.topic);
+      if (list === undefined) byTopic.set(o.topic, (list = []));
+      list.push({
+        partitionIndex: o.partition,
+        committedOffset: o.offset,
+        committedLeaderEpoch: o.leaderEpoch,
+        committedMetadata: null,
+      });
+    }
+    try {
+      await offsetCommitV9.api.async(
+        await this.connection(),
+        this.#groupId,
+        generationId,
+        memberId,
+        null,
+        [...byTopic].map(([name, partitions]) => ({ name, partitions })),
+      );
+    } catch (error) {
+      this.drop();
+      throw error;
+    }
   }
 
   /**

@@ -98,9 +98,55 @@ export interface FetchResponse {
       readonly errorCode: number;
       readonly highWatermark: bigint;
       readonly logStartOffset: bigint;
+      readonly abortedTransactions?: readonly AbortedTransaction[];
       readonly records?: RecordsBatch[];
     }[];
   }[];
+}
+
+/** A transaction the broker says was aborted, overlapping a read_committed fetch's range. */
+export interface AbortedTransaction {
+  readonly producerId: bigint;
+  readonly firstOffset: bigint;
+}
+
+const IS_TRANSACTIONAL = 1 << 4;
+const IS_CONTROL_BATCH = 1 << 5;
+
+/**
+ * The batches of a read_committed fetch that belong to aborted transactions, found as Kafka's
+ * Java consumer does: the aborted transactions in order of their first offset, each producer's
+ * transactional batches skipped from that offset until its abort marker. The broker returns
+ * aborted records (up to the last stable offset) and leaves the filtering to the client; the
+ * client's own filter keeps one range per producer (a second aborted transaction of the same
+ * producer in one response hides the first) and skips nothing when the abort marker is beyond the
+ * response (an aborted transaction larger than one fetch), and the broker lists the transactions
+ * in the order they ended, not began.
+ */
+export function abortedBatches(
+  aborted: readonly AbortedTransaction[] | undefined,
+  batches: readonly RecordsBatch[],
+): Set<RecordsBatch> | undefined {
+  if (aborted === undefined || aborted.length === 0) return undefined;
+  const queue = [...aborted].sort((a, b) =>
+    a.firstOffset < b.firstOffset ? -1 : a.firstOffset > b.firstOffset ? 1 : 0,
+  );
+  const open = new Set<bigint>();
+  const out = new Set<RecordsBatch>();
+  let next = 0;
+  for (const batch of batches) {
+    const last = batch.firstOffset + BigInt(batch.lastOffsetDelta);
+    for (; next < queue.length && (queue[next] as AbortedTransaction).firstOffset <= last; next++)
+      open.add((queue[next] as AbortedTransaction).producerId);
+    if ((batch.attributes & IS_CONTROL_BATCH) !== 0) {
+      // An abort marker's key is version (int16) then type (int16): 0 aborts, 1 commits.
+      const key = batch.records[0]?.key;
+      if (key != null && key.length >= 4 && key.readInt16BE(2) === 0) open.delete(batch.producerId);
+      continue;
+    }
+    if ((batch.attributes & IS_TRANSACTIONAL) !== 0 && open.has(batch.producerId)) out.add(batch);
+  }
+  return out;
 }
 
 /** Whether `offset` is in the sorted runs; drops the runs below it, which are passed for good. */

@@ -70,6 +70,8 @@ export interface KafkaSinkStats {
   readonly skipped: number;
   readonly transactions: number;
   readonly aborted: number;
+  /** Transactional producers dropped because a failed transaction could not be ended. */
+  readonly producersReplaced: number;
 }
 
 const sinkKeys = optionKeys<keyof KafkaSinkOptions>({
@@ -136,9 +138,10 @@ export class KafkaSink<T = unknown> implements Sink<T> {
   readonly #log: Logger;
   #producer: Producer<string | undefined, Buffer, string, string> | undefined;
   #closed = false;
+  #opened = false;
   /** One write at a time: a transactional producer holds one transaction, and lanes share the sink. */
   #queue: Promise<void> = Promise.resolve();
-  readonly #stats = { batches: 0, written: 0, skipped: 0, transactions: 0, aborted: 0 };
+  readonly #stats = { batches: 0, written: 0, skipped: 0, transactions: 0, aborted: 0, producersReplaced: 0 };
   readonly #recent = new Set<string>();
 
   constructor(options: KafkaSinkOptions<T>) {
@@ -188,8 +191,13 @@ export class KafkaSink<T = unknown> implements Sink<T> {
 
   /** Connects the producer (and, transactional, registers its id, fencing an older producer of it). */
   async open(): Promise<void> {
+    await probeConnection(this.name, this.#connection);
+    this.#producer = await this.#connect();
+    this.#opened = true;
+  }
+
+  async #connect(): Promise<Producer<string | undefined, Buffer, string, string>> {
     const c = this.#connection;
-    await probeConnection(this.name, c);
     const producer = new Producer<string | undefined, Buffer, string, string>({
       clientId: c.clientId,
       bootstrapBrokers: c.bootstrapBrokers,
@@ -232,7 +240,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       await producer.close().catch(() => undefined);
       throw connectorError(this.name, c, 'connecting the producer', error);
     }
-    this.#producer = producer;
+    return producer;
   }
 
   write(records: readonly SinkRecord<T>[]): Promise<void> {
@@ -243,8 +251,11 @@ export class KafkaSink<T = unknown> implements Sink<T> {
   }
 
   async #write(records: readonly SinkRecord<T>[]): Promise<void> {
+    if (this.#closed || !this.#opened) throw new ClosedError(this.name, 'the sink is not open');
+    // Dropped after a transaction that could not be ended: a new one, whose registration fences
+    // the old producer and aborts its transaction.
+    this.#producer ??= await this.#connect();
     const producer = this.#producer;
-    if (producer === undefined || this.#closed) throw new ClosedError(this.name, 'the sink is not open');
     this.#stats.batches++;
     if (this.mode === 'transactional') return this.#transaction(producer, records);
     let todo = records;
@@ -334,7 +345,27 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       await tx.commit();
     } catch (error) {
       this.#stats.aborted++;
-      if (tx !== undefined && !tx.completed) await tx.abort().catch(() => undefined);
+      let abortError: unknown;
+      if (tx !== undefined && !tx.completed) await tx.abort().catch((e: unknown) => void (abortError = e));
+      // The client keeps a transaction it could not end (or begin) as the active one and refuses
+      // every later one ("There is already an active transaction"): the producer is dropped and
+      // the next write makes a new one. Its InitProducerId under the same transactional id bumps
+      // the epoch, so the broker aborts the transaction left open and fences the old producer
+      // (a late request of it is refused) before anything is written again.
+      if (abortError !== undefined || producer.transaction !== undefined) {
+        this.#stats.producersReplaced++;
+        this.#producer = undefined;
+        await producer.close().catch(() => undefined);
+        const reason =
+          abortError === undefined
+            ? messageOf(error)
+            : `${messageOf(error)}; its abort failed: ${messageOf(abortError)}`;
+        throw new ConnectorError(
+          this.name,
+          `a transaction of ${todo.length} records failed and could not be ended (${reason}): the transactional producer is replaced at the next write, which aborts the transaction on the broker`,
+          { cause: error, retryable: true },
+        );
+      }
       throw connectorError(this.name, this.#connection, `a transaction of ${todo.length} records`, error);
     }
     this.#stats.transactions++;

@@ -29,6 +29,7 @@ import {
 } from './config.ts';
 import { GroupCoordinator } from './groupCoordinator.ts';
 import {
+  abortedBatches,
   type FetchResponse,
   orderingKey,
   Partition,
@@ -122,7 +123,11 @@ export interface KafkaSourceStats {
   /** Settlements that failed (the record is published again). */
   readonly failed: number;
   readonly commits: number;
+  /** Source commits that failed: refused for a stale generation, or the broker unreachable. */
+  readonly commitsRefused: number;
   readonly rebalances: number;
+  /** Assignments that failed to be taken (their start offsets unread) and were taken again. */
+  readonly assignmentRetries: number;
   /** Records of partitions taken away while in flight: their outcome no longer counts here. */
   readonly released: number;
   readonly deadLettered: number;
@@ -233,6 +238,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
   readonly #commitMode: 'source' | 'sink';
   readonly #commitIntervalMs: number;
   readonly #isolation: number;
+  readonly #readCommitted: boolean;
   readonly #sessionTimeoutMs: number;
   readonly #heartbeatIntervalMs: number;
   readonly #maxWaitMs: number;
@@ -249,6 +255,9 @@ export class KafkaSource<T = unknown> implements Source<T> {
   /** No more fetching or publishing: the source is closing. */
   #stopping = false;
   #started = false;
+  /** `start()` has finished: a failed assignment is retried instead of failing it. */
+  #running = false;
+  #rejoining = false;
   /** Between a rebalance starting and the new assignment being taken. */
   #rebalancing = false;
   #generation = -1;
@@ -272,7 +281,9 @@ export class KafkaSource<T = unknown> implements Source<T> {
     settled: 0,
     failed: 0,
     commits: 0,
+    commitsRefused: 0,
     rebalances: 0,
+    assignmentRetries: 0,
     released: 0,
     deadLettered: 0,
     skipped: 0,
@@ -315,6 +326,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
       ['read_committed', 'read_uncommitted'],
       'read_committed',
     );
+    this.#readCommitted = isolation === 'read_committed';
     this.#isolation =
       isolation === 'read_committed' ? FetchIsolationLevels.READ_COMMITTED : FetchIsolationLevels.READ_UNCOMMITTED;
     this.#sessionTimeoutMs = positive(`${where}.sessionTimeoutMs`, options.sessionTimeoutMs, 10_000);
@@ -495,11 +507,28 @@ export class KafkaSource<T = unknown> implements Source<T> {
         memberId: payload.memberId ?? null,
         assignments: payload.assignments ?? consumer.assignments ?? [],
       };
-      this.#assigning = this.#assigning.then(() => this.#assigned(joined));
+      this.#queueAssignment(joined, 1);
     });
     consumer.on('error', (error: unknown) => {
       this.#health?.error(error);
       this.#log.warn(`kafka source '${this.name}': ${messageOf(error)}`);
+    });
+    // A heartbeat the broker did not answer (a restart, a lost connection). The client stops
+    // heartbeating after one, for good: the group drops the member at the end of its session
+    // and the client never hears of it (fetching needs no membership). So the source joins again.
+    consumer.on('consumer:heartbeat:error', (payload: { error?: unknown }) => {
+      if (this.#stopping) return;
+      this.#health?.reconnecting(payload.error);
+      void this.#rejoin();
+    });
+    // A broker's connection closed: requests to it are retried inside the client (the source sees
+    // an error only once they run out), so its state shows here. The next fetch or heartbeat that
+    // works shows connected again.
+    consumer.on('client:broker:disconnect', () => {
+      if (!this.#stopping) this.#health?.reconnecting();
+    });
+    consumer.on('consumer:heartbeat:end', () => {
+      if (!this.#rejoining) this.#health?.connected();
     });
     consumer.topics.trackAll(...this.topics);
     try {
@@ -521,6 +550,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
       counters: () => this.#stats,
     });
     this.#health?.connected();
+    this.#running = true;
     if (this.#commitMode === 'source') {
       this.#commitTimer = setInterval(() => void this.commit(), this.#commitIntervalMs);
       this.#commitTimer.unref();
@@ -536,7 +566,11 @@ export class KafkaSource<T = unknown> implements Source<T> {
     if (this.#commitMode === 'sink') return;
     while (this.#committing !== undefined) await this.#committing;
     const consumer = this.#consumer;
-    if (consumer === undefined) return;
+    const coordinator = this.#coordinator;
+    // Between a JoinGroup answer and the source taking that generation's partitions there is no
+    // generation to name: the floors go with the next commit.
+    const applied = this.#applied;
+    if (consumer === undefined || coordinator === undefined || applied === undefined) return;
     const offsets: {
       topic: string;
       partition: number;
@@ -559,23 +593,27 @@ export class KafkaSource<T = unknown> implements Source<T> {
         });
     }
     if (offsets.length === 0) return;
-    this.#committing = consumer
-      .commit({
-        offsets: offsets.map(({ topic, partition, offset, leaderEpoch }) => ({
-          topic,
-          partition,
-          offset,
-          leaderEpoch,
-        })),
-      })
+    this.#committing = coordinator
+      .commit(applied.generationId, applied.memberId, offsets)
       .then(
         () => {
           this.#stats.commits++;
           for (const o of offsets) if (o.floor > o.part.ledger.committed) o.part.ledger.committed = o.floor;
         },
         (error: unknown) => {
-          // A rebalance or a broker restart: the next commit carries the same floors.
-          this.#log.warn(`kafka source '${this.name}' could not commit offsets: ${messageOf(error)}`);
+          // A rebalance (the generation is stale: refused) or a broker restart: the next commit,
+          // under the generation the source takes next, carries the floors still held.
+          this.#stats.commitsRefused++;
+          // Refused for the generation the client is still in: the group dropped this member and
+          // the client, no longer heartbeating, does not know.
+          if (
+            hasApiError(error, ['UNKNOWN_MEMBER_ID', 'ILLEGAL_GENERATION']) &&
+            consumer.generationId === applied.generationId
+          )
+            void this.#rejoin();
+          this.#log.warn(
+            `kafka source '${this.name}' could not commit offsets: ${messageOf(error)}${apiErrorsOf(error)}`,
+          );
         },
       )
       .finally(() => {
@@ -688,6 +726,69 @@ export class KafkaSource<T = unknown> implements Source<T> {
     this.#wake?.();
   }
 
+  /**
+   * Takes a generation's assignment after those queued before it. One that fails (the start
+   * offsets could not be read: a broker restart, a coordinator moving) is taken again after a
+   * pause while the client is still in that generation; a later generation's assignment, queued
+   * behind it, replaces it. Before, the failure rejected the queue, every later assignment was
+   * chained to the rejection and never ran, and the source fetched nothing again while the client
+   * went on heartbeating as a member holding its partitions. Taken again rather than joining the
+   * group again: the assignment is still this member's, and a join would move every member's
+   * partitions for a failure of one. At start, the failure fails `start()`.
+   */
+  #queueAssignment(joined: Joined, attempt: number): void {
+    this.#assigning = this.#assigning
+      .then(() => this.#assigned(joined))
+      .catch((error: unknown) => {
+        if (!this.#running) throw error;
+        // Taken again as a new generation, not skipped as the one already applied.
+        this.#generation = -1;
+        this.#stats.assignmentRetries++;
+        this.#health?.error(error);
+        const delayMs = Math.min(250 * 2 ** (attempt - 1), 10_000);
+        this.#log.warn(
+          `kafka source '${this.name}' could not take the partitions of generation ${joined.generationId} (again in ${delayMs} ms): ${messageOf(error)}`,
+        );
+        const timer = setTimeout(() => {
+          if (this.#stopping || this.#consumer?.generationId !== joined.generationId) return;
+          this.#queueAssignment(joined, attempt + 1);
+        }, delayMs);
+        timer.unref();
+      });
+  }
+
+  /**
+   * Joins the group again (once at a time), until it worked or the source stops: after a failed
+   * heartbeat, and after a commit refused for a generation the client still holds (the group
+   * dropped the member without the client knowing). A member still in the group keeps its
+   * generation and partitions; one the group dropped gets a new generation and assignment, taken
+   * as any other.
+   */
+  async #rejoin(): Promise<void> {
+    if (this.#rejoining) return;
+    this.#rejoining = true;
+    try {
+      for (let delayMs = 250; !this.#stopping; delayMs = Math.min(delayMs * 2, 5_000)) {
+        const consumer = this.#consumer;
+        if (consumer === undefined) return;
+        try {
+          await consumer.joinGroup({});
+          this.#health?.connected();
+          return;
+        } catch (error) {
+          if (this.#stopping) return;
+          this.#health?.reconnecting(error);
+          this.#log.warn(
+            `kafka source '${this.name}' could not join group '${this.groupId}' again (again in ${delayMs} ms): ${messageOf(error)}`,
+          );
+          await new Promise((r) => setTimeout(r, delayMs).unref());
+        }
+      }
+    } finally {
+      this.#rejoining = false;
+    }
+  }
+
   /** A partition taken away: what it buffered is dropped, what is in flight no longer counts. */
   #release(part: Partition): void {
     part.revoked = true;
@@ -781,8 +882,10 @@ export class KafkaSource<T = unknown> implements Source<T> {
       try {
         await this.#fetch(ready);
         backoffMs = 100;
+        if (!this.#rejoining) this.#health?.connected();
       } catch (error) {
         if (this.#stopping) break;
+        this.#health?.reconnecting(error);
         this.#log.warn(`kafka source '${this.name}' fetch failed (retrying in ${backoffMs} ms): ${messageOf(error)}`);
         await new Promise((r) => setTimeout(r, backoffMs).unref());
         backoffMs = Math.min(backoffMs * 2, 5_000);
@@ -853,11 +956,12 @@ export class KafkaSource<T = unknown> implements Source<T> {
         }
         const batches = r.records as RecordsBatch[] | undefined;
         if (batches === undefined || batches.length === 0) continue;
+        const aborted = this.#readCommitted ? abortedBatches(r.abortedTransactions, batches) : undefined;
         let next = from;
         for (const batch of batches) {
           const last = Number(batch.firstOffset) + batch.lastOffsetDelta;
           if (last + 1 > next) next = last + 1;
-          if ((batch.attributes & IS_CONTROL) !== 0) continue;
+          if ((batch.attributes & IS_CONTROL) !== 0 || aborted?.has(batch)) continue;
           const first = Number(batch.firstOffset);
           for (const rec of batch.records) {
             const offset = first + rec.offsetDelta;
@@ -982,6 +1086,26 @@ export class KafkaSource<T = unknown> implements Source<T> {
     }
     lineage.release();
   }
+}
+
+/** The broker's error names (`apiId`) in the client's error and the errors inside it. */
+function apiErrors(error: unknown, out = new Set<string>(), depth = 0): Set<string> {
+  if (typeof error !== 'object' || error === null || depth > 4) return out;
+  const e = error as { apiId?: unknown; errors?: unknown; cause?: unknown };
+  if (typeof e.apiId === 'string') out.add(e.apiId);
+  if (Array.isArray(e.errors)) for (const inner of e.errors) apiErrors(inner, out, depth + 1);
+  return apiErrors(e.cause, out, depth + 1);
+}
+
+function hasApiError(error: unknown, ids: readonly string[]): boolean {
+  const found = apiErrors(error);
+  return ids.some((id) => found.has(id));
+}
+
+/** ` (NAME, ...)` for a log line, or nothing. */
+function apiErrorsOf(error: unknown): string {
+  const found = apiErrors(error);
+  return found.size === 0 ? '' : ` (${[...found].join(', ')})`;
 }
 
 /** The narrowest pattern matching every subject: shared leading tokens, then `>`. */

@@ -5,14 +5,21 @@
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { Admin, consumerGroupChannel } from '@platformatic/kafka';
+import {
+  Admin,
+  consumerGroupChannel,
+  consumerOffsetsChannel,
+  Producer,
+  producerTransactionsChannel,
+  stringSerializers,
+} from '@platformatic/kafka';
 import { map } from 'rxjs';
-import { actor, createRuntime, MemoryStore, type Runtime, sinkActor } from 'sluice';
+import { actor, ConnectorError, createRuntime, MemoryStore, type Runtime, sinkActor } from 'sluice';
 import { type KafkaSink, type KafkaSource, kafkaSink, kafkaSource } from 'sluice/connectors/kafka';
 import { mapAsync } from 'sluice/operators';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { type KafkaBroker, kafkaMissing, startKafka } from '../services/kafka/broker.ts';
-import { createTopic, eventually, produce, readTopic } from './kafkaHelpers.ts';
+import { createTopic, eventually, produce, readTopic, readWithKcat } from './kafkaHelpers.ts';
 
 const skip = kafkaMissing('the Kafka connector tests');
 const kcatMissing = missingKcat();
@@ -297,6 +304,9 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       // One transaction holds both records when the bug is there: the settle time sees the second.
       const out = await readTopic(broker.bootstrap, 'fence-out', { expected: 1, readCommitted: true, settleMs: 500 });
       expect(out.map((r) => JSON.parse(r.value))).toEqual([{ p: Number(mine.split(':')[1]), stage: 'new' }]);
+      // The aborted transaction's record is in the log: read_committed readers skip it.
+      const log = await readWithKcat(broker.bootstrap, 'fence-out', 'read_uncommitted');
+      expect(log.map((r) => JSON.parse(r.value).stage)).toContain('stale');
       expect(sink.stats.skipped).toBe(1);
     } finally {
       consumerGroupChannel.start.unsubscribe(onStart);
@@ -307,6 +317,285 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       await sink.close();
     }
   }, 60_000);
+
+  test('commit by the source names the generation whose partitions it holds: a member dropped from the group does not commit its old floors with the new generation', async () => {
+    const N = 400;
+    await createTopic(broker.bootstrap, 'sc-in', 2);
+    await produce(
+      broker.bootstrap,
+      'sc-in',
+      range(N).map((i) => ({ key: `k${i}`, value: { i } })),
+    );
+    const connection = { brokers: [broker.bootstrap] };
+    // a hears of being dropped only at its next heartbeat, seconds later; it commits only when told.
+    const a = kafkaSource<Order>({
+      connection,
+      groupId: 'sc',
+      topics: 'sc-in',
+      heartbeatIntervalMs: 10_000,
+      sessionTimeoutMs: 30_000,
+      commitIntervalMs: 600_000,
+      maxPendingPerPartition: 10,
+    });
+    const rtA = createRuntime();
+    let handled = 0;
+    let release: () => void = () => undefined;
+    const stuck = new Promise<void>((r) => {
+      release = r;
+    });
+    // a handles 50 records, then holds the next ones: its floors stay low.
+    rtA.spawn(
+      actor<Order, never>({
+        name: 'sc-a',
+        subscribe: a.ref,
+        handle: async () => {
+          if (++handled > 50) await stuck;
+        },
+      }),
+    );
+    await a.start(rtA);
+    const consumer = a.membership()?.consumer;
+    const memberId = a.membership()?.memberId as string;
+    await eventually(() => handled > 50, 20_000, 'a handled 50 records');
+    await new Promise((resolve) => consumer?.once('consumer:heartbeat:end', resolve));
+    const admin = new Admin({ clientId: 'test-admin', bootstrapBrokers: [broker.bootstrap] });
+    try {
+      await admin.removeMembersFromConsumerGroup({ groupId: 'sc', members: [{ memberId }] });
+    } finally {
+      await admin.close();
+    }
+    // b takes both partitions, reads to the end, commits and leaves.
+    const b = kafkaSource<Order>({ connection, groupId: 'sc', topics: 'sc-in' });
+    const rtB = createRuntime();
+    rtB.spawn(actor<Order, never>({ name: 'sc-b', subscribe: b.ref, handle: () => undefined }));
+    try {
+      await b.start(rtB);
+      await eventually(() => b.stats.settled === N, 20_000, 'b at the end');
+      await b.close();
+      expect(await groupOffsets('sc', 'sc-in')).toBe(N);
+      // a has not heard yet: its commit names its old generation, which the broker refuses. The
+      // client's own commit joined the group again and committed a's floors (about 50) with the
+      // new generation, moving the group back over what b had done.
+      expect(a.membership()?.memberId).toBe(memberId);
+      await a.commit();
+      expect(a.stats.commitsRefused).toBe(1);
+      expect(a.stats.commits).toBe(0);
+      expect(await groupOffsets('sc', 'sc-in')).toBe(N);
+    } finally {
+      release();
+      await a.close(1_000);
+      await b.close();
+      await rtA.stop();
+      await rtB.stop();
+    }
+  }, 60_000);
+
+  test('an assignment whose start offsets cannot be read is taken again: the source goes on instead of stalling', async () => {
+    await createTopic(broker.bootstrap, 'ra-in', 2);
+    // The group's coordinator found (the offsets topic made, on a fresh broker) with kafkajs's patient retries.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await groupOffsets('ra', 'ra-in');
+        break;
+      } catch (error) {
+        if (attempt >= 20) throw error;
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
+    // Short retries, so reading the start offsets from a frozen broker fails in seconds (and the
+    // session outlasts it).
+    const connection = { brokers: [broker.bootstrap], retries: 1, retryDelayMs: 100, requestTimeoutMs: 3_000 };
+    const a = kafkaSource<Order>({ connection, groupId: 'ra', topics: 'ra-in', sessionTimeoutMs: 30_000 });
+    const seen = new Set<number>();
+    const rtA = createRuntime({ logger: quiet });
+    rtA.spawn(actor<Order, never>({ name: 'ra-a', subscribe: a.ref, handle: (env) => void seen.add(env.data.i) }));
+    await a.start(rtA);
+    const consumer = a.membership()?.consumer;
+    // b's JoinGroup waits for a to join again: longer than a's short requests.
+    const b = kafkaSource<Order>({ connection: { brokers: [broker.bootstrap] }, groupId: 'ra', topics: 'ra-in' });
+    const rtB = createRuntime({ logger: quiet });
+    rtB.spawn(actor<Order, never>({ name: 'ra-b', subscribe: b.ref, handle: () => undefined }));
+    let froze = false;
+    // a's consumer asks where the partition it gets back starts (no offsets committed: the
+    // earliest): the broker is frozen at that moment and thawed once the request failed.
+    const onList = (message: unknown) => {
+      const m = message as { client?: unknown; operation?: string };
+      if (froze || m.client !== consumer || m.operation !== 'listOffsets') return;
+      froze = true;
+      broker.pause();
+    };
+    const onListEnd = (message: unknown) => {
+      if ((message as { client?: unknown }).client === consumer && froze) broker.resume();
+    };
+    try {
+      await b.start(rtB);
+      await eventually(() => a.assignments.length === 1, 20_000, 'a giving b a partition');
+      consumerOffsetsChannel.start.subscribe(onList);
+      consumerOffsetsChannel.error.subscribe(onListEnd);
+      consumerOffsetsChannel.asyncEnd.subscribe(onListEnd);
+      await b.close();
+      await eventually(() => a.stats.assignmentRetries >= 1, 30_000, 'a failing to take both partitions');
+      await eventually(() => a.assignments.length === 2, 30_000, 'a taking both partitions after all');
+      expect(froze).toBe(true);
+      await produce(
+        broker.bootstrap,
+        'ra-in',
+        range(100).map((i) => ({ key: `k${i}`, value: { i } })),
+      );
+      await eventually(() => seen.size === 100, 30_000, 'a handling the records of both partitions');
+    } finally {
+      consumerOffsetsChannel.start.unsubscribe(onList);
+      consumerOffsetsChannel.error.unsubscribe(onListEnd);
+      consumerOffsetsChannel.asyncEnd.unsubscribe(onListEnd);
+      broker.resume();
+      await a.close();
+      await b.close();
+      await rtA.stop();
+      await rtB.stop();
+    }
+  }, 90_000);
+
+  test('read_committed: the source publishes no record of an aborted transaction, as kcat; read_uncommitted shows they are in the log', async () => {
+    // The broker hands a read_committed fetch the aborted records with the list of aborted
+    // transactions; the reader filters. Three cases the client's own filter let through:
+    // p0, one producer aborting twice in one fetch; p1, an aborted transaction larger than one
+    // fetch (its abort marker in a later response); p2, two producers' aborted transactions that
+    // end in the other order than they began (the broker lists them by end).
+    await createTopic(broker.bootstrap, 'ab-in', 3);
+    const producer = (id: string) =>
+      new Producer({
+        clientId: id,
+        bootstrapBrokers: [broker.bootstrap],
+        serializers: stringSerializers,
+        idempotent: true,
+        transactionalId: id,
+      });
+    const x = producer('ab-x');
+    const y = producer('ab-y');
+    const begin = (p: typeof x) => p.beginTransaction({ producerId: -1n, producerEpoch: -1 });
+    const send = async (t: Awaited<ReturnType<typeof begin>>, partition: number, values: readonly string[]) => {
+      for (let i = 0; i < values.length; i += 40)
+        await t.send({
+          messages: values.slice(i, i + 40).map((v) => ({ topic: 'ab-in', partition, value: JSON.stringify(v) })),
+        });
+    };
+    const once = async (p: typeof x, partition: number, values: readonly string[], commit: boolean) => {
+      const t = await begin(p);
+      await send(t, partition, values);
+      await (commit ? t.commit() : t.abort());
+    };
+    try {
+      await once(x, 0, ['p0-aborted-1'], false);
+      await once(x, 0, ['p0-committed-1'], true);
+      await once(x, 0, ['p0-aborted-2'], false);
+      await once(x, 0, ['p0-committed-2'], true);
+      const big = 'x'.repeat(10_000);
+      await once(
+        x,
+        1,
+        range(200).map((i) => `p1-aborted-${i}-${big}`),
+        false,
+      );
+      await once(x, 1, ['p1-committed'], true);
+      const tx = await begin(x);
+      await send(tx, 2, ['p2-aborted-x']);
+      const ty = await begin(y);
+      await send(ty, 2, ['p2-aborted-y']);
+      await ty.abort();
+      await send(tx, 2, ['p2-aborted-x-2']);
+      await tx.abort();
+      await once(y, 2, ['p2-committed'], true);
+    } finally {
+      await x.close();
+      await y.close();
+    }
+    const committed = ['p0-committed-1', 'p0-committed-2', 'p1-committed', 'p2-committed'];
+    const all = (await readWithKcat(broker.bootstrap, 'ab-in', 'read_uncommitted')).map((r) => JSON.parse(r.value));
+    expect(all).toHaveLength(committed.length + 205);
+    const kcat = (await readWithKcat(broker.bootstrap, 'ab-in', 'read_committed')).map((r) => JSON.parse(r.value));
+    expect(kcat.sort()).toEqual(committed);
+
+    const source = kafkaSource<string>({ connection: { brokers: [broker.bootstrap] }, groupId: 'ab', topics: 'ab-in' });
+    const seen: string[] = [];
+    const runtime = createRuntime();
+    runtime.spawn(
+      actor<string, never>({
+        name: 'ab',
+        subscribe: source.ref,
+        handle: (env) => void seen.push(env.data.slice(0, 20)),
+      }),
+    );
+    await source.start(runtime);
+    try {
+      // Each partition's committed records come after its aborted ones: seen last.
+      await eventually(
+        () => committed.every((v) => seen.includes(v)) && source.lag().messages === 0,
+        20_000,
+        'the committed records of ab-in',
+      );
+    } finally {
+      await source.close();
+      await runtime.stop();
+    }
+    expect(seen.sort()).toEqual(committed);
+  }, 60_000);
+
+  test('a transaction that cannot be ended: the sink fails the write with a ConnectorError, replaces its producer and goes on; read_committed never sees the aborted records', async () => {
+    await createTopic(broker.bootstrap, 'te-out', 1);
+    // Few short retries: a request to the frozen broker fails in seconds.
+    const connection = { brokers: [broker.bootstrap], retries: 1, retryDelayMs: 100, requestTimeoutMs: 2_000 };
+    const sink = await kafkaSink<{ n: number; pad?: string }>({
+      connection,
+      // A record too large for the broker fails the write after the others of its request were written.
+      topic: (r) => (r.value.pad === undefined ? 'te-out' : 'te-big'),
+      mode: 'transactional',
+      transactionalId: 'te',
+      logger: quiet,
+    });
+    const record = (n: number, pad?: string) => ({
+      key: `te/${n}`,
+      value: pad === undefined ? { n } : { n, pad },
+      revision: undefined,
+      envelope: undefined,
+    });
+    // Frozen at the abort: the abort goes unanswered.
+    const onAbort = (message: unknown) => {
+      if ((message as { operation?: string }).operation === 'abort') broker.pause();
+    };
+    try {
+      await sink.write([record(1)]);
+      producerTransactionsChannel.start.subscribe(onAbort);
+      let failed: unknown;
+      await sink.write([record(2), record(99, 'x'.repeat(2 << 20))]).catch((e: unknown) => void (failed = e));
+      producerTransactionsChannel.start.unsubscribe(onAbort);
+      broker.resume();
+      expect(failed).toBeInstanceOf(ConnectorError);
+      expect((failed as ConnectorError).retryable).toBe(true);
+      expect((failed as Error).message).toMatch(/could not be ended.*its abort failed/);
+      expect(sink.stats.producersReplaced).toBe(1);
+      // Without the replacement the client refused every later transaction ("There is already an
+      // active transaction"). The new producer's registration aborts the one left open.
+      await sink.write([record(3)]);
+
+      // Frozen before a transaction begins: the begin fails and leaves the client's transaction too.
+      broker.pause();
+      let unbegun: unknown;
+      await sink.write([record(4)]).catch((e: unknown) => void (unbegun = e));
+      broker.resume();
+      expect(unbegun).toBeInstanceOf(ConnectorError);
+      expect(sink.stats.producersReplaced).toBe(2);
+      await sink.write([record(5)]);
+    } finally {
+      producerTransactionsChannel.start.unsubscribe(onAbort);
+      broker.resume();
+      await sink.close();
+    }
+    const committed = await readTopic(broker.bootstrap, 'te-out', { expected: 3, settleMs: 500 });
+    expect(committed.map((r) => JSON.parse(r.value).n)).toEqual([1, 3, 5]);
+    // Record 2 was written in the transaction left open: in the log, aborted.
+    const log = await readWithKcat(broker.bootstrap, 'te-out', 'read_uncommitted');
+    expect(log.map((r) => JSON.parse(r.value).n)).toEqual([1, 2, 3, 5]);
+  }, 90_000);
 
   test('a broker restart mid-stream: the source and the sink go on, nothing is lost', async () => {
     const N = 2000;
@@ -323,6 +612,13 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     const runtime = pipeline(source, sink, 'rs', seen);
     await source.start(runtime);
     await eventually(() => sink.stats.written >= 200, 20_000, 'some records written before the restart');
+    // The source's connection state in the runtime's status, through the restart.
+    const connection$ = () => runtime.status().sources.find((x) => x.name === source.name)?.connection;
+    const states = [connection$()];
+    const poll = setInterval(() => {
+      const c = connection$();
+      if (states.at(-1) !== c) states.push(c);
+    }, 2);
     await broker.restart();
     await produce(
       broker.bootstrap,
@@ -334,6 +630,14 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       45_000,
       'every record handled and settled after the restart',
     );
+    await eventually(() => connection$() === 'connected', 20_000, 'connected again');
+    clearInterval(poll);
+    expect(states).toEqual(['connected', 'reconnecting', 'connected']);
+    expect(runtime.status().sources[0]?.reconnects).toBe(1);
+    // Still a member of the group (the client stops heartbeating after a failed heartbeat, and
+    // the group drops it): the source's commits are taken.
+    await source.commit();
+    expect(await groupOffsets('rs', 'rs-in')).toBe(N);
     await source.close();
     await runtime.stop();
     await sink.close();

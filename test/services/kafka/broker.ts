@@ -10,7 +10,8 @@
  * - {@link startKafka}: formats the storage (`kafka.tools.StorageTool`, inside kafka_2.13.jar, also
  *   adds SCRAM users), starts `kafka.Kafka` with -Xmx512m and waits for "Kafka Server started".
  *   `stop()` sends SIGTERM (SIGKILL after a bound), `restart()` starts again on the same storage
- *   and ports, `kill()` sends SIGKILL at once, `close()` stops and removes the storage.
+ *   and ports, `kill()` sends SIGKILL at once, `pause()`/`resume()` send SIGSTOP/SIGCONT (a broker
+ *   that stops answering, its connections open), `close()` stops and removes the storage.
  *
  * The offsets and transaction-state topics get 1 partition and replication factor 1 and the
  * first rebalance no delay, so a group join or a first transaction takes milliseconds, not seconds.
@@ -86,6 +87,13 @@ export interface KafkaBroker {
   stop(graceMs?: number): Promise<void>;
   /** SIGKILL, as a crash. */
   kill(): Promise<void>;
+  /**
+   * SIGSTOP, at once (synchronous, so a diagnostics-channel subscriber can freeze the broker
+   * before the request it sees is written): connections stay open and requests go unanswered.
+   */
+  pause(): void;
+  /** SIGCONT after `pause`. */
+  resume(): void;
   /** Starts again on the same storage and ports (after `stop` or `kill`, or stops it first). */
   restart(): Promise<void>;
   /** Stops and removes the storage. */
@@ -457,6 +465,7 @@ class Broker implements KafkaBroker {
   async stop(graceMs = 15_000): Promise<void> {
     const child = this.#child;
     if (child === undefined || !this.running) return;
+    child.kill('SIGCONT');
     child.kill('SIGTERM');
     const killer = setTimeout(() => child.kill('SIGKILL'), graceMs);
     await this.#exited;
@@ -468,6 +477,14 @@ class Broker implements KafkaBroker {
     if (child === undefined || !this.running) return;
     child.kill('SIGKILL');
     await this.#exited;
+  }
+
+  pause(): void {
+    if (this.running) this.#child?.kill('SIGSTOP');
+  }
+
+  resume(): void {
+    if (this.running) this.#child?.kill('SIGCONT');
   }
 
   async restart(): Promise<void> {
