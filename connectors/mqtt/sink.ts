@@ -6,7 +6,7 @@
  */
 import type { IClientPublishOptions, MqttClient } from 'mqtt';
 import { type CodecChoice, codecOf, encodeWith } from '../../runtime/codec.ts';
-import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
+import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
 import { committedBefore, rememberCommitted, sinkStore } from '../../runtime/sinks/committedKeys.ts';
 import type { Sink, SinkRecord } from '../../runtime/sinks/sink.ts';
@@ -207,24 +207,21 @@ export class MqttSink<T = unknown> implements Sink<T> {
   async write(records: readonly SinkRecord<T>[]): Promise<void> {
     const client = this.#client;
     if (this.#closed || client === undefined) throw new ClosedError(`mqttSink(${this.name})`, 'the sink is closed');
-    const out: Outgoing<T>[] = [];
+    const out: SinkRecord<T>[] = [];
     for (const record of records) {
       if (this.#store !== undefined && committedBefore(this.#store, this.#namespace, record)) {
         this.#stats.skipped++;
         continue;
       }
-      const topic = this.#topic(record);
-      const bytes = encodeWith(this.#codec, record.value, topic);
-      out.push({
-        record,
-        topic,
-        payload: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
-        options: this.#publishOptions(record),
-      });
+      out.push(record);
     }
     if (out.length === 0) return;
     const committed: SinkRecord<T>[] = [];
-    const failures: { error: unknown; retryable: boolean; topic: string }[] = [];
+    const failures: { error: unknown; retryable: boolean; topic: string | undefined }[] = [];
+    // Topics and payloads are made as each record is sent, not all before the first: the first
+    // publishes are on the wire while the rest are encoded. One that cannot be made fails alone
+    // (not retryable), as a refused publish does.
+    const topics: (string | undefined)[] = new Array(out.length);
     // MQTT 5: no more unacknowledged QoS 1 and 2 publishes than the broker's receive maximum.
     const receiveMaximum = this.#qos > 0 ? client.serverProperties?.receiveMaximum : undefined;
     const bound = Math.min(this.#maxInFlight, receiveMaximum ?? Number.POSITIVE_INFINITY);
@@ -246,11 +243,12 @@ export class MqttSink<T = unknown> implements Sink<T> {
       if (settled[i] === 1) return;
       settled[i] = 1;
       settledCount++;
-      const o = out[i] as Outgoing<T>;
-      if (error === null || error === undefined) committed.push(o.record);
+      if (error === null || error === undefined) committed.push(out[i] as SinkRecord<T>);
       else {
         const code = (error as { code?: unknown }).code;
-        failures.push({ error, retryable: !(typeof code === 'number' && PERMANENT.has(code)), topic: o.topic });
+        const retryable =
+          !(error instanceof SluiceError && !error.retryable) && !(typeof code === 'number' && PERMANENT.has(code));
+        failures.push({ error, retryable, topic: topics[i] });
       }
       if (settledCount === out.length) allSettled();
       else if (!scheduled) {
@@ -266,8 +264,16 @@ export class MqttSink<T = unknown> implements Sink<T> {
       scheduled = false;
       while (next < out.length && inFlight < bound) {
         const i = next++;
+        let o: Outgoing;
+        try {
+          o = this.#outgoing(out[i] as SinkRecord<T>);
+        } catch (error) {
+          settle(i, error);
+          continue;
+        }
+        topics[i] = o.topic;
         inFlight++;
-        this.#publish(client, out[i] as Outgoing<T>, i, acknowledged);
+        this.#publish(client, o, i, acknowledged);
       }
     };
     // What has not been acknowledged when the timer fires fails, and what was not sent yet with it.
@@ -289,10 +295,21 @@ export class MqttSink<T = unknown> implements Sink<T> {
       const first = failures[0] as (typeof failures)[number];
       throw new ConnectorError(
         this.name,
-        `${failures.length} of ${out.length} publishes failed (first to '${first.topic}'): ${messageOf(first.error)}`,
+        `${failures.length} of ${out.length} publishes failed (first ${first.topic === undefined ? 'before it had a topic' : `to '${first.topic}'`}): ${messageOf(first.error)}`,
         { cause: first.error, retryable: failures.every((f) => f.retryable) },
       );
     }
+  }
+
+  /** What goes out for `record`: its topic, payload and options (throws when it has no topic or cannot be encoded). */
+  #outgoing(record: SinkRecord<T>): Outgoing {
+    const topic = this.#topic(record);
+    const bytes = encodeWith(this.#codec, record.value, topic);
+    return {
+      topic,
+      payload: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+      options: this.#publishOptions(record),
+    };
   }
 
   /**
@@ -318,7 +335,7 @@ export class MqttSink<T = unknown> implements Sink<T> {
   }
 
   /** One publish; `done(i, error)` runs on its acknowledgement (error undefined), its refusal, or if it cannot be sent. */
-  #publish(client: MqttClient, o: Outgoing<T>, i: number, done: (i: number, error: unknown) => void): void {
+  #publish(client: MqttClient, o: Outgoing, i: number, done: (i: number, error: unknown) => void): void {
     try {
       client.publish(o.topic, o.payload, o.options, (error) => done(i, error ?? undefined));
     } catch (error) {
@@ -341,8 +358,7 @@ function mqttTopicProblem(topic: string): string | undefined {
   return undefined;
 }
 
-interface Outgoing<T = unknown> {
-  readonly record: SinkRecord<T>;
+interface Outgoing {
   readonly topic: string;
   readonly payload: Buffer;
   readonly options: IClientPublishOptions;

@@ -349,6 +349,26 @@ describe.skipIf(missing !== undefined)('MQTT against Mosquitto with a password f
     expect(broker.pubacks(clientId)).toBe(0);
   });
 
+  test('a record the sink cannot encode fails alone, not retryable, and the rest of its batch is published', async () => {
+    const t = topic('encode');
+    const received: IPublishPacket[] = [];
+    const reader = await mqtt.connectAsync(broker.url, { protocolVersion: 5, username: 'alice', password: PASSWORD });
+    onTestFinished(() => reader.endAsync(true));
+    reader.on('message', (_t, _p, packet) => void received.push(packet));
+    await reader.subscribeAsync(t, { qos: 1 });
+    const sink = closing(await mqttSink({ connection: alice(), topic: t, qos: 1 }));
+    // JSON has no BigInt: the second record cannot be encoded.
+    const values: unknown[] = [{ n: 1 }, { n: 2n }, { n: 3 }];
+    const records = values.map((value, i) => ({ key: `e${i}`, value, revision: undefined, envelope: undefined }));
+    const error = await sink.write(records).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ConnectorError);
+    expect((error as Error).message).toMatch(/^.*1 of 3 publishes failed/);
+    expect((error as ConnectorError).retryable).toBe(false);
+    expect(sink.stats).toMatchObject({ published: 2, failed: 1 });
+    await until(() => received.length === 2, 'the two good records');
+    expect(received.map((p) => JSON.parse(p.payload.toString()))).toEqual([{ n: 1 }, { n: 3 }]);
+  });
+
   test('the sink publishes at QoS 0, 1 and 2, retained as an option; the source takes retained messages or not', async () => {
     const t = topic('sink');
     const received: IPublishPacket[] = [];
