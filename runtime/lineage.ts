@@ -256,13 +256,13 @@ export interface LazyInput {
   readonly settled: boolean;
 }
 
-/** @internal The handle behind `lineage` when it is an input's with no record yet. */
 /**
  * @internal Whether `lineage` is a handle the runtime made (an actor's output carries one): such a
  * handle needs none of the checks a lineage from outside gets. One brand check.
  */
 export let isRuntimeLineage: (lineage: Lineage) => boolean;
 
+/** @internal The handle behind `lineage` when it is an input's with no record yet. */
 export let lazyTracker: (lineage: Lineage | undefined) => LazyInput | undefined;
 
 /**

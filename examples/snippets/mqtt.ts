@@ -22,7 +22,7 @@ export async function main(): Promise<void> {
     alertsSeen.push({
       topic,
       body: JSON.parse(payload.toString()),
-      key: packet.properties?.userProperties?.['sluice-idempotency-key'],
+      key: packet.properties?.userProperties?.['message-id'],
     }),
   );
   await plain.subscribeAsync(`${prefix}/alerts`, { qos: 1 });
