@@ -1,0 +1,217 @@
+/**
+ * What connector sources share of their start, timers and close, and of their option checks: one
+ * place for the scaffolding each of them would otherwise write again. Held by composition (a
+ * source keeps a {@link SourceLifecycle}), so a source's public class stays its own.
+ */
+
+import type { StandardSchemaV1 } from '@standard-schema/spec';
+import type { Logger } from '../actors/actor.ts';
+import type { BusClient } from '../bus/bus.ts';
+import type { Permissions } from '../bus/permissions.ts';
+import { validateSubject } from '../bus/subjects.ts';
+import type { Timer } from '../clock.ts';
+import { ConnectorError, messageOf, OptionsError } from '../errors.ts';
+import { intOption, knownKeys, optionsObject } from '../options.ts';
+import { backoffOption } from './delivery.ts';
+import type { SourceHealth } from './registry.ts';
+import type { SourceHost, SourceLag, SourceRef } from './source.ts';
+
+/**
+ * @internal One run of a connector source: started once, closed once. It holds what `start` is
+ * given (the host, the logger, the source's bus client), the source's registration with the
+ * runtime's source registry, and the timers that `close` cancels.
+ */
+export class SourceLifecycle {
+  readonly #name: string;
+  readonly #lag: () => SourceLag;
+  readonly #counters: () => object;
+  host: SourceHost | undefined;
+  client: BusClient | undefined;
+  log: Logger = console;
+  health: SourceHealth | undefined;
+  closed = false;
+  #started = false;
+  readonly #timers = new Set<Timer>();
+  /** Resolves the pending {@link changed}: something happened that may let a read loop go on. */
+  #wake: (() => void) | undefined;
+  #noSubscriberWarned = false;
+
+  /** `lag` and `counters` are the source's own, read by the registry when its status is. */
+  constructor(name: string, lag: () => SourceLag, counters: () => object) {
+    this.#name = name;
+    this.#lag = lag;
+    this.#counters = counters;
+  }
+
+  /**
+   * The first step of `start`: refuses a second start, then takes the host, the logger and a bus
+   * client named as the source.
+   */
+  begin(host: SourceHost, options: { logger?: Logger }, permissions?: Permissions): BusClient {
+    if (this.#started) throw new ConnectorError(this.#name, 'already started');
+    this.#started = true;
+    this.host = host;
+    this.log = options.logger ?? console;
+    const client = host.bus.client(this.#name, permissions);
+    this.client = client;
+    return client;
+  }
+
+  /** Registers the source with the runtime's source registry (with its lag gauges), connected. */
+  register(kind: string, stream: string, consumer: string): SourceHealth {
+    const health = (this.host as SourceHost).telemetry.registerSource({
+      name: this.#name,
+      kind,
+      stream,
+      consumer,
+      lag: this.#lag,
+      counters: this.#counters,
+    });
+    this.health = health;
+    health.connected();
+    return health;
+  }
+
+  /**
+   * The first step of `close`: false when it was closed already; else it is closed now, its
+   * status says so and its timers are cancelled.
+   */
+  end(): boolean {
+    if (this.closed) return false;
+    this.closed = true;
+    this.health?.closed();
+    for (const t of this.#timers) t.cancel();
+    this.#timers.clear();
+    return true;
+  }
+
+  now(): number {
+    return this.host?.clock.now() ?? Date.now();
+  }
+
+  /** Runs `run` after `ms` on the host's clock, unless the source closed by then (or `always`). */
+  later(ms: number, run: () => void, always = false): void {
+    const timer = (this.host as SourceHost).clock.setTimeout(() => {
+      this.#timers.delete(timer);
+      if (always || !this.closed) run();
+    }, ms);
+    this.#timers.add(timer);
+  }
+
+  /** Resolves after `ms` on the host's clock (never once the source closed first). */
+  sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => this.later(ms, resolve, true));
+  }
+
+  /** Runs `run` every `ms` (each time `ms` after the last run ended) until the source closes. */
+  every(ms: number, run: () => Promise<void> | undefined): void {
+    const schedule = () => {
+      this.later(ms, () => {
+        Promise.resolve(run())
+          .catch(() => undefined)
+          .finally(() => {
+            if (!this.closed) schedule();
+          });
+      });
+    };
+    schedule();
+  }
+
+  /** Resolves when something changed that may let a read loop go on ({@link wake}), or after `timeoutMs`. */
+  changed(timeoutMs?: number): Promise<void> {
+    return new Promise((resolve) => {
+      let timer: Timer | undefined;
+      const done = () => {
+        timer?.cancel();
+        if (this.#wake === done) this.#wake = undefined;
+        resolve();
+      };
+      this.#wake = done;
+      if (timeoutMs !== undefined) timer = (this.host as SourceHost).clock.setTimeout(done, timeoutMs);
+    });
+  }
+
+  /** Lets a read loop waiting in {@link changed} go on: a settlement, a close. */
+  wake(): void {
+    this.#wake?.();
+  }
+
+  /**
+   * A failed read (a disconnect, a server restart), the `failures`-th in a row: kept as the
+   * source's last error, logged now and then, and the delay before the next try returned.
+   */
+  failed(what: string, failures: number, error: unknown): number {
+    this.health?.error(error);
+    const delay = Math.min(5_000, 100 * 2 ** Math.min(failures, 6));
+    if (failures === 1 || failures % 20 === 0) {
+      this.log.warn(`${this.#name}: ${what} failed (${messageOf(error)}); retrying in ${delay} ms`);
+    }
+    return delay;
+  }
+
+  /** Says once that nothing subscribes to `subject`, so `waiting` (what waits where) until something does. */
+  noSubscriber(subject: string, waiting: string): void {
+    if (this.#noSubscriberWarned) return;
+    this.#noSubscriberWarned = true;
+    this.log.warn(`${this.#name}: nothing subscribes to '${subject}'; ${waiting} until something does`);
+  }
+}
+
+/**
+ * @internal A source's options object checked: an object (`where` names it in the error), with no
+ * key but `known`.
+ */
+export function sourceOptions(where: string, options: unknown, known: ReadonlySet<string>): void {
+  optionsObject(where, options);
+  if (options === undefined) throw new OptionsError(where, 'must be an options object', options);
+  knownKeys(where, options, known);
+}
+
+/** @internal A source's `subject` option: the bus subject its `what` (entries, messages) are published to. */
+export function subjectOption(where: string, value: unknown, what: string): string {
+  if (typeof value !== 'string') {
+    throw new OptionsError(where, `must be the bus subject the ${what} are published to`, value);
+  }
+  validateSubject(value, 'publish');
+  return value;
+}
+
+/**
+ * @internal A source's `deadLetter` subject, checked: the option, else `$DLQ.<tokens>`, each token
+ * with white space, dots and wildcards made `_`.
+ */
+export function deadLetterOption(value: string | undefined, ...tokens: string[]): string {
+  const subject = value ?? `$DLQ.${tokens.map((t) => t.replace(/[\s.*>]/g, '_')).join('.')}`;
+  validateSubject(subject, 'publish');
+  return subject;
+}
+
+/**
+ * @internal A source's `maxAckPending` (default 1000), `maxDeliver` (default 5) and `backoffMs`,
+ * checked in that order. `bound` runs between the first two, where a source checks what limits
+ * them (its own limit of `maxAckPending`, a broker's delivery limit), so errors come in the order
+ * the options are read.
+ */
+export function ackOptions(
+  where: string,
+  options: { maxAckPending?: number; maxDeliver?: number; backoffMs?: readonly number[] },
+  bound?: (maxAckPending: number) => void,
+): { maxAckPending: number; maxDeliver: number; backoffMs: readonly number[] | undefined } {
+  const maxAckPending = intOption(`${where}.maxAckPending`, options.maxAckPending, 1_000, 1);
+  bound?.(maxAckPending);
+  return {
+    maxAckPending,
+    maxDeliver: intOption(`${where}.maxDeliver`, options.maxDeliver, 5, 1),
+    backoffMs: backoffOption(`${where}.backoffMs`, options.backoffMs),
+  };
+}
+
+/** @internal A source's `ref`, frozen: what actors subscribe to. */
+export function sourceRef<T>(
+  name: string,
+  schema: StandardSchemaV1<unknown, T> | undefined,
+  stream: string,
+  durable: boolean,
+): SourceRef<T> {
+  return Object.freeze({ name, schema, source: Object.freeze({ stream, durable }) });
+}
