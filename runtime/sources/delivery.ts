@@ -127,11 +127,14 @@ export function deadLetterHeaders(letter: {
   readonly subject: string;
   readonly messageId: string;
   readonly timeMs: number;
+  /** The code of an `error` that is no `SluiceError`. @default 'SLUICE_ERR_HANDLER' */
+  readonly code?: string;
 }): Record<string, string> {
   return {
     ...letter.headers,
     [DEAD_LETTER_HEADERS.error]: messageOf(letter.error),
-    [DEAD_LETTER_HEADERS.code]: letter.error instanceof SluiceError ? letter.error.code : 'SLUICE_ERR_HANDLER',
+    [DEAD_LETTER_HEADERS.code]:
+      letter.error instanceof SluiceError ? letter.error.code : (letter.code ?? 'SLUICE_ERR_HANDLER'),
     [DEAD_LETTER_HEADERS.actor]: letter.source,
     [DEAD_LETTER_HEADERS.attempts]: String(letter.attempts),
     [DEAD_LETTER_HEADERS.subject]: letter.subject,
