@@ -18,14 +18,8 @@ import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runt
 import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, optionKeys } from '../../runtime/options.ts';
 import { type DeliveryOptions, deadLetterHeaders, deliverHeld, retryDelay } from '../../runtime/sources/delivery.ts';
-import {
-  ackOptions,
-  deadLetterOption,
-  SourceLifecycle,
-  sourceOptions,
-  sourceRef,
-  subjectOption,
-} from '../../runtime/sources/lifecycle.ts';
+import { SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
+import { ackOptions, checkOptions, deadLetterOption, sourceRef, subjectOption } from '../../runtime/sources/options.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import {
@@ -180,7 +174,7 @@ export class MqttSource<T = unknown> implements Source<T> {
   readonly #stats = { received: 0, published: 0, acked: 0, retried: 0, terminated: 0, duplicates: 0, reconnects: 0 };
 
   constructor(options: MqttSourceOptions<T>) {
-    sourceOptions('mqttSource', options, sourceKeys);
+    checkOptions('mqttSource', options, sourceKeys);
     const topics = typeof options.topics === 'string' ? [options.topics] : options.topics;
     if (!Array.isArray(topics) || topics.length === 0) {
       throw new OptionsError('mqttSource.topics', 'must be an MQTT topic filter or a non-empty array of them', topics);
@@ -265,11 +259,7 @@ export class MqttSource<T = unknown> implements Source<T> {
       (patterns.length === 1 ? (patterns[0] as string) : this.#prefix === undefined ? '>' : `${this.#prefix}.>`);
     // Redelivered after a drop only by a persistent session at QoS 1.
     this.ref = sourceRef(name, options.schema, this.#stream, !this.#clean && this.#qos === 1);
-    this.#life = new SourceLifecycle(
-      this.name,
-      () => this.lag(),
-      () => this.#stats,
-    );
+    this.#life = new SourceLifecycle(this, () => this.#stats);
   }
 
   get stats(): MqttSourceStats {

@@ -25,14 +25,14 @@ import { ClosedError, ConnectorError, messageOf, OptionsError, StreamError } fro
 import { SourceLineage } from '../../runtime/lineage.ts';
 import { intOption, knownKeys, optionKeys } from '../../runtime/options.ts';
 import {
-  backoffOption,
   type DeliveryOptions,
   deadLetterHeaders,
   deliverHeld,
   freeCapacity,
   retryDelay,
 } from '../../runtime/sources/delivery.ts';
-import { deadLetterOption, SourceLifecycle, sourceOptions, sourceRef } from '../../runtime/sources/lifecycle.ts';
+import { SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
+import { backoffOption, checkOptions, deadLetterOption, sourceRef } from '../../runtime/sources/options.ts';
 import type { SourceHealth } from '../../runtime/sources/registry.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
@@ -243,7 +243,7 @@ export class NatsSource<T = unknown> implements Source<T> {
   #draining = false;
 
   constructor(options: NatsSourceOptions<T>) {
-    sourceOptions('natsSource', options, sourceKeys);
+    checkOptions('natsSource', options, sourceKeys);
     this.#options = options;
     const js = options.jetstream;
     if ((js === undefined) === (options.subjects === undefined)) {
@@ -351,11 +351,7 @@ export class NatsSource<T = unknown> implements Source<T> {
       refName === undefined
         ? undefined
         : sourceRef(refName, options.schema, this.#js?.stream ?? 'nats', this.#js !== undefined);
-    this.#life = new SourceLifecycle(
-      this.name,
-      () => this.lag(),
-      () => this.#stats,
-    );
+    this.#life = new SourceLifecycle(this, () => this.#stats);
   }
 
   readonly #ref: SourceRef<T> | undefined;

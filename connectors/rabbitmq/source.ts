@@ -27,14 +27,8 @@ import {
   freeCapacity,
   retryDelay,
 } from '../../runtime/sources/delivery.ts';
-import {
-  ackOptions,
-  deadLetterOption,
-  SourceLifecycle,
-  sourceOptions,
-  sourceRef,
-  subjectOption,
-} from '../../runtime/sources/lifecycle.ts';
+import { SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
+import { ackOptions, checkOptions, deadLetterOption, sourceRef, subjectOption } from '../../runtime/sources/options.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import { openRabbit, type RabbitConnectionOptions, type RabbitTarget, rabbitTarget, reconnectDelay } from './config.ts';
@@ -172,7 +166,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
   readonly #stats = { received: 0, published: 0, acked: 0, requeued: 0, terminated: 0, reconnects: 0 };
 
   constructor(options: RabbitSourceOptions<T>) {
-    sourceOptions('rabbitSource', options, sourceKeys);
+    checkOptions('rabbitSource', options, sourceKeys);
     this.#options = options;
     if (typeof options.queue !== 'string' || options.queue === '') {
       throw new OptionsError('rabbitSource.queue', 'must be a non-empty queue name', options.queue);
@@ -197,11 +191,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
     this.#backoffMs = acks.backoffMs;
     this.#lagRefreshMs = intOption('rabbitSource.lagRefreshMs', options.lagRefreshMs, 5_000, 10);
     this.ref = sourceRef(this.#subject, options.schema, this.#queue, true);
-    this.#life = new SourceLifecycle(
-      this.name,
-      () => this.lag(),
-      () => this.#stats,
-    );
+    this.#life = new SourceLifecycle(this, () => this.#stats);
   }
 
   get stats(): RabbitSourceStats {

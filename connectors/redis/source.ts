@@ -21,14 +21,8 @@ import {
   freeCapacity,
   retryDelay,
 } from '../../runtime/sources/delivery.ts';
-import {
-  ackOptions,
-  deadLetterOption,
-  SourceLifecycle,
-  sourceOptions,
-  sourceRef,
-  subjectOption,
-} from '../../runtime/sources/lifecycle.ts';
+import { SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
+import { ackOptions, checkOptions, deadLetterOption, sourceRef, subjectOption } from '../../runtime/sources/options.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import {
@@ -188,7 +182,7 @@ export class RedisSource<T = unknown> implements Source<T> {
   #claimCursor = '0-0';
 
   constructor(options: RedisSourceOptions<T>) {
-    sourceOptions('redisSource', options, sourceKeys);
+    checkOptions('redisSource', options, sourceKeys);
     this.#options = options;
     for (const k of ['stream', 'group'] as const) {
       if (typeof options[k] !== 'string' || options[k] === '') {
@@ -212,21 +206,16 @@ export class RedisSource<T = unknown> implements Source<T> {
     this.#codec = codecOf(options.codec, 'redisSource.codec');
     this.name = options.name ?? `redis:${this.#stream}/${this.#group}`;
     this.#deadLetter = deadLetterOption(options.deadLetter, 'redis', this.#group);
-    ({
-      maxAckPending: this.#maxAckPending,
-      maxDeliver: this.#maxDeliver,
-      backoffMs: this.#backoffMs,
-    } = ackOptions('redisSource', options));
+    const acks = ackOptions('redisSource', options);
+    this.#maxAckPending = acks.maxAckPending;
+    this.#maxDeliver = acks.maxDeliver;
+    this.#backoffMs = acks.backoffMs;
     this.#readBatch = intOption('redisSource.readBatch', options.readBatch, 256, 1);
     this.#blockMs = intOption('redisSource.blockMs', options.blockMs, 2_000, 1);
     this.#claimIdleMs = intOption('redisSource.claimIdleMs', options.claimIdleMs, 30_000, 10);
     this.#lagRefreshMs = intOption('redisSource.lagRefreshMs', options.lagRefreshMs, 5_000, 10);
     this.ref = sourceRef(this.#subject, options.schema, this.#stream, true);
-    this.#life = new SourceLifecycle(
-      this.name,
-      () => this.lag(),
-      () => this.#stats,
-    );
+    this.#life = new SourceLifecycle(this, () => this.#stats);
   }
 
   /** What the source did so far. */

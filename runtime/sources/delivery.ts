@@ -8,9 +8,8 @@ import { DEAD_LETTER_HEADERS } from '../actors/deadLetters.ts';
 import { backoffDelay, DEFAULT_BACKOFF } from '../actors/supervisor.ts';
 import type { Bus, BusClient } from '../bus/bus.ts';
 import { checkHeaders, createEnvelope, type PublishOptions } from '../envelope.ts';
-import { ClosedError, messageOf, OptionsError, SluiceError, StreamError } from '../errors.ts';
+import { ClosedError, messageOf, SluiceError, StreamError } from '../errors.ts';
 import type { Lineage } from '../lineage.ts';
-import { intOption } from '../options.ts';
 
 /**
  * @internal Messages the mailboxes reached by `subject` can take now: the least over the plain
@@ -141,14 +140,4 @@ export function deadLetterHeaders(letter: {
     [DEAD_LETTER_HEADERS.messageId]: letter.messageId,
     [DEAD_LETTER_HEADERS.time]: new Date(letter.timeMs).toISOString(),
   };
-}
-
-/** @internal A source's `backoffMs` option, checked (an `OptionsError` naming `where`) and frozen. */
-export function backoffOption(where: string, value: readonly number[] | undefined): readonly number[] | undefined {
-  if (value === undefined) return undefined;
-  if (!Array.isArray(value) || value.length === 0) {
-    throw new OptionsError(where, 'must be a non-empty array of delays in ms', value);
-  }
-  for (const [i, ms] of value.entries()) intOption(`${where}[${i}]`, ms, 0, 0);
-  return Object.freeze([...value]);
 }

@@ -1,20 +1,16 @@
 /**
- * What connector sources share of their start, timers and close, and of their option checks: one
- * place for the scaffolding each of them would otherwise write again. Held by composition (a
+ * What connector sources share of their start, timers and close: the scaffolding each of them
+ * would otherwise write again (their option checks are in options.ts). Held by composition (a
  * source keeps a {@link SourceLifecycle}), so a source's public class stays its own.
  */
 
-import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { Logger } from '../actors/actor.ts';
 import type { BusClient } from '../bus/bus.ts';
 import type { Permissions } from '../bus/permissions.ts';
-import { validateSubject } from '../bus/subjects.ts';
 import type { Timer } from '../clock.ts';
-import { ConnectorError, messageOf, OptionsError } from '../errors.ts';
-import { intOption, knownKeys, optionsObject } from '../options.ts';
-import { backoffOption } from './delivery.ts';
+import { ConnectorError, messageOf } from '../errors.ts';
 import type { SourceHealth } from './registry.ts';
-import type { SourceHost, SourceLag, SourceRef } from './source.ts';
+import type { SourceHost, SourceLag } from './source.ts';
 
 /**
  * @internal One run of a connector source: started once, closed once. It holds what `start` is
@@ -22,8 +18,8 @@ import type { SourceHost, SourceLag, SourceRef } from './source.ts';
  * runtime's source registry, and the timers that `close` cancels.
  */
 export class SourceLifecycle {
+  readonly #source: { readonly name: string; lag(): SourceLag };
   readonly #name: string;
-  readonly #lag: () => SourceLag;
   readonly #counters: () => object;
   host: SourceHost | undefined;
   client: BusClient | undefined;
@@ -36,10 +32,10 @@ export class SourceLifecycle {
   #wake: (() => void) | undefined;
   #noSubscriberWarned = false;
 
-  /** `lag` and `counters` are the source's own, read by the registry when its status is. */
-  constructor(name: string, lag: () => SourceLag, counters: () => object) {
-    this.#name = name;
-    this.#lag = lag;
+  /** Of `source` once it has its name; `counters` are its own counts, read when its status is. */
+  constructor(source: { readonly name: string; lag(): SourceLag }, counters: () => object) {
+    this.#source = source;
+    this.#name = source.name;
     this.#counters = counters;
   }
 
@@ -64,7 +60,7 @@ export class SourceLifecycle {
       kind,
       stream,
       consumer,
-      lag: this.#lag,
+      lag: () => this.#source.lag(),
       counters: this.#counters,
     });
     this.health = health;
@@ -155,63 +151,4 @@ export class SourceLifecycle {
     this.#noSubscriberWarned = true;
     this.log.warn(`${this.#name}: nothing subscribes to '${subject}'; ${waiting} until something does`);
   }
-}
-
-/**
- * @internal A source's options object checked: an object (`where` names it in the error), with no
- * key but `known`.
- */
-export function sourceOptions(where: string, options: unknown, known: ReadonlySet<string>): void {
-  optionsObject(where, options);
-  if (options === undefined) throw new OptionsError(where, 'must be an options object', options);
-  knownKeys(where, options, known);
-}
-
-/** @internal A source's `subject` option: the bus subject its `what` (entries, messages) are published to. */
-export function subjectOption(where: string, value: unknown, what: string): string {
-  if (typeof value !== 'string') {
-    throw new OptionsError(where, `must be the bus subject the ${what} are published to`, value);
-  }
-  validateSubject(value, 'publish');
-  return value;
-}
-
-/**
- * @internal A source's `deadLetter` subject, checked: the option, else `$DLQ.<tokens>`, each token
- * with white space, dots and wildcards made `_`.
- */
-export function deadLetterOption(value: string | undefined, ...tokens: string[]): string {
-  const subject = value ?? `$DLQ.${tokens.map((t) => t.replace(/[\s.*>]/g, '_')).join('.')}`;
-  validateSubject(subject, 'publish');
-  return subject;
-}
-
-/**
- * @internal A source's `maxAckPending` (default 1000), `maxDeliver` (default 5) and `backoffMs`,
- * checked in that order. `bound` runs between the first two, where a source checks what limits
- * them (its own limit of `maxAckPending`, a broker's delivery limit), so errors come in the order
- * the options are read.
- */
-export function ackOptions(
-  where: string,
-  options: { maxAckPending?: number; maxDeliver?: number; backoffMs?: readonly number[] },
-  bound?: (maxAckPending: number) => void,
-): { maxAckPending: number; maxDeliver: number; backoffMs: readonly number[] | undefined } {
-  const maxAckPending = intOption(`${where}.maxAckPending`, options.maxAckPending, 1_000, 1);
-  bound?.(maxAckPending);
-  return {
-    maxAckPending,
-    maxDeliver: intOption(`${where}.maxDeliver`, options.maxDeliver, 5, 1),
-    backoffMs: backoffOption(`${where}.backoffMs`, options.backoffMs),
-  };
-}
-
-/** @internal A source's `ref`, frozen: what actors subscribe to. */
-export function sourceRef<T>(
-  name: string,
-  schema: StandardSchemaV1<unknown, T> | undefined,
-  stream: string,
-  durable: boolean,
-): SourceRef<T> {
-  return Object.freeze({ name, schema, source: Object.freeze({ stream, durable }) });
 }
