@@ -31,7 +31,7 @@ import {
   freeCapacity,
   retryDelay,
 } from '../../runtime/sources/delivery.ts';
-import { SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
+import { heldLag, SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
 import { backoffOption, checkOptions, deadLetterOption, sourceRef } from '../../runtime/sources/options.ts';
 import type { SourceHealth } from '../../runtime/sources/registry.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
@@ -415,14 +415,7 @@ export class NatsSource<T = unknown> implements Source<T> {
         ackPending: 0,
       };
     }
-    let oldest = Number.POSITIVE_INFINITY;
-    for (const h of this.#pending.values()) if (h.timestampMs < oldest) oldest = h.timestampMs;
-    if (oldest === Number.POSITIVE_INFINITY && this.#serverPending > 0) oldest = this.#lastTimestampMs;
-    return {
-      messages: this.#serverPending + this.#pending.size,
-      timeMs: oldest === Number.POSITIVE_INFINITY || oldest === 0 ? 0 : Math.max(0, Date.now() - oldest),
-      ackPending: this.#pending.size,
-    };
+    return heldLag(this.#pending, (h) => h.timestampMs, this.#serverPending, this.#lastTimestampMs, 0);
   }
 
   /**

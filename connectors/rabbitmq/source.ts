@@ -27,7 +27,7 @@ import {
   freeCapacity,
   retryDelay,
 } from '../../runtime/sources/delivery.ts';
-import { SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
+import { heldLag, SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
 import { ackOptions, checkOptions, deadLetterOption, sourceRef, subjectOption } from '../../runtime/sources/options.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
@@ -520,13 +520,8 @@ export class RabbitSource<T = unknown> implements Source<T> {
   }
 
   lag(): SourceLag {
-    let oldest = Number.POSITIVE_INFINITY;
-    for (const h of this.#pending.values()) if (h.receivedAt < oldest) oldest = h.receivedAt;
-    return {
-      messages: this.#ready + this.#pending.size,
-      timeMs: oldest === Number.POSITIVE_INFINITY ? 0 : Math.max(1, Date.now() - oldest),
-      ackPending: this.#pending.size,
-    };
+    // What is ready in the queue has no time RabbitMQ tells: the age is that of what is held.
+    return heldLag(this.#pending, (h) => h.receivedAt, this.#ready, 0, 1);
   }
 
   /**

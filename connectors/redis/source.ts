@@ -21,7 +21,7 @@ import {
   freeCapacity,
   retryDelay,
 } from '../../runtime/sources/delivery.ts';
-import { SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
+import { heldLag, SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
 import { ackOptions, checkOptions, deadLetterOption, sourceRef, subjectOption } from '../../runtime/sources/options.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
@@ -309,14 +309,7 @@ export class RedisSource<T = unknown> implements Source<T> {
   }
 
   lag(): SourceLag {
-    let oldest = Number.POSITIVE_INFINITY;
-    for (const h of this.#pending.values()) if (h.timestampMs < oldest) oldest = h.timestampMs;
-    if (oldest === Number.POSITIVE_INFINITY && this.#serverLag > 0) oldest = this.#nextUndeliveredMs;
-    return {
-      messages: this.#serverLag + this.#pending.size,
-      timeMs: oldest === Number.POSITIVE_INFINITY || oldest === 0 ? 0 : Math.max(1, Date.now() - oldest),
-      ackPending: this.#pending.size,
-    };
+    return heldLag(this.#pending, (h) => h.timestampMs, this.#serverLag, this.#nextUndeliveredMs, 1);
   }
 
   /**

@@ -152,3 +152,28 @@ export class SourceLifecycle {
     this.log.warn(`${this.#name}: nothing subscribes to '${subject}'; ${waiting} until something does`);
   }
 }
+
+/**
+ * @internal The lag of a source that holds `held` (delivered and not settled; `timeOf` is each
+ * one's broker time, or its arrival) while the broker keeps `waiting` more for it, the oldest of
+ * those from `waitingSinceMs` (0 when not known). An age is at least `floorMs` when there is one.
+ */
+export function heldLag<H>(
+  held: ReadonlyMap<unknown, H>,
+  timeOf: (h: H) => number,
+  waiting: number,
+  waitingSinceMs: number,
+  floorMs: number,
+): SourceLag {
+  let oldest = Number.POSITIVE_INFINITY;
+  for (const h of held.values()) {
+    const t = timeOf(h);
+    if (t < oldest) oldest = t;
+  }
+  if (oldest === Number.POSITIVE_INFINITY && waiting > 0) oldest = waitingSinceMs;
+  return {
+    messages: waiting + held.size,
+    timeMs: oldest === Number.POSITIVE_INFINITY || oldest === 0 ? 0 : Math.max(floorMs, Date.now() - oldest),
+    ackPending: held.size,
+  };
+}
