@@ -13,19 +13,13 @@ import type { IPublishPacket, MqttClient } from 'mqtt';
 import type { Logger } from '../../runtime/actors/actor.ts';
 import type { BusClient } from '../../runtime/bus/bus.ts';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
-import type { Timer } from '../../runtime/clock.ts';
 import { type Codec, type CodecChoice, codecOf } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
-import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import {
-  backoffOption,
-  type DeliveryOptions,
-  deadLetterHeaders,
-  deliverHeld,
-  retryDelay,
-} from '../../runtime/sources/delivery.ts';
-import type { SourceHealth } from '../../runtime/sources/registry.ts';
+import { intOption, optionKeys } from '../../runtime/options.ts';
+import { type DeliveryOptions, deadLetterHeaders, deliverHeld, retryDelay } from '../../runtime/sources/delivery.ts';
+import { SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
+import { ackOptions, checkOptions, deadLetterOption, sourceRef, subjectOption } from '../../runtime/sources/options.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import {
@@ -155,14 +149,11 @@ export class MqttSource<T = unknown> implements Source<T> {
   readonly #backoffMs: readonly number[] | undefined;
   readonly #stream: string;
   readonly #target: MqttTarget;
-  #host: SourceHost | undefined;
-  #bus: BusClient | undefined;
-  #log: Logger = console;
+  /** The host, bus client and logger `start` took, the registration, the timers `close` cancels. */
+  readonly #life: SourceLifecycle;
   #client: MqttClient | undefined;
   /** Counts connections: a message of an earlier one cannot be acknowledged on this one. */
   #generation = 0;
-  #started = false;
-  #closed = false;
   readonly #settlement: SourceSettlement<Held> = {
     sourceSettled: (held, _lineage, error) => this.#settled(held, error),
   };
@@ -180,14 +171,10 @@ export class MqttSource<T = unknown> implements Source<T> {
   #onBus = 0;
   /** PUBACKs due on the current connection, sent together at the end of the turn (a new connection drops them). */
   #acks: number[] = [];
-  readonly #timers = new Set<Timer>();
-  #health: SourceHealth | undefined;
   readonly #stats = { received: 0, published: 0, acked: 0, retried: 0, terminated: 0, duplicates: 0, reconnects: 0 };
 
   constructor(options: MqttSourceOptions<T>) {
-    optionsObject('mqttSource', options);
-    if (options === undefined) throw new OptionsError('mqttSource', 'must be an options object', options);
-    knownKeys('mqttSource', options, sourceKeys);
+    checkOptions('mqttSource', options, sourceKeys);
     const topics = typeof options.topics === 'string' ? [options.topics] : options.topics;
     if (!Array.isArray(topics) || topics.length === 0) {
       throw new OptionsError('mqttSource.topics', 'must be an MQTT topic filter or a non-empty array of them', topics);
@@ -220,17 +207,8 @@ export class MqttSource<T = unknown> implements Source<T> {
         }
       }
     }
-    if (options.subject !== undefined) {
-      if (typeof options.subject !== 'string') {
-        throw new OptionsError(
-          'mqttSource.subject',
-          'must be the bus subject the messages are published to',
-          options.subject,
-        );
-      }
-      validateSubject(options.subject, 'publish');
-    }
-    this.#subject = options.subject;
+    this.#subject =
+      options.subject === undefined ? undefined : subjectOption('mqttSource.subject', options.subject, 'messages');
     const session = options.session ?? 'persistent';
     if (session !== 'persistent' && session !== 'clean') {
       throw new OptionsError('mqttSource.session', "must be 'persistent' or 'clean'", session);
@@ -267,23 +245,21 @@ export class MqttSource<T = unknown> implements Source<T> {
       throw new OptionsError('mqttSource.name', 'must be a non-empty string', this.name);
     }
     this.#stream = this.name;
-    this.#deadLetter = options.deadLetter ?? `$DLQ.mqtt.${this.#clientId.replace(/[\s.*>]/g, '_')}`;
-    validateSubject(this.#deadLetter, 'publish');
-    this.#max = intOption('mqttSource.maxAckPending', options.maxAckPending, 1_000, 1);
-    if (this.#max > 65_535)
-      throw new OptionsError('mqttSource.maxAckPending', 'must be at most 65535 (MQTT receive maximum)', this.#max);
-    this.#maxDeliver = intOption('mqttSource.maxDeliver', options.maxDeliver, 5, 1);
-    this.#backoffMs = backoffOption('mqttSource.backoffMs', options.backoffMs);
+    this.#deadLetter = deadLetterOption(options.deadLetter, 'mqtt', this.#clientId);
+    const acks = ackOptions('mqttSource', options, (max) => {
+      if (max > 65_535)
+        throw new OptionsError('mqttSource.maxAckPending', 'must be at most 65535 (MQTT receive maximum)', max);
+    });
+    this.#max = acks.maxAckPending;
+    this.#maxDeliver = acks.maxDeliver;
+    this.#backoffMs = acks.backoffMs;
     this.#target = mqttTarget(options.connection, 'mqttSource.connection');
     const name =
       this.#subject ??
       (patterns.length === 1 ? (patterns[0] as string) : this.#prefix === undefined ? '>' : `${this.#prefix}.>`);
-    this.ref = Object.freeze({
-      name,
-      schema: options.schema,
-      // Redelivered after a drop only by a persistent session at QoS 1.
-      source: Object.freeze({ stream: this.#stream, durable: !this.#clean && this.#qos === 1 }),
-    });
+    // Redelivered after a drop only by a persistent session at QoS 1.
+    this.ref = sourceRef(name, options.schema, this.#stream, !this.#clean && this.#qos === 1);
+    this.#life = new SourceLifecycle(this, () => this.#stats);
   }
 
   get stats(): MqttSourceStats {
@@ -296,11 +272,7 @@ export class MqttSource<T = unknown> implements Source<T> {
    * a subscription (an ACL), naming the filter.
    */
   async start(host: SourceHost, options: { logger?: Logger } = {}): Promise<void> {
-    if (this.#started) throw new ConnectorError(this.name, 'already started');
-    this.#started = true;
-    this.#host = host;
-    this.#log = options.logger ?? console;
-    this.#bus = host.bus.client(this.name);
+    this.#life.begin(host, options);
     this.#generation++;
     const client = await openMqtt(
       this.#target,
@@ -326,11 +298,11 @@ export class MqttSource<T = unknown> implements Source<T> {
     this.#client = client;
     client.on('close', () => this.#dropped());
     // mqtt.js reconnects by itself: its events are the connection's state in the runtime's status.
-    client.on('reconnect', () => this.#health?.reconnecting());
-    client.on('error', (error: unknown) => this.#health?.error(error));
+    client.on('reconnect', () => this.#life.health?.reconnecting());
+    client.on('error', (error: unknown) => this.#life.health?.error(error));
     client.on('connect', () => {
-      if (this.#closed) return;
-      this.#health?.connected();
+      if (this.#life.closed) return;
+      this.#life.health?.connected();
       this.#stats.reconnects++;
       this.#generation++;
       this.#acks = [];
@@ -338,20 +310,12 @@ export class MqttSource<T = unknown> implements Source<T> {
     try {
       await this.#subscribe(client);
     } catch (error) {
-      this.#closed = true;
+      this.#life.closed = true;
       await closeMqtt(client, true);
       this.#client = undefined;
       throw error;
     }
-    this.#health = host.telemetry.registerSource({
-      name: this.name,
-      kind: 'mqtt',
-      stream: this.#stream,
-      consumer: this.name,
-      lag: () => this.lag(),
-      counters: () => this.#stats,
-    });
-    this.#health.connected();
+    this.#life.register('mqtt', this.#stream, this.name);
   }
 
   async #subscribe(client: MqttClient): Promise<void> {
@@ -380,7 +344,7 @@ export class MqttSource<T = unknown> implements Source<T> {
   /** mqtt.js's message callback: take the packet into the window and let mqtt.js read on, unless the window is full. */
   #onPacket(packet: IPublishPacket, callback: (error?: Error) => void): void {
     const next = packet.qos > 0 ? () => callback(HELD_BY_SOURCE) : () => callback();
-    if (this.#closed) {
+    if (this.#life.closed) {
       next();
       return;
     }
@@ -406,7 +370,7 @@ export class MqttSource<T = unknown> implements Source<T> {
       generation: this.#generation,
       // A DUP flag is all MQTT says of earlier deliveries: at least one, how many is unknown.
       attempt: packet.dup ? 2 : 1,
-      receivedAt: this.#now(),
+      receivedAt: this.#life.now(),
       state: 'inbox',
       lineage: undefined as unknown as SourceLineage<Held>,
     };
@@ -418,7 +382,7 @@ export class MqttSource<T = unknown> implements Source<T> {
   async #drain(): Promise<void> {
     this.#draining = true;
     try {
-      while (this.#next < this.#inbox.length && !this.#closed) {
+      while (this.#next < this.#inbox.length && !this.#life.closed) {
         const held = this.#inbox[this.#next++] as Held;
         if (this.#next === this.#inbox.length || (this.#next > 1024 && this.#next * 2 > this.#inbox.length)) {
           this.#inbox = this.#inbox.slice(this.#next);
@@ -445,7 +409,7 @@ export class MqttSource<T = unknown> implements Source<T> {
         // A topic with no subject (under '#', anything comes): dead-lettered with the reason.
         return this.#giveUp(held, error);
       }
-      if (!(this.#host as SourceHost).bus.hasSubscribers(subject)) {
+      if (!(this.#life.host as SourceHost).bus.hasSubscribers(subject)) {
         return this.#giveUp(
           held,
           new ConnectorError(this.name, `nothing subscribes to '${subject}' (topic '${topic}')`),
@@ -475,8 +439,8 @@ export class MqttSource<T = unknown> implements Source<T> {
     const key = userProperty(packet, MQTT_PROPERTIES.key);
     if (key !== undefined) options.key = key;
     return deliverHeld(
-      (this.#host as SourceHost).bus,
-      this.#bus as BusClient,
+      (this.#life.host as SourceHost).bus,
+      this.#life.client as BusClient,
       subject,
       data,
       options,
@@ -487,7 +451,7 @@ export class MqttSource<T = unknown> implements Source<T> {
 
   /** An input's last reference came back: acknowledge in order, deliver again after a backoff, or give up. */
   #settled(held: Held, error: unknown): void {
-    if (this.#closed || held.state !== 'bus') return;
+    if (this.#life.closed || held.state !== 'bus') return;
     this.#onBus--;
     if (error === undefined) {
       this.#settle(held);
@@ -506,7 +470,7 @@ export class MqttSource<T = unknown> implements Source<T> {
     held.state = 'waiting';
     const delay = retryDelay(held.attempt, this.#backoffMs);
     // MQTT cannot ask for a message again: the source keeps it (unacknowledged) and delivers it again.
-    this.#later(delay, () => {
+    this.#life.later(delay, () => {
       if (held.state !== 'waiting') return;
       held.attempt++;
       held.state = 'inbox';
@@ -556,7 +520,7 @@ export class MqttSource<T = unknown> implements Source<T> {
 
   /** The connection dropped: a persistent session sends again what was not acknowledged, with DUP. */
   #dropped(): void {
-    if (this.#closed) return;
+    if (this.#life.closed) return;
     this.#generation++;
     this.#acks = [];
     if (!this.#clean) {
@@ -584,11 +548,11 @@ export class MqttSource<T = unknown> implements Source<T> {
       attempts: held.attempt,
       subject: packet.topic,
       messageId: userProperty(packet, MQTT_PROPERTIES.messageId) ?? '',
-      timeMs: this.#now(),
+      timeMs: this.#life.now(),
     });
     const p = packet.payload;
     try {
-      await (this.#bus as BusClient).publish(
+      await (this.#life.client as BusClient).publish(
         this.#deadLetter,
         new Uint8Array(typeof p === 'string' ? Buffer.from(p) : p),
         {
@@ -596,24 +560,16 @@ export class MqttSource<T = unknown> implements Source<T> {
         },
       );
     } catch (e) {
-      if (this.#closed || held.state !== 'waiting') return;
-      this.#log.error(
+      if (this.#life.closed || held.state !== 'waiting') return;
+      this.#life.log.error(
         `${this.name}: could not dead-letter a message of '${packet.topic}' to '${this.#deadLetter}': ${messageOf(e)}`,
       );
-      this.#later(1_000, () => void this.#giveUp(held, error));
+      this.#life.later(1_000, () => void this.#giveUp(held, error));
       return;
     }
     if (held.state !== 'waiting') return;
     this.#stats.terminated++;
     this.#settle(held);
-  }
-
-  #later(ms: number, run: () => void): void {
-    const timer = (this.#host as SourceHost).clock.setTimeout(() => {
-      this.#timers.delete(timer);
-      if (!this.#closed) run();
-    }, ms);
-    this.#timers.add(timer);
   }
 
   /**
@@ -632,7 +588,7 @@ export class MqttSource<T = unknown> implements Source<T> {
     }
     return {
       messages,
-      timeMs: oldest === Number.POSITIVE_INFINITY ? 0 : Math.max(1, this.#now() - oldest),
+      timeMs: oldest === Number.POSITIVE_INFINITY ? 0 : Math.max(1, this.#life.now() - oldest),
       ackPending: this.#onBus,
     };
   }
@@ -643,11 +599,7 @@ export class MqttSource<T = unknown> implements Source<T> {
    * id. Stop the runtime first, so what actors hold settles and is acknowledged. Never rejects.
    */
   async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.#health?.closed();
-    for (const t of this.#timers) t.cancel();
-    this.#timers.clear();
+    if (!this.#life.end()) return;
     this.#window = [];
     this.#head = 0;
     this.#inbox = [];
@@ -658,10 +610,6 @@ export class MqttSource<T = unknown> implements Source<T> {
     const client = this.#client;
     this.#client = undefined;
     await closeMqtt(client);
-  }
-
-  #now(): number {
-    return this.#host?.clock.now() ?? Date.now();
   }
 }
 

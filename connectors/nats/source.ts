@@ -17,24 +17,22 @@ import {
 import type { Msg, NatsConnection, Subscription as NatsSubscription } from '@nats-io/transport-node';
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { Logger } from '../../runtime/actors/actor.ts';
-import { DEAD_LETTER_HEADERS } from '../../runtime/actors/deadLetters.ts';
-import { backoffDelay, DEFAULT_BACKOFF } from '../../runtime/actors/supervisor.ts';
 import type { BusClient } from '../../runtime/bus/bus.ts';
 import type { Permissions } from '../../runtime/bus/permissions.ts';
 import { isLiteral, validateSubject } from '../../runtime/bus/subjects.ts';
-import type { Timer } from '../../runtime/clock.ts';
 import type { Headers, PublishOptions } from '../../runtime/envelope.ts';
-import {
-  ClosedError,
-  ConnectorError,
-  messageOf,
-  OptionsError,
-  SluiceError,
-  StreamError,
-} from '../../runtime/errors.ts';
+import { ClosedError, ConnectorError, messageOf, OptionsError, StreamError } from '../../runtime/errors.ts';
 import { SourceLineage } from '../../runtime/lineage.ts';
-import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
-import { type DeliveryOptions, deliverHeld, freeCapacity } from '../../runtime/sources/delivery.ts';
+import { intOption, knownKeys, optionKeys } from '../../runtime/options.ts';
+import {
+  type DeliveryOptions,
+  deadLetterHeaders,
+  deliverHeld,
+  freeCapacity,
+  retryDelay,
+} from '../../runtime/sources/delivery.ts';
+import { heldLag, SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
+import { backoffOption, checkOptions, deadLetterOption, sourceRef } from '../../runtime/sources/options.ts';
 import type { SourceHealth } from '../../runtime/sources/registry.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
@@ -215,12 +213,9 @@ export class NatsSource<T = unknown> implements Source<T> {
   readonly #deadLetter: string;
   readonly #maxPending: number;
   readonly #lagRefreshMs: number;
-  #host: SourceHost | undefined;
-  #client: BusClient | undefined;
-  #log: Logger = console;
+  /** The host, bus client and logger `start` took, the registration, the timers `close` cancels. */
+  readonly #life: SourceLifecycle;
   #held: HeldConnection | undefined;
-  #started = false;
-  #closed = false;
   readonly #stats = {
     received: 0,
     published: 0,
@@ -231,7 +226,6 @@ export class NatsSource<T = unknown> implements Source<T> {
     fetches: 0,
     redeliveredWhileHeld: 0,
   };
-  #health: SourceHealth | undefined;
   // JetStream
   #consumer: Consumer | undefined;
   #jsm: JetStreamManager | undefined;
@@ -239,23 +233,17 @@ export class NatsSource<T = unknown> implements Source<T> {
   readonly #pending = new Map<number, Held>();
   /** Settled this turn of the event loop, acked at its end. */
   #acks: JsMsg[] = [];
-  #wake: (() => void) | undefined;
-  #touchTimer: Timer | undefined;
-  #lagTimer: Timer | undefined;
   /** Messages the server holds for the consumer beyond those delivered (from the last message or info). */
   #serverPending = 0;
   /** Age reference when nothing is held but the server still has messages: the last message's time. */
   #lastTimestampMs = 0;
-  #noSubscriberWarned = false;
   // core
   readonly #subs: NatsSubscription[] = [];
   readonly #queue: CoreItem[] = [];
   #draining = false;
 
   constructor(options: NatsSourceOptions<T>) {
-    optionsObject('natsSource', options);
-    if (options === undefined) throw new OptionsError('natsSource', 'must be an options object', options);
-    knownKeys('natsSource', options, sourceKeys);
+    checkOptions('natsSource', options, sourceKeys);
     this.#options = options;
     const js = options.jetstream;
     if ((js === undefined) === (options.subjects === undefined)) {
@@ -289,16 +277,7 @@ export class NatsSource<T = unknown> implements Source<T> {
       if (!policyOk) {
         throw new OptionsError('natsSource.jetstream.deliver', "must be 'all', 'new', { fromSeq } or { fromTime }", d);
       }
-      if (js.backoffMs !== undefined) {
-        if (!Array.isArray(js.backoffMs) || js.backoffMs.length === 0) {
-          throw new OptionsError(
-            'natsSource.jetstream.backoffMs',
-            'must be a non-empty array of delays in ms',
-            js.backoffMs,
-          );
-        }
-        for (const [i, ms] of js.backoffMs.entries()) intOption(`natsSource.jetstream.backoffMs[${i}]`, ms, 0, 0);
-      }
+      const backoffMs = backoffOption('natsSource.jetstream.backoffMs', js.backoffMs);
       this.#js = Object.freeze({
         stream: js.stream,
         consumer: js.consumer,
@@ -308,7 +287,7 @@ export class NatsSource<T = unknown> implements Source<T> {
         ackWaitMs: intOption('natsSource.jetstream.ackWaitMs', js.ackWaitMs, 30_000, 1_000),
         maxAckPending: intOption('natsSource.jetstream.maxAckPending', js.maxAckPending, 1_000, 1),
         maxDeliver: intOption('natsSource.jetstream.maxDeliver', js.maxDeliver, 5, 1),
-        backoffMs: js.backoffMs === undefined ? undefined : Object.freeze([...js.backoffMs]),
+        backoffMs,
         fetchBatch: intOption('natsSource.jetstream.fetchBatch', js.fetchBatch, 256, 1),
         fetchExpiresMs: intOption('natsSource.jetstream.fetchExpiresMs', js.fetchExpiresMs, 5_000, 1_000),
       });
@@ -355,10 +334,12 @@ export class NatsSource<T = unknown> implements Source<T> {
     this.name =
       options.name ??
       (this.#js !== undefined ? `nats:${this.#js.stream}/${this.#js.consumer}` : `nats:${this.#subjects.join(',')}`);
-    this.#deadLetter =
-      options.deadLetter ??
-      (this.#js !== undefined ? `$DLQ.nats.${this.#js.stream}.${this.#js.consumer}` : '$DLQ.nats.core');
-    validateSubject(this.#deadLetter, 'publish');
+    // Stream and consumer names have no dots or wildcards: `$DLQ.nats.<stream>.<consumer>` as they are.
+    this.#deadLetter = deadLetterOption(
+      options.deadLetter,
+      'nats',
+      ...(this.#js !== undefined ? [this.#js.stream, this.#js.consumer] : ['core']),
+    );
     this.#maxPending = intOption('natsSource.maxPending', options.maxPending, 65_536, 1);
     this.#lagRefreshMs = intOption('natsSource.lagRefreshMs', options.lagRefreshMs, 5_000, 10);
     // What actors subscribe to: the one bus subject (or pattern) this source publishes on.
@@ -369,11 +350,8 @@ export class NatsSource<T = unknown> implements Source<T> {
     this.#ref =
       refName === undefined
         ? undefined
-        : Object.freeze({
-            name: refName,
-            schema: options.schema,
-            source: Object.freeze({ stream: this.#js?.stream ?? 'nats', durable: this.#js !== undefined }),
-          });
+        : sourceRef(refName, options.schema, this.#js?.stream ?? 'nats', this.#js !== undefined);
+    this.#life = new SourceLifecycle(this, () => this.#stats);
   }
 
   readonly #ref: SourceRef<T> | undefined;
@@ -405,11 +383,7 @@ export class NatsSource<T = unknown> implements Source<T> {
    * refuses the credentials, or the stream does not exist.
    */
   async start(host: SourceHost, options: { logger?: Logger } = {}): Promise<void> {
-    if (this.#started) throw new ConnectorError(this.name, 'already started');
-    this.#started = true;
-    this.#host = host;
-    this.#log = options.logger ?? console;
-    this.#client = host.bus.client(this.name, this.#options.permissions);
+    this.#life.begin(host, options, this.#options.permissions);
     this.#held = await openConnection(this.#options.connection, this.name);
     try {
       if (this.#js !== undefined) await this.#startJetStream(this.#js);
@@ -422,16 +396,12 @@ export class NatsSource<T = unknown> implements Source<T> {
       await closeConnection(this.#held);
       throw error;
     }
-    this.#health = host.telemetry.registerSource({
-      name: this.name,
-      kind: 'nats',
-      stream: this.#js === undefined ? 'nats' : `nats:${this.#js.stream}`,
-      consumer: this.#js?.consumer ?? this.#subjects.join(','),
-      lag: () => this.lag(),
-      counters: () => this.#stats,
-    });
-    this.#health.connected();
-    void watchConnection(this.#held.nc, this.#health);
+    const health = this.#life.register(
+      'nats',
+      this.#js === undefined ? 'nats' : `nats:${this.#js.stream}`,
+      this.#js?.consumer ?? this.#subjects.join(','),
+    );
+    void watchConnection(this.#held.nc, health);
   }
 
   lag(): SourceLag {
@@ -441,18 +411,11 @@ export class NatsSource<T = unknown> implements Source<T> {
       for (const s of this.#subs) waiting += s.getPending();
       return {
         messages: this.#queue.length + waiting,
-        timeMs: first === undefined ? 0 : Math.max(0, this.#now() - first.at),
+        timeMs: first === undefined ? 0 : Math.max(0, this.#life.now() - first.at),
         ackPending: 0,
       };
     }
-    let oldest = Number.POSITIVE_INFINITY;
-    for (const h of this.#pending.values()) if (h.timestampMs < oldest) oldest = h.timestampMs;
-    if (oldest === Number.POSITIVE_INFINITY && this.#serverPending > 0) oldest = this.#lastTimestampMs;
-    return {
-      messages: this.#serverPending + this.#pending.size,
-      timeMs: oldest === Number.POSITIVE_INFINITY || oldest === 0 ? 0 : Math.max(0, Date.now() - oldest),
-      ackPending: this.#pending.size,
-    };
+    return heldLag(this.#pending, (h) => h.timestampMs, this.#serverPending, this.#lastTimestampMs, 0);
   }
 
   /**
@@ -462,12 +425,8 @@ export class NatsSource<T = unknown> implements Source<T> {
    * actors hold settles and is acknowledged before the source lets go. Never rejects.
    */
   async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.#health?.closed();
-    this.#touchTimer?.cancel();
-    this.#lagTimer?.cancel();
-    this.#wake?.();
+    if (!this.#life.end()) return;
+    this.#life.wake();
     // Stopped, not awaited: its end waits for the loop to read what it buffered, and the loop may be
     // waiting on a full mailbox. Messages it still buffers are never delivered: the server redelivers them.
     safely(() => this.#fetching?.stop());
@@ -480,10 +439,6 @@ export class NatsSource<T = unknown> implements Source<T> {
     // the mailbox drains; it sees the close at its next step, and what it holds was nak'ed above.
     if (this.#held !== undefined && !this.#held.nc.isClosed()) await this.#held.nc.flush().catch(() => undefined);
     await closeConnection(this.#held);
-  }
-
-  #now(): number {
-    return this.#host?.clock.now() ?? Date.now();
   }
 
   #subjectOf(natsSubject: string): string {
@@ -500,7 +455,7 @@ export class NatsSource<T = unknown> implements Source<T> {
           queue: this.#options.queue,
           callback: (error, msg) => {
             if (error !== null) {
-              this.#log.error(`${this.name}: subscription to '${subject}' failed: ${messageOf(error)}`);
+              this.#life.log.error(`${this.name}: subscription to '${subject}' failed: ${messageOf(error)}`);
               return;
             }
             this.#onCore(msg);
@@ -512,7 +467,7 @@ export class NatsSource<T = unknown> implements Source<T> {
 
   #onCore(msg: Msg): void {
     this.#stats.received++;
-    const client = this.#client as BusClient;
+    const client = this.#life.client as BusClient;
     let subject: string;
     let data: unknown;
     let options: PublishOptions | undefined;
@@ -565,21 +520,21 @@ export class NatsSource<T = unknown> implements Source<T> {
     }
     if (this.#queue.length >= this.#maxPending) {
       if (this.#stats.dropped++ % 10_000 === 0) {
-        this.#log.warn(
+        this.#life.log.warn(
           `${this.name}: ${this.#maxPending} messages wait for the mailboxes; dropping (at-most-once), ${this.#stats.dropped} so far`,
         );
       }
       return;
     }
-    this.#queue.push({ subject, data, options, at: this.#now() });
+    this.#queue.push({ subject, data, options, at: this.#life.now() });
     if (!this.#draining) void this.#drainCore();
   }
 
   async #drainCore(): Promise<void> {
     this.#draining = true;
-    const client = this.#client as BusClient;
+    const client = this.#life.client as BusClient;
     try {
-      while (this.#queue.length > 0 && !this.#closed) {
+      while (this.#queue.length > 0 && !this.#life.closed) {
         const item = this.#queue[0] as CoreItem;
         try {
           await client.publish(item.subject, item.data, item.options);
@@ -597,7 +552,7 @@ export class NatsSource<T = unknown> implements Source<T> {
   #publishFailed(subject: string, error: unknown): void {
     // At-most-once: a message the bus refuses (shutting down, too large, denied) is logged, not kept.
     this.#stats.dropped++;
-    this.#log.warn(`${this.name}: message for '${subject}' dropped: ${messageOf(error)}`);
+    this.#life.log.warn(`${this.name}: message for '${subject}' dropped: ${messageOf(error)}`);
   }
 
   // ---- JetStream ----
@@ -662,27 +617,13 @@ export class NatsSource<T = unknown> implements Source<T> {
     this.#serverPending = info.num_pending;
     this.#consumer = await jetstream(nc).consumers.get(js.stream, js.consumer);
     this.#scheduleTouch();
-    this.#scheduleLagRefresh();
+    this.#life.every(this.#lagRefreshMs, () => this.#refreshLag());
     void this.#pullLoop(js);
   }
 
   #ackWaitMs = 30_000;
   #maxAckPending = 1_000;
   #maxDeliver = 5;
-
-  /** Resolves when something changed that may let the loop go on: a settlement, a close. */
-  #changed(timeoutMs?: number): Promise<void> {
-    return new Promise((resolve) => {
-      let timer: Timer | undefined;
-      const done = () => {
-        timer?.cancel();
-        if (this.#wake === done) this.#wake = undefined;
-        resolve();
-      };
-      this.#wake = done;
-      if (timeoutMs !== undefined) timer = (this.#host as SourceHost).clock.setTimeout(done, timeoutMs);
-    });
-  }
 
   /**
    * Pulls while the subscribers have room: each pull asks for no more than the free capacity of
@@ -691,21 +632,21 @@ export class NatsSource<T = unknown> implements Source<T> {
    * full). A failed pull (a disconnect, a server restart) is retried with backoff.
    */
   async #pullLoop(js: ResolvedJetStream): Promise<void> {
-    const bus = (this.#host as SourceHost).bus;
+    const bus = (this.#life.host as SourceHost).bus;
     let failures = 0;
-    while (!this.#closed) {
+    while (!this.#life.closed) {
       if (bus.refusal !== undefined) {
-        await this.#changed(100);
+        await this.#life.changed(100);
         continue;
       }
       const room = this.#maxAckPending - this.#pending.size;
       if (room <= 0) {
-        await this.#changed();
+        await this.#life.changed();
         continue;
       }
       const target = this.#literalTarget;
       if (target !== undefined && !bus.hasSubscribers(target)) {
-        await this.#changed(50);
+        await this.#life.changed(50);
         continue;
       }
       const free = target === undefined ? js.fetchBatch : freeCapacity(bus, target);
@@ -715,7 +656,7 @@ export class NatsSource<T = unknown> implements Source<T> {
         const batch = await (this.#consumer as Consumer).fetch({ max_messages: max, expires: js.fetchExpiresMs });
         this.#fetching = batch;
         for await (const m of batch) {
-          if (this.#closed) {
+          if (this.#life.closed) {
             safely(() => m.nak());
             continue;
           }
@@ -732,14 +673,8 @@ export class NatsSource<T = unknown> implements Source<T> {
         }
         failures = 0;
       } catch (error) {
-        if (this.#closed) break;
-        failures++;
-        this.#health?.error(error);
-        const delay = Math.min(5_000, 100 * 2 ** Math.min(failures, 6));
-        if (failures === 1 || failures % 20 === 0) {
-          this.#log.warn(`${this.name}: pull failed (${messageOf(error)}); retrying in ${delay} ms`);
-        }
-        await this.#changed(delay);
+        if (this.#life.closed) break;
+        await this.#life.changed(this.#life.failed('pull', ++failures, error));
       } finally {
         this.#fetching = undefined;
       }
@@ -756,7 +691,7 @@ export class NatsSource<T = unknown> implements Source<T> {
       // first. The held copy goes on and answers for the newest delivery; this one is kept alive.
       this.#stats.redeliveredWhileHeld++;
       pending.msg = m;
-      pending.touchedAt = this.#now();
+      pending.touchedAt = this.#life.now();
       safely(() => m.working());
       return undefined;
     }
@@ -775,13 +710,8 @@ export class NatsSource<T = unknown> implements Source<T> {
       return undefined;
     }
     const held = this.#hold(m, timestampMs);
-    if (!(this.#host as SourceHost).bus.hasSubscribers(subject)) {
-      if (!this.#noSubscriberWarned) {
-        this.#noSubscriberWarned = true;
-        this.#log.warn(
-          `${this.name}: nothing subscribes to '${subject}'; messages wait on the server until something does`,
-        );
-      }
+    if (!(this.#life.host as SourceHost).bus.hasSubscribers(subject)) {
+      this.#life.noSubscriber(subject, 'messages wait on the server');
       this.#pending.delete(held.seq);
       safely(() => m.nak(1_000));
       this.#stats.nacked++;
@@ -797,8 +727,16 @@ export class NatsSource<T = unknown> implements Source<T> {
     };
     if (h.key !== undefined) options.key = h.key;
     // At JetStream's delivery count: an actor's retries count on from the server's deliveries.
-    const host = this.#host as SourceHost;
-    return deliverHeld(host.bus, this.#client as BusClient, subject, data, options, m.info.deliveryCount, this.#stats);
+    const host = this.#life.host as SourceHost;
+    return deliverHeld(
+      host.bus,
+      this.#life.client as BusClient,
+      subject,
+      data,
+      options,
+      m.info.deliveryCount,
+      this.#stats,
+    );
   }
 
   #hold(m: JsMsg, timestampMs: number): Held {
@@ -806,7 +744,7 @@ export class NatsSource<T = unknown> implements Source<T> {
       seq: m.seq,
       msg: m,
       timestampMs,
-      touchedAt: this.#now(),
+      touchedAt: this.#life.now(),
       data: m.data,
       lineage: undefined as unknown as AckLineage,
     };
@@ -834,22 +772,16 @@ export class NatsSource<T = unknown> implements Source<T> {
       this.#stats.acked++;
       this.#acks.push(held.msg);
       if (this.#acks.length === 1) setImmediate(this.#flushAcks);
-      this.#wake?.();
+      this.#life.wake();
       return;
     }
     const attempt = held.msg.info.deliveryCount;
     if (error instanceof ClosedError || attempt < this.#maxDeliver) {
       this.#pending.delete(held.seq);
       this.#stats.nacked++;
-      const b = this.#js?.backoffMs;
-      const delay =
-        error instanceof ClosedError
-          ? 0
-          : b !== undefined
-            ? (b[Math.min(attempt, b.length) - 1] as number)
-            : backoffDelay(attempt, DEFAULT_BACKOFF, Math.random);
+      const delay = error instanceof ClosedError ? 0 : retryDelay(attempt, this.#js?.backoffMs);
       safely(() => held.msg.nak(delay));
-      this.#wake?.();
+      this.#life.wake();
       return;
     }
     void this.#giveUp(held, error, readHeaders(held.msg.headers).headers, held.data);
@@ -862,54 +794,56 @@ export class NatsSource<T = unknown> implements Source<T> {
    */
   async #giveUp(held: Held, error: unknown, headers: Headers, data: Uint8Array): Promise<void> {
     const m = held.msg;
-    const now = this.#now();
-    const letter: Record<string, string> = {
-      ...headers,
-      [STREAM_HEADERS.stream]: this.#js?.stream ?? 'nats',
-      [STREAM_HEADERS.sequence]: String(m.seq),
-      [DEAD_LETTER_HEADERS.error]: messageOf(error),
-      [DEAD_LETTER_HEADERS.code]: error instanceof SluiceError ? error.code : 'SLUICE_ERR_HANDLER',
-      [DEAD_LETTER_HEADERS.actor]: this.name,
-      [DEAD_LETTER_HEADERS.attempts]: String(m.info.deliveryCount),
-      [DEAD_LETTER_HEADERS.subject]: m.subject,
-      [DEAD_LETTER_HEADERS.messageId]: `${this.#js?.stream}/${m.seq}`,
-      [DEAD_LETTER_HEADERS.time]: new Date(now).toISOString(),
-    };
+    const letter = deadLetterHeaders({
+      headers: {
+        ...headers,
+        [STREAM_HEADERS.stream]: this.#js?.stream ?? 'nats',
+        [STREAM_HEADERS.sequence]: String(m.seq),
+      },
+      error,
+      source: this.name,
+      attempts: m.info.deliveryCount,
+      subject: m.subject,
+      messageId: `${this.#js?.stream}/${m.seq}`,
+      timeMs: this.#life.now(),
+    });
     try {
-      await (this.#client as BusClient).publish(this.#deadLetter, data.slice(), { headers: letter });
+      await (this.#life.client as BusClient).publish(this.#deadLetter, data.slice(), { headers: letter });
     } catch (e) {
-      this.#log.error(
+      this.#life.log.error(
         `${this.name}: could not dead-letter sequence ${m.seq} to '${this.#deadLetter}': ${messageOf(e)}`,
       );
       if (this.#pending.get(held.seq) === held) this.#pending.delete(held.seq);
       this.#stats.nacked++;
       safely(() => m.nak(this.#ackWaitMs));
-      this.#wake?.();
+      this.#life.wake();
       return;
     }
     if (this.#pending.get(held.seq) === held) this.#pending.delete(held.seq);
     this.#stats.terminated++;
     // No reason on the wire: nats-server 2.9 takes `+TERM` alone (a reason came with 2.10).
     safely(() => m.term());
-    this.#wake?.();
+    this.#life.wake();
   }
 
   /** Core messages that do not decode go to the dead-letter subject: at-most-once, but never in silence. */
   #undecodable(subject: string, data: Uint8Array, headers: Headers, error: unknown): void {
     this.#stats.terminated++;
-    const letter: Record<string, string> = {
-      ...headers,
-      [DEAD_LETTER_HEADERS.error]: messageOf(error),
-      [DEAD_LETTER_HEADERS.code]: error instanceof SluiceError ? error.code : 'SLUICE_ERR_DECODE',
-      [DEAD_LETTER_HEADERS.actor]: this.name,
-      [DEAD_LETTER_HEADERS.attempts]: '1',
-      [DEAD_LETTER_HEADERS.subject]: subject,
-      [DEAD_LETTER_HEADERS.messageId]: '',
-      [DEAD_LETTER_HEADERS.time]: new Date(this.#now()).toISOString(),
-    };
-    (this.#client as BusClient).publish(this.#deadLetter, data.slice(), { headers: letter }).catch((e: unknown) => {
-      this.#log.error(`${this.name}: could not dead-letter a message from '${subject}': ${messageOf(e)}`);
+    const letter = deadLetterHeaders({
+      headers,
+      error,
+      source: this.name,
+      attempts: 1,
+      subject,
+      messageId: '',
+      timeMs: this.#life.now(),
+      code: 'SLUICE_ERR_DECODE',
     });
+    (this.#life.client as BusClient)
+      .publish(this.#deadLetter, data.slice(), { headers: letter })
+      .catch((e: unknown) => {
+        this.#life.log.error(`${this.name}: could not dead-letter a message from '${subject}': ${messageOf(e)}`);
+      });
   }
 
   /**
@@ -917,10 +851,8 @@ export class NatsSource<T = unknown> implements Source<T> {
    * deliver them again while this process works on them (a window, a slow sink, a full mailbox).
    */
   #scheduleTouch(): void {
-    const every = Math.max(250, Math.floor(this.#ackWaitMs / 3));
-    this.#touchTimer = (this.#host as SourceHost).clock.setTimeout(() => {
-      if (this.#closed) return;
-      const now = this.#now();
+    this.#life.later(Math.max(250, Math.floor(this.#ackWaitMs / 3)), () => {
+      const now = this.#life.now();
       for (const h of this.#pending.values()) {
         if (now - h.touchedAt >= this.#ackWaitMs / 2) {
           h.touchedAt = now;
@@ -928,21 +860,14 @@ export class NatsSource<T = unknown> implements Source<T> {
         }
       }
       this.#scheduleTouch();
-    }, every);
+    });
   }
 
-  #scheduleLagRefresh(): void {
-    this.#lagTimer = (this.#host as SourceHost).clock.setTimeout(() => {
-      if (this.#closed) return;
-      const js = this.#js as ResolvedJetStream;
-      (this.#jsm as JetStreamManager).consumers
-        .info(js.stream, js.consumer)
-        .then((info) => {
-          this.#serverPending = info.num_pending;
-        })
-        .catch(() => undefined)
-        .finally(() => this.#scheduleLagRefresh());
-    }, this.#lagRefreshMs);
+  #refreshLag(): Promise<void> {
+    const js = this.#js as ResolvedJetStream;
+    return (this.#jsm as JetStreamManager).consumers.info(js.stream, js.consumer).then((info) => {
+      this.#serverPending = info.num_pending;
+    });
   }
 }
 

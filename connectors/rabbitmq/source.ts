@@ -8,8 +8,6 @@ import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import type { Logger } from '../../runtime/actors/actor.ts';
 import type { BusClient } from '../../runtime/bus/bus.ts';
-import { validateSubject } from '../../runtime/bus/subjects.ts';
-import type { Timer } from '../../runtime/clock.ts';
 import {
   type Codec,
   type CodecChoice,
@@ -21,16 +19,16 @@ import {
 } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
-import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
+import { intOption, optionKeys } from '../../runtime/options.ts';
 import {
-  backoffOption,
   type DeliveryOptions,
   deadLetterHeaders,
   deliverHeld,
   freeCapacity,
   retryDelay,
 } from '../../runtime/sources/delivery.ts';
-import type { SourceHealth } from '../../runtime/sources/registry.ts';
+import { heldLag, SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
+import { ackOptions, checkOptions, deadLetterOption, sourceRef, subjectOption } from '../../runtime/sources/options.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import { openRabbit, type RabbitConnectionOptions, type RabbitTarget, rabbitTarget, reconnectDelay } from './config.ts';
@@ -140,15 +138,12 @@ export class RabbitSource<T = unknown> implements Source<T> {
   readonly #backoffMs: readonly number[] | undefined;
   readonly #lagRefreshMs: number;
   #target: RabbitTarget | undefined;
-  #host: SourceHost | undefined;
-  #client: BusClient | undefined;
-  #log: Logger = console;
+  /** The host, bus client and logger `start` took, the registration, the timers `close` cancels. */
+  readonly #life: SourceLifecycle;
   #model: ChannelModel | undefined;
   #channel: Channel | undefined;
   /** Counts channels: a message held from an earlier one cannot be acked on this one (RabbitMQ requeued it). */
   #generation = 0;
-  #started = false;
-  #closed = false;
   #reconnecting = false;
   /** Where the lineage of a delivered message reports its settlement. */
   readonly #settlement: SourceSettlement<Held> = {
@@ -160,8 +155,6 @@ export class RabbitSource<T = unknown> implements Source<T> {
   /** Delivered by RabbitMQ, waiting for the mailboxes (at most the prefetch). */
   readonly #inbox: Held[] = [];
   #draining = false;
-  readonly #timers = new Set<Timer>();
-  #health: SourceHealth | undefined;
   #ready = 0;
   #prefetch = 0;
   /**
@@ -173,23 +166,13 @@ export class RabbitSource<T = unknown> implements Source<T> {
   readonly #stats = { received: 0, published: 0, acked: 0, requeued: 0, terminated: 0, reconnects: 0 };
 
   constructor(options: RabbitSourceOptions<T>) {
-    optionsObject('rabbitSource', options);
-    if (options === undefined) throw new OptionsError('rabbitSource', 'must be an options object', options);
-    knownKeys('rabbitSource', options, sourceKeys);
+    checkOptions('rabbitSource', options, sourceKeys);
     this.#options = options;
     if (typeof options.queue !== 'string' || options.queue === '') {
       throw new OptionsError('rabbitSource.queue', 'must be a non-empty queue name', options.queue);
     }
     this.#queue = options.queue;
-    if (typeof options.subject !== 'string') {
-      throw new OptionsError(
-        'rabbitSource.subject',
-        'must be the bus subject the messages are published to',
-        options.subject,
-      );
-    }
-    validateSubject(options.subject, 'publish');
-    this.#subject = options.subject;
+    this.#subject = subjectOption('rabbitSource.subject', options.subject, 'messages');
     this.#codec = codecOf(options.codec, 'rabbitSource.codec');
     checkDeclaration(options.declare, 'rabbitSource.declare');
     this.name = options.name ?? `rabbitmq:${this.#queue}`;
@@ -198,20 +181,17 @@ export class RabbitSource<T = unknown> implements Source<T> {
       throw new OptionsError('rabbitSource.deadLetters', "must be 'bus' or 'rabbitmq'", dl);
     }
     this.#deadLetters = dl;
-    this.#deadLetter = options.deadLetter ?? `$DLQ.rabbitmq.${this.#queue.replace(/[\s.*>]/g, '_')}`;
-    validateSubject(this.#deadLetter, 'publish');
-    this.#maxAckPending = intOption('rabbitSource.maxAckPending', options.maxAckPending, 1_000, 1);
+    this.#deadLetter = deadLetterOption(options.deadLetter, 'rabbitmq', this.#queue);
     const limit = options.deliveryLimit ?? options.declare?.deliveryLimit;
-    if (limit !== undefined) intOption('rabbitSource.deliveryLimit', limit, 0, 0);
-    const maxDeliver = intOption('rabbitSource.maxDeliver', options.maxDeliver, 5, 1);
-    this.#maxDeliver = limit === undefined ? maxDeliver : Math.min(maxDeliver, limit + 1);
-    this.#backoffMs = backoffOption('rabbitSource.backoffMs', options.backoffMs);
-    this.#lagRefreshMs = intOption('rabbitSource.lagRefreshMs', options.lagRefreshMs, 5_000, 10);
-    this.ref = Object.freeze({
-      name: this.#subject,
-      schema: options.schema,
-      source: Object.freeze({ stream: this.#queue, durable: true }),
+    const acks = ackOptions('rabbitSource', options, () => {
+      if (limit !== undefined) intOption('rabbitSource.deliveryLimit', limit, 0, 0);
     });
+    this.#maxAckPending = acks.maxAckPending;
+    this.#maxDeliver = limit === undefined ? acks.maxDeliver : Math.min(acks.maxDeliver, limit + 1);
+    this.#backoffMs = acks.backoffMs;
+    this.#lagRefreshMs = intOption('rabbitSource.lagRefreshMs', options.lagRefreshMs, 5_000, 10);
+    this.ref = sourceRef(this.#subject, options.schema, this.#queue, true);
+    this.#life = new SourceLifecycle(this, () => this.#stats);
   }
 
   get stats(): RabbitSourceStats {
@@ -229,23 +209,15 @@ export class RabbitSource<T = unknown> implements Source<T> {
    * credentials or the vhost, or the queue is missing (without `declare`) or declared otherwise.
    */
   async start(host: SourceHost, options: { logger?: Logger } = {}): Promise<void> {
-    if (this.#started) throw new ConnectorError(this.name, 'already started');
-    this.#started = true;
-    this.#host = host;
-    this.#log = options.logger ?? console;
-    this.#client = host.bus.client(this.name);
+    this.#life.begin(host, options);
     this.#target = rabbitTarget(this.#options.connection, `${this.name}.connection`);
     await this.#open();
-    this.#health = host.telemetry.registerSource({
-      name: this.name,
-      kind: 'rabbitmq',
-      stream: `rabbitmq:${this.#queue}`,
-      consumer: this.name,
-      lag: () => this.lag(),
-      counters: () => this.#stats,
-    });
-    this.#health.connected();
-    this.#refreshLagLater();
+    this.#life.register('rabbitmq', `rabbitmq:${this.#queue}`, this.name);
+    this.#life.every(this.#lagRefreshMs, () =>
+      this.#channel?.checkQueue(this.#queue).then((ok) => {
+        this.#ready = ok.messageCount;
+      }),
+    );
   }
 
   /** Opens the connection and channel, declares or checks the queue, and consumes when subscribed. */
@@ -270,7 +242,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
       await model.close().catch(() => undefined);
       throw error;
     }
-    if (this.#closed) {
+    if (this.#life.closed) {
       await model.close().catch(() => undefined);
       return;
     }
@@ -284,10 +256,10 @@ export class RabbitSource<T = unknown> implements Source<T> {
   }
 
   async #consumeWhenSubscribed(generation: number): Promise<void> {
-    const bus = (this.#host as SourceHost).bus;
+    const bus = (this.#life.host as SourceHost).bus;
     while (!bus.hasSubscribers(this.#subject)) {
-      await this.#sleep(50);
-      if (this.#closed || generation !== this.#generation) return;
+      await this.#life.sleep(50);
+      if (this.#life.closed || generation !== this.#generation) return;
     }
     // The most RabbitMQ sends before an ack: what the mailboxes hold, and the one that waits for room.
     const capacity = freeCapacity(bus, this.#subject, true);
@@ -300,24 +272,13 @@ export class RabbitSource<T = unknown> implements Source<T> {
       await channel.prefetch(this.#prefetch);
       await channel.consume(this.#queue, (msg) => this.#onMessage(msg, generation), { noAck: false });
     } catch (error) {
-      if (!this.#closed) this.#log.warn(`${this.name}: could not consume '${this.#queue}': ${messageOf(error)}`);
+      if (!this.#life.closed)
+        this.#life.log.warn(`${this.name}: could not consume '${this.#queue}': ${messageOf(error)}`);
     }
   }
 
-  #sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => this.#later(ms, resolve, true));
-  }
-
-  #later(ms: number, run: () => void, always = false): void {
-    const timer = (this.#host as SourceHost).clock.setTimeout(() => {
-      this.#timers.delete(timer);
-      if (always || !this.#closed) run();
-    }, ms);
-    this.#timers.add(timer);
-  }
-
   #dropped(generation: number): void {
-    if (this.#closed || generation !== this.#generation || this.#reconnecting) return;
+    if (this.#life.closed || generation !== this.#generation || this.#reconnecting) return;
     this.#generation++;
     // RabbitMQ requeues what this channel had not acked: held messages settle to nothing now.
     this.#pending.clear();
@@ -325,7 +286,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
     this.#inbox.length = 0;
     this.#channel = undefined;
     this.#model = undefined;
-    this.#health?.reconnecting(new Error('the connection or channel closed'));
+    this.#life.health?.reconnecting(new Error('the connection or channel closed'));
     void this.#reconnect();
   }
 
@@ -333,21 +294,21 @@ export class RabbitSource<T = unknown> implements Source<T> {
     this.#reconnecting = true;
     let attempt = 0;
     try {
-      while (!this.#closed) {
+      while (!this.#life.closed) {
         const delay = reconnectDelay(this.#target as RabbitTarget, ++attempt);
         if (attempt === 1 || attempt % 20 === 0) {
-          this.#log.warn(`${this.name}: connection lost; opening again in ${delay} ms (attempt ${attempt})`);
+          this.#life.log.warn(`${this.name}: connection lost; opening again in ${delay} ms (attempt ${attempt})`);
         }
-        await this.#sleep(delay);
-        if (this.#closed) return;
+        await this.#life.sleep(delay);
+        if (this.#life.closed) return;
         try {
           await this.#open();
           this.#stats.reconnects++;
-          this.#health?.connected();
+          this.#life.health?.connected();
           return;
         } catch (error) {
           // Tried again after a longer delay.
-          this.#health?.error(error);
+          this.#life.health?.error(error);
         }
       }
     } finally {
@@ -358,13 +319,13 @@ export class RabbitSource<T = unknown> implements Source<T> {
   #onMessage(msg: ConsumeMessage | null, generation: number): void {
     if (msg === null) {
       // The server cancelled the consumer (the queue was deleted): open again, and the check says why.
-      if (generation === this.#generation && !this.#closed) {
-        this.#log.warn(`${this.name}: the server cancelled the consumer of '${this.#queue}'`);
+      if (generation === this.#generation && !this.#life.closed) {
+        this.#life.log.warn(`${this.name}: the server cancelled the consumer of '${this.#queue}'`);
         void (this.#model as ChannelModel | undefined)?.close().catch(() => undefined);
       }
       return;
     }
-    if (generation !== this.#generation || this.#closed) return;
+    if (generation !== this.#generation || this.#life.closed) return;
     this.#stats.received++;
     this.#ready = Math.max(0, this.#ready - 1);
     let attempt = attemptOf(msg, this.#queue);
@@ -391,7 +352,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
    * while they take it (no promise per message), and on from where it stopped once they did.
    */
   #drain(): void {
-    while (this.#inbox.length > 0 && !this.#closed) {
+    while (this.#inbox.length > 0 && !this.#life.closed) {
       const held = this.#inbox.shift() as Held;
       if (held.generation !== this.#generation) continue;
       const waiting = this.#deliver(held);
@@ -437,8 +398,8 @@ export class RabbitSource<T = unknown> implements Source<T> {
     const key = p.headers?.['sluice-key'];
     if (typeof key === 'string') options.key = key;
     return deliverHeld(
-      (this.#host as SourceHost).bus,
-      this.#client as BusClient,
+      (this.#life.host as SourceHost).bus,
+      this.#life.client as BusClient,
       this.#subject,
       data,
       options,
@@ -498,7 +459,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
     if (error instanceof ClosedError || held.attempt < this.#maxDeliver) {
       const delay = error instanceof ClosedError ? 0 : retryDelay(held.attempt, this.#backoffMs);
       // Held (within the prefetch) for the backoff, then requeued: RabbitMQ has no delayed nack.
-      this.#later(delay, () => {
+      this.#life.later(delay, () => {
         if (held.generation !== this.#generation || this.#pending.get(held.msg.fields.deliveryTag) !== held) return;
         this.#pending.delete(held.msg.fields.deliveryTag);
         this.#stats.requeued++;
@@ -536,16 +497,16 @@ export class RabbitSource<T = unknown> implements Source<T> {
       attempts: held.attempt,
       subject: this.#queue,
       messageId: String(held.msg.properties.messageId ?? ''),
-      timeMs: this.#now(),
+      timeMs: this.#life.now(),
     });
     let published = true;
     try {
-      await (this.#client as BusClient).publish(this.#deadLetter, new Uint8Array(held.msg.content), {
+      await (this.#life.client as BusClient).publish(this.#deadLetter, new Uint8Array(held.msg.content), {
         headers: letter,
       });
     } catch (e) {
       published = false;
-      this.#log.error(`${this.name}: could not dead-letter a message to '${this.#deadLetter}': ${messageOf(e)}`);
+      this.#life.log.error(`${this.name}: could not dead-letter a message to '${this.#deadLetter}': ${messageOf(e)}`);
     }
     if (held.generation !== this.#generation || this.#pending.get(tag) !== held) return;
     this.#pending.delete(tag);
@@ -559,27 +520,8 @@ export class RabbitSource<T = unknown> implements Source<T> {
   }
 
   lag(): SourceLag {
-    let oldest = Number.POSITIVE_INFINITY;
-    for (const h of this.#pending.values()) if (h.receivedAt < oldest) oldest = h.receivedAt;
-    return {
-      messages: this.#ready + this.#pending.size,
-      timeMs: oldest === Number.POSITIVE_INFINITY ? 0 : Math.max(1, Date.now() - oldest),
-      ackPending: this.#pending.size,
-    };
-  }
-
-  #refreshLagLater(): void {
-    this.#later(this.#lagRefreshMs, () => {
-      const channel = this.#channel;
-      if (channel === undefined) return this.#refreshLagLater();
-      channel
-        .checkQueue(this.#queue)
-        .then((ok) => {
-          this.#ready = ok.messageCount;
-        })
-        .catch(() => undefined)
-        .finally(() => this.#refreshLagLater());
-    });
+    // What is ready in the queue has no time RabbitMQ tells: the age is that of what is held.
+    return heldLag(this.#pending, (h) => h.receivedAt, this.#ready, 0, 1);
   }
 
   /**
@@ -588,21 +530,13 @@ export class RabbitSource<T = unknown> implements Source<T> {
    * restart). Stop the runtime first, so what actors hold settles and is acked. Never rejects.
    */
   async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.#health?.closed();
-    for (const t of this.#timers) t.cancel();
-    this.#timers.clear();
+    if (!this.#life.end()) return;
     // What settled before the close is acked, not requeued.
     this.#flushAcks();
     this.#pending.clear();
     this.#inbox.length = 0;
     this.#generation++;
     await this.#model?.close().catch(() => undefined);
-  }
-
-  #now(): number {
-    return this.#host?.clock.now() ?? Date.now();
   }
 }
 

@@ -10,21 +10,19 @@ import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../../runtime/actors/actor.ts';
 import type { BusClient } from '../../runtime/bus/bus.ts';
-import { validateSubject } from '../../runtime/bus/subjects.ts';
-import type { Timer } from '../../runtime/clock.ts';
 import { type Codec, codecOf } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
-import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
+import { intOption, optionKeys } from '../../runtime/options.ts';
 import {
-  backoffOption,
   type DeliveryOptions,
   deadLetterHeaders,
   deliverHeld,
   freeCapacity,
   retryDelay,
 } from '../../runtime/sources/delivery.ts';
-import type { SourceHealth } from '../../runtime/sources/registry.ts';
+import { heldLag, SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
+import { ackOptions, checkOptions, deadLetterOption, sourceRef, subjectOption } from '../../runtime/sources/options.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 import {
@@ -165,14 +163,11 @@ export class RedisSource<T = unknown> implements Source<T> {
   readonly #blockMs: number;
   readonly #claimIdleMs: number;
   readonly #lagRefreshMs: number;
-  #host: SourceHost | undefined;
-  #client: BusClient | undefined;
-  #log: Logger = console;
+  /** The host, bus client and logger `start` took, the registration, the timers `close` cancels. */
+  readonly #life: SourceLifecycle;
   #held: HeldRedis | undefined;
   /** The blocking reads' own connection: a blocked XREADGROUP holds its connection. */
   #reader: Redis | undefined;
-  #started = false;
-  #closed = false;
   /** Where the lineage of a delivered message reports its settlement. */
   readonly #settlement: SourceSettlement<Held> = {
     sourceSettled: (held, _lineage, error) => this.#settled(held, error),
@@ -180,20 +175,14 @@ export class RedisSource<T = unknown> implements Source<T> {
   readonly #pending = new Map<string, Held>();
   #acks: string[] = [];
   readonly #stats = { received: 0, published: 0, acked: 0, retried: 0, claimed: 0, terminated: 0, reads: 0 };
-  #wake: (() => void) | undefined;
-  readonly #timers = new Set<Timer>();
-  #health: SourceHealth | undefined;
   /** Entries not yet delivered to the group (XINFO GROUPS `lag`), as last read or counted down since. */
   #serverLag = 0;
   /** The id time of the next entry not delivered yet, for lag time when nothing is held. */
   #nextUndeliveredMs = 0;
   #claimCursor = '0-0';
-  #noSubscriberWarned = false;
 
   constructor(options: RedisSourceOptions<T>) {
-    optionsObject('redisSource', options);
-    if (options === undefined) throw new OptionsError('redisSource', 'must be an options object', options);
-    knownKeys('redisSource', options, sourceKeys);
+    checkOptions('redisSource', options, sourceKeys);
     this.#options = options;
     for (const k of ['stream', 'group'] as const) {
       if (typeof options[k] !== 'string' || options[k] === '') {
@@ -209,35 +198,24 @@ export class RedisSource<T = unknown> implements Source<T> {
     if (options.from !== undefined && options.from !== 'all' && options.from !== 'new') {
       throw new OptionsError('redisSource.from', "must be 'all' or 'new'", options.from);
     }
-    if (typeof options.subject !== 'string') {
-      throw new OptionsError(
-        'redisSource.subject',
-        'must be the bus subject the entries are published to',
-        options.subject,
-      );
-    }
-    validateSubject(options.subject, 'publish');
-    this.#subject = options.subject;
+    this.#subject = subjectOption('redisSource.subject', options.subject, 'entries');
     this.#field = options.field ?? 'data';
     if (typeof this.#field !== 'string' || this.#field === '') {
       throw new OptionsError('redisSource.field', 'must be a non-empty field name', options.field);
     }
     this.#codec = codecOf(options.codec, 'redisSource.codec');
     this.name = options.name ?? `redis:${this.#stream}/${this.#group}`;
-    this.#deadLetter = options.deadLetter ?? `$DLQ.redis.${this.#group.replace(/[\s.*>]/g, '_')}`;
-    validateSubject(this.#deadLetter, 'publish');
-    this.#maxAckPending = intOption('redisSource.maxAckPending', options.maxAckPending, 1_000, 1);
-    this.#maxDeliver = intOption('redisSource.maxDeliver', options.maxDeliver, 5, 1);
-    this.#backoffMs = backoffOption('redisSource.backoffMs', options.backoffMs);
+    this.#deadLetter = deadLetterOption(options.deadLetter, 'redis', this.#group);
+    const acks = ackOptions('redisSource', options);
+    this.#maxAckPending = acks.maxAckPending;
+    this.#maxDeliver = acks.maxDeliver;
+    this.#backoffMs = acks.backoffMs;
     this.#readBatch = intOption('redisSource.readBatch', options.readBatch, 256, 1);
     this.#blockMs = intOption('redisSource.blockMs', options.blockMs, 2_000, 1);
     this.#claimIdleMs = intOption('redisSource.claimIdleMs', options.claimIdleMs, 30_000, 10);
     this.#lagRefreshMs = intOption('redisSource.lagRefreshMs', options.lagRefreshMs, 5_000, 10);
-    this.ref = Object.freeze({
-      name: this.#subject,
-      schema: options.schema,
-      source: Object.freeze({ stream: this.#stream, durable: true }),
-    });
+    this.ref = sourceRef(this.#subject, options.schema, this.#stream, true);
+    this.#life = new SourceLifecycle(this, () => this.#stats);
   }
 
   /** What the source did so far. */
@@ -256,11 +234,7 @@ export class RedisSource<T = unknown> implements Source<T> {
    * refuses the credentials, or the group does not exist and `create` is false.
    */
   async start(host: SourceHost, options: { logger?: Logger } = {}): Promise<void> {
-    if (this.#started) throw new ConnectorError(this.name, 'already started');
-    this.#started = true;
-    this.#host = host;
-    this.#log = options.logger ?? console;
-    this.#client = host.bus.client(this.name);
+    this.#life.begin(host, options);
     // Connections of its own, also beside a caller's client: a blocked read holds its connection,
     // and the replies parsed here are RESP2's whatever protocol the caller's client speaks.
     const connection = optionsLike(this.#options.connection, this.name);
@@ -284,16 +258,7 @@ export class RedisSource<T = unknown> implements Source<T> {
       await closeRedis(this.#held);
       throw error;
     }
-    const health = host.telemetry.registerSource({
-      name: this.name,
-      kind: 'redis',
-      stream: `redis:${this.#stream}`,
-      consumer: this.#group,
-      lag: () => this.lag(),
-      counters: () => this.#stats,
-    });
-    this.#health = health;
-    health.connected();
+    const health = this.#life.register('redis', `redis:${this.#stream}`, this.#group);
     // ioredis reconnects by itself; both connections count (reads on one, acks on the other).
     for (const redis of [this.#reader, this.#held.redis]) {
       redis.on('reconnecting', () => health.reconnecting());
@@ -302,9 +267,9 @@ export class RedisSource<T = unknown> implements Source<T> {
       });
       redis.on('error', (error: unknown) => health.error(error));
     }
-    this.#every(Math.max(10, Math.floor(this.#claimIdleMs / 3)), () => this.#touch());
-    this.#every(Math.max(10, Math.floor(this.#claimIdleMs / 2)), () => this.#claimDead());
-    this.#every(this.#lagRefreshMs, () => this.#refreshLag());
+    this.#life.every(Math.max(10, Math.floor(this.#claimIdleMs / 3)), () => this.#touch());
+    this.#life.every(Math.max(10, Math.floor(this.#claimIdleMs / 2)), () => this.#claimDead());
+    this.#life.every(this.#lagRefreshMs, () => this.#refreshLag());
     void this.#readLoop();
   }
 
@@ -344,14 +309,7 @@ export class RedisSource<T = unknown> implements Source<T> {
   }
 
   lag(): SourceLag {
-    let oldest = Number.POSITIVE_INFINITY;
-    for (const h of this.#pending.values()) if (h.timestampMs < oldest) oldest = h.timestampMs;
-    if (oldest === Number.POSITIVE_INFINITY && this.#serverLag > 0) oldest = this.#nextUndeliveredMs;
-    return {
-      messages: this.#serverLag + this.#pending.size,
-      timeMs: oldest === Number.POSITIVE_INFINITY || oldest === 0 ? 0 : Math.max(1, Date.now() - oldest),
-      ackPending: this.#pending.size,
-    };
+    return heldLag(this.#pending, (h) => h.timestampMs, this.#serverLag, this.#nextUndeliveredMs, 1);
   }
 
   /**
@@ -361,55 +319,13 @@ export class RedisSource<T = unknown> implements Source<T> {
    * actors hold settles and is acknowledged before the source lets go. Never rejects.
    */
   async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.#health?.closed();
-    for (const t of this.#timers) t.cancel();
-    this.#timers.clear();
-    this.#wake?.();
+    if (!this.#life.end()) return;
+    this.#life.wake();
     this.#pending.clear();
     this.#flushAcks();
     // A blocked read ends with its connection; what it returns later is never delivered.
     this.#reader?.disconnect();
     await closeRedis(this.#held);
-  }
-
-  #every(ms: number, run: () => Promise<void> | undefined): void {
-    const clock = (this.#host as SourceHost).clock;
-    const schedule = () => {
-      const timer = clock.setTimeout(() => {
-        this.#timers.delete(timer);
-        if (this.#closed) return;
-        Promise.resolve(run())
-          .catch(() => undefined)
-          .finally(() => {
-            if (!this.#closed) schedule();
-          });
-      }, ms);
-      this.#timers.add(timer);
-    };
-    schedule();
-  }
-
-  #later(ms: number, run: () => void): void {
-    const timer = (this.#host as SourceHost).clock.setTimeout(() => {
-      this.#timers.delete(timer);
-      if (!this.#closed) run();
-    }, ms);
-    this.#timers.add(timer);
-  }
-
-  /** Resolves when something changed that may let the loop go on: a settlement, a close. */
-  #changed(timeoutMs: number): Promise<void> {
-    return new Promise((resolve) => {
-      const done = () => {
-        timer.cancel();
-        if (this.#wake === done) this.#wake = undefined;
-        resolve();
-      };
-      const timer = (this.#host as SourceHost).clock.setTimeout(done, timeoutMs);
-      this.#wake = done;
-    });
   }
 
   /**
@@ -419,12 +335,12 @@ export class RedisSource<T = unknown> implements Source<T> {
    * then new ones. A failed read (a disconnect, a server restart) is retried with backoff.
    */
   async #readLoop(): Promise<void> {
-    const bus = (this.#host as SourceHost).bus;
+    const bus = (this.#life.host as SourceHost).bus;
     let cursor: string | undefined = '0-0';
     let failures = 0;
     /** The next read of new entries, sent while the last ones were delivered. */
     let ahead: Promise<Entry[]> | undefined;
-    while (!this.#closed) {
+    while (!this.#life.closed) {
       let entries: Entry[];
       try {
         if (ahead !== undefined) {
@@ -433,22 +349,17 @@ export class RedisSource<T = unknown> implements Source<T> {
           entries = await read;
         } else {
           if (bus.refusal !== undefined) {
-            await this.#changed(100);
+            await this.#life.changed(100);
             continue;
           }
           const room = this.#maxAckPending - this.#pending.size;
           if (room <= 0) {
-            await this.#changed(1_000);
+            await this.#life.changed(1_000);
             continue;
           }
           if (!bus.hasSubscribers(this.#subject)) {
-            if (!this.#noSubscriberWarned) {
-              this.#noSubscriberWarned = true;
-              this.#log.warn(
-                `${this.name}: nothing subscribes to '${this.#subject}'; entries wait in Redis until something does`,
-              );
-            }
-            await this.#changed(50);
+            this.#life.noSubscriber(this.#subject, 'entries wait in Redis');
+            await this.#life.changed(50);
             continue;
           }
           entries = await this.#read(
@@ -458,17 +369,11 @@ export class RedisSource<T = unknown> implements Source<T> {
         }
         failures = 0;
       } catch (error) {
-        if (this.#closed) break;
-        failures++;
-        this.#health?.error(error);
-        const delay = Math.min(5_000, 100 * 2 ** Math.min(failures, 6));
-        if (failures === 1 || failures % 20 === 0) {
-          this.#log.warn(`${this.name}: read failed (${messageOf(error)}); retrying in ${delay} ms`);
-        }
-        await this.#changed(delay);
+        if (this.#life.closed) break;
+        await this.#life.changed(this.#life.failed('read', ++failures, error));
         continue;
       }
-      if (this.#closed) break;
+      if (this.#life.closed) break;
       if (cursor !== undefined) {
         // Own pending entries: their delivery counts are in the group's pending list.
         if (entries.length === 0) {
@@ -583,8 +488,8 @@ export class RedisSource<T = unknown> implements Source<T> {
       lineage: held.lineage,
     };
     if (key !== undefined) options.key = key;
-    const host = this.#host as SourceHost;
-    return deliverHeld(host.bus, this.#client as BusClient, this.#subject, data, options, attempt, this.#stats);
+    const host = this.#life.host as SourceHost;
+    return deliverHeld(host.bus, this.#life.client as BusClient, this.#subject, data, options, attempt, this.#stats);
   }
 
   #hold(id: string, attempt: number): Held {
@@ -593,7 +498,7 @@ export class RedisSource<T = unknown> implements Source<T> {
       attempt,
       // The id is `<ms>-<seq>`: parseInt stops at the dash, with no slice to make.
       timestampMs: Number.parseInt(id, 10),
-      touchedAt: this.#now(),
+      touchedAt: this.#life.now(),
       fields: NO_FIELDS,
       payload: undefined,
       lineage: undefined as unknown as SourceLineage<Held>,
@@ -609,7 +514,7 @@ export class RedisSource<T = unknown> implements Source<T> {
     // Acks of one turn of the event loop go out as one XACK.
     this.#acks.push(held.id);
     if (this.#acks.length === 1) setImmediate(() => this.#flushAcks());
-    this.#wake?.();
+    this.#life.wake();
   }
 
   #flushAcks(): void {
@@ -618,13 +523,14 @@ export class RedisSource<T = unknown> implements Source<T> {
     this.#acks = [];
     (this.#held as HeldRedis).redis.call('XACK', this.#stream, this.#group, ...ids).catch((error: unknown) => {
       // Unacknowledged, they stay pending: claimed again after the idle time (at-least-once).
-      if (!this.#closed) this.#log.warn(`${this.name}: XACK of ${ids.length} entries failed: ${messageOf(error)}`);
+      if (!this.#life.closed)
+        this.#life.log.warn(`${this.name}: XACK of ${ids.length} entries failed: ${messageOf(error)}`);
     });
   }
 
   /** An input's last reference came back: XACK, claim again after a backoff, or give up. */
   #settled(held: Held, error: unknown): void {
-    if (this.#closed || this.#pending.get(held.id) !== held) return;
+    if (this.#life.closed || this.#pending.get(held.id) !== held) return;
     if (error === undefined) {
       this.#pending.delete(held.id);
       this.#ack(held);
@@ -635,7 +541,7 @@ export class RedisSource<T = unknown> implements Source<T> {
       this.#stats.retried++;
       const delay = error instanceof ClosedError ? 0 : retryDelay(attempt, this.#backoffMs);
       // It stays pending under this consumer (and in the count of held entries) until claimed again.
-      this.#later(delay, () => void this.#redeliver(held));
+      this.#life.later(delay, () => void this.#redeliver(held));
       return;
     }
     void this.#giveUp(held, error);
@@ -655,16 +561,16 @@ export class RedisSource<T = unknown> implements Source<T> {
         held.id,
       )) as Entry[];
     } catch (error) {
-      if (this.#closed) return;
-      this.#log.warn(`${this.name}: could not claim ${held.id} again (${messageOf(error)}); retrying`);
-      this.#later(1_000, () => void this.#redeliver(held));
+      if (this.#life.closed) return;
+      this.#life.log.warn(`${this.name}: could not claim ${held.id} again (${messageOf(error)}); retrying`);
+      this.#life.later(1_000, () => void this.#redeliver(held));
       return;
     }
     this.#pending.delete(held.id);
     const entry = entries[0];
     // Gone from the stream (trimmed, deleted) or acknowledged elsewhere: nothing to deliver.
     if (entry === undefined) {
-      this.#wake?.();
+      this.#life.wake();
       return;
     }
     const waiting = this.#deliver(entry, held.attempt + 1);
@@ -676,7 +582,7 @@ export class RedisSource<T = unknown> implements Source<T> {
    * reader that died), at most as many as there is room for, and delivers them at their count.
    */
   async #claimDead(): Promise<void> {
-    const bus = (this.#host as SourceHost).bus;
+    const bus = (this.#life.host as SourceHost).bus;
     const room = this.#maxAckPending - this.#pending.size;
     if (room <= 0 || !bus.hasSubscribers(this.#subject)) return;
     const count = Math.max(1, Math.min(this.#readBatch, room, freeCapacity(bus, this.#subject)));
@@ -693,11 +599,11 @@ export class RedisSource<T = unknown> implements Source<T> {
     this.#claimCursor = reply[0].toString();
     // Entries this source holds (idle past the bound in a slow actor) are not delivered twice.
     const entries = reply[1].filter((e) => !this.#pending.has(e[0].toString()));
-    if (entries.length === 0 || this.#closed) return;
+    if (entries.length === 0 || this.#life.closed) return;
     this.#stats.claimed += entries.length;
     const counts = await this.#deliveryCounts(entries).catch(() => new Map<string, number>());
     for (const e of entries) {
-      if (this.#closed) return;
+      if (this.#life.closed) return;
       const waiting = this.#deliver(e, counts.get(e[0].toString()) ?? 2);
       if (waiting !== undefined) await waiting;
     }
@@ -705,7 +611,7 @@ export class RedisSource<T = unknown> implements Source<T> {
 
   /** Resets the idle time of entries held long, so no other reader claims them while actors work. */
   #touch(): Promise<void> | undefined {
-    const now = this.#now();
+    const now = this.#life.now();
     const ids: string[] = [];
     for (const h of this.#pending.values()) {
       if (now - h.touchedAt >= this.#claimIdleMs / 3) {
@@ -748,23 +654,19 @@ export class RedisSource<T = unknown> implements Source<T> {
       attempts: held.attempt,
       subject: this.#stream,
       messageId: `${this.#stream}/${held.id}`,
-      timeMs: this.#now(),
+      timeMs: this.#life.now(),
     });
     const bytes = held.payload === undefined ? new Uint8Array(0) : new Uint8Array(held.payload);
     try {
-      await (this.#client as BusClient).publish(this.#deadLetter, bytes, { headers: letter });
+      await (this.#life.client as BusClient).publish(this.#deadLetter, bytes, { headers: letter });
     } catch (e) {
-      this.#log.error(`${this.name}: could not dead-letter ${held.id} to '${this.#deadLetter}': ${messageOf(e)}`);
-      this.#later(this.#claimIdleMs, () => void this.#redeliver(held));
+      this.#life.log.error(`${this.name}: could not dead-letter ${held.id} to '${this.#deadLetter}': ${messageOf(e)}`);
+      this.#life.later(this.#claimIdleMs, () => void this.#redeliver(held));
       return;
     }
     this.#stats.terminated++;
     this.#ack(held);
     this.#stats.acked--;
-  }
-
-  #now(): number {
-    return this.#host?.clock.now() ?? Date.now();
   }
 }
 

@@ -8,9 +8,8 @@ import { DEAD_LETTER_HEADERS } from '../actors/deadLetters.ts';
 import { backoffDelay, DEFAULT_BACKOFF } from '../actors/supervisor.ts';
 import type { Bus, BusClient } from '../bus/bus.ts';
 import { checkHeaders, createEnvelope, type PublishOptions } from '../envelope.ts';
-import { ClosedError, messageOf, OptionsError, SluiceError, StreamError } from '../errors.ts';
+import { ClosedError, messageOf, SluiceError, StreamError } from '../errors.ts';
 import type { Lineage } from '../lineage.ts';
-import { intOption } from '../options.ts';
 
 /**
  * @internal Messages the mailboxes reached by `subject` can take now: the least over the plain
@@ -127,25 +126,18 @@ export function deadLetterHeaders(letter: {
   readonly subject: string;
   readonly messageId: string;
   readonly timeMs: number;
+  /** The code of an `error` that is no `SluiceError`. @default 'SLUICE_ERR_HANDLER' */
+  readonly code?: string;
 }): Record<string, string> {
   return {
     ...letter.headers,
     [DEAD_LETTER_HEADERS.error]: messageOf(letter.error),
-    [DEAD_LETTER_HEADERS.code]: letter.error instanceof SluiceError ? letter.error.code : 'SLUICE_ERR_HANDLER',
+    [DEAD_LETTER_HEADERS.code]:
+      letter.error instanceof SluiceError ? letter.error.code : (letter.code ?? 'SLUICE_ERR_HANDLER'),
     [DEAD_LETTER_HEADERS.actor]: letter.source,
     [DEAD_LETTER_HEADERS.attempts]: String(letter.attempts),
     [DEAD_LETTER_HEADERS.subject]: letter.subject,
     [DEAD_LETTER_HEADERS.messageId]: letter.messageId,
     [DEAD_LETTER_HEADERS.time]: new Date(letter.timeMs).toISOString(),
   };
-}
-
-/** @internal A source's `backoffMs` option, checked (an `OptionsError` naming `where`) and frozen. */
-export function backoffOption(where: string, value: readonly number[] | undefined): readonly number[] | undefined {
-  if (value === undefined) return undefined;
-  if (!Array.isArray(value) || value.length === 0) {
-    throw new OptionsError(where, 'must be a non-empty array of delays in ms', value);
-  }
-  for (const [i, ms] of value.entries()) intOption(`${where}[${i}]`, ms, 0, 0);
-  return Object.freeze([...value]);
 }
