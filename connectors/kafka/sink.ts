@@ -20,6 +20,7 @@ import {
   type KafkaConnectionOptions,
   probeConnection,
 } from './config.ts';
+import type { KafkaTenure } from './partition.ts';
 import {
   KAFKA_HEADERS,
   type KafkaCommit,
@@ -143,6 +144,8 @@ export class KafkaSink<T = unknown> implements Sink<T> {
   #queue: Promise<void> = Promise.resolve();
   readonly #stats = { batches: 0, written: 0, skipped: 0, transactions: 0, aborted: 0, producersReplaced: 0 };
   readonly #recent = new Set<string>();
+  /** Per tenure of a source partition, the inputs whose outputs this sink wrote in it. */
+  readonly #inputs = new WeakMap<KafkaTenure, Set<number>>();
 
   constructor(options: KafkaSinkOptions<T>) {
     optionsObject('kafkaSink', options);
@@ -303,18 +306,20 @@ export class KafkaSink<T = unknown> implements Sink<T> {
           retryable: true,
         });
       const positions: KafkaPosition[] = [];
-      const committed = source.committedOffsets();
+      const tenures = source.tenures();
       todo = records.filter((r) => {
         const p = positionOf(r, source);
         if (p === undefined) return true;
-        const at = committed.get(`${p.topic}:${p.partition}`);
-        if (at === undefined) return false; // taken away by a rebalance: its new owner writes it
-        if (p.offset < at) {
-          // A retry or a replay of an input a committed transaction covered: written again, a
-          // read_committed reader would see it twice.
-          if (this.#recent.has(r.key)) return false;
-          // Below the committed offset but never written: another output of an input whose first
-          // outputs a committed batch held (a batch cut between them). Written, as at-least-once.
+        const tenure = tenures.get(`${p.topic}:${p.partition}`);
+        if (tenure === undefined) return false; // taken away by a rebalance: its new owner writes it
+        if (p.offset < tenure.committed || tenure.doneAtTake(p.offset)) {
+          // The group's committed offsets are the truth, as in Kafka Streams: a committed
+          // transaction covered this input, so its outputs were written. A retry or a replay of
+          // it, or an output of it in flight since an earlier tenure of the partition (lost,
+          // processed and committed by another member, taken back), would be a second copy.
+          if (this.#recent.has(r.key) || !this.#wroteInput(tenure, p.offset)) return false;
+          // Another output of an input whose first outputs a committed batch of this tenure held
+          // (a batch cut between them): not a copy, but its input's offset is committed already.
           this.#log.warn(
             `kafka sink '${this.name}': '${r.key}' comes after its input's offset was committed; keep an input's outputs in one batch for exactly-once`,
           );
@@ -371,7 +376,15 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     this.#stats.transactions++;
     this.#stats.written += todo.length;
     for (const r of todo) this.#remember(r.key);
-    if (source !== undefined) source.committedBySink(offsets);
+    if (source !== undefined) {
+      const tenures = source.tenures();
+      for (const r of todo) {
+        const p = positionOf(r, source);
+        const tenure = p === undefined ? undefined : tenures.get(`${p.topic}:${p.partition}`);
+        if (p !== undefined && tenure !== undefined) this.#rememberInput(tenure, p.offset);
+      }
+      source.committedBySink(offsets);
+    }
   }
 
   /**
@@ -427,7 +440,22 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     }
   }
 
-  /** Keys written lately, so an in-process replay of a committed batch is told from a late sibling. */
+  #wroteInput(tenure: KafkaTenure, offset: number): boolean {
+    return this.#inputs.get(tenure)?.has(offset) === true;
+  }
+
+  /** An input with outputs in a committed transaction of this tenure: a later output of it is a sibling. */
+  #rememberInput(tenure: KafkaTenure, offset: number): void {
+    let inputs = this.#inputs.get(tenure);
+    if (inputs === undefined) this.#inputs.set(tenure, (inputs = new Set()));
+    inputs.add(offset);
+    if (inputs.size > RECENT_KEYS) {
+      const oldest = inputs.values().next().value;
+      if (oldest !== undefined) inputs.delete(oldest);
+    }
+  }
+
+  /** Keys written lately, so an in-process replay of a committed batch is skipped. */
   #remember(key: string): void {
     this.#recent.add(key);
     if (this.#recent.size > RECENT_KEYS) {

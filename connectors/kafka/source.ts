@@ -31,6 +31,7 @@ import { GroupCoordinator } from './groupCoordinator.ts';
 import {
   abortedBatches,
   type FetchResponse,
+  type KafkaTenure,
   orderingKey,
   Partition,
   type PendingRecord,
@@ -439,6 +440,16 @@ export class KafkaSource<T = unknown> implements Source<T> {
     return out;
   }
 
+  /**
+   * @internal The tenure of each partition assigned now, by `topic:partition`: the same object
+   * while the source holds the partition, a new one each time it takes it again.
+   */
+  tenures(): Map<string, KafkaTenure> {
+    const out = new Map<string, KafkaTenure>();
+    for (const p of this.#partitions.values()) if (!p.revoked) out.set(p.key, p);
+    return out;
+  }
+
   /** Called by a transactional sink once its transaction committed these offsets. */
   committedBySink(offsets: readonly KafkaCommit[]): void {
     for (const o of offsets) {
@@ -715,7 +726,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
       for (const key of added) {
         const [topic, partition] = splitKey(key);
         const part = new Partition(topic, partition, starts.get(key) ?? 0);
-        part.skip = skips.get(key) ?? [];
+        part.takeSkips(skips.get(key) ?? []);
         this.#partitions.set(key, part);
       }
     }
