@@ -7,11 +7,13 @@ import { execFileSync, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import {
   Admin,
+  Connection,
   consumerGroupChannel,
   consumerOffsetsChannel,
   Producer,
   producerTransactionsChannel,
   stringSerializers,
+  TimeoutError,
 } from '@platformatic/kafka';
 import { map } from 'rxjs';
 import { actor, ConnectorError, createRuntime, MemoryStore, type Runtime, sinkActor } from 'sluice';
@@ -401,6 +403,18 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       await sinkA.close();
       await sinkB.close();
     }
+  }, 90_000);
+
+  test('a commit the broker made but whose answer was lost is sent again, not aborted: the batch is written once (read_committed)', async () => {
+    const sink = await lostCommitAnswer('unheard', false);
+    expect(sink.stats).toMatchObject({ aborted: 0, producersReplaced: 0 });
+    expect(sink.stats.commitRetries).toBeGreaterThanOrEqual(1);
+  }, 90_000);
+
+  test('a commit never answered: the producer is replaced, the group offsets show the transaction committed, and its batch is not written again', async () => {
+    const sink = await lostCommitAnswer('unheard2', true);
+    expect(sink.stats).toMatchObject({ aborted: 0, producersReplaced: 1, commitsFound: 1 });
+    expect(sink.stats.skipped).toBeGreaterThanOrEqual(1);
   }, 90_000);
 
   test('commit by the source names the generation whose partitions it holds: a member dropped from the group does not commit its old floors with the new generation', async () => {
@@ -959,6 +973,61 @@ function runCrashJob(
       else reject(new Error(`crash job exited (${code ?? signal}) unexpectedly:\n${err}`));
     });
   });
+}
+
+/**
+ * Runs 300 records through a transactional sink whose first EndTxn commit is made by the broker
+ * but answered, to the client, by a timeout; with `untilReplaced`, every EndTxn answer is lost
+ * until the sink gives up on the transaction and replaces its producer.
+ */
+async function lostCommitAnswer(name: string, untilReplaced: boolean): Promise<KafkaSink> {
+  const N = 300;
+  await createTopic(broker.bootstrap, `${name}-in`, 1);
+  await produce(
+    broker.bootstrap,
+    `${name}-in`,
+    range(N).map((i) => ({ key: `k${i}`, value: { i } })),
+  );
+  const connection = { brokers: [broker.bootstrap] };
+  const source = kafkaSource<Order>({ connection, groupId: name, topics: `${name}-in`, commit: 'sink' });
+  const sink = await kafkaSink({
+    // A short request timeout: the sink stops sending the commit again after two of them.
+    connection: { ...connection, requestTimeoutMs: 1_500 },
+    topic: `${name}-out`,
+    mode: 'transactional',
+    transactionalId: name,
+    source,
+    logger: quiet,
+  });
+  const send = Connection.prototype.send;
+  let lost = 0;
+  Connection.prototype.send = function (this: Connection, ...args: Parameters<Connection['send']>) {
+    if (args[0] === 26 && (lost === 0 || (untilReplaced && sink.stats.producersReplaced === 0))) {
+      const callback = args[args.length - 1] as (error: unknown, result?: unknown) => void;
+      args[args.length - 1] = ((error: unknown, result: unknown) => {
+        if (error === null || error === undefined) {
+          lost++;
+          callback(new TimeoutError('Request timed out (the test lost the answer).'));
+        } else callback(error, result);
+      }) as never;
+    }
+    return send.apply(this, args);
+  } as Connection['send'];
+  const runtime = pipeline(source, sink, name);
+  try {
+    await source.start(runtime);
+    await eventually(() => source.committedOffsets().get(`${name}-in:0`) === N, 40_000, 'all committed');
+    expect(lost).toBeGreaterThanOrEqual(1);
+    const out = await readTopic(broker.bootstrap, `${name}-out`, { expected: N, readCommitted: true, settleMs: 500 });
+    expect(values(out)).toEqual(range(N));
+    expect(await groupOffsets(name, `${name}-in`)).toBe(N);
+  } finally {
+    Connection.prototype.send = send;
+    await source.close();
+    await runtime.stop();
+    await sink.close();
+  }
+  return sink;
 }
 
 async function groupOffsets(groupId: string, topic: string): Promise<number> {
