@@ -5,6 +5,7 @@
 
 export type { KafkaCodec, KafkaConnectionOptions, KafkaSaslOptions } from './config.ts';
 export { bytesCodec, DEFAULT_KAFKA_CONNECTION, stringCodec } from './config.ts';
+export type { KafkaTenure } from './partition.ts';
 export type { KafkaSinkOptions, KafkaSinkStats } from './sink.ts';
 export { KafkaSink, kafkaSink, kafkaSinkNamespace, positionOf } from './sink.ts';
 export type {

@@ -2,8 +2,19 @@ import type { RecordsBatch } from '@platformatic/kafka';
 import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { PartitionLedger } from './partitionLedger.ts';
 
+/**
+ * One taking of a partition by a source, as a transactional sink sees it: a partition lost and
+ * taken back is a new tenure (a new object), so outputs of inputs fetched before are told apart.
+ */
+export interface KafkaTenure {
+  /** The committed offset: every input below it was processed by a committed transaction. */
+  readonly committed: number;
+  /** Whether the commit read when the partition was taken said `offset` (above it) was processed. */
+  doneAtTake(offset: number): boolean;
+}
+
 /** One assigned partition of a source: its lane of records and its ledger of offsets. */
-export class Partition {
+export class Partition implements KafkaTenure {
   readonly ledger: PartitionLedger;
   /** `topic:partition` */
   readonly key: string;
@@ -21,6 +32,8 @@ export class Partition {
    * commit's metadata): settled on arrival, not published again.
    */
   skip: [number, number][] = [];
+  /** The runs of `skip` as read when the partition was taken (`skip` drops those passed). */
+  #doneAtTake: readonly (readonly [number, number])[] = [];
   /** The timestamp of the last record fetched, for the time lag before the oldest one is. */
   lastTimestamp = 0;
   // Ordering by key (`ordering: 'key'`): at most one record of a key is published and not settled.
@@ -38,6 +51,21 @@ export class Partition {
   constructor(topic: string, partition: number, start: number) {
     this.ledger = new PartitionLedger(topic, partition, start);
     this.key = `${topic}:${partition}`;
+  }
+
+  get committed(): number {
+    return this.ledger.committed;
+  }
+
+  /** Sets the runs above the committed offset that the commit's metadata says were processed. */
+  takeSkips(runs: [number, number][]): void {
+    this.skip = runs;
+    this.#doneAtTake = runs.map(([a, b]) => [a, b] as const);
+  }
+
+  doneAtTake(offset: number): boolean {
+    for (const [a, b] of this.#doneAtTake) if (a <= offset && offset <= b) return true;
+    return false;
   }
 }
 

@@ -20,6 +20,7 @@ import {
   type KafkaConnectionOptions,
   probeConnection,
 } from './config.ts';
+import type { KafkaTenure } from './partition.ts';
 import {
   KAFKA_HEADERS,
   type KafkaCommit,
@@ -72,6 +73,10 @@ export interface KafkaSinkStats {
   readonly aborted: number;
   /** Transactional producers dropped because a failed transaction could not be ended. */
   readonly producersReplaced: number;
+  /** Commits of a transaction sent again after no answer (a commit is safe to repeat, an abort is not). */
+  readonly commitRetries: number;
+  /** Transactions whose commit was never answered, found committed in the group's offsets. */
+  readonly commitsFound: number;
 }
 
 const sinkKeys = optionKeys<keyof KafkaSinkOptions>({
@@ -141,8 +146,25 @@ export class KafkaSink<T = unknown> implements Sink<T> {
   #opened = false;
   /** One write at a time: a transactional producer holds one transaction, and lanes share the sink. */
   #queue: Promise<void> = Promise.resolve();
-  readonly #stats = { batches: 0, written: 0, skipped: 0, transactions: 0, aborted: 0, producersReplaced: 0 };
-  readonly #recent = new Set<string>();
+  readonly #stats = {
+    batches: 0,
+    written: 0,
+    skipped: 0,
+    transactions: 0,
+    aborted: 0,
+    producersReplaced: 0,
+    commitRetries: 0,
+    commitsFound: 0,
+  };
+  /** Keys written lately by committed transactions, with their revision (-1 for none). */
+  readonly #recent = new Map<string, number>();
+  /**
+   * A transaction whose commit got no answer: after the producer is replaced (which ends it on the
+   * broker), the group's offsets tell whether it committed, before anything is written again.
+   */
+  #unsure: Unsure<T> | undefined;
+  /** Per tenure of a source partition, the inputs whose outputs this sink wrote in it. */
+  readonly #inputs = new WeakMap<KafkaTenure, Set<number>>();
 
   constructor(options: KafkaSinkOptions<T>) {
     optionsObject('kafkaSink', options);
@@ -256,6 +278,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     // the old producer and aborts its transaction.
     this.#producer ??= await this.#connect();
     const producer = this.#producer;
+    if (this.#unsure !== undefined) await this.#settleUnsure();
     this.#stats.batches++;
     if (this.mode === 'transactional') return this.#transaction(producer, records);
     let todo = records;
@@ -303,18 +326,30 @@ export class KafkaSink<T = unknown> implements Sink<T> {
           retryable: true,
         });
       const positions: KafkaPosition[] = [];
-      const committed = source.committedOffsets();
+      const tenures = source.tenures();
       todo = records.filter((r) => {
         const p = positionOf(r, source);
-        if (p === undefined) return true;
-        const at = committed.get(`${p.topic}:${p.partition}`);
-        if (at === undefined) return false; // taken away by a rebalance: its new owner writes it
-        if (p.offset < at) {
-          // A retry or a replay of an input a committed transaction covered: written again, a
-          // read_committed reader would see it twice.
-          if (this.#recent.has(r.key)) return false;
-          // Below the committed offset but never written: another output of an input whose first
-          // outputs a committed batch held (a batch cut between them). Written, as at-least-once.
+        if (p === undefined) return !this.#wrote(r);
+        const tenure = tenures.get(`${p.topic}:${p.partition}`);
+        if (tenure === undefined) return false; // taken away by a rebalance: its new owner writes it
+        if (this.#wrote(r)) {
+          // Written by a committed transaction (a retry, or a batch whose commit was not heard
+          // found committed): written again, a read_committed reader would see it twice.
+          // Its input is done: the offsets this transaction commits may pass it.
+          positions.push(p);
+          return false;
+        }
+        if (p.offset < tenure.committed || tenure.doneAtTake(p.offset)) {
+          // The group's committed offsets are the truth, as in Kafka Streams: a committed
+          // transaction covered this input, so its outputs were written. A retry or a replay of
+          // it, or an output of it in flight since an earlier tenure of the partition (lost,
+          // processed and committed by another member, taken back), would be a second copy.
+          if (!this.#wroteInput(tenure, p.offset)) {
+            positions.push(p);
+            return false;
+          }
+          // Another output of an input whose first outputs a committed batch of this tenure held
+          // (a batch cut between them): not a copy, but its input's offset is committed already.
           this.#log.warn(
             `kafka sink '${this.name}': '${r.key}' comes after its input's offset was committed; keep an input's outputs in one batch for exactly-once`,
           );
@@ -342,8 +377,21 @@ export class KafkaSink<T = unknown> implements Sink<T> {
         await tx.addConsumer(membership.consumer);
         await this.#commitOffsets(producer, source, membership, offsets);
       }
-      await tx.commit();
+      await this.#commit(tx);
     } catch (error) {
+      if (error instanceof UnansweredCommit) {
+        // Not aborted: the broker may have committed it. The producer is replaced, whose
+        // registration completes or aborts the transaction, and the next write asks the group.
+        this.#stats.producersReplaced++;
+        this.#producer = undefined;
+        await producer.close().catch(() => undefined);
+        if (source !== undefined && offsets.length > 0) this.#unsure = { records: todo, offsets };
+        throw new ConnectorError(
+          this.name,
+          `the commit of a transaction of ${todo.length} records got no answer (${messageOf(error.cause)}): the next write replaces the producer and ${this.#unsure === undefined ? 'writes the batch again' : "asks the group's offsets whether it committed before writing it again"}`,
+          { cause: error.cause, retryable: true },
+        );
+      }
       this.#stats.aborted++;
       let abortError: unknown;
       if (tx !== undefined && !tx.completed) await tx.abort().catch((e: unknown) => void (abortError = e));
@@ -368,10 +416,24 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       }
       throw connectorError(this.name, this.#connection, `a transaction of ${todo.length} records`, error);
     }
+    this.#committed(todo, offsets);
+  }
+
+  /** What a committed transaction of `records` and `offsets` leaves known. */
+  #committed(records: readonly SinkRecord<T>[], offsets: readonly KafkaCommit[]): void {
+    const source = this.#source;
     this.#stats.transactions++;
-    this.#stats.written += todo.length;
-    for (const r of todo) this.#remember(r.key);
-    if (source !== undefined) source.committedBySink(offsets);
+    this.#stats.written += records.length;
+    for (const r of records) this.#remember(r);
+    if (source !== undefined) {
+      const tenures = source.tenures();
+      for (const r of records) {
+        const p = positionOf(r, source);
+        const tenure = p === undefined ? undefined : tenures.get(`${p.topic}:${p.partition}`);
+        if (p !== undefined && tenure !== undefined) this.#rememberInput(tenure, p.offset);
+      }
+      source.committedBySink(offsets);
+    }
   }
 
   /**
@@ -427,11 +489,78 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     }
   }
 
-  /** Keys written lately, so an in-process replay of a committed batch is told from a late sibling. */
-  #remember(key: string): void {
-    this.#recent.add(key);
+  #wroteInput(tenure: KafkaTenure, offset: number): boolean {
+    return this.#inputs.get(tenure)?.has(offset) === true;
+  }
+
+  /** An input with outputs in a committed transaction of this tenure: a later output of it is a sibling. */
+  #rememberInput(tenure: KafkaTenure, offset: number): void {
+    let inputs = this.#inputs.get(tenure);
+    if (inputs === undefined) this.#inputs.set(tenure, (inputs = new Set()));
+    inputs.add(offset);
+    if (inputs.size > RECENT_KEYS) {
+      const oldest = inputs.values().next().value;
+      if (oldest !== undefined) inputs.delete(oldest);
+    }
+  }
+
+  /**
+   * Commits the transaction, again while no answer comes: a commit of the same transaction is
+   * safe to repeat (the coordinator answers a repeat of a commit it made with success), while an
+   * abort after a commit that was made, then a new transaction of the batch, would write it twice.
+   * An answer that refuses the commit (fenced, the transaction timed out) means it was not made.
+   */
+  async #commit(tx: { commit(): Promise<void> }): Promise<void> {
+    const deadline = Date.now() + this.#connection.requestTimeout * 2;
+    let unanswered = false;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await tx.commit();
+        return;
+      } catch (error) {
+        const heard = answered(error);
+        if (heard && !unanswered) throw error;
+        // A refusal after an attempt that got no answer says nothing of that attempt.
+        unanswered = true;
+        if (heard || Date.now() > deadline) throw new UnansweredCommit(error);
+        this.#stats.commitRetries++;
+        await new Promise((r) => setTimeout(r, Math.min(100 * attempt, 1000)));
+      }
+    }
+  }
+
+  /** The transaction whose commit got no answer: the new producer ended it; did it commit? */
+  async #settleUnsure(): Promise<void> {
+    const unsure = this.#unsure as Unsure<T>;
+    let held: boolean;
+    try {
+      held = await (this.#source as KafkaSource<unknown>).holdsCommits(unsure.offsets);
+    } catch (error) {
+      throw connectorError(
+        this.name,
+        this.#connection,
+        "reading the group's offsets after an unanswered commit",
+        error,
+      );
+    }
+    this.#unsure = undefined;
+    if (!held) return;
+    this.#stats.commitsFound++;
+    this.#committed(unsure.records, unsure.offsets);
+  }
+
+  /** Whether a committed transaction of this sink wrote this key at this revision or a later one. */
+  #wrote(r: SinkRecord<T>): boolean {
+    const held = this.#recent.get(r.key);
+    return held !== undefined && held >= (r.revision ?? -1);
+  }
+
+  /** Keys written lately, so an in-process replay of a committed batch is skipped. */
+  #remember(r: SinkRecord<T>): void {
+    this.#recent.delete(r.key);
+    this.#recent.set(r.key, r.revision ?? -1);
     if (this.#recent.size > RECENT_KEYS) {
-      const oldest = this.#recent.values().next().value;
+      const oldest = this.#recent.keys().next().value;
       if (oldest !== undefined) this.#recent.delete(oldest);
     }
   }
@@ -467,6 +596,28 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       this.#log.warn(`kafka sink '${this.name}' did not close cleanly: ${messageOf(error)}`);
     });
   }
+}
+
+interface Unsure<T> {
+  readonly records: readonly SinkRecord<T>[];
+  readonly offsets: readonly KafkaCommit[];
+}
+
+/** A commit that got no answer, so may or may not have been made. */
+class UnansweredCommit extends Error {
+  constructor(cause: unknown) {
+    super(messageOf(cause), { cause });
+  }
+}
+
+/**
+ * Whether the broker answered a failed request (a protocol error in every attempt): it then did
+ * not do it. A timeout or a broken connection in any attempt leaves the outcome unknown.
+ */
+function answered(error: unknown): boolean {
+  const errors = (error as { errors?: unknown[] }).errors;
+  if (Array.isArray(errors) && errors.length > 0) return errors.every(answered);
+  return (error as { code?: unknown }).code === 'PLT_KFK_PROTOCOL';
 }
 
 /**

@@ -31,6 +31,7 @@ import { GroupCoordinator } from './groupCoordinator.ts';
 import {
   abortedBatches,
   type FetchResponse,
+  type KafkaTenure,
   orderingKey,
   Partition,
   type PendingRecord,
@@ -439,6 +440,36 @@ export class KafkaSource<T = unknown> implements Source<T> {
     return out;
   }
 
+  /**
+   * @internal The tenure of each partition assigned now, by `topic:partition`: the same object
+   * while the source holds the partition, a new one each time it takes it again.
+   */
+  tenures(): Map<string, KafkaTenure> {
+    const out = new Map<string, KafkaTenure>();
+    for (const p of this.#partitions.values()) if (!p.revoked) out.set(p.key, p);
+    return out;
+  }
+
+  /**
+   * @internal Whether the group's stable committed offsets hold `offsets` (each at least as far,
+   * or as far with the same metadata): a transaction whose end was not heard committed them.
+   */
+  async holdsCommits(offsets: readonly KafkaCommit[]): Promise<boolean> {
+    const byTopic = new Map<string, number[]>();
+    for (const o of offsets) {
+      let list = byTopic.get(o.topic);
+      if (list === undefined) byTopic.set(o.topic, (list = []));
+      list.push(o.partition);
+    }
+    const committed = await (this.#coordinator as GroupCoordinator).stableOffsets(byTopic, 30_000);
+    return offsets.every((o) => {
+      const c = committed.get(o.topic)?.[o.partition];
+      const at = BigInt(o.offset);
+      // The broker keeps no metadata as an empty string.
+      return c !== undefined && (c.offset > at || (c.offset === at && (c.metadata ?? '') === (o.metadata ?? '')));
+    });
+  }
+
   /** Called by a transactional sink once its transaction committed these offsets. */
   committedBySink(offsets: readonly KafkaCommit[]): void {
     for (const o of offsets) {
@@ -715,7 +746,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
       for (const key of added) {
         const [topic, partition] = splitKey(key);
         const part = new Partition(topic, partition, starts.get(key) ?? 0);
-        part.skip = skips.get(key) ?? [];
+        part.takeSkips(skips.get(key) ?? []);
         this.#partitions.set(key, part);
       }
     }

@@ -7,11 +7,13 @@ import { execFileSync, spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import {
   Admin,
+  Connection,
   consumerGroupChannel,
   consumerOffsetsChannel,
   Producer,
   producerTransactionsChannel,
   stringSerializers,
+  TimeoutError,
 } from '@platformatic/kafka';
 import { map } from 'rxjs';
 import { actor, ConnectorError, createRuntime, MemoryStore, type Runtime, sinkActor } from 'sluice';
@@ -317,6 +319,103 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       await sink.close();
     }
   }, 60_000);
+
+  test('exactly-once: an output in flight since an earlier tenure of a partition (lost, processed and committed by another member, taken back) is not written again', async () => {
+    await createTopic(broker.bootstrap, 'tenure-in', 2);
+    const connection = { brokers: [broker.bootstrap] };
+    const member = () =>
+      kafkaSource<Order>({
+        connection,
+        groupId: 'tenure',
+        topics: 'tenure-in',
+        commit: 'sink',
+        sessionTimeoutMs: 6_000,
+      });
+    const warnings: string[] = [];
+    const a = member();
+    const rtA = createRuntime();
+    const sinkA = await kafkaSink({
+      connection,
+      topic: 'tenure-out',
+      mode: 'transactional',
+      transactionalId: 'tenure-a',
+      source: a,
+      logger: { ...quiet, warn: (m: string) => warnings.push(m) },
+    });
+    await a.start(rtA);
+    expect(a.assignments.sort()).toEqual(['tenure-in:0', 'tenure-in:1']);
+    const b = member();
+    const sinkB = await kafkaSink({
+      connection,
+      topic: 'tenure-out',
+      mode: 'transactional',
+      transactionalId: 'tenure-b',
+      source: b,
+      logger: quiet,
+    });
+    const rtB = pipeline(b, sinkB, 'b');
+    try {
+      // b joins: a gives up one partition, while an output of its record at offset 2 is still on
+      // its way to a's sink (made below: the sink sees only its key).
+      await b.start(rtB);
+      await eventually(() => a.assignments.length === 1 && b.assignments.length === 1, 30_000, 'a 1/1 split');
+      const moved = b.assignments[0] as string;
+      const partition = Number(moved.split(':')[1]);
+      const producer = new Producer({
+        clientId: 'test-producer',
+        bootstrapBrokers: [broker.bootstrap],
+        serializers: stringSerializers,
+      });
+      try {
+        await producer.send({
+          messages: range(5).map((i) => ({
+            topic: 'tenure-in',
+            partition,
+            key: `k${i}`,
+            value: JSON.stringify({ i }),
+          })),
+        });
+      } finally {
+        await producer.close();
+      }
+      // b processes the partition and commits its offsets with its outputs.
+      await eventually(() => b.committedOffsets().get(moved) === 5, 30_000, 'b committed the partition');
+      await b.close();
+      await rtB.stop();
+      await sinkB.close();
+      await eventually(() => a.assignments.length === 2, 30_000, 'a holding both partitions again');
+      expect(a.committedOffsets().get(moved)).toBe(5);
+      const first = await readTopic(broker.bootstrap, 'tenure-out', { expected: 5, readCommitted: true, settleMs: 0 });
+      const key = first.find((r) => JSON.parse(r.value).i === 2)?.headers['sluice-idempotency-key'];
+      expect(key).toBeDefined();
+      // The output of the earlier tenure reaches a's sink: below the committed offset, its input
+      // processed by b, and a wrote no output of it in its new tenure.
+      await sinkA.write([{ key: key as string, value: { i: 2, by: 'a' }, revision: undefined, envelope: undefined }]);
+      expect(sinkA.stats).toMatchObject({ written: 0, skipped: 1 });
+      expect(warnings).toEqual([]);
+      const out = await readTopic(broker.bootstrap, 'tenure-out', { expected: 5, readCommitted: true, settleMs: 500 });
+      expect(values(out)).toEqual(range(5));
+    } finally {
+      await a.close();
+      await b.close();
+      await rtA.stop();
+      await rtB.stop();
+      await sinkA.close();
+      await sinkB.close();
+    }
+  }, 90_000);
+
+  test('a commit the broker made but whose answer was lost is sent again, not aborted: the batch is written once (read_committed)', async () => {
+    const sink = await lostCommitAnswer('unheard', false);
+    expect(sink.stats).toMatchObject({ aborted: 0, producersReplaced: 0 });
+    expect(sink.stats.commitRetries).toBeGreaterThanOrEqual(1);
+  }, 90_000);
+
+  test('a commit never answered: the producer is replaced, the group offsets show the transaction committed, and its batch is not written again', async () => {
+    const sink = await lostCommitAnswer('unheard2', true);
+    expect(sink.stats).toMatchObject({ aborted: 0, producersReplaced: 1, commitsFound: 1 });
+    expect(sink.stats.skipped).toBeGreaterThanOrEqual(1);
+  }, 90_000);
 
   test('commit by the source names the generation whose partitions it holds: a member dropped from the group does not commit its old floors with the new generation', async () => {
     const N = 400;
@@ -874,6 +973,61 @@ function runCrashJob(
       else reject(new Error(`crash job exited (${code ?? signal}) unexpectedly:\n${err}`));
     });
   });
+}
+
+/**
+ * Runs 300 records through a transactional sink whose first EndTxn commit is made by the broker
+ * but answered, to the client, by a timeout; with `untilReplaced`, every EndTxn answer is lost
+ * until the sink gives up on the transaction and replaces its producer.
+ */
+async function lostCommitAnswer(name: string, untilReplaced: boolean): Promise<KafkaSink> {
+  const N = 300;
+  await createTopic(broker.bootstrap, `${name}-in`, 1);
+  await produce(
+    broker.bootstrap,
+    `${name}-in`,
+    range(N).map((i) => ({ key: `k${i}`, value: { i } })),
+  );
+  const connection = { brokers: [broker.bootstrap] };
+  const source = kafkaSource<Order>({ connection, groupId: name, topics: `${name}-in`, commit: 'sink' });
+  const sink = await kafkaSink({
+    // A short request timeout: the sink stops sending the commit again after two of them.
+    connection: { ...connection, requestTimeoutMs: 1_500 },
+    topic: `${name}-out`,
+    mode: 'transactional',
+    transactionalId: name,
+    source,
+    logger: quiet,
+  });
+  const send = Connection.prototype.send;
+  let lost = 0;
+  Connection.prototype.send = function (this: Connection, ...args: Parameters<Connection['send']>) {
+    if (args[0] === 26 && (lost === 0 || (untilReplaced && sink.stats.producersReplaced === 0))) {
+      const callback = args[args.length - 1] as (error: unknown, result?: unknown) => void;
+      args[args.length - 1] = ((error: unknown, result: unknown) => {
+        if (error === null || error === undefined) {
+          lost++;
+          callback(new TimeoutError('Request timed out (the test lost the answer).'));
+        } else callback(error, result);
+      }) as never;
+    }
+    return send.apply(this, args);
+  } as Connection['send'];
+  const runtime = pipeline(source, sink, name);
+  try {
+    await source.start(runtime);
+    await eventually(() => source.committedOffsets().get(`${name}-in:0`) === N, 40_000, 'all committed');
+    expect(lost).toBeGreaterThanOrEqual(1);
+    const out = await readTopic(broker.bootstrap, `${name}-out`, { expected: N, readCommitted: true, settleMs: 500 });
+    expect(values(out)).toEqual(range(N));
+    expect(await groupOffsets(name, `${name}-in`)).toBe(N);
+  } finally {
+    Connection.prototype.send = send;
+    await source.close();
+    await runtime.stop();
+    await sink.close();
+  }
+  return sink;
 }
 
 async function groupOffsets(groupId: string, topic: string): Promise<number> {
