@@ -51,7 +51,7 @@ import { redisSink, redisSource } from 'sluice/connectors/redis';
 import { startMosquitto } from '../services/mosquitto.ts';
 import { RABBITMQ } from '../services/rabbitmq.ts';
 import { REDIS } from '../services/redis.ts';
-import { type Contender, defineBench, expectCount } from './harness.ts';
+import { type Contender, defineBench, expectCount, windowedBatches } from './harness.ts';
 
 const BATCH = 500;
 const IN_FLIGHT = 256;
@@ -236,24 +236,20 @@ const rawRabbitPublish: Contender = async (n) => {
   return {
     run: async () => {
       // Batches of BATCH, each confirmed whole before the next, as the sink's write is.
-      for (let start = 0; start < n; start += BATCH) {
-        const end = Math.min(n, start + BATCH);
-        let next = start;
-        const loop = async () => {
-          while (next < end) {
-            const i = next++;
-            await new Promise<void>((resolve, reject) => {
-              channel.sendToQueue(
-                q,
-                Buffer.from(JSON.stringify(PAYLOADS[i % POOL])),
-                { persistent: true, messageId: `o/${i}` },
-                (err) => (err === null || err === undefined ? resolve() : reject(err)),
-              );
-            });
-          }
-        };
-        await Promise.all(Array.from({ length: IN_FLIGHT }, loop));
-      }
+      await windowedBatches(
+        n,
+        BATCH,
+        IN_FLIGHT,
+        (i) =>
+          new Promise<void>((resolve, reject) => {
+            channel.sendToQueue(
+              q,
+              Buffer.from(JSON.stringify(PAYLOADS[i % POOL])),
+              { persistent: true, messageId: `o/${i}` },
+              (err) => (err === null || err === undefined ? resolve() : reject(err)),
+            );
+          }),
+      );
       await checkQueue(q, n);
     },
     dispose: async () => {
@@ -359,21 +355,13 @@ const rawMqttPublish: Contender = async (n) => {
   return {
     run: async () => {
       let acked = 0;
-      for (let start = 0; start < n; start += BATCH) {
-        const end = Math.min(n, start + BATCH);
-        let next = start;
-        const loop = async () => {
-          while (next < end) {
-            const i = next++;
-            await client.publishAsync(topic, JSON.stringify(PAYLOADS[i % POOL]), {
-              qos: 1,
-              properties: { userProperties: { 'message-id': `o/${i}` } },
-            });
-            acked++;
-          }
-        };
-        await Promise.all(Array.from({ length: window }, loop));
-      }
+      await windowedBatches(n, BATCH, window, async (i) => {
+        await client.publishAsync(topic, JSON.stringify(PAYLOADS[i % POOL]), {
+          qos: 1,
+          properties: { userProperties: { 'message-id': `o/${i}` } },
+        });
+        acked++;
+      });
       expectCount('acknowledged', acked, n);
     },
     dispose: () => client.endAsync(),

@@ -469,6 +469,27 @@ export async function until(done: () => boolean, progress: () => number, what: s
   }
 }
 
+/**
+ * What a raw publisher with acknowledgements does beside a sink's batched write: batches of
+ * `batch`, each acknowledged whole before the next, with at most `window` publishes awaiting their
+ * acknowledgement within a batch. `publish(i)` sends message i and resolves on its acknowledgement.
+ */
+export async function windowedBatches(
+  n: number,
+  batch: number,
+  window: number,
+  publish: (i: number) => Promise<unknown>,
+): Promise<void> {
+  for (let start = 0; start < n; start += batch) {
+    const end = Math.min(n, start + batch);
+    let next = start;
+    const loop = async () => {
+      while (next < end) await publish(next++);
+    };
+    await Promise.all(Array.from({ length: window }, loop));
+  }
+}
+
 /** Throws unless `actual === expected`, naming what was counted. */
 export function expectCount(what: string, actual: number, expected: number): void {
   if (actual !== expected) throw new Error(`${what}: got ${actual}, expected ${expected}`);

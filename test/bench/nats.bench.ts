@@ -27,7 +27,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { createRuntime, type SinkRecord } from 'sluice';
 import { natsSink, natsSource } from 'sluice/connectors/nats';
 import { startNatsServer } from '../services/natsServer.ts';
-import { type Contender, defineBench, expectCount } from './harness.ts';
+import { type Contender, defineBench, expectCount, windowedBatches } from './harness.ts';
 
 const BATCH = 500;
 const IN_FLIGHT = 256;
@@ -216,17 +216,9 @@ const rawJetStreamPublish: Contender = async (n) => {
   return {
     run: async () => {
       // Batches of BATCH, each acknowledged whole before the next, as the sink's write is.
-      for (let start = 0; start < n; start += BATCH) {
-        const end = Math.min(n, start + BATCH);
-        let next = start;
-        const loop = async () => {
-          while (next < end) {
-            const i = next++;
-            await js.publish(stream.subject, encoder.encode(JSON.stringify(PAYLOADS[i % POOL])), { msgID: `o/${i}` });
-          }
-        };
-        await Promise.all(Array.from({ length: IN_FLIGHT }, loop));
-      }
+      await windowedBatches(n, BATCH, IN_FLIGHT, (i) =>
+        js.publish(stream.subject, encoder.encode(JSON.stringify(PAYLOADS[i % POOL])), { msgID: `o/${i}` }),
+      );
       await checkStream(stream.name, n);
     },
     dispose: async () => {
