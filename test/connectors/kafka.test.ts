@@ -54,7 +54,14 @@ interface Order {
 const TRACEPARENT = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
 
 /** A runtime reading `source` through an actor that tags each order, into `sink`. */
-function pipeline(source: KafkaSource<Order>, sink: KafkaSink, name: string, seen?: Set<number>, slowMs = 0): Runtime {
+function pipeline(
+  source: KafkaSource<Order>,
+  sink: KafkaSink,
+  name: string,
+  seen?: Set<number>,
+  slowMs = 0,
+  hold: () => Promise<void> = () => Promise.resolve(),
+): Runtime {
   const runtime = createRuntime();
   runtime.spawn(
     actor<Order, Order & { by: string }>({
@@ -70,11 +77,14 @@ function pipeline(source: KafkaSource<Order>, sink: KafkaSink, name: string, see
                 return { ...env, data: { ...env.data, by: name } };
               }),
             )
-          : // An async step of `slowMs` per record, 8 at a time: work is in flight when a rebalance comes.
+          : // An async step of `slowMs` per record (after `hold`), 8 at a time: work is in flight when a rebalance comes.
             order$.pipe(
               mapAsync(
                 (data) =>
-                  new Promise<Order & { by: string }>((r) => setTimeout(() => r({ ...data, by: name }), slowMs)),
+                  hold().then(
+                    () =>
+                      new Promise<Order & { by: string }>((r) => setTimeout(() => r({ ...data, by: name }), slowMs)),
+                  ),
                 {
                   concurrency: 8,
                 },
@@ -165,6 +175,15 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       range(N).map((i) => ({ key: `k${i}`, value: { i } })),
     );
     const connection = { brokers: [broker.bootstrap] };
+    // Once a wrote its first part, its work waits at a gate until the partitions are split: records
+    // are in flight when the rebalance comes, whatever the machine's speed (the source releases
+    // them after drainTimeoutMs).
+    let holding = false;
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    const hold = () => (holding ? gate : Promise.resolve());
     const make = async (name: string) => {
       const source = kafkaSource<Order>({
         connection,
@@ -173,6 +192,7 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
         commit: 'sink',
         maxPendingPerPartition: 100,
         sessionTimeoutMs: 6_000,
+        drainTimeoutMs: 1_000,
       });
       const sink = await kafkaSink({
         connection,
@@ -182,12 +202,13 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
         source,
         logger: quiet,
       });
-      return { source, sink, runtime: pipeline(source, sink, name, undefined, 2) };
+      return { source, sink, runtime: pipeline(source, sink, name, undefined, 2, name === 'a' ? hold : undefined) };
     };
     const a = await make('a');
     await a.source.start(a.runtime);
     expect(a.source.assignments).toHaveLength(4);
     await eventually(() => a.sink.stats.written >= 300, 20_000, 'a first part written by a alone');
+    holding = true;
     const b = await make('b');
     await b.source.start(b.runtime);
     await eventually(
@@ -195,6 +216,7 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       20_000,
       'a 2/2 split',
     );
+    open();
     expect([...a.source.assignments, ...b.source.assignments].sort()).toEqual([
       'eo-in:0',
       'eo-in:1',
