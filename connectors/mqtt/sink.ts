@@ -8,6 +8,7 @@ import type { IClientPublishOptions, MqttClient } from 'mqtt';
 import { type CodecChoice, codecOf, encodeWith } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
+import { AckWindow } from '../../runtime/sinks/ackWindow.ts';
 import { committedBefore, rememberCommitted, sinkStore } from '../../runtime/sinks/committedKeys.ts';
 import type { Sink, SinkRecord } from '../../runtime/sinks/sink.ts';
 import type { Store } from '../../runtime/store/types.ts';
@@ -225,69 +226,34 @@ export class MqttSink<T = unknown> implements Sink<T> {
     // MQTT 5: no more unacknowledged QoS 1 and 2 publishes than the broker's receive maximum.
     const receiveMaximum = this.#qos > 0 ? client.serverProperties?.receiveMaximum : undefined;
     const bound = Math.min(this.#maxInFlight, receiveMaximum ?? Number.POSITIVE_INFINITY);
-    // A window of at most `bound` publishes awaiting their acknowledgement, moved on by the
-    // acknowledgements themselves: no promise per message, one timer for the batch. The next
-    // publishes go out from a microtask: mqtt.js handles the acknowledgements a read brought one
-    // per tick, and microtasks run once those ticks are done, so the publishes they free leave the
-    // socket in one write rather than one each.
-    const settled = new Uint8Array(out.length);
-    let next = 0;
-    let inFlight = 0;
-    let settledCount = 0;
-    let scheduled = false;
-    let allSettled!: () => void;
-    const all = new Promise<void>((resolve) => {
-      allSettled = resolve;
-    });
-    const settle = (i: number, error: unknown): void => {
-      if (settled[i] === 1) return;
-      settled[i] = 1;
-      settledCount++;
-      if (error === null || error === undefined) committed.push(out[i] as SinkRecord<T>);
-      else {
-        const code = (error as { code?: unknown }).code;
-        const retryable =
-          !(error instanceof SluiceError && !error.retryable) && !(typeof code === 'number' && PERMANENT.has(code));
-        failures.push({ error, retryable, topic: topics[i] });
-      }
-      if (settledCount === out.length) allSettled();
-      else if (!scheduled) {
-        scheduled = true;
-        queueMicrotask(pump);
-      }
-    };
-    const acknowledged = (i: number, error: unknown): void => {
-      inFlight--;
-      settle(i, error);
-    };
-    const pump = (): void => {
-      scheduled = false;
-      while (next < out.length && inFlight < bound) {
-        const i = next++;
+    // mqtt.js hands over the acknowledgements a read brought one per tick: the publishes they free
+    // go out from a microtask, in one socket write.
+    const window: AckWindow = new AckWindow({
+      size: out.length,
+      bound,
+      deferSends: true,
+      send: (i) => {
         let o: Outgoing;
         try {
           o = this.#outgoing(out[i] as SinkRecord<T>);
         } catch (error) {
-          settle(i, error);
-          continue;
+          window.answer(i, error);
+          return;
         }
         topics[i] = o.topic;
-        inFlight++;
-        this.#publish(client, o, i, acknowledged);
-      }
-    };
-    // What has not been acknowledged when the timer fires fails, and what was not sent yet with it.
-    const timer = setTimeout(() => {
-      const error = new Error(`no acknowledgement within ${this.#timeoutMs} ms`);
-      next = out.length;
-      for (let i = 0; i < out.length; i++) settle(i, error);
-    }, this.#timeoutMs);
-    try {
-      pump();
-      await all;
-    } finally {
-      clearTimeout(timer);
-    }
+        this.#publish(client, o, i, window.answer);
+      },
+      settled: (i, error) => {
+        if (error === undefined) committed.push(out[i] as SinkRecord<T>);
+        else {
+          const code = (error as { code?: unknown }).code;
+          const retryable =
+            !(error instanceof SluiceError && !error.retryable) && !(typeof code === 'number' && PERMANENT.has(code));
+          failures.push({ error, retryable, topic: topics[i] });
+        }
+      },
+    });
+    await window.run(this.#timeoutMs, () => new Error(`no acknowledgement within ${this.#timeoutMs} ms`));
     this.#stats.published += committed.length;
     this.#stats.failed += failures.length;
     if (this.#store !== undefined) await rememberCommitted(this.#store, this.#namespace, committed);

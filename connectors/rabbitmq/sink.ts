@@ -8,6 +8,7 @@ import type { ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
 import { type CodecChoice, codecOf, encodeWith } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
+import { AckWindow } from '../../runtime/sinks/ackWindow.ts';
 import { committedBefore, rememberCommitted, sinkStore } from '../../runtime/sinks/committedKeys.ts';
 import { IDEMPOTENCY_KEY_HEADER, type Sink, type SinkRecord } from '../../runtime/sinks/sink.ts';
 import { REVISION_HEADER } from '../../runtime/sinks/streamSink.ts';
@@ -281,60 +282,32 @@ export class RabbitSink<T = unknown> implements Sink<T> {
     }
     const committed: SinkRecord<T>[] = [];
     const failures: { error: unknown; retryable: boolean }[] = [];
-    // A window of at most maxInFlight publishes awaiting their confirm, moved on by the confirms
-    // themselves: no promise per message, one close listener and one timer for the batch. What
-    // waits for its confirm when the channel closes or the time is up fails.
-    const confirmed = new Uint8Array(out.length);
-    const max = this.#maxInFlight;
-    let next = 0;
-    let inFlight = 0;
-    let settledCount = 0;
-    let pumping = false;
-    let allSettled!: () => void;
-    const all = new Promise<void>((resolve) => {
-      allSettled = resolve;
+    // What waits for its confirm when the channel closes or the time is up fails, and what was not
+    // sent yet with it.
+    const window = new AckWindow({
+      size: out.length,
+      bound: this.#maxInFlight,
+      send: (i) => this.#publish(channel, out[i] as Outgoing<T>, i, window.answer),
+      settled: (i, error) => {
+        const o = out[i] as Outgoing<T>;
+        if (error !== undefined) failures.push({ error, retryable: true });
+        else if (this.#returned.delete(o.id)) {
+          // RabbitMQ sends a mandatory message's return before its confirm.
+          this.#stats.returned++;
+          failures.push({
+            error: new Error(
+              `returned unroutable: no queue is bound to exchange '${this.#exchange}' for routing key '${o.routingKey}'`,
+            ),
+            retryable: false,
+          });
+        } else committed.push(o.record);
+      },
     });
-    const settle = (i: number, error: unknown): void => {
-      if (confirmed[i] === 1) return;
-      confirmed[i] = 1;
-      inFlight--;
-      settledCount++;
-      const o = out[i] as Outgoing<T>;
-      if (error !== undefined) failures.push({ error, retryable: true });
-      else if (this.#returned.delete(o.id)) {
-        // RabbitMQ sends a mandatory message's return before its confirm.
-        this.#stats.returned++;
-        failures.push({
-          error: new Error(
-            `returned unroutable: no queue is bound to exchange '${this.#exchange}' for routing key '${o.routingKey}'`,
-          ),
-          retryable: false,
-        });
-      } else committed.push(o.record);
-      if (settledCount === out.length) allSettled();
-      else pump();
-    };
-    const pump = (): void => {
-      if (pumping) return;
-      pumping = true;
-      while (next < out.length && inFlight < max) {
-        const i = next++;
-        inFlight++;
-        this.#publish(channel, out[i] as Outgoing<T>, i, settle);
-      }
-      pumping = false;
-    };
-    const failAll = (error: Error) => {
-      for (let i = 0; i < next; i++) if (confirmed[i] === 0) settle(i, error);
-    };
-    const onClose = () => failAll(new Error('the channel closed before the confirm'));
+    const onClose = () => window.failPending(new Error('the channel closed before the confirm'));
     channel.once('close', onClose);
-    const timer = setTimeout(() => failAll(new Error(`no confirm within ${this.#timeoutMs} ms`)), this.#timeoutMs);
     try {
-      pump();
-      await all;
+      await window.run(this.#timeoutMs, () => new Error(`no confirm within ${this.#timeoutMs} ms`));
     } finally {
-      clearTimeout(timer);
       channel.off('close', onClose);
     }
     this.#stats.published += committed.length;
@@ -350,17 +323,17 @@ export class RabbitSink<T = unknown> implements Sink<T> {
     }
   }
 
-  /** One publish; `settle(i, error)` runs on its confirm (error undefined) or nack, or if it cannot be sent. */
-  #publish(channel: ConfirmChannel, o: Outgoing<T>, i: number, settle: (i: number, error: unknown) => void): void {
+  /** One publish; `answer(i, error)` runs on its confirm (error undefined) or nack, or if it cannot be sent. */
+  #publish(channel: ConfirmChannel, o: Outgoing<T>, i: number, answer: (i: number, error: unknown) => void): void {
     try {
       channel.publish(this.#exchange, o.routingKey, o.content, o.options, (err) =>
-        settle(
+        answer(
           i,
           err === null || err === undefined ? undefined : new Error(`nack'ed by the broker: ${messageOf(err)}`),
         ),
       );
     } catch (error) {
-      settle(i, error);
+      answer(i, error);
     }
   }
 
