@@ -436,23 +436,11 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     // looked like the new tenure's own.
     await createTopic(broker.bootstrap, 'revoke-in', 2);
     const N = 10;
-    const producer = new Producer({
-      clientId: 'test-producer',
-      bootstrapBrokers: [broker.bootstrap],
-      serializers: stringSerializers,
-    });
-    try {
-      await producer.send({
-        messages: range(N).map((i) => ({
-          topic: 'revoke-in',
-          partition: i % 2,
-          key: `k${i}`,
-          value: JSON.stringify({ i }),
-        })),
-      });
-    } finally {
-      await producer.close();
-    }
+    await produce(
+      broker.bootstrap,
+      'revoke-in',
+      range(N).map((i) => ({ key: `k${i}`, value: { i }, partition: i % 2 })),
+    );
     const connection = { brokers: [broker.bootstrap] };
     const member = () =>
       kafkaSource<Order>({
