@@ -35,6 +35,16 @@ export interface SourceSettlement<D> {
 }
 
 /**
+ * @internal The deliveries of `source` that `lineage` derives from: the {@link SourceLineage}s
+ * `source` made, found by following each input's record to the lineage of that input, and merged
+ * lineages to their parts. Only the source that made a lineage gets its delivery back, so whoever
+ * holds `source` learns nothing of other sources or of the actors in between. Empty when the
+ * chain is broken: an envelope made without its input's lineage, or one that came from another
+ * process.
+ */
+export let deliveriesOf: <D>(lineage: Lineage | undefined, source: SourceSettlement<D>) => D[];
+
+/**
  * The lineage a source gives a message it delivers (a stream consumer's push, a broker
  * connector's message): the bus and the actors retain and release it as any lineage, and when the
  * last reference comes back the message is settled, which the source turns into an ack, or a nack
@@ -73,6 +83,32 @@ export class SourceLineage<D> implements Lineage {
   }
   releaseAbsorbed(error?: unknown): void {
     this.release(error);
+  }
+  static {
+    deliveriesOf = <D>(lineage: Lineage | undefined, source: SourceSettlement<D>): D[] => {
+      const out: D[] = [];
+      if (lineage === undefined) return out;
+      const todo: Lineage[] = [lineage];
+      // A lineage's upstream was made before it, so a chain has no cycle: only merged lineages
+      // can reach one input twice (a window over a join, say).
+      let seen: Set<Lineage> | undefined;
+      for (let l = todo.pop(); l !== undefined; l = todo.pop()) {
+        if (l instanceof SourceLineage) {
+          if (l.#source === source) out.push(l.#delivery as D);
+        } else if (l instanceof MergedLineage) {
+          seen ??= new Set();
+          for (const part of l.parts)
+            if (!seen.has(part)) {
+              seen.add(part);
+              todo.push(part);
+            }
+        } else {
+          const upstream = trackerOf(l)?.upstream;
+          if (upstream !== undefined) todo.push(upstream);
+        }
+      }
+      return out;
+    };
   }
 }
 

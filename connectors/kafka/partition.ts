@@ -1,5 +1,5 @@
 import type { RecordsBatch } from '@platformatic/kafka';
-import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
+import { deliveriesOf, type Lineage, SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { PartitionLedger } from './partitionLedger.ts';
 
 /**
@@ -115,6 +115,22 @@ export function recordLineage(
   index: number,
 ): SourceLineage<RecordDelivery> {
   return new SourceLineage(toSettler, { settler, part, record, index }, `${part.key}:${record.offset}`);
+}
+
+/**
+ * The tenure of partition `key` that `settler` read the record at `offset` in, when `lineage` (an
+ * output's) derives from that record: the record's own delivery knows the partition object it
+ * came from. Undefined when the lineage does not lead back to it.
+ */
+export function tenureOfLineage(
+  settler: Settler,
+  lineage: Lineage | undefined,
+  key: string,
+  offset: number,
+): KafkaTenure | undefined {
+  for (const d of deliveriesOf(lineage, toSettler))
+    if (d.settler === settler && d.record.offset === offset && d.part.key === key) return d.part;
+  return undefined;
 }
 
 /** The part of a fetch response the source reads. */

@@ -332,6 +332,15 @@ export class KafkaSink<T = unknown> implements Sink<T> {
         if (p === undefined) return !this.#wrote(r);
         const tenure = tenures.get(`${p.topic}:${p.partition}`);
         if (tenure === undefined) return false; // taken away by a rebalance: its new owner writes it
+        const readIn = source.tenureOf(r.envelope?.lineage, p);
+        if (readIn !== undefined && readIn !== tenure) {
+          // Read in an earlier tenure of the partition, lost and taken back since: the current
+          // tenure reads the input again from the committed offset (or a committed transaction
+          // covered it), so this output would be a second copy, and its offset is not this
+          // tenure's to commit. As for a partition taken away, the input settles with the batch
+          // and the old tenure, revoked, ignores it.
+          return false;
+        }
         if (this.#wrote(r)) {
           // Written by a committed transaction (a retry, or a batch whose commit was not heard
           // found committed): written again, a read_committed reader would see it twice.
@@ -342,8 +351,9 @@ export class KafkaSink<T = unknown> implements Sink<T> {
         if (p.offset < tenure.committed || tenure.doneAtTake(p.offset)) {
           // The group's committed offsets are the truth, as in Kafka Streams: a committed
           // transaction covered this input, so its outputs were written. A retry or a replay of
-          // it, or an output of it in flight since an earlier tenure of the partition (lost,
-          // processed and committed by another member, taken back), would be a second copy.
+          // it, or an output of it in flight since an earlier tenure of the partition whose
+          // lineage does not lead back to the source (lost, processed and committed by another
+          // member, taken back), would be a second copy.
           if (!this.#wroteInput(tenure, p.offset)) {
             positions.push(p);
             return false;
@@ -429,8 +439,10 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       const tenures = source.tenures();
       for (const r of records) {
         const p = positionOf(r, source);
-        const tenure = p === undefined ? undefined : tenures.get(`${p.topic}:${p.partition}`);
-        if (p !== undefined && tenure !== undefined) this.#rememberInput(tenure, p.offset);
+        if (p === undefined) continue;
+        // The tenure the input was read in: the current one may be a later one by now.
+        const tenure = source.tenureOf(r.envelope?.lineage, p) ?? tenures.get(`${p.topic}:${p.partition}`);
+        if (tenure !== undefined) this.#rememberInput(tenure, p.offset);
       }
       source.committedBySink(offsets);
     }

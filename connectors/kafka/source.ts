@@ -11,6 +11,7 @@ import type { Bus, BusClient } from '../../runtime/bus/bus.ts';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
 import type { Codec } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
+import type { Lineage } from '../../runtime/lineage.ts';
 import { knownKeys, oneOf, optionKeys, optionsObject } from '../../runtime/options.ts';
 import type { SourceHealth } from '../../runtime/sources/registry.ts';
 import type { Source, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
@@ -38,6 +39,7 @@ import {
   recordLineage,
   skipped,
   splitKey,
+  tenureOfLineage,
 } from './partition.ts';
 import { decodeRuns, encodeRuns } from './partitionLedger.ts';
 
@@ -448,6 +450,16 @@ export class KafkaSource<T = unknown> implements Source<T> {
     const out = new Map<string, KafkaTenure>();
     for (const p of this.#partitions.values()) if (!p.revoked) out.set(p.key, p);
     return out;
+  }
+
+  /**
+   * @internal The tenure of its partition that the input at `position` was read in, when
+   * `lineage` (an output's) derives from it, through any number of actors: a partition lost and
+   * taken back is a new tenure, while its earlier tenure's records may still be in flight. Undefined
+   * when the lineage does not lead back to it (an envelope made without its input's lineage).
+   */
+  tenureOf(lineage: Lineage | undefined, position: KafkaPosition): KafkaTenure | undefined {
+    return tenureOfLineage(this, lineage, `${position.topic}:${position.partition}`, position.offset);
   }
 
   /**

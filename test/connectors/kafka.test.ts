@@ -427,6 +427,111 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     }
   }, 90_000);
 
+  test('exactly-once: an output in flight since an earlier tenure, the partition taken back before anyone committed past its input, is not written; the new tenure writes it once', async () => {
+    // a reads both partitions and its work waits at a gate. b joins, takes one of them, commits
+    // nothing (its source leaves commits to a transactional sink it does not have) and leaves: a
+    // takes the partition back from offset 0, a new tenure, while its outputs of the first tenure
+    // are still at the gate. The gate opens once the new tenure's records reached it too, and the
+    // sink gets the outputs of both tenures in one batch: above the committed offset, the old ones
+    // looked like the new tenure's own.
+    await createTopic(broker.bootstrap, 'revoke-in', 2);
+    const N = 10;
+    await produce(
+      broker.bootstrap,
+      'revoke-in',
+      range(N).map((i) => ({ key: `k${i}`, value: { i }, partition: i % 2 })),
+    );
+    const connection = { brokers: [broker.bootstrap] };
+    const member = () =>
+      kafkaSource<Order>({
+        connection,
+        groupId: 'revoke',
+        topics: 'revoke-in',
+        commit: 'sink',
+        sessionTimeoutMs: 6_000,
+      });
+    const a = member();
+    const sink = await kafkaSink({
+      connection,
+      topic: 'revoke-out',
+      mode: 'transactional',
+      transactionalId: 'revoke-a',
+      source: a,
+      logger: quiet,
+    });
+    let entered = 0;
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    const rtA = createRuntime();
+    const tag = rtA.spawn(
+      actor<Order, Order>({
+        name: 'tag-revoke',
+        subscribe: a.ref,
+        output: 'tagged.revoke',
+        pipeline: (order$) =>
+          order$.pipe(
+            mapAsync(
+              (data) => {
+                entered++;
+                return gate.then(() => data);
+              },
+              { concurrency: 64 },
+            ),
+          ),
+      }),
+    );
+    // One batch of every output that reaches the gate: half of the records twice (both tenures).
+    const BATCH = N + N / 2;
+    const out = rtA.spawn(
+      sinkActor({
+        name: 'out-revoke',
+        subscribe: 'tagged.revoke',
+        sink,
+        batch: { maxSize: BATCH, maxWaitMs: 60_000 },
+        retry: { maxAttempts: 50, backoff: { initialMs: 50, maxMs: 500 } },
+      }),
+    );
+    const b = member();
+    const rtB = createRuntime();
+    try {
+      await a.start(rtA);
+      expect(a.assignments.sort()).toEqual(['revoke-in:0', 'revoke-in:1']);
+      await eventually(() => entered === N, 30_000, "a's first tenure of both partitions at the gate");
+      await b.start(rtB);
+      await eventually(() => a.assignments.length === 1 && b.assignments.length === 1, 30_000, 'a 1/1 split');
+      const moved = b.assignments[0] as string;
+      await eventually(() => b.stats.published === N / 2, 30_000, 'b read the partition');
+      await b.close();
+      await eventually(() => a.assignments.length === 2, 30_000, 'a holding both partitions again');
+      // Nobody committed: the new tenure starts at 0 and reads the partition's records again.
+      expect(a.committedOffsets().get(moved)).toBe(0);
+      await eventually(() => entered === BATCH, 30_000, "a's new tenure of the moved partition at the gate");
+      open();
+      await eventually(
+        () => a.committedOffsets().get('revoke-in:0') === N / 2 && a.committedOffsets().get('revoke-in:1') === N / 2,
+        30_000,
+        'both partitions committed',
+      );
+      await tag.idle();
+      await out.idle();
+      // The outputs dropped by the sink settled as the written ones did: nothing is left held.
+      expect([tag.inFlight, tag.absorbed, out.inFlight, out.absorbed]).toEqual([0, 0, 0, 0]);
+      const read = await readTopic(broker.bootstrap, 'revoke-out', { expected: N, readCommitted: true, settleMs: 500 });
+      expect(values(read)).toEqual(range(N));
+      expect(sink.stats).toMatchObject({ written: N, skipped: N / 2 });
+      expect(await groupOffsets('revoke', 'revoke-in')).toBe(N);
+    } finally {
+      open();
+      await a.close();
+      await b.close();
+      await rtA.stop();
+      await rtB.stop();
+      await sink.close();
+    }
+  }, 90_000);
+
   test('a commit the broker made but whose answer was lost is sent again, not aborted: the batch is written once (read_committed)', async () => {
     const sink = await lostCommitAnswer('unheard', false);
     expect(sink.stats).toMatchObject({ aborted: 0, producersReplaced: 0 });

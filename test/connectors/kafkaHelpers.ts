@@ -27,6 +27,8 @@ export interface TestRecord {
   readonly headers?: Record<string, string>;
   /** The record's timestamp (ms); the producer's clock when not given. */
   readonly timestamp?: number;
+  /** The partition it goes to; the key's when not given. */
+  readonly partition?: number;
 }
 
 /**
@@ -52,6 +54,7 @@ export async function produce(bootstrap: string, topic: string, records: readonl
           value: JSON.stringify(r.value),
           ...(r.headers === undefined ? {} : { headers: r.headers }),
           ...(r.timestamp === undefined ? {} : { timestamp: BigInt(r.timestamp) }),
+          ...(r.partition === undefined ? {} : { partition: r.partition }),
         })),
       });
     }
