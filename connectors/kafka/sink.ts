@@ -103,6 +103,11 @@ const POSITION_HEADERS = new Set<string>([
   REVISION_HEADER,
 ]);
 
+/** The names of the headers every record carries, encoded once rather than per record. */
+const HEADER_NAMES = new Map<string, Buffer>(
+  [IDEMPOTENCY_KEY_HEADER, REVISION_HEADER].map((name) => [name, Buffer.from(name)]),
+);
+
 const RECENT_KEYS = 100_000;
 /** The calls that add to a transaction, which the broker refuses for a moment after a commit. */
 const TXN_ADDS = new Set(['addPartitionsToTransaction', 'addOffsetsToTransaction']);
@@ -242,7 +247,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       serializers: {
         key: (k?: string) => (k === undefined ? undefined : Buffer.from(k)),
         value: (v?: Buffer) => v,
-        headerKey: (k?: string) => (k === undefined ? undefined : Buffer.from(k)),
+        headerKey: (k?: string) => (k === undefined ? undefined : (HEADER_NAMES.get(k) ?? Buffer.from(k))),
         headerValue: (v?: string) => (v === undefined ? undefined : Buffer.from(v)),
       },
     });
@@ -582,7 +587,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     return {
       topic,
       key: this.#key(r),
-      value: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+      value: Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
       headers,
     };
   }
