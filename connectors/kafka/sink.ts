@@ -151,6 +151,8 @@ export class KafkaSink<T = unknown> implements Sink<T> {
   #opened = false;
   /** One write at a time: a transactional producer holds one transaction, and lanes share the sink. */
   #queue: Promise<void> = Promise.resolve();
+  /** Writes called and not yet ended. */
+  #writes = 0;
   readonly #stats = {
     batches: 0,
     written: 0,
@@ -272,8 +274,16 @@ export class KafkaSink<T = unknown> implements Sink<T> {
 
   write(records: readonly SinkRecord<T>[]): Promise<void> {
     if (this.#closed) return Promise.reject(new ClosedError(this.name, 'the sink is closed'));
-    const run = this.#queue.then(() => this.#write(records));
-    this.#queue = run.catch(() => undefined);
+    // With none under way, the write starts now rather than a microtask later: its request then
+    // leaves before the caller goes on (a sink actor settles the previous batch's inputs after
+    // handing over the next batch, while this one is written).
+    const run = this.#writes === 0 ? this.#write(records) : this.#queue.then(() => this.#write(records));
+    this.#writes++;
+    // Ended before the caller hears of it (reactions run in order), so its next write starts at once too.
+    this.#queue = run.then(
+      () => void this.#writes--,
+      () => void this.#writes--,
+    );
     return run;
   }
 
