@@ -103,6 +103,11 @@ const POSITION_HEADERS = new Set<string>([
   REVISION_HEADER,
 ]);
 
+/** The names of the headers every record carries, encoded once rather than per record. */
+const HEADER_NAMES = new Map<string, Buffer>(
+  [IDEMPOTENCY_KEY_HEADER, REVISION_HEADER].map((name) => [name, Buffer.from(name)]),
+);
+
 const RECENT_KEYS = 100_000;
 /** The calls that add to a transaction, which the broker refuses for a moment after a commit. */
 const TXN_ADDS = new Set(['addPartitionsToTransaction', 'addOffsetsToTransaction']);
@@ -146,6 +151,8 @@ export class KafkaSink<T = unknown> implements Sink<T> {
   #opened = false;
   /** One write at a time: a transactional producer holds one transaction, and lanes share the sink. */
   #queue: Promise<void> = Promise.resolve();
+  /** Writes called and not yet ended. */
+  #writes = 0;
   readonly #stats = {
     batches: 0,
     written: 0,
@@ -242,7 +249,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       serializers: {
         key: (k?: string) => (k === undefined ? undefined : Buffer.from(k)),
         value: (v?: Buffer) => v,
-        headerKey: (k?: string) => (k === undefined ? undefined : Buffer.from(k)),
+        headerKey: (k?: string) => (k === undefined ? undefined : (HEADER_NAMES.get(k) ?? Buffer.from(k))),
         headerValue: (v?: string) => (v === undefined ? undefined : Buffer.from(v)),
       },
     });
@@ -267,8 +274,16 @@ export class KafkaSink<T = unknown> implements Sink<T> {
 
   write(records: readonly SinkRecord<T>[]): Promise<void> {
     if (this.#closed) return Promise.reject(new ClosedError(this.name, 'the sink is closed'));
-    const run = this.#queue.then(() => this.#write(records));
-    this.#queue = run.catch(() => undefined);
+    // With none under way, the write starts now rather than a microtask later: its request then
+    // leaves before the caller goes on (a sink actor settles the previous batch's inputs after
+    // handing over the next batch, while this one is written).
+    const run = this.#writes === 0 ? this.#write(records) : this.#queue.then(() => this.#write(records));
+    this.#writes++;
+    // Ended before the caller hears of it (reactions run in order), so its next write starts at once too.
+    this.#queue = run.then(
+      () => void this.#writes--,
+      () => void this.#writes--,
+    );
     return run;
   }
 
@@ -594,7 +609,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     return {
       topic,
       key: this.#key(r),
-      value: Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
+      value: Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength),
       headers,
     };
   }
