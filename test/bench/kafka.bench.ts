@@ -17,11 +17,11 @@
  *   transaction that also commits the source's offsets (read_committed readers see each once).
  */
 import { rmSync } from 'node:fs';
-import { Consumer, MessagesStreamModes, ProduceAcks, Producer, stringSerializers } from '@platformatic/kafka';
+import { Admin, Consumer, MessagesStreamModes, ProduceAcks, Producer, stringSerializers } from '@platformatic/kafka';
 import { map } from 'rxjs';
 import { actor, createRuntime, sinkActor } from 'sluice';
 import { type KafkaSource, kafkaSink, kafkaSource } from 'sluice/connectors/kafka';
-import { createTopic, produce, topicSize } from '../connectors/kafkaHelpers.ts';
+import { createTopic, produce } from '../connectors/kafkaHelpers.ts';
 import { startKafka } from '../services/kafka/broker.ts';
 import { type Contender, defineBench, expectCount, until } from './harness.ts';
 
@@ -42,11 +42,31 @@ let topics = 0;
 async function freshTopic(what: string): Promise<string> {
   const name = `bench-${what}-${++topics}`;
   await createTopic(broker.bootstrap, name, PARTITIONS);
-  // Until the broker leads every partition: the first send to a topic just made was refused
-  // (NOT_LEADER_OR_FOLLOWER) in about half the rounds and retried after the client's delay (1 s
-  // for raw, 250 ms for the sink), which timed that delay instead of the writes.
-  await topicSize(broker.bootstrap, name);
+  await led(name);
   return name;
+}
+
+/**
+ * Until the broker leads every partition of `topic` (it lists their offsets): the first send to a
+ * topic just made was refused (NOT_LEADER_OR_FOLLOWER) in about half the rounds and retried after
+ * the client's delay (1 s for raw, 250 ms for the sink), which timed that delay, not the writes.
+ */
+async function led(topic: string): Promise<void> {
+  const admin = new Admin({ clientId: 'bench-admin', bootstrapBrokers: [broker.bootstrap], retries: 0 });
+  const partitions = Array.from({ length: PARTITIONS }, (_, partitionIndex) => ({ partitionIndex, timestamp: -1n }));
+  try {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await admin.listOffsets({ topics: [{ name: topic, partitions }] });
+        return;
+      } catch (error) {
+        if (attempt >= 200) throw error;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+    }
+  } finally {
+    await admin.close();
+  }
 }
 
 function record(i: number): { key: string; value: { id: number; pad: string } } {
