@@ -457,10 +457,15 @@ function positiveNumber(name: string, value: string | undefined, fallback: numbe
 export async function until(done: () => boolean, progress: () => number, what: string, stallMs = 2000): Promise<void> {
   let last = progress();
   let lastChange = performance.now();
+  let moved = true;
   while (!done()) {
-    await new Promise((resolve) => setImmediate(resolve));
+    // Checked again on the next turn while work is moving here; once a turn made no progress, the
+    // work is elsewhere (a broker's answers), and a 1 ms timer lets the process sleep: polling on
+    // every turn spun a core that the broker on this machine needed, and charged that to Sluice.
+    await new Promise((resolve) => (moved ? setImmediate(resolve) : setTimeout(resolve, 1)));
     const now = progress();
-    if (now !== last) {
+    moved = now !== last;
+    if (moved) {
       last = now;
       lastChange = performance.now();
     } else if (performance.now() - lastChange > stallMs) {
