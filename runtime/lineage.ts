@@ -87,8 +87,18 @@ export class SourceLineage<D> implements Lineage {
   static {
     deliveriesOf = <D>(lineage: Lineage | undefined, source: SourceSettlement<D>): D[] => {
       const out: D[] = [];
-      if (lineage === undefined) return out;
-      const todo: Lineage[] = [lineage];
+      // A chain without merged lineages, the usual one (the Kafka sink asks for each record of a
+      // transaction), is followed without a stack.
+      let first = lineage;
+      while (first !== undefined && !(first instanceof MergedLineage)) {
+        if (first instanceof SourceLineage) {
+          if (first.#source === source) out.push(first.#delivery as D);
+          return out;
+        }
+        first = trackerOf(first)?.upstream;
+      }
+      if (first === undefined) return out;
+      const todo: Lineage[] = [first];
       // A lineage's upstream was made before it, so a chain has no cycle: only merged lineages
       // can reach one input twice (a window over a join, say).
       let seen: Set<Lineage> | undefined;

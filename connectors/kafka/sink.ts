@@ -333,6 +333,8 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     let todo = records;
     let offsets: KafkaCommit[] = [];
     let membership: KafkaGroupMembership | undefined;
+    // Per record of `todo`, the source input it was read as (found once here, used at the commit).
+    const readIns: (ReadIn | undefined)[] = [];
     if (source !== undefined) {
       // A transaction names the group's current generation: wait out a rebalance under way.
       membership = await source.awaitMembership(MEMBERSHIP_WAIT_MS);
@@ -344,7 +346,11 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       const tenures = source.tenures();
       todo = records.filter((r) => {
         const p = positionOf(r, source);
-        if (p === undefined) return !this.#wrote(r);
+        if (p === undefined) {
+          if (this.#wrote(r)) return false;
+          readIns.push(undefined);
+          return true;
+        }
         const tenure = tenures.get(`${p.topic}:${p.partition}`);
         if (tenure === undefined) return false; // taken away by a rebalance: its new owner writes it
         const readIn = source.tenureOf(r.envelope?.lineage, p);
@@ -378,9 +384,11 @@ export class KafkaSink<T = unknown> implements Sink<T> {
           this.#log.warn(
             `kafka sink '${this.name}': '${r.key}' comes after its input's offset was committed; keep an input's outputs in one batch for exactly-once`,
           );
+          readIns.push({ tenure: readIn ?? tenure, offset: p.offset });
           return true;
         }
         positions.push(p);
+        readIns.push({ tenure: readIn ?? tenure, offset: p.offset });
         return true;
       });
       this.#stats.skipped += records.length - todo.length;
@@ -441,23 +449,35 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       }
       throw connectorError(this.name, this.#connection, `a transaction of ${todo.length} records`, error);
     }
-    this.#committed(todo, offsets);
+    this.#committed(todo, offsets, source === undefined ? undefined : readIns);
   }
 
-  /** What a committed transaction of `records` and `offsets` leaves known. */
-  #committed(records: readonly SinkRecord<T>[], offsets: readonly KafkaCommit[]): void {
+  /**
+   * What a committed transaction of `records` and `offsets` leaves known. `readIns`: per record,
+   * the input it was read as, when the write found them (else they are looked up here).
+   */
+  #committed(
+    records: readonly SinkRecord<T>[],
+    offsets: readonly KafkaCommit[],
+    readIns?: readonly (ReadIn | undefined)[],
+  ): void {
     const source = this.#source;
     this.#stats.transactions++;
     this.#stats.written += records.length;
     for (const r of records) this.#remember(r);
     if (source !== undefined) {
-      const tenures = source.tenures();
-      for (const r of records) {
-        const p = positionOf(r, source);
-        if (p === undefined) continue;
-        // The tenure the input was read in: the current one may be a later one by now.
-        const tenure = source.tenureOf(r.envelope?.lineage, p) ?? tenures.get(`${p.topic}:${p.partition}`);
-        if (tenure !== undefined) this.#rememberInput(tenure, p.offset);
+      const tenures = readIns === undefined ? source.tenures() : undefined;
+      for (let i = 0; i < records.length; i++) {
+        let input = readIns?.[i];
+        if (tenures !== undefined) {
+          const r = records[i] as SinkRecord<T>;
+          const p = positionOf(r, source);
+          if (p === undefined) continue;
+          // The tenure the input was read in: the current one may be a later one by now.
+          const tenure = source.tenureOf(r.envelope?.lineage, p) ?? tenures.get(`${p.topic}:${p.partition}`);
+          input = tenure === undefined ? undefined : { tenure, offset: p.offset };
+        }
+        if (input !== undefined) this.#rememberInput(input.tenure, input.offset);
       }
       source.committedBySink(offsets);
     }
@@ -625,6 +645,12 @@ export class KafkaSink<T = unknown> implements Sink<T> {
   }
 }
 
+/** The source input an output came from: the tenure of its partition it was read in, and its offset. */
+interface ReadIn {
+  readonly tenure: KafkaTenure;
+  readonly offset: number;
+}
+
 interface Unsure<T> {
   readonly records: readonly SinkRecord<T>[];
   readonly offsets: readonly KafkaCommit[];
@@ -653,13 +679,21 @@ function answered(error: unknown): boolean {
  * envelope copied from the input.
  */
 export function positionOf(record: SinkRecord<unknown>, source: KafkaSource<unknown>): KafkaPosition | undefined {
-  const prefix = `${source.stream}/`;
-  if (record.key.startsWith(prefix)) {
-    const parts = record.key.slice(prefix.length).split('/');
-    const partition = Number(parts[1]);
-    const offset = Number(parts[2]);
-    if (parts.length >= 3 && Number.isSafeInteger(partition) && Number.isSafeInteger(offset))
-      return { topic: parts[0] as string, partition, offset };
+  // `<stream>/<topic>/<partition>/<offset>[/...]`, cut at its slashes (no array per record: this
+  // runs for every record of a transaction).
+  const key = record.key;
+  const stream = source.stream;
+  if (key.length > stream.length && key.charCodeAt(stream.length) === 47 && key.startsWith(stream)) {
+    const t = stream.length + 1;
+    const a = key.indexOf('/', t);
+    const b = a < 0 ? -1 : key.indexOf('/', a + 1);
+    if (b > 0) {
+      const c = key.indexOf('/', b + 1);
+      const partition = Number(key.slice(a + 1, b));
+      const offset = Number(c < 0 ? key.slice(b + 1) : key.slice(b + 1, c));
+      if (a > t - 1 && Number.isSafeInteger(partition) && Number.isSafeInteger(offset))
+        return { topic: key.slice(t, a), partition, offset };
+    }
   }
   const h = record.envelope?.headers;
   if (h === undefined || h[KAFKA_HEADERS.topic] === undefined) return undefined;
