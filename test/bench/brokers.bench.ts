@@ -5,9 +5,10 @@
  * orders, so the difference is what Sluice adds. Keys and queues have random names, removed after
  * each run.
  *
- * - `redis-publish`: N orders appended to a stream. raw: XADD of each order's JSON, pipelined
- *   BATCH at a time. sluice: a `redisSink` writing batches of BATCH records (the idempotency key in
- *   a field). Timed until every batch was answered; XLEN checked.
+ * - `redis-publish`: N orders appended to a stream. raw: XADD of each order's JSON and its id in
+ *   the `sluice-idempotency-key` field (the entry the sink writes, as the raw RabbitMQ and MQTT
+ *   publishers send the id their sinks set), pipelined BATCH at a time. sluice: a `redisSink`
+ *   writing batches of BATCH records. Timed until every batch was answered; XLEN checked.
  * - `redis-consume`: a stream filled with N orders (not timed); a new consumer group reads them
  *   all, each decoded and acknowledged. raw: XREADGROUP of READ entries, then one XACK of them.
  *   sluice: a `redisSource` publishing each on the bus to a subscriber, XACK per settled entry.
@@ -44,7 +45,7 @@ import { randomBytes } from 'node:crypto';
 import { type ChannelModel, connect } from 'amqplib';
 import { Redis } from 'ioredis';
 import mqtt from 'mqtt';
-import { createRuntime, type SinkRecord } from 'sluice';
+import { createRuntime, IDEMPOTENCY_KEY_HEADER, type SinkRecord } from 'sluice';
 import { mqttSink, mqttSource } from 'sluice/connectors/mqtt';
 import { rabbitSink, rabbitSource } from 'sluice/connectors/rabbitmq';
 import { redisSink, redisSource } from 'sluice/connectors/redis';
@@ -109,7 +110,8 @@ const rawRedisPublish: Contender = async (n) => {
     run: async () => {
       for (let i = 0; i < n; i += BATCH) {
         const p = client.pipeline();
-        for (let j = i; j < Math.min(n, i + BATCH); j++) p.xadd(key, '*', 'data', JSON.stringify(PAYLOADS[j % POOL]));
+        for (let j = i; j < Math.min(n, i + BATCH); j++)
+          p.xadd(key, '*', 'data', JSON.stringify(PAYLOADS[j % POOL]), IDEMPOTENCY_KEY_HEADER, `o/${j}`);
         await p.exec();
       }
       expectCount('stored', await redis.xlen(key), n);
@@ -474,7 +476,7 @@ export default defineBench({
   cases: {
     'redis-publish': {
       messages: 100_000,
-      description: `XADD of 64-byte JSON orders, pipelined ${BATCH} at a time; sluice: redisSink batches of ${BATCH}`,
+      description: `XADD of 64-byte JSON orders with their idempotency key, pipelined ${BATCH} at a time; sluice: redisSink batches of ${BATCH}`,
       contenders: { sluice: sluiceRedisPublish, raw: rawRedisPublish },
     },
     'redis-consume': {
