@@ -508,12 +508,18 @@ export class NatsTransport implements Transport {
     };
     const defined = this.#manager().then(async (jsm) => {
       // Made when missing, updated to this configuration when it exists: the job declares its streams.
-      const existing = await jsm.streams.info(config.name).catch(() => undefined);
-      try {
-        if (existing === undefined) await jsm.streams.add(wanted);
-        else await jsm.streams.update(config.name, { ...existing.config, ...wanted });
-      } catch (error) {
-        throw new StreamError(config.name, `could not define the JetStream stream: ${messageOf(error)}`);
+      // Several processes of one job define the same stream at once; the server may refuse the add
+      // that lost the race (as overlapping "an existing stream": its own), so a refused add looks again.
+      for (let attempt = 1; ; attempt++) {
+        const existing = await jsm.streams.info(config.name).catch(() => undefined);
+        try {
+          if (existing === undefined) await jsm.streams.add(wanted);
+          else await jsm.streams.update(config.name, { ...existing.config, ...wanted });
+          return;
+        } catch (error) {
+          if (existing === undefined && attempt < 3) continue;
+          throw new StreamError(config.name, `could not define the JetStream stream: ${messageOf(error)}`);
+        }
       }
     });
     defined.catch((error: unknown) => this.#onError(error instanceof Error ? error : new Error(messageOf(error))));
