@@ -4,6 +4,7 @@
  */
 import { ProduceAcks, Producer, txnOffsetCommitV3 } from '@platformatic/kafka';
 import type { Logger } from '../../runtime/actors/actor.ts';
+import { trimOldest } from '../../runtime/bounded.ts';
 import type { Codec } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { knownKeys, oneOf, optionKeys, optionsObject } from '../../runtime/options.ts';
@@ -545,10 +546,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     let inputs = this.#inputs.get(tenure);
     if (inputs === undefined) this.#inputs.set(tenure, (inputs = new Set()));
     inputs.add(offset);
-    if (inputs.size > RECENT_KEYS) {
-      const oldest = inputs.values().next().value;
-      if (oldest !== undefined) inputs.delete(oldest);
-    }
+    trimOldest(inputs, RECENT_KEYS);
   }
 
   /**
@@ -606,10 +604,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
   #remember(r: SinkRecord<T>): void {
     this.#recent.delete(r.key);
     this.#recent.set(r.key, r.revision ?? -1);
-    if (this.#recent.size > RECENT_KEYS) {
-      const oldest = this.#recent.keys().next().value;
-      if (oldest !== undefined) this.#recent.delete(oldest);
-    }
+    trimOldest(this.#recent, RECENT_KEYS);
   }
 
   #message(r: SinkRecord<T>): {

@@ -15,6 +15,7 @@ import {
   type NatsConnection,
   type Subscription as NatsSubscription,
 } from '@nats-io/transport-node';
+import { trimOldest } from '../../runtime/bounded.ts';
 import type { RequestManyLimits, Route } from '../../runtime/bus/bus.ts';
 import { subjectMatches, validateSubject } from '../../runtime/bus/subjects.ts';
 import { encodeWith } from '../../runtime/codec.ts';
@@ -384,12 +385,8 @@ export class NatsTransport implements Transport {
   }
 
   #remember(reply: string): void {
-    if (this.#replies.size >= 10_000) {
-      // The oldest first: a Set iterates in insertion order.
-      const oldest = this.#replies.values().next().value as string;
-      this.#replies.delete(oldest);
-    }
     this.#replies.add(reply);
+    trimOldest(this.#replies, 10_000);
   }
 
   awaitsReply(subject: string): boolean {

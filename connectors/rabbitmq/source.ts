@@ -7,6 +7,7 @@
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { Channel, ChannelModel, ConsumeMessage } from 'amqplib';
 import type { Logger } from '../../runtime/actors/actor.ts';
+import { trimOldest } from '../../runtime/bounded.ts';
 import type { BusClient } from '../../runtime/bus/bus.ts';
 import {
   type Codec,
@@ -466,8 +467,7 @@ export class RabbitSource<T = unknown> implements Source<T> {
         const id = held.msg.properties.messageId;
         if (typeof id === 'string' && !(error instanceof ClosedError)) {
           this.#requeued.set(id, held.attempt);
-          if (this.#requeued.size > 4 * this.#maxAckPending)
-            this.#requeued.delete(this.#requeued.keys().next().value as string);
+          trimOldest(this.#requeued, 4 * this.#maxAckPending);
         }
         safely(() => channel.nack(held.msg, false, true));
       });
