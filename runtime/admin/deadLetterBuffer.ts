@@ -65,6 +65,8 @@ export class DeadLetterBuffer {
   /** Letters the actors handed over: the bus listener skips them when they arrive there too. */
   readonly #handed = new WeakSet<Envelope>();
   #n = 0;
+  /** No letter numbered below this is kept. */
+  #oldestN = 1;
   readonly #listeners = new Set<(letter: KeptLetter) => void>();
   readonly #subscriptions: Subscription[] = [];
   /** Servers listening on the bus now. */
@@ -151,8 +153,11 @@ export class DeadLetterBuffer {
   }
 
   #evictOldest(): void {
-    // Maps iterate in insertion order: the first key is the oldest letter.
-    const oldest = this.#letters.values().next().value as KeptLetter;
+    // Letters are numbered in order, so the oldest is found by number: `values().next()` would walk
+    // every letter deleted since V8 last rebuilt the map (runtime/bounded.ts) on each eviction.
+    // Each number is passed once, replayed and purged ones included.
+    let oldest = this.#letters.get(this.#oldestN);
+    while (oldest === undefined) oldest = this.#letters.get(++this.#oldestN);
     this.#letters.delete(oldest.n);
     const o = this.#counts(oldest.envelope.subject, undefined);
     o.kept--;
