@@ -172,6 +172,10 @@ test('a contender that drops work fails instead of winning, and its figure is nu
 test('bench options come from flags first, then the environment', () => {
   expect(parseBenchOptions([], {})).toMatchObject({ rounds: 5, scale: 1, warmup: 1, only: [] });
   expect(parseBenchOptions(['--quick'], {})).toMatchObject({ rounds: 1, scale: 0.01 });
+  // A bench's own warm-up default, which the flag and the variable still override.
+  expect(parseBenchOptions([], {}, { warmup: 3 })).toMatchObject({ warmup: 3 });
+  expect(parseBenchOptions(['--warmup=0'], {}, { warmup: 3 })).toMatchObject({ warmup: 0 });
+  expect(parseBenchOptions([], { BENCH_WARMUP: '2' }, { warmup: 3 })).toMatchObject({ warmup: 2 });
   expect(
     parseBenchOptions(['--rounds=3', '--only=exact,queue'], { BENCH_ROUNDS: '7', BENCH_SCALE: '0.5' }),
   ).toMatchObject({ rounds: 3, scale: 0.5, only: ['exact', 'queue'] });

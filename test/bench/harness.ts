@@ -75,6 +75,11 @@ export interface BenchDefinition {
   goals?: readonly Goal[];
   /** Printed under the table, e.g. the workload's fixed parameters. */
   notes?: readonly string[];
+  /**
+   * Warm-up rounds when neither `--warmup` nor `BENCH_WARMUP` says: more than one for a peer that
+   * warms up too (a broker on a JVM compiles its hot paths over the first rounds). @default 1
+   */
+  warmup?: number;
 }
 
 export interface BenchOptions {
@@ -132,6 +137,7 @@ export function defineBench(definition: BenchDefinition): BenchDefinition {
 export function parseBenchOptions(
   argv: readonly string[] = process.argv.slice(2),
   env: NodeJS.ProcessEnv = process.env,
+  defaults: Pick<BenchDefinition, 'warmup'> = {},
 ): BenchOptions {
   const flags = new Map<string, string>();
   for (const arg of argv) {
@@ -148,7 +154,7 @@ export function parseBenchOptions(
   return {
     rounds: positiveInt('rounds', get('rounds', 'BENCH_ROUNDS'), quick ? 1 : 5),
     scale: positiveNumber('scale', get('scale', 'BENCH_SCALE'), quick ? 0.01 : 1),
-    warmup: nonNegativeInt('warmup', get('warmup', 'BENCH_WARMUP'), 1),
+    warmup: nonNegativeInt('warmup', get('warmup', 'BENCH_WARMUP'), defaults.warmup ?? 1),
     warmupScale: 1,
     caseBudgetSeconds: positiveNumber('budget', get('budget', 'BENCH_BUDGET'), 30),
     only: list(get('only', 'BENCH_ONLY')),

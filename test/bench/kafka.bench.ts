@@ -278,6 +278,10 @@ export default defineBench({
   contenders: ['sluice', 'raw', 'at-least-once', 'exactly-once'],
   // Rounds of 20,000 (and 10,000 in the sink case) lasted 0.1 to 0.8 s, so a group join or a
   // collection decided the figure: spreads of 40-120% and ratios that moved by 0.3 between runs.
+  // Three warm-up rounds: the broker compiles its hot paths over the first ones. After one, the
+  // raw producer's rounds still rose by a third (94k, 119k, 127k) and whichever contender went
+  // first in a round paid for it; after three they were within 20% of each other.
+  warmup: 3,
   cases: {
     produce: {
       messages: 100_000,

@@ -28,6 +28,6 @@ if (loaded.default === undefined) {
   process.stderr.write(`test/bench/${name}.bench.ts has no default export (a defineBench(...) definition)\n`);
   process.exit(2);
 }
-const report = await runBench(loaded.default, parseBenchOptions());
+const report = await runBench(loaded.default, parseBenchOptions(undefined, undefined, loaded.default));
 // Exit explicitly: a peer library may leave timers behind (nact's systems do).
 process.exit(report.failures.length > 0 ? 1 : 0);
