@@ -176,6 +176,8 @@ test('bench options come from flags first, then the environment', () => {
   expect(parseBenchOptions([], {}, { warmup: 3 })).toMatchObject({ warmup: 3 });
   expect(parseBenchOptions(['--warmup=0'], {}, { warmup: 3 })).toMatchObject({ warmup: 0 });
   expect(parseBenchOptions([], { BENCH_WARMUP: '2' }, { warmup: 3 })).toMatchObject({ warmup: 2 });
+  expect(parseBenchOptions([], {}, { budget: 60 })).toMatchObject({ caseBudgetSeconds: 60 });
+  expect(parseBenchOptions(['--budget=10'], {}, { budget: 60 })).toMatchObject({ caseBudgetSeconds: 10 });
   expect(
     parseBenchOptions(['--rounds=3', '--only=exact,queue'], { BENCH_ROUNDS: '7', BENCH_SCALE: '0.5' }),
   ).toMatchObject({ rounds: 3, scale: 0.5, only: ['exact', 'queue'] });

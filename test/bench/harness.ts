@@ -80,6 +80,8 @@ export interface BenchDefinition {
    * warms up too (a broker on a JVM compiles its hot paths over the first rounds). @default 1
    */
   warmup?: number;
+  /** Seconds a case may take when neither `--budget` nor `BENCH_BUDGET` says. @default 30 */
+  budget?: number;
 }
 
 export interface BenchOptions {
@@ -137,7 +139,7 @@ export function defineBench(definition: BenchDefinition): BenchDefinition {
 export function parseBenchOptions(
   argv: readonly string[] = process.argv.slice(2),
   env: NodeJS.ProcessEnv = process.env,
-  defaults: Pick<BenchDefinition, 'warmup'> = {},
+  defaults: Pick<BenchDefinition, 'warmup' | 'budget'> = {},
 ): BenchOptions {
   const flags = new Map<string, string>();
   for (const arg of argv) {
@@ -156,7 +158,7 @@ export function parseBenchOptions(
     scale: positiveNumber('scale', get('scale', 'BENCH_SCALE'), quick ? 0.01 : 1),
     warmup: nonNegativeInt('warmup', get('warmup', 'BENCH_WARMUP'), defaults.warmup ?? 1),
     warmupScale: 1,
-    caseBudgetSeconds: positiveNumber('budget', get('budget', 'BENCH_BUDGET'), 30),
+    caseBudgetSeconds: positiveNumber('budget', get('budget', 'BENCH_BUDGET'), defaults.budget ?? 30),
     only: list(get('only', 'BENCH_ONLY')),
     contenders: list(get('contenders', 'BENCH_CONTENDERS')),
     verbose: isTrue(get('verbose', 'BENCH_VERBOSE')),
