@@ -347,8 +347,7 @@ export class SubjectTrie<T extends Routable, M extends Match<T> = Match<T>> {
     if (this.#uncached?.(subject) === true) return result;
     const cost = cacheCost(subject);
     if (cost > this.#cacheByteLimit) return result;
-    const full = this.#entries >= this.#cacheLimit || this.#cacheBytes + cost > this.#cacheByteLimit;
-    if (full && !this.#seenOnce.delete(subject)) {
+    if (this.#full(cost) && !this.#seenOnce.delete(subject)) {
       // Bounded in bytes too (a quarter of the cache's): subjects may be 4,000 characters long.
       if (this.#seenOnce.size >= SEEN_ONCE_LIMIT || this.#seenOnceBytes + cost > this.#cacheByteLimit / 4) {
         this.#seenOnce.clear();
@@ -358,13 +357,16 @@ export class SubjectTrie<T extends Routable, M extends Match<T> = Match<T>> {
       this.#seenOnceBytes += cost;
       return result;
     }
-    while (this.#entries > 0 && (this.#entries >= this.#cacheLimit || this.#cacheBytes + cost > this.#cacheByteLimit)) {
-      this.#evict(shard);
-    }
+    while (this.#entries > 0 && this.#full(cost)) this.#evict(shard);
     shard.set(subject, result);
     this.#entries++;
     this.#cacheBytes += cost;
     return result;
+  }
+
+  /** Whether an entry costing `cost` would take the cache past its entry or byte limit. */
+  #full(cost: number): boolean {
+    return this.#entries >= this.#cacheLimit || this.#cacheBytes + cost > this.#cacheByteLimit;
   }
 
   /**
