@@ -7,6 +7,8 @@ import { PartitionLedger } from './partitionLedger.ts';
  * taken back is a new tenure (a new object), so outputs of inputs fetched before are told apart.
  */
 export interface KafkaTenure {
+  readonly topic: string;
+  readonly partition: number;
   /** The committed offset: every input below it was processed by a committed transaction. */
   readonly committed: number;
   /** Whether the commit read when the partition was taken said `offset` (above it) was processed. */
@@ -51,6 +53,14 @@ export class Partition implements KafkaTenure {
   constructor(topic: string, partition: number, start: number) {
     this.ledger = new PartitionLedger(topic, partition, start);
     this.key = `${topic}:${partition}`;
+  }
+
+  get topic(): string {
+    return this.ledger.topic;
+  }
+
+  get partition(): number {
+    return this.ledger.partition;
   }
 
   get committed(): number {
@@ -118,18 +128,22 @@ export function recordLineage(
 }
 
 /**
- * The tenure of partition `key` that `settler` read the record at `offset` in, when `lineage` (an
- * output's) derives from that record: the record's own delivery knows the partition object it
- * came from. Undefined when the lineage does not lead back to it.
+ * The tenure of partition `topic`/`partition` that `settler` read the record at `offset` in, when
+ * `lineage` (an output's) derives from that record: the record's own delivery knows the partition
+ * object it came from. Undefined when the lineage does not lead back to it.
  */
 export function tenureOfLineage(
   settler: Settler,
   lineage: Lineage | undefined,
-  key: string,
+  topic: string,
+  partition: number,
   offset: number,
 ): KafkaTenure | undefined {
+  // Numbers and a topic compared, not a `topic:partition` string made: this runs for every record
+  // of a transaction.
   for (const d of deliveriesOf(lineage, toSettler))
-    if (d.settler === settler && d.record.offset === offset && d.part.key === key) return d.part;
+    if (d.settler === settler && d.record.offset === offset && d.part.partition === partition && d.part.topic === topic)
+      return d.part;
   return undefined;
 }
 

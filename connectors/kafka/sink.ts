@@ -352,7 +352,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
           readIns.push(undefined);
           return true;
         }
-        const tenure = tenures.get(`${p.topic}:${p.partition}`);
+        const tenure = tenures.get(p.topic)?.get(p.partition);
         if (tenure === undefined) return false; // taken away by a rebalance: its new owner writes it
         const readIn = source.tenureOf(r.envelope?.lineage, p);
         if (readIn !== undefined && readIn !== tenure) {
@@ -468,6 +468,9 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     for (const r of records) this.#remember(r);
     if (source !== undefined) {
       const tenures = readIns === undefined ? source.tenures() : undefined;
+      // Consecutive records mostly come from one partition: its set of inputs is looked up once.
+      let lastTenure: KafkaTenure | undefined;
+      let inputs: Set<number> | undefined;
       for (let i = 0; i < records.length; i++) {
         let input = readIns?.[i];
         if (tenures !== undefined) {
@@ -475,10 +478,16 @@ export class KafkaSink<T = unknown> implements Sink<T> {
           const p = positionOf(r, source);
           if (p === undefined) continue;
           // The tenure the input was read in: the current one may be a later one by now.
-          const tenure = source.tenureOf(r.envelope?.lineage, p) ?? tenures.get(`${p.topic}:${p.partition}`);
+          const tenure = source.tenureOf(r.envelope?.lineage, p) ?? tenures.get(p.topic)?.get(p.partition);
           input = tenure === undefined ? undefined : { tenure, offset: p.offset };
         }
-        if (input !== undefined) this.#rememberInput(input.tenure, input.offset);
+        if (input === undefined) continue;
+        if (input.tenure !== lastTenure) {
+          lastTenure = input.tenure;
+          inputs = this.#inputsOf(lastTenure);
+        }
+        (inputs as Set<number>).add(input.offset);
+        trimOldest(inputs as Set<number>, RECENT_KEYS);
       }
       source.committedBySink(offsets);
     }
@@ -541,12 +550,14 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     return this.#inputs.get(tenure)?.has(offset) === true;
   }
 
-  /** An input with outputs in a committed transaction of this tenure: a later output of it is a sibling. */
-  #rememberInput(tenure: KafkaTenure, offset: number): void {
+  /**
+   * The inputs of this tenure with outputs in a committed transaction (an input is added as its
+   * transaction commits): a later output of one of them is a sibling.
+   */
+  #inputsOf(tenure: KafkaTenure): Set<number> {
     let inputs = this.#inputs.get(tenure);
     if (inputs === undefined) this.#inputs.set(tenure, (inputs = new Set()));
-    inputs.add(offset);
-    trimOldest(inputs, RECENT_KEYS);
+    return inputs;
   }
 
   /**
@@ -602,9 +613,15 @@ export class KafkaSink<T = unknown> implements Sink<T> {
 
   /** Keys written lately, so an in-process replay of a committed batch is skipped. */
   #remember(r: SinkRecord<T>): void {
-    this.#recent.delete(r.key);
-    this.#recent.set(r.key, r.revision ?? -1);
-    trimOldest(this.#recent, RECENT_KEYS);
+    const recent = this.#recent;
+    const size = recent.size;
+    recent.set(r.key, r.revision ?? -1);
+    // A key written again moves to the newest end; a new one, the usual case, costs one operation.
+    if (recent.size === size) {
+      recent.delete(r.key);
+      recent.set(r.key, r.revision ?? -1);
+    }
+    trimOldest(recent, RECENT_KEYS);
   }
 
   #message(r: SinkRecord<T>): {

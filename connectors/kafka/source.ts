@@ -156,6 +156,9 @@ export interface KafkaPosition {
   readonly offset: number;
 }
 
+/** @internal The tenures of the partitions a source holds, by topic, then partition number. */
+export type KafkaTenures = Map<string, Map<number, KafkaTenure>>;
+
 /** The group membership a transaction's offsets must name (KIP-447 fencing). */
 export interface KafkaGroupMembership {
   readonly consumer: Consumer;
@@ -385,24 +388,28 @@ export class KafkaSource<T = unknown> implements Source<T> {
    * new owner commits them.
    */
   offsetsFor(positions: Iterable<KafkaPosition>): KafkaCommit[] {
-    const byPartition = new Map<string, number[]>();
+    // Grouped by topic, then partition number: no `topic:partition` string per position.
+    const byTopic = new Map<string, Map<number, number[]>>();
     for (const p of positions) {
-      const key = `${p.topic}:${p.partition}`;
-      let list = byPartition.get(key);
-      if (list === undefined) byPartition.set(key, (list = []));
+      let partitions = byTopic.get(p.topic);
+      if (partitions === undefined) byTopic.set(p.topic, (partitions = new Map()));
+      let list = partitions.get(p.partition);
+      if (list === undefined) partitions.set(p.partition, (list = []));
       list.push(p.offset);
     }
     const out: KafkaCommit[] = [];
-    for (const [key, offsets] of byPartition) {
-      const part = this.#partitions.get(key);
-      if (part === undefined || part.revoked) continue;
-      const { floor, doneAbove } = part.ledger.commitIfSettled(offsets);
-      out.push({
-        topic: part.ledger.topic,
-        partition: part.ledger.partition,
-        offset: floor,
-        metadata: encodeRuns(doneAbove),
-      });
+    for (const [topic, partitions] of byTopic) {
+      for (const [partition, offsets] of partitions) {
+        const part = this.#partitions.get(`${topic}:${partition}`);
+        if (part === undefined || part.revoked) continue;
+        const { floor, doneAbove } = part.ledger.commitIfSettled(offsets);
+        out.push({
+          topic: part.ledger.topic,
+          partition: part.ledger.partition,
+          offset: floor,
+          metadata: encodeRuns(doneAbove),
+        });
+      }
     }
     return out;
   }
@@ -443,12 +450,17 @@ export class KafkaSource<T = unknown> implements Source<T> {
   }
 
   /**
-   * @internal The tenure of each partition assigned now, by `topic:partition`: the same object
-   * while the source holds the partition, a new one each time it takes it again.
+   * @internal The tenure of each partition assigned now, by topic, then partition number: the same
+   * object while the source holds the partition, a new one each time it takes it again.
    */
-  tenures(): Map<string, KafkaTenure> {
-    const out = new Map<string, KafkaTenure>();
-    for (const p of this.#partitions.values()) if (!p.revoked) out.set(p.key, p);
+  tenures(): KafkaTenures {
+    const out: KafkaTenures = new Map();
+    for (const p of this.#partitions.values()) {
+      if (p.revoked) continue;
+      let partitions = out.get(p.topic);
+      if (partitions === undefined) out.set(p.topic, (partitions = new Map()));
+      partitions.set(p.partition, p);
+    }
     return out;
   }
 
@@ -459,7 +471,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
    * when the lineage does not lead back to it (an envelope made without its input's lineage).
    */
   tenureOf(lineage: Lineage | undefined, position: KafkaPosition): KafkaTenure | undefined {
-    return tenureOfLineage(this, lineage, `${position.topic}:${position.partition}`, position.offset);
+    return tenureOfLineage(this, lineage, position.topic, position.partition, position.offset);
   }
 
   /**
