@@ -347,7 +347,11 @@ export class SubjectTrie<T extends Routable, M extends Match<T> = Match<T>> {
     if (this.#uncached?.(subject) === true) return result;
     const cost = cacheCost(subject);
     if (cost > this.#cacheByteLimit) return result;
-    if (this.#full(cost) && !this.#seenOnce.delete(subject)) {
+    const full = this.#full(cost);
+    if (full && this.#seenOnce.delete(subject)) {
+      // Its second miss: it leaves the seen-once set for the cache, and its cost with it.
+      this.#seenOnceBytes -= cost;
+    } else if (full) {
       // Bounded in bytes too (a quarter of the cache's): subjects may be 4,000 characters long.
       if (this.#seenOnce.size >= SEEN_ONCE_LIMIT || this.#seenOnceBytes + cost > this.#cacheByteLimit / 4) {
         this.#seenOnce.clear();
@@ -381,9 +385,16 @@ export class SubjectTrie<T extends Routable, M extends Match<T> = Match<T>> {
       from = this.#shards[this.#evictFrom] as Map<string, M>;
       this.#evictFrom = (this.#evictFrom + 1) & (CACHE_SHARDS - 1);
     }
-    for (const oldest of dropOldest(from, Math.max(1, from.size >> 3))) {
+    const dropped = dropOldest(from, Math.max(1, from.size >> 3));
+    for (const oldest of dropped) {
       this.#entries--;
       this.#cacheBytes -= cacheCost(oldest);
+    }
+    // Every shard empty while the counts say otherwise would make the caller's loop spin: the
+    // counts give way to what is there (nothing).
+    if (dropped.length === 0) {
+      this.#entries = 0;
+      this.#cacheBytes = 0;
     }
   }
 
@@ -405,6 +416,9 @@ export class SubjectTrie<T extends Routable, M extends Match<T> = Match<T>> {
     this.#lastSubject = undefined;
     this.#lastResult = undefined;
     this.#cacheBytes = 0;
+    // The cache starts empty again: subjects seen before the change have no claim on it.
+    if (this.#seenOnce.size > 0) this.#seenOnce.clear();
+    this.#seenOnceBytes = 0;
   }
 }
 

@@ -518,6 +518,56 @@ describe('subjects - trie properties', () => {
     expect(walks).toBe(3);
   });
 
+  test('SubjectTrie - a subject cached at its second miss gives its seen-once bytes back', () => {
+    // The seen-once set is bounded in bytes (a quarter of the cache's: here three such subjects).
+    // Subjects promoted from it must not keep counting there, or it empties early and forgets
+    // subjects still waiting for their second miss.
+    let walks = 0;
+    const trie = new SubjectTrie<Item>(
+      2,
+      (subject) => {
+        walks++;
+        return subject.split('.');
+      },
+      undefined,
+      840,
+    );
+    trie.insert('>', { id: 1, pattern: '>', queue: undefined });
+    trie.match('x.0001');
+    trie.match('x.0002');
+    expect(trie.cacheStats.entries).toBe(2);
+    trie.match('b.0000'); // seen once
+    for (const subject of ['a.0001', 'a.0002', 'a.0003']) {
+      trie.match(subject);
+      trie.match(subject); // promoted into the cache
+    }
+    trie.match('b.0000'); // its second miss: cached
+    walks = 0;
+    trie.match('b.0000');
+    expect(walks).toBe(0);
+  });
+
+  test('SubjectTrie - a subscription change forgets the subjects seen once, as it empties the cache', () => {
+    let walks = 0;
+    const trie = new SubjectTrie<Item>(2, (subject) => {
+      walks++;
+      return subject.split('.');
+    });
+    trie.insert('a.>', { id: 1, pattern: 'a.>', queue: undefined });
+    trie.match('a.1');
+    trie.match('a.2');
+    trie.match('a.3'); // seen once: the cache is full
+    trie.insert('b.>', { id: 2, pattern: 'b.>', queue: undefined });
+    trie.match('a.1');
+    trie.match('a.2');
+    // After the change, a.3 starts over: its first miss does not count as a second.
+    walks = 0;
+    trie.match('a.3');
+    trie.match('a.3');
+    trie.match('a.3');
+    expect(walks).toBe(2);
+  });
+
   test('SubjectTrie - the default byte bound keeps 60,000 distinct 4 KB subjects under 16 MiB', () => {
     const trie = new SubjectTrie<Item>();
     trie.insert('telemetry.>', { id: 1, pattern: 'telemetry.>', queue: undefined });
