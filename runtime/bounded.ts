@@ -8,12 +8,14 @@
  */
 
 /**
- * Drops the oldest entries (first inserted) of `collection` once it holds more than `max`, down to
- * `max` less an eighth of it, in one walk.
+ * Keeps the `max` newest entries of `collection` at least, and at most an eighth more: once it
+ * holds more than that, drops the oldest (first inserted) down to `max`, in one walk. At least
+ * `max`, because callers keep windows (recent keys a replay is checked against) that must be as
+ * long as they say; the eighth above is what makes each trim one walk for many entries.
  */
 export function trimOldest<K>(collection: Map<K, unknown> | Set<K>, max: number): void {
-  if (collection.size <= max) return;
-  dropOldest(collection, collection.size - max + (max >> 3));
+  if (collection.size <= max + (max >> 3)) return;
+  dropOldest(collection, collection.size - max);
 }
 
 /** Drops the `count` oldest entries of `collection`, in one walk; returns the keys dropped. */
