@@ -19,7 +19,7 @@ const CASES = {
   fanout: ['sluice', 'eventemitter', 'eventemitter2', 'rxjs', 'hand-loop'],
   wildcard: ['sluice', 'eventemitter2', 'rxjs', 'hand-loop'],
   queue: ['sluice', 'eventemitter', 'eventemitter2', 'rxjs', 'hand-loop'],
-  actor: ['sluice', 'rxjs', 'nact', 'hand-loop'],
+  actor: ['sluice', 'rxjs', 'nact', 'sluice-bus', 'hand-loop'],
 } as const;
 
 test('the bus bench runs every case and contender and ends with its JSON line', { timeout: 120_000 }, async () => {

@@ -583,6 +583,31 @@ const actorCase: Record<string, Contender> = {
       dispose: () => stop(system),
     };
   },
+  // The same hop on the bus alone, a callback subscriber publishing on: what the actor runtime
+  // (settlement, supervision, its checked publish) adds to, and its floor.
+  'sluice-bus': (n) => {
+    const bus = new Bus();
+    const sink = new Sink();
+    const hop = bus.subscribe<Order>('in', {
+      callback: (env) => {
+        const out = double(env.data);
+        // Refused when the next mailbox is full: the awaited publish holds this subscriber back.
+        if (!bus.tryPublish('out', out)) return bus.publish('out', out);
+      },
+    });
+    const out = bus.subscribe<Order>('out', { callback: (env) => sink.take(env.data) });
+    return {
+      run: async () => {
+        await pushAll(bus, 'in', n);
+        await settled('sluice-bus', [sink], n);
+        sink.check('sluice-bus', n, 1, 2);
+      },
+      dispose: () => {
+        hop.unsubscribe();
+        out.unsubscribe();
+      },
+    };
+  },
   'hand-loop': (n) => {
     const sink = new Sink();
     return async () => {
@@ -595,7 +620,7 @@ const actorCase: Record<string, Contender> = {
 export default defineBench({
   bench: 'bus',
   unit: 'msg/s',
-  contenders: ['sluice', 'eventemitter', 'eventemitter2', 'rxjs', 'nact', 'hand-loop'],
+  contenders: ['sluice', 'eventemitter', 'eventemitter2', 'rxjs', 'nact', 'sluice-bus', 'hand-loop'],
   cases: {
     exact: {
       messages: 2_000_000,
@@ -629,7 +654,7 @@ export default defineBench({
     },
     actor: {
       messages: 400_000,
-      description: `publish -> actor (map, publish on) -> subscriber; rxjs: the same map on a Subject; nact: two actors`,
+      description: `publish -> actor (map, publish on) -> subscriber; rxjs: the same map on a Subject; nact: two actors; sluice-bus: a callback subscriber publishing on, no actor`,
       contenders: actorCase,
     },
   },
