@@ -514,7 +514,12 @@ export class NatsTransport implements Transport {
           else await jsm.streams.update(config.name, { ...existing.config, ...wanted });
           return;
         } catch (error) {
-          if (existing === undefined && attempt < 3) continue;
+          if (existing === undefined && attempt < 3) {
+            // A moment for the winner's stream to show (a cluster answers the look-up from any
+            // server); a real refusal (JetStream off, a true overlap) fails after the third try.
+            await new Promise((resolve) => setTimeout(resolve, 50 * attempt));
+            continue;
+          }
           throw new StreamError(config.name, `could not define the JetStream stream: ${messageOf(error)}`);
         }
       }
