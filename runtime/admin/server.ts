@@ -110,6 +110,8 @@ class Admin implements AdminServer {
   readonly #stopLetters: () => void;
   readonly #sampler: Sampler;
   readonly #audit: AuditLog;
+  /** A dead-letter replay is running. */
+  #replaying = false;
   readonly #feeds = new Set<ServerResponse>();
   readonly #token: Buffer | undefined;
   readonly #readToken: Buffer | undefined;
@@ -300,7 +302,13 @@ class Admin implements AdminServer {
   }
 
   async #handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://admin');
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', 'http://admin');
+    } catch {
+      // A request target such as `//` is no path of this server: the client's error, not ours.
+      throw new HttpError(400, 'bad-request', 'the request target is not a path');
+    }
     const path = url.pathname;
     const file = STATIC[path];
     if (file !== undefined && req.method === 'GET') {
@@ -335,6 +343,12 @@ class Admin implements AdminServer {
       return;
     }
     if (req.method !== 'POST') throw new HttpError(405, 'method-not-allowed', `${req.method} is not allowed`);
+    try {
+      sameOriginJson(req);
+    } catch (error) {
+      this.#record(req, path.slice('/api/'.length), who.caller, '', 'refused', messageOf(error));
+      throw error;
+    }
     const body = await readBody(req);
     const action = path.slice('/api/'.length);
     const target = describeTarget(body);
@@ -513,8 +527,18 @@ class Admin implements AdminServer {
     res: ServerResponse,
   ): Promise<{ body: unknown; detail: string } | undefined> {
     switch (action) {
-      case 'deadletters/replay':
-        return this.#replay(body, req, res);
+      case 'deadletters/replay': {
+        // One at a time: letters leave the buffer as each is published, so a second replay
+        // started meanwhile (an operator whose client timed out, trying again) would select the
+        // letters the first has not reached yet, and publish them twice.
+        if (this.#replaying) throw new HttpError(409, 'conflict', 'a replay is running: wait for it to end');
+        this.#replaying = true;
+        try {
+          return await this.#replay(body, req, res);
+        } finally {
+          this.#replaying = false;
+        }
+      }
       case 'deadletters/purge': {
         const subject = optionalString(body, 'subject');
         if (subject === undefined && body.all !== true) {
@@ -600,6 +624,10 @@ class Admin implements AdminServer {
     const fromSeq = body.fromSeq;
     if (fromSeq !== undefined && (!Number.isInteger(fromSeq) || (fromSeq as number) < 0)) {
       throw new OptionsError('fromSeq', 'must be a stream sequence (an integer >= 0)', fromSeq);
+    }
+    // The letters kept in memory have no stream sequence: fromSeq alone would select them all.
+    if (fromSeq !== undefined && streamName === undefined) {
+      throw new OptionsError('fromSeq', 'selects letters of a stream: give stream as well', fromSeq);
     }
     let letters: Iterable<KeptLetter>;
     let total: number;
@@ -781,6 +809,40 @@ function streamLetters(
     total,
     next: () => (select.ids !== undefined ? undefined : seq),
   };
+}
+
+/**
+ * An action must come as JSON from this server's own origin. A page on another site can make a
+ * browser send a form or a `text/plain` POST to a loopback address without asking (no CORS
+ * preflight), and without a token nothing else would tell it from the dashboard or the CLI, which
+ * send `application/json` (a cross-site page cannot without a preflight, which this server does
+ * not answer). Browsers name the requesting origin (`Origin`, `Sec-Fetch-Site`): another one is
+ * refused too, so a same-site page on another port is no way around it.
+ */
+function sameOriginJson(req: IncomingMessage): void {
+  const type = (req.headers['content-type'] ?? '').split(';')[0]?.trim().toLowerCase();
+  if (type !== 'application/json') {
+    throw new HttpError(415, 'unsupported-media-type', 'an action is a JSON body: send content-type: application/json');
+  }
+  const site = req.headers['sec-fetch-site'];
+  if (site !== undefined && site !== 'same-origin' && site !== 'none') {
+    throw new HttpError(403, 'forbidden', `a request from another site (Sec-Fetch-Site: ${site}) may not act`);
+  }
+  const origin = req.headers.origin;
+  if (origin === undefined) return;
+  let host: string | undefined;
+  try {
+    host = new URL(origin).host;
+  } catch {
+    host = undefined;
+  }
+  if (host === undefined || host !== req.headers.host) {
+    throw new HttpError(
+      403,
+      'forbidden',
+      `a request from origin '${origin}' may not act: only this server's own pages may`,
+    );
+  }
 }
 
 function readBody(req: IncomingMessage): Promise<Record<string, unknown>> {

@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createRuntime, MAX_PAGE, OptionsError, REPLAYED_FROM_HEADER } from 'sluice';
+import { actor, createRuntime, MAX_PAGE, OptionsError, REPLAYED_FROM_HEADER } from 'sluice';
 import { describe, expect, test } from 'vitest';
+import { quietLogger } from '../runtime/helpers.ts';
 import { tempDir } from '../runtime/store/harness.ts';
 import { adminJob, type Order, READ_TOKEN, TOKEN, until } from './helpers.ts';
 
@@ -68,6 +69,67 @@ describe('serve options', () => {
     expect(status).toBe(403);
     await server.close();
     await rt.stop();
+  });
+});
+
+describe('cross-site requests', () => {
+  test("without a token, an action must be JSON from the server's own origin: a form or text/plain post from another site is refused", async () => {
+    const rt = createRuntime({ logger: quietLogger() });
+    rt.spawn(actor({ name: 'a', subscribe: 'a', handle: () => undefined }));
+    const server = await rt.serve({ port: 0, token: false });
+    try {
+      const isPaused = async () =>
+        ((await (await fetch(`${server.url}/api/actors`)).json()) as { name: string; paused: boolean }[]).find(
+          (a) => a.name === 'a',
+        )?.paused;
+      const pause = (headers: Record<string, string>) =>
+        fetch(`${server.url}/api/actors/pause`, { method: 'POST', headers, body: JSON.stringify({ actor: 'a' }) });
+      // What a page on another site can send without a preflight: refused, and the actor runs on.
+      const plain = await pause({ 'content-type': 'text/plain', origin: 'https://evil.example' });
+      expect(plain.status).toBe(415);
+      const form = await pause({ 'content-type': 'application/x-www-form-urlencoded' });
+      expect(form.status).toBe(415);
+      // JSON claiming another origin, or another site by the browser's own header: refused.
+      const foreign = await pause({ 'content-type': 'application/json', origin: 'http://localhost:1' });
+      expect(foreign.status).toBe(403);
+      const sameSite = await pause({ 'content-type': 'application/json', 'sec-fetch-site': 'same-site' });
+      expect(sameSite.status).toBe(403);
+      expect(await isPaused()).toBe(false);
+      // The dashboard (same origin) and the CLI (no origin) act.
+      const host = new URL(server.url).host;
+      const own = await pause({
+        'content-type': 'application/json',
+        origin: `http://${host}`,
+        'sec-fetch-site': 'same-origin',
+      });
+      expect(own.status).toBe(200);
+      expect(await isPaused()).toBe(true);
+      const cli = await fetch(`${server.url}/api/actors/resume`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ actor: 'a' }),
+      });
+      expect(cli.status).toBe(200);
+      expect(await isPaused()).toBe(false);
+    } finally {
+      await server.close();
+      await rt.stop();
+    }
+  });
+
+  test('a request target that is no path is a 400, not a server error', async () => {
+    const { server, log } = await adminJob();
+    const { request } = await import('node:http');
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = request({ host: server.host, port: server.port, path: '//', method: 'GET' }, (r) => {
+        r.resume();
+        resolve(r.statusCode ?? 0);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    expect(status).toBe(400);
+    expect(log.lines.join('\n')).not.toContain('Invalid URL');
   });
 });
 
@@ -291,6 +353,11 @@ describe('actions', () => {
     const none = await post<{ error: { message: string } }>('/api/deadletters/replay', {});
     expect(none.status).toBe(400);
     expect(none.body.error.message).toContain('select letters by subject, ids, reason or fromSeq, or give all: true');
+    // fromSeq is a stream sequence: alone it would select every letter kept in memory.
+    const bare = await post<{ error: { message: string } }>('/api/deadletters/replay', { fromSeq: 5 });
+    expect(bare.status).toBe(400);
+    expect(bare.body.error.message).toContain('selects letters of a stream: give stream as well');
+    expect((await get<DeadLetters>('/api/deadletters')).body.subjects[0]).toMatchObject({ replayed: 0, kept: 1 });
     await post('/api/deadletters/replay', { subject: '$DLQ.enrich' });
     await until(async () => {
       const s = (await get<DeadLetters>('/api/deadletters')).body.subjects[0];
@@ -308,7 +375,7 @@ describe('actions', () => {
     const ticker = setInterval(() => turns++, 0);
     const res = await fetch(`${server.url}/api/deadletters/replay`, {
       method: 'POST',
-      headers: { authorization: `Bearer ${TOKEN}`, accept: 'application/x-ndjson' },
+      headers: { authorization: `Bearer ${TOKEN}`, accept: 'application/x-ndjson', 'content-type': 'application/json' },
       body: JSON.stringify({ all: true }),
     });
     const lines = (await res.text())
@@ -319,6 +386,33 @@ describe('actions', () => {
     expect(lines.at(-1)).toMatchObject({ replayed: 600, total: 600 });
     expect(turns).toBeGreaterThan(1);
     void post;
+  });
+
+  test('one replay at a time: a second one while the first runs is refused, and no letter is published twice', async () => {
+    const { get, post, rt } = await adminJob();
+    let handled = 0;
+    rt.spawn(actor({ name: 'slow', subscribe: 'slow.x', mailbox: { capacity: 10 }, handle: () => void handled++ }));
+    // 100 letters of 'slow.x', whose actor is paused: past its mailbox of 10 the replay waits.
+    for (let i = 0; i < 100; i++)
+      await rt.bus.publish('$DLQ.slow', i, { headers: { 'sluice-original-subject': 'slow.x' } });
+    await until(async () => expect((await get<DeadLetters>('/api/deadletters')).body.kept).toBe(100));
+    await post('/api/actors/pause', { actor: 'slow' });
+    const first = post<{ replayed: number }>('/api/deadletters/replay', { subject: '$DLQ.slow' });
+    await until(async () => {
+      const row = (await get<ActorRow[]>('/api/actors')).body.find((a) => a.name === 'slow') as ActorRow;
+      expect(row.depth).toBe(10);
+    });
+    const second = await post<{ error: { message: string } }>('/api/deadletters/replay', { subject: '$DLQ.slow' });
+    expect(second.status).toBe(409);
+    expect(second.body.error.message).toContain('a replay is running');
+    await post('/api/actors/resume', { actor: 'slow' });
+    expect((await first).body.replayed).toBe(100);
+    await until(() => expect(handled).toBe(100));
+    // Once it ended, the next one may run: nothing is left to replay.
+    const next = await post<{ replayed: number }>('/api/deadletters/replay', { subject: '$DLQ.slow' });
+    expect(next.status).toBe(200);
+    expect(next.body.replayed).toBe(0);
+    expect(handled).toBe(100);
   });
 
   test('purge drops the letters of a subject', async () => {
@@ -359,6 +453,20 @@ describe('actions', () => {
     expect(both.status).toBe(400);
     expect(both.body.error.message).toContain('give either seq (a stream sequence) or time (epoch ms)');
     expect((await post('/api/consumers/reset', { stream: 'ORDERS', consumer: 'ghost', seq: 1 })).status).toBe(404);
+    // Past the stream's next sequence, the consumer would skip what comes next and show no lag.
+    const beyond = await post<{ error: { message: string } }>('/api/consumers/reset', {
+      stream: 'ORDERS',
+      consumer: 'enrich',
+      seq: 1e12,
+    });
+    expect(beyond.status).toBe(400);
+    expect(beyond.body.error.message).toContain("must be at most the stream's next sequence, 11");
+    const atEnd = await post<{ position: number }>('/api/consumers/reset', {
+      stream: 'ORDERS',
+      consumer: 'enrich',
+      seq: 11,
+    });
+    expect(atEnd.body.position).toBe(11);
     void get;
   });
 
@@ -418,7 +526,7 @@ describe('actions', () => {
     expect((await post('/api/nothing', {})).status).toBe(404);
     const big = await fetch(`${server.url}/api/publish`, {
       method: 'POST',
-      headers: { authorization: `Bearer ${TOKEN}` },
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
       body: JSON.stringify({ subject: 'orders.eu', data: 'x'.repeat(70_000) }),
     });
     expect(big.status).toBe(413);
