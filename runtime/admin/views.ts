@@ -210,23 +210,6 @@ export function matches(env: { subject: string; data: unknown }, filter: Message
   return true;
 }
 
-/** @internal The first stored sequence appended at or after `time`: append times grow with the sequence. */
-export function seqAtTime(stream: StreamImpl, time: number): number {
-  const b = stream.store.bounds(stream.log);
-  let lo = b.first;
-  let hi = b.last + 1;
-  // Binary search over sequences: O(log n) reads; an entry retention removed or that is corrupt
-  // moves the search up, since nothing below it can be read either.
-  while (lo < hi) {
-    const mid = Math.floor((lo + hi) / 2);
-    const entry = stream.read(mid, 1)[0];
-    const t = entry === undefined || entry.error !== undefined ? -Infinity : (entry.value as StoredMessage).t;
-    if (t >= time) hi = mid;
-    else lo = mid + 1;
-  }
-  return lo;
-}
-
 export interface MessagePage {
   readonly stream: string;
   readonly first: number;
@@ -249,7 +232,7 @@ export function browse(
     throw new OptionsError('limit', `must be an integer from 1 to ${MAX_PAGE}`, limit);
   }
   const b = stream.store.bounds(stream.log);
-  let seq = from.seq ?? (from.time !== undefined ? seqAtTime(stream, from.time) : b.first);
+  let seq = from.seq ?? (from.time !== undefined ? stream.seqAtTime(from.time) : b.first);
   seq = Math.max(seq, b.first);
   const messages: MessageView[] = [];
   let scanned = 0;

@@ -205,16 +205,8 @@ export class ConsumerImpl<T = unknown> {
         if (typeof policy.fromTime !== 'number' || !Number.isFinite(policy.fromTime)) {
           throw new OptionsError(`${where}.deliver.fromTime`, 'must be a finite time in epoch ms', policy.fromTime);
         }
-        // Append times grow with the sequence: the first message appended at or after the time.
-        for (let from = b.first; from <= b.last; ) {
-          const entries = this.#source.read(from, 256);
-          if (entries.length === 0) break;
-          for (const e of entries) {
-            if (e.error === undefined && (e.value as StoredMessage).t >= policy.fromTime) return e.seq;
-            from = e.seq + 1;
-          }
-        }
-        return b.last + 1;
+        // A binary search: a reset by time on a long stream must not hold the event loop.
+        return this.#source.seqAtTime(policy.fromTime);
       }
     }
     throw new OptionsError(`${where}.deliver`, "must be 'all', 'new', { fromSeq } or { fromTime }", policy);
@@ -257,6 +249,18 @@ export class ConsumerImpl<T = unknown> {
         this.stream,
         `consumer '${this.name}' has ${this.#pending.size} messages delivered and not settled: pause the actors that read it until they settle, or force the reset (what they hold may then be handled twice)`,
       );
+    }
+    if ('fromSeq' in policy) {
+      // Past the end, the consumer would skip what is published next, and show no lag while it
+      // does: a reset moves within what was stored, up to the next sequence.
+      const next = this.#deps.store.bounds(this.#source.log).last + 1;
+      if (Number.isSafeInteger(policy.fromSeq) && policy.fromSeq > next) {
+        throw new OptionsError(
+          `consumer '${this.#key}'.reset.fromSeq`,
+          `must be at most the stream's next sequence, ${next}`,
+          policy.fromSeq,
+        );
+      }
     }
     const floor = this.#start(policy, `consumer '${this.#key}'.reset`);
     for (const d of this.#pending.values()) d.timer?.cancel();

@@ -213,6 +213,26 @@ export class StreamImpl implements Stream {
     return this.#deps.store.read(this.log, from, { limit });
   }
 
+  /**
+   * @internal The first stored sequence appended at or after `time` (last + 1 when none was):
+   * append times grow with the sequence, so a binary search, O(log n) reads.
+   */
+  seqAtTime(time: number): number {
+    const b = this.#deps.store.bounds(this.log);
+    let lo = b.first;
+    let hi = b.last + 1;
+    // An entry retention removed or that is corrupt moves the search up: nothing below it can be
+    // read either.
+    while (lo < hi) {
+      const mid = Math.floor((lo + hi) / 2);
+      const entry = this.read(mid, 1)[0];
+      const t = entry === undefined || entry.error !== undefined ? -Infinity : (entry.value as StoredMessage).t;
+      if (t >= time) hi = mid;
+      else lo = mid + 1;
+    }
+    return lo;
+  }
+
   /** @internal The record an envelope is stored as, with its append time now. */
   record(env: Envelope): StoredMessage {
     const t = this.#deps.clock.now();
