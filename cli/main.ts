@@ -104,10 +104,10 @@ export async function main(argv: readonly string[], io: Io = processIo()): Promi
     return 0;
   } catch (error) {
     if (error instanceof CliError) {
-      io.err(`sluice: ${error.message}\n`);
+      io.err(`sluice: ${printable(error.message)}\n`);
       return error.exitCode;
     }
-    io.err(`sluice: ${(error as Error).message}\n`);
+    io.err(`sluice: ${printable((error as Error).message)}\n`);
     return 1;
   }
 }
@@ -115,7 +115,8 @@ export async function main(argv: readonly string[], io: Io = processIo()): Promi
 async function run(api: Api, args: string[], v: Values, io: Io): Promise<void> {
   const [command, sub, ...rest] = args;
   const json = v.json === true;
-  const print = (data: unknown, table: () => string) => io.out(json ? `${JSON.stringify(data, null, 2)}\n` : table());
+  const print = (data: unknown, table: () => string) =>
+    io.out(json ? printable(`${JSON.stringify(data, null, 2)}\n`, true) : printable(table()));
   switch (command) {
     case 'status': {
       const s = await api.get<Status>('/api/status');
@@ -386,7 +387,7 @@ async function tail(api: Api, subject: string, v: Values, io: Io): Promise<void>
     for (const m of messages) {
       if (seen >= count) return;
       seen++;
-      io.out(json ? `${JSON.stringify(m)}\n` : messagesText([m], dead));
+      io.out(json ? printable(`${JSON.stringify(m)}\n`, true) : printable(messagesText([m], dead)));
     }
   };
   if (subject.startsWith('$DLQ.') || subject.startsWith('$DEAD.')) {
@@ -451,14 +452,21 @@ class Api {
     const headers: Record<string, string> = { ...(init.headers as Record<string, string> | undefined) };
     if (this.#token !== undefined) headers.authorization = `Bearer ${this.#token}`;
     let res: Response;
+    // The time limit covers reaching the job and its answer starting, not reading the answer: a
+    // replay streams its progress for as long as it runs, and gave up after 30 s while the job
+    // went on replaying.
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(new Error('no answer within 30 s')), 30_000);
     try {
-      res = await fetch(`${this.#base}${path}`, { ...init, headers, signal: AbortSignal.timeout(30_000) });
+      res = await fetch(`${this.#base}${path}`, { ...init, headers, signal: abort.signal });
     } catch (error) {
       const cause = (error as { cause?: { code?: string; message?: string } }).cause;
       throw new CliError(
         `cannot reach the admin API at ${this.#base}: ${cause?.code ?? cause?.message ?? (error as Error).message} (is the job serving it? check --url or SLUICE_URL)`,
         3,
       );
+    } finally {
+      clearTimeout(timer);
     }
     if (res.ok) return res;
     const text = await res.text();
@@ -597,6 +605,21 @@ function countBy(values: string[]): string {
   const counts = new Map<string, number>();
   for (const v of values) counts.set(v, (counts.get(v) ?? 0) + 1);
   return [...counts].map(([k, n]) => `${n} ${k}`).join(', ');
+}
+
+/**
+ * Text from the job (subjects, keys, message data, error reasons) as a terminal shows it: control
+ * characters other than line breaks and tabs written as `\xHH` (`\u00HH` in JSON, which stays
+ * JSON). Subjects may hold ESC, and a message's text is anyone's: printed raw, it could move the
+ * cursor, rewrite earlier lines or set the window title (JSON escapes C0 but not C1, such as the
+ * one-byte CSI U+009B).
+ */
+function printable(text: string, json = false): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it finds
+  return text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, (c) => {
+    const hex = c.charCodeAt(0).toString(16).padStart(2, '0');
+    return json ? `\\u00${hex}` : `\\x${hex}`;
+  });
 }
 
 function bytes(n: number): string {

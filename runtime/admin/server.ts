@@ -659,7 +659,12 @@ class Admin implements AdminServer {
     }
     // Progress as JSON lines when the client asks for it (the CLI's progress bar).
     const progress = (req.headers.accept ?? '').includes('application/x-ndjson');
-    if (progress) res.writeHead(200, { 'content-type': 'application/x-ndjson; charset=utf-8' });
+    if (progress) {
+      res.writeHead(200, { 'content-type': 'application/x-ndjson; charset=utf-8' });
+      // Sent now, not with the first progress line: the client knows the replay started, however
+      // long it waits on a full mailbox before that line.
+      res.flushHeaders();
+    }
     let replayed = 0;
     const failed: { n: number; error: string }[] = [];
     let lastReport = Date.now();

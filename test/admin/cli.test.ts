@@ -194,6 +194,26 @@ describe('sluice, the command line', () => {
     }
   });
 
+  test("a message's text cannot drive the terminal: control characters are printed as \\xHH", async () => {
+    const { server, rt } = await adminJob();
+    const env = { SLUICE_URL: server.url, SLUICE_TOKEN: TOKEN };
+    // ESC is allowed in a subject; the data and the key are anyone's text (C1's CSI is one byte).
+    await rt.bus.publish('orders.\x1b[2Kfake', { note: '\x1b]0;owned\x07' }, { key: 'k\x9b31m' });
+    await rt.idle();
+    const text = await sluice(['peek', 'ORDERS'], env);
+    expect(text.code).toBe(0);
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: what must not reach the terminal
+    expect(text.out).not.toMatch(/[\x1b\x07\x9b]/);
+    expect(text.out).toContain('orders.\\x1b[2Kfake');
+    expect(text.out).toContain('key=k\\x9b31m');
+    // As JSON, still JSON: the same values once parsed.
+    const json = await sluice(['peek', 'ORDERS', '--json'], env);
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: what must not reach the terminal
+    expect(json.out).not.toMatch(/[\x1b\x07\x9b]/);
+    const page = JSON.parse(json.out) as { messages: { subject: string; key: string }[] };
+    expect(page.messages.at(-1)).toMatchObject({ subject: 'orders.\x1b[2Kfake', key: 'k\x9b31m' });
+  });
+
   test('tail follows new messages of a stored subject', async () => {
     const { server, rt } = await adminJob();
     await rt.bus.publish('orders.eu', { id: 1, customer: 'old' });
