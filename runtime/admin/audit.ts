@@ -21,10 +21,23 @@ export interface AuditEntry {
 }
 
 const KEPT = 1000;
+/** Refused requests that named no valid credential: kept apart, so they cannot push out the rest. */
+const KEPT_UNAUTHENTICATED = 100;
+/** Of those, at most this many a second reach the file and the live feed; the rest are counted. */
+const UNAUTHENTICATED_PER_SECOND = 10;
 
 /** The audit log: the last entries in memory and, when a path is given, every entry in a JSON Lines file. */
 export class AuditLog {
-  readonly entries: AuditEntry[] = [];
+  readonly #kept: { readonly n: number; readonly entry: AuditEntry }[] = [];
+  /**
+   * Anyone who reaches the port can send refused requests: in the same ring, a thousand of them
+   * would wipe the record of what operators did, and each would grow the file.
+   */
+  readonly #unauthenticated: { readonly n: number; readonly entry: AuditEntry }[] = [];
+  #n = 0;
+  #windowStart = 0;
+  #inWindow = 0;
+  #unlogged = 0;
   readonly #path: string | undefined;
   readonly #log: Logger;
   #writing: Promise<void> = Promise.resolve();
@@ -35,20 +48,66 @@ export class AuditLog {
     this.#log = log;
   }
 
-  record(entry: AuditEntry): void {
-    this.entries.push(entry);
-    if (this.entries.length > KEPT) this.entries.shift();
-    const path = this.#path;
-    if (path !== undefined) {
-      // One write at a time, in order: lines never interleave.
-      const line = `${JSON.stringify(entry)}\n`;
-      this.#writing = this.#writing.then(() =>
-        appendFile(path, line).catch((error: unknown) => {
-          this.#log.error(`sluice admin: could not append to the audit log '${path}': ${messageOf(error)}`);
-        }),
-      );
+  /** The entries kept in memory, oldest first: the last 1,000 by a caller with a credential, and the last 100 refused without one. */
+  get entries(): AuditEntry[] {
+    const a = this.#kept;
+    const b = this.#unauthenticated;
+    const out: AuditEntry[] = [];
+    let i = 0;
+    let j = 0;
+    while (i < a.length || j < b.length) {
+      const takeA = j >= b.length || (i < a.length && (a[i] as { n: number }).n < (b[j] as { n: number }).n);
+      out.push((takeA ? a[i++] : b[j++])?.entry as AuditEntry);
     }
+    return out;
+  }
+
+  /** Refused requests without a credential that were not written to the file nor sent live. */
+  get unlogged(): number {
+    return this.#unlogged;
+  }
+
+  record(entry: AuditEntry): void {
+    const item = { n: this.#n++, entry };
+    if (entry.caller === 'unauthenticated') {
+      this.#unauthenticated.push(item);
+      if (this.#unauthenticated.length > KEPT_UNAUTHENTICATED) this.#unauthenticated.shift();
+      if (entry.time - this.#windowStart >= 1000) {
+        // What the last second left out is said in one line, so the file still tells of it.
+        if (this.#inWindow > UNAUTHENTICATED_PER_SECOND) {
+          this.#write({
+            ...entry,
+            action: 'unauthenticated',
+            remote: '',
+            target: '',
+            detail: `${this.#inWindow - UNAUTHENTICATED_PER_SECOND} more requests refused without a credential in the second before, not logged one by one`,
+          });
+        }
+        this.#windowStart = entry.time;
+        this.#inWindow = 0;
+      }
+      if (++this.#inWindow > UNAUTHENTICATED_PER_SECOND) {
+        this.#unlogged++;
+        return;
+      }
+    } else {
+      this.#kept.push(item);
+      if (this.#kept.length > KEPT) this.#kept.shift();
+    }
+    this.#write(entry);
     this.onEntry?.(entry);
+  }
+
+  #write(entry: AuditEntry): void {
+    const path = this.#path;
+    if (path === undefined) return;
+    // One write at a time, in order: lines never interleave.
+    const line = `${JSON.stringify(entry)}\n`;
+    this.#writing = this.#writing.then(() =>
+      appendFile(path, line).catch((error: unknown) => {
+        this.#log.error(`sluice admin: could not append to the audit log '${path}': ${messageOf(error)}`);
+      }),
+    );
   }
 
   /** Resolves once every entry so far is in the file. */

@@ -169,6 +169,27 @@ describe('authentication and rights', () => {
     expect(refused.at(-1)?.caller).toBe('unauthenticated');
   });
 
+  test('refused requests without a credential cannot push what operators did out of the audit log, nor flood its file', async () => {
+    const dir = tempDir();
+    const auditLog = join(dir, 'audit.jsonl');
+    const { post, server } = await adminJob({ auditLog });
+    expect((await post('/api/actors/pause', { actor: 'enrich' })).status).toBe(200);
+    const start = Date.now();
+    for (let i = 0; i < 1200; i++) await post('/api/actors/resume', { actor: 'enrich' }, 'y'.repeat(30));
+    const seconds = Math.ceil((Date.now() - start) / 1000) + 1;
+    const entries = server.audit;
+    // The operator's pause is still there, with the last 100 refusals after it.
+    expect(entries[0]).toMatchObject({ action: 'actors/pause', caller: 'token', outcome: 'ok' });
+    expect(entries.filter((e) => e.caller === 'unauthenticated')).toHaveLength(100);
+    await server.close();
+    const lines = readFileSync(auditLog, 'utf8').trim().split('\n');
+    // At most ten a second reach the file, and a line for a second that left some out says how many.
+    const refusals = lines.filter((l) => (JSON.parse(l) as { caller: string }).caller === 'unauthenticated');
+    expect(refusals.length).toBeLessThanOrEqual(11 * seconds);
+    expect(lines.some((l) => l.includes('not logged one by one'))).toBe(true);
+    expect(lines[0]).toContain('actors/pause');
+  });
+
   test('a read-only server refuses every action, even with the full token', async () => {
     const { get, post, rt } = await adminJob({ readOnly: true });
     expect((await get<{ readOnly: boolean }>('/api/status')).body.readOnly).toBe(true);
