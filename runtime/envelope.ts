@@ -112,6 +112,22 @@ function refillIds(): void {
   idsInPool = 0;
 }
 
+/**
+ * Headers a dead letter carries, so it can be understood and replayed to its original subject.
+ * The runtime sets them; a bus client with restricted permissions may not (see the bus's publish
+ * check): a replay publishes to `sluice-original-subject` with the runtime's rights, so a forged
+ * letter would let such a client publish where its permissions say it may not.
+ */
+export const DEAD_LETTER_HEADERS = Object.freeze({
+  error: 'sluice-error',
+  code: 'sluice-error-code',
+  actor: 'sluice-actor',
+  attempts: 'sluice-attempts',
+  subject: 'sluice-original-subject',
+  messageId: 'sluice-original-id',
+  time: 'sluice-dead-lettered-at',
+});
+
 /** A new message id: unique in the process, unguessable, and improbable to collide across processes. */
 export function nextId(): string {
   if (idAt === idPool.length) refillIds();

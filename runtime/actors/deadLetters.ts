@@ -1,21 +1,13 @@
 import { ACCEPTED, type Bus, type BusClient } from '../bus/bus.ts';
 import type { Clock } from '../clock.ts';
-import { createEnvelope, type Envelope } from '../envelope.ts';
+import { createEnvelope, DEAD_LETTER_HEADERS, type Envelope } from '../envelope.ts';
 import { messageOf, OptionsError, SluiceError } from '../errors.ts';
 import { type Lineage, releaseDownstream } from '../lineage.ts';
 import { intOption, knownKeys, optionKeys } from '../options.ts';
 import type { Logger } from './actor.ts';
 
-/** Headers a dead letter carries, so it can be understood and replayed to its original subject. */
-export const DEAD_LETTER_HEADERS = Object.freeze({
-  error: 'sluice-error',
-  code: 'sluice-error-code',
-  actor: 'sluice-actor',
-  attempts: 'sluice-attempts',
-  subject: 'sluice-original-subject',
-  messageId: 'sluice-original-id',
-  time: 'sluice-dead-lettered-at',
-});
+// Defined beside the envelope, where the bus reserves them (see DEAD_LETTER_HEADERS there).
+export { DEAD_LETTER_HEADERS };
 
 /**
  * Where a dead letter of a dead letter goes: `$DEAD.<actor>`, outside `$DLQ.>`, so an actor that

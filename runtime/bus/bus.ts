@@ -6,6 +6,8 @@ import {
   checkLineage,
   checkPublishOptions,
   createEnvelope,
+  DEAD_LETTER_HEADERS,
+  EMPTY_HEADERS,
   type Envelope,
   type Headers,
   headerBytes,
@@ -824,6 +826,9 @@ function nameOf<T>(subject: SubjectRef<T>): string {
   return typeof subject === 'object' && subject !== null ? subject.name : subject;
 }
 
+/** Headers only the runtime's dead-letter path sets (see DEAD_LETTER_HEADERS). */
+const DEAD_LETTER_NAMES: readonly string[] = Object.values(DEAD_LETTER_HEADERS);
+
 const requestManyKeys = optionKeys<keyof PublishOptions>({
   key: true,
   eventTime: true,
@@ -1042,6 +1047,19 @@ export class ClientImpl implements BusClient {
               ? `${reason}, and it is no reply subject of a request waiting for its reply`
               : reason,
           );
+        }
+      }
+      const headers = options?.headers;
+      if (headers !== undefined && headers !== EMPTY_HEADERS) {
+        for (const name of DEAD_LETTER_NAMES) {
+          if (headers[name] !== undefined) {
+            throw this.#bus.denied(
+              'publish',
+              subject,
+              this.name,
+              `header '${name}' is set by the runtime on dead letters only: a replay publishes to 'sluice-original-subject' with the runtime's rights`,
+            );
+          }
         }
       }
       if (replyTo !== undefined && !this.#bus.awaitsReply(replyTo)) {

@@ -242,6 +242,45 @@ describe('security - confused deputy through replyTo', () => {
   });
 });
 
+describe('security - forged dead letters', () => {
+  test('a restricted client cannot set the dead-letter headers a replay trusts, on publish, tryPublish and forward', async () => {
+    // A replay publishes a letter to its 'sluice-original-subject' with the runtime's rights: a
+    // letter a restricted client made up would carry its publish to a subject it may not reach.
+    const { rt } = testRuntime();
+    const admin = collect(rt.bus, 'admin.>');
+    const letters = collect(rt.bus, '$DLQ.>');
+    const mallory = rt.bus.client('mallory', { publish: { allow: ['>'], deny: ['admin.>'] } });
+    const forged = { [DEAD_LETTER_HEADERS.subject]: 'admin.shutdown', [DEAD_LETTER_HEADERS.error]: 'boom' };
+    expect(await rejection(mallory.publish('admin.shutdown', 'now'))).toBeInstanceOf(PermissionError);
+    const error = await rejection(mallory.publish('$DLQ.orders', 'now', { headers: forged }));
+    expect(error).toBeInstanceOf(PermissionError);
+    expect((error as Error).message).toContain(
+      `header '${DEAD_LETTER_HEADERS.error}' is set by the runtime on dead letters only`,
+    );
+    expect(() => mallory.tryPublish('$DLQ.orders', 'now', { headers: forged })).toThrow(PermissionError);
+    const crafted: Envelope = {
+      id: 'x2',
+      subject: '$DLQ.orders',
+      data: 'now',
+      key: undefined,
+      eventTime: undefined,
+      headers: { [DEAD_LETTER_HEADERS.subject]: 'admin.shutdown' },
+      attempt: 1,
+      replyTo: undefined,
+      lineage: undefined,
+    };
+    expect(await rejection(mallory.forward(crafted))).toBeInstanceOf(PermissionError);
+    await flush();
+    expect(letters).toEqual([]);
+    // Nothing reached the dead-letter subjects for an operator to replay, nor admin.
+    expect(admin).toEqual([]);
+    // Other headers are hers to set.
+    await mallory.publish('$DLQ.orders', 'note', { headers: { trace: 'abc' } });
+    await flush();
+    expect(letters.map((e) => e.data)).toEqual(['note']);
+  });
+});
+
 describe('security - permissions in a shape that would not be enforced', () => {
   test('a permission list given as a string is an OptionsError at bus.client(), naming the list', () => {
     const bus = new Bus();
