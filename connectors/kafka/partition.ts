@@ -1,6 +1,6 @@
 import type { RecordsBatch } from '@platformatic/kafka';
 import { deliveriesOf, type Lineage, SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
-import { PartitionLedger } from './partitionLedger.ts';
+import { encodeRuns, MAX_COMMIT_METADATA, mergeRuns, PartitionLedger } from './partitionLedger.ts';
 
 /**
  * One taking of a partition by a source, as a transactional sink sees it: a partition lost and
@@ -34,6 +34,8 @@ export class Partition implements KafkaTenure {
    * commit's metadata): settled on arrival, not published again.
    */
   skip: [number, number][] = [];
+  /** The commit metadata of this tenure was cut to its bound once: said once. */
+  #warnedMetadata = false;
   /** The runs of `skip` as read when the partition was taken (`skip` drops those passed). */
   #doneAtTake: readonly (readonly [number, number])[] = [];
   /** The timestamp of the last record fetched, for the time lag before the oldest one is. */
@@ -71,6 +73,27 @@ export class Partition implements KafkaTenure {
   takeSkips(runs: [number, number][]): void {
     this.skip = runs;
     this.#doneAtTake = runs.map(([a, b]) => [a, b] as const);
+  }
+
+  /**
+   * What a transaction holding the outputs of the records at `offsets` commits for this partition:
+   * the floor as if they were settled, and as metadata the offsets above it done, both those
+   * delivered and settled and the runs of the commit read at the take not reached yet: the ledger
+   * knows only what was delivered, and a commit without those runs would have the next owner
+   * process them again. The metadata is bounded ({@link encodeRuns}); `warn` hears once per
+   * tenure that runs were left out.
+   */
+  commitFor(offsets: Iterable<number>, warn: (message: string) => void): { offset: number; metadata: string | null } {
+    const { floor, doneAbove } = this.ledger.commitIfSettled(offsets);
+    const runs = this.skip.length === 0 ? doneAbove : mergeRuns(floor, doneAbove, this.skip);
+    const { metadata, dropped } = encodeRuns(runs);
+    if (dropped > 0 && !this.#warnedMetadata) {
+      this.#warnedMetadata = true;
+      warn(
+        `partition ${this.key}: the offsets done above committed offset ${floor} make ${runs.length} runs, more than commit metadata holds (${MAX_COMMIT_METADATA} characters); the ${dropped} highest were left out, and their records are processed again if the partition moves or the process restarts before the offset passes them (duplicates, not losses). Fewer records in flight per partition (maxPendingPerPartition) keep the runs fewer`,
+      );
+    }
+    return { offset: floor, metadata };
   }
 
   doneAtTake(offset: number): boolean {

@@ -40,6 +40,14 @@ export class PartitionLedger {
     return this.#next - this.#floor - this.#settled.count;
   }
 
+  /**
+   * Delivered from the lowest unsettled record on, settled or not: what the ledger tracks and a
+   * commit walks. Unlike {@link pending}, it grows while one record stays unsettled and the rest settle.
+   */
+  get window(): number {
+    return this.#next - this.#floor;
+  }
+
   /** The offset to commit: the lowest delivered and unsettled, else the next not delivered. */
   get floor(): number {
     return this.#floor < this.#next ? (this.#offsets[this.#floor - this.#base] as number) : this.undelivered;
@@ -116,17 +124,63 @@ export class PartitionLedger {
   }
 }
 
-/** Runs of offsets as commit metadata: `sluice:3-5,9`. */
-export function encodeRuns(runs: readonly (readonly [number, number])[]): string | null {
-  if (runs.length === 0) return null;
-  return `sluice:${runs.map(([a, b]) => (a === b ? `${a}` : `${a}-${b}`)).join(',')}`;
+/**
+ * The longest commit metadata written. The broker refuses an offset commit whose metadata is
+ * longer than its `offset.metadata.max.bytes` (4096 by default) with OFFSET_METADATA_TOO_LARGE,
+ * which a transaction cannot get past: its inputs were retried, dead-lettered, and a later
+ * transaction committed past them. Below the default, with room for a broker set a little lower.
+ * The metadata is ASCII, so characters are bytes.
+ */
+export const MAX_COMMIT_METADATA = 4000;
+
+const PREFIX = 'sluice:';
+
+/**
+ * Runs of offsets as commit metadata, `sluice:3-5,9`, at most `maxLength` characters: the lowest
+ * runs that fit. Runs left out above are read again by the partition's next owner (a duplicate,
+ * never a loss: the offset committed does not depend on them). `dropped` counts them.
+ */
+export function encodeRuns(
+  runs: readonly (readonly [number, number])[],
+  maxLength = MAX_COMMIT_METADATA,
+): { metadata: string | null; dropped: number } {
+  let metadata = PREFIX;
+  let kept = 0;
+  for (const [a, b] of runs) {
+    const run = a === b ? `${a}` : `${a}-${b}`;
+    const next = kept === 0 ? `${metadata}${run}` : `${metadata},${run}`;
+    if (next.length > maxLength) break;
+    metadata = next;
+    kept++;
+  }
+  return { metadata: kept === 0 ? null : metadata, dropped: runs.length - kept };
+}
+
+/**
+ * Sorted runs as one sorted list, overlapping or adjacent ones joined, cut below `floor` (what is
+ * below the committed offset needs no run).
+ */
+export function mergeRuns(
+  floor: number,
+  ...lists: readonly (readonly (readonly [number, number])[])[]
+): [number, number][] {
+  const all: [number, number][] = [];
+  for (const list of lists) for (const [a, b] of list) if (b >= floor) all.push([Math.max(a, floor), b]);
+  all.sort((x, y) => x[0] - y[0]);
+  const out: [number, number][] = [];
+  for (const [a, b] of all) {
+    const last = out[out.length - 1];
+    if (last !== undefined && a <= last[1] + 1) last[1] = Math.max(last[1], b);
+    else out.push([a, b]);
+  }
+  return out;
 }
 
 /** The runs of commit metadata written by {@link encodeRuns}; anything else has none. */
 export function decodeRuns(metadata: string | null | undefined): [number, number][] {
-  if (typeof metadata !== 'string' || !metadata.startsWith('sluice:')) return [];
+  if (typeof metadata !== 'string' || !metadata.startsWith(PREFIX)) return [];
   const out: [number, number][] = [];
-  for (const part of metadata.slice(7).split(',')) {
+  for (const part of metadata.slice(PREFIX.length).split(',')) {
     const [a, b] = part.split('-').map(Number);
     if (a !== undefined && Number.isSafeInteger(a)) out.push([a, b !== undefined && Number.isSafeInteger(b) ? b : a]);
   }

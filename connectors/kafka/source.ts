@@ -41,7 +41,7 @@ import {
   splitKey,
   tenureOfLineage,
 } from './partition.ts';
-import { decodeRuns, encodeRuns } from './partitionLedger.ts';
+import { decodeRuns } from './partitionLedger.ts';
 
 export interface KafkaSourceOptions<T = unknown> {
   /** Names the source in errors, logs and gauges. @default `kafka:<groupId>` */
@@ -64,7 +64,10 @@ export interface KafkaSourceOptions<T = unknown> {
   start?: 'earliest' | 'latest';
   /**
    * Records published and not settled, per partition: past it, that partition is not fetched
-   * until some settle (the others go on). @default 1000
+   * until some settle (the others go on). A partition also stops while the records from its
+   * lowest unsettled one on, settled or not, number `WINDOW_PER_PENDING` (10) times this: one record
+   * that does not settle holds the committed offset, and what settles above it is tracked (and
+   * walked by each commit) until it does. @default 1000
    */
   maxPendingPerPartition?: number;
   /**
@@ -201,6 +204,14 @@ const TOPIC = /^[a-zA-Z0-9._-]{1,249}$/;
 const IS_CONTROL = 1 << 5;
 const REDELIVER_MS = 1_000;
 const MAX_REDELIVERIES = 5;
+/**
+ * How many times `maxPendingPerPartition` records a partition may have delivered from its lowest
+ * unsettled one on. The pending bound counts unsettled records only, so one record stuck at the
+ * floor while the rest settle let fetching go on without end: the ledger keeps every offset above
+ * the floor and a commit walks them all. Wide enough that a record retried for a few seconds does
+ * not stop a partition at once.
+ */
+export const WINDOW_PER_PENDING = 10;
 
 /**
  * Makes a Kafka source; `start(runtime)` joins the group and begins. Spawn the actors that read it
@@ -210,7 +221,8 @@ const MAX_REDELIVERIES = 5;
  *   the subscribers' mailboxes; a full mailbox stops that partition only.
  * - **Offsets**: committed up to the lowest record not settled in each partition, so a crash
  *   redelivers what was not done (at-least-once), never skips it.
- * - **Backpressure**: a partition with `maxPendingPerPartition` unsettled records is not fetched.
+ * - **Backpressure**: a partition with `maxPendingPerPartition` unsettled records is not fetched,
+ *   nor one with `WINDOW_PER_PENDING` times that from its lowest unsettled record on.
  * - **Rebalances**: fetching stops, what is settled is committed while the old generation still
  *   may, and the records of partitions taken away are released: their later settlements are
  *   ignored and the new owner reads them again from the committed offset (an idempotent or
@@ -240,6 +252,8 @@ export class KafkaSource<T = unknown> implements Source<T> {
   readonly #codec: Codec;
   readonly #start: 'earliest' | 'latest';
   readonly #maxPending: number;
+  /** `WINDOW_PER_PENDING` times `#maxPending`. */
+  readonly #maxWindow: number;
   readonly #byKey: boolean;
   readonly #commitMode: 'source' | 'sink';
   readonly #commitIntervalMs: number;
@@ -274,6 +288,8 @@ export class KafkaSource<T = unknown> implements Source<T> {
    * the group dropped it (UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION at a heartbeat).
    */
   #applied: { readonly generationId: number; readonly memberId: string } | undefined;
+  /** The member id whose assignment `#partitions` holds (kept while `#applied` is cleared). */
+  #memberId: string | undefined;
   #wake: (() => void) | undefined;
   #loop: Promise<void> | undefined;
   #commitTimer: NodeJS.Timeout | undefined;
@@ -323,6 +339,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
     this.#codec = codecOf(options.codec, `${where}.codec`);
     this.#start = oneOf(`${where}.start`, options.start, ['earliest', 'latest'], 'earliest');
     this.#maxPending = positive(`${where}.maxPendingPerPartition`, options.maxPendingPerPartition, 1000);
+    this.#maxWindow = WINDOW_PER_PENDING * this.#maxPending;
     this.#byKey = oneOf(`${where}.ordering`, options.ordering, ['partition', 'key'], 'partition') === 'key';
     this.#commitMode = oneOf(`${where}.commit`, options.commit, ['source', 'sink'], 'source');
     this.#commitIntervalMs = positive(`${where}.commitIntervalMs`, options.commitIntervalMs, 1000);
@@ -384,8 +401,9 @@ export class KafkaSource<T = unknown> implements Source<T> {
   /**
    * What a transaction holding the outputs of `positions` commits: per partition of this source
    * still assigned, the floor as if those records were settled, with the offsets done above it as
-   * metadata (`sluice:<runs>`), so a restart skips them. Partitions taken away are left out: their
-   * new owner commits them.
+   * metadata (`sluice:<runs>`, the runs read at the take and not reached yet included, at most
+   * `MAX_COMMIT_METADATA` characters), so a restart skips them. Partitions taken away are
+   * left out: their new owner commits them.
    */
   offsetsFor(positions: Iterable<KafkaPosition>): KafkaCommit[] {
     // Grouped by topic, then partition number: no `topic:partition` string per position.
@@ -402,13 +420,10 @@ export class KafkaSource<T = unknown> implements Source<T> {
       for (const [partition, offsets] of partitions) {
         const part = this.#partitions.get(`${topic}:${partition}`);
         if (part === undefined || part.revoked) continue;
-        const { floor, doneAbove } = part.ledger.commitIfSettled(offsets);
-        out.push({
-          topic: part.ledger.topic,
-          partition: part.ledger.partition,
-          offset: floor,
-          metadata: encodeRuns(doneAbove),
-        });
+        const { offset, metadata } = part.commitFor(offsets, (message) =>
+          this.#log.warn(`kafka source '${this.name}': ${message}`),
+        );
+        out.push({ topic: part.ledger.topic, partition: part.ledger.partition, offset, metadata });
       }
     }
     return out;
@@ -721,7 +736,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
       part.ledger.settle(index);
       if (this.#byKey) this.#keyFree(part, record);
       if (part.ready.length > 0) void this.#pump(part);
-      else if (part.ledger.pending < this.#maxPending) {
+      else if (!this.#full(part)) {
         // Records held back by the bound go out first; the fetch loop waits for them.
         if (part.buffered.length > 0) void this.#pump(part);
         else this.#wake?.();
@@ -758,8 +773,15 @@ export class KafkaSource<T = unknown> implements Source<T> {
     this.#applied = undefined;
     const now = new Set<string>();
     for (const a of joined.assignments) for (const p of a.partitions) now.add(`${a.topic}:${p}`);
+    // A new member id: the group dropped this member (no revocation was heard) and, in between,
+    // gave its partitions to others, who may have processed and committed past what this member
+    // holds. Kept, a partition's in-flight outputs would pass as the current tenure's and be
+    // written again, and its floor, committed under the new generation, would move the group's
+    // offset back. So every partition is released and taken again from the group's offsets.
+    const rejoined = joined.memberId !== null && this.#memberId !== undefined && joined.memberId !== this.#memberId;
+    if (joined.memberId !== null) this.#memberId = joined.memberId;
     for (const [key, part] of this.#partitions) {
-      if (now.has(key)) continue;
+      if (now.has(key) && !rejoined) continue;
       this.#release(part);
       this.#partitions.delete(key);
     }
@@ -923,7 +945,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
       const ready = this.#rebalancing
         ? []
         : [...this.#partitions.values()].filter(
-            (p) => !p.revoked && !p.publishing && p.buffered.length === 0 && p.ledger.pending < this.#maxPending,
+            (p) => !p.revoked && !p.publishing && p.buffered.length === 0 && !this.#full(p),
           );
       if (ready.length === 0) {
         await new Promise<void>((resolve) => {
@@ -1058,7 +1080,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
           await this.#publishOne(part, ready.record, ready.index);
           continue;
         }
-        if (part.barrier || part.buffered.length === 0 || part.ledger.pending >= this.#maxPending) break;
+        if (part.barrier || part.buffered.length === 0 || this.#full(part)) break;
         const record = part.buffered[0] as PendingRecord;
         const key = this.#byKey ? orderingKey(record) : undefined;
         if (this.#byKey && key === undefined && part.ledger.pending > 0) {
@@ -1094,6 +1116,11 @@ export class KafkaSource<T = unknown> implements Source<T> {
       part.publishing = false;
       this.#wake?.();
     }
+  }
+
+  /** Neither fetched nor delivered from its buffer: too many records unsettled, or too many since the floor. */
+  #full(part: Partition): boolean {
+    return part.ledger.pending >= this.#maxPending || part.ledger.window >= this.#maxWindow;
   }
 
   async #publishOne(part: Partition, record: PendingRecord, index: number): Promise<void> {

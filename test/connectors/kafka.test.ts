@@ -20,6 +20,7 @@ import { actor, ConnectorError, createRuntime, MemoryStore, type Runtime, sinkAc
 import { type KafkaSink, type KafkaSource, kafkaSink, kafkaSource } from 'sluice/connectors/kafka';
 import { mapAsync } from 'sluice/operators';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { WINDOW_PER_PENDING } from '../../connectors/kafka/source.ts';
 import { type KafkaBroker, kafkaMissing, startKafka } from '../services/kafka/broker.ts';
 import { createTopic, eventually, produce, readTopic, readWithKcat } from './kafkaHelpers.ts';
 
@@ -951,6 +952,156 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     await source.close();
     await runtime.stop();
   }, 30_000);
+
+  test('one record that never settles stops its partition once WINDOW_PER_PENDING × maxPendingPerPartition records were delivered from it on, the rest settled; it settling lets the partition go on', async () => {
+    const N = 1_000;
+    const MAX_PENDING = 10;
+    const window = WINDOW_PER_PENDING * MAX_PENDING;
+    await createTopic(broker.bootstrap, 'win-in', 1);
+    await produce(
+      broker.bootstrap,
+      'win-in',
+      range(N).map((i) => ({ key: `k${i}`, value: { i } })),
+    );
+    const source = kafkaSource<Order>({
+      connection: { brokers: [broker.bootstrap] },
+      groupId: 'win',
+      topics: 'win-in',
+      maxPendingPerPartition: MAX_PENDING,
+    });
+    let release: () => void = () => undefined;
+    const stuck = new Promise<void>((r) => {
+      release = r;
+    });
+    const handled = new Set<number>();
+    const runtime = createRuntime();
+    // Record 0 waits until released; the others settle at once, up to 16 at a time beside it.
+    runtime.spawn(
+      actor<Order, never>({
+        name: 'win',
+        subscribe: source.ref,
+        concurrency: 16,
+        handle: async (env) => {
+          if (env.data.i === 0) await stuck;
+          handled.add(env.data.i);
+        },
+      }),
+    );
+    try {
+      await source.start(runtime);
+      // Only the stuck record in flight, and all the others handed out settled: the partition
+      // stopped (before, this held only at the end of the topic, every record published).
+      await eventually(
+        () => source.stats.settled >= window - 1 && source.lag().ackPending === 1,
+        20_000,
+        'only the stuck record unsettled',
+      );
+      expect(source.stats.published).toBe(window);
+      expect(source.stats.settled).toBe(window - 1);
+      expect([...handled].sort((a, b) => a - b)).toEqual(range(window).slice(1));
+      // The committed offset stays below the stuck record.
+      expect(source.lag().messages).toBe(N);
+      release();
+      await eventually(() => source.stats.settled === N, 20_000, 'every record settled');
+      expect(handled.size).toBe(N);
+      await source.commit();
+      expect(await groupOffsets('win', 'win-in')).toBe(N);
+    } finally {
+      release();
+      await source.close();
+      await runtime.stop();
+    }
+  }, 60_000);
+
+  test('a member dropped from the group takes its partitions again as new tenures from the group’s offsets: its old floors are not committed with its new member id', async () => {
+    // The group drops a (an admin here; a session lapsed under load in production) while it holds
+    // records in flight; b reads everything and commits; a, told at its next commit, joins again
+    // with a new member id and no rebalance event, and gets both partitions back.
+    const N = 400;
+    await createTopic(broker.bootstrap, 'rj-in', 2);
+    await produce(
+      broker.bootstrap,
+      'rj-in',
+      range(N).map((i) => ({ key: `k${i}`, value: { i } })),
+    );
+    const connection = { brokers: [broker.bootstrap] };
+    const a = kafkaSource<Order>({
+      connection,
+      groupId: 'rj',
+      topics: 'rj-in',
+      heartbeatIntervalMs: 10_000,
+      sessionTimeoutMs: 30_000,
+      commitIntervalMs: 600_000,
+      maxPendingPerPartition: 10,
+    });
+    const rtA = createRuntime();
+    let handled = 0;
+    let release: () => void = () => undefined;
+    const stuck = new Promise<void>((r) => {
+      release = r;
+    });
+    rtA.spawn(
+      actor<Order, never>({
+        name: 'rj-a',
+        subscribe: a.ref,
+        handle: async () => {
+          if (++handled > 50) await stuck;
+        },
+      }),
+    );
+    const b = kafkaSource<Order>({ connection, groupId: 'rj', topics: 'rj-in' });
+    const rtB = createRuntime();
+    rtB.spawn(actor<Order, never>({ name: 'rj-b', subscribe: b.ref, handle: () => undefined }));
+    try {
+      await a.start(rtA);
+      const consumer = a.membership()?.consumer;
+      const memberId = a.membership()?.memberId as string;
+      await eventually(() => handled > 50, 20_000, 'a handled 50 records');
+      const before = a.tenures().get('rj-in');
+      expect(before?.size).toBe(2);
+      await new Promise((resolve) => consumer?.once('consumer:heartbeat:end', resolve));
+      const admin = new Admin({ clientId: 'test-admin', bootstrapBrokers: [broker.bootstrap] });
+      try {
+        await admin.removeMembersFromConsumerGroup({ groupId: 'rj', members: [{ memberId }] });
+      } finally {
+        await admin.close();
+      }
+      await b.start(rtB);
+      await eventually(() => b.stats.settled === N, 20_000, 'b at the end');
+      await b.close();
+      expect(await groupOffsets('rj', 'rj-in')).toBe(N);
+      // Refused for the generation the group dropped: a joins again.
+      await a.commit();
+      expect(a.stats.commitsRefused).toBe(1);
+      await eventually(
+        () => {
+          const m = a.membership();
+          return m !== undefined && m.memberId !== memberId && a.assignments.length === 2;
+        },
+        30_000,
+        'a back in the group with a new member id and both partitions',
+      );
+      expect(a.stats.rebalances).toBe(0);
+      const after = a.tenures().get('rj-in');
+      for (const p of [0, 1]) {
+        // A new tenure: outputs of the records in flight since the old one are told apart.
+        expect(after?.get(p)).toBeDefined();
+        expect(after?.get(p)).not.toBe(before?.get(p));
+      }
+      // Taken from the group's offsets, which b moved to the end.
+      expect([...a.committedOffsets().values()].reduce((x, y) => x + y, 0)).toBe(N);
+      // Kept, the old floors (about 50 between them) were committed with the new member id here.
+      await a.commit();
+      expect(await groupOffsets('rj', 'rj-in')).toBe(N);
+      expect(a.stats.released).toBeGreaterThan(0);
+    } finally {
+      release();
+      await a.close(1_000);
+      await b.close();
+      await rtA.stop();
+      await rtB.stop();
+    }
+  }, 90_000);
 
   test('dedupe mode keeps written keys in the store: a replay, also by a new sink on the same store, is not written again', async () => {
     const store = new MemoryStore();
