@@ -3,7 +3,7 @@ import { ACCEPTED, type Bus } from '../bus/bus.ts';
 import type { Clock, Timer } from '../clock.ts';
 import { checkFields, checkHeaders, type Envelope } from '../envelope.ts';
 import { messageOf, OptionsError } from '../errors.ts';
-import { type Lineage, releaseDownstream } from '../lineage.ts';
+import { deliveriesOf, type Lineage, releaseDownstream, SourceLineage } from '../lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../options.ts';
 import type { Store } from '../store/types.ts';
 import type { ConsumerImpl } from '../streams/consumer.ts';
@@ -308,18 +308,36 @@ export class Checkpoint {
     return false;
   }
 
+  /** Whether `upstream` is a delivery of one of the consumers whose positions this checkpoint stores. */
+  #ownDelivery(upstream: Lineage): boolean {
+    if (!(upstream instanceof SourceLineage)) return false;
+    for (const c of this.#consumers) if (deliveriesOf(upstream, c).length > 0) return true;
+    return false;
+  }
+
   #commit(): void {
-    this.#due = false;
     this.#settledSince = 0;
     if (!this.#dirty()) {
+      this.#due = false;
       this.#host.resume();
       return;
     }
-    // Acknowledged in memory first, so the positions written below count them; the stored
-    // position moves only with this batch, and a crash before it commits replays them all.
+    // Still due until the batch is built: each release below lets its consumer push the next
+    // input, and an actor that took it now would put that input's state writes and outputs into
+    // this batch while its acknowledgement waits for the next one, so a crash would replay an
+    // input whose effects are already stored.
+    // Deliveries of the actor's own consumers are acknowledged in memory first, so the positions
+    // written below count them; the stored position moves only with this batch, and a crash before
+    // it commits replays them all. Any other upstream (a broker's message, another actor's input)
+    // acknowledges outside this store at once, so it waits for the commit: acknowledged before,
+    // a crash in between would lose its input.
     const deferred = this.#deferred;
     this.#deferred = [];
-    for (const upstream of deferred) releaseDownstream(upstream);
+    const external: Lineage[] = [];
+    for (const upstream of deferred) {
+      if (this.#ownDelivery(upstream)) releaseDownstream(upstream);
+      else external.push(upstream);
+    }
     const outputs = this.#outputs;
     this.#outputs = new Map();
     const echoes = this.#echoes;
@@ -364,6 +382,7 @@ export class Checkpoint {
           if (this.#history.length > CHECKPOINT_HISTORY) this.#history.shift();
           state.committed();
           for (const run of after) run();
+          for (const upstream of external) releaseDownstream(upstream);
           if (echoes.length > 0) this.#echo(echoes);
         },
         (error: unknown) => {
@@ -374,6 +393,9 @@ export class Checkpoint {
           this.#stats.failures++;
           state.committed();
           this.close();
+          // Failed, so their sources deliver them again (to this process or another): none of
+          // their effects was stored.
+          for (const upstream of external) releaseDownstream(upstream, error);
           this.#log.error(
             `actor '${this.#actor}': checkpoint failed, no more are taken (restart to go on from the last one): ${messageOf(error)}`,
           );
@@ -384,6 +406,7 @@ export class Checkpoint {
         this.poll();
       });
     // Later inputs go on at once: their writes are in the next batch, committed after this one.
+    this.#due = false;
     this.#host.resume();
   }
 }
