@@ -1,6 +1,7 @@
+import type { Logger } from '../actors/actor.ts';
 import { isLiteral, subjectMatches, validateSubject } from '../bus/subjects.ts';
 import { createEnvelope } from '../envelope.ts';
-import { OptionsError, StreamError } from '../errors.ts';
+import { CorruptRecordError, OptionsError, StreamError } from '../errors.ts';
 import type { StoreBatch } from '../store/types.ts';
 import { type StoredMessage, StreamImpl } from '../streams/stream.ts';
 import type { Stream } from '../streams/types.ts';
@@ -17,6 +18,8 @@ export interface StreamSinkOptions {
   subject?: string;
   /** Names the sink in errors. @default `streamSink(<stream>)` */
   name?: string;
+  /** Where corrupt entries of its de-duplication set are reported. @default console */
+  logger?: Logger;
 }
 
 /** The header an appended record's revision is kept in, when it has one. */
@@ -109,6 +112,7 @@ export function streamSink<T = unknown>(options: StreamSinkOptions): Sink<T> {
   const ns = dedupeNamespace(stream.name);
   const seqNs = dedupeSeqNamespace(stream.name);
   const store = stream.store;
+  const log = options.logger ?? console;
 
   const heldOf = (key: string): Held | undefined =>
     inFlight.get(key)?.held ?? (store.getKey(ns, key) as Held | undefined);
@@ -120,9 +124,24 @@ export function streamSink<T = unknown>(options: StreamSinkOptions): Sink<T> {
       const seq = Number(entry.key);
       if (!(seq < first)) break;
       b.delete(seqNs, entry.key);
+      if (entry.error !== undefined) {
+        log.error(`${name}: forgot a corrupt index entry of its de-duplication set: ${entry.error.message}`);
+        continue;
+      }
       const key = entry.value as string;
       if (typeof key !== 'string' || inFlight.has(key)) continue;
-      const held = store.getKey(ns, key) as Held | undefined;
+      let held: Held | undefined;
+      try {
+        held = store.getKey(ns, key) as Held | undefined;
+      } catch (error) {
+        if (!(error instanceof CorruptRecordError)) throw error;
+        // Unreadable, so whether a newer record holds the key is unknown. Kept, it would fail
+        // every batch from here on, as each prunes it again: forgotten, a replay of the key may
+        // be appended once more, as after retention.
+        log.error(`${name}: forgot key '${key}' of its de-duplication set, whose entry is corrupt: ${error.message}`);
+        b.delete(ns, key);
+        continue;
+      }
       // A newer revision's record holds the key now: that one is still stored.
       if (held !== undefined && held.s === seq) b.delete(ns, key);
     }
@@ -133,6 +152,7 @@ export function streamSink<T = unknown>(options: StreamSinkOptions): Sink<T> {
     async write(records: readonly SinkRecord<T>[]): Promise<void> {
       if (records.length === 0) return;
       const waitFor: Promise<boolean>[] = [];
+      let corrupt: CorruptRecordError | undefined;
       const mine: [string, Held][] = [];
       let after: (() => void) | undefined;
       let resolveCommit!: (ok: boolean) => void;
@@ -144,7 +164,17 @@ export function streamSink<T = unknown>(options: StreamSinkOptions): Sink<T> {
         const entries: [string, Held][] = [];
         for (const record of records) {
           const revision = record.revision ?? null;
-          const held = heldOf(record.key);
+          let held: Held | undefined;
+          try {
+            held = heldOf(record.key);
+          } catch (error) {
+            if (!(error instanceof CorruptRecordError)) throw error;
+            // Whether this key was appended is unknown: it is not appended (a replay must never
+            // double it), and the write fails after the others committed, so a retry finds them
+            // held and only this record fails again.
+            corrupt ??= error;
+            continue;
+          }
           if (held !== undefined && (held.r === null || revision === null || held.r >= revision)) {
             const other = inFlight.get(record.key);
             // Held by a batch still committing: this one resolves only once that one did.
@@ -183,6 +213,12 @@ export function streamSink<T = unknown>(options: StreamSinkOptions): Sink<T> {
         // Committed: the store holds the keys now. Failed: nothing of the batch is stored.
         for (const [key, entry] of mine) if (inFlight.get(key)?.held === entry) inFlight.delete(key);
         resolveCommit(ok);
+      }
+      if (corrupt !== undefined) {
+        throw new StreamError(
+          stream.name,
+          `${name}: record '${corrupt.key}' was not appended: its entry in the de-duplication set is corrupt, so whether it was appended before is unknown (${corrupt.message})`,
+        );
       }
       if (waitFor.length > 0 && (await Promise.all(waitFor)).includes(false)) {
         throw new StreamError(
