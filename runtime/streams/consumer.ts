@@ -665,7 +665,9 @@ export class ConsumerImpl<T = unknown> {
     }
     const done = () => {
       this.#counts.deadLettered++;
-      this.#settle(d.seq);
+      // A forced reset dropped this delivery meanwhile: its sequence may be out again, in a newer
+      // delivery that this letter must not settle.
+      if (this.#pending.get(d.seq) === d) this.#settle(d.seq);
     };
     let accepted: Promise<void>;
     try {
@@ -678,6 +680,9 @@ export class ConsumerImpl<T = unknown> {
       accepted.then(done, (e: unknown) => {
         // Refused: kept, and tried again after an ack wait.
         this.#deps.log.error(`consumer '${this.#key}' could not dead-letter sequence ${d.seq}: ${messageOf(e)}`);
+        // Closed or reset meanwhile: nothing would cancel the timer (it could keep the process
+        // alive after a stop), and a restart or the reset delivers the message again anyway.
+        if (this.#closed || this.#pending.get(d.seq) !== d) return;
         d.out = false;
         d.timer = this.#deps.clock.setTimeout(() => this.#due(d), this.#ackWaitMs);
       });
