@@ -1,3 +1,5 @@
+import { systemClock } from '../clock.ts';
+
 /**
  * @internal The publishes of one batch to a broker that acknowledges each publish (RabbitMQ's
  * confirms, MQTT's PUBACKs): at most `bound` awaiting their acknowledgement at a time, the window
@@ -72,12 +74,14 @@ export class AckWindow {
    * `timeoutMs` fails with `timeoutError()`.
    */
   async run(timeoutMs: number, timeoutError: () => Error): Promise<void> {
-    const timer = setTimeout(() => this.failPending(timeoutError()), timeoutMs);
+    // The clock's timer, not Node's: past 2^31-1 ms Node fires after 1 ms, and every batch of a
+    // sink given a long timeout failed at once with "no confirm".
+    const timer = systemClock.setTimeout(() => this.failPending(timeoutError()), timeoutMs);
     try {
       this.#pump();
       await this.#all;
     } finally {
-      clearTimeout(timer);
+      timer.cancel();
     }
   }
 

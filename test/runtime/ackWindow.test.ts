@@ -108,6 +108,22 @@ describe('AckWindow', () => {
     expect(h.settled).toHaveLength(5);
   });
 
+  test('a timeout past what Node timers take (2^31-1 ms) waits that long, not 1 ms', async () => {
+    vi.useFakeTimers();
+    const h = harness(2, 2);
+    const long = 3 * 2 ** 31;
+    const done = h.window.run(long, () => new Error('no confirm'));
+    await vi.advanceTimersByTimeAsync(10);
+    expect(h.settled).toEqual([]);
+    h.answer(0);
+    await vi.advanceTimersByTimeAsync(long);
+    await done;
+    expect(h.settled.map(([i, e]) => [i, (e as Error | undefined)?.message])).toEqual([
+      [0, undefined],
+      [1, 'no confirm'],
+    ]);
+  });
+
   test('what is not answered when the time is up fails with the timeout error', async () => {
     vi.useFakeTimers();
     const h = harness(3, 3);
