@@ -29,13 +29,26 @@ export class GroupCoordinator {
     this.#consumer = consumer;
   }
 
-  /** The connection, made on first use and again after {@link drop}. */
+  /**
+   * The connection, made on first use, again after {@link drop} and when it was lost. Callers who
+   * find it lost at the same time share the next one: each made its own before, one was held and
+   * the others were never closed.
+   */
   async connection(): Promise<Connection> {
-    const held = this.#held;
-    if (held !== undefined) {
+    for (;;) {
+      const held = this.#held;
+      if (held === undefined) return this.#open();
       const c = await held.catch(() => undefined);
       if (c?.isConnected()) return c;
+      // Another caller replaced it while this one waited: the one it opens is shared.
+      if (this.#held !== held) continue;
+      c?.close().catch(() => undefined);
+      return this.#open();
     }
+  }
+
+  /** Opens a connection to the coordinator, held (synchronously) for the callers after. */
+  #open(): Promise<Connection> {
     const consumer = this.#consumer();
     const c = this.#connection;
     this.#held = (async () => {
@@ -51,6 +64,10 @@ export class GroupCoordinator {
         ...(c.tls === undefined ? {} : { tls: c.tls }),
       });
       await connection.connect(broker.host, broker.port);
+      // A socket error after the connect (a reset) is emitted as 'error', which with no listener
+      // is thrown out of the socket and ends the process. The close after it fails the requests
+      // in flight, and the next call opens another connection.
+      connection.on('error', () => undefined);
       return connection;
     })();
     return this.#held;

@@ -29,6 +29,10 @@ export class Partition implements KafkaTenure {
   leaderEpoch = -1;
   /** Where the next fetch starts once the buffered records are published (control records skipped). */
   nextFetch = 0;
+  /** Fetches in a row the broker failed this partition in (a moving leader, say). */
+  fetchErrors = 0;
+  /** Not fetched before this time (ms): a partition the broker fails is not asked again at once. */
+  fetchAfter = 0;
   /**
    * Offsets above the committed one that a transaction already wrote the outputs of (from the
    * commit's metadata): settled on arrival, not published again.

@@ -3,7 +3,15 @@
  * on the bus, each acknowledged (its offset settled) once its settlement on the bus says so
  * (docs/settlement.md), and offsets committed only up to the lowest one not settled yet.
  */
-import { type Connection, Consumer, FetchIsolationLevels, type RecordsBatch } from '@platformatic/kafka';
+import {
+  type Connection,
+  Consumer,
+  FetchIsolationLevels,
+  MultipleErrors,
+  protocolErrorsCodesById,
+  type RecordsBatch,
+  ResponseError,
+} from '@platformatic/kafka';
 import type { StandardSchemaV1 } from '@standard-schema/spec';
 import type { Logger } from '../../runtime/actors/actor.ts';
 import { DEAD_LETTER_HEADERS } from '../../runtime/actors/deadLetters.ts';
@@ -141,6 +149,12 @@ export interface KafkaSourceStats {
   readonly skipped: number;
   /** Records that waited for an earlier record of their key to settle (`ordering: 'key'`). */
   readonly keyWaits: number;
+  /**
+   * Partitions whose position was outside the log (OFFSET_OUT_OF_RANGE: retention or
+   * `deleteRecords` removed records not read yet, or the log ends below it) and was moved to the
+   * log's start or end, as `start` says.
+   */
+  readonly offsetResets: number;
 }
 
 /** An offset to commit for a partition, with the offsets done above it as metadata. */
@@ -202,6 +216,16 @@ const sourceKeys = optionKeys<keyof KafkaSourceOptions>({
 
 const TOPIC = /^[a-zA-Z0-9._-]{1,249}$/;
 const IS_CONTROL = 1 << 5;
+const OFFSET_OUT_OF_RANGE = 1;
+/**
+ * Partition errors of a fetch that say the metadata it was sent by is stale: the leader moved or
+ * is being elected, or the topic was made again under a new id (UNKNOWN_TOPIC_OR_PARTITION,
+ * LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, REPLICA_NOT_AVAILABLE, KAFKA_STORAGE_ERROR,
+ * FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH, UNKNOWN_TOPIC_ID, INCONSISTENT_TOPIC_ID).
+ */
+const STALE_METADATA: ReadonlySet<number> = new Set([3, 5, 6, 9, 56, 74, 75, 100, 103]);
+const PARTITION_BACKOFF_MS = 100;
+const MAX_PARTITION_BACKOFF_MS = 5_000;
 const REDELIVER_MS = 1_000;
 const MAX_REDELIVERIES = 5;
 /**
@@ -296,6 +320,10 @@ export class KafkaSource<T = unknown> implements Source<T> {
   #coordinator: GroupCoordinator | undefined;
   #committing: Promise<void> | undefined;
   #assigning: Promise<void> = Promise.resolve();
+  /** A fetch found a partition's leader or topic id moved: the next one asks the brokers again. */
+  #staleMetadata = false;
+  /** The client joined the group since its last heartbeat began (see `consumer:rejoin`). */
+  #joinedSinceHeartbeat = false;
   readonly #stats = {
     fetches: 0,
     received: 0,
@@ -310,6 +338,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
     deadLettered: 0,
     skipped: 0,
     keyWaits: 0,
+    offsetResets: 0,
   };
 
   constructor(options: KafkaSourceOptions<T>) {
@@ -541,7 +570,8 @@ export class KafkaSource<T = unknown> implements Source<T> {
 
   /**
    * Joins the group and begins fetching. Rejects with a {@link ConnectorError} when the brokers
-   * cannot be reached or refuse the credentials.
+   * cannot be reached or refuse the credentials. When `close()` runs meanwhile, it resolves
+   * without having begun.
    */
   async start(host: KafkaSourceHost): Promise<void> {
     if (this.#started) throw new ClosedError(this.name, 'already started');
@@ -550,6 +580,8 @@ export class KafkaSource<T = unknown> implements Source<T> {
     this.#client = host.bus.internalClient(`kafka:${this.name}`);
     const c = this.#connection;
     await probeConnection(this.name, c);
+    // close() found no consumer to close: none is made.
+    if (this.#stopping) return;
     const consumer = new Consumer({
       clientId: c.clientId,
       bootstrapBrokers: c.bootstrapBrokers,
@@ -570,6 +602,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
     this.#coordinator = new GroupCoordinator(this.name, this.groupId, this.topics, c, () => consumer);
     consumer.on('consumer:group:rebalance', () => this.#rebalanceStarted());
     consumer.on('consumer:group:join', (payload) => {
+      this.#joinedSinceHeartbeat = true;
       // The assignment of this generation, as joined: the client's may be a later one by the time
       // the queue gets to it.
       const joined: Joined = {
@@ -600,6 +633,18 @@ export class KafkaSource<T = unknown> implements Source<T> {
     consumer.on('consumer:heartbeat:end', () => {
       if (!this.#rejoining) this.#health?.connected();
     });
+    consumer.on('consumer:heartbeat:start', () => {
+      this.#joinedSinceHeartbeat = false;
+    });
+    // A heartbeat answered REBALANCE_IN_PROGRESS, UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION: the
+    // client stopped heartbeating and joined again, and says it is done here, joined or not. When
+    // its tries all failed it emitted only 'error' before: no join came, it never heartbeats again,
+    // and the source stayed rebalancing (fetching nothing) for good. So the source joins again.
+    consumer.on('consumer:rejoin', () => {
+      if (this.#stopping || this.#joinedSinceHeartbeat) return;
+      this.#health?.reconnecting();
+      void this.#rejoin();
+    });
     consumer.topics.trackAll(...this.topics);
     try {
       await consumer.metadata({ topics: [...this.topics], autocreateTopics: true });
@@ -608,8 +653,14 @@ export class KafkaSource<T = unknown> implements Source<T> {
     } catch (error) {
       this.#closed = true;
       await consumer.close().catch(() => undefined);
+      // close() closed the consumer under the join: not a failure to report.
+      if (this.#stopping) return;
       throw connectorError(this.name, c, `joining group '${this.groupId}'`, error);
     }
+    // close() ran while joining: it cleared no timer and waited for no loop, and closes the
+    // consumer itself. A timer or a loop made now would run on after it, and the source's status
+    // would say connected.
+    if (this.#stopping) return;
     const stream = this.#stream;
     this.#health = host.telemetry?.registerSource({
       name: this.name,
@@ -942,10 +993,11 @@ export class KafkaSource<T = unknown> implements Source<T> {
   async #fetchLoop(): Promise<void> {
     let backoffMs = 100;
     while (!this.#stopping) {
+      const now = Date.now();
       const ready = this.#rebalancing
         ? []
         : [...this.#partitions.values()].filter(
-            (p) => !p.revoked && !p.publishing && p.buffered.length === 0 && !this.#full(p),
+            (p) => !p.revoked && !p.publishing && p.buffered.length === 0 && !this.#full(p) && p.fetchAfter <= now,
           );
       if (ready.length === 0) {
         await new Promise<void>((resolve) => {
@@ -972,7 +1024,9 @@ export class KafkaSource<T = unknown> implements Source<T> {
 
   async #fetch(ready: readonly Partition[]): Promise<void> {
     const consumer = this.#consumer as Consumer;
-    const metadata = await consumer.metadata({ topics: [...this.topics] });
+    const forceUpdate = this.#staleMetadata;
+    this.#staleMetadata = false;
+    const metadata = await consumer.metadata({ topics: [...this.topics], forceUpdate });
     const byLeader = new Map<number, { topicId: string; partitions: Partition[] }[]>();
     for (const part of ready) {
       const topic = metadata.topics.get(part.ledger.topic);
@@ -1002,22 +1056,38 @@ export class KafkaSource<T = unknown> implements Source<T> {
           }),
         }));
         this.#stats.fetches++;
-        const response = await consumer.fetch({
-          node,
-          topics,
-          maxWaitTime: this.#maxWaitMs,
-          minBytes: 1,
-          maxBytes: 8 << 20,
-          isolationLevel: this.#isolation,
-        });
+        let response: FetchResponse;
+        try {
+          response = await consumer.fetch({
+            node,
+            topics,
+            maxWaitTime: this.#maxWaitMs,
+            minBytes: 1,
+            maxBytes: 8 << 20,
+            isolationLevel: this.#isolation,
+          });
+        } catch (error) {
+          // The client fails the whole response when one partition of it has an error: thrown,
+          // one partition out of range or without its leader stalled every partition of the broker.
+          const partial = partialFetch(error);
+          if (partial === undefined) throw error;
+          response = partial;
+        }
         const idToTopic = new Map<string, string>();
         for (const [name, t] of metadata.topics) idToTopic.set(t.id, name);
-        this.#take(response, idToTopic, requested);
+        const outOfRange = this.#take(response, idToTopic, requested);
+        if (outOfRange.length > 0) await this.#resetOffsets(outOfRange);
       }),
     );
   }
 
-  #take(response: FetchResponse, idToTopic: Map<string, string>, requested: Map<string, number>): void {
+  /** Takes a fetch's records; returns the partitions the broker said are out of range, with the offset asked for. */
+  #take(
+    response: FetchResponse,
+    idToTopic: Map<string, string>,
+    requested: Map<string, number>,
+  ): { part: Partition; from: number }[] {
+    const outOfRange: { part: Partition; from: number }[] = [];
     for (const t of response.responses) {
       const topic = idToTopic.get(t.topicId);
       if (topic === undefined) continue;
@@ -1025,12 +1095,14 @@ export class KafkaSource<T = unknown> implements Source<T> {
         const part = this.#partitions.get(`${topic}:${r.partitionIndex}`);
         const from = requested.get(`${topic}:${r.partitionIndex}`);
         if (part === undefined || part.revoked || from === undefined || part.ledger.undelivered !== from) continue;
-        part.highWatermark = Number(r.highWatermark);
         if (r.errorCode !== 0) {
-          // OFFSET_OUT_OF_RANGE (1): retention removed what the group had not read.
-          if (r.errorCode === 1) part.ledger.undelivered = Number(r.logStartOffset);
+          // The broker sends -1 for the watermarks and the log start with an error: none is kept.
+          if (r.errorCode === OFFSET_OUT_OF_RANGE) outOfRange.push({ part, from });
+          else this.#partitionFailed(part, r.errorCode);
           continue;
         }
+        part.fetchErrors = 0;
+        part.highWatermark = Number(r.highWatermark);
         const batches = r.records as RecordsBatch[] | undefined;
         if (batches === undefined || batches.length === 0) continue;
         const aborted = this.#readCommitted ? abortedBatches(r.abortedTransactions, batches) : undefined;
@@ -1061,6 +1133,73 @@ export class KafkaSource<T = unknown> implements Source<T> {
         else part.nextFetch = next;
         void this.#pump(part);
       }
+    }
+    return outOfRange;
+  }
+
+  /**
+   * A partition the broker failed in a fetch: not fetched again for a while (longer each time in a
+   * row), so a leader election does not turn the loop into a stream of requests; the metadata is
+   * asked again when it says the leader or the topic moved.
+   */
+  #partitionFailed(part: Partition, errorCode: number): void {
+    const name = protocolErrorsCodesById[errorCode] ?? `error code ${errorCode}`;
+    if (STALE_METADATA.has(errorCode)) this.#staleMetadata = true;
+    part.fetchErrors++;
+    const delayMs = Math.min(PARTITION_BACKOFF_MS * 2 ** (part.fetchErrors - 1), MAX_PARTITION_BACKOFF_MS);
+    part.fetchAfter = Date.now() + delayMs;
+    this.#log.warn(
+      `kafka source '${this.name}': the broker failed partition ${part.key} in a fetch with ${name} (fetched again in ${delayMs} ms; the other partitions go on)`,
+    );
+  }
+
+  /**
+   * Moves partitions whose fetch offset is outside the log to its start or its end, as `start`
+   * says, as Kafka's Java consumer does with `auto.offset.reset`: retention or `deleteRecords`
+   * removed records the group had not read (a group offline longer than the retention), or the log
+   * ends below the offset (truncated, or the offset committed by hand). Left there, the partition
+   * failed every fetch for good. Forward, the partition keeps its tenure: what it has in flight
+   * still holds the floor. Backward, the offsets between are records the source has not seen at
+   * those offsets, so the partition is taken again as a new tenure from there: its earlier ledger
+   * and committed offset (above the new position) would count them as done.
+   */
+  async #resetOffsets(outOfRange: readonly { part: Partition; from: number }[]): Promise<void> {
+    const consumer = this.#consumer as Consumer;
+    const byTopic = new Map<string, number[]>();
+    for (const { part } of outOfRange) {
+      let list = byTopic.get(part.topic);
+      if (list === undefined) byTopic.set(part.topic, (list = []));
+      list.push(part.partition);
+    }
+    const listed = await consumer.listOffsets({
+      topics: [...byTopic.keys()],
+      partitions: Object.fromEntries(byTopic),
+      timestamp: this.#start === 'earliest' ? -2n : -1n,
+    });
+    for (const { part, from } of outOfRange) {
+      const at = listed.get(part.topic)?.[part.partition];
+      // Changed while the offsets were asked for (a rebalance took it, the source is closing).
+      if (at === undefined || this.#stopping || part.revoked || part.ledger.undelivered !== from) continue;
+      if (this.#partitions.get(part.key) !== part) continue;
+      const to = Number(at);
+      // The log reached the offset in between (records written up to it): in range now.
+      if (to === from) continue;
+      this.#stats.offsetResets++;
+      const where = this.#start === 'earliest' ? "the log's start" : "the log's end";
+      if (to > from) {
+        this.#log.warn(
+          `kafka source '${this.name}': partition ${part.key} offset ${from} is out of range (retention or deleteRecords removed records not read): offsets ${from} to ${to - 1} skipped, reading from ${to}, ${where} (start: '${this.#start}')`,
+        );
+        part.ledger.undelivered = to;
+        continue;
+      }
+      this.#log.warn(
+        `kafka source '${this.name}': partition ${part.key} offset ${from} is out of range (the log ends below it): reading from ${to}, ${where} (start: '${this.#start}'); offsets ${to} to ${from - 1} are read when written, as records new to this group`,
+      );
+      this.#release(part);
+      const fresh = new Partition(part.topic, part.partition, to);
+      fresh.leaderEpoch = part.leaderEpoch;
+      this.#partitions.set(part.key, fresh);
     }
   }
 
@@ -1168,6 +1307,21 @@ export class KafkaSource<T = unknown> implements Source<T> {
     }
     lineage.release();
   }
+}
+
+/**
+ * The response of a fetch the client failed for errors of some of its partitions (the client
+ * throws a `ResponseError` holding it; after retries, inside a `MultipleErrors`, the last
+ * attempt's last), when the request itself succeeded; else undefined.
+ */
+function partialFetch(error: unknown): FetchResponse | undefined {
+  const last = error instanceof MultipleErrors && !(error instanceof ResponseError) ? error.errors.at(-1) : error;
+  if (!(last instanceof ResponseError)) return undefined;
+  const response: unknown = last.response;
+  if (typeof response !== 'object' || response === null) return undefined;
+  const r = response as { errorCode?: unknown; responses?: unknown };
+  if (r.errorCode !== 0 || !Array.isArray(r.responses)) return undefined;
+  return response as FetchResponse;
 }
 
 /** The broker's error names (`apiId`) in the client's error and the errors inside it. */

@@ -19,7 +19,7 @@ import { map } from 'rxjs';
 import { actor, ConnectorError, createRuntime, MemoryStore, type Runtime, sinkActor } from 'sluice';
 import { type KafkaSink, type KafkaSource, kafkaSink, kafkaSource } from 'sluice/connectors/kafka';
 import { mapAsync } from 'sluice/operators';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import { WINDOW_PER_PENDING } from '../../connectors/kafka/source.ts';
 import { type KafkaBroker, kafkaMissing, startKafka } from '../services/kafka/broker.ts';
 import { createTopic, eventually, produce, readTopic, readWithKcat } from './kafkaHelpers.ts';
@@ -682,6 +682,176 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     }
   }, 90_000);
 
+  test("a committed offset below the log start (records deleted) is reset to the log start with start 'earliest', and the other partition on that broker is read meanwhile", async () => {
+    await createTopic(broker.bootstrap, 'oor-in', 2);
+    const onPartition = (partition: number, from: number, n: number) =>
+      range(n).map((i) => ({ key: null, value: { i: from + i }, partition }));
+    await produce(broker.bootstrap, 'oor-in', [...onPartition(0, 0, 10), ...onPartition(1, 100, 10)]);
+    const first = reader('oor', 'oor-in', 'earliest');
+    await first.source.start(first.host);
+    await eventually(() => first.seen.length === 20, 20_000, 'the first reader at the end of both partitions');
+    await first.close();
+    expect(await groupOffsets('oor', 'oor-in')).toBe(20);
+    // Partition 0 gets offsets 10 to 19 and loses those below 15: the group's offset, 10, is out of
+    // range. The broker fails the partition in a fetch that also carries partition 1's new records.
+    await produce(broker.bootstrap, 'oor-in', [...onPartition(0, 10, 10), ...onPartition(1, 110, 10)]);
+    const admin = new Admin({ clientId: 'test-admin', bootstrapBrokers: [broker.bootstrap] });
+    try {
+      await admin.deleteRecords({ topics: [{ name: 'oor-in', partitions: [{ partition: 0, offset: 15n }] }] });
+    } finally {
+      await admin.close();
+    }
+    const second = reader('oor', 'oor-in', 'earliest');
+    try {
+      await second.source.start(second.host);
+      await eventually(() => second.seen.length >= 15, 20_000, 'the second reader at the end of both partitions');
+      expect(second.seen.sort((a, b) => a - b)).toEqual([15, 16, 17, 18, 19, ...range(10).map((i) => 110 + i)]);
+      expect(second.source.stats.offsetResets).toBe(1);
+      expect(second.warnings).toContainEqual(
+        expect.stringMatching(/oor-in:0 offset 10 is out of range.*offsets 10 to 14 skipped, reading from 15/),
+      );
+    } finally {
+      await second.close();
+    }
+    expect(await groupOffsets('oor', 'oor-in')).toBe(40);
+  }, 60_000);
+
+  test("a committed offset past the log end is reset to the end with start 'latest': only records written after are read", async () => {
+    await createTopic(broker.bootstrap, 'oor2-in', 2);
+    const onPartition = (partition: number, from: number, n: number) =>
+      range(n).map((i) => ({ key: null, value: { i: from + i }, partition }));
+    await produce(broker.bootstrap, 'oor2-in', [...onPartition(0, 0, 5), ...onPartition(1, 100, 5)]);
+    // Offsets are not checked against the log when committed: 50 on a partition of 5 records is
+    // what a log truncated under the group (or a topic made again) looks like.
+    const admin = new Admin({ clientId: 'test-admin', bootstrapBrokers: [broker.bootstrap] });
+    try {
+      await admin.alterConsumerGroupOffsets({
+        groupId: 'oor2',
+        topics: [
+          {
+            name: 'oor2-in',
+            partitionOffsets: [
+              { partition: 0, offset: 50n },
+              { partition: 1, offset: 2n },
+            ],
+          },
+        ],
+      });
+    } finally {
+      await admin.close();
+    }
+    const r = reader('oor2', 'oor2-in', 'latest');
+    try {
+      await r.source.start(r.host);
+      await eventually(() => r.seen.length >= 3, 20_000, 'partition 1 read from its committed offset');
+      await eventually(() => r.source.stats.offsetResets === 1, 20_000, 'partition 0 reset');
+      await produce(broker.bootstrap, 'oor2-in', onPartition(0, 5, 2));
+      await eventually(() => r.seen.length >= 5, 20_000, 'the records written after');
+      expect(r.seen.sort((a, b) => a - b)).toEqual([5, 6, 102, 103, 104]);
+      expect(r.warnings).toContainEqual(
+        expect.stringMatching(
+          /oor2-in:0 offset 50 is out of range.*reading from 5.*offsets 5 to 49 are read when written/,
+        ),
+      );
+    } finally {
+      await r.close();
+    }
+    expect(await groupOffsets('oor2', 'oor2-in')).toBe(7 + 5);
+  }, 60_000);
+
+  test('a source closed while start() joins the group leaves no commit timer running after it', async () => {
+    await createTopic(broker.bootstrap, 'cs-in', 1);
+    const COMMIT_MS = 4_321;
+    const source = kafkaSource<Order>({
+      connection: { brokers: [broker.bootstrap] },
+      groupId: 'cs',
+      topics: 'cs-in',
+      commitIntervalMs: COMMIT_MS,
+    });
+    const runtime = createRuntime({ logger: quiet });
+    runtime.spawn(actor<Order, never>({ name: 'cs', subscribe: source.ref, handle: () => undefined }));
+    const setInterval = vi.spyOn(globalThis, 'setInterval');
+    const clearInterval = vi.spyOn(globalThis, 'clearInterval');
+    let closing: Promise<void> | undefined;
+    // The join answered (the assignment taken), before start() goes on from it.
+    const onJoined = (message: unknown) => {
+      const m = message as { client?: { groupId?: unknown }; operation?: string };
+      if (closing === undefined && m.operation === 'joinGroup' && m.client?.groupId === 'cs') closing = source.close();
+    };
+    consumerGroupChannel.asyncStart.subscribe(onJoined);
+    try {
+      await source.start(runtime);
+      expect(closing).toBeDefined();
+      await closing;
+      const commitTimers = setInterval.mock.calls.flatMap((call, i) =>
+        call[1] === COMMIT_MS ? [setInterval.mock.results[i]?.value] : [],
+      );
+      const cleared = new Set(clearInterval.mock.calls.map((call) => call[0]));
+      expect(commitTimers.filter((t) => !cleared.has(t))).toEqual([]);
+    } finally {
+      consumerGroupChannel.asyncStart.unsubscribe(onJoined);
+      setInterval.mockRestore();
+      clearInterval.mockRestore();
+      await source.close();
+      await runtime.stop();
+    }
+  }, 60_000);
+
+  test("a rejoin the client gives up on after a rebalance (the broker frozen at its JoinGroup) is made again by the source: it does not stay 'rebalancing' and takes its share", async () => {
+    await createTopic(broker.bootstrap, 'rj2-in', 2);
+    // The client's rejoin is one JoinGroup (a timeout is not retried), failing in 2 s here.
+    const a = kafkaSource<Order>({
+      connection: { brokers: [broker.bootstrap], retries: 1, retryDelayMs: 100, requestTimeoutMs: 2_000 },
+      groupId: 'rj2',
+      topics: 'rj2-in',
+      sessionTimeoutMs: 10_000,
+      heartbeatIntervalMs: 300,
+    });
+    const b = kafkaSource<Order>({ connection: { brokers: [broker.bootstrap] }, groupId: 'rj2', topics: 'rj2-in' });
+    const seen = new Set<number>();
+    const rtA = createRuntime({ logger: quiet });
+    const rtB = createRuntime({ logger: quiet });
+    rtA.spawn(actor<Order, never>({ name: 'rj2-a', subscribe: a.ref, handle: (env) => void seen.add(env.data.i) }));
+    rtB.spawn(actor<Order, never>({ name: 'rj2-b', subscribe: b.ref, handle: (env) => void seen.add(env.data.i) }));
+    await a.start({ bus: rtA.bus, logger: quiet });
+    const consumer = a.membership()?.consumer;
+    let froze = false;
+    // b joining makes a's next heartbeat answer REBALANCE_IN_PROGRESS; the client's JoinGroup
+    // after it meets a frozen broker, and the broker thaws once the client gave up.
+    const onJoin = (message: unknown) => {
+      const m = message as { client?: unknown; operation?: string };
+      if (froze || m.client !== consumer || m.operation !== 'joinGroup') return;
+      froze = true;
+      broker.pause();
+      consumer?.once('consumer:rejoin', () => broker.resume());
+    };
+    consumerGroupChannel.start.subscribe(onJoin);
+    try {
+      await b.start({ bus: rtB.bus, logger: quiet });
+      expect(froze).toBe(true);
+      await eventually(
+        () => a.membership() !== undefined && a.assignments.length === 1 && b.assignments.length === 1,
+        30_000,
+        'a back in the group with one of the two partitions',
+      );
+      expect([...a.assignments, ...b.assignments].sort()).toEqual(['rj2-in:0', 'rj2-in:1']);
+      await produce(
+        broker.bootstrap,
+        'rj2-in',
+        range(100).map((i) => ({ key: `k${i}`, value: { i } })),
+      );
+      await eventually(() => seen.size === 100, 20_000, 'both members handling their partition');
+      expect(a.stats.settled).toBeGreaterThan(0);
+    } finally {
+      consumerGroupChannel.start.unsubscribe(onJoin);
+      broker.resume();
+      await a.close();
+      await b.close();
+      await rtA.stop();
+      await rtB.stop();
+    }
+  }, 90_000);
+
   test('read_committed: the source publishes no record of an aborted transaction, as kcat; read_uncommitted shows they are in the log', async () => {
     // The broker hands a read_committed fetch the aborted records with the list of aborted
     // transactions; the reader filters. Three cases the client's own filter let through:
@@ -1318,4 +1488,29 @@ async function groupOffsets(groupId: string, topic: string): Promise<number> {
   } finally {
     await admin.disconnect();
   }
+}
+
+/** A source of `groupId` on `topic` whose actor collects each record's `i`, with the warnings it logs. */
+function reader(groupId: string, topic: string, start: 'earliest' | 'latest') {
+  const source = kafkaSource<Order>({ connection: { brokers: [broker.bootstrap] }, groupId, topics: topic, start });
+  const seen: number[] = [];
+  const warnings: string[] = [];
+  const runtime = createRuntime({ logger: quiet });
+  runtime.spawn(
+    actor<Order, never>({
+      name: `read-${groupId}`,
+      subscribe: source.ref,
+      handle: (env) => void seen.push(env.data.i),
+    }),
+  );
+  const host = {
+    bus: runtime.bus,
+    telemetry: runtime.telemetry,
+    logger: { ...quiet, warn: (m: string) => warnings.push(m) },
+  };
+  const close = async () => {
+    await source.close();
+    await runtime.stop();
+  };
+  return { source, seen, warnings, host, close };
 }
