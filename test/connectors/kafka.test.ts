@@ -17,7 +17,7 @@ import {
 } from '@platformatic/kafka';
 import { map } from 'rxjs';
 import { actor, ConnectorError, createRuntime, MemoryStore, type Runtime, sinkActor } from 'sluice';
-import { type KafkaSink, type KafkaSource, kafkaSink, kafkaSource } from 'sluice/connectors/kafka';
+import { type KafkaSink, type KafkaSource, type KafkaTenure, kafkaSink, kafkaSource } from 'sluice/connectors/kafka';
 import { mapAsync } from 'sluice/operators';
 import { afterAll, beforeAll, describe, expect, test, vi } from 'vitest';
 import { WINDOW_PER_PENDING } from '../../connectors/kafka/source.ts';
@@ -545,20 +545,27 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     expect(sink.stats.skipped).toBeGreaterThanOrEqual(1);
   }, 90_000);
 
-  test('commit by the source names the generation whose partitions it holds: a member dropped from the group does not commit its old floors with the new generation', async () => {
+  /**
+   * A member the group drops while it holds records in flight (an admin here; a session lapsed
+   * under load in production): `a` handles 50 records of `<name>-in` and holds the next ones, so
+   * its floors stay low; it hears of being dropped only at its next heartbeat, seconds later, and
+   * commits only when told. Meanwhile `b` takes both partitions, reads to the end, commits and
+   * leaves. `held` runs once `a` handled its 50, before the drop.
+   */
+  async function droppedMember(name: string, held: (a: KafkaSource<Order>) => void = () => undefined) {
     const N = 400;
-    await createTopic(broker.bootstrap, 'sc-in', 2);
+    const topic = `${name}-in`;
+    await createTopic(broker.bootstrap, topic, 2);
     await produce(
       broker.bootstrap,
-      'sc-in',
+      topic,
       range(N).map((i) => ({ key: `k${i}`, value: { i } })),
     );
     const connection = { brokers: [broker.bootstrap] };
-    // a hears of being dropped only at its next heartbeat, seconds later; it commits only when told.
     const a = kafkaSource<Order>({
       connection,
-      groupId: 'sc',
-      topics: 'sc-in',
+      groupId: name,
+      topics: topic,
       heartbeatIntervalMs: 10_000,
       sessionTimeoutMs: 30_000,
       commitIntervalMs: 600_000,
@@ -570,36 +577,52 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     const stuck = new Promise<void>((r) => {
       release = r;
     });
-    // a handles 50 records, then holds the next ones: its floors stay low.
     rtA.spawn(
       actor<Order, never>({
-        name: 'sc-a',
+        name: `${name}-a`,
         subscribe: a.ref,
         handle: async () => {
           if (++handled > 50) await stuck;
         },
       }),
     );
-    await a.start(rtA);
-    const consumer = a.membership()?.consumer;
-    const memberId = a.membership()?.memberId as string;
-    await eventually(() => handled > 50, 20_000, 'a handled 50 records');
-    await new Promise((resolve) => consumer?.once('consumer:heartbeat:end', resolve));
-    const admin = new Admin({ clientId: 'test-admin', bootstrapBrokers: [broker.bootstrap] });
-    try {
-      await admin.removeMembersFromConsumerGroup({ groupId: 'sc', members: [{ memberId }] });
-    } finally {
-      await admin.close();
-    }
-    // b takes both partitions, reads to the end, commits and leaves.
-    const b = kafkaSource<Order>({ connection, groupId: 'sc', topics: 'sc-in' });
+    const b = kafkaSource<Order>({ connection, groupId: name, topics: topic });
     const rtB = createRuntime();
-    rtB.spawn(actor<Order, never>({ name: 'sc-b', subscribe: b.ref, handle: () => undefined }));
+    rtB.spawn(actor<Order, never>({ name: `${name}-b`, subscribe: b.ref, handle: () => undefined }));
+    const cleanup = async () => {
+      release();
+      await a.close(1_000);
+      await b.close();
+      await rtA.stop();
+      await rtB.stop();
+    };
     try {
+      await a.start(rtA);
+      const consumer = a.membership()?.consumer;
+      const memberId = a.membership()?.memberId as string;
+      await eventually(() => handled > 50, 20_000, 'a handled 50 records');
+      held(a);
+      await new Promise((resolve) => consumer?.once('consumer:heartbeat:end', resolve));
+      const admin = new Admin({ clientId: 'test-admin', bootstrapBrokers: [broker.bootstrap] });
+      try {
+        await admin.removeMembersFromConsumerGroup({ groupId: name, members: [{ memberId }] });
+      } finally {
+        await admin.close();
+      }
       await b.start(rtB);
       await eventually(() => b.stats.settled === N, 20_000, 'b at the end');
       await b.close();
-      expect(await groupOffsets('sc', 'sc-in')).toBe(N);
+      expect(await groupOffsets(name, topic)).toBe(N);
+      return { N, a, memberId, cleanup };
+    } catch (error) {
+      await cleanup();
+      throw error;
+    }
+  }
+
+  test('commit by the source names the generation whose partitions it holds: a member dropped from the group does not commit its old floors with the new generation', async () => {
+    const { N, a, memberId, cleanup } = await droppedMember('sc');
+    try {
       // a has not heard yet: its commit names its old generation, which the broker refuses. The
       // client's own commit joined the group again and committed a's floors (about 50) with the
       // new generation, moving the group back over what b had done.
@@ -609,11 +632,7 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       expect(a.stats.commits).toBe(0);
       expect(await groupOffsets('sc', 'sc-in')).toBe(N);
     } finally {
-      release();
-      await a.close(1_000);
-      await b.close();
-      await rtA.stop();
-      await rtB.stop();
+      await cleanup();
     }
   }, 60_000);
 
@@ -1184,62 +1203,14 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
   }, 60_000);
 
   test('a member dropped from the group takes its partitions again as new tenures from the group’s offsets: its old floors are not committed with its new member id', async () => {
-    // The group drops a (an admin here; a session lapsed under load in production) while it holds
-    // records in flight; b reads everything and commits; a, told at its next commit, joins again
-    // with a new member id and no rebalance event, and gets both partitions back.
-    const N = 400;
-    await createTopic(broker.bootstrap, 'rj-in', 2);
-    await produce(
-      broker.bootstrap,
-      'rj-in',
-      range(N).map((i) => ({ key: `k${i}`, value: { i } })),
-    );
-    const connection = { brokers: [broker.bootstrap] };
-    const a = kafkaSource<Order>({
-      connection,
-      groupId: 'rj',
-      topics: 'rj-in',
-      heartbeatIntervalMs: 10_000,
-      sessionTimeoutMs: 30_000,
-      commitIntervalMs: 600_000,
-      maxPendingPerPartition: 10,
-    });
-    const rtA = createRuntime();
-    let handled = 0;
-    let release: () => void = () => undefined;
-    const stuck = new Promise<void>((r) => {
-      release = r;
-    });
-    rtA.spawn(
-      actor<Order, never>({
-        name: 'rj-a',
-        subscribe: a.ref,
-        handle: async () => {
-          if (++handled > 50) await stuck;
-        },
-      }),
-    );
-    const b = kafkaSource<Order>({ connection, groupId: 'rj', topics: 'rj-in' });
-    const rtB = createRuntime();
-    rtB.spawn(actor<Order, never>({ name: 'rj-b', subscribe: b.ref, handle: () => undefined }));
-    try {
-      await a.start(rtA);
-      const consumer = a.membership()?.consumer;
-      const memberId = a.membership()?.memberId as string;
-      await eventually(() => handled > 50, 20_000, 'a handled 50 records');
-      const before = a.tenures().get('rj-in');
+    // a, told at its next commit, joins again with a new member id and no rebalance event, and
+    // gets both partitions back.
+    let before: Map<number, KafkaTenure> | undefined;
+    const { N, a, memberId, cleanup } = await droppedMember('rj', (held) => {
+      before = held.tenures().get('rj-in');
       expect(before?.size).toBe(2);
-      await new Promise((resolve) => consumer?.once('consumer:heartbeat:end', resolve));
-      const admin = new Admin({ clientId: 'test-admin', bootstrapBrokers: [broker.bootstrap] });
-      try {
-        await admin.removeMembersFromConsumerGroup({ groupId: 'rj', members: [{ memberId }] });
-      } finally {
-        await admin.close();
-      }
-      await b.start(rtB);
-      await eventually(() => b.stats.settled === N, 20_000, 'b at the end');
-      await b.close();
-      expect(await groupOffsets('rj', 'rj-in')).toBe(N);
+    });
+    try {
       // Refused for the generation the group dropped: a joins again.
       await a.commit();
       expect(a.stats.commitsRefused).toBe(1);
@@ -1265,11 +1236,7 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       expect(await groupOffsets('rj', 'rj-in')).toBe(N);
       expect(a.stats.released).toBeGreaterThan(0);
     } finally {
-      release();
-      await a.close(1_000);
-      await b.close();
-      await rtA.stop();
-      await rtB.stop();
+      await cleanup();
     }
   }, 90_000);
 
