@@ -44,17 +44,22 @@ function consumerAt(port: number): Consumer {
   return fake as unknown as Consumer;
 }
 
+/** The coordinator of group 'group', found at `port` (the fake consumer's answer). */
+function coordinatorAt(port: number): GroupCoordinator {
+  const consumer = consumerAt(port);
+  return new GroupCoordinator(
+    'kafka:test',
+    'group',
+    ['topic'],
+    clientConnection({ brokers: [`127.0.0.1:${port}`] }, 'test.connection'),
+    () => consumer,
+  );
+}
+
 describe('GroupCoordinator.connection', () => {
   test('two callers finding the connection lost at the same time share one new connection: none is left open unheld', async () => {
     const { port, sockets } = await listen();
-    const consumer = consumerAt(port);
-    const coordinator = new GroupCoordinator(
-      'kafka:test',
-      'group',
-      ['topic'],
-      clientConnection({ brokers: [`127.0.0.1:${port}`] }, 'test.connection'),
-      () => consumer,
-    );
+    const coordinator = coordinatorAt(port);
     const connects = vi.spyOn(Connection.prototype, 'connect');
     const first = await coordinator.connection();
     expect(connects).toHaveBeenCalledTimes(1);
@@ -73,14 +78,7 @@ describe('GroupCoordinator.connection', () => {
 
   test('a connection the coordinator resets throws nothing out of the socket: the next call opens another', async () => {
     const { port, sockets } = await listen();
-    const consumer = consumerAt(port);
-    const coordinator = new GroupCoordinator(
-      'kafka:test',
-      'group',
-      ['topic'],
-      clientConnection({ brokers: [`127.0.0.1:${port}`] }, 'test.connection'),
-      () => consumer,
-    );
+    const coordinator = coordinatorAt(port);
     const first = await coordinator.connection();
     const lost = new Promise((resolve) => first.once('close', resolve));
     // An RST, as from a broker's host that crashed: the socket errors (ECONNRESET) before it closes.
