@@ -135,13 +135,25 @@ await Promise.all([windowsIn.start(runtime, { logger: quiet }), transformIn.star
 say('running');
 
 // Every event was taken in: the window consumer's messages are all delivered (held in open
-// windows), and the transform consumer acknowledged everything.
+// windows), and the transform consumer acknowledged everything. The transform consumer's own word
+// is asked of the server: it outlives a kill, so what it delivered to the killed process waits for
+// its ack wait (2 s) to be delivered again, and the source, which knows only what it holds and
+// what is left to deliver, would see nothing left before that and stop with those unacknowledged.
+const watch = await connect({ servers: url });
+const watched = await jetstreamManager(watch);
 for (;;) {
   const w = windowsIn.lag();
-  const t = transformIn.lag();
-  if (w.messages === w.ackPending && t.messages === 0 && (windowsIn.stats.received > 0 || floor === total)) break;
+  const t = await watched.consumers.info('EVENTS', 'transform');
+  if (
+    w.messages === w.ackPending &&
+    t.num_pending === 0 &&
+    t.num_ack_pending === 0 &&
+    (windowsIn.stats.received > 0 || floor === total)
+  )
+    break;
   await new Promise((resolve) => setTimeout(resolve, 50));
 }
+await watch.close();
 // The drain fires the open windows; their results are written and their inputs acknowledged.
 const report = await runtime.stop();
 const left = [windowsIn.lag(), transformIn.lag()];
