@@ -128,6 +128,9 @@ export const DEAD_LETTER_HEADERS = Object.freeze({
   time: 'sluice-dead-lettered-at',
 });
 
+/** @internal The names of {@link DEAD_LETTER_HEADERS}: what a replay strips, what the bus reserves. */
+export const DEAD_LETTER_HEADER_NAMES: ReadonlySet<string> = new Set(Object.values(DEAD_LETTER_HEADERS));
+
 /** A new message id: unique in the process, unguessable, and improbable to collide across processes. */
 export function nextId(): string {
   if (idAt === idPool.length) refillIds();

@@ -1,6 +1,6 @@
 import { ACCEPTED, type Bus, type BusClient } from '../bus/bus.ts';
 import type { Clock } from '../clock.ts';
-import { createEnvelope, DEAD_LETTER_HEADERS, type Envelope } from '../envelope.ts';
+import { createEnvelope, DEAD_LETTER_HEADER_NAMES, DEAD_LETTER_HEADERS, type Envelope } from '../envelope.ts';
 import { messageOf, OptionsError, SluiceError } from '../errors.ts';
 import { type Lineage, releaseDownstream } from '../lineage.ts';
 import { intOption, knownKeys, optionKeys } from '../options.ts';
@@ -142,7 +142,6 @@ export interface ReplayOptions {
   filter?: (letter: Envelope) => boolean;
 }
 
-const deadLetterHeaderNames: ReadonlySet<string> = new Set(Object.values(DEAD_LETTER_HEADERS));
 const replayKeys = optionKeys<keyof ReplayOptions>({ to: true, limit: true, filter: true });
 
 /**
@@ -169,7 +168,7 @@ export function replayDeadLetter(
   }
   const headers: Record<string, string> = {};
   for (const name of Object.keys(letter.headers)) {
-    if (!deadLetterHeaderNames.has(name)) headers[name] = letter.headers[name] as string;
+    if (!DEAD_LETTER_HEADER_NAMES.has(name)) headers[name] = letter.headers[name] as string;
   }
   return bus.publish(to, letter.data, { key: letter.key, eventTime: letter.eventTime, headers });
 }

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import type { Logger } from '../actors/actor.ts';
 import { DEAD_LETTER_HEADERS } from '../actors/deadLetters.ts';
 import { validateSubject } from '../bus/subjects.ts';
+import { DEAD_LETTER_HEADER_NAMES } from '../envelope.ts';
 import { messageOf, OptionsError, SluiceError, StreamError } from '../errors.ts';
 import { stateNamespace } from '../state/keyedState.ts';
 import { runtimeStatus } from '../status.ts';
@@ -709,11 +710,10 @@ class Admin implements AdminServer {
         ),
       );
     }
-    const dead = new Set<string>(Object.values(DEAD_LETTER_HEADERS));
     const headers: Record<string, string> = {};
     for (const [name, value] of Object.entries(env.headers)) {
       // Stream headers (sequence, stream) of the stored copy are not the new message's either.
-      if (!dead.has(name) && !name.startsWith('sluice-stream')) headers[name] = value;
+      if (!DEAD_LETTER_HEADER_NAMES.has(name) && !name.startsWith('sluice-stream')) headers[name] = value;
     }
     headers[REPLAYED_FROM_HEADER] = env.id;
     return this.#host.bus.publish(target, env.data, { key: env.key, eventTime: env.eventTime, headers });

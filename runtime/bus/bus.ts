@@ -6,7 +6,7 @@ import {
   checkLineage,
   checkPublishOptions,
   createEnvelope,
-  DEAD_LETTER_HEADERS,
+  DEAD_LETTER_HEADER_NAMES,
   EMPTY_HEADERS,
   type Envelope,
   type Headers,
@@ -826,9 +826,6 @@ function nameOf<T>(subject: SubjectRef<T>): string {
   return typeof subject === 'object' && subject !== null ? subject.name : subject;
 }
 
-/** Headers only the runtime's dead-letter path sets (see DEAD_LETTER_HEADERS). */
-const DEAD_LETTER_NAMES: readonly string[] = Object.values(DEAD_LETTER_HEADERS);
-
 const requestManyKeys = optionKeys<keyof PublishOptions>({
   key: true,
   eventTime: true,
@@ -1051,7 +1048,7 @@ export class ClientImpl implements BusClient {
       }
       const headers = options?.headers;
       if (headers !== undefined && headers !== EMPTY_HEADERS) {
-        for (const name of DEAD_LETTER_NAMES) {
+        for (const name of DEAD_LETTER_HEADER_NAMES) {
           if (headers[name] !== undefined) {
             throw this.#bus.denied(
               'publish',
