@@ -23,7 +23,7 @@ export interface AuditEntry {
 const KEPT = 1000;
 /** Refused requests that named no valid credential: kept apart, so they cannot push out the rest. */
 const KEPT_UNAUTHENTICATED = 100;
-/** Of those, at most this many a second reach the file and the live feed; the rest are counted. */
+/** Of those, at most this many a second reach the file and the live feed; a line counts the rest. */
 const UNAUTHENTICATED_PER_SECOND = 10;
 
 /** The audit log: the last entries in memory and, when a path is given, every entry in a JSON Lines file. */
@@ -37,7 +37,6 @@ export class AuditLog {
   #n = 0;
   #windowStart = 0;
   #inWindow = 0;
-  #unlogged = 0;
   readonly #path: string | undefined;
   readonly #log: Logger;
   #writing: Promise<void> = Promise.resolve();
@@ -62,34 +61,17 @@ export class AuditLog {
     return out;
   }
 
-  /** Refused requests without a credential that were not written to the file nor sent live. */
-  get unlogged(): number {
-    return this.#unlogged;
-  }
-
   record(entry: AuditEntry): void {
     const item = { n: this.#n++, entry };
     if (entry.caller === 'unauthenticated') {
       this.#unauthenticated.push(item);
       if (this.#unauthenticated.length > KEPT_UNAUTHENTICATED) this.#unauthenticated.shift();
       if (entry.time - this.#windowStart >= 1000) {
-        // What the last second left out is said in one line, so the file still tells of it.
-        if (this.#inWindow > UNAUTHENTICATED_PER_SECOND) {
-          this.#write({
-            ...entry,
-            action: 'unauthenticated',
-            remote: '',
-            target: '',
-            detail: `${this.#inWindow - UNAUTHENTICATED_PER_SECOND} more requests refused without a credential in the second before, not logged one by one`,
-          });
-        }
+        this.#summarize(entry.time);
         this.#windowStart = entry.time;
-        this.#inWindow = 0;
       }
-      if (++this.#inWindow > UNAUTHENTICATED_PER_SECOND) {
-        this.#unlogged++;
-        return;
-      }
+      // Past the second's share: counted in #inWindow, said by the summary line above.
+      if (++this.#inWindow > UNAUTHENTICATED_PER_SECOND) return;
     } else {
       this.#kept.push(item);
       if (this.#kept.length > KEPT) this.#kept.shift();
@@ -110,8 +92,28 @@ export class AuditLog {
     );
   }
 
-  /** Resolves once every entry so far is in the file. */
+  /**
+   * What the current second left out, said in one line (and counted from nothing again), so the
+   * file still tells of it: when the next second begins, and when the log is flushed.
+   */
+  #summarize(time: number): void {
+    if (this.#inWindow > UNAUTHENTICATED_PER_SECOND) {
+      this.#write({
+        time,
+        action: 'unauthenticated',
+        caller: 'unauthenticated',
+        remote: '',
+        target: '',
+        outcome: 'refused',
+        detail: `${this.#inWindow - UNAUTHENTICATED_PER_SECOND} more requests refused without a credential in a second, not logged one by one`,
+      });
+    }
+    this.#inWindow = 0;
+  }
+
+  /** Resolves once every entry so far is in the file, with the count of what the last second left out. */
   flush(): Promise<void> {
+    this.#summarize(Date.now());
     return this.#writing;
   }
 }
