@@ -200,6 +200,13 @@ export class PostgresSink<T = unknown> implements Sink<T> {
     if (statements.length === 0) return;
     const client: PoolClient = await this.#pool.connect();
     let broken: unknown;
+    // A checked-out client has no listener of the pool's: a connection the server ends (a restart,
+    // a terminated backend) would emit an unhandled 'error' and crash the process. The query that
+    // was running rejects with it; the connection is not reused.
+    const onError = (error: Error) => {
+      broken ??= error;
+    };
+    client.on('error', onError);
     try {
       await client.query('BEGIN');
       for (const s of statements) await client.query(s.text, s.values as unknown[] | undefined);
@@ -213,6 +220,7 @@ export class PostgresSink<T = unknown> implements Sink<T> {
       }
       throw error;
     } finally {
+      client.off('error', onError);
       client.release(broken instanceof Error ? broken : broken === undefined ? undefined : true);
     }
   }

@@ -126,6 +126,35 @@ describe.skipIf(missing !== undefined)('PostgreSQL sink', () => {
     ).rejects.toThrow('createTabel');
   });
 
+  test('a connection the server ends during a batch fails that batch, never the process; the next batch connects again', async () => {
+    const sink = await open<number>('terminated', {
+      statements: (records) => (records.some((r) => r.value < 0) ? [{ text: 'SELECT pg_sleep(30)' }] : []),
+    });
+    const uncaught: unknown[] = [];
+    const onUncaught = (error: unknown) => void uncaught.push(error);
+    process.on('uncaughtException', onUncaught);
+    try {
+      const write = sink.write([rec('a', -1)]);
+      // The sink's backend, as an operator (or a failover) would end it, in the middle of the batch.
+      for (let i = 0; ; i++) {
+        const ended = await schema.pool.query(
+          "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND pid <> pg_backend_pid()",
+        );
+        if (ended.rowCount === 1) break;
+        if (i > 200) throw new Error('the batch never reached its statement');
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      await expect(write).rejects.toThrow(/terminat/);
+      // The client's 'error' event follows the socket's end by a turn or two.
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(uncaught).toEqual([]);
+      await sink.write([rec('b', 1)]);
+      expect((await rows('terminated')).map((r) => r.key)).toEqual(['b']);
+    } finally {
+      process.off('uncaughtException', onUncaught);
+    }
+  });
+
   test('a sink actor end to end: rows are committed before the inputs are acked; a failing record is retried, then dead-lettered', async () => {
     const { rt, clock } = testRuntime();
     const dlq = collect<{ id: string; amount: number }>(rt.bus, '$DLQ.payments-pg');
