@@ -139,6 +139,28 @@ describe.skipIf(missing !== undefined)('Redis connector', () => {
     await until(async () => (await groupBacklog(redis, stream, 'g')) === 0, 'all acknowledged');
   });
 
+  test('an entry whose field cannot be a header is dead-lettered at once with the field and the rule, and acknowledged', async () => {
+    const stream = streamKey();
+    const rt = runtime();
+    const letters: Envelope[] = [];
+    const seen: unknown[] = [];
+    rt.bus.subscribe('bf.in', { callback: (env) => void seen.push(env.data) });
+    rt.bus.subscribe('$DLQ.redis.g', { callback: (env) => void letters.push(env) });
+    const source = closing(redisSource({ connection: REDIS, stream, group: 'g', subject: 'bf.in', backoffMs: [10] }));
+    await source.start(rt);
+    await redis.xadd(stream, '*', 'data', '1', 'tenant', 'eu', 'bad name', 'x');
+    await redis.xadd(stream, '*', 'data', '2');
+    await until(() => seen.length === 1 && letters.length === 1, 'one delivered, one dead letter');
+    expect(seen).toEqual([2]);
+    const letter = letters[0] as Envelope;
+    expect(letter.headers[DEAD_LETTER_HEADERS.error]).toMatch(/'bad name'.*header name/);
+    expect(letter.headers[DEAD_LETTER_HEADERS.attempts]).toBe('1');
+    expect(letter.headers.tenant).toBe('eu');
+    expect(new TextDecoder().decode(letter.data as Uint8Array)).toBe('1');
+    await until(async () => (await groupBacklog(redis, stream, 'g')) === 0, 'both acknowledged');
+    expect(source.stats).toMatchObject({ retried: 0, terminated: 1 });
+  });
+
   test("a dead consumer's pending entries are claimed after the idle time, at their delivery count", async () => {
     const stream = streamKey();
     await redis.xgroup('CREATE', stream, 'g', '0', 'MKSTREAM');
