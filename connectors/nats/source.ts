@@ -384,18 +384,29 @@ export class NatsSource<T = unknown> implements Source<T> {
    */
   async start(host: SourceHost, options: { logger?: Logger } = {}): Promise<void> {
     this.#life.begin(host, options, this.#options.permissions);
-    this.#held = await openConnection(this.#options.connection, this.name);
+    const held = await openConnection(this.#options.connection, this.name);
+    this.#held = held;
+    // A close() while connecting found no connection to close: this one would stay open for good,
+    // keeping the process alive, and the source would subscribe or pull after its close.
+    if (this.#life.closed) {
+      await closeConnection(held);
+      return;
+    }
     try {
       if (this.#js !== undefined) await this.#startJetStream(this.#js);
       else {
         this.#startCore();
         // Once the round trip is back the server has the subscriptions: start resolves with them live.
-        await this.#held.nc.flush();
+        await held.nc.flush();
       }
     } catch (error) {
-      await closeConnection(this.#held);
+      await closeConnection(held);
+      // close() ended the connection under the start: not a failure to report.
+      if (this.#life.closed) return;
       throw error;
     }
+    // Closed meanwhile: registered now, the source's status would say connected.
+    if (this.#life.closed) return;
     const health = this.#life.register(
       'nats',
       this.#js === undefined ? 'nats' : `nats:${this.#js.stream}`,
@@ -616,6 +627,8 @@ export class NatsSource<T = unknown> implements Source<T> {
     this.#maxDeliver = (c.max_deliver ?? 0) > 0 ? Math.min(c.max_deliver as number, js.maxDeliver) : js.maxDeliver;
     this.#serverPending = info.num_pending;
     this.#consumer = await jetstream(nc).consumers.get(js.stream, js.consumer);
+    // close() cancelled the timers it knew of and waits for no loop: none may start after it.
+    if (this.#life.closed) return;
     this.#scheduleTouch();
     this.#life.every(this.#lagRefreshMs, () => this.#refreshLag());
     void this.#pullLoop(js);

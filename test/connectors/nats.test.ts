@@ -28,7 +28,7 @@ import {
 } from 'sluice';
 import { clientOptions, natsSink, natsSource } from 'sluice/connectors/nats';
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
-import { type NatsServer, natsServerMissing, startNatsServer } from '../services/natsServer.ts';
+import { freePort, type NatsServer, natsServerMissing, startNatsServer } from '../services/natsServer.ts';
 import { until } from './conformance.ts';
 
 type Observe = (result: { observe(value: number, attributes?: Attributes): void }) => void;
@@ -260,6 +260,37 @@ describe.skipIf(missing !== undefined)('NATS connector', () => {
     expect(source.stats.acked).toBe(19);
     const info = await s.jsm.consumers.info(s.name, 'c');
     expect(info.ack_floor.stream_seq).toBe(19);
+  });
+
+  test('a close while the source starts leaves no connection open and nothing pulling', async () => {
+    const monitor = await freePort();
+    const own = await startNatsServer({ jetstream: true, args: ['-m', String(monitor)] });
+    onTestFinished(() => own.stop());
+    const admin = await connect({ servers: own.url });
+    onTestFinished(() => admin.close());
+    await (await jetstreamManager(admin)).streams.add({ name: 'CS', subjects: ['cs.>'] });
+    await jetstream(admin).publish('cs.a', json(1));
+    const rt = runtime();
+    const got: unknown[] = [];
+    rt.bus.subscribe('cs.in', { callback: (env) => void got.push(env.data) });
+    const open = async () => {
+      const res = await fetch(`http://127.0.0.1:${monitor}/connz`);
+      const body = (await res.json()) as { connections?: { name?: string }[] };
+      return (body.connections ?? []).filter((c) => c.name === 'closed-while-starting').length;
+    };
+    for (const options of [
+      { jetstream: { stream: 'CS', consumer: 'c' }, subject: 'cs.in' },
+      { subjects: 'cs.core', subject: 'cs.in' },
+    ]) {
+      const source = natsSource({ connection: { servers: own.url, name: 'closed-while-starting' }, ...options });
+      const started = source.start(rt);
+      await source.close();
+      await started;
+      // The server drops a connection as soon as its client closes it; one left open stays.
+      await until(async () => (await open()) === 0, 'no connection of the closed source', 2_000);
+    }
+    expect(got).toEqual([]);
+    expect(rt.status().sources.filter((s) => s.connection === 'connected')).toEqual([]);
   });
 
   test('deliveries that never failed (a process that died holding the message) do not use up maxDeliver', async () => {
