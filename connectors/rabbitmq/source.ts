@@ -18,6 +18,7 @@ import {
   rawCodec,
   textCodec,
 } from '../../runtime/codec.ts';
+import { checkHeaders, type Headers } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, optionKeys } from '../../runtime/options.ts';
@@ -394,7 +395,23 @@ export class RabbitSource<T = unknown> implements Source<T> {
     // without one has none that survives a redelivery, and its outputs get no derived keys.
     if (typeof p.messageId === 'string' && p.messageId !== '') headers[STREAM_HEADERS.sequence] = p.messageId;
     else delete headers[STREAM_HEADERS.sequence];
-    const options: DeliveryOptions = { headers, lineage: held.lineage };
+    let checked: Headers;
+    try {
+      checked = checkHeaders(headers, `${this.name}.headers`);
+    } catch {
+      // Refused again on every delivery: given up at once (the dead letter leaves the header out).
+      const which = refusedNames(headers)
+        .map((h) => `'${h}'`)
+        .join(', ');
+      return this.#giveUp(
+        held,
+        new ConnectorError(
+          this.name,
+          `a message of '${this.#queue}' (message_id '${String(p.messageId ?? '')}') has a header the bus cannot take (${which}): a header name is printable ASCII without white space or colon`,
+        ),
+      );
+    }
+    const options: DeliveryOptions = { headers: checked, lineage: held.lineage };
     if (typeof p.timestamp === 'number') options.eventTime = p.timestamp * 1_000;
     const key = p.headers?.['sluice-key'];
     if (typeof key === 'string') options.key = key;
@@ -490,8 +507,10 @@ export class RabbitSource<T = unknown> implements Source<T> {
       safely(() => channel.nack(held.msg, false, false));
       return;
     }
+    const headers = headersOf(held.msg);
+    for (const refused of refusedNames(headers)) delete headers[refused];
     const letter = deadLetterHeaders({
-      headers: { ...headersOf(held.msg), [STREAM_HEADERS.stream]: this.#queue },
+      headers: { ...headers, [STREAM_HEADERS.stream]: this.#queue },
       error,
       source: this.name,
       attempts: held.attempt,
@@ -591,6 +610,19 @@ function headersOf(msg: ConsumeMessage): Record<string, string> {
     }
   }
   return out;
+}
+
+/** The names among `headers` the bus refuses as header names. */
+function refusedNames(headers: Readonly<Record<string, string>>): string[] {
+  const refused: string[] = [];
+  for (const [name, value] of Object.entries(headers)) {
+    try {
+      checkHeaders({ [name]: value }, 'header');
+    } catch {
+      refused.push(name);
+    }
+  }
+  return refused;
 }
 
 /** Acks go out on a channel that may have closed meanwhile: RabbitMQ requeues what was not acked. */

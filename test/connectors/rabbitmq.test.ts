@@ -167,6 +167,29 @@ describe.skipIf(missing !== undefined)('RabbitMQ connector', () => {
     await until(async () => (await vhost.backlog(q)) === 0, 'acked');
   });
 
+  test('a message with a header whose name the bus refuses is dead-lettered at once, naming the header, and acked', async () => {
+    const q = name('badheader');
+    const rt = runtime();
+    const seen: unknown[] = [];
+    const letters: Envelope[] = [];
+    rt.bus.subscribe(`$DLQ.rabbitmq.${q}`, { callback: (env) => void letters.push(env) });
+    rt.bus.subscribe('bh.in', { callback: (env) => void seen.push(env.data) });
+    const source = closing(
+      rabbitSource({ queue: q, subject: 'bh.in', connection: vhost.connection, declare: {}, backoffMs: [10] }),
+    );
+    await source.start(rt);
+    channel.sendToQueue(q, Buffer.from('1'), { messageId: 'm-1', headers: { tenant: 'eu', 'bad name': 'x' } });
+    await send(q, [2]);
+    await until(() => seen.length === 1 && letters.length === 1, 'one delivered, one dead letter');
+    expect(seen).toEqual([2]);
+    const letter = letters[0] as Envelope;
+    expect(letter.headers[DEAD_LETTER_HEADERS.error]).toMatch(/'bad name'.*header name/);
+    expect(letter.headers[DEAD_LETTER_HEADERS.attempts]).toBe('1');
+    expect(letter.headers.tenant).toBe('eu');
+    await until(async () => (await vhost.backlog(q)) === 0, 'both acked');
+    expect(source.stats).toMatchObject({ requeued: 0, terminated: 1 });
+  });
+
   test('acks of a turn go out together, yet never cover an earlier message still held for its retry', async () => {
     const q = name('acks');
     const rt = runtime();
