@@ -712,9 +712,12 @@ export class NatsSource<T = unknown> implements Source<T> {
     const timestampMs = Math.floor(m.info.timestampNanos / 1_000_000);
     this.#lastTimestampMs = timestampMs;
     const h = readHeaders(m.headers);
-    const subject = this.#subjectOf(m.subject);
+    let subject: string;
     let data: unknown;
     try {
+      // The subject function is asked of each delivery: one that throws for this subject throws
+      // again, so the message is given up on as an undecodable one is (a nak came back for good).
+      subject = this.#subjectOf(m.subject);
       data = this.#codecs.of(m.subject, h.contentType).decode(m.data, m.subject);
     } catch (error) {
       // Decoding again gives the same answer: dead-lettered at once and termed, never redelivered.

@@ -208,6 +208,33 @@ describe.skipIf(missing !== undefined)('NATS connector', () => {
     expect(info.num_ack_pending + info.num_pending).toBe(0);
   });
 
+  test('a message its subject function refuses is dead-lettered with the error and termed, not redelivered for good', async () => {
+    const s = await stream();
+    const rt = runtime();
+    const good: unknown[] = [];
+    const dead: Envelope[] = [];
+    rt.bus.subscribe('sf.>', { callback: (env) => void good.push(env.data) });
+    rt.bus.subscribe('$DLQ.nats.>', { callback: (env) => void dead.push(env) });
+    const source = natsSource({
+      connection: { servers: server.url },
+      jetstream: { stream: s.name, consumer: 'c', ackWaitMs: 1_000 },
+      subject: (natsSubject) => {
+        if (natsSubject.endsWith('.unrouted')) throw new Error(`no route for '${natsSubject}'`);
+        return 'sf.in';
+      },
+    });
+    onTestFinished(() => source.close());
+    await source.start(rt);
+    await s.js.publish(`${s.prefix}.unrouted`, json(1));
+    await s.js.publish(`${s.prefix}.a`, json(2));
+    await until(() => good.length === 1 && dead.length === 1, 'one good message, one dead letter', 5_000);
+    expect(dead[0]?.headers[DEAD_LETTER_HEADERS.error]).toContain(`no route for '${s.prefix}.unrouted'`);
+    expect(dead[0]?.headers['sluice-stream-sequence']).toBe('1');
+    expect(source.stats.terminated).toBe(1);
+    const info = await s.jsm.consumers.info(s.name, 'c');
+    expect(info.num_ack_pending + info.num_pending + info.num_redelivered).toBe(0);
+  });
+
   test('a message failing on its last delivery is dead-lettered and termed; one failing before is nak-ed and retried', async () => {
     const s = await stream();
     const rt = runtime();
