@@ -311,6 +311,32 @@ describe.skipIf(missing !== undefined)('MQTT against Mosquitto with a password f
     await until(() => broker.pubacks(clientId) === 1, 'acknowledged after the dead letter');
   });
 
+  test('a user property whose name the bus refuses dead-letters its message at once, naming it; later ones are acknowledged', async () => {
+    const rt = runtime();
+    const t = topic('badprop');
+    const clientId = `${run}-badprop`;
+    const seen: unknown[] = [];
+    rt.bus.subscribe('bp.in', { callback: (env) => void seen.push(env.data) });
+    const letters: Envelope[] = [];
+    rt.bus.subscribe(`$DLQ.mqtt.${clientId}`, { callback: (env) => void letters.push(env) });
+    const source = closing(
+      mqttSource({ connection: alice(), topics: t, subject: 'bp.in', clientId, backoffMs: [10] }),
+    );
+    await source.start(rt);
+    await producer.publishAsync(t, '1', {
+      qos: 1,
+      properties: { userProperties: { tenant: 'eu', 'bad name': 'x' } },
+    });
+    await publish(t, [2]);
+    await until(() => seen.length === 1 && letters.length === 1, 'one delivered, one dead letter');
+    expect(seen).toEqual([2]);
+    const letter = letters[0] as Envelope;
+    expect(letter.headers[DEAD_LETTER_HEADERS.error]).toMatch(/'bad name'.*header name/);
+    expect(letter.headers[DEAD_LETTER_HEADERS.attempts]).toBe('1');
+    expect(letter.headers.tenant).toBe('eu');
+    await until(() => broker.pubacks(clientId) === 2, 'both acknowledged');
+  });
+
   test('mapped subjects: each topic goes to its subject; a topic that cannot map is dead-lettered with the rule', async () => {
     const rt = runtime();
     const base = topic('mapped');
