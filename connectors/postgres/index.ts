@@ -109,6 +109,8 @@ export class PostgresSink<T = unknown> implements Sink<T> {
   readonly #statements: PostgresSinkOptions<T>['statements'];
   readonly #defaultColumns: boolean;
   #closed = false;
+  /** Batches under way: close() lets them finish before it ends the pool. */
+  readonly #writing = new Set<Promise<void>>();
 
   constructor(options: PostgresSinkOptions<T>) {
     if (options === null || typeof options !== 'object')
@@ -198,6 +200,16 @@ export class PostgresSink<T = unknown> implements Sink<T> {
     if (this.#closed) throw new ClosedError(this.name);
     const statements = this.#build(records);
     if (statements.length === 0) return;
+    const writing = this.#transaction(statements);
+    this.#writing.add(writing);
+    try {
+      await writing;
+    } finally {
+      this.#writing.delete(writing);
+    }
+  }
+
+  async #transaction(statements: readonly PostgresStatement[]): Promise<void> {
     const client: PoolClient = await this.#pool.connect();
     let broken: unknown;
     // A checked-out client has no listener of the pool's: a connection the server ends (a restart,
@@ -285,10 +297,13 @@ export class PostgresSink<T = unknown> implements Sink<T> {
     return out;
   }
 
-  /** Ends the pool if the sink made it. */
+  /** Lets the batches under way finish (commit or fail), then ends the pool if the sink made it. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    // An ending pool never hands a connection to a batch waiting for one, nor fails it: that
+    // batch's write would never settle, and the inputs it holds would never be acknowledged.
+    await Promise.allSettled(this.#writing);
     if (this.#ownsPool) await this.#pool.end();
   }
 }

@@ -155,6 +155,30 @@ describe.skipIf(missing !== undefined)('PostgreSQL sink', () => {
     }
   });
 
+  test('close waits for the batches under way, those waiting for a connection too: none is left unsettled', async () => {
+    const sink = await postgresSink<number>({
+      table: schema.table('closing'),
+      // No connection timeout, pg's default: a batch waiting for a connection waits as long as it takes.
+      connection: { ...POSTGRES, max: 1, connectionTimeoutMillis: 0 },
+      createTable: true,
+      statements: () => [{ text: 'SELECT pg_sleep(0.2)' }],
+    });
+    const first = sink.write([rec('a', 1)]);
+    // The pool's one connection is taken: this batch waits for it.
+    const second = sink.write([rec('b', 2)]);
+    await sink.close();
+    const outcome = (p: Promise<void>) =>
+      p.then(
+        () => 'committed',
+        (e: unknown) => `failed: ${String(e)}`,
+      );
+    expect(await Promise.race([outcome(Promise.all([first, second]).then(() => undefined)), hang(5_000)])).toBe(
+      'committed',
+    );
+    expect((await rows('closing')).map((r) => r.key)).toEqual(['a', 'b']);
+    await expect(sink.write([rec('c', 3)])).rejects.toThrow(/closed/);
+  });
+
   test('a sink actor end to end: rows are committed before the inputs are acked; a failing record is retried, then dead-lettered', async () => {
     const { rt, clock } = testRuntime();
     const dlq = collect<{ id: string; amount: number }>(rt.bus, '$DLQ.payments-pg');
@@ -229,4 +253,9 @@ async function until(done: () => boolean, step?: () => Promise<void>): Promise<v
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
   throw new Error('timed out waiting for the database');
+}
+
+/** Resolves with 'unsettled' after `ms`: what a promise that never settles loses a race to. */
+function hang(ms: number): Promise<string> {
+  return new Promise((resolve) => setTimeout(() => resolve('unsettled'), ms).unref());
 }
