@@ -5,7 +5,7 @@ import { ACCEPTED, type Bus } from '../bus/bus.ts';
 import { subjectMatches, validateSubject } from '../bus/subjects.ts';
 import type { Clock, Timer } from '../clock.ts';
 import { createEnvelope, type Envelope } from '../envelope.ts';
-import { type CorruptRecordError, messageOf, OptionsError, SluiceError, StreamError } from '../errors.ts';
+import { CorruptRecordError, messageOf, OptionsError, SluiceError, StreamError } from '../errors.ts';
 import { SourceLineage } from '../lineage.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../options.ts';
 import type { LogEntry, Store, StoreBatch } from '../store/types.ts';
@@ -44,6 +44,7 @@ const consumerKeys = optionKeys<keyof ConsumerOptions>({
   maxDeliver: true,
   maxAckPending: true,
   deadLetter: true,
+  onUnreadablePosition: true,
 });
 
 /** @internal The subject a consumer pushes to for the actors that subscribe to it. */
@@ -177,10 +178,10 @@ export class ConsumerImpl<T = unknown> {
     this.#deadLetter = options.deadLetter ?? `$DLQ.${source.name}.${name}`;
     validateSubject(this.#deadLetter, 'publish');
 
-    const saved = deps.store.getKey(POSITIONS_NAMESPACE, this.#key) as StoredPosition | undefined;
+    const saved = this.#storedPosition(options.onUnreadablePosition, where);
     if (saved !== undefined) {
       this.#floor = saved.floor;
-      this.#acked = RangeSet.from(saved.acked);
+      this.#acked = saved.acked;
     } else {
       this.#floor = this.#start(options.deliver ?? 'all', where);
       this.#acked = new RangeSet();
@@ -193,6 +194,40 @@ export class ConsumerImpl<T = unknown> {
 
   get position(): number {
     return this.#floor;
+  }
+
+  /** The stored position, checked: undefined when there is none, or when it is unreadable and the policy says start anew. */
+  #storedPosition(
+    policy: ConsumerOptions['onUnreadablePosition'],
+    where: string,
+  ): { floor: number; acked: RangeSet } | undefined {
+    if (policy !== undefined && policy !== 'fail' && policy !== 'deliver') {
+      throw new OptionsError(`${where}.onUnreadablePosition`, "must be 'fail' or 'deliver'", policy);
+    }
+    let problem: string;
+    try {
+      const saved: unknown = this.#deps.store.getKey(POSITIONS_NAMESPACE, this.#key);
+      if (saved === undefined) return undefined;
+      const floor = (saved as Partial<StoredPosition> | null)?.floor;
+      if (!Number.isSafeInteger(floor) || (floor as number) < 1) {
+        throw new RangeError(`its floor is not a positive integer (the record is ${shown(saved)})`);
+      }
+      return { floor: floor as number, acked: RangeSet.from((saved as StoredPosition).acked) };
+    } catch (error) {
+      if (!(error instanceof CorruptRecordError) && !(error instanceof RangeError)) throw error;
+      problem = messageOf(error);
+    }
+    const what = `the stored position of consumer '${this.name}' (key '${this.#key}' of '${POSITIONS_NAMESPACE}') cannot be read: ${problem}`;
+    if (policy !== 'deliver') {
+      throw new StreamError(
+        this.stream,
+        `${what}; nothing was delivered. Set onUnreadablePosition: 'deliver' to start it from its deliver policy instead, forgetting what it had settled (messages may then be delivered again, or skipped)`,
+      );
+    }
+    this.#deps.log.error(
+      `${what}; it starts from its deliver policy (onUnreadablePosition: 'deliver'), forgetting what it had settled`,
+    );
+    return undefined;
   }
 
   #start(policy: DeliverPolicy, where: string): number {
@@ -740,4 +775,15 @@ export class ConsumerImpl<T = unknown> {
       });
     }
   }
+}
+
+/** A stored value in an error: short, and never a throw of its own (a BigInt, a cycle). */
+function shown(value: unknown): string {
+  let text: string;
+  try {
+    text = JSON.stringify(value) ?? String(value);
+  } catch {
+    text = String(value);
+  }
+  return text.length > 80 ? `${text.slice(0, 80)}...` : text;
 }

@@ -8,9 +8,32 @@ export class RangeSet {
   #runs: number[] = [];
   #count = 0;
 
+  /**
+   * The set of stored runs, taken as runs (a run may span millions of sequences a filter skipped:
+   * added one by one, a restart would take as long). Throws a {@link RangeError} naming the run
+   * when they are not sorted runs of positive integers, apart from each other.
+   */
   static from(runs: readonly (readonly [number, number])[] | undefined): RangeSet {
     const set = new RangeSet();
-    if (runs !== undefined) for (const [first, last] of runs) for (let s = first; s <= last; s++) set.add(s);
+    if (runs === undefined) return set;
+    if (!Array.isArray(runs)) throw new RangeError('the runs are not an array');
+    const flat = set.#runs;
+    for (const [i, run] of runs.entries()) {
+      const first: unknown = Array.isArray(run) ? run[0] : undefined;
+      const last: unknown = Array.isArray(run) ? run[1] : undefined;
+      if (!Number.isSafeInteger(first) || !Number.isSafeInteger(last) || (first as number) < 1) {
+        throw new RangeError(`run ${i} is not a pair of positive integers: ${JSON.stringify(run)}`);
+      }
+      const a = first as number;
+      const b = last as number;
+      if (b < a) throw new RangeError(`run ${i} ends before it starts: [${a}, ${b}]`);
+      const previous = flat.length === 0 ? undefined : (flat[flat.length - 1] as number);
+      if (previous !== undefined && a <= previous + 1) {
+        throw new RangeError(`run ${i} [${a}, ${b}] does not start above the run before it, which ends at ${previous}`);
+      }
+      flat.push(a, b);
+      set.#count += b - a + 1;
+    }
     return set;
   }
 

@@ -47,6 +47,14 @@ export interface ConsumerOptions<T = unknown> {
    * from a `$DEAD.` subject nowhere (it stays in the stream, logged, counted as terminated).
    */
   deadLetter?: string;
+  /**
+   * What to do when the consumer's stored position cannot be read (a damaged record, or one that
+   * is no position): `'fail'` refuses to open the consumer, with an error naming the record, so
+   * that nothing is delivered twice or skipped unseen; `'deliver'` logs the error and starts from
+   * `deliver` as a new consumer would (as Kafka's `auto.offset.reset` does without a valid
+   * committed offset): what it had settled is forgotten. @default 'fail'
+   */
+  onUnreadablePosition?: 'fail' | 'deliver';
 }
 
 /** A message delivered by a consumer's `fetch`/`next`, to be settled by one of its methods. */
