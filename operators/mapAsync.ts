@@ -82,7 +82,8 @@ export function mapAsync<T, U>(
           (error: unknown) => {
             active--;
             const failure = new MessageError(env, error);
-            if (slot !== undefined) {
+            // After an unsubscribe the slot is no longer in the queue that would release it.
+            if (slot !== undefined && !closed) {
               slot.done = true;
               slot.release = () => release(failure);
               flushOrdered();

@@ -92,4 +92,21 @@ describe('mapAsync', () => {
     expect(running.errors).toHaveLength(1);
     expect(String(running.errors[0])).toContain('unsubscribed');
   });
+
+  test('ordered: a call that rejects after the unsubscribe still gives its input back, failed', async () => {
+    let reject!: (error: unknown) => void;
+    const call = new Promise<number>((_resolve, r) => {
+      reject = r;
+    });
+    const source = new Subject<Envelope<number>>();
+    const sub = source.pipe(mapAsync(() => call, { ordered: true })).subscribe();
+    const running = new CountingLineage('running');
+    source.next(createEnvelope('in', 1, { lineage: running }));
+    sub.unsubscribe();
+    reject(new Error('backend down'));
+    await call.catch(() => undefined);
+    await Promise.resolve();
+    expect(running.released).toBe(1);
+    expect(running.errors).toHaveLength(1);
+  });
 });
