@@ -568,6 +568,9 @@ export class RedisSource<T = unknown> implements Source<T> {
   /** XCLAIM (with no idle bound) counts one more delivery of an entry this consumer holds, and returns it. */
   async #redeliver(held: Held): Promise<void> {
     if (this.#pending.get(held.id) !== held) return;
+    // The runtime is stopping: each claim would count a delivery and be refused again, at once, until
+    // the source closes. Held as it is, the entry stays pending for this consumer's next run.
+    if ((this.#life.host as SourceHost).bus.refusal !== undefined) return;
     let entries: Entry[];
     try {
       entries = (await (this.#held as HeldRedis).redis.callBuffer(
@@ -602,7 +605,7 @@ export class RedisSource<T = unknown> implements Source<T> {
   async #claimDead(): Promise<void> {
     const bus = (this.#life.host as SourceHost).bus;
     const room = this.#maxAckPending - this.#pending.size;
-    if (room <= 0 || !bus.hasSubscribers(this.#subject)) return;
+    if (room <= 0 || bus.refusal !== undefined || !bus.hasSubscribers(this.#subject)) return;
     const count = Math.max(1, Math.min(this.#readBatch, room, freeCapacity(bus, this.#subject)));
     const reply = (await (this.#held as HeldRedis).redis.callBuffer(
       'XAUTOCLAIM',

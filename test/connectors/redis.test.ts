@@ -7,6 +7,7 @@
  */
 import type { Redis } from 'ioredis';
 import {
+  actor,
   ConnectorError,
   createRuntime,
   DEAD_LETTER_HEADERS,
@@ -213,6 +214,35 @@ describe.skipIf(missing !== undefined)('Redis connector', () => {
     release();
     await until(async () => (await groupBacklog(redis, stream, 'g')) === 0, 'acknowledged by the first reader');
     expect(b.stats.claimed).toBe(0);
+  });
+
+  test('an entry the stopping runtime refuses stays pending as it was, not claimed again and again', async () => {
+    const stream = streamKey();
+    const rt = createRuntime({ logger: quiet, shutdownDeadlineMs: 100 });
+    onTestFinished(() => rt.stop().then(() => undefined));
+    rt.spawn(
+      actor({
+        name: 'stuck',
+        subscribe: 'sd.in',
+        mailbox: { capacity: 1 },
+        maxInFlight: 1,
+        handle: () => new Promise<void>(() => undefined),
+      }),
+    );
+    const source = closing(
+      redisSource({ connection: REDIS, stream, group: 'g', consumer: 'sd', subject: 'sd.in', backoffMs: [0] }),
+    );
+    await source.start(rt);
+    for (const v of [1, 2, 3, 4, 5, 6]) await redis.xadd(stream, '*', 'data', String(v));
+    // Some in the actor, one waiting for room in its mailbox when the runtime stops.
+    await until(() => source.stats.received === source.stats.published + 1, 'one waiting for room');
+    await rt.stop();
+    await until(() => source.stats.retried >= 1, 'the refused entry given back');
+    // Each claim again is a round trip: give a loop of them time to show.
+    for (let i = 0; i < 50; i++) await redis.ping();
+    const rows = (await redis.call('XPENDING', stream, 'g', '-', '+', 10)) as [string, string, number, number][];
+    expect(rows.length).toBe(1);
+    expect(Number(rows[0]?.[3])).toBe(1);
   });
 
   test('a reader under the same consumer name reads its own pending entries at once', async () => {
