@@ -126,6 +126,9 @@ class Gateway implements WebSocketGateway {
     });
     this.#server.headersTimeout = 10_000;
     this.#server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+      // Node takes its own error listener off a socket it hands to 'upgrade': a peer that resets
+      // while it is authenticated or refused would otherwise be an uncaught exception.
+      socket.on('error', this.#onUpgradeError);
       this.#upgrade(req, socket, head).catch((error: unknown) => {
         this.#o.logger.error('websocket gateway: upgrade failed', error);
         this.#refuse(socket, 500, 'the gateway failed to authenticate the connection');
@@ -234,12 +237,18 @@ class Gateway implements WebSocketGateway {
     if (socket.destroyed) return;
     if (this.#closing) return this.#refuse(socket, 503, 'the gateway is closing');
     const who = identity;
+    // ws listens for errors from here on, and its WebSocket after it.
+    socket.off('error', this.#onUpgradeError);
     this.#wss.handleUpgrade(req, socket, head, (ws) => {
       const connection = new Connection(ws, who, o, this.#counters);
       this.#connections.add(connection);
       void connection.closed.then(() => this.#connections.delete(connection));
     });
   }
+
+  readonly #onUpgradeError = (error: Error): void => {
+    this.#o.logger.debug(`websocket gateway: upgrade socket: ${error.message}`);
+  };
 
   /** Answers an upgrade with an HTTP error and its reason as JSON, then closes the socket. */
   #refuse(socket: Socket, status: number, message: string): void {

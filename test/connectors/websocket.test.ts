@@ -1,3 +1,4 @@
+import { connect } from 'node:net';
 import type { Envelope } from 'sluice';
 import { CloseCode, GATEWAY_PROTOCOL, websocketGateway } from 'sluice/connectors/websocket';
 import { describe, expect, test } from 'vitest';
@@ -81,6 +82,40 @@ describe('websocket gateway - authentication', () => {
       status: 503,
       body: { message: 'the gateway holds its maximum of 1 connections' },
     });
+  });
+
+  test('a peer that resets its connection while it is being authenticated is let go, without crashing the process', async () => {
+    let entered!: () => void;
+    const authenticating = new Promise<void>((resolve) => {
+      entered = resolve;
+    });
+    let answer!: (identity: { name: string }) => void;
+    const { gateway, log } = await startGateway({
+      authenticate: ({ token }) => {
+        if (token !== undefined) return { name: token };
+        entered();
+        return new Promise((resolve) => {
+          answer = resolve;
+        });
+      },
+    });
+    const url = new URL(gateway.url);
+    const socket = connect(Number(url.port), url.hostname);
+    socket.on('error', () => undefined);
+    await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+    socket.write(
+      'GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sluice.v1\r\n\r\n',
+    );
+    await authenticating;
+    // Node takes its own error listener off a socket it hands to 'upgrade': an error with no
+    // listener of the gateway's is an uncaught exception.
+    socket.resetAndDestroy();
+    await until(() => log.lines.some((l) => l.includes('ECONNRESET')), 'the reset to be logged');
+    answer({ name: 'gone' });
+    const next = await openClient(gateway, 'next');
+    expect(next.frames[0]).toMatchObject({ op: 'hello', name: 'next' });
+    expect(gateway.stats().connections).toBe(1);
   });
 
   test('options: an identity is required, auth: false only on loopback, tokens are long enough', async () => {
