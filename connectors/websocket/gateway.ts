@@ -92,6 +92,8 @@ class Gateway implements WebSocketGateway {
   readonly #counters: GatewayCounters = { slowConsumers: 0, highWaterBytes: 0 };
   /** Upgrades being authenticated: they count against maxConnections already. */
   #upgrading = 0;
+  /** Sockets of upgrades not handed to ws yet (being authenticated, or refused and closing). */
+  readonly #upgrades = new Set<Socket>();
   #closing = false;
   #timer: NodeJS.Timeout | undefined;
   #port = 0;
@@ -129,6 +131,8 @@ class Gateway implements WebSocketGateway {
       // Node takes its own error listener off a socket it hands to 'upgrade': a peer that resets
       // while it is authenticated or refused would otherwise be an uncaught exception.
       socket.on('error', this.#onUpgradeError);
+      this.#upgrades.add(socket);
+      socket.once('close', () => this.#upgrades.delete(socket));
       this.#upgrade(req, socket, head).catch((error: unknown) => {
         this.#o.logger.error('websocket gateway: upgrade failed', error);
         this.#refuse(socket, 500, 'the gateway failed to authenticate the connection');
@@ -231,14 +235,16 @@ class Gateway implements WebSocketGateway {
     } finally {
       this.#upgrading--;
     }
+    // Gone, or refused meanwhile by close().
+    if (socket.destroyed || socket.writableEnded) return;
     if (identity === undefined) {
       return this.#refuse(socket, 401, token === undefined ? 'a bearer token is required' : 'the token is not valid');
     }
-    if (socket.destroyed) return;
     if (this.#closing) return this.#refuse(socket, 503, 'the gateway is closing');
     const who = identity;
     // ws listens for errors from here on, and its WebSocket after it.
     socket.off('error', this.#onUpgradeError);
+    this.#upgrades.delete(socket);
     this.#wss.handleUpgrade(req, socket, head, (ws) => {
       const connection = new Connection(ws, who, o, this.#counters);
       this.#connections.add(connection);
@@ -269,6 +275,13 @@ class Gateway implements WebSocketGateway {
     if (this.#closing) return;
     this.#closing = true;
     if (this.#timer !== undefined) clearInterval(this.#timer);
+    // An authenticate that never answers must not keep the gateway open: those upgrades are
+    // refused now, and any upgrade socket whose peer does not close it goes after the grace time.
+    for (const socket of this.#upgrades) if (!socket.writableEnded) this.#refuse(socket, 503, 'the gateway is closing');
+    const linger = setTimeout(() => {
+      for (const socket of this.#upgrades) socket.destroy();
+    }, this.#o.closeGraceMs);
+    linger.unref();
     const closed = [...this.#connections].map((c) => {
       c.close(CloseCode.GoingAway, 'the gateway is closing');
       return c.closed;
@@ -279,6 +292,7 @@ class Gateway implements WebSocketGateway {
       this.#server.close(() => resolve());
       this.#server.closeAllConnections();
     });
+    clearTimeout(linger);
   }
 }
 

@@ -118,6 +118,27 @@ describe('websocket gateway - authentication', () => {
     expect(gateway.stats().connections).toBe(1);
   });
 
+  test('closing the gateway while a connection is being authenticated refuses it with 503 and does not wait for the callback', async () => {
+    let entered!: () => void;
+    const authenticating = new Promise<void>((resolve) => {
+      entered = resolve;
+    });
+    const { gateway } = await startGateway({
+      authenticate: () => {
+        entered();
+        return new Promise(() => undefined); // a session store that never answers
+      },
+    });
+    const refused = refusal(gateway, protocolsFor('stuck'));
+    await authenticating;
+    let closed = false;
+    void gateway.close().then(() => {
+      closed = true;
+    });
+    expect(await refused).toMatchObject({ status: 503, body: { message: 'the gateway is closing' } });
+    await until(() => closed, 'the gateway to close');
+  });
+
   test('options: an identity is required, auth: false only on loopback, tokens are long enough', async () => {
     const { Bus } = await import('sluice');
     const bus = new Bus();
