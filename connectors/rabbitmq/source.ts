@@ -479,6 +479,10 @@ export class RabbitSource<T = unknown> implements Source<T> {
       // Held (within the prefetch) for the backoff, then requeued: RabbitMQ has no delayed nack.
       this.#life.later(delay, () => {
         if (held.generation !== this.#generation || this.#pending.get(held.msg.fields.deliveryTag) !== held) return;
+        // The runtime is stopping: requeued, it would come straight back to be refused again, each
+        // round counted by a quorum queue until its delivery limit drops it. Held, it goes back to
+        // the queue once, when the source closes its channel.
+        if ((this.#life.host as SourceHost).bus.refusal !== undefined) return;
         this.#pending.delete(held.msg.fields.deliveryTag);
         this.#stats.requeued++;
         const id = held.msg.properties.messageId;
@@ -528,6 +532,8 @@ export class RabbitSource<T = unknown> implements Source<T> {
       this.#life.log.error(`${this.name}: could not dead-letter a message to '${this.#deadLetter}': ${messageOf(e)}`);
     }
     if (held.generation !== this.#generation || this.#pending.get(tag) !== held) return;
+    // Refused by the stopping runtime: held until the source closes, as a failed message is.
+    if (!published && (this.#life.host as SourceHost).bus.refusal !== undefined) return;
     this.#pending.delete(tag);
     if (published) {
       this.#stats.terminated++;

@@ -7,6 +7,7 @@
  */
 import type { Channel, ChannelModel } from 'amqplib';
 import {
+  actor,
   ConnectorError,
   createRuntime,
   DEAD_LETTER_HEADERS,
@@ -217,6 +218,43 @@ describe.skipIf(missing !== undefined)('RabbitMQ connector', () => {
     expect(seen).toEqual(['0@1', '1@1', '2@1', '3@1', '4@1', '5@1', '1@2']);
     expect(source.stats.requeued).toBe(1);
     expect(source.stats.reconnects).toBe(0);
+  });
+
+  test('a message the stopping runtime refuses is held until close, not requeued round and round past the delivery limit', async () => {
+    const q = name('stopping');
+    const rt = createRuntime({ logger: quiet, shutdownDeadlineMs: 100 });
+    onTestFinished(() => rt.stop().then(() => undefined));
+    rt.spawn(
+      actor({
+        name: 'stuck',
+        subscribe: 'st.in',
+        mailbox: { capacity: 1 },
+        maxInFlight: 1,
+        handle: () => new Promise<void>(() => undefined),
+      }),
+    );
+    const source = closing(
+      rabbitSource({
+        queue: q,
+        subject: 'st.in',
+        connection: vhost.connection,
+        declare: { type: 'quorum', deliveryLimit: 2 },
+        backoffMs: [0],
+      }),
+    );
+    await source.start(rt);
+    await send(q, [1, 2, 3]);
+    // One in the actor and one in its mailbox (the prefetch): the third comes once the stopping
+    // runtime dead-lettered those, and the bus refuses it.
+    await until(() => source.stats.published === 2, 'two delivered');
+    await rt.stop();
+    await until(() => source.stats.received >= 3, 'the third received');
+    // Each requeue is a round trip to the server and back: give a loop of them time to show.
+    for (let i = 0; i < 20; i++) await channel.checkQueue(q);
+    expect(source.stats.requeued).toBe(0);
+    await source.close();
+    // Requeued by the server as the channel closed, within the delivery limit: kept for the next run.
+    await until(async () => (await vhost.backlog(q)) === 1, 'the refused message back in the queue');
   });
 
   test("a quorum queue's delivery count is the attempt, and its delivery limit is respected", async () => {
