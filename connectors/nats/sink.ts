@@ -188,6 +188,7 @@ export class NatsSink<T = unknown> implements Sink<T> {
     if (held.nc.isClosed()) throw new ConnectorError(this.name, 'the connection is closed', { retryable: true });
     // Encoded before anything is sent: a value the codec refuses fails the batch, nothing half-sent.
     const out: Outgoing[] = [];
+    const maxPayload = held.nc.info?.max_payload;
     for (const record of records) {
       if (this.#store !== undefined && committedBefore(this.#store, this.#namespace, record)) {
         this.#stats.skipped++;
@@ -205,11 +206,40 @@ export class NatsSink<T = unknown> implements Sink<T> {
         if (record.revision !== undefined) extra[REVISION_HEADER] = String(record.revision);
         headers = writeHeaders(env?.headers, env?.key, env?.eventTime, extra);
       }
+      if (maxPayload !== undefined) this.#checkSize(record, subject, bytes, headers, id, maxPayload);
       out.push({ record, subject, bytes, headers, id });
     }
     if (out.length === 0) return;
     if (this.#jetstream) await this.#writeJetStream(out);
     else await this.#writeCore(out, held);
+  }
+
+  /**
+   * The client refuses a message past the server's `max_payload` (payload and headers) when it is
+   * published: in a core batch after the messages before it had gone out, so every retry sent
+   * those again. Sending it again can never work, so it fails the batch before anything is sent.
+   */
+  #checkSize(
+    record: SinkRecord<T>,
+    subject: string,
+    bytes: Uint8Array,
+    headers: MsgHdrs | undefined,
+    id: string,
+    limit: number,
+  ): void {
+    let size = bytes.length;
+    if (size <= limit && this.#jetstream) {
+      // JetStream adds `Nats-Msg-Id: <id>` to the headers (and their `NATS/1.0` line when there are none).
+      size += (headers === undefined ? 12 : 0) + 15 + Buffer.byteLength(id);
+    }
+    if (size <= limit && headers !== undefined) size += headers.encode().length;
+    if (size > limit) {
+      throw new ConnectorError(
+        this.name,
+        `record '${record.key}' is ${size} bytes on '${subject}' (payload and headers), over the server's max_payload of ${limit} bytes`,
+        { retryable: false },
+      );
+    }
   }
 
   async #writeCore(out: readonly Outgoing[], held: HeldConnection): Promise<void> {

@@ -419,6 +419,33 @@ describe.skipIf(missing !== undefined)('NATS connector', () => {
     expect(info.num_ack_pending).toBe(0);
   });
 
+  test('a record larger than the server takes fails its batch before any of it is sent: a retry doubles nothing', async () => {
+    // The sink's connection is the test's: the round trip of its flush brings what was published.
+    const sink = await natsSink({ connection: nc, subject: 'big.out' });
+    onTestFinished(() => sink.close());
+    const seen: unknown[] = [];
+    const sub = nc.subscribe('big.out', { callback: (_, m) => void seen.push(m.json()) });
+    onTestFinished(() => sub.unsubscribe());
+    await nc.flush();
+    const limit = nc.info?.max_payload ?? 0;
+    expect(limit).toBeGreaterThan(0);
+    const batch = [
+      { key: 'small-1', value: 'a', revision: undefined, envelope: undefined },
+      { key: 'huge', value: 'x'.repeat(limit + 1), revision: undefined, envelope: undefined },
+      { key: 'small-2', value: 'b', revision: undefined, envelope: undefined },
+    ];
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const err = await sink.write(batch).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ConnectorError);
+      // Sending it again fails the same way: not retryable, and it names the record and the limit.
+      expect(err).toMatchObject({ retryable: false });
+      expect((err as Error).message).toContain("'huge'");
+      expect((err as Error).message).toContain(`${limit} bytes`);
+    }
+    await nc.flush();
+    expect(seen).toEqual([]);
+  });
+
   test('sink errors are surfaced: a batch JetStream does not acknowledge fails, and its inputs are retried then dead-lettered', async () => {
     const rt = runtime();
     const sink = await natsSink({
