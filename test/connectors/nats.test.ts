@@ -231,8 +231,13 @@ describe.skipIf(missing !== undefined)('NATS connector', () => {
     expect(dead[0]?.headers[DEAD_LETTER_HEADERS.error]).toContain(`no route for '${s.prefix}.unrouted'`);
     expect(dead[0]?.headers['sluice-stream-sequence']).toBe('1');
     expect(source.stats.terminated).toBe(1);
+    // The ack and the term are not waited for: the server has them a moment later.
+    await until(
+      async () => (await s.jsm.consumers.info(s.name, 'c')).num_ack_pending === 0,
+      'the ack and the term on the server',
+    );
     const info = await s.jsm.consumers.info(s.name, 'c');
-    expect(info.num_ack_pending + info.num_pending + info.num_redelivered).toBe(0);
+    expect(info.num_pending + info.num_redelivered).toBe(0);
   });
 
   test('a message failing on its last delivery is dead-lettered and termed; one failing before is nak-ed and retried', async () => {
