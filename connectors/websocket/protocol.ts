@@ -138,7 +138,8 @@ function encode(env: Envelope, head: string): string {
   const hasHeaders = Object.keys(env.headers).length > 0;
   return (
     `${head}"subject":${JSON.stringify(env.subject)},"messageId":${JSON.stringify(env.id)},` +
-    `"eventTime":${env.eventTime}` +
+    // NaN, Infinity and undefined have no JSON number (a late copy forwarded for missing-event-time).
+    `"eventTime":${Number.isFinite(env.eventTime) ? env.eventTime : null}` +
     (env.key === undefined ? '' : `,"key":${JSON.stringify(env.key)}`) +
     (hasHeaders ? `,"headers":${JSON.stringify(env.headers)}` : '') +
     (env.replyTo === undefined ? '' : `,"replyTo":${JSON.stringify(env.replyTo)}`) +

@@ -1,5 +1,5 @@
 import { connect } from 'node:net';
-import type { Envelope } from 'sluice';
+import { createEnvelope, type Envelope } from 'sluice';
 import { CloseCode, GATEWAY_PROTOCOL, websocketGateway } from 'sluice/connectors/websocket';
 import { describe, expect, test } from 'vitest';
 import { until } from './conformance.ts';
@@ -187,6 +187,21 @@ describe('websocket gateway - subjects and permissions', () => {
     await alice.next((f) => f.op === 'ack' && f.sid === 'w' && alice.frames.indexOf(f) > 2);
     expect(gateway.stats().subscriptions).toBe(0);
     expect(bus.subscriptions).toBe(1); // the test's own
+  });
+
+  test('a message without a finite event time (a late copy forwarded for missing-event-time) is a valid frame, eventTime null', async () => {
+    const { bus, gateway } = await startGateway();
+    const alice = await openClient(gateway, ALICE);
+    alice.send({ op: 'sub', sid: 'late', subject: 'feed.>' });
+    await alice.next((f) => f.op === 'ack');
+    const raw: string[] = [];
+    alice.ws.prependListener('message', (data) => void raw.push(String(data)));
+    const late = createEnvelope('clicks', { page: '/x' });
+    await bus.forward({ ...late, subject: 'feed.late', eventTime: Number.NaN });
+    await bus.forward({ ...late, subject: 'feed.late', eventTime: undefined });
+    await bus.forward({ ...late, subject: 'feed.late', eventTime: Number.POSITIVE_INFINITY });
+    await alice.next((f) => f.op === 'msg' && alice.frames.filter((g) => g.op === 'msg').length === 3);
+    expect(raw.map((text) => (JSON.parse(text) as { eventTime: unknown }).eventTime)).toEqual([null, null, null]);
   });
 
   test('a denied subscription is refused with an error frame naming the client, subject and rule', async () => {
