@@ -155,6 +155,16 @@ class Connection {
         }),
       );
     }
+    if (this.#ws.readyState !== WebSocket.OPEN) {
+      // A closing or closed WebSocket drops what it is given, and no answer would ever come.
+      return Promise.reject(
+        new GatewayError({
+          code: 'SLUICE_ERR_CLOSED',
+          message: `the connection is closed: '${frame.op}' for '${frame.subject ?? frame.sid}' was not sent`,
+          subject: frame.subject,
+        }),
+      );
+    }
     return new Promise((resolve, reject) => {
       this.#pending.set(key, { resolve, reject });
       this.#ws.send(text);

@@ -1,7 +1,7 @@
 import { connect } from 'node:net';
 import { createEnvelope, type Envelope } from 'sluice';
 import { CloseCode, GATEWAY_PROTOCOL, websocketGateway } from 'sluice/connectors/websocket';
-import { describe, expect, test } from 'vitest';
+import { describe, expect, onTestFinished, test } from 'vitest';
 import { until } from './conformance.ts';
 import { ALICE, BOB, openClient, protocolsFor, refusal, startGateway } from './websocketHelpers.ts';
 
@@ -429,5 +429,42 @@ describe('websocket gateway - backpressure and cleanup', () => {
     for (const sid of ['1', '2', '3']) alice.send({ op: 'sub', sid, subject: `views.${sid}` });
     expect(await alice.next((f) => f.op === 'err')).toMatchObject({ sid: '3', field: 'frame.sid' });
     expect(gateway.stats().subscriptions).toBe(2);
+  });
+});
+
+describe('websocket gateway - the client module', () => {
+  test('a publish, request or subscription after the connection closed rejects with SLUICE_ERR_CLOSED instead of waiting for ever', async () => {
+    const { gateway } = await startGateway();
+    // The module is written for a browser's WebSocket; ws's has the same event interface.
+    const { WebSocket } = await import('ws');
+    const saved = (globalThis as { WebSocket?: unknown }).WebSocket;
+    (globalThis as { WebSocket?: unknown }).WebSocket = WebSocket;
+    onTestFinished(() => {
+      (globalThis as { WebSocket?: unknown }).WebSocket = saved;
+    });
+    const { connect } = (await import(new URL('../../connectors/websocket/client.js', import.meta.url).href)) as {
+      connect(options: { url: string; token: string }): Promise<{
+        publish(subject: string, data: unknown): Promise<void>;
+        request(subject: string, data: unknown): Promise<unknown>;
+        subscribe(subject: string, onMessage: () => void): { ready: Promise<void> };
+        close(): Promise<{ code: number }>;
+      }>;
+    };
+    const conn = await connect({ url: gateway.url, token: ALICE });
+    await conn.publish('clicks', 1);
+    expect(await conn.close()).toMatchObject({ code: 1000 });
+    let timer: NodeJS.Timeout | undefined;
+    const within = <T>(p: Promise<T>) =>
+      Promise.race([
+        p,
+        new Promise<never>((_resolve, reject) => {
+          timer = setTimeout(() => reject(new Error('never settled')), 2_000);
+        }),
+      ]).finally(() => clearTimeout(timer));
+    await expect(within(conn.publish('clicks', 2))).rejects.toMatchObject({ code: 'SLUICE_ERR_CLOSED' });
+    await expect(within(conn.request('svc.echo', 3))).rejects.toMatchObject({ code: 'SLUICE_ERR_CLOSED' });
+    await expect(within(conn.subscribe('views.1m', () => {}).ready)).rejects.toMatchObject({
+      code: 'SLUICE_ERR_CLOSED',
+    });
   });
 });
