@@ -341,6 +341,8 @@ export class RabbitSink<T = unknown> implements Sink<T> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    // A connection a batch is opening now (after a drop) is closed with the rest, not left open.
+    await this.#opening?.catch(() => undefined);
     await this.#channel?.waitForConfirms().catch(() => undefined);
     await this.#model?.close().catch(() => undefined);
   }

@@ -17,9 +17,9 @@ import {
   type Runtime,
   type SinkRecord,
 } from 'sluice';
-import { rabbitSink, rabbitSource } from 'sluice/connectors/rabbitmq';
+import { RabbitSink, rabbitSink, rabbitSource } from 'sluice/connectors/rabbitmq';
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
-import { createTestVhost, made, RABBITMQ, rabbitMissing, type TestVhost } from '../services/rabbitmq.ts';
+import { createTestVhost, made, RABBITMQ, rabbitMissing, rabbitmqctl, type TestVhost } from '../services/rabbitmq.ts';
 import { until } from './conformance.ts';
 
 const missing = await rabbitMissing('the RabbitMQ connector tests');
@@ -392,6 +392,21 @@ describe.skipIf(missing !== undefined)('RabbitMQ connector', () => {
     await expect(rabbitSink({ connection: vhost.connection, exchange: name('absent') })).rejects.toThrow(
       /exchange .* is not available/,
     );
+  });
+
+  test('a sink closed while a batch opens its connection closes that connection too', async () => {
+    const x = name('closing');
+    await channel.assertExchange(x, 'fanout', { durable: false });
+    const connections = async () =>
+      (await rabbitmqctl('list_connections', '-p', vhost.vhost, 'name')).split('\n').filter((l) => l.includes('->'))
+        .length;
+    const before = await connections();
+    // The connection a batch opens, as after a dropped one, and the sink closed meanwhile.
+    const sink = new RabbitSink({ connection: vhost.connection, exchange: x, routingKey: 'k', mandatory: false });
+    const writing = sink.write([record('a', 1)]).catch(() => undefined);
+    await sink.close();
+    await writing;
+    await until(async () => (await connections()) === before, 'no connection of the sink left');
   });
 
   test('connections dropped by the server mid-stream: the source reconnects and nothing acknowledged is lost', async () => {
