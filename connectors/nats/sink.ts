@@ -4,7 +4,7 @@
  * the keys committed kept in the embedded store so that a replay after JetStream's duplicate window
  * is still skipped. See docs/nats.md.
  */
-import { type JetStreamClient, jetstream } from '@nats-io/jetstream';
+import { JetStreamApiError, type JetStreamClient, jetstream } from '@nats-io/jetstream';
 import type { MsgHdrs } from '@nats-io/transport-node';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
 import { encodeWith } from '../../runtime/codec.ts';
@@ -294,10 +294,14 @@ export class NatsSink<T = unknown> implements Sink<T> {
     }
     if (errors.length > 0) {
       const first = errors[0];
+      // A retryable ConnectorError says the broker was lost, and its batch is retried whole. A
+      // message the stream refused for what it is fails again, whole batch or not: said so, the
+      // batch's inputs are retried one at a time and only that one is dead-lettered.
+      const retryable = errors.every((e) => !refusedForGood(e) && (!(e instanceof SluiceError) || e.retryable));
       throw new ConnectorError(
         this.name,
         `${errors.length} of ${out.length} JetStream publishes were not acknowledged (first on '${out[0]?.subject}'): ${messageOf(first)}`,
-        { cause: first, retryable: !(first instanceof SluiceError) || first.retryable },
+        { cause: first, retryable },
       );
     }
   }
@@ -316,6 +320,16 @@ interface Outgoing {
   readonly bytes: Uint8Array;
   readonly headers: MsgHdrs | undefined;
   readonly id: string;
+}
+
+/**
+ * JetStream's answers that refuse the message itself, whenever it is sent: larger than the
+ * stream's `max_msg_size` (10054), headers over its limit (10097).
+ */
+const REFUSED_FOR_GOOD = new Set([10_054, 10_097]);
+
+function refusedForGood(error: unknown): boolean {
+  return error instanceof JetStreamApiError && REFUSED_FOR_GOOD.has(error.code);
 }
 
 function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {

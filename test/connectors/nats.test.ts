@@ -484,6 +484,35 @@ describe.skipIf(missing !== undefined)('NATS connector', () => {
     expect(sink.stats.failed).toBeGreaterThanOrEqual(3);
   });
 
+  test('a message its stream refuses for its size fails alone: its batchmates are written, not dead-lettered with it', async () => {
+    const name = `S${++n}`;
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.add({ name, subjects: [`s${n}.>`], max_msg_size: 256 });
+    const rt = runtime();
+    const sink = await natsSink<string>({ connection: { servers: server.url }, jetstream: true, subject: `s${n}.out` });
+    onTestFinished(() => sink.close());
+    const dead: Envelope[] = [];
+    rt.bus.subscribe('$DLQ.to-capped', { callback: (env) => void dead.push(env) });
+    const ref = rt.spawn(
+      sinkActor<string>({
+        name: 'to-capped',
+        subscribe: 'cap.in',
+        sink,
+        key: (env) => `k/${env.data.slice(0, 8)}`,
+        // The five fill one batch at once; a retry waits 200 ms for company.
+        batch: { maxSize: 5, maxWaitMs: 200 },
+        retry: { maxAttempts: 3, backoff: { initialMs: 10, maxMs: 10 } },
+      }),
+    );
+    for (const v of ['good-1', 'good-2', `too-big-${'x'.repeat(300)}`, 'good-3', 'good-4'])
+      await rt.bus.publish('cap.in', v);
+    await until(() => ref.counters.acked + ref.counters.deadLettered === 5, 'every input settled', 10_000);
+    expect(dead.map((e) => e.data)).toEqual([`too-big-${'x'.repeat(300)}`]);
+    expect(dead[0]?.headers[DEAD_LETTER_HEADERS.error]).toContain('maximum');
+    expect(ref.counters.acked).toBe(4);
+    expect((await jsm.streams.info(name)).state.messages).toBe(4);
+  });
+
   test('committed keys in the store outlive the duplicate window: a late replay doubles nothing', async () => {
     // Two streams: JetStream de-duplicates by message id per stream, whatever the subject.
     const s = await stream({ duplicateWindowMs: 200 });
