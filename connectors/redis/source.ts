@@ -252,11 +252,16 @@ export class RedisSource<T = unknown> implements Source<T> {
     this.#held = { redis: held.value, owned: true };
     this.#reader = reader.value;
     try {
+      // Closed while connecting: close found no connections to close, so they are closed here.
+      if (this.#life.closed) throw new ClosedError(this.name, 'closed while starting');
       await this.#ensureGroup();
       await this.#refreshLag();
+      if (this.#life.closed) throw new ClosedError(this.name, 'closed while starting');
     } catch (error) {
       this.#reader?.disconnect();
       await closeRedis(this.#held);
+      // A source closed while it started has nothing to report: it was asked to stop.
+      if (this.#life.closed) return;
       throw error;
     }
     const health = this.#life.register('redis', `redis:${this.#stream}`, this.#group);

@@ -331,6 +331,31 @@ describe.skipIf(missing !== undefined)('Redis connector', () => {
     await redis.del(`${out}:wrong`);
   });
 
+  test('a source closed while it starts closes the connections it was making, and reads nothing', async () => {
+    const stream = streamKey();
+    const connectionName = `sluice-closing-${n}`;
+    const rt = runtime();
+    rt.bus.subscribe('cs.in', { callback: () => undefined });
+    const source = redisSource({
+      connection: { ...REDIS, client: { connectionName } },
+      stream,
+      group: 'g',
+      subject: 'cs.in',
+    });
+    const starting = source.start(rt).catch((error: unknown) => error);
+    await source.close();
+    await starting;
+    const left = async () =>
+      (await redis.call('CLIENT', 'LIST', 'TYPE', 'normal'))
+        .toString()
+        .split('\n')
+        .filter((line) => line.includes(` name=${connectionName} `)).length;
+    await until(async () => (await left()) === 0, 'no connection of the source left');
+    await redis.xadd(stream, '*', 'data', '1');
+    for (let i = 0; i < 20; i++) await redis.ping();
+    expect(source.stats.received).toBe(0);
+  });
+
   test('connections killed mid-stream: the source reconnects and every entry is handled, none lost', async () => {
     const stream = streamKey();
     const rt = runtime();
