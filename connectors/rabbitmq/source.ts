@@ -214,6 +214,8 @@ export class RabbitSource<T = unknown> implements Source<T> {
     this.#life.begin(host, options);
     this.#target = rabbitTarget(this.#options.connection, `${this.name}.connection`);
     await this.#open();
+    // Closed while it started (the connection is closed already): nothing to register or poll.
+    if (this.#life.closed) return;
     this.#life.register('rabbitmq', `rabbitmq:${this.#queue}`, this.name);
     this.#life.every(this.#lagRefreshMs, () =>
       this.#channel?.checkQueue(this.#queue).then((ok) => {

@@ -394,6 +394,18 @@ describe.skipIf(missing !== undefined)('RabbitMQ connector', () => {
     );
   });
 
+  test('a source closed while it starts is listed as closed, not as a live source', async () => {
+    const q = name('startclose');
+    const rt = runtime();
+    rt.bus.subscribe('sc.in', { callback: () => undefined });
+    const source = rabbitSource({ queue: q, subject: 'sc.in', connection: vhost.connection, declare: {} });
+    const starting = source.start(rt).catch((error: unknown) => error);
+    await source.close();
+    await starting;
+    const listed = rt.status().sources.find((s) => s.name === source.name);
+    expect(listed?.connection ?? 'closed').toBe('closed');
+  });
+
   test('a sink closed while a batch opens its connection closes that connection too', async () => {
     const x = name('closing');
     await channel.assertExchange(x, 'fanout', { durable: false });
