@@ -232,7 +232,8 @@ export class NatsSink<T = unknown> implements Sink<T> {
       // JetStream adds `Nats-Msg-Id: <id>` to the headers (and their `NATS/1.0` line when there are none).
       size += (headers === undefined ? 12 : 0) + 15 + Buffer.byteLength(id);
     }
-    if (size <= limit && headers !== undefined) size += headers.encode().length;
+    // The headers' text is what goes on the wire.
+    if (size <= limit && headers !== undefined) size += Buffer.byteLength(headers.toString());
     if (size > limit) {
       throw new ConnectorError(
         this.name,
