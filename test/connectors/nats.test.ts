@@ -180,20 +180,26 @@ describe.skipIf(missing !== undefined)('NATS connector', () => {
     expect(seen[0]).toEqual({ data: { x: [1, 2] }, type: 'application/msgpack' });
   });
 
-  test('a payload that does not decode is dead-lettered by the source and termed, never redelivered', async () => {
+  /** A started JetStream source on a new stream; what reaches `pattern` and its dead letters are kept. */
+  const deadLettering = async (pattern: string, subject: string | ((natsSubject: string) => string)) => {
     const s = await stream();
     const rt = runtime();
     const good: unknown[] = [];
     const dead: Envelope[] = [];
-    rt.bus.subscribe('dq.in', { callback: (env) => void good.push(env.data) });
+    rt.bus.subscribe(pattern, { callback: (env) => void good.push(env.data) });
     rt.bus.subscribe('$DLQ.nats.>', { callback: (env) => void dead.push(env) });
     const source = natsSource({
       connection: { servers: server.url },
       jetstream: { stream: s.name, consumer: 'c', ackWaitMs: 1_000 },
-      subject: 'dq.in',
+      subject,
     });
     onTestFinished(() => source.close());
     await source.start(rt);
+    return { s, good, dead, source };
+  };
+
+  test('a payload that does not decode is dead-lettered by the source and termed, never redelivered', async () => {
+    const { s, good, dead, source } = await deadLettering('dq.in', 'dq.in');
     await s.js.publish(`${s.prefix}.a`, encoder.encode('{not json'));
     await s.js.publish(`${s.prefix}.a`, json(2));
     await until(() => good.length === 1 && dead.length === 1, 'one good, one dead letter');
@@ -209,22 +215,10 @@ describe.skipIf(missing !== undefined)('NATS connector', () => {
   });
 
   test('a message its subject function refuses is dead-lettered with the error and termed, not redelivered for good', async () => {
-    const s = await stream();
-    const rt = runtime();
-    const good: unknown[] = [];
-    const dead: Envelope[] = [];
-    rt.bus.subscribe('sf.>', { callback: (env) => void good.push(env.data) });
-    rt.bus.subscribe('$DLQ.nats.>', { callback: (env) => void dead.push(env) });
-    const source = natsSource({
-      connection: { servers: server.url },
-      jetstream: { stream: s.name, consumer: 'c', ackWaitMs: 1_000 },
-      subject: (natsSubject) => {
-        if (natsSubject.endsWith('.unrouted')) throw new Error(`no route for '${natsSubject}'`);
-        return 'sf.in';
-      },
+    const { s, good, dead, source } = await deadLettering('sf.>', (natsSubject) => {
+      if (natsSubject.endsWith('.unrouted')) throw new Error(`no route for '${natsSubject}'`);
+      return 'sf.in';
     });
-    onTestFinished(() => source.close());
-    await source.start(rt);
     await s.js.publish(`${s.prefix}.unrouted`, json(1));
     await s.js.publish(`${s.prefix}.a`, json(2));
     await until(() => good.length === 1 && dead.length === 1, 'one good message, one dead letter', 5_000);
