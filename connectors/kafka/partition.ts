@@ -1,5 +1,5 @@
 import type { RecordsBatch } from '@platformatic/kafka';
-import { deliveriesOf, type Lineage, SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
+import { deliveriesOf, type Lineage, SourceLineage, type SourceSettlement, trackerOf } from '../../runtime/lineage.ts';
 import { encodeRuns, MAX_COMMIT_METADATA, mergeRuns, PartitionLedger } from './partitionLedger.ts';
 
 /**
@@ -145,13 +145,92 @@ const toSettler: SourceSettlement<RecordDelivery> = {
   sourceSettled: (d, _lineage, error) => d.settler.settled(d.part, d.record, d.index, error),
 };
 
+/**
+ * A record's lineage that also keeps its count of references where a transactional sink can read
+ * it: whether the sink's batch holds the last ones, or another branch (a second subscriber, an
+ * actor's other output) still holds the record.
+ */
+class RecordLineage extends SourceLineage<RecordDelivery> {
+  readonly delivery: RecordDelivery;
+  refs = 1;
+  constructor(delivery: RecordDelivery) {
+    super(toSettler, delivery, `${delivery.part.key}:${delivery.record.offset}`);
+    this.delivery = delivery;
+  }
+  override retain(): void {
+    this.refs++;
+    super.retain();
+  }
+  override absorb(): void {
+    this.refs++;
+    super.absorb();
+  }
+  override release(error?: unknown): void {
+    if (this.refs > 0) this.refs--;
+    super.release(error);
+  }
+}
+
 export function recordLineage(
   settler: Settler,
   part: Partition,
   record: PendingRecord,
   index: number,
 ): SourceLineage<RecordDelivery> {
-  return new SourceLineage(toSettler, { settler, part, record, index }, `${part.key}:${record.offset}`);
+  return new RecordLineage({ settler, part, record, index });
+}
+
+/**
+ * What giving back the references a sink's batch holds would settle, worked out before they are
+ * given back: the transaction that writes the batch may commit a record's offset only when nothing
+ * else holds the record. Each batch record holds one reference on its lineage; a lineage whose
+ * every reference is the batch's would settle and give back one on its upstream, and so on up to
+ * the source's record. A lineage whose counts cannot be read (a merge of several inputs, an input
+ * with no record yet) counts as held: its records settle later and a later commit passes them.
+ */
+export class BatchRelease {
+  readonly #settler: Settler;
+  /** References the batch accounts for, per lineage reached with more than one. */
+  readonly #given = new Map<object, number>();
+  /** Whether the record the last {@link give} reached settles once the batch's references go. */
+  settles = false;
+
+  constructor(settler: Settler) {
+    this.#settler = settler;
+  }
+
+  /**
+   * Counts the batch's reference on `lineage` (call it once per record of the batch); returns the
+   * delivery of the source's record it leads to, {@link settles} saying whether the batch's
+   * references are the last on it. Undefined when the chain does not lead to one of this source's
+   * records without a merge of several inputs (`tenureOfLineage` finds those).
+   */
+  give(lineage: Lineage | undefined): { readonly part: Partition; readonly record: PendingRecord } | undefined {
+    let all = true;
+    for (let l = lineage; l !== undefined; ) {
+      if (l instanceof RecordLineage) {
+        const d = l.delivery;
+        if (d.settler !== this.#settler) return undefined;
+        this.settles = all && this.#all(l, l.refs);
+        return d;
+      }
+      const t = trackerOf(l);
+      if (t === undefined) return undefined;
+      // Past a link something else holds, nothing settles: the rest of the chain is only followed.
+      if (all) all = this.#all(t, t.inFlight + t.absorbed);
+      l = t.upstream;
+    }
+    return undefined;
+  }
+
+  /** One more reference of `of`'s `total` given back: whether it was the last. */
+  #all(of: object, total: number): boolean {
+    // The usual chain, one output per input, needs no count kept.
+    if (total === 1 && !this.#given.has(of)) return true;
+    const given = (this.#given.get(of) ?? 0) + 1;
+    this.#given.set(of, given);
+    return given === total;
+  }
 }
 
 /**

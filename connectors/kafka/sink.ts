@@ -21,7 +21,7 @@ import {
   type KafkaConnectionOptions,
   probeConnection,
 } from './config.ts';
-import type { KafkaTenure } from './partition.ts';
+import { BatchRelease, type KafkaTenure } from './partition.ts';
 import {
   KAFKA_HEADERS,
   type KafkaCommit,
@@ -171,6 +171,8 @@ export class KafkaSink<T = unknown> implements Sink<T> {
    * broker), the group's offsets tell whether it committed, before anything is written again.
    */
   #unsure: Unsure<T> | undefined;
+  /** Commits the source's offsets settled since the last transaction, while no records come. */
+  #idleCommits: ReturnType<typeof setInterval> | undefined;
   /** Per tenure of a source partition, the inputs whose outputs this sink wrote in it. */
   readonly #inputs = new WeakMap<KafkaTenure, Set<number>>();
 
@@ -224,6 +226,18 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     await probeConnection(this.name, this.#connection);
     this.#producer = await this.#connect();
     this.#opened = true;
+    const source = this.#source;
+    if (source === undefined) return;
+    // Inputs another branch held when their outputs' transaction committed settle later, and
+    // only a transaction commits this source's offsets: with no more records to write, one of
+    // offsets alone does, or a restart would read them again.
+    this.#idleCommits = setInterval(() => {
+      if (this.#writes > 0 || this.#closed || !source.settledPastCommit()) return;
+      this.write([]).catch((error: unknown) =>
+        this.#log.warn(`kafka sink '${this.name}' could not commit settled offsets: ${messageOf(error)}`),
+      );
+    }, source.commitIntervalMs);
+    this.#idleCommits.unref();
   }
 
   async #connect(): Promise<Producer<string | undefined, Buffer, string, string>> {
@@ -335,7 +349,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     let offsets: KafkaCommit[] = [];
     let membership: KafkaGroupMembership | undefined;
     // Per record of `todo`, the source input it was read as (found once here, used at the commit).
-    const readIns: (ReadIn | undefined)[] = [];
+    const readIns: ReadIns = { tenures: [], offsets: [] };
     if (source !== undefined) {
       // A transaction names the group's current generation: wait out a rebalance under way.
       membership = await source.awaitMembership(MEMBERSHIP_WAIT_MS);
@@ -343,18 +357,36 @@ export class KafkaSink<T = unknown> implements Sink<T> {
         throw new ConnectorError(this.name, `source '${source.name}' has no group generation to commit with`, {
           retryable: true,
         });
-      const positions: KafkaPosition[] = [];
       const tenures = source.tenures();
+      // Per partition of the batch's inputs (each is committed, which fences a member the group
+      // dropped), the inputs whose every reference is this batch's: only those are done when it
+      // commits. An input another branch still holds (a second subscriber, an actor's output
+      // elsewhere) is not: committed with this batch, its offset went past work not done yet (lost
+      // on a crash), and the next transaction's floor moved back below it. A later commit passes it.
+      const inputs = new Map<KafkaTenure, number[]>();
+      const release = new BatchRelease(source);
+      // Consecutive records mostly come from one partition: its list is looked up once.
+      let lastTenure: KafkaTenure | undefined;
+      let done: number[] = [];
       todo = records.filter((r) => {
+        const lineage = r.envelope?.lineage;
+        const delivery = release.give(lineage);
         const p = positionOf(r, source);
         if (p === undefined) {
           if (this.#wrote(r)) return false;
-          readIns.push(undefined);
+          readIns.tenures.push(undefined);
+          readIns.offsets.push(-1);
           return true;
         }
         const tenure = tenures.get(p.topic)?.get(p.partition);
         if (tenure === undefined) return false; // taken away by a rebalance: its new owner writes it
-        const readIn = source.tenureOf(r.envelope?.lineage, p);
+        const readIn =
+          delivery !== undefined &&
+          delivery.record.offset === p.offset &&
+          delivery.part.partition === p.partition &&
+          delivery.part.topic === p.topic
+            ? delivery.part
+            : source.tenureOf(lineage, p);
         if (readIn !== undefined && readIn !== tenure) {
           // Read in an earlier tenure of the partition, lost and taken back since: the current
           // tenure reads the input again from the committed offset (or a committed transaction
@@ -363,37 +395,34 @@ export class KafkaSink<T = unknown> implements Sink<T> {
           // and the old tenure, revoked, ignores it.
           return false;
         }
-        if (this.#wrote(r)) {
-          // Written by a committed transaction (a retry, or a batch whose commit was not heard
-          // found committed): written again, a read_committed reader would see it twice.
-          // Its input is done: the offsets this transaction commits may pass it.
-          positions.push(p);
-          return false;
+        if (tenure !== lastTenure) {
+          lastTenure = tenure;
+          done = inputs.get(tenure) ?? [];
+          if (done.length === 0) inputs.set(tenure, done);
         }
+        if (readIn === tenure && release.settles) done.push(p.offset);
+        // Written by a committed transaction (a retry, or a batch whose commit was not heard
+        // found committed): written again, a read_committed reader would see it twice.
+        if (this.#wrote(r)) return false;
         if (p.offset < tenure.committed || tenure.doneAtTake(p.offset)) {
           // The group's committed offsets are the truth, as in Kafka Streams: a committed
           // transaction covered this input, so its outputs were written. A retry or a replay of
           // it, or an output of it in flight since an earlier tenure of the partition whose
           // lineage does not lead back to the source (lost, processed and committed by another
           // member, taken back), would be a second copy.
-          if (!this.#wroteInput(tenure, p.offset)) {
-            positions.push(p);
-            return false;
-          }
+          if (!this.#wroteInput(tenure, p.offset)) return false;
           // Another output of an input whose first outputs a committed batch of this tenure held
           // (a batch cut between them): not a copy, but its input's offset is committed already.
           this.#log.warn(
             `kafka sink '${this.name}': '${r.key}' comes after its input's offset was committed; keep an input's outputs in one batch for exactly-once`,
           );
-          readIns.push({ tenure: readIn ?? tenure, offset: p.offset });
-          return true;
         }
-        positions.push(p);
-        readIns.push({ tenure: readIn ?? tenure, offset: p.offset });
+        readIns.tenures.push(readIn ?? tenure);
+        readIns.offsets.push(p.offset);
         return true;
       });
       this.#stats.skipped += records.length - todo.length;
-      offsets = source.offsetsFor(positions);
+      offsets = source.offsetsFor(inputs);
       if (todo.length === 0 && offsets.length === 0) return;
     }
     let tx: Awaited<ReturnType<typeof producer.beginTransaction>> | undefined;
@@ -457,38 +486,37 @@ export class KafkaSink<T = unknown> implements Sink<T> {
    * What a committed transaction of `records` and `offsets` leaves known. `readIns`: per record,
    * the input it was read as, when the write found them (else they are looked up here).
    */
-  #committed(
-    records: readonly SinkRecord<T>[],
-    offsets: readonly KafkaCommit[],
-    readIns?: readonly (ReadIn | undefined)[],
-  ): void {
+  #committed(records: readonly SinkRecord<T>[], offsets: readonly KafkaCommit[], readIns?: ReadIns): void {
     const source = this.#source;
     this.#stats.transactions++;
     this.#stats.written += records.length;
     for (const r of records) this.#remember(r);
+    trimOldest(this.#recent, RECENT_KEYS);
     if (source !== undefined) {
       const tenures = readIns === undefined ? source.tenures() : undefined;
       // Consecutive records mostly come from one partition: its set of inputs is looked up once.
       let lastTenure: KafkaTenure | undefined;
       let inputs: Set<number> | undefined;
       for (let i = 0; i < records.length; i++) {
-        let input = readIns?.[i];
+        let tenure = readIns?.tenures[i];
+        let offset = readIns?.offsets[i] ?? -1;
         if (tenures !== undefined) {
           const r = records[i] as SinkRecord<T>;
           const p = positionOf(r, source);
           if (p === undefined) continue;
           // The tenure the input was read in: the current one may be a later one by now.
-          const tenure = source.tenureOf(r.envelope?.lineage, p) ?? tenures.get(p.topic)?.get(p.partition);
-          input = tenure === undefined ? undefined : { tenure, offset: p.offset };
+          tenure = source.tenureOf(r.envelope?.lineage, p) ?? tenures.get(p.topic)?.get(p.partition);
+          offset = p.offset;
         }
-        if (input === undefined) continue;
-        if (input.tenure !== lastTenure) {
-          lastTenure = input.tenure;
+        if (tenure === undefined) continue;
+        if (tenure !== lastTenure) {
+          if (inputs !== undefined) trimOldest(inputs, RECENT_KEYS);
+          lastTenure = tenure;
           inputs = this.#inputsOf(lastTenure);
         }
-        (inputs as Set<number>).add(input.offset);
-        trimOldest(inputs as Set<number>, RECENT_KEYS);
+        (inputs as Set<number>).add(offset);
       }
+      if (inputs !== undefined) trimOldest(inputs, RECENT_KEYS);
       source.committedBySink(offsets);
     }
   }
@@ -611,7 +639,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     return held !== undefined && held >= (r.revision ?? -1);
   }
 
-  /** Keys written lately, so an in-process replay of a committed batch is skipped. */
+  /** Keys written lately, so an in-process replay of a committed batch is skipped (trimmed by the caller). */
   #remember(r: SinkRecord<T>): void {
     const recent = this.#recent;
     const size = recent.size;
@@ -621,7 +649,6 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       recent.delete(r.key);
       recent.set(r.key, r.revision ?? -1);
     }
-    trimOldest(recent, RECENT_KEYS);
   }
 
   #message(r: SinkRecord<T>): {
@@ -650,6 +677,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearInterval(this.#idleCommits);
     await this.#queue;
     await this.#producer?.close().catch((error: unknown) => {
       this.#log.warn(`kafka sink '${this.name}' did not close cleanly: ${messageOf(error)}`);
@@ -657,10 +685,13 @@ export class KafkaSink<T = unknown> implements Sink<T> {
   }
 }
 
-/** The source input an output came from: the tenure of its partition it was read in, and its offset. */
-interface ReadIn {
-  readonly tenure: KafkaTenure;
-  readonly offset: number;
+/**
+ * Per record written, the source input it came from: the tenure of its partition it was read in
+ * (undefined for none) and its offset, in two lists rather than an object per record.
+ */
+interface ReadIns {
+  readonly tenures: (KafkaTenure | undefined)[];
+  readonly offsets: number[];
 }
 
 interface Unsure<T> {

@@ -428,34 +428,42 @@ export class KafkaSource<T = unknown> implements Source<T> {
   }
 
   /**
-   * What a transaction holding the outputs of `positions` commits: per partition of this source
-   * still assigned, the floor as if those records were settled, with the offsets done above it as
-   * metadata (`sluice:<runs>`, the runs read at the take and not reached yet included, at most
-   * `MAX_COMMIT_METADATA` characters), so a restart skips them. Partitions taken away are
-   * left out: their new owner commits them.
+   * What a transaction holding outputs of `inputs` commits: per partition of them still assigned
+   * in the same tenure, the floor as if the inputs listed for it were settled (those whose every
+   * reference the transaction's batch holds), with the offsets done above it as metadata
+   * (`sluice:<runs>`, the runs read at the take and not reached yet included, at most
+   * `MAX_COMMIT_METADATA` characters), so a restart skips them; never below the offset committed
+   * before. Partitions taken away are left out: their new owner commits them. So is a partition
+   * of none of `inputs` whose floor has not moved past its committed offset: one that has
+   * (records another branch held when their outputs' transaction committed, settled since) is
+   * committed too.
    */
-  offsetsFor(positions: Iterable<KafkaPosition>): KafkaCommit[] {
-    // Grouped by topic, then partition number: no `topic:partition` string per position.
-    const byTopic = new Map<string, Map<number, number[]>>();
-    for (const p of positions) {
-      let partitions = byTopic.get(p.topic);
-      if (partitions === undefined) byTopic.set(p.topic, (partitions = new Map()));
-      let list = partitions.get(p.partition);
-      if (list === undefined) partitions.set(p.partition, (list = []));
-      list.push(p.offset);
-    }
+  offsetsFor(inputs: ReadonlyMap<KafkaTenure, readonly number[]>): KafkaCommit[] {
     const out: KafkaCommit[] = [];
-    for (const [topic, partitions] of byTopic) {
-      for (const [partition, offsets] of partitions) {
-        const part = this.#partitions.get(`${topic}:${partition}`);
-        if (part === undefined || part.revoked) continue;
-        const { offset, metadata } = part.commitFor(offsets, (message) =>
-          this.#log.warn(`kafka source '${this.name}': ${message}`),
-        );
-        out.push({ topic: part.ledger.topic, partition: part.ledger.partition, offset, metadata });
-      }
+    const warn = (message: string) => this.#log.warn(`kafka source '${this.name}': ${message}`);
+    const add = (part: Partition, offsets: readonly number[]) => {
+      const { offset, metadata } = part.commitFor(offsets, warn);
+      out.push({ topic: part.topic, partition: part.partition, offset: Math.max(offset, part.committed), metadata });
+    };
+    for (const [tenure, offsets] of inputs) {
+      const part = this.#partitions.get(`${tenure.topic}:${tenure.partition}`);
+      if (part === tenure && !part.revoked) add(part, offsets);
     }
+    for (const part of this.#partitions.values())
+      if (!part.revoked && part.ledger.floor > part.committed && !inputs.has(part)) add(part, []);
     return out;
+  }
+
+  /** How often settled offsets are committed when nothing else commits them (ms). */
+  get commitIntervalMs(): number {
+    return this.#commitIntervalMs;
+  }
+
+  /** @internal Whether a partition's floor moved past its committed offset: a commit would move it. */
+  settledPastCommit(): boolean {
+    for (const part of this.#partitions.values())
+      if (!part.revoked && part.ledger.floor > part.ledger.committed) return true;
+    return false;
   }
 
   /**
