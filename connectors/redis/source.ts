@@ -181,6 +181,13 @@ export class RedisSource<T = unknown> implements Source<T> {
   /** The id time of the next entry not delivered yet, for lag time when nothing is held. */
   #nextUndeliveredMs = 0;
   #claimCursor = '0-0';
+  /**
+   * This consumer's own pending list was read to its end. Until then no idle entries are claimed:
+   * XAUTOCLAIM takes this consumer's own entries too, so those that wait to be read from the list
+   * (idle since the last run) would be delivered by both, and one just settled, its XACK on the
+   * way, read again from the list.
+   */
+  #ownPendingRead = false;
 
   constructor(options: RedisSourceOptions<T>) {
     checkOptions('redisSource', options, sourceKeys);
@@ -384,6 +391,7 @@ export class RedisSource<T = unknown> implements Source<T> {
         // Own pending entries: their delivery counts are in the group's pending list.
         if (entries.length === 0) {
           cursor = undefined;
+          this.#ownPendingRead = true;
           continue;
         }
         cursor = (entries[entries.length - 1] as Entry)[0].toString();
@@ -610,7 +618,7 @@ export class RedisSource<T = unknown> implements Source<T> {
   async #claimDead(): Promise<void> {
     const bus = (this.#life.host as SourceHost).bus;
     const room = this.#maxAckPending - this.#pending.size;
-    if (room <= 0 || bus.refusal !== undefined || !bus.hasSubscribers(this.#subject)) return;
+    if (room <= 0 || !this.#ownPendingRead || bus.refusal !== undefined || !bus.hasSubscribers(this.#subject)) return;
     const count = Math.max(1, Math.min(this.#readBatch, room, freeCapacity(bus, this.#subject)));
     const reply = (await (this.#held as HeldRedis).redis.callBuffer(
       'XAUTOCLAIM',

@@ -16,6 +16,7 @@ import {
   OptionsError,
   type Runtime,
   type SinkRecord,
+  VirtualClock,
 } from 'sluice';
 import { redisSink, redisSource } from 'sluice/connectors/redis';
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
@@ -266,6 +267,48 @@ describe.skipIf(missing !== undefined)('Redis connector', () => {
       [2, 2],
     ]);
     await until(async () => (await groupBacklog(redis, stream, 'g')) === 0, 'acknowledged');
+  });
+
+  test('own pending entries claimed as idle while the restart reads them are delivered once, not twice', async () => {
+    const stream = streamKey();
+    await redis.xgroup('CREATE', stream, 'g', '0', 'MKSTREAM');
+    const ids: string[] = [];
+    for (const v of [1, 2, 3, 4, 5, 6]) ids.push((await redis.xadd(stream, '*', 'data', String(v))) as string);
+    // A run that read them all and died an hour ago.
+    await redis.xreadgroup('GROUP', 'g', 'again', 'COUNT', 10, 'STREAMS', stream, '>');
+    await redis.call('XCLAIM', stream, 'g', 'again', 0, ...ids, 'IDLE', 3_600_000, 'JUSTID');
+    // Virtual time: the claims of idle entries run when the test moves the clock.
+    const clock = new VirtualClock();
+    const rt = createRuntime({ logger: quiet, clock });
+    onTestFinished(() => rt.stop().then(() => undefined));
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    const handled: unknown[] = [];
+    rt.spawn(
+      actor({
+        name: 'again',
+        subscribe: 'ag.in',
+        mailbox: { capacity: 1 },
+        maxInFlight: 1,
+        handle: async (env) => {
+          handled.push(env.data);
+          await gate;
+        },
+      }),
+    );
+    const source = closing(
+      redisSource({ connection: REDIS, stream, group: 'g', consumer: 'again', subject: 'ag.in', claimIdleMs: 300 }),
+    );
+    await source.start(rt);
+    // The reads of the own pending list wait for the actor while the time to claim idle ones comes.
+    await until(() => source.stats.received === 3, 'three read from the own pending list');
+    await clock.advance(150);
+    for (let i = 0; i < 20; i++) await redis.ping();
+    open();
+    await until(async () => (await groupBacklog(redis, stream, 'g')) === 0, 'all acknowledged');
+    expect([...handled].sort()).toEqual([1, 2, 3, 4, 5, 6]);
   });
 
   test('entry fields become headers, sluice-key the key and sluice-event-time the event time', async () => {
