@@ -14,12 +14,17 @@ import { quantiles } from './quantiles.ts';
  *   and must leave `b` unchanged. Aggregates without it cannot be used by session windows.
  * - `result(acc)` is the value a firing emits. It must not change `acc` or share a mutable part of
  *   it: with allowed lateness the window keeps adding to `acc` after the result was emitted.
+ * - `store(acc)` and `restore(stored)`: for an accumulator that is not plain data (a class
+ *   instance, private fields), its plain form in a checkpoint record and back. A checkpoint writes
+ *   accumulators as MessagePack, which keeps only own enumerable fields and no class.
  */
 export interface Aggregate<T, A, R> {
   init(): A;
   add(acc: A, data: T, eventTime: number): A;
   merge?(a: A, b: A): A;
   result(acc: A): R;
+  store?(acc: A): unknown;
+  restore?(stored: unknown): A;
 }
 
 /** The accumulator of `agg.first` and `agg.last`. */
@@ -199,6 +204,11 @@ function combine<T, S extends Record<string, AnyAggregate<T>>>(
       return out as { [K in keyof S]: ResultOf<S[K]> };
     },
   };
+  if (list.some((p) => p.store !== undefined)) {
+    agg.store = (acc) => list.map((p, i) => (p.store === undefined ? acc[i] : p.store(acc[i])));
+    agg.restore = (stored) =>
+      list.map((p, i) => (p.restore === undefined ? (stored as unknown[])[i] : p.restore((stored as unknown[])[i])));
+  }
   if (mergeable) {
     agg.merge = (a, b) => {
       for (let i = 0; i < list.length; i++) {

@@ -46,7 +46,17 @@ export function approxDistinct<T>(
     },
     merge: (a, b) => a.merge(b),
     result: (acc) => acc.estimate(),
+    // Its state is in private fields, which a checkpoint record would not keep.
+    store: (acc) => acc.toStored(),
+    restore: (stored) => HyperLogLog.fromStored(stored as StoredHyperLogLog),
   };
+}
+
+/** A HyperLogLog as plain data, for a checkpoint record: its exact hashes, or its registers. */
+export interface StoredHyperLogLog {
+  readonly p: number;
+  readonly exact: number[] | null;
+  readonly registers: Uint8Array | null;
 }
 
 /** The accumulator of `agg.approxDistinct`. */
@@ -84,6 +94,24 @@ export class HyperLogLog {
     for (let i = 0; i < mine.length; i++)
       if ((theirs[i] as number) > (mine[i] as number)) mine[i] = theirs[i] as number;
     return this;
+  }
+
+  toStored(): StoredHyperLogLog {
+    const exact = this.#exact;
+    return {
+      p: this.p,
+      exact: exact === undefined ? null : [...exact],
+      registers: exact === undefined ? (this.#registers as Uint8Array) : null,
+    };
+  }
+
+  static fromStored(stored: StoredHyperLogLog): HyperLogLog {
+    const hll = new HyperLogLog(stored.p);
+    if (stored.registers !== null) {
+      hll.#exact = undefined;
+      hll.#registers = Uint8Array.from(stored.registers);
+    } else for (const h of stored.exact ?? []) hll.add(h);
+    return hll;
   }
 
   estimate(): number {

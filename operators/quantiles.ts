@@ -50,6 +50,20 @@ export class QuantileSketch {
   }
 
   /** @internal Buckets allocated, to check memory in tests. */
+  /** Plain data for a checkpoint record: the sketch in its protobuf form, and the exact summary. */
+  toStored(): StoredQuantileSketch {
+    return { sketch: this.#sketch.toProto(), count: this.count, min: this.min, max: this.max };
+  }
+
+  static fromStored(stored: StoredQuantileSketch, relativeAccuracy: number): QuantileSketch {
+    const q = new QuantileSketch(relativeAccuracy);
+    q.#sketch.merge(DDSketch.fromProto(Uint8Array.from(stored.sketch)));
+    q.count = stored.count;
+    q.min = stored.min;
+    q.max = stored.max;
+    return q;
+  }
+
   get bins(): number {
     return this.#sketch.store.bins.length;
   }
@@ -68,6 +82,14 @@ export class QuantileSketch {
 }
 
 /** Quantiles by name: `{ p50, p95, p99 }` for the default quantiles. */
+/** A `QuantileSketch` as plain data, for a checkpoint record. */
+export interface StoredQuantileSketch {
+  readonly sketch: Uint8Array;
+  readonly count: number;
+  readonly min: number;
+  readonly max: number;
+}
+
 export type QuantileValues = Readonly<Record<string, number>>;
 
 /**
@@ -116,6 +138,9 @@ export function quantiles<T>(
       a.merge(b);
       return a;
     },
+    // Its sketch is in a private field, which a checkpoint record would not keep.
+    store: (acc) => acc.toStored(),
+    restore: (stored) => QuantileSketch.fromStored(stored as StoredQuantileSketch, relativeAccuracy),
     result: (acc) => {
       const out: Record<string, number> = {};
       for (let i = 0; i < qs.length; i++) out[names[i] as string] = acc.quantile(qs[i] as number);

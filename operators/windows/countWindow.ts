@@ -193,13 +193,14 @@ class CountWindows<T, A, R> {
         this.watermark = entry.value as number;
         continue;
       }
-      const r = entry.value as StoredCount<T, A>;
+      const r = entry.value as StoredCount<T>;
       const k = new KeyCount<T, A>(r.k === null ? undefined : r.k);
       k.seen = r.n;
       k.pending = r.p;
       k.subject = r.j;
       k.maxEventTime = r.t ?? Number.NEGATIVE_INFINITY;
-      k.acc = r.a === null ? undefined : r.a;
+      const restore = this.config.aggregate.restore;
+      k.acc = r.a === null ? undefined : restore === undefined ? (r.a as A) : restore(r.a);
       k.firstId = r.i;
       if (r.r !== null)
         k.ring = r.r.map(([id, data, t]) => ({ id, data, eventTime: t ?? undefined, lineage: undefined }));
@@ -440,13 +441,13 @@ class CountWindows<T, A, R> {
  * inputs seen, `p` those in the open window, `a`/`i` its accumulator and first input's id
  * (tumbling), `r` the last inputs as `[id, data, eventTime]` (sliding).
  */
-interface StoredCount<T, A> {
+interface StoredCount<T> {
   readonly k: string | null;
   readonly n: number;
   readonly p: number;
   readonly j: string;
   readonly t: number | null;
-  readonly a: A | null;
+  readonly a: unknown;
   readonly i: string;
   readonly r: [string, T, number | null][] | null;
 }
@@ -493,14 +494,15 @@ class CountPart<T, A> {
   }
 
   write(batch: StoreBatch, namespace: string): void {
+    const store = this.windows.config.aggregate.store;
     for (const k of this.changed) {
-      const record: StoredCount<T, A> = {
+      const record: StoredCount<T> = {
         k: k.key ?? null,
         n: k.seen,
         p: k.pending,
         j: k.subject,
         t: k.maxEventTime === Number.NEGATIVE_INFINITY ? null : k.maxEventTime,
-        a: k.acc === undefined ? null : k.acc,
+        a: k.acc === undefined ? null : store === undefined ? k.acc : store(k.acc),
         i: k.firstId,
         r: k.ring === undefined ? null : k.ring.map((s) => [s.id, s.data, s.eventTime ?? null]),
       };

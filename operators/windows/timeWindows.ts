@@ -172,9 +172,9 @@ class TimeWindows<T, A, R> {
         this.watermark = entry.value as number;
         continue;
       }
-      const r = entry.value as StoredWindow<A>;
+      const r = entry.value as StoredWindow;
       const ks = this.keyState(r.k === null ? undefined : r.k);
-      const w = new Win<A>(ks, r.s, r.e, r.a, r.j, r.x);
+      const w = new Win<A>(ks, r.s, r.e, this.agg.restore === undefined ? (r.a as A) : this.agg.restore(r.a), r.j, r.x);
       w.count = r.c;
       w.revision = r.r;
       w.sinceFire = r.f;
@@ -722,11 +722,12 @@ class TimeWindows<T, A, R> {
 }
 
 /** How a window is stored in a checkpoint: short keys, as there is one per key and window. */
-interface StoredWindow<A> {
+interface StoredWindow {
   readonly k: string | null;
   readonly s: number;
   readonly e: number;
-  readonly a: A;
+  /** The accumulator, in its stored form when the aggregate has one (`Aggregate.store`). */
+  readonly a: unknown;
   readonly c: number;
   readonly r: number;
   readonly f: number;
@@ -809,15 +810,16 @@ class WindowPart<A> {
     for (let i = 0; i < removed.length; i++) batch.delete(namespace, removed[i] as string);
     removed.length = 0;
     const changed = this.changed;
+    const store = this.windows.agg.store;
     for (let i = 0; i < changed.length; i++) {
       const w = changed[i] as Win<A>;
       w.queued = false;
       if (!w.alive) continue;
-      const record: StoredWindow<A> = {
+      const record: StoredWindow = {
         k: w.ks.key ?? null,
         s: w.start,
         e: w.end,
-        a: w.acc as A,
+        a: store === undefined ? w.acc : store(w.acc as A),
         c: w.count,
         r: w.revision,
         f: w.sinceFire,
