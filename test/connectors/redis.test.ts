@@ -389,8 +389,7 @@ describe.skipIf(missing !== undefined)('Redis connector', () => {
     await source.close();
     await starting;
     const left = async () =>
-      (await redis.call('CLIENT', 'LIST', 'TYPE', 'normal'))
-        .toString()
+      String(await redis.call('CLIENT', 'LIST', 'TYPE', 'normal'))
         .split('\n')
         .filter((line) => line.includes(` name=${connectionName} `)).length;
     await until(async () => (await left()) === 0, 'no connection of the source left');
