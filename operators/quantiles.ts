@@ -36,6 +36,10 @@ export class QuantileSketch {
   }
 
   add(value: number): void {
+    // DDSketch counts NaN as nothing in particular and fails on an infinity with a bare
+    // RangeError; the input that brought it should be dead-lettered with the reason instead.
+    if (typeof value !== 'number' || !Number.isFinite(value))
+      throw new OptionsError('quantiles.value', 'a value to rank must be a finite number', value);
     this.#sketch.accept(value);
     this.count++;
     if (value < this.min) this.min = value;

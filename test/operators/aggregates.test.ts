@@ -197,6 +197,18 @@ describe('aggregates - approximate distinct count (HyperLogLog)', () => {
 });
 
 describe('aggregates - approximate quantiles (DDSketch)', () => {
+  test('a value that is not a finite number is refused with an error naming the rule, not counted or thrown as a RangeError', () => {
+    for (const bad of [Number.NaN, Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, '5' as unknown as number]) {
+      const a = quantiles();
+      const acc = a.add(a.init(), 5, 0);
+      expect(() => a.add(acc, bad, 1)).toThrow(OptionsError);
+      expect(() => a.add(acc, bad, 1)).toThrow(/'quantiles\.value'.*finite number/);
+      // Nothing of the refused value stayed in the accumulator.
+      expect(acc.count).toBe(1);
+      expect(a.result(acc)).toEqual({ p50: 5, p95: 5, p99: 5 });
+    }
+  });
+
   /** The input at rank floor(q * (n - 1)) of the sorted inputs: what DDSketch's guarantee is about. */
   const exact = (sorted: number[], q: number) => sorted[Math.floor(q * (sorted.length - 1))] as number;
 
