@@ -319,9 +319,7 @@ describe.skipIf(missing !== undefined)('MQTT against Mosquitto with a password f
     rt.bus.subscribe('bp.in', { callback: (env) => void seen.push(env.data) });
     const letters: Envelope[] = [];
     rt.bus.subscribe(`$DLQ.mqtt.${clientId}`, { callback: (env) => void letters.push(env) });
-    const source = closing(
-      mqttSource({ connection: alice(), topics: t, subject: 'bp.in', clientId, backoffMs: [10] }),
-    );
+    const source = closing(mqttSource({ connection: alice(), topics: t, subject: 'bp.in', clientId, backoffMs: [10] }));
     await source.start(rt);
     await producer.publishAsync(t, '1', {
       qos: 1,
