@@ -128,7 +128,8 @@ class Generator<T> {
     this.out.next(item);
     let advanced = false;
     const t = item.eventTime;
-    if (t !== undefined && t > this.maxEventTime) {
+    // An infinite event time would end event time for good: every later input would be late.
+    if (t !== undefined && t > this.maxEventTime && t < Number.POSITIVE_INFINITY) {
       this.maxEventTime = t;
       const wm = t - this.bound - 1;
       if (wm > this.current) {

@@ -297,7 +297,7 @@ class TimeWindows<T, A, R> {
 
   aligned(env: Envelope<T>): void {
     const ts = env.eventTime;
-    if (ts === undefined || Number.isNaN(ts)) {
+    if (ts === undefined || !Number.isFinite(ts)) {
       this.late(env, 'missing-event-time');
       return;
     }
@@ -334,7 +334,7 @@ class TimeWindows<T, A, R> {
 
   session(env: Envelope<T>): void {
     const ts = env.eventTime;
-    if (ts === undefined || Number.isNaN(ts)) {
+    if (ts === undefined || !Number.isFinite(ts)) {
       this.late(env, 'missing-event-time');
       return;
     }

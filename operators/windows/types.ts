@@ -23,7 +23,7 @@ export const lateReasons = ['beyond-allowed-lateness', 'missing-event-time', 'no
 /**
  * Why an input went to the late-data side output instead of a window:
  * - `beyond-allowed-lateness`: every window it belongs to is past `end - 1 + allowedLatenessMs`;
- * - `missing-event-time`: it has no event time (or NaN);
+ * - `missing-event-time`: it has no event time (or NaN, or an infinity);
  * - `no-window`: it falls between sliding windows (`slideMs > sizeMs`), so no window takes it;
  *   Flink drops such inputs silently unless they are late.
  */

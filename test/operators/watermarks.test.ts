@@ -12,7 +12,7 @@ import {
   watermarks,
 } from 'sluice/operators';
 import { describe, expect, test } from 'vitest';
-import { ev } from './helpers.ts';
+import { ev, lateSink, run } from './helpers.ts';
 
 /** Items as strings: `e<data>` for an envelope, `w<time>` (`i<time>` when idle) for a watermark. */
 function show(items: Timed<unknown>[]): string[] {
@@ -31,6 +31,25 @@ describe('watermarks - bounded out-of-orderness', () => {
       from([ev(1, 10), ev(2, 25), ev(3, 12), ev(4, 26), ev(5, undefined)]).pipe(watermarks({ maxOutOfOrdernessMs: 2 })),
     );
     expect(show(out)).toEqual(['e1', 'w7', 'e2', 'w22', 'e3', 'e4', 'w23', 'e5']);
+  });
+
+  test('an event time that is not a finite number moves no watermark: the input goes to late as missing-event-time', () => {
+    const { late, got } = lateSink<number>();
+    const items = collect(
+      from([ev(1, 10), ev(2, Number.POSITIVE_INFINITY), ev(3, 20), ev(4, Number.NEGATIVE_INFINITY)]).pipe(watermarks()),
+    );
+    expect(show(items)).toEqual(['e1', 'w9', 'e2', 'e3', 'w19', 'e4']);
+    const windows = run(
+      tumbling<number, number, number>({ name: 'w', sizeMs: 100, aggregate: agg.count(), late }),
+      from([ev(1, 10), ev(2, Number.POSITIVE_INFINITY), ev(3, 20), ev(4, Number.NEGATIVE_INFINITY)]).pipe(
+        watermarks(),
+      ),
+    );
+    expect(windows.results.map((r) => [r.data.start, r.data.count, r.data.firing])).toEqual([[0, 2, 'final']]);
+    expect(got.map((g) => [g.env.data, g.reason])).toEqual([
+      [2, 'missing-event-time'],
+      [4, 'missing-event-time'],
+    ]);
   });
 
   test('upstream watermarks are replaced, as Flink does when timestamps are assigned again', () => {
