@@ -2,6 +2,7 @@ import { from, Subject } from 'rxjs';
 import { type Envelope, OptionsError, VirtualClock } from 'sluice';
 import {
   agg,
+  eventTime,
   isWatermark,
   mergeWatermarked,
   type Timed,
@@ -50,6 +51,25 @@ describe('watermarks - bounded out-of-orderness', () => {
       [2, 'missing-event-time'],
       [4, 'missing-event-time'],
     ]);
+  });
+
+  test('eventTime: an extractor that finds no time gives a missing event time; one of the wrong type is a clear error', () => {
+    const { late, got } = lateSink<{ ts?: unknown }>();
+    const windows = run(
+      tumbling<{ ts?: unknown }, number, number>({ name: 'w', sizeMs: 100, aggregate: agg.count(), late }),
+      from([ev({ ts: 10 }, 0), ev({}, 0), ev({ ts: null }, 0)]).pipe(
+        eventTime((d: { ts?: unknown }) => d.ts as number),
+        watermarks(),
+      ),
+    );
+    expect(windows.results.map((r) => r.data.count)).toEqual([1]);
+    expect(got.map((g) => g.reason)).toEqual(['missing-event-time', 'missing-event-time']);
+    const errors: unknown[] = [];
+    from([ev({ ts: '2024-01-01T00:00:00Z' }, 0)])
+      .pipe(eventTime((d: { ts?: unknown }) => d.ts as number))
+      .subscribe({ error: (e: unknown) => errors.push(e) });
+    expect(errors[0]).toBeInstanceOf(OptionsError);
+    expect(String(errors[0])).toMatch(/'eventTime'.*epoch ms.*Date.*2024-01-01T00:00:00Z/);
   });
 
   test('upstream watermarks are replaced, as Flink does when timestamps are assigned again', () => {
