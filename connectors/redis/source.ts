@@ -384,6 +384,14 @@ export class RedisSource<T = unknown> implements Source<T> {
       } catch (error) {
         if (this.#life.closed) break;
         await this.#life.changed(this.#life.failed('read', ++failures, error));
+        // The group is gone (the stream key deleted, a restart that lost it): made again as at
+        // start, or every later read would fail the same way while producers append unread.
+        if (/NOGROUP/.test(messageOf(error)) && this.#options.create !== false && !this.#life.closed) {
+          await this.#ensureGroup().then(
+            () => this.#life.log.warn(`${this.name}: group '${this.#group}' was missing; made again`),
+            () => undefined,
+          );
+        }
         continue;
       }
       if (this.#life.closed) break;

@@ -398,6 +398,23 @@ describe.skipIf(missing !== undefined)('Redis connector', () => {
     expect(source.stats.received).toBe(0);
   });
 
+  test('a stream deleted with its group (or lost with a restart) is read again once producers append to it', async () => {
+    const stream = streamKey();
+    const rt = runtime();
+    const seen: unknown[] = [];
+    rt.bus.subscribe('gone.in', { callback: (env) => void seen.push(env.data) });
+    const source = closing(redisSource({ connection: REDIS, stream, group: 'g', subject: 'gone.in', blockMs: 50 }));
+    await source.start(rt);
+    await redis.xadd(stream, '*', 'data', '1');
+    await until(() => seen.length === 1, 'the first entry');
+    await until(async () => (await groupBacklog(redis, stream, 'g')) === 0, 'the first acknowledged');
+    // The key goes with its group; a producer's next XADD makes a stream without one.
+    await redis.del(stream);
+    await redis.xadd(stream, '*', 'data', '2');
+    await until(() => seen.length === 2, 'the entry appended after the deletion');
+    expect(seen).toEqual([1, 2]);
+  });
+
   test('connections killed mid-stream: the source reconnects and every entry is handled, none lost', async () => {
     const stream = streamKey();
     const rt = runtime();
