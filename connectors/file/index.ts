@@ -121,6 +121,7 @@ export class FileSink<T = unknown> implements Sink<T> {
     const taken = new Map<string, number>();
     let text = '';
     for (const record of records) {
+      checkRecord(record, this.name);
       const revision = record.revision ?? NO_REVISION;
       const held = taken.get(record.key) ?? this.#keys.get(record.key);
       if (held !== undefined && revision <= held) continue;
@@ -157,6 +158,23 @@ export class FileSink<T = unknown> implements Sink<T> {
     this.#closed = true;
     await this.#tail;
     await this.#handle.close();
+  }
+}
+
+/**
+ * Refuses what the reader would refuse on the next open (see `parseLine`): written, such a line would
+ * make the whole file unreadable. The runtime's sink stage checks the same, but `write` is public.
+ */
+function checkRecord(record: SinkRecord<unknown>, sink: string): void {
+  if (typeof record.key !== 'string')
+    throw new OptionsError('fileSink.key', `a record's key must be a string (sink '${sink}')`, record.key);
+  const revision = record.revision;
+  if (revision !== undefined && (typeof revision !== 'number' || !Number.isSafeInteger(revision) || revision < 0)) {
+    throw new OptionsError(
+      'fileSink.revision',
+      `the revision of key '${record.key}' must be an integer >= 0 or undefined (sink '${sink}')`,
+      revision,
+    );
   }
 }
 

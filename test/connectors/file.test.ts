@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import type { SinkRecord } from 'sluice';
 import { fileSink, readJsonLines } from 'sluice/connectors/file';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
-import { CorruptRecordError } from '../../runtime/errors.ts';
+import { CorruptRecordError, OptionsError } from '../../runtime/errors.ts';
 import { tornWrite } from '../crash/tornWrite.ts';
 
 const rec = <T>(key: string, value: T, revision?: number): SinkRecord<T> => ({
@@ -95,6 +95,22 @@ describe('file sink (JSON Lines)', () => {
     await sink.write([rec('b', 2)]);
     await sink.close();
     expect(linesOf(path)).toEqual(['{"key":"a","value":1}', '{"key":"b","value":2}', '']);
+  });
+
+  test('a record the reader would refuse (a revision that is no integer >= 0, a key that is no string) fails its batch, naming it, and the file stays readable', async () => {
+    const path = join(dir, 'out.jsonl');
+    const sink = await fileSink<number>({ path });
+    await sink.write([rec('a', 1)]);
+    for (const bad of [rec('b', 2, Number.NaN), rec('b', 2, -2), rec('b', 2, 1.5), rec(7 as unknown as string, 2)]) {
+      await expect(sink.write([rec('c', 3), bad])).rejects.toThrow(OptionsError);
+    }
+    await expect(sink.write([rec('b', 2, Number.NaN)])).rejects.toThrow(/fileSink\.revision.*'b'/);
+    await sink.close();
+    expect(linesOf(path)).toEqual(['{"key":"a","value":1}', '']);
+    const again = await fileSink<number>({ path });
+    await again.write([rec('b', 2, 0)]);
+    await again.close();
+    expect([...(await readJsonLines<number>(path)).keys()]).toEqual(['a', 'b']);
   });
 
   test('batches from several writers at once are appended one after the other, never interleaved', async () => {
