@@ -108,6 +108,8 @@ export class FileSink<T = unknown> implements Sink<T> {
   }
 
   write(records: readonly SinkRecord<T>[]): Promise<void> {
+    // Judged when the write is asked for: close() waits for the writes queued before it.
+    if (this.#closed) return Promise.reject(new ClosedError(this.name));
     // Batches from several lanes append one after the other, never interleaved.
     const run = this.#tail.then(() => this.#append(records));
     this.#tail = run.catch(() => undefined);
@@ -115,7 +117,6 @@ export class FileSink<T = unknown> implements Sink<T> {
   }
 
   async #append(records: readonly SinkRecord<T>[]): Promise<void> {
-    if (this.#closed) throw new ClosedError(this.name);
     if (this.#broken !== undefined)
       throw new ClosedError(this.name, `a failed write left the file unknown, reopen it: ${messageOf(this.#broken)}`);
     const taken = new Map<string, number>();

@@ -113,6 +113,17 @@ describe('file sink (JSON Lines)', () => {
     expect([...(await readJsonLines<number>(path)).keys()]).toEqual(['a', 'b']);
   });
 
+  test('close() lets the writes queued before it finish, and refuses the ones after it', async () => {
+    const path = join(dir, 'out.jsonl');
+    const sink = await fileSink<number>({ path });
+    const first = sink.write([rec('a', 1)]);
+    const queued = sink.write([rec('b', 2)]);
+    const closing = sink.close();
+    await expect(sink.write([rec('c', 3)])).rejects.toThrow(/closed/);
+    await expect(Promise.all([first, queued, closing])).resolves.toBeDefined();
+    expect(linesOf(path)).toEqual(['{"key":"a","value":1}', '{"key":"b","value":2}', '']);
+  });
+
   test('batches from several writers at once are appended one after the other, never interleaved', async () => {
     const path = join(dir, 'out.jsonl');
     const sink = await fileSink<string>({ path });
