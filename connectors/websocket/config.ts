@@ -101,7 +101,7 @@ export interface WebSocketGatewayOptions {
   overflow?: Extract<OverflowPolicy, 'drop-oldest' | 'drop-newest'>;
   /** Publishes and requests of one connection in flight at once; past it the gateway stops reading its socket. @default 64 */
   maxInFlight?: number;
-  /** How long a closed slow consumer may take to read up to its close frame before its socket is destroyed. @default 2000 */
+  /** How long a closed slow consumer may take to read up to its close frame, and a refused upgrade its refusal, before the socket is destroyed. @default 2000 */
   closeGraceMs?: number;
   /** Ping interval; a connection that missed its pong is terminated. 0 turns pings off. @default 30000 */
   pingIntervalMs?: number;

@@ -265,6 +265,11 @@ class Gateway implements WebSocketGateway {
       return;
     }
     const body = JSON.stringify({ error: STATUS_CODES[status], message });
+    // A peer that never closes its side would hold the socket, and a file descriptor, for good:
+    // refusals do not count against maxConnections, so nothing else would bound them.
+    const linger = setTimeout(() => socket.destroy(), this.#o.closeGraceMs);
+    linger.unref();
+    socket.once('close', () => clearTimeout(linger));
     socket.end(
       `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nConnection: close\r\nContent-Type: application/json\r\n` +
         `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
@@ -276,12 +281,8 @@ class Gateway implements WebSocketGateway {
     this.#closing = true;
     if (this.#timer !== undefined) clearInterval(this.#timer);
     // An authenticate that never answers must not keep the gateway open: those upgrades are
-    // refused now, and any upgrade socket whose peer does not close it goes after the grace time.
+    // refused now (and their sockets go after the grace time, as every refused one).
     for (const socket of this.#upgrades) if (!socket.writableEnded) this.#refuse(socket, 503, 'the gateway is closing');
-    const linger = setTimeout(() => {
-      for (const socket of this.#upgrades) socket.destroy();
-    }, this.#o.closeGraceMs);
-    linger.unref();
     const closed = [...this.#connections].map((c) => {
       c.close(CloseCode.GoingAway, 'the gateway is closing');
       return c.closed;
@@ -292,7 +293,6 @@ class Gateway implements WebSocketGateway {
       this.#server.close(() => resolve());
       this.#server.closeAllConnections();
     });
-    clearTimeout(linger);
   }
 }
 

@@ -139,6 +139,36 @@ describe('websocket gateway - authentication', () => {
     await until(() => closed, 'the gateway to close');
   });
 
+  test('a refused peer that keeps its side open loses the socket after closeGraceMs: refusals hold no file descriptors', async () => {
+    const { gateway } = await startGateway({ closeGraceMs: 50 });
+    const url = new URL(gateway.url);
+    // A peer that reads the refusal and never closes: allowHalfOpen keeps its side open after the FIN.
+    const socket = connect({ port: Number(url.port), host: url.hostname, allowHalfOpen: true });
+    let failed = false;
+    socket.on('error', () => {
+      failed = true;
+    });
+    socket.on('close', () => {
+      failed = true;
+    });
+    let response = '';
+    socket.on('data', (chunk: Buffer) => {
+      response += chunk.toString();
+    });
+    await new Promise<void>((resolve) => socket.once('connect', () => resolve()));
+    socket.write(
+      'GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+        'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: sluice.v1\r\n\r\n',
+    );
+    await until(() => response.includes('401 Unauthorized'), 'the refusal');
+    // Once the gateway let the socket go, what the peer sends is answered with a reset.
+    await until(() => {
+      if (!failed) socket.write('x');
+      return failed;
+    }, 'the refused socket to be destroyed');
+    socket.destroy();
+  });
+
   test('options: an identity is required, auth: false only on loopback, tokens are long enough', async () => {
     const { Bus } = await import('sluice');
     const bus = new Bus();
