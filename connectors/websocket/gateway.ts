@@ -95,6 +95,7 @@ class Gateway implements WebSocketGateway {
   /** Sockets of upgrades not handed to ws yet (being authenticated, or refused and closing). */
   readonly #upgrades = new Set<Socket>();
   #closing = false;
+  #closed: Promise<void> | undefined;
   #timer: NodeJS.Timeout | undefined;
   #port = 0;
 
@@ -276,8 +277,13 @@ class Gateway implements WebSocketGateway {
     );
   }
 
-  async close(): Promise<void> {
-    if (this.#closing) return;
+  close(): Promise<void> {
+    // Every caller waits for the one close under way.
+    this.#closed ??= this.#close();
+    return this.#closed;
+  }
+
+  async #close(): Promise<void> {
     this.#closing = true;
     if (this.#timer !== undefined) clearInterval(this.#timer);
     // An authenticate that never answers must not keep the gateway open: those upgrades are

@@ -440,6 +440,18 @@ describe('websocket gateway - backpressure and cleanup', () => {
     await expect(fetch(gateway.clientUrl)).rejects.toThrow();
   });
 
+  test('a second close() resolves when the gateway is closed, not at once', async () => {
+    const { bus, gateway } = await startGateway();
+    const alice = await openClient(gateway, ALICE);
+    alice.send({ op: 'sub', sid: 'w', subject: 'views.>' });
+    await alice.next((f) => f.op === 'ack');
+    const first = gateway.close();
+    await gateway.close();
+    expect(gateway.stats().connections).toBe(0);
+    expect(bus.subscriptions).toBe(0);
+    await first;
+  });
+
   test('a peer that stops answering pings is terminated and its subscriptions removed', async () => {
     const { bus, gateway } = await startGateway({ pingIntervalMs: 50 });
     const alive = await openClient(gateway, ALICE);
