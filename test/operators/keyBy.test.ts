@@ -1,5 +1,6 @@
 import { TestScheduler } from 'rxjs/testing';
-import { createEnvelope, type Envelope } from 'sluice';
+import { from } from 'rxjs';
+import { createEnvelope, type Envelope, OptionsError } from 'sluice';
 import { eventTime, keyBy } from 'sluice/operators';
 import { describe, expect, expectTypeOf, test } from 'vitest';
 import { CountingLineage } from './helpers.ts';
@@ -20,6 +21,19 @@ describe('keyBy', () => {
       expectSubscriptions(src.subscriptions).toBe('^----!');
       expect(a.key).toBeUndefined();
     });
+  });
+
+  test('a selector that gives no string (a missing field, a number) fails the input with an error naming it, not a shared key', () => {
+    for (const data of [{}, { page: 7 }, { page: null }]) {
+      const errors: unknown[] = [];
+      const env = createEnvelope('clicks', data as { page: string });
+      from([env])
+        .pipe(keyBy((d: { page: string }) => d.page))
+        .subscribe({ error: (e: unknown) => errors.push(e) });
+      expect(errors[0]).toBeInstanceOf(OptionsError);
+      expect(String(errors[0])).toContain(`'keyBy'`);
+      expect(String(errors[0])).toContain(env.id);
+    }
   });
 
   test('types follow the data', () => {
