@@ -154,14 +154,21 @@ export async function openMqtt(target: MqttTarget, session: MqttSession, name: s
         done();
         reject(new Error('the connection closed before the broker accepted it'));
       };
+      // Ended by its owner (a source closed while it starts): mqtt.js then says 'end', not 'close'.
+      const onEnd = () => {
+        done();
+        reject(new Error('the connection was ended before the broker accepted it'));
+      };
       const done = () => {
         client.off('connect', onConnect);
         client.off('error', onError);
         client.off('close', onClose);
+        client.off('end', onEnd);
       };
       client.on('connect', onConnect);
       client.on('error', onError);
       client.on('close', onClose);
+      client.on('end', onEnd);
     });
   } catch (error) {
     client.end(true);

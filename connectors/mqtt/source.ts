@@ -275,20 +275,31 @@ export class MqttSource<T = unknown> implements Source<T> {
   async start(host: SourceHost, options: { logger?: Logger } = {}): Promise<void> {
     this.#life.begin(host, options);
     this.#generation++;
-    const client = await openMqtt(
-      this.#target,
-      {
-        clientId: this.#clientId,
-        clean: this.#clean,
-        sessionExpirySeconds: this.#clean ? 0 : this.#expiry,
-        receiveMaximum: this.#max,
-        handleMessage: (packet, callback) => this.#onPacket(packet, callback),
-        created: (c) => {
-          this.#client = c;
+    let client: MqttClient;
+    try {
+      client = await openMqtt(
+        this.#target,
+        {
+          clientId: this.#clientId,
+          clean: this.#clean,
+          sessionExpirySeconds: this.#clean ? 0 : this.#expiry,
+          receiveMaximum: this.#max,
+          handleMessage: (packet, callback) => this.#onPacket(packet, callback),
+          created: (c) => {
+            this.#client = c;
+          },
         },
-      },
-      this.name,
-    );
+        this.name,
+      );
+    } catch (error) {
+      // Closed while it connected: close ended the connection, which is no failure to report.
+      if (this.#life.closed) return;
+      throw error;
+    }
+    if (this.#life.closed) {
+      await closeMqtt(client, true);
+      return;
+    }
     if (typeof (client as unknown as { _sendPacket?: unknown })._sendPacket !== 'function') {
       client.end(true);
       throw new ConnectorError(
@@ -311,11 +322,15 @@ export class MqttSource<T = unknown> implements Source<T> {
     try {
       await this.#subscribe(client);
     } catch (error) {
+      // Closed while it subscribed: the subscription failed with the connection, not by the ACL.
+      const closing = this.#life.closed;
       this.#life.closed = true;
       await closeMqtt(client, true);
       this.#client = undefined;
+      if (closing) return;
       throw error;
     }
+    if (this.#life.closed) return;
     this.#life.register('mqtt', this.#stream, this.name);
   }
 

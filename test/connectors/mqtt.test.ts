@@ -335,6 +335,21 @@ describe.skipIf(missing !== undefined)('MQTT against Mosquitto with a password f
     await until(() => broker.pubacks(clientId) === 2, 'both acknowledged');
   });
 
+  test('a source closed while it starts: start ends quietly, neither waiting for ever nor blaming the ACL', async () => {
+    const rt = runtime();
+    const source = mqttSource({
+      connection: alice(),
+      topics: topic('startclose'),
+      subject: 'stc.in',
+      session: 'clean',
+    });
+    const starting = source.start(rt).catch((error: unknown) => error);
+    await source.close();
+    expect(await starting).toBeUndefined();
+    const listed = rt.status().sources.find((s) => s.name === source.name);
+    expect(listed?.connection ?? 'closed').toBe('closed');
+  });
+
   test('mapped subjects: each topic goes to its subject; a topic that cannot map is dead-lettered with the rule', async () => {
     const rt = runtime();
     const base = topic('mapped');
