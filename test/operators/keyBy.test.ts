@@ -1,5 +1,5 @@
-import { TestScheduler } from 'rxjs/testing';
 import { from } from 'rxjs';
+import { TestScheduler } from 'rxjs/testing';
 import { createEnvelope, type Envelope, OptionsError } from 'sluice';
 import { eventTime, keyBy } from 'sluice/operators';
 import { describe, expect, expectTypeOf, test } from 'vitest';
@@ -26,7 +26,7 @@ describe('keyBy', () => {
   test('a selector that gives no string (a missing field, a number) fails the input with an error naming it, not a shared key', () => {
     for (const data of [{}, { page: 7 }, { page: null }]) {
       const errors: unknown[] = [];
-      const env = createEnvelope('clicks', data as { page: string });
+      const env = createEnvelope('clicks', data as unknown as { page: string });
       from([env])
         .pipe(keyBy((d: { page: string }) => d.page))
         .subscribe({ error: (e: unknown) => errors.push(e) });

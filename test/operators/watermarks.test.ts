@@ -42,9 +42,7 @@ describe('watermarks - bounded out-of-orderness', () => {
     expect(show(items)).toEqual(['e1', 'w9', 'e2', 'e3', 'w19', 'e4']);
     const windows = run(
       tumbling<number, number, number>({ name: 'w', sizeMs: 100, aggregate: agg.count(), late }),
-      from([ev(1, 10), ev(2, Number.POSITIVE_INFINITY), ev(3, 20), ev(4, Number.NEGATIVE_INFINITY)]).pipe(
-        watermarks(),
-      ),
+      from([ev(1, 10), ev(2, Number.POSITIVE_INFINITY), ev(3, 20), ev(4, Number.NEGATIVE_INFINITY)]).pipe(watermarks()),
     );
     expect(windows.results.map((r) => [r.data.start, r.data.count, r.data.firing])).toEqual([[0, 2, 'final']]);
     expect(got.map((g) => [g.env.data, g.reason])).toEqual([
