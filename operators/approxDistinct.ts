@@ -167,8 +167,16 @@ function hash(value: Distinctable): number {
       return mix2(u32[0] as number, u32[1] as number, 0x3c6ef372);
     case 'boolean':
       return mix2(value ? 1 : 0, 0, 0x5be0cd19);
-    default:
+    case 'bigint':
       return hashString(value.toString(), 0x1f83d9ab);
+    default:
+      // Every object would hash as '[object Object]' (counted as one value), undefined would throw
+      // a bare TypeError: neither names what is wrong with the input.
+      throw new OptionsError(
+        'approxDistinct.value',
+        'a value to count must be a string, number, bigint or boolean',
+        value as unknown,
+      );
   }
 }
 

@@ -135,6 +135,16 @@ describe('aggregates - exact ones', () => {
 });
 
 describe('aggregates - approximate distinct count (HyperLogLog)', () => {
+  test('a value that is not a string, number, bigint or boolean is refused with an error naming the rule, not counted as one value', () => {
+    for (const bad of [{ id: 1 }, { id: 2 }, undefined, null, Symbol('s')]) {
+      const a = approxDistinct((d: { v: unknown }) => d.v as string);
+      const acc = a.add(a.init(), { v: 'x' }, 0);
+      expect(() => a.add(acc, { v: bad }, 1)).toThrow(OptionsError);
+      expect(() => a.add(acc, { v: bad }, 1)).toThrow(/'approxDistinct\.value'/);
+      expect(a.result(acc)).toBe(1);
+    }
+  });
+
   test('exact while small, then within 3 standard errors (1.04 / sqrt(2^p)) over a range of cardinalities', () => {
     const a = approxDistinct();
     expect(fold(a, ['a', 'b', 'a', 1, '1', true, 'b'])).toBe(5);
