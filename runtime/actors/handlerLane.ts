@@ -8,7 +8,7 @@ import type { ActorContext, HandlerActor } from './actor.ts';
 import { MessageCtx } from './actorContext.ts';
 import type { Input } from './input.ts';
 import type { Lane, LaneHost } from './lane.ts';
-import { outputKey } from './outputKeys.ts';
+import { keysOutputs, outputKey } from './outputKeys.ts';
 
 type Handle = HandlerActor<unknown, unknown>['handle'];
 
@@ -115,10 +115,12 @@ export class HandlerLane implements Lane {
     if (input.abandoned) return Promise.reject(new ClosedError(this.#ctx.name, 'the actor was stopped'));
     const name = typeof subject === 'string' ? subject : subject.name;
     let given = options?.headers;
-    if (this.#streams !== undefined) {
+    if (keysOutputs(this.#streams, input.env.headers)) {
       const key = outputKey(this.#streams, this.#ctx.name, input.env.headers, input.outputs, given);
-      if (key !== undefined) input.outputs++;
-      if (key !== undefined) given = { ...given, [IDEMPOTENCY_KEY_HEADER]: key };
+      if (key !== undefined) {
+        input.outputs++;
+        if (given?.[IDEMPOTENCY_KEY_HEADER] !== key) given = { ...given, [IDEMPOTENCY_KEY_HEADER]: key };
+      }
     }
     const headers = input.span === undefined ? given : injectTrace(input.span, given ?? {});
     const env = createEnvelope(

@@ -19,7 +19,7 @@ export class Input extends Tracker {
   done = false;
   /** Handed to a pipeline or handler (not merely waiting in a backlog or for a retry). */
   delivered = false;
-  /** Outputs given a key derived from its stream position so far: the next one's index (see outputKeys.ts). */
+  /** Its outputs given a key so far (derived from its position, or copied from it): the next one's index (see outputKeys.ts). */
   outputs = 0;
   /** Links in its cell's {@link OpenInputs}. */
   prev: Input | undefined = undefined;

@@ -10,7 +10,7 @@ import type { ActorContext, PipelineActor } from './actor.ts';
 import { type Input, inputEnvelope, inputOf } from './input.ts';
 import type { Lane, LaneHost } from './lane.ts';
 import { OperatorProbes, withProbes } from './operatorProbes.ts';
-import { outputKey } from './outputKeys.ts';
+import { keysOutputs, outputKey } from './outputKeys.ts';
 
 type Pipeline = PipelineActor<unknown, unknown>['pipeline'];
 
@@ -361,14 +361,14 @@ export class PipelineLane implements Lane {
     }
     const subject = this.#output ?? out.subject;
     let headers = out.headers;
-    if (this.#streams !== undefined && sourceEnv !== undefined) {
+    if (sourceEnv !== undefined && keysOutputs(this.#streams, sourceEnv.headers)) {
       const index = source === undefined ? this.#lazyOutputs : source.outputs;
       const key = outputKey(this.#streams, this.#ctx.name, sourceEnv.headers, index, headers);
       if (key !== undefined) {
         if (source === undefined) this.#lazyOutputs++;
         else source.outputs++;
         // A plain object: the bus checks it as it does any forwarded headers.
-        headers = { ...headers, [IDEMPOTENCY_KEY_HEADER]: key };
+        if (headers?.[IDEMPOTENCY_KEY_HEADER] !== key) headers = { ...headers, [IDEMPOTENCY_KEY_HEADER]: key };
       }
     }
     const span = source?.span;

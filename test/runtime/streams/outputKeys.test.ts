@@ -1,4 +1,4 @@
-import { concat, mergeMap, of, throwError } from 'rxjs';
+import { concat, map, mergeMap, of, throwError } from 'rxjs';
 import { actor, durable, type Envelope, IDEMPOTENCY_KEY_HEADER, MemoryStore } from 'sluice';
 import { describe, expect, test } from 'vitest';
 import { collect, flush, testRuntime } from '../helpers.ts';
@@ -115,5 +115,63 @@ describe('idempotency keys of outputs derived from stream positions', () => {
     await eventually(() => expect(out).toHaveLength(4));
     // The key the code set does not take an index: the derived one is the input's output 0.
     expect(keysOf(out)).toEqual(['order-o7', 'ORDERS/1/keyer/0', 'order-p1', undefined]);
+  });
+
+  test("output keys - outputs that copy their input's key with { ...env }: the first keeps it, the next get <key>/<actor>/<index>", async () => {
+    const { rt } = testRuntime({ store: new MemoryStore() });
+    const orders = rt.stream({ name: 'ORDERS', subjects: ['orders.>'] });
+    const out = collect(rt.bus, 'split');
+    rt.spawn(
+      actor<number, number>({
+        name: 'splitter',
+        subscribe: [durable<number>('ORDERS', { consumer: 'splitter' }), 'plain'],
+        output: 'split',
+        pipeline: (in$) =>
+          in$.pipe(mergeMap((env) => of({ ...env, data: env.data * 10 }, { ...env, data: env.data * 10 + 1 }))),
+      }),
+    );
+    await rt.bus.publish('orders.eu', 1, { headers: { [IDEMPOTENCY_KEY_HEADER]: 'order-1' } });
+    await eventually(() => expect(orders.consumer('splitter').position).toBe(2));
+    await rt.bus.publish('plain', 2, { headers: { [IDEMPOTENCY_KEY_HEADER]: 'order-2' } });
+    await eventually(() => expect(out).toHaveLength(4));
+    expect(out.map((e) => e.data)).toEqual([10, 11, 20, 21]);
+    // One key each: a sink that keeps one result per key keeps all four.
+    expect(keysOf(out)).toEqual(['order-1', 'order-1/splitter/1', 'order-2', 'order-2/splitter/1']);
+  });
+
+  test("output keys - one output per input keeps its input's key, from a plain subject too", async () => {
+    const { rt } = testRuntime();
+    const out = collect(rt.bus, 'mapped');
+    rt.spawn(
+      actor<number, number>({
+        name: 'mapper',
+        subscribe: 'plain',
+        output: 'mapped',
+        pipeline: (in$) => in$.pipe(map((env) => ({ ...env, data: env.data + 1 }))),
+      }),
+    );
+    await rt.bus.publish('plain', 1, { headers: { [IDEMPOTENCY_KEY_HEADER]: 'k-1' } });
+    await rt.bus.publish('plain', 2, { headers: { [IDEMPOTENCY_KEY_HEADER]: 'k-2' } });
+    await rt.bus.publish('plain', 3);
+    await eventually(() => expect(out).toHaveLength(3));
+    expect(keysOf(out)).toEqual(['k-1', 'k-2', undefined]);
+  });
+
+  test("output keys - a handler publishing its input's headers twice gives the second <key>/<actor>/1", async () => {
+    const { rt } = testRuntime();
+    const out = collect(rt.bus, 'copies');
+    rt.spawn(
+      actor<string, never>({
+        name: 'copier',
+        subscribe: 'plain',
+        handle: async (env, ctx) => {
+          await ctx.publish('copies', `${env.data}-a`, { headers: env.headers });
+          await ctx.publish('copies', `${env.data}-b`, { headers: env.headers });
+        },
+      }),
+    );
+    await rt.bus.publish('plain', 'p', { headers: { [IDEMPOTENCY_KEY_HEADER]: 'k-p' } });
+    await eventually(() => expect(out).toHaveLength(2));
+    expect(keysOf(out)).toEqual(['k-p', 'k-p/copier/1']);
   });
 });
