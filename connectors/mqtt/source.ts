@@ -14,7 +14,6 @@ import type { Logger } from '../../runtime/actors/actor.ts';
 import type { BusClient } from '../../runtime/bus/bus.ts';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
 import { type Codec, type CodecChoice, codecOf } from '../../runtime/codec.ts';
-import { checkHeaders, type Headers } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, optionKeys } from '../../runtime/options.ts';
@@ -23,6 +22,7 @@ import { SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
 import { ackOptions, checkOptions, deadLetterOption, sourceRef, subjectOption } from '../../runtime/sources/options.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
+import { busHeaders } from '../redis/busHeaders.ts';
 import {
   closeMqtt,
   type MqttConnectionOptions,
@@ -448,23 +448,10 @@ export class MqttSource<T = unknown> implements Source<T> {
     const id = userProperty(packet, MQTT_PROPERTIES.messageId);
     if (id !== undefined && id !== '') headers[STREAM_HEADERS.sequence] = id;
     else delete headers[STREAM_HEADERS.sequence];
-    let checked: Headers;
-    try {
-      checked = checkHeaders(headers, `${this.name}.userProperties`);
-    } catch {
-      // Refused again on every delivery: given up at once (the dead letter leaves the property out),
-      // or it would hold the ack window's head, and every PUBACK after it, for ever.
-      const which = refusedNames(headers)
-        .map((h) => `'${h}'`)
-        .join(', ');
-      return this.#giveUp(
-        held,
-        new ConnectorError(
-          this.name,
-          `a message of '${topic}' has a user property the bus cannot take as a header (${which}): a header name is printable ASCII without white space or colon`,
-        ),
-      );
-    }
+    // Refused again on every delivery: given up at once, or it would hold the ack window's head,
+    // and every PUBACK after it, for ever.
+    const checked = busHeaders(headers, this.name, `a message of '${topic}' (its user properties)`);
+    if (checked instanceof ConnectorError) return this.#giveUp(held, checked);
     held.state = 'bus';
     this.#onBus++;
     held.lineage = new SourceLineage(this.#settlement, held, `mqtt/${held.generation}/${packet.messageId ?? 0}`);
@@ -575,7 +562,8 @@ export class MqttSource<T = unknown> implements Source<T> {
     held.state = 'waiting';
     const packet = held.packet;
     const headers = headersOf(packet);
-    for (const refused of refusedNames(headers)) delete headers[refused];
+    // Without the user properties the bus refuses, or it would refuse the dead letter too.
+    busHeaders(headers, this.name, 'a dead letter');
     const letter = deadLetterHeaders({
       headers,
       error,
@@ -668,19 +656,6 @@ function userProperty(packet: IPublishPacket, name: string): string | undefined 
   const v = packet.properties?.userProperties?.[name];
   if (v === undefined) return undefined;
   return Array.isArray(v) ? v[v.length - 1] : v;
-}
-
-/** The names among `headers` the bus refuses as header names. */
-function refusedNames(headers: Readonly<Record<string, string>>): string[] {
-  const refused: string[] = [];
-  for (const [name, value] of Object.entries(headers)) {
-    try {
-      checkHeaders({ [name]: value }, 'userProperties');
-    } catch {
-      refused.push(name);
-    }
-  }
-  return refused;
 }
 
 /** The envelope headers of a message: its topic, its retain flag, and its user properties. */

@@ -18,7 +18,6 @@ import {
   rawCodec,
   textCodec,
 } from '../../runtime/codec.ts';
-import { checkHeaders, type Headers } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, optionKeys } from '../../runtime/options.ts';
@@ -33,6 +32,7 @@ import { heldLag, SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
 import { ackOptions, checkOptions, deadLetterOption, sourceRef, subjectOption } from '../../runtime/sources/options.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
+import { busHeaders } from '../redis/busHeaders.ts';
 import { openRabbit, type RabbitConnectionOptions, type RabbitTarget, rabbitTarget, reconnectDelay } from './config.ts';
 import { checkDeclaration, declareQueue, type RabbitQueueDeclaration } from './declare.ts';
 
@@ -397,22 +397,13 @@ export class RabbitSource<T = unknown> implements Source<T> {
     // without one has none that survives a redelivery, and its outputs get no derived keys.
     if (typeof p.messageId === 'string' && p.messageId !== '') headers[STREAM_HEADERS.sequence] = p.messageId;
     else delete headers[STREAM_HEADERS.sequence];
-    let checked: Headers;
-    try {
-      checked = checkHeaders(headers, `${this.name}.headers`);
-    } catch {
-      // Refused again on every delivery: given up at once (the dead letter leaves the header out).
-      const which = refusedNames(headers)
-        .map((h) => `'${h}'`)
-        .join(', ');
-      return this.#giveUp(
-        held,
-        new ConnectorError(
-          this.name,
-          `a message of '${this.#queue}' (message_id '${String(p.messageId ?? '')}') has a header the bus cannot take (${which}): a header name is printable ASCII without white space or colon`,
-        ),
-      );
-    }
+    const checked = busHeaders(
+      headers,
+      this.name,
+      `a message of '${this.#queue}' (message_id '${String(p.messageId ?? '')}')`,
+    );
+    // Refused again on every delivery: given up at once.
+    if (checked instanceof ConnectorError) return this.#giveUp(held, checked);
     const options: DeliveryOptions = { headers: checked, lineage: held.lineage };
     if (typeof p.timestamp === 'number') options.eventTime = p.timestamp * 1_000;
     const key = p.headers?.['sluice-key'];
@@ -514,7 +505,8 @@ export class RabbitSource<T = unknown> implements Source<T> {
       return;
     }
     const headers = headersOf(held.msg);
-    for (const refused of refusedNames(headers)) delete headers[refused];
+    // Without the headers the bus refuses, or it would refuse the dead letter too.
+    busHeaders(headers, this.name, 'a dead letter');
     const letter = deadLetterHeaders({
       headers: { ...headers, [STREAM_HEADERS.stream]: this.#queue },
       error,
@@ -618,19 +610,6 @@ function headersOf(msg: ConsumeMessage): Record<string, string> {
     }
   }
   return out;
-}
-
-/** The names among `headers` the bus refuses as header names. */
-function refusedNames(headers: Readonly<Record<string, string>>): string[] {
-  const refused: string[] = [];
-  for (const [name, value] of Object.entries(headers)) {
-    try {
-      checkHeaders({ [name]: value }, 'header');
-    } catch {
-      refused.push(name);
-    }
-  }
-  return refused;
 }
 
 /** Acks go out on a channel that may have closed meanwhile: RabbitMQ requeues what was not acked. */

@@ -11,7 +11,6 @@ import type { Redis } from 'ioredis';
 import type { Logger } from '../../runtime/actors/actor.ts';
 import type { BusClient } from '../../runtime/bus/bus.ts';
 import { type Codec, codecOf } from '../../runtime/codec.ts';
-import { checkHeaders, type Headers } from '../../runtime/envelope.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, optionKeys } from '../../runtime/options.ts';
@@ -26,6 +25,7 @@ import { heldLag, SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
 import { ackOptions, checkOptions, deadLetterOption, sourceRef, subjectOption } from '../../runtime/sources/options.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
+import { busHeaders } from './busHeaders.ts';
 import {
   closeRedis,
   connectRedis,
@@ -504,23 +504,9 @@ export class RedisSource<T = unknown> implements Source<T> {
     }
     headers[STREAM_HEADERS.stream] = this.#stream;
     headers[STREAM_HEADERS.sequence] = id;
-    let checked: Headers;
-    try {
-      checked = checkHeaders(headers, `${this.name}.fields`);
-    } catch {
-      // Refused again on every delivery: dead-lettered at once, with the fields the bus takes, or
-      // the dead letter would be refused too and the entry stay pending for ever.
-      const refused = refusedNames(headers);
-      for (const name of refused) delete held.fields[name];
-      const which = refused.map((f) => `'${f}'`).join(', ');
-      return this.#giveUp(
-        held,
-        new ConnectorError(
-          this.name,
-          `entry ${id} of '${this.#stream}' has a field that cannot be a header (${which}): a header name is printable ASCII without white space or colon`,
-        ),
-      );
-    }
+    // The fields the bus refuses are deleted from held.fields too, so the dead letter leaves them out.
+    const checked = busHeaders(headers, this.name, `entry ${id} of '${this.#stream}'`);
+    if (checked instanceof ConnectorError) return this.#giveUp(held, checked);
     const options: DeliveryOptions = {
       headers: checked,
       eventTime: eventTime !== undefined && Number.isFinite(eventTime) ? eventTime : held.timestampMs,
@@ -728,17 +714,4 @@ interface Held {
 function fieldOf(reply: readonly unknown[], name: string): unknown {
   for (let i = 0; i + 1 < reply.length; i += 2) if (String(reply[i]) === name) return reply[i + 1];
   return undefined;
-}
-
-/** The names among `headers` the bus refuses as header names. */
-function refusedNames(headers: Readonly<Record<string, string>>): string[] {
-  const refused: string[] = [];
-  for (const [name, value] of Object.entries(headers)) {
-    try {
-      checkHeaders({ [name]: value }, 'field');
-    } catch {
-      refused.push(name);
-    }
-  }
-  return refused;
 }
