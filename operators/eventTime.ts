@@ -27,7 +27,8 @@ export function eventTime<T>(extractor: (data: T) => number | Date): OperatorFun
 
 function epochMs(t: unknown, env: Envelope<unknown>): number {
   if (typeof t === 'number') return t;
-  if (t instanceof Date) return t.getTime();
+  // Duck-typed: a Date from another realm (a worker's, a vm context's) is no instance of this one's.
+  if (typeof (t as Date | null)?.getTime === 'function') return (t as Date).getTime();
   // No time in the data: the windows send the input to their late output as missing-event-time.
   if (t === undefined || t === null) return Number.NaN;
   throw new OptionsError(
