@@ -58,7 +58,9 @@ export function mapAsync<T, U>(
         if (slot !== undefined) slots.push(slot);
         let call: Promise<U>;
         try {
-          call = fn(env.data, env);
+          // A plain value (untyped code) would fail at `then` out of the source's callback, where
+          // nothing catches it, and leave the input held for good.
+          call = Promise.resolve(fn(env.data, env));
         } catch (error) {
           call = Promise.reject(error);
         }

@@ -93,6 +93,22 @@ describe('mapAsync', () => {
     expect(String(running.errors[0])).toContain('unsubscribed');
   });
 
+  test('a function that returns a plain value (no promise) maps it, instead of throwing out of the source', async () => {
+    const source = new Subject<Envelope<number>>();
+    const out: number[] = [];
+    const errors: unknown[] = [];
+    source
+      .pipe(mapAsync((n: number) => (n * 10) as unknown as Promise<number>))
+      .subscribe({ next: (e) => out.push(e.data), error: (e: unknown) => errors.push(e) });
+    const lineage = new CountingLineage('a');
+    source.next(createEnvelope('in', 1, { lineage }));
+    await Promise.resolve();
+    await Promise.resolve();
+    expect(out).toEqual([10]);
+    expect(errors).toEqual([]);
+    expect(lineage.released).toBe(1);
+  });
+
   test('ordered: a call that rejects after the unsubscribe still gives its input back, failed', async () => {
     let reject!: (error: unknown) => void;
     const call = new Promise<number>((_resolve, r) => {
