@@ -103,12 +103,21 @@ export class PartitionLedger {
    * runs, stored in the commit's metadata, let a restart skip what was written above it.
    */
   commitIfSettled(offsets: Iterable<number>): { floor: number; doneAbove: [number, number][] } {
-    const extra = new Set<number>();
+    // Their indexes in order, walked beside the ledger's (which goes up only): no set per commit.
+    const extra: number[] = [];
+    let sorted = true;
     for (const offset of offsets) {
       const i = this.indexOf(offset);
-      if (i >= 0) extra.add(i);
+      if (i < 0) continue;
+      if (extra.length > 0 && i <= (extra[extra.length - 1] as number)) sorted = false;
+      extra.push(i);
     }
-    const done = (i: number) => extra.has(i) || this.#settled.has(i);
+    if (!sorted) extra.sort((a, b) => a - b);
+    let next = 0;
+    const done = (i: number) => {
+      while (next < extra.length && (extra[next] as number) < i) next++;
+      return extra[next] === i || this.#settled.has(i);
+    };
     let i = this.#floor;
     while (i < this.#next && done(i)) i++;
     const floor = i < this.#next ? (this.#offsets[i - this.#base] as number) : this.undelivered;

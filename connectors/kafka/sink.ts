@@ -368,25 +368,34 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       // Consecutive records mostly come from one partition: its list is looked up once.
       let lastTenure: KafkaTenure | undefined;
       let done: number[] = [];
+      const stream = source.stream;
       todo = records.filter((r) => {
         const lineage = r.envelope?.lineage;
         const delivery = release.give(lineage);
-        const p = positionOf(r, source);
-        if (p === undefined) {
-          if (this.#wrote(r)) return false;
-          readIns.tenures.push(undefined);
-          readIns.offsets.push(-1);
-          return true;
+        let p: KafkaPosition | undefined;
+        let readIn: KafkaTenure | undefined;
+        if (delivery !== undefined && keyNames(r.key, stream, delivery.part, delivery.record.offset)) {
+          // The usual record: its key names the input its lineage leads to (no key cut up).
+          p = { topic: delivery.part.topic, partition: delivery.part.partition, offset: delivery.record.offset };
+          readIn = delivery.part;
+        } else {
+          p = positionOf(r, source);
+          if (p === undefined) {
+            if (this.#wrote(r)) return false;
+            readIns.tenures.push(undefined);
+            readIns.offsets.push(-1);
+            return true;
+          }
+          readIn =
+            delivery !== undefined &&
+            delivery.record.offset === p.offset &&
+            delivery.part.partition === p.partition &&
+            delivery.part.topic === p.topic
+              ? delivery.part
+              : source.tenureOf(lineage, p);
         }
         const tenure = tenures.get(p.topic)?.get(p.partition);
         if (tenure === undefined) return false; // taken away by a rebalance: its new owner writes it
-        const readIn =
-          delivery !== undefined &&
-          delivery.record.offset === p.offset &&
-          delivery.part.partition === p.partition &&
-          delivery.part.topic === p.topic
-            ? delivery.part
-            : source.tenureOf(lineage, p);
         if (readIn !== undefined && readIn !== tenure) {
           // Read in an earlier tenure of the partition, lost and taken back since: the current
           // tenure reads the input again from the committed offset (or a committed transaction
@@ -714,6 +723,34 @@ function answered(error: unknown): boolean {
   const errors = (error as { errors?: unknown[] }).errors;
   if (Array.isArray(errors) && errors.length > 0) return errors.every(answered);
   return (error as { code?: unknown }).code === 'PLT_KFK_PROTOCOL';
+}
+
+/**
+ * Whether `key` is `<stream>/<topic>/<partition>/<offset>[/...]` of `tenure`'s record at `offset`,
+ * as {@link positionOf} would read it, compared in place rather than cut into strings.
+ */
+function keyNames(key: string, stream: string, tenure: KafkaTenure, offset: number): boolean {
+  const topic = tenure.topic;
+  let at = stream.length;
+  if (key.charCodeAt(at) !== 47 || !key.startsWith(stream)) return false;
+  at++;
+  if (key.charCodeAt(at + topic.length) !== 47 || !key.startsWith(topic, at)) return false;
+  at = numberAt(key, at + topic.length + 1, tenure.partition);
+  if (at < 0 || key.charCodeAt(at) !== 47) return false;
+  at = numberAt(key, at + 1, offset);
+  return at > 0 && (at === key.length || key.charCodeAt(at) === 47);
+}
+
+/** The index after the digits of `key` from `at` when they read `n`, else -1. */
+function numberAt(key: string, at: number, n: number): number {
+  let value = 0;
+  let i = at;
+  for (; i < key.length; i++) {
+    const digit = key.charCodeAt(i) - 48;
+    if (digit < 0 || digit > 9) break;
+    value = value * 10 + digit;
+  }
+  return i > at && value === n ? i : -1;
 }
 
 /**
