@@ -10,7 +10,7 @@ import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } fro
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
 import { AckWindow } from '../../runtime/sinks/ackWindow.ts';
 import { committedBefore, rememberCommitted, sinkStore } from '../../runtime/sinks/committedKeys.ts';
-import type { Sink, SinkRecord } from '../../runtime/sinks/sink.ts';
+import { messageIdOf, type Sink, type SinkRecord } from '../../runtime/sinks/sink.ts';
 import type { Store } from '../../runtime/store/types.ts';
 import {
   closeMqtt,
@@ -291,10 +291,9 @@ export class MqttSink<T = unknown> implements Sink<T> {
       Object.assign(properties, env.headers);
       if (env.key !== undefined) properties[MQTT_PROPERTIES.key] = env.key;
     }
-    if (record.revision === undefined) properties[MQTT_PROPERTIES.messageId] = record.key;
-    else {
+    properties[MQTT_PROPERTIES.messageId] = messageIdOf(record);
+    if (record.revision !== undefined) {
       properties[MQTT_PROPERTIES.idempotencyKey] = record.key;
-      properties[MQTT_PROPERTIES.messageId] = `${record.key}#${record.revision}`;
       properties[MQTT_PROPERTIES.revision] = String(record.revision);
     }
     return { qos: this.#qos, retain: this.#retain, properties: { userProperties: properties } };

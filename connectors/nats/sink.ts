@@ -11,7 +11,7 @@ import { encodeWith } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError, SluiceError } from '../../runtime/errors.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
 import { committedBefore, rememberCommitted, sinkStore } from '../../runtime/sinks/committedKeys.ts';
-import { IDEMPOTENCY_KEY_HEADER, type Sink, type SinkRecord } from '../../runtime/sinks/sink.ts';
+import { IDEMPOTENCY_KEY_HEADER, messageIdOf, type Sink, type SinkRecord } from '../../runtime/sinks/sink.ts';
 import { REVISION_HEADER } from '../../runtime/sinks/streamSink.ts';
 import type { Store } from '../../runtime/store/types.ts';
 import { closeConnection, type HeldConnection, type NatsConnectionRef, openConnection } from './config.ts';
@@ -198,7 +198,7 @@ export class NatsSink<T = unknown> implements Sink<T> {
       const env = record.envelope;
       const codec = this.#codecs.of(subject, undefined);
       const bytes = encodeWith(codec, record.value, subject);
-      const id = record.revision === undefined ? record.key : `${record.key}#${record.revision}`;
+      const id = messageIdOf(record);
       let headers: MsgHdrs | undefined;
       if (this.#headers) {
         const extra: Record<string, string> = { [IDEMPOTENCY_KEY_HEADER]: record.key };

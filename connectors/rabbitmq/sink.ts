@@ -10,7 +10,7 @@ import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runt
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
 import { AckWindow } from '../../runtime/sinks/ackWindow.ts';
 import { committedBefore, rememberCommitted, sinkStore } from '../../runtime/sinks/committedKeys.ts';
-import { IDEMPOTENCY_KEY_HEADER, type Sink, type SinkRecord } from '../../runtime/sinks/sink.ts';
+import { IDEMPOTENCY_KEY_HEADER, messageIdOf, type Sink, type SinkRecord } from '../../runtime/sinks/sink.ts';
 import { REVISION_HEADER } from '../../runtime/sinks/streamSink.ts';
 import type { Store } from '../../runtime/store/types.ts';
 import { openRabbit, type RabbitConnectionOptions, type RabbitTarget, rabbitTarget } from './config.ts';
@@ -247,9 +247,8 @@ export class RabbitSink<T = unknown> implements Sink<T> {
         headers = { ...env.headers };
         if (env.key !== undefined) headers['sluice-key'] = env.key;
       }
-      let id = record.key;
+      const id = messageIdOf(record);
       if (record.revision !== undefined) {
-        id = `${record.key}#${record.revision}`;
         headers ??= {};
         headers[IDEMPOTENCY_KEY_HEADER] = record.key;
         headers[REVISION_HEADER] = String(record.revision);

@@ -34,6 +34,17 @@ export interface Sink<T = unknown> {
 /** The header carrying a message's idempotency key (window results set it). */
 export const IDEMPOTENCY_KEY_HEADER = 'sluice-idempotency-key';
 
+/**
+ * @internal One broker message id per result (`Nats-Msg-Id`, AMQP's `message_id`, MQTT's): the key,
+ * and `<key>#<revision>` for a record with a revision. A key that has a `#` in it ends in one more,
+ * so that no two results share an id (key `a#1` with no revision, and key `a` at revision 1, both
+ * came out as `a#1`: JetStream's de-duplication dropped the second).
+ */
+export function messageIdOf(record: SinkRecord<unknown>): string {
+  if (record.revision !== undefined) return `${record.key}#${record.revision}`;
+  return record.key.includes('#') ? `${record.key}#` : record.key;
+}
+
 /** How an input becomes a {@link SinkRecord}. */
 export interface SinkRecordOptions<In, T> {
   /**

@@ -507,6 +507,18 @@ describe.skipIf(missing !== undefined)('NATS connector', () => {
     expect((await jsm.streams.info(name)).state.messages).toBe(4);
   });
 
+  test("a key with a '#' and no revision, and the key before it at that revision, are two messages of the stream", async () => {
+    const s = await stream();
+    const sink = await natsSink({ connection: { servers: server.url }, jetstream: true, subject: `${s.prefix}.out` });
+    onTestFinished(() => sink.close());
+    await sink.write([{ key: 'order#1', value: 'no revision', revision: undefined, envelope: undefined }]);
+    await sink.write([{ key: 'order', value: 'revision 1', revision: 1, envelope: undefined }]);
+    // Within the duplicate window both ids were 'order#1': the stream kept the first only.
+    expect((await s.jsm.streams.info(s.name)).state.messages).toBe(2);
+    const ids = [1, 2].map(async (seq) => (await s.jsm.streams.getMessage(s.name, { seq }))?.header.get('Nats-Msg-Id'));
+    expect(await Promise.all(ids)).toEqual(['order#1#', 'order#1']);
+  });
+
   test('committed keys in the store outlive the duplicate window: a late replay doubles nothing', async () => {
     // Two streams: JetStream de-duplicates by message id per stream, whatever the subject.
     const s = await stream({ duplicateWindowMs: 200 });

@@ -9,6 +9,7 @@ import {
 } from 'sluice';
 import { testActor } from 'sluice/testing';
 import { describe, expect, test } from 'vitest';
+import { messageIdOf } from '../../runtime/sinks/sink.ts';
 import { collect, flush, testRuntime } from './helpers.ts';
 
 /** A sink in memory whose writes can be held open, or made to fail for some keys. */
@@ -266,5 +267,17 @@ describe('sinkActor across a pipeline restart', () => {
     expect(a.deadLetters).toEqual([]);
     expect(a.ref.counters).toMatchObject({ acked: 3, deadLettered: 0, settlementErrors: 0 });
     expect(a.ref.inFlight).toBe(0);
+  });
+});
+
+describe('broker message ids of sink records', () => {
+  test('message ids - one per result: <key>, <key>#<revision>, and a key with a # and no revision ends in one more', () => {
+    const id = (key: string, revision?: number) => messageIdOf({ key, value: null, revision, envelope: undefined });
+    expect(id('order/1')).toBe('order/1');
+    expect(id('order/1', 2)).toBe('order/1#2');
+    expect(id('order#1')).toBe('order#1#');
+    // Every pair of these is a different result, and no two share an id.
+    const ids = [id('a#1'), id('a', 1), id('a'), id('a#'), id('a#', 1), id('a##'), id('a#1', 0)];
+    expect(new Set(ids).size).toBe(ids.length);
   });
 });
