@@ -7,7 +7,6 @@
  */
 import type { Channel, ChannelModel } from 'amqplib';
 import {
-  actor,
   ConnectorError,
   createRuntime,
   DEAD_LETTER_HEADERS,
@@ -21,6 +20,7 @@ import { RabbitSink, rabbitSink, rabbitSource } from 'sluice/connectors/rabbitmq
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
 import { createTestVhost, made, RABBITMQ, rabbitMissing, rabbitmqctl, type TestVhost } from '../services/rabbitmq.ts';
 import { until } from './conformance.ts';
+import { expectRefusedHeaderLetter, stuckRuntime } from './redisHelpers.ts';
 
 const missing = await rabbitMissing('the RabbitMQ connector tests');
 const quiet = { debug() {}, info() {}, warn() {}, error() {} };
@@ -181,12 +181,7 @@ describe.skipIf(missing !== undefined)('RabbitMQ connector', () => {
     await source.start(rt);
     channel.sendToQueue(q, Buffer.from('1'), { messageId: 'm-1', headers: { tenant: 'eu', 'bad name': 'x' } });
     await send(q, [2]);
-    await until(() => seen.length === 1 && letters.length === 1, 'one delivered, one dead letter');
-    expect(seen).toEqual([2]);
-    const letter = letters[0] as Envelope;
-    expect(letter.headers[DEAD_LETTER_HEADERS.error]).toMatch(/'bad name'.*header name/);
-    expect(letter.headers[DEAD_LETTER_HEADERS.attempts]).toBe('1');
-    expect(letter.headers.tenant).toBe('eu');
+    await expectRefusedHeaderLetter(seen, letters);
     await until(async () => (await vhost.backlog(q)) === 0, 'both acked');
     expect(source.stats).toMatchObject({ requeued: 0, terminated: 1 });
   });
@@ -222,17 +217,7 @@ describe.skipIf(missing !== undefined)('RabbitMQ connector', () => {
 
   test('a message the stopping runtime refuses is held until close, not requeued round and round past the delivery limit', async () => {
     const q = name('stopping');
-    const rt = createRuntime({ logger: quiet, shutdownDeadlineMs: 100 });
-    onTestFinished(() => rt.stop().then(() => undefined));
-    rt.spawn(
-      actor({
-        name: 'stuck',
-        subscribe: 'st.in',
-        mailbox: { capacity: 1 },
-        maxInFlight: 1,
-        handle: () => new Promise<void>(() => undefined),
-      }),
-    );
+    const rt = stuckRuntime('st.in');
     const source = closing(
       rabbitSource({
         queue: q,

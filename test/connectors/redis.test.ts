@@ -22,6 +22,7 @@ import { redisSink, redisSource } from 'sluice/connectors/redis';
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
 import { groupBacklog, keyPrefix, REDIS, redisClient, redisMissing } from '../services/redis.ts';
 import { until } from './conformance.ts';
+import { expectRefusedHeaderLetter, stuckRuntime } from './redisHelpers.ts';
 
 const missing = await redisMissing('the Redis connector tests');
 const keys = keyPrefix();
@@ -152,13 +153,8 @@ describe.skipIf(missing !== undefined)('Redis connector', () => {
     await source.start(rt);
     await redis.xadd(stream, '*', 'data', '1', 'tenant', 'eu', 'bad name', 'x');
     await redis.xadd(stream, '*', 'data', '2');
-    await until(() => seen.length === 1 && letters.length === 1, 'one delivered, one dead letter');
-    expect(seen).toEqual([2]);
-    const letter = letters[0] as Envelope;
-    expect(letter.headers[DEAD_LETTER_HEADERS.error]).toMatch(/'bad name'.*header name/);
-    expect(letter.headers[DEAD_LETTER_HEADERS.attempts]).toBe('1');
-    expect(letter.headers.tenant).toBe('eu');
-    expect(new TextDecoder().decode(letter.data as Uint8Array)).toBe('1');
+    await expectRefusedHeaderLetter(seen, letters);
+    expect(new TextDecoder().decode(letters[0]?.data as Uint8Array)).toBe('1');
     await until(async () => (await groupBacklog(redis, stream, 'g')) === 0, 'both acknowledged');
     expect(source.stats).toMatchObject({ retried: 0, terminated: 1 });
   });
@@ -219,17 +215,7 @@ describe.skipIf(missing !== undefined)('Redis connector', () => {
 
   test('an entry the stopping runtime refuses stays pending as it was, not claimed again and again', async () => {
     const stream = streamKey();
-    const rt = createRuntime({ logger: quiet, shutdownDeadlineMs: 100 });
-    onTestFinished(() => rt.stop().then(() => undefined));
-    rt.spawn(
-      actor({
-        name: 'stuck',
-        subscribe: 'sd.in',
-        mailbox: { capacity: 1 },
-        maxInFlight: 1,
-        handle: () => new Promise<void>(() => undefined),
-      }),
-    );
+    const rt = stuckRuntime('sd.in');
     const source = closing(
       redisSource({ connection: REDIS, stream, group: 'g', consumer: 'sd', subject: 'sd.in', backoffMs: [0] }),
     );
