@@ -185,7 +185,8 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     const permissions = new PermissionChecker(def.permissions);
     this.#permissions = permissions;
     for (const s of actor.subjects) {
-      const denied = permissions.subscribeDenied(s.name);
+      // A durable subscription's queue group is the runtime's own (its consumer's deliver subject).
+      const denied = permissions.subscribeDenied(s.name, s.durable === undefined ? def.queue : undefined);
       if (denied !== undefined) throw deps.bus.denied('subscribe', s.name, actor.name, denied);
     }
     if (actor.checkpoint !== undefined) {

@@ -926,7 +926,7 @@ export class ClientImpl implements BusClient {
     validateSubject(pattern, 'subscribe');
     optionsObject('subscription', options);
     if (options.queue !== undefined) validateQueue(options.queue, 'queue');
-    const reason = this.#permissions.subscribeDenied(pattern);
+    const reason = this.#permissions.subscribeDenied(pattern, options.queue);
     if (reason !== undefined) throw this.#bus.denied('subscribe', pattern, this.name, reason);
     return new Subscription<T>(this.#bus, pattern, options, this.#permissions.deliveryFilter(pattern));
   }

@@ -1,12 +1,23 @@
 import { OptionsError } from '../errors.ts';
-import { validateSubject } from './subjects.ts';
+import { queueProblem, validateSubject } from './subjects.ts';
 
-/** Allow and deny lists of subject patterns, as NATS accounts and users have them. */
+/**
+ * Allow and deny lists of subject patterns, as NATS accounts and users have them. On the subscribe
+ * side an entry may name a queue group after the pattern, `'<pattern> <queue>'` (the queue may have
+ * wildcards, `'orders.> billing.*'`), as in NATS: see {@link PermissionChecker.subscribeDenied}.
+ */
 export interface SubjectPermission {
   /** When given, only subjects matched by one of these patterns are allowed. */
   allow?: readonly string[];
   /** Subjects matched by one of these are refused, even when also allowed. */
   deny?: readonly string[];
+}
+
+/** One entry of a subscribe list: a pattern, and the queue group pattern it is limited to. */
+interface SubscribeEntry {
+  readonly text: string;
+  readonly pattern: string;
+  readonly queue: string | undefined;
 }
 
 export interface Permissions {
@@ -50,13 +61,20 @@ export function overlaps(a: string, b: string): boolean {
 /** A checked, cached form of {@link Permissions} for one client. */
 export class PermissionChecker {
   readonly #publish: SubjectPermission | undefined;
-  readonly #subscribe: SubjectPermission | undefined;
+  readonly #subscribe: { allow?: readonly SubscribeEntry[]; deny?: readonly SubscribeEntry[] } | undefined;
   readonly #publishCache = new Map<string, string | undefined>();
 
   /** `option` names the permissions in errors, e.g. `client 'x'.permissions`. */
   constructor(permissions: Permissions | undefined, option = 'permissions') {
     this.#publish = ownPermission(permissions, 'publish', option);
-    this.#subscribe = ownPermission(permissions, 'subscribe', option);
+    const subscribe = ownPermission(permissions, 'subscribe', option);
+    this.#subscribe =
+      subscribe === undefined
+        ? undefined
+        : {
+            ...(subscribe.allow === undefined ? {} : { allow: subscribe.allow.map(subscribeEntry) }),
+            ...(subscribe.deny === undefined ? {} : { deny: subscribe.deny.map(subscribeEntry) }),
+          };
   }
 
   get unrestricted(): boolean {
@@ -80,27 +98,67 @@ export class PermissionChecker {
   }
 
   /**
-   * Why subscribing to `pattern` is refused, or undefined. As in NATS, a wildcard subscription that
-   * merely overlaps a deny is allowed, and the denied subjects are filtered out at delivery
-   * (see {@link deliveryDenied}).
+   * Why subscribing to `pattern` (in queue group `queue`, if given) is refused, or undefined. As in
+   * NATS (its `canSubscribe`): a plain subscription needs a plain allow entry covering it; a queue
+   * subscription too, unless entries with a queue group cover the pattern, which then decide alone
+   * by its queue. Then the deny entries: a plain one covering the pattern refuses, unless entries
+   * with a queue group cover it, which for a queue subscription decide alone, refusing it when its
+   * queue matches one. A wildcard subscription that merely overlaps a deny is allowed, and the
+   * denied subjects are filtered out at delivery (see {@link deliveryFilter}).
    */
-  subscribeDenied(pattern: string): string | undefined {
+  subscribeDenied(pattern: string, queue?: string): string | undefined {
     const p = this.#subscribe;
     if (p === undefined) return undefined;
-    const denied = p.deny?.find((d) => isSubsetMatch(pattern, d));
-    if (denied !== undefined) return `denied by '${denied}'`;
-    if (p.allow !== undefined && !p.allow.some((a) => isSubsetMatch(pattern, a))) {
-      return notAllowed(p.allow);
+    if (p.allow !== undefined) {
+      const covering = p.allow.filter((a) => isSubsetMatch(pattern, a.pattern));
+      const queued = covering.filter((a) => a.queue !== undefined);
+      if (queue !== undefined && queued.length > 0) {
+        if (!queued.some((a) => queueMatches(queue, a.queue as string))) {
+          return `queue group '${queue}' is not in the queue groups allowed on it, ${listed(queued)}`;
+        }
+      } else if (!covering.some((a) => a.queue === undefined)) {
+        return notAllowed(p.allow.map((a) => a.text));
+      }
+    }
+    if (p.deny !== undefined) {
+      const covering = p.deny.filter((d) => isSubsetMatch(pattern, d.pattern));
+      const queued = covering.filter((d) => d.queue !== undefined);
+      if (queue !== undefined && queued.length > 0) {
+        const denied = queued.find((d) => queueMatches(queue, d.queue as string));
+        if (denied !== undefined) return `denied by '${denied.text}'`;
+      } else {
+        const denied = covering.find((d) => d.queue === undefined);
+        if (denied !== undefined) return `denied by '${denied.text}'`;
+      }
     }
     return undefined;
   }
 
   /** The deny patterns that overlap `pattern`, checked per message at delivery; undefined when none. */
   deliveryFilter(pattern: string): ((subject: string) => boolean) | undefined {
-    const deny = this.#subscribe?.deny?.filter((d) => overlaps(pattern, d));
+    // As NATS, only the plain deny entries filter deliveries; one with a queue group acts at subscribe.
+    const deny = this.#subscribe?.deny
+      ?.filter((d) => d.queue === undefined && overlaps(pattern, d.pattern))
+      .map((d) => d.pattern);
     if (deny === undefined || deny.length === 0) return undefined;
     return (subject) => !deny.some((d) => isSubsetMatch(subject, d));
   }
+}
+
+/** A queue group matches an entry's: the same name, or matched by it when it has wildcards (NATS's `queueMatches`). */
+function queueMatches(queue: string, entry: string): boolean {
+  if (queue === entry) return true;
+  return (entry.includes('*') || entry.includes('>')) && isSubsetMatch(queue, entry);
+}
+
+function subscribeEntry(text: string): SubscribeEntry {
+  const space = text.indexOf(' ');
+  if (space < 0) return { text, pattern: text, queue: undefined };
+  return { text, pattern: text.slice(0, space), queue: text.slice(space + 1) };
+}
+
+function listed(entries: readonly SubscribeEntry[]): string {
+  return entries.map((e) => `'${e.text}'`).join(', ');
 }
 
 /**
@@ -129,7 +187,7 @@ function ownPermission(
     if (!Array.isArray(patterns)) {
       throw new OptionsError(`${option}.${op}.${list}`, 'a permission list is an array of subject patterns', patterns);
     }
-    for (const pattern of patterns) validateSubject(pattern, 'subscribe');
+    for (const [i, entry] of patterns.entries()) checkEntry(entry, op, `${option}.${op}.${list}[${i}]`);
     own[list] = Object.freeze([...(patterns as string[])]);
   }
   return Object.freeze(own);
@@ -139,4 +197,29 @@ function ownPermission(
 function notAllowed(allow: readonly string[]): string {
   if (allow.length === 0) return 'the allowed subjects are none (allow is empty)';
   return `not in the allowed subjects ${allow.map((a) => `'${a}'`).join(', ')}`;
+}
+
+/**
+ * A list entry: a subject pattern, or on the subscribe side `'<pattern> <queue>'` (one space), the
+ * queue a queue group name, wildcards allowed. An OptionsError naming the entry otherwise.
+ */
+function checkEntry(entry: unknown, op: 'publish' | 'subscribe', option: string): void {
+  if (typeof entry === 'string' && entry.includes(' ')) {
+    const parts = entry.split(' ');
+    if (op === 'publish') {
+      throw new OptionsError(option, 'a publish permission is a subject pattern: no queue group after it', entry);
+    }
+    if (parts.length !== 2) {
+      throw new OptionsError(
+        option,
+        "a subscribe permission is '<pattern>' or '<pattern> <queue>', with one space",
+        entry,
+      );
+    }
+    validateSubject(parts[0] as string, 'subscribe');
+    const problem = queueProblem(parts[1]);
+    if (problem !== undefined) throw new OptionsError(option, problem, entry);
+    return;
+  }
+  validateSubject(entry as string, 'subscribe');
 }

@@ -1,8 +1,9 @@
 import fc from 'fast-check';
-import { isSubsetMatch } from 'sluice';
+import { actor, isSubsetMatch, PermissionError } from 'sluice';
 import { describe, expect, test } from 'vitest';
 // Overlap is internal (it decides which deny patterns filter a subscription at delivery).
 import { overlaps } from '../../runtime/bus/permissions.ts';
+import { testRuntime } from './helpers.ts';
 
 /** NATS matching by regular expression, independent of the code under test. */
 function matches(pattern: string, subject: string): boolean {
@@ -62,5 +63,33 @@ describe('permissions - subject algebra', () => {
       }),
       { numRuns: 1500 },
     );
+  });
+});
+
+describe('permissions - queue groups', () => {
+  test("permissions - an actor's queue group is checked against its subscribe entries with a queue group", () => {
+    const { rt } = testRuntime();
+    const def = (queue: string) =>
+      actor({
+        name: `worker-${queue}`,
+        subscribe: 'orders.eu',
+        queue,
+        permissions: { subscribe: { allow: ['orders.> billing'] } },
+        handle: () => {},
+      });
+    expect(() => rt.spawn(def('ui'))).toThrow(
+      /queue group 'ui' is not in the queue groups allowed on it, 'orders.> billing'/,
+    );
+    expect(rt.spawn(def('billing')).name).toBe('worker-billing');
+  });
+
+  test('permissions - a client that may read a subject cannot join a queue group its entries leave out, and takes no share', async () => {
+    const { rt } = testRuntime();
+    const got: number[] = [];
+    rt.bus.subscribe<number>('orders.eu', { queue: 'billing', callback: (env) => void got.push(env.data) });
+    const reader = rt.bus.client('reader', { subscribe: { allow: ['orders.> audit'] } });
+    expect(() => reader.subscribe('orders.eu', { queue: 'billing' })).toThrow(PermissionError);
+    for (let i = 0; i < 4; i++) await rt.bus.publish('orders.eu', i);
+    expect(got).toEqual([0, 1, 2, 3]);
   });
 });
