@@ -17,12 +17,17 @@ import { type Codec, type CodecChoice, codecOf } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, optionKeys } from '../../runtime/options.ts';
-import { type DeliveryOptions, deadLetterHeaders, deliverHeld, retryDelay } from '../../runtime/sources/delivery.ts';
+import {
+  busHeaders,
+  type DeliveryOptions,
+  deadLetterHeaders,
+  deliverHeld,
+  retryDelay,
+} from '../../runtime/sources/delivery.ts';
 import { SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
 import { ackOptions, checkOptions, deadLetterOption, sourceRef, subjectOption } from '../../runtime/sources/options.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
-import { busHeaders } from '../redis/busHeaders.ts';
 import {
   closeMqtt,
   type MqttConnectionOptions,

@@ -22,6 +22,7 @@ import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runt
 import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, optionKeys } from '../../runtime/options.ts';
 import {
+  busHeaders,
   type DeliveryOptions,
   deadLetterHeaders,
   deliverHeld,
@@ -32,7 +33,6 @@ import { heldLag, SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
 import { ackOptions, checkOptions, deadLetterOption, sourceRef, subjectOption } from '../../runtime/sources/options.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
-import { busHeaders } from '../redis/busHeaders.ts';
 import { openRabbit, type RabbitConnectionOptions, type RabbitTarget, rabbitTarget, reconnectDelay } from './config.ts';
 import { checkDeclaration, declareQueue, type RabbitQueueDeclaration } from './declare.ts';
 

@@ -15,6 +15,7 @@ import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runt
 import { SourceLineage, type SourceSettlement } from '../../runtime/lineage.ts';
 import { intOption, optionKeys } from '../../runtime/options.ts';
 import {
+  busHeaders,
   type DeliveryOptions,
   deadLetterHeaders,
   deliverHeld,
@@ -25,7 +26,6 @@ import { heldLag, SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
 import { ackOptions, checkOptions, deadLetterOption, sourceRef, subjectOption } from '../../runtime/sources/options.ts';
 import type { Source, SourceHost, SourceLag, SourceRef } from '../../runtime/sources/source.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
-import { busHeaders } from './busHeaders.ts';
 import {
   closeRedis,
   connectRedis,
