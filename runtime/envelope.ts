@@ -126,6 +126,8 @@ export const DEAD_LETTER_HEADERS = Object.freeze({
   subject: 'sluice-original-subject',
   messageId: 'sluice-original-id',
   time: 'sluice-dead-lettered-at',
+  /** Set on a broker message's dead letter sent without its payload, which was over the bus's limit: why. */
+  payloadDropped: 'sluice-payload-dropped',
 });
 
 /** @internal The names of {@link DEAD_LETTER_HEADERS}: what a replay strips, what the bus reserves. */

@@ -22,6 +22,7 @@ import {
   type DeliveryOptions,
   deadLetterHeaders,
   deliverHeld,
+  publishDeadLetter,
   retryDelay,
 } from '../../runtime/sources/delivery.ts';
 import { SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
@@ -580,12 +581,12 @@ export class MqttSource<T = unknown> implements Source<T> {
     });
     const p = packet.payload;
     try {
-      await (this.#life.client as BusClient).publish(
+      await publishDeadLetter(
+        this.#life.client as BusClient,
         this.#deadLetter,
         new Uint8Array(typeof p === 'string' ? Buffer.from(p) : p),
-        {
-          headers: letter,
-        },
+        letter,
+        this.#life.log,
       );
     } catch (e) {
       if (this.#life.closed || held.state !== 'waiting') return;

@@ -29,6 +29,7 @@ import {
   deadLetterHeaders,
   deliverHeld,
   freeCapacity,
+  publishDeadLetter,
   retryDelay,
 } from '../../runtime/sources/delivery.ts';
 import { heldLag, SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
@@ -824,7 +825,7 @@ export class NatsSource<T = unknown> implements Source<T> {
       timeMs: this.#life.now(),
     });
     try {
-      await (this.#life.client as BusClient).publish(this.#deadLetter, data.slice(), { headers: letter });
+      await publishDeadLetter(this.#life.client as BusClient, this.#deadLetter, data.slice(), letter, this.#life.log);
     } catch (e) {
       this.#life.log.error(
         `${this.name}: could not dead-letter sequence ${m.seq} to '${this.#deadLetter}': ${messageOf(e)}`,

@@ -27,6 +27,7 @@ import {
   deadLetterHeaders,
   deliverHeld,
   freeCapacity,
+  publishDeadLetter,
   retryDelay,
 } from '../../runtime/sources/delivery.ts';
 import { heldLag, SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
@@ -518,9 +519,13 @@ export class RabbitSource<T = unknown> implements Source<T> {
     });
     let published = true;
     try {
-      await (this.#life.client as BusClient).publish(this.#deadLetter, new Uint8Array(held.msg.content), {
-        headers: letter,
-      });
+      await publishDeadLetter(
+        this.#life.client as BusClient,
+        this.#deadLetter,
+        new Uint8Array(held.msg.content),
+        letter,
+        this.#life.log,
+      );
     } catch (e) {
       published = false;
       this.#life.log.error(`${this.name}: could not dead-letter a message to '${this.#deadLetter}': ${messageOf(e)}`);

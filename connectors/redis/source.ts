@@ -20,6 +20,7 @@ import {
   deadLetterHeaders,
   deliverHeld,
   freeCapacity,
+  publishDeadLetter,
   retryDelay,
 } from '../../runtime/sources/delivery.ts';
 import { heldLag, SourceLifecycle } from '../../runtime/sources/lifecycle.ts';
@@ -686,7 +687,7 @@ export class RedisSource<T = unknown> implements Source<T> {
     });
     const bytes = held.payload === undefined ? new Uint8Array(0) : new Uint8Array(held.payload);
     try {
-      await (this.#life.client as BusClient).publish(this.#deadLetter, bytes, { headers: letter });
+      await publishDeadLetter(this.#life.client as BusClient, this.#deadLetter, bytes, letter, this.#life.log);
     } catch (e) {
       this.#life.log.error(`${this.name}: could not dead-letter ${held.id} to '${this.#deadLetter}': ${messageOf(e)}`);
       this.#life.later(this.#claimIdleMs, () => void this.#redeliver(held));

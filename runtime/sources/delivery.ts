@@ -4,11 +4,12 @@
  * broker delivers again, at its delivery count. (A message's lineage is `SourceLineage`.)
  */
 
+import type { Logger } from '../actors/actor.ts';
 import { DEAD_LETTER_HEADERS } from '../actors/deadLetters.ts';
 import { backoffDelay, DEFAULT_BACKOFF } from '../actors/supervisor.ts';
 import type { Bus, BusClient } from '../bus/bus.ts';
 import { checkHeaders, createEnvelope, type Headers, type PublishOptions } from '../envelope.ts';
-import { ClosedError, ConnectorError, messageOf, SluiceError, StreamError } from '../errors.ts';
+import { ClosedError, ConnectorError, MaxPayloadError, messageOf, SluiceError, StreamError } from '../errors.ts';
 import type { Lineage } from '../lineage.ts';
 
 /**
@@ -168,5 +169,30 @@ function takenName(name: string): boolean {
     return true;
   } catch {
     return false;
+  }
+}
+
+/**
+ * @internal Publishes the dead letter of a broker message. One over the bus's payload limit (the
+ * message itself was, which is why it failed) would be refused at every try, and the message never
+ * leave its broker's redelivery: it goes without its payload, `sluice-payload-dropped` saying why
+ * (its position headers tell where a broker that keeps it has it), and the drop is logged.
+ */
+export async function publishDeadLetter(
+  client: BusClient,
+  subject: string,
+  data: Uint8Array,
+  headers: Record<string, string>,
+  log: Logger,
+): Promise<void> {
+  try {
+    await client.publish(subject, data, { headers });
+  } catch (error) {
+    if (!(error instanceof MaxPayloadError)) throw error;
+    const why = `its payload of ${data.byteLength} bytes is over the bus's limit of ${error.limit} bytes`;
+    log.error(`${client.name}: the dead letter to '${subject}' goes without its payload: ${why}`);
+    await client.publish(subject, new Uint8Array(0), {
+      headers: { ...headers, [DEAD_LETTER_HEADERS.payloadDropped]: why },
+    });
   }
 }

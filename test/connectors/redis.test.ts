@@ -16,6 +16,7 @@ import {
   OptionsError,
   type Runtime,
   type SinkRecord,
+  STREAM_HEADERS,
   VirtualClock,
 } from 'sluice';
 import { redisSink, redisSource } from 'sluice/connectors/redis';
@@ -157,6 +158,42 @@ describe.skipIf(missing !== undefined)('Redis connector', () => {
     expect(new TextDecoder().decode(letters[0]?.data as Uint8Array)).toBe('1');
     await until(async () => (await groupBacklog(redis, stream, 'g')) === 0, 'both acknowledged');
     expect(source.stats).toMatchObject({ retried: 0, terminated: 1 });
+  });
+
+  test("an entry over the bus's payload limit is dead-lettered without its payload, saying why, and acknowledged", async () => {
+    const stream = streamKey();
+    const rt = runtime();
+    const letters: Envelope[] = [];
+    const seen: unknown[] = [];
+    rt.bus.subscribe('big.in', { callback: (env) => void seen.push(env.data) });
+    rt.bus.subscribe('$DLQ.redis.g', { callback: (env) => void letters.push(env) });
+    const source = closing(
+      redisSource({
+        connection: REDIS,
+        stream,
+        group: 'g',
+        subject: 'big.in',
+        codec: 'text',
+        maxDeliver: 2,
+        backoffMs: [10],
+      }),
+    );
+    await source.start(rt);
+    const big = 'x'.repeat(1024 * 1024 + 1);
+    const id = await redis.xadd(stream, '*', 'data', big);
+    await redis.xadd(stream, '*', 'data', 'small');
+    // The dead letter would be as large: refused at every try, the entry stayed pending for good.
+    await until(() => letters.length === 1 && seen.length === 1, 'the small one delivered, the big one dead-lettered');
+    expect(seen).toEqual(['small']);
+    const letter = letters[0] as Envelope;
+    expect(letter.data).toEqual(new Uint8Array(0));
+    expect(letter.headers[DEAD_LETTER_HEADERS.payloadDropped]).toBe(
+      "its payload of 1048577 bytes is over the bus's limit of 1048576 bytes",
+    );
+    expect(letter.headers[DEAD_LETTER_HEADERS.error]).toMatch(/exceeds the limit of 1048576 bytes/);
+    expect(letter.headers[STREAM_HEADERS.sequence]).toBe(id);
+    await until(async () => (await groupBacklog(redis, stream, 'g')) === 0, 'both acknowledged');
+    expect(source.stats).toMatchObject({ terminated: 1 });
   });
 
   test("a dead consumer's pending entries are claimed after the idle time, at their delivery count", async () => {
