@@ -155,6 +155,8 @@ export interface KafkaSourceStats {
    * log's start or end, as `start` says.
    */
   readonly offsetResets: number;
+  /** Record headers left out of envelopes: their names are no bus header names (logged once per name). */
+  readonly headersDropped: number;
 }
 
 /** An offset to commit for a partition, with the offsets done above it as metadata. */
@@ -339,7 +341,10 @@ export class KafkaSource<T = unknown> implements Source<T> {
     skipped: 0,
     keyWaits: 0,
     offsetResets: 0,
+    headersDropped: 0,
   };
+  /** Header names dropped and logged already (bounded: names made per record must not grow it). */
+  readonly #droppedNames = new Set<string>();
 
   constructor(options: KafkaSourceOptions<T>) {
     optionsObject('kafkaSource', options);
@@ -1270,6 +1275,20 @@ export class KafkaSource<T = unknown> implements Source<T> {
     return part.ledger.pending >= this.#maxPending || part.ledger.window >= this.#maxWindow;
   }
 
+  /**
+   * A record header whose name the bus refuses (not printable ASCII, white space, a colon): the
+   * record is still published, as headers are its metadata, without that one; counted, and logged
+   * the first time a name is seen, so that it is not lost in silence nor logged per record.
+   */
+  #droppedHeader(name: string, position: string): void {
+    this.#stats.headersDropped++;
+    if (this.#droppedNames.has(name) || this.#droppedNames.size >= 100) return;
+    this.#droppedNames.add(name);
+    this.#log.warn(
+      `kafka source '${this.name}': record ${position} has a header named ${JSON.stringify(name)}, which is no bus header name (printable ASCII without white space or colon, at most 256 characters): it is left out of the envelope (counted in stats.headersDropped; logged once per name)`,
+    );
+  }
+
   async #publishOne(part: Partition, record: PendingRecord, index: number): Promise<void> {
     const client = this.#client as BusClient;
     const lineage = recordLineage(this, part, record, index);
@@ -1280,6 +1299,7 @@ export class KafkaSource<T = unknown> implements Source<T> {
       if (k === null) continue;
       const name = k.toString();
       if (envelopeName(name)) headers[name] = v === null ? '' : v.toString();
+      else this.#droppedHeader(name, position);
     }
     headers[STREAM_HEADERS.stream] = this.#stream;
     headers[STREAM_HEADERS.sequence] = position;

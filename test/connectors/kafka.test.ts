@@ -174,6 +174,43 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     expect(seen).toEqual([]);
   }, 60_000);
 
+  test('a header whose name the bus refuses is left out, the record published: counted, and logged once per name', async () => {
+    await createTopic(broker.bootstrap, 'hdr-in', 1);
+    await produce(
+      broker.bootstrap,
+      'hdr-in',
+      range(3).map((i) => ({ key: `k${i}`, value: { i }, headers: { 'bad name': 'x', ok: String(i) } })),
+    );
+    const warnings: string[] = [];
+    const runtime = createRuntime({ logger: { ...quiet, warn: (m: string) => warnings.push(m) } });
+    const got: { i: number; headers: Record<string, string> }[] = [];
+    runtime.bus.subscribe<Order>('hdr-in', {
+      callback: (env) => void got.push({ i: env.data.i, headers: { ...env.headers } }),
+    });
+    const source = kafkaSource<Order>({
+      connection: { brokers: [broker.bootstrap] },
+      groupId: 'hdr',
+      topics: 'hdr-in',
+    });
+    await source.start({ bus: runtime.bus, logger: { ...quiet, warn: (m: string) => void warnings.push(m) } });
+    try {
+      await eventually(() => got.length === 3 && source.stats.settled === 3, 20_000, 'all three delivered');
+      expect(got.map((g) => [g.i, g.headers.ok, g.headers['bad name']])).toEqual([
+        [0, '0', undefined],
+        [1, '1', undefined],
+        [2, '2', undefined],
+      ]);
+      expect(source.stats.headersDropped).toBe(3);
+      expect(warnings.filter((w) => w.includes('"bad name"'))).toHaveLength(1);
+      expect(warnings.find((w) => w.includes('"bad name"'))).toMatch(
+        /record hdr-in\/0\/0 has a header named "bad name"/,
+      );
+    } finally {
+      await source.close();
+      await runtime.stop();
+    }
+  });
+
   test('two consumers of one group share the partitions; a rebalance midway loses and doubles nothing (read_committed)', async () => {
     const N = 3000;
     await createTopic(broker.bootstrap, 'eo-in', 4);
