@@ -6,20 +6,27 @@ import { eventually } from './wait.ts';
 
 const keysOf = (envs: readonly Envelope[]) => envs.map((e) => e.headers[IDEMPOTENCY_KEY_HEADER]);
 
+/** A runtime with stream ORDERS and an actor 'splitter' that emits two copies of each input to 'split'. */
+function splitter(alsoPlain: boolean) {
+  const { rt } = testRuntime({ store: new MemoryStore() });
+  const orders = rt.stream({ name: 'ORDERS', subjects: ['orders.>'] });
+  const out = collect(rt.bus, 'split');
+  const fromStream = durable<number>('ORDERS', { consumer: 'splitter' });
+  rt.spawn(
+    actor<number, number>({
+      name: 'splitter',
+      subscribe: alsoPlain ? [fromStream, 'plain'] : fromStream,
+      output: 'split',
+      pipeline: (in$) =>
+        in$.pipe(mergeMap((env) => of({ ...env, data: env.data * 10 }, { ...env, data: env.data * 10 + 1 }))),
+    }),
+  );
+  return { rt, orders, out };
+}
+
 describe('idempotency keys of outputs derived from stream positions', () => {
   test('output keys - two outputs of one input get distinct keys <stream>/<sequence>/<actor>/<index>', async () => {
-    const { rt } = testRuntime({ store: new MemoryStore() });
-    const orders = rt.stream({ name: 'ORDERS', subjects: ['orders.>'] });
-    const out = collect(rt.bus, 'split');
-    rt.spawn(
-      actor<number, number>({
-        name: 'splitter',
-        subscribe: durable<number>('ORDERS', { consumer: 'splitter' }),
-        output: 'split',
-        pipeline: (in$) =>
-          in$.pipe(mergeMap((env) => of({ ...env, data: env.data * 10 }, { ...env, data: env.data * 10 + 1 }))),
-      }),
-    );
+    const { rt, orders, out } = splitter(false);
     await rt.bus.publish('orders.eu', 1);
     await rt.bus.publish('orders.eu', 2);
     await eventually(() => expect(orders.consumer('splitter').position).toBe(3));
@@ -118,18 +125,7 @@ describe('idempotency keys of outputs derived from stream positions', () => {
   });
 
   test("output keys - outputs that copy their input's key with { ...env }: the first keeps it, the next get <key>/<actor>/<index>", async () => {
-    const { rt } = testRuntime({ store: new MemoryStore() });
-    const orders = rt.stream({ name: 'ORDERS', subjects: ['orders.>'] });
-    const out = collect(rt.bus, 'split');
-    rt.spawn(
-      actor<number, number>({
-        name: 'splitter',
-        subscribe: [durable<number>('ORDERS', { consumer: 'splitter' }), 'plain'],
-        output: 'split',
-        pipeline: (in$) =>
-          in$.pipe(mergeMap((env) => of({ ...env, data: env.data * 10 }, { ...env, data: env.data * 10 + 1 }))),
-      }),
-    );
+    const { rt, orders, out } = splitter(true);
     await rt.bus.publish('orders.eu', 1, { headers: { [IDEMPOTENCY_KEY_HEADER]: 'order-1' } });
     await eventually(() => expect(orders.consumer('splitter').position).toBe(2));
     await rt.bus.publish('plain', 2, { headers: { [IDEMPOTENCY_KEY_HEADER]: 'order-2' } });
