@@ -673,6 +673,14 @@ export class NatsTransport implements Transport {
       return new ClosedError('natsTransport', `the connection is closed (${operation} on '${subject}')`);
     }
     if (error instanceof MailboxFullError || error instanceof StreamError) return error;
+    if (error instanceof errors.InvalidArgumentError || cause instanceof errors.InvalidArgumentError) {
+      // The client refuses the message itself (over the server's max_payload): sending it again
+      // gives the same answer, so a retry policy must dead-letter it rather than spin on it.
+      return new ConnectorError('natsTransport', `${operation} on '${subject}' was refused: ${messageOf(error)}`, {
+        cause: error,
+        retryable: false,
+      });
+    }
     return new ConnectorError('natsTransport', `${operation} on '${subject}' failed: ${messageOf(error)}`, {
       cause: error,
       retryable: true,

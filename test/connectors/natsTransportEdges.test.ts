@@ -1,0 +1,71 @@
+/**
+ * The NATS transport at its edges, against a real nats-server: what NATS cannot carry (a message
+ * over the server's max_payload, a header value it would cut or refuse), and scatter-gather under
+ * server permissions (a denied request, a client inbox prefix).
+ */
+import { createRuntime, SluiceError } from 'sluice';
+import { type NatsTransportOptions, natsTransport } from 'sluice/connectors/nats';
+import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
+import { type NatsServer, natsServerMissing, startNatsServer } from '../services/natsServer.ts';
+
+const missing = natsServerMissing('the NATS transport edge tests');
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+
+describe.skipIf(missing !== undefined)('NATS transport edges', () => {
+  let server: NatsServer;
+
+  beforeAll(async () => {
+    server = await startNatsServer({
+      jetstream: true,
+      config: `max_payload: 4096
+authorization {
+  users = [
+    { user: "app", password: "app-secret", permissions: {
+        publish: { allow: ["app.>", "_INBOX.>", "$JS.API.>", "big.>"] },
+        subscribe: { allow: ["app.>", "_INBOX.>", "big.>"] } } }
+    { user: "own", password: "own-secret", permissions: {
+        publish: { allow: ["app.>", "_OWN.>"] },
+        subscribe: { allow: ["app.>", "_OWN.>"] } } }
+  ]
+}
+`,
+    });
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  function node(options: Partial<NatsTransportOptions> = {}, streams?: { name: string; subjects: string[] }[]) {
+    const errors: Error[] = [];
+    const transport = natsTransport({
+      servers: server.url,
+      user: 'app',
+      pass: 'app-secret',
+      onError: (e) => void errors.push(e),
+      ...options,
+    });
+    const rt = createRuntime({ transport, logger: quiet, shutdownDeadlineMs: 1_000, ...(streams ? { streams } : {}) });
+    onTestFinished(async () => {
+      await rt.stop();
+      await transport.close();
+    });
+    return { rt, transport, errors };
+  }
+
+  test('a message over the server max_payload is refused for good, not as a retryable error', async () => {
+    const { rt, transport } = node({}, [{ name: 'BIG', subjects: ['big.stored'] }]);
+    await transport.ready();
+    const big = 'x'.repeat(8_000);
+    const stored = await rt.bus.publish('big.stored', big).catch((e: unknown) => e);
+    expect(stored).toBeInstanceOf(SluiceError);
+    expect((stored as SluiceError).retryable).toBe(false);
+    const published = await rt.bus.publish('big.one', big).catch((e: unknown) => e);
+    expect(published).toBeInstanceOf(SluiceError);
+    expect((published as SluiceError).message).toMatch(/max_payload/);
+    expect((published as SluiceError).retryable).toBe(false);
+    const requested = await rt.bus.request('big.svc', big, { timeoutMs: 500 }).catch((e: unknown) => e);
+    expect(requested).toBeInstanceOf(SluiceError);
+    expect((requested as SluiceError).retryable).toBe(false);
+    await expect(rt.bus.publish('big.small', 'x')).resolves.toBeUndefined();
+  });
+});
