@@ -236,6 +236,9 @@ export class NatsTransport implements Transport {
   #encode(env: Envelope): { headers: MsgHdrs; bytes: Uint8Array } {
     const codec = (this.#codecs as Codecs).of(env.subject, undefined);
     const bytes = encodeWith(codec, env.data, env.subject);
+    for (const name in env.headers) carried(name, env.headers[name] as string, env.subject);
+    if (env.key !== undefined) carried('sluice-key', env.key, env.subject);
+    carried(TRANSPORT_HEADERS.id, env.id, env.subject);
     const extra: Record<string, string> = { [TRANSPORT_HEADERS.id]: env.id };
     if (env.attempt !== 1) extra[TRANSPORT_HEADERS.attempt] = String(env.attempt);
     const contentType = contentTypeOf(codec);
@@ -686,6 +689,23 @@ export class NatsTransport implements Transport {
       retryable: true,
     });
   }
+}
+
+/** A line break, or white space at either end (what NATS trims from a header value). */
+const UNCARRIED = /[\r\n]|^\s|\s$/;
+
+/**
+ * Refuses a header value NATS would refuse or trim: the client rejects a line break with an error
+ * of its own, and both ends of the wire trim white space, so the receiver would see another value.
+ * Sending it again changes nothing, so the error is not retryable.
+ */
+function carried(name: string, value: string, subject: string): void {
+  if (!UNCARRIED.test(value)) return;
+  throw new ConnectorError(
+    'natsTransport',
+    `header '${name}' of a message on '${subject}' cannot travel over NATS: a NATS header value holds no line break and loses white space at either end (${JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}...` : value)})`,
+    { retryable: false },
+  );
 }
 
 interface FlushRound {

@@ -7,6 +7,7 @@ import { createRuntime, SluiceError } from 'sluice';
 import { type NatsTransportOptions, natsTransport } from 'sluice/connectors/nats';
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
 import { type NatsServer, natsServerMissing, startNatsServer } from '../services/natsServer.ts';
+import { until } from './conformance.ts';
 
 const missing = natsServerMissing('the NATS transport edge tests');
 const quiet = { debug() {}, info() {}, warn() {}, error() {} };
@@ -67,5 +68,26 @@ authorization {
     expect(requested).toBeInstanceOf(SluiceError);
     expect((requested as SluiceError).retryable).toBe(false);
     await expect(rt.bus.publish('big.small', 'x')).resolves.toBeUndefined();
+  });
+
+  test('a header value NATS cannot carry (a line break, white space at an end) is refused, never sent cut', async () => {
+    const a = node();
+    const b = node();
+    const got: Record<string, string>[] = [];
+    b.rt.bus.subscribe('app.h', { callback: (env) => void got.push({ ...env.headers }) });
+    await Promise.all([a.transport.ready(), b.transport.ready()]);
+    for (const value of ['two\r\nlines', 'line\nbreak', ' padded', 'padded ', '\ttab']) {
+      const error = await a.rt.bus.publish('app.h', 1, { headers: { note: value } }).catch((e: unknown) => e);
+      expect(error, JSON.stringify(value)).toBeInstanceOf(SluiceError);
+      expect((error as SluiceError).message).toMatch(/header 'note'/);
+      expect((error as SluiceError).retryable).toBe(false);
+    }
+    await a.rt.bus.publish('app.h', 2, { headers: { note: 'inner space is fine', empty: '' } });
+    await until(() => got.length >= 1, 'the valid message');
+    await a.transport.ready();
+    await b.transport.ready();
+    expect(got).toHaveLength(1);
+    expect(got[0]?.note).toBe('inner space is fine');
+    expect(got[0]?.empty).toBe('');
   });
 });
