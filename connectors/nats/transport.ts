@@ -417,7 +417,8 @@ export class NatsTransport implements Transport {
   async requestMany(env: Envelope, limits: RequestManyLimits): Promise<Envelope[]> {
     const nc = await this.#connected;
     const { headers, bytes } = this.#encode(env);
-    const inbox = createInbox();
+    // The client's own prefix, as its request uses: a user may be allowed no other inbox.
+    const inbox = createInbox(this.#connection.client?.inboxPrefix);
     return new Promise<Envelope[]>((resolve, reject) => {
       const replies: Envelope[] = [];
       let stall: NodeJS.Timeout | undefined;

@@ -90,4 +90,19 @@ authorization {
     expect(got[0]?.note).toBe('inner space is fine');
     expect(got[0]?.empty).toBe('');
   });
+
+  test('requestMany collects on the inbox prefix the client was given, as request does', async () => {
+    const own = { user: 'own', pass: 'own-secret', client: { inboxPrefix: '_OWN' } };
+    const asker = node(own);
+    const responder = node(own);
+    responder.rt.bus.subscribe<number>('app.census', {
+      callback: (env) => responder.rt.bus.respond(env, env.data + 1),
+    });
+    await Promise.all([asker.transport.ready(), responder.transport.ready()]);
+    const one = await asker.rt.bus.request<number, number>('app.census', 1, { timeoutMs: 2_000 });
+    expect(one.data).toBe(2);
+    const many = await asker.rt.bus.requestMany<number, number>('app.census', 1, { maxReplies: 1, timeoutMs: 2_000 });
+    expect(many.map((r) => r.data)).toEqual([2]);
+    expect(asker.errors).toEqual([]);
+  });
 });
