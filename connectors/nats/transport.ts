@@ -466,7 +466,13 @@ export class NatsTransport implements Transport {
         this.#stats.published++;
       } catch (error) {
         fail(this.#failure(error, 'publish', env.subject));
+        return;
       }
+      // The server answers a denied publish with an error and nothing else: without its round
+      // trip the request would wait out its time and resolve with no replies, the denial unseen.
+      this.#flushed(nc, env.subject).catch((error: unknown) => {
+        if (error instanceof PermissionError) fail(error);
+      });
     });
   }
 

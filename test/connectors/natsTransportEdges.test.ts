@@ -3,7 +3,7 @@
  * over the server's max_payload, a header value it would cut or refuse), and scatter-gather under
  * server permissions (a denied request, a client inbox prefix).
  */
-import { createRuntime, SluiceError } from 'sluice';
+import { createRuntime, PermissionError, SluiceError } from 'sluice';
 import { type NatsTransportOptions, natsTransport } from 'sluice/connectors/nats';
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
 import { type NatsServer, natsServerMissing, startNatsServer } from '../services/natsServer.ts';
@@ -89,6 +89,16 @@ authorization {
     expect(got).toHaveLength(1);
     expect(got[0]?.note).toBe('inner space is fine');
     expect(got[0]?.empty).toBe('');
+  });
+
+  test('requestMany to a subject the server denies rejects with a PermissionError, not an empty answer', async () => {
+    const { rt, transport } = node();
+    await transport.ready();
+    const started = Date.now();
+    const error = await rt.bus.requestMany('secret.census', 1, { timeoutMs: 5_000 }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(PermissionError);
+    // Rejected on the server's answer, well before its own timeout.
+    expect(Date.now() - started).toBeLessThan(4_000);
   });
 
   test('requestMany collects on the inbox prefix the client was given, as request does', async () => {
