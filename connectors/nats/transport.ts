@@ -437,27 +437,36 @@ export class NatsTransport implements Transport {
         reject(error);
       };
       const timer = setTimeout(finish, limits.timeoutMs);
+      const collect = (msg: Msg) => {
+        if (msg.headers?.code === 503 && msg.data.length === 0) {
+          if (replies.length === 0) fail(new NoRespondersError(env.subject));
+          else finish();
+          return;
+        }
+        let reply: Envelope;
+        try {
+          reply = this.decode(msg);
+        } catch (e) {
+          this.#onError(e instanceof Error ? e : new Error(messageOf(e)));
+          return;
+        }
+        if (limits.sentinel?.(reply) === true) return finish();
+        replies.push(reply);
+        if (replies.length >= limits.maxReplies) return finish();
+        if (limits.stallMs !== undefined) {
+          clearTimeout(stall);
+          stall = setTimeout(finish, limits.stallMs);
+        }
+      };
       sub = nc.subscribe(inbox, {
         callback: (error, msg) => {
           if (error !== null) return fail(this.#failure(error, 'subscribe', inbox));
-          if (msg.headers?.code === 503 && msg.data.length === 0) {
-            if (replies.length === 0) fail(new NoRespondersError(env.subject));
-            else finish();
-            return;
-          }
-          let reply: Envelope;
+          // The client reads the whole connection in the loop that calls this: a throw here
+          // (the caller's sentinel) would end that loop, and every subscription and request with it.
           try {
-            reply = this.decode(msg);
-          } catch (e) {
-            this.#onError(e instanceof Error ? e : new Error(messageOf(e)));
-            return;
-          }
-          if (limits.sentinel?.(reply) === true) return finish();
-          replies.push(reply);
-          if (replies.length >= limits.maxReplies) return finish();
-          if (limits.stallMs !== undefined) {
-            clearTimeout(stall);
-            stall = setTimeout(finish, limits.stallMs);
+            collect(msg);
+          } catch (thrown) {
+            fail(thrown);
           }
         },
       });

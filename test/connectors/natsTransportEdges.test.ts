@@ -116,3 +116,44 @@ authorization {
     expect(asker.errors).toEqual([]);
   });
 });
+
+describe.skipIf(missing !== undefined)('NATS transport callbacks', () => {
+  let server: NatsServer;
+
+  beforeAll(async () => {
+    server = await startNatsServer();
+  });
+  afterAll(async () => {
+    await server?.stop();
+  });
+
+  function node(options: Partial<NatsTransportOptions> = {}) {
+    const transport = natsTransport({ servers: server.url, ...options });
+    const rt = createRuntime({ transport, logger: quiet, shutdownDeadlineMs: 1_000 });
+    onTestFinished(async () => {
+      await rt.stop();
+      await transport.close();
+    });
+    return { rt, transport };
+  }
+
+  test('a requestMany sentinel that throws rejects that call, and the connection goes on reading', async () => {
+    const asker = node();
+    const responder = node();
+    responder.rt.bus.subscribe<number>('cb.echo', { callback: (env) => responder.rt.bus.respond(env, env.data) });
+    await Promise.all([asker.transport.ready(), responder.transport.ready()]);
+    const thrown = new Error('sentinel broke');
+    const error = await asker.rt.bus
+      .requestMany('cb.echo', 1, {
+        timeoutMs: 2_000,
+        sentinel: () => {
+          throw thrown;
+        },
+      })
+      .catch((e: unknown) => e);
+    expect(error).toBe(thrown);
+    // The client reads every message of the connection in one loop: a throw in a callback ended it.
+    const reply = await asker.rt.bus.request<number, number>('cb.echo', 7, { timeoutMs: 2_000 });
+    expect(reply.data).toBe(7);
+  });
+});
