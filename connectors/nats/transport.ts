@@ -458,18 +458,24 @@ export class NatsTransport implements Transport {
           stall = setTimeout(finish, limits.stallMs);
         }
       };
-      sub = nc.subscribe(inbox, {
-        callback: (error, msg) => {
-          if (error !== null) return fail(this.#failure(error, 'subscribe', inbox));
-          // The client reads the whole connection in the loop that calls this: a throw here
-          // (the caller's sentinel) would end that loop, and every subscription and request with it.
-          try {
-            collect(msg);
-          } catch (thrown) {
-            fail(thrown);
-          }
-        },
-      });
+      try {
+        sub = nc.subscribe(inbox, {
+          callback: (error, msg) => {
+            if (error !== null) return fail(this.#failure(error, 'subscribe', inbox));
+            // The client reads the whole connection in the loop that calls this: a throw here
+            // (the caller's sentinel) would end that loop, and every subscription and request with it.
+            try {
+              collect(msg);
+            } catch (thrown) {
+              fail(thrown);
+            }
+          },
+        });
+      } catch (error) {
+        // A connection closed meanwhile: the timer must not outlive the call.
+        fail(this.#failure(error, 'subscribe', inbox));
+        return;
+      }
       try {
         nc.publish(env.subject, bytes, { headers, reply: inbox });
         this.#stats.published++;

@@ -3,7 +3,7 @@
  * over the server's max_payload, a header value it would cut or refuse), and scatter-gather under
  * server permissions (a denied request, a client inbox prefix).
  */
-import { createRuntime, PermissionError, SluiceError } from 'sluice';
+import { ClosedError, createRuntime, PermissionError, SluiceError } from 'sluice';
 import { type NatsTransportOptions, natsTransport } from 'sluice/connectors/nats';
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
 import { type NatsServer, natsServerMissing, startNatsServer } from '../services/natsServer.ts';
@@ -155,5 +155,13 @@ describe.skipIf(missing !== undefined)('NATS transport callbacks', () => {
     // The client reads every message of the connection in one loop: a throw in a callback ended it.
     const reply = await asker.rt.bus.request<number, number>('cb.echo', 7, { timeoutMs: 2_000 });
     expect(reply.data).toBe(7);
+  });
+
+  test('requestMany after the connection closed rejects with a ClosedError', async () => {
+    const { rt, transport } = node();
+    await transport.ready();
+    await transport.close();
+    const error = await rt.bus.requestMany('cb.any', 1, { timeoutMs: 60_000 }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ClosedError);
   });
 });
