@@ -156,7 +156,16 @@ export class NatsTransport implements Transport {
     if (options.onError !== undefined && typeof options.onError !== 'function') {
       throw new OptionsError('natsTransport.onError', 'must be a function of an error', options.onError);
     }
-    this.#onError = options.onError ?? ((error) => this.#host?.log.error(`natsTransport: ${error.message}`));
+    const report = options.onError ?? ((error: Error) => this.#host?.log.error(`natsTransport: ${error.message}`));
+    // Called from the client's callbacks, where a throw ends the loop that reads the connection
+    // (or from the status loop, as an unhandled rejection): a handler's own failure is logged.
+    this.#onError = (error) => {
+      try {
+        report(error);
+      } catch (thrown) {
+        this.#host?.log.error(`natsTransport: onError threw (${messageOf(thrown)}) on: ${error.message}`);
+      }
+    };
     // Checked now, so a bad option throws here rather than in the connection promise.
     if (options.codec !== undefined) new Codecs(options.codec, options.codecs, 'natsTransport');
     // The connection's options are checked now, so a bad one throws here, not in a promise.

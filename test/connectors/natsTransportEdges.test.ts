@@ -3,6 +3,8 @@
  * over the server's max_payload, a header value it would cut or refuse), and scatter-gather under
  * server permissions (a denied request, a client inbox prefix).
  */
+
+import { connect } from '@nats-io/transport-node';
 import { ClosedError, createRuntime, PermissionError, SluiceError } from 'sluice';
 import { type NatsTransportOptions, natsTransport } from 'sluice/connectors/nats';
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
@@ -163,5 +165,35 @@ describe.skipIf(missing !== undefined)('NATS transport callbacks', () => {
     await transport.close();
     const error = await rt.bus.requestMany('cb.any', 1, { timeoutMs: 60_000 }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(ClosedError);
+  });
+
+  test('an onError that throws is logged, and the connection goes on reading', async () => {
+    const logged: string[] = [];
+    const transport = natsTransport({
+      servers: server.url,
+      codec: 'json',
+      onError: () => {
+        throw new Error('the handler broke');
+      },
+    });
+    const logger = { ...quiet, error: (m: string) => void logged.push(m) };
+    const rt = createRuntime({ transport, logger, shutdownDeadlineMs: 1_000 });
+    onTestFinished(async () => {
+      await rt.stop();
+      await transport.close();
+    });
+    const got: unknown[] = [];
+    rt.bus.subscribe('cb.bad', { callback: (env) => void got.push(env.data) });
+    await transport.ready();
+    const nc = await connect({ servers: server.url });
+    onTestFinished(() => nc.close());
+    // Undecodable: dropped and reported to onError, from the client's callback.
+    nc.publish('cb.bad', '{not json');
+    nc.publish('cb.bad', JSON.stringify('ok'));
+    await nc.flush();
+    await until(() => got.length === 1, 'the message after the bad one');
+    expect(got).toEqual(['ok']);
+    expect(transport.stats.dropped).toBe(1);
+    expect(logged.join('\n')).toMatch(/the handler broke/);
   });
 });
