@@ -19,7 +19,7 @@ import { trimOldest } from '../../runtime/bounded.ts';
 import type { RequestManyLimits, Route } from '../../runtime/bus/bus.ts';
 import { subjectMatches, validateSubject } from '../../runtime/bus/subjects.ts';
 import { encodeWith } from '../../runtime/codec.ts';
-import { createEnvelope, type Envelope } from '../../runtime/envelope.ts';
+import { createEnvelope, DEAD_LETTER_HEADERS, type Envelope } from '../../runtime/envelope.ts';
 import {
   ClosedError,
   ConnectorError,
@@ -245,14 +245,24 @@ export class NatsTransport implements Transport {
   #encode(env: Envelope): { headers: MsgHdrs; bytes: Uint8Array } {
     const codec = (this.#codecs as Codecs).of(env.subject, undefined);
     const bytes = encodeWith(codec, env.data, env.subject);
-    for (const name in env.headers) carried(name, env.headers[name] as string, env.subject);
+    let envHeaders: Record<string, string> = env.headers;
+    for (const name in env.headers) {
+      const value = env.headers[name] as string;
+      if (!UNCARRIED.test(value)) continue;
+      if (REASONS.has(name)) {
+        // A reason in words (an error's message, often of several lines): refusing it would lose
+        // the dead letter that carries it, so it travels on one line.
+        if (envHeaders === env.headers) envHeaders = { ...env.headers };
+        envHeaders[name] = value.replace(/\s*[\r\n]+\s*/g, ' ').trim();
+      } else carried(name, value, env.subject);
+    }
     if (env.key !== undefined) carried('sluice-key', env.key, env.subject);
     carried(TRANSPORT_HEADERS.id, env.id, env.subject);
     const extra: Record<string, string> = { [TRANSPORT_HEADERS.id]: env.id };
     if (env.attempt !== 1) extra[TRANSPORT_HEADERS.attempt] = String(env.attempt);
     const contentType = contentTypeOf(codec);
     if (contentType !== undefined) extra[CONTENT_TYPE] = contentType;
-    return { headers: writeHeaders(env.headers, env.key, env.eventTime, extra), bytes };
+    return { headers: writeHeaders(envHeaders, env.key, env.eventTime, extra), bytes };
   }
 
   /**
@@ -721,6 +731,9 @@ export class NatsTransport implements Transport {
     });
   }
 }
+
+/** Dead-letter headers that say why in words: folded onto one line rather than refused. */
+const REASONS: ReadonlySet<string> = new Set([DEAD_LETTER_HEADERS.error, DEAD_LETTER_HEADERS.payloadDropped]);
 
 /** A line break, or white space at either end (what NATS trims from a header value). */
 const UNCARRIED = /[\r\n]|^\s|\s$/;

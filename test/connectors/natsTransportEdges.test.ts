@@ -5,7 +5,7 @@
  */
 
 import { connect } from '@nats-io/transport-node';
-import { ClosedError, createRuntime, PermissionError, SluiceError } from 'sluice';
+import { actor, ClosedError, createRuntime, PermissionError, SluiceError } from 'sluice';
 import { type NatsTransportOptions, natsTransport } from 'sluice/connectors/nats';
 import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
 import { type NatsServer, natsServerMissing, startNatsServer } from '../services/natsServer.ts';
@@ -195,5 +195,25 @@ describe.skipIf(missing !== undefined)('NATS transport callbacks', () => {
     expect(got).toEqual(['ok']);
     expect(transport.stats.dropped).toBe(1);
     expect(logged.join('\n')).toMatch(/the handler broke/);
+  });
+
+  test("a handler's error of several lines still reaches its dead letter, its reason on one line", async () => {
+    const { rt, transport } = node();
+    const letters: Record<string, string>[] = [];
+    rt.bus.subscribe('$DLQ.multi', { callback: (env) => void letters.push({ ...env.headers }) });
+    rt.spawn(
+      actor<number, void>({
+        name: 'multi',
+        subscribe: 'cb.multi',
+        retry: { maxAttempts: 1 },
+        handle: () => {
+          throw new Error('first line\r\nsecond line\n');
+        },
+      }),
+    );
+    await transport.ready();
+    await rt.bus.publish('cb.multi', 1);
+    await until(() => letters.length === 1, 'the dead letter');
+    expect(letters[0]?.['sluice-error']).toBe('first line second line');
   });
 });
