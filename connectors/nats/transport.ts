@@ -126,6 +126,7 @@ export class NatsTransport implements Transport {
   #js: JetStreamClient | undefined;
   #jsm: Promise<JetStreamManager> | undefined;
   #closed = false;
+  #closing: Promise<void> | undefined;
   readonly #stats = { published: 0, received: 0, dropped: 0, denied: 0 };
   readonly #subs = new Set<RemoteSubscription>();
   /** Reply subjects of requests received here, which a restricted client may answer once. */
@@ -651,8 +652,13 @@ export class NatsTransport implements Transport {
   }
 
   /** Stops the durable subscriptions, ends the subscriptions and closes the connection (after a flush). */
-  async close(): Promise<void> {
-    if (this.#closed) return;
+  close(): Promise<void> {
+    // A second caller (the application and a shutdown hook) waits for the same close, not for nothing.
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
     this.#closed = true;
     await this.stopDurables();
     for (const sub of this.#subs) sub.close();

@@ -216,4 +216,14 @@ describe.skipIf(missing !== undefined)('NATS transport callbacks', () => {
     await until(() => letters.length === 1, 'the dead letter');
     expect(letters[0]?.['sluice-error']).toBe('first line second line');
   });
+
+  test('a second close waits for the first: when either resolves the connection is closed', async () => {
+    const { rt, transport } = node();
+    await transport.ready();
+    await rt.stop();
+    const first = transport.close();
+    await transport.close();
+    expect(transport.connection?.isClosed()).toBe(true);
+    await first;
+  });
 });
