@@ -443,7 +443,9 @@ export class NatsTransport implements Transport {
       const replies: Envelope[] = [];
       let stall: NodeJS.Timeout | undefined;
       let sub: NatsSubscription | undefined;
+      let settled = false;
       const end = () => {
+        settled = true;
         clearTimeout(timer);
         clearTimeout(stall);
         sub?.unsubscribe();
@@ -496,6 +498,12 @@ export class NatsTransport implements Transport {
         fail(this.#failure(error, 'subscribe', inbox));
         return;
       }
+      // The inbox ends with the connection (the transport's close): no reply can come any more.
+      const ended = () => {
+        if (settled) return;
+        fail(new ClosedError('natsTransport', `the connection closed (requestMany on '${env.subject}')`));
+      };
+      sub.closed.then(ended, ended);
       try {
         nc.publish(env.subject, bytes, { headers, reply: inbox });
         this.#stats.published++;

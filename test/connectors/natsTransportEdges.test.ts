@@ -226,4 +226,21 @@ describe.skipIf(missing !== undefined)('NATS transport callbacks', () => {
     expect(transport.connection?.isClosed()).toBe(true);
     await first;
   });
+
+  test('a requestMany under way when the transport closes rejects with a ClosedError then, not at its timeout', async () => {
+    const asker = node();
+    const responder = node();
+    responder.rt.bus.subscribe<number>('cb.slow', { callback: (env) => responder.rt.bus.respond(env, env.data) });
+    await Promise.all([asker.transport.ready(), responder.transport.ready()]);
+    let outcome: unknown = 'pending';
+    const call = asker.rt.bus.requestMany('cb.slow', 1, { timeoutMs: 60_000 }).then(
+      (replies) => (outcome = replies),
+      (error: unknown) => (outcome = error),
+    );
+    await until(() => asker.transport.stats.received === 1, 'the first reply');
+    await asker.transport.close();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(outcome).toBeInstanceOf(ClosedError);
+    await call;
+  });
 });
