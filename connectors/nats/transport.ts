@@ -727,7 +727,13 @@ export class NatsTransport implements Transport {
     if (error instanceof errors.TimeoutError || cause instanceof errors.TimeoutError) {
       return new TimeoutError('request', subject, timeoutMs ?? 0);
     }
-    if (error instanceof errors.ClosedConnectionError || error instanceof errors.DrainingConnectionError) {
+    if (
+      error instanceof errors.ClosedConnectionError ||
+      error instanceof errors.DrainingConnectionError ||
+      cause instanceof errors.ClosedConnectionError ||
+      // What the client rejects a request under way with when its connection closes.
+      (error instanceof errors.RequestError && error.message === 'connection closed')
+    ) {
       return new ClosedError('natsTransport', `the connection is closed (${operation} on '${subject}')`);
     }
     if (error instanceof MailboxFullError || error instanceof StreamError) return error;

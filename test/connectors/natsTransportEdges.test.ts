@@ -243,4 +243,21 @@ describe.skipIf(missing !== undefined)('NATS transport callbacks', () => {
     expect(outcome).toBeInstanceOf(ClosedError);
     await call;
   });
+
+  test('a request under way when the transport closes rejects with a ClosedError then, not at its timeout', async () => {
+    const asker = node();
+    const silent = node();
+    silent.rt.bus.subscribe('cb.silent', { callback: () => undefined });
+    await Promise.all([asker.transport.ready(), silent.transport.ready()]);
+    let outcome: unknown = 'pending';
+    const call = asker.rt.bus.request('cb.silent', 1, { timeoutMs: 60_000 }).then(
+      (reply) => (outcome = reply),
+      (error: unknown) => (outcome = error),
+    );
+    await asker.transport.ready();
+    await asker.transport.close();
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(outcome).toBeInstanceOf(ClosedError);
+    await call;
+  });
 });
