@@ -254,7 +254,11 @@ export class NatsTransport implements Transport {
         // A reason in words (an error's message, often of several lines): refusing it would lose
         // the dead letter that carries it, so it travels on one line.
         if (envHeaders === env.headers) envHeaders = { ...env.headers };
-        envHeaders[name] = value.replace(/\s*[\r\n]+\s*/g, ' ').trim();
+        envHeaders[name] = value
+          .split(/[\r\n]+/)
+          .map((line) => line.trim())
+          .filter((line) => line !== '')
+          .join(' ');
       } else carried(name, value, env.subject);
     }
     if (env.key !== undefined) carried('sluice-key', env.key, env.subject);
