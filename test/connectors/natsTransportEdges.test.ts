@@ -1,7 +1,8 @@
 /**
  * The NATS transport at its edges, against a real nats-server: what NATS cannot carry (a message
- * over the server's max_payload, a header value it would cut or refuse), and scatter-gather under
- * server permissions (a denied request, a client inbox prefix).
+ * over the server's max_payload, a header value it would cut or refuse), scatter-gather under
+ * server permissions (a denied request, a client inbox prefix), callbacks of the caller's that
+ * throw on the client's reading loop, and calls under way when the transport closes.
  */
 
 import { connect } from '@nats-io/transport-node';
