@@ -4,6 +4,7 @@
  * group, a broker restart mid-stream, and interoperability with kcat.
  */
 import { execFileSync, spawn } from 'node:child_process';
+import type { Channel } from 'node:diagnostics_channel';
 import { fileURLToPath } from 'node:url';
 import {
   Admin,
@@ -789,28 +790,17 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     const b = kafkaSource<Order>({ connection: { brokers: [broker.bootstrap] }, groupId: 'ra', topics: 'ra-in' });
     const rtB = createRuntime({ logger: quiet });
     rtB.spawn(actor<Order, never>({ name: 'ra-b', subscribe: b.ref, handle: () => undefined }));
-    let froze = false;
-    // a's consumer asks where the partition it gets back starts (no offsets committed: the
-    // earliest): the broker is frozen at that moment and thawed once the request failed.
-    const onList = (message: unknown) => {
-      const m = message as { client?: unknown; operation?: string };
-      if (froze || m.client !== consumer || m.operation !== 'listOffsets') return;
-      froze = true;
-      broker.pause();
-    };
-    const onListEnd = (message: unknown) => {
-      if ((message as { client?: unknown }).client === consumer && froze) broker.resume();
-    };
+    let freeze: Freeze | undefined;
     try {
       await b.start(rtB);
       await eventually(() => a.assignments.length === 1, 20_000, 'a giving b a partition');
-      consumerOffsetsChannel.start.subscribe(onList);
-      consumerOffsetsChannel.error.subscribe(onListEnd);
-      consumerOffsetsChannel.asyncEnd.subscribe(onListEnd);
+      // a's consumer asks where the partition it gets back starts (no offsets committed: the
+      // earliest): the broker is frozen at that moment and thawed once the request failed.
+      freeze = freezeAt(consumerOffsetsChannel, consumer, 'listOffsets');
       await b.close();
       await eventually(() => a.stats.assignmentRetries >= 1, 30_000, 'a failing to take both partitions');
       await eventually(() => a.assignments.length === 2, 30_000, 'a taking both partitions after all');
-      expect(froze).toBe(true);
+      expect(freeze.froze).toBe(true);
       await produce(
         broker.bootstrap,
         'ra-in',
@@ -818,9 +808,7 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       );
       await eventually(() => seen.size === 100, 30_000, 'a handling the records of both partitions');
     } finally {
-      consumerOffsetsChannel.start.unsubscribe(onList);
-      consumerOffsetsChannel.error.unsubscribe(onListEnd);
-      consumerOffsetsChannel.asyncEnd.unsubscribe(onListEnd);
+      freeze?.stop();
       broker.resume();
       await a.close();
       await b.close();
@@ -962,20 +950,14 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
     rtB.spawn(actor<Order, never>({ name: 'rj2-b', subscribe: b.ref, handle: (env) => void seen.add(env.data.i) }));
     await a.start({ bus: rtA.bus, logger: quiet });
     const consumer = a.membership()?.consumer;
-    let froze = false;
     // b joining makes a's next heartbeat answer REBALANCE_IN_PROGRESS; the client's JoinGroup
     // after it meets a frozen broker, and the broker thaws once the client gave up.
-    const onJoin = (message: unknown) => {
-      const m = message as { client?: unknown; operation?: string };
-      if (froze || m.client !== consumer || m.operation !== 'joinGroup') return;
-      froze = true;
-      broker.pause();
-      consumer?.once('consumer:rejoin', () => broker.resume());
-    };
-    consumerGroupChannel.start.subscribe(onJoin);
+    const freeze = freezeAt(consumerGroupChannel, consumer, 'joinGroup', (thaw) =>
+      consumer?.once('consumer:rejoin', thaw),
+    );
     try {
       await b.start({ bus: rtB.bus, logger: quiet });
-      expect(froze).toBe(true);
+      expect(freeze.froze).toBe(true);
       await eventually(
         () => a.membership() !== undefined && a.assignments.length === 1 && b.assignments.length === 1,
         30_000,
@@ -990,7 +972,7 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       await eventually(() => seen.size === 100, 20_000, 'both members handling their partition');
       expect(a.stats.settled).toBeGreaterThan(0);
     } finally {
-      consumerGroupChannel.start.unsubscribe(onJoin);
+      freeze.stop();
       broker.resume();
       await a.close();
       await b.close();
@@ -1442,6 +1424,60 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
 });
 
 const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** A broker frozen at one request of one client (see {@link freezeAt}). */
+interface Freeze {
+  /** Whether the request came, and froze the broker. */
+  readonly froze: boolean;
+  /** Listens no more. */
+  stop(): void;
+}
+
+/** The start, error and end channels of one of the client's tracing channels. */
+interface RequestChannels {
+  readonly start: Channel;
+  readonly error: Channel;
+  readonly asyncEnd: Channel;
+}
+
+/**
+ * Freezes the broker the first time `client` starts `operation` (as `channels` trace it), and
+ * thaws it when that client's request ends (failed or answered), or, given `thawWhen`, when it
+ * calls back.
+ */
+function freezeAt(
+  channels: RequestChannels,
+  client: unknown,
+  operation: string,
+  thawWhen?: (thaw: () => void) => void,
+): Freeze {
+  let froze = false;
+  const thaw = () => broker.resume();
+  const onStart = (message: unknown) => {
+    const m = message as { client?: unknown; operation?: string };
+    if (froze || m.client !== client || m.operation !== operation) return;
+    froze = true;
+    broker.pause();
+    thawWhen?.(thaw);
+  };
+  const onEnd = (message: unknown) => {
+    if (thawWhen === undefined && froze && (message as { client?: unknown }).client === client) thaw();
+  };
+  channels.start.subscribe(onStart);
+  channels.error.subscribe(onEnd);
+  channels.asyncEnd.subscribe(onEnd);
+  return {
+    get froze() {
+      return froze;
+    },
+    stop() {
+      channels.start.unsubscribe(onStart);
+      channels.error.unsubscribe(onEnd);
+      channels.asyncEnd.unsubscribe(onEnd);
+    },
+  };
+}
+
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const crashJob = fileURLToPath(new URL('./fixtures/kafkaCrashJob.ts', import.meta.url));
 
