@@ -809,7 +809,6 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       await eventually(() => seen.size === 100, 30_000, 'a handling the records of both partitions');
     } finally {
       freeze?.stop();
-      broker.resume();
       await a.close();
       await b.close();
       await rtA.stop();
@@ -973,7 +972,6 @@ describe.skipIf(skip !== undefined)('kafka connector on a real broker', () => {
       expect(a.stats.settled).toBeGreaterThan(0);
     } finally {
       freeze.stop();
-      broker.resume();
       await a.close();
       await b.close();
       await rtA.stop();
@@ -1429,7 +1427,7 @@ const quiet = { debug() {}, info() {}, warn() {}, error() {} };
 interface Freeze {
   /** Whether the request came, and froze the broker. */
   readonly froze: boolean;
-  /** Listens no more. */
+  /** Listens no more, and thaws the broker. */
   stop(): void;
 }
 
@@ -1474,6 +1472,7 @@ function freezeAt(
       channels.start.unsubscribe(onStart);
       channels.error.unsubscribe(onEnd);
       channels.asyncEnd.unsubscribe(onEnd);
+      thaw();
     },
   };
 }
