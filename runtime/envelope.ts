@@ -153,7 +153,8 @@ const HEADER_NAME = /^[!-9;-~]+$/;
 const validNames = new Set<string>();
 const VALID_NAMES_MAX = 1024;
 
-function validName(name: string): boolean {
+/** @internal Whether the bus takes `name` as a header name (printable ASCII, no white space or `:`). */
+export function validName(name: string): boolean {
   if (validNames.has(name)) return true;
   if (!HEADER_NAME.test(name)) return false;
   if (validNames.size >= VALID_NAMES_MAX) validNames.clear();

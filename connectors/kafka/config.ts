@@ -6,6 +6,7 @@
 import type { ConnectionOptions as TlsOptions } from 'node:tls';
 import { Admin, type SASLMechanismValue } from '@platformatic/kafka';
 import { type Codec, jsonCodec } from '../../runtime/codec.ts';
+import { validName } from '../../runtime/envelope.ts';
 import { ConnectorError, DecodeError, EncodeError, OptionsError } from '../../runtime/errors.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
 
@@ -261,12 +262,7 @@ export function codecOf(codec: KafkaCodec | undefined, where: string): Codec {
  * names without `:` and string values. Headers that do not fit are left out (and counted).
  */
 export function envelopeName(name: string): boolean {
-  if (name.length === 0 || name.length > 256) return false;
-  for (let i = 0; i < name.length; i++) {
-    const c = name.charCodeAt(i);
-    if (c <= 32 || c >= 127 || c === 58) return false;
-  }
-  return true;
+  return name.length <= 256 && validName(name);
 }
 
 /** A positive integer option, for the source's and sink's own options. */
