@@ -28,6 +28,8 @@ export class SourceLifecycle {
   closed = false;
   #started = false;
   readonly #timers = new Set<Timer>();
+  /** Resolves the pending {@link sleep}s: `close` cancels their timers, so it ends them itself. */
+  readonly #sleepers = new Set<() => void>();
   /** Resolves the pending {@link changed}: something happened that may let a read loop go on. */
   #wake: (() => void) | undefined;
   #noSubscriberWarned = false;
@@ -78,6 +80,9 @@ export class SourceLifecycle {
     this.health?.closed();
     for (const t of this.#timers) t.cancel();
     this.#timers.clear();
+    // A loop waiting in sleep goes on to see `closed` and ends, rather than waiting for ever.
+    for (const wake of this.#sleepers) wake();
+    this.#sleepers.clear();
     return true;
   }
 
@@ -94,9 +99,20 @@ export class SourceLifecycle {
     this.#timers.add(timer);
   }
 
-  /** Resolves after `ms` on the host's clock (never once the source closed first). */
+  /**
+   * Resolves after `ms` on the host's clock, or when the source closes, whichever comes first (at
+   * once when it is closed already): a caller checks {@link closed} after it.
+   */
   sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => this.later(ms, resolve, true));
+    if (this.closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const wake = () => {
+        this.#sleepers.delete(wake);
+        resolve();
+      };
+      this.#sleepers.add(wake);
+      this.later(ms, wake, true);
+    });
   }
 
   /** Runs `run` every `ms` (each time `ms` after the last run ended) until the source closes. */
