@@ -8,6 +8,7 @@ import type { MsgHdrs } from '@nats-io/transport-node';
 import { headers as natsHeaders } from '@nats-io/transport-node';
 import { subjectMatches, validateSubject } from '../../runtime/bus/subjects.ts';
 import { type Codec, jsonCodec, msgpackCodec, rawCodec, textCodec } from '../../runtime/codec.ts';
+import { DEAD_LETTER_HEADERS } from '../../runtime/envelope.ts';
 import { OptionsError } from '../../runtime/errors.ts';
 import { STREAM_HEADERS } from '../../runtime/streams/stream.ts';
 
@@ -158,4 +159,49 @@ export function writeHeaders(
   if (eventTime !== undefined) h.set(NATS_HEADERS.eventTime, String(eventTime));
   for (const name in extra) h.set(name, extra[name] as string);
   return h;
+}
+
+/** A line break, or white space at either end (what NATS trims from a header value). */
+const UNCARRIED = /[\r\n]|^\s|\s$/;
+
+/** @internal The rule a value NATS cannot carry breaks, for the errors that refuse it. */
+export const UNCARRIED_RULE = 'a NATS header value holds no line break and loses white space at either end';
+
+/** Dead-letter headers that say why in words: folded onto one line rather than refused. */
+const REASONS: ReadonlySet<string> = new Set([DEAD_LETTER_HEADERS.error, DEAD_LETTER_HEADERS.payloadDropped]);
+
+/** @internal Whether NATS carries `value` as it is in a header: no line break, no white space at either end. */
+export function carriedAsIs(value: string): boolean {
+  return !UNCARRIED.test(value);
+}
+
+/** @internal A header value as an error shows it: quoted, with its line breaks visible, cut at 64 characters. */
+export function shownValue(value: string): string {
+  return JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}...` : value);
+}
+
+/**
+ * @internal An envelope's headers as NATS can carry them, for {@link writeHeaders}: a dead
+ * letter's reason in words (an error's message, often of several lines) is folded onto one line,
+ * since refusing it would lose the dead letter that carries it; `refuse(name, value)` is called
+ * (and must throw) for any other value NATS would refuse or change. The same object when nothing
+ * needed folding.
+ */
+export function carriedHeaders(
+  headers: Readonly<Record<string, string>>,
+  refuse: (name: string, value: string) => never,
+): Readonly<Record<string, string>> {
+  let out: Record<string, string> | undefined;
+  for (const name in headers) {
+    const value = headers[name] as string;
+    if (!UNCARRIED.test(value)) continue;
+    if (!REASONS.has(name)) refuse(name, value);
+    out ??= { ...headers };
+    out[name] = value
+      .split(/[\r\n]+/)
+      .map((line) => line.trim())
+      .filter((line) => line !== '')
+      .join(' ');
+  }
+  return out ?? headers;
 }

@@ -15,7 +15,19 @@ import { IDEMPOTENCY_KEY_HEADER, messageIdOf, type Sink, type SinkRecord } from 
 import { REVISION_HEADER } from '../../runtime/sinks/streamSink.ts';
 import type { Store } from '../../runtime/store/types.ts';
 import { closeConnection, type HeldConnection, type NatsConnectionRef, openConnection } from './config.ts';
-import { CONTENT_TYPE, Codecs, contentTypeOf, type NatsCodec, writeHeaders } from './payload.ts';
+import {
+  CONTENT_TYPE,
+  Codecs,
+  carriedAsIs,
+  carriedHeaders,
+  contentTypeOf,
+  MSG_ID,
+  NATS_HEADERS,
+  type NatsCodec,
+  shownValue,
+  UNCARRIED_RULE,
+  writeHeaders,
+} from './payload.ts';
 
 export interface NatsSinkOptions<T = unknown> {
   /** Names the sink in errors and telemetry, and its key set in the store. @default `nats` or `jetstream` */
@@ -201,11 +213,17 @@ export class NatsSink<T = unknown> implements Sink<T> {
       const id = messageIdOf(record);
       let headers: MsgHdrs | undefined;
       if (this.#headers) {
+        // A value NATS cannot carry would make the client throw mid-batch, the same on every retry.
+        const refuse = (name: string, value: string) => this.#refuseHeader(record, subject, name, value);
+        const from = env === undefined ? undefined : carriedHeaders(env.headers, refuse);
+        if (env?.key !== undefined && !carriedAsIs(env.key)) refuse(NATS_HEADERS.key, env.key);
+        if (!carriedAsIs(record.key)) refuse(IDEMPOTENCY_KEY_HEADER, record.key);
         const extra: Record<string, string> = { [IDEMPOTENCY_KEY_HEADER]: record.key };
         if (this.#contentType !== undefined) extra[CONTENT_TYPE] = this.#contentType;
         if (record.revision !== undefined) extra[REVISION_HEADER] = String(record.revision);
-        headers = writeHeaders(env?.headers, env?.key, env?.eventTime, extra);
+        headers = writeHeaders(from, env?.key, env?.eventTime, extra);
       }
+      if (this.#jetstream && !carriedAsIs(id)) this.#refuseHeader(record, subject, MSG_ID, id);
       if (maxPayload !== undefined) this.#checkSize(record, subject, bytes, headers, id, maxPayload);
       out.push({ record, subject, bytes, headers, id });
     }
@@ -241,6 +259,20 @@ export class NatsSink<T = unknown> implements Sink<T> {
         { retryable: false },
       );
     }
+  }
+
+  /**
+   * A record with a header value NATS cannot carry (a line break, which the client refuses, or
+   * white space at either end, which NATS trims) fails the same way whenever it is sent: its batch
+   * fails before anything is sent, not retryable, so `sinkActor` writes its batchmates and
+   * dead-letters this one with the reason. A dead letter's reason is folded onto one line instead.
+   */
+  #refuseHeader(record: SinkRecord<T>, subject: string, name: string, value: string): never {
+    throw new ConnectorError(
+      this.name,
+      `record '${record.key}' cannot be sent on '${subject}': its header '${name}' breaks the rule that ${UNCARRIED_RULE} (${shownValue(value)})`,
+      { retryable: false },
+    );
   }
 
   async #writeCore(out: readonly Outgoing[], held: HeldConnection): Promise<void> {

@@ -19,7 +19,7 @@ import { trimOldest } from '../../runtime/bounded.ts';
 import type { RequestManyLimits, Route } from '../../runtime/bus/bus.ts';
 import { subjectMatches, validateSubject } from '../../runtime/bus/subjects.ts';
 import { encodeWith } from '../../runtime/codec.ts';
-import { createEnvelope, DEAD_LETTER_HEADERS, type Envelope } from '../../runtime/envelope.ts';
+import { createEnvelope, type Envelope } from '../../runtime/envelope.ts';
 import {
   ClosedError,
   ConnectorError,
@@ -43,7 +43,18 @@ import {
   type NatsConnectionOptions,
   openConnection,
 } from './config.ts';
-import { CONTENT_TYPE, Codecs, contentTypeOf, type NatsCodec, readHeaders, writeHeaders } from './payload.ts';
+import {
+  CONTENT_TYPE,
+  Codecs,
+  carriedAsIs,
+  carriedHeaders,
+  contentTypeOf,
+  type NatsCodec,
+  readHeaders,
+  shownValue,
+  UNCARRIED_RULE,
+  writeHeaders,
+} from './payload.ts';
 import { NatsSource } from './source.ts';
 
 /** Headers the transport adds to carry an envelope's own fields (besides `sluice-key` and `sluice-event-time`). */
@@ -246,21 +257,8 @@ export class NatsTransport implements Transport {
   #encode(env: Envelope): { headers: MsgHdrs; bytes: Uint8Array } {
     const codec = (this.#codecs as Codecs).of(env.subject, undefined);
     const bytes = encodeWith(codec, env.data, env.subject);
-    let envHeaders: Record<string, string> = env.headers;
-    for (const name in env.headers) {
-      const value = env.headers[name] as string;
-      if (!UNCARRIED.test(value)) continue;
-      if (REASONS.has(name)) {
-        // A reason in words (an error's message, often of several lines): refusing it would lose
-        // the dead letter that carries it, so it travels on one line.
-        if (envHeaders === env.headers) envHeaders = { ...env.headers };
-        envHeaders[name] = value
-          .split(/[\r\n]+/)
-          .map((line) => line.trim())
-          .filter((line) => line !== '')
-          .join(' ');
-      } else carried(name, value, env.subject);
-    }
+    // A dead letter's reason travels on one line; any other value NATS cannot carry is refused.
+    const envHeaders = carriedHeaders(env.headers, (name, value) => refuseHeader(name, value, env.subject));
     if (env.key !== undefined) carried('sluice-key', env.key, env.subject);
     carried(TRANSPORT_HEADERS.id, env.id, env.subject);
     const extra: Record<string, string> = { [TRANSPORT_HEADERS.id]: env.id };
@@ -756,22 +754,20 @@ export class NatsTransport implements Transport {
   }
 }
 
-/** Dead-letter headers that say why in words: folded onto one line rather than refused. */
-const REASONS: ReadonlySet<string> = new Set([DEAD_LETTER_HEADERS.error, DEAD_LETTER_HEADERS.payloadDropped]);
-
-/** A line break, or white space at either end (what NATS trims from a header value). */
-const UNCARRIED = /[\r\n]|^\s|\s$/;
+/** Refuses a header value NATS would refuse or trim, unless it carries it as it is. */
+function carried(name: string, value: string, subject: string): void {
+  if (!carriedAsIs(value)) refuseHeader(name, value, subject);
+}
 
 /**
  * Refuses a header value NATS would refuse or trim: the client rejects a line break with an error
  * of its own, and both ends of the wire trim white space, so the receiver would see another value.
  * Sending it again changes nothing, so the error is not retryable.
  */
-function carried(name: string, value: string, subject: string): void {
-  if (!UNCARRIED.test(value)) return;
+function refuseHeader(name: string, value: string, subject: string): never {
   throw new ConnectorError(
     'natsTransport',
-    `header '${name}' of a message on '${subject}' cannot travel over NATS: a NATS header value holds no line break and loses white space at either end (${JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}...` : value)})`,
+    `header '${name}' of a message on '${subject}' cannot travel over NATS: ${UNCARRIED_RULE} (${shownValue(value)})`,
     { retryable: false },
   );
 }

@@ -445,6 +445,53 @@ describe.skipIf(missing !== undefined)('NATS connector', () => {
     expect(seen).toEqual([]);
   });
 
+  test('a record with a header value NATS cannot carry fails alone, not retryable, naming its key, the header and the rule; its batchmates are written', async () => {
+    const rt = runtime();
+    const sink = await natsSink<string>({ connection: nc, subject: 'hv.out', headers: true });
+    onTestFinished(() => sink.close());
+    const seen: unknown[] = [];
+    const sub = nc.subscribe('hv.out', { callback: (_, m) => void seen.push(m.json()) });
+    onTestFinished(() => sub.unsubscribe());
+    await nc.flush();
+    const dead: Envelope[] = [];
+    rt.bus.subscribe('$DLQ.to-hv', { callback: (env) => void dead.push(env) });
+    const ref = rt.spawn(
+      sinkActor<string>({
+        name: 'to-hv',
+        subscribe: 'hv.in',
+        sink,
+        key: (env) => `k/${env.data}`,
+        // The five fill one batch at once; a retry waits 200 ms for company.
+        batch: { maxSize: 5, maxWaitMs: 200 },
+        retry: { maxAttempts: 3, backoff: { initialMs: 10, maxMs: 10 } },
+      }),
+    );
+    for (const v of ['good-1', 'good-2', 'bad', 'good-3', 'good-4'])
+      await rt.bus.publish('hv.in', v, { headers: { note: v === 'bad' ? 'two\nlines' : 'one line' } });
+    await until(() => ref.counters.acked + ref.counters.deadLettered === 5, 'every input settled', 10_000);
+    expect(dead.map((e) => e.data)).toEqual(['bad']);
+    const reason = dead[0]?.headers[DEAD_LETTER_HEADERS.error] ?? '';
+    expect(reason).toContain("record 'k/bad'");
+    expect(reason).toContain("header 'note'");
+    expect(reason).toContain('holds no line break');
+    expect(ref.counters.acked).toBe(4);
+    await until(() => seen.length === 4, 'the batchmates on NATS');
+    expect([...seen].sort()).toEqual(['good-1', 'good-2', 'good-3', 'good-4']);
+    // A key goes in a header too: refused before anything of its batch is sent, the same on every try.
+    const batch = [
+      { key: 'fine', value: 'a', revision: undefined, envelope: undefined },
+      { key: 'two\nlines', value: 'b', revision: undefined, envelope: undefined },
+    ];
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const err = await sink.write(batch).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ConnectorError);
+      expect(err).toMatchObject({ retryable: false });
+      expect((err as Error).message).toContain("header 'sluice-idempotency-key'");
+    }
+    await nc.flush();
+    expect(seen).toHaveLength(4);
+  });
+
   test('sink errors are surfaced: a batch JetStream does not acknowledge fails, and its inputs are retried then dead-lettered', async () => {
     const rt = runtime();
     const sink = await natsSink({
