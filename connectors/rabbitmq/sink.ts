@@ -117,8 +117,14 @@ export class RabbitSink<T = unknown> implements Sink<T> {
   #channel: ConfirmChannel | undefined;
   #opening: Promise<ConfirmChannel> | undefined;
   #closed = false;
-  /** Message ids returned unroutable, until their confirm comes (RabbitMQ sends the return first). */
+  /**
+   * Message ids returned unroutable, until their publish is answered (RabbitMQ sends the return
+   * before the confirm): the answer takes the id out, whether the confirm came, a nack, or the
+   * channel closed first.
+   */
   readonly #returned = new Set<string>();
+  /** Publishes sent and not answered yet (by confirm, nack or the channel's close), by message id. */
+  readonly #unconfirmed = new Map<string, number>();
   readonly #stats = { published: 0, skipped: 0, returned: 0, failed: 0 };
 
   constructor(options: RabbitSinkOptions<T>) {
@@ -194,7 +200,8 @@ export class RabbitSink<T = unknown> implements Sink<T> {
         channel.on('error', () => undefined);
         channel.on('return', (msg: Message) => {
           const id = msg.properties.messageId;
-          if (typeof id === 'string') this.#returned.add(id);
+          // A return for a publish already answered (its batch timed out) has nothing to change.
+          if (typeof id === 'string' && this.#unconfirmed.has(id)) this.#returned.add(id);
         });
         if (this.#exchange !== '') {
           await channel.checkExchange(this.#exchange).catch((error: unknown) => {
@@ -289,8 +296,11 @@ export class RabbitSink<T = unknown> implements Sink<T> {
       send: (i) => this.#publish(channel, out[i] as Outgoing<T>, i, window.answer),
       settled: (i, error) => {
         const o = out[i] as Outgoing<T>;
+        // Taken out however the publish ended: an id left behind would make a later confirm of
+        // the same message (its retry, once a queue is bound) look returned.
+        const returned = this.#returned.delete(o.id);
         if (error !== undefined) failures.push({ error, retryable: true });
-        else if (this.#returned.delete(o.id)) {
+        else if (returned) {
           // RabbitMQ sends a mandatory message's return before its confirm.
           this.#stats.returned++;
           failures.push({
@@ -324,14 +334,29 @@ export class RabbitSink<T = unknown> implements Sink<T> {
 
   /** One publish; `answer(i, error)` runs on its confirm (error undefined) or nack, or if it cannot be sent. */
   #publish(channel: ConfirmChannel, o: Outgoing<T>, i: number, answer: (i: number, error: unknown) => void): void {
+    let answered = false;
+    const done = () => {
+      if (answered) return;
+      answered = true;
+      const left = (this.#unconfirmed.get(o.id) ?? 1) - 1;
+      if (left > 0) this.#unconfirmed.set(o.id, left);
+      else {
+        this.#unconfirmed.delete(o.id);
+        // A return after the batch gave up on the publish (its time was up) is dropped here.
+        this.#returned.delete(o.id);
+      }
+    };
+    this.#unconfirmed.set(o.id, (this.#unconfirmed.get(o.id) ?? 0) + 1);
     try {
-      channel.publish(this.#exchange, o.routingKey, o.content, o.options, (err) =>
+      channel.publish(this.#exchange, o.routingKey, o.content, o.options, (err) => {
         answer(
           i,
           err === null || err === undefined ? undefined : new Error(`nack'ed by the broker: ${messageOf(err)}`),
-        ),
-      );
+        );
+        done();
+      });
     } catch (error) {
+      done();
       answer(i, error);
     }
   }

@@ -5,7 +5,7 @@
  * mandatory returns, `message_id` and committed keys; connections dropped mid-stream from the
  * server's side. The conformance cases are in rabbitmqConformance.test.ts.
  */
-import type { Channel, ChannelModel } from 'amqplib';
+import type { Channel, ChannelModel, ConfirmChannel } from 'amqplib';
 import {
   ConnectorError,
   createRuntime,
@@ -17,7 +17,7 @@ import {
   type SinkRecord,
 } from 'sluice';
 import { RabbitSink, rabbitSink, rabbitSource } from 'sluice/connectors/rabbitmq';
-import { afterAll, beforeAll, describe, expect, onTestFinished, test } from 'vitest';
+import { afterAll, beforeAll, describe, expect, onTestFinished, test, vi } from 'vitest';
 import { createTestVhost, made, RABBITMQ, rabbitMissing, rabbitmqctl, type TestVhost } from '../services/rabbitmq.ts';
 import { until } from './conformance.ts';
 import { expectRefusedHeaderLetter, stuckRuntime } from './redisHelpers.ts';
@@ -53,6 +53,23 @@ const record = (key: string, value: unknown, revision?: number): SinkRecord => (
   revision,
   envelope: undefined,
 });
+
+/**
+ * The confirm channels sinks open from now until the test ends, as amqplib gives them: a test
+ * plays the broker's part on one (a confirm that never comes, a channel that closes at a point).
+ */
+function confirmChannels(): ConfirmChannel[] {
+  const proto = Object.getPrototypeOf(model) as ChannelModel;
+  const original = proto.createConfirmChannel;
+  const opened: ConfirmChannel[] = [];
+  const spy = vi.spyOn(proto, 'createConfirmChannel').mockImplementation(async function (this: ChannelModel) {
+    const ch = await original.call(this);
+    opened.push(ch);
+    return ch;
+  });
+  onTestFinished(() => spy.mockRestore());
+  return opened;
+}
 
 async function send(queue: string, values: readonly unknown[]): Promise<void> {
   for (const [i, v] of values.entries()) {
@@ -377,6 +394,27 @@ describe.skipIf(missing !== undefined)('RabbitMQ connector', () => {
     await expect(rabbitSink({ connection: vhost.connection, exchange: name('absent') })).rejects.toThrow(
       /exchange .* is not available/,
     );
+  });
+
+  test('a return whose confirm is lost with its channel is forgotten: the same message confirmed later, once routed, is not taken for returned', async () => {
+    const x = name('lostconfirm');
+    await channel.assertExchange(x, 'direct', { durable: false });
+    const opened = confirmChannels();
+    const sink = closing(await rabbitSink({ connection: vhost.connection, exchange: x, routingKey: 'later' }));
+    // The channel closes between the return and its confirm: amqplib answers the publish with an error.
+    const first = opened[0] as ConfirmChannel;
+    first.once('return', () => first.emit('close'));
+    const error = await sink.write([record('a', 1)]).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ConnectorError);
+    expect(error).toMatchObject({ retryable: true });
+    expect(String(error)).toMatch(/channel closed/);
+    // A queue is bound now: the retry is routed, and its confirm is a commit.
+    const q = name('lostconfirmq');
+    await channel.assertQueue(q, { durable: false });
+    await channel.bindQueue(q, x, 'later');
+    await sink.write([record('a', 1)]);
+    expect(sink.stats).toMatchObject({ published: 1, returned: 0 });
+    expect(await drain(q, 1)).toHaveLength(1);
   });
 
   test('a source closed while it starts is listed as closed, not as a live source', async () => {
