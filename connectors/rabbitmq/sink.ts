@@ -5,6 +5,7 @@
  * embedded store so that a replay is skipped (RabbitMQ de-duplicates nothing). See docs/rabbitmq.md.
  */
 import type { ChannelModel, ConfirmChannel, Message, Options } from 'amqplib';
+import { systemClock } from '../../runtime/clock.ts';
 import { type CodecChoice, codecOf, encodeWith } from '../../runtime/codec.ts';
 import { ClosedError, ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import { intOption, knownKeys, optionKeys, optionsObject } from '../../runtime/options.ts';
@@ -35,7 +36,10 @@ export interface RabbitSinkOptions<T = unknown> {
   persistent?: boolean;
   /** Publishes awaiting their confirm at once, at most. @default 256 */
   maxInFlight?: number;
-  /** How long a batch's confirms may take before it fails (retryable). @default 10000 */
+  /**
+   * How long a batch's confirms may take before it fails (retryable), and how long `close` waits
+   * for the confirms still outstanding. @default 10000
+   */
   timeoutMs?: number;
   /** Write the envelope's headers (and key as `sluice-key`) as message headers. @default false */
   headers?: boolean;
@@ -361,14 +365,42 @@ export class RabbitSink<T = unknown> implements Sink<T> {
     }
   }
 
-  /** Waits for outstanding confirms and closes the connection. */
+  /**
+   * Waits for outstanding confirms, `timeoutMs` at most, and closes the connection. Rejects with a
+   * `ConnectorError` naming the publishes the broker had not confirmed by then (after closing): the
+   * batches that sent them fail (retryable), so their inputs are not acknowledged.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     // A connection a batch is opening now (after a drop) is closed with the rest, not left open.
     await this.#opening?.catch(() => undefined);
-    await this.#channel?.waitForConfirms().catch(() => undefined);
+    let unconfirmed: string[] = [];
+    const channel = this.#channel;
+    if (channel !== undefined && this.#unconfirmed.size > 0) {
+      let timer: { cancel(): void } | undefined;
+      const inTime = await Promise.race([
+        channel.waitForConfirms().then(
+          () => true,
+          () => true,
+        ),
+        new Promise<false>((resolve) => {
+          timer = systemClock.setTimeout(() => resolve(false), this.#timeoutMs);
+        }),
+      ]);
+      timer?.cancel();
+      // Read before the close, which answers them all with an error.
+      if (!inTime) unconfirmed = [...this.#unconfirmed.keys()];
+    }
     await this.#model?.close().catch(() => undefined);
+    if (unconfirmed.length > 0) {
+      const shown = unconfirmed.slice(0, 10).map((id) => `'${id}'`);
+      if (unconfirmed.length > 10) shown.push(`and ${unconfirmed.length - 10} more`);
+      throw new ConnectorError(
+        this.name,
+        `closed with ${unconfirmed.length} publishes the broker had not confirmed within ${this.#timeoutMs} ms (message ids ${shown.join(', ')}): the batches that sent them fail, and their inputs are not acknowledged`,
+      );
+    }
   }
 }
 

@@ -417,6 +417,29 @@ describe.skipIf(missing !== undefined)('RabbitMQ connector', () => {
     expect(await drain(q, 1)).toHaveLength(1);
   });
 
+  test('close waits timeoutMs at most for confirms the broker never sends, then names the publishes left unconfirmed', async () => {
+    const q = name('noconfirm');
+    await channel.assertQueue(q, { durable: false });
+    const opened = confirmChannels();
+    const sink = await rabbitSink({ connection: vhost.connection, exchange: '', routingKey: q, timeoutMs: 300 });
+    // The broker's confirms never reach the sink.
+    (opened[0] as ConfirmChannel).removeAllListeners('ack');
+    const error = await sink.write([record('held', 1)]).catch((e: unknown) => e);
+    expect(error).toMatchObject({ retryable: true });
+    expect(String(error)).toMatch(/no confirm within 300 ms/);
+    const started = Date.now();
+    const closed = await Promise.race([
+      sink.close().then(
+        () => 'closed',
+        (e: unknown) => e,
+      ),
+      new Promise((resolve) => setTimeout(resolve, 3_000, 'still waiting')),
+    ]);
+    expect(closed).toBeInstanceOf(ConnectorError);
+    expect(String(closed)).toContain("1 publishes the broker had not confirmed within 300 ms (message ids 'held')");
+    expect(Date.now() - started).toBeLessThan(2_000);
+  });
+
   test('a source closed while it starts is listed as closed, not as a live source', async () => {
     const q = name('startclose');
     const rt = runtime();
