@@ -105,7 +105,10 @@ export interface WebSocketGatewayOptions {
   closeGraceMs?: number;
   /** Ping interval; a connection that missed its pong is terminated. 0 turns pings off. @default 30000 */
   pingIntervalMs?: number;
-  /** Where refused connections and callback failures are logged. @default console */
+  /**
+   * Where refused connections (403 and 5xx) and callback failures are logged: one line per reason
+   * every 10 s at most, saying how many more were refused for it meanwhile. @default console
+   */
   logger?: Logger;
 }
 

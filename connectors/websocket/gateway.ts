@@ -8,7 +8,7 @@ import { createServer, type IncomingMessage, type Server, STATUS_CODES } from 'n
 import type { AddressInfo, Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { WebSocketServer } from 'ws';
-import { ConnectorError, OptionsError } from '../../runtime/errors.ts';
+import { ConnectorError, messageOf, OptionsError } from '../../runtime/errors.ts';
 import {
   type GatewayAuthRequest,
   type GatewayIdentity,
@@ -82,6 +82,33 @@ function clientModule(path: string): Buffer {
   throw new ConnectorError('websocket', 'its browser client module client.js is missing from the package');
 }
 
+/** The shortest time between two log lines of one refusal reason. */
+const REFUSAL_LOG_INTERVAL_MS = 10_000;
+
+/**
+ * Log lines of one reason at most once per {@link REFUSAL_LOG_INTERVAL_MS}: peers that need no
+ * credentials to be refused must not be able to flood the log. The next line says how many were
+ * left out since the last one (the totals are in `stats().refused`). Reasons are the gateway's
+ * own (a few), so the map stays small.
+ */
+class RateLimitedLog {
+  readonly #last = new Map<string, { at: number; suppressed: number }>();
+
+  /** Logs `line()` unless a line of `reason` went out within the interval. */
+  log(reason: string, write: (line: string) => void, line: () => string): void {
+    const now = Date.now();
+    const last = this.#last.get(reason);
+    if (last !== undefined && now - last.at < REFUSAL_LOG_INTERVAL_MS) {
+      last.suppressed++;
+      return;
+    }
+    const suppressed = last?.suppressed ?? 0;
+    const since = last === undefined ? 0 : Math.round((now - last.at) / 1000);
+    this.#last.set(reason, { at: now, suppressed: 0 });
+    write(suppressed === 0 ? line() : `${line()} (and ${suppressed} more like it in the last ${since} s, not logged)`);
+  }
+}
+
 class Gateway implements WebSocketGateway {
   readonly #o: ResolvedGatewayOptions;
   readonly #server: Server;
@@ -90,6 +117,7 @@ class Gateway implements WebSocketGateway {
   readonly #connections = new Set<Connection>();
   readonly #refused: Record<number, number> = {};
   readonly #counters: GatewayCounters = { slowConsumers: 0, highWaterBytes: 0 };
+  readonly #refusalLog = new RateLimitedLog();
   /** Upgrades being authenticated: they count against maxConnections already. */
   #upgrading = 0;
   /** Sockets of upgrades not handed to ws yet (being authenticated, or refused and closing). */
@@ -135,7 +163,11 @@ class Gateway implements WebSocketGateway {
       this.#upgrades.add(socket);
       socket.once('close', () => this.#upgrades.delete(socket));
       this.#upgrade(req, socket, head).catch((error: unknown) => {
-        this.#o.logger.error('websocket gateway: upgrade failed', error);
+        this.#refusalLog.log(
+          'upgrade failed',
+          (line) => this.#o.logger.error(line, error),
+          () => `websocket gateway: upgrade failed: ${messageOf(error)}`,
+        );
         this.#refuse(socket, 500, 'the gateway failed to authenticate the connection');
       });
     });
@@ -218,7 +250,7 @@ class Gateway implements WebSocketGateway {
     }
     const origin = req.headers.origin;
     if (o.origins !== undefined && (origin === undefined || !o.origins.has(origin.toLowerCase()))) {
-      return this.#refuse(socket, 403, `origin '${origin ?? '(none)'}' is not allowed`);
+      return this.#refuse(socket, 403, `origin '${origin ?? '(none)'}' is not allowed`, 'origin not allowed');
     }
     const token = tokenOf(req);
     if (typeof token === 'object') return this.#refuse(socket, 400, token.error);
@@ -257,10 +289,19 @@ class Gateway implements WebSocketGateway {
     this.#o.logger.debug(`websocket gateway: upgrade socket: ${error.message}`);
   };
 
-  /** Answers an upgrade with an HTTP error and its reason as JSON, then closes the socket. */
-  #refuse(socket: Socket, status: number, message: string): void {
+  /**
+   * Answers an upgrade with an HTTP error and its reason as JSON, then closes the socket. 403 and
+   * 5xx are logged, once per `reason` (the message unless it holds what the peer sent) and interval.
+   */
+  #refuse(socket: Socket, status: number, message: string, reason = message): void {
     this.#refused[status] = (this.#refused[status] ?? 0) + 1;
-    if (status >= 500 || status === 403) this.#o.logger.warn(`websocket gateway: refused (${status}): ${message}`);
+    if (status >= 500 || status === 403) {
+      this.#refusalLog.log(
+        `${status} ${reason}`,
+        (line) => this.#o.logger.warn(line),
+        () => `websocket gateway: refused (${status}): ${message}`,
+      );
+    }
     if (!socket.writable) {
       socket.destroy();
       return;

@@ -1,7 +1,7 @@
 import { connect } from 'node:net';
 import { createEnvelope, type Envelope } from 'sluice';
 import { CloseCode, GATEWAY_PROTOCOL, websocketGateway } from 'sluice/connectors/websocket';
-import { describe, expect, onTestFinished, test } from 'vitest';
+import { describe, expect, onTestFinished, test, vi } from 'vitest';
 import { until } from './conformance.ts';
 import { ALICE, BOB, openClient, protocolsFor, refusal, startGateway } from './websocketHelpers.ts';
 
@@ -137,6 +137,32 @@ describe('websocket gateway - authentication', () => {
     });
     expect(await refused).toMatchObject({ status: 503, body: { message: 'the gateway is closing' } });
     await until(() => closed, 'the gateway to close');
+  });
+
+  test('refusals are logged once per reason per interval; the next line says how many were left out', async () => {
+    vi.useFakeTimers({ toFake: ['Date'] });
+    onTestFinished(() => void vi.useRealTimers());
+    const { gateway, log } = await startGateway({ origins: ['https://ok.example'], maxConnections: 1 });
+    const refusedLines = (status: number) => log.lines.filter((l) => l.includes(`refused (${status})`));
+    for (let i = 0; i < 5; i++) {
+      expect(await refusal(gateway, protocolsFor(ALICE), {}, `https://evil${i}.example`)).toMatchObject({
+        status: 403,
+      });
+    }
+    expect(refusedLines(403)).toEqual([
+      "warn: websocket gateway: refused (403): origin 'https://evil0.example' is not allowed",
+    ]);
+    vi.setSystemTime(Date.now() + 10_000);
+    await refusal(gateway, protocolsFor(ALICE), {}, 'https://evil5.example');
+    expect(refusedLines(403)).toHaveLength(2);
+    expect(refusedLines(403)[1]).toBe(
+      "warn: websocket gateway: refused (403): origin 'https://evil5.example' is not allowed (and 4 more like it in the last 10 s, not logged)",
+    );
+    // Another reason has a line of its own.
+    await openClient(gateway, ALICE, { origin: 'https://ok.example' });
+    expect(await refusal(gateway, protocolsFor(ALICE), {}, 'https://ok.example')).toMatchObject({ status: 503 });
+    expect(refusedLines(503)).toHaveLength(1);
+    expect(gateway.stats().refused).toEqual({ 403: 6, 503: 1 });
   });
 
   test('a refused peer that keeps its side open loses the socket after closeGraceMs: refusals hold no file descriptors', async () => {
