@@ -61,8 +61,17 @@ export interface WebSocketGatewayOptions {
   clientPath?: string;
   /** Static tokens, each with its identity. One of `tokens`, `authenticate` or `auth: false` is required. */
   tokens?: readonly GatewayToken[];
-  /** Authenticates each connection at its upgrade; a throw refuses it with HTTP 500 (and is logged). */
+  /**
+   * Authenticates each connection at its upgrade; a throw refuses it with HTTP 500 (and is logged),
+   * no answer within `authTimeoutMs` with HTTP 503.
+   */
   authenticate?: GatewayAuthenticate;
+  /**
+   * How long `authenticate` may take: past it the upgrade is refused with HTTP 503 (and logged),
+   * whatever the callback answers later, so a session store that never answers holds no socket.
+   * @default 10000
+   */
+  authTimeoutMs?: number;
   /**
    * `false` accepts every connection as `anonymous` with `permissions` below (or none): allowed only
    * on a loopback host.
@@ -119,6 +128,7 @@ export interface ResolvedGatewayOptions {
   readonly path: string;
   readonly clientPath: string;
   readonly authenticate: (request: GatewayAuthRequest) => Promise<GatewayIdentity | undefined>;
+  readonly authTimeoutMs: number;
   readonly origins: ReadonlySet<string> | undefined;
   readonly maxPayloadBytes: number;
   readonly maxConnections: number;
@@ -146,7 +156,11 @@ export const DEFAULT_WEBSOCKET_GATEWAY_OPTIONS = Object.freeze({
   maxInFlight: 64,
   closeGraceMs: 2000,
   pingIntervalMs: 30_000,
+  authTimeoutMs: 10_000,
 } as const);
+
+/** The longest delay a Node timer keeps (a longer one fires at once). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 const gatewayKeys = optionKeys<keyof WebSocketGatewayOptions>({
   bus: true,
@@ -156,6 +170,7 @@ const gatewayKeys = optionKeys<keyof WebSocketGatewayOptions>({
   clientPath: true,
   tokens: true,
   authenticate: true,
+  authTimeoutMs: true,
   auth: true,
   permissions: true,
   origins: true,
@@ -191,6 +206,13 @@ export function resolveGatewayOptions(options: WebSocketGatewayOptions): Resolve
   const clientPath = pathOption(`${O}.clientPath`, options.clientPath, d.clientPath);
   if (clientPath === path) throw new OptionsError(`${O}.clientPath`, `must differ from ${O}.path`, clientPath);
   const overflow = oneOf(`${O}.overflow`, options.overflow, ['drop-oldest', 'drop-newest'] as const, d.overflow);
+  const authTimeoutMs = intOption(`${O}.authTimeoutMs`, options.authTimeoutMs, d.authTimeoutMs, 1);
+  if (authTimeoutMs > MAX_TIMER_MS) {
+    throw new OptionsError(`${O}.authTimeoutMs`, `must be an integer from 1 to ${MAX_TIMER_MS}`, authTimeoutMs);
+  }
+  if (options.authTimeoutMs !== undefined && options.authenticate === undefined) {
+    throw new OptionsError(`${O}.authTimeoutMs`, "bounds the 'authenticate' callback; give it with one", authTimeoutMs);
+  }
   return {
     bus,
     port,
@@ -198,6 +220,7 @@ export function resolveGatewayOptions(options: WebSocketGatewayOptions): Resolve
     path,
     clientPath,
     authenticate: resolveAuth(options, host),
+    authTimeoutMs,
     origins: originsOption(options.origins),
     maxPayloadBytes: intOption(`${O}.maxPayloadBytes`, options.maxPayloadBytes, d.maxPayloadBytes, 64),
     maxConnections: intOption(`${O}.maxConnections`, options.maxConnections, d.maxConnections, 1),

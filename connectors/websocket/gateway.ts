@@ -85,6 +85,9 @@ function clientModule(path: string): Buffer {
 /** The shortest time between two log lines of one refusal reason. */
 const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
+/** What `authenticate` gave when it did not answer in time. */
+const TIMED_OUT = Symbol('timed out');
+
 /**
  * Log lines of one reason at most once per {@link REFUSAL_LOG_INTERVAL_MS}: peers that need no
  * credentials to be refused must not be able to flood the log. The next line says how many were
@@ -255,7 +258,7 @@ class Gateway implements WebSocketGateway {
     const token = tokenOf(req);
     if (typeof token === 'object') return this.#refuse(socket, 400, token.error);
     this.#upgrading++;
-    let identity: GatewayIdentity | undefined;
+    let identity: GatewayIdentity | undefined | typeof TIMED_OUT;
     try {
       const request: GatewayAuthRequest = {
         token,
@@ -264,12 +267,15 @@ class Gateway implements WebSocketGateway {
         url: req.url ?? '/',
         remoteAddress: socket.remoteAddress,
       };
-      identity = await o.authenticate(request);
+      identity = await this.#authenticate(request);
     } finally {
       this.#upgrading--;
     }
     // Gone, or refused meanwhile by close().
     if (socket.destroyed || socket.writableEnded) return;
+    if (identity === TIMED_OUT) {
+      return this.#refuse(socket, 503, `authenticate did not answer within ${o.authTimeoutMs} ms`);
+    }
     if (identity === undefined) {
       return this.#refuse(socket, 401, token === undefined ? 'a bearer token is required' : 'the token is not valid');
     }
@@ -282,6 +288,23 @@ class Gateway implements WebSocketGateway {
       const connection = new Connection(ws, who, o, this.#counters);
       this.#connections.add(connection);
       void connection.closed.then(() => this.#connections.delete(connection));
+    });
+  }
+
+  /** The callback's answer, or {@link TIMED_OUT} after `authTimeoutMs` (a later answer is ignored). */
+  #authenticate(request: GatewayAuthRequest): Promise<GatewayIdentity | undefined | typeof TIMED_OUT> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => resolve(TIMED_OUT), this.#o.authTimeoutMs);
+      this.#o.authenticate(request).then(
+        (identity) => {
+          clearTimeout(timer);
+          resolve(identity);
+        },
+        (error: unknown) => {
+          clearTimeout(timer);
+          reject(error);
+        },
+      );
     });
   }
 

@@ -139,6 +139,22 @@ describe('websocket gateway - authentication', () => {
     await until(() => closed, 'the gateway to close');
   });
 
+  test('an authenticate that never answers is refused with 503 after authTimeoutMs, and frees its place under maxConnections', async () => {
+    const { gateway, log } = await startGateway({
+      maxConnections: 1,
+      authTimeoutMs: 100,
+      authenticate: ({ token }) => (token === 'stuck' ? new Promise(() => undefined) : { name: token ?? 'x' }),
+    });
+    expect(await refusal(gateway, protocolsFor('stuck'))).toMatchObject({
+      status: 503,
+      body: { message: 'authenticate did not answer within 100 ms' },
+    });
+    expect(log.lines).toContain('warn: websocket gateway: refused (503): authenticate did not answer within 100 ms');
+    // The one place the stuck upgrade held is free again.
+    const next = await openClient(gateway, 'next');
+    expect(next.frames[0]).toMatchObject({ op: 'hello', name: 'next' });
+  });
+
   test('refusals are logged once per reason per interval; the next line says how many were left out', async () => {
     vi.useFakeTimers({ toFake: ['Date'] });
     onTestFinished(() => void vi.useRealTimers());
@@ -217,6 +233,15 @@ describe('websocket gateway - authentication', () => {
     await expect(websocketGateway({ bus, auth: false, overflow: 'block' as never })).rejects.toMatchObject({
       option: 'websocketGateway.overflow',
     });
+    const authenticate = () => ({ name: 'x' });
+    for (const authTimeoutMs of [0, 1.5, 2 ** 31]) {
+      await expect(websocketGateway({ bus, authenticate, authTimeoutMs })).rejects.toMatchObject({
+        option: 'websocketGateway.authTimeoutMs',
+      });
+    }
+    await expect(websocketGateway({ bus, auth: false, authTimeoutMs: 100 })).rejects.toThrow(
+      "invalid option 'websocketGateway.authTimeoutMs': bounds the 'authenticate' callback; give it with one",
+    );
   });
 });
 
