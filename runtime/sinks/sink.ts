@@ -29,6 +29,11 @@ export interface Sink<T = unknown> {
   readonly name: string;
   write(records: readonly SinkRecord<T>[]): Promise<void>;
   close?(): Promise<void>;
+  /**
+   * Writes a caller may have under way at once (@default 1). A sink taking more keeps their
+   * order: each resolves after the ones called before it, and fails if one of them failed.
+   */
+  readonly writesAtOnce?: number;
 }
 
 /** The header carrying a message's idempotency key (window results set it). */

@@ -44,7 +44,8 @@ const MAX_SUSPECTS = 10_000;
  * failed write fails each input of the batch, which the actor retries with backoff and then
  * dead-letters; each such input is written in a batch of its own when it comes back, so one bad
  * record does not take its batchmates to the dead-letter subject. So the actor's `maxInFlight` bounds the records waiting and being written, and a
- * slow sink slows the source. One write runs at a time per subscription, in input order. An input
+ * slow sink slows the source. One write runs at a time per subscription (the sink's
+ * `writesAtOnce` if it takes more, keeping their order), in input order. An input
  * without an idempotency key is dead-lettered with an `OptionsError`, never given a random key.
  */
 export function writeTo<In, T = In>(
@@ -56,6 +57,7 @@ export function writeTo<In, T = In>(
     throw new OptionsError(`${where}.sink`, 'must be a Sink with a write(records) method', sink);
   const maxSize = intOption(`${where}.batch.maxSize`, options.batch?.maxSize, DEFAULT_SINK_BATCH.maxSize, 1);
   const maxWaitMs = numberOption(`${where}.batch.maxWaitMs`, options.batch?.maxWaitMs, DEFAULT_SINK_BATCH.maxWaitMs);
+  const maxWrites = intOption(`${where}.sink.writesAtOnce`, sink.writesAtOnce, 1, 1);
   const clock = options.clock ?? systemClock;
   return (source) =>
     new Observable<Envelope<never>>((subscriber) => {
@@ -63,7 +65,7 @@ export function writeTo<In, T = In>(
       let timer: Timer | undefined;
       // The first waiting record's time is up, but a write was running: flush when it ends.
       let due = false;
-      let writing = false;
+      let writing = 0;
       let sourceDone = false;
       let closed = false;
       const suspects = new Set<string>();
@@ -73,11 +75,11 @@ export function writeTo<In, T = In>(
         timer = clock.setTimeout(() => {
           timer = undefined;
           due = true;
-          if (!writing) flush();
+          if (writing < maxWrites) flush();
         }, maxWaitMs);
       };
       const flush = () => {
-        if (writing || batch.length === 0) return;
+        if (writing >= maxWrites || batch.length === 0) return;
         let n = 1;
         if (!(batch[0] as Pending<T>).alone)
           while (n < batch.length && n < maxSize && !(batch[n] as Pending<T>).alone) n++;
@@ -88,7 +90,7 @@ export function writeTo<In, T = In>(
           timer?.cancel();
           timer = undefined;
         }
-        writing = true;
+        writing++;
         let call: Promise<void>;
         try {
           call = sink.write(taken.map((p) => p.record));
@@ -97,7 +99,7 @@ export function writeTo<In, T = In>(
         }
         call.then(
           () => {
-            writing = false;
+            writing--;
             // The next batch, if it is ready, goes to the sink before these inputs settle: their
             // acknowledgements (and the intake they free room for) then run while the sink
             // writes, not between two writes (a batch of 500 settling took about as long as
@@ -109,7 +111,7 @@ export function writeTo<In, T = In>(
             after();
           },
           (error: unknown) => {
-            writing = false;
+            writing--;
             // A connector that lost its broker (a retryable ConnectorError) blames no record: the
             // batch is retried whole, not one input at a time.
             if (taken.length > 1 && !(error instanceof ConnectorError && error.retryable)) {
@@ -127,7 +129,7 @@ export function writeTo<In, T = In>(
         if (closed) return;
         if (ready()) flush();
         else arm();
-        if (sourceDone && !writing && batch.length === 0) subscriber.complete();
+        if (sourceDone && writing === 0 && batch.length === 0) subscriber.complete();
       };
 
       const subscription = source.subscribe({
@@ -175,8 +177,9 @@ export interface SinkActorDefinition<In, T = In>
   sink: Sink<T>;
   batch?: SinkBatchOptions;
   /**
-   * Inputs taken and not yet committed by the sink (per lane): the batch being written and the
-   * next one filling. At least `batch.maxSize`. @default twice `batch.maxSize`
+   * Inputs taken and not yet committed by the sink (per lane): the batches being written (the
+   * sink's `writesAtOnce`, 1 for most) and the next one filling. At least `batch.maxSize`.
+   * @default `batch.maxSize` times one more than the sink's `writesAtOnce`
    */
   maxInFlight?: number;
 }
@@ -206,7 +209,8 @@ export function sinkActor<In, T = In>(definition: SinkActorDefinition<In, T>): A
   knownKeys(`sinkActor '${name}'`, definition, sinkKeys);
   const { sink, batch, key, revision, value, ...rest } = definition;
   const maxSize = intOption(`sinkActor '${name}'.batch.maxSize`, batch?.maxSize, DEFAULT_SINK_BATCH.maxSize, 1);
-  const maxInFlight = definition.maxInFlight ?? 2 * maxSize;
+  const writesAtOnce = typeof sink?.writesAtOnce === 'number' ? sink.writesAtOnce : 1;
+  const maxInFlight = definition.maxInFlight ?? (1 + writesAtOnce) * maxSize;
   if (!Number.isSafeInteger(maxInFlight) || maxInFlight < maxSize) {
     throw new OptionsError(
       `sinkActor '${name}'.maxInFlight`,

@@ -103,6 +103,50 @@ describe('sinkActor', () => {
     expect(sink.writes.every((w) => w.length <= 5)).toBe(true);
   });
 
+  test('a sink taking two writes at once gets the next batch while the first is written; inputs settle in order; three batches in flight by default', async () => {
+    const { rt } = testRuntime();
+    const gates: { open: () => void }[] = [];
+    const writes: string[][] = [];
+    // As the contract says: each write ends after the ones before it.
+    let last = Promise.resolve();
+    const sink: Sink<{ id: string }> = {
+      name: 'two-at-once',
+      writesAtOnce: 2,
+      write(records) {
+        writes.push(records.map((r) => r.key));
+        const g = gate();
+        gates.push(g);
+        last = Promise.all([last, g.promise]).then(() => undefined);
+        return last;
+      },
+    };
+    const ref = rt.spawn(sinkActor({ name: 'w', subscribe: 'in', sink, key: byId, batch: { maxSize: 5 } }));
+    for (let i = 0; i < 30; i++) void rt.bus.publish('in', { id: `k${i}` });
+    await flush();
+    expect(writes).toEqual([
+      ['k0', 'k1', 'k2', 'k3', 'k4'],
+      ['k5', 'k6', 'k7', 'k8', 'k9'],
+    ]);
+    // Two batches being written and the third filling: 3 × maxSize.
+    expect(ref.inFlight).toBe(15);
+    // The second write's own work ends first: it still ends after the first.
+    gates[1]?.open();
+    await flush();
+    expect(ref.counters.acked).toBe(0);
+    expect(writes).toHaveLength(2);
+    gates[0]?.open();
+    await flush();
+    expect(ref.counters.acked).toBe(10);
+    expect(writes).toHaveLength(4);
+    for (let i = 2; i < 6; i++) {
+      gates[i]?.open();
+      await flush();
+    }
+    await rt.idle();
+    expect(ref.counters.acked).toBe(30);
+    expect(writes.flat()).toEqual(Array.from({ length: 30 }, (_, i) => `k${i}`));
+  });
+
   test('a failed write fails its batch; retried one by one, the good inputs commit and the bad one is dead-lettered', async () => {
     const { rt, clock } = testRuntime();
     const dlq = collect<{ id: string }>(rt.bus, '$DLQ.w');
@@ -231,6 +275,9 @@ describe('sinkActor', () => {
 
   test('options are checked at declaration', () => {
     const sink = new MemorySink<number>();
+    expect(() =>
+      sinkActor({ name: 'w', subscribe: 'in', sink: { name: 'm', write: sink.write, writesAtOnce: 0 } }),
+    ).toThrow("invalid option 'sinkActor 'w'.sink.writesAtOnce': must be an integer >= 1");
     expect(() => sinkActor({ name: 'w', subscribe: 'in', sink, batch: { maxSize: 100 }, maxInFlight: 10 })).toThrow(
       "invalid option 'sinkActor 'w'.maxInFlight': must be an integer >= batch.maxSize (100)",
     );
