@@ -147,11 +147,25 @@ export class KafkaSink<T = unknown> implements Sink<T> {
   readonly #source: KafkaSource<unknown> | undefined;
   readonly #store: Store | undefined;
   readonly #log: Logger;
-  #producer: Producer<string | undefined, Buffer, string, string> | undefined;
+  /**
+   * The producers: one, or for transactions two, each under a transactional id of its own, taking
+   * the transactions in turn, so that one sends its records while the one before it commits.
+   */
+  readonly #producers: (Producer<string | undefined, Buffer, string, string> | undefined)[];
+  /** The latest transaction's records acknowledged (or it failed): the next one's go after them. */
+  #lastSent: Promise<void> = Promise.resolve();
+  /** The latest transaction committed (its inputs done) or failed (undefined). */
+  #lastDone: Promise<Done | undefined> = Promise.resolve(new Map());
+  /** Per producer, its latest transaction ended: it holds one at a time. */
+  readonly #slotFree: Promise<void>[] = [];
+  /** Transactions begun, which picks the producer of the next. */
+  #turn = 0;
   #closed = false;
   #opened = false;
   /** One write at a time: a transactional producer holds one transaction, and lanes share the sink. */
   #queue: Promise<void> = Promise.resolve();
+  /** Writes a caller may have under way: two for transactions, which overlap (see `#producers`). */
+  readonly writesAtOnce: number;
   /** Writes called and not yet ended. */
   #writes = 0;
   readonly #stats = {
@@ -173,6 +187,8 @@ export class KafkaSink<T = unknown> implements Sink<T> {
   #unsure: Unsure<T> | undefined;
   /** Commits the source's offsets settled since the last transaction, while no records come. */
   #idleCommits: ReturnType<typeof setInterval> | undefined;
+  /** The keys of the latest transaction's records, which the next one may be sent beside. */
+  #lastKeys: Set<string> | undefined;
   /** Per tenure of a source partition, the inputs whose outputs this sink wrote in it. */
   readonly #inputs = new WeakMap<KafkaTenure, Set<number>>();
 
@@ -215,6 +231,9 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       );
     if (this.mode === 'dedupe' && (this.#store === undefined || typeof this.#store.getKey !== 'function'))
       throw new OptionsError(`${where}.store`, "must be the runtime's store with mode 'dedupe'", this.#store);
+    this.writesAtOnce = this.mode === 'transactional' ? 2 : 1;
+    this.#producers = new Array(this.writesAtOnce).fill(undefined);
+    for (let i = 0; i < this.writesAtOnce; i++) this.#slotFree.push(Promise.resolve());
   }
 
   get stats(): KafkaSinkStats {
@@ -224,7 +243,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
   /** Connects the producer (and, transactional, registers its id, fencing an older producer of it). */
   async open(): Promise<void> {
     await probeConnection(this.name, this.#connection);
-    this.#producer = await this.#connect();
+    for (let slot = 0; slot < this.#producers.length; slot++) this.#producers[slot] = await this.#connect(slot);
     this.#opened = true;
     const source = this.#source;
     if (source === undefined) return;
@@ -240,15 +259,16 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     this.#idleCommits.unref();
   }
 
-  async #connect(): Promise<Producer<string | undefined, Buffer, string, string>> {
+  async #connect(slot: number): Promise<Producer<string | undefined, Buffer, string, string>> {
     const c = this.#connection;
+    const transactionalId = this.#transactionalIdOf(slot);
     const producer = new Producer<string | undefined, Buffer, string, string>({
       clientId: c.clientId,
       bootstrapBrokers: c.bootstrapBrokers,
       connectTimeout: c.connectTimeout,
       requestTimeout: c.requestTimeout,
       // Transactions meet CONCURRENT_TRANSACTIONS at each start: room for its short retries.
-      retries: this.#transactionalId === undefined ? c.retries : Math.max(c.retries, 10),
+      retries: transactionalId === undefined ? c.retries : Math.max(c.retries, 10),
       // Right after a commit the broker answers the next transaction's first AddOffsetsToTxn or
       // AddPartitionsToTxn with CONCURRENT_TRANSACTIONS until its markers are written
       // (milliseconds): at the full delay, every transaction of a busy sink waited for it
@@ -260,7 +280,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       idempotent: true,
       acks: ProduceAcks.ALL,
       autocreateTopics: true,
-      ...(this.#transactionalId === undefined ? {} : { transactionalId: this.#transactionalId }),
+      ...(transactionalId === undefined ? {} : { transactionalId }),
       serializers: {
         key: (k?: string) => (k === undefined ? undefined : Buffer.from(k)),
         value: (v?: Buffer) => v,
@@ -269,7 +289,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       },
     });
     try {
-      if (this.#transactionalId === undefined) await producer.initIdempotentProducer({});
+      if (transactionalId === undefined) await producer.initIdempotentProducer({});
       else {
         // InitProducerId under the transactional id now, not at the first write: it fences a
         // previous process of this id and aborts the transaction it left open, whose pending
@@ -289,6 +309,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
 
   write(records: readonly SinkRecord<T>[]): Promise<void> {
     if (this.#closed) return Promise.reject(new ClosedError(this.name, 'the sink is closed'));
+    if (this.mode === 'transactional') return this.#transactional(records);
     // With none under way, the write starts now rather than a microtask later: its request then
     // leaves before the caller goes on (a sink actor settles the previous batch's inputs after
     // handing over the next batch, while this one is written).
@@ -306,11 +327,9 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     if (this.#closed || !this.#opened) throw new ClosedError(this.name, 'the sink is not open');
     // Dropped after a transaction that could not be ended: a new one, whose registration fences
     // the old producer and aborts its transaction.
-    this.#producer ??= await this.#connect();
-    const producer = this.#producer;
-    if (this.#unsure !== undefined) await this.#settleUnsure();
+    this.#producers[0] ??= await this.#connect(0);
+    const producer = this.#producers[0];
     this.#stats.batches++;
-    if (this.mode === 'transactional') return this.#transaction(producer, records);
     let todo = records;
     if (this.mode === 'dedupe') {
       const ns = kafkaSinkNamespace(this.name);
@@ -340,14 +359,61 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     }
   }
 
-  async #transaction(
-    producer: Producer<string | undefined, Buffer, string, string>,
-    records: readonly SinkRecord<T>[],
-  ): Promise<void> {
+  /**
+   * A transaction per write, on the producers in turn. Its records go once the previous
+   * transaction's are acknowledged, so they keep their order in each partition; it commits once
+   * the previous one committed, counting the previous one's inputs as done, so committed offsets
+   * never go back. If the previous one failed, this one aborts: its records would come before the
+   * retried ones. Each write ends after the one before it, failed or not.
+   */
+  #transactional(records: readonly SinkRecord<T>[]): Promise<void> {
+    const slot = this.#turn++ % this.#producers.length;
+    const prev: Previous = { sent: this.#lastSent, done: this.#lastDone, free: this.#slotFree[slot] as Promise<void> };
+    let sent: () => void = noop;
+    this.#lastSent = new Promise<void>((resolve) => void (sent = resolve));
+    const run = this.#transaction(slot, records, prev, () => sent()).then(
+      (done) => {
+        sent();
+        return done;
+      },
+      async (error: unknown) => {
+        sent();
+        await prev.done;
+        throw error;
+      },
+    );
+    this.#lastDone = run.then(
+      (done) => done,
+      () => undefined,
+    );
+    const ended = run.then(noop, noop);
+    this.#slotFree[slot] = ended;
+    this.#writes++;
+    this.#queue = Promise.all([this.#queue, ended.then(() => void this.#writes--)]).then(noop);
+    return run.then(noop);
+  }
+
+  /** The transactional id of producer `slot`: the one given, then `<id>.2`. */
+  #transactionalIdOf(slot: number): string | undefined {
+    const id = this.#transactionalId;
+    return id === undefined || slot === 0 ? id : `${id}.${slot + 1}`;
+  }
+
+  async #transaction(slot: number, records: readonly SinkRecord<T>[], prev: Previous, sent: () => void): Promise<Done> {
+    await prev.free;
+    await prev.sent;
+    if (this.#closed || !this.#opened) throw new ClosedError(this.name, 'the sink is not open');
+    // Dropped after a transaction that could not be ended: a new one, whose registration fences
+    // the old producer and aborts its transaction.
+    this.#producers[slot] ??= await this.#connect(slot);
+    const producer = this.#producers[slot];
+    if (this.#unsure !== undefined) await this.#settleUnsure();
+    this.#stats.batches++;
     const source = this.#source;
     let todo = records;
     let offsets: KafkaCommit[] = [];
     let membership: KafkaGroupMembership | undefined;
+    const inputs: Done = new Map();
     // Per record of `todo`, the source input it was read as (found once here, used at the commit).
     const readIns: ReadIns = { tenures: [], offsets: [] };
     if (source !== undefined) {
@@ -363,7 +429,6 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       // commits. An input another branch still holds (a second subscriber, an actor's output
       // elsewhere) is not: committed with this batch, its offset went past work not done yet (lost
       // on a crash), and the next transaction's floor moved back below it. A later commit passes it.
-      const inputs = new Map<KafkaTenure, number[]>();
       const release = new BatchRelease(source);
       // Consecutive records mostly come from one partition: its list is looked up once.
       let lastTenure: KafkaTenure | undefined;
@@ -431,23 +496,56 @@ export class KafkaSink<T = unknown> implements Sink<T> {
         return true;
       });
       this.#stats.skipped += records.length - todo.length;
-      offsets = source.offsetsFor(inputs);
-      if (todo.length === 0 && offsets.length === 0) return;
+      // A key the transaction before this one writes, replayed into this batch (an input retried
+      // while its first outputs were being committed): whether it is a copy is known once that
+      // one ends, so this batch waits for it and then leaves out what it wrote.
+      const previous = this.#lastKeys;
+      const keys = new Set<string>();
+      let replayed = false;
+      for (const r of todo) {
+        keys.add(r.key);
+        if (previous?.has(r.key) === true) replayed = true;
+      }
+      this.#lastKeys = keys;
+      if (replayed) {
+        await prev.done;
+        const before = todo.length;
+        todo = keepUnwritten(todo, readIns, (r) => !this.#wrote(r));
+        this.#stats.skipped += before - todo.length;
+      }
     }
     let tx: Awaited<ReturnType<typeof producer.beginTransaction>> | undefined;
     try {
-      tx = await producer.beginTransaction();
-      // The records, then the offsets, one after the other. Sent at once, the offset commit's
+      if (todo.length > 0) {
+        tx = await producer.beginTransaction();
+        await tx.send({ messages: todo.map((r) => this.#message(r)) });
+      }
+      sent();
+      // Committed, the one before finished its inputs, though they may not be settled yet; failed,
+      // its inputs come back later, as they do to a sink writing one batch at a time.
+      const before = await prev.done;
+      // Unanswered, its commit may have been made or not: until the group's offsets tell (at the
+      // next transaction's start), no other commit may move them.
+      if (this.#unsure !== undefined)
+        throw new ConnectorError(
+          this.name,
+          "the commit of the transaction before this one got no answer: this one is aborted until the group's offsets tell whether that one committed",
+          { retryable: true },
+        );
+      if (source !== undefined) offsets = source.offsetsFor(before === undefined ? inputs : mergeDone(before, inputs));
+      if (tx === undefined) {
+        if (offsets.length === 0) return inputs;
+        tx = await producer.beginTransaction();
+      }
+      // The offsets after the records, one after the other. Sent at once, the offset commit's
       // check of the transaction (KIP-890: the group coordinator asks the transaction coordinator
       // whether the offsets partition is in it) met the records' AddPartitionsToTxn changing the
       // transaction and failed with COORDINATOR_LOAD_IN_PROGRESS in steady state, a few times a
       // run under load; the records of such an aborted transaction, written again by the retry,
-      // were seen twice by read_committed readers in the rebalance test. The round trip it saved
-      // did not show in the benchmark (docs/kafka.md).
-      if (todo.length > 0) await tx.send({ messages: todo.map((r) => this.#message(r)) });
+      // were seen twice by read_committed readers in the rebalance test (docs/kafka.md).
       if (source !== undefined && membership !== undefined && offsets.length > 0) {
         await tx.addConsumer(membership.consumer);
-        await this.#commitOffsets(producer, source, membership, offsets);
+        await this.#commitOffsets(producer, this.#transactionalIdOf(slot) as string, source, membership, offsets);
       }
       await this.#commit(tx);
     } catch (error) {
@@ -455,7 +553,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
         // Not aborted: the broker may have committed it. The producer is replaced, whose
         // registration completes or aborts the transaction, and the next write asks the group.
         this.#stats.producersReplaced++;
-        this.#producer = undefined;
+        this.#producers[slot] = undefined;
         await producer.close().catch(() => undefined);
         if (source !== undefined && offsets.length > 0) this.#unsure = { records: todo, offsets };
         throw new ConnectorError(
@@ -474,7 +572,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       // (a late request of it is refused) before anything is written again.
       if (abortError !== undefined || producer.transaction !== undefined) {
         this.#stats.producersReplaced++;
-        this.#producer = undefined;
+        this.#producers[slot] = undefined;
         await producer.close().catch(() => undefined);
         const reason =
           abortError === undefined
@@ -489,6 +587,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       throw connectorError(this.name, this.#connection, `a transaction of ${todo.length} records`, error);
     }
     this.#committed(todo, offsets, source === undefined ? undefined : readIns);
+    return inputs;
   }
 
   /**
@@ -537,6 +636,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
    */
   async #commitOffsets(
     producer: Producer<string | undefined, Buffer, string, string>,
+    transactionalId: string,
     source: KafkaSource<unknown>,
     m: KafkaGroupMembership,
     offsets: readonly KafkaCommit[],
@@ -568,7 +668,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       const connection = await source.coordinator();
       await txnOffsetCommitV3.api.async(
         connection,
-        this.#transactionalId as string,
+        transactionalId,
         m.groupId,
         producerId,
         producerEpoch,
@@ -688,9 +788,13 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     this.#closed = true;
     clearInterval(this.#idleCommits);
     await this.#queue;
-    await this.#producer?.close().catch((error: unknown) => {
-      this.#log.warn(`kafka sink '${this.name}' did not close cleanly: ${messageOf(error)}`);
-    });
+    await Promise.all(
+      this.#producers.map((producer) =>
+        producer?.close().catch((error: unknown) => {
+          this.#log.warn(`kafka sink '${this.name}' did not close cleanly: ${messageOf(error)}`);
+        }),
+      ),
+    );
   }
 }
 
@@ -701,6 +805,51 @@ export class KafkaSink<T = unknown> implements Sink<T> {
 interface ReadIns {
   readonly tenures: (KafkaTenure | undefined)[];
   readonly offsets: number[];
+}
+
+/** Per tenure of a source partition, the inputs a committed transaction finished. */
+type Done = Map<KafkaTenure, number[]>;
+
+/** What a transaction waits for: the one before it (its records sent; it ended) and its producer. */
+interface Previous {
+  readonly sent: Promise<void>;
+  readonly done: Promise<Done | undefined>;
+  readonly free: Promise<void>;
+}
+
+/** The inputs of both, per tenure (`a`'s lists are not changed). */
+function mergeDone(a: Done, b: Done): Done {
+  if (a.size === 0) return b;
+  if (b.size === 0) return a;
+  const out: Done = new Map(a);
+  for (const [tenure, offsets] of b) {
+    const held = out.get(tenure);
+    out.set(tenure, held === undefined ? offsets : [...held, ...offsets]);
+  }
+  return out;
+}
+
+function noop(): void {}
+
+/** The records `keep` says to keep, with their entries of `readIns` (changed in place). */
+function keepUnwritten<T>(
+  records: readonly SinkRecord<T>[],
+  readIns: ReadIns,
+  keep: (r: SinkRecord<T>) => boolean,
+): SinkRecord<T>[] {
+  const out: SinkRecord<T>[] = [];
+  let at = 0;
+  for (let i = 0; i < records.length; i++) {
+    const r = records[i] as SinkRecord<T>;
+    if (!keep(r)) continue;
+    out.push(r);
+    readIns.tenures[at] = readIns.tenures[i];
+    readIns.offsets[at] = readIns.offsets[i] as number;
+    at++;
+  }
+  readIns.tenures.length = at;
+  readIns.offsets.length = at;
+  return out;
 }
 
 interface Unsure<T> {

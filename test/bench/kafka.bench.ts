@@ -237,7 +237,8 @@ const pipelineContender =
       groupId: `${input}-g`,
       topics: input,
       commit: exactlyOnce ? 'sink' : 'source',
-      // Room for the batch being written and the next one filling.
+      // Room for the batches in flight: over three partitions, three batches (exactly-once has two
+      // transactions under way and the next batch filling; at-least-once, one write and one filling).
       maxPendingPerPartition: Math.max(1000, SINK_BATCH),
     });
     const sink = exactlyOnce
