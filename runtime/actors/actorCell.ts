@@ -585,20 +585,15 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     ) {
       return false;
     }
-    this.#exclusive = exclusive ? env : undefined;
     this.#intake.beginStep();
     try {
-      this.#accept(env);
+      this.#accept(env, exclusive);
     } finally {
       this.#intake.endStep();
     }
-    this.#exclusive = undefined;
     this.#checkIdle();
     return true;
   };
-
-  /** The envelope being handed over, when the bus made it for this actor alone (see Route.handoff). */
-  #exclusive: Envelope | undefined = undefined;
 
   #pump(): void {
     this.#intake.run();
@@ -623,7 +618,11 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     }
   }
 
-  #accept(env: Envelope): void {
+  /**
+   * `exclusive`: the bus made `env` for this actor alone (see Route.handoff). An argument, not a
+   * field: storing a fresh envelope on the long-lived cell would cost a write barrier per message.
+   */
+  #accept(env: Envelope, exclusive = false): void {
     this.counters.delivered++;
     this.#totals.delivered++;
     let data = env.data;
@@ -664,7 +663,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
       this.#rejectInput(env, error);
       return;
     }
-    this.#admit(env, data);
+    this.#admit(env, data, exclusive);
   }
 
   /** Input that can never succeed (undecodable, fails its schema, no key): straight to dead letters. */
@@ -673,7 +672,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     this.#pump();
   }
 
-  #admit(env: Envelope, data: unknown): void {
+  #admit(env: Envelope, data: unknown, exclusive = false): void {
     let key = env.key;
     if (this.#partitionBy !== undefined) {
       try {
@@ -691,8 +690,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     const same = data === env.data && key === env.key;
     const source = same ? env : { ...env, data, key };
     // A copy made here is the actor's own, as is an envelope the bus made for this actor alone.
-    const owned = !same || this.#exclusive === env;
-    this.#exclusive = undefined;
+    const owned = !same || exclusive;
     const laneIndex = this.#lanes.length === 1 ? 0 : laneOf(key ?? '', this.#lanes.length);
     const lane = this.#lanes[laneIndex] as Lane;
     const startedAt = this.#timing ? this.#deps.clock.now() : 0;
