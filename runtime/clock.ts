@@ -49,6 +49,8 @@ abstract class BaseClock implements Clock {
   }
 }
 
+const RESOLVED: Promise<void> = Promise.resolve();
+
 /** Wall-clock time and Node's timers. A pending timer keeps the process alive, as work is still due. */
 export class SystemClock extends BaseClock {
   /**
@@ -69,7 +71,10 @@ export class SystemClock extends BaseClock {
   now(): number {
     if (this.#reads === 0) {
       this.#cached = Date.now();
-      queueMicrotask(this.#expire);
+      // A reaction on a settled promise rather than queueMicrotask, which wraps each callback in an
+      // async resource and a bound function (68 ns against 25, and more when it runs): the expiry
+      // runs at the same point, the end of the synchronous turn.
+      void RESOLVED.then(this.#expire);
     }
     if (++this.#reads === 64) this.#reads = 0;
     return this.#cached as number;
