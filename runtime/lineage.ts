@@ -291,12 +291,10 @@ export class Tracker implements Lineage {
 export let trackerOf: (lineage: Lineage | undefined) => Tracker | undefined;
 
 /**
- * @internal The handle of an input delivered without a record, while it has none: its lane can
- * tell whether it is the input it runs now, and whether it settled by counting.
+ * @internal The handle of an input delivered without a record, while it has none: its id, and
+ * whether it settled by counting. (Its lane knows the input it runs now by the handle itself.)
  */
 export interface LazyInput {
-  /** What the lane that runs it knows it by. */
-  readonly host: unknown;
   readonly id: string;
   /** Its synchronous run ended with nothing held: it settled by counting. */
   readonly settled: boolean;
@@ -316,7 +314,7 @@ export let lazyTracker: (lineage: Lineage | undefined) => LazyInput | undefined;
  * by itself, and most inputs (a synchronous run that leaves nothing held) settle by those counts
  * alone, when the run ends. An input still held then gets its record (see {@link endLazyRun}).
  */
-export let lazyHandle: (host: unknown, id: string) => Lineage;
+export let lazyHandle: (id: string) => Lineage;
 
 /**
  * @internal Ends the synchronous run of a lazily recorded input: `settled` when nothing holds it
@@ -358,8 +356,7 @@ let referOn: (lineage: Lineage, ref: Ref, error: unknown) => boolean;
  */
 class TrackerLineage implements Lineage {
   #tracker: Tracker | undefined;
-  // Without a record: the lane running the input, its id, and the Tracker's counts.
-  #host: unknown = undefined;
+  // Without a record: the input's id and the Tracker's counts. (Nothing else: one is made per input.)
   #id = '';
   #inFlight = 1;
   #absorbed = 0;
@@ -420,11 +417,10 @@ class TrackerLineage implements Lineage {
     lazyTracker = (lineage) => {
       if (typeof lineage !== 'object' || lineage === null || !(#tracker in lineage)) return undefined;
       if (lineage.#tracker !== undefined) return undefined;
-      return { host: lineage.#host, id: lineage.#id, settled: lineage.#settled };
+      return { id: lineage.#id, settled: lineage.#settled };
     };
-    lazyHandle = (host, id) => {
+    lazyHandle = (id) => {
       const handle = new TrackerLineage(undefined);
-      handle.#host = host;
       handle.#id = id;
       return handle;
     };
@@ -434,7 +430,6 @@ class TrackerLineage implements Lineage {
       if (t !== undefined) return { kind: 'recorded', tracker: t };
       if (handle.#inFlight <= 1 && handle.#absorbed === 0 && handle.#error === undefined) {
         handle.#settled = true;
-        handle.#host = undefined;
         return handle.#used ? SETTLED_USED : SETTLED_UNUSED;
       }
       return HELD;
@@ -448,7 +443,6 @@ class TrackerLineage implements Lineage {
       tracker.used = handle.#used;
       tracker.error = handle.#error;
       handle.#tracker = tracker;
-      handle.#host = undefined;
     };
     referOn = (lineage, ref, error) => {
       if (typeof lineage !== 'object' || lineage === null || !(#tracker in lineage)) return false;

@@ -108,7 +108,7 @@ export class PipelineLane implements Lane {
    * the handle itself instead of a copy.
    */
   deliverLazy(source: Envelope, startedAt: number, owned = false): void {
-    const handle = lazyHandle(this, source.id);
+    const handle = lazyHandle(source.id);
     const upstream = source.lineage;
     // An envelope nobody else can observe (see Route.handoff) takes the handle in place: no copy.
     let env: Envelope;
