@@ -1,6 +1,6 @@
 import { Observable, type Subscription as RxSubscription, type Subscriber } from 'rxjs';
 import { ACCEPTED } from '../bus/bus.ts';
-import { type Envelope, nextId } from '../envelope.ts';
+import { checkHeaders, type Envelope, type Headers, nextId } from '../envelope.ts';
 import { messageOf, OptionsError, SluiceError } from '../errors.ts';
 import { endLazyRun, type Lineage, lazyHandle, lazyTracker } from '../lineage.ts';
 import { IDEMPOTENCY_KEY_HEADER } from '../sinks/sink.ts';
@@ -367,8 +367,7 @@ export class PipelineLane implements Lane {
       if (key !== undefined) {
         if (source === undefined) this.#lazyOutputs++;
         else source.outputs++;
-        // A plain object: the bus checks it as it does any forwarded headers.
-        if (headers?.[IDEMPOTENCY_KEY_HEADER] !== key) headers = { ...headers, [IDEMPOTENCY_KEY_HEADER]: key };
+        if (headers?.[IDEMPOTENCY_KEY_HEADER] !== key) headers = keyed(headers, key);
       }
     }
     const span = source?.span;
@@ -383,7 +382,8 @@ export class PipelineLane implements Lane {
         key: out.key,
         eventTime: out.eventTime,
         headers: span === undefined ? headers : injectTrace(span, headers),
-        attempt: out.attempt,
+        // A new message starts at attempt 1, as `forward` would make it with a second copy.
+        attempt: 1,
         replyTo: subject === out.subject ? out.replyTo : undefined,
         lineage: out.lineage,
       };
@@ -422,6 +422,20 @@ export class PipelineLane implements Lane {
       return;
     }
     this.#host.pipelineFailed(this, error, this.#generation);
+  }
+}
+
+/**
+ * `headers` with the idempotency key `key`, checked here as `forward` checks an envelope's headers,
+ * so that it takes the output as it is instead of copying it once more to set checked ones. Headers
+ * that fail the check are left as they are: `forward` refuses them with its own error.
+ */
+function keyed(headers: Headers | undefined, key: string): Headers {
+  const merged = { ...headers, [IDEMPOTENCY_KEY_HEADER]: key };
+  try {
+    return checkHeaders(merged, 'forward.headers');
+  } catch {
+    return merged;
   }
 }
 

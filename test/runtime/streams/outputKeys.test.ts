@@ -170,4 +170,36 @@ describe('idempotency keys of outputs derived from stream positions', () => {
     await eventually(() => expect(out).toHaveLength(2));
     expect(keysOf(out)).toEqual(['k-p', 'k-p/copier/1']);
   });
+
+  test('output keys - a keyed output carries checked headers, and one with a header the bus refuses fails its input as forward would', async () => {
+    const { rt } = testRuntime({ store: new MemoryStore() });
+    rt.stream({ name: 'ORDERS', subjects: ['orders.>'] });
+    const out = collect(rt.bus, 'tagged');
+    const dead = collect(rt.bus, '$DLQ.tagger');
+    rt.spawn(
+      actor<number, number>({
+        name: 'tagger',
+        subscribe: durable<number>('ORDERS', { consumer: 'tagger' }),
+        output: 'tagged',
+        retry: { maxAttempts: 1 },
+        pipeline: (in$) =>
+          in$.pipe(
+            map(
+              (env): Envelope<number> => ({
+                ...env,
+                headers: env.data === 2 ? { 'bad name': 'x' } : { tag: `t${env.data}` },
+              }),
+            ),
+          ),
+      }),
+    );
+    await rt.bus.publish('orders.eu', 1);
+    await rt.bus.publish('orders.eu', 2);
+    await eventually(() => expect(dead).toHaveLength(1));
+    expect(out.map((e) => e.data)).toEqual([1]);
+    expect(out[0]?.headers).toEqual({ tag: 't1', [IDEMPOTENCY_KEY_HEADER]: 'ORDERS/1/tagger/0' });
+    expect(Object.isFrozen(out[0]?.headers)).toBe(true);
+    expect(dead[0]?.data).toBe(2);
+    expect(dead[0]?.headers['sluice-error']).toContain("forward.headers['bad name']");
+  });
 });
