@@ -850,6 +850,13 @@ export class ClientImpl implements BusClient {
   #lastSubject: string | undefined = undefined;
   #lastMatch: Match<Route> | undefined = undefined;
   #lastEpoch = -1;
+  /**
+   * Whether this client's permissions let it publish to `#lastSubject`: a client's permissions never
+   * change, so a restricted client (an actor with permissions publishing its outputs) pays their
+   * check once per subject it turns to, not on every message. Never set for a subject under the
+   * inbox, whose verdict changes as requests come and go.
+   */
+  #lastAllowed = false;
 
   readonly #internal: boolean;
 
@@ -1026,6 +1033,7 @@ export class ClientImpl implements BusClient {
       match = this.#lastMatch as Match<Route>;
     } else {
       match = bus.lookup(subject);
+      if (subject !== this.#lastSubject) this.#lastAllowed = false;
       this.#lastSubject = subject;
       this.#lastMatch = match;
       this.#lastEpoch = bus.routesEpoch;
@@ -1033,16 +1041,20 @@ export class ClientImpl implements BusClient {
     const replyTo = options?.replyTo;
     if (replyTo !== undefined) this.#checkLiteral(replyTo);
     if (!this.#permissions.unrestricted) {
-      if (!(this.#bus.isInbox(subject) && this.#bus.awaitsReply(subject))) {
+      if (this.#lastAllowed) {
+        // Allowed before, and permissions do not change (see #lastAllowed).
+      } else if (!this.#bus.isInbox(subject)) {
+        const reason = this.#permissions.publishDenied(subject);
+        if (reason !== undefined) throw this.#bus.denied('publish', subject, this.name, reason);
+        this.#lastAllowed = true;
+      } else if (!this.#bus.awaitsReply(subject)) {
         const reason = this.#permissions.publishDenied(subject);
         if (reason !== undefined) {
           throw this.#bus.denied(
             'publish',
             subject,
             this.name,
-            this.#bus.isInbox(subject)
-              ? `${reason}, and it is no reply subject of a request waiting for its reply`
-              : reason,
+            `${reason}, and it is no reply subject of a request waiting for its reply`,
           );
         }
       }

@@ -323,3 +323,21 @@ describe('security - permissions in a shape that would not be enforced', () => {
     expect(await rejection(c.publish('admin.x', 1))).toBeInstanceOf(PermissionError);
   });
 });
+
+describe('security - a publish permission checked once per subject', () => {
+  test('a client turning from an allowed subject to a denied one and back is refused each time it is denied, routes changing or not', () => {
+    const bus = new Bus({ clock: new VirtualClock() });
+    const got = collect(bus, 'orders.>');
+    const shop = bus.client('shop', { publish: { allow: ['orders.>'], deny: ['orders.us.>'] } });
+    expect(shop.tryPublish('orders.eu.created', 1)).toBe(true);
+    expect(shop.tryPublish('orders.eu.created', 2)).toBe(true);
+    expect(thrown(() => shop.tryPublish('orders.us.created', 3))).toBeInstanceOf(PermissionError);
+    expect(thrown(() => shop.tryPublish('orders.us.created', 4))).toBeInstanceOf(PermissionError);
+    // A new route changes the bus's routes while the client's last subject stays the denied one.
+    bus.subscribe('orders.us.>', { callback: () => undefined });
+    expect(thrown(() => shop.tryPublish('orders.us.created', 5))).toBeInstanceOf(PermissionError);
+    expect(shop.tryPublish('orders.eu.created', 6)).toBe(true);
+    expect(thrown(() => shop.tryPublish('orders.us.created', 7))).toBeInstanceOf(PermissionError);
+    expect(got.map((e) => e.data)).toEqual([1, 2, 6]);
+  });
+});
