@@ -139,6 +139,12 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   readonly #hasSchemas: boolean;
   /** Pipeline lanes: inputs may be handed over without a record (see PipelineLane.deliverLazy). */
   readonly #lazyLanes: boolean;
+  /**
+   * The lane of an actor with nothing to do to an input before its pipeline gets it (no codec,
+   * schema, partitionBy, tracing or processing-time histogram, one pipeline lane): an input goes
+   * there without the tests of {@link #admit}. Undefined for any other actor.
+   */
+  readonly #directLane: PipelineLane | undefined;
   /** Inputs handed over with a settlement record, or given one later (see {@link records}). */
   #records = 0;
   readonly #unregisterGauge: () => void;
@@ -214,6 +220,16 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     this.#unregisterGauge = deps.telemetry.registerGauge(this);
 
     this.#lanes = createLanes(this, actor, this.#client, deps, this.#checkpoint);
+    this.#directLane =
+      def.codec === undefined &&
+      !this.#hasSchemas &&
+      this.#partitionBy === undefined &&
+      this.#lazyLanes &&
+      !this.#tracing &&
+      !this.#timing &&
+      this.#lanes.length === 1
+        ? (this.#lanes[0] as PipelineLane)
+        : undefined;
     for (const lane of this.#lanes) if (this.#state !== 'stopped') lane.start();
     // Halted while starting (a builder threw and no restart is allowed): it takes no input.
     if (this.#state === 'stopped') return;
@@ -625,6 +641,13 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   #accept(env: Envelope, exclusive = false): void {
     this.counters.delivered++;
     this.#totals.delivered++;
+    const direct = this.#directLane;
+    if (direct?.ready) {
+      // As #admit hands it over: the same envelope (owned when the bus made it for this actor), no record.
+      this.#inputs.holdSlot();
+      direct.deliverLazy(env, 0, exclusive);
+      return;
+    }
     let data = env.data;
     try {
       const codec = this.#actor.definition.codec;
