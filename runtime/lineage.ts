@@ -341,10 +341,15 @@ let adoptCounts: (handle: Lineage, tracker: Tracker) => void;
  */
 let countOn: (lineage: Lineage, count: 'publishing' | 'downstream', by: 1 | -1) => boolean;
 /**
- * {@link refer} on a handle envelopes carry, in one call: its count and its reference together
- * (four of these per actor hop). False for any other lineage, which `refer` handles.
+ * {@link refer} on a handle envelopes carry, in one call each: its count and its reference
+ * together (four of these per actor hop, one function per kind of reference, small enough for the
+ * compiler to inline where `refer` as a whole is not). False for any other lineage, which `refer`
+ * handles.
  */
-let referOn: (lineage: Lineage, ref: Ref, error: unknown) => boolean;
+let retainOn: (lineage: Lineage) => boolean;
+let releaseOn: (lineage: Lineage, error: unknown) => boolean;
+let absorbOn: (lineage: Lineage) => boolean;
+let releaseAbsorbedOn: (lineage: Lineage, error: unknown) => boolean;
 
 /**
  * What envelopes carry as their lineage: the {@link Lineage} protocol and nothing else. Its state
@@ -444,42 +449,57 @@ class TrackerLineage implements Lineage {
       tracker.error = handle.#error;
       handle.#tracker = tracker;
     };
-    referOn = (lineage, ref, error) => {
+    // Settled by counting (`#settled`): what is given back now was never counted (see `lateOutput`).
+    // The run's own reference is held until the run ends, so a release never settles a handle here.
+    retainOn = (lineage) => {
       if (typeof lineage !== 'object' || lineage === null || !(#tracker in lineage)) return false;
       const t = lineage.#tracker;
       if (t !== undefined) {
-        const count = ref === Ref.RetainPublishing || ref === Ref.ReleasePublishing ? 'publishing' : 'downstream';
-        if (ref === Ref.RetainPublishing || ref === Ref.AbsorbDownstream) {
-          t[count]++;
-          if (ref === Ref.RetainPublishing) t.retain();
-          else t.absorb();
-        } else {
-          if (t[count] > 0) t[count]--;
-          if (ref === Ref.ReleasePublishing) t.release(error);
-          else t.releaseAbsorbed(error);
-        }
-        return true;
-      }
-      // Settled by counting: what is given back now was never counted (see `lateOutput`).
-      if (lineage.#settled) return true;
-      if (ref === Ref.RetainPublishing) {
+        t.publishing++;
+        t.retain();
+      } else if (!lineage.#settled) {
         lineage.#publishing++;
         lineage.#used = true;
         lineage.#inFlight++;
-      } else if (ref === Ref.AbsorbDownstream) {
+      }
+      return true;
+    };
+    releaseOn = (lineage, error) => {
+      if (typeof lineage !== 'object' || lineage === null || !(#tracker in lineage)) return false;
+      const t = lineage.#tracker;
+      if (t !== undefined) {
+        if (t.publishing > 0) t.publishing--;
+        t.release(error);
+      } else if (!lineage.#settled) {
+        if (error !== undefined && lineage.#error === undefined) lineage.#error = error;
+        if (lineage.#publishing > 0) lineage.#publishing--;
+        if (lineage.#inFlight > 0) lineage.#inFlight--;
+      }
+      return true;
+    };
+    absorbOn = (lineage) => {
+      if (typeof lineage !== 'object' || lineage === null || !(#tracker in lineage)) return false;
+      const t = lineage.#tracker;
+      if (t !== undefined) {
+        t.downstream++;
+        t.absorb();
+      } else if (!lineage.#settled) {
         lineage.#downstream++;
         lineage.#used = true;
         lineage.#absorbed++;
-      } else {
-        // The run's own reference is held until the run ends, so a release never settles here.
+      }
+      return true;
+    };
+    releaseAbsorbedOn = (lineage, error) => {
+      if (typeof lineage !== 'object' || lineage === null || !(#tracker in lineage)) return false;
+      const t = lineage.#tracker;
+      if (t !== undefined) {
+        if (t.downstream > 0) t.downstream--;
+        t.releaseAbsorbed(error);
+      } else if (!lineage.#settled) {
         if (error !== undefined && lineage.#error === undefined) lineage.#error = error;
-        if (ref === Ref.ReleasePublishing) {
-          if (lineage.#publishing > 0) lineage.#publishing--;
-          if (lineage.#inFlight > 0) lineage.#inFlight--;
-        } else {
-          if (lineage.#downstream > 0) lineage.#downstream--;
-          if (lineage.#absorbed > 0) lineage.#absorbed--;
-        }
+        if (lineage.#downstream > 0) lineage.#downstream--;
+        if (lineage.#absorbed > 0) lineage.#absorbed--;
       }
       return true;
     };
@@ -509,7 +529,15 @@ type Ref = (typeof Ref)[keyof typeof Ref];
  * count and one to refer.
  */
 function refer(lineage: Lineage, ref: Ref, error: unknown): void {
-  if (referOn(lineage, ref, error)) return;
+  const onHandle =
+    ref === Ref.RetainPublishing
+      ? retainOn(lineage)
+      : ref === Ref.ReleasePublishing
+        ? releaseOn(lineage, error)
+        : ref === Ref.AbsorbDownstream
+          ? absorbOn(lineage)
+          : releaseAbsorbedOn(lineage, error);
+  if (onHandle) return;
   if (lineage instanceof MergedLineage) {
     const parts = lineage.parts;
     for (let i = 0; i < parts.length; i++) refer(parts[i] as Lineage, ref, error);
@@ -530,12 +558,12 @@ function refer(lineage: Lineage, ref: Ref, error: unknown): void {
 
 /** @internal Retains `lineage` while an output derived from it is published (in flight, as publishing). */
 export function retainPublishing(lineage: Lineage | undefined): void {
-  if (lineage !== undefined) refer(lineage, Ref.RetainPublishing, undefined);
+  if (lineage !== undefined && !retainOn(lineage)) refer(lineage, Ref.RetainPublishing, undefined);
 }
 
 /** @internal Gives back what {@link retainPublishing} took, once the publish was accepted or refused. */
 export function releasePublishing(lineage: Lineage | undefined, error?: unknown): void {
-  if (lineage !== undefined) refer(lineage, Ref.ReleasePublishing, error);
+  if (lineage !== undefined && !releaseOn(lineage, error)) refer(lineage, Ref.ReleasePublishing, error);
 }
 
 /**
@@ -544,7 +572,7 @@ export function releasePublishing(lineage: Lineage | undefined, error?: unknown)
  * restart does not replay the input for it.
  */
 export function absorbDownstream(lineage: Lineage | undefined): void {
-  if (lineage !== undefined) refer(lineage, Ref.AbsorbDownstream, undefined);
+  if (lineage !== undefined && !absorbOn(lineage)) refer(lineage, Ref.AbsorbDownstream, undefined);
 }
 
 /**
@@ -552,5 +580,5 @@ export function absorbDownstream(lineage: Lineage | undefined): void {
  * message (an error fails it), or the mailbox let go of it.
  */
 export function releaseDownstream(lineage: Lineage | undefined, error?: unknown): void {
-  if (lineage !== undefined) refer(lineage, Ref.ReleaseDownstream, error);
+  if (lineage !== undefined && !releaseAbsorbedOn(lineage, error)) refer(lineage, Ref.ReleaseDownstream, error);
 }
