@@ -32,7 +32,6 @@ import type { DurableRef } from '../streams/types.ts';
 import { type Counters, endSpan, startProcessSpan, type Telemetry, tracingEnabled } from '../telemetry.ts';
 import type { Actor, Logger } from './actor.ts';
 import { DeadLetters } from './deadLetters.ts';
-import { MessageError } from './failure.ts';
 import { Input, laneOf } from './input.ts';
 import { createLanes, type Lane, type LaneHost } from './lane.ts';
 import { OpenInputs } from './openInputs.ts';
@@ -733,7 +732,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   // ---- failure ----
 
   #failed(input: Input, error: unknown): void {
-    const retryable = !(error instanceof SluiceError) || error.retryable || error instanceof MessageError;
+    const retryable = !(error instanceof SluiceError) || error.retryable;
     const attempt = input.env.attempt;
     const lane = this.#lanes[input.lane] as Lane;
     if (retryable && attempt < this.#retry.maxAttempts && this.#state !== 'stopped') {

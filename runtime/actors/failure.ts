@@ -9,10 +9,11 @@ import { messageOf, SluiceError } from '../errors.ts';
 export class MessageError extends SluiceError {
   readonly messageId: string;
   readonly envelope: Envelope;
-  constructor(envelope: Envelope, cause: unknown) {
+  /** `retryable`: by default as the cause says (a `SluiceError`'s own), else true. */
+  constructor(envelope: Envelope, cause: unknown, retryable?: boolean) {
     super('SLUICE_ERR_HANDLER', `message '${envelope.id}' on '${envelope.subject}' failed: ${messageOf(cause)}`, {
       cause,
-      retryable: cause instanceof SluiceError ? cause.retryable : true,
+      retryable: retryable ?? (cause instanceof SluiceError ? cause.retryable : true),
     });
     this.name = 'MessageError';
     this.messageId = envelope.id;

@@ -118,7 +118,11 @@ export function writeTo<In, T = In>(
               if (suspects.size + taken.length > MAX_SUSPECTS) suspects.clear();
               for (const p of taken) suspects.add(p.env.id);
             }
-            for (const p of taken) p.release(new MessageError(p.env, error));
+            // A batch that failed for a record's sake is retried one input at a time even when the
+            // error says a retry cannot help: which input it was is found by those retries, and the
+            // innocent ones are written. Alone, an input fails as its error says.
+            const retryable = taken.length > 1 ? true : undefined;
+            for (const p of taken) p.release(new MessageError(p.env, error, retryable));
             after();
           },
         );

@@ -180,6 +180,42 @@ describe('sinkActor', () => {
     expect(sink.writes.slice(1).every((w) => w.length === 1)).toBe(true);
   });
 
+  test('a record the sink refuses as not retryable: its batch is retried one input at a time, the innocent ones are written, and it is dead-lettered at its first lone failure', async () => {
+    const { rt, clock } = testRuntime();
+    const dlq = collect<{ id: string }>(rt.bus, '$DLQ.w');
+    const writes: string[][] = [];
+    const sink: Sink<{ id: string }> = {
+      name: 'strict',
+      write: async (records) => {
+        writes.push(records.map((r) => r.key));
+        if (records.some((r) => r.key === 'k1'))
+          throw new ConnectorError('strict', "record 'k1' breaks the sink's rule", { retryable: false });
+      },
+    };
+    const ref = rt.spawn(
+      sinkActor({
+        name: 'w',
+        subscribe: 'in',
+        sink,
+        key: byId,
+        batch: { maxSize: 3, maxWaitMs: 5 },
+        retry: { maxAttempts: 5, backoff: { initialMs: 10, maxMs: 10, jitter: 0 } },
+      }),
+    );
+    for (let i = 0; i < 3; i++) await rt.bus.publish('in', { id: `k${i}` });
+    await flush();
+    for (let i = 0; i < 20; i++) {
+      await clock.advance(10);
+      await flush();
+    }
+    expect(writes[0]).toEqual(['k0', 'k1', 'k2']);
+    // Each input once more, alone; 'k1' then not again (a retry cannot help it), not 5 attempts.
+    expect(writes.slice(1).sort()).toEqual([['k0'], ['k1'], ['k2']]);
+    expect(ref.counters).toMatchObject({ acked: 2, retried: 3, deadLettered: 1 });
+    expect(dlq.map((e) => e.data.id)).toEqual(['k1']);
+    expect(dlq[0]?.headers[DEAD_LETTER_HEADERS.error]).toContain("breaks the sink's rule");
+  });
+
   test('a batch failing with a retryable ConnectorError (the broker, not a record) is retried whole', async () => {
     const { rt, clock } = testRuntime();
     const writes: number[] = [];
