@@ -42,6 +42,30 @@ function gate(): { promise: Promise<void>; open: () => void } {
 
 const byId = (env: Envelope<{ id: string }>) => env.data.id;
 
+type TestRuntime = ReturnType<typeof testRuntime>;
+
+/** Sink actor 'w' on 'in', batches of `maxSize`, retrying every 10 ms up to `maxAttempts` attempts. */
+function retryingSinkActor(rt: TestRuntime['rt'], sink: Sink<{ id: string }>, maxSize: number, maxAttempts: number) {
+  return rt.spawn(
+    sinkActor({
+      name: 'w',
+      subscribe: 'in',
+      sink,
+      key: byId,
+      batch: { maxSize, maxWaitMs: 5 },
+      retry: { maxAttempts, backoff: { initialMs: 10, maxMs: 10, jitter: 0 } },
+    }),
+  );
+}
+
+/** Runs the test clock `steps` times 10 ms, letting what each step starts run. */
+async function runRetries(clock: TestRuntime['clock'], steps: number): Promise<void> {
+  for (let i = 0; i < steps; i++) {
+    await clock.advance(10);
+    await flush();
+  }
+}
+
 describe('sinkActor', () => {
   test('writes batches of maxSize at once, and the rest after maxWaitMs on the clock', async () => {
     const { rt, clock } = testRuntime();
@@ -192,22 +216,10 @@ describe('sinkActor', () => {
           throw new ConnectorError('strict', "record 'k1' breaks the sink's rule", { retryable: false });
       },
     };
-    const ref = rt.spawn(
-      sinkActor({
-        name: 'w',
-        subscribe: 'in',
-        sink,
-        key: byId,
-        batch: { maxSize: 3, maxWaitMs: 5 },
-        retry: { maxAttempts: 5, backoff: { initialMs: 10, maxMs: 10, jitter: 0 } },
-      }),
-    );
+    const ref = retryingSinkActor(rt, sink, 3, 5);
     for (let i = 0; i < 3; i++) await rt.bus.publish('in', { id: `k${i}` });
     await flush();
-    for (let i = 0; i < 20; i++) {
-      await clock.advance(10);
-      await flush();
-    }
+    await runRetries(clock, 20);
     expect(writes[0]).toEqual(['k0', 'k1', 'k2']);
     // Each input once more, alone; 'k1' then not again (a retry cannot help it), not 5 attempts.
     expect(writes.slice(1).sort()).toEqual([['k0'], ['k1'], ['k2']]);
@@ -230,22 +242,10 @@ describe('sinkActor', () => {
         }
       },
     };
-    const ref = rt.spawn(
-      sinkActor({
-        name: 'w',
-        subscribe: 'in',
-        sink,
-        key: byId,
-        batch: { maxSize: 4, maxWaitMs: 5 },
-        retry: { maxAttempts: 3, backoff: { initialMs: 10, maxMs: 10, jitter: 0 } },
-      }),
-    );
+    const ref = retryingSinkActor(rt, sink, 4, 3);
     for (let i = 0; i < 4; i++) await rt.bus.publish('in', { id: `k${i}` });
     await flush();
-    for (let i = 0; i < 5; i++) {
-      await clock.advance(10);
-      await flush();
-    }
+    await runRetries(clock, 5);
     expect(ref.counters.acked).toBe(4);
     // The retry went as one batch of 4, not four batches of 1.
     expect(writes).toEqual([4, 4]);
