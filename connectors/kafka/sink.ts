@@ -157,7 +157,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
   /** The latest transaction committed (its inputs done) or failed (undefined). */
   #lastDone: Promise<Done | undefined> = Promise.resolve(new Map());
   /** Per producer, its latest transaction ended: it holds one at a time. */
-  readonly #slotFree: Promise<void>[] = [];
+  readonly #slotFree: Promise<void>[];
   /** Transactions begun, which picks the producer of the next. */
   #turn = 0;
   #closed = false;
@@ -233,7 +233,7 @@ export class KafkaSink<T = unknown> implements Sink<T> {
       throw new OptionsError(`${where}.store`, "must be the runtime's store with mode 'dedupe'", this.#store);
     this.writesAtOnce = this.mode === 'transactional' ? 2 : 1;
     this.#producers = new Array(this.writesAtOnce).fill(undefined);
-    for (let i = 0; i < this.writesAtOnce; i++) this.#slotFree.push(Promise.resolve());
+    this.#slotFree = this.#producers.map(() => Promise.resolve());
   }
 
   get stats(): KafkaSinkStats {
@@ -371,17 +371,13 @@ export class KafkaSink<T = unknown> implements Sink<T> {
     const prev: Previous = { sent: this.#lastSent, done: this.#lastDone, free: this.#slotFree[slot] as Promise<void> };
     let sent: () => void = noop;
     this.#lastSent = new Promise<void>((resolve) => void (sent = resolve));
-    const run = this.#transaction(slot, records, prev, () => sent()).then(
-      (done) => {
-        sent();
-        return done;
-      },
-      async (error: unknown) => {
-        sent();
-        await prev.done;
-        throw error;
-      },
-    );
+    // A transaction that fails before its records went lets the next one go on; either way a
+    // write ends after the one before it.
+    const run = this.#transaction(slot, records, prev, () => sent()).catch(async (error: unknown) => {
+      sent();
+      await prev.done;
+      throw error;
+    });
     this.#lastDone = run.then(
       (done) => done,
       () => undefined,
