@@ -201,12 +201,6 @@ export class SubjectTrie<T extends Routable, M extends Match<T> = Match<T>> {
   /** The walk's stack, kept between walks: a walk runs no other code, so no two share it. */
   readonly #stack: (TrieNode<T> | number)[] = [];
   /**
-   * The subject matched last and its result: a publisher mostly publishes to the subject it
-   * published to last, and comparing one string is cheaper than hashing it into the map.
-   */
-  #lastSubject: string | undefined = undefined;
-  #lastResult: M | undefined = undefined;
-  /**
    * Subjects that missed once lately, while the cache is full: then a subject is cached only when
    * it misses again. One seen once (an order id in the subject, a stream of new keys) would only
    * push out subjects that come back, and its entry lived long enough to be collected as an old
@@ -331,15 +325,11 @@ export class SubjectTrie<T extends Routable, M extends Match<T> = Match<T>> {
 
   /** What the literal `subject` reaches. The result is frozen and shared: do not keep it past a change. */
   match(subject: string): M {
-    // (Untyped code may pass undefined, equal to an unset #lastSubject: that must reach validation.)
-    if (subject === this.#lastSubject && this.#lastResult !== undefined) return this.#lastResult;
+    // No last-subject shortcut here: the clients keep their own (a publisher mostly publishes to one
+    // subject), and a second one on a miss of theirs only cost a comparison and two stores.
     const shard = this.#shards[shardOf(subject)] as Map<string, M>;
     const cached = shard.get(subject);
-    if (cached !== undefined) {
-      this.#lastSubject = subject;
-      this.#lastResult = cached;
-      return cached;
-    }
+    if (cached !== undefined) return cached;
     const tokens = this.#checkMiss?.(subject) ?? subject.split('.');
     const found = collect(this.#root, tokens, this.#stack);
     const grouped = found === undefined ? (EMPTY_MATCH as Match<T>) : group(found);
@@ -413,8 +403,6 @@ export class SubjectTrie<T extends Routable, M extends Match<T> = Match<T>> {
       for (const shard of this.#shards) if (shard.size > 0) shard.clear();
       this.#entries = 0;
     }
-    this.#lastSubject = undefined;
-    this.#lastResult = undefined;
     this.#cacheBytes = 0;
     // The cache starts empty again: subjects seen before the change have no claim on it.
     if (this.#seenOnce.size > 0) this.#seenOnce.clear();
