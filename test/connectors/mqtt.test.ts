@@ -2,8 +2,8 @@
  * The MQTT connector against a real Mosquitto the test starts with a password file and an ACL
  * file: topic-to-subject mapping and the filters refused; credentials and ACL refusals; the ordered
  * PUBACK window (later messages flow while an earlier one is unsettled, and the PUBACKs wait for
- * it); redelivery with DUP to the next connection of a persistent session; QoS 0; retained
- * messages; the sink's QoS and retain. The conformance cases are in mqttConformance.test.ts.
+ * it); redelivery with DUP to the next connection of a persistent session; a session the broker
+ * lost in a restart; QoS 0; retained messages; the sink's QoS and retain. The conformance cases are in mqttConformance.test.ts.
  */
 import { randomBytes } from 'node:crypto';
 import mqtt, { type IPublishPacket, type MqttClient } from 'mqtt';
