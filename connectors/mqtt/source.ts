@@ -9,7 +9,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { StandardSchemaV1 } from '@standard-schema/spec';
-import type { IPublishPacket, MqttClient } from 'mqtt';
+import type { IConnackPacket, IPublishPacket, MqttClient, Packet } from 'mqtt';
 import type { Logger } from '../../runtime/actors/actor.ts';
 import type { BusClient } from '../../runtime/bus/bus.ts';
 import { validateSubject } from '../../runtime/bus/subjects.ts';
@@ -102,6 +102,11 @@ export interface MqttSourceStats {
   readonly duplicates: number;
   /** Connections made again after a drop. */
   readonly reconnects: number;
+  /**
+   * Reconnections of a persistent session the broker had not kept (a restart without persistence,
+   * an expired session): what it had queued for the source is lost. See docs/mqtt.md.
+   */
+  readonly sessionsLost: number;
 }
 
 const sourceKeys = optionKeys<keyof MqttSourceOptions>({
@@ -178,7 +183,22 @@ export class MqttSource<T = unknown> implements Source<T> {
   #onBus = 0;
   /** PUBACKs due on the current connection, sent together at the end of the turn (a new connection drops them). */
   #acks: number[] = [];
-  readonly #stats = { received: 0, published: 0, acked: 0, retried: 0, terminated: 0, duplicates: 0, reconnects: 0 };
+  /**
+   * A persistent session's connection dropped, and whether the broker kept the session is not
+   * known until the next CONNACK: what waits in the inbox is not delivered until then, as a kept
+   * session sends it again.
+   */
+  #suspended = false;
+  readonly #stats = {
+    received: 0,
+    published: 0,
+    acked: 0,
+    retried: 0,
+    terminated: 0,
+    duplicates: 0,
+    reconnects: 0,
+    sessionsLost: 0,
+  };
 
   constructor(options: MqttSourceOptions<T>) {
     checkOptions('mqttSource', options, sourceKeys);
@@ -315,6 +335,11 @@ export class MqttSource<T = unknown> implements Source<T> {
     }
     this.#client = client;
     client.on('close', () => this.#dropped());
+    // Told as the CONNACK is read, before any message after it; 'connect' comes later (after
+    // mqtt.js's own store is sent), when messages of the new connection may have been taken.
+    client.on('packetreceive', (packet: Packet) => {
+      if (packet.cmd === 'connack') this.#accepted(packet as IConnackPacket);
+    });
     // mqtt.js reconnects by itself: its events are the connection's state in the runtime's status.
     client.on('reconnect', () => this.#life.health?.reconnecting());
     client.on('error', (error: unknown) => this.#life.health?.error(error));
@@ -322,8 +347,6 @@ export class MqttSource<T = unknown> implements Source<T> {
       if (this.#life.closed) return;
       this.#life.health?.connected();
       this.#stats.reconnects++;
-      this.#generation++;
-      this.#acks = [];
     });
     try {
       await this.#subscribe(client);
@@ -404,7 +427,7 @@ export class MqttSource<T = unknown> implements Source<T> {
   async #drain(): Promise<void> {
     this.#draining = true;
     try {
-      while (this.#next < this.#inbox.length && !this.#life.closed) {
+      while (this.#next < this.#inbox.length && !this.#life.closed && !this.#suspended) {
         const held = this.#inbox[this.#next++] as Held;
         if (this.#next === this.#inbox.length || (this.#next > 1024 && this.#next * 2 > this.#inbox.length)) {
           this.#inbox = this.#inbox.slice(this.#next);
@@ -544,23 +567,78 @@ export class MqttSource<T = unknown> implements Source<T> {
     this.#stats.acked += ids.length;
   };
 
-  /** The connection dropped: a persistent session sends again what was not acknowledged, with DUP. */
+  /**
+   * The connection dropped: nothing held can be acknowledged any more (its packet ids were of the
+   * lost connection). A persistent session may send it again, which the next CONNACK tells.
+   */
   #dropped(): void {
     if (this.#life.closed) return;
     this.#generation++;
     this.#acks = [];
-    if (!this.#clean) {
-      // Sent again by the broker on the next connection: what is held now settles to nothing.
-      for (let i = this.#head; i < this.#window.length; i++) (this.#window[i] as Held).state = 'dropped';
-      this.#window = [];
-      this.#head = 0;
-      this.#inbox = [];
-      this.#next = 0;
-      this.#onBus = 0;
-    }
+    if (!this.#clean) this.#suspended = true;
     const resume = this.#paused;
     this.#paused = undefined;
     resume?.();
+  }
+
+  /** A CONNACK after a drop: a new connection, and the verdict on what the source held from the last. */
+  #accepted(packet: IConnackPacket): void {
+    if (this.#life.closed) return;
+    const code = this.#target.protocolVersion === 5 ? packet.reasonCode : packet.returnCode;
+    if (code !== undefined && code !== 0) return;
+    // Messages after this CONNACK are of the new connection: their PUBACKs go out on it.
+    this.#generation++;
+    this.#acks = [];
+    if (!this.#suspended) return;
+    this.#suspended = false;
+    if (packet.sessionPresent) this.#resent();
+    else this.#sessionLost();
+    if (!this.#draining) void this.#drain();
+  }
+
+  /**
+   * The broker kept the session, so it sends again, with DUP, every QoS 1 message it sent and did
+   * not have a PUBACK for: those the source holds settle to nothing, or each would be handled once
+   * more than the DUP already makes it. A QoS 0 message is never sent again: it is kept.
+   */
+  #resent(): void {
+    const kept: Held[] = [];
+    for (let i = this.#head; i < this.#window.length; i++) {
+      const h = this.#window[i] as Held;
+      if (h.state === 'settled') continue;
+      if (h.packet.qos === 0) {
+        kept.push(h);
+        continue;
+      }
+      if (h.state === 'bus') this.#onBus--;
+      h.state = 'dropped';
+    }
+    this.#window = kept;
+    this.#head = 0;
+    this.#inbox = this.#inbox.slice(this.#next).filter((h) => h.state === 'inbox');
+    this.#next = 0;
+  }
+
+  /**
+   * The broker did not keep the session: it sends nothing again, so what the source holds is
+   * processed and settled as it would have been, only not acknowledged (its packet ids were of the
+   * dead session, and now name other messages). What the broker had queued and not sent is gone.
+   * mqtt.js subscribes again, the session being new.
+   */
+  #sessionLost(): void {
+    this.#stats.sessionsLost++;
+    let held = 0;
+    for (let i = this.#head; i < this.#window.length; i++) if ((this.#window[i] as Held).state !== 'settled') held++;
+    const error = new ConnectorError(
+      this.name,
+      `the broker did not keep the session of client '${this.#clientId}' (restarted without persistence, or the session expired): ${
+        held === 0
+          ? 'no message was held from it'
+          : `the ${held} message${held === 1 ? '' : 's'} held from it are still processed, not acknowledged`
+      }; what the broker had queued for it and not sent is lost`,
+    );
+    this.#life.health?.error(error);
+    this.#life.log.warn(error.message);
   }
 
   /** Dead-letters a message the source gives up on, then acknowledges it. A refused dead letter is tried again later. */
@@ -636,6 +714,7 @@ export class MqttSource<T = unknown> implements Source<T> {
     this.#onBus = 0;
     this.#generation++;
     this.#acks = [];
+    this.#suspended = false;
     const client = this.#client;
     this.#client = undefined;
     await closeMqtt(client);
@@ -647,7 +726,10 @@ interface Held {
   readonly generation: number;
   attempt: number;
   readonly receivedAt: number;
-  /** inbox: waiting for the mailboxes; bus: published, not settled; waiting: for a retry or a dead letter. */
+  /**
+   * inbox: waiting for the mailboxes; bus: published, not settled; waiting: for a retry or a dead
+   * letter; dropped: the broker sends it again on a resumed session.
+   */
   state: 'inbox' | 'bus' | 'waiting' | 'settled' | 'dropped';
   lineage: SourceLineage<Held>;
 }

@@ -2,8 +2,8 @@
  * The MQTT connector against a real Mosquitto the test starts with a password file and an ACL
  * file: topic-to-subject mapping and the filters refused; credentials and ACL refusals; the ordered
  * PUBACK window (later messages flow while an earlier one is unsettled, and the PUBACKs wait for
- * it); redelivery with DUP to the next connection of a persistent session; QoS 0; retained
- * messages; the sink's QoS and retain. The conformance cases are in mqttConformance.test.ts.
+ * it); redelivery with DUP to the next connection of a persistent session; a session the broker
+ * lost in a restart; QoS 0; retained messages; the sink's QoS and retain. The conformance cases are in mqttConformance.test.ts.
  */
 import { randomBytes } from 'node:crypto';
 import mqtt, { type IPublishPacket, type MqttClient } from 'mqtt';
@@ -283,6 +283,86 @@ describe.skipIf(missing !== undefined)('MQTT against Mosquitto with a password f
     await until(() => broker.pubacks(clientId) === 3, 'acknowledged on the new connection');
     expect(source.stats.reconnects).toBe(1);
     expect(source.lag().messages).toBe(0);
+  });
+
+  test('a broker restart that lost the session: what the source held is still processed once each, never acknowledged on the new session, and the loss is told', async () => {
+    // Without persistence the restarted broker has no session: its CONNACK says so, and it will
+    // send nothing of what the source held again.
+    const volatile = await startMosquitto({ persistence: false });
+    onTestFinished(() => volatile.stop());
+    const pub = await mqtt.connectAsync(volatile.url, { protocolVersion: 5 });
+    onTestFinished(() => pub.endAsync(true));
+    const t = topic('lost');
+    const clientId = `${run}-lost`;
+    const rt = runtime();
+    const warnings: string[] = [];
+    const seen: { data: number; attempt: number }[] = [];
+    const done: number[] = [];
+    let release!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    // One at a time, one in the mailbox: 1 is handled, 2 waits in the mailbox, 3 in the bus's
+    // publish, 4 and 5 in the source.
+    rt.bus.subscribe('sl.in', {
+      concurrency: 1,
+      mailbox: { capacity: 1 },
+      callback: async (env: Envelope) => {
+        seen.push({ data: env.data as number, attempt: env.attempt });
+        if (env.data === 1 && env.attempt === 1) {
+          await gate;
+          throw new Error('failed after the session was lost');
+        }
+        done.push(env.data as number);
+      },
+      onError: () => undefined,
+    });
+    const source = closing(
+      mqttSource({
+        connection: { url: volatile.url, reconnectMs: 50 },
+        topics: t,
+        subject: 'sl.in',
+        clientId,
+        backoffMs: [10],
+      }),
+    );
+    await source.start(rt, { logger: { ...quiet, warn: (message: string) => void warnings.push(message) } });
+    for (const v of [1, 2, 3, 4, 5]) await pub.publishAsync(t, JSON.stringify(v), { qos: 1 });
+    await until(() => source.stats.received === 5 && seen.length === 1, 'five received, the first held');
+    expect(volatile.pubacks(clientId)).toBe(0);
+
+    await volatile.restart();
+    await until(() => source.stats.reconnects === 1, 'the source connected again', 15_000);
+    // The failure of the held one after the loss: the source still retries it.
+    release();
+    await until(() => done.length === 5, 'all five processed', 15_000);
+    expect([...done].sort()).toEqual([1, 2, 3, 4, 5]);
+    expect(seen.filter((s) => s.data === 1)).toEqual([
+      { data: 1, attempt: 1 },
+      { data: 1, attempt: 2 },
+    ]);
+    // Nothing came again from the broker: no DUP, each of 2 to 5 seen once.
+    expect(seen.filter((s) => s.data !== 1).map((s) => s.data)).toEqual([2, 3, 4, 5]);
+    expect(source.stats.duplicates).toBe(0);
+
+    // The subscription was made again on the new session, and the ack window goes on: 6 is
+    // delivered and acknowledged, and it alone (PUBACKs on one connection arrive in order, so
+    // one of the lost session's ids would have been logged before it).
+    await until(() => pub.connected, 'the publisher connected again', 15_000);
+    await pub.publishAsync(t, JSON.stringify(6), { qos: 1 });
+    await until(() => done.length === 6 && volatile.pubacks(clientId) === 1, 'the sixth processed and acknowledged');
+    expect(done[5]).toBe(6);
+    expect(source.lag().messages).toBe(0);
+    await pub.publishAsync(t, JSON.stringify(7), { qos: 1 });
+    await until(() => volatile.pubacks(clientId) === 2, 'the seventh acknowledged');
+    expect(source.stats.acked).toBe(2);
+
+    expect(source.stats.sessionsLost).toBe(1);
+    expect(warnings.filter((w) => /session/.test(w))).toHaveLength(1);
+    expect(warnings.join('\n')).toMatch(/did not keep the session.*5 messages/);
+    const status = rt.status().sources.find((s) => s.name === source.name);
+    expect(status?.counters.sessionsLost).toBe(1);
+    expect(status?.lastError?.message).toMatch(/did not keep the session/);
   });
 
   test('a message failing every delivery is dead-lettered with its reason, then acknowledged', async () => {

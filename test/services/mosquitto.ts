@@ -79,6 +79,11 @@ export interface MosquittoOptions {
   subscribable?: readonly string[];
   /** What the broker logs: everything (which {@link Mosquitto.pubacks} counts in), or errors and notices only (a benchmark). @default 'all' */
   log?: 'all' | 'errors';
+  /**
+   * Whether sessions survive {@link Mosquitto.restart}: false makes a restart the loss of every
+   * session (the CONNACK after it says the session is not present). @default true
+   */
+  persistence?: boolean;
 }
 
 const DYNSEC = ['/usr/lib/x86_64-linux-gnu', '/usr/lib/aarch64-linux-gnu', '/usr/lib']
@@ -94,7 +99,7 @@ export interface Mosquitto {
   log(): string;
   /** PUBACKs the broker received from `clientId` so far: the QoS 1 messages it acknowledged. */
   pubacks(clientId: string): number;
-  /** Stops the broker (its sessions saved) and starts it again on the same port: a restart mid-stream. */
+  /** Stops the broker (its sessions saved, unless `persistence: false`) and starts it again on the same port: a restart mid-stream. */
   restart(): Promise<void>;
   stop(): Promise<void>;
   /** Kills the broker and removes its files at once, for a process `exit` handler (which cannot wait). */
@@ -113,9 +118,9 @@ export async function startMosquitto(options: MosquittoOptions = {}): Promise<Mo
       ? ['log_type error', 'log_type warning', 'log_type notice', 'log_type information']
       : ['log_type all']),
     // Sessions kept in the temporary directory (saved at a clean stop), for `restart`.
-    'persistence true',
-    `persistence_location ${dir}/`,
-    'autosave_interval 0',
+    ...(options.persistence === false
+      ? ['persistence false']
+      : ['persistence true', `persistence_location ${dir}/`, 'autosave_interval 0']),
     // PUBACKs go out at once, not after the client's delayed ACK (Nagle): batches end without a stall.
     'set_tcp_nodelay true',
     // The default 1000 would drop what a test or a benchmark queues for a session beyond it.
