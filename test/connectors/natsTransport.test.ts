@@ -9,6 +9,7 @@ import { connect, headers } from '@nats-io/transport-node';
 import {
   actor,
   Bus,
+  type Codec,
   createRuntime,
   durable,
   type Envelope,
@@ -17,6 +18,7 @@ import {
   PermissionError,
   type Runtime,
   type RuntimeOptions,
+  replayDeadLetter,
   StreamError,
   TimeoutError,
   TransportBus,
@@ -167,6 +169,63 @@ describe.skipIf(missing !== undefined)('NATS transport', () => {
       expect(m.json()).toEqual({ v: 1 });
       expect(m.headers?.get('Content-Type')).toBe('application/json');
     }
+  });
+
+  test("a dead letter of a message from another process does not keep its Content-Type: a replay decodes with the replay subject's codec", async () => {
+    // A codec of the application's, which writes no Content-Type: its bytes are not MessagePack.
+    const shouting: Codec = {
+      name: 'shouting',
+      encode: (value) => new TextEncoder().encode(`!${JSON.stringify(value)}`),
+      decode: (bytes) => JSON.parse(new TextDecoder().decode(bytes).slice(1)),
+    };
+    const a = await node({ codec: 'json' });
+    const b = await node({ codecs: { 'ctdl.orders': shouting } });
+    const handled: unknown[] = [];
+    let failed = false;
+    b.rt.spawn(
+      actor<{ n: number }, void>({
+        name: 'ctdl-billing',
+        subscribe: 'ctdl.orders',
+        retry: { maxAttempts: 1 },
+        handle: (env) => {
+          if (!failed) {
+            failed = true;
+            throw new Error('not now');
+          }
+          handled.push(env.data);
+        },
+      }),
+    );
+    const letters: Envelope[] = [];
+    b.rt.bus.subscribe('$DLQ.ctdl-billing', { callback: (env) => void letters.push(env) });
+    await b.transport.ready();
+    // JSON from the other process, with its Content-Type; the dead letter goes out in MessagePack.
+    await a.rt.bus.publish('ctdl.orders', { n: 1 });
+    await until(() => letters.length === 1, 'the dead letter');
+    const letter = letters[0] as Envelope;
+    expect(Object.keys(letter.headers).filter((h) => h.toLowerCase() === 'content-type')).toEqual([]);
+    await replayDeadLetter(b.rt.bus, letter);
+    await until(() => handled.length === 1 || b.transport.stats.dropped > 0, 'the replay to be handled or dropped');
+    expect(b.transport.stats.dropped).toBe(0);
+    expect(handled).toEqual([{ n: 1 }]);
+  });
+
+  test('a Content-Type that names a codec chooses it and is dropped; one that names none stays a header', async () => {
+    const a = await node({ codec: 'json' });
+    const got: Envelope[] = [];
+    a.rt.bus.subscribe('ctkeep.in', { callback: (env) => void got.push(env) });
+    await a.transport.ready();
+    const nc = await connect({ servers: server.url });
+    onTestFinished(() => nc.close());
+    const known = headers();
+    known.set('Content-Type', 'text/plain; charset=utf-8');
+    nc.publish('ctkeep.in', 'hello', { headers: known });
+    const unknown = headers();
+    unknown.set('Content-Type', 'application/x-orders');
+    nc.publish('ctkeep.in', JSON.stringify({ n: 2 }), { headers: unknown });
+    await until(() => got.length === 2, 'both messages');
+    expect(got.map((env) => env.data)).toEqual(['hello', { n: 2 }]);
+    expect(got.map((env) => env.headers['Content-Type'])).toEqual([undefined, 'application/x-orders']);
   });
 
   test('a queue group spans runtimes: each message goes to one member', async () => {
