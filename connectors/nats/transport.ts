@@ -6,7 +6,15 @@
  * subjects are JetStream streams read by durable pull consumers (the connector's JetStream source).
  * See docs/nats.md.
  */
-import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from '@nats-io/jetstream';
+import {
+  type JetStreamClient,
+  type JetStreamManager,
+  jetstream,
+  jetstreamManager,
+  type StreamConfig as NatsStreamConfig,
+  RetentionPolicy,
+  StorageType,
+} from '@nats-io/jetstream';
 import {
   createInbox,
   errors,
@@ -34,7 +42,7 @@ import {
 import { intOption, knownKeys, oneOf, optionKeys, optionsObject } from '../../runtime/options.ts';
 import { IDEMPOTENCY_KEY_HEADER } from '../../runtime/sinks/sink.ts';
 import { checkName, patternsOverlap } from '../../runtime/streams/stream.ts';
-import type { DurableRef, StreamConfig } from '../../runtime/streams/types.ts';
+import type { DurableRef, RetentionOptions, StreamConfig } from '../../runtime/streams/types.ts';
 import type { Transport, TransportHost } from '../../runtime/transport/transport.ts';
 import {
   clientOptions,
@@ -551,12 +559,19 @@ export class NatsTransport implements Transport {
       }
     }
     const r = config.retention ?? {};
-    const wanted = {
+    optionsObject(`stream '${config.name}'.retention`, r);
+    const limit = (option: keyof RetentionOptions, value: number | undefined) =>
+      value === undefined ? undefined : intOption(`stream '${config.name}'.retention.${option}`, value, 0, 1);
+    const maxAgeMs = limit('maxAgeMs', r.maxAgeMs);
+    const maxBytes = limit('maxBytes', r.maxBytes);
+    const maxMessages = limit('maxMessages', r.maxMessages);
+    const wanted: Partial<NatsStreamConfig> & { name: string } = {
       name: config.name,
       subjects: [...config.subjects],
-      ...(r.maxAgeMs !== undefined ? { max_age: r.maxAgeMs * 1_000_000 } : {}),
-      ...(r.maxBytes !== undefined ? { max_bytes: r.maxBytes } : {}),
-      ...(r.maxMessages !== undefined ? { max_msgs: r.maxMessages } : {}),
+      ...Object.fromEntries(FIXED_SETTINGS.map((f) => [f.setting, f.wanted])),
+      ...(maxAgeMs !== undefined ? { max_age: maxAgeMs * 1_000_000 } : {}),
+      ...(maxBytes !== undefined ? { max_bytes: maxBytes } : {}),
+      ...(maxMessages !== undefined ? { max_msgs: maxMessages } : {}),
     };
     const defined = this.#manager().then(async (jsm) => {
       // Made when missing, updated to this configuration when it exists: the job declares its streams.
@@ -564,12 +579,15 @@ export class NatsTransport implements Transport {
       // that lost the race (as overlapping "an existing stream": its own), so a refused add looks again.
       for (let attempt = 1; ; attempt++) {
         const existing = await jsm.streams.info(config.name).catch(() => undefined);
+        if (existing !== undefined) {
+          await convergeStream(jsm, existing.config, wanted);
+          return;
+        }
         try {
-          if (existing === undefined) await jsm.streams.add(wanted);
-          else await jsm.streams.update(config.name, { ...existing.config, ...wanted });
+          await jsm.streams.add(wanted);
           return;
         } catch (error) {
-          if (existing === undefined && attempt < 3) {
+          if (attempt < 3) {
             // A moment for the winner's stream to show (a cluster answers the look-up from any
             // server); a real refusal (JetStream off, a true overlap) fails after the third try.
             await new Promise((resolve) => setTimeout(resolve, 50 * attempt));
@@ -751,6 +769,58 @@ export class NatsTransport implements Transport {
       cause: error,
       retryable: true,
     });
+  }
+}
+
+/**
+ * Stream settings a runtime's stream configuration does not give, which nats-server refuses to
+ * change on an existing stream: each is asked at the server's default, so a stream made elsewhere
+ * with another value cannot be converged. `always`: every nats-server version refuses the change;
+ * otherwise some do (retention changes between limits and interest came with later versions).
+ */
+const FIXED_SETTINGS = [
+  { setting: 'storage', wanted: StorageType.File, always: true },
+  { setting: 'sealed', wanted: false, always: true },
+  { setting: 'deny_delete', wanted: false, always: true },
+  { setting: 'deny_purge', wanted: false, always: true },
+  { setting: 'retention', wanted: RetentionPolicy.Limits, always: false },
+  { setting: 'max_consumers', wanted: -1, always: false },
+] as const;
+
+/**
+ * Updates an existing stream to `wanted` alone: a setting it does not give goes back to the
+ * server's default, so a limit removed from the configuration is removed from the stream. A
+ * setting nats-server cannot change is refused before the update, naming it.
+ */
+async function convergeStream(
+  jsm: JetStreamManager,
+  current: NatsStreamConfig,
+  wanted: Partial<NatsStreamConfig> & { name: string },
+): Promise<void> {
+  // A setting the server does not report (an older version) is at its default.
+  const differ = FIXED_SETTINGS.filter((f) => current[f.setting] !== undefined && current[f.setting] !== f.wanted);
+  const fixed = differ.find((f) => f.always);
+  if (fixed !== undefined) {
+    throw new StreamError(
+      wanted.name,
+      `the JetStream stream has ${fixed.setting} ${JSON.stringify(current[fixed.setting])} and this configuration asks for ${JSON.stringify(fixed.wanted)} (the server's default: a stream's configuration does not set it), which nats-server cannot change on an existing stream: delete the stream (its messages with it) to define it anew, or give this one another name`,
+    );
+  }
+  // NATS's update replaces the whole configuration, but the client merges what it is given into
+  // the current one: a setting must be there as undefined (left out of the request) for the
+  // server to put its default back.
+  const reset: Record<string, undefined> = {};
+  for (const setting of Object.keys(current)) reset[setting] = undefined;
+  try {
+    await jsm.streams.update(wanted.name, { ...reset, ...wanted });
+  } catch (error) {
+    const some = differ.map(
+      (f) => `${f.setting} (${JSON.stringify(current[f.setting])} -> ${JSON.stringify(f.wanted)})`,
+    );
+    throw new StreamError(
+      wanted.name,
+      `could not update the JetStream stream to this configuration (what it does not set goes back to the server's default): ${messageOf(error)}${some.length === 0 ? '' : `; it changes ${some.join(', ')}, which some nats-server versions cannot change on an existing stream`}`,
+    );
   }
 }
 

@@ -4,7 +4,7 @@
  * JetStream, permissions the server enforces). The multi-process cases (a queue group of three
  * worker processes, one killed mid-stream, the server restarted) are in natsTransportWorkers.test.ts.
  */
-import { jetstreamManager } from '@nats-io/jetstream';
+import { jetstreamManager, RetentionPolicy, StorageType } from '@nats-io/jetstream';
 import { connect, headers } from '@nats-io/transport-node';
 import {
   actor,
@@ -59,6 +59,23 @@ describe('NATS transport options (no server)', () => {
     expect(() => rt.stream('S')).toThrow(StreamError);
     expect(() => rt.stream('S')).toThrow(/streams are the broker's/);
     await t.close();
+  });
+
+  test('a stream retention limit that is not a positive integer is refused, naming the stream and the limit', async () => {
+    const made: NatsTransport[] = [];
+    const bad = (retention: object) => {
+      const t = natsTransport({ servers: 'nats://127.0.0.1:1', reconnect: { maxAttempts: 0 }, timeoutMs: 200 });
+      made.push(t);
+      return () =>
+        createRuntime({ transport: t, logger: quiet, streams: [{ name: 'S', subjects: ['s.>'], retention }] });
+    };
+    expect(bad({ maxMessages: 0 })).toThrow(/stream 'S'.retention.maxMessages.*integer >= 1/);
+    expect(bad({ maxAgeMs: 1.5 })).toThrow(/stream 'S'.retention.maxAgeMs.*integer >= 1/);
+    expect(bad({ maxBytes: -1 })).toThrow(/stream 'S'.retention.maxBytes.*integer >= 1/);
+    for (const t of made) {
+      await t.ready().catch(() => undefined);
+      await t.close();
+    }
   });
 });
 
@@ -337,6 +354,65 @@ describe.skipIf(missing !== undefined)('NATS transport', () => {
     const info = await jsm.consumers.info('TORDERS', 'billing');
     expect(info.num_pending).toBe(0);
     expect((await jsm.streams.info('TORDERS')).state.messages).toBe(10);
+  });
+
+  test('defining a stream again converges it: a limit no longer given goes back to the server default', async () => {
+    const nc = await connect({ servers: server.url });
+    onTestFinished(() => nc.close());
+    const jsm = await jetstreamManager(nc);
+    const limited = await node({}, [
+      { name: 'TCONVERGE', subjects: ['tconverge.>'], retention: { maxMessages: 5, maxAgeMs: 60_000 } },
+    ]);
+    await limited.transport.ready();
+    const before = (await jsm.streams.info('TCONVERGE')).config;
+    expect([before.max_msgs, before.max_age]).toEqual([5, 60_000_000_000]);
+    // A setting made elsewhere, which the configuration does not give either.
+    await jsm.streams.update('TCONVERGE', { max_msgs_per_subject: 3 });
+    const plain = await node({}, [{ name: 'TCONVERGE', subjects: ['tconverge.>', 'tconverge2.>'] }]);
+    await plain.transport.ready();
+    const after = (await jsm.streams.info('TCONVERGE')).config;
+    expect(after.subjects).toEqual(['tconverge.>', 'tconverge2.>']);
+    expect([after.max_msgs, after.max_age, after.max_bytes, after.max_msgs_per_subject]).toEqual([-1, 0, -1, -1]);
+  });
+
+  test('a stream whose setting nats-server cannot change is refused, naming the stream and the setting', async () => {
+    const nc = await connect({ servers: server.url });
+    onTestFinished(() => nc.close());
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.add({ name: 'TINMEMORY', subjects: ['tinmemory.>'], storage: StorageType.Memory });
+    const errors: Error[] = [];
+    const n = await node({ onError: (error) => void errors.push(error) }, [
+      { name: 'TINMEMORY', subjects: ['tinmemory.>'] },
+    ]);
+    const refused = await n.transport.ready().then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    expect(refused).toBeInstanceOf(StreamError);
+    expect((refused as Error).message).toMatch(/TINMEMORY.*storage.*memory.*file/);
+    expect(errors).toEqual([refused]);
+    expect((await jsm.streams.info('TINMEMORY')).config.storage).toBe(StorageType.Memory);
+  });
+
+  test('an update the server refuses names the stream, and the settings it would change that some servers cannot', async () => {
+    const nc = await connect({ servers: server.url });
+    onTestFinished(() => nc.close());
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.add({ name: 'TINTEREST', subjects: ['tinterest.>'], retention: RetentionPolicy.Interest });
+    const n = await node({ onError: () => undefined }, [{ name: 'TINTEREST', subjects: ['tinterest.>'] }]);
+    const refused = await n.transport.ready().then(
+      () => undefined,
+      (error: unknown) => error,
+    );
+    // nats-server 2.9 refuses any change of retention; later versions take this one.
+    if (refused === undefined) {
+      expect((await jsm.streams.info('TINTEREST')).config.retention).toBe(RetentionPolicy.Limits);
+      return;
+    }
+    expect(refused).toBeInstanceOf(StreamError);
+    expect((refused as Error).message).toMatch(
+      /^stream 'TINTEREST': could not update.*retention \("interest" -> "limits"\)/,
+    );
   });
 
   test('a JetStream publish retried with the same idempotency key is stored once', async () => {
