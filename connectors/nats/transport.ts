@@ -12,8 +12,6 @@ import {
   jetstream,
   jetstreamManager,
   type StreamConfig as NatsStreamConfig,
-  RetentionPolicy,
-  StorageType,
 } from '@nats-io/jetstream';
 import {
   createInbox,
@@ -568,10 +566,11 @@ export class NatsTransport implements Transport {
     const wanted: Partial<NatsStreamConfig> & { name: string } = {
       name: config.name,
       subjects: [...config.subjects],
-      ...Object.fromEntries(FIXED_SETTINGS.map((f) => [f.setting, f.wanted])),
-      ...(maxAgeMs !== undefined ? { max_age: maxAgeMs * 1_000_000 } : {}),
-      ...(maxBytes !== undefined ? { max_bytes: maxBytes } : {}),
-      ...(maxMessages !== undefined ? { max_msgs: maxMessages } : {}),
+      // A limit not given is asked at the server's default (none), so one removed from the
+      // configuration is removed from the stream; a merge would keep it there.
+      max_age: maxAgeMs === undefined ? 0 : maxAgeMs * 1_000_000,
+      max_bytes: maxBytes ?? -1,
+      max_msgs: maxMessages ?? -1,
     };
     const defined = this.#manager().then(async (jsm) => {
       // Made when missing, updated to this configuration when it exists: the job declares its streams.
@@ -773,53 +772,22 @@ export class NatsTransport implements Transport {
 }
 
 /**
- * Stream settings a runtime's stream configuration does not give, which nats-server refuses to
- * change on an existing stream: each is asked at the server's default, so a stream made elsewhere
- * with another value cannot be converged. `always`: every nats-server version refuses the change;
- * otherwise some do (retention changes between limits and interest came with later versions).
- */
-const FIXED_SETTINGS = [
-  { setting: 'storage', wanted: StorageType.File, always: true },
-  { setting: 'sealed', wanted: false, always: true },
-  { setting: 'deny_delete', wanted: false, always: true },
-  { setting: 'deny_purge', wanted: false, always: true },
-  { setting: 'retention', wanted: RetentionPolicy.Limits, always: false },
-  { setting: 'max_consumers', wanted: -1, always: false },
-] as const;
-
-/**
- * Updates an existing stream to `wanted` alone: a setting it does not give goes back to the
- * server's default, so a limit removed from the configuration is removed from the stream. A
- * setting nats-server cannot change is refused before the update, naming it.
+ * Updates an existing stream to what a runtime's configuration says of it (its subjects and its
+ * retention limits, a limit not given at the server's default). What the configuration cannot say
+ * (storage, replicas, retention policy, per-subject limits, made by hand or by another tool) is
+ * the stream owner's and stays as it is: the update starts from the stream's own configuration.
  */
 async function convergeStream(
   jsm: JetStreamManager,
   current: NatsStreamConfig,
   wanted: Partial<NatsStreamConfig> & { name: string },
 ): Promise<void> {
-  // A setting the server does not report (an older version) is at its default.
-  const differ = FIXED_SETTINGS.filter((f) => current[f.setting] !== undefined && current[f.setting] !== f.wanted);
-  const fixed = differ.find((f) => f.always);
-  if (fixed !== undefined) {
-    throw new StreamError(
-      wanted.name,
-      `the JetStream stream has ${fixed.setting} ${JSON.stringify(current[fixed.setting])} and this configuration asks for ${JSON.stringify(fixed.wanted)} (the server's default: a stream's configuration does not set it), which nats-server cannot change on an existing stream: delete the stream (its messages with it) to define it anew, or give this one another name`,
-    );
-  }
-  // NATS's update replaces the whole configuration, but the client merges what it is given into
-  // the current one: a setting must be there as undefined (left out of the request) for the
-  // server to put its default back.
-  const reset: Record<string, undefined> = {};
-  for (const setting of Object.keys(current)) reset[setting] = undefined;
   try {
-    await jsm.streams.update(wanted.name, { ...reset, ...wanted });
+    await jsm.streams.update(wanted.name, { ...current, ...wanted });
   } catch (error) {
-    const some = differ.map(
-      (f) => `${f.setting} (${JSON.stringify(current[f.setting])} -> ${JSON.stringify(f.wanted)})`,
-    );
     throw new StreamError(
       wanted.name,
-      `could not update the JetStream stream to this configuration (what it does not set goes back to the server's default): ${messageOf(error)}${some.length === 0 ? '' : `; it changes ${some.join(', ')}, which some nats-server versions cannot change on an existing stream`}`,
+      `could not update the JetStream stream to this configuration (subjects and retention limits): ${messageOf(error)}`,
     );
   }
 }
