@@ -72,7 +72,7 @@ export class Codecs {
   /** The codec for a message: its content type when known, else its subject's, else the default. */
   of(subject: string, contentType: string | undefined): Codec {
     if (contentType !== undefined) {
-      const byType = codecOfType.get(contentType.split(';')[0]?.trim().toLowerCase() ?? '');
+      const byType = codecOfContentType(contentType);
       if (byType !== undefined) return byType;
     }
     if (this.#bySubject.length === 0) return this.#default;
@@ -83,6 +83,11 @@ export class Codecs {
     }
     return c;
   }
+}
+
+/** The built-in codec a `Content-Type` value names (parameters and case aside), if any. */
+function codecOfContentType(contentType: string): Codec | undefined {
+  return codecOfType.get(contentType.split(';')[0]?.trim().toLowerCase() ?? '');
 }
 
 function resolveCodec(codec: NatsCodec, where: string): Codec {
@@ -118,7 +123,12 @@ export interface ReadHeaders {
 /**
  * @internal A message's headers as an envelope's (the first value of each), with Sluice's key and
  * event time taken out. Stream position headers are dropped: only the source sets them, from the
- * broker's own position, so a publisher cannot forge the root of idempotency keys.
+ * broker's own position, so a publisher cannot forge the root of idempotency keys. A
+ * `Content-Type` that names a codec is dropped too: it described the bytes that codec decoded,
+ * not the value. Kept, it would follow the value into dead letters and their replays, and a
+ * publish whose codec writes no content type (an application's own) would send it on with other
+ * bytes, which the receiver would then decode with the wrong codec. One that no codec knows did
+ * not choose the codec, and stays for the application to read.
  */
 export function readHeaders(h: MsgHdrs | undefined): ReadHeaders {
   if (h === undefined) return { headers: {}, contentType: undefined, key: undefined, eventTime: undefined };
@@ -129,8 +139,10 @@ export function readHeaders(h: MsgHdrs | undefined): ReadHeaders {
   for (const [name, values] of h) {
     const value = values[0] ?? '';
     const lower = name.toLowerCase();
-    if (lower === 'content-type') contentType = value;
-    else if (lower === NATS_HEADERS.key) key = value;
+    if (lower === 'content-type') {
+      contentType = value;
+      if (codecOfContentType(value) !== undefined) continue;
+    } else if (lower === NATS_HEADERS.key) key = value;
     else if (lower === NATS_HEADERS.eventTime) {
       const t = Number(value);
       if (value !== '' && Number.isFinite(t)) eventTime = t;

@@ -6,7 +6,13 @@
  * subjects are JetStream streams read by durable pull consumers (the connector's JetStream source).
  * See docs/nats.md.
  */
-import { type JetStreamClient, type JetStreamManager, jetstream, jetstreamManager } from '@nats-io/jetstream';
+import {
+  type JetStreamClient,
+  type JetStreamManager,
+  jetstream,
+  jetstreamManager,
+  type StreamConfig as NatsStreamConfig,
+} from '@nats-io/jetstream';
 import {
   createInbox,
   errors,
@@ -34,7 +40,7 @@ import {
 import { intOption, knownKeys, oneOf, optionKeys, optionsObject } from '../../runtime/options.ts';
 import { IDEMPOTENCY_KEY_HEADER } from '../../runtime/sinks/sink.ts';
 import { checkName, patternsOverlap } from '../../runtime/streams/stream.ts';
-import type { DurableRef, StreamConfig } from '../../runtime/streams/types.ts';
+import type { DurableRef, RetentionOptions, StreamConfig } from '../../runtime/streams/types.ts';
 import type { Transport, TransportHost } from '../../runtime/transport/transport.ts';
 import {
   clientOptions,
@@ -551,12 +557,20 @@ export class NatsTransport implements Transport {
       }
     }
     const r = config.retention ?? {};
-    const wanted = {
+    optionsObject(`stream '${config.name}'.retention`, r);
+    const limit = (option: keyof RetentionOptions, value: number | undefined) =>
+      value === undefined ? undefined : intOption(`stream '${config.name}'.retention.${option}`, value, 0, 1);
+    const maxAgeMs = limit('maxAgeMs', r.maxAgeMs);
+    const maxBytes = limit('maxBytes', r.maxBytes);
+    const maxMessages = limit('maxMessages', r.maxMessages);
+    const wanted: Partial<NatsStreamConfig> & { name: string } = {
       name: config.name,
       subjects: [...config.subjects],
-      ...(r.maxAgeMs !== undefined ? { max_age: r.maxAgeMs * 1_000_000 } : {}),
-      ...(r.maxBytes !== undefined ? { max_bytes: r.maxBytes } : {}),
-      ...(r.maxMessages !== undefined ? { max_msgs: r.maxMessages } : {}),
+      // A limit not given is asked at the server's default (none), so one removed from the
+      // configuration is removed from the stream; a merge would keep it there.
+      max_age: maxAgeMs === undefined ? 0 : maxAgeMs * 1_000_000,
+      max_bytes: maxBytes ?? -1,
+      max_msgs: maxMessages ?? -1,
     };
     const defined = this.#manager().then(async (jsm) => {
       // Made when missing, updated to this configuration when it exists: the job declares its streams.
@@ -564,12 +578,15 @@ export class NatsTransport implements Transport {
       // that lost the race (as overlapping "an existing stream": its own), so a refused add looks again.
       for (let attempt = 1; ; attempt++) {
         const existing = await jsm.streams.info(config.name).catch(() => undefined);
+        if (existing !== undefined) {
+          await convergeStream(jsm, existing.config, wanted);
+          return;
+        }
         try {
-          if (existing === undefined) await jsm.streams.add(wanted);
-          else await jsm.streams.update(config.name, { ...existing.config, ...wanted });
+          await jsm.streams.add(wanted);
           return;
         } catch (error) {
-          if (existing === undefined && attempt < 3) {
+          if (attempt < 3) {
             // A moment for the winner's stream to show (a cluster answers the look-up from any
             // server); a real refusal (JetStream off, a true overlap) fails after the third try.
             await new Promise((resolve) => setTimeout(resolve, 50 * attempt));
@@ -751,6 +768,27 @@ export class NatsTransport implements Transport {
       cause: error,
       retryable: true,
     });
+  }
+}
+
+/**
+ * Updates an existing stream to what a runtime's configuration says of it (its subjects and its
+ * retention limits, a limit not given at the server's default). What the configuration cannot say
+ * (storage, replicas, retention policy, per-subject limits, made by hand or by another tool) is
+ * the stream owner's and stays as it is: the update starts from the stream's own configuration.
+ */
+async function convergeStream(
+  jsm: JetStreamManager,
+  current: NatsStreamConfig,
+  wanted: Partial<NatsStreamConfig> & { name: string },
+): Promise<void> {
+  try {
+    await jsm.streams.update(wanted.name, { ...current, ...wanted });
+  } catch (error) {
+    throw new StreamError(
+      wanted.name,
+      `could not update the JetStream stream to this configuration (subjects and retention limits): ${messageOf(error)}`,
+    );
   }
 }
 

@@ -9,6 +9,7 @@ import { connect, headers } from '@nats-io/transport-node';
 import {
   actor,
   Bus,
+  type Codec,
   createRuntime,
   durable,
   type Envelope,
@@ -17,6 +18,7 @@ import {
   PermissionError,
   type Runtime,
   type RuntimeOptions,
+  replayDeadLetter,
   StreamError,
   TimeoutError,
   TransportBus,
@@ -57,6 +59,23 @@ describe('NATS transport options (no server)', () => {
     expect(() => rt.stream('S')).toThrow(StreamError);
     expect(() => rt.stream('S')).toThrow(/streams are the broker's/);
     await t.close();
+  });
+
+  test('a stream retention limit that is not a positive integer is refused, naming the stream and the limit', async () => {
+    const made: NatsTransport[] = [];
+    const bad = (retention: object) => {
+      const t = natsTransport({ servers: 'nats://127.0.0.1:1', reconnect: { maxAttempts: 0 }, timeoutMs: 200 });
+      made.push(t);
+      return () =>
+        createRuntime({ transport: t, logger: quiet, streams: [{ name: 'S', subjects: ['s.>'], retention }] });
+    };
+    expect(bad({ maxMessages: 0 })).toThrow(/stream 'S'.retention.maxMessages.*integer >= 1/);
+    expect(bad({ maxAgeMs: 1.5 })).toThrow(/stream 'S'.retention.maxAgeMs.*integer >= 1/);
+    expect(bad({ maxBytes: -1 })).toThrow(/stream 'S'.retention.maxBytes.*integer >= 1/);
+    for (const t of made) {
+      await t.ready().catch(() => undefined);
+      await t.close();
+    }
   });
 });
 
@@ -169,6 +188,63 @@ describe.skipIf(missing !== undefined)('NATS transport', () => {
     }
   });
 
+  test("a dead letter of a message from another process does not keep its Content-Type: a replay decodes with the replay subject's codec", async () => {
+    // A codec of the application's, which writes no Content-Type: its bytes are not MessagePack.
+    const shouting: Codec = {
+      name: 'shouting',
+      encode: (value) => new TextEncoder().encode(`!${JSON.stringify(value)}`),
+      decode: (bytes) => JSON.parse(new TextDecoder().decode(bytes).slice(1)),
+    };
+    const a = await node({ codec: 'json' });
+    const b = await node({ codecs: { 'ctdl.orders': shouting } });
+    const handled: unknown[] = [];
+    let failed = false;
+    b.rt.spawn(
+      actor<{ n: number }, void>({
+        name: 'ctdl-billing',
+        subscribe: 'ctdl.orders',
+        retry: { maxAttempts: 1 },
+        handle: (env) => {
+          if (!failed) {
+            failed = true;
+            throw new Error('not now');
+          }
+          handled.push(env.data);
+        },
+      }),
+    );
+    const letters: Envelope[] = [];
+    b.rt.bus.subscribe('$DLQ.ctdl-billing', { callback: (env) => void letters.push(env) });
+    await b.transport.ready();
+    // JSON from the other process, with its Content-Type; the dead letter goes out in MessagePack.
+    await a.rt.bus.publish('ctdl.orders', { n: 1 });
+    await until(() => letters.length === 1, 'the dead letter');
+    const letter = letters[0] as Envelope;
+    expect(Object.keys(letter.headers).filter((h) => h.toLowerCase() === 'content-type')).toEqual([]);
+    await replayDeadLetter(b.rt.bus, letter);
+    await until(() => handled.length === 1 || b.transport.stats.dropped > 0, 'the replay to be handled or dropped');
+    expect(b.transport.stats.dropped).toBe(0);
+    expect(handled).toEqual([{ n: 1 }]);
+  });
+
+  test('a Content-Type that names a codec chooses it and is dropped; one that names none stays a header', async () => {
+    const a = await node({ codec: 'json' });
+    const got: Envelope[] = [];
+    a.rt.bus.subscribe('ctkeep.in', { callback: (env) => void got.push(env) });
+    await a.transport.ready();
+    const nc = await connect({ servers: server.url });
+    onTestFinished(() => nc.close());
+    const known = headers();
+    known.set('Content-Type', 'text/plain; charset=utf-8');
+    nc.publish('ctkeep.in', 'hello', { headers: known });
+    const unknown = headers();
+    unknown.set('Content-Type', 'application/x-orders');
+    nc.publish('ctkeep.in', JSON.stringify({ n: 2 }), { headers: unknown });
+    await until(() => got.length === 2, 'both messages');
+    expect(got.map((env) => env.data)).toEqual(['hello', { n: 2 }]);
+    expect(got.map((env) => env.headers['Content-Type'])).toEqual([undefined, 'application/x-orders']);
+  });
+
   test('a queue group spans runtimes: each message goes to one member', async () => {
     const nodes = [await node(), await node(), await node()];
     const counts = [0, 0, 0];
@@ -278,6 +354,27 @@ describe.skipIf(missing !== undefined)('NATS transport', () => {
     const info = await jsm.consumers.info('TORDERS', 'billing');
     expect(info.num_pending).toBe(0);
     expect((await jsm.streams.info('TORDERS')).state.messages).toBe(10);
+  });
+
+  test('defining a stream again converges it: a limit no longer given goes back to the server default, a setting made elsewhere stays', async () => {
+    const nc = await connect({ servers: server.url });
+    onTestFinished(() => nc.close());
+    const jsm = await jetstreamManager(nc);
+    const limited = await node({}, [
+      { name: 'TCONVERGE', subjects: ['tconverge.>'], retention: { maxMessages: 5, maxAgeMs: 60_000 } },
+    ]);
+    await limited.transport.ready();
+    const before = (await jsm.streams.info('TCONVERGE')).config;
+    expect([before.max_msgs, before.max_age]).toEqual([5, 60_000_000_000]);
+    // A setting made elsewhere, which the configuration does not give either.
+    await jsm.streams.update('TCONVERGE', { max_msgs_per_subject: 3 });
+    const plain = await node({}, [{ name: 'TCONVERGE', subjects: ['tconverge.>', 'tconverge2.>'] }]);
+    await plain.transport.ready();
+    const after = (await jsm.streams.info('TCONVERGE')).config;
+    expect(after.subjects).toEqual(['tconverge.>', 'tconverge2.>']);
+    expect([after.max_msgs, after.max_age, after.max_bytes]).toEqual([-1, 0, -1]);
+    // Not the configuration's to say: the stream owner's setting is kept.
+    expect(after.max_msgs_per_subject).toBe(3);
   });
 
   test('a JetStream publish retried with the same idempotency key is stored once', async () => {
