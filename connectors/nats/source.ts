@@ -231,6 +231,8 @@ export class NatsSource<T = unknown> implements Source<T> {
   #consumer: Consumer | undefined;
   #jsm: JetStreamManager | undefined;
   #fetching: ConsumerMessages | undefined;
+  /** A pull being set up: close() waits for it, so the connection closes after it was stopped. */
+  #setup: Promise<ConsumerMessages | undefined> | undefined;
   readonly #pending = new Map<number, Held>();
   /** Settled this turn of the event loop, acked at its end. */
   #acks: JsMsg[] = [];
@@ -447,6 +449,11 @@ export class NatsSource<T = unknown> implements Source<T> {
     for (const s of this.#subs) s.unsubscribe();
     for (const h of this.#pending.values()) safely(() => h.msg.nak());
     this.#pending.clear();
+    // A pull still being set up is stopped by the loop as it comes back (it sees the close): the
+    // connection must not close before that, nor close() resolve with the pull still open. Awaited
+    // only here, so that all above happens in the turn of the close (an input settling just after
+    // it finds itself given back already, not acked).
+    if (this.#setup !== undefined) await this.#setup.catch(() => undefined);
     // The loop is not awaited: it may wait on a publish into a full mailbox, which ends only when
     // the mailbox drains; it sees the close at its next step, and what it holds was nak'ed above.
     if (this.#held !== undefined && !this.#held.nc.isClosed()) await this.#held.nc.flush().catch(() => undefined);
@@ -667,12 +674,39 @@ export class NatsSource<T = unknown> implements Source<T> {
       const max = Math.max(1, Math.min(js.fetchBatch, room, free));
       try {
         this.#stats.fetches++;
-        const batch = await (this.#consumer as Consumer).fetch({ max_messages: max, expires: js.fetchExpiresMs });
-        this.#fetching = batch;
+        const setup = (this.#consumer as Consumer)
+          .fetch({ max_messages: max, expires: js.fetchExpiresMs })
+          .then((batch) => {
+            // A close (or the runtime's stop) may land while the client sets the pull up, when
+            // close() has no batch to stop yet. The client sends the pull request only once the
+            // batch is iterated, so a batch stopped here, unread, never asks: the server delivers
+            // nothing, and no delivery counts against the messages. The check and the hand-over
+            // to #fetching are in one step, so a close after it finds the batch to stop.
+            if (this.#life.closed || bus.refusal !== undefined) {
+              batch.stop();
+              return undefined;
+            }
+            this.#fetching = batch;
+            return batch;
+          });
+        this.#setup = setup;
+        const batch = await setup.finally(() => {
+          if (this.#setup === setup) this.#setup = undefined;
+        });
+        if (batch === undefined) continue;
+        let stopped = false;
         for await (const m of batch) {
           if (this.#life.closed) {
+            // Delivered before the close stopped the pull, so already counted by the server: given
+            // back at once while the connection is still open, rather than after the ack wait.
             safely(() => m.nak());
             continue;
+          }
+          if (bus.refusal !== undefined && !stopped) {
+            // The runtime is stopping: no more of this pull. Its inbox is unsubscribed, so the
+            // server delivers nothing more to it; this message is refused by the bus and nak'ed.
+            stopped = true;
+            batch.stop();
           }
           try {
             // No promise per message: only a publish the mailboxes cannot take at once is awaited.

@@ -1,0 +1,132 @@
+/**
+ * The JetStream source's pull at its edges: a close (or the runtime's stop) that lands while a
+ * pull is being set up, and a give-up whose dead letter is stored after JetStream delivered the
+ * message again.
+ */
+
+import { type Consumer, type ConsumerMessages, jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { actor, createRuntime, type Runtime } from 'sluice';
+import { natsSource } from 'sluice/connectors/nats';
+import { afterAll, beforeAll, describe, expect, onTestFinished, test, vi } from 'vitest';
+import { type NatsServer, natsServerMissing, startNatsServer } from '../services/natsServer.ts';
+import { until } from './conformance.ts';
+
+const missing = natsServerMissing('the NATS pull tests');
+const quiet = { debug() {}, info() {}, warn() {}, error() {} };
+const encoder = new TextEncoder();
+const json = (v: unknown) => encoder.encode(JSON.stringify(v));
+
+describe.skipIf(missing !== undefined)('NATS JetStream source: pull edges', () => {
+  let server: NatsServer;
+  let nc: NatsConnection;
+  let n = 0;
+  const stream = async () => {
+    const name = `P${++n}`;
+    const jsm = await jetstreamManager(nc);
+    await jsm.streams.add({ name, subjects: [`p${n}.>`] });
+    return { name, prefix: `p${n}`, jsm, js: jetstream(nc) };
+  };
+
+  beforeAll(async () => {
+    server = await startNatsServer({ jetstream: true });
+    nc = await connect({ servers: server.url });
+  });
+  afterAll(async () => {
+    await nc?.close();
+    await server?.stop();
+  });
+
+  /**
+   * Runs `during` inside the source's next `fetch`, after the client made the pull and before the
+   * source has it back: the window a close or a stop can land in.
+   */
+  const duringFetch = async (stream: string, during: () => void) => {
+    const probe = await jetstream(nc).consumers.get(stream, 'c');
+    const proto = Object.getPrototypeOf(probe) as Consumer;
+    const original = proto.fetch;
+    let landed = false;
+    const spy = vi.spyOn(proto, 'fetch').mockImplementation(async function (this: Consumer, opts) {
+      const batch: ConsumerMessages = await original.call(this, opts);
+      if (!landed) {
+        landed = true;
+        during();
+      }
+      return batch;
+    });
+    onTestFinished(() => spy.mockRestore());
+    return () => landed;
+  };
+
+  /** The next delivery of the consumer, read by the test itself, with JetStream's delivery count. */
+  const nextDelivery = async (stream: string) => {
+    const c = await jetstream(nc).consumers.get(stream, 'c');
+    const m = await c.next({ expires: 5_000 });
+    if (m === null) throw new Error('no message came within 5 s');
+    m.ack();
+    return { data: m.json<unknown>(), deliveryCount: m.info.deliveryCount };
+  };
+
+  const consumer = async (s: Awaited<ReturnType<typeof stream>>) => {
+    // Made here, so the test can reach its fetch before the source starts; the source uses it as it is.
+    await s.jsm.consumers.add(s.name, { durable_name: 'c', ack_policy: 'explicit', ack_wait: 1_000_000_000 });
+  };
+
+  test('a close during the set-up of a pull stops it unsent: the message is never delivered to the closed source', async () => {
+    const s = await stream();
+    await consumer(s);
+    await s.js.publish(`${s.prefix}.a`, json(1));
+    const rt = createRuntime({ logger: quiet, shutdownDeadlineMs: 2_000 });
+    onTestFinished(() => rt.stop().then(() => undefined));
+    const seen: unknown[] = [];
+    rt.spawn(actor<number, never>({ name: 'reader', subscribe: 'pc.in', handle: (env) => void seen.push(env.data) }));
+    const source = natsSource({
+      connection: { servers: server.url },
+      jetstream: { stream: s.name, consumer: 'c' },
+      subject: 'pc.in',
+    });
+    let closing: Promise<void> | undefined;
+    const landed = await duringFetch(s.name, () => {
+      closing = source.close();
+    });
+    await source.start(rt);
+    await until(() => landed(), 'the first pull');
+    await closing;
+    expect(seen).toEqual([]);
+    expect(source.stats.received).toBe(0);
+    // Nothing went out to the closed source: the consumer never delivered the message, so it is
+    // at its first delivery for the next reader, not at a second one counted against it.
+    const info = await s.jsm.consumers.info(s.name, 'c');
+    expect(info.delivered.stream_seq).toBe(0);
+    expect(info.num_ack_pending).toBe(0);
+    expect(await nextDelivery(s.name)).toEqual({ data: 1, deliveryCount: 1 });
+  });
+
+  test('a runtime stop during the set-up of a pull stops it unsent: the message is not delivered into the refusing bus', async () => {
+    const s = await stream();
+    await consumer(s);
+    await s.js.publish(`${s.prefix}.a`, json(2));
+    const rt: Runtime = createRuntime({ logger: quiet, shutdownDeadlineMs: 2_000 });
+    const seen: unknown[] = [];
+    rt.spawn(actor<number, never>({ name: 'reader', subscribe: 'ps.in', handle: (env) => void seen.push(env.data) }));
+    const source = natsSource({
+      connection: { servers: server.url },
+      jetstream: { stream: s.name, consumer: 'c' },
+      subject: 'ps.in',
+    });
+    onTestFinished(() => source.close());
+    let stopping: Promise<unknown> | undefined;
+    const landed = await duringFetch(s.name, () => {
+      stopping = rt.stop();
+    });
+    await source.start(rt);
+    await until(() => landed(), 'the first pull');
+    await stopping;
+    await source.close();
+    expect(seen).toEqual([]);
+    expect(source.stats.received).toBe(0);
+    const info = await s.jsm.consumers.info(s.name, 'c');
+    expect(info.delivered.stream_seq).toBe(0);
+    expect(await nextDelivery(s.name)).toEqual({ data: 2, deliveryCount: 1 });
+  });
+});
