@@ -864,16 +864,36 @@ export class NatsSource<T = unknown> implements Source<T> {
       this.#life.log.error(
         `${this.name}: could not dead-letter sequence ${m.seq} to '${this.#deadLetter}': ${messageOf(e)}`,
       );
-      if (this.#pending.get(held.seq) === held) this.#pending.delete(held.seq);
+      // Given back already (the close nak'ed it): nothing more to answer for.
+      if (this.#pending.get(held.seq) !== held) return;
+      this.#pending.delete(held.seq);
       this.#stats.nacked++;
-      safely(() => m.nak(this.#ackWaitMs));
+      const current = held.msg;
+      safely(() => current.nak(this.#ackWaitMs));
       this.#life.wake();
       return;
     }
-    if (this.#pending.get(held.seq) === held) this.#pending.delete(held.seq);
+    // The dead letter may be stored long after the delivery that failed (it waits for room on the
+    // bus), and JetStream may have delivered the message again meanwhile (its ack wait ran out on
+    // a busy process). While the message is still held here, that newer delivery was not handed
+    // over: #deliver made it held.msg, for which the held copy answers. So the term goes to
+    // held.msg, as every ack, nak and in-progress does, not to the stale delivery that failed.
+    // Once it is no longer held, the close gave it back (nak): its next delivery may be another
+    // reader's, in progress, and a term of any older delivery would end it under that reader
+    // (nats-server 2.9 terms by stream sequence, whatever the delivery), its outcome then void. So
+    // no term: the message is delivered again and handled there; the dead letter stays, a
+    // duplicate of the at-least-once kind, never a loss.
+    if (this.#pending.get(held.seq) !== held) {
+      this.#life.log.warn(
+        `${this.name}: sequence ${m.seq} was dead-lettered after the close gave it back: it will be delivered again`,
+      );
+      return;
+    }
+    this.#pending.delete(held.seq);
     this.#stats.terminated++;
+    const current = held.msg;
     // No reason on the wire: nats-server 2.9 takes `+TERM` alone (a reason came with 2.10).
-    safely(() => m.term());
+    safely(() => current.term());
     this.#life.wake();
   }
 

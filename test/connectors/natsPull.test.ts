@@ -6,7 +6,7 @@
 
 import { type Consumer, type ConsumerMessages, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { actor, createRuntime, type Runtime } from 'sluice';
+import { actor, createRuntime, type Envelope, type Runtime, VirtualClock } from 'sluice';
 import { natsSource } from 'sluice/connectors/nats';
 import { afterAll, beforeAll, describe, expect, onTestFinished, test, vi } from 'vitest';
 import { type NatsServer, natsServerMissing, startNatsServer } from '../services/natsServer.ts';
@@ -128,5 +128,119 @@ describe.skipIf(missing !== undefined)('NATS JetStream source: pull edges', () =
     const info = await s.jsm.consumers.info(s.name, 'c');
     expect(info.delivered.stream_seq).toBe(0);
     expect(await nextDelivery(s.name)).toEqual({ data: 2, deliveryCount: 1 });
+  });
+
+  test('a give-up whose dead letter is stored after JetStream delivered the message again terms it: no third delivery', async () => {
+    const s = await stream();
+    // The runtime's clock never moves, so the source sends no in-progress: JetStream delivers the
+    // held message again after its 1 s ack wait, while its dead letter still waits for room.
+    const clock = new VirtualClock();
+    const rt = createRuntime({ logger: quiet, clock, shutdownDeadlineMs: 2_000 });
+    onTestFinished(() => rt.stop().then(() => undefined));
+    const dlq = `$DLQ.nats.${s.name}.c`;
+    const letters: Envelope[] = [];
+    let open: (() => void) | undefined;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    onTestFinished(() => open?.());
+    rt.spawn(
+      actor<unknown, never>({
+        name: 'dead-letters',
+        subscribe: dlq,
+        mailbox: { capacity: 1 },
+        handle: async (env) => {
+          letters.push(env);
+          await gate;
+        },
+      }),
+    );
+    // The handler holds the first filler; more fill the mailbox up: the source's dead letter waits for room.
+    const filler = rt.bus.client('filler');
+    await filler.publish(dlq, 'filler');
+    await until(() => letters.length === 1, 'the handler holding the first filler');
+    let fillers = 1;
+    while (filler.tryPublish(dlq, 'filler')) fillers++;
+    const source = natsSource({
+      connection: { servers: server.url },
+      jetstream: { stream: s.name, consumer: 'c', ackWaitMs: 1_000 },
+      subject: 'pg.in',
+    });
+    onTestFinished(() => source.close());
+    rt.spawn(actor<unknown, never>({ name: 'reader', subscribe: 'pg.in', handle: () => undefined }));
+    await source.start(rt);
+    // Not JSON: the source gives up on it at once, and its dead letter waits behind the fillers.
+    await s.js.publish(`${s.prefix}.a`, encoder.encode('{not json'));
+    await until(() => source.stats.redeliveredWhileHeld >= 1, 'JetStream delivering the held message again');
+    open?.();
+    await until(() => source.stats.terminated === 1, 'the dead letter and its term');
+    await until(() => letters.length === fillers + 1, 'the dead letter');
+    await until(
+      async () => (await s.jsm.consumers.info(s.name, 'c')).num_ack_pending === 0,
+      'the term to reach JetStream',
+      5_000,
+    );
+    // Every delivery came to the source while it held the message (a slow machine may see more
+    // than one): none after the term, none handed over as a new input.
+    const info = await s.jsm.consumers.info(s.name, 'c');
+    const { received, redeliveredWhileHeld } = source.stats;
+    expect(received).toBe(1 + redeliveredWhileHeld);
+    expect(info.delivered.consumer_seq).toBe(received);
+    expect(info.num_pending).toBe(0);
+    expect(letters.filter((l) => l.headers['sluice-stream-sequence'] === '1')).toHaveLength(1);
+  });
+
+  test('a dead letter stored after the close gave its message back does not term the delivery another reader now has', async () => {
+    const s = await stream();
+    // No in-progress (the clock never moves): JetStream delivers the held message again while its
+    // dead letter waits, so the delivery that failed and the one the source holds differ.
+    const clock = new VirtualClock();
+    const rt = createRuntime({ logger: quiet, clock, shutdownDeadlineMs: 2_000 });
+    onTestFinished(() => rt.stop().then(() => undefined));
+    const dlq = `$DLQ.nats.${s.name}.c`;
+    const letters: Envelope[] = [];
+    let open: (() => void) | undefined;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    onTestFinished(() => open?.());
+    rt.spawn(
+      actor<unknown, never>({
+        name: 'dead-letters',
+        subscribe: dlq,
+        mailbox: { capacity: 1 },
+        handle: async (env) => {
+          letters.push(env);
+          await gate;
+        },
+      }),
+    );
+    const filler = rt.bus.client('filler');
+    await filler.publish(dlq, 'filler');
+    await until(() => letters.length === 1, 'the handler holding the first filler');
+    let fillers = 1;
+    while (filler.tryPublish(dlq, 'filler')) fillers++;
+    // The test's own connection: it stays open after the source's close, so a term sent then reaches the server.
+    const source = natsSource({
+      connection: nc,
+      jetstream: { stream: s.name, consumer: 'c', ackWaitMs: 1_000 },
+      subject: 'pk.in',
+    });
+    onTestFinished(() => source.close());
+    rt.spawn(actor<unknown, never>({ name: 'reader', subscribe: 'pk.in', handle: () => undefined }));
+    await source.start(rt);
+    await s.js.publish(`${s.prefix}.a`, encoder.encode('{not json'));
+    await until(() => source.stats.redeliveredWhileHeld >= 1, 'JetStream delivering the held message again');
+    // The close gives the message back while its dead letter still waits for room; another
+    // reader of the consumer takes it.
+    await source.close();
+    const other = await jetstream(nc).consumers.get(s.name, 'c');
+    const taken = await other.next({ expires: 5_000 });
+    expect(taken?.seq).toBe(1);
+    open?.();
+    await until(() => letters.length === fillers + 1, 'the dead letter');
+    // Whatever the source sent went out before this round trip, and nats-server 2.9 handles an
+    // ack where it reads it: the other reader's delivery is still pending, its own to settle.
+    await nc.flush();
+    expect((await s.jsm.consumers.info(s.name, 'c')).num_ack_pending).toBe(1);
+    expect(source.stats.terminated).toBe(0);
+    taken?.ack();
+    expect(letters.filter((l) => l.headers['sluice-stream-sequence'] === '1')).toHaveLength(1);
   });
 });
