@@ -25,6 +25,7 @@ import {
   type TrackerOwner,
 } from '../lineage.ts';
 import { Checkpoint, type CheckpointRecord, type CheckpointStats, checkStaged } from '../state/checkpoint.ts';
+import { encodeRecord } from '../store/record.ts';
 import type { Store } from '../store/types.ts';
 import type { ConsumerImpl } from '../streams/consumer.ts';
 import type { StreamImpl } from '../streams/stream.ts';
@@ -484,6 +485,9 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
       if (denied !== undefined) throw this.#deps.bus.denied('publish', env.subject, this.name, denied);
       checkStaged(this.#deps.bus, env);
       record = stream.record(env);
+      // Encoded now as the append of a publish would: one the store cannot hold fails its input
+      // here, instead of the checkpoint's batch, which would end the actor's checkpoints.
+      encodeRecord(record);
     } catch (error) {
       releasePublishing(env.lineage, error);
       return Promise.reject(error);

@@ -50,10 +50,12 @@ export class MessageCtx implements MessageContext {
   readonly #publisher: InputPublisher;
   readonly #base: ActorContext;
   readonly #input: Input;
-  constructor(publisher: InputPublisher, base: ActorContext, input: Input) {
+  readonly #state: KeyedState | undefined;
+  constructor(publisher: InputPublisher, base: ActorContext, input: Input, state?: KeyedState) {
     this.#publisher = publisher;
     this.#base = base;
     this.#input = input;
+    this.#state = state;
   }
   get name(): string {
     return this.#base.name;
@@ -77,7 +79,7 @@ export class MessageCtx implements MessageContext {
     return this.#base.log;
   }
   get state(): KeyedState {
-    return this.#base.state;
+    return this.#state ?? this.#base.state;
   }
   publish<T>(subject: SubjectRef<T>, data: T, options?: PublishOptions): Promise<void> {
     return this.#publisher.publishFor(this.#input, subject as SubjectRef<unknown>, data, options);

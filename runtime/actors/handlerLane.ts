@@ -3,6 +3,7 @@ import { isThenable } from '../bus/typedSubject.ts';
 import { createEnvelope, type PublishOptions } from '../envelope.ts';
 import { ClosedError, OptionsError } from '../errors.ts';
 import { IDEMPOTENCY_KEY_HEADER } from '../sinks/sink.ts';
+import { type StateAttempt, StoreState } from '../state/keyedState.ts';
 import { injectTrace } from '../telemetry.ts';
 import type { ActorContext, HandlerActor } from './actor.ts';
 import { MessageCtx } from './actorContext.ts';
@@ -141,7 +142,9 @@ export class HandlerLane implements Lane {
   #run(input: Input): void {
     this.#active++;
     input.delivered = true;
-    const ctx = new MessageCtx(this, this.#ctx, input);
+    const base = this.#ctx.state;
+    const attempt = base instanceof StoreState ? base.attempt() : undefined;
+    const ctx = new MessageCtx(this, this.#ctx, input, attempt);
     let result: unknown;
     let thenable: boolean;
     try {
@@ -151,18 +154,18 @@ export class HandlerLane implements Lane {
       thenable = isThenable(result);
     } catch (error) {
       // `throw undefined` is still a failure: an undefined error would read as success.
-      this.#handled(input, error ?? new Error('handler threw undefined'), undefined);
+      this.#handled(input, error ?? new Error('handler threw undefined'), undefined, attempt);
       return;
     }
     if (thenable) {
       Promise.resolve(result).then(
-        (value: unknown) => this.#handled(input, undefined, value),
-        (error: unknown) => this.#handled(input, error ?? new Error('handler rejected'), undefined),
+        (value: unknown) => this.#handled(input, undefined, value, attempt),
+        (error: unknown) => this.#handled(input, error ?? new Error('handler rejected'), undefined, attempt),
       );
-    } else this.#handled(input, undefined, result);
+    } else this.#handled(input, undefined, result, attempt);
   }
 
-  #handled(input: Input, error: unknown, result: unknown): void {
+  #handled(input: Input, error: unknown, result: unknown, attempt: StateAttempt | undefined): void {
     this.#active--;
     // Stopped while the handler ran: the input was dead-lettered then; its result must not go out too.
     if (input.abandoned) return;
@@ -178,6 +181,9 @@ export class HandlerLane implements Lane {
         result,
       );
     }
+    // Before the release and before any other input runs: a retry must start from the state
+    // without this attempt's writes, and a dead letter must leave none in the checkpoint.
+    if (error !== undefined) attempt?.discard();
     // Before the release: settling it may dead-letter it at once, which gives the key back.
     if (error !== undefined && this.#ordered) this.#hold(keyOf(input));
     // A handler that returned is done with its message: acknowledged even with no output (a sink).

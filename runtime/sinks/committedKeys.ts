@@ -40,8 +40,18 @@ export async function rememberCommitted<R extends SinkRecord<unknown>>(
   extra?: (record: R, index: number) => Record<string, unknown>,
 ): Promise<void> {
   if (committed.length === 0) return;
+  // Two revisions of a key in one batch, acknowledged in either order: the higher one is kept, as
+  // a later put of the lower would make a replay of the higher look new and append it again.
+  const latest = new Map<string, number>();
+  for (const [i, record] of committed.entries()) {
+    const held = latest.get(record.key);
+    if (held === undefined || (record.revision ?? -1) >= ((committed[held] as R).revision ?? -1)) {
+      latest.set(record.key, i);
+    }
+  }
   await store.batch((b) => {
-    for (const [i, record] of committed.entries()) {
+    for (const i of latest.values()) {
+      const record = committed[i] as R;
       b.put(namespace, record.key, { r: record.revision ?? null, ...extra?.(record, i) } satisfies CommittedKey);
     }
   });

@@ -23,6 +23,17 @@ export function stateNamespace(actor: string): string {
 /** Marks a key deleted since the last checkpoint. */
 const DELETED: unique symbol = Symbol('deleted');
 type Pending = unknown | typeof DELETED;
+/** A key that had no pending write before an attempt wrote it. */
+const ABSENT: unique symbol = Symbol('absent');
+
+/**
+ * @internal The state as one attempt at an input sees it: the same reads and writes, and
+ * `discard()` to take back what the attempt wrote when it fails. A retry then starts from the
+ * state without it, and a dead-lettered input leaves none of its writes in the checkpoint.
+ */
+export interface StateAttempt extends KeyedState {
+  discard(): void;
+}
 
 /**
  * @internal Keyed state over a store namespace: writes wait in `pending` until a checkpoint takes
@@ -34,6 +45,9 @@ export class StoreState implements KeyedState {
   readonly #actor: string;
   #pending = new Map<string, Pending>();
   #committing: Map<string, Pending> | undefined = undefined;
+  /** Per key written since the last checkpoint, which write was last: a failed attempt takes back only its own. */
+  #versions = new Map<string, number>();
+  #version = 0;
 
   constructor(store: Store, actor: string) {
     this.#store = store;
@@ -75,11 +89,57 @@ export class StoreState implements KeyedState {
       throw new StateError(this.#actor, `put '${key}': the value cannot be stored: ${messageOf(error)}`);
     }
     this.#pending.set(key, value);
+    this.#versions.set(key, ++this.#version);
   }
 
   delete(key: string): void {
     this.#checkKey(key);
     this.#pending.set(key, DELETED);
+    this.#versions.set(key, ++this.#version);
+  }
+
+  /**
+   * A view for one attempt at an input. Its writes go to the state at once (later inputs read
+   * them), and `discard()` restores what each key held before, unless a later write of another
+   * attempt replaced it since: that one is kept.
+   */
+  attempt(): StateAttempt {
+    // Per key: what was pending before the attempt's first write, and the version of its last.
+    const before = new Map<string, { readonly prior: Pending | typeof ABSENT; version: number }>();
+    const record = (key: string, prior: Pending | typeof ABSENT) => {
+      const version = this.#versions.get(key) as number;
+      const held = before.get(key);
+      if (held === undefined) before.set(key, { prior, version });
+      else held.version = version;
+    };
+    return {
+      get: <T = unknown>(key: string) => this.get<T>(key),
+      has: (key) => this.has(key),
+      put: (key, value) => {
+        const prior = this.#pending.has(key) ? this.#pending.get(key) : ABSENT;
+        this.put(key, value);
+        record(key, prior);
+      },
+      delete: (key) => {
+        const prior = this.#pending.has(key) ? this.#pending.get(key) : ABSENT;
+        this.delete(key);
+        record(key, prior);
+      },
+      discard: () => {
+        for (const [key, { prior, version }] of before) {
+          // Taken by a checkpoint meanwhile (versions start afresh) or written by another attempt.
+          if (this.#versions.get(key) !== version) continue;
+          if (prior === ABSENT) {
+            this.#pending.delete(key);
+            this.#versions.delete(key);
+          } else {
+            this.#pending.set(key, prior);
+            this.#versions.set(key, ++this.#version);
+          }
+        }
+        before.clear();
+      },
+    };
   }
 
   /** Moves the pending writes into a checkpoint's batch; they stay readable until `committed()`. */
@@ -90,6 +150,7 @@ export class StoreState implements KeyedState {
     }
     this.#committing = this.#pending;
     this.#pending = new Map();
+    this.#versions = new Map();
   }
 
   committed(): void {

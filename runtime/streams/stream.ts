@@ -254,14 +254,17 @@ export class StreamImpl implements Stream {
    */
   appendIn(batch: StoreBatch, records: readonly StoredMessage[], given?: (range: SequenceRange) => void): () => void {
     if (this.#closed) throw new StreamError(this.name, 'closed: the runtime is stopping');
-    if (this.#maxBytes !== undefined) {
-      for (const r of records) {
-        const size = encodeRecord(r).byteLength;
+    // Counted only once the batch gave the records their sequences: sizes of records a failed
+    // build never appended would stay in the count, and retention would remove stored messages
+    // to make room for them.
+    const sizes = this.#maxBytes === undefined ? undefined : records.map((r) => encodeRecord(r).byteLength);
+    const range = batch.append(this.log, records);
+    if (sizes !== undefined) {
+      for (const size of sizes) {
         this.#sizes.push(size);
         this.#bytes += size;
       }
     }
-    const range = batch.append(this.log, records);
     given?.(range);
     return () => {
       this.#enforce();

@@ -197,3 +197,18 @@ describe('streamSink options', () => {
     expect(streamSink({ stream: s, subject: 's.x' }).name).toBe('streamSink(S)');
   });
 });
+
+describe('streamSink and byte retention', () => {
+  test('streamSink - a batch the store cannot take leaves the stream’s byte count as it was, so retention keeps what fits', async () => {
+    const { rt } = testRuntime({ store: new MemoryStore() });
+    const results = rt.stream({ name: 'RESULTS', subjects: ['results'], retention: { maxBytes: 10_000 } });
+    const sink = streamSink({ stream: results });
+    // The second value has no MessagePack form: the batch fails, and nothing of it is stored.
+    await expect(sink.write([rec('a', 'x'.repeat(4000)), rec('b', Symbol('no'))])).rejects.toThrow();
+    expect(results.info()).toMatchObject({ messages: 0, bytes: 0 });
+    // Two records of about 4 KB fit under 10 KB: neither may go.
+    await sink.write([rec('c', 'x'.repeat(4000)), rec('d', 'x'.repeat(4000))]);
+    await flush();
+    expect(stored(rt, 'RESULTS').map((r) => r.key)).toEqual(['c', 'd']);
+  });
+});

@@ -16,6 +16,7 @@ import {
 } from 'sluice';
 import { agg, countWindow, eventTime, keyBy, session, sliding, tumbling, watermarks } from 'sluice/operators';
 import { describe, expect, test } from 'vitest';
+import { StoreState } from '../../../runtime/state/keyedState.ts';
 import { POSITIONS_NAMESPACE } from '../../../runtime/streams/index.ts';
 import { flush, quietLogger, testRuntime, thrown } from '../helpers.ts';
 import { tempDir } from '../store/harness.ts';
@@ -667,5 +668,81 @@ describe('checkpoint failures', () => {
     expect(rt.actor('w')?.checkpoint).toMatchObject({ commits: 0, failures: 1 });
     expect(store.getKey(POSITIONS_NAMESPACE, 'ORDERS/w')).toEqual({ floor: 1 });
     expect(log.lines.some((l) => /checkpoint failed/.test(l))).toBe(true);
+  });
+});
+
+describe('ctx.state and failed inputs', () => {
+  /** Moves the clock a second at a time (retry backoffs, checkpoint intervals) until `check` passes. */
+  async function advanceUntil(clock: VirtualClock, check: () => void): Promise<void> {
+    for (let i = 0; i < 30; i++) {
+      await clock.advance(1000);
+      await flush(5);
+      try {
+        check();
+        return;
+      } catch {}
+    }
+    check();
+  }
+
+  /** Adds each input's n to 'total'; the inputs named in `failing` throw after their write. */
+  function adder(failing: (n: number, attempt: number) => boolean) {
+    return actor<Order, never>({
+      name: 'adder',
+      subscribe: durable<Order>('ORDERS', { consumer: 'adder' }),
+      checkpoint: { intervalMs: 1000 },
+      retry: { maxAttempts: 3 },
+      handle: (env, ctx) => {
+        ctx.state.put('total', (ctx.state.get<number>('total') ?? 0) + env.data.n);
+        if (failing(env.data.n, env.attempt)) throw new Error(`input ${env.data.n} failed`);
+      },
+    });
+  }
+
+  test('ctx.state - the writes of an attempt that throws are discarded: the retry applies the input once', async () => {
+    const store = new MemoryStore();
+    const { rt, clock } = testRuntime({ store });
+    define(rt);
+    rt.spawn(adder((n, attempt) => n === 5 && attempt === 1));
+    await rt.bus.publish('orders.x', { key: 'a', n: 5 });
+    await rt.bus.publish('orders.x', { key: 'a', n: 1 });
+    await advanceUntil(clock, () => expect(store.getKey(POSITIONS_NAMESPACE, 'ORDERS/adder')).toEqual({ floor: 3 }));
+    // Both inputs acknowledged by the checkpoint, each counted once.
+    expect(store.getKey(stateNamespace('adder'), 'total')).toBe(6);
+  });
+
+  test('ctx.state - a dead-lettered input leaves nothing in the state', async () => {
+    const store = new MemoryStore();
+    const { rt, clock } = testRuntime({ store });
+    define(rt);
+    rt.spawn(adder((n) => n === 5));
+    await rt.bus.publish('orders.x', { key: 'a', n: 1 });
+    await rt.bus.publish('orders.x', { key: 'a', n: 5 });
+    await rt.bus.publish('orders.x', { key: 'a', n: 2 });
+    await advanceUntil(clock, () => expect(store.getKey(POSITIONS_NAMESPACE, 'ORDERS/adder')).toEqual({ floor: 4 }));
+    expect(store.getKey(stateNamespace('adder'), 'total')).toBe(3);
+  });
+});
+
+describe('StoreState attempts', () => {
+  test('attempt - discard restores what each key held before, and keeps a key another attempt wrote since', async () => {
+    const store = new MemoryStore();
+    await store.putKey(stateNamespace('s'), 'stored', 1);
+    const state = new StoreState(store, 's');
+    state.put('pending', 'before');
+    const failed = state.attempt();
+    failed.put('pending', 'failed');
+    failed.delete('stored');
+    failed.put('new', true);
+    failed.put('shared', 'failed');
+    const other = state.attempt();
+    other.put('shared', 'other');
+    expect(failed.get('pending')).toBe('failed');
+    failed.discard();
+    expect(state.get('pending')).toBe('before');
+    expect(state.get('stored')).toBe(1);
+    expect(state.has('new')).toBe(false);
+    expect(state.get('shared')).toBe('other');
+    expect(state.size).toBe(2);
   });
 });

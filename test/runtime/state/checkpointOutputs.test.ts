@@ -132,6 +132,31 @@ describe('checkpointed outputs', () => {
     expect(dead[1]?.headers[DEAD_LETTER_HEADERS.error]).toMatch(/header name/);
   });
 
+  test('outputs - an output the store cannot encode fails its input (dead-lettered), as a publish to the stream does, instead of failing the checkpoint', async () => {
+    const store = new MemoryStore();
+    const { rt } = testRuntime({ store });
+    rt.stream({ name: 'ORDERS', subjects: ['orders.>'] });
+    rt.stream({ name: 'TOTALS', subjects: ['totals.>'] });
+    const dead = collect<Order>(rt.bus, '$DLQ.encoder');
+    rt.spawn(
+      actor<Order, { n: number; tag?: symbol }>({
+        name: 'encoder',
+        subscribe: durable<Order>('ORDERS', { consumer: 'encoder' }),
+        output: 'totals.all',
+        checkpoint: { everyInputs: 1 },
+        retry: { maxAttempts: 1 },
+        // MessagePack has no symbol: appended through a publish, this output would be refused.
+        handle: (env) => (env.data.n === 2 ? { n: 2, tag: Symbol('x') } : { n: env.data.n }),
+      }),
+    );
+    for (let n = 1; n <= 3; n++) await rt.bus.publish('orders.x', { key: 'a', n });
+    await eventually(() => expect(rt.stream('ORDERS').consumer('encoder').info().acked).toBe(3));
+    await eventually(() => expect(store.getKey('sluice.consumers', 'ORDERS/encoder')).toEqual({ floor: 4 }));
+    expect(rt.actor('encoder')?.checkpoint?.failures).toBe(0);
+    expect(streamed(store, 'TOTALS')).toEqual([{ n: 1 }, { n: 3 }]);
+    expect(dead.map((e) => e.data.n)).toEqual([2]);
+  });
+
   test('outputs - a pipeline output the actor may not publish fails its input (dead-lettered), instead of settling it as used', async () => {
     const store = new MemoryStore();
     const { rt } = testRuntime({ store });
