@@ -630,7 +630,7 @@ class Admin implements AdminServer {
     if (fromSeq !== undefined && streamName === undefined) {
       throw new OptionsError('fromSeq', 'selects letters of a stream: give stream as well', fromSeq);
     }
-    let letters: Iterable<KeptLetter>;
+    let letters: Iterable<KeptLetter | undefined>;
     let total: number;
     let kept = true;
     let next: (() => number | undefined) | undefined;
@@ -670,6 +670,12 @@ class Admin implements AdminServer {
     const failed: { n: number; error: string }[] = [];
     let lastReport = Date.now();
     for (const letter of letters) {
+      if (letter === undefined) {
+        // A page of a stream read: letters the filter skips cost reads too, and a stream may hold
+        // millions of them, so the loop is given back as it is every REPLAY_SLICE letters.
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        continue;
+      }
       try {
         await this.#replayOne(letter, to);
         if (kept) this.#letters.replayed(letter);
@@ -758,7 +764,8 @@ class Admin implements AdminServer {
 
 /**
  * Dead letters kept in a stream (one on `$DLQ.>`), read a page at a time as the replay goes, so a
- * long one holds no more than a page in memory. `ids` are stream sequences.
+ * long one holds no more than a page in memory. `ids` are stream sequences. `undefined` comes
+ * after each page read: where the replay gives the event loop back, however few letters matched.
  */
 function streamLetters(
   stream: StreamImpl,
@@ -769,7 +776,7 @@ function streamLetters(
     reason: string | undefined;
     limit: number | undefined;
   },
-): { letters: Iterable<KeptLetter>; total: number; next: () => number | undefined } {
+): { letters: Iterable<KeptLetter | undefined>; total: number; next: () => number | undefined } {
   const b = stream.store.bounds(stream.log);
   const limit = select.limit ?? Number.MAX_SAFE_INTEGER;
   let seq = Math.max(select.from ?? b.first, b.first);
@@ -782,9 +789,11 @@ function streamLetters(
     at: m.t,
     envelope: stream.envelope(n, m, 1, undefined),
   });
-  function* byIds(ids: readonly number[]): Generator<KeptLetter> {
+  function* byIds(ids: readonly number[]): Generator<KeptLetter | undefined> {
     let n = 0;
+    let read = 0;
     for (const id of ids) {
+      if (++read % 256 === 0) yield undefined;
       const e = stream.read(id, 1)[0];
       if (e === undefined || e.seq !== id || e.error !== undefined) continue;
       const m = e.value as StoredMessage;
@@ -793,9 +802,11 @@ function streamLetters(
       if (++n >= limit) return;
     }
   }
-  function* scan(): Generator<KeptLetter> {
+  function* scan(): Generator<KeptLetter | undefined> {
     let n = 0;
+    let pages = 0;
     while (seq <= b.last) {
+      if (pages++ > 0) yield undefined;
       const entries = stream.read(seq, 256);
       if (entries.length === 0) return;
       for (const e of entries) {
