@@ -444,6 +444,14 @@ class Api {
     } catch {
       throw new CliError(`--url '${base}' is not a URL (like ${DEFAULT_URL})`, 2);
     }
+    // The dashboard's link carries the token (`#token=`): given as --url, the token would be printed
+    // in every error that names the URL, and the API's paths would go after the fragment.
+    if (url.username !== '' || url.password !== '' || url.search !== '' || url.hash !== '') {
+      throw new CliError(
+        `--url must be the address of the admin API alone (like ${DEFAULT_URL}), without a user, password, query or fragment: give ${url.protocol}//${url.host}${url.pathname.replace(/\/$/, '')} and the token with --token or SLUICE_TOKEN`,
+        2,
+      );
+    }
     this.#base = url.href.replace(/\/$/, '');
     this.#token = token === '' ? undefined : token;
   }

@@ -262,6 +262,28 @@ describe('sluice, the command line', () => {
     expect((await sluice([])).code).toBe(2);
   });
 
+  test('a URL with a token in it (the dashboard link, user and password, a query) is refused, and the token never printed', async () => {
+    const { server } = await adminJob();
+    const port = await closedPort();
+    const host = server.url.slice('http://'.length);
+    for (const url of [
+      `${server.url}/#token=${TOKEN}`,
+      `http://127.0.0.1:${port}/#token=${TOKEN}`,
+      `http://operator:${TOKEN}@${host}`,
+      `${server.url}/?token=${TOKEN}`,
+    ]) {
+      for (const run of [
+        () => sluice(['status', '--url', url, '--token', TOKEN]),
+        () => sluice(['status'], { SLUICE_URL: url, SLUICE_TOKEN: TOKEN }),
+      ]) {
+        const r = await run();
+        expect(r.code).toBe(2);
+        expect(r.err).not.toContain(TOKEN);
+        expect(r.err).toContain('--url must be the address of the admin API alone');
+      }
+    }
+  });
+
   test('bin/sluice.js runs without a build: --help, and a status against a live job', async () => {
     const { server } = await adminJob();
     const run = promisify(execFile);
