@@ -22,6 +22,8 @@ import {
   lagViews,
   letterView,
   MAX_PAGE,
+  MAX_SCAN,
+  MAX_SCAN_MS,
   matches,
   positionsOf,
   preview,
@@ -427,10 +429,15 @@ class Admin implements AdminServer {
         if (limit < 1 || limit > MAX_PAGE)
           throw new OptionsError('limit', `must be an integer from 1 to ${MAX_PAGE}`, limit);
         const filter = { subject: undefined, contains: q.get('contains') ?? undefined };
-        const page = this.#letters.page(q.get('subject') ?? undefined, intParam(q, 'after') ?? 0, limit, (l) =>
-          matches(l.envelope, filter),
+        const page = this.#letters.boundedPage(
+          q.get('subject') ?? undefined,
+          intParam(q, 'after') ?? 0,
+          limit,
+          (l) => matches(l.envelope, filter),
+          MAX_SCAN,
+          performance.now() + MAX_SCAN_MS,
         );
-        return { messages: page.map(letterView), next: page.length === limit ? page.at(-1)?.n : undefined };
+        return { messages: page.letters.map(letterView), next: page.next };
       }
       case '/api/checkpoints':
         return {

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { actor, createRuntime, MAX_PAGE, OptionsError, REPLAYED_FROM_HEADER } from 'sluice';
-import { describe, expect, test } from 'vitest';
+import { actor, createRuntime, MAX_PAGE, MAX_SCAN, OptionsError, REPLAYED_FROM_HEADER } from 'sluice';
+import { describe, expect, onTestFinished, test } from 'vitest';
 import { quietLogger } from '../runtime/helpers.ts';
 import { tempDir } from '../runtime/store/harness.ts';
 import { adminJob, type Order, READ_TOKEN, TOKEN, until } from './helpers.ts';
@@ -272,6 +272,36 @@ describe('reads', () => {
     }
     expect((await get('/api/messages?stream=NOPE')).status).toBe(404);
     expect((await get('/api/messages?stream=ORDERS&from=-1')).status).toBe(400);
+  });
+
+  test('a page of dead letters is bounded in letters read, as a stream page is, and says where to go on', async () => {
+    const rt = createRuntime({ logger: quietLogger() });
+    onTestFinished(() => rt.stop().then(() => undefined));
+    const server = await rt.serve({ port: 0, token: TOKEN, deadLetters: 2 * MAX_SCAN });
+    onTestFinished(() => server.close());
+    // Only the last letter holds the text: a filter reads every payload before it to find it.
+    for (let i = 1; i <= 2 * MAX_SCAN; i++)
+      await rt.bus.publish('$DLQ.billing', { i, note: i === 2 * MAX_SCAN ? 'needle' : '' });
+    const page = async (after: number) => {
+      const res = await fetch(`${server.url}/api/deadletters/messages?contains=needle&after=${after}`, {
+        headers: { authorization: `Bearer ${TOKEN}` },
+      });
+      return (await res.json()) as { messages: { seq: number }[]; next: number | undefined };
+    };
+    const first = await page(0);
+    expect(first.messages).toEqual([]);
+    expect(first.next).toBeGreaterThan(0);
+    expect(first.next).toBeLessThanOrEqual(MAX_SCAN);
+    let next = first.next;
+    let found: { seq: number }[] = [];
+    for (let pages = 1; next !== undefined && found.length === 0; pages++) {
+      expect(pages).toBeLessThan(2 * MAX_SCAN);
+      const p = await page(next);
+      found = p.messages;
+      next = p.next;
+    }
+    expect(found.map((m) => m.seq)).toEqual([2 * MAX_SCAN]);
+    expect(next).toBeUndefined();
   });
 
   test('the state inspector reads an actor keyed state by key, pending writes included', async () => {
