@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { describe, expect, test } from 'vitest';
+import { describe, expect, onTestFinished, test, vi } from 'vitest';
 import { main } from '../../cli/main.ts';
 import { adminJob, READ_TOKEN, TOKEN, until } from './helpers.ts';
 
@@ -235,6 +235,33 @@ describe('sluice, the command line', () => {
     const none = await sluice(['tail', 'nowhere.stored'], env);
     expect(none.code).toBe(1);
     expect(none.err).toContain("no stream captures 'nowhere.stored' (streams: ORDERS on orders.>)");
+  });
+
+  test('tail on a dead-letter subject shows the letters that come after it started, past a history of several pages', async () => {
+    const { server, rt } = await adminJob();
+    for (let i = 1; i <= 600; i++) await rt.bus.publish('$DLQ.billing', { i });
+    const env = { SLUICE_URL: server.url, SLUICE_TOKEN: TOKEN };
+    const pages: string[] = [];
+    const fetch = globalThis.fetch;
+    const spy = vi.spyOn(globalThis, 'fetch').mockImplementation((input, init) => {
+      pages.push(String(input));
+      return fetch(input, init);
+    });
+    onTestFinished(() => spy.mockRestore());
+    const tailing = sluice(['tail', '$DLQ.billing', '--count', '2', '--interval', '20', '--json'], env);
+    // Two pages of history (500 and 100 letters), then the first page of what is new.
+    await until(() => expect(pages.length).toBeGreaterThanOrEqual(3));
+    await rt.bus.publish('$DLQ.billing', { i: 601 });
+    await rt.bus.publish('$DLQ.other', { i: 602 });
+    await rt.bus.publish('$DLQ.billing', { i: 603 });
+    const { out, code } = await tailing;
+    expect(code).toBe(0);
+    expect(
+      out
+        .trim()
+        .split('\n')
+        .map((l) => (JSON.parse(l) as { data: { i: number } }).data.i),
+    ).toEqual([601, 603]);
   });
 
   test('clear errors: unreachable, no token, refused token, read-only token, usage', async () => {
