@@ -460,8 +460,12 @@ class Admin implements AdminServer {
         return this.#sampler.history();
       case '/api/timeline':
         return this.#sampler.timeline;
-      case '/api/audit':
-        return this.#audit.entries.slice(-Math.min(intParam(q, 'limit') ?? 100, 1000));
+      case '/api/audit': {
+        // `slice(-0)` is the whole array: 0 would have returned every entry kept.
+        const limit = intParam(q, 'limit') ?? 100;
+        if (limit < 1 || limit > 1000) throw new OptionsError('limit', 'must be an integer from 1 to 1000', limit);
+        return this.#audit.entries.slice(-limit);
+      }
       default:
         throw new HttpError(404, 'not-found', `no such endpoint: GET ${path}`);
     }

@@ -274,6 +274,18 @@ describe('reads', () => {
     expect((await get('/api/messages?stream=ORDERS&from=-1')).status).toBe(400);
   });
 
+  test('the audit log is read a page of 1 to 1000 entries at a time: 0 is no way to ask for all of it', async () => {
+    const { get, post } = await adminJob();
+    for (let i = 0; i < 3; i++) await post('/api/actors/pause', { actor: 'enrich' });
+    expect((await get<unknown[]>('/api/audit?limit=2')).body).toHaveLength(2);
+    expect((await get<unknown[]>('/api/audit')).body).toHaveLength(3);
+    for (const limit of [0, 1001]) {
+      const res = await get<{ error: { message: string } }>(`/api/audit?limit=${limit}`);
+      expect(res.status, `limit=${limit}`).toBe(400);
+      expect(res.body.error.message).toContain("invalid option 'limit': must be an integer from 1 to 1000");
+    }
+  });
+
   test('a page of dead letters is bounded in letters read, as a stream page is, and says where to go on', async () => {
     const rt = createRuntime({ logger: quietLogger() });
     onTestFinished(() => rt.stop().then(() => undefined));
