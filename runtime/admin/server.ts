@@ -46,7 +46,10 @@ export interface AdminServer {
 export const MAX_BODY_BYTES = 64 * 1024;
 /** Replays between two yields to the event loop, so a long replay does not hold the job up. */
 const REPLAY_SLICE = 64;
-/** A live-feed client that lets this much pile up unread is dropped: a slow dashboard must not grow memory. */
+/**
+ * A live-feed client with this much unread gets no more frames, and is dropped if it still has it
+ * unread a whole sample interval later: a slow dashboard must not grow memory.
+ */
 const MAX_FEED_BACKLOG = 256 * 1024;
 
 type Rights = 'read' | 'act';
@@ -116,6 +119,9 @@ class Admin implements AdminServer {
   /** A dead-letter replay is running. */
   #replaying = false;
   readonly #feeds = new Set<ServerResponse>();
+  /** Feeds over {@link MAX_FEED_BACKLOG}, with the sample count when they went over. */
+  readonly #lagging = new Map<ServerResponse, number>();
+  #samples = 0;
   readonly #token: Buffer | undefined;
   readonly #readToken: Buffer | undefined;
   readonly #files = new Map<string, Buffer>();
@@ -212,6 +218,7 @@ class Admin implements AdminServer {
     this.#stopLetters();
     for (const res of this.#feeds) res.end();
     this.#feeds.clear();
+    this.#lagging.clear();
     await new Promise<void>((resolve) => {
       this.#server.close(() => resolve());
       this.#server.closeAllConnections();
@@ -226,6 +233,16 @@ class Admin implements AdminServer {
 
   #tick(): void {
     this.#sampler.sample();
+    // Over the bound since before the last sample: it read nothing for a whole interval.
+    for (const [res, since] of this.#lagging) {
+      if (res.writableLength <= MAX_FEED_BACKLOG) this.#lagging.delete(res);
+      else if (since < this.#samples) {
+        this.#lagging.delete(res);
+        this.#feeds.delete(res);
+        res.destroy();
+      }
+    }
+    this.#samples++;
     if (this.#feeds.size === 0) return;
     this.#broadcast('tick', this.#snapshot());
     // A comment line now and then keeps proxies from closing a quiet feed.
@@ -270,9 +287,10 @@ class Admin implements AdminServer {
     if (this.#feeds.size === 0) return;
     const frame = `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
     for (const res of this.#feeds) {
+      // Skipped, not dropped: frames written in one turn (a burst of dead letters) are unread by
+      // any client then, however fast it reads. One that stays behind is dropped in #tick.
       if (res.writableLength > MAX_FEED_BACKLOG) {
-        this.#feeds.delete(res);
-        res.destroy();
+        if (!this.#lagging.has(res)) this.#lagging.set(res, this.#samples);
         continue;
       }
       res.write(frame);
@@ -527,7 +545,10 @@ class Admin implements AdminServer {
     });
     res.write(`event: tick\ndata: ${JSON.stringify(this.#snapshot())}\n\n`);
     this.#feeds.add(res);
-    res.on('close', () => this.#feeds.delete(res));
+    res.on('close', () => {
+      this.#feeds.delete(res);
+      this.#lagging.delete(res);
+    });
   }
 
   // ---- actions ----

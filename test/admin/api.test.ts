@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { actor, createRuntime, MAX_PAGE, MAX_SCAN, OptionsError, REPLAYED_FROM_HEADER } from 'sluice';
 import { describe, expect, onTestFinished, test } from 'vitest';
@@ -359,6 +360,66 @@ describe('reads', () => {
     await readUntil('event: deadletter');
     expect(text).toContain('customer service down for order 7');
     controller.abort();
+  });
+
+  test('a burst of dead letters written in one turn does not cut a client that reads the feed as fast as it can', async () => {
+    const { rt, server } = await adminJob();
+    const controller = new AbortController();
+    onTestFinished(() => controller.abort());
+    const res = await fetch(`${server.url}/api/events`, {
+      headers: { authorization: `Bearer ${TOKEN}` },
+      signal: controller.signal,
+    });
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    let text = '';
+    let ended = false;
+    void (async () => {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += new TextDecoder().decode(value);
+      }
+    })()
+      .catch(() => undefined)
+      .finally(() => {
+        ended = true;
+      });
+    await until(() => expect(text).toContain('event: tick'));
+    // 200 frames of 8 KB, 1.6 MB, most written in one turn: far past the feed's 256 KiB backlog
+    // before the client had any turn to read.
+    const big = 'x'.repeat(8000);
+    await Promise.all(Array.from({ length: 200 }, (_, i) => rt.bus.publish('$DLQ.billing', { i, big })));
+    await until(async () => {
+      if (!text.includes('"marker":true')) await rt.bus.publish('$DLQ.billing', { marker: true });
+      expect(ended).toBe(false);
+      expect(text).toContain('"marker":true');
+    });
+  });
+
+  test('a feed client that reads nothing is dropped once it left its backlog unread for a sample interval', async () => {
+    const { rt, server } = await adminJob();
+    const socket = connect(server.port, '127.0.0.1');
+    onTestFinished(() => void socket.destroy());
+    let closed = false;
+    socket.on('close', () => {
+      closed = true;
+    });
+    socket.on('error', () => undefined);
+    socket.write(`GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${TOKEN}\r\n\r\n`);
+    // Reads the headers and the first tick, then nothing more.
+    await new Promise<void>((resolve) => socket.once('data', () => resolve()));
+    socket.pause();
+    const big = 'x'.repeat(8000);
+    // Enough to fill the kernel's buffers on both ends and the feed's backlog behind them.
+    for (let burst = 0; burst < 40; burst++) {
+      await Promise.all(Array.from({ length: 100 }, (_, i) => rt.bus.publish('$DLQ.billing', { i, big })));
+    }
+    const tick = (server as unknown as { tick(): void }).tick.bind(server);
+    tick();
+    tick();
+    // Read now: a feed still served would go on; a dropped one ends after what was sent.
+    socket.resume();
+    await until(() => expect(closed).toBe(true));
   });
 });
 
