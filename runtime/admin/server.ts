@@ -433,11 +433,14 @@ class Admin implements AdminServer {
       case '/api/messages': {
         const stream = host.streams().find((s) => s.name === q.get('stream'));
         if (stream === undefined) throw new HttpError(404, 'not-found', `no stream '${q.get('stream') ?? ''}'`);
+        const subject = q.get('subject') ?? undefined;
+        // A pattern that is none matches nothing: the caller would see an empty page, not the typo.
+        if (subject !== undefined) validateSubject(subject, 'subscribe');
         return browse(
           stream,
           { seq: intParam(q, 'from'), time: timeParam(q, 'fromTime') },
           intParam(q, 'limit') ?? 50,
-          { subject: q.get('subject') ?? undefined, contains: q.get('contains') ?? undefined },
+          { subject, contains: q.get('contains') ?? undefined },
         );
       }
       case '/api/deadletters':
@@ -667,6 +670,8 @@ class Admin implements AdminServer {
     let kept = true;
     let next: (() => number | undefined) | undefined;
     if (streamName !== undefined) {
+      // A stream's letters are selected by pattern: one that is none would select nothing, silently.
+      if (subject !== undefined) validateSubject(subject, 'subscribe');
       const stream = this.#host.streams().find((st) => st.name === streamName);
       if (stream === undefined) throw new HttpError(404, 'not-found', `no stream '${streamName}'`);
       const read = streamLetters(stream, {

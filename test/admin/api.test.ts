@@ -275,6 +275,25 @@ describe('reads', () => {
     expect((await get('/api/messages?stream=ORDERS&from=-1')).status).toBe(400);
   });
 
+  test('a subject filter that is no subject pattern is a 400 that says why, not a page where nothing matched', async () => {
+    const { get, post, rt } = await adminJob();
+    await publishOrders(rt, 1, 3);
+    for (const subject of ['orders..eu', 'orders.>.eu', 'orders eu']) {
+      const res = await get<{ error: { code: string; message: string } }>(
+        `/api/messages?stream=ORDERS&subject=${encodeURIComponent(subject)}`,
+      );
+      expect(res.status, subject).toBe(400);
+      expect(res.body.error.code).toBe('SLUICE_ERR_SUBJECT');
+      expect(res.body.error.message).toContain(`invalid subject '${subject}'`);
+    }
+    const replay = await post<{ error: { code: string } }>('/api/deadletters/replay', {
+      stream: 'ORDERS',
+      subject: 'orders..eu',
+    });
+    expect(replay.status).toBe(400);
+    expect(replay.body.error.code).toBe('SLUICE_ERR_SUBJECT');
+  });
+
   test('the audit log is read a page of 1 to 1000 entries at a time: 0 is no way to ask for all of it', async () => {
     const { get, post } = await adminJob();
     for (let i = 0; i < 3; i++) await post('/api/actors/pause', { actor: 'enrich' });
