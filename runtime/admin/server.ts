@@ -290,7 +290,11 @@ class Admin implements AdminServer {
       // Skipped, not dropped: frames written in one turn (a burst of dead letters) are unread by
       // any client then, however fast it reads. One that stays behind is dropped in #tick.
       if (res.writableLength > MAX_FEED_BACKLOG) {
-        if (!this.#lagging.has(res)) this.#lagging.set(res, this.#samples);
+        if (!this.#lagging.has(res)) {
+          this.#lagging.set(res, this.#samples);
+          // It read all it was sent: a later burst starts its interval again.
+          res.once('drain', () => this.#lagging.delete(res));
+        }
         continue;
       }
       res.write(frame);
