@@ -42,6 +42,13 @@ export interface AdminServer {
   close(): Promise<void>;
 }
 
+/**
+ * Connections open at once, live feeds included (`maxFeeds` + 32 when that is more); more are
+ * closed as they come. Idle ones are closed when their headers time out, which Node checks every
+ * 30 s: without a bound, anyone who reaches the port could hold enough to leave the job no file
+ * descriptors for its store and connectors.
+ */
+export const MAX_CONNECTIONS = 256;
 /** Largest request body accepted (actions are small JSON objects). */
 export const MAX_BODY_BYTES = 64 * 1024;
 /** Replays between two yields to the event loop, so a long replay does not hold the job up. */
@@ -173,6 +180,7 @@ class Admin implements AdminServer {
     // Bounded: a client that opens connections and sends nothing does not hold them forever.
     this.#server.headersTimeout = 10_000;
     this.#server.requestTimeout = 60_000;
+    this.#server.maxConnections = Math.max(MAX_CONNECTIONS, o.maxFeeds + 32);
   }
 
   get url(): string {

@@ -1,8 +1,9 @@
 import { readFileSync } from 'node:fs';
-import { connect } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { actor, createRuntime, MAX_PAGE, MAX_SCAN, OptionsError, REPLAYED_FROM_HEADER } from 'sluice';
 import { describe, expect, onTestFinished, test } from 'vitest';
+import { MAX_CONNECTIONS } from '../../runtime/admin/server.ts';
 import { quietLogger } from '../runtime/helpers.ts';
 import { tempDir } from '../runtime/store/harness.ts';
 import { adminJob, type Order, READ_TOKEN, TOKEN, until } from './helpers.ts';
@@ -116,6 +117,44 @@ describe('cross-site requests', () => {
       await server.close();
       await rt.stop();
     }
+  });
+
+  test('connections are bounded: anyone who reaches the port cannot take the file descriptors the job needs', async () => {
+    const { server } = await adminJob();
+    const sockets: Socket[] = [];
+    onTestFinished(() => {
+      for (const s of sockets) s.destroy();
+    });
+    const open = () =>
+      new Promise<Socket>((resolve, reject) => {
+        const s = connect(server.port, '127.0.0.1', () => resolve(s));
+        s.on('error', reject);
+        sockets.push(s);
+      });
+    /** The status line of a GET on a connection of its own, or '' when the server closed it first. */
+    const statusLine = async () => {
+      const s = await open();
+      s.on('error', () => undefined);
+      s.write(`GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${TOKEN}\r\n\r\n`);
+      return new Promise<string>((resolve) => {
+        let text = '';
+        s.on('data', (d: Buffer) => {
+          text += d.toString();
+          if (text.includes('\r\n')) {
+            resolve(text.slice(0, text.indexOf('\r\n')));
+            s.destroy();
+          }
+        });
+        s.on('close', () => resolve(''));
+      });
+    };
+    expect(await statusLine()).toBe('HTTP/1.1 200 OK');
+    // Connections that send nothing: each would hold a descriptor until the headers time out.
+    const idle: Socket[] = [];
+    for (let i = 0; i < MAX_CONNECTIONS; i++) idle.push(await open());
+    expect(await statusLine()).toBe('');
+    for (const s of idle) s.destroy();
+    await until(async () => expect(await statusLine()).toBe('HTTP/1.1 200 OK'));
   });
 
   test('a request target that is no path is a 400, not a server error', async () => {
