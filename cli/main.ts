@@ -393,20 +393,22 @@ async function tail(api: Api, subject: string, v: Values, io: Io): Promise<void>
   if (subject.startsWith('$DLQ.') || subject.startsWith('$DEAD.')) {
     let after = 0;
     // The letters kept now are history: tail shows what comes next, as `tail -f` does.
+    // A page may end before its limit (it reads a bounded number of letters): `next` says whether
+    // there is more, and where it starts.
     for (;;) {
-      const page = await api.get<{ messages: Message[] }>(
+      const page = await api.get<{ messages: Message[]; next?: number }>(
         `/api/deadletters/messages?${query({ subject, after, limit: 500 })}`,
       );
-      after = page.messages.at(-1)?.seq ?? after;
-      if (page.messages.length < 500) break;
+      after = page.next ?? page.messages.at(-1)?.seq ?? after;
+      if (page.next === undefined) break;
     }
     while (seen < count) {
-      const page = await api.get<{ messages: Message[] }>(
+      const page = await api.get<{ messages: Message[]; next?: number }>(
         `/api/deadletters/messages?${query({ subject, after, limit: 500 })}`,
       );
       show(page.messages, true);
-      after = page.messages.at(-1)?.seq ?? after;
-      if (page.messages.length === 0) await sleep(interval);
+      after = page.next ?? page.messages.at(-1)?.seq ?? after;
+      if (page.next === undefined && page.messages.length === 0) await sleep(interval);
     }
     return;
   }
@@ -443,6 +445,14 @@ class Api {
       url = new URL(base);
     } catch {
       throw new CliError(`--url '${base}' is not a URL (like ${DEFAULT_URL})`, 2);
+    }
+    // The dashboard's link carries the token (`#token=`): given as --url, the token would be printed
+    // in every error that names the URL, and the API's paths would go after the fragment.
+    if (url.username !== '' || url.password !== '' || url.search !== '' || url.hash !== '') {
+      throw new CliError(
+        `--url must be the address of the admin API alone (like ${DEFAULT_URL}), without a user, password, query or fragment: give ${url.protocol}//${url.host}${url.pathname.replace(/\/$/, '')} and the token with --token or SLUICE_TOKEN`,
+        2,
+      );
     }
     this.#base = url.href.replace(/\/$/, '');
     this.#token = token === '' ? undefined : token;

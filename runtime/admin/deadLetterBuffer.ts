@@ -195,6 +195,36 @@ export class DeadLetterBuffer {
     return out;
   }
 
+  /**
+   * {@link page}, bounded as a page of a stream is: it stops once it read `maxScan` letters or at
+   * `until` (`performance.now()`), whichever comes first, since a filter may stringify every kept
+   * payload (up to the bus's largest) in one turn of the event loop. `next` is the number of the
+   * last letter read when there may be more, to go on after.
+   */
+  boundedPage(
+    subject: string | undefined,
+    after: number,
+    limit: number,
+    match: (l: KeptLetter) => boolean,
+    maxScan: number,
+    until: number,
+  ): { letters: KeptLetter[]; next: number | undefined } {
+    const letters: KeptLetter[] = [];
+    let scanned = 0;
+    let last = after;
+    for (const letter of this.#letters.values()) {
+      if (letter.n <= after) continue;
+      if (letters.length >= limit || scanned >= maxScan || (scanned > 0 && performance.now() >= until)) {
+        return { letters, next: last };
+      }
+      scanned++;
+      last = letter.n;
+      if (subject !== undefined && letter.envelope.subject !== subject) continue;
+      if (match(letter)) letters.push(letter);
+    }
+    return { letters, next: undefined };
+  }
+
   get(n: number): KeptLetter | undefined {
     return this.#letters.get(n);
   }

@@ -22,6 +22,8 @@ import {
   lagViews,
   letterView,
   MAX_PAGE,
+  MAX_SCAN,
+  MAX_SCAN_MS,
   matches,
   positionsOf,
   preview,
@@ -40,11 +42,21 @@ export interface AdminServer {
   close(): Promise<void>;
 }
 
+/**
+ * Connections open at once, live feeds included (`maxFeeds` + 32 when that is more); more are
+ * closed as they come. Idle ones are closed when their headers time out, which Node checks every
+ * 30 s: without a bound, anyone who reaches the port could hold enough to leave the job no file
+ * descriptors for its store and connectors.
+ */
+export const MAX_CONNECTIONS = 256;
 /** Largest request body accepted (actions are small JSON objects). */
 export const MAX_BODY_BYTES = 64 * 1024;
 /** Replays between two yields to the event loop, so a long replay does not hold the job up. */
 const REPLAY_SLICE = 64;
-/** A live-feed client that lets this much pile up unread is dropped: a slow dashboard must not grow memory. */
+/**
+ * A live-feed client with this much unread gets no more frames, and is dropped if it still has it
+ * unread a whole sample interval later: a slow dashboard must not grow memory.
+ */
 const MAX_FEED_BACKLOG = 256 * 1024;
 
 type Rights = 'read' | 'act';
@@ -114,6 +126,9 @@ class Admin implements AdminServer {
   /** A dead-letter replay is running. */
   #replaying = false;
   readonly #feeds = new Set<ServerResponse>();
+  /** Feeds over {@link MAX_FEED_BACKLOG}, with the sample count when they went over. */
+  readonly #lagging = new Map<ServerResponse, number>();
+  #samples = 0;
   readonly #token: Buffer | undefined;
   readonly #readToken: Buffer | undefined;
   readonly #files = new Map<string, Buffer>();
@@ -165,6 +180,7 @@ class Admin implements AdminServer {
     // Bounded: a client that opens connections and sends nothing does not hold them forever.
     this.#server.headersTimeout = 10_000;
     this.#server.requestTimeout = 60_000;
+    this.#server.maxConnections = Math.max(MAX_CONNECTIONS, o.maxFeeds + 32);
   }
 
   get url(): string {
@@ -210,6 +226,7 @@ class Admin implements AdminServer {
     this.#stopLetters();
     for (const res of this.#feeds) res.end();
     this.#feeds.clear();
+    this.#lagging.clear();
     await new Promise<void>((resolve) => {
       this.#server.close(() => resolve());
       this.#server.closeAllConnections();
@@ -224,6 +241,16 @@ class Admin implements AdminServer {
 
   #tick(): void {
     this.#sampler.sample();
+    // Over the bound since before the last sample: it read nothing for a whole interval.
+    for (const [res, since] of this.#lagging) {
+      if (res.writableLength <= MAX_FEED_BACKLOG) this.#lagging.delete(res);
+      else if (since < this.#samples) {
+        this.#lagging.delete(res);
+        this.#feeds.delete(res);
+        res.destroy();
+      }
+    }
+    this.#samples++;
     if (this.#feeds.size === 0) return;
     this.#broadcast('tick', this.#snapshot());
     // A comment line now and then keeps proxies from closing a quiet feed.
@@ -268,9 +295,14 @@ class Admin implements AdminServer {
     if (this.#feeds.size === 0) return;
     const frame = `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
     for (const res of this.#feeds) {
+      // Skipped, not dropped: frames written in one turn (a burst of dead letters) are unread by
+      // any client then, however fast it reads. One that stays behind is dropped in #tick.
       if (res.writableLength > MAX_FEED_BACKLOG) {
-        this.#feeds.delete(res);
-        res.destroy();
+        if (!this.#lagging.has(res)) {
+          this.#lagging.set(res, this.#samples);
+          // It read all it was sent: a later burst starts its interval again.
+          res.once('drain', () => this.#lagging.delete(res));
+        }
         continue;
       }
       res.write(frame);
@@ -413,11 +445,14 @@ class Admin implements AdminServer {
       case '/api/messages': {
         const stream = host.streams().find((s) => s.name === q.get('stream'));
         if (stream === undefined) throw new HttpError(404, 'not-found', `no stream '${q.get('stream') ?? ''}'`);
+        const subject = q.get('subject') ?? undefined;
+        // A pattern that is none matches nothing: the caller would see an empty page, not the typo.
+        if (subject !== undefined) validateSubject(subject, 'subscribe');
         return browse(
           stream,
           { seq: intParam(q, 'from'), time: timeParam(q, 'fromTime') },
           intParam(q, 'limit') ?? 50,
-          { subject: q.get('subject') ?? undefined, contains: q.get('contains') ?? undefined },
+          { subject, contains: q.get('contains') ?? undefined },
         );
       }
       case '/api/deadletters':
@@ -427,10 +462,15 @@ class Admin implements AdminServer {
         if (limit < 1 || limit > MAX_PAGE)
           throw new OptionsError('limit', `must be an integer from 1 to ${MAX_PAGE}`, limit);
         const filter = { subject: undefined, contains: q.get('contains') ?? undefined };
-        const page = this.#letters.page(q.get('subject') ?? undefined, intParam(q, 'after') ?? 0, limit, (l) =>
-          matches(l.envelope, filter),
+        const page = this.#letters.boundedPage(
+          q.get('subject') ?? undefined,
+          intParam(q, 'after') ?? 0,
+          limit,
+          (l) => matches(l.envelope, filter),
+          MAX_SCAN,
+          performance.now() + MAX_SCAN_MS,
         );
-        return { messages: page.map(letterView), next: page.length === limit ? page.at(-1)?.n : undefined };
+        return { messages: page.letters.map(letterView), next: page.next };
       }
       case '/api/checkpoints':
         return {
@@ -453,8 +493,12 @@ class Admin implements AdminServer {
         return this.#sampler.history();
       case '/api/timeline':
         return this.#sampler.timeline;
-      case '/api/audit':
-        return this.#audit.entries.slice(-Math.min(intParam(q, 'limit') ?? 100, 1000));
+      case '/api/audit': {
+        // `slice(-0)` is the whole array: 0 would have returned every entry kept.
+        const limit = intParam(q, 'limit') ?? 100;
+        if (limit < 1 || limit > 1000) throw new OptionsError('limit', 'must be an integer from 1 to 1000', limit);
+        return this.#audit.entries.slice(-limit);
+      }
       default:
         throw new HttpError(404, 'not-found', `no such endpoint: GET ${path}`);
     }
@@ -516,7 +560,10 @@ class Admin implements AdminServer {
     });
     res.write(`event: tick\ndata: ${JSON.stringify(this.#snapshot())}\n\n`);
     this.#feeds.add(res);
-    res.on('close', () => this.#feeds.delete(res));
+    res.on('close', () => {
+      this.#feeds.delete(res);
+      this.#lagging.delete(res);
+    });
   }
 
   // ---- actions ----
@@ -630,11 +677,13 @@ class Admin implements AdminServer {
     if (fromSeq !== undefined && streamName === undefined) {
       throw new OptionsError('fromSeq', 'selects letters of a stream: give stream as well', fromSeq);
     }
-    let letters: Iterable<KeptLetter>;
+    let letters: Iterable<KeptLetter | undefined>;
     let total: number;
     let kept = true;
     let next: (() => number | undefined) | undefined;
     if (streamName !== undefined) {
+      // A stream's letters are selected by pattern: one that is none would select nothing, silently.
+      if (subject !== undefined) validateSubject(subject, 'subscribe');
       const stream = this.#host.streams().find((st) => st.name === streamName);
       if (stream === undefined) throw new HttpError(404, 'not-found', `no stream '${streamName}'`);
       const read = streamLetters(stream, {
@@ -670,6 +719,12 @@ class Admin implements AdminServer {
     const failed: { n: number; error: string }[] = [];
     let lastReport = Date.now();
     for (const letter of letters) {
+      if (letter === undefined) {
+        // A page of a stream read: letters the filter skips cost reads too, and a stream may hold
+        // millions of them, so the loop is given back as it is every REPLAY_SLICE letters.
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        continue;
+      }
       try {
         await this.#replayOne(letter, to);
         if (kept) this.#letters.replayed(letter);
@@ -758,7 +813,8 @@ class Admin implements AdminServer {
 
 /**
  * Dead letters kept in a stream (one on `$DLQ.>`), read a page at a time as the replay goes, so a
- * long one holds no more than a page in memory. `ids` are stream sequences.
+ * long one holds no more than a page in memory. `ids` are stream sequences. `undefined` comes
+ * after each page read: where the replay gives the event loop back, however few letters matched.
  */
 function streamLetters(
   stream: StreamImpl,
@@ -769,7 +825,7 @@ function streamLetters(
     reason: string | undefined;
     limit: number | undefined;
   },
-): { letters: Iterable<KeptLetter>; total: number; next: () => number | undefined } {
+): { letters: Iterable<KeptLetter | undefined>; total: number; next: () => number | undefined } {
   const b = stream.store.bounds(stream.log);
   const limit = select.limit ?? Number.MAX_SAFE_INTEGER;
   let seq = Math.max(select.from ?? b.first, b.first);
@@ -782,9 +838,11 @@ function streamLetters(
     at: m.t,
     envelope: stream.envelope(n, m, 1, undefined),
   });
-  function* byIds(ids: readonly number[]): Generator<KeptLetter> {
+  function* byIds(ids: readonly number[]): Generator<KeptLetter | undefined> {
     let n = 0;
+    let read = 0;
     for (const id of ids) {
+      if (++read % 256 === 0) yield undefined;
       const e = stream.read(id, 1)[0];
       if (e === undefined || e.seq !== id || e.error !== undefined) continue;
       const m = e.value as StoredMessage;
@@ -793,9 +851,11 @@ function streamLetters(
       if (++n >= limit) return;
     }
   }
-  function* scan(): Generator<KeptLetter> {
+  function* scan(): Generator<KeptLetter | undefined> {
     let n = 0;
+    let pages = 0;
     while (seq <= b.last) {
+      if (pages++ > 0) yield undefined;
       const entries = stream.read(seq, 256);
       if (entries.length === 0) return;
       for (const e of entries) {

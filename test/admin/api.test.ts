@@ -1,7 +1,9 @@
 import { readFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { actor, createRuntime, MAX_PAGE, OptionsError, REPLAYED_FROM_HEADER } from 'sluice';
-import { describe, expect, test } from 'vitest';
+import { actor, createRuntime, MAX_PAGE, MAX_SCAN, OptionsError, REPLAYED_FROM_HEADER } from 'sluice';
+import { describe, expect, onTestFinished, test } from 'vitest';
+import { MAX_CONNECTIONS } from '../../runtime/admin/server.ts';
 import { quietLogger } from '../runtime/helpers.ts';
 import { tempDir } from '../runtime/store/harness.ts';
 import { adminJob, type Order, READ_TOKEN, TOKEN, until } from './helpers.ts';
@@ -115,6 +117,44 @@ describe('cross-site requests', () => {
       await server.close();
       await rt.stop();
     }
+  });
+
+  test('connections are bounded: anyone who reaches the port cannot take the file descriptors the job needs', async () => {
+    const { server } = await adminJob();
+    const sockets: Socket[] = [];
+    onTestFinished(() => {
+      for (const s of sockets) s.destroy();
+    });
+    const open = () =>
+      new Promise<Socket>((resolve, reject) => {
+        const s = connect(server.port, '127.0.0.1', () => resolve(s));
+        s.on('error', reject);
+        sockets.push(s);
+      });
+    /** The status line of a GET on a connection of its own, or '' when the server closed it first. */
+    const statusLine = async () => {
+      const s = await open();
+      s.on('error', () => undefined);
+      s.write(`GET /api/status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${TOKEN}\r\n\r\n`);
+      return new Promise<string>((resolve) => {
+        let text = '';
+        s.on('data', (d: Buffer) => {
+          text += d.toString();
+          if (text.includes('\r\n')) {
+            resolve(text.slice(0, text.indexOf('\r\n')));
+            s.destroy();
+          }
+        });
+        s.on('close', () => resolve(''));
+      });
+    };
+    expect(await statusLine()).toBe('HTTP/1.1 200 OK');
+    // Connections that send nothing: each would hold a descriptor until the headers time out.
+    const idle: Socket[] = [];
+    for (let i = 0; i < MAX_CONNECTIONS; i++) idle.push(await open());
+    expect(await statusLine()).toBe('');
+    for (const s of idle) s.destroy();
+    await until(async () => expect(await statusLine()).toBe('HTTP/1.1 200 OK'));
   });
 
   test('a request target that is no path is a 400, not a server error', async () => {
@@ -274,6 +314,67 @@ describe('reads', () => {
     expect((await get('/api/messages?stream=ORDERS&from=-1')).status).toBe(400);
   });
 
+  test('a subject filter that is no subject pattern is a 400 that says why, not a page where nothing matched', async () => {
+    const { get, post, rt } = await adminJob();
+    await publishOrders(rt, 1, 3);
+    for (const subject of ['orders..eu', 'orders.>.eu', 'orders eu']) {
+      const res = await get<{ error: { code: string; message: string } }>(
+        `/api/messages?stream=ORDERS&subject=${encodeURIComponent(subject)}`,
+      );
+      expect(res.status, subject).toBe(400);
+      expect(res.body.error.code).toBe('SLUICE_ERR_SUBJECT');
+      expect(res.body.error.message).toContain(`invalid subject '${subject}'`);
+    }
+    const replay = await post<{ error: { code: string } }>('/api/deadletters/replay', {
+      stream: 'ORDERS',
+      subject: 'orders..eu',
+    });
+    expect(replay.status).toBe(400);
+    expect(replay.body.error.code).toBe('SLUICE_ERR_SUBJECT');
+  });
+
+  test('the audit log is read a page of 1 to 1000 entries at a time: 0 is no way to ask for all of it', async () => {
+    const { get, post } = await adminJob();
+    for (let i = 0; i < 3; i++) await post('/api/actors/pause', { actor: 'enrich' });
+    expect((await get<unknown[]>('/api/audit?limit=2')).body).toHaveLength(2);
+    expect((await get<unknown[]>('/api/audit')).body).toHaveLength(3);
+    for (const limit of [0, 1001]) {
+      const res = await get<{ error: { message: string } }>(`/api/audit?limit=${limit}`);
+      expect(res.status, `limit=${limit}`).toBe(400);
+      expect(res.body.error.message).toContain("invalid option 'limit': must be an integer from 1 to 1000");
+    }
+  });
+
+  test('a page of dead letters is bounded in letters read, as a stream page is, and says where to go on', async () => {
+    const rt = createRuntime({ logger: quietLogger() });
+    onTestFinished(() => rt.stop().then(() => undefined));
+    const server = await rt.serve({ port: 0, token: TOKEN, deadLetters: 2 * MAX_SCAN });
+    onTestFinished(() => server.close());
+    // Only the last letter holds the text: a filter reads every payload before it to find it.
+    for (let i = 1; i <= 2 * MAX_SCAN; i++)
+      await rt.bus.publish('$DLQ.billing', { i, note: i === 2 * MAX_SCAN ? 'needle' : '' });
+    const page = async (after: number) => {
+      const res = await fetch(`${server.url}/api/deadletters/messages?contains=needle&after=${after}`, {
+        headers: { authorization: `Bearer ${TOKEN}` },
+      });
+      return (await res.json()) as { messages: { seq: number }[]; next: number | undefined };
+    };
+    const first = await page(0);
+    expect(first.messages).toEqual([]);
+    expect(first.next).toBeGreaterThan(0);
+    expect(first.next).toBeLessThanOrEqual(MAX_SCAN);
+    let next = first.next;
+    let found: { seq: number }[] = [];
+    for (let pages = 1; next !== undefined && found.length === 0; pages++) {
+      expect(pages).toBeLessThan(2 * MAX_SCAN);
+      const p = await page(next);
+      found = p.messages;
+      next = p.next;
+    }
+    expect(found.map((m) => m.seq)).toEqual([2 * MAX_SCAN]);
+    expect(next).toBeUndefined();
+  });
+
   test('the state inspector reads an actor keyed state by key, pending writes included', async () => {
     const { get, rt } = await adminJob();
     await publishOrders(rt, 1, 6);
@@ -317,6 +418,66 @@ describe('reads', () => {
     await readUntil('event: deadletter');
     expect(text).toContain('customer service down for order 7');
     controller.abort();
+  });
+
+  test('a burst of dead letters written in one turn does not cut a client that reads the feed as fast as it can', async () => {
+    const { rt, server } = await adminJob();
+    const controller = new AbortController();
+    onTestFinished(() => controller.abort());
+    const res = await fetch(`${server.url}/api/events`, {
+      headers: { authorization: `Bearer ${TOKEN}` },
+      signal: controller.signal,
+    });
+    const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+    let text = '';
+    let ended = false;
+    void (async () => {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += new TextDecoder().decode(value);
+      }
+    })()
+      .catch(() => undefined)
+      .finally(() => {
+        ended = true;
+      });
+    await until(() => expect(text).toContain('event: tick'));
+    // 200 frames of 8 KB, 1.6 MB, most written in one turn: far past the feed's 256 KiB backlog
+    // before the client had any turn to read.
+    const big = 'x'.repeat(8000);
+    await Promise.all(Array.from({ length: 200 }, (_, i) => rt.bus.publish('$DLQ.billing', { i, big })));
+    await until(async () => {
+      if (!text.includes('"marker":true')) await rt.bus.publish('$DLQ.billing', { marker: true });
+      expect(ended).toBe(false);
+      expect(text).toContain('"marker":true');
+    });
+  });
+
+  test('a feed client that reads nothing is dropped once it left its backlog unread for a sample interval', async () => {
+    const { rt, server } = await adminJob();
+    const socket = connect(server.port, '127.0.0.1');
+    onTestFinished(() => void socket.destroy());
+    let closed = false;
+    socket.on('close', () => {
+      closed = true;
+    });
+    socket.on('error', () => undefined);
+    socket.write(`GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer ${TOKEN}\r\n\r\n`);
+    // Reads the headers and the first tick, then nothing more.
+    await new Promise<void>((resolve) => socket.once('data', () => resolve()));
+    socket.pause();
+    const big = 'x'.repeat(8000);
+    // Enough to fill the kernel's buffers on both ends and the feed's backlog behind them.
+    for (let burst = 0; burst < 40; burst++) {
+      await Promise.all(Array.from({ length: 100 }, (_, i) => rt.bus.publish('$DLQ.billing', { i, big })));
+    }
+    const tick = (server as unknown as { tick(): void }).tick.bind(server);
+    tick();
+    tick();
+    // Read now: a feed still served would go on; a dropped one ends after what was sent.
+    socket.resume();
+    await until(() => expect(closed).toBe(true));
   });
 });
 

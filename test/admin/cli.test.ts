@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { describe, expect, test } from 'vitest';
+import { describe, expect, onTestFinished, test, vi } from 'vitest';
 import { main } from '../../cli/main.ts';
 import { adminJob, READ_TOKEN, TOKEN, until } from './helpers.ts';
 
@@ -237,6 +237,33 @@ describe('sluice, the command line', () => {
     expect(none.err).toContain("no stream captures 'nowhere.stored' (streams: ORDERS on orders.>)");
   });
 
+  test('tail on a dead-letter subject shows the letters that come after it started, past a history of several pages', async () => {
+    const { server, rt } = await adminJob();
+    for (let i = 1; i <= 600; i++) await rt.bus.publish('$DLQ.billing', { i });
+    const env = { SLUICE_URL: server.url, SLUICE_TOKEN: TOKEN };
+    const pages: string[] = [];
+    const fetch = globalThis.fetch;
+    const spy = vi.spyOn(globalThis, 'fetch').mockImplementation((input, init) => {
+      pages.push(String(input));
+      return fetch(input, init);
+    });
+    onTestFinished(() => spy.mockRestore());
+    const tailing = sluice(['tail', '$DLQ.billing', '--count', '2', '--interval', '20', '--json'], env);
+    // Two pages of history (500 and 100 letters), then the first page of what is new.
+    await until(() => expect(pages.length).toBeGreaterThanOrEqual(3));
+    await rt.bus.publish('$DLQ.billing', { i: 601 });
+    await rt.bus.publish('$DLQ.other', { i: 602 });
+    await rt.bus.publish('$DLQ.billing', { i: 603 });
+    const { out, code } = await tailing;
+    expect(code).toBe(0);
+    expect(
+      out
+        .trim()
+        .split('\n')
+        .map((l) => (JSON.parse(l) as { data: { i: number } }).data.i),
+    ).toEqual([601, 603]);
+  });
+
   test('clear errors: unreachable, no token, refused token, read-only token, usage', async () => {
     const { server } = await adminJob();
     const port = await closedPort();
@@ -260,6 +287,28 @@ describe('sluice, the command line', () => {
     expect((await sluice(['status', '--bogus'])).code).toBe(2);
     expect((await sluice(['status', '--url', 'not a url'])).err).toContain("--url 'not a url' is not a URL");
     expect((await sluice([])).code).toBe(2);
+  });
+
+  test('a URL with a token in it (the dashboard link, user and password, a query) is refused, and the token never printed', async () => {
+    const { server } = await adminJob();
+    const port = await closedPort();
+    const host = server.url.slice('http://'.length);
+    for (const url of [
+      `${server.url}/#token=${TOKEN}`,
+      `http://127.0.0.1:${port}/#token=${TOKEN}`,
+      `http://operator:${TOKEN}@${host}`,
+      `${server.url}/?token=${TOKEN}`,
+    ]) {
+      for (const run of [
+        () => sluice(['status', '--url', url, '--token', TOKEN]),
+        () => sluice(['status'], { SLUICE_URL: url, SLUICE_TOKEN: TOKEN }),
+      ]) {
+        const r = await run();
+        expect(r.code).toBe(2);
+        expect(r.err).not.toContain(TOKEN);
+        expect(r.err).toContain('--url must be the address of the admin API alone');
+      }
+    }
   });
 
   test('bin/sluice.js runs without a build: --help, and a status against a live job', async () => {

@@ -7,7 +7,7 @@
 import { actor, createRuntime, durable, MemoryStore, type SourceLag } from 'sluice';
 import { agg, eventTime, session, tumbling, watermarks } from 'sluice/operators';
 import { testActor } from 'sluice/testing';
-import { describe, expect, onTestFinished, test } from 'vitest';
+import { describe, expect, onTestFinished, test, vi } from 'vitest';
 import { quietLogger } from '../runtime/helpers.ts';
 import { adminJob, type Order, TOKEN, until } from './helpers.ts';
 
@@ -358,5 +358,45 @@ describe('dead letters', () => {
     expect((await replay({ stream: 'NOPE', all: true })).status).toBe(404);
     // The letters stay in the stream: a stream is replayed, not consumed.
     expect(rt.stream('DLQ').info().messages).toBe(4);
+  });
+
+  test('a replay from a stream gives the event loop back while it reads past letters its filter does not select', async () => {
+    const store = new MemoryStore();
+    const rt = createRuntime({ store, logger: quietLogger(), streams: [{ name: 'DLQ', subjects: ['$DLQ.>'] }] });
+    onTestFinished(async () => {
+      await rt.stop();
+      await store.close();
+    });
+    const headers = { 'sluice-original-subject': 'orders.eu', 'sluice-error': 'billing down' };
+    for (let i = 0; i < 20_000; i++) await rt.bus.publish('$DLQ.billing', i, { headers });
+    const server = await rt.serve({ port: 0, token: TOKEN });
+    onTestFinished(() => server.close());
+    // Event-loop turns, counted by a callback that schedules itself for the next one.
+    let turn = 0;
+    let ticking = true;
+    const tick = () => {
+      turn++;
+      if (ticking) setImmediate(tick);
+    };
+    setImmediate(tick);
+    const readsPerTurn = new Map<number, number>();
+    // DLQ is the store's only stream: every read is the replay's.
+    const read = store.read.bind(store);
+    vi.spyOn(store, 'read').mockImplementation((stream, from, options) => {
+      readsPerTurn.set(turn, (readsPerTurn.get(turn) ?? 0) + 1);
+      return read(stream, from, options);
+    });
+    const res = await fetch(`${server.url}/api/deadletters/replay`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+      // No letter has this reason: the replay reads the whole stream and publishes nothing.
+      body: JSON.stringify({ stream: 'DLQ', reason: 'no such reason' }),
+    });
+    ticking = false;
+    expect(await res.json()).toMatchObject({ replayed: 0, total: 0, next: 20_001 });
+    const reads = [...readsPerTurn.values()];
+    // 20,000 letters are 79 pages of 256: read in one turn, they held the job's timers and I/O.
+    expect(reads.reduce((a, b) => a + b, 0)).toBeGreaterThanOrEqual(79);
+    expect(Math.max(...reads)).toBeLessThanOrEqual(2);
   });
 });
