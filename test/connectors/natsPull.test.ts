@@ -134,31 +134,7 @@ describe.skipIf(missing !== undefined)('NATS JetStream source: pull edges', () =
     const s = await stream();
     // The runtime's clock never moves, so the source sends no in-progress: JetStream delivers the
     // held message again after its 1 s ack wait, while its dead letter still waits for room.
-    const clock = new VirtualClock();
-    const rt = createRuntime({ logger: quiet, clock, shutdownDeadlineMs: 2_000 });
-    onTestFinished(() => rt.stop().then(() => undefined));
-    const dlq = `$DLQ.nats.${s.name}.c`;
-    const letters: Envelope[] = [];
-    let open: (() => void) | undefined;
-    const gate = new Promise<void>((resolve) => (open = resolve));
-    onTestFinished(() => open?.());
-    rt.spawn(
-      actor<unknown, never>({
-        name: 'dead-letters',
-        subscribe: dlq,
-        mailbox: { capacity: 1 },
-        handle: async (env) => {
-          letters.push(env);
-          await gate;
-        },
-      }),
-    );
-    // The handler holds the first filler; more fill the mailbox up: the source's dead letter waits for room.
-    const filler = rt.bus.client('filler');
-    await filler.publish(dlq, 'filler');
-    await until(() => letters.length === 1, 'the handler holding the first filler');
-    let fillers = 1;
-    while (filler.tryPublish(dlq, 'filler')) fillers++;
+    const { rt, letters, open, fillers } = await deadLettersHeldBack(s.name);
     const source = natsSource({
       connection: { servers: server.url },
       jetstream: { stream: s.name, consumer: 'c', ackWaitMs: 1_000 },
@@ -170,7 +146,7 @@ describe.skipIf(missing !== undefined)('NATS JetStream source: pull edges', () =
     // Not JSON: the source gives up on it at once, and its dead letter waits behind the fillers.
     await s.js.publish(`${s.prefix}.a`, encoder.encode('{not json'));
     await until(() => source.stats.redeliveredWhileHeld >= 1, 'JetStream delivering the held message again');
-    open?.();
+    open();
     await until(() => source.stats.terminated === 1, 'the dead letter and its term');
     await until(() => letters.length === fillers + 1, 'the dead letter');
     await until(
@@ -192,30 +168,7 @@ describe.skipIf(missing !== undefined)('NATS JetStream source: pull edges', () =
     const s = await stream();
     // No in-progress (the clock never moves): JetStream delivers the held message again while its
     // dead letter waits, so the delivery that failed and the one the source holds differ.
-    const clock = new VirtualClock();
-    const rt = createRuntime({ logger: quiet, clock, shutdownDeadlineMs: 2_000 });
-    onTestFinished(() => rt.stop().then(() => undefined));
-    const dlq = `$DLQ.nats.${s.name}.c`;
-    const letters: Envelope[] = [];
-    let open: (() => void) | undefined;
-    const gate = new Promise<void>((resolve) => (open = resolve));
-    onTestFinished(() => open?.());
-    rt.spawn(
-      actor<unknown, never>({
-        name: 'dead-letters',
-        subscribe: dlq,
-        mailbox: { capacity: 1 },
-        handle: async (env) => {
-          letters.push(env);
-          await gate;
-        },
-      }),
-    );
-    const filler = rt.bus.client('filler');
-    await filler.publish(dlq, 'filler');
-    await until(() => letters.length === 1, 'the handler holding the first filler');
-    let fillers = 1;
-    while (filler.tryPublish(dlq, 'filler')) fillers++;
+    const { rt, letters, open, fillers } = await deadLettersHeldBack(s.name);
     // The test's own connection: it stays open after the source's close, so a term sent then reaches the server.
     const source = natsSource({
       connection: nc,
@@ -233,7 +186,7 @@ describe.skipIf(missing !== undefined)('NATS JetStream source: pull edges', () =
     const other = await jetstream(nc).consumers.get(s.name, 'c');
     const taken = await other.next({ expires: 5_000 });
     expect(taken?.seq).toBe(1);
-    open?.();
+    open();
     await until(() => letters.length === fillers + 1, 'the dead letter');
     // Whatever the source sent went out before this round trip, and nats-server 2.9 handles an
     // ack where it reads it: the other reader's delivery is still pending, its own to settle.
@@ -244,3 +197,36 @@ describe.skipIf(missing !== undefined)('NATS JetStream source: pull edges', () =
     expect(letters.filter((l) => l.headers['sluice-stream-sequence'] === '1')).toHaveLength(1);
   });
 });
+
+/**
+ * A runtime whose clock never moves (so a source sends no in-progress) and whose dead letters of
+ * `stream` wait: its dead-letter actor holds the first filler until `open()`, and more fill its
+ * mailbox, so a source's dead letter waits for room.
+ */
+async function deadLettersHeldBack(stream: string) {
+  const clock = new VirtualClock();
+  const rt = createRuntime({ logger: quiet, clock, shutdownDeadlineMs: 2_000 });
+  onTestFinished(() => rt.stop().then(() => undefined));
+  const dlq = `$DLQ.nats.${stream}.c`;
+  const letters: Envelope[] = [];
+  let open: () => void = () => undefined;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  onTestFinished(() => open());
+  rt.spawn(
+    actor<unknown, never>({
+      name: 'dead-letters',
+      subscribe: dlq,
+      mailbox: { capacity: 1 },
+      handle: async (env) => {
+        letters.push(env);
+        await gate;
+      },
+    }),
+  );
+  const filler = rt.bus.client('filler');
+  await filler.publish(dlq, 'filler');
+  await until(() => letters.length === 1, 'the handler holding the first filler');
+  let fillers = 1;
+  while (filler.tryPublish(dlq, 'filler')) fillers++;
+  return { rt, letters, open: () => open(), fillers };
+}
