@@ -226,12 +226,7 @@ describe('sluice, the command line', () => {
     await rt.bus.publish('orders.eu', { id: 4, customer: 'new' });
     const { out, code } = await tailing;
     expect(code).toBe(0);
-    expect(
-      out
-        .trim()
-        .split('\n')
-        .map((l) => (JSON.parse(l) as { data: { id: number } }).data.id),
-    ).toEqual([2, 4]);
+    expect(jsonLines<{ data: { id: number } }>(out).map((m) => m.data.id)).toEqual([2, 4]);
     const none = await sluice(['tail', 'nowhere.stored'], env);
     expect(none.code).toBe(1);
     expect(none.err).toContain("no stream captures 'nowhere.stored' (streams: ORDERS on orders.>)");
@@ -256,12 +251,7 @@ describe('sluice, the command line', () => {
     await rt.bus.publish('$DLQ.billing', { i: 603 });
     const { out, code } = await tailing;
     expect(code).toBe(0);
-    expect(
-      out
-        .trim()
-        .split('\n')
-        .map((l) => (JSON.parse(l) as { data: { i: number } }).data.i),
-    ).toEqual([601, 603]);
+    expect(jsonLines<{ data: { i: number } }>(out).map((m) => m.data.i)).toEqual([601, 603]);
   });
 
   test('clear errors: unreachable, no token, refused token, read-only token, usage', async () => {
@@ -327,3 +317,11 @@ describe('sluice, the command line', () => {
     expect(refused).toMatchObject({ code: 4 });
   });
 });
+
+/** What `--json` printed: one JSON value a line. */
+function jsonLines<T>(out: string): T[] {
+  return out
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as T);
+}
