@@ -46,8 +46,9 @@ function startWorker(
     exited: Promise<void>;
   };
   const guard = setTimeout(() => child.kill('SIGKILL'), 60_000);
+  // 'close', not 'exit': its output is read to the end first, so no line it printed is missed.
   (worker as { exited: Promise<void> }).exited = new Promise<void>((resolve) =>
-    child.once('exit', () => {
+    child.once('close', () => {
       clearTimeout(guard);
       resolve();
     }),
@@ -155,7 +156,12 @@ describe.skipIf(missing !== undefined)('NATS transport across worker processes',
     const total = 300;
     await Promise.all(Array.from({ length: total }, (_, job) => js.publish('kw.jobs', JSON.stringify({ job }))));
     const victim = workers[0] as Worker;
-    await until(() => victim.handled.length >= 10, 'the victim to be mid-stream', 20_000);
+    // Killed while it handles a job it started (each takes 20 ms): one it has not acknowledged.
+    await until(
+      () => victim.handled.length >= 10 && victim.started.some((job) => !victim.handled.includes(job)),
+      'the victim to be mid-job',
+      20_000,
+    );
     victim.child.kill('SIGKILL');
     await victim.exited;
     // Jobs the victim had begun and not finished: never acknowledged, so JetStream must redeliver them.
