@@ -417,6 +417,8 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
         offer = this.#mailbox.offer(env);
       } catch (error) {
         releaseDownstream(env.lineage);
+        // Refused, so not taken: it must not use up one of the `max` messages.
+        this.#taken--;
         throw error;
       }
       if (offer === Offer.Full) waiting = this.#mailbox.wait(env);
