@@ -22,4 +22,48 @@ describe('subscription - faults', () => {
     expect(sub.delivered).toBe(2);
     expect(bus.subscriptions).toBe(0);
   });
+
+  test('an onDrop that throws on unsubscribe still lets every waiting publisher go and releases every message', async () => {
+    const bus = new Bus({ clock: new VirtualClock() });
+    const dropped: number[] = [];
+    const errors: unknown[] = [];
+    const sub = bus.subscribe<number>('a', {
+      mailbox: { capacity: 1 },
+      onDrop: (env) => {
+        dropped.push(env.data);
+        throw new Error('onDrop failed');
+      },
+      onError: (error) => void errors.push(error),
+    });
+    await bus.publish('a', 0);
+    let settled = 0;
+    const waiting = [1, 2].map((i) => bus.publish('a', i).then(() => void settled++));
+    expect(sub.pending).toBe(1);
+    expect(() => sub.unsubscribe()).not.toThrow();
+    await Promise.all(waiting);
+    await flush();
+    expect(settled).toBe(2);
+    expect(dropped.sort()).toEqual([0, 1, 2]);
+    expect(bus.telemetry.counters.dropped).toBe(3);
+    expect(errors).toHaveLength(3);
+    expect(sub.isOpen).toBe(false);
+    await sub.closed;
+  });
+
+  test('an onDrop that throws under drop-newest does not fail the publish to the other subscribers', async () => {
+    const bus = new Bus({ clock: new VirtualClock() });
+    const got: number[] = [];
+    bus.subscribe<number>('a', {
+      mailbox: { capacity: 1, overflow: 'drop-newest' },
+      onDrop: () => {
+        throw new Error('onDrop failed');
+      },
+      onError: () => {},
+    });
+    bus.subscribe<number>('a', { callback: (env) => void got.push(env.data) });
+    await bus.publish('a', 0);
+    await expect(bus.publish('a', 1)).resolves.toBeUndefined();
+    expect(got).toEqual([0, 1]);
+    expect(bus.telemetry.counters.dropped).toBe(1);
+  });
 });
