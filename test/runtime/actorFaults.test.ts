@@ -1,0 +1,35 @@
+/**
+ * Actors whose surroundings fail: a dead-letter subject whose subscriber refuses a letter at once. Every input must still end retried, dead-lettered or settled, the actor
+ * must go on with the next one, and its idle() must resolve.
+ */
+import { actor, SluiceError } from 'sluice';
+import { describe, expect, test } from 'vitest';
+import { flush, testRuntime } from './helpers.ts';
+
+/** Which comes first: `promise`, or a few turns of the event loop (it is stuck). */
+async function settlesSoon(promise: Promise<unknown>): Promise<boolean> {
+  return Promise.race([promise.then(() => true), flush(5).then(() => false)]);
+}
+
+describe('actor - faults around it', () => {
+  test('a dead letter its subscriber refuses at once is given back as failed; the input was accepted and the actor goes idle', async () => {
+    const { rt, log } = testRuntime();
+    // Takes one letter, then refuses: its `fail` mailbox of one is full and nobody reads it.
+    rt.bus.subscribe('$DLQ.picky', { max: 2, mailbox: { capacity: 1, overflow: 'fail' } });
+    const ref = rt.spawn(
+      actor<number, never>({
+        name: 'picky',
+        subscribe: 'jobs',
+        handle: () => {
+          throw new SluiceError('SLUICE_ERR_HANDLER', 'bad input', { retryable: false });
+        },
+      }),
+    );
+    await rt.bus.publish('jobs', 1);
+    // The actor took the second message: its publish succeeds, whatever becomes of its dead letter.
+    await expect(rt.bus.publish('jobs', 2)).resolves.toBeUndefined();
+    expect(await settlesSoon(ref.idle())).toBe(true);
+    expect(log.lines.some((l) => l.startsWith('error:') && l.includes('could not dead-letter'))).toBe(true);
+    expect(ref.counters).toMatchObject({ delivered: 2, deadLettered: 2 });
+  });
+});
