@@ -1,10 +1,12 @@
 /**
- * Actors whose surroundings fail: a dead-letter subject whose subscriber refuses a letter at once. Every input must still end retried, dead-lettered or settled, the actor
+ * Actors whose surroundings fail: a dead-letter subject whose subscriber refuses a letter at once,
+ * a logger that throws. Every input must still end retried, dead-lettered or settled, the actor
  * must go on with the next one, and its idle() must resolve.
  */
-import { actor, SluiceError } from 'sluice';
+import { map } from 'rxjs';
+import { actor, type Envelope, type Logger, SluiceError } from 'sluice';
 import { describe, expect, test } from 'vitest';
-import { flush, testRuntime } from './helpers.ts';
+import { collect, flush, testRuntime } from './helpers.ts';
 
 /** Which comes first: `promise`, or a few turns of the event loop (it is stuck). */
 async function settlesSoon(promise: Promise<unknown>): Promise<boolean> {
@@ -31,5 +33,42 @@ describe('actor - faults around it', () => {
     expect(await settlesSoon(ref.idle())).toBe(true);
     expect(log.lines.some((l) => l.startsWith('error:') && l.includes('could not dead-letter'))).toBe(true);
     expect(ref.counters).toMatchObject({ delivered: 2, deadLettered: 2 });
+  });
+
+  test('a logger that throws does not stop a pipeline from restarting after a message failed in it', async () => {
+    const throwing: Logger = {
+      debug: () => {},
+      info: () => {},
+      warn: () => {
+        throw new Error('logger failed');
+      },
+      error: () => {
+        throw new Error('logger failed');
+      },
+    };
+    const { rt } = testRuntime({ logger: throwing });
+    const out = collect<number>(rt.bus, 'out');
+    const dlq: Envelope[] = [];
+    rt.bus.subscribe('$DLQ.doubler', { callback: (env) => void dlq.push(env) });
+    const ref = rt.spawn(
+      actor<number, number>({
+        name: 'doubler',
+        subscribe: 'in',
+        output: 'out',
+        retry: { maxAttempts: 1 },
+        pipeline: (in$) =>
+          in$.pipe(
+            map((env) => {
+              if (env.data === 0) throw new Error('zero');
+              return { ...env, data: env.data * 2 };
+            }),
+          ),
+      }),
+    );
+    await rt.bus.publish('in', 0);
+    await rt.bus.publish('in', 1);
+    expect(await settlesSoon(ref.idle())).toBe(true);
+    expect(dlq.map((env) => env.data)).toEqual([0]);
+    expect(out.map((env) => env.data)).toEqual([2]);
   });
 });
