@@ -604,7 +604,16 @@ export class Bus implements BusClient {
       };
       const timer = this.clock.setTimeout(finish, limits.timeoutMs);
       this.#pendingRequests.set(token, (reply) => {
-        if (limits.sentinel?.(reply) === true) return finish();
+        let last: boolean;
+        try {
+          last = limits.sentinel?.(reply) === true;
+        } catch (error) {
+          // The requester's own function failed: its request fails, not the responder's publish.
+          end();
+          reject(error);
+          return;
+        }
+        if (last) return finish();
         replies.push(reply);
         if (replies.length >= limits.maxReplies) return finish();
         if (limits.stallMs !== undefined) {

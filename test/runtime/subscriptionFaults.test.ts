@@ -67,3 +67,37 @@ describe('subscription - faults', () => {
     expect(bus.telemetry.counters.dropped).toBe(1);
   });
 });
+
+describe('bus - requestMany faults', () => {
+  test("a sentinel that throws rejects the request with its error; the responder's reply is still accepted", async () => {
+    const clock = new VirtualClock();
+    const bus = new Bus({ clock });
+    const failure = new Error('sentinel failed');
+    const responded: unknown[] = [];
+    bus.subscribe('pages', {
+      callback: (env) => {
+        bus.respond(env, 'page').then(
+          () => void responded.push('ok'),
+          (error: unknown) => void responded.push(error),
+        );
+      },
+    });
+    const pending = bus.requestMany('pages', 'all', {
+      timeoutMs: 1_000,
+      sentinel: () => {
+        throw failure;
+      },
+    });
+    const outcome = await Promise.race([
+      pending.then(
+        () => 'resolved',
+        (error: unknown) => error,
+      ),
+      flush().then(() => 'stuck'),
+    ]);
+    expect(outcome).toBe(failure);
+    await flush();
+    expect(responded).toEqual(['ok']);
+    expect(clock.pending).toBe(0);
+  });
+});
