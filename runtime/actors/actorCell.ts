@@ -535,7 +535,6 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     error ??= new SluiceError('SLUICE_ERR_HANDLER', `actor '${this.name}' pipeline failed with undefined`, {
       retryable: true,
     });
-    lane.discard();
 
     // A pipeline that completed (`take(1)`) blames no input: the one it was handling then settles
     // as the pipeline left it (acked when its output went out, dropped when there was none), and
@@ -546,15 +545,23 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     // Everything else the dead pipeline held is replayed into the new one, in arrival order, as a
     // restarted Flink job replays from its last checkpoint: downstream may see an output twice.
     const spared = completed ? handling : culprit;
-    lane.requeue(this.#inputs.heldBy(lane.index, generation, spared).map((input) => this.#replace(input)));
+    // Replaced before the pipeline is torn down: its teardowns give back what it held, with an
+    // error (mapAsync's queued inputs), which would fail those inputs instead of replaying them.
+    // The dead pipeline never gives back what it kept of the culprit (window state, a queued
+    // async step) either: a fresh tracker for the same delivery carries the failure instead.
+    const replayed = this.#inputs.heldBy(lane.index, generation, spared).map((input) => this.#replace(input));
+    const failed = culprit === undefined ? undefined : this.#replace(culprit);
+    lane.discard();
+    // Made while the dead pipeline's generation was the lane's: they belong to the next one.
+    for (const input of replayed) input.generation = lane.generation;
+    if (failed !== undefined) failed.generation = lane.generation;
+    lane.requeue(replayed);
 
-    if (culprit !== undefined) {
+    if (failed !== undefined) {
       // A failure tied to one message is that message's failure: it is retried or dead-lettered,
       // and the pipeline comes back at once without counting against the restart limit.
-      // The dead pipeline never gives back what it kept of the culprit (window state, a queued
-      // async step): a fresh tracker for the same delivery carries the failure instead.
-      this.#deps.log.warn(`actor '${this.name}' failed on message '${culprit.id}': ${messageOf(error)}`);
-      this.#replace(culprit).release(error);
+      this.#deps.log.warn(`actor '${this.name}' failed on message '${failed.id}': ${messageOf(error)}`);
+      failed.release(error);
       queueMicrotask(() => this.#restartLane(lane));
       return;
     }

@@ -3,10 +3,11 @@
  * a logger that throws. Every input must still end retried, dead-lettered or settled, the actor
  * must go on with the next one, and its idle() must resolve.
  */
-import { map } from 'rxjs';
+import { map, tap } from 'rxjs';
 import { actor, type Envelope, type Logger, SluiceError } from 'sluice';
+import { mapAsync } from 'sluice/operators';
 import { describe, expect, test } from 'vitest';
-import { collect, flush, testRuntime } from './helpers.ts';
+import { collect, flush, gate, testRuntime } from './helpers.ts';
 
 /** Which comes first: `promise`, or a few turns of the event loop (it is stuck). */
 async function settlesSoon(promise: Promise<unknown>): Promise<boolean> {
@@ -70,5 +71,46 @@ describe('actor - faults around it', () => {
     expect(await settlesSoon(ref.idle())).toBe(true);
     expect(dlq.map((env) => env.data)).toEqual([0]);
     expect(out.map((env) => env.data)).toEqual([2]);
+  });
+});
+
+describe('actor - a pipeline that fails while an async step holds inputs', () => {
+  test('inputs queued in mapAsync behind a running call are replayed into the new pipeline, not dead-lettered', async () => {
+    const { rt } = testRuntime();
+    const out = collect<number>(rt.bus, 'out');
+    const dlq = collect<number>(rt.bus, '$DLQ.quoter');
+    const open = gate();
+    const calls: number[] = [];
+    const ref = rt.spawn(
+      actor<number, number>({
+        name: 'quoter',
+        subscribe: 'in',
+        output: 'out',
+        retry: { maxAttempts: 1 },
+        pipeline: (in$) =>
+          in$.pipe(
+            tap((env) => {
+              if (env.data === 0) throw new Error('zero');
+            }),
+            mapAsync(
+              async (n: number) => {
+                calls.push(n);
+                await open.promise;
+                return n * 10;
+              },
+              { concurrency: 1 },
+            ),
+          ),
+      }),
+    );
+    // 1 runs in mapAsync, 2 waits behind it; 0 then fails the pipeline synchronously.
+    for (const n of [1, 2, 0]) await rt.bus.publish('in', n);
+    await flush();
+    open.open();
+    await ref.idle();
+    await flush();
+    expect(dlq.map((env) => env.data)).toEqual([0]);
+    expect(out.map((env) => env.data).sort()).toEqual([10, 20]);
+    expect(ref.counters).toMatchObject({ deadLettered: 1 });
   });
 });
