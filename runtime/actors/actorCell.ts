@@ -749,7 +749,9 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     const retryable = !(error instanceof SluiceError) || error.retryable;
     const attempt = input.env.attempt;
     const lane = this.#lanes[input.lane] as Lane;
-    if (retryable && attempt < this.#retry.maxAttempts && this.#state !== 'stopped') {
+    // Stopping: the pipeline's teardown gave it back failed after the timers were cancelled; a retry
+    // would set one that outlives the stop (and keeps the process alive), for an input stopped anyway.
+    if (retryable && attempt < this.#retry.maxAttempts && this.#state !== 'stopped' && this.#state !== 'stopping') {
       this.counters.retried++;
       this.#totals.retried++;
       this.#records++;

@@ -3,8 +3,8 @@
  * a logger that throws. Every input must still end retried, dead-lettered or settled, the actor
  * must go on with the next one, and its idle() must resolve.
  */
-import { map, tap } from 'rxjs';
-import { actor, type Envelope, type Logger, SluiceError } from 'sluice';
+import { map, Observable, tap } from 'rxjs';
+import { actor, type Envelope, hold, type Logger, SluiceError } from 'sluice';
 import { mapAsync } from 'sluice/operators';
 import { describe, expect, test } from 'vitest';
 import { collect, flush, gate, testRuntime } from './helpers.ts';
@@ -112,5 +112,38 @@ describe('actor - a pipeline that fails while an async step holds inputs', () =>
     expect(dlq.map((env) => env.data)).toEqual([0]);
     expect(out.map((env) => env.data).sort()).toEqual([10, 20]);
     expect(ref.counters).toMatchObject({ deadLettered: 1 });
+  });
+});
+
+describe('actor - stop while a pipeline holds inputs', () => {
+  test('an input its pipeline gives back failed as it is torn down is dead-lettered once, and no retry timer outlives the stop', async () => {
+    const { rt, clock } = testRuntime();
+    const dlq = collect<number>(rt.bus, '$DLQ.keeper');
+    // Holds every input until unsubscribed, then gives it back failed (retryable), as an async
+    // step that cancels its work would.
+    const keepUntilTornDown = (in$: Observable<Envelope<number>>) =>
+      new Observable<Envelope<number>>(() => {
+        const releases: ((error?: unknown) => void)[] = [];
+        const sub = in$.subscribe((env) => void releases.push(hold(env.lineage)));
+        return () => {
+          sub.unsubscribe();
+          for (const release of releases) release(new Error('cancelled'));
+        };
+      });
+    const ref = rt.spawn(
+      actor<number, number>({
+        name: 'keeper',
+        subscribe: 'in',
+        output: 'out',
+        retry: { maxAttempts: 3, backoff: { initialMs: 60_000, jitter: 0 } },
+        pipeline: keepUntilTornDown,
+      }),
+    );
+    await rt.bus.publish('in', 1);
+    await ref.stop();
+    await flush();
+    expect(ref.state).toBe('stopped');
+    expect(dlq.map((env) => env.data)).toEqual([1]);
+    expect(clock.pending).toBe(0);
   });
 });
