@@ -3,11 +3,11 @@
  * a logger that throws. Every input must still end retried, dead-lettered or settled, the actor
  * must go on with the next one, and its idle() must resolve.
  */
-import { map, Observable, tap } from 'rxjs';
+import { concat, EMPTY, map, Observable, tap, throwError } from 'rxjs';
 import { actor, type Envelope, hold, type Logger, SluiceError } from 'sluice';
 import { mapAsync } from 'sluice/operators';
 import { describe, expect, test } from 'vitest';
-import { collect, flush, gate, testRuntime } from './helpers.ts';
+import { batchOf, collect, flush, gate, testRuntime } from './helpers.ts';
 
 /** Which comes first: `promise`, or a few turns of the event loop (it is stuck). */
 async function settlesSoon(promise: Promise<unknown>): Promise<boolean> {
@@ -145,5 +145,38 @@ describe('actor - stop while a pipeline holds inputs', () => {
     expect(ref.state).toBe('stopped');
     expect(dlq.map((env) => env.data)).toEqual([1]);
     expect(clock.pending).toBe(0);
+  });
+});
+
+describe('actor - a pipeline that fails while shutdown ends its input', () => {
+  test('the pipeline rebuilt after the failure is ended too, so what it holds is flushed, not dead-lettered', async () => {
+    const { rt, clock } = testRuntime();
+    const out = collect<number[]>(rt.bus, 'batches');
+    const dlq = collect(rt.bus, '$DLQ.batcher');
+    let builds = 0;
+    rt.spawn(
+      actor<number, number[]>({
+        name: 'batcher',
+        subscribe: 'in',
+        output: 'batches',
+        restart: { backoff: { initialMs: 10, jitter: 0 } },
+        pipeline: (in$) => {
+          const build = ++builds;
+          // The first pipeline fails when its input ends, before its batch could be flushed.
+          return concat(in$, build === 1 ? throwError(() => new Error('flush failed')) : EMPTY).pipe(
+            batchOf<number>(10),
+          );
+        },
+      }),
+    );
+    await rt.bus.publish('in', 1);
+    await rt.bus.publish('in', 2);
+    const stopping = rt.stop({ deadlineMs: 1_000 });
+    await clock.advance(1_000);
+    const report = await stopping;
+    expect(builds).toBe(2);
+    expect(out.map((env) => env.data)).toEqual([[1, 2]]);
+    expect(dlq).toEqual([]);
+    expect(report.drained).toBe(true);
   });
 });
