@@ -749,9 +749,11 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     const retryable = !(error instanceof SluiceError) || error.retryable;
     const attempt = input.env.attempt;
     const lane = this.#lanes[input.lane] as Lane;
-    // Stopping: the pipeline's teardown gave it back failed after the timers were cancelled; a retry
-    // would set one that outlives the stop (and keeps the process alive), for an input stopped anyway.
-    if (retryable && attempt < this.#retry.maxAttempts && this.#state !== 'stopped' && this.#state !== 'stopping') {
+    // Stopping: the pipeline's teardown gave it back failed (mapAsync fails what it queued) after the
+    // timers were cancelled. It is stopped as everything else the actor holds: dead-lettered with the
+    // stop's reason, not retried (a timer that would outlive the stop and keep the process alive).
+    const stopping = this.#state === 'stopping' ? this.#stopReason : undefined;
+    if (retryable && attempt < this.#retry.maxAttempts && this.#state !== 'stopped' && stopping === undefined) {
       this.counters.retried++;
       this.#totals.retried++;
       this.#records++;
@@ -774,7 +776,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
       return;
     }
     lane.gaveUp(input);
-    this.#deadLetter(input.env, error, attempt, input.upstream);
+    this.#deadLetter(input.env, stopping ?? error, attempt, input.upstream);
   }
 
   /** Replaces an input whose processing was lost with a fresh tracker for the same delivery. */
@@ -858,10 +860,14 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     this.#halt(reason);
   }
 
+  /** Why the actor is stopping, while {@link #halt} runs. */
+  #stopReason: SluiceError | undefined = undefined;
+
   /** `spared`: an input being handled by a pipeline that completed, which settles by itself. */
   #halt(reason: SluiceError, spared?: Input): void {
     if (this.#state === 'stopped') return;
     this.#state = 'stopping';
+    this.#stopReason = reason;
     // What was not checkpointed is given up: its inputs are not acknowledged, a restart replays them.
     this.#checkpoint?.close();
     this.#closeRoutes();

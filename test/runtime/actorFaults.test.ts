@@ -4,7 +4,7 @@
  * must go on with the next one, and its idle() must resolve.
  */
 import { concat, EMPTY, map, Observable, tap, throwError } from 'rxjs';
-import { actor, type Envelope, hold, type Logger, SluiceError } from 'sluice';
+import { actor, DEAD_LETTER_HEADERS, type Envelope, hold, type Logger, SluiceError } from 'sluice';
 import { mapAsync } from 'sluice/operators';
 import { describe, expect, test } from 'vitest';
 import { batchOf, collect, flush, gate, testRuntime } from './helpers.ts';
@@ -178,5 +178,41 @@ describe('actor - a pipeline that fails while shutdown ends its input', () => {
     expect(out.map((env) => env.data)).toEqual([[1, 2]]);
     expect(dlq).toEqual([]);
     expect(report.drained).toBe(true);
+  });
+});
+
+describe('actor - shutdown while an async step holds inputs', () => {
+  test('inputs queued in mapAsync when the deadline passes are dead-lettered with the ShutdownError, as the running one is', async () => {
+    const { rt, clock } = testRuntime();
+    const dlq = collect<number>(rt.bus, '$DLQ.slow');
+    const never = gate();
+    rt.spawn(
+      actor<number, number>({
+        name: 'slow',
+        subscribe: 'in',
+        output: 'out',
+        pipeline: (in$) =>
+          in$.pipe(
+            mapAsync(
+              async (n: number) => {
+                await never.promise;
+                return n;
+              },
+              { concurrency: 1 },
+            ),
+          ),
+      }),
+    );
+    for (const n of [1, 2, 3]) await rt.bus.publish('in', n);
+    const stopping = rt.stop({ deadlineMs: 100 });
+    await clock.advance(100);
+    const report = await stopping;
+    expect(report.drained).toBe(false);
+    expect(dlq.map((env) => env.data).sort()).toEqual([1, 2, 3]);
+    expect(dlq.map((env) => env.headers[DEAD_LETTER_HEADERS.code])).toEqual([
+      'SLUICE_ERR_SHUTDOWN',
+      'SLUICE_ERR_SHUTDOWN',
+      'SLUICE_ERR_SHUTDOWN',
+    ]);
   });
 });
