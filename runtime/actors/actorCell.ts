@@ -161,7 +161,10 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   /** The stream that captures an output subject, or null: looked up once per subject. */
   readonly #captures = new Map<string, StreamImpl | null>();
 
-  constructor(actor: Actor, deps: CellDeps) {
+  constructor(actor: Actor, given: CellDeps) {
+    // The logger is the user's: one that throws (a JSON logger given a BigInt) must not stop a
+    // restart, a retry or a dead letter half way, leaving inputs neither settled nor dead-lettered.
+    const deps: CellDeps = { ...given, log: containedLogger(given.log) };
     const def = actor.definition;
     this.#actor = actor;
     this.#deps = deps;
@@ -532,7 +535,6 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     error ??= new SluiceError('SLUICE_ERR_HANDLER', `actor '${this.name}' pipeline failed with undefined`, {
       retryable: true,
     });
-    lane.discard();
 
     // A pipeline that completed (`take(1)`) blames no input: the one it was handling then settles
     // as the pipeline left it (acked when its output went out, dropped when there was none), and
@@ -543,15 +545,23 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     // Everything else the dead pipeline held is replayed into the new one, in arrival order, as a
     // restarted Flink job replays from its last checkpoint: downstream may see an output twice.
     const spared = completed ? handling : culprit;
-    lane.requeue(this.#inputs.heldBy(lane.index, generation, spared).map((input) => this.#replace(input)));
+    // Replaced before the pipeline is torn down: its teardowns give back what it held, with an
+    // error (mapAsync's queued inputs), which would fail those inputs instead of replaying them.
+    // The dead pipeline never gives back what it kept of the culprit (window state, a queued
+    // async step) either: a fresh tracker for the same delivery carries the failure instead.
+    const replayed = this.#inputs.heldBy(lane.index, generation, spared).map((input) => this.#replace(input));
+    const failed = culprit === undefined ? undefined : this.#replace(culprit);
+    lane.discard();
+    // Made while the dead pipeline's generation was the lane's: they belong to the next one.
+    for (const input of replayed) input.generation = lane.generation;
+    if (failed !== undefined) failed.generation = lane.generation;
+    lane.requeue(replayed);
 
-    if (culprit !== undefined) {
+    if (failed !== undefined) {
       // A failure tied to one message is that message's failure: it is retried or dead-lettered,
       // and the pipeline comes back at once without counting against the restart limit.
-      // The dead pipeline never gives back what it kept of the culprit (window state, a queued
-      // async step): a fresh tracker for the same delivery carries the failure instead.
-      this.#deps.log.warn(`actor '${this.name}' failed on message '${culprit.id}': ${messageOf(error)}`);
-      this.#replace(culprit).release(error);
+      this.#deps.log.warn(`actor '${this.name}' failed on message '${failed.id}': ${messageOf(error)}`);
+      failed.release(error);
       queueMicrotask(() => this.#restartLane(lane));
       return;
     }
@@ -739,7 +749,11 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     const retryable = !(error instanceof SluiceError) || error.retryable;
     const attempt = input.env.attempt;
     const lane = this.#lanes[input.lane] as Lane;
-    if (retryable && attempt < this.#retry.maxAttempts && this.#state !== 'stopped') {
+    // Stopping: the pipeline's teardown gave it back failed (mapAsync fails what it queued) after the
+    // timers were cancelled. It is stopped as everything else the actor holds: dead-lettered with the
+    // stop's reason, not retried (a timer that would outlive the stop and keep the process alive).
+    const stopping = this.#state === 'stopping' ? this.#stopReason : undefined;
+    if (retryable && attempt < this.#retry.maxAttempts && this.#state !== 'stopped' && stopping === undefined) {
       this.counters.retried++;
       this.#totals.retried++;
       this.#records++;
@@ -762,7 +776,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
       return;
     }
     lane.gaveUp(input);
-    this.#deadLetter(input.env, error, attempt, input.upstream);
+    this.#deadLetter(input.env, stopping ?? error, attempt, input.upstream);
   }
 
   /** Replaces an input whose processing was lost with a fresh tracker for the same delivery. */
@@ -846,10 +860,14 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     this.#halt(reason);
   }
 
+  /** Why the actor is stopping, while {@link #halt} runs. */
+  #stopReason: SluiceError | undefined = undefined;
+
   /** `spared`: an input being handled by a pipeline that completed, which settles by itself. */
   #halt(reason: SluiceError, spared?: Input): void {
     if (this.#state === 'stopped') return;
     this.#state = 'stopping';
+    this.#stopReason = reason;
     // What was not checkpointed is given up: its inputs are not acknowledged, a restart replays them.
     this.#checkpoint?.close();
     this.#closeRoutes();
@@ -912,4 +930,19 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     this.#idleWaiters = [];
     for (const w of waiters) w();
   }
+}
+
+/** `log` whose methods never throw: what a failing logger would have said is lost, nothing else. */
+function containedLogger(log: Logger): Logger {
+  // Each method is looked up when called, as a direct call would: a logger may be swapped or spied on.
+  const contain =
+    (level: keyof Logger): Logger['error'] =>
+    (message, ...details) => {
+      try {
+        log[level](message, ...details);
+      } catch {
+        // Nowhere left to report it.
+      }
+    };
+  return { debug: contain('debug'), info: contain('info'), warn: contain('warn'), error: contain('error') };
 }

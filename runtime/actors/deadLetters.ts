@@ -118,7 +118,14 @@ export class DeadLetters {
       this.#onSent();
     };
     // Dead letters bypass the actor's publish permissions: the runtime, not the actor, sends them.
-    const accepted = this.#bus.route(letter, true);
+    let accepted: Promise<void>;
+    try {
+      accepted = this.#bus.route(letter, true);
+    } catch (error) {
+      // A route may refuse at once (a `max` subscriber's full `fail` mailbox): refused all the same,
+      // not thrown into whoever settled the input (a publish the actor had already accepted).
+      accepted = Promise.reject(error);
+    }
     if (accepted === ACCEPTED) done();
     else
       accepted.then(done, (e: unknown) => {

@@ -269,6 +269,9 @@ export class PipelineLane implements Lane {
   discard(): void {
     this.#generation++;
     this.#input = undefined;
+    // The next pipeline's input is open: a shutdown that ended this one must end that one too,
+    // or what it is given back (the inputs this one held) would stay in it past the end of input.
+    this.#completed = false;
     const subscription = this.#subscription;
     this.#subscription = undefined;
     this.#unsubscribe(subscription);

@@ -390,9 +390,29 @@ export class Bus implements BusClient {
       members.push(passing);
       // The first member's strategy holds for its group; least-loaded keeps no cursor.
       const first = group[0] as Route;
-      cursors.push(first.strategy === 'round-robin' ? this.#cursor.get(first.queue as string) : undefined);
+      cursors.push(first.strategy === 'round-robin' ? this.#cursorOf(first.queue as string, passing) : undefined);
     }
     return new RoutePlan(match, targets, members, cursors, filtered ? subject : undefined);
+  }
+
+  /**
+   * The round-robin cursor of queue group `queue` for a subject reaching `members` of it. A subject
+   * that reaches only some members (overlapping patterns, a deny filter) gets a cursor of its own
+   * over them: a cursor is an index into one member list, and sharing the group's with subjects
+   * whose lists differ made each pick land on the same members, starving the others.
+   */
+  #cursorOf(queue: string, members: readonly Route[]): QueueCursor | undefined {
+    const group = this.#cursor.get(queue);
+    if (group === undefined || members.length === group.routes) return group;
+    let key = '';
+    for (const r of members) key += `${routeNumber(r)},`;
+    const subsets = (group.subsets ??= new Map());
+    let cursor = subsets.get(key);
+    if (cursor === undefined) {
+      cursor = { routes: members.length, next: 0, subsets: undefined };
+      subsets.set(key, cursor);
+    }
+    return cursor;
   }
 
   /** @internal Counts a publish that matched nothing, for which no envelope was made. */
@@ -421,8 +441,12 @@ export class Bus implements BusClient {
     const queue = route.queue;
     if (queue !== undefined) {
       const group = this.#cursor.get(queue);
-      if (group === undefined) this.#cursor.set(queue, { routes: 1, next: 0 });
-      else group.routes++;
+      if (group === undefined) this.#cursor.set(queue, { routes: 1, next: 0, subsets: undefined });
+      else {
+        group.routes++;
+        // Subsets name the members they were made for: a member that came or went makes new ones.
+        group.subsets = undefined;
+      }
     }
   }
 
@@ -445,6 +469,7 @@ export class Bus implements BusClient {
     const queue = route.queue;
     if (queue === undefined) return;
     const group = this.#cursor.get(queue) as QueueCursor;
+    group.subsets = undefined;
     if (--group.routes === 0) this.#cursor.delete(queue);
   }
 
@@ -604,7 +629,16 @@ export class Bus implements BusClient {
       };
       const timer = this.clock.setTimeout(finish, limits.timeoutMs);
       this.#pendingRequests.set(token, (reply) => {
-        if (limits.sentinel?.(reply) === true) return finish();
+        let last: boolean;
+        try {
+          last = limits.sentinel?.(reply) === true;
+        } catch (error) {
+          // The requester's own function failed: its request fails, not the responder's publish.
+          end();
+          reject(error);
+          return;
+        }
+        if (last) return finish();
         replies.push(reply);
         if (replies.length >= limits.maxReplies) return finish();
         if (limits.stallMs !== undefined) {
@@ -783,6 +817,21 @@ interface QueueCursor {
   /** Routes with this queue name; the entry goes when the last one does. */
   routes: number;
   next: number;
+  /** Cursors of subjects that reach only some of the members, by those members (see `Bus.#cursorOf`). */
+  subsets: Map<string, QueueCursor> | undefined;
+}
+
+/** A number per route, to name a set of queue members; given when a plan first needs one. */
+const routeNumbers = new WeakMap<Route, number>();
+let lastRouteNumber = 0;
+
+function routeNumber(route: Route): number {
+  let n = routeNumbers.get(route);
+  if (n === undefined) {
+    n = ++lastRouteNumber;
+    routeNumbers.set(route, n);
+  }
+  return n;
 }
 
 /** Whether a route takes a message now without applying an overflow policy. */

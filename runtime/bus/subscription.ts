@@ -43,7 +43,8 @@ export interface SubscriptionOptions<T> {
    * Called for each message the mailbox let go of undelivered: dropped by a `drop-oldest` or
    * `drop-newest` policy, or queued when the subscription closed. The bus has counted and released
    * it by then, so read it, never keep it. A consumer that must not fall behind unnoticed (a
-   * WebSocket gateway dropping a slow browser) learns here that it did. @default none
+   * WebSocket gateway dropping a slow browser) learns here that it did. What it throws goes to
+   * `onError`. @default none
    */
   onDrop?: (env: Envelope<T>, reason: DropReason) => void;
 }
@@ -132,7 +133,13 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
         ? bus.onDrop
         : (env, reason) => {
             bus.onDrop(env, reason);
-            onDrop(env, reason);
+            // A throw here would escape into the publish (failing it for the other subscribers after
+            // the drop released the message) or into close (leaving the waiting publishers hung).
+            try {
+              onDrop(env, reason);
+            } catch (error) {
+              this.#report(error, env);
+            }
           };
     this.#mailbox.onReadable = () => this.#schedule();
     const strategy = oneOf(
@@ -417,6 +424,8 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
         offer = this.#mailbox.offer(env);
       } catch (error) {
         releaseDownstream(env.lineage);
+        // Refused, so not taken: it must not use up one of the `max` messages.
+        this.#taken--;
         throw error;
       }
       if (offer === Offer.Full) waiting = this.#mailbox.wait(env);
@@ -462,15 +471,19 @@ export class Subscription<T = unknown> implements AsyncIterable<Envelope<T>> {
     this.#active--;
     if (error !== undefined) {
       this.#errors++;
-      try {
-        if (this.#onError === undefined) logError(this.subject, error, env);
-        else this.#onError(error, env);
-      } catch {
-        // An error handler that throws must not stop delivery.
-      }
+      this.#report(error, env);
     }
     releaseDownstream(env.lineage, error);
     if (this.#idleWaiters !== undefined) this.#checkIdle();
+  }
+
+  #report(error: unknown, env: Envelope): void {
+    try {
+      if (this.#onError === undefined) logError(this.subject, error, env);
+      else this.#onError(error, env);
+    } catch {
+      // An error handler that throws must not stop delivery.
+    }
   }
 
   #settleClose(): void {

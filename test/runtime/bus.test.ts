@@ -339,6 +339,38 @@ describe('bus - queue groups', () => {
     expected[(first + 1) % 3] = 1;
     expect(members.map((m) => m.pending)).toEqual(expected);
   });
+
+  test('bus - round-robin starves no member when subjects reach different members of the group', () => {
+    const bus = new Bus();
+    const got = { m1: 0, m2: 0, m3: 0 };
+    bus.subscribe('a.*', { queue: 'w', callback: () => void got.m1++ });
+    bus.subscribe('a.*', { queue: 'w', callback: () => void got.m2++ });
+    bus.subscribe('a.x', { queue: 'w', callback: () => void got.m3++ });
+    // a.x reaches all three members, a.y only the two on a.*: each subject turns over its own.
+    for (let i = 0; i < 60; i++) {
+      bus.tryPublish('a.x', i);
+      bus.tryPublish('a.y', i);
+    }
+    expect(got).toEqual({ m1: 50, m2: 50, m3: 20 });
+  });
+
+  test('bus - a member leaving resets the turn of a subject reaching part of the group, and none is starved', () => {
+    const bus = new Bus();
+    const got = { m1: 0, m2: 0, m3: 0 };
+    bus.subscribe('a.*', { queue: 'w', callback: () => void got.m1++ });
+    bus.subscribe('a.*', { queue: 'w', callback: () => void got.m2++ });
+    const m3 = bus.subscribe('a.x', { queue: 'w', callback: () => void got.m3++ });
+    const m4 = bus.subscribe('a.x', { queue: 'w', callback: () => {} });
+    for (let i = 0; i < 8; i++) bus.tryPublish('a.y', i);
+    m4.unsubscribe();
+    for (let i = 0; i < 60; i++) {
+      bus.tryPublish('a.x', i);
+      bus.tryPublish('a.y', i);
+    }
+    m3.unsubscribe();
+    expect(got).toEqual({ m1: 4 + 50, m2: 4 + 50, m3: 20 });
+    expect(bus.queueGroups).toBe(1);
+  });
 });
 
 describe('bus - request/reply', () => {
