@@ -1,4 +1,4 @@
-import type { Actor, AnyActor, Logger } from './actors/actor.ts';
+import { type Actor, type AnyActor, containedLogger, type Logger } from './actors/actor.ts';
 import { ActorCell, type ActorCell as ActorCellType, type ActorRef, type CellDeps } from './actors/actorCell.ts';
 import { DeadLetterBuffer } from './admin/deadLetterBuffer.ts';
 import type { AdminHost } from './admin/host.ts';
@@ -211,7 +211,7 @@ class RuntimeImpl implements Runtime {
   constructor(options: RuntimeOptions) {
     this.clock = options.clock ?? systemClock;
     this.spawn = this.spawn.bind(this);
-    this.#log = options.logger ?? console;
+    this.#log = containedLogger(options.logger ?? console);
     this.#transport = options.transport;
     if (options.transport !== undefined) {
       if (options.bus instanceof Bus) {

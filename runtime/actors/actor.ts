@@ -42,6 +42,25 @@ export interface Logger {
   error(message: string, ...details: unknown[]): void;
 }
 
+/**
+ * @internal `log` whose methods never throw: what a failing logger (a JSON logger given a BigInt)
+ * would have said is lost, nothing else. The runtime logs through it, so that a logger's throw
+ * cannot stop a restart, a retry, a dead letter, an escalation or a shutdown half way.
+ */
+export function containedLogger(log: Logger): Logger {
+  // Each method is looked up when called, as a direct call would: a logger may be swapped or spied on.
+  const contain =
+    (level: keyof Logger): Logger['error'] =>
+    (message, ...details) => {
+      try {
+        log[level](message, ...details);
+      } catch {
+        // Nowhere left to report it.
+      }
+    };
+  return { debug: contain('debug'), info: contain('info'), warn: contain('warn'), error: contain('error') };
+}
+
 /** What an actor's pipeline (and handler) can use besides its input. */
 export interface ActorContext {
   readonly name: string;

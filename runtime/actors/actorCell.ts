@@ -161,10 +161,7 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
   /** The stream that captures an output subject, or null: looked up once per subject. */
   readonly #captures = new Map<string, StreamImpl | null>();
 
-  constructor(actor: Actor, given: CellDeps) {
-    // The logger is the user's: one that throws (a JSON logger given a BigInt) must not stop a
-    // restart, a retry or a dead letter half way, leaving inputs neither settled nor dead-lettered.
-    const deps: CellDeps = { ...given, log: containedLogger(given.log) };
+  constructor(actor: Actor, deps: CellDeps) {
     const def = actor.definition;
     this.#actor = actor;
     this.#deps = deps;
@@ -930,19 +927,4 @@ export class ActorCell implements TrackerOwner, LaneHost, ActorRef {
     this.#idleWaiters = [];
     for (const w of waiters) w();
   }
-}
-
-/** `log` whose methods never throw: what a failing logger would have said is lost, nothing else. */
-function containedLogger(log: Logger): Logger {
-  // Each method is looked up when called, as a direct call would: a logger may be swapped or spied on.
-  const contain =
-    (level: keyof Logger): Logger['error'] =>
-    (message, ...details) => {
-      try {
-        log[level](message, ...details);
-      } catch {
-        // Nowhere left to report it.
-      }
-    };
-  return { debug: contain('debug'), info: contain('info'), warn: contain('warn'), error: contain('error') };
 }

@@ -452,6 +452,18 @@ describe('supervision - restart limit', () => {
     expect(log.lines.some((l) => l.startsWith("error: actor 'fragile' escalated"))).toBe(true);
   });
 
+  test('escalation with no onEscalate stops the runtime even when its logger throws', async () => {
+    const throwing = () => {
+      throw new Error('logger failed');
+    };
+    const { rt, clock } = fragile('escalate', {
+      logger: { debug: throwing, info: throwing, warn: throwing, error: throwing },
+    });
+    await rt.bus.publish('in', 1);
+    await clock.advance(450);
+    expect(rt.stopped).toBe(true);
+  });
+
   test('restarts spread beyond windowMs never reach the limit', async () => {
     const { rt, clock } = testRuntime();
     let builds = 0;
