@@ -6,7 +6,7 @@
  */
 import { OptionsError } from '../errors.ts';
 import type { Store } from '../store/types.ts';
-import type { SinkRecord } from './sink.ts';
+import { type SinkRecord, supersedes } from './sink.ts';
 
 /** What the store keeps per committed key. */
 export interface CommittedKey {
@@ -45,9 +45,7 @@ export async function rememberCommitted<R extends SinkRecord<unknown>>(
   const latest = new Map<string, number>();
   for (const [i, record] of committed.entries()) {
     const held = latest.get(record.key);
-    if (held === undefined || (record.revision ?? -1) >= ((committed[held] as R).revision ?? -1)) {
-      latest.set(record.key, i);
-    }
+    if (held === undefined || supersedes(record, committed[held] as R)) latest.set(record.key, i);
   }
   await store.batch((b) => {
     for (const i of latest.values()) {

@@ -101,6 +101,14 @@ export function sinkRecordOf<In, T>(
 }
 
 /**
+ * @internal Whether `record` takes the place of `held`, a record of the same key: its revision is
+ * as high or higher (a record without one counts lowest, and of two equal the later wins).
+ */
+export function supersedes(record: SinkRecord<unknown>, held: SinkRecord<unknown>): boolean {
+  return (record.revision ?? -1) >= (held.revision ?? -1);
+}
+
+/**
  * One record per key, the newest revision (the later one of equal revisions): what an upsert of
  * the batch leaves. PostgreSQL refuses to update one row twice in a statement, so a batch holding
  * two results of a window sends only the newest. Keeps the order of first appearance.
@@ -113,7 +121,7 @@ export function latestPerKey<T>(records: readonly SinkRecord<T>[]): SinkRecord<T
     if (held === undefined) byKey.set(record.key, record);
     else {
       duplicates = true;
-      if ((record.revision ?? -1) >= (held.revision ?? -1)) byKey.set(record.key, record);
+      if (supersedes(record, held)) byKey.set(record.key, record);
     }
   }
   return duplicates ? [...byKey.values()] : (records as SinkRecord<T>[]);
