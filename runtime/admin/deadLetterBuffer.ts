@@ -184,15 +184,14 @@ export class DeadLetterBuffer {
 
   /** Letters after `after` (their number), oldest first, on `subject` if given, at most `limit`. */
   page(subject: string | undefined, after: number, limit: number, match?: (l: KeptLetter) => boolean): KeptLetter[] {
-    const out: KeptLetter[] = [];
-    for (const letter of this.#letters.values()) {
-      if (letter.n <= after) continue;
-      if (subject !== undefined && letter.envelope.subject !== subject) continue;
-      if (match !== undefined && !match(letter)) continue;
-      out.push(letter);
-      if (out.length >= limit) break;
-    }
-    return out;
+    return this.boundedPage(
+      subject,
+      after,
+      limit,
+      match ?? (() => true),
+      Number.POSITIVE_INFINITY,
+      Number.POSITIVE_INFINITY,
+    ).letters;
   }
 
   /**
